@@ -1,0 +1,1 @@
+"""The LLM engine (see README: Engine)."""
