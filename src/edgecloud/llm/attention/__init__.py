@@ -2,9 +2,11 @@
 
 from edgecloud.llm.attention.backend import DecodeAttentionBackend, DecodeBatch
 from edgecloud.llm.attention.paged import PagedDecodeAttention
+from edgecloud.llm.attention.prefix import PrefixDecodeAttention
 
 DECODE_BACKENDS: dict[str, type[DecodeAttentionBackend]] = {
     PagedDecodeAttention.name: PagedDecodeAttention,
+    PrefixDecodeAttention.name: PrefixDecodeAttention,
 }
 
 
@@ -22,5 +24,6 @@ __all__ = [
     "DecodeAttentionBackend",
     "DecodeBatch",
     "PagedDecodeAttention",
+    "PrefixDecodeAttention",
     "make_decode_backend",
 ]
