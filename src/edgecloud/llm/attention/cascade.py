@@ -113,7 +113,7 @@ class CascadeDecodeAttention(DecodeAttentionBackend):
         keys = k_rows.index_select(0, index).view(hkv, length, head_dim)
         scores = torch.bmm(q, keys.transpose(1, 2)).float().mul_(scale)
         p_out, p_lse = _softmax_values(scores, v_rows.index_select(0, index).view(hkv, length, head_dim))
-        p_out = p_out.view(hkv, num_seqs, g, head_dim).transpose(0, 1).reshape(num_seqs, num_q_heads, head_dim)
+        p_out = p_out.view(hkv, num_seqs, g, head_dim).transpose(0, 1).reshape(query.shape)
         p_lse = p_lse.view(hkv, num_seqs, g).transpose(0, 1).reshape(num_seqs, num_q_heads)
         peak = torch.maximum(lse, p_lse)
         w_suffix = (lse - peak).exp_()
