@@ -1,0 +1,198 @@
+"""PAT prefix-aware decode attention: exact against dense paged attention, on any tree."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgecloud.llm.attention import DECODE_BACKENDS, DecodeBatch, PagedDecodeAttention, make_decode_backend
+from edgecloud.llm.attention.cascade import CascadeDecodeAttention
+from edgecloud.llm.attention.prefix import PrefixDecodeAttention
+from edgecloud.llm.attention.prefix_tree import (
+    PackCostModel,
+    block_table_array,
+    build_sharing_tree,
+    shared_prefix_blocks,
+)
+
+HEAD_DIM = 8
+
+# cost models that drive the scheduler into each of its paths
+COST_MODELS = {
+    "default": PackCostModel(),
+    "always-join": PackCostModel(pack_overhead_s=1.0),
+    "split-everything": PackCostModel(min_split_tokens=1, work_per_thread=1 << 20, group_overhead_s=0.0),
+    "tiny-tiles": PackCostModel(max_scores_bytes=1, max_gather_bytes=1),
+    "one-group": PackCostModel(group_overhead_s=1.0, max_gather_bytes=1 << 40),
+}
+
+
+@dataclass
+class Case:
+    batch: DecodeBatch
+    num_blocks: int
+
+
+@st.composite
+def prefix_trees(draw: st.DrawFn) -> Case:
+    """A random sharing tree: every node owns whole blocks, leaves end anywhere in a block;
+    some sequences end exactly at an inner node (their whole context is shared)."""
+    block_size = draw(st.sampled_from([1, 2, 4, 16]))
+    pool = list(range(draw(st.integers(0, 3)), 10_000))
+    random.Random(draw(st.integers(0, 2**16))).shuffle(pool)
+    tables: list[list[int]] = []
+    lens: list[int] = []
+
+    def grow(prefix: list[int], depth: int) -> None:
+        own = [pool.pop() for _ in range(draw(st.integers(0 if depth else 1, 3)))]
+        path = prefix + own
+        children = draw(st.integers(0, 3)) if depth < 3 else 0
+        if children == 0 or (path and draw(st.booleans())):
+            # a sequence ending here: either on the block boundary or in a fresh partial block
+            tail = draw(st.integers(0, 2 * block_size))
+            if not path and tail == 0:
+                tail = 1
+            extra = [pool.pop() for _ in range(-(-tail // block_size))]
+            tables.append(path + extra)
+            lens.append(len(path) * block_size + tail)
+        for _ in range(children):
+            grow(path, depth + 1)
+
+    for _ in range(draw(st.integers(1, 3))):
+        grow([], 0)
+    perm = draw(st.permutations(range(len(tables))))
+    tables = [tables[i] + [pool.pop()] * draw(st.integers(0, 1)) for i in perm]  # spare blocks
+    lens = [lens[i] for i in perm]
+    return Case(DecodeBatch(tables, lens, block_size), max(max(t) for t in tables) + 1)
+
+
+def _random_inputs(case: Case, q_heads: int, kv_heads: int, seed: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    shape = (case.num_blocks, case.batch.block_size, kv_heads, HEAD_DIM)
+    k_cache = torch.randn(shape, generator=gen)
+    v_cache = torch.randn(shape, generator=gen)
+    query = torch.randn(case.batch.num_seqs, q_heads, HEAD_DIM, generator=gen)
+    return query, k_cache, v_cache
+
+
+def _dense(case: Case, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+    paged = PagedDecodeAttention()
+    return paged.forward(paged.plan(case.batch), query, k_cache, v_cache, HEAD_DIM ** -0.5)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=prefix_trees(), kv_heads=st.sampled_from([1, 2]), group=st.sampled_from([1, 2, 4]),
+       cost=st.sampled_from(sorted(COST_MODELS)), parallelism=st.sampled_from([1, 64]),
+       seed=st.integers(0, 1000))
+def test_prefix_equals_dense_paged_on_any_tree(case: Case, kv_heads: int, group: int, cost: str,
+                                               parallelism: int, seed: int) -> None:
+    query, k_cache, v_cache = _random_inputs(case, kv_heads * group, kv_heads, seed)
+    backend = PrefixDecodeAttention(cost=COST_MODELS[cost], parallelism=parallelism)
+    got = backend.forward(backend.plan(case.batch), query, k_cache, v_cache, HEAD_DIM ** -0.5)
+    torch.testing.assert_close(got, _dense(case, query, k_cache, v_cache), rtol=0, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=prefix_trees(), share=st.booleans(), seed=st.integers(0, 1000))
+def test_cascade_and_dense_baselines_equal_paged(case: Case, share: bool, seed: int) -> None:
+    query, k_cache, v_cache = _random_inputs(case, 4, 2, seed)
+    backend = CascadeDecodeAttention(share_prefix=share, max_gather_tokens=64)
+    got = backend.forward(backend.plan(case.batch), query, k_cache, v_cache, HEAD_DIM ** -0.5)
+    torch.testing.assert_close(got, _dense(case, query, k_cache, v_cache), rtol=0, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=prefix_trees())
+def test_tree_nodes_are_exactly_the_shared_prefixes(case: Case) -> None:
+    """Each node's queries are the sequences whose tables hold its blocks at its depth."""
+    ctx = np.asarray(case.batch.context_lens)
+    bs = case.batch.block_size
+    table = block_table_array(case.batch.block_tables, ctx, bs)
+    shared = shared_prefix_blocks(table, ctx, bs)
+    tree = build_sharing_tree(table, shared)
+    assert sorted(tree.order.tolist()) == list(range(case.batch.num_seqs))
+    for j in range(tree.num_nodes):
+        rep = table[tree.order[tree.qlo[j]]]
+        path = rep[: tree.end[j]]
+        holders = {i for i in range(len(ctx)) if shared[i] >= tree.end[j]
+                   and (table[i, : tree.end[j]] == path).all()}
+        assert holders == set(tree.order[tree.qlo[j]:tree.qhi[j]].tolist())
+        parent = tree.parent[j]
+        assert tree.start[j] == (tree.end[parent] if parent >= 0 else 0)
+        assert tree.start[j] < tree.end[j]
+    # every shared block of every sequence is covered by exactly one node on its path
+    for i in range(len(ctx)):
+        pos = int(np.flatnonzero(tree.order == i)[0])
+        on_path = [j for j in range(tree.num_nodes) if tree.qlo[j] <= pos < tree.qhi[j]]
+        assert sum(int(tree.end[j] - tree.start[j]) for j in on_path) == shared[i]
+
+
+def test_known_tree_and_kv_read_once() -> None:
+    # root (3 blocks) shared by all; two children (2 blocks) shared by pairs; private tails
+    tables = [[0, 1, 2, 3, 4, 7], [0, 1, 2, 3, 4, 8, 9], [0, 1, 2, 5, 6, 10], [0, 1, 2, 5, 6], [0, 1, 2, 11]]
+    lens = [23, 28, 24, 20, 14]
+    batch = DecodeBatch(tables, lens, 4)
+    ctx = np.asarray(lens)
+    table = block_table_array(tables, ctx, 4)
+    shared = shared_prefix_blocks(table, ctx, 4)
+    assert shared.tolist() == [5, 5, 5, 5, 3]
+    tree = build_sharing_tree(table, shared)
+    assert list(zip(tree.start.tolist(), tree.end.tolist(), tree.parent.tolist(), strict=True)) == [
+        (0, 3, -1), (3, 5, 0), (3, 5, 0)]
+    case = Case(batch, 12)
+    query, k_cache, v_cache = _random_inputs(case, 4, 2, 0)
+    # free merges: every node splits off; free-standing packs priced out: children join the root
+    splitting = PackCostModel(bandwidth=float("inf"), pack_overhead_s=0.0, group_overhead_s=0.0)
+    for cost, packs in ((splitting, 3 + 4), (COST_MODELS["always-join"], 1 + 4)):
+        backend = PrefixDecodeAttention(cost=cost, parallelism=1)
+        plan = backend.plan(batch)
+        got = backend.forward(plan, query, k_cache, v_cache, HEAD_DIM ** -0.5)
+        torch.testing.assert_close(got, _dense(case, query, k_cache, v_cache), rtol=0, atol=1e-5)
+        kernel = next(iter(plan.kernels.values()))
+        assert kernel.num_packs == packs  # seq 3 has no private tail: 4 leaves
+        if cost is splitting:
+            # no padding when every shape is its own group; shared blocks read once:
+            # 12 + 8 + 8 tokens, then tails 3 + 8 + 4 + 0 + 2
+            assert kernel.kv_tokens_read == 12 + 8 + 8 + 3 + 8 + 4 + 2 < sum(lens)
+
+
+def test_plan_reuses_the_tree_while_only_tails_grow() -> None:
+    backend = PrefixDecodeAttention()
+    tables = [[0, 1, 2, 3], [0, 1, 4, 5]]
+    backend.plan(DecodeBatch(tables, [13, 13], 4))
+    backend.plan(DecodeBatch(tables, [14, 14], 4))
+    backend.plan(DecodeBatch([[0, 1, 2, 3, 6], [0, 1, 4, 5, 7]], [17, 17], 4))
+    assert (backend.cache_misses, backend.cache_hits) == (1, 2)
+    backend.plan(DecodeBatch([[0, 1, 2, 3], [0, 9, 4, 5]], [14, 14], 4))  # sharing changed
+    assert backend.cache_misses == 2
+
+
+def test_bfloat16_follows_dense_within_bf16_precision() -> None:
+    case = Case(DecodeBatch([[0, 1, 2], [0, 1, 3], [0, 4]], [11, 12, 6], 4), 5)
+    query, k_cache, v_cache = (t.bfloat16() for t in _random_inputs(case, 4, 2, 1))
+    backend = PrefixDecodeAttention()
+    got = backend.forward(backend.plan(case.batch), query, k_cache, v_cache, HEAD_DIM ** -0.5)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), _dense(case, query, k_cache, v_cache).float(),
+                               rtol=0, atol=3e-2)
+
+
+def test_registered_and_rejects_bad_batches() -> None:
+    assert DECODE_BACKENDS["prefix"] is PrefixDecodeAttention
+    assert isinstance(make_decode_backend("prefix"), PrefixDecodeAttention)
+    backend = PrefixDecodeAttention()
+    with pytest.raises(ValueError, match=r"block_tables\[1\] has 1 blocks but context_lens\[1\]=9"):
+        backend.plan(DecodeBatch([[0, 1, 2], [3]], [9, 9], 4))
+    with pytest.raises(ValueError, match="context_lens must be >= 1"):
+        backend.plan(DecodeBatch([[0]], [0], 4))
+    empty = torch.zeros(0, 4, HEAD_DIM)
+    cache = torch.zeros(1, 4, 2, HEAD_DIM)
+    out = backend.forward(backend.plan(DecodeBatch([], [], 4)), empty, cache, cache, 1.0)
+    assert out.shape == (0, 4, HEAD_DIM)
