@@ -159,8 +159,8 @@ def test_known_tree_and_kv_read_once() -> None:
         assert kernel.num_packs == packs  # seq 3 has no private tail: 4 leaves
         if cost is splitting:
             # no padding when every shape is its own group; shared blocks read once:
-            # 12 + 8 + 8 tokens, then tails 3 + 8 + 4 + 0 + 2
-            assert kernel.kv_tokens_read == 12 + 8 + 8 + 3 + 8 + 4 + 2 < sum(lens)
+            # 12 + 8 + 8 tokens, then the tails in whole blocks: 4 + 8 + 4 + 0 + 4
+            assert kernel.kv_tokens_read == 12 + 8 + 8 + 4 + 8 + 4 + 4 < sum(lens)
 
 
 def test_plan_reuses_the_tree_while_only_tails_grow() -> None:

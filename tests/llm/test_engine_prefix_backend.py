@@ -22,7 +22,7 @@ def tree_prompts(seed: int) -> list[list[int]]:
     system = words(21)
     prompts = [system + template + words(rng.randint(1, 9))
                for template in (words(9), words(13), words(4)) for _ in range(3)]
-    return prompts + [words(17), words(5)]
+    return [*prompts, words(17), words(5)]
 
 
 def generate(model: Path, backend: str, prompts: list[list[int]], params: SamplingParams, **options: object

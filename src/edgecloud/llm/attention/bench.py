@@ -172,7 +172,7 @@ def run_case(spec: TreeSpec, heads: tuple[int, int], block_size: int, repeats: i
     )
     extra: dict[str, float] = {
         "warm_pack_ms": round(warm_ms, 3),
-        "kv_bytes_cascade": cascade_plan.kv_tokens_read * geom.kv_bytes_per_token,
+        "kv_bytes_cascade": cascade_plan.kernel(kv_heads).kv_tokens_read * geom.kv_bytes_per_token,
         "packs": kernel.num_packs,
         "tile_groups": len(kernel.groups),
         "max_abs_err_cascade": float((got_cascade - ref).abs().max()),

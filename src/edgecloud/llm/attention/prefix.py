@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from edgecloud.llm.attention.backend import DecodeAttentionBackend, DecodeBatch
+from edgecloud.llm.attention.packed import PackedPlan, TileGroup, make_tile_group, run_packed
 from edgecloud.llm.attention.prefix_tree import (
     HeadGeometry,
     PackCostModel,
@@ -45,31 +46,6 @@ from edgecloud.llm.attention.prefix_tree import (
 
 
 @dataclass
-class TileGroup:
-    """Packs of one padded shape, run as one batched product: ``num_packs`` × ``num_kv_heads``
-    matrices of ``rows × group`` query rows against ``tokens`` KV rows."""
-
-    num_packs: int
-    rows: int
-    tokens: int
-    q_index: torch.Tensor  # [P * Hkv * rows] rows of query.view(B * Hkv, group * D)
-    kv_index: torch.Tensor  # [P * Hkv * tokens] rows of cache.view(-1, D)
-    hidden: torch.Tensor | None  # [P, 1, rows, 1, tokens] True where a score is masked off
-    keep: torch.Tensor | None  # [entries] indices into P * rows of real (not padding) rows
-
-
-@dataclass
-class PrefixKernelPlan:
-    """Everything ``forward`` needs for one head geometry."""
-
-    groups: list[TileGroup]
-    entry_query: torch.Tensor  # [entries] batch index of each partial result, groups in order
-    single_entry: bool  # every query has exactly one partial: the merge is a permutation
-    num_packs: int
-    kv_tokens_read: int  # padding included
-
-
-@dataclass
 class PrefixDecodePlan:
     batch: DecodeBatch
     table: np.ndarray
@@ -77,9 +53,9 @@ class PrefixDecodePlan:
     tree: SharingTree
     signature: bytes
     backend: PrefixDecodeAttention
-    kernels: dict[tuple[HeadGeometry, torch.device], PrefixKernelPlan] = field(default_factory=dict)
+    kernels: dict[tuple[HeadGeometry, torch.device], PackedPlan] = field(default_factory=dict)
 
-    def kernel(self, geom: HeadGeometry) -> PrefixKernelPlan:
+    def kernel(self, geom: HeadGeometry) -> PackedPlan:
         key = (geom, self.batch.device)
         if key not in self.kernels:
             self.kernels[key] = self.backend.build_kernel_plan(self, geom)
@@ -122,7 +98,7 @@ class PrefixDecodeAttention(DecodeAttentionBackend):
         return PrefixDecodePlan(batch=batch, table=table, context_lens=context_lens, tree=tree,
                                 signature=signature, backend=self)
 
-    def build_kernel_plan(self, plan: PrefixDecodePlan, geom: HeadGeometry) -> PrefixKernelPlan:
+    def build_kernel_plan(self, plan: PrefixDecodePlan, geom: HeadGeometry) -> PackedPlan:
         bs = plan.batch.block_size
         key = (plan.signature, geom)
         shared = self._shared_packs.get(key)
@@ -131,7 +107,8 @@ class PrefixDecodeAttention(DecodeAttentionBackend):
             _remember(self._shared_packs, key, shared, self.cache_size)
         packs = concat_packs([shared, leaf_packs(plan.tree, plan.context_lens, bs)])
         packs = split_long_packs(packs, geom, self.cost, self._parallelism(plan.batch.device), bs)
-        return _kernel_plan(plan, packs, group_tiles(packs.rows, packs.tokens, geom, self.cost), geom)
+        padded = -(-packs.tokens // bs) * bs  # tiles hold whole blocks
+        return _packed_plan(plan, packs, group_tiles(packs.rows, padded, geom, self.cost), geom)
 
     def _parallelism(self, device: torch.device) -> int:
         if self.parallelism is not None:
@@ -148,29 +125,10 @@ class PrefixDecodeAttention(DecodeAttentionBackend):
         v_cache: torch.Tensor,
         scale: float,
     ) -> torch.Tensor:
-        num_seqs, num_q_heads, head_dim = query.shape
+        _, num_q_heads, head_dim = query.shape
         num_kv_heads = k_cache.shape[2]
-        group = num_q_heads // num_kv_heads
-        geom = HeadGeometry(num_kv_heads, group, head_dim, k_cache.element_size())
-        if num_seqs == 0:
-            return query.new_empty(query.shape)
-        kernel = plan.kernel(geom)
-        q_rows = query.reshape(num_seqs * num_kv_heads, group * head_dim)
-        k_rows = k_cache.view(-1, head_dim)
-        v_rows = v_cache.view(-1, head_dim)
-        outs: list[torch.Tensor] = []
-        lses: list[torch.Tensor] = []
-        for tile in kernel.groups:
-            out, lse = _tile_attention(tile, q_rows, k_rows, v_rows, scale, geom)
-            outs.append(out)
-            lses.append(lse)
-        out = outs[0] if len(outs) == 1 else torch.cat(outs)
-        if kernel.single_entry:
-            merged = torch.empty_like(out)
-            merged[kernel.entry_query] = out
-            return merged.to(query.dtype)
-        lse = lses[0] if len(lses) == 1 else torch.cat(lses)
-        return _merge(out, lse, kernel.entry_query, num_seqs).to(query.dtype)
+        geom = HeadGeometry(num_kv_heads, num_q_heads // num_kv_heads, head_dim, k_cache.element_size())
+        return run_packed(plan.kernel(geom), query, k_cache, v_cache, scale)
 
 
 def _remember(cache: OrderedDict, key: object, value: object, size: int) -> None:
@@ -179,64 +137,23 @@ def _remember(cache: OrderedDict, key: object, value: object, size: int) -> None
         cache.popitem(last=False)
 
 
-def _tile_attention(tile: TileGroup, q_rows: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor,
-                    scale: float, geom: HeadGeometry) -> tuple[torch.Tensor, torch.Tensor]:
-    """Partial attention of every pack in the group: (output [entries, Hq, D], lse [entries, Hq])."""
-    p, hkv, g, d = tile.num_packs, geom.num_kv_heads, geom.group, geom.head_dim
-    q = q_rows.index_select(0, tile.q_index).view(p * hkv, tile.rows * g, d)
-    keys = k_rows.index_select(0, tile.kv_index).view(p * hkv, tile.tokens, d)
-    scores = torch.bmm(q, keys.transpose(1, 2)).float().mul_(scale)
-    if tile.hidden is not None:
-        scores.view(p, hkv, tile.rows, g, tile.tokens).masked_fill_(tile.hidden, float("-inf"))
-    peak = scores.amax(dim=-1, keepdim=True)
-    if tile.hidden is not None:
-        # a row that sees nothing in this pack (a joined node's tokens are hidden from it)
-        peak.masked_fill_(peak == float("-inf"), 0.0)
-    probs = scores.sub_(peak).exp_()
-    denom = probs.sum(dim=-1, keepdim=True)
-    values = v_rows.index_select(0, tile.kv_index).view(p * hkv, tile.tokens, d)
-    out = torch.bmm(probs.to(values.dtype), values).float()
-    out.div_(denom.clamp_min(torch.finfo(torch.float32).tiny) if tile.hidden is not None else denom)
-    lse = peak.add_(denom.log_()).view(p, hkv, tile.rows, g)  # log 0 = -inf: weight 0 in the merge
-    out = out.view(p, hkv, tile.rows, g, d).permute(0, 2, 1, 3, 4).reshape(p * tile.rows, hkv * g, d)
-    lse = lse.permute(0, 2, 1, 3).reshape(p * tile.rows, hkv * g)
-    if tile.keep is not None:
-        out = out.index_select(0, tile.keep)
-        lse = lse.index_select(0, tile.keep)
-    return out, lse
-
-
-def _merge(out: torch.Tensor, lse: torch.Tensor, query: torch.Tensor, num_seqs: int) -> torch.Tensor:
-    """Combine partial results per query: sum_i exp(lse_i - m) * out_i / sum_i exp(lse_i - m)."""
-    num_heads = lse.shape[1]
-    peak = torch.full((num_seqs, num_heads), float("-inf"), device=lse.device)
-    peak.scatter_reduce_(0, query.unsqueeze(1).expand_as(lse), lse, "amax")
-    weight = (lse - peak.index_select(0, query)).exp_()
-    denom = torch.zeros_like(peak).index_add_(0, query, weight)
-    total = torch.zeros((num_seqs, *out.shape[1:]), device=out.device).index_add_(
-        0, query, out.mul_(weight.unsqueeze(-1)))
-    return total.div_(denom.unsqueeze(-1))
-
-
-def _kernel_plan(plan: PrefixDecodePlan, packs: Packs, groups: list[np.ndarray], geom: HeadGeometry
-                 ) -> PrefixKernelPlan:
-    """Index tensors of every tile group (all vectorised over packs and tokens)."""
-    device = plan.batch.device
+def _packed_plan(plan: PrefixDecodePlan, packs: Packs, groups: list[np.ndarray], geom: HeadGeometry
+                 ) -> PackedPlan:
+    """Tile groups of whole blocks, vectorised over packs and blocks."""
     order = plan.tree.order
     bs = plan.batch.block_size
-    hkv = geom.num_kv_heads
-    heads = np.arange(hkv, dtype=np.int64)
-
-    # every KV token of every pack: its column in the pack, its cache slot, who may see it
-    piece = np.repeat(np.arange(len(packs.piece_len)), packs.piece_len)
-    piece_start = np.cumsum(packs.piece_len) - packs.piece_len
-    pack_start = np.cumsum(packs.tokens) - packs.tokens
-    within = np.arange(len(piece)) - piece_start[piece]
-    column = piece_start[piece] - pack_start[packs.piece_pack[piece]] + within
-    position = packs.piece_t0[piece] + within
-    src = order[packs.piece_src[piece]]
-    slot = plan.table[src, position // bs] * bs + position % bs
-    token_pack = packs.piece_pack[piece]
+    # Every piece starts on a block boundary (shared nodes are whole blocks, private tails start
+    # where sharing ends, KV splits cut at block multiples); only a tail ends inside a block.
+    piece_blocks = -(-packs.piece_len // bs)
+    piece = np.repeat(np.arange(len(piece_blocks)), piece_blocks)
+    piece_first = np.cumsum(piece_blocks) - piece_blocks
+    within = np.arange(len(piece)) - piece_first[piece]
+    pack_blocks = np.bincount(packs.piece_pack, weights=piece_blocks, minlength=packs.num_packs)
+    pack_first = (np.cumsum(pack_blocks) - pack_blocks).astype(np.int64)
+    block_pack = packs.piece_pack[piece]
+    column = piece_first[piece] - pack_first[block_pack] + within
+    position = packs.piece_t0[piece] + within * bs
+    block_id = plan.table[order[packs.piece_src[piece]], position // bs]
     masked = packs.masked
 
     local = np.empty(packs.num_packs, dtype=np.int64)
@@ -246,46 +163,37 @@ def _kernel_plan(plan: PrefixDecodePlan, packs: Packs, groups: list[np.ndarray],
     for members in groups:
         p = len(members)
         rows = int(packs.rows[members].max())
-        tokens = int(packs.tokens[members].max())
+        nblk = int(pack_blocks[members].max())
         local[members] = np.arange(p)
         r = np.arange(rows)
         pos = packs.qlo[members][:, None] + np.minimum(r[None, :], packs.rows[members][:, None] - 1)
-        q_index = (order[pos][:, None, :] * hkv + heads[None, :, None]).reshape(-1)
         real = r[None, :] < packs.rows[members][:, None]
-        keep = None if real.all() else np.flatnonzero(real.reshape(-1))
         entry_query.append(order[pos][real])
 
-        in_group = np.isin(token_pack, members)
-        tp, tc = local[token_pack[in_group]], column[in_group]
-        slots = np.zeros((p, tokens), dtype=np.int64)
-        slots[tp, tc] = slot[in_group]
-        kv_index = (slots[:, None, :] * hkv + heads[None, :, None]).reshape(-1)
-        kv_tokens += p * tokens
+        in_group = np.isin(block_pack, members)
+        bp, bc = local[block_pack[in_group]], column[in_group]
+        blocks = np.zeros((p, nblk), dtype=np.int64)
+        blocks[bp, bc] = block_id[in_group]
+        kv_tokens += p * nblk * bs
 
         hidden = None
         if masked[members].any():
-            vis_lo = np.zeros((p, tokens), dtype=np.int64)
-            vis_hi = np.zeros((p, tokens), dtype=np.int64)
-            vis_lo[tp, tc] = packs.piece_vis_lo[piece[in_group]]
-            vis_hi[tp, tc] = packs.piece_vis_hi[piece[in_group]]
-            seen = (pos[:, :, None] >= vis_lo[:, None, :]) & (pos[:, :, None] < vis_hi[:, None, :])
-            hidden = ~seen[:, None, :, None, :]
-        elif (packs.tokens[members] < tokens).any():
-            padding = np.arange(tokens)[None, :] >= packs.tokens[members][:, None]
-            hidden = padding[:, None, None, None, :]
-
-        tiles.append(TileGroup(
-            num_packs=p, rows=rows, tokens=tokens,
-            q_index=torch.from_numpy(q_index).to(device),
-            kv_index=torch.from_numpy(kv_index).to(device),
-            hidden=None if hidden is None else torch.from_numpy(np.ascontiguousarray(hidden)).to(device),
-            keep=None if keep is None else torch.from_numpy(keep).to(device),
-        ))
+            vis_lo = np.zeros((p, nblk), dtype=np.int64)
+            vis_hi = np.zeros((p, nblk), dtype=np.int64)
+            vis_lo[bp, bc] = packs.piece_vis_lo[piece[in_group]]
+            vis_hi[bp, bc] = packs.piece_vis_hi[piece[in_group]]
+            vis_lo, vis_hi = np.repeat(vis_lo, bs, axis=1), np.repeat(vis_hi, bs, axis=1)
+            hidden = ~((pos[:, :, None] >= vis_lo[:, None, :]) & (pos[:, :, None] < vis_hi[:, None, :]))
+        if (packs.tokens[members] < nblk * bs).any():
+            padding = np.arange(nblk * bs)[None, None, :] >= packs.tokens[members][:, None, None]
+            hidden = padding if hidden is None else hidden | padding
+        tiles.append(make_tile_group(order[pos], real, blocks, hidden, geom.num_kv_heads,
+                                     plan.batch.device))
     queries = np.concatenate(entry_query) if entry_query else np.zeros(0, dtype=np.int64)
     single = len(queries) == len(order) and len(np.unique(queries)) == len(order)
-    return PrefixKernelPlan(
+    return PackedPlan(
         groups=tiles,
-        entry_query=torch.from_numpy(queries).to(device),
+        entry_query=torch.from_numpy(queries).to(plan.batch.device),
         single_entry=single,
         num_packs=packs.num_packs,
         kv_tokens_read=kv_tokens,
