@@ -3,20 +3,21 @@
 Dense paged attention reads each sequence's whole context, so a prefix shared by ``n``
 sequences is read ``n`` times. This backend reads it once per *pack*:
 
-1. **Pack** (once per step, in ``plan``): build the batch's sharing tree from the block tables
-   and let PAT's scheduler decide which queries read which KV together, split long segments and
-   choose tile shapes (``prefix_tree.py``). The tree and the join/split decisions depend only on
-   the shared blocks, which rarely change from one decode step to the next, so they are cached
-   under a key made of the shared part of the block tables; only the private tails (where each
-   step appends its token) are re-planned every step.
-2. **Forward** (once per layer): every group of equally shaped packs is one gather of its KV rows
-   and two batched matrix products over all the pack's queries at once, GQA folded into the
-   rows (the ``group`` query heads of a KV head are extra rows of the same tile). Each pack
-   returns its partial output and log-sum-exp.
+1. **Pack** (once per step): ``plan`` builds the batch's sharing tree from the block tables;
+   the step's first layer, which knows the head geometry the cost model needs, lets PAT's
+   scheduler decide which queries read which KV together, split long segments and choose tile
+   shapes (``prefix_tree.py``). The tree and the join/split decisions depend only on the shared
+   blocks, which rarely change from one decode step to the next, so they are cached under a key
+   made of the shared part of the block tables; only the private tails (where each step appends
+   its token) are re-planned every step.
+2. **Forward** (once per layer, ``packed.py``): every group of equally shaped packs is one
+   gather of whole KV blocks and, per KV head, two batched matrix products over all the packs'
+   queries at once, GQA folded into the rows (the query heads of a KV head are extra rows of
+   the same tile). Each pack returns its partial output and log-sum-exp.
 3. **Merge**: each query combines its partial results with a numerically stable log-sum-exp
    merge (max-shifted weights), vectorised with index reductions.
 
-All index tensors are computed in ``plan``/on the first layer and reused by the other layers.
+The index tensors of a step are built once and reused by all its layers.
 """
 
 from __future__ import annotations

@@ -1,0 +1,68 @@
+"""Engine-level benchmark (``make bench``): decode TPOT with the prefix and paged backends.
+
+Same model, same prompts, one process, offline API: a shared-prefix tree workload (one system
+prompt, four templates, four requests per template) and the same number of unrelated prompts
+of the same lengths. Prints and writes ``bench_engine_attention.json`` under ``$PAT_BENCH_OUT``
+(default: the test's temporary directory). Timing is reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgecloud.llm import LLM, SamplingParams
+from edgecloud.llm.random_model import write_random_model
+
+SYSTEM, TEMPLATE, REQUEST, TEMPLATES, PER_TEMPLATE, OUTPUT = 1536, 256, 32, 4, 4, 32
+
+
+def _prompts(shared: bool, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+
+    def words(n: int) -> list[int]:
+        return [rng.randrange(2, 500) for _ in range(n)]
+
+    if not shared:
+        return [words(SYSTEM + TEMPLATE + REQUEST) for _ in range(TEMPLATES * PER_TEMPLATE)]
+    system = words(SYSTEM)
+    return [system + template + words(REQUEST)
+            for template in [words(TEMPLATE) for _ in range(TEMPLATES)] for _ in range(PER_TEMPLATE)]
+
+
+def _tpot_ms(model: Path, backend: str, prompts: list[list[int]], threads: int) -> tuple[float, list[list[int]]]:
+    llm = LLM(model=str(model), attention_backend=backend, kv_cache_memory_mb=256, max_num_seqs=16,
+              max_num_batched_tokens=4096, num_threads=threads, dtype="float32")
+    params = SamplingParams(temperature=0.0, max_tokens=OUTPUT, ignore_eos=True)
+    llm.generate(prompts[:2], SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True))  # warm-up
+    outs = llm.generate(prompts, params)
+    tpots = [(o.metrics.finished_time - o.metrics.first_token_time) / (OUTPUT - 1) * 1e3 for o in outs]
+    return statistics.median(tpots), [o.outputs[0].token_ids for o in outs]
+
+
+@pytest.mark.bench
+def test_engine_tpot_prefix_vs_paged(tmp_path: Path) -> None:
+    threads = int(os.environ.get("PAT_BENCH_THREADS", "1"))
+    torch.set_num_threads(threads)
+    model = write_random_model(tmp_path / "model", arch="llama", hidden_size=512, intermediate_size=1024,
+                               num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
+                               max_position_embeddings=4096)
+    result: dict[str, object] = {"threads": threads, "model": "llama, 4 layers, hidden 512, 8/2 heads, "
+                                 "head dim 64, float32, random weights", "output_tokens": OUTPUT}
+    for workload, shared in (("shared_prefix", True), ("no_sharing", False)):
+        prompts = _prompts(shared)
+        paged_ms, paged_ids = _tpot_ms(model, "paged", prompts, threads)
+        prefix_ms, prefix_ids = _tpot_ms(model, "prefix", prompts, threads)
+        assert prefix_ids == paged_ids
+        result[workload] = {"requests": len(prompts), "prompt_tokens": len(prompts[0]),
+                            "paged_tpot_ms": round(paged_ms, 2), "prefix_tpot_ms": round(prefix_ms, 2),
+                            "tpot_change": round(prefix_ms / paged_ms - 1, 3)}
+    out = Path(os.environ.get("PAT_BENCH_OUT", tmp_path))
+    (out / "bench_engine_attention.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
