@@ -6,7 +6,8 @@ grandchildren (4 per child) of 128 tokens; every node of the last level is one d
 sequence. Blocks of every node are drawn from a shuffled pool, as in a cache after some churn.
 
 All three methods run in one process on the same batch and the same KV cache; each forward is
-one layer's decode attention, timed as the median of ``repeats`` runs after a warm-up. Dense and
+one layer's decode attention, timed as the median of ``repeats`` runs after a warm-up, the
+methods taking turns so that load from other processes hits them alike. Dense and
 cascade use the same gather and batched-product primitives as ours (``cascade.py``), so the
 ratios measure what is read and how it is scheduled. The engine's own paged backend
 (``paged.py``) can be timed too (``engine_paged``); it is slower than that dense baseline.
@@ -121,6 +122,17 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def _interleaved_median_ms(fns: Sequence[Callable[[], object]], repeats: int) -> list[float]:
+    """Round-robin over the methods, so that load from other processes hits them alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, series in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            series.append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(series) for series in times]
+
+
 def run_case(spec: TreeSpec, heads: tuple[int, int], block_size: int, repeats: int, seed: int = 0,
              engine_paged: bool = False) -> tuple[AttentionCase, dict[str, float]]:
     """One tree × head configuration; returns the case and extra diagnostics for the console."""
@@ -157,9 +169,11 @@ def run_case(spec: TreeSpec, heads: tuple[int, int], block_size: int, repeats: i
     ref = dense.forward(dense_plan, query, k_cache, v_cache, scale)
     got_cascade = cascade.forward(cascade_plan, query, k_cache, v_cache, scale)
     got_prefix = prefix.forward(prefix_plan, query, k_cache, v_cache, scale)
-    dense_ms = _median_ms(lambda: dense.forward(dense_plan, query, k_cache, v_cache, scale), repeats)
-    cascade_ms = _median_ms(lambda: cascade.forward(cascade_plan, query, k_cache, v_cache, scale), repeats)
-    prefix_ms = _median_ms(lambda: prefix.forward(prefix_plan, query, k_cache, v_cache, scale), repeats)
+    dense_ms, cascade_ms, prefix_ms = _interleaved_median_ms([
+        lambda: dense.forward(dense_plan, query, k_cache, v_cache, scale),
+        lambda: cascade.forward(cascade_plan, query, k_cache, v_cache, scale),
+        lambda: prefix.forward(prefix_plan, query, k_cache, v_cache, scale),
+    ], repeats)
     case = AttentionCase(
         tree=spec.text,
         heads=f"{q_heads}/{kv_heads}",
