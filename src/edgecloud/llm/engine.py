@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from edgecloud.llm.model_runner import ModelRunner, kv_bytes_per_block
 from edgecloud.llm.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from edgecloud.llm.sampler import Sampler, SampleRow
 from edgecloud.llm.sampling_params import SamplingParams
-from edgecloud.llm.scheduler import Scheduler
+from edgecloud.llm.scheduler import Scheduler, SchedulerOutput
 from edgecloud.llm.sequence import Request, Sequence, SequenceStatus
 from edgecloud.llm.tokenizer import Tokenizer
 
@@ -94,6 +95,8 @@ class LLMEngine:
         if self.tokenizer.eos_token_id is not None:
             self.stop_token_ids.add(self.tokenizer.eos_token_id)
         self.lora_adapters: dict[str, object] = {}
+        # Called with each step's schedule before it runs (benchmarks use it to account the step).
+        self.on_step: Callable[[SchedulerOutput], None] | None = None
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = 0
@@ -209,6 +212,8 @@ class LLMEngine:
             touched[seq.request.request_id] = seq.request
         if not plan.scheduled:
             return self._collect(touched)
+        if self.on_step is not None:
+            self.on_step(plan)
         now = time.monotonic()
         for s in plan.scheduled:
             metrics = s.seq.request.metrics
