@@ -98,3 +98,24 @@ def test_stop_string_truncates_text(llama_dir: Path, hf_refs: dict[str, HFRefere
         SamplingParams(temperature=0.0, max_tokens=12, stop=stop, include_stop_str_in_output=True, ignore_eos=True),
     )[0].outputs[0]
     assert kept.text == full_text[: full_text.index(stop) + len(stop)]
+
+
+def test_kv_exported_by_a_prefill_engine_continues_on_a_decode_engine(
+    llama_dir: Path, hf_refs: dict[str, HFReference]
+) -> None:
+    prompt = random_prompts(1, 21, 21, seed=8)[0]
+    want_ids, _ = hf_refs["llama"].greedy(prompt, 1 + GREEDY.max_tokens)
+    prefill = LLM(model=str(llama_dir), block_size=4, kv_cache_memory_mb=1).engine
+    prefill.add_request("p", prompt, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True), export_kv=True)
+    while prefill.has_unfinished():
+        outs = prefill.step()
+    kv = outs[0].kv
+    assert kv is not None and kv.token_ids == prompt and outs[0].outputs[0].token_ids == want_ids[:1]
+    assert prefill.block_manager.num_free_blocks == prefill.block_manager.num_blocks
+
+    decode = LLM(model=str(llama_dir), block_size=8, kv_cache_memory_mb=1).engine  # another block size
+    decode.add_request("d", prompt + want_ids[:1], GREEDY, kv=kv)
+    while decode.has_unfinished():
+        outs = decode.step()
+    assert outs[0].outputs[0].token_ids == want_ids[1:]
+    assert outs[0].num_cached_tokens == len(prompt)
