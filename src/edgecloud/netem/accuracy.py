@@ -1,0 +1,143 @@
+"""How closely the relays keep their configured delay, measured on loopback.
+
+Echo round trips, side by side in one run: direct (the baseline: loopback plus Python), through the
+UDP relay and the TCP proxy with no shaping (the relay's own cost), and with a one-way delay on the
+uplink. The error reported is ``round trip - configured delay``: everything the emulator adds on top
+of what it was asked for. Client, relay and echo server share one asyncio loop in one process, the
+way tests and benchmarks in this repository use the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+from typing import Any, cast
+
+import numpy as np
+
+from edgecloud.netem.profile import LinkProfile
+from edgecloud.netem.tcp import TcpProxy
+from edgecloud.netem.udp import Address, UdpRelay
+
+MESSAGE_BYTES = 200
+
+
+class _UdpEcho(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(data, addr)
+
+
+class _UdpProbe(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.sent: dict[int, float] = {}
+        self.rtts: list[float] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        sent = self.sent.pop(int.from_bytes(data[:4], "big"), None)
+        if sent is not None:
+            self.rtts.append(asyncio.get_running_loop().time() - sent)
+
+
+async def _udp_rtts(address: Address, packets: int, interval_s: float, settle_s: float) -> list[float]:
+    loop = asyncio.get_running_loop()
+    transport, probe = await loop.create_datagram_endpoint(_UdpProbe, remote_addr=address)
+    padding = bytes(MESSAGE_BYTES - 4)
+    for seq in range(packets):
+        probe.sent[seq] = loop.time()
+        transport.sendto(seq.to_bytes(4, "big") + padding)
+        await asyncio.sleep(interval_s)
+    await asyncio.sleep(settle_s)
+    transport.close()
+    return probe.rtts
+
+
+async def _tcp_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def _tcp_rtts(address: Address, packets: int, interval_s: float) -> list[float]:
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection(*address)
+    message = bytes(MESSAGE_BYTES)
+    rtts = []
+    for _ in range(packets):
+        sent = loop.time()
+        writer.write(message)
+        await reader.readexactly(MESSAGE_BYTES)
+        rtts.append(loop.time() - sent)
+        await asyncio.sleep(interval_s)
+    writer.close()
+    await writer.wait_closed()
+    return rtts
+
+
+def _summary_ms(seconds: list[float], minus_ms: float = 0.0) -> dict[str, float]:
+    values = np.asarray(seconds) * 1e3 - minus_ms
+    quantiles = np.percentile(values, [50, 90, 99])
+    return {
+        "n": len(values),
+        "min": round(float(values.min()), 3),
+        "p50": round(float(quantiles[0]), 3),
+        "p90": round(float(quantiles[1]), 3),
+        "p99": round(float(quantiles[2]), 3),
+        "max": round(float(values.max()), 3),
+    }
+
+
+async def measure(delay_ms: float = 20.0, packets: int = 2000, interval_ms: float = 2.0) -> dict[str, Any]:
+    """Round-trip summaries (ms) for each path; ``*_error_ms`` subtract the configured delay."""
+    loop = asyncio.get_running_loop()
+    interval_s = interval_ms / 1e3
+    settle_s = delay_ms / 1e3 + 0.2
+    udp_echo, _ = await loop.create_datagram_endpoint(_UdpEcho, local_addr=("127.0.0.1", 0))
+    udp_target = udp_echo.get_extra_info("sockname")[:2]
+    tcp_echo = await asyncio.start_server(_tcp_echo, "127.0.0.1", 0)
+    tcp_target = tcp_echo.sockets[0].getsockname()[:2]
+    delayed = LinkProfile(delay_ms=delay_ms)
+    report: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared, noisy), Python {platform.python_version()}",
+        "configured_delay_ms": delay_ms,
+        "packets": packets,
+        "interval_ms": interval_ms,
+        "message_bytes": MESSAGE_BYTES,
+    }
+    try:
+        report["udp_direct_rtt_ms"] = _summary_ms(await _udp_rtts(udp_target, packets, interval_s, settle_s))
+        async with UdpRelay(target=udp_target) as relay:
+            report["udp_relay_unshaped_rtt_ms"] = _summary_ms(
+                await _udp_rtts(relay.address, packets, interval_s, settle_s))
+        async with UdpRelay(target=udp_target, uplink=delayed) as relay:
+            report["udp_relay_delay_error_ms"] = _summary_ms(
+                await _udp_rtts(relay.address, packets, interval_s, settle_s), minus_ms=delay_ms)
+        report["tcp_direct_rtt_ms"] = _summary_ms(await _tcp_rtts(tcp_target, packets, interval_s))
+        async with TcpProxy(target=tcp_target) as proxy:
+            report["tcp_proxy_unshaped_rtt_ms"] = _summary_ms(await _tcp_rtts(proxy.address, packets, interval_s))
+        async with TcpProxy(target=tcp_target, uplink=delayed) as proxy:
+            report["tcp_proxy_delay_error_ms"] = _summary_ms(
+                await _tcp_rtts(proxy.address, packets, interval_s), minus_ms=delay_ms)
+    finally:
+        udp_echo.close()
+        tcp_echo.close()
+        await tcp_echo.wait_closed()
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"netem timing on {report['machine']}: configured one-way delay {report['configured_delay_ms']} ms, "
+             f"{report['packets']} round trips per path, every {report['interval_ms']} ms",
+             f"{'path (ms)':<28}{'min':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}"]
+    for key, value in report.items():
+        if isinstance(value, dict):
+            lines.append(f"{key:<28}" + "".join(f"{value[q]:>9.3f}" for q in ("min", "p50", "p90", "p99", "max")))
+    return "\n".join(lines)
