@@ -114,12 +114,19 @@ def test_gilbert_elliott_mean_loss_with_lossy_states() -> None:
     model = GilbertElliott(p_good_to_bad=0.1, p_bad_to_good=0.3, loss_in_good=0.01, loss_in_bad=0.5)
     assert model.mean_loss == pytest.approx((0.3 * 0.01 + 0.1 * 0.5) / 0.4)
     n = 100_000
-    assert sum(_losses(Link(LinkProfile(loss=model), seed=4), n)) / n == pytest.approx(model.mean_loss, abs=0.01)
+    assert sum(_losses(Link(LinkProfile(loss=model), seed=4), n)) / n == pytest.approx(
+        model.mean_loss, abs=0.01
+    )
 
 
 def test_schedule_switches_profiles_at_their_times() -> None:
-    schedule = Schedule([(0.0, LinkProfile(delay_ms=10.0)), (5.0, LinkProfile(delay_ms=100.0)),
-                         (10.0, LinkProfile(delay_ms=10.0, loss=1.0))])
+    schedule = Schedule(
+        [
+            (0.0, LinkProfile(delay_ms=10.0)),
+            (5.0, LinkProfile(delay_ms=100.0)),
+            (10.0, LinkProfile(delay_ms=10.0, loss=1.0)),
+        ]
+    )
     link = Link(schedule, start=100.0)
     assert link.send(104.9, 1) == pytest.approx(104.91)
     assert link.send(105.0, 1) == pytest.approx(105.1)
@@ -166,7 +173,9 @@ def test_lost_packets_report_when_they_would_have_arrived() -> None:
 def test_invariants_accounting_fifo_and_bounded_queue(
     offers: list[tuple[float, int]], rate: float | None, queue: int, loss: float, jitter: float
 ) -> None:
-    link = Link(LinkProfile(delay_ms=5.0, jitter_ms=jitter, rate_mbps=rate, queue_bytes=queue, loss=loss), seed=9)
+    link = Link(
+        LinkProfile(delay_ms=5.0, jitter_ms=jitter, rate_mbps=rate, queue_bytes=queue, loss=loss), seed=9
+    )
     now, last, largest = 0.0, -math.inf, 0
     for gap, size in offers:
         now += gap
@@ -179,7 +188,9 @@ def test_invariants_accounting_fifo_and_bounded_queue(
             assert arrival >= last
             last = arrival
     stats = link.stats
-    assert stats.packets_in == len(offers) == stats.packets_delivered + stats.dropped_loss + stats.dropped_queue
+    assert (
+        stats.packets_in == len(offers) == stats.packets_delivered + stats.dropped_loss + stats.dropped_queue
+    )
     assert stats.bytes_in == sum(size for _, size in offers)
 
 

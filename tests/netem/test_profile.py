@@ -43,7 +43,7 @@ def test_schedule_must_start_at_zero_and_increase() -> None:
     profile = LinkProfile()
     with pytest.raises(ValueError, match="must start at t=0"):
         Schedule([(1.0, profile)])
-    with pytest.raises(ValueError, match="increase strictly, got 5.0 then 5.0"):
+    with pytest.raises(ValueError, match=r"increase strictly, got 5\.0 then 5\.0"):
         Schedule([(0.0, profile), (5.0, profile), (5.0, profile)])
     with pytest.raises(ValueError, match="at least one"):
         Schedule([])
@@ -59,11 +59,15 @@ def test_schedule_picks_the_profile_in_force() -> None:
 
 def test_schedule_from_json_file(tmp_path: Path) -> None:
     path = tmp_path / "schedule.json"
-    path.write_text(json.dumps([
-        {"at_s": 0, "delay_ms": 50, "loss": 0.01},
-        {"at_s": 30, "profile": "tactical-radio", "jitter_ms": 0},
-        {"at_s": 60, "loss": {"model": "gilbert-elliott", "mean": 0.1, "burst_len": 5}},
-    ]))
+    path.write_text(
+        json.dumps(
+            [
+                {"at_s": 0, "delay_ms": 50, "loss": 0.01},
+                {"at_s": 30, "profile": "tactical-radio", "jitter_ms": 0},
+                {"at_s": 60, "loss": {"model": "gilbert-elliott", "mean": 0.1, "burst_len": 5}},
+            ]
+        )
+    )
     schedule = Schedule.from_json(path)
     assert schedule.at(0) == LinkProfile(delay_ms=50.0, loss=Bernoulli(0.01))
     assert schedule.at(45) == LinkProfile(**{**PROFILES["tactical-radio"].__dict__, "jitter_ms": 0})
@@ -73,7 +77,10 @@ def test_schedule_from_json_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"profile": "moon-link"}, "unknown profile 'moon-link'; known: lte, satellite-geo, tactical-radio, wifi"),
+        (
+            {"profile": "moon-link"},
+            "unknown profile 'moon-link'; known: lte, satellite-geo, tactical-radio, wifi",
+        ),
         ({"delay": 5}, r"unknown link profile field\(s\) \['delay'\]"),
         ({"loss": {"model": "pareto"}}, "loss model must be 'bernoulli' or 'gilbert-elliott'"),
         ({"loss": 2}, r"loss\.p must be a probability"),

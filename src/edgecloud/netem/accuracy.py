@@ -106,7 +106,8 @@ async def measure(delay_ms: float = 20.0, packets: int = 2000, interval_ms: floa
     tcp_target = tcp_echo.sockets[0].getsockname()[:2]
     delayed = LinkProfile(delay_ms=delay_ms)
     report: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared, noisy), Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared, noisy), "
+        f"Python {platform.python_version()}",
         "configured_delay_ms": delay_ms,
         "packets": packets,
         "interval_ms": interval_ms,
@@ -116,16 +117,21 @@ async def measure(delay_ms: float = 20.0, packets: int = 2000, interval_ms: floa
         report["udp_direct_rtt_ms"] = _summary_ms(await _udp_rtts(udp_target, packets, interval_s, settle_s))
         async with UdpRelay(target=udp_target) as relay:
             report["udp_relay_unshaped_rtt_ms"] = _summary_ms(
-                await _udp_rtts(relay.address, packets, interval_s, settle_s))
+                await _udp_rtts(relay.address, packets, interval_s, settle_s)
+            )
         async with UdpRelay(target=udp_target, uplink=delayed) as relay:
             report["udp_relay_delay_error_ms"] = _summary_ms(
-                await _udp_rtts(relay.address, packets, interval_s, settle_s), minus_ms=delay_ms)
+                await _udp_rtts(relay.address, packets, interval_s, settle_s), minus_ms=delay_ms
+            )
         report["tcp_direct_rtt_ms"] = _summary_ms(await _tcp_rtts(tcp_target, packets, interval_s))
         async with TcpProxy(target=tcp_target) as proxy:
-            report["tcp_proxy_unshaped_rtt_ms"] = _summary_ms(await _tcp_rtts(proxy.address, packets, interval_s))
+            report["tcp_proxy_unshaped_rtt_ms"] = _summary_ms(
+                await _tcp_rtts(proxy.address, packets, interval_s)
+            )
         async with TcpProxy(target=tcp_target, uplink=delayed) as proxy:
             report["tcp_proxy_delay_error_ms"] = _summary_ms(
-                await _tcp_rtts(proxy.address, packets, interval_s), minus_ms=delay_ms)
+                await _tcp_rtts(proxy.address, packets, interval_s), minus_ms=delay_ms
+            )
     finally:
         udp_echo.close()
         tcp_echo.close()
@@ -134,10 +140,14 @@ async def measure(delay_ms: float = 20.0, packets: int = 2000, interval_ms: floa
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"netem timing on {report['machine']}: configured one-way delay {report['configured_delay_ms']} ms, "
-             f"{report['packets']} round trips per path, every {report['interval_ms']} ms",
-             f"{'path (ms)':<28}{'min':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}"]
+    lines = [
+        f"netem timing on {report['machine']}: configured one-way delay {report['configured_delay_ms']} ms, "
+        f"{report['packets']} round trips per path, every {report['interval_ms']} ms",
+        f"{'path (ms)':<28}{'min':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}",
+    ]
     for key, value in report.items():
         if isinstance(value, dict):
-            lines.append(f"{key:<28}" + "".join(f"{value[q]:>9.3f}" for q in ("min", "p50", "p90", "p99", "max")))
+            lines.append(
+                f"{key:<28}" + "".join(f"{value[q]:>9.3f}" for q in ("min", "p50", "p90", "p99", "max"))
+            )
     return "\n".join(lines)

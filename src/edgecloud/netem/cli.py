@@ -35,8 +35,9 @@ def _number(low: float, *, inclusive: bool = True, high: float | None = None, ki
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'}, "
-                                             f"got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected a{'n integer' if kind is int else ' number'}, got {text!r}"
+            ) from None
         too_low = value < low if inclusive else value <= low
         if too_low or (high is not None and value > high):
             bound = f"in [{low:g}, {high:g}]" if high is not None else f"{'>=' if inclusive else '>'} {low:g}"
@@ -51,23 +52,60 @@ def _add_shaping(parser: argparse.ArgumentParser, prefix: str, where: str) -> No
 
     dashed = f"--{prefix}-" if prefix else "--"
     dest = f"{prefix}_" if prefix else ""
-    parser.add_argument(f"{dashed}profile", dest=f"{dest}profile", choices=sorted(PROFILES),
-                        help=f"start from a named link profile ({where})")
-    parser.add_argument(f"{dashed}delay-ms", dest=f"{dest}delay_ms", type=_number(0.0), metavar="MS",
-                        help=f"one-way delay in ms ({where})")
-    parser.add_argument(f"{dashed}jitter-ms", dest=f"{dest}jitter_ms", type=_number(0.0), metavar="MS",
-                        help=f"uniform delay variation ±MS, no reordering ({where})")
-    parser.add_argument(f"{dashed}rate-mbps", dest=f"{dest}rate_mbps", type=_number(0.0, inclusive=False),
-                        metavar="MBPS", help=f"rate limit in Mbit/s; default unlimited ({where})")
-    parser.add_argument(f"{dashed}queue-bytes", dest=f"{dest}queue_bytes", type=_number(1, kind=int),
-                        metavar="BYTES", help=f"bottleneck queue size, tail drop beyond it ({where})")
-    parser.add_argument(f"{dashed}loss", dest=f"{dest}loss", type=_number(0.0, high=1.0), metavar="P",
-                        help=f"mean packet loss rate in [0, 1] ({where})")
-    parser.add_argument(f"{dashed}loss-model", dest=f"{dest}loss_model",
-                        choices=("bernoulli", "gilbert-elliott"),
-                        help=f"independent or bursty loss; default bernoulli ({where})")
-    parser.add_argument(f"{dashed}burst-len", dest=f"{dest}burst_len", type=_number(1.0), metavar="N",
-                        help=f"mean loss burst in packets for gilbert-elliott; default 3 ({where})")
+    parser.add_argument(
+        f"{dashed}profile",
+        dest=f"{dest}profile",
+        choices=sorted(PROFILES),
+        help=f"start from a named link profile ({where})",
+    )
+    parser.add_argument(
+        f"{dashed}delay-ms",
+        dest=f"{dest}delay_ms",
+        type=_number(0.0),
+        metavar="MS",
+        help=f"one-way delay in ms ({where})",
+    )
+    parser.add_argument(
+        f"{dashed}jitter-ms",
+        dest=f"{dest}jitter_ms",
+        type=_number(0.0),
+        metavar="MS",
+        help=f"uniform delay variation ±MS, no reordering ({where})",
+    )
+    parser.add_argument(
+        f"{dashed}rate-mbps",
+        dest=f"{dest}rate_mbps",
+        type=_number(0.0, inclusive=False),
+        metavar="MBPS",
+        help=f"rate limit in Mbit/s; default unlimited ({where})",
+    )
+    parser.add_argument(
+        f"{dashed}queue-bytes",
+        dest=f"{dest}queue_bytes",
+        type=_number(1, kind=int),
+        metavar="BYTES",
+        help=f"bottleneck queue size, tail drop beyond it ({where})",
+    )
+    parser.add_argument(
+        f"{dashed}loss",
+        dest=f"{dest}loss",
+        type=_number(0.0, high=1.0),
+        metavar="P",
+        help=f"mean packet loss rate in [0, 1] ({where})",
+    )
+    parser.add_argument(
+        f"{dashed}loss-model",
+        dest=f"{dest}loss_model",
+        choices=("bernoulli", "gilbert-elliott"),
+        help=f"independent or bursty loss; default bernoulli ({where})",
+    )
+    parser.add_argument(
+        f"{dashed}burst-len",
+        dest=f"{dest}burst_len",
+        type=_number(1.0),
+        metavar="N",
+        help=f"mean loss burst in packets for gilbert-elliott; default 3 ({where})",
+    )
 
 
 def _direction_profile(args: argparse.Namespace, direction: str) -> ProfileLike:
@@ -100,8 +138,12 @@ def _profiles(args: argparse.Namespace) -> tuple[ProfileLike, ProfileLike]:
 
     if args.schedule is None:
         return _direction_profile(args, "up"), _direction_profile(args, "down")
-    shaping = [f"--{d + '-' if d else ''}{name.replace('_', '-')}" for d in ("", "up", "down") for name in SHAPING
-               if getattr(args, f"{d}_{name}" if d else name) is not None]
+    shaping = [
+        f"--{d + '-' if d else ''}{name.replace('_', '-')}"
+        for d in ("", "up", "down")
+        for name in SHAPING
+        if getattr(args, f"{d}_{name}" if d else name) is not None
+    ]
     if shaping:
         raise ValueError(f"--schedule cannot be combined with {', '.join(shaping)}; put them in the file")
     try:
@@ -112,20 +154,24 @@ def _profiles(args: argparse.Namespace) -> tuple[ProfileLike, ProfileLike]:
         raise ValueError(f"--schedule: {args.schedule} is not valid JSON: {exc}") from exc
     if isinstance(data, dict):
         if set(data) != {"uplink", "downlink"}:
-            raise ValueError("--schedule: a JSON object must have exactly the keys \"uplink\" and \"downlink\"")
+            raise ValueError('--schedule: a JSON object must have exactly the keys "uplink" and "downlink"')
         return Schedule.from_json(data["uplink"]), Schedule.from_json(data["downlink"])
     schedule = Schedule.from_json(data)
     return schedule, schedule
 
 
 def format_stats(stats: RelayStats) -> str:
-    header = f"{'direction':<10}{'packets in':>12}{'bytes in':>14}{'delivered':>12}{'bytes out':>14}" \
-             f"{'lost':>8}{'queue drop':>12}{'errors':>8}"
+    header = (
+        f"{'direction':<10}{'packets in':>12}{'bytes in':>14}{'delivered':>12}{'bytes out':>14}"
+        f"{'lost':>8}{'queue drop':>12}{'errors':>8}"
+    )
     rows = [header]
     for name, counters in (("uplink", stats.uplink), ("downlink", stats.downlink)):
-        rows.append(f"{name:<10}{counters.packets_in:>12}{counters.bytes_in:>14}{counters.packets_delivered:>12}"
-                    f"{counters.bytes_delivered:>14}{counters.dropped_loss:>8}{counters.dropped_queue:>12}"
-                    f"{counters.send_errors:>8}")
+        rows.append(
+            f"{name:<10}{counters.packets_in:>12}{counters.bytes_in:>14}{counters.packets_delivered:>12}"
+            f"{counters.bytes_delivered:>14}{counters.dropped_loss:>8}{counters.dropped_queue:>12}"
+            f"{counters.send_errors:>8}"
+        )
     return "\n".join(rows)
 
 
@@ -146,7 +192,10 @@ async def _run_relay(args: argparse.Namespace, uplink: ProfileLike, downlink: Pr
     with suppress(NotImplementedError):  # no signal handlers on some platforms
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
     host, port = relay.address
-    print(f"netem {args.protocol}: listening on {host}:{port}, relaying to {args.to[0]}:{args.to[1]}", flush=True)
+    print(
+        f"netem {args.protocol}: listening on {host}:{port}, relaying to {args.to[0]}:{args.to[1]}",
+        flush=True,
+    )
     print(f"  uplink:   {uplink}\n  downlink: {downlink}", flush=True)
     try:
         await asyncio.sleep(args.duration if args.duration is not None else float("inf"))
@@ -168,8 +217,11 @@ def run_relay(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_run_relay(args, uplink, downlink))
     except OSError as exc:
-        print(f"edgecloud netem {args.protocol}: error: cannot listen on {args.listen[0]}:{args.listen[1]}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
+        print(
+            f"edgecloud netem {args.protocol}: error: cannot listen on {args.listen[0]}:{args.listen[1]}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -205,21 +257,30 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
             help=summary,
             description=f"{summary}. Options without --up-/--down- shape both directions "
             "(uplink = client to target, downlink = target to client).",
-            epilog="Schedule file: a JSON list [{\"at_s\": 0, \"delay_ms\": 50, \"loss\": 0.01}, "
-            "{\"at_s\": 30, \"profile\": \"tactical-radio\"}, ...] applied to both directions, or "
-            "{\"uplink\": [...], \"downlink\": [...]}. loss may also be {\"model\": \"gilbert-elliott\", "
-            "\"mean\": 0.05, \"burst_len\": 3}. Times are seconds since start.",
+            epilog='Schedule file: a JSON list [{"at_s": 0, "delay_ms": 50, "loss": 0.01}, '
+            '{"at_s": 30, "profile": "tactical-radio"}, ...] applied to both directions, or '
+            '{"uplink": [...], "downlink": [...]}. loss may also be {"model": "gilbert-elliott", '
+            '"mean": 0.05, "burst_len": 3}. Times are seconds since start.',
         )
-        parser.add_argument("--listen", type=host_port, default=("127.0.0.1", 0), metavar="HOST:PORT",
-                            help="address to listen on (default 127.0.0.1:0, a free port; printed at start)")
+        parser.add_argument(
+            "--listen",
+            type=host_port,
+            default=("127.0.0.1", 0),
+            metavar="HOST:PORT",
+            help="address to listen on (default 127.0.0.1:0, a free port; printed at start)",
+        )
         parser.add_argument("--to", type=host_port, required=True, metavar="HOST:PORT", help="target address")
         _add_shaping(parser, "", "both directions")
         for direction, where in (("up", "uplink only"), ("down", "downlink only")):
             _add_shaping(parser, direction, where)
         parser.add_argument("--schedule", metavar="FILE.json", help="profiles over time (see below)")
         parser.add_argument("--seed", type=int, default=0, help="seed for loss and jitter (default 0)")
-        parser.add_argument("--duration", type=_number(0.0, inclusive=False), metavar="SECONDS",
-                            help="stop after this long (default: until Ctrl-C)")
+        parser.add_argument(
+            "--duration",
+            type=_number(0.0, inclusive=False),
+            metavar="SECONDS",
+            help="stop after this long (default: until Ctrl-C)",
+        )
         parser.set_defaults(handler=run_relay)
 
     parser = bench.add_parser(

@@ -58,8 +58,10 @@ class GilbertElliott:
         for name in ("p_good_to_bad", "p_bad_to_good", "loss_in_good", "loss_in_bad"):
             _check_probability("GilbertElliott", name, getattr(self, name))
         if self.p_bad_to_good == 0.0 and self.p_good_to_bad > 0.0:
-            raise ValueError("GilbertElliott.p_bad_to_good must be > 0 when p_good_to_bad > 0 "
-                             "(otherwise the bad state is absorbing)")
+            raise ValueError(
+                "GilbertElliott.p_bad_to_good must be > 0 when p_good_to_bad > 0 "
+                "(otherwise the bad state is absorbing)"
+            )
 
     @classmethod
     def from_mean(cls, loss_rate: float, burst_len: float) -> GilbertElliott:
@@ -76,8 +78,10 @@ class GilbertElliott:
         to_good = 1.0 / burst_len
         to_bad = loss_rate * to_good / (1.0 - loss_rate)
         if to_bad > 1.0:
-            raise ValueError(f"GilbertElliott: loss_rate {loss_rate} with burst_len {burst_len} needs "
-                             f"p_good_to_bad = {to_bad:.3f} > 1; use a longer burst_len")
+            raise ValueError(
+                f"GilbertElliott: loss_rate {loss_rate} with burst_len {burst_len} needs "
+                f"p_good_to_bad = {to_bad:.3f} > 1; use a longer burst_len"
+            )
         return cls(p_good_to_bad=to_bad, p_bad_to_good=to_good)
 
     @property
@@ -133,8 +137,10 @@ class LinkProfile:
             _check_probability("LinkProfile", "loss", self.loss)
             object.__setattr__(self, "loss", Bernoulli(float(self.loss)) if self.loss > 0 else None)
         elif self.loss is not None and not isinstance(self.loss, Bernoulli | GilbertElliott):
-            raise ValueError(f"LinkProfile.loss must be None, a probability, Bernoulli or GilbertElliott, "
-                             f"got {self.loss!r}")
+            raise ValueError(
+                f"LinkProfile.loss must be None, a probability, Bernoulli or GilbertElliott, "
+                f"got {self.loss!r}"
+            )
 
     @property
     def rate_bytes_per_s(self) -> float | None:
@@ -153,7 +159,7 @@ class Schedule:
             raise ValueError("Schedule needs at least one (time, profile) entry")
         if self.entries[0][0] != 0.0:
             raise ValueError(f"Schedule must start at t=0, got first entry at t={self.entries[0][0]}")
-        for (earlier, _), (later, profile) in zip(self.entries, self.entries[1:], strict=False):
+        for (earlier, _), (later, _) in zip(self.entries, self.entries[1:], strict=False):
             if not later > earlier:
                 raise ValueError(f"Schedule times must increase strictly, got {earlier} then {later}")
         for _, profile in self.entries:
@@ -177,11 +183,11 @@ class Schedule:
         """
         data = json.loads(Path(source).read_text()) if isinstance(source, str | Path) else source
         if not isinstance(data, list):
-            raise ValueError("schedule JSON must be a list of {\"at_s\": seconds, ...profile fields} objects")
+            raise ValueError('schedule JSON must be a list of {"at_s": seconds, ...profile fields} objects')
         entries = []
         for index, item in enumerate(data):
             if not isinstance(item, dict) or "at_s" not in item:
-                raise ValueError(f"schedule entry {index} must be an object with \"at_s\", got {item!r}")
+                raise ValueError(f'schedule entry {index} must be an object with "at_s", got {item!r}')
             fields_only = {k: v for k, v in item.items() if k != "at_s"}
             entries.append((item["at_s"], profile_from_dict(fields_only)))
         return cls(entries)
@@ -233,6 +239,7 @@ def profile_from_dict(spec: Mapping[str, Any]) -> LinkProfile:
     base = PROFILES[base_name] if base_name is not None else LinkProfile()
     return replace(base, **spec)
 
+
 WIFI = LinkProfile(delay_ms=2.0, jitter_ms=1.0, rate_mbps=50.0, queue_bytes=256 * 1024, loss=Bernoulli(0.001))
 """An indoor 802.11n/ac WLAN hop with a good signal.
 
@@ -246,8 +253,9 @@ LTE = LinkProfile(delay_ms=25.0, jitter_ms=5.0, rate_mbps=20.0, queue_bytes=512 
 """A loaded 4G/LTE cell: ~50 ms RTT, 20 Mbit/s, 0.5% loss, and the deep base-station buffers
 LTE is known for (512 KiB, ~200 ms at 20 Mbit/s). Assumed typical values, not a measured trace."""
 
-SATELLITE_GEO = LinkProfile(delay_ms=280.0, jitter_ms=10.0, rate_mbps=10.0, queue_bytes=1024 * 1024,
-                            loss=Bernoulli(0.005))
+SATELLITE_GEO = LinkProfile(
+    delay_ms=280.0, jitter_ms=10.0, rate_mbps=10.0, queue_bytes=1024 * 1024, loss=Bernoulli(0.005)
+)
 """A geostationary satellite hop: ~560 ms RTT (physics: 2 x 35,786 km up and down is ~480 ms, plus
 ground segment), 10 Mbit/s, 0.5% loss. Assumed typical consumer-terminal values."""
 

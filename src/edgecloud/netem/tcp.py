@@ -9,10 +9,12 @@ TCP never loses bytes, so the link's effects become time:
 
 * **Loss** is the delay a retransmission adds. A segment the link loses is resent after a recovery
   time of ``5/4 · RTT`` (RTT = uplink + downlink one-way delays in force; fast retransmit / RACK
-  detects a loss about one RTT plus a quarter-RTT reordering window after it was sent), and the
-  resend can be lost again (the loss process advances). Resends do not take link capacity again,
-  and tail losses that a real stack would recover only by a timeout are modelled as fast
-  recoveries, so the model is optimistic for short, sparse transfers.
+  detects a loss about one RTT plus a quarter-RTT reordering window after it was sent). The resend
+  can be lost again (the loss process advances); each further loss doubles the recovery time, like
+  a retransmission timer backing off, and after ``MAX_RETRANSMISSIONS`` losses of one segment the
+  connection is torn down, as a stack gives up (Linux ``tcp_retries2``). Resends do not take link
+  capacity again, and tail losses that a real stack would recover only by a timeout are modelled
+  as fast recoveries, so the model is optimistic for short, sparse transfers.
 * **In-order delivery**: a segment is never written before the one in front of it, so a delayed
   segment holds back the ones after it (head-of-line blocking), as in TCP.
 * **Queue**: instead of tail-dropping, a full bottleneck queue pauses reading from the sender, whose
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 RECOVERY_RTTS = 1.25
 MIN_RECOVERY_S = 0.001  # even at zero configured delay a retransmission takes a moment
+MAX_RETRANSMISSIONS = 15
 
 
 class _PeerFailed(Exception):
@@ -52,11 +55,13 @@ class _Pump:
         self,
         proxy: TcpProxy,
         link: Link,
+        timer: DeliveryTimer,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
         self._proxy = proxy
         self._link = link
+        self._timer = timer
         self._reader = reader
         self._writer = writer
         self._last_arrival = 0.0
@@ -77,8 +82,8 @@ class _Pump:
                 break
             for offset in range(0, len(chunk), proxy.segment_bytes):
                 segment = chunk[offset : offset + proxy.segment_bytes]
-                wait = self._link.time_until_room(loop.time(), len(segment))
-                if wait > 0:
+                # Wait for room rather than tail-drop: see "Queue" in the module docstring.
+                while (wait := self._link.time_until_room(loop.time(), len(segment))) > 0:
                     await asyncio.sleep(wait)
                 self._schedule(loop.time(), segment)
             await self._room.wait()
@@ -89,7 +94,7 @@ class _Pump:
             except (ConnectionError, OSError) as exc:
                 raise _PeerFailed(f"write failed: {exc}") from exc
         # End of stream: pass the half-close on once everything before it has been written.
-        proxy._timer.call_at(max(self._last_arrival, loop.time()), self._finish)
+        self._timer.call_at(max(self._last_arrival, loop.time()), self._finish)
         await self._finished
 
     def _schedule(self, now: float, segment: bytes) -> None:
@@ -101,16 +106,19 @@ class _Pump:
         self._unwritten += len(segment)
         if self._unwritten >= self._proxy.max_unwritten_bytes:
             self._room.clear()
-        self._proxy._timer.call_at(self._last_arrival, self._write, segment)
+        self._timer.call_at(self._last_arrival, self._write, segment)
 
     def _recover(self, now: float, arrival: float) -> float:
         """Arrival time of a segment the link lost, resent until a copy gets through."""
         proxy = self._proxy
-        while True:
-            rtt = (proxy.uplink.profile_at(now).delay_ms + proxy.downlink.profile_at(now).delay_ms) / 1e3
-            arrival += max(RECOVERY_RTTS * rtt, MIN_RECOVERY_S)
+        rtt = (proxy.uplink.profile_at(now).delay_ms + proxy.downlink.profile_at(now).delay_ms) / 1e3
+        recovery = max(RECOVERY_RTTS * rtt, MIN_RECOVERY_S)
+        for _ in range(MAX_RETRANSMISSIONS):
+            arrival += recovery
             if not self._link.draw_loss(now):
                 return arrival
+            recovery *= 2
+        raise _PeerFailed(f"a segment was lost {MAX_RETRANSMISSIONS + 1} times in a row; giving up")
 
     def _write(self, segment: bytes) -> None:
         self._unwritten -= len(segment)
@@ -157,7 +165,7 @@ class TcpProxy:
         self.connections_failed = 0
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
-        self._timer: DeliveryTimer
+        self._timer: DeliveryTimer | None = None
 
     @property
     def address(self) -> Address:
@@ -186,7 +194,8 @@ class TcpProxy:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
-        self._timer.close()
+        if self._timer is not None:
+            self._timer.close()
 
     async def __aenter__(self) -> TcpProxy:
         await self.start()
@@ -211,6 +220,8 @@ class TcpProxy:
             self._handlers.discard(task)
 
     async def _proxy(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        timer = self._timer
+        assert timer is not None, "start() first"
         target_writer: asyncio.StreamWriter | None = None
         try:
             try:
@@ -222,8 +233,8 @@ class TcpProxy:
                 log.warning("netem tcp: cannot reach target %s: %s", self.target, exc)
                 return
             pumps = [
-                asyncio.create_task(_Pump(self, self.uplink, client_reader, target_writer).run()),
-                asyncio.create_task(_Pump(self, self.downlink, target_reader, client_writer).run()),
+                asyncio.create_task(_Pump(self, self.uplink, timer, client_reader, target_writer).run()),
+                asyncio.create_task(_Pump(self, self.downlink, timer, target_reader, client_writer).run()),
             ]
             try:
                 done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_EXCEPTION)
@@ -241,8 +252,9 @@ class TcpProxy:
                     task.cancel()
                 await asyncio.gather(*pumps, return_exceptions=True)
         finally:
-            for writer in (client_writer, target_writer):
-                if writer is not None:
-                    writer.close()
-                    with suppress(ConnectionError, OSError):
-                        await writer.wait_closed()
+            writers = [w for w in (client_writer, target_writer) if w is not None]
+            for writer in writers:  # both before any await, so a cancelled stop() still closes both
+                writer.close()
+            for writer in writers:
+                with suppress(ConnectionError, OSError):
+                    await writer.wait_closed()
