@@ -170,6 +170,7 @@ async def measure(
     report: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared, noisy), "
         f"Python {platform.python_version()}",
+        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
         "configured_delay_ms": delay_ms,
         "packets": packets,
         "interval_ms": interval_ms,

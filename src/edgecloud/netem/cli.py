@@ -47,64 +47,65 @@ def _number(low: float, *, inclusive: bool = True, high: float | None = None, ki
     return parse
 
 
-def _add_shaping(parser: argparse.ArgumentParser, prefix: str, where: str) -> None:
+def _add_shaping(parser: argparse.ArgumentParser, prefix: str, title: str) -> None:
     from edgecloud.netem.profile import PROFILES
 
+    group = parser.add_argument_group(title)
     dashed = f"--{prefix}-" if prefix else "--"
     dest = f"{prefix}_" if prefix else ""
-    parser.add_argument(
+    group.add_argument(
         f"{dashed}profile",
         dest=f"{dest}profile",
         choices=sorted(PROFILES),
-        help=f"start from a named link profile ({where})",
+        help="start from a named link profile",
     )
-    parser.add_argument(
+    group.add_argument(
         f"{dashed}delay-ms",
         dest=f"{dest}delay_ms",
         type=_number(0.0),
         metavar="MS",
-        help=f"one-way delay in ms ({where})",
+        help="one-way delay in ms",
     )
-    parser.add_argument(
+    group.add_argument(
         f"{dashed}jitter-ms",
         dest=f"{dest}jitter_ms",
         type=_number(0.0),
         metavar="MS",
-        help=f"uniform delay variation ±MS, no reordering ({where})",
+        help="uniform delay variation ±MS, no reordering",
     )
-    parser.add_argument(
+    group.add_argument(
         f"{dashed}rate-mbps",
         dest=f"{dest}rate_mbps",
         type=_number(0.0, inclusive=False),
         metavar="MBPS",
-        help=f"rate limit in Mbit/s; default unlimited ({where})",
+        help="rate limit in Mbit/s; default unlimited",
     )
-    parser.add_argument(
+    group.add_argument(
         f"{dashed}queue-bytes",
         dest=f"{dest}queue_bytes",
         type=_number(1, kind=int),
         metavar="BYTES",
-        help=f"bottleneck queue size, tail drop beyond it ({where})",
+        help="bottleneck queue size, tail drop beyond it",
     )
-    parser.add_argument(
+    group.add_argument(
         f"{dashed}loss",
         dest=f"{dest}loss",
         type=_number(0.0, high=1.0),
         metavar="P",
-        help=f"mean packet loss rate in [0, 1] ({where})",
+        help="mean packet loss rate in [0, 1]",
     )
-    parser.add_argument(
+    group.add_argument(
         f"{dashed}loss-model",
         dest=f"{dest}loss_model",
         choices=("bernoulli", "gilbert-elliott"),
-        help=f"independent or bursty loss; default bernoulli ({where})",
+        help="independent or bursty loss; default bernoulli",
     )
-    parser.add_argument(
+    group.add_argument(
         f"{dashed}burst-len",
         dest=f"{dest}burst_len",
         type=_number(1.0),
         metavar="N",
-        help=f"mean loss burst in packets for gilbert-elliott; default 3 ({where})",
+        help="mean loss burst in packets for gilbert-elliott; default 3",
     )
 
 
@@ -270,9 +271,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
             help="address to listen on (default 127.0.0.1:0, a free port; printed at start)",
         )
         parser.add_argument("--to", type=host_port, required=True, metavar="HOST:PORT", help="target address")
-        _add_shaping(parser, "", "both directions")
-        for direction, where in (("up", "uplink only"), ("down", "downlink only")):
-            _add_shaping(parser, direction, where)
+        _add_shaping(parser, "", "link shaping, both directions")
+        _add_shaping(parser, "up", "uplink only (client to target), overriding the above")
+        _add_shaping(parser, "down", "downlink only (target to client), overriding the above")
         parser.add_argument("--schedule", metavar="FILE.json", help="profiles over time (see below)")
         parser.add_argument("--seed", type=int, default=0, help="seed for loss and jitter (default 0)")
         parser.add_argument(
