@@ -21,6 +21,8 @@ TCP never loses bytes, so the link's effects become time:
   socket buffers then fill and TCP flow control slows it to the link rate. Congestion control
   itself is not emulated.
 
+In ``stats``, ``dropped_loss`` counts lost copies and every segment ends up in ``packets_delivered``.
+
 A connection whose one side fails (reset, refused, gone) is closed on the other side; one bad
 connection never affects the others or the listener.
 """
@@ -102,6 +104,9 @@ class _Pump:
         arrival = sent.at
         if sent.outcome is not Outcome.DELIVERED:
             arrival = self._recover(now, arrival)
+            # The resend got through: on TCP every byte is delivered in the end.
+            self._link.stats.packets_delivered += 1
+            self._link.stats.bytes_delivered += len(segment)
         self._last_arrival = max(self._last_arrival, arrival)
         self._unwritten += len(segment)
         if self._unwritten >= self._proxy.max_unwritten_bytes:
