@@ -4,7 +4,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from edgecloud.netem import LinkProfile, Schedule, UdpRelay
+import pytest
+
+from edgecloud.netem import LinkProfile, Schedule, TcpProxy, UdpRelay
 
 T = TypeVar("T")
 
@@ -203,3 +205,10 @@ def test_a_schedule_changes_the_link_while_running() -> None:
         echo.transport.close()
 
     run(scenario())
+
+
+def test_relays_need_a_target() -> None:
+    with pytest.raises(ValueError, match=r"UdpRelay needs target=\(host, port\)"):
+        UdpRelay()
+    with pytest.raises(ValueError, match=r"TcpProxy needs target=\(host, port\)"):
+        TcpProxy()

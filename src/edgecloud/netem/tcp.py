@@ -148,7 +148,7 @@ class TcpProxy:
     def __init__(
         self,
         listen: Address = ("127.0.0.1", 0),
-        target: Address = ("127.0.0.1", 0),
+        target: Address | None = None,
         uplink: ProfileLike = LinkProfile(),  # noqa: B008 (frozen, so a shared default is safe)
         downlink: ProfileLike = LinkProfile(),  # noqa: B008
         seed: int = 0,
@@ -158,8 +158,10 @@ class TcpProxy:
     ) -> None:
         if segment_bytes < 1:
             raise ValueError(f"segment_bytes must be >= 1, got {segment_bytes}")
+        if target is None:
+            raise ValueError("TcpProxy needs target=(host, port): where to relay to")
         self.listen = listen
-        self.target = target
+        self.target: Address = target
         self.segment_bytes = segment_bytes  # an Ethernet-MTU TCP payload (1500 - 40 - 12 of options)
         self.read_bytes = 64 * 1024
         self.connect_timeout_s = connect_timeout_s

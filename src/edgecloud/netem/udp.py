@@ -74,7 +74,7 @@ class UdpRelay:
     def __init__(
         self,
         listen: Address = ("127.0.0.1", 0),
-        target: Address = ("127.0.0.1", 0),
+        target: Address | None = None,
         uplink: ProfileLike = LinkProfile(),  # noqa: B008 (frozen, so a shared default is safe)
         downlink: ProfileLike = LinkProfile(),  # noqa: B008
         seed: int = 0,
@@ -82,8 +82,10 @@ class UdpRelay:
     ) -> None:
         if idle_timeout_s <= 0:
             raise ValueError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
+        if target is None:
+            raise ValueError("UdpRelay needs target=(host, port): where to relay to")
         self.listen = listen
-        self.target = target
+        self.target: Address = target
         self.idle_timeout_s = idle_timeout_s
         self.uplink = Link(uplink, seed=f"{seed}/uplink")
         self.downlink = Link(downlink, seed=f"{seed}/downlink")
