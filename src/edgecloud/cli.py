@@ -18,6 +18,7 @@ from edgecloud import __version__
 # One entry per system that has landed; order is the order of ``--help``.
 SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.llm.cli",
+    "edgecloud.netem.cli",
 )
 
 
