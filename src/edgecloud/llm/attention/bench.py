@@ -259,16 +259,18 @@ def write_plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cases = result["cases"]
-    labels = [f"{c['tree']}\n{c['heads']}" for c in cases]
+    labels = [c["tree"].replace("_", "\n") + f"\nheads {c['heads']}" for c in cases]
     x = np.arange(len(cases))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(cases)), 4.5))
-    for offset, key, name in ((-0.27, "dense_ms", "dense paged"), (0.0, "cascade_ms", "two-level cascade"),
-                              (0.27, "prefix_ms", "PAT prefix (ours)")):
+    series = ((-0.27, "dense_ms", "dense (one query per sequence)"), (0.0, "cascade_ms", "two-level cascade"),
+              (0.27, "prefix_ms", "PAT prefix (ours)"))
+    for offset, key, name in series:
         ax.bar(x + offset, [c[key] for c in cases], width=0.27, label=name)
     ax.set_xticks(x, labels, fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("decode attention, one layer (ms, median)")
-    ax.set_title(f"Decode attention on PAT trees, CPU, {result['threads']} threads, float32")
+    threads = result["threads"]
+    ax.set_title(f"Decode attention on PAT trees, CPU, {threads} thread{'s' if threads > 1 else ''}, float32")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
