@@ -80,7 +80,9 @@ def register(commands: Any, bench: Any) -> None:
         "--graceful-timeout", type=_non_negative_float, default=30.0,
         help="on SIGTERM, seconds to let in-flight requests finish before exiting",
     )
-    http.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    http.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
     add_engine_arguments(parser)
     parser.set_defaults(handler=_serve_handler)
 
