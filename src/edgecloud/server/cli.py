@@ -39,6 +39,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     )
     engine.add_argument("--attention-backend", default="paged", help="decode attention: paged | prefix")
     engine.add_argument("--seed", type=int, default=0)
+    engine.add_argument("--num-threads", type=_positive_int, help="torch CPU threads (default: torch's)")
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -54,6 +55,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         "enable_prefix_caching": args.enable_prefix_caching,
         "attention_backend": args.attention_backend,
         "seed": args.seed,
+        "num_threads": args.num_threads,
     }
 
 
