@@ -21,9 +21,13 @@ class IncrementalDetokenizer:
         include_stop_str: bool,
     ) -> None:
         self.tokenizer = tokenizer
-        # Primed with the prompt's tail so the first generated token decodes in context
-        # (leading spaces of SentencePiece/BPE tokens depend on what precedes them).
-        self.stream = DecodeStream(ids=prompt_ids[-4:] or None, skip_special_tokens=skip_special_tokens)
+        # Primed with the prompt's tail so the first generated token decodes in context (leading
+        # spaces of SentencePiece tokens depend on what precedes them), unless that tail ends inside
+        # a UTF-8 character: its stray bytes would otherwise leak into the completion's text.
+        prime = prompt_ids[-4:]
+        if not prime or tokenizer.decode(prime, skip_special_tokens=skip_special_tokens).endswith("\ufffd"):
+            prime = []
+        self.stream = DecodeStream(ids=prime or None, skip_special_tokens=skip_special_tokens)
         self.text = ""
         self.stop_strings = stop_strings
         self.include_stop_str = include_stop_str

@@ -97,7 +97,7 @@ def load_model(
                 f"{model_dir}: tensor {name} has shape {tuple(tensor.shape)}, "
                 f"config.json implies {tuple(params[name].shape)}"
             )
-    model = model.to_empty(device=device)
+    model = model.to_empty(device=device).to(dtype)
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
