@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgecloud.llm import SamplingParams
 
@@ -77,25 +77,42 @@ class SamplingRequest(BaseModel):
         )
 
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-
-
 class CompletionRequest(SamplingRequest):
-    prompt: str | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[
-        list[TokenIds], Field(min_length=1)
-    ]
+    prompt: Any
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     best_of: int | None = Field(None, ge=1, le=128)
     suffix: str | None = None
+
+    @field_validator("prompt", mode="plain")
+    @classmethod
+    def _one_prompt_shape(cls, value: Any) -> str | list[str] | list[int] | list[list[int]]:
+        # One message for the four shapes OpenAI allows, rather than one error per union member.
+        def token_ids(item: Any) -> bool:
+            return isinstance(item, list) and bool(item) and all(_is_token_id(t) for t in item)
+
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and value and (
+            all(isinstance(p, str) for p in value) or token_ids(value) or all(token_ids(p) for p in value)
+        ):
+            return value
+        raise ValueError(
+            "prompt must be a string, a non-empty list of strings, a non-empty list of token ids "
+            "(integers >= 0), or a non-empty list of such lists"
+        )
 
     def prompts(self) -> list[str | list[int]]:
         """The request's prompts: one text or token list, or a batch of them."""
         if isinstance(self.prompt, str):
             return [self.prompt]
         if isinstance(self.prompt[0], int):
-            return [list(self.prompt)]  # type: ignore[arg-type]
-        return list(self.prompt)  # type: ignore[arg-type]
+            return [list(self.prompt)]
+        return list(self.prompt)
+
+
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class TextPart(BaseModel):
