@@ -57,16 +57,6 @@ class Endpoint:
         return body
 
 
-def _chunk_text(chunk: dict[str, Any]) -> str:
-    text = ""
-    for choice in chunk.get("choices") or []:
-        if "text" in choice:
-            text += choice.get("text") or ""
-        else:
-            text += (choice.get("delta") or {}).get("content") or ""
-    return text
-
-
 async def send_request(
     client: httpx.AsyncClient, endpoint: Endpoint, request: BenchRequest, index: int, t0: float
 ) -> RequestRecord:
@@ -98,7 +88,9 @@ async def send_request(
                 if "error" in chunk:
                     record.error, record.error_detail = "stream_error", json.dumps(chunk["error"])[:500]
                     return record
-                if _chunk_text(chunk):
+                # Any chunk with choices marks tokens, even with empty text (special tokens,
+                # text a server holds back for stop strings); the usage-only chunk has none.
+                if chunk.get("choices"):
                     record.chunk_times.append(now)
                 if usage := chunk.get("usage"):
                     record.prompt_tokens = usage.get("prompt_tokens")
@@ -112,7 +104,7 @@ async def send_request(
     finally:
         record.end_time = time.perf_counter() - t0
     if record.error is None and not record.chunk_times:
-        record.error, record.error_detail = "no_output", "the stream ended without output text"
+        record.error, record.error_detail = "no_output", "the stream ended without a chunk"
     if record.error is None and record.output_tokens == 0:
         # A server that does not report usage: count chunks, the best a client can do.
         record.output_tokens = len(record.chunk_times)

@@ -3,7 +3,8 @@ goodput against latency SLOs, and errors by kind.
 
 Definitions (those of ``vllm bench serve`` and of the server's own histograms, so the two can be
 compared):
-- TTFT: from sending the request to the first streamed chunk that carries output text;
+- TTFT: from sending the request to the first streamed chunk with a choice (its text may be
+  empty: special tokens, text held back for stop strings);
 - TPOT: ``(e2e − TTFT) / (output_tokens − 1)`` for requests with at least two output tokens;
 - ITL: the gaps between successive output chunks, pooled over all requests;
 - e2e: from sending the request to the end of its stream;

@@ -110,7 +110,8 @@ def plot(path: str | Path, records: Sequence[RequestRecord], summary: BenchSumma
         axis.set_ylabel("fraction of samples")
         axis.set_title(f"{name} CDF")
         axis.grid(alpha=0.3)
-    starts, rates = throughput_timeline(records)
+    # About sixty bins over the run, at least 0.1 s each.
+    starts, rates = throughput_timeline(records, bin_s=max(0.1, summary.duration_s / 60))
     axes[4].step(starts, rates, where="post")
     axes[4].set_xlabel("time since start (s)")
     axes[4].set_ylabel("output tokens / s")

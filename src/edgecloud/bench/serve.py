@@ -8,7 +8,6 @@ import asyncio
 import math
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +34,11 @@ from edgecloud.bench.workload import (
 
 def default_tokenizer_dir() -> Path:
     """The embedded demo model's directory (the model ``edgecloud serve`` runs by default)."""
-    assets = resources.files("edgecloud") / "assets"
-    found = sorted(Path(str(assets)).rglob("tokenizer.json")) if assets.is_dir() else []
-    if not found:
-        raise FileNotFoundError("no embedded model tokenizer found; pass --tokenizer DIR")
-    return found[0].parent
+    try:
+        from edgecloud.llm.demo_model import DEMO_MODEL_DIR
+    except ImportError:
+        raise FileNotFoundError("no embedded demo model in this install; pass --tokenizer DIR") from None
+    return Path(DEMO_MODEL_DIR)
 
 
 def build_workload(args: argparse.Namespace, vocab: PromptVocab) -> list[BenchRequest]:

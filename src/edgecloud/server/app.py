@@ -326,7 +326,7 @@ class OpenAIServer:
         return json.dumps(body)
 
     def delta_choices(self, job: _Job, prompt_index: int, out: RequestOutput) -> list[dict[str, Any]]:
-        """The new text of each completion since the last chunk. While a completion runs, the
+        """The new text and tokens of each completion since the last chunk. While a completion runs, the
         last ``len(longest stop string) − 1`` characters are held back: they may be the start
         of a stop string, which the engine cuts from the text when it completes."""
         holdback = max((len(s) for s in job.params.stop_strings), default=1) - 1
@@ -337,9 +337,11 @@ class OpenAIServer:
                 continue
             visible = len(completion.text) if completion.finished else len(completion.text) - holdback
             delta = completion.text[state.text_sent : max(state.text_sent, visible)]
-            if not delta and not completion.finished:
-                continue
             num_tokens = len(completion.token_ids)
+            # A chunk per step that made tokens, even with no text yet (held back, or special
+            # tokens): clients time tokens by chunks.
+            if not delta and not completion.finished and num_tokens == state.tokens_sent:
+                continue
             choice: dict[str, Any] = {
                 "index": job.choice_index(prompt_index, completion),
                 "logprobs": self._logprobs(job, completion, state.tokens_sent, num_tokens, state.text_sent),

@@ -67,14 +67,20 @@ def from_validation_error(error: RequestValidationError) -> APIError:
     if first.get("type") == "json_invalid":
         return APIError(400, f"request body is not valid JSON: {first.get('msg')}", code="invalid_json")
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    # Union members show up in the path (e.g. "prompt.str"); a client only needs the field.
-    param = ".".join(part for part in loc if not part.startswith(("list[", "str", "int", "function-")))
+    # Union members show up in the path (e.g. "stop.list[str]"); a client only needs the field.
+    param = ".".join(part for part in loc if not _is_union_tag(part))
     message = first.get("msg", "invalid value")
     if param:
         message = f"{param}: {message}"
         if "input" in first and first.get("type") != "missing":
             message += f" (got {_short(first['input'])})"
     return APIError(400, message, param or None, code=first.get("type"))
+
+
+def _is_union_tag(part: str) -> bool:
+    return part in ("str", "int", "float", "bool", "none") or part.startswith(
+        ("list[", "dict[", "function-", "tagged-union[", "constrained-")
+    )
 
 
 def _short(value: Any) -> str:
