@@ -132,6 +132,7 @@ class _Job:
     """One HTTP generation request: its engine requests and how to shape answers."""
 
     request_id: str
+    received_at: float
     created: int
     prompts: list[list[int]]
     params: SamplingParams
@@ -221,20 +222,19 @@ class OpenAIServer:
             )
         return max_tokens
 
-    async def _engine_stream(
-        self, engine_id: str, prompt: list[int], params: SamplingParams, priority: int
-    ) -> AsyncIterator[RequestOutput]:
+    async def _engine_stream(self, engine_id: str, job: _Job, prompt: list[int]) -> AsyncIterator[RequestOutput]:
+        params = job.params
         self.pending += 1
         waiting = True
         finished = False
         try:
-            async for out in self.engine.generate(prompt, params, request_id=engine_id, priority=priority):
+            async for out in self.engine.generate(prompt, params, request_id=engine_id, priority=job.priority):
                 if waiting:
                     waiting = False
                     self.pending -= 1
                 finished = out.finished
                 if finished:
-                    self.metrics.observe(out)
+                    self.metrics.observe(out, job.received_at)
                 yield out
         finally:
             if waiting:
@@ -245,7 +245,7 @@ class OpenAIServer:
     def start(self, job: _Job) -> AsyncIterator[tuple[int, RequestOutput]]:
         self.admit(len(job.prompts))
         return merge_streams([
-            self._engine_stream(f"{job.request_id}-{next(self._ids)}", ids, job.params, job.priority)
+            self._engine_stream(f"{job.request_id}-{next(self._ids)}", job, ids)
             for ids in job.prompts
         ])
 
@@ -414,6 +414,7 @@ class OpenAIServer:
                 chat: bool, logprobs: int | None) -> _Job:
         return _Job(
             request_id=request.state.request_id,
+            received_at=request.state.received_at,
             created=int(time.time()),
             prompts=prompts,
             params=params,

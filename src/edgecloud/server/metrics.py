@@ -1,9 +1,11 @@
 """Prometheus metrics of the server: the engine's state read at scrape time, and per-request
 latency histograms observed when each request ends.
 
-Latencies use the engine's own timestamps (``RequestMetrics``, ``time.monotonic``): TTFT is
-first token − arrival, TPOT is (finish − first token) / (output tokens − 1), e2e is
-finish − arrival, the same definitions ``edgecloud bench serve`` measures from the client side.
+Latencies use the engine's timestamps (``RequestMetrics``, ``time.monotonic``) and the moment
+the HTTP request reached the server (as vLLM does), so that parsing, validation and tokenization
+count: TTFT is first token − received, TPOT is (finish − first token) / (output tokens − 1), e2e
+is finish − received; the same definitions ``edgecloud bench serve`` measures from the client.
+Queue time is the engine's: arrival in the engine → first scheduled.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class ServerMetrics:
         self.registry.register(_EngineStatsCollector(stats, model))
         labels = ["model_name"]
         self.ttft = Histogram(
-            "edgecloud_time_to_first_token_seconds", "Time to first token.", labels,
+            "edgecloud_time_to_first_token_seconds", "Request received to first token.", labels,
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.tpot = Histogram(
@@ -75,11 +77,11 @@ class ServerMetrics:
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.e2e = Histogram(
-            "edgecloud_e2e_request_latency_seconds", "Arrival to last token.", labels,
+            "edgecloud_e2e_request_latency_seconds", "Request received to last token.", labels,
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.queue = Histogram(
-            "edgecloud_request_queue_time_seconds", "Arrival to first scheduled.", labels,
+            "edgecloud_request_queue_time_seconds", "Arrival in the engine to first scheduled.", labels,
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.finished = Counter(
@@ -91,7 +93,7 @@ class ServerMetrics:
             ["status"], registry=self.registry,
         )
 
-    def observe(self, output: RequestOutput) -> None:
+    def observe(self, output: RequestOutput, received_at: float) -> None:
         """Record a finished request (aborted ones count under their reason, without latencies)."""
         for completion in output.outputs:
             self.finished.labels(self.model, completion.finish_reason or "abort").inc()
@@ -102,8 +104,8 @@ class ServerMetrics:
             self.queue.labels(self.model).observe(m.first_scheduled_time - m.arrival_time)
         if m.first_token_time is None or m.finished_time is None:
             return
-        self.ttft.labels(self.model).observe(m.first_token_time - m.arrival_time)
-        self.e2e.labels(self.model).observe(m.finished_time - m.arrival_time)
+        self.ttft.labels(self.model).observe(m.first_token_time - received_at)
+        self.e2e.labels(self.model).observe(m.finished_time - received_at)
         num_tokens = max((len(c.token_ids) for c in output.outputs), default=0)
         if num_tokens > 1:
             self.tpot.labels(self.model).observe((m.finished_time - m.first_token_time) / (num_tokens - 1))

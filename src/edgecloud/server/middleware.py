@@ -7,6 +7,7 @@ answers.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 from starlette.exceptions import HTTPException
@@ -17,7 +18,8 @@ REQUEST_ID_HEADER = b"x-request-id"
 
 class RequestIdMiddleware:
     """Echo the client's ``X-Request-Id`` (or make one) on every response; handlers read it
-    from ``request.state.request_id``."""
+    from ``request.state.request_id``, and the request's arrival (``time.monotonic``, the
+    engine's clock) from ``request.state.received_at``."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -29,7 +31,9 @@ class RequestIdMiddleware:
         given = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"").decode("latin-1").strip()
         # Ids are echoed into headers and logs: keep them short and printable.
         request_id = given[:128] if given and given.isprintable() else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["received_at"] = time.monotonic()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
