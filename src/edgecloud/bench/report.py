@@ -122,3 +122,32 @@ def plot(path: str | Path, records: Sequence[RequestRecord], summary: BenchSumma
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def comparison_plot(path: str | Path, reports: dict[str, dict[str, Any]], title: str = "") -> None:
+    """TTFT, TPOT and e2e CDFs of several runs (``write_json`` documents) on shared axes, for
+    side-by-side benchmarks such as a baseline and our system on one workload."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for axis, metric in zip(axes, ("ttft", "tpot", "e2e"), strict=True):
+        for label, report in reports.items():
+            done = [r[metric] for r in report["requests"] if r["error"] is None and r[metric] is not None]
+            values = sorted(x * 1000 for x in done)
+            if values:
+                mean = report["summary"][metric]["mean"] * 1000
+                fractions = [(i + 1) / len(values) for i in range(len(values))]
+                axis.plot(values, fractions, label=f"{label} (mean {mean:.1f})")
+        axis.set_xlabel(f"{metric.upper()} (ms)")
+        axis.set_ylabel("fraction of requests")
+        axis.set_title(f"{metric.upper()} CDF")
+        axis.grid(alpha=0.3)
+        axis.legend(loc="lower right")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
