@@ -6,6 +6,7 @@ import pytest
 from edgecloud.bench.traces import (
     TraceFormatError,
     TraceRequest,
+    ideal_prefix_hit_rate,
     read_azure_csv,
     read_mooncake_jsonl,
     read_trace,
@@ -98,3 +99,14 @@ def test_the_published_traces_parse(name: str) -> None:
     assert trace[0].arrival_s == 0.0
     assert all(b.arrival_s >= a.arrival_s for a, b in itertools.pairwise(trace))
     assert all(r.input_len > 0 for r in trace)
+
+
+def test_ideal_prefix_hit_rate_counts_reused_block_chains() -> None:
+    trace = [
+        TraceRequest(0, 0, 0, (0, 1, 2)),  # 3 new blocks
+        TraceRequest(1, 0, 0, (0, 1, 3)),  # reuses 0, 1
+        TraceRequest(2, 0, 0, (4, 1)),     # block 1 after 4 is a different chain: no reuse
+        TraceRequest(3, 0, 0, (0, 1, 3, 5)),  # reuses 0, 1, 3
+    ]
+    assert ideal_prefix_hit_rate(trace) == 5 / 12
+    assert ideal_prefix_hit_rate([]) == 0.0

@@ -137,3 +137,21 @@ def read_trace(path: str | Path, limit: int | None = None) -> list[TraceRequest]
         f"{path}: trace format is chosen by extension: .csv (Azure LLM 2023) or .jsonl (Mooncake), "
         f"got {suffix!r}"
     )
+
+
+def ideal_prefix_hit_rate(requests: list[TraceRequest]) -> float:
+    """Fraction of hash blocks an unbounded prefix cache would reuse when the requests arrive in
+    order: a block hits if an earlier request had the same chain of blocks up to it. The bound a
+    server's measured prefix-cache hit rate on the replay can approach (requests computed at the
+    same time may both miss)."""
+    seen: set[tuple[int, ...]] = set()
+    hits = total = 0
+    for request in requests:
+        chain = request.hash_ids
+        reused = 0
+        while reused < len(chain) and chain[: reused + 1] in seen:
+            reused += 1
+        hits += reused
+        total += len(chain)
+        seen.update(chain[: i + 1] for i in range(len(chain)))
+    return hits / total if total else 0.0
