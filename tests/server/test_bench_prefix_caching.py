@@ -86,7 +86,9 @@ def test_prefix_caching_off_vs_on(tmp_path: Path) -> None:
     result = {
         "model": "random-weight Llama: hidden 128, 4 layers, 4 heads (2 KV), fp32; server --num-threads 1",
         "machine": "2 shared CPU cores, noisy (other jobs were running); client and server on the same cores",
-        "workloads": {name: " ".join(options).replace(str(MOONCAKE), MOONCAKE.name) for name, options in WORKLOADS.items()},
+        "workloads": {
+            name: " ".join(options).replace(str(MOONCAKE), MOONCAKE.name) for name, options in WORKLOADS.items()
+        },
         "prefix_cache_hit_rate": hit_rates,
         "mooncake_ideal_hit_rate": ideal,
         "ratios": {
