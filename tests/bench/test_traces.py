@@ -103,10 +103,10 @@ def test_the_published_traces_parse(name: str) -> None:
 
 def test_ideal_prefix_hit_rate_counts_reused_block_chains() -> None:
     trace = [
-        TraceRequest(0, 0, 0, (0, 1, 2)),  # 3 new blocks
-        TraceRequest(1, 0, 0, (0, 1, 3)),  # reuses 0, 1
-        TraceRequest(2, 0, 0, (4, 1)),     # block 1 after 4 is a different chain: no reuse
-        TraceRequest(3, 0, 0, (0, 1, 3, 5)),  # reuses 0, 1, 3
+        TraceRequest(0, 30, 0, (0, 1, 2)),  # 3 new blocks
+        TraceRequest(1, 25, 0, (0, 1, 3)),  # reuses 0, 1: 20 tokens
+        TraceRequest(2, 20, 0, (4, 1)),  # block 1 after 4 is a different chain: no reuse
+        TraceRequest(3, 25, 0, (0, 1, 3, 5)),  # reuses 0, 1, 3: 30 tokens, capped at the prompt's 25
     ]
-    assert ideal_prefix_hit_rate(trace) == 5 / 12
+    assert ideal_prefix_hit_rate(trace, block_tokens=10) == (20 + 25) / 100
     assert ideal_prefix_hit_rate([]) == 0.0

@@ -139,11 +139,12 @@ def read_trace(path: str | Path, limit: int | None = None) -> list[TraceRequest]
     )
 
 
-def ideal_prefix_hit_rate(requests: list[TraceRequest]) -> float:
-    """Fraction of hash blocks an unbounded prefix cache would reuse when the requests arrive in
-    order: a block hits if an earlier request had the same chain of blocks up to it. The bound a
-    server's measured prefix-cache hit rate on the replay can approach (requests computed at the
-    same time may both miss)."""
+def ideal_prefix_hit_rate(requests: list[TraceRequest], block_tokens: int = MOONCAKE_BLOCK_TOKENS) -> float:
+    """Fraction of prompt tokens an unbounded prefix cache would reuse when the requests arrive
+    in order: a hash block hits if an earlier request had the same chain of blocks up to it, and
+    counts ``block_tokens`` tokens (at most the prompt's length). The bound a server's measured
+    prefix-cache hit rate on the replay can approach (requests computed at the same time may
+    both miss)."""
     seen: set[tuple[int, ...]] = set()
     hits = total = 0
     for request in requests:
@@ -151,7 +152,7 @@ def ideal_prefix_hit_rate(requests: list[TraceRequest]) -> float:
         reused = 0
         while reused < len(chain) and chain[: reused + 1] in seen:
             reused += 1
-        hits += reused
-        total += len(chain)
+        hits += min(reused * block_tokens, request.input_len)
+        total += request.input_len
         seen.update(chain[: i + 1] for i in range(len(chain)))
     return hits / total if total else 0.0
