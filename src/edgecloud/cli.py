@@ -17,6 +17,8 @@ from edgecloud import __version__
 
 # One entry per system that has landed; order is the order of ``--help``.
 SYSTEM_CLI_MODULES: tuple[str, ...] = (
+    "edgecloud.llm.cli",
+    "edgecloud.netem.cli",
     "edgecloud.server.cli",
     "edgecloud.bench.cli",
 )

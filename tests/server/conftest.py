@@ -20,7 +20,7 @@ from edgecloud.llm.random_model import write_random_model
 
 # Both the server and the offline engine the tests compare it with run one torch thread: the
 # machine has two cores, and equal thread counts give equal float reductions.
-ENGINE_ARGS = ["--num-threads", "1", "--kv-cache-memory-mb", "16", "--max-num-seqs", "64", "--seed", "0"]
+ENGINE_ARGS = ["--threads", "1", "--kv-cache-memory-mb", "16", "--max-num-seqs", "64", "--seed", "0"]
 OFFLINE_OPTIONS = {"num_threads": 1, "kv_cache_memory_mb": 16, "max_num_seqs": 64, "seed": 0}
 
 

@@ -89,7 +89,7 @@ def test_prefix_caching_off_vs_on(tmp_path: Path) -> None:
     scaled = [replace(r, input_len=scaling.input(r.input_len)) for r in read_trace(MOONCAKE, limit=MOONCAKE_REQUESTS)]
     ideal = ideal_prefix_hit_rate(scaled, block_tokens=16)
     result = {
-        "model": "random-weight Llama: hidden 128, 4 layers, 4 heads (2 KV), fp32; server --num-threads 1",
+        "model": "random-weight Llama: hidden 128, 4 layers, 4 heads (2 KV), fp32; server --threads 1",
         "machine": "2 shared CPU cores, noisy (other jobs were running); client and server on the same cores",
         "workloads": {
             name: " ".join(options).replace(str(MOONCAKE), MOONCAKE.name) for name, options in WORKLOADS.items()

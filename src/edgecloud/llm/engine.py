@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,10 @@ from edgecloud.llm.detokenizer import IncrementalDetokenizer
 from edgecloud.llm.errors import InvalidRequestError, ModelLoadError
 from edgecloud.llm.loader import load_model
 from edgecloud.llm.model_runner import ModelRunner, kv_bytes_per_block
-from edgecloud.llm.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from edgecloud.llm.outputs import CompletionOutput, KVExport, RequestMetrics, RequestOutput
 from edgecloud.llm.sampler import Sampler, SampleRow
 from edgecloud.llm.sampling_params import SamplingParams
-from edgecloud.llm.scheduler import Scheduler
+from edgecloud.llm.scheduler import Scheduler, SchedulerOutput
 from edgecloud.llm.sequence import Request, Sequence, SequenceStatus
 from edgecloud.llm.tokenizer import Tokenizer
 
@@ -94,6 +95,8 @@ class LLMEngine:
         if self.tokenizer.eos_token_id is not None:
             self.stop_token_ids.add(self.tokenizer.eos_token_id)
         self.lora_adapters: dict[str, object] = {}
+        # Called with each step's schedule before it runs (benchmarks use it to account the step).
+        self.on_step: Callable[[SchedulerOutput], None] | None = None
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = 0
@@ -139,14 +142,46 @@ class LLMEngine:
         metrics = RequestMetrics(arrival_time=time.monotonic() if arrival_time is None else arrival_time)
         return Request(request_id, text, ids, params, priority, metrics, lora_name)
 
-    def add(self, request: Request) -> None:
+    def add(self, request: Request, kv: KVExport | None = None) -> None:
+        """Queues a request. With ``kv`` (exported by an engine serving the same model for a
+        prefix of the prompt) those tokens' KV is written into fresh blocks instead of computed."""
         if request.request_id in self.requests:
             raise InvalidRequestError(f"request id {request.request_id!r} is already running", "request_id")
+        seq = self._new_sequence(request, 0, list(request.prompt_token_ids))
+        if kv is None:
+            self.requests[request.request_id] = request
+            self.scheduler.add(seq)
+            return
+        self._check_import(request, kv)
+        num_tokens = len(kv.token_ids)
+        if not self.block_manager.can_grow(seq, num_tokens + 1):
+            raise InvalidRequestError(
+                f"not enough free KV blocks to import {num_tokens} tokens; retry later or elsewhere", "kv"
+            )
+        self.block_manager.grow(seq, num_tokens + 1)
+        self.runner.write_kv(seq.block_table, kv.keys, kv.values)
+        seq.num_computed_tokens = num_tokens
+        self.block_manager.register_computed(seq)
         self.requests[request.request_id] = request
-        self.scheduler.add(self._new_sequence(request, 0, list(request.prompt_token_ids)))
+        self.scheduler.add_running(seq)
 
-    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams, priority: int = 0) -> None:
-        self.add(self.make_request(request_id, prompt, params, priority))
+    def _check_import(self, request: Request, kv: KVExport) -> None:
+        mc = self.model_config
+        want = (mc.num_hidden_layers, len(kv.token_ids), mc.num_key_value_heads, mc.head_dim)
+        if tuple(kv.keys.shape) != want or tuple(kv.values.shape) != want:
+            raise InvalidRequestError(f"kv tensors must have shape {want}, got {tuple(kv.keys.shape)}", "kv")
+        if not kv.token_ids or kv.token_ids != request.prompt_token_ids[: len(kv.token_ids)]:
+            raise InvalidRequestError("kv.token_ids must be a non-empty prefix of the prompt", "kv")
+        if len(kv.token_ids) >= len(request.prompt_token_ids):
+            raise InvalidRequestError("kv must leave at least the prompt's last token to compute", "kv")
+
+    def add_request(
+        self, request_id: str, prompt: Prompt, params: SamplingParams, priority: int = 0,
+        export_kv: bool = False, kv: KVExport | None = None,
+    ) -> None:
+        request = self.make_request(request_id, prompt, params, priority)
+        request.export_kv = export_kv
+        self.add(request, kv)
 
     def _new_sequence(self, request: Request, index: int, token_ids: list[int]) -> Sequence:
         p = request.params
@@ -209,6 +244,8 @@ class LLMEngine:
             touched[seq.request.request_id] = seq.request
         if not plan.scheduled:
             return self._collect(touched)
+        if self.on_step is not None:
+            self.on_step(plan)
         now = time.monotonic()
         for s in plan.scheduled:
             metrics = s.seq.request.metrics
@@ -281,6 +318,10 @@ class LLMEngine:
             self._finish(seq, "length")
 
     def _finish(self, seq: Sequence, reason: str, stop_reason: str | int | None = None) -> None:
+        request = seq.request
+        if request.export_kv and seq.index == 0 and seq.num_computed_tokens > 0:
+            keys, values = self.runner.read_kv(seq.block_table, seq.num_computed_tokens)
+            request.kv = KVExport(seq.token_ids[: seq.num_computed_tokens], keys, values)
         self.scheduler.remove(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
@@ -315,6 +356,7 @@ class LLMEngine:
             finished=request.finished,
             metrics=request.metrics,
             num_cached_tokens=request.num_cached_tokens,
+            kv=request.kv,
         )
 
 

@@ -105,3 +105,20 @@ class ModelRunner:
         for k_cache, v_cache in self.kv_caches:
             k_cache[dst].copy_(k_cache[src])
             v_cache[dst].copy_(v_cache[src])
+
+    @torch.inference_mode()
+    def read_kv(self, block_table: list[int], num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``num_tokens`` tokens' K and V: ``[num_layers, num_tokens, kv_heads, head_dim]``."""
+        slots = torch.tensor(self._slots(block_table, 0, num_tokens), dtype=torch.int64, device=self.device)
+        shape = (-1, self.config.num_key_value_heads, self.config.head_dim)
+        keys = torch.stack([k.view(shape)[slots] for k, _ in self.kv_caches]).cpu()
+        values = torch.stack([v.view(shape)[slots] for _, v in self.kv_caches]).cpu()
+        return keys, values
+
+    @torch.inference_mode()
+    def write_kv(self, block_table: list[int], keys: torch.Tensor, values: torch.Tensor) -> None:
+        slots = torch.tensor(self._slots(block_table, 0, keys.shape[1]), dtype=torch.int64, device=self.device)
+        shape = (-1, self.config.num_key_value_heads, self.config.head_dim)
+        for layer, (k_cache, v_cache) in enumerate(self.kv_caches):
+            k_cache.view(shape).index_copy_(0, slots, keys[layer].to(k_cache))
+            v_cache.view(shape).index_copy_(0, slots, values[layer].to(v_cache))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 
 @dataclass
 class TokenLogprob:
@@ -38,6 +40,17 @@ class RequestMetrics:
 
 
 @dataclass
+class KVExport:
+    """A sequence's computed KV, portable between engines serving the same model (prefill on one
+    instance, decode on another). ``keys``/``values``: ``[num_layers, len(token_ids), kv_heads,
+    head_dim]`` on the CPU."""
+
+    token_ids: list[int]
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+@dataclass
 class RequestOutput:
     request_id: str
     prompt: str | None
@@ -46,3 +59,4 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics
     num_cached_tokens: int = 0
+    kv: KVExport | None = None  # set on the final output when the request asked for export_kv

@@ -24,6 +24,14 @@ ARCH_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    # About 30M parameters: the size the engine benchmark's goals are stated for.
+    "30m": {"vocab_size": 8192, "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 6,
+            "num_attention_heads": 8, "num_key_value_heads": 4, "max_position_embeddings": 2048},
+}
+
+
 def write_tokenizer(out: Path, vocab_size: int) -> int:
     """Trains and saves a byte-level BPE (``tokenizer.json`` + ``tokenizer_config.json``);
     returns the real vocabulary size."""
@@ -67,7 +75,9 @@ def write_random_model(
 
     if arch not in ARCH_CONFIGS:
         raise ValueError(f"arch must be one of {sorted(ARCH_CONFIGS)}, got {arch!r}")
-    vocab = write_tokenizer(out, int(overrides.pop("vocab_size", 512)))
+    wanted_vocab = int(overrides.pop("vocab_size", 512))
+    # A tiny corpus caps the BPE's merges; ids past the tokenizer's end decode to nothing.
+    vocab = max(wanted_vocab, write_tokenizer(out, wanted_vocab))
     fields: dict[str, Any] = {
         "vocab_size": vocab,
         "hidden_size": 64,

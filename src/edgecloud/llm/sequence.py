@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from edgecloud.llm.detokenizer import IncrementalDetokenizer
-from edgecloud.llm.outputs import RequestMetrics, TokenLogprob
+from edgecloud.llm.outputs import KVExport, RequestMetrics, TokenLogprob
 from edgecloud.llm.sampling_params import SamplingParams
 
 
@@ -33,6 +33,8 @@ class Request:
     lora_name: str | None = None
     seqs: list[Sequence] = field(default_factory=list)
     num_cached_tokens: int = 0
+    export_kv: bool = False
+    kv: KVExport | None = None
 
     @property
     def finished(self) -> bool:

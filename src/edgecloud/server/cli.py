@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
+
+from edgecloud.llm.cli import add_engine_options, engine_config_from_args
 
 
 def _positive_int(text: str) -> int:
@@ -18,45 +21,6 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
-
-
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """The engine's options (``EngineConfig``), as every command that starts an engine takes them."""
-    engine = parser.add_argument_group("engine")
-    engine.add_argument("--model", help="Hugging Face model directory (default: the embedded demo model)")
-    engine.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
-    engine.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    engine.add_argument("--block-size", type=_positive_int, default=16, help="tokens per KV block")
-    engine.add_argument(
-        "--kv-cache-memory-mb", type=_positive_int, default=512, help="KV-cache pool size (MiB)"
-    )
-    engine.add_argument("--max-num-seqs", type=_positive_int, default=64, help="sequences per step")
-    engine.add_argument("--max-num-batched-tokens", type=_positive_int, default=2048)
-    engine.add_argument("--max-model-len", type=_positive_int, help="default: the model's context")
-    engine.add_argument(
-        "--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
-        help="do not reuse the KV of shared prompt prefixes",
-    )
-    engine.add_argument("--attention-backend", default="paged", help="decode attention: paged | prefix")
-    engine.add_argument("--seed", type=int, default=0)
-    engine.add_argument("--num-threads", type=_positive_int, help="torch CPU threads (default: torch's)")
-
-
-def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "model": args.model,
-        "dtype": args.dtype,
-        "device": args.device,
-        "block_size": args.block_size,
-        "kv_cache_memory_mb": args.kv_cache_memory_mb,
-        "max_num_seqs": args.max_num_seqs,
-        "max_num_batched_tokens": args.max_num_batched_tokens,
-        "max_model_len": args.max_model_len,
-        "enable_prefix_caching": args.enable_prefix_caching,
-        "attention_backend": args.attention_backend,
-        "seed": args.seed,
-        "num_threads": args.num_threads,
-    }
 
 
 def register(commands: Any, bench: Any) -> None:
@@ -85,13 +49,19 @@ def register(commands: Any, bench: Any) -> None:
     http.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
-    add_engine_arguments(parser)
+    add_engine_options(parser)
     parser.set_defaults(handler=_serve_handler)
 
 
 def _serve_handler(args: argparse.Namespace) -> int:
+    from edgecloud.llm import InvalidRequestError
     from edgecloud.server.main import ServerSettings, serve
 
+    try:
+        config = engine_config_from_args(args)
+    except InvalidRequestError as error:
+        print(f"edgecloud serve: {error}", file=sys.stderr)
+        return 2
     settings = ServerSettings(
         host=args.host,
         port=args.port,
@@ -101,4 +71,4 @@ def _serve_handler(args: argparse.Namespace) -> int:
         graceful_timeout_s=args.graceful_timeout,
         log_level=args.log_level,
     )
-    return serve(engine_options(args), settings)
+    return serve(config, settings)  # type: ignore[arg-type]

@@ -12,10 +12,9 @@ import signal
 import socket
 import sys
 from types import FrameType
-from typing import Any
-
 import uvicorn
 
+from edgecloud.llm import AsyncEngine, EngineConfig, InvalidRequestError, ModelLoadError
 from edgecloud.server.app import OpenAIServer, ServerSettings, build_app
 
 log = logging.getLogger(__name__)
@@ -48,12 +47,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(engine_options: dict[str, Any], settings: ServerSettings) -> int:
+def serve(config: EngineConfig, settings: ServerSettings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from edgecloud.llm import AsyncEngine, EngineConfig, InvalidRequestError, ModelLoadError
-
     try:
-        engine = AsyncEngine(EngineConfig(**engine_options))
+        engine = AsyncEngine(config)
     except (InvalidRequestError, ModelLoadError) as error:
         print(f"edgecloud serve: {error}", file=sys.stderr)
         return 2

@@ -52,14 +52,21 @@ def make_prefill_segment(
 def prefill_attention(
     segment: PrefillSegment,
     query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """``query``: ``[query_len, Hq, D]`` -> ``[query_len, Hq, D]``."""
-    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
-    keys = k_cache.view(-1, num_kv_heads, head_dim)[segment.context_slots].transpose(0, 1)
-    values = v_cache.view(-1, num_kv_heads, head_dim)[segment.context_slots].transpose(0, 1)
+    """``query``: ``[query_len, Hq, D]``, ``key``/``value``: the chunk's own ``[query_len, Hkv, D]``
+    -> ``[query_len, Hq, D]``. A chunk that is its sequence's whole context attends to its own
+    K/V directly; otherwise the context is read back from the paged cache."""
+    if segment.mask is None:
+        keys, values = key.transpose(0, 1), value.transpose(0, 1)
+    else:
+        num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+        keys = k_cache.view(-1, num_kv_heads, head_dim).index_select(0, segment.context_slots).transpose(0, 1)
+        values = v_cache.view(-1, num_kv_heads, head_dim).index_select(0, segment.context_slots).transpose(0, 1)
     q = query.transpose(0, 1)
     out = F.scaled_dot_product_attention(
         q,

@@ -55,7 +55,7 @@ class Attention(torch.nn.Module):
         out = torch.empty_like(q)
         for seg in step.prefill:
             rows = slice(seg.query_start, seg.query_start + seg.query_len)
-            out[rows] = prefill_attention(seg, q[rows], k_cache, v_cache, self.scale)
+            out[rows] = prefill_attention(seg, q[rows], k[rows], v[rows], k_cache, v_cache, self.scale)
         if step.decode_backend is not None:
             decode_q = q[step.num_prefill_tokens :]
             out[step.num_prefill_tokens :] = step.decode_backend.forward(
