@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 from types import FrameType
+
 import uvicorn
 
 from edgecloud.llm import AsyncEngine, EngineConfig, InvalidRequestError, ModelLoadError
