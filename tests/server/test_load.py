@@ -96,13 +96,13 @@ def test_disconnect_while_waiting_for_a_non_streamed_answer_aborts(server: Serve
 
 def test_overload_then_graceful_sigterm(model_dir: Path, tmp_path: Path) -> None:
     """One sequence at a time and at most one waiting: a third request is refused with 503 and
-    Retry-After; on SIGTERM the two in flight still finish completely and the server exits 0."""
+    Retry-After; on SIGTERM the two in flight still finish all their tokens and the server exits 0."""
     server = start_server(model_dir, tmp_path / "server.log", "--max-num-seqs", "1", "--max-waiting", "1")
     try:
         results: dict[str, tuple[int, int, bool]] = {}
 
         def stream(name: str) -> None:
-            body = {"model": server.model, "prompt": f"{name} runs long", "max_tokens": 400,
+            body = {"model": server.model, "prompt": f"{name} runs long", "max_tokens": 900,
                     "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
             tokens, done = 0, False
             with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=120) as response:
@@ -133,7 +133,7 @@ def test_overload_then_graceful_sigterm(model_dir: Path, tmp_path: Path) -> None
                 time.sleep(0.1)
         first.join(60)
         second.join(60)
-        assert results == {"first": (200, 400, True), "second": (200, 400, True)}
+        assert results == {"first": (200, 900, True), "second": (200, 900, True)}
         assert server.process.wait(60) == 0
     finally:
         server.stop(signal.SIGKILL)

@@ -117,6 +117,14 @@ async def merge_streams(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIte
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _indexed(stream: AsyncIterator[RequestOutput]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    try:
+        async for out in stream:
+            yield 0, out
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
 @dataclass
 class _ChoiceState:
     """How much of one completion has been streamed."""
@@ -244,10 +252,10 @@ class OpenAIServer:
 
     def start(self, job: _Job) -> AsyncIterator[tuple[int, RequestOutput]]:
         self.admit(len(job.prompts))
-        return merge_streams([
-            self._engine_stream(f"{job.request_id}-{next(self._ids)}", job, ids)
-            for ids in job.prompts
-        ])
+        streams = [self._engine_stream(f"{job.request_id}-{next(self._ids)}", job, ids) for ids in job.prompts]
+        # One prompt (the usual case) is iterated in the caller's task: no pump task and queue
+        # hop per token, which an event loop serving hundreds of streams feels.
+        return merge_streams(streams) if len(streams) > 1 else _indexed(streams[0])
 
     # -- answers ------------------------------------------------------------------------------
 
