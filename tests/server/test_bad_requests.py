@@ -131,3 +131,6 @@ def test_server_still_serves_after_bad_requests(server: ServerProcess) -> None:
     metrics = server.metrics()
     assert metrics["edgecloud_num_requests_running"] == 0
     assert metrics["edgecloud_kv_cache_free_blocks"] == metrics["edgecloud_kv_cache_total_blocks"]
+    assert metrics["edgecloud_event_loop_lag_seconds_count"] > 0
+    for status in (400, 404, 405, 413):
+        assert metrics[f"edgecloud_http_errors_total[status={status}]"] >= 1

@@ -506,7 +506,9 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        watcher = asyncio.ensure_future(server.metrics.watch_event_loop())
         yield
+        watcher.cancel()
         server.draining = True
         await engine.shutdown()
         if on_shutdown is not None:
@@ -540,5 +542,5 @@ def build_app(
 
     # Outermost first: every answer, a 413 included, carries the request id.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, on_status=server.metrics.count_status)
     return app

@@ -10,6 +10,8 @@ Queue time is the engine's: arrival in the engine → first scheduled.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -84,6 +86,10 @@ class ServerMetrics:
             "edgecloud_request_queue_time_seconds", "Arrival in the engine to first scheduled.", labels,
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
+        self.loop_lag = Histogram(
+            "edgecloud_event_loop_lag_seconds", "How late the HTTP event loop wakes from a timer.",
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
         self.finished = Counter(
             "edgecloud_request_success", "Requests finished, by finish reason.",
             ["model_name", "finished_reason"], registry=self.registry,
@@ -92,6 +98,19 @@ class ServerMetrics:
             "edgecloud_http_errors", "Requests answered with an error, by status code.",
             ["status"], registry=self.registry,
         )
+
+    def count_status(self, status: int) -> None:
+        if status >= 400:
+            self.http_errors.labels(str(status)).inc()
+
+    async def watch_event_loop(self, period_s: float = 0.1) -> None:
+        """Observe how late the event loop wakes from a ``period_s`` sleep, forever: the delay
+        every request's I/O sees when the HTTP front end is starved (CPU, or the GIL held by the
+        engine thread), which the per-request histograms, started at receipt, cannot show."""
+        while True:
+            start = time.monotonic()
+            await asyncio.sleep(period_s)
+            self.loop_lag.observe(max(0.0, time.monotonic() - start - period_s))
 
     def observe(self, output: RequestOutput, received_at: float) -> None:
         """Record a finished request (aborted ones count under their reason, without latencies)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,10 +20,12 @@ REQUEST_ID_HEADER = b"x-request-id"
 class RequestIdMiddleware:
     """Echo the client's ``X-Request-Id`` (or make one) on every response; handlers read it
     from ``request.state.request_id``, and the request's arrival (``time.monotonic``, the
-    engine's clock) from ``request.state.received_at``."""
+    engine's clock) from ``request.state.received_at``. ``on_status`` sees every response's
+    status code (error counters)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, on_status: Callable[[int], None] | None = None) -> None:
         self.app = app
+        self.on_status = on_status
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,6 +40,8 @@ class RequestIdMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
+                if self.on_status is not None:
+                    self.on_status(message["status"])
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != REQUEST_ID_HEADER]
                 message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, request_id.encode("latin-1"))]}
             await send(message)
