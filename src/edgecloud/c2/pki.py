@@ -67,7 +67,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _common_name(name: x509.Name) -> str:
+def common_name(name: x509.Name) -> str:
     attributes = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(attributes[0].value) if attributes else ""
 
@@ -81,7 +81,7 @@ def identity_of(cert: x509.Certificate) -> Identity:
     try:
         raw = cert.extensions.get_extension_for_oid(NC2S_EXTENSION_OID).value
     except x509.ExtensionNotFound as exc:
-        raise PkiError(f"certificate {_common_name(cert.subject)!r} has no NC2S role extension") from exc
+        raise PkiError(f"certificate {common_name(cert.subject)!r} has no NC2S role extension") from exc
     assert isinstance(raw, x509.UnrecognizedExtension)
     try:
         body = json.loads(raw.value)
@@ -90,12 +90,8 @@ def identity_of(cert: x509.Certificate) -> Identity:
         role = Role(body["role"])
         privileges = parse_privileges(body["privileges"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise PkiError(
-            f"certificate {_common_name(cert.subject)!r}: malformed NC2S extension: {exc}"
-        ) from exc
-    return Identity(
-        _common_name(cert.subject), role, privileges, cert.serial_number, _common_name(cert.issuer)
-    )
+        raise PkiError(f"certificate {common_name(cert.subject)!r}: malformed NC2S extension: {exc}") from exc
+    return Identity(common_name(cert.subject), role, privileges, cert.serial_number, common_name(cert.issuer))
 
 
 def check_chain(leaf: x509.Certificate, issuer: x509.Certificate | None, root: x509.Certificate) -> Identity:
@@ -182,9 +178,11 @@ class Issuer:
         privileges: frozenset[str] | None = None,
         days: int = 365,
         public_key: ec.EllipticCurvePublicKey | None = None,
+        valid_from: dt.datetime | None = None,
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey | None]:
         """Sign a certificate for ``name``; generate its key unless ``public_key`` is given (renewal
-        or a CSR). Writes nothing: :func:`issue_to_directory` does that."""
+        or a CSR). ``valid_from`` back-dates the validity period (default: now). Writes nothing:
+        :func:`issue_to_directory` does that."""
         self._require(PKI_ISSUE, "issue credentials")
         if not name or name == ROOT_NAME or "/" in name or name.startswith("."):
             raise PkiError(f"name {name!r}: must be non-empty, not {ROOT_NAME!r}, without '/' or leading '.'")
@@ -203,7 +201,7 @@ class Issuer:
         if public_key is None:
             key = ec.generate_private_key(ec.SECP256R1())
             public_key = key.public_key()
-        now = _now()
+        now = valid_from or _now()
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -328,11 +326,12 @@ def issue_to_directory(
     privileges: frozenset[str] | None = None,
     days: int = 365,
     issuer: str = ROOT_NAME,
+    valid_from: dt.datetime | None = None,
 ) -> Path:
     """Issue ``name`` from ``issuer`` and write ``NAME.crt`` (with the issuer's chain) and ``NAME.key``."""
     directory = Path(directory)
     authority = Issuer(directory, issuer)
-    cert, key = authority.issue(name, role, privileges, days)
+    cert, key = authority.issue(name, role, privileges, days, valid_from=valid_from)
     assert key is not None
     chain = [cert] if authority.is_root else [cert, authority.cert]
     (directory / f"{name}.crt").write_bytes(b"".join(_pem(c) for c in chain))
@@ -364,7 +363,7 @@ def revoke(directory: Path, name: str) -> Path:
     if not path.exists():
         raise PkiError(f"no certificate {path}")
     chain = load_certificates(path)
-    issuer = ROOT_NAME if len(chain) == 1 else _common_name(chain[1].subject)
+    issuer = ROOT_NAME if len(chain) == 1 else common_name(chain[1].subject)
     Issuer(directory, issuer).revoke(chain[0].serial_number)
     return directory / "crl.pem"
 
