@@ -17,8 +17,11 @@ HELLO frames (epoch 0) carry no HMAC key yet: their payload is JSON with the sen
 certificate chain, an ephemeral P-256 public key and a nonce, signed with the certificate key.
 Both sides derive ``HKDF-SHA256(ECDH, salt=nonce_initiator||nonce_responder,
 info="nc2s v1 epoch 1")`` → 64 bytes: the initiator→responder key, then the other direction.
-A renewal (REKEY/REKEY_ACK, authenticated under the current keys) runs a fresh ECDH and derives
-epoch ``e+1`` with the current keys as HKDF salt, so new keys depend on both exchanges.
+A renewal (REKEY → REKEY_ACK → REKEY_CONFIRM; the first two authenticated under the current
+keys, the confirmation under the new ones) runs a fresh ECDH and derives epoch ``e+1`` with the
+current keys as HKDF salt, so new keys depend on both exchanges. Only the TLS client starts a
+renewal; each side switches its sending keys right after its last old-key frame, so over the
+ordered TLS stream no valid frame is ever sent under keys the receiver has retired.
 
 Receive rules, in order: the epoch must be the current receive epoch or, once renewal derived
 it, the next one (a frame under the next epoch retires the old keys, so anything later under
@@ -60,6 +63,7 @@ class FrameType:
     HELLO = 1
     REKEY = 2
     REKEY_ACK = 3
+    REKEY_CONFIRM = 4
     MAVLINK = 16
     CONTROL = 17
 
@@ -326,6 +330,8 @@ class SecureSession:
             return self._on_rekey(payload)
         if kind == FrameType.REKEY_ACK:
             return self._on_rekey_ack(payload, now)
+        if kind == FrameType.REKEY_CONFIRM:
+            return None
         return Received(kind, payload)
 
     def _on_hello(self, payload: bytes, now: float) -> Event:
@@ -405,4 +411,6 @@ class SecureSession:
         self._rekey_eph = None
         self._rekey_started = None
         self._last_rekey = now
+        # The first frame under the new keys retires the old ones at the peer: send one at once.
+        self._seal(FrameType.REKEY_CONFIRM, b"")
         return KeysRenewed(epoch, duration)
