@@ -17,9 +17,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-os.environ.setdefault("MAVLINK20", "1")
-
 from pymavlink import mavutil
+
+# MAVLink 2 everywhere (COMMAND_ACK's result_param2 exists only there). mavutil picks its dialect
+# module from MAVLINK20 when set_dialect runs, and it may have been imported before us.
+os.environ["MAVLINK20"] = "1"
+mavutil.set_dialect("ardupilotmega")
 
 COMMAND_LONG = "COMMAND_LONG"
 COMMAND_INT = "COMMAND_INT"
