@@ -216,6 +216,14 @@ async def run_bench(
     """Run baseline and NC2S for each profile; returns the JSON-ready report."""
     from edgecloud.netem import PROFILES
 
+    for field_name, value, low in (
+        ("commands", commands, 1),
+        ("radio_commands", radio_commands, 1),
+        ("renewals", renewals, 0),
+        ("handovers", handovers, 0),
+    ):
+        if value < low:
+            raise ValueError(f"{field_name} {value}: must be >= {low}")
     unknown = [p for p in profiles if p not in PROFILES]
     if unknown:
         raise ValueError(f"profiles {unknown}: known are {sorted(PROFILES)}")
