@@ -116,9 +116,7 @@ async def _nc2s(
     from edgecloud.netem import TcpProxy
 
     vehicle = SimulatedVehicle("udpin:127.0.0.1:0").start()
-    uxv = await UxvGateway(
-        pki_dir, "uxv-1", ("127.0.0.1", 0), ("127.0.0.1", vehicle.port), controller="gcs-a"
-    ).start()
+    uxv = await UxvGateway(pki_dir, "uxv-1", ("127.0.0.1", 0), ("127.0.0.1", vehicle.port), controller="gcs-a").start()
     proxy = TcpProxy(("127.0.0.1", 0), uxv.address, profile, profile, seed=seed)
     await proxy.start()
     gateways = {
@@ -166,7 +164,7 @@ async def _nc2s(
         renewal_times, renewal_lost = [], 0
         for _ in range(renewals):
             stream = asyncio.create_task(asyncio.to_thread(_commands, a, 3, timeout))
-            renewal_times.append(await link.renew_keys())
+            renewal_times.append(await asyncio.wait_for(link.renew_keys(), 60))
             _, lost_here = await stream
             renewal_lost += lost_here
 
@@ -247,9 +245,7 @@ async def run_bench(
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     report["machine"]["gil_switch_interval_s"] = SWITCH_INTERVAL_S
     try:
-        return await _run_profiles(
-            report, profiles, commands, radio_commands, renewals, handovers, seed, plot
-        )
+        return await _run_profiles(report, profiles, commands, radio_commands, renewals, handovers, seed, plot)
     finally:
         sys.setswitchinterval(switch_interval)
 

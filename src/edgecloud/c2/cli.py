@@ -213,9 +213,7 @@ def _tc_revoke(args: argparse.Namespace) -> int:
     crl = issuer.revoke(subject.serial_number)
     print(directory / "crl.pem")
     if args.push:
-        pem = crl.public_bytes(serialization.Encoding.PEM) + issuer.cert.public_bytes(
-            serialization.Encoding.PEM
-        )
+        pem = crl.public_bytes(serialization.Encoding.PEM) + issuer.cert.public_bytes(serialization.Encoding.PEM)
         addresses = [parse_address(a, "--push") for a in args.push]
         for line in asyncio.run(push_crl(directory, args.name, pem, addresses)):
             print(line)

@@ -79,11 +79,7 @@ class Handover:
 
 
 def describe(message_id: int, command_id: int | None) -> str:
-    name = (
-        mavlink.mavlink_map[message_id].msgname
-        if message_id in mavlink.mavlink_map
-        else f"message {message_id}"
-    )
+    name = mavlink.mavlink_map[message_id].msgname if message_id in mavlink.mavlink_map else f"message {message_id}"
     if command_id is None:
         return name
     entry = mavlink.enums["MAV_CMD"].get(command_id)
@@ -93,9 +89,7 @@ def describe(message_id: int, command_id: int | None) -> str:
 class UxvControl:
     """The vehicle's side: its controller, the controller's lease, and at most one handover in progress."""
 
-    def __init__(
-        self, name: str, *, lease: float = 3.0, retry: float = 0.5, controller: str | None = None
-    ) -> None:
+    def __init__(self, name: str, *, lease: float = 3.0, retry: float = 0.5, controller: str | None = None) -> None:
         if lease <= 0 or retry <= 0:
             raise ValueError(f"lease {lease} and retry {retry}: must be > 0 seconds")
         self.name = name
@@ -174,8 +168,7 @@ class UxvControl:
             return [
                 Refuse(
                     peer.name,
-                    f"handover {h} not approved by a TC: {peer.name} has role {peer.role}"
-                    f" without {HANDOVER_APPROVE}",
+                    f"handover {h} not approved by a TC: {peer.name} has role {peer.role} without {HANDOVER_APPROVE}",
                 ),
                 Send(
                     peer.name,

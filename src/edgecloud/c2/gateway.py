@@ -115,13 +115,11 @@ class UxvGateway:
         self.links: dict[str, Link] = {}
         self.stats = GatewayStats()
         self.system_id = system_id
-        self._parser = _parser()
+        self._parsers: dict[str, mavlink.MAVLink] = {}
         self._server: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._heartbeat = mavlink.MAVLink(
-            None, srcSystem=system_id, srcComponent=mavlink.MAV_COMP_ID_ONBOARD_COMPUTER
-        )
+        self._heartbeat = mavlink.MAVLink(None, srcSystem=system_id, srcComponent=mavlink.MAV_COMP_ID_ONBOARD_COMPUTER)
 
     @property
     def address(self) -> Address:
@@ -159,7 +157,10 @@ class UxvGateway:
         log.warning("uxv %s: refused %s: %s", self.name, peer, reason)
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._tasks.add(asyncio.current_task())
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         link = await accept(reader, writer, self.credentials, self.context, label=f"uxv {self.name}")
         if link is None:
             return
@@ -170,6 +171,7 @@ class UxvGateway:
             return
         previous = self.links.get(peer.name)
         self.links[peer.name] = link
+        self._parsers[peer.name] = _parser()  # per link: one peer's malformed bytes never touch another's
         if previous is not None:
             await previous.close()
         log.info("uxv %s: %s %s connected", self.name, peer.role, peer.name)
@@ -198,7 +200,7 @@ class UxvGateway:
             self._refuse(link.peer.name, f"unknown frame type {kind}")
 
     def _on_mavlink(self, link: Link, payload: bytes) -> None:
-        packets, bad = split_packets(self._parser, payload)
+        packets, bad = split_packets(self._parsers[link.peer.name], payload)
         if bad:
             self._refuse(link.peer.name, f"{bad} bytes that are not MAVLink")
         accepted = []
@@ -219,9 +221,7 @@ class UxvGateway:
     @staticmethod
     def _denied(packet: MavlinkPacket) -> bytes:
         command = packet.message
-        encoder = mavlink.MAVLink(
-            None, srcSystem=command.target_system or 1, srcComponent=command.target_component
-        )
+        encoder = mavlink.MAVLink(None, srcSystem=command.target_system or 1, srcComponent=command.target_component)
         ack = mavlink.MAVLink_command_ack_message(
             command.command,
             mavlink.MAV_RESULT_DENIED,
@@ -247,9 +247,7 @@ class UxvGateway:
                 if link is not None:
                     link.send_control(output.message)
                 if output.message.get("t") == "offer":
-                    log.info(
-                        "uxv %s: control handed to %s (epoch %d)", self.name, output.to, self.control.epoch
-                    )
+                    log.info("uxv %s: control handed to %s (epoch %d)", self.name, output.to, self.control.epoch)
 
     def _on_crl(self, link: Link, message: dict) -> None:
         peer = link.peer
@@ -367,9 +365,7 @@ class GcsGateway:
                 await asyncio.sleep(1.0)
                 continue
             if link.peer.role is not Role.UXV:
-                log.warning(
-                    "gcs %s: peer %s has role %s, not uxv; closing", self.name, link.peer.name, link.peer.role
-                )
+                log.warning("gcs %s: peer %s has role %s, not uxv; closing", self.name, link.peer.name, link.peer.role)
                 await link.close()
                 await asyncio.sleep(1.0)
                 continue
@@ -377,9 +373,7 @@ class GcsGateway:
             self.link = link
             self.handshakes.append(link.stats.handshake_s)
             self.connected.set()
-            log.info(
-                "gcs %s: connected to %s in %.1f ms", self.name, link.peer.name, 1e3 * link.stats.handshake_s
-            )
+            log.info("gcs %s: connected to %s in %.1f ms", self.name, link.peer.name, 1e3 * link.stats.handshake_s)
             self._send_control(self.control.on_message({"t": "offer"}, time.monotonic()))
             await link.run(self._on_message)
             self.connected.clear()

@@ -103,9 +103,7 @@ class TlsStream:
             except ssl.SSLWantReadError:
                 self._flush()
                 if not await self._fill():
-                    raise ConnectionResetError(
-                        "peer closed the connection during the TLS handshake"
-                    ) from None
+                    raise ConnectionResetError("peer closed the connection during the TLS handshake") from None
             except ssl.SSLError:
                 self._flush()  # deliver our alert, so the peer learns why
                 raise
@@ -209,9 +207,14 @@ class Link:
             while True:
                 for event in events:
                     if isinstance(event, Received):
-                        result = on_message(self, event.kind, event.payload)
-                        if result is not None:
-                            await result
+                        try:
+                            result = on_message(self, event.kind, event.payload)
+                            if result is not None:
+                                await result
+                        except (ValueError, TypeError, KeyError) as exc:
+                            # An authenticated peer sent something malformed: refuse it, keep the link.
+                            self.stats.rejected.append(repr(exc))
+                            log.warning("%s: refused message from %s: %r", self.label, self.peer.name, exc)
                     elif isinstance(event, Rejected):
                         self.stats.rejected.append(event.reason)
                         log.warning("%s: refused frame from %s: %s", self.label, self.peer.name, event.reason)
@@ -269,9 +272,7 @@ async def connect(
     except (ssl.SSLError, TimeoutError, OSError) as exc:
         await stream.close()
         raise LinkError(f"{label}: {tls_failure_reason(exc)}") from exc
-    session = SecureSession(
-        credentials, initiator=True, tls_peer_der=stream.peer_der(), rekey_interval=rekey_interval
-    )
+    session = SecureSession(credentials, initiator=True, tls_peer_der=stream.peer_der(), rekey_interval=rekey_interval)
     link = Link(stream, session, label)
     try:
         await asyncio.wait_for(link._establish(started), HANDSHAKE_TIMEOUT)

@@ -111,9 +111,7 @@ def check_chain(leaf: x509.Certificate, issuer: x509.Certificate | None, root: x
         raise PkiError(f"certificate {identity.name!r}: issuer {parent.name!r} is not a TC allowed to issue")
     excess = not_covered(identity.privileges, parent.privileges)
     if excess:
-        raise PkiError(
-            f"certificate {identity.name!r} carries {sorted(excess)} its issuer {parent.name!r} lacks"
-        )
+        raise PkiError(f"certificate {identity.name!r} carries {sorted(excess)} its issuer {parent.name!r} lacks")
     return identity
 
 
@@ -158,9 +156,7 @@ class Issuer:
         else:
             identity = identity_of(self.cert)
             if identity.role is not Role.TC:
-                raise PkiError(
-                    f"{name!r} has role {identity.role}; only the root CA and TCs issue credentials"
-                )
+                raise PkiError(f"{name!r} has role {identity.role}; only the root CA and TCs issue credentials")
             self.privileges = identity.privileges
 
     @property
@@ -194,9 +190,7 @@ class Issuer:
         if self.privileges is not None:
             excess = not_covered(granted, self.privileges)
             if excess:
-                raise PkiError(
-                    f"{self.name!r} cannot grant {sorted(excess)}: a TC grants only privileges it holds"
-                )
+                raise PkiError(f"{self.name!r} cannot grant {sorted(excess)}: a TC grants only privileges it holds")
         key = None
         if public_key is None:
             key = ec.generate_private_key(ec.SECP256R1())

@@ -63,9 +63,7 @@ def _resolve(kind: str, value: str) -> str:
         name = value.upper() if value.upper().startswith("MAV_CMD_") else f"MAV_CMD_{value.upper()}"
         number = getattr(mavlink, name, None)
     if not isinstance(number, int):
-        raise PrivilegeError(
-            f"privilege {kind}:{value}: unknown MAVLink {'message' if kind == 'msg' else 'command'}"
-        )
+        raise PrivilegeError(f"privilege {kind}:{value}: unknown MAVLink {'message' if kind == 'msg' else 'command'}")
     return f"{kind}:{number}"
 
 
@@ -77,9 +75,7 @@ def parse_privilege(token: str) -> str:
     kind, sep, value = token.partition(":")
     if sep and kind in ("msg", "cmd") and value:
         return _resolve(kind, value)
-    raise PrivilegeError(
-        f"privilege {token!r}: expected one of {sorted(_FIXED)}, msg:<id|NAME> or cmd:<id|NAME>"
-    )
+    raise PrivilegeError(f"privilege {token!r}: expected one of {sorted(_FIXED)}, msg:<id|NAME> or cmd:<id|NAME>")
 
 
 def parse_privileges(tokens: Iterable[str]) -> frozenset[str]:

@@ -158,9 +158,7 @@ def _derive(secret: bytes, salt: bytes, epoch: int) -> tuple[bytes, bytes]:
 
 
 def _public_bytes(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-    )
+    return key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
 
 
 def _hello_signed_bytes(initiator: bool, eph: bytes, nonce: bytes) -> bytes:
@@ -349,9 +347,7 @@ class SecureSession:
             identity = check_chain(chain[0], chain[1] if len(chain) > 1 else None, self.credentials.root)
             public = chain[0].public_key()
             assert isinstance(public, ec.EllipticCurvePublicKey)
-            public.verify(
-                signature, _hello_signed_bytes(not self.initiator, eph, nonce), ec.ECDSA(hashes.SHA256())
-            )
+            public.verify(signature, _hello_signed_bytes(not self.initiator, eph, nonce), ec.ECDSA(hashes.SHA256()))
             peer_eph = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), eph)
         except PkiError as exc:
             return Failed(str(exc))
@@ -376,17 +372,13 @@ class SecureSession:
         try:
             body = json.loads(payload)
             epoch = int(body["epoch"])
-            peer_eph = ec.EllipticCurvePublicKey.from_encoded_point(
-                ec.SECP256R1(), bytes.fromhex(body["eph"])
-            )
+            peer_eph = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes.fromhex(body["eph"]))
         except (ValueError, KeyError, TypeError) as exc:
             return Rejected(f"malformed REKEY: {exc}")
         if epoch != self._send_epoch + 1:
             return Rejected(f"REKEY to epoch {epoch}, expected {self._send_epoch + 1}")
         eph = ec.generate_private_key(ec.SECP256R1())
-        self._seal(
-            FrameType.REKEY_ACK, json.dumps({"epoch": epoch, "eph": _public_bytes(eph).hex()}).encode()
-        )
+        self._seal(FrameType.REKEY_ACK, json.dumps({"epoch": epoch, "eph": _public_bytes(eph).hex()}).encode())
         assert self._keys is not None
         self._install(epoch, _derive(eph.exchange(ec.ECDH(), peer_eph), self._keys[0] + self._keys[1], epoch))
         return KeysRenewed(epoch, 0.0)
@@ -397,9 +389,7 @@ class SecureSession:
         try:
             body = json.loads(payload)
             epoch = int(body["epoch"])
-            peer_eph = ec.EllipticCurvePublicKey.from_encoded_point(
-                ec.SECP256R1(), bytes.fromhex(body["eph"])
-            )
+            peer_eph = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes.fromhex(body["eph"]))
         except (ValueError, KeyError, TypeError) as exc:
             return Rejected(f"malformed REKEY_ACK: {exc}")
         if epoch != self._send_epoch + 1:

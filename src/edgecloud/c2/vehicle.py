@@ -107,9 +107,7 @@ class GcsClient:
         self._tag = 0
 
     def heartbeat(self) -> None:
-        self.connection.mav.heartbeat_send(
-            mavutil.mavlink.MAV_TYPE_GCS, mavutil.mavlink.MAV_AUTOPILOT_INVALID, 0, 0, 0
-        )
+        self.connection.mav.heartbeat_send(mavutil.mavlink.MAV_TYPE_GCS, mavutil.mavlink.MAV_AUTOPILOT_INVALID, 0, 0, 0)
 
     def wait_heartbeat(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -120,9 +118,7 @@ class GcsClient:
                 return True
         return False
 
-    def command(
-        self, command: int, target_system: int = 1, timeout: float = 5.0, params: tuple = ()
-    ) -> int | None:
+    def command(self, command: int, target_system: int = 1, timeout: float = 5.0, params: tuple = ()) -> int | None:
         """Send one COMMAND_LONG and return the MAV_RESULT of its COMMAND_ACK (None on timeout)."""
         # Tags are unique across GCS system ids and exact in param7's float32 (below 2**24).
         self._tag = (self._tag + 1) & 0xFFFF
