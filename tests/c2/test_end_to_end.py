@@ -61,9 +61,7 @@ def test_mavlink_gcs_scripts_command_a_vehicle_through_nc2s_and_a_handover(pki_d
                 "gcs-a",
             )
             processes.append(uxv)
-            proxy = TcpProxy(
-                ("127.0.0.1", 0), tuple(ready["listen"]), PROFILES["wifi"], PROFILES["wifi"], seed=0
-            )
+            proxy = TcpProxy(("127.0.0.1", 0), tuple(ready["listen"]), PROFILES["wifi"], PROFILES["wifi"], seed=0)
             await proxy.start()
             radio = f"{proxy.address[0]}:{proxy.address[1]}"
             for name, system_id in (("gcs-a", 255), ("gcs-b", 254)):

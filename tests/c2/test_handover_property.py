@@ -76,14 +76,10 @@ def simulate(
 ) -> Outcome:
     net = Network(random.Random(seed), loss, duplicate, max_delay, heal)
     uxv = UxvControl("uxv-1", lease=LEASE, retry=0.5, controller="gcs-a")
-    gcs = {
-        name: GcsControl(name, "uxv-1", renew_every=RENEW, poll_every=1.0)
-        for name in ("gcs-a", "gcs-b", "gcs-c")
-    }
+    gcs = {name: GcsControl(name, "uxv-1", renew_every=RENEW, poll_every=1.0) for name in ("gcs-a", "gcs-b", "gcs-c")}
     peers = {name: identity(name, Role.GCS) for name in gcs} | {"tc-1": identity("tc-1", Role.TC)}
     requests = [
-        HandoverRequest(f"h{i}", "uxv-1", "gcs-a", target, retry=0.5)
-        for i, (_, target) in enumerate(approvals)
+        HandoverRequest(f"h{i}", "uxv-1", "gcs-a", target, retry=0.5) for i, (_, target) in enumerate(approvals)
     ]
     starts = [at for at, _ in approvals]
     now, last_believer_seen, longest_gap = 0.0, None, 0.0
@@ -131,9 +127,7 @@ def simulate(
     approve_at=st.floats(0.0, 4.0),
     conflict=st.one_of(st.none(), st.floats(0.0, 0.5)),
 )
-def test_handover_never_two_controllers_and_completes(
-    seed, loss, duplicate, max_delay, heal, approve_at, conflict
-):
+def test_handover_never_two_controllers_and_completes(seed, loss, duplicate, max_delay, heal, approve_at, conflict):
     approvals = [(approve_at, "gcs-b")]
     if conflict is not None:
         approvals.append((approve_at + conflict, "gcs-c"))
@@ -164,8 +158,6 @@ def test_handover_gap_bounded_without_loss(seed, duplicate, max_delay, approve_a
 
 def test_approval_from_unknown_controller_is_rejected_as_stale():
     uxv = UxvControl("uxv-1", controller="gcs-a")
-    outs = uxv.on_message(
-        identity("tc-1", Role.TC), {"t": "approve", "h": "x", "from": "gcs-c", "to": "gcs-b"}, 0.0
-    )
+    outs = uxv.on_message(identity("tc-1", Role.TC), {"t": "approve", "h": "x", "from": "gcs-c", "to": "gcs-b"}, 0.0)
     assert any(isinstance(o, Refuse) and "stale handover x" in o.reason for o in outs)
     assert uxv.controller == "gcs-a"

@@ -52,9 +52,7 @@ def test_a_tc_grants_only_what_it_holds_and_never_creates_tcs(own_pki_dir):
     with pytest.raises(pki.PkiError, match="only the root CA can"):
         issuer.issue("tc-x", Role.TC, small)
     cert, _ = issuer.issue("gcs-x", Role.GCS, parse_privileges(["cmd:400"]))
-    assert (
-        pki.check_chain(cert, issuer.cert, pki.load_certificates(own_pki_dir / "ca.crt")[0]).name == "gcs-x"
-    )
+    assert pki.check_chain(cert, issuer.cert, pki.load_certificates(own_pki_dir / "ca.crt")[0]).name == "gcs-x"
 
 
 def test_the_vehicle_rechecks_the_hierarchy_so_a_rogue_tc_signature_cannot_escalate(own_pki_dir):
@@ -103,19 +101,14 @@ def test_cli_init_issue_show_renew_revoke(tmp_path: Path, capsys: pytest.Capture
     assert after.serial_number != before.serial_number
     assert after.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ) == before.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    ) == before.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     assert main(["c2", "pki", "revoke", str(directory), "g"]) == 0
     from cryptography import x509
 
     revoked = {e.serial_number for e in x509.load_pem_x509_crl((directory / "crl" / "tc-9.pem").read_bytes())}
     assert revoked == {after.serial_number}
     capsys.readouterr()
-    assert (
-        main(["c2", "pki", "issue", str(directory), "--role", "gcs", "--name", "h", "--privileges", "fly"])
-        == 2
-    )
+    assert main(["c2", "pki", "issue", str(directory), "--role", "gcs", "--name", "h", "--privileges", "fly"]) == 2
     assert "privilege 'fly': expected one of" in capsys.readouterr().err
     assert main(["c2", "pki", "issue", str(directory), "--role", "gcs", "--name", "h", "--days", "0"]) == 2
     assert "days 0: must be in 1..3650" in capsys.readouterr().err
@@ -132,9 +125,7 @@ def test_revocation_pushed_by_a_tc_cuts_a_live_link_and_refuses_reconnection(own
             await wait_for(lambda: logged(c2_log, "CRL push from gcs-b (role gcs) without pki:revoke"))
             issuer = pki.Issuer(own_pki_dir, "tc-1")
             crl = issuer.revoke(pki.load_certificates(own_pki_dir / "gcs-b.crt")[0].serial_number)
-            pem = crl.public_bytes(serialization.Encoding.PEM) + issuer.cert.public_bytes(
-                serialization.Encoding.PEM
-            )
+            pem = crl.public_bytes(serialization.Encoding.PEM) + issuer.cert.public_bytes(serialization.Encoding.PEM)
             assert await push_crl(own_pki_dir, "tc-1", pem, [s.uxv.address]) == ["uxv-1: CRL installed"]
             await wait_for(lambda: logged(c2_log, "closing link to gcs-b: certificate revoked by tc-1"))
             await wait_for(lambda: doomed.closed)

@@ -86,9 +86,7 @@ def test_command_outside_privileges_is_refused(pki_dir, c2_log):
             limited = await s.link("gcs-limited")
             limited.send(FrameType.MAVLINK, command_long(SET_SERVO, 7))
             await wait_for(
-                lambda: logged(
-                    c2_log, "gcs-limited lacks privilege cmd:183 for COMMAND_LONG(MAV_CMD_DO_SET_SERVO)"
-                )
+                lambda: logged(c2_log, "gcs-limited lacks privilege cmd:183 for COMMAND_LONG(MAV_CMD_DO_SET_SERVO)")
             )
             await s.vehicle_obeys(limited, tag=8, command=ARM)  # cmd:400 is within its privileges
             assert 7 not in s.obeyed_tags()
@@ -208,9 +206,7 @@ def test_two_conflicting_handovers_at_once(pki_dir, c2_log):
             commander = await s.link("tc-1")
             commander.send_control({"t": "approve", "h": "first", "from": "gcs-a", "to": "gcs-b"})
             commander.send_control({"t": "approve", "h": "second", "from": "gcs-a", "to": "gcs-c"})
-            await wait_for(
-                lambda: logged(c2_log, "conflicting handover second: handover first (gcs-a→gcs-b)")
-            )
+            await wait_for(lambda: logged(c2_log, "conflicting handover second: handover first (gcs-a→gcs-b)"))
             await s.vehicle_obeys(holder, tag=61)  # still gcs-a's until it releases or its lease ends
             holder.send_control({"t": "released", "epoch": s.uxv.control.epoch})
             await wait_for(lambda: s.uxv.control.controller == "gcs-b")

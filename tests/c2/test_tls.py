@@ -41,9 +41,7 @@ def test_openssl_client_sees_tls13_and_p256_and_nothing_else(pki_dir, c2_log):
             assert "Protocol version: TLSv1.3" in ok
             assert "Server Temp Key: ECDH, prime256v1, 256 bits" in ok
             assert "Verification: OK" in ok
-            assert "alert handshake failure" in await _s_client(
-                s.uxv.address, pki_dir, *cert, "-groups", "X25519"
-            )
+            assert "alert handshake failure" in await _s_client(s.uxv.address, pki_dir, *cert, "-groups", "X25519")
             assert "alert protocol version" in await _s_client(s.uxv.address, pki_dir, *cert, "-tls1_2")
             await wait_for(lambda: logged(c2_log, "TLS handshake refused: NO_SUITABLE_KEY_SHARE"))
             await wait_for(lambda: logged(c2_log, "TLS handshake refused: UNSUPPORTED_PROTOCOL"))

@@ -9,20 +9,24 @@ between a pymavlink GCS script and a pymavlink vehicle twice, in one run:
 * **NC2S** — GCS script → UDP → GCS gateway → mutual TLS + NC2S frames through the proxy →
   vehicle gateway (authorisation) → UDP → vehicle.
 
-Reported per profile: mTLS + NC2S session set-up time, COMMAND_LONG→COMMAND_ACK round trip
-(p50/p90/p99) for both, key-renewal and handover durations, commands lost (no ACK within the
-timeout — renewals run in the middle of the command stream, and every handover is bracketed
-by commands from the old and the new controller), and bytes per message on the wire.
+Both paths are up at once and the commands alternate between them in blocks, so the load of
+other jobs on a shared machine falls on both alike. Reported per profile: mTLS + NC2S session
+set-up time, COMMAND_LONG→COMMAND_ACK round trip (p50/p90/p99) for both, key-renewal and
+handover durations, commands lost (no ACK within the timeout — renewals run in the middle of
+the command stream, and every handover is bracketed by commands from the old and the new
+controller), and bytes per message on the wire.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +85,9 @@ def _commands(client: GcsClient, count: int, timeout: float) -> tuple[list[float
     return rtts, lost
 
 
-async def _baseline(profile, commands: int, timeout: float, seed: int) -> CommandRun:
+@contextlib.asynccontextmanager
+async def _plain_path(profile, seed: int) -> AsyncIterator[tuple[GcsClient, object]]:
+    """pymavlink script → TCP through the proxy → pymavlink vehicle (tcpin)."""
     from edgecloud.netem import TcpProxy
 
     vehicle = SimulatedVehicle("tcpin:127.0.0.1:0").start()
@@ -91,12 +97,55 @@ async def _baseline(profile, commands: int, timeout: float, seed: int) -> Comman
     try:
         if not await asyncio.to_thread(client.wait_heartbeat, 30):
             raise RuntimeError("baseline: no heartbeat from the vehicle through the proxy")
-        before = proxy.stats.uplink.bytes_delivered
-        rtts, lost = await asyncio.to_thread(_commands, client, commands, timeout)
-        return CommandRun(rtts, lost, proxy.stats.uplink.bytes_delivered - before)
+        yield client, proxy
     finally:
         client.close()
         await proxy.stop()
+        await asyncio.to_thread(vehicle.stop)
+
+
+@dataclass
+class Nc2sPath:
+    proxy: object
+    gateways: dict[str, GcsGateway]
+    clients: dict[str, GcsClient]
+
+
+@contextlib.asynccontextmanager
+async def _nc2s_path(profile, pki_dir: Path, seed: int) -> AsyncIterator[Nc2sPath]:
+    """pymavlink scripts → UDP → GCS gateways → NC2S through the proxy → vehicle gateway → UDP → vehicle."""
+    from edgecloud.netem import TcpProxy
+
+    vehicle = SimulatedVehicle("udpin:127.0.0.1:0").start()
+    uxv = await UxvGateway(pki_dir, "uxv-1", ("127.0.0.1", 0), ("127.0.0.1", vehicle.port), controller="gcs-a").start()
+    proxy = TcpProxy(("127.0.0.1", 0), uxv.address, profile, profile, seed=seed)
+    await proxy.start()
+    gateways: dict[str, GcsGateway] = {}
+    clients: dict[str, GcsClient] = {}
+    try:
+        for name, system_id in (("gcs-a", 255), ("gcs-b", 254)):
+            gateway = await GcsGateway(
+                pki_dir, name, proxy.address, ("127.0.0.1", 0), uxv_name="uxv-1", rekey_interval=None
+            ).start()
+            gateways[name] = gateway
+            clients[name] = GcsClient(f"udpout:127.0.0.1:{gateway.mavlink_address[1]}", system_id=system_id)
+        for gateway in gateways.values():
+            await asyncio.wait_for(gateway.connected.wait(), 60)
+        deadline = time.monotonic() + 60
+        while not gateways["gcs-a"].controlling():
+            if time.monotonic() > deadline:
+                raise RuntimeError("NC2S: gcs-a never obtained its control lease")
+            await asyncio.sleep(0.05)
+        if not await asyncio.to_thread(clients["gcs-a"].wait_heartbeat, 30):
+            raise RuntimeError("NC2S: no heartbeat from the vehicle through the gateways")
+        yield Nc2sPath(proxy, gateways, clients)
+    finally:
+        for client in clients.values():
+            client.close()
+        for gateway in gateways.values():
+            await gateway.stop()
+        await proxy.stop()
+        await uxv.stop()
         await asyncio.to_thread(vehicle.stop)
 
 
@@ -110,32 +159,32 @@ class Nc2sRun:
     renewal_lost: int
 
 
-async def _nc2s(
+async def _measure(
     profile, pki_dir: Path, commands: int, timeout: float, seed: int, renewals: int, handovers: int
-) -> Nc2sRun:
-    from edgecloud.netem import TcpProxy
+) -> tuple[CommandRun, Nc2sRun]:
+    """Both paths up at once; commands alternate between them in blocks, so load from other jobs
+    on a shared machine falls on both alike. Then set-up, renewal and handover measurements."""
+    async with _plain_path(profile, seed) as (plain_client, plain_proxy), _nc2s_path(profile, pki_dir, seed) as nc2s:
+        base, ours = CommandRun(), CommandRun()
+        blocks = min(10, commands)
+        for block in range(blocks):
+            size = commands // blocks + (1 if block < commands % blocks else 0)
+            for run, client, proxy in (
+                (base, plain_client, plain_proxy),
+                (ours, nc2s.clients["gcs-a"], nc2s.proxy),
+            ):
+                before = proxy.stats.uplink.bytes_delivered
+                rtts, lost = await asyncio.to_thread(_commands, client, size, timeout)
+                run.rtts += rtts
+                run.lost += lost
+                run.uplink_bytes += proxy.stats.uplink.bytes_delivered - before
 
-    vehicle = SimulatedVehicle("udpin:127.0.0.1:0").start()
-    uxv = await UxvGateway(pki_dir, "uxv-1", ("127.0.0.1", 0), ("127.0.0.1", vehicle.port), controller="gcs-a").start()
-    proxy = TcpProxy(("127.0.0.1", 0), uxv.address, profile, profile, seed=seed)
-    await proxy.start()
-    gateways = {
-        name: await GcsGateway(
-            pki_dir, name, proxy.address, ("127.0.0.1", 0), uxv_name="uxv-1", rekey_interval=None
-        ).start()
-        for name in ("gcs-a", "gcs-b")
-    }
-    clients = {
-        name: GcsClient(f"udpout:{g.mavlink_address[0]}:{g.mavlink_address[1]}", system_id=sysid)
-        for (name, g), sysid in zip(gateways.items(), (255, 254), strict=True)
-    }
-    try:
         # Session set-up: TCP connect + TLS 1.3 with client certificates + NC2S HELLO, through the link.
         handshakes = []
         credentials = Credentials.load(pki_dir, "tc-1")
         for _ in range(5):
             link = await connect(
-                *proxy.address,
+                *nc2s.proxy.address,
                 credentials,
                 tls.client_context(pki_dir, "tc-1"),
                 server_hostname="uxv-1",
@@ -143,23 +192,10 @@ async def _nc2s(
             )
             handshakes.append(link.stats.handshake_s)
             await link.close()
-        for gateway in gateways.values():
-            await asyncio.wait_for(gateway.connected.wait(), 60)
-        deadline = time.monotonic() + 60
-        while not gateways["gcs-a"].controlling():
-            if time.monotonic() > deadline:
-                raise RuntimeError("NC2S: gcs-a never obtained its control lease")
-            await asyncio.sleep(0.05)
-        a = clients["gcs-a"]
-        if not await asyncio.to_thread(a.wait_heartbeat, 30):
-            raise RuntimeError("NC2S: no heartbeat from the vehicle through the gateways")
-
-        before = proxy.stats.uplink.bytes_delivered
-        rtts, lost = await asyncio.to_thread(_commands, a, commands, timeout)
-        run = CommandRun(rtts, lost, proxy.stats.uplink.bytes_delivered - before)
 
         # Key renewals in the middle of a command stream: no command may be lost.
-        link = gateways["gcs-a"].link
+        a = nc2s.clients["gcs-a"]
+        link = nc2s.gateways["gcs-a"].link
         assert link is not None
         renewal_times, renewal_lost = [], 0
         for _ in range(renewals):
@@ -173,24 +209,16 @@ async def _nc2s(
         order = ["gcs-a", "gcs-b"]
         for i in range(handovers):
             source, target = order[i % 2], order[(i + 1) % 2]
-            _, lost_before = await asyncio.to_thread(_commands, clients[source], 1, timeout)
-            result = await approve_handover(pki_dir, "tc-1", proxy.address, source, target, uxv_name="uxv-1")
+            _, lost_before = await asyncio.to_thread(_commands, nc2s.clients[source], 1, timeout)
+            result = await approve_handover(pki_dir, "tc-1", nc2s.proxy.address, source, target, uxv_name="uxv-1")
             if result.state != "done":
                 raise RuntimeError(f"handover {source}→{target}: {result.state} {result.reason}")
             handover_times.append(result.duration_s)
-            while not gateways[target].controlling():
+            while not nc2s.gateways[target].controlling():
                 await asyncio.sleep(0.01)
-            _, lost_after = await asyncio.to_thread(_commands, clients[target], 1, timeout)
+            _, lost_after = await asyncio.to_thread(_commands, nc2s.clients[target], 1, timeout)
             handover_lost += lost_before + lost_after
-        return Nc2sRun(run, handshakes, renewal_times, handover_times, handover_lost, renewal_lost)
-    finally:
-        for client in clients.values():
-            client.close()
-        for gateway in gateways.values():
-            await gateway.stop()
-        await proxy.stop()
-        await uxv.stop()
-        await asyncio.to_thread(vehicle.stop)
+        return base, Nc2sRun(ours, handshakes, renewal_times, handover_times, handover_lost, renewal_lost)
 
 
 def _bench_pki(directory: Path) -> Path:
@@ -268,8 +296,7 @@ async def _run_profiles(
             profile = PROFILES[name]
             count = radio_commands if profile.delay_ms >= 50 else commands
             timeout = max(5.0, 40 * profile.delay_ms / 1e3)
-            base = await _baseline(profile, count, timeout, seed)
-            nc2s = await _nc2s(profile, pki_dir, count, timeout, seed, renewals, handovers)
+            base, nc2s = await _measure(profile, pki_dir, count, timeout, seed, renewals, handovers)
             p50_base = percentile(base.rtts, 50) or float("nan")
             p50_nc2s = percentile(nc2s.commands.rtts, 50) or float("nan")
             report["profiles"][name] = {
