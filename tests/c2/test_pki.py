@@ -12,7 +12,7 @@ from conftest import wait_for
 from cryptography.hazmat.primitives import serialization
 
 from edgecloud.c2 import pki
-from edgecloud.c2.gateway import push_crl
+from edgecloud.c2.commander import TcService, push_crl, request_renewal
 from edgecloud.c2.link import LinkError
 from edgecloud.c2.privileges import PrivilegeError, Role, parse_privileges
 from edgecloud.cli import main
@@ -135,3 +135,27 @@ def test_revocation_pushed_by_a_tc_cuts_a_live_link_and_refuses_reconnection(own
             await s.vehicle_obeys(good, tag=1)
 
     asyncio.run(run())
+
+
+def test_a_tc_renews_a_gcs_certificate_over_nc2s_for_a_fresh_key(own_pki_dir, c2_log):
+    old = pki.load_certificates(own_pki_dir / "gcs-a.crt")[0]
+    old_key = (own_pki_dir / "gcs-a.key").read_bytes()
+    pki.issue_to_directory(own_pki_dir, "tc-2", Role.TC)
+
+    async def run() -> None:
+        service = await TcService(own_pki_dir, "tc-1", ("127.0.0.1", 0)).start()
+        try:
+            await request_renewal(own_pki_dir, "gcs-a", service.address, tc_name="tc-1", days=30)
+            with pytest.raises(pki.PkiError, match="TC certificates are renewed by the root CA"):
+                await request_renewal(own_pki_dir, "tc-2", service.address)
+        finally:
+            await service.stop()
+        async with scene(own_pki_dir) as s:  # the renewed credential works at once
+            await s.vehicle_obeys(await s.link("gcs-a"), tag=1)
+
+    asyncio.run(run())
+    new = pki.load_certificates(own_pki_dir / "gcs-a.crt")[0]
+    assert new.serial_number != old.serial_number and (own_pki_dir / "gcs-a.key").read_bytes() != old_key
+    assert pki.identity_of(new).privileges == pki.identity_of(old).privileges
+    assert pki.identity_of(new).issuer == "tc-1"
+    assert logged(c2_log, "refused renewal for tc-2")

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgecloud.c2 import pki, tls
-from edgecloud.c2.gateway import GcsGateway, UxvGateway, approve_handover
+from edgecloud.c2.commander import approve_handover
+from edgecloud.c2.gateway import GcsGateway, UxvGateway
 from edgecloud.c2.link import connect
 from edgecloud.c2.privileges import Role
 from edgecloud.c2.session import OVERHEAD, Credentials

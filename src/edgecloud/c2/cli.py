@@ -148,7 +148,8 @@ def _gcs(args: argparse.Namespace) -> int:
 
 
 def _tc_handover(args: argparse.Namespace) -> int:
-    from edgecloud.c2.gateway import approve_handover, parse_address
+    from edgecloud.c2.commander import approve_handover
+    from edgecloud.c2.gateway import parse_address
     from edgecloud.c2.link import LinkError
 
     _logging(args.verbose)
@@ -201,7 +202,8 @@ def _tc_revoke(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
 
     from edgecloud.c2 import pki
-    from edgecloud.c2.gateway import parse_address, push_crl
+    from edgecloud.c2.commander import push_crl
+    from edgecloud.c2.gateway import parse_address
 
     _logging(args.verbose)
     directory = Path(args.pki)
@@ -217,6 +219,41 @@ def _tc_revoke(args: argparse.Namespace) -> int:
         addresses = [parse_address(a, "--push") for a in args.push]
         for line in asyncio.run(push_crl(directory, args.name, pem, addresses)):
             print(line)
+    return 0
+
+
+def _tc_serve(args: argparse.Namespace) -> int:
+    from edgecloud.c2.commander import TcService
+    from edgecloud.c2.gateway import parse_address
+
+    _logging(not args.quiet)
+    listen = parse_address(args.listen, "--listen")
+
+    async def main() -> None:
+        service = await TcService(Path(args.pki), args.name, listen).start()
+        _ready(node=args.name, listen=list(service.address))
+        await _serve_forever(service)
+
+    asyncio.run(main())
+    return 0
+
+
+def _renew(args: argparse.Namespace) -> int:
+    from edgecloud.c2.commander import request_renewal
+    from edgecloud.c2.gateway import parse_address
+    from edgecloud.c2.link import LinkError
+
+    _logging(args.verbose)
+    try:
+        path = asyncio.run(
+            request_renewal(
+                Path(args.pki), args.name, parse_address(args.tc, "--tc"), tc_name=args.tc_name, days=args.days
+            )
+        )
+    except LinkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
     return 0
 
 
@@ -341,6 +378,22 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--push", nargs="*", default=[], help="HOST:PORT of vehicle gateways to push the CRL to")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(handler=_guarded(_tc_revoke))
+
+    p = tc_verbs.add_parser("serve", help="listen for GCSs and UxVs asking this TC to renew their certificates")
+    p.add_argument("--pki", required=True)
+    p.add_argument("--name", required=True, help="this TC")
+    p.add_argument("--listen", required=True, help="HOST:PORT")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_guarded(_tc_serve))
+
+    p = verbs.add_parser("renew", help="ask a TC (c2 tc serve) to renew this node's certificate for a fresh key")
+    p.add_argument("--pki", required=True)
+    p.add_argument("--name", required=True, help="this GCS or UxV")
+    p.add_argument("--tc", required=True, help="HOST:PORT of the TC")
+    p.add_argument("--tc-name", help="expected TC name (checked against its certificate)")
+    p.add_argument("--days", type=int, default=365)
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(handler=_guarded(_renew))
 
     p = verbs.add_parser("vehicle", help="a simulated pymavlink vehicle (heartbeats, COMMAND_ACK)")
     p.add_argument("--mavlink", default="udpin:127.0.0.1:14560", help="pymavlink connection string")

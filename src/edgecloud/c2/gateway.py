@@ -8,15 +8,13 @@ to every peer holding ``telemetry``. A refused COMMAND_LONG/INT is answered with
 
 ``GcsGateway`` gives local GCS software (MAVProxy, a pymavlink script) a plain MAVLink UDP
 endpoint and carries its traffic over one NC2S link to a vehicle gateway, keeping the control
-lease (:class:`GcsControl`). ``approve_handover`` and ``push_crl`` are what a TC does.
+lease (:class:`GcsControl`). What a TC does is in :mod:`edgecloud.c2.commander`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +24,6 @@ from pymavlink.dialects.v20 import ardupilotmega as mavlink
 from edgecloud.c2 import tls
 from edgecloud.c2.control import (
     GcsControl,
-    HandoverRequest,
     Refuse,
     Send,
     UxvControl,
@@ -419,93 +416,3 @@ class GcsGateway:
                 self._send_control(self.control.on_timer(time.monotonic()))
             self._report()
             await asyncio.sleep(0.05)
-
-
-@dataclass(frozen=True)
-class HandoverResult:
-    state: str
-    reason: str
-    duration_s: float
-    controller: str | None
-
-
-async def _tc_link(pki_dir: Path, name: str, address: Address, uxv_name: str | None) -> Link:
-    context = tls.client_context(pki_dir, name)
-    context.check_hostname = uxv_name is not None
-    return await connect(
-        address[0],
-        address[1],
-        Credentials.load(pki_dir, name),
-        context,
-        server_hostname=uxv_name,
-        label=f"tc {name}",
-    )
-
-
-async def approve_handover(
-    pki_dir: Path,
-    name: str,
-    address: Address,
-    source: str | None,
-    target: str,
-    *,
-    uxv_name: str | None = None,
-    retry: float = 0.5,
-    timeout: float = 60.0,
-) -> HandoverResult:
-    """As TC ``name``, approve handing the vehicle at ``address`` from ``source`` to ``target``;
-    resend until the vehicle reports the handover done or rejected. The duration counts from
-    the first approval sent (after the TC's link is up) to the vehicle's "done"."""
-    link = await _tc_link(Path(pki_dir), name, address, uxv_name)
-    request = HandoverRequest(os.urandom(8).hex(), link.peer.name, source, target, retry=retry)
-    controller: list[str | None] = [None]
-
-    def on_message(_link: Link, kind: int, payload: bytes) -> None:
-        if kind == FrameType.CONTROL:
-            message = json.loads(payload)
-            if message.get("t") == "status" and message.get("h") == request.h:
-                controller[0] = message.get("controller")
-            request.on_message(message, time.monotonic())
-
-    reader = asyncio.create_task(link.run(on_message))
-    started = time.monotonic()
-    try:
-        while request.state == "pending" and time.monotonic() < started + timeout and not link.closed:
-            for message in request.on_timer(time.monotonic()):
-                link.send_control(message)
-            await asyncio.sleep(0.005)
-    finally:
-        await link.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-    state = request.state if request.state != "pending" else "timeout"
-    finished = request.finished_at if request.finished_at is not None else time.monotonic()
-    return HandoverResult(state, request.reason, finished - started, controller[0])
-
-
-async def push_crl(pki_dir: Path, name: str, crl_pem: bytes, addresses: list[Address]) -> list[str]:
-    """As TC ``name``, push a CRL (with its certificate) to each vehicle; one result line each."""
-    results = []
-    for address in addresses:
-        try:
-            link = await _tc_link(Path(pki_dir), name, address, None)
-        except LinkError as exc:
-            results.append(f"{address[0]}:{address[1]}: {exc}")
-            continue
-        acked = asyncio.Event()
-
-        def on_message(_link: Link, kind: int, payload: bytes, acked=acked) -> None:
-            if kind == FrameType.CONTROL and json.loads(payload).get("t") == "crl-ack":
-                acked.set()
-
-        reader = asyncio.create_task(link.run(on_message))
-        link.send_control({"t": "crl", "pem": crl_pem.decode()})
-        try:
-            await asyncio.wait_for(acked.wait(), 10.0)
-            results.append(f"{link.peer.name}: CRL installed")
-        except TimeoutError:
-            results.append(f"{link.peer.name}: no acknowledgement (see the vehicle's log for the reason)")
-        await link.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-    return results
