@@ -134,11 +134,16 @@ def _gcs(args: argparse.Namespace) -> int:
     from edgecloud.c2.gateway import GcsGateway, parse_address
 
     _logging(not args.quiet)
-    target, local = parse_address(args.connect, "--connect"), parse_address(args.mavlink, "--mavlink")
+    targets = [parse_address(a, "--connect") for a in args.connect]
+    local = parse_address(args.mavlink, "--mavlink")
+    if args.uxv and len(args.uxv) != len(targets):
+        raise ValueError(
+            f"--uxv given {len(args.uxv)} times for {len(targets)} --connect: give one per vehicle or none"
+        )
 
     async def main() -> None:
         gateway = await GcsGateway(
-            Path(args.pki), args.name, target, local, uxv_name=args.uxv, rekey_interval=args.rekey_interval
+            Path(args.pki), args.name, targets, local, uxv_name=args.uxv or None, rekey_interval=args.rekey_interval
         ).start()
         _ready(node=args.name, mavlink=list(gateway.mavlink_address))
         await _serve_forever(gateway)
@@ -343,9 +348,13 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p = verbs.add_parser("gcs", help="GCS gateway: a plain MAVLink UDP endpoint for local GCS software")
     p.add_argument("--pki", required=True)
     p.add_argument("--name", required=True)
-    p.add_argument("--connect", required=True, help="HOST:PORT of the vehicle gateway")
+    p.add_argument(
+        "--connect", required=True, action="append", help="HOST:PORT of a vehicle gateway (repeat for several)"
+    )
     p.add_argument("--mavlink", required=True, help="udp:HOST:PORT to listen on for local GCS software")
-    p.add_argument("--uxv", help="expected vehicle name (checked against its certificate)")
+    p.add_argument(
+        "--uxv", action="append", help="expected vehicle name, one per --connect (checked against its certificate)"
+    )
     p.add_argument("--rekey-interval", type=float, default=60.0, help="seconds between key renewals")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_guarded(_gcs))

@@ -283,39 +283,72 @@ class UxvGateway:
             await asyncio.sleep(0.05)
 
 
+@dataclass
+class VehicleLink:
+    """One vehicle as a GCS gateway sees it: where it is, the link, the control lease, its MAVLink ids."""
+
+    address: Address
+    expected_name: str | None
+    control: GcsControl
+    link: Link | None = None
+    system_ids: set[int] = field(default_factory=set)
+    was_controlling: bool = False
+
+    def controlling(self, now: float) -> bool:
+        return self.link is not None and self.control.controlling(now)
+
+
 class GcsGateway:
-    """The GCS side of NC2S: a local MAVLink UDP endpoint bridged to one vehicle gateway."""
+    """The GCS side of NC2S: one local MAVLink UDP endpoint bridged to one or more vehicle gateways.
+
+    With several vehicles, packets from the GCS software that name a ``target_system`` go to the
+    vehicle that uses that system id (learnt from its telemetry); broadcasts (target 0, e.g.
+    heartbeats) go to every vehicle. Each vehicle's gateway still decides what it obeys.
+    """
 
     def __init__(
         self,
         pki_dir: Path,
         name: str,
-        connect_to: Address,
+        connect_to: Address | list[Address],
         mavlink_listen: Address,
         *,
-        uxv_name: str | None = None,
+        uxv_name: str | list[str | None] | None = None,
         rekey_interval: float | None = 60.0,
         renew_every: float = 1.0,
         poll_every: float = 1.0,
     ) -> None:
+        addresses = connect_to if isinstance(connect_to, list) else [connect_to]
+        names = uxv_name if isinstance(uxv_name, list) else [uxv_name] * len(addresses)
+        if len(names) != len(addresses):
+            raise ValueError(f"uxv_name: {len(names)} names for {len(addresses)} vehicle addresses")
         self.pki_dir = Path(pki_dir)
         self.name = name
-        self.connect_to = connect_to
         self.mavlink_listen = mavlink_listen
-        self.uxv_name = uxv_name
         self.rekey_interval = rekey_interval
         self.credentials = Credentials.load(self.pki_dir, name)
-        self.context = tls.client_context(self.pki_dir, name)
-        self.context.check_hostname = uxv_name is not None
-        self.control = GcsControl(name, uxv_name or "", renew_every=renew_every, poll_every=poll_every)
-        self.link: Link | None = None
-        self.connected = asyncio.Event()
+        self.vehicles = [
+            VehicleLink(
+                address, expected, GcsControl(name, expected or "", renew_every=renew_every, poll_every=poll_every)
+            )
+            for address, expected in zip(addresses, names, strict=True)
+        ]
+        self.connected = asyncio.Event()  # set while every vehicle link is up
         self.handshakes: list[float] = []
         self.dropped = 0
+        self._parser = _parser()
         self._local: Address | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._was_controlling = False
+
+    @property
+    def link(self) -> Link | None:
+        """The (first) vehicle's link."""
+        return self.vehicles[0].link
+
+    @property
+    def control(self) -> GcsControl:
+        return self.vehicles[0].control
 
     @property
     def mavlink_address(self) -> Address:
@@ -327,33 +360,39 @@ class GcsGateway:
         self._udp, _ = await loop.create_datagram_endpoint(
             lambda: _Datagrams(self._from_local), local_addr=self.mavlink_listen
         )
-        for coroutine in (self._keep_connected(), self._timer()):
-            task = asyncio.create_task(coroutine)
-            self._tasks.add(task)
+        for coroutine in [*(self._keep_connected(v) for v in self.vehicles), self._timer()]:
+            self._tasks.add(asyncio.create_task(coroutine))
         return self
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.link is not None:
-            await self.link.close()
+        for vehicle in self.vehicles:
+            if vehicle.link is not None:
+                await vehicle.link.close()
         if self._udp is not None:
             self._udp.close()
 
-    def controlling(self) -> bool:
-        return self.link is not None and self.control.controlling(time.monotonic())
+    def controlling(self, uxv: str | None = None) -> bool:
+        """Whether this GCS controls vehicle ``uxv`` (default: the first vehicle)."""
+        now = time.monotonic()
+        if uxv is None:
+            return self.vehicles[0].controlling(now)
+        return any(v.control.uxv == uxv and v.controlling(now) for v in self.vehicles)
 
-    async def _keep_connected(self) -> None:
-        host, port = self.connect_to
+    async def _keep_connected(self, vehicle: VehicleLink) -> None:
+        host, port = vehicle.address
+        context = tls.client_context(self.pki_dir, self.name)
+        context.check_hostname = vehicle.expected_name is not None
         while True:
             try:
                 link = await connect(
                     host,
                     port,
                     self.credentials,
-                    self.context,
-                    server_hostname=self.uxv_name,
+                    context,
+                    server_hostname=vehicle.expected_name,
                     label=f"gcs {self.name}",
                     rekey_interval=self.rekey_interval,
                 )
@@ -366,53 +405,61 @@ class GcsGateway:
                 await link.close()
                 await asyncio.sleep(1.0)
                 continue
-            self.control.uxv = link.peer.name
-            self.link = link
+            vehicle.control.uxv = link.peer.name
+            vehicle.link = link
             self.handshakes.append(link.stats.handshake_s)
-            self.connected.set()
+            if all(v.link is not None for v in self.vehicles):
+                self.connected.set()
             log.info("gcs %s: connected to %s in %.1f ms", self.name, link.peer.name, 1e3 * link.stats.handshake_s)
-            self._send_control(self.control.on_message({"t": "offer"}, time.monotonic()))
-            await link.run(self._on_message)
+            self._send_control(vehicle, vehicle.control.on_message({"t": "offer"}, time.monotonic()))
+            await link.run(lambda _link, kind, payload: self._on_message(vehicle, kind, payload))
             self.connected.clear()
-            self.link = None
+            vehicle.link = None
             await asyncio.sleep(0.5)
 
-    def _send_control(self, messages: list[dict]) -> None:
-        if self.link is not None:
+    def _send_control(self, vehicle: VehicleLink, messages: list[dict]) -> None:
+        if vehicle.link is not None:
             for message in messages:
-                self.link.send_control(message)
+                vehicle.link.send_control(message)
 
     def _from_local(self, data: bytes, addr: Address) -> None:
         self._local = addr
-        if self.link is None or self.link.closed:
-            self.dropped += 1
-            return
-        self.link.send(FrameType.MAVLINK, data)
+        targets = self.vehicles
+        if len(self.vehicles) > 1:
+            packets, _ = split_packets(self._parser, data)
+            wanted = {getattr(p.message, "target_system", 0) for p in packets}
+            if 0 not in wanted:
+                targets = [v for v in self.vehicles if v.system_ids & wanted] or self.vehicles
+        for vehicle in targets:
+            if vehicle.link is None or vehicle.link.closed:
+                self.dropped += 1
+                continue
+            vehicle.link.send(FrameType.MAVLINK, data)
 
-    def _on_message(self, link: Link, kind: int, payload: bytes) -> None:
+    def _on_message(self, vehicle: VehicleLink, kind: int, payload: bytes) -> None:
         if kind == FrameType.MAVLINK:
+            if len(self.vehicles) > 1:
+                packets, _ = split_packets(self._parser, payload)
+                vehicle.system_ids |= {p.message.get_srcSystem() for p in packets}
             if self._local is not None and self._udp is not None:
                 self._udp.sendto(payload, self._local)
         elif kind == FrameType.CONTROL:
-            try:
-                message = json.loads(payload)
-            except ValueError:
-                log.warning("gcs %s: malformed control message from %s", self.name, link.peer.name)
-                return
+            message = json.loads(payload)
             if isinstance(message, dict):
-                self._send_control(self.control.on_message(message, time.monotonic()))
-                self._report()
+                self._send_control(vehicle, vehicle.control.on_message(message, time.monotonic()))
+                self._report(vehicle)
 
-    def _report(self) -> None:
-        now = self.controlling()
-        if now != self._was_controlling:
-            self._was_controlling = now
+    def _report(self, vehicle: VehicleLink) -> None:
+        now = vehicle.controlling(time.monotonic())
+        if now != vehicle.was_controlling:
+            vehicle.was_controlling = now
             state = "controls" if now else "no longer controls"
-            log.info("gcs %s: %s %s (epoch %d)", self.name, state, self.control.uxv, self.control.epoch)
+            log.info("gcs %s: %s %s (epoch %d)", self.name, state, vehicle.control.uxv, vehicle.control.epoch)
 
     async def _timer(self) -> None:
         while True:
-            if self.link is not None:
-                self._send_control(self.control.on_timer(time.monotonic()))
-            self._report()
+            for vehicle in self.vehicles:
+                if vehicle.link is not None:
+                    self._send_control(vehicle, vehicle.control.on_timer(time.monotonic()))
+                self._report(vehicle)
             await asyncio.sleep(0.05)
