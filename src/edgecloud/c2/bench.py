@@ -107,26 +107,33 @@ async def _plain_path(profile, seed: int) -> AsyncIterator[tuple[GcsClient, obje
 
 @dataclass
 class Nc2sPath:
-    proxy: object
+    proxies: dict[str, object]  # one emulated link per node: gcs-a, gcs-b, tc-1
     gateways: dict[str, GcsGateway]
     clients: dict[str, GcsClient]
 
 
 @contextlib.asynccontextmanager
 async def _nc2s_path(profile, pki_dir: Path, seed: int) -> AsyncIterator[Nc2sPath]:
-    """pymavlink scripts → UDP → GCS gateways → NC2S through the proxy → vehicle gateway → UDP → vehicle."""
+    """pymavlink scripts → UDP → GCS gateways → NC2S through the proxy → vehicle gateway → UDP → vehicle.
+
+    Each GCS and the TC reach the vehicle over a link of their own, as the baseline's single GCS
+    does: the observer GCS's telemetry and polls do not share the measured GCS's link."""
     from edgecloud.netem import TcpProxy
 
     vehicle = SimulatedVehicle("udpin:127.0.0.1:0").start()
     uxv = await UxvGateway(pki_dir, "uxv-1", ("127.0.0.1", 0), ("127.0.0.1", vehicle.port), controller="gcs-a").start()
-    proxy = TcpProxy(("127.0.0.1", 0), uxv.address, profile, profile, seed=seed)
-    await proxy.start()
+    proxies = {
+        name: TcpProxy(("127.0.0.1", 0), uxv.address, profile, profile, seed=seed + i)
+        for i, name in enumerate(("gcs-a", "gcs-b", "tc-1"))
+    }
+    for proxy in proxies.values():
+        await proxy.start()
     gateways: dict[str, GcsGateway] = {}
     clients: dict[str, GcsClient] = {}
     try:
         for name, system_id in (("gcs-a", 255), ("gcs-b", 254)):
             gateway = await GcsGateway(
-                pki_dir, name, proxy.address, ("127.0.0.1", 0), uxv_name="uxv-1", rekey_interval=None
+                pki_dir, name, proxies[name].address, ("127.0.0.1", 0), uxv_name="uxv-1", rekey_interval=None
             ).start()
             gateways[name] = gateway
             clients[name] = GcsClient(f"udpout:127.0.0.1:{gateway.mavlink_address[1]}", system_id=system_id)
@@ -139,13 +146,14 @@ async def _nc2s_path(profile, pki_dir: Path, seed: int) -> AsyncIterator[Nc2sPat
             await asyncio.sleep(0.05)
         if not await asyncio.to_thread(clients["gcs-a"].wait_heartbeat, 30):
             raise RuntimeError("NC2S: no heartbeat from the vehicle through the gateways")
-        yield Nc2sPath(proxy, gateways, clients)
+        yield Nc2sPath(proxies, gateways, clients)
     finally:
         for client in clients.values():
             client.close()
         for gateway in gateways.values():
             await gateway.stop()
-        await proxy.stop()
+        for proxy in proxies.values():
+            await proxy.stop()
         await uxv.stop()
         await asyncio.to_thread(vehicle.stop)
 
@@ -172,7 +180,7 @@ async def _measure(
             size = commands // blocks + (1 if block < commands % blocks else 0)
             for run, client, proxy in (
                 (base, plain_client, plain_proxy),
-                (ours, nc2s.clients["gcs-a"], nc2s.proxy),
+                (ours, nc2s.clients["gcs-a"], nc2s.proxies["gcs-a"]),
             ):
                 before = proxy.stats.uplink.bytes_delivered
                 rtts, lost = await asyncio.to_thread(_commands, client, size, timeout)
@@ -185,7 +193,7 @@ async def _measure(
         credentials = Credentials.load(pki_dir, "tc-1")
         for _ in range(5):
             link = await connect(
-                *nc2s.proxy.address,
+                *nc2s.proxies["tc-1"].address,
                 credentials,
                 tls.client_context(pki_dir, "tc-1"),
                 server_hostname="uxv-1",
@@ -211,7 +219,9 @@ async def _measure(
         for i in range(handovers):
             source, target = order[i % 2], order[(i + 1) % 2]
             _, lost_before = await asyncio.to_thread(_commands, nc2s.clients[source], 1, timeout)
-            result = await approve_handover(pki_dir, "tc-1", nc2s.proxy.address, source, target, uxv_name="uxv-1")
+            result = await approve_handover(
+                pki_dir, "tc-1", nc2s.proxies["tc-1"].address, source, target, uxv_name="uxv-1"
+            )
             if result.state != "done":
                 raise RuntimeError(f"handover {source}→{target}: {result.state} {result.reason}")
             handover_times.append(result.duration_s)
