@@ -161,3 +161,12 @@ def test_approval_from_unknown_controller_is_rejected_as_stale():
     outs = uxv.on_message(identity("tc-1", Role.TC), {"t": "approve", "h": "x", "from": "gcs-c", "to": "gcs-b"}, 0.0)
     assert any(isinstance(o, Refuse) and "stale handover x" in o.reason for o in outs)
     assert uxv.controller == "gcs-a"
+
+
+def test_control_goes_only_to_a_connected_verified_gcs():
+    uxv = UxvControl("uxv-1", controller="gcs-a")
+    uxv.online = {"gcs-a"}
+    approve = {"t": "approve", "h": "y", "from": "gcs-a", "to": "gcs-z"}
+    outs = uxv.on_message(identity("tc-1", Role.TC), approve, 0.0)
+    assert Refuse("tc-1", "handover y: gcs-z is not connected to uxv-1 as a verified GCS") in outs
+    assert uxv.controller == "gcs-a"

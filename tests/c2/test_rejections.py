@@ -203,6 +203,8 @@ def test_two_conflicting_handovers_at_once(pki_dir, c2_log):
             holder = await s.link("gcs-a")
             holder.send_control({"t": "renew", "n": 0})  # gcs-a holds a lease, so handover waits for it
             await wait_for(lambda: s.uxv.control.lease_until > 0)
+            gcs_b = await s.link("gcs-b")
+            await wait_for(lambda: "gcs-b" in s.uxv.links)
             commander = await s.link("tc-1")
             commander.send_control({"t": "approve", "h": "first", "from": "gcs-a", "to": "gcs-b"})
             commander.send_control({"t": "approve", "h": "second", "from": "gcs-a", "to": "gcs-c"})
@@ -215,7 +217,6 @@ def test_two_conflicting_handovers_at_once(pki_dir, c2_log):
                 "second": s.uxv.control.outcomes["second"],
             }
             assert s.uxv.control.outcomes["second"][0] == "rejected"
-            gcs_b = await s.link("gcs-b")
             await s.vehicle_obeys(gcs_b, tag=62)
 
     asyncio.run(run())

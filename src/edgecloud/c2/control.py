@@ -101,6 +101,9 @@ class UxvControl:
         self.pending: Handover | None = None
         self.outcomes: dict[str, tuple[str, str]] = {}  # handover id → (state, reason)
         self.switches: list[tuple[float, str]] = []
+        # GCSs currently connected with a verified GCS certificate; the gateway keeps it up to date.
+        # When set, control is handed only to one of them, so never to a revoked or unknown name.
+        self.online: set[str] | None = None
 
     # --- commands ----------------------------------------------------------------------------
     def authorize(self, peer: Identity, message_id: int, command_id: int | None) -> Decision:
@@ -203,6 +206,8 @@ class UxvControl:
         if target == self.controller:
             self.outcomes[h] = ("done", "")
             return [self._status(peer.name, h)]
+        if self.online is not None and target not in self.online:
+            return self._reject(peer, h, f"handover {h}: {target} is not connected to {self.name} as a verified GCS")
         self.pending = Handover(h, source, target, peer.name, now)
         if source is None:
             return self._switch(now)

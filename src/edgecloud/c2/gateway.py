@@ -109,6 +109,7 @@ class UxvGateway:
         self.credentials = Credentials.load(self.pki_dir, name)
         self.context = tls.server_context(self.pki_dir, name)
         self.control = UxvControl(name, lease=lease, retry=retry, controller=controller)
+        self.control.online = set()
         self.links: dict[str, Link] = {}
         self.stats = GatewayStats()
         self.system_id = system_id
@@ -168,6 +169,8 @@ class UxvGateway:
             return
         previous = self.links.get(peer.name)
         self.links[peer.name] = link
+        if peer.role is Role.GCS:
+            self.control.online.add(peer.name)
         self._parsers[peer.name] = _parser()  # per link: one peer's malformed bytes never touch another's
         if previous is not None:
             await previous.close()
@@ -177,6 +180,7 @@ class UxvGateway:
         finally:
             if self.links.get(peer.name) is link:
                 del self.links[peer.name]
+                self.control.online.discard(peer.name)
 
     def _on_message(self, link: Link, kind: int, payload: bytes) -> None:
         if kind == FrameType.MAVLINK:
