@@ -1,6 +1,6 @@
 """``edgecloud c2 ...``: NC2S credentials, gateways, TC actions and the benchmark.
 
-Heavy imports (cryptography, pymavlink) happen inside handlers so ``edgecloud --help`` stays fast.
+Imports (asyncio, cryptography, pymavlink) happen inside handlers so ``edgecloud --help`` stays fast.
 Gateways print one JSON line ``{"event": "ready", ...}`` with their bound addresses once they
 listen, so scripts can use port 0.
 """
@@ -8,7 +8,6 @@ listen, so scripts can use port 0.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -106,6 +105,8 @@ def _pki_show(args: argparse.Namespace) -> int:
 
 
 async def _serve_forever(*nodes) -> None:
+    import asyncio
+
     try:
         await asyncio.Event().wait()
     finally:
@@ -114,6 +115,8 @@ async def _serve_forever(*nodes) -> None:
 
 
 def _uxv(args: argparse.Namespace) -> int:
+    import asyncio
+
     from edgecloud.c2.gateway import UxvGateway, parse_address
 
     _logging(not args.quiet)
@@ -131,6 +134,8 @@ def _uxv(args: argparse.Namespace) -> int:
 
 
 def _gcs(args: argparse.Namespace) -> int:
+    import asyncio
+
     from edgecloud.c2.gateway import GcsGateway, parse_address
 
     _logging(not args.quiet)
@@ -153,6 +158,8 @@ def _gcs(args: argparse.Namespace) -> int:
 
 
 def _tc_handover(args: argparse.Namespace) -> int:
+    import asyncio
+
     from edgecloud.c2.commander import approve_handover
     from edgecloud.c2.gateway import parse_address
     from edgecloud.c2.link import LinkError
@@ -204,6 +211,8 @@ def _tc_issue(args: argparse.Namespace) -> int:
 
 
 def _tc_revoke(args: argparse.Namespace) -> int:
+    import asyncio
+
     from cryptography.hazmat.primitives import serialization
 
     from edgecloud.c2 import pki
@@ -228,6 +237,8 @@ def _tc_revoke(args: argparse.Namespace) -> int:
 
 
 def _tc_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
     from edgecloud.c2.commander import TcService
     from edgecloud.c2.gateway import parse_address
 
@@ -244,6 +255,8 @@ def _tc_serve(args: argparse.Namespace) -> int:
 
 
 def _renew(args: argparse.Namespace) -> int:
+    import asyncio
+
     from edgecloud.c2.commander import request_renewal
     from edgecloud.c2.gateway import parse_address
     from edgecloud.c2.link import LinkError
@@ -277,6 +290,8 @@ def _vehicle(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    import asyncio
+
     from edgecloud.c2.bench import run_bench
 
     _logging(args.verbose)
