@@ -12,11 +12,12 @@ import json
 import sys
 from pathlib import Path
 
-from conftest import wait_for
 from pymavlink import mavutil
 
 from edgecloud.c2.vehicle import GcsClient, SimulatedVehicle
 from edgecloud.netem import PROFILES, TcpProxy
+
+from .conftest import wait_for
 
 ACCEPTED = mavutil.mavlink.MAV_RESULT_ACCEPTED
 DENIED = mavutil.mavlink.MAV_RESULT_DENIED

@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from c2_harness import logged, scene
-from conftest import wait_for
 from cryptography.hazmat.primitives import serialization
 
 from edgecloud.c2 import pki
@@ -16,6 +14,9 @@ from edgecloud.c2.commander import TcService, push_crl, request_renewal
 from edgecloud.c2.link import LinkError
 from edgecloud.c2.privileges import PrivilegeError, Role, parse_privileges
 from edgecloud.cli import main
+
+from .c2_harness import logged, scene
+from .conftest import wait_for
 
 
 def test_role_and_privileges_round_trip_through_the_extension(pki_dir):

@@ -8,13 +8,14 @@ import asyncio
 import ssl
 
 import pytest
-from c2_harness import ARM, SET_SERVO, command_long, logged, scene
-from conftest import wait_for
 from pymavlink.dialects.v20 import ardupilotmega as mavlink
 
 from edgecloud.c2 import tls
 from edgecloud.c2.link import LinkError, TlsStream, connect
 from edgecloud.c2.session import Credentials, FrameType, encode_frame
+
+from .c2_harness import ARM, SET_SERVO, command_long, logged, scene
+from .conftest import wait_for
 
 
 async def _tls_attempt(address, context: ssl.SSLContext) -> None:

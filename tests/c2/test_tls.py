@@ -7,8 +7,9 @@ import asyncio
 import shutil
 
 import pytest
-from c2_harness import logged, scene
-from conftest import wait_for
+
+from .c2_harness import logged, scene
+from .conftest import wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
