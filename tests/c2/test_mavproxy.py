@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 
 import pytest
-from test_end_to_end import _start
 
 from edgecloud.c2.vehicle import SimulatedVehicle
+
+from .test_end_to_end import _start
 
 MAVPROXY = os.environ.get("EDGECLOUD_MAVPROXY")
 

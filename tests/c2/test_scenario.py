@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 
 from pymavlink import mavutil
-from test_end_to_end import _start
 
 from edgecloud.c2.vehicle import GcsClient, SimulatedVehicle
 from edgecloud.netem import PROFILES, TcpProxy
+
+from .test_end_to_end import _start
 
 ACCEPTED = mavutil.mavlink.MAV_RESULT_ACCEPTED
 DENIED = mavutil.mavlink.MAV_RESULT_DENIED
