@@ -176,13 +176,6 @@ class OpenAIServer:
         self.created = int(time.time())
 
     def engine_stats(self) -> EngineStats:
-        # The engine thread mutates the scheduler's queues while we read them; a read that
-        # races a mutation raises RuntimeError ("changed size during iteration") and is retried.
-        for _ in range(100):
-            try:
-                return self.engine.stats()
-            except RuntimeError:
-                continue
         return self.engine.stats()
 
     # -- admission and generation -------------------------------------------------------------
