@@ -432,7 +432,7 @@ Command (from the repository root, in the project's virtual environment: `make v
 AdamW (betas 0.9/0.95, weight decay {report["weight_decay"]}), peak learning rate {report["lr"]},
 {report["warmup_steps"]} warm-up steps then cosine to 10%, batches of {report["batch_size"]} random
 windows of {report["shape"]["max_position_embeddings"]} tokens, bfloat16 autocast on CPU,
-{report["threads"]} torch threads, seed {report["seed"]}. Validation loss is measured every
+torch threads: {report["threads"]}, seed {report["seed"]}. Validation loss is measured every
 {report["eval_every"]} steps on held-out fortunes; the weights with the lowest validation loss
 are kept. A time budget makes the number of steps depend on the machine's speed and load; pass
 `--steps N` instead to fix it.
@@ -449,7 +449,8 @@ are kept. A time budget makes the number of steps depend on the machine's speed 
 
 Machine: {report["machine"]}.
 
-## Sample generations (transformers `generate`, float32, 48 new tokens)
+## Sample generations (transformers `generate`, float32, at most 48 new tokens; sampled with
+temperature 0.8, top-p 0.95)
 
 {samples}
 """

@@ -3,6 +3,7 @@ that continues a fortune-like prompt with English-looking text."""
 
 import json
 import string
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -98,6 +99,25 @@ def test_byte_level_tokenizer_round_trips_any_text(tokenizer: PreTrainedTokenize
     assert tokenizer.decode(ids) == text
 
 
+def assert_english_like(text: str) -> None:
+    words = text.split()
+    assert len(words) >= 3, text
+    english = sum(ch in string.ascii_letters or ch in " \n" for ch in text)
+    assert english >= 0.8 * len(text), text
+    assert sum(word.strip(string.punctuation).isalpha() for word in words) >= 0.6 * len(words), text
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    # A 6M-parameter model decodes fastest on one thread; on a loaded 2-core machine two
+    # OpenMP threads mostly wait for each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_greedy_continuation_of_a_fortune_is_english_like(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast
 ) -> None:
@@ -106,9 +126,22 @@ def test_greedy_continuation_of_a_fortune_is_english_like(
         output = model.generate(
             prompt, max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.pad_token_id
         )
-    text = tokenizer.decode(output[0, prompt.shape[1] :], skip_special_tokens=True)
-    words = text.split()
-    assert len(words) >= 3, text
-    english = sum(ch in string.ascii_letters or ch in " \n" for ch in text)
-    assert english >= 0.8 * len(text), text
-    assert sum(word.strip(string.punctuation).isalpha() for word in words) >= 0.6 * len(words), text
+    assert_english_like(tokenizer.decode(output[0, prompt.shape[1] :], skip_special_tokens=True))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_greedy_chat_reply_is_a_fortune_that_ends_with_eos(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Tell me a fortune."}], tokenize=False, add_generation_prompt=True
+    )
+    prompt = tokenizer(rendered, return_tensors="pt", add_special_tokens=False).input_ids
+    assert prompt[0].tolist().count(tokenizer.bos_token_id) == 1
+    with torch.no_grad():
+        output = model.generate(
+            prompt, max_new_tokens=64, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+    reply = output[0, prompt.shape[1] :].tolist()
+    assert reply[-1] == tokenizer.eos_token_id
+    assert_english_like(tokenizer.decode(reply, skip_special_tokens=True))
