@@ -46,6 +46,7 @@ class AsyncEngine:
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._stats = self.engine.stats()
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -60,7 +61,9 @@ class AsyncEngine:
         return self.engine.max_model_len
 
     def stats(self) -> EngineStats:
-        return self.engine.stats()
+        """The engine's counters as of its last step (a snapshot the engine thread publishes, so
+        readers on other threads never see its queues mid-change)."""
+        return self._stats
 
     async def start(self) -> None:
         if self._thread is None:
@@ -118,6 +121,7 @@ class AsyncEngine:
     def _run(self) -> None:
         while not self._stopping:
             self._drain_commands()
+            self._stats = self.engine.stats()
             if not self.engine.has_unfinished():
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
