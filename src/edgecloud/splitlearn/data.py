@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 
 from edgecloud.splitlearn.models import DIGITS_SHAPE
 
@@ -36,6 +35,8 @@ def load_digits_split(seed: int, dtype: torch.dtype = torch.float32, test_fracti
     """Digits scaled to [0, 1], shuffled by ``seed``, split into train and test."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    from sklearn.datasets import load_digits  # scikit-learn is slow to import: only where data is loaded
+
     digits = load_digits()
     order = np.random.default_rng(seed).permutation(len(digits.target))
     x = torch.tensor(digits.images[order] / 16.0, dtype=dtype).reshape(-1, *DIGITS_SHAPE)

@@ -23,10 +23,12 @@ Two views of the same plan:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from edgecloud.splitlearn.profiling import ComputeSpeed, ModelProfile
 from edgecloud.splitlearn.wireless import shannon_rate_bps, transfer_seconds
+
+if TYPE_CHECKING:  # profiling pulls in scipy and the flop counter; the runtime needs neither
+    from edgecloud.splitlearn.profiling import ComputeSpeed, ModelProfile
 
 Schedule = Literal["sequential", "c2p2sl"]
 SCHEDULES: tuple[Schedule, ...] = ("sequential", "c2p2sl")
@@ -114,6 +116,25 @@ class Messages:
 CONTROL_ELEMENTS = 1  # a control message carries one number (round index or command)
 
 
+@dataclass(frozen=True)
+class LinkRates:
+    """Bit rates of every UE's links under a plan."""
+
+    uplink_bps: tuple[float, ...]
+    downlink_bps: tuple[float, ...]
+    full_bps: tuple[float, ...]  # the whole band: epoch-end model averaging, one UE at a time
+
+
+def link_rates(ues: tuple[UEConfig, ...], bandwidth_hz: float, plan: Plan) -> LinkRates:
+    full = tuple(shannon_rate_bps(bandwidth_hz, 1.0, u.snr_db) for u in ues)
+    if plan.schedule == "sequential":
+        # One UE is served at a time, so it holds the whole band in both directions.
+        return LinkRates(full, full, full)
+    uplink = tuple(shannon_rate_bps(bandwidth_hz, b, u.snr_db) for b, u in zip(plan.uplink_shares, ues, strict=True))
+    downlink = tuple(shannon_rate_bps(bandwidth_hz, 1.0 / len(ues), u.snr_db) for u in ues)
+    return LinkRates(uplink, downlink, full)
+
+
 class StageTimes:
     """Per-UE stage times of a plan, for a micro-batch of ``size`` samples."""
 
@@ -121,16 +142,8 @@ class StageTimes:
         self.scenario = scenario
         self.plan = plan
         self.messages = Messages(scenario.profile, plan.cut)
-        k = scenario.num_ues
-        w = scenario.bandwidth_hz
-        if plan.schedule == "sequential":
-            # One UE is served at a time, so it holds the whole band in both directions.
-            self.uplink_bps = [shannon_rate_bps(w, 1.0, u.snr_db) for u in scenario.ues]
-            self.downlink_bps = list(self.uplink_bps)
-        else:
-            self.uplink_bps = [shannon_rate_bps(w, b, u.snr_db) for b, u in zip(plan.uplink_shares, scenario.ues, strict=True)]
-            self.downlink_bps = [shannon_rate_bps(w, 1.0 / k, u.snr_db) for u in scenario.ues]
-        self.full_bps = [shannon_rate_bps(w, 1.0, u.snr_db) for u in scenario.ues]
+        rates = link_rates(scenario.ues, scenario.bandwidth_hz, plan)
+        self.uplink_bps, self.downlink_bps, self.full_bps = rates.uplink_bps, rates.downlink_bps, rates.full_bps
 
     def forward(self, ue: int, size: float) -> float:
         s = self.scenario
