@@ -53,6 +53,7 @@ class Scenario:
     ues: tuple[UEConfig, ...]
     batch_per_ue: int
     bandwidth_hz: float
+    rounds_per_epoch: int = 1  # the client-model averaging at epoch end is spread over these rounds
 
     @property
     def num_ues(self) -> int:
@@ -346,6 +347,14 @@ def bs_bound(scenario: Scenario, cut: int, micro_batches: tuple[int, ...]) -> fl
     return sum(m * st.bs(scenario.batch_per_ue / m) for m in micro_batches) + st.bs_step()
 
 
+def sync_per_round(scenario: Scenario, cut: int) -> float:
+    """The epoch-end model averaging (one UE at a time, whole band), spread over the epoch's rounds."""
+    k = scenario.num_ues
+    st = StageTimes(scenario, Plan("c2p2sl", cut, (1,) * k, (1.0 / k,) * k))
+    total = sum(st.sync_control(ue) + 2 * st.sync_transfer(ue) for ue in range(k))
+    return total / scenario.rounds_per_epoch
+
+
 def round_time_bound(scenario: Scenario, plan: Plan) -> float:
     """The optimiser's objective: the closed-form round time of a C2P2SL plan."""
     plan.validate(scenario)
@@ -353,4 +362,4 @@ def round_time_bound(scenario: Scenario, plan: Plan) -> float:
         bound_terms(scenario, plan.cut, k, m).round_s(b)
         for k, (m, b) in enumerate(zip(plan.micro_batches, plan.uplink_shares, strict=True))
     ]
-    return max(*ue_terms, bs_bound(scenario, plan.cut, plan.micro_batches))
+    return max(*ue_terms, bs_bound(scenario, plan.cut, plan.micro_batches)) + sync_per_round(scenario, plan.cut)

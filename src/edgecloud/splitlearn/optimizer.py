@@ -11,7 +11,8 @@ It is mixed-integer and non-linear, so, as in the paper, we alternate:
 1. **Discrete step — MILP.** With the shares fixed every candidate (k, c, m) has a known round
    time ``tau[k,c,m]``. Binary ``x_c`` picks the cut and ``z[k,c,m] <= x_c`` picks each UE's
    micro-batch count; ``T >= sum z·tau`` per UE and ``T >= sum z·(BS work)`` for the shared BS.
-   Minimising ``T`` is an exact MILP, solved by HiGHS through ``scipy.optimize.milp``.
+   Minimising ``T + sum x_c·sync_c`` (the epoch-end model averaging per round, which grows with
+   the UE-side parameters) is an exact MILP, solved by HiGHS through ``scipy.optimize.milp``.
 2. **Continuous step — convex program.** With (c, m) fixed each UE's time is a max of pieces
    ``const + coef·U_k/b_k`` (convex in ``b_k``); minimise the epigraph variable ``T`` subject
    to every piece and ``sum b <= 1`` with SLSQP (``scipy.optimize.minimize``).
@@ -38,6 +39,7 @@ from edgecloud.splitlearn.latency import (
     bs_bound,
     round_time_bound,
     simulate,
+    sync_per_round,
 )
 from edgecloud.splitlearn.wireless import spectral_efficiency
 
@@ -110,6 +112,8 @@ def _milp_step(terms: _Terms, shares: tuple[float, ...]) -> tuple[int, tuple[int
 
     cost = row()
     cost[t_index] = 1.0
+    for ci, c in enumerate(cuts):
+        cost[ci] = sync_per_round(sc, c)
     integrality = np.ones(n)
     integrality[t_index] = 0
     upper = np.ones(n)
@@ -241,6 +245,7 @@ def exhaustive(scenario: Scenario, max_micro_batches: int = 8, cut: int | None =
         for micro in itertools.product(terms.ms, repeat=scenario.num_ues):
             ue_terms = [terms.ue[c, k, m] for k, m in enumerate(micro)]
             value, shares = optimal_shares(ue_terms, bs_bound(scenario, c, micro))
+            value += sync_per_round(scenario, c)
             if best is None or value < best.bound_s:
                 best = OptimisedPlan(Plan("c2p2sl", c, micro, shares), value, 0)
     assert best is not None
@@ -251,4 +256,5 @@ def sequential_plan(scenario: Scenario) -> Plan:
     """Sequential split learning at its own best cut (by the simulated round time)."""
     k = scenario.num_ues
     plans = [Plan("sequential", c, (1,) * k, (1.0 / k,) * k) for c in scenario.profile.cuts]
-    return min(plans, key=lambda p: simulate(scenario, p, rounds=1, rounds_per_epoch=1).total_s)
+    epoch = scenario.rounds_per_epoch
+    return min(plans, key=lambda p: simulate(scenario, p, rounds=epoch, rounds_per_epoch=epoch).total_s)
