@@ -41,8 +41,8 @@ class BenchConfig:
     model: str = "cnn"
     bandwidths_mhz: tuple[float, ...] = (1.0, 2.0, 5.0)
     ues: tuple[UEConfig, ...] = DEFAULT_UES
-    batch_per_ue: int = 32
-    epochs: int = 2
+    batch_per_ue: int = 16
+    epochs: int = 3
     max_micro_batches: int = 8
     lr: float = 0.05
     momentum: float = 0.9

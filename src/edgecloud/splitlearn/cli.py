@@ -33,7 +33,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
     parser.add_argument("--ues", type=_ues, default=None,
                         help="UEs as slowdown:snr_db[,...] (default: 20:5,10:15,40:20,20:10)")
-    parser.add_argument("--batch", type=_positive_int, default=32, help="samples per UE per round")
+    parser.add_argument("--batch", type=_positive_int, default=16, help="samples per UE per round")
     parser.add_argument("--max-micro-batches", type=_positive_int, default=8)
     parser.add_argument("--seed", type=int, default=0)
 
@@ -154,7 +154,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     _common(train)
     train.add_argument("--schedule", choices=("sequential", "c2p2sl", "c2p2sl_fixed_cut"), default="c2p2sl")
     train.add_argument("--bandwidth-mhz", type=float, default=2.0)
-    train.add_argument("--epochs", type=_positive_int, default=2)
+    train.add_argument("--epochs", type=_positive_int, default=3)
     train.add_argument("--json", help="write the run's result here")
     train.set_defaults(handler=_train)
 
@@ -166,7 +166,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     run = verbs.add_parser("bench", help="sequential vs C2P2SL (optimised, mid cut) across bandwidths")
     _common(run)
     run.add_argument("--bandwidths", type=float, nargs="+", default=[1.0, 2.0, 5.0], metavar="MHZ")
-    run.add_argument("--epochs", type=_positive_int, default=2)
+    run.add_argument("--epochs", type=_positive_int, default=3)
     run.add_argument("--json", help="write the results (list of rows) here")
     run.add_argument("--plot", help="write a PNG of time per round vs bandwidth here")
     run.set_defaults(handler=_bench)

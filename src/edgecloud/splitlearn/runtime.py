@@ -172,15 +172,31 @@ def _link_rates(config: TrainConfig) -> LinkRates:
     return link_rates(config.ues, config.bandwidth_hz, config.plan)
 
 
+def _warm_up(module: nn.Module, x: torch.Tensor, sizes: list[int], loss: nn.Module | None = None) -> None:
+    """Run each micro-batch size through the exact operations of training, once, before joining.
+
+    The first call of an operation in a fresh process pays one-off set-up (oneDNN primitives,
+    lazy imports: a backward with an explicit gradient costs ~200 ms the first time); a UE's
+    slowdown would multiply it, and it is no part of the training time of a long-running device.
+    """
+    for size in sorted(set(sizes)):
+        sample = x[:size].detach().clone().requires_grad_(loss is not None)
+        out = module(sample)
+        if loss is None:
+            out.backward(torch.ones_like(out))
+            torch.cat([out.detach().reshape(size, -1), torch.zeros(size, 1, dtype=out.dtype)], dim=1)
+        else:
+            loss(out, torch.zeros(size, dtype=torch.long)).backward()
+    MomentumSGD(module.parameters(), lr=0.0, momentum=0.9).step()  # lr 0: exercises the kernel only
+    module.zero_grad(set_to_none=True)
+
+
 # --------------------------------------------------------------------------------------------- UE
 
 
 def _ue_process(config: TrainConfig, data: DigitsSplit, port: int, ue: int) -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s UE{ue} %(message)s")
-    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=60))
-    incarnation = store.add(f"incarnation/{ue}", 1)
-    group = _connect(store, ue, incarnation, UE_RANK, timeout_s=120.0)
     shape = _run_shape(config, len(data.train))
     rates = _link_rates(config)
     model = build_model(config.model, config.seed, config.torch_dtype)
@@ -188,6 +204,12 @@ def _ue_process(config: TrainConfig, data: DigitsSplit, port: int, ue: int) -> N
     optimiser = MomentumSGD(client.parameters(), lr=config.lr, momentum=config.momentum)
     slow = _Slowdown(config.ues[ue].slowdown)
     sequential = config.plan.schedule == "sequential"
+    sizes = micro_batch_sizes(config.batch_per_ue, config.plan.micro_batches[ue])
+    _warm_up(client, data.train.x, sizes)
+    # Join only when ready to compute: the BS starts the clock once every UE has joined.
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=60))
+    incarnation = store.add(f"incarnation/{ue}", 1)
+    group = _connect(store, ue, incarnation, UE_RANK, timeout_s=120.0)
     uplink = PacedSender(group, BS_RANK, name=f"ue{ue}-uplink")
 
     def recv(elements: int, tag: int) -> torch.Tensor:
@@ -199,7 +221,6 @@ def _ue_process(config: TrainConfig, data: DigitsSplit, port: int, ue: int) -> N
     _load_flat(client, params)
     first_round = int(recv(CONTROL_ELEMENTS, TAG_CONTROL).item())
     fault = next((f for f in config.faults if f.ue == ue and incarnation == 1), None)
-    sizes = micro_batch_sizes(config.batch_per_ue, config.plan.micro_batches[ue])
     for r in range(first_round, shape.rounds):
         if sequential:
             recv(CONTROL_ELEMENTS, TAG_CONTROL)
@@ -286,6 +307,10 @@ class _BaseStation:
         self.awaiting_rejoin: dict[int, float] = {}
         self.events: queue.Queue[_Event] = queue.Queue()
         self.stash: list[_Event] = []
+        with torch.no_grad():
+            activations = self.client(data.train.x[: config.batch_per_ue])
+        all_sizes = [size for m in config.plan.micro_batches for size in micro_batch_sizes(config.batch_per_ue, m)]
+        _warm_up(self.server, activations, all_sizes, self.loss)
         self.log: list[str] = []
         self.t0 = 0.0
 
