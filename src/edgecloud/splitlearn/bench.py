@@ -130,13 +130,15 @@ def summarise(rows: list[dict[str, object]]) -> list[dict[str, float]]:
     for row in rows:
         seq, opt, fixed = (row[s] for s in SCHEMES)
         assert isinstance(seq, dict) and isinstance(opt, dict) and isinstance(fixed, dict)
-        out.append({
-            "bandwidth_mhz": float(row["bandwidth_mhz"]),  # type: ignore[arg-type]
-            "c2p2sl_time_saved": 1 - opt["time_s"] / seq["time_s"],
-            "fixed_cut_time_saved": 1 - fixed["time_s"] / seq["time_s"],
-            "c2p2sl_accuracy_delta_pp": 100 * (opt["accuracy"] - seq["accuracy"]),
-            "max_abs_prediction_error": max(abs(r["prediction_error"]) for r in (seq, opt, fixed)),
-        })
+        out.append(
+            {
+                "bandwidth_mhz": float(row["bandwidth_mhz"]),  # type: ignore[arg-type]
+                "c2p2sl_time_saved": 1 - opt["time_s"] / seq["time_s"],
+                "fixed_cut_time_saved": 1 - fixed["time_s"] / seq["time_s"],
+                "c2p2sl_accuracy_delta_pp": 100 * (opt["accuracy"] - seq["accuracy"]),
+                "max_abs_prediction_error": max(abs(r["prediction_error"]) for r in (seq, opt, fixed)),
+            }
+        )
     return out
 
 
@@ -153,13 +155,28 @@ def plot(report: BenchReport, path: Path, config: BenchConfig) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     bandwidths = [float(r["bandwidth_mhz"]) for r in report.rows]  # type: ignore[arg-type]
     colours = {"sequential": "tab:red", "c2p2sl": "tab:green", "c2p2sl_fixed_cut": "tab:blue"}
-    labels = {"sequential": "sequential SL", "c2p2sl": "C2P2SL (optimised)", "c2p2sl_fixed_cut": "C2P2SL (mid cut)"}
+    labels = {
+        "sequential": "sequential SL",
+        "c2p2sl": "C2P2SL (optimised)",
+        "c2p2sl_fixed_cut": "C2P2SL (mid cut)",
+    }
     for scheme in SCHEMES:
         runs = [r[scheme] for r in report.rows]
-        ax.plot(bandwidths, [s["time_per_round_s"] for s in runs], "o-", color=colours[scheme],  # type: ignore[index]
-                label=f"{labels[scheme]} measured")
-        ax.plot(bandwidths, [s["predicted_s"] / s["rounds"] for s in runs], "x--", color=colours[scheme],  # type: ignore[index]
-                alpha=0.7, label=f"{labels[scheme]} predicted")
+        ax.plot(
+            bandwidths,
+            [s["time_per_round_s"] for s in runs],
+            "o-",
+            color=colours[scheme],  # type: ignore[index]
+            label=f"{labels[scheme]} measured",
+        )
+        ax.plot(
+            bandwidths,
+            [s["predicted_s"] / s["rounds"] for s in runs],
+            "x--",
+            color=colours[scheme],  # type: ignore[index]
+            alpha=0.7,
+            label=f"{labels[scheme]} predicted",
+        )
     ax.set_xscale("log")
     ax.set_xticks(bandwidths, [f"{b:g}" for b in bandwidths])
     ax.set_xlabel("uplink bandwidth (MHz)")

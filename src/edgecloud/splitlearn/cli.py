@@ -18,7 +18,9 @@ def _ues(text: str) -> tuple[Any, ...]:
             slowdown, snr = item.split(":")
             ues.append(UEConfig(slowdown=float(slowdown), snr_db=float(snr)))
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"--ues: expected slowdown:snr_db[,...] with slowdown >= 1, got {item!r} ({exc})") from exc
+            raise argparse.ArgumentTypeError(
+                f"--ues: expected slowdown:snr_db[,...] with slowdown >= 1, got {item!r} ({exc})"
+            ) from exc
     return tuple(ues)
 
 
@@ -31,8 +33,12 @@ def _positive_int(text: str) -> int:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
-    parser.add_argument("--ues", type=_ues, default=None,
-                        help="UEs as slowdown:snr_db[,...] (default: 20:5,10:15,40:20,20:10)")
+    parser.add_argument(
+        "--ues",
+        type=_ues,
+        default=None,
+        help="UEs as slowdown:snr_db[,...] (default: 20:5,10:15,40:20,20:10)",
+    )
     parser.add_argument("--batch", type=_positive_int, default=16, help="samples per UE per round")
     parser.add_argument("--max-micro-batches", type=_positive_int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -52,7 +58,9 @@ def _scenario(args: argparse.Namespace, bandwidth_mhz: float) -> Any:
     profile = profile_model(model, DIGITS_SHAPE)
     ues = args.ues or DEFAULT_UES
     per_epoch = rounds_per_epoch(len(load_digits_split(args.seed).train), len(ues), args.batch)
-    return Scenario(profile, calibrate(model, profile, DIGITS_SHAPE), ues, args.batch, bandwidth_mhz * 1e6, per_epoch)
+    return Scenario(
+        profile, calibrate(model, profile, DIGITS_SHAPE), ues, args.batch, bandwidth_mhz * 1e6, per_epoch
+    )
 
 
 def _describe(plan: Any) -> str:
@@ -66,8 +74,10 @@ def _plan(args: argparse.Namespace) -> int:
 
     scenario = _scenario(args, args.bandwidth_mhz)
     per_epoch = scenario.rounds_per_epoch
-    print(f"{args.model}, {scenario.num_ues} UEs, {args.bandwidth_mhz:g} MHz, batch {args.batch}/UE, "
-          f"{per_epoch} rounds/epoch")
+    print(
+        f"{args.model}, {scenario.num_ues} UEs, {args.bandwidth_mhz:g} MHz, batch {args.batch}/UE, "
+        f"{per_epoch} rounds/epoch"
+    )
     for name, plan in plans_for(scenario, args.max_micro_batches).items():
         round_s = simulate(scenario, plan, per_epoch, per_epoch).total_s / per_epoch
         bound = f" bound={round_time_bound(scenario, plan) * 1e3:.1f} ms" if plan.schedule == "c2p2sl" else ""
@@ -85,17 +95,38 @@ def _train(args: argparse.Namespace) -> int:
     per_epoch = scenario.rounds_per_epoch
     predicted = simulate(scenario, plan, per_epoch * args.epochs, per_epoch).total_s
     print(f"{args.schedule}: {_describe(plan)}; predicted {predicted:.2f} s")
-    result = train(TrainConfig(model=args.model, plan=plan, ues=scenario.ues, bandwidth_hz=args.bandwidth_mhz * 1e6,
-                               batch_per_ue=args.batch, epochs=args.epochs, seed=args.seed))
+    result = train(
+        TrainConfig(
+            model=args.model,
+            plan=plan,
+            ues=scenario.ues,
+            bandwidth_hz=args.bandwidth_mhz * 1e6,
+            batch_per_ue=args.batch,
+            epochs=args.epochs,
+            seed=args.seed,
+        )
+    )
     for event in result.events:
         print(f"  event: {event}")
-    print(f"trained {len(result.round_end_s)} rounds in {result.time_s:.2f} s (predicted {predicted:.2f} s), "
-          f"test accuracy {result.accuracy:.4f}")
+    print(
+        f"trained {len(result.round_end_s)} rounds in {result.time_s:.2f} s (predicted {predicted:.2f} s), "
+        f"test accuracy {result.accuracy:.4f}"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "schedule": args.schedule, "time_s": result.time_s, "predicted_s": predicted,
-            "accuracy": result.accuracy, "participants": result.participants, "events": result.events,
-        }, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "schedule": args.schedule,
+                    "time_s": result.time_s,
+                    "predicted_s": predicted,
+                    "accuracy": result.accuracy,
+                    "participants": result.participants,
+                    "events": result.events,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 
@@ -112,12 +143,22 @@ def _bench(args: argparse.Namespace) -> int:
         write_json,
     )
 
-    config = BenchConfig(model=args.model, bandwidths_mhz=tuple(args.bandwidths), ues=args.ues or DEFAULT_UES,
-                         batch_per_ue=args.batch, epochs=args.epochs, max_micro_batches=args.max_micro_batches,
-                         seed=args.seed)
+    config = BenchConfig(
+        model=args.model,
+        bandwidths_mhz=tuple(args.bandwidths),
+        ues=args.ues or DEFAULT_UES,
+        batch_per_ue=args.batch,
+        epochs=args.epochs,
+        max_micro_batches=args.max_micro_batches,
+        seed=args.seed,
+    )
     total = len(config.bandwidths_mhz) * len(SCHEMES)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn()) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    ) as progress:
         task = progress.add_task("calibrating", total=total)
         started = [0]
 
@@ -131,12 +172,16 @@ def _bench(args: argparse.Namespace) -> int:
     for row in report.rows:
         for scheme in SCHEMES:
             r = row[scheme]
-            print(f"{row['bandwidth_mhz']:>5g} {scheme:17s} {r['time_s']:8.2f} {r['predicted_s']:8.2f} "
-                  f"{r['prediction_error']:+6.1%} {r['accuracy']:7.4f}  cut={r['cut']} m={r['micro_batches']}")
+            print(
+                f"{row['bandwidth_mhz']:>5g} {scheme:17s} {r['time_s']:8.2f} {r['predicted_s']:8.2f} "
+                f"{r['prediction_error']:+6.1%} {r['accuracy']:7.4f}  cut={r['cut']} m={r['micro_batches']}"
+            )
     for s in summarise(report.rows):
-        print(f"{s['bandwidth_mhz']:g} MHz: C2P2SL saves {s['c2p2sl_time_saved']:.1%} vs sequential "
-              f"(mid cut: {s['fixed_cut_time_saved']:.1%}), accuracy {s['c2p2sl_accuracy_delta_pp']:+.2f} pp, "
-              f"worst prediction error {s['max_abs_prediction_error']:.1%}")
+        print(
+            f"{s['bandwidth_mhz']:g} MHz: C2P2SL saves {s['c2p2sl_time_saved']:.1%} vs sequential "
+            f"(mid cut: {s['fixed_cut_time_saved']:.1%}), accuracy {s['c2p2sl_accuracy_delta_pp']:+.2f} pp, "
+            f"worst prediction error {s['max_abs_prediction_error']:.1%}"
+        )
     if args.json:
         write_json(report, Path(args.json))
     if args.plot:

@@ -31,7 +31,9 @@ class DigitsSplit:
     test: Dataset
 
 
-def load_digits_split(seed: int, dtype: torch.dtype = torch.float32, test_fraction: float = 0.2) -> DigitsSplit:
+def load_digits_split(
+    seed: int, dtype: torch.dtype = torch.float32, test_fraction: float = 0.2
+) -> DigitsSplit:
     """Digits, shuffled by ``seed``, split into train and test, standardised."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")

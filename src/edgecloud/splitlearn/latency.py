@@ -43,7 +43,9 @@ class UEConfig:
 
     def __post_init__(self) -> None:
         if self.slowdown < 1.0:
-            raise ValueError(f"slowdown must be >= 1 (a UE is never faster than this host), got {self.slowdown}")
+            raise ValueError(
+                f"slowdown must be >= 1 (a UE is never faster than this host), got {self.slowdown}"
+            )
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,9 @@ def link_rates(ues: tuple[UEConfig, ...], bandwidth_hz: float, plan: Plan) -> Li
     if plan.schedule == "sequential":
         # One UE is served at a time, so it holds the whole band in both directions.
         return LinkRates(full, full, full)
-    uplink = tuple(shannon_rate_bps(bandwidth_hz, b, u.snr_db) for b, u in zip(plan.uplink_shares, ues, strict=True))
+    uplink = tuple(
+        shannon_rate_bps(bandwidth_hz, b, u.snr_db) for b, u in zip(plan.uplink_shares, ues, strict=True)
+    )
     downlink = tuple(shannon_rate_bps(bandwidth_hz, 1.0 / len(ues), u.snr_db) for u in ues)
     return LinkRates(uplink, downlink, full)
 
@@ -144,7 +148,11 @@ class StageTimes:
         self.plan = plan
         self.messages = Messages(scenario.profile, plan.cut)
         rates = link_rates(scenario.ues, scenario.bandwidth_hz, plan)
-        self.uplink_bps, self.downlink_bps, self.full_bps = rates.uplink_bps, rates.downlink_bps, rates.full_bps
+        self.uplink_bps, self.downlink_bps, self.full_bps = (
+            rates.uplink_bps,
+            rates.downlink_bps,
+            rates.full_bps,
+        )
 
     def forward(self, ue: int, size: float) -> float:
         s = self.scenario
@@ -159,10 +167,14 @@ class StageTimes:
         return s.speed.bs_s(s.profile, self.plan.cut, size)
 
     def uplink(self, ue: int, size: float) -> float:
-        return transfer_seconds(self.messages.nbytes(self.messages.uplink_elements(size)), self.uplink_bps[ue])
+        return transfer_seconds(
+            self.messages.nbytes(self.messages.uplink_elements(size)), self.uplink_bps[ue]
+        )
 
     def downlink(self, ue: int, size: float) -> float:
-        return transfer_seconds(self.messages.nbytes(self.messages.downlink_elements(size)), self.downlink_bps[ue])
+        return transfer_seconds(
+            self.messages.nbytes(self.messages.downlink_elements(size)), self.downlink_bps[ue]
+        )
 
     def control_down(self, ue: int) -> float:
         return transfer_seconds(self.messages.nbytes(CONTROL_ELEMENTS), self.downlink_bps[ue])
@@ -343,7 +355,9 @@ def bound_terms(scenario: Scenario, cut: int, ue: int, m: int) -> UEBoundTerms:
 
 def bs_bound(scenario: Scenario, cut: int, micro_batches: tuple[int, ...]) -> float:
     """The BS's own work in a round: every micro-batch of every UE, then its step."""
-    st = StageTimes(scenario, Plan("c2p2sl", cut, micro_batches, (1.0 / scenario.num_ues,) * scenario.num_ues))
+    st = StageTimes(
+        scenario, Plan("c2p2sl", cut, micro_batches, (1.0 / scenario.num_ues,) * scenario.num_ues)
+    )
     return sum(m * st.bs(scenario.batch_per_ue / m) for m in micro_batches) + st.bs_step()
 
 
@@ -362,4 +376,6 @@ def round_time_bound(scenario: Scenario, plan: Plan) -> float:
         bound_terms(scenario, plan.cut, k, m).round_s(b)
         for k, (m, b) in enumerate(zip(plan.micro_batches, plan.uplink_shares, strict=True))
     ]
-    return max(*ue_terms, bs_bound(scenario, plan.cut, plan.micro_batches)) + sync_per_round(scenario, plan.cut)
+    return max(*ue_terms, bs_bound(scenario, plan.cut, plan.micro_batches)) + sync_per_round(
+        scenario, plan.cut
+    )

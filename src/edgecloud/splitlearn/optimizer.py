@@ -62,7 +62,9 @@ class _Terms:
         self.ms = list(range(1, max_m + 1))
         self.ue = {
             (c, k, m): bound_terms(scenario, c, k, m)
-            for c in cuts for k in range(scenario.num_ues) for m in self.ms
+            for c in cuts
+            for k in range(scenario.num_ues)
+            for m in self.ms
         }
 
 
@@ -71,10 +73,7 @@ def _milp_step(terms: _Terms, shares: tuple[float, ...]) -> tuple[int, tuple[int
     sc = terms.scenario
     cuts, ms, k_count = terms.cuts, terms.ms, sc.num_ues
     n_x = len(cuts)
-    z_index = {
-        (k, c, m): n_x + i
-        for i, (k, c, m) in enumerate(itertools.product(range(k_count), cuts, ms))
-    }
+    z_index = {(k, c, m): n_x + i for i, (k, c, m) in enumerate(itertools.product(range(k_count), cuts, ms))}
     t_index = n_x + len(z_index)
     n = t_index + 1
     rows, lo, hi = [], [], []
@@ -101,9 +100,7 @@ def _milp_step(terms: _Terms, shares: tuple[float, ...]) -> tuple[int, tuple[int
     bs_time = row()
     for ci, c in enumerate(cuts):
         # The BS step depends on the cut only; per-micro-batch BS work is attributed to each z.
-        bs_time[ci] = bs_bound(sc, c, (1,) * k_count) - sum(
-            terms.ue[c, k, 1].s for k in range(k_count)
-        )
+        bs_time[ci] = bs_bound(sc, c, (1,) * k_count) - sum(terms.ue[c, k, 1].s for k in range(k_count))
         for k in range(k_count):
             for m in ms:
                 bs_time[z_index[k, c, m]] = m * terms.ue[c, k, m].s
@@ -135,7 +132,11 @@ def _milp_step(terms: _Terms, shares: tuple[float, ...]) -> tuple[int, tuple[int
 def _convex_step(ue_terms: list[UEBoundTerms], bs_s: float, start: tuple[float, ...]) -> tuple[float, ...]:
     """Best shares for fixed (cut, micro-batches): min T s.t. T >= every piece, sum b <= 1."""
     k_count = len(ue_terms)
-    pieces = [(k, const, coef * t.uplink_s_at_full_share) for k, t in enumerate(ue_terms) for const, coef in t.pieces()]
+    pieces = [
+        (k, const, coef * t.uplink_s_at_full_share)
+        for k, t in enumerate(ue_terms)
+        for const, coef in t.pieces()
+    ]
     # Variables: [T, b_1..b_K]; work in milliseconds so SLSQP's tolerances mean something.
     scale = 1e3
 
@@ -149,7 +150,9 @@ def _convex_step(ue_terms: list[UEBoundTerms], bs_s: float, start: tuple[float, 
             jac[i, 1 + k] = scale * w / v[1 + k] ** 2
         return jac
 
-    x0 = np.array([scale * max(max(t.round_s(b) for t, b in zip(ue_terms, start, strict=True)), bs_s), *start])
+    x0 = np.array(
+        [scale * max(max(t.round_s(b) for t, b in zip(ue_terms, start, strict=True)), bs_s), *start]
+    )
     result = minimize(
         lambda v: v[0],
         x0,
@@ -158,7 +161,11 @@ def _convex_step(ue_terms: list[UEBoundTerms], bs_s: float, start: tuple[float, 
         bounds=[(scale * bs_s, None)] + [(MIN_SHARE, 1.0)] * k_count,
         constraints=[
             {"type": "ineq", "fun": t_minus_pieces, "jac": t_minus_pieces_jac},
-            {"type": "ineq", "fun": lambda v: 1.0 - v[1:].sum(), "jac": lambda v: np.r_[0.0, -np.ones(k_count)]},
+            {
+                "type": "ineq",
+                "fun": lambda v: 1.0 - v[1:].sum(),
+                "jac": lambda v: np.r_[0.0, -np.ones(k_count)],
+            },
         ],
         options={"ftol": 1e-10, "maxiter": 500},
     )
@@ -182,7 +189,9 @@ def optimise(
         raise ValueError(f"max_micro_batches must be >= 1, got {max_micro_batches}")
     cuts = list(scenario.profile.cuts) if cut is None else [cut]
     if cut is not None and cut not in scenario.profile.cuts:
-        raise ValueError(f"cut must be in {scenario.profile.cuts.start}..{scenario.profile.cuts.stop - 1}, got {cut}")
+        raise ValueError(
+            f"cut must be in {scenario.profile.cuts.start}..{scenario.profile.cuts.stop - 1}, got {cut}"
+        )
     best: OptimisedPlan | None = None
     # Alternation finds a coordinate-wise optimum; the cut is the coarsest coordinate, so we
     # also restart with each cut pinned (a handful of MILPs) and keep the best.

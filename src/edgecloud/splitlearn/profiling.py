@@ -198,8 +198,9 @@ def calibrate(
                 out = ue(x)
                 out.backward(torch.ones_like(out))
 
-            def bs_step(server: nn.Module = server, ue: nn.Module = ue, x: torch.Tensor = x,
-                        y: torch.Tensor = y) -> None:
+            def bs_step(
+                server: nn.Module = server, ue: nn.Module = ue, x: torch.Tensor = x, y: torch.Tensor = y
+            ) -> None:
                 with torch.no_grad():
                     act = ue(x)
                 act.requires_grad_(True)
@@ -220,10 +221,12 @@ def calibrate(
             for p in part.parameters():
                 p.grad = torch.zeros_like(p)
             blocks = profile.blocks[start:stop]
-            opt.append((
-                sum(b.parameter_elements for b in blocks),
-                sum(b.parameter_tensors for b in blocks),
-                _cpu_seconds(sgd.step, repeats),
-            ))
+            opt.append(
+                (
+                    sum(b.parameter_elements for b in blocks),
+                    sum(b.parameter_tensors for b in blocks),
+                    _cpu_seconds(sgd.step, repeats),
+                )
+            )
         model.zero_grad(set_to_none=True)
     return ComputeSpeed(ue_forward=_fit(fwd), ue_backward=_fit(bwd), bs_step=_fit(bs), optimizer=_fit(opt))

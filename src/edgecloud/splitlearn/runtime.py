@@ -226,7 +226,9 @@ def _ue_process(config: TrainConfig, data: DigitsSplit, port: int, ue: int) -> N
             recv(CONTROL_ELEMENTS, TAG_CONTROL)
         batch = ue_batch(data.train, len(config.ues), ue, config.batch_per_ue, r)
         outputs = []
-        for i, (x, y) in enumerate(zip(torch.split(batch.x, sizes), torch.split(batch.y, sizes), strict=True)):
+        for i, (x, y) in enumerate(
+            zip(torch.split(batch.x, sizes), torch.split(batch.y, sizes), strict=True)
+        ):
             with slow:
                 out = client(x)
                 message = torch.cat([out.detach().reshape(len(x), -1), y.to(out.dtype).unsqueeze(1)], dim=1)
@@ -246,7 +248,9 @@ def _ue_process(config: TrainConfig, data: DigitsSplit, port: int, ue: int) -> N
             optimiser.step()
             optimiser.zero_grad()
         if sequential:
-            uplink.send(torch.zeros(CONTROL_ELEMENTS, dtype=config.torch_dtype), TAG_CONTROL, rates.uplink_bps[ue])
+            uplink.send(
+                torch.zeros(CONTROL_ELEMENTS, dtype=config.torch_dtype), TAG_CONTROL, rates.uplink_bps[ue]
+            )
         if _is_epoch_end(shape, r):
             recv(CONTROL_ELEMENTS, TAG_CONTROL)
             uplink.send(_flat(client), TAG_PARAMETERS, rates.full_bps[ue])
@@ -268,8 +272,9 @@ class _Event:
     error: str = ""
 
 
-def _expected_uplink(config: TrainConfig, shape: _RunShape, ue: int, first_round: int,
-                     parameter_elements: int) -> Iterator[tuple[str, int, int, int]]:
+def _expected_uplink(
+    config: TrainConfig, shape: _RunShape, ue: int, first_round: int, parameter_elements: int
+) -> Iterator[tuple[str, int, int, int]]:
     """(kind, round, elements, tag) of every message UE ``ue`` will send, in order."""
     sizes = micro_batch_sizes(config.batch_per_ue, config.plan.micro_batches[ue])
     for r in range(first_round, shape.rounds):
@@ -309,7 +314,9 @@ class _BaseStation:
         self.stash: list[_Event] = []
         with torch.no_grad():
             activations = self.client(data.train.x[: config.batch_per_ue])
-        all_sizes = [size for m in config.plan.micro_batches for size in micro_batch_sizes(config.batch_per_ue, m)]
+        all_sizes = [
+            size for m in config.plan.micro_batches for size in micro_batch_sizes(config.batch_per_ue, m)
+        ]
         _warm_up(self.server, activations, all_sizes, self.loss)
         self.log: list[str] = []
         self.t0 = 0.0
@@ -323,7 +330,9 @@ class _BaseStation:
 
     def _join(self, ue: int, incarnation: int, first_round: int) -> bool:
         try:
-            group = _connect(self.store, ue, incarnation, BS_RANK, timeout_s=max(30.0, self.config.ue_timeout_s))
+            group = _connect(
+                self.store, ue, incarnation, BS_RANK, timeout_s=max(30.0, self.config.ue_timeout_s)
+            )
         except RuntimeError as exc:
             self.note(f"UE{ue} incarnation {incarnation} failed to connect: {exc}")
             self.known_incarnation[ue] = incarnation
@@ -342,13 +351,17 @@ class _BaseStation:
         return torch.full((CONTROL_ELEMENTS,), value, dtype=self.config.torch_dtype)
 
     def _receive(self, session: _Session, first_round: int) -> None:
-        expected = _expected_uplink(self.config, self.shape, session.ue, first_round, self.client_parameters.numel())
+        expected = _expected_uplink(
+            self.config, self.shape, session.ue, first_round, self.client_parameters.numel()
+        )
         for kind, r, elements, tag in expected:
             buffer = torch.empty(elements, dtype=self.config.torch_dtype)
             try:
                 session.group.recv([buffer], UE_RANK, tag).wait()
             except RuntimeError as exc:
-                self.events.put(_Event(session.ue, session.incarnation, "gone", r, error=str(exc).splitlines()[0]))
+                self.events.put(
+                    _Event(session.ue, session.incarnation, "gone", r, error=str(exc).splitlines()[0])
+                )
                 return
             self.events.put(_Event(session.ue, session.incarnation, kind, r, buffer))  # type: ignore[arg-type]
 
@@ -365,7 +378,11 @@ class _BaseStation:
         while True:
             for ue in range(len(self.config.ues)):
                 current = self.store.add(f"incarnation/{ue}", 0)
-                if ue not in self.sessions and current > self.known_incarnation[ue] and self._join(ue, current, r):
+                if (
+                    ue not in self.sessions
+                    and current > self.known_incarnation[ue]
+                    and self._join(ue, current, r)
+                ):
                     self.note(f"UE{ue} rejoined (incarnation {current}), served from round {r}")
             waiting = [ue for ue in self.awaiting_rejoin if self.awaiting_rejoin[ue] > 0]
             if not waiting or time.monotonic() >= deadline:
@@ -550,7 +567,6 @@ def _validate(config: TrainConfig) -> None:
         raise ValueError(f"ue_timeout_s must be > 0, got {config.ue_timeout_s}")
 
 
-
 def train(config: TrainConfig, timeout_s: float = 900.0) -> TrainResult:
     """Run one split-training job: a BS process and one process per UE, supervised here.
 
@@ -560,13 +576,17 @@ def train(config: TrainConfig, timeout_s: float = 900.0) -> TrainResult:
     _validate(config)
     # Loaded once here and handed to every process: the children then never import scikit-learn.
     data = load_digits_split(config.seed, config.torch_dtype)
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                          timeout=datetime.timedelta(seconds=60))
+    store = dist.TCPStore(
+        "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=60)
+    )
     ctx = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue = ctx.Queue()
     bs = ctx.Process(target=_bs_process, args=(config, data, store.port, results), daemon=True)
     bs.start()
-    ues = {k: ctx.Process(target=_ue_process, args=(config, data, store.port, k), daemon=True) for k in range(len(config.ues))}
+    ues = {
+        k: ctx.Process(target=_ue_process, args=(config, data, store.port, k), daemon=True)
+        for k in range(len(config.ues))
+    }
     for process in ues.values():
         process.start()
     restarts: list[str] = []
