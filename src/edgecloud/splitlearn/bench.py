@@ -12,7 +12,7 @@ import json
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ from edgecloud.splitlearn.models import DIGITS_SHAPE, build_model
 from edgecloud.splitlearn.optimizer import optimise, sequential_plan
 from edgecloud.splitlearn.profiling import calibrate, profile_model
 from edgecloud.splitlearn.runtime import TrainConfig, train
+from edgecloud.splitlearn.transport import measure_message_latency
 
 SCHEMES = ("sequential", "c2p2sl", "c2p2sl_fixed_cut")
 
@@ -59,6 +60,7 @@ class BenchConfig:
 class BenchReport:
     rows: list[dict[str, object]]
     machine: dict[str, object] = field(default_factory=dict)
+    message_latency_s: float = 0.0
 
 
 def machine_description() -> dict[str, object]:
@@ -86,12 +88,15 @@ def run_bench(config: BenchConfig, on_run: Callable[[str], None] = lambda _: Non
     model = build_model(config.model, config.seed)
     profile = profile_model(model, DIGITS_SHAPE)
     speed = calibrate(model, profile, DIGITS_SHAPE)
+    latency = measure_message_latency()
     train_size = len(load_digits_split(config.seed).train)
     per_epoch = rounds_per_epoch(train_size, len(config.ues), config.batch_per_ue)
     rounds = per_epoch * config.epochs
     rows: list[dict[str, object]] = []
     for bandwidth_mhz in config.bandwidths_mhz:
-        scenario = Scenario(profile, speed, config.ues, config.batch_per_ue, bandwidth_mhz * 1e6, per_epoch)
+        scenario = Scenario(
+            profile, speed, config.ues, config.batch_per_ue, bandwidth_mhz * 1e6, per_epoch, latency
+        )
         row: dict[str, object] = {"bandwidth_mhz": bandwidth_mhz}
         for scheme, plan in plans_for(scenario, config.max_micro_batches).items():
             on_run(f"{bandwidth_mhz:g} MHz {scheme}")
@@ -121,7 +126,7 @@ def run_bench(config: BenchConfig, on_run: Callable[[str], None] = lambda _: Non
                 "uplink_shares": [round(b, 4) for b in plan.uplink_shares],
             }
         rows.append(row)
-    return BenchReport(rows=rows, machine=machine_description())
+    return BenchReport(rows=rows, machine=machine_description(), message_latency_s=latency)
 
 
 def summarise(rows: list[dict[str, object]]) -> list[dict[str, float]]:
@@ -187,7 +192,3 @@ def plot(report: BenchReport, path: Path, config: BenchConfig) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def config_dict(config: BenchConfig) -> dict[str, object]:
-    return asdict(config)

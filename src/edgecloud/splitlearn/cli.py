@@ -52,14 +52,16 @@ def _scenario(args: argparse.Namespace, bandwidth_mhz: float) -> Any:
     from edgecloud.splitlearn.latency import Scenario
     from edgecloud.splitlearn.models import DIGITS_SHAPE, build_model
     from edgecloud.splitlearn.profiling import calibrate, profile_model
+    from edgecloud.splitlearn.transport import measure_message_latency
 
     torch.set_num_threads(1)
     model = build_model(args.model, args.seed)
     profile = profile_model(model, DIGITS_SHAPE)
     ues = args.ues or DEFAULT_UES
     per_epoch = rounds_per_epoch(len(load_digits_split(args.seed).train), len(ues), args.batch)
+    speed = calibrate(model, profile, DIGITS_SHAPE)
     return Scenario(
-        profile, calibrate(model, profile, DIGITS_SHAPE), ues, args.batch, bandwidth_mhz * 1e6, per_epoch
+        profile, speed, ues, args.batch, bandwidth_mhz * 1e6, per_epoch, measure_message_latency()
     )
 
 
@@ -168,6 +170,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         report = run_bench(config, on_run)
         progress.update(task, description="done", completed=total)
+    print(f"measured message latency {report.message_latency_s * 1e3:.2f} ms; machine {report.machine}")
     print(f"{'MHz':>5} {'scheme':17s} {'time_s':>8} {'pred_s':>8} {'err':>6} {'acc':>7}  plan")
     for row in report.rows:
         for scheme in SCHEMES:

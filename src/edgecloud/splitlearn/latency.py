@@ -56,6 +56,7 @@ class Scenario:
     batch_per_ue: int
     bandwidth_hz: float
     rounds_per_epoch: int = 1  # the client-model averaging at epoch end is spread over these rounds
+    message_latency_s: float = 0.0  # per message, on top of serialisation (transport.measure_message_latency)
 
     @property
     def num_ues(self) -> int:
@@ -148,6 +149,7 @@ class StageTimes:
         self.plan = plan
         self.messages = Messages(scenario.profile, plan.cut)
         rates = link_rates(scenario.ues, scenario.bandwidth_hz, plan)
+        self.latency = scenario.message_latency_s
         self.uplink_bps, self.downlink_bps, self.full_bps = (
             rates.uplink_bps,
             rates.downlink_bps,
@@ -216,7 +218,7 @@ def _pipelined_round(st: StageTimes, c: _Clocks) -> None:
         for i, size in enumerate(sizes[k]):
             t += st.forward(k, size)
             c.uplink_free[k] = max(t, c.uplink_free[k]) + st.uplink(k, size)
-            arrivals.append((c.uplink_free[k], k, i))
+            arrivals.append((c.uplink_free[k] + st.latency, k, i))
         forwards_done.append(t)
     arrivals.sort()
     gradient_at: dict[tuple[int, int], float] = {}
@@ -224,7 +226,7 @@ def _pipelined_round(st: StageTimes, c: _Clocks) -> None:
     for arrival, k, i in arrivals:
         bs = max(bs, arrival) + st.bs(sizes[k][i])
         c.downlink_free[k] = max(bs, c.downlink_free[k]) + st.downlink(k, sizes[k][i])
-        gradient_at[k, i] = c.downlink_free[k]
+        gradient_at[k, i] = c.downlink_free[k] + st.latency
     c.bs_free = bs + st.bs_step()
     for k in range(k_count):
         t = forwards_done[k]
@@ -236,26 +238,31 @@ def _pipelined_round(st: StageTimes, c: _Clocks) -> None:
 def _sequential_round(st: StageTimes, c: _Clocks) -> None:
     batch = st.scenario.batch_per_ue
     t = c.bs_free
+    lat = st.latency
     for k in range(st.scenario.num_ues):
-        t = max(t, c.downlink_free[k]) + st.control_down(k)
-        t = max(t, c.ue_free[k]) + st.forward(k, batch) + st.uplink(k, batch)
-        t += st.bs(batch) + st.downlink(k, batch) + st.backward(k, batch) + st.ue_step(k)
+        t = max(t, c.downlink_free[k]) + st.control_down(k) + lat
+        t = max(t, c.ue_free[k]) + st.forward(k, batch) + st.uplink(k, batch) + lat
+        t += st.bs(batch) + st.downlink(k, batch) + lat + st.backward(k, batch) + st.ue_step(k)
         c.ue_free[k] = t
-        t += st.control_up(k)
+        t += st.control_up(k) + lat
         c.uplink_free[k] = c.downlink_free[k] = t
     c.bs_free = t + st.bs_step()
 
 
 def _epoch_sync(st: StageTimes, c: _Clocks) -> None:
     """BS asks each UE in turn for its client model, averages, sends it back to each in turn."""
-    t = c.bs_free
+    t, lat = c.bs_free, st.latency
     for k in range(st.scenario.num_ues):
-        t = max(t, c.downlink_free[k]) + st.sync_control(k)
+        t = max(t, c.downlink_free[k]) + st.sync_control(k) + lat
         t = max(t, c.ue_free[k], c.uplink_free[k]) + st.sync_transfer(k)
         c.uplink_free[k] = t
+        t += lat
     for k in range(st.scenario.num_ues):
+        # The BS waits for each download to be delivered before starting the next.
         t = max(t, c.downlink_free[k]) + st.sync_transfer(k)
-        c.downlink_free[k] = c.ue_free[k] = t
+        c.downlink_free[k] = t
+        t += lat
+        c.ue_free[k] = t
     c.bs_free = t
 
 
@@ -276,7 +283,7 @@ def simulate(scenario: Scenario, plan: Plan, rounds: int, rounds_per_epoch: int)
         raise ValueError(f"rounds and rounds_per_epoch must be >= 1, got {rounds}, {rounds_per_epoch}")
     st = StageTimes(scenario, plan)
     k = scenario.num_ues
-    start = [st.control_down(i) for i in range(k)]
+    start = [st.control_down(i) + st.latency for i in range(k)]
     clocks = _Clocks(ue_free=start, uplink_free=[0.0] * k, downlink_free=list(start), bs_free=0.0)
     ends = []
     for r in range(rounds):
@@ -308,12 +315,17 @@ class UEBoundTerms:
     g: float
     uplink_s_at_full_share: float
     step: float
+    latency: float = 0.0  # per message; a micro-batch's path has two (up and down)
 
     def pieces(self) -> list[tuple[float, float]]:
         """(const, coef) with round time ``max(const + coef * U / share)``."""
         m, f, s, d, g, step = self.m, self.f, self.s, self.d, self.g, self.step
-        rest = f + s + d + g + step
-        pieces = [(rest, float(m)), (m * (f + g) + step, 0.0), (f + s + d + m * g + step, 1.0)]
+        rest = f + s + d + g + step + 2 * self.latency
+        pieces = [
+            (rest, float(m)),
+            (m * (f + g) + step, 0.0),
+            (f + s + d + m * g + step + 2 * self.latency, 1.0),
+        ]
         if m > 1:
             pieces += [(rest + (m - 1) * other, 1.0) for other in (f, s, d)]
         return pieces
@@ -350,6 +362,7 @@ def bound_terms(scenario: Scenario, cut: int, ue: int, m: int) -> UEBoundTerms:
         g=st.backward(ue, size),
         uplink_s_at_full_share=8.0 * msg.nbytes(1) * (msg.activation_width + 1) * size / full,
         step=st.ue_step(ue),
+        latency=scenario.message_latency_s,
     )
 
 
@@ -365,7 +378,7 @@ def sync_per_round(scenario: Scenario, cut: int) -> float:
     """The epoch-end model averaging (one UE at a time, whole band), spread over the epoch's rounds."""
     k = scenario.num_ues
     st = StageTimes(scenario, Plan("c2p2sl", cut, (1,) * k, (1.0 / k,) * k))
-    total = sum(st.sync_control(ue) + 2 * st.sync_transfer(ue) for ue in range(k))
+    total = sum(st.sync_control(ue) + 2 * st.sync_transfer(ue) + 3 * st.latency for ue in range(k))
     return total / scenario.rounds_per_epoch
 
 

@@ -16,7 +16,11 @@ Propagation delay is not modelled (it is sub-millisecond for a cell).
 
 from __future__ import annotations
 
+import datetime
+import multiprocessing
+import os
 import queue
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -94,3 +98,61 @@ class PacedSender:
                 self.error = exc
             finally:
                 self._queue.task_done()
+
+
+ECHO_TAG = 9
+
+
+def _echo_process(port: int, count: int) -> None:
+    torch.set_num_threads(1)
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=60))
+    group = dist.ProcessGroupGloo(dist.PrefixStore("echo", store), 1, 2, datetime.timedelta(seconds=60))
+    sender = PacedSender(group, 0, name="echo-uplink")
+    buffer = torch.empty(1)
+    for _ in range(count):
+        group.recv([buffer], 0, ECHO_TAG).wait()
+        sender.send(buffer.clone(), ECHO_TAG, rate_bps=1e12)
+    sender.flush()
+    os._exit(0)
+
+
+def measure_message_latency(count: int = 40) -> float:
+    """One-way latency of a tiny message through the runtime's own path, measured now.
+
+    A message crosses a sender thread, gloo, a receiver thread and a queue before the process
+    that waits for it runs; on a loaded machine each hop waits to be scheduled. We ping-pong
+    ``count`` one-element tensors with a second process over exactly that path and return half
+    the median round trip, which the latency model adds to every message.
+    """
+    store = dist.TCPStore(
+        "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=60)
+    )
+    echo = multiprocessing.get_context("spawn").Process(
+        target=_echo_process, args=(store.port, count + 5), daemon=True
+    )
+    echo.start()
+    try:
+        group = dist.ProcessGroupGloo(dist.PrefixStore("echo", store), 0, 2, datetime.timedelta(seconds=60))
+        sender = PacedSender(group, 1, name="echo-downlink")
+        replies: queue.Queue[torch.Tensor] = queue.Queue()
+
+        def receive() -> None:
+            for _ in range(count + 5):
+                buffer = torch.empty(1)
+                group.recv([buffer], 1, ECHO_TAG).wait()
+                replies.put(buffer)
+
+        threading.Thread(target=receive, daemon=True).start()
+        round_trips = []
+        for i in range(count + 5):
+            start = time.monotonic()
+            sender.send(torch.full((1,), float(i)), ECHO_TAG, rate_bps=1e12)
+            replies.get(timeout=30)
+            if i >= 5:  # the first exchanges set up the pair
+                round_trips.append(time.monotonic() - start)
+        sender.close()
+    finally:
+        echo.join(timeout=10)
+        if echo.is_alive():
+            echo.kill()
+    return statistics.median(round_trips) / 2
