@@ -183,6 +183,7 @@ def plot(report: BenchReport, path: Path, config: BenchConfig) -> None:
             label=f"{labels[scheme]} predicted",
         )
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(bandwidths, [f"{b:g}" for b in bandwidths])
     ax.set_xlabel("uplink bandwidth (MHz)")
     ax.set_ylabel("time per round (s)")

@@ -78,7 +78,7 @@ def _plan(args: argparse.Namespace) -> int:
     per_epoch = scenario.rounds_per_epoch
     print(
         f"{args.model}, {scenario.num_ues} UEs, {args.bandwidth_mhz:g} MHz, batch {args.batch}/UE, "
-        f"{per_epoch} rounds/epoch"
+        f"{per_epoch} rounds/epoch, measured message latency {scenario.message_latency_s * 1e3:.2f} ms"
     )
     for name, plan in plans_for(scenario, args.max_micro_batches).items():
         round_s = simulate(scenario, plan, per_epoch, per_epoch).total_s / per_epoch

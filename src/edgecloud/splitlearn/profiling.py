@@ -19,6 +19,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from edgecloud.splitlearn.models import split_model, valid_cuts
+from edgecloud.splitlearn.sgd import MomentumSGD
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -154,12 +158,23 @@ class ComputeSpeed:
         )
 
 
-def _cpu_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median thread CPU time of ``fn``: robust to other processes sharing the cores."""
+IDLE_BETWEEN_SAMPLES_S = 0.005
+
+
+def _cpu_seconds(prepare: Callable[[], T], timed: Callable[[T], object], repeats: int) -> float:
+    """Median thread CPU time of ``timed(prepare())``, timing only ``timed``.
+
+    CPU time rather than wall time: robust to other processes sharing the cores, and what the
+    runtime's slowdown emulation multiplies. Each sample follows a short idle period, because in
+    training every computation follows a wait for the network: caches are cold and the same
+    kernel costs ~1.6x its back-to-back time on this machine.
+    """
     samples = []
     for _ in range(repeats):
+        state = prepare()
+        time.sleep(IDLE_BETWEEN_SAMPLES_S)
         start = time.thread_time()
-        fn()
+        timed(state)
         samples.append(time.thread_time() - start)
     return statistics.median(samples)
 
@@ -184,49 +199,59 @@ def calibrate(
     dtype = next(model.parameters()).dtype
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     fwd, bwd, bs, opt = [], [], [], []
+    n = len(model)
     for cut in valid_cuts(model):
         ue, server = split_model(model, cut)
         for batch in batches:
             x = torch.randn(batch, *input_shape, dtype=dtype)
-            y = torch.randint(0, 10, (batch,))
+            labels = torch.randint(0, 10, (batch,))
 
-            def ue_forward(ue: nn.Module = ue, x: torch.Tensor = x) -> None:
-                with torch.no_grad():
-                    ue(x)
-
-            def ue_backward(ue: nn.Module = ue, x: torch.Tensor = x) -> None:
+            # Exactly what the runtime does inside each emulated computation (see runtime.py).
+            def ue_forward(
+                _: None, ue: nn.Module = ue, x: torch.Tensor = x, labels: torch.Tensor = labels
+            ) -> None:
                 out = ue(x)
+                torch.cat([out.detach().reshape(len(x), -1), labels.to(out.dtype).unsqueeze(1)], dim=1)
+
+            def ue_graph(ue: nn.Module = ue, x: torch.Tensor = x) -> torch.Tensor:
+                return ue(x)
+
+            def ue_backward(out: torch.Tensor) -> None:
                 out.backward(torch.ones_like(out))
 
-            def bs_step(
-                server: nn.Module = server, ue: nn.Module = ue, x: torch.Tensor = x, y: torch.Tensor = y
-            ) -> None:
+            def cut_activation(ue: nn.Module = ue, x: torch.Tensor = x) -> torch.Tensor:
                 with torch.no_grad():
-                    act = ue(x)
-                act.requires_grad_(True)
-                loss_fn(server(act), y).backward()
+                    return ue(x)
 
-            t_fwd = _cpu_seconds(ue_forward, repeats)
-            # Backward is measured as forward+backward minus forward: autograd needs the graph.
-            t_bwd = max(_cpu_seconds(ue_backward, repeats) - t_fwd, 0.0)
-            t_bs = _cpu_seconds(bs_step, repeats) - t_fwd
-            n = len(model)
-            fwd.append((profile.forward_flops(0, cut, batch), cut, t_fwd))
-            bwd.append((profile.backward_flops(0, cut, batch), cut, t_bwd))
-            bs_flops = profile.forward_flops(cut, n, batch) + profile.backward_flops(cut, n, batch)
-            bs.append((bs_flops, n - cut, max(t_bs, 0.0)))
-        model.zero_grad(set_to_none=True)
-        for part, start, stop in ((ue, 0, cut), (server, cut, len(model))):
-            sgd = torch.optim.SGD(part.parameters(), lr=0.0, momentum=0.9)
-            for p in part.parameters():
-                p.grad = torch.zeros_like(p)
-            blocks = profile.blocks[start:stop]
-            opt.append(
-                (
-                    sum(b.parameter_elements for b in blocks),
-                    sum(b.parameter_tensors for b in blocks),
-                    _cpu_seconds(sgd.step, repeats),
-                )
+            def bs_step(act: torch.Tensor, server: nn.Module = server, labels: torch.Tensor = labels) -> None:
+                act.requires_grad_(True)
+                (loss_fn(server(act), labels) / len(labels)).backward()
+                assert act.grad is not None
+                act.grad.reshape(-1)
+
+            fwd.append(
+                (profile.forward_flops(0, cut, batch), cut, _cpu_seconds(lambda: None, ue_forward, repeats))
             )
+            bwd.append(
+                (profile.backward_flops(0, cut, batch), cut, _cpu_seconds(ue_graph, ue_backward, repeats))
+            )
+            bs_flops = profile.forward_flops(cut, n, batch) + profile.backward_flops(cut, n, batch)
+            bs.append((bs_flops, n - cut, _cpu_seconds(cut_activation, bs_step, repeats)))
+        model.zero_grad(set_to_none=True)
+        for part, start, stop in ((ue, 0, cut), (server, cut, n)):
+            sgd = MomentumSGD(part.parameters(), lr=0.0, momentum=0.9)
+
+            def with_gradients(part: nn.Module = part) -> None:
+                for p in part.parameters():
+                    p.grad = torch.zeros_like(p)
+
+            def step(_: None, sgd: MomentumSGD = sgd) -> None:
+                sgd.step()
+                sgd.zero_grad()
+
+            blocks = profile.blocks[start:stop]
+            elements = sum(b.parameter_elements for b in blocks)
+            tensors = sum(b.parameter_tensors for b in blocks)
+            opt.append((elements, tensors, _cpu_seconds(with_gradients, step, repeats)))
         model.zero_grad(set_to_none=True)
     return ComputeSpeed(ue_forward=_fit(fwd), ue_backward=_fit(bwd), bs_step=_fit(bs), optimizer=_fit(opt))
