@@ -101,6 +101,7 @@ class PacedSender:
 
 
 ECHO_TAG = 9
+IDLE_BEFORE_PROBE_S = 0.005
 
 
 def _echo_process(port: int, count: int) -> None:
@@ -145,6 +146,9 @@ def measure_message_latency(count: int = 40) -> float:
         threading.Thread(target=receive, daemon=True).start()
         round_trips = []
         for i in range(count + 5):
+            # In training a message usually finds its receiver parked (waiting on the network or
+            # sleeping as a slow device), so probe after an idle gap rather than back to back.
+            time.sleep(IDLE_BEFORE_PROBE_S)
             start = time.monotonic()
             sender.send(torch.full((1,), float(i)), ECHO_TAG, rate_bps=1e12)
             replies.get(timeout=30)
