@@ -39,6 +39,7 @@ def test_split_gradients_equal_centralised_gradients(
     x = ue_batch(data.train, 1, 0, batch, 0)
     nn.functional.cross_entropy(reference(x.x), x.y).backward()
     assert result.participants == [(0,)]
+    assert set(result.ue_compute_cpu_s) == {0} and result.ue_compute_cpu_s[0] > 0
     for name, p in reference.named_parameters():
         split_gradient = p.detach().numpy() - result.parameters[name]
         assert p.grad is not None

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from edgecloud.splitlearn.data import load_digits_split, rounds_per_epoch
-from edgecloud.splitlearn.latency import Plan, Scenario, UEConfig, simulate
+from edgecloud.splitlearn.latency import Plan, Scenario, StageTimes, UEConfig, simulate
 from edgecloud.splitlearn.models import DIGITS_SHAPE, build_model
 from edgecloud.splitlearn.optimizer import optimise, sequential_plan
-from edgecloud.splitlearn.profiling import calibrate, profile_model
+from edgecloud.splitlearn.profiling import ComputeSpeed, ModelProfile, calibrate, profile_model
 from edgecloud.splitlearn.runtime import TrainConfig, train
 from edgecloud.splitlearn.transport import measure_message_latency
 
@@ -61,6 +61,7 @@ class BenchReport:
     rows: list[dict[str, object]]
     machine: dict[str, object] = field(default_factory=dict)
     message_latency_s: float = 0.0
+    ue_cpu_inflation: float = 1.0
 
 
 def machine_description() -> dict[str, object]:
@@ -71,6 +72,39 @@ def machine_description() -> dict[str, object]:
         "torch_threads_per_process": 1,
         "note": "cores shared with other workloads; wall-clock times are noisy",
     }
+
+
+PILOT_ROUNDS = 6
+
+
+def _in_situ_inflation(
+    config: BenchConfig, profile: ModelProfile, speed: ComputeSpeed, per_epoch: int, latency: float
+) -> float:
+    """How much more CPU the UEs' kernels take inside a live run than in isolated calibration.
+
+    With five processes on two shared cores, caches and the sibling hyperthread are busy, and the
+    same forward pass costs more CPU than when calibrated alone. A short pilot (sequential plan,
+    lowest bandwidth) measures the UEs' actual compute CPU time; the ratio to the model's CPU
+    time rescales the calibrated speed. This is a measurement of the devices, taken before and
+    separately from the benchmarked runs.
+    """
+    bandwidth_hz = min(config.bandwidths_mhz) * 1e6
+    scenario = Scenario(profile, speed, config.ues, config.batch_per_ue, bandwidth_hz, per_epoch, latency)
+    plan = sequential_plan(scenario)
+    pilot = train(
+        TrainConfig(
+            model=config.model,
+            plan=plan,
+            ues=config.ues,
+            bandwidth_hz=bandwidth_hz,
+            batch_per_ue=config.batch_per_ue,
+            max_rounds=PILOT_ROUNDS,
+            seed=config.seed,
+        )
+    )
+    stages = StageTimes(scenario, plan)
+    modelled = PILOT_ROUNDS * sum(stages.ue_cpu_per_round(k) for k in range(len(config.ues)))
+    return sum(pilot.ue_compute_cpu_s.values()) / modelled
 
 
 def plans_for(scenario: Scenario, max_micro_batches: int) -> dict[str, Plan]:
@@ -92,6 +126,9 @@ def run_bench(config: BenchConfig, on_run: Callable[[str], None] = lambda _: Non
     train_size = len(load_digits_split(config.seed).train)
     per_epoch = rounds_per_epoch(train_size, len(config.ues), config.batch_per_ue)
     rounds = per_epoch * config.epochs
+    on_run("pilot run (in-situ UE speed)")
+    inflation = _in_situ_inflation(config, profile, speed, per_epoch, latency)
+    speed = speed.scaled(inflation)
     rows: list[dict[str, object]] = []
     for bandwidth_mhz in config.bandwidths_mhz:
         scenario = Scenario(
@@ -126,7 +163,9 @@ def run_bench(config: BenchConfig, on_run: Callable[[str], None] = lambda _: Non
                 "uplink_shares": [round(b, 4) for b in plan.uplink_shares],
             }
         rows.append(row)
-    return BenchReport(rows=rows, machine=machine_description(), message_latency_s=latency)
+    return BenchReport(
+        rows=rows, machine=machine_description(), message_latency_s=latency, ue_cpu_inflation=inflation
+    )
 
 
 def summarise(rows: list[dict[str, object]]) -> list[dict[str, float]]:

@@ -154,7 +154,7 @@ def _bench(args: argparse.Namespace) -> int:
         max_micro_batches=args.max_micro_batches,
         seed=args.seed,
     )
-    total = len(config.bandwidths_mhz) * len(SCHEMES)
+    total = len(config.bandwidths_mhz) * len(SCHEMES) + 1  # + the pilot run
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -170,7 +170,10 @@ def _bench(args: argparse.Namespace) -> int:
 
         report = run_bench(config, on_run)
         progress.update(task, description="done", completed=total)
-    print(f"measured message latency {report.message_latency_s * 1e3:.2f} ms; machine {report.machine}")
+    print(
+        f"measured message latency {report.message_latency_s * 1e3:.2f} ms; UE CPU in a live run "
+        f"{report.ue_cpu_inflation:.2f}x the isolated calibration; machine {report.machine}"
+    )
     print(f"{'MHz':>5} {'scheme':17s} {'time_s':>8} {'pred_s':>8} {'err':>6} {'acc':>7}  plan")
     for row in report.rows:
         for scheme in SCHEMES:

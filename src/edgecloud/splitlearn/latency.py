@@ -192,6 +192,12 @@ class StageTimes:
         s = self.scenario
         return s.speed.optimizer_s(s.profile, self.plan.cut, len(s.profile.blocks))
 
+    def ue_cpu_per_round(self, ue: int) -> float:
+        """Host CPU seconds of UE ``ue``'s computations in one round (before its slowdown)."""
+        sizes = micro_batch_sizes(self.scenario.batch_per_ue, self.plan.micro_batches[ue])
+        total = sum(self.forward(ue, size) + self.backward(ue, size) for size in sizes) + self.ue_step(ue)
+        return total / self.scenario.ues[ue].slowdown
+
     def sync_transfer(self, ue: int) -> float:
         """Client-model upload or download at epoch end: one UE at a time, whole band."""
         return transfer_seconds(self.messages.nbytes(self.messages.parameter_elements), self.full_bps[ue])

@@ -140,6 +140,16 @@ class ComputeSpeed:
     bs_step: PassCost
     optimizer: PassCost
 
+    def scaled(self, factor: float) -> ComputeSpeed:
+        """The same device doing everything ``factor`` times slower (or faster)."""
+
+        def scale(cost: PassCost) -> PassCost:
+            return PassCost(cost.s_per_flop * factor, cost.s_per_block * factor, cost.s_per_call * factor)
+
+        return ComputeSpeed(
+            *(scale(c) for c in (self.ue_forward, self.ue_backward, self.bs_step, self.optimizer))
+        )
+
     def ue_forward_s(self, profile: ModelProfile, cut: int, batch: float) -> float:
         return self.ue_forward.seconds(profile.forward_flops(0, cut, batch), cut)
 

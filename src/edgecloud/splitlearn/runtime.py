@@ -107,6 +107,8 @@ class TrainResult:
     accuracy: float
     events: list[str]
     parameters: dict[str, np.ndarray] = field(repr=False)
+    # Host CPU seconds each UE's last incarnation spent computing (before its slowdown).
+    ue_compute_cpu_s: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -152,12 +154,15 @@ class _Slowdown:
 
     def __init__(self, factor: float) -> None:
         self.factor = factor
+        self.cpu_s = 0.0  # host CPU time of all computations so far, reported to the launcher
 
     def __enter__(self) -> None:
         self._start = time.thread_time()
 
     def __exit__(self, *exc: object) -> None:
-        extra = (self.factor - 1.0) * (time.thread_time() - self._start)
+        used = time.thread_time() - self._start
+        self.cpu_s += used
+        extra = (self.factor - 1.0) * used
         if extra > 0:
             time.sleep(extra)
 
@@ -256,6 +261,7 @@ def _ue_process(config: TrainConfig, data: DigitsSplit, port: int, ue: int) -> N
             uplink.send(_flat(client), TAG_PARAMETERS, rates.full_bps[ue])
             _load_flat(client, recv(sum(p.numel() for p in client.parameters()), TAG_PARAMETERS))
     uplink.flush()
+    store.set(f"compute_cpu_s/{ue}", repr(slow.cpu_s))
     os._exit(0)  # skip gloo teardown: the BS may already be gone
 
 
@@ -617,4 +623,8 @@ def train(config: TrainConfig, timeout_s: float = 900.0) -> TrainResult:
         raise RuntimeError(f"BS failed: {payload}")
     result: TrainResult = payload
     result.events = restarts + result.events
+    for k in range(len(config.ues)):
+        key = f"compute_cpu_s/{k}"
+        if store.check([key]):
+            result.ue_compute_cpu_s[k] = float(store.get(key).decode())
     return result
