@@ -277,10 +277,6 @@ class Prediction:
     total_s: float
     round_end_s: tuple[float, ...]  # when the BS finished each round (sync included), from t=0
 
-    @property
-    def mean_round_s(self) -> float:
-        return self.total_s / len(self.round_end_s)
-
 
 def simulate(scenario: Scenario, plan: Plan, rounds: int, rounds_per_epoch: int) -> Prediction:
     """Replay ``rounds`` rounds of the runtime's schedule; t=0 is when the BS sends "start"."""

@@ -55,13 +55,6 @@ class ModelProfile:
     def cuts(self) -> range:
         return range(1, len(self.blocks))
 
-    def activation_bytes(self, cut: int, batch: int) -> int:
-        """Bytes of the activations (or their gradient) crossing cut ``cut`` for ``batch`` samples."""
-        return self.blocks[cut - 1].output_elements * batch * self.element_bytes
-
-    def ue_parameter_bytes(self, cut: int) -> int:
-        return sum(b.parameter_elements for b in self.blocks[:cut]) * self.element_bytes
-
     def forward_flops(self, start: int, stop: int, batch: float) -> float:
         return batch * sum(b.forward_flops for b in self.blocks[start:stop])
 
