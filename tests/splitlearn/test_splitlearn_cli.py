@@ -38,6 +38,14 @@ def test_bad_ues_are_a_usage_error_naming_the_option(ues: str, capsys: pytest.Ca
     assert "--ues" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["plan", "--bandwidth-mhz", "0"], ["bench", "--bandwidths", "2", "-1"]])
+def test_non_positive_bandwidth_is_a_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["splitlearn", *argv])
+    assert exit_info.value.code == 2
+    assert "expected a number > 0" in capsys.readouterr().err
+
+
 def test_plan_prints_the_three_plans(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["splitlearn", "plan", "--model", "mlp", "--ues", "10:10,20:20", "--bandwidth-mhz", "2"]) == 0
     out = capsys.readouterr().out

@@ -31,6 +31,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
     parser.add_argument(
@@ -204,19 +214,19 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     train = verbs.add_parser("train", help="train with UE and BS processes over gloo on loopback")
     _common(train)
     train.add_argument("--schedule", choices=("sequential", "c2p2sl", "c2p2sl_fixed_cut"), default="c2p2sl")
-    train.add_argument("--bandwidth-mhz", type=float, default=2.0)
+    train.add_argument("--bandwidth-mhz", type=_positive_float, default=2.0)
     train.add_argument("--epochs", type=_positive_int, default=3)
     train.add_argument("--json", help="write the run's result here")
     train.set_defaults(handler=_train)
 
     plan = verbs.add_parser("plan", help="print the optimiser's choice and predicted times")
     _common(plan)
-    plan.add_argument("--bandwidth-mhz", type=float, default=2.0)
+    plan.add_argument("--bandwidth-mhz", type=_positive_float, default=2.0)
     plan.set_defaults(handler=_plan)
 
     run = verbs.add_parser("bench", help="sequential vs C2P2SL (optimised, mid cut) across bandwidths")
     _common(run)
-    run.add_argument("--bandwidths", type=float, nargs="+", default=[1.0, 2.0, 5.0], metavar="MHZ")
+    run.add_argument("--bandwidths", type=_positive_float, nargs="+", default=[1.0, 2.0, 5.0], metavar="MHZ")
     run.add_argument("--epochs", type=_positive_int, default=3)
     run.add_argument("--json", help="write the results (list of rows) here")
     run.add_argument("--plot", help="write a PNG of time per round vs bandwidth here")
