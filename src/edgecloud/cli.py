@@ -23,6 +23,7 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.c2.cli",
     "edgecloud.server.cli",
     "edgecloud.bench.cli",
+    "edgecloud.splitlearn.cli",
 )
 
 

@@ -10,8 +10,9 @@ not load torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edgecloud.lazy_exports import lazy_getattr
 
 _EXPORTS = {
     "LLM": "edgecloud.llm.engine",
@@ -58,10 +59,4 @@ if TYPE_CHECKING:
     from edgecloud.llm.sampling_params import SamplingParams
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgecloud.llm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _EXPORTS)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -136,6 +137,9 @@ class AsyncEngine:
                 stream = self._streams.get(out.request_id)
                 if stream is not None:
                     stream.put(out)
+            # Hand the GIL to the event loop between steps, so the tokens just queued go out (and
+            # new requests get in) now rather than after the next step's Python work.
+            time.sleep(0)
         for request_id in list(self.engine.requests):
             self.engine.abort(request_id)
         self._fail_all(EngineError("engine shut down"))

@@ -5,8 +5,9 @@ Names are imported on first use, so ``edgecloud --help`` does not load the engin
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edgecloud.lazy_exports import lazy_getattr
 
 _EXPORTS = {
     "OpenAIServer": "edgecloud.server.app",
@@ -27,10 +28,4 @@ if TYPE_CHECKING:
     from edgecloud.server.main import serve
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgecloud.server' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _EXPORTS)
