@@ -196,3 +196,25 @@ def test_registered_and_rejects_bad_batches() -> None:
     cache = torch.zeros(1, 4, 2, HEAD_DIM)
     out = backend.forward(backend.plan(DecodeBatch([], [], 4)), empty, cache, cache, 1.0)
     assert out.shape == (0, 4, HEAD_DIM)
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=prefix_trees(), steps=st.integers(1, 6), seed=st.integers(0, 1000))
+def test_cached_plans_stay_exact_as_decoding_appends_tokens(case: Case, steps: int, seed: int) -> None:
+    """Step after step each sequence appends a token (a fresh block when its last one is full);
+    the tree comes from the cache whenever sharing is unchanged, and results stay exact."""
+    backend = PrefixDecodeAttention()
+    bs = case.batch.block_size
+    tables = [list(t) for t in case.batch.block_tables]
+    lens = list(case.batch.context_lens)
+    fresh = case.num_blocks
+    for step in range(steps):
+        for i, n in enumerate(lens):
+            if n % bs == 0:
+                tables[i] = [*tables[i][: n // bs], fresh]
+                fresh += 1
+            lens[i] = n + 1
+        grown = Case(DecodeBatch([list(t) for t in tables], list(lens), bs), fresh)
+        query, k_cache, v_cache = _random_inputs(grown, 4, 2, seed + step)
+        got = backend.forward(backend.plan(grown.batch), query, k_cache, v_cache, HEAD_DIM ** -0.5)
+        torch.testing.assert_close(got, _dense(grown, query, k_cache, v_cache), rtol=0, atol=1e-5)
