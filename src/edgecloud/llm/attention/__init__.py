@@ -1,23 +1,23 @@
-"""Attention backends of the engine: decode backends by name, and the shared prefill path."""
+"""Attention backends of the engine: decode backends by name, and the shared prefill path.
 
-from edgecloud.llm.attention.backend import DecodeAttentionBackend, DecodeBatch
-from edgecloud.llm.attention.paged import PagedDecodeAttention
-from edgecloud.llm.attention.prefix import PrefixDecodeAttention
+Names are imported on first use, so importing a light submodule (the ``bench attention`` CLI
+parser) does not load torch.
+"""
 
-DECODE_BACKENDS: dict[str, type[DecodeAttentionBackend]] = {
-    PagedDecodeAttention.name: PagedDecodeAttention,
-    PrefixDecodeAttention.name: PrefixDecodeAttention,
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from edgecloud.lazy_exports import lazy_getattr
+
+_EXPORTS = {
+    "DecodeAttentionBackend": "edgecloud.llm.attention.backend",
+    "DecodeBatch": "edgecloud.llm.attention.backend",
+    "PagedDecodeAttention": "edgecloud.llm.attention.paged",
+    "PrefixDecodeAttention": "edgecloud.llm.attention.prefix",
+    "DECODE_BACKENDS": "edgecloud.llm.attention.registry",
+    "make_decode_backend": "edgecloud.llm.attention.registry",
 }
-
-
-def make_decode_backend(name: str) -> DecodeAttentionBackend:
-    try:
-        return DECODE_BACKENDS[name]()
-    except KeyError:
-        raise ValueError(
-            f"attention_backend must be one of {sorted(DECODE_BACKENDS)}, got {name!r}"
-        ) from None
-
 
 __all__ = [
     "DECODE_BACKENDS",
@@ -27,3 +27,12 @@ __all__ = [
     "PrefixDecodeAttention",
     "make_decode_backend",
 ]
+
+if TYPE_CHECKING:
+    from edgecloud.llm.attention.backend import DecodeAttentionBackend, DecodeBatch
+    from edgecloud.llm.attention.paged import PagedDecodeAttention
+    from edgecloud.llm.attention.prefix import PrefixDecodeAttention
+    from edgecloud.llm.attention.registry import DECODE_BACKENDS, make_decode_backend
+
+
+__getattr__ = lazy_getattr(__name__, globals(), _EXPORTS)
