@@ -1,0 +1,316 @@
+"""AutoRec's controller: when to re-inject which unacknowledged data, and how many copies.
+
+AutoRec (arXiv 2511.22046, sections 3–4; draft-wu-moq-recovery-for-video-streaming)
+recovers losses on live streams from the server alone. Live video is sent in on–off
+bursts; when the sender is application-limited (an off period) the link is idle, so
+copies of data that is still unacknowledged cost no latency to new frames. Data that was
+already retransmitted once comes first: if its retransmission is lost too, stock QUIC
+needs another loss-detection round (often a PTO) and the viewer freezes.
+
+This module has no I/O and no clock: every method takes ``now``. The parts:
+
+* :class:`LossEstimator` — packet loss rate over a window of resolved packets.
+* :class:`OffPeriodDetector` — on/off from the application's sending pattern: "on" while
+  the application has written bytes not yet sent, "off" once it is application-limited;
+  it learns the usual off-period length.
+* :func:`copies_for_target` — the redundancy adapter's rule: the fewest extra copies of a
+  retransmission so that, at the measured loss rate, the recovery misses
+  ``recovery_target_ms`` with probability at most ``residual_loss``.
+* :class:`ReinjectionController` — keeps *protections* (ranges to copy, how many copies
+  left, when the next is due), spends the overhead budget on them (retransmitted ranges
+  first, then the unacknowledged tail of a burst during off periods) and records a time
+  series of its decisions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# RFC 9002's time threshold: a packet is declared lost 9/8 RTT after it was sent once a
+# later one is acknowledged, so one retransmission round costs about this many RTTs.
+RECOVERY_ROUND_RTTS = 1.0 + 9 / 8
+
+
+@dataclass(frozen=True)
+class AutoRecConfig:
+    """User-set limits of the redundancy adapter."""
+
+    overhead_budget: float = 0.10  # redundant copy bytes / goodput bytes
+    recovery_target_ms: float = 100.0
+    residual_loss: float = 0.01  # accepted probability of missing the target
+    max_copies: int = 3
+    tail_share: float = 0.5  # at most this share of the budget goes to burst tails
+    tail_bytes: int = 1200  # the tail of a burst that gets a proactive copy
+    min_copy_spacing_s: float = 0.002
+    proactive_min_loss: float = 0.005  # no proactive copies below this measured loss
+
+    def __post_init__(self) -> None:
+        _check_range("overhead_budget", self.overhead_budget, 0.0, 10.0)
+        _check_range("recovery_target_ms", self.recovery_target_ms, 1.0, 60_000.0)
+        _check_range("residual_loss", self.residual_loss, 1e-9, 0.5)
+        _check_range("max_copies", self.max_copies, 0, 16)
+        _check_range("tail_share", self.tail_share, 0.0, 1.0)
+        _check_range("tail_bytes", self.tail_bytes, 0, 1 << 20)
+        _check_range("min_copy_spacing_s", self.min_copy_spacing_s, 0.0, 1.0)
+        _check_range("proactive_min_loss", self.proactive_min_loss, 0.0, 1.0)
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high):
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+
+
+def copies_for_target(loss: float, srtt_s: float, target_s: float, residual: float, max_copies: int) -> int:
+    """Extra copies per retransmitted range so recovery meets the target.
+
+    Within the target there is room for ``rounds`` retransmission rounds of
+    ``RECOVERY_ROUND_RTTS * srtt`` each. With ``k`` extra copies a round fails only if all
+    ``k + 1`` transmissions are lost, so recovery misses the target with probability
+    ``loss ** ((k + 1) * rounds)``; take the smallest ``k`` keeping that at most
+    ``residual``.
+    """
+    if loss <= 0.0:
+        return 0
+    if loss >= 1.0:
+        return max_copies
+    rounds = max(1, math.floor(target_s / max(RECOVERY_ROUND_RTTS * srtt_s, 1e-6)))
+    # log(residual) / log(loss) transmissions in total, spread over the rounds; the small
+    # slack keeps an exact power (loss 0.1, residual 0.01) from rounding up.
+    needed = math.log(residual) / (rounds * math.log(loss)) - 1e-9
+    return min(max_copies, max(0, math.ceil(needed) - 1))
+
+
+class LossEstimator:
+    """Packet loss rate over the last ``window`` resolved (acknowledged or lost) packets.
+
+    A window rather than an EWMA: it is right from the first few packets, and it forgets
+    an old loss rate in exactly ``window`` packets (about a second of a 2 Mb/s stream).
+    """
+
+    def __init__(self, window: int = 200) -> None:
+        self._outcomes: deque[bool] = deque(maxlen=window)
+        self._lost = 0
+
+    def observe(self, lost: bool) -> None:
+        if len(self._outcomes) == self._outcomes.maxlen:
+            self._lost -= self._outcomes[0]
+        self._outcomes.append(lost)
+        self._lost += lost
+
+    @property
+    def value(self) -> float:
+        return self._lost / len(self._outcomes) if self._outcomes else 0.0
+
+
+class OffPeriodDetector:
+    """On/off periods of an application-limited sender."""
+
+    def __init__(self, weight: float = 1 / 8) -> None:
+        self.weight = weight
+        self.is_off = True
+        self.off_since: float | None = None
+        self.mean_off_s: float | None = None
+
+    def observe(self, now: float, has_new_data: bool) -> bool:
+        """Update from whether the application has unsent bytes; True when an off period starts."""
+        if has_new_data and self.is_off:
+            self.is_off = False
+            if self.off_since is not None:
+                length = now - self.off_since
+                self.mean_off_s = (
+                    length
+                    if self.mean_off_s is None
+                    else self.mean_off_s + self.weight * (length - self.mean_off_s)
+                )
+            return False
+        if not has_new_data and not self.is_off:
+            self.is_off = True
+            self.off_since = now
+            return True
+        return False
+
+    def remaining_s(self, now: float) -> float:
+        """Expected time left in the current off period (0 when on)."""
+        if not self.is_off:
+            return 0.0
+        if self.mean_off_s is None or self.off_since is None:
+            return math.inf
+        return max(0.0, self.mean_off_s - (now - self.off_since))
+
+
+class ReinjectableStream(Protocol):
+    """What the controller needs from a stream sender (TrackedStreamSender provides it)."""
+
+    highest_offset: int
+
+    def unacked_in(self, start: int, stop: int) -> list[tuple[int, int]]: ...
+
+    def reinject(self, start: int, stop: int) -> int: ...
+
+
+@dataclass
+class Protection:
+    """A range the controller will copy ``copies_left`` more times while it is unacknowledged."""
+
+    stream: ReinjectableStream
+    start: int
+    stop: int
+    copies_left: int
+    next_at: float
+    retransmitted: bool  # a loss-triggered retransmission (first priority) or a burst tail
+
+
+@dataclass(frozen=True)
+class ControllerSample:
+    """One point of the controller's time series (for the loss-change plot)."""
+
+    t: float
+    loss: float
+    copies: int
+    overhead: float
+    srtt_ms: float
+
+
+@dataclass
+class ReinjectionController:
+    """Decides which unacknowledged ranges to copy, when, and within which budget."""
+
+    config: AutoRecConfig = field(default_factory=AutoRecConfig)
+    sample_every_s: float = 0.25
+
+    def __post_init__(self) -> None:
+        self.loss = LossEstimator()
+        self.off = OffPeriodDetector()
+        self.protections: list[Protection] = []
+        self.copy_bytes = 0  # bytes handed to streams as copies
+        self.history: list[ControllerSample] = []
+        self._srtt_s = 0.1
+        self._goodput_bytes = 0
+        self._last_sample: float | None = None
+        self._wakeup: float | None = None
+
+    # -- inputs -----------------------------------------------------------------------
+
+    def on_packet_resolved(self, lost: bool) -> None:
+        self.loss.observe(lost)
+
+    def copies_now(self) -> int:
+        c = self.config
+        return copies_for_target(
+            self.loss.value, self._srtt_s, c.recovery_target_ms / 1000, c.residual_loss, c.max_copies
+        )
+
+    def on_retransmission_sent(self, stream: ReinjectableStream, start: int, stop: int, now: float) -> None:
+        """A loss-triggered retransmission left: protect it with the adapter's number of copies."""
+        copies = self.copies_now()
+        if copies:
+            p = Protection(stream, start, stop, copies, now + self._spacing(copies), retransmitted=True)
+            self.protections.append(p)
+            if self._wakeup is None or p.next_at < self._wakeup:
+                self._wakeup = p.next_at
+
+    # -- the decision -----------------------------------------------------------------
+
+    def poll(
+        self,
+        now: float,
+        *,
+        streams: list[ReinjectableStream],
+        app_has_new_data: bool,
+        srtt_s: float,
+        goodput_bytes: int,
+        cwnd_room: int,
+    ) -> None:
+        """Re-inject what is due; call before every transmission attempt."""
+        self._srtt_s = srtt_s
+        self._goodput_bytes = goodput_bytes
+        if self.off.observe(now, app_has_new_data):
+            self._protect_tails(now, streams)
+
+        keep: list[Protection] = []
+        # Retransmitted ranges first, then burst tails; older first within each.
+        for p in sorted(self.protections, key=lambda p: (not p.retransmitted, p.next_at)):
+            unacked = p.stream.unacked_in(p.start, p.stop)
+            if not unacked:
+                continue
+            if p.next_at > now:
+                keep.append(p)
+                continue
+            size = sum(hi - lo for lo, hi in unacked)
+            if not self._may_copy(p, size, now, cwnd_room):
+                keep.append(p)
+                continue
+            scheduled = sum(p.stream.reinject(lo, hi) for lo, hi in unacked)
+            self.copy_bytes += scheduled
+            cwnd_room -= scheduled
+            p.copies_left -= 1
+            p.next_at = now + self._spacing(p.copies_left)
+            if p.copies_left > 0:
+                keep.append(p)
+        self.protections = keep
+        # Protections that are due but blocked (budget, window, on period) wait for the
+        # next poll, which every ACK and write brings; waking for them would spin.
+        self._wakeup = min((p.next_at for p in keep if p.next_at > now), default=None)
+        self._sample(now)
+
+    def next_wakeup(self) -> float | None:
+        return self._wakeup
+
+    @property
+    def overhead(self) -> float:
+        return self.copy_bytes / self._goodput_bytes if self._goodput_bytes else 0.0
+
+    # -- internals --------------------------------------------------------------------
+
+    def _spacing(self, copies: int) -> float:
+        # Spread the copies over about one RTT so that a loss burst rarely takes them all.
+        return max(self.config.min_copy_spacing_s, self._srtt_s / (max(copies, 1) + 1))
+
+    def _credit(self, share: float) -> float:
+        return share * self.config.overhead_budget * self._goodput_bytes - self.copy_bytes
+
+    def _may_copy(self, p: Protection, size: int, now: float, cwnd_room: int) -> bool:
+        if p.retransmitted:
+            # During an on period a copy only goes out if the congestion window has room.
+            return self._credit(1.0) >= size and (self.off.is_off or cwnd_room >= size)
+        return (
+            self.off.is_off
+            and self.off.remaining_s(now) > 0
+            and self.loss.value >= self.config.proactive_min_loss
+            and self._credit(self.config.tail_share) >= size
+        )
+
+    def _protect_tails(self, now: float, streams: list[ReinjectableStream]) -> None:
+        tail = self.config.tail_bytes
+        if not tail or self.loss.value < self.config.proactive_min_loss:
+            return
+        for stream in streams:
+            stop = stream.highest_offset
+            if stream.unacked_in(stop - tail, stop):
+                self.protections.append(
+                    Protection(
+                        stream,
+                        max(0, stop - tail),
+                        stop,
+                        1,
+                        now + self.config.min_copy_spacing_s,
+                        retransmitted=False,
+                    )
+                )
+
+    def _sample(self, now: float) -> None:
+        if self._last_sample is not None and now - self._last_sample < self.sample_every_s:
+            return
+        self._last_sample = now
+        self.history.append(
+            ControllerSample(
+                t=now,
+                loss=self.loss.value,
+                copies=self.copies_now(),
+                overhead=self.overhead,
+                srtt_ms=self._srtt_s * 1000,
+            )
+        )
