@@ -16,7 +16,10 @@ from collections.abc import Sequence
 from edgecloud import __version__
 
 # One entry per system that has landed; order is the order of ``--help``.
-SYSTEM_CLI_MODULES: tuple[str, ...] = ()
+SYSTEM_CLI_MODULES: tuple[str, ...] = (
+    "edgecloud.llm.cli",
+    "edgecloud.netem.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

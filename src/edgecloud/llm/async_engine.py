@@ -1,0 +1,162 @@
+"""The asyncio front of the engine: a background thread steps the engine while coroutines add,
+stream and abort requests.
+
+Requests are validated and tokenized in the caller (so errors raise where they belong), then
+handed to the engine thread through a command queue; outputs come back to each request's
+asyncio queue with ``call_soon_threadsafe``. A failing step fails the requests in it, never the
+engine: their blocks are freed and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from edgecloud.llm.config import EngineConfig
+from edgecloud.llm.engine import EngineStats, LLMEngine, Prompt
+from edgecloud.llm.outputs import RequestOutput
+from edgecloud.llm.sampling_params import SamplingParams
+from edgecloud.llm.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(RuntimeError):
+    """The engine failed while running a request (not the caller's fault)."""
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[RequestOutput | Exception]
+
+    def put(self, item: RequestOutput | Exception) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class AsyncEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.engine = LLMEngine(config)
+        self._commands: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        self._streams: dict[str, _Stream] = {}
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.engine.tokenizer
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    async def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="edgecloud-engine", daemon=True)
+            self._thread.start()
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    async def generate(
+        self, prompt: Prompt, params: SamplingParams, request_id: str, priority: int = 0,
+        lora_name: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Yields cumulative outputs as tokens arrive; the last one has ``finished`` set.
+        Leaving the iteration early (client gone, task cancelled) aborts the request."""
+        if self._thread is None:
+            await self.start()
+        request = self.engine.make_request(request_id, prompt, params, priority, lora_name=lora_name)
+        if request_id in self._streams:
+            from edgecloud.llm.errors import InvalidRequestError
+
+            raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        self._streams[request_id] = stream
+        self._send("add", request)
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, Exception):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self._send("abort", request_id)
+            self._streams.pop(request_id, None)
+
+    async def abort(self, request_id: str) -> None:
+        self._send("abort", request_id)
+
+    def _send(self, verb: str, payload: object) -> None:
+        self._commands.put((verb, payload))
+        self._wake.set()
+
+    # -- engine thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._drain_commands()
+            if not self.engine.has_unfinished():
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:
+                log.exception("engine step failed; failing the requests it held")
+                self._fail_all(EngineError(f"engine step failed: {exc}"))
+                continue
+            for out in outputs:
+                stream = self._streams.get(out.request_id)
+                if stream is not None:
+                    stream.put(out)
+        for request_id in list(self.engine.requests):
+            self.engine.abort(request_id)
+        self._fail_all(EngineError("engine shut down"))
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                verb, payload = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if verb == "add":
+                try:
+                    self.engine.add(payload)  # type: ignore[arg-type]
+                except Exception as exc:
+                    stream = self._streams.get(payload.request_id)  # type: ignore[attr-defined]
+                    if stream is not None:
+                        stream.put(exc)
+            elif verb == "abort":
+                out = self.engine.abort(payload)  # type: ignore[arg-type]
+                stream = self._streams.get(payload)  # type: ignore[arg-type]
+                if out is not None and stream is not None:
+                    stream.put(out)
+
+    def _fail_all(self, error: Exception) -> None:
+        for request_id in list(self.engine.requests):
+            self.engine.abort(request_id)
+        for stream in list(self._streams.values()):
+            stream.put(error)

@@ -1,0 +1,163 @@
+"""CLI of the engine: ``edgecloud generate``, ``edgecloud random-model``, ``edgecloud bench engine``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """Engine options shared by every command that runs the engine (generate, serve, benchmarks)."""
+    group = parser.add_argument_group("engine")
+    group.add_argument("--model", default=None, help="HF model directory (default: the embedded demo model)")
+    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                       help="weights/activations dtype; auto = float32 on CPU, bfloat16 on CUDA")
+    group.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    group.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
+    group.add_argument("--kv-cache-memory-mb", type=float, default=512, help="KV-cache pool size in MiB")
+    group.add_argument("--max-num-seqs", type=int, default=64, help="most sequences in one step")
+    group.add_argument("--max-num-batched-tokens", type=int, default=2048, help="token budget of one step")
+    group.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    group.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
+    group.add_argument("--attention-backend", default="paged", help="decode attention: paged or prefix")
+    group.add_argument("--seed", type=int, default=0, help="seed of unseeded sampling")
+    group.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+
+
+def engine_config_from_args(args: argparse.Namespace) -> object:
+    from edgecloud.llm.config import EngineConfig
+
+    return EngineConfig(
+        model=args.model, dtype=args.dtype, device=args.device, block_size=args.block_size,
+        kv_cache_memory_mb=args.kv_cache_memory_mb, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
+        enable_prefix_caching=not args.no_prefix_caching, attention_backend=args.attention_backend,
+        seed=args.seed, num_threads=args.threads,
+    )
+
+
+def _length_range(text: str) -> tuple[int, int]:
+    try:
+        lo, _, hi = text.partition(":")
+        low, high = int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A:B (two integers), got {text!r}") from None
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError(f"expected 1 <= A <= B, got {text!r}")
+    return low, high
+
+
+def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    gen = commands.add_parser(
+        "generate", help="generate text with the engine (streams to stdout)",
+        description="Generate continuations of one or more prompts with the edgecloud engine.",
+    )
+    gen.add_argument("prompts", nargs="*", help="prompt texts (default: a few demo prompts)")
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.8)
+    gen.add_argument("--top-p", type=float, default=0.95)
+    gen.add_argument("--n", type=int, default=1, help="completions per prompt")
+    gen.add_argument("--sample-seed", type=int, default=None, help="per-request seed (reproducible output)")
+    gen.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
+    add_engine_options(gen)
+    gen.set_defaults(handler=_generate)
+
+    rnd = commands.add_parser(
+        "random-model", help="write a random-weight HF model directory (tests, benchmarks)",
+        description="Write a random-weight Llama/Qwen2/Mistral checkpoint with a small BPE tokenizer. "
+        "Preset 30m is the ~30M-parameter model the engine benchmark is specified on.",
+    )
+    rnd.add_argument("out", type=Path, help="directory to write")
+    rnd.add_argument("--arch", default="llama", choices=["llama", "qwen2", "mistral"])
+    rnd.add_argument("--preset", default="30m", choices=["tiny", "30m"])
+    rnd.add_argument("--seed", type=int, default=0)
+    rnd.set_defaults(handler=_random_model)
+
+    eng = bench.add_parser(
+        "engine", help="engine vs transformers generate, with this machine's roofline",
+        description="Run the engine and transformers' generate (padded static batches of the same "
+        "requests, same batch size) on the same model in one process, and the roofline bound.",
+    )
+    eng.add_argument("--model", required=True, help="HF model directory (e.g. from `edgecloud random-model`)")
+    eng.add_argument("--num-prompts", type=int, default=64)
+    eng.add_argument("--input-len", type=_length_range, default=(32, 256), help="prompt lengths A:B (uniform)")
+    eng.add_argument("--output-len", type=_length_range, default=(32, 128), help="output lengths C:D (uniform)")
+    eng.add_argument("--batch-size", type=int, default=64, help="engine max_num_seqs and HF batch size")
+    eng.add_argument("--threads", type=int, default=2, help="torch threads for both")
+    eng.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    eng.add_argument("--attention-backend", default="paged")
+    eng.add_argument("--seed", type=int, default=0)
+    eng.add_argument("--json", type=Path, default=None, help="write the result here")
+    eng.set_defaults(handler=_bench_engine)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from edgecloud.llm.engine import LLMEngine
+    from edgecloud.llm.errors import InvalidRequestError
+    from edgecloud.llm.sampling_params import SamplingParams
+
+    try:
+        engine = LLMEngine(engine_config_from_args(args))  # type: ignore[arg-type]
+        params = SamplingParams(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature,
+                                top_p=args.top_p, seed=args.sample_seed)
+        prompts = args.prompts or ["A fool and his money", "Never put off until tomorrow", "The best way to"]
+        if args.chat:
+            prompts = [engine.tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
+        for i, prompt in enumerate(prompts):
+            engine.add_request(str(i), prompt, params)
+    except (InvalidRequestError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    shown: dict[tuple[str, int], int] = {}
+    finals = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if len(prompts) == 1 and args.n == 1:  # a single stream: print as it grows
+                completion = out.outputs[0]
+                printed = shown.get((out.request_id, 0), 0)
+                print(completion.text[printed:], end="", flush=True)
+                shown[(out.request_id, 0)] = len(completion.text)
+            if out.finished:
+                finals[out.request_id] = out
+    if len(prompts) == 1 and args.n == 1:
+        print()
+        return 0
+    for i, prompt in enumerate(prompts):
+        for completion in finals[str(i)].outputs:
+            print(json.dumps({"prompt": prompt, "index": completion.index, "text": completion.text,
+                              "finish_reason": completion.finish_reason}))
+    return 0
+
+
+def _random_model(args: argparse.Namespace) -> int:
+    from edgecloud.llm.random_model import PRESETS, write_random_model
+
+    path = write_random_model(args.out, arch=args.arch, seed=args.seed, **PRESETS[args.preset])
+    print(f"wrote {args.arch} ({args.preset}) to {path}")
+    return 0
+
+
+def _bench_engine(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgecloud.llm.benchmark import bench_engine
+
+    console = Console()
+    with console.status("running the engine, then transformers generate, on the same requests..."):
+        result = bench_engine(
+            args.model, args.num_prompts, args.input_len, args.output_len, batch_size=args.batch_size,
+            threads=args.threads, dtype=args.dtype, seed=args.seed, attention_backend=args.attention_backend,
+            json_path=args.json,
+        )
+    table = Table(title=f"bench engine: {args.num_prompts} requests, batch {args.batch_size}, {args.threads} threads")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in ("engine_tok_s", "hf_tok_s", "speedup", "roofline_tok_s", "roofline_fraction",
+                 "memory_gb_s", "matmul_gflop_s", "engine_steps"):
+        value = getattr(result, name)
+        table.add_row(name, f"{value:.3f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    return 0

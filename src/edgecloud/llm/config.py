@@ -1,0 +1,183 @@
+"""Model configuration read from an HF ``config.json``, and the engine's own options.
+
+Published checkpoints come in two layouts: transformers 4 (``rope_theta``, ``rope_scaling``,
+``torch_dtype``) and transformers 5 (``rope_parameters``, ``dtype``). ``ModelConfig.from_dict``
+reads both into one shape.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgecloud.llm.errors import InvalidRequestError, ModelLoadError
+
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+}
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    theta: float = 10000.0
+    rope_type: str = "default"  # default | linear | llama3
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    rope: RopeConfig
+    tie_word_embeddings: bool
+    attention_bias: bool
+    mlp_bias: bool
+    hidden_act: str
+    sliding_window: int | None
+    torch_dtype: str | None
+    bos_token_id: int | None
+    eos_token_ids: tuple[int, ...]
+
+    @classmethod
+    def from_file(cls, path: Path) -> ModelConfig:
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ModelLoadError(f"{path}: missing (every model directory needs config.json)") from None
+        except json.JSONDecodeError as exc:
+            raise ModelLoadError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config.json") -> ModelConfig:
+        archs = raw.get("architectures") or []
+        arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+        if arch is None:
+            raise ModelLoadError(
+                f"{source}: architectures={archs!r} is not supported; "
+                f"supported: {sorted(SUPPORTED_ARCHITECTURES)}"
+            )
+        model_type = SUPPORTED_ARCHITECTURES[arch]
+
+        def need(key: str) -> Any:
+            if key not in raw:
+                raise ModelLoadError(f"{source}: missing required field {key!r}")
+            return raw[key]
+
+        hidden = int(need("hidden_size"))
+        heads = int(need("num_attention_heads"))
+        kv_heads = int(raw.get("num_key_value_heads") or heads)
+        if heads % kv_heads:
+            raise ModelLoadError(
+                f"{source}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}"
+            )
+        eos = raw.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+        sliding = raw.get("sliding_window") if raw.get("use_sliding_window", True) else None
+        return cls(
+            architecture=arch,
+            model_type=model_type,
+            vocab_size=int(need("vocab_size")),
+            hidden_size=hidden,
+            intermediate_size=int(need("intermediate_size")),
+            num_hidden_layers=int(need("num_hidden_layers")),
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            head_dim=int(raw.get("head_dim") or hidden // heads),
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+            rope=_read_rope(raw, source),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", model_type == "qwen2")),
+            attention_bias=bool(raw.get("attention_bias", model_type == "qwen2")),
+            mlp_bias=bool(raw.get("mlp_bias", False)),
+            hidden_act=str(raw.get("hidden_act", "silu")),
+            sliding_window=int(sliding) if sliding else None,
+            torch_dtype=raw.get("dtype") or raw.get("torch_dtype"),
+            bos_token_id=raw.get("bos_token_id"),
+            eos_token_ids=eos_ids,
+        )
+
+
+def _read_rope(raw: dict[str, Any], source: str) -> RopeConfig:
+    # transformers 5 keeps theta inside rope_parameters; transformers 4 has rope_theta + rope_scaling.
+    params = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+    theta = float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in ("default", "linear", "llama3"):
+        raise ModelLoadError(
+            f"{source}: rope type {rope_type!r} is not supported (supported: default, linear, llama3)"
+        )
+    return RopeConfig(
+        theta=theta,
+        rope_type=rope_type,
+        factor=float(params.get("factor", 1.0)),
+        low_freq_factor=float(params.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+        original_max_position_embeddings=int(params.get("original_max_position_embeddings", 8192)),
+    )
+
+
+@dataclass
+class EngineConfig:
+    """Engine options. ``model=None`` serves the embedded demo model."""
+
+    model: str | None = None
+    dtype: str = "auto"
+    device: str = "cpu"
+    block_size: int = 16
+    kv_cache_memory_mb: float = 512.0
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    attention_backend: str = "paged"
+    seed: int = 0
+    num_threads: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def bad(param: str, allowed: str) -> InvalidRequestError:
+            return InvalidRequestError(f"{param} must be {allowed}, got {getattr(self, param)!r}", param)
+
+        if self.dtype not in ("auto", *_DTYPES):
+            raise bad("dtype", f"one of auto, {', '.join(_DTYPES)}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise bad("device", "cpu or cuda[:N]")
+        if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+            raise bad("block_size", "a power of two in [1, 256]")
+        if self.kv_cache_memory_mb <= 0:
+            raise bad("kv_cache_memory_mb", "> 0")
+        if self.max_num_seqs < 1:
+            raise bad("max_num_seqs", ">= 1")
+        if self.max_num_batched_tokens < 1:
+            raise bad("max_num_batched_tokens", ">= 1")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise bad("max_model_len", ">= 1")
+
+    def resolve_dtype(self, model: ModelConfig) -> torch.dtype:
+        if self.dtype != "auto":
+            return _DTYPES[self.dtype]
+        # CPUs without bf16 matrix units run bf16 matmuls slower than fp32, so auto means fp32 there.
+        if self.device == "cpu":
+            return torch.float32
+        return torch.float16 if model.torch_dtype == "float16" else torch.bfloat16

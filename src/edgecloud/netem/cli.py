@@ -1,0 +1,297 @@
+"""``edgecloud netem udp|tcp``: run a relay with an emulated link; ``edgecloud bench netem``: its timing.
+
+Shaping options apply to both directions; ``--up-*`` / ``--down-*`` override one direction
+(uplink = client → target). ``--schedule FILE.json`` gives profiles over time instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgecloud.netem.profile import ProfileLike
+    from edgecloud.netem.udp import RelayStats
+
+DIRECTIONS = ("up", "down")
+SHAPING = ("profile", "delay_ms", "jitter_ms", "rate_mbps", "queue_bytes", "loss", "loss_model", "burst_len")
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6addr]:PORT`` for IPv6) with a port in 0..65535."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port in 0..65535, got {text!r}")
+    return host, int(port)
+
+
+def _number(low: float, *, inclusive: bool = True, high: float | None = None, kind: type = float) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a{'n integer' if kind is int else ' number'}, got {text!r}"
+            ) from None
+        too_low = value < low if inclusive else value <= low
+        if too_low or (high is not None and value > high):
+            bound = f"in [{low:g}, {high:g}]" if high is not None else f"{'>=' if inclusive else '>'} {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
+def _add_shaping(parser: argparse.ArgumentParser, prefix: str, title: str) -> None:
+    from edgecloud.netem.profile import PROFILES
+
+    group = parser.add_argument_group(title)
+    dashed = f"--{prefix}-" if prefix else "--"
+    dest = f"{prefix}_" if prefix else ""
+    group.add_argument(
+        f"{dashed}profile",
+        dest=f"{dest}profile",
+        choices=sorted(PROFILES),
+        help="start from a named link profile",
+    )
+    group.add_argument(
+        f"{dashed}delay-ms",
+        dest=f"{dest}delay_ms",
+        type=_number(0.0),
+        metavar="MS",
+        help="one-way delay in ms",
+    )
+    group.add_argument(
+        f"{dashed}jitter-ms",
+        dest=f"{dest}jitter_ms",
+        type=_number(0.0),
+        metavar="MS",
+        help="uniform delay variation ±MS, no reordering",
+    )
+    group.add_argument(
+        f"{dashed}rate-mbps",
+        dest=f"{dest}rate_mbps",
+        type=_number(0.0, inclusive=False),
+        metavar="MBPS",
+        help="rate limit in Mbit/s; default unlimited",
+    )
+    group.add_argument(
+        f"{dashed}queue-bytes",
+        dest=f"{dest}queue_bytes",
+        type=_number(1, kind=int),
+        metavar="BYTES",
+        help="bottleneck queue size, tail drop beyond it",
+    )
+    group.add_argument(
+        f"{dashed}loss",
+        dest=f"{dest}loss",
+        type=_number(0.0, high=1.0),
+        metavar="P",
+        help="mean packet loss rate in [0, 1]",
+    )
+    group.add_argument(
+        f"{dashed}loss-model",
+        dest=f"{dest}loss_model",
+        choices=("bernoulli", "gilbert-elliott"),
+        help="independent or bursty loss; default bernoulli",
+    )
+    group.add_argument(
+        f"{dashed}burst-len",
+        dest=f"{dest}burst_len",
+        type=_number(1.0),
+        metavar="N",
+        help="mean loss burst in packets for gilbert-elliott; default 3",
+    )
+
+
+def _direction_profile(args: argparse.Namespace, direction: str) -> ProfileLike:
+    from dataclasses import replace
+
+    from edgecloud.netem.profile import DEFAULT_BURST_LEN, PROFILES, Bernoulli, GilbertElliott, LinkProfile
+
+    def pick(name: str) -> Any:
+        own = getattr(args, f"{direction}_{name}")
+        return own if own is not None else getattr(args, name)
+
+    name = pick("profile")
+    profile = PROFILES[name] if name is not None else LinkProfile()
+    changes = {field: pick(field) for field in ("delay_ms", "jitter_ms", "rate_mbps", "queue_bytes")}
+    profile = replace(profile, **{k: v for k, v in changes.items() if v is not None})
+    loss, model, burst_len = pick("loss"), pick("loss_model"), pick("burst_len")
+    if loss is None:
+        if model is not None or burst_len is not None:
+            raise ValueError(f"--{direction}-loss / --loss is required with --loss-model or --burst-len")
+        return profile
+    if model == "gilbert-elliott":
+        return replace(profile, loss=GilbertElliott.from_mean(loss, burst_len or DEFAULT_BURST_LEN))
+    if burst_len is not None:
+        raise ValueError("--burst-len applies only to --loss-model gilbert-elliott")
+    return replace(profile, loss=Bernoulli(loss) if loss > 0 else None)
+
+
+def _profiles(args: argparse.Namespace) -> tuple[ProfileLike, ProfileLike]:
+    from edgecloud.netem.profile import Schedule
+
+    if args.schedule is None:
+        return _direction_profile(args, "up"), _direction_profile(args, "down")
+    shaping = [
+        f"--{d + '-' if d else ''}{name.replace('_', '-')}"
+        for d in ("", "up", "down")
+        for name in SHAPING
+        if getattr(args, f"{d}_{name}" if d else name) is not None
+    ]
+    if shaping:
+        raise ValueError(f"--schedule cannot be combined with {', '.join(shaping)}; put them in the file")
+    try:
+        data = json.loads(Path(args.schedule).read_text())
+    except OSError as exc:
+        raise ValueError(f"--schedule: cannot read {args.schedule}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--schedule: {args.schedule} is not valid JSON: {exc}") from exc
+    if isinstance(data, dict):
+        if set(data) != {"uplink", "downlink"}:
+            raise ValueError('--schedule: a JSON object must have exactly the keys "uplink" and "downlink"')
+        return Schedule.from_json(data["uplink"]), Schedule.from_json(data["downlink"])
+    schedule = Schedule.from_json(data)
+    return schedule, schedule
+
+
+def format_stats(stats: RelayStats) -> str:
+    header = (
+        f"{'direction':<10}{'packets in':>12}{'bytes in':>14}{'delivered':>12}{'bytes out':>14}"
+        f"{'lost':>8}{'queue drop':>12}{'errors':>8}"
+    )
+    rows = [header]
+    for name, counters in (("uplink", stats.uplink), ("downlink", stats.downlink)):
+        rows.append(
+            f"{name:<10}{counters.packets_in:>12}{counters.bytes_in:>14}{counters.packets_delivered:>12}"
+            f"{counters.bytes_delivered:>14}{counters.dropped_loss:>8}{counters.dropped_queue:>12}"
+            f"{counters.send_errors:>8}"
+        )
+    return "\n".join(rows)
+
+
+async def _run_relay(args: argparse.Namespace, uplink: ProfileLike, downlink: ProfileLike) -> None:
+    import asyncio
+    import signal
+    from contextlib import suppress
+
+    from edgecloud.netem.tcp import TcpProxy
+    from edgecloud.netem.udp import UdpRelay
+
+    relay_class = UdpRelay if args.protocol == "udp" else TcpProxy
+    relay = relay_class(listen=args.listen, target=args.to, uplink=uplink, downlink=downlink, seed=args.seed)
+    await relay.start()
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    with suppress(NotImplementedError):  # no signal handlers on some platforms
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    host, port = relay.address
+    print(
+        f"netem {args.protocol}: listening on {host}:{port}, relaying to {args.to[0]}:{args.to[1]}",
+        flush=True,
+    )
+    print(f"  uplink:   {uplink}\n  downlink: {downlink}", flush=True)
+    try:
+        await asyncio.sleep(args.duration if args.duration is not None else float("inf"))
+    except asyncio.CancelledError:
+        pass  # Ctrl-C or SIGTERM: fall through to the stats
+    finally:
+        await relay.stop()
+        print(format_stats(relay.stats), flush=True)
+
+
+def run_relay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    try:
+        uplink, downlink = _profiles(args)
+    except (ValueError, TypeError) as exc:
+        print(f"edgecloud netem {args.protocol}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_run_relay(args, uplink, downlink))
+    except OSError as exc:
+        print(
+            f"edgecloud netem {args.protocol}: error: cannot listen on {args.listen[0]}:{args.listen[1]}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from edgecloud.netem.accuracy import format_report, measure
+
+    report = asyncio.run(measure(delay_ms=args.delay_ms, packets=args.packets, interval_ms=args.interval_ms))
+    print(format_report(report))
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    netem = commands.add_parser(
+        "netem",
+        help="userspace link emulator: relay UDP or TCP with delay, jitter, rate limit and loss",
+        description="Relay UDP datagrams or TCP connections to a target through an emulated link "
+        "(one-way delay, jitter, rate limit with a tail-drop queue, Bernoulli or Gilbert-Elliott loss), "
+        "per direction and optionally changing over time. Ctrl-C stops it and prints per-direction stats.",
+    )
+    protocols = netem.add_subparsers(dest="protocol", metavar="udp|tcp")
+    protocols.required = True
+    for protocol, summary in (
+        ("udp", "relay UDP datagrams; one upstream socket per client address"),
+        ("tcp", "proxy TCP connections; loss becomes retransmission delay (bytes are never lost)"),
+    ):
+        parser = protocols.add_parser(
+            protocol,
+            help=summary,
+            description=f"{summary}. Options without --up-/--down- shape both directions "
+            "(uplink = client to target, downlink = target to client).",
+            epilog='Schedule file: a JSON list [{"at_s": 0, "delay_ms": 50, "loss": 0.01}, '
+            '{"at_s": 30, "profile": "tactical-radio"}, ...] applied to both directions, or '
+            '{"uplink": [...], "downlink": [...]}. loss may also be {"model": "gilbert-elliott", '
+            '"mean": 0.05, "burst_len": 3}. Times are seconds since start.',
+        )
+        parser.add_argument(
+            "--listen",
+            type=host_port,
+            default=("127.0.0.1", 0),
+            metavar="HOST:PORT",
+            help="address to listen on (default 127.0.0.1:0, a free port; printed at start)",
+        )
+        parser.add_argument("--to", type=host_port, required=True, metavar="HOST:PORT", help="target address")
+        _add_shaping(parser, "", "link shaping, both directions")
+        _add_shaping(parser, "up", "uplink only (client to target), overriding the above")
+        _add_shaping(parser, "down", "downlink only (target to client), overriding the above")
+        parser.add_argument("--schedule", metavar="FILE.json", help="profiles over time (see below)")
+        parser.add_argument("--seed", type=int, default=0, help="seed for loss and jitter (default 0)")
+        parser.add_argument(
+            "--duration",
+            type=_number(0.0, inclusive=False),
+            metavar="SECONDS",
+            help="stop after this long (default: until Ctrl-C)",
+        )
+        parser.set_defaults(handler=run_relay)
+
+    parser = bench.add_parser(
+        "netem",
+        help="timing accuracy of the emulator: delivered vs configured delay on loopback",
+        description="Echo round trips on loopback, direct (baseline) and through the UDP relay and TCP "
+        "proxy with a configured one-way delay; reports the delay error percentiles.",
+    )
+    parser.add_argument("--delay-ms", type=_number(0.0), default=20.0, metavar="MS")
+    parser.add_argument("--packets", type=_number(1, kind=int), default=2000)
+    parser.add_argument("--interval-ms", type=_number(0.0, inclusive=False), default=2.0, metavar="MS")
+    parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    parser.set_defaults(handler=run_bench)

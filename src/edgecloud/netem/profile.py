@@ -1,0 +1,283 @@
+"""Link profiles: what a link does to packets, and how that changes over time.
+
+A :class:`LinkProfile` is plain data — one-way delay, jitter, a rate limit with a bounded queue and a
+loss model (:class:`Bernoulli` or the bursty :class:`GilbertElliott`). A :class:`Schedule` lists the
+profile in force from each instant on; every API that takes a profile also takes a schedule.
+:data:`PROFILES` names a few links people ask for, with the assumptions behind their numbers.
+
+The emulator exists because this kernel has no ``netem`` qdisc; the parameters mirror Linux netem's
+(``delay``, ``jitter``, ``rate``, ``limit``, ``loss random`` / ``loss gemodel``) so results carry over.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+def _check_probability(owner: str, name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{owner}.{name} must be a probability in [0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class Bernoulli:
+    """Independent loss: every packet is lost with probability ``p``."""
+
+    p: float
+
+    def __post_init__(self) -> None:
+        _check_probability("Bernoulli", "p", self.p)
+
+    @property
+    def mean_loss(self) -> float:
+        return self.p
+
+
+@dataclass(frozen=True)
+class GilbertElliott:
+    """Bursty loss: a two-state Markov chain (good, bad) with a loss probability per state.
+
+    Each packet is lost with the probability of the current state, then the chain moves
+    (good→bad with ``p_good_to_bad``, bad→good with ``p_bad_to_good``). With the defaults
+    ``loss_in_good=0`` and ``loss_in_bad=1`` this is Gilbert's original model, where a stay in the
+    bad state is a loss burst of mean length ``1 / p_bad_to_good`` packets.
+    """
+
+    p_good_to_bad: float
+    p_bad_to_good: float
+    loss_in_good: float = 0.0
+    loss_in_bad: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("p_good_to_bad", "p_bad_to_good", "loss_in_good", "loss_in_bad"):
+            _check_probability("GilbertElliott", name, getattr(self, name))
+        if self.p_bad_to_good == 0.0 and self.p_good_to_bad > 0.0:
+            raise ValueError(
+                "GilbertElliott.p_bad_to_good must be > 0 when p_good_to_bad > 0 "
+                "(otherwise the bad state is absorbing)"
+            )
+
+    @classmethod
+    def from_mean(cls, loss_rate: float, burst_len: float) -> GilbertElliott:
+        """The Gilbert chain whose long-run loss rate is ``loss_rate`` in bursts of mean ``burst_len``.
+
+        With ``loss_in_bad=1`` and ``loss_in_good=0``: a burst is a stay in the bad state, so
+        ``p_bad_to_good = 1 / burst_len``; the stationary bad-state share ``p / (p + r)`` equals the
+        loss rate, so ``p_good_to_bad = loss_rate * r / (1 - loss_rate)``.
+        """
+        if not (isinstance(loss_rate, int | float) and 0.0 <= loss_rate < 1.0):
+            raise ValueError(f"GilbertElliott loss_rate must be in [0, 1), got {loss_rate!r}")
+        if not (isinstance(burst_len, int | float) and burst_len >= 1.0):
+            raise ValueError(f"GilbertElliott burst_len must be >= 1 packet, got {burst_len!r}")
+        to_good = 1.0 / burst_len
+        to_bad = loss_rate * to_good / (1.0 - loss_rate)
+        if to_bad > 1.0:
+            raise ValueError(
+                f"GilbertElliott: loss_rate {loss_rate} with burst_len {burst_len} needs "
+                f"p_good_to_bad = {to_bad:.3f} > 1; use a longer burst_len"
+            )
+        return cls(p_good_to_bad=to_bad, p_bad_to_good=to_good)
+
+    @property
+    def mean_loss(self) -> float:
+        """Long-run loss rate: state losses weighted by the chain's stationary distribution."""
+        moving = self.p_good_to_bad + self.p_bad_to_good
+        if moving == 0.0:
+            return self.loss_in_good
+        return (self.p_bad_to_good * self.loss_in_good + self.p_good_to_bad * self.loss_in_bad) / moving
+
+    @property
+    def mean_burst_len(self) -> float:
+        """Mean stay in the bad state, in packets."""
+        return math.inf if self.p_bad_to_good == 0.0 else 1.0 / self.p_bad_to_good
+
+
+LossModel = Bernoulli | GilbertElliott
+
+DEFAULT_QUEUE_BYTES = 256 * 1024
+DEFAULT_BURST_LEN = 3.0
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """What one direction of a link does to packets.
+
+    ``delay_ms``: one-way propagation delay. ``jitter_ms``: each packet's delay varies uniformly in
+    ``±jitter_ms`` (as netem's default); packets still leave in order unless ``allow_reorder``.
+    ``rate_mbps``: serialisation rate in Mbit/s (``None``: unlimited) in front of a FIFO of at most
+    ``queue_bytes`` (tail drop). ``loss``: ``None``, a probability (Bernoulli shorthand), or a
+    :class:`Bernoulli` / :class:`GilbertElliott` model.
+    """
+
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    rate_mbps: float | None = None
+    queue_bytes: int = DEFAULT_QUEUE_BYTES
+    loss: LossModel | float | None = None
+    allow_reorder: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("delay_ms", "jitter_ms"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"LinkProfile.{name} must be a finite number >= 0, got {value!r}")
+        if self.rate_mbps is not None and not (
+            isinstance(self.rate_mbps, int | float) and math.isfinite(self.rate_mbps) and self.rate_mbps > 0
+        ):
+            raise ValueError(f"LinkProfile.rate_mbps must be > 0 or None (unlimited), got {self.rate_mbps!r}")
+        if not (isinstance(self.queue_bytes, int) and self.queue_bytes >= 1):
+            raise ValueError(f"LinkProfile.queue_bytes must be an integer >= 1, got {self.queue_bytes!r}")
+        if isinstance(self.loss, int | float) and not isinstance(self.loss, bool):
+            _check_probability("LinkProfile", "loss", self.loss)
+            object.__setattr__(self, "loss", Bernoulli(float(self.loss)) if self.loss > 0 else None)
+        elif self.loss is not None and not isinstance(self.loss, Bernoulli | GilbertElliott):
+            raise ValueError(
+                f"LinkProfile.loss must be None, a probability, Bernoulli or GilbertElliott, "
+                f"got {self.loss!r}"
+            )
+
+    @property
+    def rate_bytes_per_s(self) -> float | None:
+        return None if self.rate_mbps is None else self.rate_mbps * 1e6 / 8.0
+
+
+class Schedule:
+    """Profiles over time: ``Schedule([(0, a), (10, b)])`` is ``a`` for 10 s, then ``b`` for good.
+
+    Times are seconds since the link started; the first entry must be at 0 and times must increase.
+    """
+
+    def __init__(self, entries: Iterable[tuple[float, LinkProfile]]) -> None:
+        self.entries: tuple[tuple[float, LinkProfile], ...] = tuple((float(t), p) for t, p in entries)
+        if not self.entries:
+            raise ValueError("Schedule needs at least one (time, profile) entry")
+        if self.entries[0][0] != 0.0:
+            raise ValueError(f"Schedule must start at t=0, got first entry at t={self.entries[0][0]}")
+        for (earlier, _), (later, _) in zip(self.entries, self.entries[1:], strict=False):
+            if not later > earlier:
+                raise ValueError(f"Schedule times must increase strictly, got {earlier} then {later}")
+        for _, profile in self.entries:
+            if not isinstance(profile, LinkProfile):
+                raise ValueError(f"Schedule entries must hold LinkProfile, got {profile!r}")
+        self._times = [t for t, _ in self.entries]
+
+    def at(self, elapsed: float) -> LinkProfile:
+        """The profile in force ``elapsed`` seconds after the start (the first one before it)."""
+        index = bisect.bisect_right(self._times, elapsed) - 1
+        return self.entries[max(index, 0)][1]
+
+    def __repr__(self) -> str:
+        return f"Schedule({list(self.entries)!r})"
+
+    @classmethod
+    def from_json(cls, source: str | Path | list[Any]) -> Schedule:
+        """A schedule from JSON: a list of ``{"at_s": T, <profile fields>}`` objects.
+
+        Profile fields are :func:`profile_from_dict`'s; ``"profile": "wifi"`` starts from a named one.
+        """
+        data = json.loads(Path(source).read_text()) if isinstance(source, str | Path) else source
+        if not isinstance(data, list):
+            raise ValueError('schedule JSON must be a list of {"at_s": seconds, ...profile fields} objects')
+        entries = []
+        for index, item in enumerate(data):
+            if not isinstance(item, dict) or "at_s" not in item:
+                raise ValueError(f'schedule entry {index} must be an object with "at_s", got {item!r}')
+            fields_only = {k: v for k, v in item.items() if k != "at_s"}
+            entries.append((item["at_s"], profile_from_dict(fields_only)))
+        return cls(entries)
+
+
+ProfileLike = LinkProfile | Schedule
+
+
+def as_schedule(profile: ProfileLike) -> Schedule:
+    if isinstance(profile, Schedule):
+        return profile
+    if isinstance(profile, LinkProfile):
+        return Schedule([(0.0, profile)])
+    raise TypeError(f"expected a LinkProfile or Schedule, got {profile!r}")
+
+
+def loss_from_dict(spec: float | Mapping[str, Any] | None) -> LossModel | None:
+    """``0.01`` (Bernoulli), ``{"model": "bernoulli", "p": 0.01}``, or a Gilbert–Elliott chain given
+    as ``{"model": "gilbert-elliott", "mean": 0.05, "burst_len": 3}`` or by its four probabilities."""
+    if spec is None:
+        return None
+    if isinstance(spec, int | float):
+        _check_probability("loss", "p", spec)
+        return Bernoulli(float(spec)) if spec > 0 else None
+    model = spec.get("model", "bernoulli")
+    rest = {k: v for k, v in spec.items() if k != "model"}
+    if model == "bernoulli":
+        return Bernoulli(**rest)
+    if model == "gilbert-elliott":
+        if "mean" in rest:
+            return GilbertElliott.from_mean(rest["mean"], rest.get("burst_len", DEFAULT_BURST_LEN))
+        return GilbertElliott(**rest)
+    raise ValueError(f"loss model must be 'bernoulli' or 'gilbert-elliott', got {model!r}")
+
+
+def profile_from_dict(spec: Mapping[str, Any]) -> LinkProfile:
+    """A profile from plain data (JSON): LinkProfile's fields, ``loss`` as in :func:`loss_from_dict`,
+    and optionally ``"profile": NAME`` to start from :data:`PROFILES`."""
+    spec = dict(spec)
+    base_name = spec.pop("profile", None)
+    if base_name is not None and base_name not in PROFILES:
+        raise ValueError(f"unknown profile {base_name!r}; known: {', '.join(sorted(PROFILES))}")
+    known = {f.name for f in fields(LinkProfile)}
+    unknown = set(spec) - known
+    if unknown:
+        raise ValueError(f"unknown link profile field(s) {sorted(unknown)}; allowed: {sorted(known)}")
+    if "loss" in spec:
+        spec["loss"] = loss_from_dict(spec["loss"])
+    base = PROFILES[base_name] if base_name is not None else LinkProfile()
+    return replace(base, **spec)
+
+
+WIFI = LinkProfile(delay_ms=2.0, jitter_ms=1.0, rate_mbps=50.0, queue_bytes=256 * 1024, loss=Bernoulli(0.001))
+"""An indoor 802.11n/ac WLAN hop with a good signal.
+
+Assumptions: a few ms RTT (one-way 2 ms ± 1 ms: an idle, good-signal hop; contention in busy
+WLANs raises this to tens of ms, see Sui et al., MobiSys 2016, on WLAN latency), 50 Mbit/s of usable
+throughput (what a 2x2 802.11ac client typically gets, well below the PHY rate), 0.1% residual
+loss after link-layer retries, and a 256 KiB (~40 ms at 50 Mbit/s) access-point buffer.
+"""
+
+LTE = LinkProfile(delay_ms=25.0, jitter_ms=5.0, rate_mbps=20.0, queue_bytes=512 * 1024, loss=Bernoulli(0.005))
+"""A loaded 4G/LTE cell: ~50 ms RTT, 20 Mbit/s, 0.5% loss, and the deep base-station buffers
+LTE is known for (512 KiB, ~200 ms at 20 Mbit/s). Assumed typical values, not a measured trace."""
+
+SATELLITE_GEO = LinkProfile(
+    delay_ms=280.0, jitter_ms=10.0, rate_mbps=10.0, queue_bytes=1024 * 1024, loss=Bernoulli(0.005)
+)
+"""A geostationary satellite hop: ~560 ms RTT (physics: 2 x 35,786 km up and down is ~480 ms, plus
+ground segment), 10 Mbit/s, 0.5% loss. Assumed typical consumer-terminal values."""
+
+TACTICAL_RADIO = LinkProfile(
+    delay_ms=200.0,
+    jitter_ms=40.0,
+    rate_mbps=0.128,
+    queue_bytes=32 * 1024,
+    loss=GilbertElliott.from_mean(0.01, burst_len=3.0),
+)
+"""A narrowband tactical (VHF/UHF) data radio net: 100x Wi-Fi's latency, 128 kbit/s, bursty loss.
+
+Assumptions: one-way 200 ms ± 40 ms (TDMA/CSMA channel access and forward error correction
+dominate, giving hundreds of ms; 100x the Wi-Fi profile's 2 ms), 128 kbit/s, the middle of the
+64–256 kbit/s range of current narrowband waveforms (legacy VHF combat-net radio data is 16 kbit/s,
+wideband networking waveforms reach Mbit/s); 1% residual loss in bursts of 3 packets on average
+(fading), and a 32 KiB (~2 s) radio buffer. Assumed representative values, not a measured trace.
+"""
+
+PROFILES: dict[str, LinkProfile] = {
+    "wifi": WIFI,
+    "lte": LTE,
+    "satellite-geo": SATELLITE_GEO,
+    "tactical-radio": TACTICAL_RADIO,
+}

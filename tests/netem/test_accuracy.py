@@ -1,0 +1,31 @@
+"""The timing benchmark runs end to end; timing itself is only bounded from below (never early)."""
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from edgecloud.netem.accuracy import format_report, measure
+
+
+def test_timing_report_covers_every_path_and_nothing_arrives_early() -> None:
+    report = asyncio.run(measure(delay_ms=10.0, packets=20, interval_ms=1.0, throughput=False))
+    for path in (
+        "udp_direct_rtt_ms",
+        "udp_relay_unshaped_rtt_ms",
+        "tcp_direct_rtt_ms",
+        "tcp_proxy_unshaped_rtt_ms",
+    ):
+        assert report[path]["n"] == 20 and report[path]["min"] > 0
+    for path in ("udp_relay_delay_error_ms", "tcp_proxy_delay_error_ms"):
+        assert report[path]["n"] == 20 and report[path]["min"] >= 0.0  # the delay is never cut short
+    assert "udp_relay_delay_error_ms" in format_report(report)
+
+
+@pytest.mark.bench
+def test_bench_timing_accuracy_and_throughput(tmp_path: Path) -> None:
+    report = asyncio.run(measure())
+    (tmp_path / "netem.json").write_text(json.dumps(report, indent=2))
+    print(format_report(report))
+    assert report["udp_relay_1000pps"]["delivered_fraction"] > 0.9
