@@ -19,6 +19,7 @@ from edgecloud import __version__
 SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.llm.cli",
     "edgecloud.netem.cli",
+    "edgecloud.stream.cli",
 )
 
 

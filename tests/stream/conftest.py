@@ -80,9 +80,7 @@ class QuicPair:
         records = self.server._loss._records
         new = [records[n] for n in sorted(set(records) - before)]
         # After the handshake each 1-RTT datagram carries exactly one packet.
-        frames_per_datagram = (
-            [r.frames for r in new] if len(new) == len(datagrams) else [[] for _ in datagrams]
-        )
+        frames_per_datagram = [r.frames for r in new] if len(new) == len(datagrams) else [[] for _ in datagrams]
         for (data, _), frames in zip(datagrams, frames_per_datagram, strict=True):
             index = self.server_datagrams
             self.server_datagrams += 1

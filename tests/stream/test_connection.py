@@ -22,9 +22,7 @@ def payload(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def bursts(
-    count: int, size: int, gap_s: float, start: float
-) -> tuple[list[tuple[float, bytes, bool]], bytes]:
+def bursts(count: int, size: int, gap_s: float, start: float) -> tuple[list[tuple[float, bytes, bool]], bytes]:
     writes, body = [], b""
     for i in range(count):
         chunk = payload(size, seed=i)

@@ -66,9 +66,7 @@ class TrackedRecovery(QuicPacketRecovery):
         self._records[packet.packet_number] = PacketRecord(packet.sent_time, frames, packet.is_ack_eliciting)
         self._connection.on_frames_sent(frames, packet.sent_time)
 
-    def on_ack_received(
-        self, *, ack_rangeset: Any, ack_delay: float, now: float, space: QuicPacketSpace
-    ) -> None:
+    def on_ack_received(self, *, ack_rangeset: Any, ack_delay: float, now: float, space: QuicPacketSpace) -> None:
         super().on_ack_received(ack_rangeset=ack_rangeset, ack_delay=ack_delay, now=now, space=space)
         if not space.is_application_data:
             return
@@ -105,9 +103,7 @@ class TrackedRecovery(QuicPacketRecovery):
 class AutoRecConnection(QuicConnection):
     """A server ``QuicConnection`` with measured recovery and, optionally, AutoRec."""
 
-    def __init__(
-        self, *, configuration: QuicConfiguration, autorec: AutoRecConfig | None = None, **kwargs: Any
-    ):
+    def __init__(self, *, configuration: QuicConfiguration, autorec: AutoRecConfig | None = None, **kwargs: Any):
         super().__init__(configuration=configuration, **kwargs)
         self._setup_autorec(autorec)
 

@@ -102,9 +102,7 @@ class PlayerProtocol(QuicConnectionProtocol):
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ConnectionTerminated) and not self.done.done():
-            self.done.set_exception(
-                ConnectionError(f"connection closed: {event.reason_phrase or event.error_code}")
-            )
+            self.done.set_exception(ConnectionError(f"connection closed: {event.reason_phrase or event.error_code}"))
         for h3_event in self._h3.handle_event(event):
             self._h3_event_received(h3_event)
 

@@ -111,9 +111,7 @@ class LiveStreamProtocol(QuicConnectionProtocol):
         self.record.requests.append(request)
         url = urlsplit(path)
         if method != b"GET":
-            self._respond(
-                event.stream_id, request, 405, f"method {method.decode(errors='replace')} not allowed\n"
-            )
+            self._respond(event.stream_id, request, 405, f"method {method.decode(errors='replace')} not allowed\n")
         elif url.path != "/live":
             self._respond(event.stream_id, request, 404, f"unknown path {url.path!r}; try /live?seconds=N\n")
         else:
@@ -122,9 +120,7 @@ class LiveStreamProtocol(QuicConnectionProtocol):
             except ValueError as error:
                 self._respond(event.stream_id, request, 400, f"{error}\n")
                 return
-            task = asyncio.get_running_loop().create_task(
-                self._stream_live(event.stream_id, request, seconds)
-            )
+            task = asyncio.get_running_loop().create_task(self._stream_live(event.stream_id, request, seconds))
             self._tasks[event.stream_id] = task
             task.add_done_callback(lambda _t, sid=event.stream_id: self._tasks.pop(sid, None))
 
@@ -198,9 +194,7 @@ class StreamServer:
         self.connections: list[ConnectionRecord] = []
         if certificate is None:
             certificate, private_key = self_signed_certificate(host)
-        self.configuration = QuicConfiguration(
-            is_client=False, alpn_protocols=H3_ALPN, idle_timeout=idle_timeout_s
-        )
+        self.configuration = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN, idle_timeout=idle_timeout_s)
         self.configuration.certificate = certificate
         self.configuration.private_key = private_key
         self._transport: asyncio.DatagramTransport | None = None

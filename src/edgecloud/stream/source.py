@@ -50,9 +50,7 @@ class Frame:
 
     def encode(self, seed: int) -> bytes:
         payload = random.Random(seed * 1_000_003 + self.index).randbytes(self.payload_size)
-        return (
-            FRAME_HEADER.pack(FRAME_MAGIC, self.index, self.payload_size, round(self.pts_s * 1e6)) + payload
-        )
+        return FRAME_HEADER.pack(FRAME_MAGIC, self.index, self.payload_size, round(self.pts_s * 1e6)) + payload
 
 
 class LiveSource:

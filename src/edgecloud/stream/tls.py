@@ -45,7 +45,5 @@ def pem_files(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[
     """The certificate and key as PEM bytes (for clients that read them from files)."""
     return (
         cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
