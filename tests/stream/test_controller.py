@@ -1,0 +1,133 @@
+"""The AutoRec controller without a connection: adapter rule, budget, off periods."""
+
+from __future__ import annotations
+
+import pytest
+from aioquic.quic.packet_builder import QuicDeliveryState
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgecloud.stream.controller import (
+    AutoRecConfig,
+    LossEstimator,
+    OffPeriodDetector,
+    ReinjectionController,
+    copies_for_target,
+)
+from edgecloud.stream.sender import TrackedStreamSender
+
+
+@pytest.mark.parametrize(
+    ("loss", "srtt_s", "copies"),
+    [
+        (0.0, 0.1, 0),
+        (0.01, 0.1, 0),  # one retransmission already misses with 1 % only
+        (0.05, 0.1, 1),
+        (0.10, 0.1, 1),  # 0.1 ** 2 = 0.01 exactly meets the residual
+        (0.20, 0.1, 2),
+        (0.05, 0.02, 0),  # short RTT: two rounds fit in 100 ms, 0.05 ** 2 < 0.01
+        (0.99, 0.1, 3),  # capped at max_copies
+    ],
+)
+def test_copies_follow_loss_and_rtt(loss, srtt_s, copies):
+    assert copies_for_target(loss, srtt_s, target_s=0.1, residual=0.01, max_copies=3) == copies
+
+
+def test_config_errors_name_the_field_and_range():
+    with pytest.raises(ValueError, match=r"overhead_budget must be in \[0.0, 10.0\], got -1"):
+        AutoRecConfig(overhead_budget=-1)
+    with pytest.raises(ValueError, match=r"recovery_target_ms must be in \[1.0, 60000.0\], got 0"):
+        AutoRecConfig(recovery_target_ms=0)
+
+
+def test_loss_estimator_forgets_after_its_window():
+    est = LossEstimator(window=10)
+    for i in range(10):
+        est.observe(i % 2 == 0)
+    assert est.value == 0.5
+    for _ in range(10):
+        est.observe(False)
+    assert est.value == 0.0
+
+
+def test_off_period_detector_learns_gap_length():
+    det = OffPeriodDetector(weight=1.0)
+    assert det.observe(0.0, True) is False
+    assert det.observe(0.010, False) is True  # burst over: off period begins
+    det.observe(0.040, True)
+    det.observe(0.050, False)
+    assert det.mean_off_s == pytest.approx(0.030)
+    assert det.remaining_s(0.060) == pytest.approx(0.020)
+    det.observe(0.070, True)
+    assert det.remaining_s(0.071) == 0.0
+
+
+def sent(sender: TrackedStreamSender, size: int) -> None:
+    sender.write(bytes(size))
+    while sender.get_frame(1200) is not None:
+        pass
+
+
+def test_retransmission_gets_copies_until_acked():
+    ctl = ReinjectionController(AutoRecConfig(overhead_budget=1.0))
+    sender = TrackedStreamSender(0, True)
+    sent(sender, 10_000)
+    for i in range(20):  # 10 % measured loss
+        ctl.on_packet_resolved(lost=i % 10 == 0)
+    ctl.on_retransmission_sent(sender, 0, 1200, now=1.0)
+    assert ctl.next_wakeup() == 1.0
+    ctl.poll(1.0, streams=[sender], app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
+    assert sender.copy_pending_bytes == 1200 and ctl.copy_bytes == 1200
+    sender.on_data_delivery(QuicDeliveryState.ACKED, 0, 1200, False)
+    ctl.poll(2.0, streams=[sender], app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
+    assert ctl.protections == [] and ctl.next_wakeup() is None
+
+
+def test_no_loss_means_no_copies():
+    ctl = ReinjectionController(AutoRecConfig())
+    sender = TrackedStreamSender(0, True)
+    for t in range(50):
+        sent(sender, 3000)
+        for _ in range(3):
+            ctl.on_packet_resolved(lost=False)
+        ctl.poll(
+            t * 0.033,
+            streams=[sender],
+            app_has_new_data=True,
+            srtt_s=0.05,
+            goodput_bytes=3000 * (t + 1),
+            cwnd_room=10**6,
+        )
+        ctl.poll(
+            t * 0.033 + 0.01,
+            streams=[sender],
+            app_has_new_data=False,
+            srtt_s=0.05,
+            goodput_bytes=3000 * (t + 1),
+            cwnd_room=10**6,
+        )
+    assert ctl.copy_bytes == 0 and sender.copy_pending_bytes == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    budget=st.sampled_from([0.0, 0.02, 0.1, 0.5]),
+    losses=st.lists(st.booleans(), min_size=5, max_size=80),
+    retx=st.lists(st.integers(0, 40), max_size=30),
+)
+def test_copies_never_exceed_the_budget(budget, losses, retx):
+    ctl = ReinjectionController(AutoRecConfig(overhead_budget=budget, proactive_min_loss=0.0))
+    sender = TrackedStreamSender(0, True)
+    goodput = 0
+    for step, lost in enumerate(losses):
+        sent(sender, 1200)
+        goodput += 1200
+        ctl.on_packet_resolved(lost)
+        now = step * 0.01
+        if step in retx:
+            ctl.on_retransmission_sent(sender, max(0, goodput - 3600), goodput, now)
+        for new_data in (True, False):
+            ctl.poll(
+                now, streams=[sender], app_has_new_data=new_data, srtt_s=0.05, goodput_bytes=goodput, cwnd_room=10**6
+            )
+            assert ctl.copy_bytes <= budget * goodput + 1e-9
