@@ -33,6 +33,22 @@ def test_copies_follow_loss_and_rtt(loss, srtt_s, copies):
     assert copies_for_target(loss, srtt_s, target_s=0.1, residual=0.01, max_copies=3) == copies
 
 
+@pytest.mark.parametrize(("burst_loss", "copies"), [(0.05, 1), (0.3, 2), (0.5, 3), (0.67, 3), (1.0, 3)])
+def test_bursty_loss_asks_for_more_copies(burst_loss, copies):
+    # 5 % loss at 100 ms: a copy right after a lost retransmission is lost with burst_loss.
+    assert copies_for_target(0.05, 0.1, 0.1, 0.01, 3, burst_loss=burst_loss) == copies
+
+
+def test_burst_loss_is_loss_right_after_a_loss():
+    est = LossEstimator(window=100)
+    # Losses in pairs, resolved out of order: every loss is followed by a loss half the time.
+    outcomes = [(n, n % 10 in (0, 1)) for n in range(100)]
+    for n, lost in reversed(outcomes):
+        est.observe(lost, packet_number=n)
+    assert est.value == pytest.approx(0.2)
+    assert est.burst_loss == pytest.approx(0.5)
+
+
 def test_config_errors_name_the_field_and_range():
     with pytest.raises(ValueError, match=r"overhead_budget must be in \[0.0, 10.0\], got -1"):
         AutoRecConfig(overhead_budget=-1)

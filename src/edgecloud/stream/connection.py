@@ -7,7 +7,8 @@ things, each at a method aioquic already has:
   (stream creation), which is safe under duplicated delivery and labels its frames;
 * loss recovery is a :class:`TrackedRecovery`, aioquic's ``QuicPacketRecovery`` that also
   reports each registered, acknowledged and lost packet (to the recovery meter, the loss
-  estimator and the controller) — RFC 9002 detection and congestion control are unchanged;
+  estimator and the controller) — RFC 9002 detection and congestion control are unchanged,
+  except that losing a packet of nothing but AutoRec copies is not a congestion event;
 * with an :class:`~edgecloud.stream.controller.AutoRecConfig`, the controller is polled
   before every transmission attempt and its next wake-up joins the connection's timer.
 
@@ -75,7 +76,7 @@ class TrackedRecovery(QuicPacketRecovery):
         for number in [n for n in self._records if n not in space.sent_packets]:
             record = self._records.pop(number)
             if record.ack_eliciting:
-                self._connection.on_packet_resolved(record, lost=False, now=now)
+                self._connection.on_packet_resolved(record, number, lost=False, now=now)
 
     def _on_packets_lost(
         self,
@@ -87,17 +88,27 @@ class TrackedRecovery(QuicPacketRecovery):
         space: QuicPacketSpace,
     ) -> None:
         packets = list(packets)
+        copies_only = []
         for packet in packets:
             record = self._records.pop(packet.packet_number, None)
             if record is not None and record.ack_eliciting:
-                self._connection.on_packet_resolved(record, lost=True, now=now)
-        super()._on_packets_lost(
-            congestion_event=congestion_event,
-            now=now,
-            packets=packets,
-            persistent_congestion=persistent_congestion,
-            space=space,
-        )
+                self._connection.on_packet_resolved(record, packet.packet_number, lost=True, now=now)
+            if record is not None and record.frames and all(f.kind is FrameKind.COPY for f in record.frames):
+                copies_only.append(packet)
+        # A packet of nothing but AutoRec copies is redundancy: its loss leaves the bytes
+        # in flight but is no new congestion signal (the loss of the data it copies
+        # already was one), as aioquic treats a PTO probe. Everything else is RFC 9002.
+        others = [p for p in packets if p not in copies_only]
+        if copies_only:
+            super()._on_packets_lost(congestion_event=False, now=now, packets=copies_only, space=space)
+        if others or not copies_only:
+            super()._on_packets_lost(
+                congestion_event=congestion_event,
+                now=now,
+                packets=others,
+                persistent_congestion=persistent_congestion,
+                space=space,
+            )
 
 
 class AutoRecConnection(QuicConnection):
@@ -146,9 +157,9 @@ class AutoRecConnection(QuicConnection):
             if f.kind is FrameKind.RETRANSMISSION and self.controller is not None:
                 self.controller.on_retransmission_sent(f.sender, f.start, f.stop, now)
 
-    def on_packet_resolved(self, record: PacketRecord, *, lost: bool, now: float) -> None:
+    def on_packet_resolved(self, record: PacketRecord, packet_number: int, *, lost: bool, now: float) -> None:
         if self.controller is not None:
-            self.controller.on_packet_resolved(lost)
+            self.controller.on_packet_resolved(lost, packet_number)
         if lost:
             self.packets_lost += 1
             self.meter.on_packet_lost(now, record.sent_at, record.frames)

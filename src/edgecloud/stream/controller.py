@@ -14,7 +14,7 @@ This module has no I/O and no clock: every method takes ``now``. The parts:
   the application has written bytes not yet sent, "off" once it is application-limited;
   it learns the usual off-period length.
 * :func:`copies_for_target` — the redundancy adapter's rule: the fewest extra copies of a
-  retransmission so that, at the measured loss rate, the recovery misses
+  retransmission so that, at the measured loss rate and burstiness, the recovery misses
   ``recovery_target_ms`` with probability at most ``residual_loss``.
 * :class:`ReinjectionController` — keeps *protections* (ranges to copy, how many copies
   left, when the next is due), spends the overhead budget on them (retransmitted ranges
@@ -24,6 +24,7 @@ This module has no I/O and no clock: every method takes ``now``. The parts:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -63,46 +64,73 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
         raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
 
 
-def copies_for_target(loss: float, srtt_s: float, target_s: float, residual: float, max_copies: int) -> int:
+def copies_for_target(
+    loss: float,
+    srtt_s: float,
+    target_s: float,
+    residual: float,
+    max_copies: int,
+    burst_loss: float | None = None,
+) -> int:
     """Extra copies per retransmitted range so recovery meets the target.
 
     Within the target there is room for ``rounds`` retransmission rounds of
-    ``RECOVERY_ROUND_RTTS * srtt`` each. With ``k`` extra copies a round fails only if all
-    ``k + 1`` transmissions are lost, so recovery misses the target with probability
-    ``loss ** ((k + 1) * rounds)``; take the smallest ``k`` keeping that at most
-    ``residual``.
+    ``RECOVERY_ROUND_RTTS * srtt`` each. A round fails if the retransmission is lost
+    (probability ``loss``) and so are its ``k`` copies, each lost with ``burst_loss``, the
+    probability that a packet is lost given the one before it was (``loss`` itself when
+    losses are independent; more in bursts). Recovery then misses the target with
+    probability ``(loss * burst_loss ** k) ** rounds``; take the smallest ``k`` keeping that
+    at most ``residual``.
     """
+    q = loss if burst_loss is None else burst_loss
     if loss <= 0.0:
         return 0
-    if loss >= 1.0:
-        return max_copies
     rounds = max(1, math.floor(target_s / max(RECOVERY_ROUND_RTTS * srtt_s, 1e-6)))
-    # log(residual) / log(loss) transmissions in total, spread over the rounds; the small
-    # slack keeps an exact power (loss 0.1, residual 0.01) from rounding up.
-    needed = math.log(residual) / (rounds * math.log(loss)) - 1e-9
-    return min(max_copies, max(0, math.ceil(needed) - 1))
+    per_round = math.log(residual) / rounds  # log of the allowed failure per round
+    if math.log(loss) <= per_round:
+        return 0
+    if q >= 1.0:
+        return max_copies
+    if q <= 0.0:
+        return min(max_copies, 1)
+    # The small slack keeps an exact power (loss 0.1, residual 0.01) from rounding up.
+    needed = (per_round - math.log(loss)) / math.log(q) - 1e-9
+    return min(max_copies, max(0, math.ceil(needed)))
 
 
 class LossEstimator:
-    """Packet loss rate over the last ``window`` resolved (acknowledged or lost) packets.
+    """Packet loss over the last ``window`` resolved (acknowledged or lost) packets.
 
     A window rather than an EWMA: it is right from the first few packets, and it forgets
     an old loss rate in exactly ``window`` packets (about a second of a 2 Mb/s stream).
+    ``burst_loss`` is the loss rate of packets sent right after a lost one, which is what
+    a copy sent right after a retransmission faces when losses come in bursts.
     """
 
+    MIN_BURST_SAMPLES = 5
+
     def __init__(self, window: int = 200) -> None:
-        self._outcomes: deque[bool] = deque(maxlen=window)
+        self._outcomes: deque[tuple[int, bool]] = deque(maxlen=window)
         self._lost = 0
 
-    def observe(self, lost: bool) -> None:
+    def observe(self, lost: bool, packet_number: int | None = None) -> None:
         if len(self._outcomes) == self._outcomes.maxlen:
-            self._lost -= self._outcomes[0]
-        self._outcomes.append(lost)
+            self._lost -= self._outcomes[0][1]
+        number = packet_number if packet_number is not None else len(self._outcomes)
+        self._outcomes.append((number, lost))
         self._lost += lost
 
     @property
     def value(self) -> float:
         return self._lost / len(self._outcomes) if self._outcomes else 0.0
+
+    @property
+    def burst_loss(self) -> float:
+        ordered = sorted(self._outcomes)
+        after_loss = [b for (_, a), (_, b) in itertools.pairwise(ordered) if a]
+        if len(after_loss) < self.MIN_BURST_SAMPLES:
+            return self.value
+        return sum(after_loss) / len(after_loss)
 
 
 class OffPeriodDetector:
@@ -167,6 +195,7 @@ class ControllerSample:
 
     t: float
     loss: float
+    burst_loss: float
     copies: int
     overhead: float
     srtt_ms: float
@@ -194,13 +223,18 @@ class ReinjectionController:
 
     # -- inputs -----------------------------------------------------------------------
 
-    def on_packet_resolved(self, lost: bool) -> None:
-        self.loss.observe(lost)
+    def on_packet_resolved(self, lost: bool, packet_number: int | None = None) -> None:
+        self.loss.observe(lost, packet_number)
 
     def copies_now(self) -> int:
         c = self.config
         return copies_for_target(
-            self.loss.value, self._srtt_s, c.recovery_target_ms / 1000, c.residual_loss, c.max_copies
+            self.loss.value,
+            self._srtt_s,
+            c.recovery_target_ms / 1000,
+            c.residual_loss,
+            c.max_copies,
+            burst_loss=self.loss.burst_loss,
         )
 
     def on_retransmission_sent(self, stream: ReinjectableStream, start: int, stop: int, now: float) -> None:
@@ -312,6 +346,7 @@ class ReinjectionController:
             ControllerSample(
                 t=now,
                 loss=self.loss.value,
+                burst_loss=self.loss.burst_loss,
                 copies=self.copies_now(),
                 overhead=self.overhead,
                 srtt_ms=self._srtt_s * 1000,
