@@ -92,7 +92,10 @@ def test_retransmission_gets_copies_until_acked():
         ctl.on_packet_resolved(lost=i % 10 == 0)
     ctl.on_retransmission_sent(sender, 0, 1200, now=1.0)
     assert ctl.next_wakeup() == 1.0
+    # No room in the congestion window: the copy waits rather than queue behind it.
     ctl.poll(1.0, streams=[sender], app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
+    assert sender.copy_pending_bytes == 0 and ctl.copy_bytes == 0
+    ctl.poll(1.01, streams=[sender], app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=5000)
     assert sender.copy_pending_bytes == 1200 and ctl.copy_bytes == 1200
     sender.on_data_delivery(QuicDeliveryState.ACKED, 0, 1200, False)
     ctl.poll(2.0, streams=[sender], app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)

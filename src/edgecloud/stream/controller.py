@@ -220,6 +220,8 @@ class ReinjectionController:
         self._goodput_bytes = 0
         self._last_sample: float | None = None
         self._wakeup: float | None = None
+        self._goodput_at_off = 0
+        self._burst_bytes = 0.0  # mean new bytes per on period
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -264,6 +266,9 @@ class ReinjectionController:
         self._srtt_s = srtt_s
         self._goodput_bytes = goodput_bytes
         if self.off.observe(now, app_has_new_data):
+            burst = goodput_bytes - self._goodput_at_off
+            self._goodput_at_off = goodput_bytes
+            self._burst_bytes += (burst - self._burst_bytes) / 8
             self._protect_tails(now, streams)
 
         keep: list[Protection] = []
@@ -310,11 +315,14 @@ class ReinjectionController:
         return share * self.config.overhead_budget * self._goodput_bytes - self.copy_bytes
 
     def _may_copy(self, p: Protection, size: int, now: float, cwnd_room: int) -> bool:
+        # A copy must leave at once: one waiting behind a full congestion window would
+        # hold back the next frame's new data. Proactive copies also leave room for the
+        # next burst; copies of retransmissions, rare and urgent, do not.
         if p.retransmitted:
-            # During an on period a copy only goes out if the congestion window has room.
-            return self._credit(1.0) >= size and (self.off.is_off or cwnd_room >= size)
+            return cwnd_room >= size and self._credit(1.0) >= size
         return (
-            self.off.is_off
+            cwnd_room >= size + self._burst_bytes
+            and self.off.is_off
             and self.off.remaining_s(now) > 0
             and self.loss.value >= self.config.proactive_min_loss
             and self._credit(self.config.tail_share) >= size
