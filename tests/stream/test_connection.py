@@ -14,7 +14,7 @@ from edgecloud.stream.meter import SentFrame
 from edgecloud.stream.sender import FrameKind
 
 # Generous limits so AutoRec copies whatever the scripted losses call for.
-EAGER = AutoRecConfig(overhead_budget=1.0, recovery_target_ms=10.0, proactive_min_loss=0.0)
+EAGER = AutoRecConfig(overhead_budget=1.0, recovery_target_ms=10.0)
 MODES = {"baseline": None, "autorec": EAGER}
 
 

@@ -135,7 +135,7 @@ def test_no_loss_means_no_copies():
     retx=st.lists(st.integers(0, 40), max_size=30),
 )
 def test_copies_never_exceed_the_budget(budget, losses, retx):
-    ctl = ReinjectionController(AutoRecConfig(overhead_budget=budget, proactive_min_loss=0.0))
+    ctl = ReinjectionController(AutoRecConfig(overhead_budget=budget, recovery_target_ms=10.0))
     sender = TrackedStreamSender(0, True)
     goodput = 0
     for step, lost in enumerate(losses):

@@ -98,7 +98,8 @@ class TrackedRecovery(QuicPacketRecovery):
         # A packet of nothing but AutoRec copies is redundancy: its loss leaves the bytes
         # in flight but is no new congestion signal (the loss of the data it copies
         # already was one), as aioquic treats a PTO probe. Everything else is RFC 9002.
-        others = [p for p in packets if p not in copies_only]
+        copy_numbers = {p.packet_number for p in copies_only}
+        others = [p for p in packets if p.packet_number not in copy_numbers]
         if copies_only:
             super()._on_packets_lost(congestion_event=False, now=now, packets=copies_only, space=space)
         if others or not copies_only:

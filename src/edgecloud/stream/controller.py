@@ -46,7 +46,6 @@ class AutoRecConfig:
     tail_share: float = 0.5  # at most this share of the budget goes to burst tails
     tail_bytes: int = 1200  # the tail of a burst that gets a proactive copy
     min_copy_spacing_s: float = 0.002
-    proactive_min_loss: float = 0.005  # no proactive copies below this measured loss
 
     def __post_init__(self) -> None:
         _check_range("overhead_budget", self.overhead_budget, 0.0, 10.0)
@@ -56,7 +55,6 @@ class AutoRecConfig:
         _check_range("tail_share", self.tail_share, 0.0, 1.0)
         _check_range("tail_bytes", self.tail_bytes, 0, 1 << 20)
         _check_range("min_copy_spacing_s", self.min_copy_spacing_s, 0.0, 1.0)
-        _check_range("proactive_min_loss", self.proactive_min_loss, 0.0, 1.0)
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -324,13 +322,15 @@ class ReinjectionController:
             cwnd_room >= size + self._burst_bytes
             and self.off.is_off
             and self.off.remaining_s(now) > 0
-            and self.loss.value >= self.config.proactive_min_loss
+            and self.copies_now() > 0
             and self._credit(self.config.tail_share) >= size
         )
 
     def _protect_tails(self, now: float, streams: list[ReinjectableStream]) -> None:
         tail = self.config.tail_bytes
-        if not tail or self.loss.value < self.config.proactive_min_loss:
+        # Proactive copies only where plain retransmission would miss the target, which is
+        # where the adapter asks for copies at all (none without loss, none at short RTT).
+        if not tail or self.copies_now() == 0:
             return
         for stream in streams:
             stop = stream.highest_offset
