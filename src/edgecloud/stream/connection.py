@@ -27,7 +27,7 @@ from typing import Any
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.packet_builder import QuicSentPacket
-from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
+from aioquic.quic.recovery import K_TIME_THRESHOLD, QuicPacketRecovery, QuicPacketSpace
 from aioquic.quic.stream import QuicStream, QuicStreamSender
 
 from edgecloud.stream.controller import AutoRecConfig, ReinjectionController
@@ -40,6 +40,7 @@ class PacketRecord:
     sent_at: float
     frames: list[SentFrame]
     ack_eliciting: bool
+    overdue_reported: bool = False
 
 
 class TrackedRecovery(QuicPacketRecovery):
@@ -53,6 +54,30 @@ class TrackedRecovery(QuicPacketRecovery):
     @property
     def srtt_s(self) -> float:
         return self._rtt_smoothed if self._rtt_initialized else self._rtt_initial
+
+    @property
+    def overdue_after_s(self) -> float:
+        """Age at which a packet's ACK is overdue: RFC 9002's time threshold plus the
+        peer's ACK delay, the latest an ACK comes for a packet that arrived."""
+        return K_TIME_THRESHOLD * self.srtt_s + self.max_ack_delay
+
+    def take_overdue(self, now: float) -> list[PacketRecord]:
+        """Packets in flight whose ACK is overdue, each reported once."""
+        deadline = now - self.overdue_after_s
+        overdue = []
+        for record in self._records.values():  # oldest first
+            if record.sent_at > deadline:
+                break
+            if not record.overdue_reported and record.ack_eliciting:
+                record.overdue_reported = True
+                overdue.append(record)
+        return overdue
+
+    def next_overdue_at(self) -> float | None:
+        for record in self._records.values():
+            if not record.overdue_reported and record.ack_eliciting:
+                return record.sent_at + self.overdue_after_s
+        return None
 
     def on_packet_sent(self, *, packet: QuicSentPacket, space: QuicPacketSpace) -> None:
         super().on_packet_sent(packet=packet, space=space)
@@ -183,6 +208,10 @@ class AutoRecConnection(QuicConnection):
         if self.controller is not None and self._handshake_confirmed:
             for stream_id in [i for i, s in self._tracked.items() if s.is_finished]:
                 del self._tracked[stream_id]
+            for record in self._loss.take_overdue(now):
+                for f in record.frames:
+                    if f.kind is not FrameKind.COPY:
+                        self.controller.on_overdue(f.sender, f.start, f.stop, now)
             streams = list(self._tracked.values())
             self.controller.poll(
                 now,
@@ -197,9 +226,9 @@ class AutoRecConnection(QuicConnection):
     def get_timer(self) -> float | None:
         timer_at = super().get_timer()
         if self.controller is not None and self._handshake_confirmed:
-            wake = self.controller.next_wakeup()
-            if wake is not None and (timer_at is None or wake < timer_at):
-                return wake
+            for wake in (self.controller.next_wakeup(), self._loss.next_overdue_at()):
+                if wake is not None and (timer_at is None or wake < timer_at):
+                    timer_at = wake
         return timer_at
 
     def _get_or_create_stream(self, frame_type: int, stream_id: int) -> QuicStream:

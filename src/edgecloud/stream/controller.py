@@ -18,8 +18,8 @@ This module has no I/O and no clock: every method takes ``now``. The parts:
   ``recovery_target_ms`` with probability at most ``residual_loss``.
 * :class:`ReinjectionController` — keeps *protections* (ranges to copy, how many copies
   left, when the next is due), spends the overhead budget on them (retransmitted ranges
-  first, then the unacknowledged tail of a burst during off periods) and records a time
-  series of its decisions.
+  first, then data whose ACK is overdue) in off periods, or in on periods when the
+  congestion window has room, and records a time series of its decisions.
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ class AutoRecConfig:
     recovery_target_ms: float = 100.0
     residual_loss: float = 0.01  # accepted probability of missing the target
     max_copies: int = 3
-    tail_share: float = 0.5  # at most this share of the budget goes to burst tails
-    tail_bytes: int = 1200  # the tail of a burst that gets a proactive copy
+    overdue_share: float = 0.5  # at most this share of the budget goes to overdue data
     min_copy_spacing_s: float = 0.002
 
     def __post_init__(self) -> None:
@@ -52,8 +51,7 @@ class AutoRecConfig:
         _check_range("recovery_target_ms", self.recovery_target_ms, 1.0, 60_000.0)
         _check_range("residual_loss", self.residual_loss, 1e-9, 0.5)
         _check_range("max_copies", self.max_copies, 0, 16)
-        _check_range("tail_share", self.tail_share, 0.0, 1.0)
-        _check_range("tail_bytes", self.tail_bytes, 0, 1 << 20)
+        _check_range("overdue_share", self.overdue_share, 0.0, 1.0)
         _check_range("min_copy_spacing_s", self.min_copy_spacing_s, 0.0, 1.0)
 
 
@@ -184,7 +182,7 @@ class Protection:
     stop: int
     copies_left: int
     next_at: float
-    retransmitted: bool  # a loss-triggered retransmission (first priority) or a burst tail
+    retransmitted: bool  # a loss-triggered retransmission (first priority) or overdue data
 
 
 @dataclass(frozen=True)
@@ -237,6 +235,17 @@ class ReinjectionController:
             burst_loss=self.loss.burst_loss,
         )
 
+    def on_overdue(self, stream: ReinjectableStream, start: int, stop: int, now: float) -> None:
+        """Bytes whose ACK is overdue (probably lost, not yet declared lost): one copy.
+
+        Only where plain retransmission would miss the target, which is where the adapter
+        asks for copies at all: never without loss, rarely at short RTT.
+        """
+        if self.copies_now() > 0:
+            self.protections.append(Protection(stream, start, stop, 1, now, retransmitted=False))
+            if self._wakeup is None or now < self._wakeup:
+                self._wakeup = now
+
     def on_retransmission_sent(self, stream: ReinjectableStream, start: int, stop: int, now: float) -> None:
         """A loss-triggered retransmission left: protect it with the adapter's number of copies."""
         copies = self.copies_now()
@@ -267,10 +276,9 @@ class ReinjectionController:
             burst = goodput_bytes - self._goodput_at_off
             self._goodput_at_off = goodput_bytes
             self._burst_bytes += (burst - self._burst_bytes) / 8
-            self._protect_tails(now, streams)
 
         keep: list[Protection] = []
-        # Retransmitted ranges first, then burst tails; older first within each.
+        # Retransmitted ranges first, then overdue data; older first within each.
         for p in sorted(self.protections, key=lambda p: (not p.retransmitted, p.next_at)):
             unacked = p.stream.unacked_in(p.start, p.stop)
             if not unacked:
@@ -313,38 +321,15 @@ class ReinjectionController:
         return share * self.config.overhead_budget * self._goodput_bytes - self.copy_bytes
 
     def _may_copy(self, p: Protection, size: int, now: float, cwnd_room: int) -> bool:
-        # A copy must leave at once: one waiting behind a full congestion window would
-        # hold back the next frame's new data. Proactive copies also leave room for the
-        # next burst; copies of retransmissions, rare and urgent, do not.
+        # A copy must leave at once, never wait behind a full congestion window (it would
+        # then hold back the next frame): in an off period it needs room for itself, in
+        # an on period room for itself and the burst under way.
+        needed = size if self.off.is_off else size + self._burst_bytes
+        if cwnd_room < needed:
+            return False
         if p.retransmitted:
-            return cwnd_room >= size and self._credit(1.0) >= size
-        return (
-            cwnd_room >= size + self._burst_bytes
-            and self.off.is_off
-            and self.off.remaining_s(now) > 0
-            and self.copies_now() > 0
-            and self._credit(self.config.tail_share) >= size
-        )
-
-    def _protect_tails(self, now: float, streams: list[ReinjectableStream]) -> None:
-        tail = self.config.tail_bytes
-        # Proactive copies only where plain retransmission would miss the target, which is
-        # where the adapter asks for copies at all (none without loss, none at short RTT).
-        if not tail or self.copies_now() == 0:
-            return
-        for stream in streams:
-            stop = stream.highest_offset
-            if stream.unacked_in(stop - tail, stop):
-                self.protections.append(
-                    Protection(
-                        stream,
-                        max(0, stop - tail),
-                        stop,
-                        1,
-                        now + self.config.min_copy_spacing_s,
-                        retransmitted=False,
-                    )
-                )
+            return self._credit(1.0) >= size
+        return self._credit(self.config.overdue_share) >= size
 
     def _sample(self, now: float) -> None:
         if self._last_sample is not None and now - self._last_sample < self.sample_every_s:
