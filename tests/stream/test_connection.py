@@ -161,3 +161,23 @@ def test_any_loss_pattern_delivers_exactly_once(quic_pair, drops, eager, gap_ms)
     pair.drop_server = lambda i, frames: i in drops
     pair.run_until(pair.now + 30.0, writes)
     assert_delivered_exactly_once(pair, body)
+
+
+def test_autorec_copies_an_overdue_burst_tail_before_the_pto(quic_pair):
+    latencies = {}
+    for mode, config in MODES.items():
+        pair = quic_pair(autorec=config, one_way_s=0.05)
+        writes, body = bursts(2, 6000, gap_s=1.0, start=pair.now)
+        # The last packet of the first burst is lost: no later packet is acknowledged
+        # until the next burst, so only a PTO (baseline) or a copy (AutoRec) recovers it.
+        # An earlier loss in the burst tells the adapter the link loses packets.
+        pair.drop_server = lambda i, frames: (
+            covers(frames, 5999, {FrameKind.FIRST}) or covers(frames, 10, {FrameKind.FIRST})
+        )
+        pair.run_until(pair.now + 5.0, writes)
+        assert_delivered_exactly_once(pair, body)
+        tail = [e for e in pair.server.meter.events if e.sent_at == max(x.sent_at for x in pair.server.meter.events)]
+        latencies[mode] = tail[0].latency_s
+        if config is not None:
+            assert pair.server.bytes_sent[FrameKind.COPY] > 0
+    assert latencies["autorec"] < latencies["baseline"]

@@ -150,3 +150,18 @@ def test_copies_never_exceed_the_budget(budget, losses, retx):
                 now, streams=[sender], app_has_new_data=new_data, srtt_s=0.05, goodput_bytes=goodput, cwnd_room=10**6
             )
             assert ctl.copy_bytes <= budget * goodput + 1e-9
+
+
+def test_overdue_data_gets_one_copy_only_when_the_adapter_wants_copies():
+    sender = TrackedStreamSender(0, True)
+    sent(sender, 5000)
+    quiet = ReinjectionController(AutoRecConfig(overhead_budget=1.0))
+    quiet.on_overdue(sender, 3800, 5000, now=1.0)  # no loss measured: nothing to do
+    assert quiet.protections == []
+    lossy = ReinjectionController(AutoRecConfig(overhead_budget=1.0))
+    for i in range(20):
+        lossy.on_packet_resolved(lost=i % 5 == 0)
+    lossy.on_overdue(sender, 3800, 5000, now=1.0)
+    lossy.poll(1.0, streams=[sender], app_has_new_data=False, srtt_s=0.1, goodput_bytes=5000, cwnd_room=10_000)
+    lossy.poll(2.0, streams=[sender], app_has_new_data=False, srtt_s=0.1, goodput_bytes=5000, cwnd_room=10_000)
+    assert lossy.copy_bytes == 1200 and lossy.protections == []

@@ -176,3 +176,31 @@ def test_serve_refuses_a_half_given_certificate(capsys):
 
     assert main(["stream", "serve", "--cert", os.devnull]) == 2
     assert "--cert and --key go together" in capsys.readouterr().err
+
+
+def test_adopt_refuses_a_connection_that_already_ran():
+    from aioquic.quic.connection import QuicConnection
+
+    from edgecloud.stream.connection import AutoRecConnection
+
+    client = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN))
+    client.connect(("127.0.0.1", 4433), now=0.0)
+    with pytest.raises(ValueError, match="has not processed any datagram"):
+        AutoRecConnection.adopt(client, None)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--loss", "0.7"], "must be in [0, 0.5], got 0.7"),
+        (["--loss-model", "gauss"], "loss model must be one of bernoulli, bursty, got 'gauss'"),
+        (["--duration", "0"], "must be in [1, 3600], got 0"),
+        (["--overhead-budget", "x"], "expected a number, got 'x'"),
+    ],
+)
+def test_bench_options_are_checked(argv, message, capsys):
+    from edgecloud.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["stream", "bench", "--json", "out.json", *argv])
+    assert message in capsys.readouterr().err
