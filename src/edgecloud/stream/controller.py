@@ -322,14 +322,13 @@ class ReinjectionController:
 
     def _may_copy(self, p: Protection, size: int, now: float, cwnd_room: int) -> bool:
         # A copy must leave at once, never wait behind a full congestion window (it would
-        # then hold back the next frame): in an off period it needs room for itself, in
-        # an on period room for itself and the burst under way.
-        needed = size if self.off.is_off else size + self._burst_bytes
-        if cwnd_room < needed:
-            return False
+        # then hold back the next frame). A retransmission's copy needs room for itself:
+        # its bytes belong to an older frame, due before any new one. An overdue copy is
+        # speculative, so in an on period it also leaves room for the burst under way.
         if p.retransmitted:
-            return self._credit(1.0) >= size
-        return self._credit(self.config.overdue_share) >= size
+            return cwnd_room >= size and self._credit(1.0) >= size
+        needed = size if self.off.is_off else size + self._burst_bytes
+        return cwnd_room >= needed and self._credit(self.config.overdue_share) >= size
 
     def _sample(self, now: float) -> None:
         if self._last_sample is not None and now - self._last_sample < self.sample_every_s:
