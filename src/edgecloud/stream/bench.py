@@ -40,6 +40,7 @@ class LinkSpec:
     rtt_ms: float
     rate_mbps: float = 20.0
     burst_len: float = 3.0
+    ack_path_loss: bool = False  # the loss applies to the viewer -> server direction too
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.loss < 1.0:
@@ -50,6 +51,7 @@ class LinkSpec:
             raise ValueError(f"rtt_ms must be in [0, 10000], got {self.rtt_ms}")
 
     def profile(self, loss: float | None = None) -> LinkProfile:
+        """The data path's profile (server -> viewer)."""
         p = self.loss if loss is None else loss
         model: Bernoulli | GilbertElliott | None = None
         if p > 0:
@@ -78,7 +80,10 @@ async def run_side(spec: SideSpec) -> dict[str, Any]:
         profile: LinkProfile | Schedule = Schedule([(t, spec.link.profile(loss)) for t, loss in spec.loss_steps])
     else:
         profile = spec.link.profile()
-    relay = UdpRelay(target=server.address, uplink=profile, downlink=profile, seed=spec.seed)
+    # Server-side recovery acts on the data path; losing ACKs too adds PTO-backoff freezes
+    # that no server can shorten, so by default the ACK path only has the delay.
+    uplink = profile if spec.link.ack_path_loss else spec.link.profile(loss=0.0)
+    relay = UdpRelay(target=server.address, uplink=uplink, downlink=profile, seed=spec.seed)
     await relay.start()
     host, port = relay.address
     loop = asyncio.get_running_loop()
@@ -154,6 +159,7 @@ def run_cases(
     source: SourceConfig,
     playout_delay_s: float,
     rate_mbps: float,
+    ack_path_loss: bool = False,
     progress: Any = None,
 ) -> list[dict[str, Any]]:
     """Every case, baseline and AutoRec side by side (two processes per case)."""
@@ -161,7 +167,7 @@ def run_cases(
     combos = [(p, m, r) for p in losses for m in loss_models for r in rtts_ms if not (p == 0 and m != loss_models[0])]
     with ProcessPoolExecutor(max_workers=2) as pool:
         for index, (loss, model, rtt) in enumerate(combos):
-            link = LinkSpec(loss=loss, loss_model=model, rtt_ms=rtt, rate_mbps=rate_mbps)
+            link = LinkSpec(loss=loss, loss_model=model, rtt_ms=rtt, rate_mbps=rate_mbps, ack_path_loss=ack_path_loss)
             sides = {
                 name: SideSpec(link, config, duration_s, source, playout_delay_s, seed=index)
                 for name, config in (("baseline", None), ("autorec", autorec))
@@ -176,6 +182,7 @@ def run_cases(
                 "loss_model": model,
                 "rtt_ms": rtt,
                 "duration_s": duration_s,
+                "ack_path_loss": ack_path_loss,
                 "baseline": base,
                 "autorec": auto,
                 "ratios": {

@@ -166,6 +166,7 @@ def _bench(args: argparse.Namespace) -> int:
         source=source,
         playout_delay_s=args.playout_delay_ms / 1000,
         rate_mbps=args.rate_mbps,
+        ack_path_loss=args.ack_path_loss,
         progress=progress,
     )
     bench.write_json(args.json, cases)
@@ -206,6 +207,11 @@ def register(commands: Any, bench: Any) -> None:
     runner.add_argument("--duration", type=_number(1, 3600), default=60.0, help="seconds of stream per case")
     runner.add_argument("--rate-mbps", type=_number(0.1, 10_000), default=20.0, help="link rate")
     runner.add_argument("--playout-delay-ms", type=_number(0, 60_000), default=300.0)
+    runner.add_argument(
+        "--ack-path-loss",
+        action="store_true",
+        help="lose packets on the viewer -> server path too (default: delay only)",
+    )
     runner.add_argument(
         "--loss-change",
         action="store_true",
