@@ -8,7 +8,8 @@ things, each at a method aioquic already has:
 * loss recovery is a :class:`TrackedRecovery`, aioquic's ``QuicPacketRecovery`` that also
   reports each registered, acknowledged and lost packet (to the recovery meter, the loss
   estimator and the controller) — RFC 9002 detection and congestion control are unchanged,
-  except that losing a packet of nothing but AutoRec copies is not a congestion event;
+  except that a packet of nothing but AutoRec copies is not counted in flight (see
+  ``TrackedRecovery.on_packet_sent``);
 * with an :class:`~edgecloud.stream.controller.AutoRecConfig`, the controller is polled
   before every transmission attempt and its next wake-up joins the connection's timer.
 
@@ -80,15 +81,22 @@ class TrackedRecovery(QuicPacketRecovery):
         return None
 
     def on_packet_sent(self, *, packet: QuicSentPacket, space: QuicPacketSpace) -> None:
+        frames = []
+        if space.is_application_data:
+            for handler, args in packet.delivery_handlers:
+                sender = getattr(handler, "__self__", None)
+                if isinstance(sender, TrackedStreamSender) and args[1] > args[0]:
+                    kind = sender.take_registered_kind(args[0], args[1])
+                    frames.append(SentFrame(sender, args[0], args[1], kind))
+            # A packet of nothing but AutoRec copies is redundancy, bounded by the overhead
+            # budget: it is sent only when the window has room (aioquic's packet builder
+            # checks), but does not hold that room for a round trip, so it never delays
+            # the next frame; nor is its loss a congestion signal.
+            if frames and all(f.kind is FrameKind.COPY for f in frames):
+                packet.in_flight = False
         super().on_packet_sent(packet=packet, space=space)
         if not space.is_application_data:
             return
-        frames = []
-        for handler, args in packet.delivery_handlers:
-            sender = getattr(handler, "__self__", None)
-            if isinstance(sender, TrackedStreamSender) and args[1] > args[0]:
-                kind = sender.take_registered_kind(args[0], args[1])
-                frames.append(SentFrame(sender, args[0], args[1], kind))
         self._records[packet.packet_number] = PacketRecord(packet.sent_time, frames, packet.is_ack_eliciting)
         self._connection.on_frames_sent(frames, packet.sent_time)
 
@@ -113,28 +121,17 @@ class TrackedRecovery(QuicPacketRecovery):
         space: QuicPacketSpace,
     ) -> None:
         packets = list(packets)
-        copies_only = []
         for packet in packets:
             record = self._records.pop(packet.packet_number, None)
             if record is not None and record.ack_eliciting:
                 self._connection.on_packet_resolved(record, packet.packet_number, lost=True, now=now)
-            if record is not None and record.frames and all(f.kind is FrameKind.COPY for f in record.frames):
-                copies_only.append(packet)
-        # A packet of nothing but AutoRec copies is redundancy: its loss leaves the bytes
-        # in flight but is no new congestion signal (the loss of the data it copies
-        # already was one), as aioquic treats a PTO probe. Everything else is RFC 9002.
-        copy_numbers = {p.packet_number for p in copies_only}
-        others = [p for p in packets if p.packet_number not in copy_numbers]
-        if copies_only:
-            super()._on_packets_lost(congestion_event=False, now=now, packets=copies_only, space=space)
-        if others or not copies_only:
-            super()._on_packets_lost(
-                congestion_event=congestion_event,
-                now=now,
-                packets=others,
-                persistent_congestion=persistent_congestion,
-                space=space,
-            )
+        super()._on_packets_lost(
+            congestion_event=congestion_event,
+            now=now,
+            packets=packets,
+            persistent_congestion=persistent_congestion,
+            space=space,
+        )
 
 
 class AutoRecConnection(QuicConnection):
