@@ -8,6 +8,10 @@ seed. Per side we report the server's recovery latency per loss event (first los
 retransmission losses; see :mod:`edgecloud.stream.meter`), the player's stalls, the
 redundancy overhead and the goodput, and check the received bytes hash equal to the sent.
 
+``--virtual`` runs the same cases on a virtual clock through netem's sans-I/O ``Link``
+(the model the relay runs), with no sockets: minutes of stream in seconds of CPU, free of
+the shared machine's scheduling noise, so long runs give large samples.
+
 ``--loss-change`` runs AutoRec alone on a link whose loss goes 1 % → 10 % → 1 % and
 records the controller's time series (measured loss, copies per retransmission, overhead).
 """
@@ -22,11 +26,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecloud.netem import Bernoulli, GilbertElliott, LinkProfile, Schedule, UdpRelay
+from edgecloud.netem import Bernoulli, GilbertElliott, Link, LinkProfile, Schedule, UdpRelay
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.player import play
 from edgecloud.stream.server import StreamServer
 from edgecloud.stream.source import LiveSource, SourceConfig
+from edgecloud.stream.virtual import VirtualPair, stream_live
 
 LOSS_MODELS = ("bernoulli", "bursty")
 
@@ -69,6 +74,64 @@ class SideSpec:
     seed: int = 0
     # (seconds, loss) steps for a loss that changes mid-stream; empty for a fixed loss.
     loss_steps: tuple[tuple[float, float], ...] = ()
+    virtual: bool = False  # a virtual clock and netem's Link model instead of sockets and real time
+
+    def data_path(self) -> LinkProfile | Schedule:
+        if self.loss_steps:
+            return Schedule([(t, self.link.profile(loss)) for t, loss in self.loss_steps])
+        return self.link.profile()
+
+    def ack_path(self) -> LinkProfile | Schedule:
+        # Server-side recovery acts on the data path; losing ACKs too adds PTO-backoff
+        # freezes that no server can shorten, so by default the ACK path only has the delay.
+        return self.data_path() if self.link.ack_path_loss else self.link.profile(loss=0.0)
+
+
+SIDE_KEYS = (
+    "recovery_ms_p50",
+    "recovery_ms_p95",
+    "recovery_ms_p99",
+    "retx_loss_recovery_ms_p50",
+    "retx_loss_recovery_ms_p95",
+    "retx_loss_recovery_ms_p99",
+    "first_losses",
+    "retx_losses",
+    "unrecovered",
+    "packets_sent",
+    "packets_lost",
+    "goodput_bytes",
+    "retransmitted_bytes",
+    "copy_bytes",
+    "stalls",
+    "stall_s",
+    "overhead",
+    "goodput_mbps",
+    "frames",
+    "bytes_equal",
+)
+
+
+def run_virtual_side(spec: SideSpec) -> dict[str, Any]:
+    """One side on a virtual clock through netem's sans-I/O Link model."""
+    down = Link(spec.data_path(), seed=f"{spec.seed}/downlink")
+    up = Link(spec.ack_path(), seed=f"{spec.seed}/uplink")
+    pair = VirtualPair(
+        spec.autorec,
+        downlink=lambda now, data, frames: down.send(now, len(data)),
+        uplink=lambda now, data, frames: up.send(now, len(data)),
+    )
+    pair.handshake()
+    stats = stream_live(pair, LiveSource(spec.source), spec.duration_s, spec.playout_delay_s)
+    result = {key: stats[key] for key in SIDE_KEYS}
+    result.update(
+        srtt_ms=round(stats["srtt_ms"], 2),
+        link_down_dropped=down.stats.dropped_loss,
+        link_down_packets=down.stats.packets_in,
+        link_up_dropped=up.stats.dropped_loss,
+    )
+    if "history" in stats:
+        result["history"] = stats["history"]
+    return result
 
 
 async def run_side(spec: SideSpec) -> dict[str, Any]:
@@ -76,14 +139,7 @@ async def run_side(spec: SideSpec) -> dict[str, Any]:
     source = LiveSource(spec.source)
     server = StreamServer(autorec=spec.autorec, source=source)
     await server.start()
-    if spec.loss_steps:
-        profile: LinkProfile | Schedule = Schedule([(t, spec.link.profile(loss)) for t, loss in spec.loss_steps])
-    else:
-        profile = spec.link.profile()
-    # Server-side recovery acts on the data path; losing ACKs too adds PTO-backoff freezes
-    # that no server can shorten, so by default the ACK path only has the delay.
-    uplink = profile if spec.link.ack_path_loss else spec.link.profile(loss=0.0)
-    relay = UdpRelay(target=server.address, uplink=uplink, downlink=profile, seed=spec.seed)
+    relay = UdpRelay(target=server.address, uplink=spec.ack_path(), downlink=spec.data_path(), seed=spec.seed)
     await relay.start()
     host, port = relay.address
     loop = asyncio.get_running_loop()
@@ -101,25 +157,7 @@ async def run_side(spec: SideSpec) -> dict[str, Any]:
     connection = server.connections[-1].connection
     stats = connection.recovery_stats()
     expected = hashlib.sha256(source.body(spec.duration_s)).hexdigest()
-    result: dict[str, Any] = {
-        key: stats[key]
-        for key in (
-            "recovery_ms_p50",
-            "recovery_ms_p95",
-            "recovery_ms_p99",
-            "retx_loss_recovery_ms_p50",
-            "retx_loss_recovery_ms_p95",
-            "retx_loss_recovery_ms_p99",
-            "first_losses",
-            "retx_losses",
-            "unrecovered",
-            "packets_sent",
-            "packets_lost",
-            "goodput_bytes",
-            "retransmitted_bytes",
-            "copy_bytes",
-        )
-    }
+    result: dict[str, Any] = {key: stats[key] for key in SIDE_KEYS if key in stats}
     result.update(
         stalls=report.stalls,
         stall_s=round(report.stall_s, 4),
@@ -140,7 +178,7 @@ async def run_side(spec: SideSpec) -> dict[str, Any]:
 
 
 def _run_side_in_process(spec: SideSpec) -> dict[str, Any]:
-    return asyncio.run(run_side(spec))
+    return run_virtual_side(spec) if spec.virtual else asyncio.run(run_side(spec))
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -160,6 +198,7 @@ def run_cases(
     playout_delay_s: float,
     rate_mbps: float,
     ack_path_loss: bool = False,
+    virtual: bool = False,
     progress: Any = None,
 ) -> list[dict[str, Any]]:
     """Every case, baseline and AutoRec side by side (two processes per case)."""
@@ -169,7 +208,7 @@ def run_cases(
         for index, (loss, model, rtt) in enumerate(combos):
             link = LinkSpec(loss=loss, loss_model=model, rtt_ms=rtt, rate_mbps=rate_mbps, ack_path_loss=ack_path_loss)
             sides = {
-                name: SideSpec(link, config, duration_s, source, playout_delay_s, seed=index)
+                name: SideSpec(link, config, duration_s, source, playout_delay_s, seed=index, virtual=virtual)
                 for name, config in (("baseline", None), ("autorec", autorec))
             }
             futures = {name: pool.submit(_run_side_in_process, spec) for name, spec in sides.items()}
@@ -183,6 +222,7 @@ def run_cases(
                 "rtt_ms": rtt,
                 "duration_s": duration_s,
                 "ack_path_loss": ack_path_loss,
+                "clock": "virtual" if virtual else "real",
                 "baseline": base,
                 "autorec": auto,
                 "ratios": {
@@ -208,6 +248,7 @@ def run_loss_change(
     playout_delay_s: float,
     rate_mbps: float,
     losses: tuple[float, float, float] = (0.01, 0.10, 0.01),
+    virtual: bool = False,
 ) -> dict[str, Any]:
     """AutoRec on a link whose loss changes at a third and two thirds of the stream."""
     third = duration_s / 3
@@ -219,10 +260,17 @@ def run_loss_change(
         source,
         playout_delay_s,
         loss_steps=steps,
+        virtual=virtual,
     )
     with ProcessPoolExecutor(max_workers=1) as pool:
         result = pool.submit(_run_side_in_process, spec).result()
-    return {"rtt_ms": rtt_ms, "duration_s": duration_s, "loss_steps": [list(s) for s in steps], "autorec": result}
+    return {
+        "rtt_ms": rtt_ms,
+        "duration_s": duration_s,
+        "clock": "virtual" if virtual else "real",
+        "loss_steps": [list(s) for s in steps],
+        "autorec": result,
+    }
 
 
 def write_json(path: str | Path, data: Any) -> None:

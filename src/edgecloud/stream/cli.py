@@ -140,6 +140,7 @@ def _bench(args: argparse.Namespace) -> int:
             source=source,
             playout_delay_s=args.playout_delay_ms / 1000,
             rate_mbps=args.rate_mbps,
+            virtual=args.virtual,
         )
         bench.write_json(args.json, result)
         if args.plot:
@@ -167,6 +168,7 @@ def _bench(args: argparse.Namespace) -> int:
         playout_delay_s=args.playout_delay_ms / 1000,
         rate_mbps=args.rate_mbps,
         ack_path_loss=args.ack_path_loss,
+        virtual=args.virtual,
         progress=progress,
     )
     bench.write_json(args.json, cases)
@@ -211,6 +213,11 @@ def register(commands: Any, bench: Any) -> None:
         "--ack-path-loss",
         action="store_true",
         help="lose packets on the viewer -> server path too (default: delay only)",
+    )
+    runner.add_argument(
+        "--virtual",
+        action="store_true",
+        help="virtual clock through netem's Link model, no sockets (fast, large samples)",
     )
     runner.add_argument(
         "--loss-change",
