@@ -37,7 +37,8 @@ def plot_cases(cases: list[dict[str, Any]], path: str | Path) -> None:
     axes[0].legend()
     axes[-1].set_xticks(list(x), labels, fontsize=8)
     duration = cases[0]["duration_s"] if cases else 0
-    fig.suptitle(f"AutoRec vs aioquic baseline, {duration:g} s of stream per case")
+    clock = cases[0].get("clock", "real") if cases else "real"
+    fig.suptitle(f"AutoRec vs aioquic baseline, {duration:g} s of stream per case ({clock} clock)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -71,7 +72,7 @@ def plot_loss_change(result: dict[str, Any], path: str | Path, budget: float) ->
     ax_over.set_ylabel("overhead")
     ax_over.set_xlabel("time (s)")
     ax_over.legend(fontsize=8)
-    fig.suptitle(f"AutoRec following a loss change, RTT {result['rtt_ms']:g} ms")
+    fig.suptitle(f"AutoRec following a loss change, RTT {result['rtt_ms']:g} ms ({result.get('clock', 'real')} clock)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
