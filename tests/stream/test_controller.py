@@ -66,16 +66,15 @@ def test_loss_estimator_forgets_after_its_window():
     assert est.value == 0.0
 
 
-def test_off_period_detector_learns_gap_length():
+def test_off_period_detector_finds_bursts():
     det = OffPeriodDetector(weight=1.0)
-    assert det.observe(0.0, True) is False
-    assert det.observe(0.010, False) is True  # burst over: off period begins
-    det.observe(0.040, True)
-    det.observe(0.050, False)
-    assert det.mean_off_s == pytest.approx(0.030)
-    assert det.remaining_s(0.060) == pytest.approx(0.020)
-    det.observe(0.070, True)
-    assert det.remaining_s(0.071) == 0.0
+    assert det.observe(True, 0) is False
+    assert det.observe(True, 1000) is False
+    assert det.observe(False, 3000) is True  # burst over: off period begins
+    assert det.is_off and det.mean_burst_bytes == 3000
+    assert det.observe(False, 3000) is False
+    det.observe(True, 3000)
+    assert det.observe(False, 4000) is True and det.mean_burst_bytes == 1000
 
 
 def sent(sender: TrackedStreamSender, size: int) -> None:

@@ -12,7 +12,7 @@ This module has no I/O and no clock: every method takes ``now``. The parts:
 * :class:`LossEstimator` — packet loss rate over a window of resolved packets.
 * :class:`OffPeriodDetector` — on/off from the application's sending pattern: "on" while
   the application has written bytes not yet sent, "off" once it is application-limited;
-  it learns the usual off-period length.
+  it learns the mean burst size.
 * :func:`copies_for_target` — the redundancy adapter's rule: the fewest extra copies of a
   retransmission so that, at the measured loss rate and burstiness, the recovery misses
   ``recovery_target_ms`` with probability at most ``residual_loss``.
@@ -130,37 +130,26 @@ class LossEstimator:
 
 
 class OffPeriodDetector:
-    """On/off periods of an application-limited sender."""
+    """On/off periods of an application-limited sender, and the mean burst they frame."""
 
     def __init__(self, weight: float = 1 / 8) -> None:
         self.weight = weight
         self.is_off = True
-        self.off_since: float | None = None
-        self.mean_off_s: float | None = None
+        self.mean_burst_bytes = 0.0
+        self._sent_at_off = 0
 
-    def observe(self, now: float, has_new_data: bool) -> bool:
-        """Update from whether the application has unsent bytes; True when an off period starts."""
+    def observe(self, has_new_data: bool, sent_bytes: int) -> bool:
+        """Update from whether the application has unsent bytes and how many bytes were sent
+        so far; True when an off period starts."""
         if has_new_data and self.is_off:
             self.is_off = False
-            if self.off_since is not None:
-                length = now - self.off_since
-                self.mean_off_s = (
-                    length if self.mean_off_s is None else self.mean_off_s + self.weight * (length - self.mean_off_s)
-                )
-            return False
-        if not has_new_data and not self.is_off:
+        elif not has_new_data and not self.is_off:
             self.is_off = True
-            self.off_since = now
+            burst = sent_bytes - self._sent_at_off
+            self._sent_at_off = sent_bytes
+            self.mean_burst_bytes += self.weight * (burst - self.mean_burst_bytes)
             return True
         return False
-
-    def remaining_s(self, now: float) -> float:
-        """Expected time left in the current off period (0 when on)."""
-        if not self.is_off:
-            return 0.0
-        if self.mean_off_s is None or self.off_since is None:
-            return math.inf
-        return max(0.0, self.mean_off_s - (now - self.off_since))
 
 
 class ReinjectableStream(Protocol):
@@ -216,8 +205,6 @@ class ReinjectionController:
         self._goodput_bytes = 0
         self._last_sample: float | None = None
         self._wakeup: float | None = None
-        self._goodput_at_off = 0
-        self._burst_bytes = 0.0  # mean new bytes per on period
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -272,10 +259,7 @@ class ReinjectionController:
         """Re-inject what is due; call before every transmission attempt."""
         self._srtt_s = srtt_s
         self._goodput_bytes = goodput_bytes
-        if self.off.observe(now, app_has_new_data):
-            burst = goodput_bytes - self._goodput_at_off
-            self._goodput_at_off = goodput_bytes
-            self._burst_bytes += (burst - self._burst_bytes) / 8
+        self.off.observe(app_has_new_data, goodput_bytes)
 
         keep: list[Protection] = []
         # Retransmitted ranges first, then overdue data; older first within each.
@@ -327,7 +311,7 @@ class ReinjectionController:
         # speculative, so in an on period it also leaves room for the burst under way.
         if p.retransmitted:
             return cwnd_room >= size and self._credit(1.0) >= size
-        needed = size if self.off.is_off else size + self._burst_bytes
+        needed = size if self.off.is_off else size + self.off.mean_burst_bytes
         return cwnd_room >= needed and self._credit(self.config.overdue_share) >= size
 
     def _sample(self, now: float) -> None:
