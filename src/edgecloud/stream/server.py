@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -139,7 +140,7 @@ class LiveStreamProtocol(QuicConnectionProtocol):
     async def _stream_live(self, stream_id: int, request: RequestRecord, seconds: float) -> None:
         assert self._h3 is not None
         source = self._server.source
-        frames = list(source.frames(seconds))
+        count = source.frame_count(seconds)
         digest = hashlib.sha256()
         loop = asyncio.get_running_loop()
         try:
@@ -148,19 +149,19 @@ class LiveStreamProtocol(QuicConnectionProtocol):
                 [
                     (b":status", b"200"),
                     (b"content-type", b"application/octet-stream"),
-                    (b"x-frames", str(len(frames)).encode()),
+                    (b"x-frames", str(count).encode()),
                     (b"x-fps", f"{source.config.fps:g}".encode()),
                 ],
             )
             self.transmit()
             start = loop.time()
-            for i, frame in enumerate(frames):
+            for i, frame in enumerate(source.frames(seconds)):
                 delay = start + frame.pts_s - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 data = frame.encode(source.config.seed)
                 digest.update(data)
-                self._h3.send_data(stream_id, data, end_stream=i == len(frames) - 1)
+                self._h3.send_data(stream_id, data, end_stream=i == count - 1)
                 request.bytes_sent += len(data)
                 self.transmit()
             request.completed = True
@@ -187,11 +188,14 @@ class StreamServer:
         certificate: Any = None,
         private_key: Any = None,
         idle_timeout_s: float = 30.0,
+        max_records: int = 1024,
     ) -> None:
         self.host, self.port = host, port
         self.autorec = autorec
         self.source = source or LiveSource()
-        self.connections: list[ConnectionRecord] = []
+        # The most recent connections, for statistics; bounded so a long-running server
+        # does not keep every viewer it ever had.
+        self.connections: deque[ConnectionRecord] = deque(maxlen=max_records)
         if certificate is None:
             certificate, private_key = self_signed_certificate(host)
         self.configuration = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN, idle_timeout=idle_timeout_s)

@@ -6,8 +6,8 @@ tests/test_connection.py. Each direction is a *path*: a function from (now, data
 stream frames the server registered for it) to a delivery time, or ``None`` for a loss.
 Tests script paths ("drop the first transmission of byte X"); the virtual benchmark uses
 ``edgecloud.netem``'s sans-I/O :class:`~edgecloud.netem.Link`, the same model the UDP relay
-runs, so a 60 s stream takes a second of CPU and is free of the shared machine's scheduling
-noise. Time jumps from event to event.
+runs, so a 60 s stream takes a few seconds of CPU and is free of the shared machine's
+scheduling noise. Time jumps from event to event.
 """
 
 from __future__ import annotations
