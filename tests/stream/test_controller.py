@@ -92,12 +92,12 @@ def test_retransmission_gets_copies_until_acked():
     ctl.on_retransmission_sent(sender, 0, 1200, now=1.0)
     assert ctl.next_wakeup() == 1.0
     # No room in the congestion window: the copy waits rather than queue behind it.
-    ctl.poll(1.0, streams=[sender], app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
+    ctl.poll(1.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
     assert sender.copy_pending_bytes == 0 and ctl.copy_bytes == 0
-    ctl.poll(1.01, streams=[sender], app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=5000)
+    ctl.poll(1.01, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=5000)
     assert sender.copy_pending_bytes == 1200 and ctl.copy_bytes == 1200
     sender.on_data_delivery(QuicDeliveryState.ACKED, 0, 1200, False)
-    ctl.poll(2.0, streams=[sender], app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
+    ctl.poll(2.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
     assert ctl.protections == [] and ctl.next_wakeup() is None
 
 
@@ -110,7 +110,6 @@ def test_no_loss_means_no_copies():
             ctl.on_packet_resolved(lost=False)
         ctl.poll(
             t * 0.033,
-            streams=[sender],
             app_has_new_data=True,
             srtt_s=0.05,
             goodput_bytes=3000 * (t + 1),
@@ -118,7 +117,6 @@ def test_no_loss_means_no_copies():
         )
         ctl.poll(
             t * 0.033 + 0.01,
-            streams=[sender],
             app_has_new_data=False,
             srtt_s=0.05,
             goodput_bytes=3000 * (t + 1),
@@ -145,9 +143,7 @@ def test_copies_never_exceed_the_budget(budget, losses, retx):
         if step in retx:
             ctl.on_retransmission_sent(sender, max(0, goodput - 3600), goodput, now)
         for new_data in (True, False):
-            ctl.poll(
-                now, streams=[sender], app_has_new_data=new_data, srtt_s=0.05, goodput_bytes=goodput, cwnd_room=10**6
-            )
+            ctl.poll(now, app_has_new_data=new_data, srtt_s=0.05, goodput_bytes=goodput, cwnd_room=10**6)
             assert ctl.copy_bytes <= budget * goodput + 1e-9
 
 
@@ -161,6 +157,6 @@ def test_overdue_data_gets_one_copy_only_when_the_adapter_wants_copies():
     for i in range(20):
         lossy.on_packet_resolved(lost=i % 5 == 0)
     lossy.on_overdue(sender, 3800, 5000, now=1.0)
-    lossy.poll(1.0, streams=[sender], app_has_new_data=False, srtt_s=0.1, goodput_bytes=5000, cwnd_room=10_000)
-    lossy.poll(2.0, streams=[sender], app_has_new_data=False, srtt_s=0.1, goodput_bytes=5000, cwnd_room=10_000)
+    lossy.poll(1.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=5000, cwnd_room=10_000)
+    lossy.poll(2.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=5000, cwnd_room=10_000)
     assert lossy.copy_bytes == 1200 and lossy.protections == []

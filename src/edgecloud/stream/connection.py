@@ -212,7 +212,6 @@ class AutoRecConnection(QuicConnection):
             streams = list(self._tracked.values())
             self.controller.poll(
                 now,
-                streams=streams,
                 app_has_new_data=any(s.has_new_data for s in streams),
                 srtt_s=self._loss.srtt_s,
                 goodput_bytes=self.bytes_sent[FrameKind.FIRST],

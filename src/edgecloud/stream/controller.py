@@ -250,7 +250,6 @@ class ReinjectionController:
         self,
         now: float,
         *,
-        streams: list[ReinjectableStream],
         app_has_new_data: bool,
         srtt_s: float,
         goodput_bytes: int,
