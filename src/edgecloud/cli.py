@@ -20,6 +20,10 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.llm.cli",
     "edgecloud.netem.cli",
     "edgecloud.stream.cli",
+    "edgecloud.c2.cli",
+    "edgecloud.server.cli",
+    "edgecloud.bench.cli",
+    "edgecloud.splitlearn.cli",
 )
 
 

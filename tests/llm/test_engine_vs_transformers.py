@@ -34,13 +34,13 @@ def assert_matches(llm: LLM, ref: HFReference, prompts: list[list[int]], params:
 def test_sixteen_prompts_of_different_lengths_in_one_batch(
     arch: str, model_dirs: dict[str, Path], hf_refs: dict[str, HFReference]
 ) -> None:
-    llm = LLM(model=str(model_dirs[arch]), block_size=4, kv_cache_memory_mb=2)
+    llm = LLM(model=str(model_dirs[arch]), dtype="float32", block_size=4, kv_cache_memory_mb=2)
     prompts = random_prompts(16, 1, 40, seed=1)
     assert_matches(llm, hf_refs[arch], prompts)
 
 
 def test_shared_prefixes_hit_the_prefix_cache(llama_dir: Path, hf_refs: dict[str, HFReference]) -> None:
-    llm = LLM(model=str(llama_dir), block_size=4, kv_cache_memory_mb=2)
+    llm = LLM(model=str(llama_dir), dtype="float32", block_size=4, kv_cache_memory_mb=2)
     system = random_prompts(1, 24, 24, seed=2)[0]
     prompts = [system + tail for tail in random_prompts(6, 1, 9, seed=3)]
     assert_matches(llm, hf_refs["llama"], prompts[:1])
@@ -51,13 +51,13 @@ def test_shared_prefixes_hit_the_prefix_cache(llama_dir: Path, hf_refs: dict[str
 
 
 def test_chunked_prefill(llama_dir: Path, hf_refs: dict[str, HFReference]) -> None:
-    llm = LLM(model=str(llama_dir), block_size=4, kv_cache_memory_mb=2, max_num_batched_tokens=7)
+    llm = LLM(model=str(llama_dir), dtype="float32", block_size=4, kv_cache_memory_mb=2, max_num_batched_tokens=7)
     assert_matches(llm, hf_refs["llama"], random_prompts(5, 15, 40, seed=4))
 
 
 def test_forced_preemption_recomputes_exactly(llama_dir: Path, hf_refs: dict[str, HFReference]) -> None:
     # 2 layers * 2 kv heads * 16 dims * 4 tokens * 2 (k, v) * 4 bytes = 2 KiB a block: 24 blocks.
-    llm = LLM(model=str(llama_dir), block_size=4, kv_cache_memory_mb=48 / 1024)
+    llm = LLM(model=str(llama_dir), dtype="float32", block_size=4, kv_cache_memory_mb=48 / 1024)
     assert llm.engine.block_manager.num_blocks == 24
     params = SamplingParams(temperature=0.0, max_tokens=16, logprobs=0, ignore_eos=True)
     assert_matches(llm, hf_refs["llama"], random_prompts(8, 10, 20, seed=5), params)
@@ -65,7 +65,7 @@ def test_forced_preemption_recomputes_exactly(llama_dir: Path, hf_refs: dict[str
 
 
 def test_n_greater_than_one_shares_prompt_blocks(llama_dir: Path, hf_refs: dict[str, HFReference]) -> None:
-    llm = LLM(model=str(llama_dir), block_size=4, kv_cache_memory_mb=2, enable_prefix_caching=False)
+    llm = LLM(model=str(llama_dir), dtype="float32", block_size=4, kv_cache_memory_mb=2, enable_prefix_caching=False)
     prompt = random_prompts(1, 13, 13, seed=6)[0]
     params = SamplingParams(n=3, temperature=0.0, max_tokens=8, logprobs=0, ignore_eos=True)
     engine = llm.engine
@@ -82,7 +82,7 @@ def test_n_greater_than_one_shares_prompt_blocks(llama_dir: Path, hf_refs: dict[
 
 
 def test_stop_string_truncates_text(llama_dir: Path, hf_refs: dict[str, HFReference]) -> None:
-    llm = LLM(model=str(llama_dir), block_size=4, kv_cache_memory_mb=2)
+    llm = LLM(model=str(llama_dir), dtype="float32", block_size=4, kv_cache_memory_mb=2)
     prompt = llm.tokenizer.encode("The quick brown fox jumps over")
     want_ids, _ = hf_refs["llama"].greedy(prompt, 12)
     full_text = llm.tokenizer.decode(want_ids)
@@ -105,7 +105,7 @@ def test_kv_exported_by_a_prefill_engine_continues_on_a_decode_engine(
 ) -> None:
     prompt = random_prompts(1, 21, 21, seed=8)[0]
     want_ids, _ = hf_refs["llama"].greedy(prompt, 1 + GREEDY.max_tokens)
-    prefill = LLM(model=str(llama_dir), block_size=4, kv_cache_memory_mb=1).engine
+    prefill = LLM(model=str(llama_dir), dtype="float32", block_size=4, kv_cache_memory_mb=1).engine
     prefill.add_request("p", prompt, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True), export_kv=True)
     while prefill.has_unfinished():
         outs = prefill.step()
@@ -113,7 +113,7 @@ def test_kv_exported_by_a_prefill_engine_continues_on_a_decode_engine(
     assert kv is not None and kv.token_ids == prompt and outs[0].outputs[0].token_ids == want_ids[:1]
     assert prefill.block_manager.num_free_blocks == prefill.block_manager.num_blocks
 
-    decode = LLM(model=str(llama_dir), block_size=8, kv_cache_memory_mb=1).engine  # another block size
+    decode = LLM(model=str(llama_dir), dtype="float32", block_size=8, kv_cache_memory_mb=1).engine  # another block size
     decode.add_request("d", prompt + want_ids[:1], GREEDY, kv=kv)
     while decode.has_unfinished():
         outs = decode.step()

@@ -56,7 +56,7 @@ def test_llama3_rope_scaling_matches_transformers(tmp_path: Path) -> None:
     assert ModelConfig.from_file(model_dir / "config.json").rope.rope_type == "llama3"
     prompt = list(range(3, 120))
     ref_ids, ref_lp = HFReference(model_dir).greedy(prompt, 6)
-    out = LLM(model=str(model_dir), kv_cache_memory_mb=2).generate(
+    out = LLM(model=str(model_dir), dtype="float32", kv_cache_memory_mb=2).generate(
         [prompt], SamplingParams(temperature=0.0, max_tokens=6, logprobs=0, ignore_eos=True))[0].outputs[0]
     assert out.token_ids == ref_ids
     assert max(abs(a.logprob - b) for a, b in zip(out.logprobs, ref_lp, strict=True)) < 1e-4
@@ -73,7 +73,7 @@ def test_sharded_checkpoint_loads(llama_dir: Path, tmp_path: Path, hf_refs: dict
         save_file({n: tensors[n] for n in part}, str(model_dir / file))
         weight_map.update(dict.fromkeys(part, file))
     (model_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    out = LLM(model=str(model_dir), kv_cache_memory_mb=1).generate(
+    out = LLM(model=str(model_dir), dtype="float32", kv_cache_memory_mb=1).generate(
         [[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True))[0]
     assert out.outputs[0].token_ids == hf_refs["llama"].greedy([5, 6, 7], 5)[0]
 
@@ -98,7 +98,7 @@ def test_broken_model_directories_name_the_culprit(
     model_dir = copy_model(llama_dir, tmp_path / "broken")
     breakage(model_dir)  # type: ignore[operator]
     with pytest.raises(ModelLoadError, match=message):
-        LLM(model=str(model_dir))
+        LLM(model=str(model_dir), dtype="float32")
 
 
 def test_missing_tensor_is_named(llama_dir: Path, tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_missing_tensor_is_named(llama_dir: Path, tmp_path: Path) -> None:
     del tensors["model.layers.1.mlp.down_proj.weight"]
     save_file(tensors, str(model_dir / "model.safetensors"))
     with pytest.raises(ModelLoadError, match=r"model\.layers\.1\.mlp\.down_proj\.weight"):
-        LLM(model=str(model_dir))
+        LLM(model=str(model_dir), dtype="float32")
 
 
 def test_bfloat16_runs_and_stays_close(llama_dir: Path, hf_refs: dict[str, HFReference]) -> None:
@@ -119,7 +119,7 @@ def test_bfloat16_runs_and_stays_close(llama_dir: Path, hf_refs: dict[str, HFRef
 
 
 def test_chat_template_renders_and_errors_are_request_errors(llama_dir: Path) -> None:
-    tokenizer = LLM(model=str(llama_dir), kv_cache_memory_mb=1).tokenizer
+    tokenizer = LLM(model=str(llama_dir), dtype="float32", kv_cache_memory_mb=1).tokenizer
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
     assert text == "<|user|>hi\n<|assistant|>"
     assert tokenizer.decode(tokenizer.encode("Hello edge!")) == "Hello edge!"

@@ -15,7 +15,7 @@ from edgecloud.llm.engine import LLMEngine
 
 @pytest.fixture(scope="module")
 def llm(llama_dir: Path) -> LLM:
-    return LLM(model=str(llama_dir), block_size=4, kv_cache_memory_mb=1, max_model_len=64)
+    return LLM(model=str(llama_dir), dtype="float32", block_size=4, kv_cache_memory_mb=1, max_model_len=64)
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,7 @@ def _small_engine(model_dir: Path) -> LLMEngine:
     # A fresh engine per example would reload the model; reuse it, resetting only its bookkeeping.
     if model_dir not in _ENGINES:
         _ENGINES[model_dir] = LLMEngine(EngineConfig(
-            model=str(model_dir), block_size=4, kv_cache_memory_mb=40 / 1024, max_num_seqs=4,
+            model=str(model_dir), dtype="float32", block_size=4, kv_cache_memory_mb=40 / 1024, max_num_seqs=4,
             max_num_batched_tokens=16,
         ))
     engine = _ENGINES[model_dir]
@@ -105,7 +105,7 @@ def _small_engine(model_dir: Path) -> LLMEngine:
 
 def test_async_engine_streams_and_abort_frees_blocks(llama_dir: Path) -> None:
     async def scenario() -> None:
-        engine = AsyncEngine(EngineConfig(model=str(llama_dir), block_size=4, kv_cache_memory_mb=1))
+        engine = AsyncEngine(EngineConfig(model=str(llama_dir), dtype="float32", block_size=4, kv_cache_memory_mb=1))
         await engine.start()
         params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
         seen = [len(out.outputs[0].token_ids) async for out in engine.generate([5, 6, 7], params, "a")]

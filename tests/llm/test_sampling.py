@@ -11,13 +11,17 @@ from edgecloud.llm import LLM, InvalidRequestError, SamplingParams
 from edgecloud.llm.sampler import Sampler, SampleRow
 
 
+def fp32_llm(model_dir: Path) -> LLM:
+    return LLM(model=str(model_dir), dtype="float32", kv_cache_memory_mb=2)
+
+
 def test_seeded_sampling_is_reproducible_across_runs_and_batches(llama_dir: Path) -> None:
     seeded = SamplingParams(temperature=1.0, top_p=0.9, seed=1234, max_tokens=12, ignore_eos=True)
     prompt = [10, 11, 12, 13]
-    alone = LLM(model=str(llama_dir), kv_cache_memory_mb=2).generate([prompt], seeded)[0].outputs[0].token_ids
-    again = LLM(model=str(llama_dir), kv_cache_memory_mb=2).generate([prompt], seeded)[0].outputs[0].token_ids
+    alone = fp32_llm(llama_dir).generate([prompt], seeded)[0].outputs[0].token_ids
+    again = fp32_llm(llama_dir).generate([prompt], seeded)[0].outputs[0].token_ids
     crowd = [[i, i + 1, i + 2] for i in range(20, 40)]
-    mixed = LLM(model=str(llama_dir), kv_cache_memory_mb=2, seed=99).generate(
+    mixed = LLM(model=str(llama_dir), dtype="float32", kv_cache_memory_mb=2, seed=99).generate(
         [*crowd[:7], prompt, *crowd[7:]],
         [SamplingParams(temperature=0.8, max_tokens=20, ignore_eos=True)] * 7
         + [seeded]
@@ -25,12 +29,12 @@ def test_seeded_sampling_is_reproducible_across_runs_and_batches(llama_dir: Path
     )[7].outputs[0].token_ids
     assert alone == again == mixed
     other_seed = SamplingParams(temperature=1.0, top_p=0.9, seed=4321, max_tokens=12, ignore_eos=True)
-    different = LLM(model=str(llama_dir), kv_cache_memory_mb=2).generate([prompt], other_seed)[0]
+    different = LLM(model=str(llama_dir), dtype="float32", kv_cache_memory_mb=2).generate([prompt], other_seed)[0]
     assert different.outputs[0].token_ids != alone
 
 
 def test_n_seeded_samples_differ_from_each_other(llama_dir: Path) -> None:
-    out = LLM(model=str(llama_dir), kv_cache_memory_mb=2).generate(
+    out = LLM(model=str(llama_dir), dtype="float32", kv_cache_memory_mb=2).generate(
         [[5, 6, 7]], SamplingParams(n=4, temperature=1.5, seed=7, max_tokens=10, ignore_eos=True)
     )[0]
     assert len(out.outputs) == 4 and [o.index for o in out.outputs] == [0, 1, 2, 3]

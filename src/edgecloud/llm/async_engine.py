@@ -13,6 +13,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ class AsyncEngine:
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._stats = self.engine.stats()
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -60,7 +62,9 @@ class AsyncEngine:
         return self.engine.max_model_len
 
     def stats(self) -> EngineStats:
-        return self.engine.stats()
+        """The engine's counters as of its last step (a snapshot the engine thread publishes, so
+        readers on other threads never see its queues mid-change)."""
+        return self._stats
 
     async def start(self) -> None:
         if self._thread is None:
@@ -118,6 +122,7 @@ class AsyncEngine:
     def _run(self) -> None:
         while not self._stopping:
             self._drain_commands()
+            self._stats = self.engine.stats()
             if not self.engine.has_unfinished():
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
@@ -132,6 +137,9 @@ class AsyncEngine:
                 stream = self._streams.get(out.request_id)
                 if stream is not None:
                     stream.put(out)
+            # Hand the GIL to the event loop between steps, so the tokens just queued go out (and
+            # new requests get in) now rather than after the next step's Python work.
+            time.sleep(0)
         for request_id in list(self.engine.requests):
             self.engine.abort(request_id)
         self._fail_all(EngineError("engine shut down"))

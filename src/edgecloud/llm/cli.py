@@ -103,10 +103,12 @@ def _generate(args: argparse.Namespace) -> int:
         params = SamplingParams(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature,
                                 top_p=args.top_p, seed=args.sample_seed)
         prompts = args.prompts or ["A fool and his money", "Never put off until tomorrow", "The best way to"]
-        if args.chat:
-            prompts = [engine.tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
         for i, prompt in enumerate(prompts):
-            engine.add_request(str(i), prompt, params)
+            if args.chat:  # the template places the special tokens itself
+                text = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+                engine.add_request(str(i), engine.tokenizer.encode(text, add_special_tokens=False), params)
+            else:
+                engine.add_request(str(i), prompt, params)
     except (InvalidRequestError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

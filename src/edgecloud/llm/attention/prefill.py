@@ -65,8 +65,8 @@ def prefill_attention(
         keys, values = key.transpose(0, 1), value.transpose(0, 1)
     else:
         num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
-        keys = k_cache.view(-1, num_kv_heads, head_dim)[segment.context_slots].transpose(0, 1)
-        values = v_cache.view(-1, num_kv_heads, head_dim)[segment.context_slots].transpose(0, 1)
+        keys = k_cache.view(-1, num_kv_heads, head_dim).index_select(0, segment.context_slots).transpose(0, 1)
+        values = v_cache.view(-1, num_kv_heads, head_dim).index_select(0, segment.context_slots).transpose(0, 1)
     q = query.transpose(0, 1)
     out = F.scaled_dot_product_attention(
         q,

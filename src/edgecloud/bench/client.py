@@ -1,0 +1,111 @@
+"""One streamed request to an OpenAI-compatible endpoint, timed chunk by chunk.
+
+Works with any server that speaks the OpenAI completions or chat-completions API with SSE
+streaming (ours, vLLM, SGLang, OpenAI). Output length is forced with ``ignore_eos`` (a vLLM
+extension that our server also accepts) so a replayed trace generates the lengths it recorded;
+the token counts reported are the server's own (``usage`` with ``stream_options.include_usage``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from edgecloud.bench.metrics import RequestRecord
+from edgecloud.bench.workload import BenchRequest
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to send: ``base_url`` up to (not including) ``/v1``."""
+
+    base_url: str
+    model: str
+    api: Literal["completions", "chat"] = "completions"
+    ignore_eos: bool = True
+    temperature: float = 0.0
+    api_key: str | None = None
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        path = "/v1/completions" if self.api == "completions" else "/v1/chat/completions"
+        return self.base_url.rstrip("/") + path
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def body(self, request: BenchRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": request.output_len,
+            "temperature": self.temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if self.api == "completions":
+            body["prompt"] = request.prompt
+        else:
+            body["messages"] = [{"role": "user", "content": request.prompt}]
+        if self.ignore_eos:
+            body["ignore_eos"] = True
+        body.update(self.extra_body)
+        return body
+
+
+async def send_request(
+    client: httpx.AsyncClient, endpoint: Endpoint, request: BenchRequest, index: int, t0: float
+) -> RequestRecord:
+    """Send ``request``, stream its answer, and record what happened; never raises for a failure
+    of the request itself (it becomes ``record.error``: ``http_<status>``, ``timeout``,
+    ``connect``, ``transport``, ``stream_error``, ``bad_chunk`` or ``no_output``)."""
+    record = RequestRecord(index=index, send_time=time.perf_counter() - t0)
+    record.expected_output_tokens = request.output_len
+    try:
+        async with client.stream(
+            "POST", endpoint.url, json=endpoint.body(request), headers=endpoint.headers()
+        ) as response:
+            if response.status_code != 200:
+                body = (await response.aread()).decode(errors="replace")
+                record.error, record.error_detail = f"http_{response.status_code}", body[:500]
+                return record
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[len("data:") :].strip()
+                if data == "[DONE]":
+                    break
+                now = time.perf_counter() - t0
+                try:
+                    chunk = json.loads(data)
+                except json.JSONDecodeError:
+                    record.error, record.error_detail = "bad_chunk", data[:500]
+                    return record
+                if "error" in chunk:
+                    record.error, record.error_detail = "stream_error", json.dumps(chunk["error"])[:500]
+                    return record
+                # Any chunk with choices marks tokens, even with empty text (special tokens,
+                # text a server holds back for stop strings); the usage-only chunk has none.
+                if chunk.get("choices"):
+                    record.chunk_times.append(now)
+                if usage := chunk.get("usage"):
+                    record.prompt_tokens = usage.get("prompt_tokens")
+                    record.output_tokens = usage.get("completion_tokens") or 0
+    except httpx.TimeoutException as error:
+        record.error, record.error_detail = "timeout", repr(error)
+    except httpx.ConnectError as error:
+        record.error, record.error_detail = "connect", repr(error)
+    except httpx.TransportError as error:
+        record.error, record.error_detail = "transport", repr(error)
+    finally:
+        record.end_time = time.perf_counter() - t0
+    if record.error is None and not record.chunk_times:
+        record.error, record.error_detail = "no_output", "the stream ended without a chunk"
+    if record.error is None and record.output_tokens == 0:
+        # A server that does not report usage: count chunks, the best a client can do.
+        record.output_tokens = len(record.chunk_times)
+    return record

@@ -1,0 +1,143 @@
+"""The serving benchmark as a whole: build the workload and its arrivals from options, run it
+with a progress bar, and report (table, JSON, plot)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from edgecloud.bench.arrivals import gamma_arrivals, trace_arrivals
+from edgecloud.bench.client import Endpoint
+from edgecloud.bench.metrics import RequestRecord, Slo, summarize
+from edgecloud.bench.report import plot, summary_table, write_json
+from edgecloud.bench.runner import first_model, run_requests
+from edgecloud.bench.traces import read_trace
+from edgecloud.bench.workload import (
+    BenchRequest,
+    LengthScaling,
+    PrefixTree,
+    PromptVocab,
+    random_workload,
+    shared_prefix_workload,
+    trace_workload,
+)
+
+
+def default_tokenizer_dir() -> Path:
+    """The embedded demo model's directory (the model ``edgecloud serve`` runs by default)."""
+    try:
+        from edgecloud.llm.demo_model import DEMO_MODEL_DIR
+    except ImportError:
+        raise FileNotFoundError("no embedded demo model in this install; pass --tokenizer DIR") from None
+    return Path(DEMO_MODEL_DIR)
+
+
+def build_workload(args: argparse.Namespace, vocab: PromptVocab) -> list[BenchRequest]:
+    kind = args.workload or ("trace" if args.trace else "random")
+    if kind == "trace":
+        if not args.trace:
+            raise ValueError("--workload trace needs --trace PATH")
+        records = read_trace(args.trace, limit=args.num_requests)
+        scaling = LengthScaling(args.input_scale, args.output_scale, args.max_input_len, args.max_output_len)
+        return trace_workload(vocab, records, scaling, args.hash_block_tokens, seed=args.seed)
+    if kind == "shared-prefix":
+        tree = PrefixTree(
+            num_systems=args.prefix_systems,
+            system_len=args.prefix_system_len,
+            templates_per_system=args.prefix_templates,
+            template_len=args.prefix_template_len,
+            requests_per_template=args.prefix_requests,
+            suffix_len=args.prefix_suffix_len,
+            output_len=args.output_len,
+        )
+        requests = shared_prefix_workload(vocab, tree, seed=args.seed)
+        return requests[: args.num_requests] if args.num_requests else requests
+    return random_workload(
+        vocab, args.num_requests or 200, args.input_len, args.output_len, args.range_ratio, seed=args.seed
+    )
+
+
+def build_arrivals(args: argparse.Namespace, requests: list[BenchRequest]) -> list[float]:
+    from_trace = [r.trace_arrival_s for r in requests]
+    if args.request_rate is None and all(t is not None for t in from_trace) and requests:
+        return trace_arrivals([float(t) for t in from_trace if t is not None], args.time_scale)
+    rate = args.request_rate if args.request_rate is not None else math.inf
+    return gamma_arrivals(len(requests), rate, args.burstiness, seed=args.seed)
+
+
+def run_with_progress(
+    endpoint: Endpoint,
+    requests: list[BenchRequest],
+    arrivals: list[float],
+    max_concurrency: int | None,
+    timeout_s: float,
+    console: Console,
+    quiet: bool = False,
+) -> list[RequestRecord]:
+    columns = (
+        TextColumn("[bold]serving"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("errors: {task.fields[errors]}"),
+    )
+    with Progress(*columns, console=console, disable=quiet) as progress:
+        task = progress.add_task("requests", total=len(requests), errors=0)
+        errors = 0
+
+        def on_done(record: RequestRecord) -> None:
+            nonlocal errors
+            errors += 0 if record.ok else 1
+            progress.update(task, advance=1, errors=errors)
+
+        return asyncio.run(run_requests(endpoint, requests, arrivals, max_concurrency, timeout_s, on_done))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    try:
+        vocab = PromptVocab.from_dir(args.tokenizer or default_tokenizer_dir())
+        requests = build_workload(args, vocab)
+        arrivals = build_arrivals(args, requests)
+        api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
+        model = args.model or asyncio.run(first_model(args.base_url, api_key))
+    except (OSError, ValueError, RuntimeError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    except httpx.HTTPError as error:
+        console.print(f"[red]error:[/red] cannot list models at {args.base_url}: {error}")
+        return 2
+    endpoint = Endpoint(args.base_url, model, args.api, args.ignore_eos, args.temperature, api_key)
+    records = run_with_progress(
+        endpoint, requests, arrivals, args.max_concurrency, args.timeout, console, args.quiet
+    )
+    slo = Slo(
+        ttft=args.slo_ttft_ms / 1000 if args.slo_ttft_ms else None,
+        tpot=args.slo_tpot_ms / 1000 if args.slo_tpot_ms else None,
+    )
+    summary = summarize(records, slo)
+    title = f"edgecloud bench serve → {args.base_url} ({model})"
+    Console(file=sys.stdout).print(summary_table(summary, title))
+    config = _config(args, model, requests)
+    if args.json_path:
+        write_json(args.json_path, summary, records, config)
+    if args.plot_path:
+        plot(args.plot_path, records, summary, title=f"{config['workload']} → {model}")
+    return 0 if summary.completed else 1
+
+
+def _config(args: argparse.Namespace, model: str, requests: list[BenchRequest]) -> dict[str, Any]:
+    config = {k: v for k, v in vars(args).items() if k != "handler" and not callable(v)}
+    config["model"] = model
+    config["workload"] = args.workload or ("trace" if args.trace else "random")
+    config["num_requests"] = len(requests)
+    config["mean_prompt_ids"] = sum(len(r.prompt_ids) for r in requests) / max(1, len(requests))
+    config["mean_output_len"] = sum(r.output_len for r in requests) / max(1, len(requests))
+    return config
+

@@ -1,0 +1,539 @@
+"""The OpenAI-compatible HTTP API over ``AsyncEngine``: completions, chat completions, models,
+health and Prometheus metrics.
+
+Each HTTP request becomes one engine request per prompt. Streamed answers are Server-Sent Events
+of OpenAI's chunk objects (framed by FastAPI's SSE support); a client that goes away, mid-stream
+or while waiting for a non-streamed answer, has its engine requests aborted so their KV blocks
+return to the pool at once. A streamed request is started (validated and admitted by the
+engine) before the response headers go out, so a bad request is a 400, never a broken stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse, format_sse_event
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from edgecloud.llm import (
+    AsyncEngine,
+    CompletionOutput,
+    EngineStats,
+    RequestOutput,
+    SamplingParams,
+    TokenLogprob,
+)
+from edgecloud.server.errors import APIError, install_error_handlers
+from edgecloud.server.metrics import ServerMetrics
+from edgecloud.server.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from edgecloud.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# OpenAI's floor for a logprob that underflowed to -inf (JSON has no infinity).
+_LOGPROB_FLOOR = -9999.0
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_name: str | None = None
+    max_waiting: int = 256
+    max_body_bytes: int = 8 * 1024 * 1024
+    graceful_timeout_s: float = 30.0
+    log_level: str = "info"
+    retry_after_s: int = 1
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` unless the client disconnects first; then cancel it (which aborts the
+    engine requests it drives) and raise ``ClientDisconnected``."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    raise ClientDisconnected
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def merge_streams(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Interleave several engine streams as ``(stream index, output)``; closing the merged
+    stream cancels (and so aborts) the ones still running."""
+    queue: asyncio.Queue[tuple[int, RequestOutput | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[RequestOutput]) -> None:
+        try:
+            async for item in stream:
+                await queue.put((index, item))
+        except Exception as error:
+            await queue.put((index, error))
+            return
+        await queue.put((index, None))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _indexed(stream: AsyncIterator[RequestOutput]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    try:
+        async for out in stream:
+            yield 0, out
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+@dataclass
+class _ChoiceState:
+    """How much of one completion has been streamed."""
+
+    text_sent: int = 0
+    tokens_sent: int = 0
+    started: bool = False
+    finished: bool = False
+
+
+@dataclass
+class _Job:
+    """One HTTP generation request: its engine requests and how to shape answers."""
+
+    request_id: str
+    received_at: float
+    created: int
+    prompts: list[list[int]]
+    params: SamplingParams
+    priority: int
+    chat: bool
+    include_usage: bool
+    logprobs: int | None
+    choices: dict[tuple[int, int], _ChoiceState] = field(default_factory=dict)
+
+    @property
+    def response_id(self) -> str:
+        return f"{'chatcmpl' if self.chat else 'cmpl'}-{self.request_id}"
+
+    @property
+    def object_name(self) -> str:
+        return "chat.completion" if self.chat else "text_completion"
+
+    def choice_index(self, prompt_index: int, completion: CompletionOutput) -> int:
+        return prompt_index * self.params.n + completion.index
+
+
+class OpenAIServer:
+    """The server's state and its endpoint logic; ``build_app`` wires it into FastAPI."""
+
+    def __init__(self, engine: AsyncEngine, settings: ServerSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.model_name = settings.served_model_name or engine.model_name
+        self.metrics = ServerMetrics(self.engine_stats, self.model_name)
+        self.draining = False
+        self.pending = 0  # admitted engine requests that have not produced a token yet
+        self._ids = itertools.count()
+        self.created = int(time.time())
+
+    def engine_stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    # -- admission and generation -------------------------------------------------------------
+
+    def check_model(self, model: str) -> None:
+        if model != self.model_name:
+            raise APIError(
+                404, f"model {model!r} does not exist; this server serves {self.model_name!r}",
+                "model", "model_not_found",
+            )
+
+    def admit(self, num_requests: int) -> None:
+        retry = {"Retry-After": str(self.settings.retry_after_s)}
+        if self.draining:
+            raise APIError(503, "the server is shutting down", code="shutting_down", headers=retry)
+        if self.pending + num_requests > self.settings.max_waiting:
+            raise APIError(
+                503,
+                f"server overloaded: {self.pending} requests are waiting (limit {self.settings.max_waiting}); "
+                "retry later",
+                code="overloaded",
+                headers=retry,
+            )
+
+    def check_lengths(self, ids: list[int], max_tokens: int | None, param: str) -> int:
+        """Returns the output budget: ``max_tokens``, or whatever the context leaves."""
+        limit = self.engine.max_model_len
+        if not ids:
+            raise APIError(400, f"{param} must not be empty", param, "invalid_value")
+        if len(ids) >= limit:
+            raise APIError(
+                400,
+                f"{param} has {len(ids)} tokens but this model's context is {limit} tokens "
+                "(the prompt must be shorter to leave room for output)",
+                param, "context_length_exceeded",
+            )
+        if max_tokens is None:
+            return limit - len(ids)
+        if len(ids) + max_tokens > limit:
+            raise APIError(
+                400,
+                f"max_tokens must be <= {limit - len(ids)} for this prompt: the context is {limit} tokens "
+                f"and the prompt uses {len(ids)} (got {max_tokens})",
+                "max_tokens", "context_length_exceeded",
+            )
+        return max_tokens
+
+    async def _engine_stream(self, engine_id: str, job: _Job, prompt: list[int]) -> AsyncIterator[RequestOutput]:
+        params = job.params
+        self.pending += 1
+        waiting = True
+        finished = False
+        try:
+            async for out in self.engine.generate(prompt, params, request_id=engine_id, priority=job.priority):
+                if waiting:
+                    waiting = False
+                    self.pending -= 1
+                finished = out.finished
+                if finished:
+                    self.metrics.observe(out, job.received_at)
+                yield out
+        finally:
+            if waiting:
+                self.pending -= 1
+            if not finished:
+                self.metrics.finished.labels(self.model_name, "abort").inc(max(1, params.n))
+
+    def start(self, job: _Job) -> AsyncIterator[tuple[int, RequestOutput]]:
+        self.admit(len(job.prompts))
+        streams = [self._engine_stream(f"{job.request_id}-{next(self._ids)}", job, ids) for ids in job.prompts]
+        # One prompt (the usual case) is iterated in the caller's task: no pump task and queue
+        # hop per token, which an event loop serving hundreds of streams feels.
+        return merge_streams(streams) if len(streams) > 1 else _indexed(streams[0])
+
+    # -- answers ------------------------------------------------------------------------------
+
+    def token_text(self, token_id: int) -> str:
+        return self.engine.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    def completion_logprobs(self, entries: list[TokenLogprob], text_offset: int) -> dict[str, Any]:
+        tokens = [self.token_text(e.token_id) for e in entries]
+        offsets = []
+        for token in tokens:
+            offsets.append(text_offset)
+            text_offset += len(token)
+        return {
+            "tokens": tokens,
+            "token_logprobs": [_finite(e.logprob) for e in entries],
+            "top_logprobs": [{self.token_text(t): _finite(lp) for t, lp in e.top} for e in entries],
+            "text_offset": offsets,
+        }
+
+    def chat_logprobs(self, entries: list[TokenLogprob]) -> dict[str, Any]:
+        def entry(token_id: int, logprob: float) -> dict[str, Any]:
+            text = self.token_text(token_id)
+            return {"token": text, "logprob": _finite(logprob), "bytes": list(text.encode())}
+
+        return {
+            "content": [
+                {**entry(e.token_id, e.logprob), "top_logprobs": [entry(t, lp) for t, lp in e.top]} for e in entries
+            ]
+        }
+
+    def _logprobs(self, job: _Job, completion: CompletionOutput, start: int, end: int, offset: int) -> Any:
+        if job.logprobs is None or completion.logprobs is None:
+            return None
+        entries = completion.logprobs[start:end]
+        return self.chat_logprobs(entries) if job.chat else self.completion_logprobs(entries, offset)
+
+    def full_response(self, job: _Job, finals: dict[int, RequestOutput]) -> dict[str, Any]:
+        choices = []
+        prompt_tokens = completion_tokens = 0
+        for prompt_index in range(len(job.prompts)):
+            out = finals[prompt_index]
+            prompt_tokens += len(out.prompt_token_ids)
+            for completion in out.outputs:
+                completion_tokens += len(completion.token_ids)
+                choice: dict[str, Any] = {
+                    "index": job.choice_index(prompt_index, completion),
+                    "logprobs": self._logprobs(job, completion, 0, len(completion.token_ids), 0),
+                    "finish_reason": completion.finish_reason,
+                    "stop_reason": completion.stop_reason,
+                }
+                if job.chat:
+                    choice["message"] = {"role": "assistant", "content": completion.text}
+                else:
+                    choice["text"] = completion.text
+                choices.append(choice)
+        choices.sort(key=lambda c: c["index"])
+        return {
+            "id": job.response_id,
+            "object": job.object_name,
+            "created": job.created,
+            "model": self.model_name,
+            "choices": choices,
+            "usage": _usage(prompt_tokens, completion_tokens),
+        }
+
+    def chunk(self, job: _Job, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        body: dict[str, Any] = {
+            "id": job.response_id,
+            "object": f"{job.object_name}.chunk" if job.chat else job.object_name,
+            "created": job.created,
+            "model": self.model_name,
+            "choices": choices,
+        }
+        if job.include_usage:
+            body["usage"] = usage
+        return json.dumps(body)
+
+    def delta_choices(self, job: _Job, prompt_index: int, out: RequestOutput) -> list[dict[str, Any]]:
+        """The new text and tokens of each completion since the last chunk. While a completion runs, the
+        last ``len(longest stop string) − 1`` characters are held back: they may be the start
+        of a stop string, which the engine cuts from the text when it completes."""
+        holdback = max((len(s) for s in job.params.stop_strings), default=1) - 1
+        choices = []
+        for completion in out.outputs:
+            state = job.choices.setdefault((prompt_index, completion.index), _ChoiceState())
+            if state.finished:
+                continue
+            visible = len(completion.text) if completion.finished else len(completion.text) - holdback
+            delta = completion.text[state.text_sent : max(state.text_sent, visible)]
+            num_tokens = len(completion.token_ids)
+            # A chunk per step that made tokens, even with no text yet (held back, or special
+            # tokens): clients time tokens by chunks.
+            if not delta and not completion.finished and num_tokens == state.tokens_sent:
+                continue
+            choice: dict[str, Any] = {
+                "index": job.choice_index(prompt_index, completion),
+                "logprobs": self._logprobs(job, completion, state.tokens_sent, num_tokens, state.text_sent),
+                "finish_reason": completion.finish_reason,
+            }
+            if job.chat:
+                message: dict[str, Any] = {"content": delta}
+                if not state.started:
+                    message = {"role": "assistant", **message}
+                choice["delta"] = message
+            else:
+                choice["text"] = delta
+                choice["stop_reason"] = completion.stop_reason
+            state.text_sent += len(delta)
+            state.tokens_sent = num_tokens
+            state.started = True
+            state.finished = completion.finished
+            choices.append(choice)
+        return choices
+
+    async def sse(
+        self, job: _Job, first: tuple[int, RequestOutput], rest: AsyncIterator[tuple[int, RequestOutput]]
+    ) -> AsyncIterator[bytes]:
+        finals: dict[int, RequestOutput] = {}
+
+        async def outputs() -> AsyncIterator[tuple[int, RequestOutput]]:
+            yield first
+            async for item in rest:
+                yield item
+
+        try:
+            async for prompt_index, out in outputs():
+                if out.finished:
+                    finals[prompt_index] = out
+                choices = self.delta_choices(job, prompt_index, out)
+                if choices:
+                    yield format_sse_event(data_str=self.chunk(job, choices))
+        except Exception as error:
+            # Headers are gone: the error travels in the stream, as OpenAI's API does.
+            log.error("stream %s failed: %s", job.request_id, error)
+            body = APIError(500, f"generation failed: {error}", code="engine_error").body()
+            yield format_sse_event(data_str=json.dumps(body))
+        else:
+            if job.include_usage:
+                prompt_tokens = sum(len(o.prompt_token_ids) for o in finals.values())
+                completion_tokens = sum(len(c.token_ids) for o in finals.values() for c in o.outputs)
+                yield format_sse_event(data_str=self.chunk(job, [], _usage(prompt_tokens, completion_tokens)))
+        finally:
+            await rest.aclose()  # type: ignore[attr-defined]
+        yield format_sse_event(data_str="[DONE]")
+
+    async def run(self, request: Request, job: _Job, stream: bool) -> Response:
+        outputs = self.start(job)
+        try:
+            if not stream:
+                finals = await until_disconnect(request, _collect(outputs))
+                return JSONResponse(self.full_response(job, finals))
+            first = await until_disconnect(request, anext(outputs))
+        except ClientDisconnected:
+            log.info("client of %s disconnected; request aborted", job.request_id)
+            return Response(status_code=499)
+        except BaseException:
+            await outputs.aclose()  # type: ignore[attr-defined]
+            raise
+        return EventSourceResponse(self.sse(job, first, outputs), headers={"Cache-Control": "no-cache"})
+
+    # -- endpoints ----------------------------------------------------------------------------
+
+    def new_job(self, request: Request, body: SamplingRequest, prompts: list[list[int]], params: SamplingParams,
+                chat: bool, logprobs: int | None) -> _Job:
+        return _Job(
+            request_id=request.state.request_id,
+            received_at=request.state.received_at,
+            created=int(time.time()),
+            prompts=prompts,
+            params=params,
+            priority=body.priority,
+            chat=chat,
+            include_usage=body.include_usage,
+            logprobs=logprobs,
+        )
+
+    async def completions(self, request: Request, body: CompletionRequest) -> Response:
+        self.check_model(body.model)
+        for name, unsupported in (("echo", body.echo), ("suffix", body.suffix is not None)):
+            if unsupported:
+                raise APIError(400, f"{name} is not supported by this server", name, "unsupported")
+        if body.best_of is not None and body.best_of != body.n:
+            raise APIError(400, f"best_of must equal n ({body.n}) on this server, got {body.best_of}", "best_of")
+        tokenizer = self.engine.tokenizer
+        prompts = [tokenizer.encode(p) if isinstance(p, str) else p for p in body.prompts()]
+        budgets = {self.check_lengths(ids, body.max_tokens or 16, "prompt") for ids in prompts}
+        params = body.sampling_params(min(budgets), body.logprobs)
+        job = self.new_job(request, body, prompts, params, chat=False, logprobs=body.logprobs)
+        return await self.run(request, job, body.stream)
+
+    async def chat_completions(self, request: Request, body: ChatCompletionRequest) -> Response:
+        self.check_model(body.model)
+        tokenizer = self.engine.tokenizer
+        text = tokenizer.apply_chat_template(
+            [m.template_dict() for m in body.messages], add_generation_prompt=body.add_generation_prompt
+        )
+        # The template writes any BOS itself; the tokenizer must not add another.
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        max_tokens = self.check_lengths(ids, body.requested_max_tokens, "messages")
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        if body.top_logprobs is not None and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs set to true", "top_logprobs")
+        params = body.sampling_params(max_tokens, logprobs)
+        job = self.new_job(request, body, [ids], params, chat=True, logprobs=logprobs)
+        return await self.run(request, job, body.stream)
+
+    def models(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{
+                "id": self.model_name,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "edgecloud",
+                "max_model_len": self.engine.max_model_len,
+            }],
+        }
+
+
+async def _collect(outputs: AsyncIterator[tuple[int, RequestOutput]]) -> dict[int, RequestOutput]:
+    finals: dict[int, RequestOutput] = {}
+    async for prompt_index, out in outputs:
+        if out.finished:
+            finals[prompt_index] = out
+    return finals
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _finite(logprob: float) -> float:
+    return logprob if math.isfinite(logprob) else _LOGPROB_FLOOR
+
+
+def build_app(
+    engine: AsyncEngine,
+    settings: ServerSettings,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> FastAPI:
+    """The ASGI app. Its lifespan starts the engine and, on shutdown, stops it."""
+    server = OpenAIServer(engine, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await engine.start()
+        watcher = asyncio.ensure_future(server.metrics.watch_event_loop())
+        yield
+        watcher.cancel()
+        server.draining = True
+        await engine.shutdown()
+        if on_shutdown is not None:
+            await on_shutdown()
+
+    app = FastAPI(title="edgecloud OpenAI-compatible server", lifespan=lifespan)
+    app.state.server = server
+    install_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> Response:
+        if server.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return server.models()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(server.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request, body: CompletionRequest) -> Response:
+        return await server.completions(request, body)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+        return await server.chat_completions(request, body)
+
+    # Outermost first: every answer, a 413 included, carries the request id.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware, on_status=server.metrics.count_status)
+    return app

@@ -1,0 +1,74 @@
+"""``edgecloud serve``: run the OpenAI-compatible server over the engine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from edgecloud.llm.cli import add_engine_options, engine_config_from_args
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def register(commands: Any, bench: Any) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP server (completions, chat, metrics) over the engine",
+        description="Serve a model over the OpenAI API: /v1/completions, /v1/chat/completions, "
+        "/v1/models, /health and Prometheus /metrics.",
+    )
+    http = parser.add_argument_group("server")
+    http.add_argument("--host", default="127.0.0.1")
+    http.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
+    http.add_argument("--served-model-name", help="model id clients use (default: the engine's name)")
+    http.add_argument(
+        "--max-waiting", type=_positive_int, default=256,
+        help="refuse new requests with 503 + Retry-After while this many wait in the engine",
+    )
+    http.add_argument(
+        "--max-body-bytes", type=_positive_int, default=8 * 1024 * 1024,
+        help="larger request bodies get 413",
+    )
+    http.add_argument(
+        "--graceful-timeout", type=_non_negative_float, default=30.0,
+        help="on SIGTERM, seconds to let in-flight requests finish before exiting",
+    )
+    http.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    add_engine_options(parser)
+    parser.set_defaults(handler=_serve_handler)
+
+
+def _serve_handler(args: argparse.Namespace) -> int:
+    from edgecloud.llm import InvalidRequestError
+    from edgecloud.server.main import ServerSettings, serve
+
+    try:
+        config = engine_config_from_args(args)
+    except InvalidRequestError as error:
+        print(f"edgecloud serve: {error}", file=sys.stderr)
+        return 2
+    settings = ServerSettings(
+        host=args.host,
+        port=args.port,
+        served_model_name=args.served_model_name,
+        max_waiting=args.max_waiting,
+        max_body_bytes=args.max_body_bytes,
+        graceful_timeout_s=args.graceful_timeout,
+        log_level=args.log_level,
+    )
+    return serve(config, settings)  # type: ignore[arg-type]

@@ -1,0 +1,80 @@
+"""Running the server: build the engine, bind the socket, serve with uvicorn, drain on SIGTERM.
+
+On SIGTERM (or Ctrl-C) the server stops admitting (``/health`` and new requests answer 503,
+the listening socket closes), lets in-flight requests finish for up to ``graceful_timeout_s``,
+aborts whatever is still running, stops the engine and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from types import FrameType
+
+import uvicorn
+
+from edgecloud.llm import AsyncEngine, EngineConfig, InvalidRequestError, ModelLoadError
+from edgecloud.server.app import OpenAIServer, ServerSettings, build_app
+
+log = logging.getLogger(__name__)
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, which also marks our server as draining the moment a signal arrives
+    (uvicorn itself only notices on its next tick)."""
+
+    def __init__(self, config: uvicorn.Config, server: OpenAIServer) -> None:
+        super().__init__(config)
+        self.openai_server = server
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.openai_server.draining = True
+        super().handle_exit(sig, frame)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket; port 0 picks a free one (read it back with ``getsockname``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit this. uvloop does not set it on connections of a socket it
+    # did not bind, and without it Nagle + delayed ACKs add ~40 ms to every streamed response.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(config: EngineConfig, settings: ServerSettings) -> int:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        engine = AsyncEngine(config)
+    except (InvalidRequestError, ModelLoadError) as error:
+        print(f"edgecloud serve: {error}", file=sys.stderr)
+        return 2
+    try:
+        sock = bind(settings.host, settings.port)
+    except OSError as error:
+        print(f"edgecloud serve: cannot listen on {settings.host}:{settings.port}: {error}", file=sys.stderr)
+        return 2
+    app = build_app(engine, settings)
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        timeout_graceful_shutdown=settings.graceful_timeout_s,
+    )
+    server = _DrainingServer(config, app.state.server)
+    host, port = sock.getsockname()[:2]
+    print(f"edgecloud serve: {app.state.server.model_name} on http://{host}:{port}", flush=True)
+    # uvicorn re-raises the signal it caught once it has shut down; with this handler in place
+    # that re-raise is a no-op and a drained server exits 0.
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0

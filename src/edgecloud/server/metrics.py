@@ -1,0 +1,133 @@
+"""Prometheus metrics of the server: the engine's state read at scrape time, and per-request
+latency histograms observed when each request ends.
+
+Latencies use the engine's timestamps (``RequestMetrics``, ``time.monotonic``) and the moment
+the HTTP request reached the server (as vLLM does), so that parsing, validation and tokenization
+count: TTFT is first token − received, TPOT is (finish − first token) / (output tokens − 1), e2e
+is finish − received; the same definitions ``edgecloud bench serve`` measures from the client.
+Queue time is the engine's: arrival in the engine → first scheduled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from edgecloud.llm import EngineStats, RequestOutput
+
+# Buckets fine enough to read percentiles of a small CPU model and of a GPU one.
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+    0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0,
+)
+
+
+class _EngineStatsCollector(Collector):
+    """Engine gauges and counters, read from ``EngineStats`` when Prometheus scrapes."""
+
+    def __init__(self, stats: Callable[[], EngineStats], model: str) -> None:
+        self._stats = stats
+        self._model = model
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        s = self._stats()
+        labels = ["model_name"]
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(f"edgecloud_{name}", doc, labels=labels)
+            family.add_metric([self._model], value)
+            return family
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            family = CounterMetricFamily(f"edgecloud_{name}", doc, labels=labels)
+            family.add_metric([self._model], value)
+            return family
+
+        yield gauge("num_requests_waiting", "Requests waiting to be scheduled.", s.num_waiting)
+        yield gauge("num_requests_running", "Requests in the running batch.", s.num_running)
+        yield gauge("kv_cache_usage_perc", "Fraction of KV-cache blocks in use (0..1).", s.kv_usage)
+        yield gauge("kv_cache_free_blocks", "Free KV-cache blocks.", s.num_free_blocks)
+        yield gauge("kv_cache_total_blocks", "KV-cache blocks in the pool.", s.num_total_blocks)
+        hit_rate = s.prefix_cache_hits / s.prefix_cache_queries if s.prefix_cache_queries else 0.0
+        yield gauge("prefix_cache_hit_rate", "Prompt tokens found in the prefix cache / looked up.", hit_rate)
+        yield counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", s.prefix_cache_queries)
+        yield counter("prefix_cache_hits", "Prompt tokens found in the prefix cache.", s.prefix_cache_hits)
+        yield counter("prompt_tokens", "Prompt tokens computed (prefill).", s.prompt_tokens_total)
+        yield counter("generation_tokens", "Tokens generated.", s.generation_tokens_total)
+        yield counter("num_preemptions", "Sequences preempted for lack of KV blocks.", s.num_preemptions)
+
+
+class ServerMetrics:
+    """One registry per server, so several servers (tests) never share counters."""
+
+    def __init__(self, stats: Callable[[], EngineStats], model: str) -> None:
+        self.registry = CollectorRegistry()
+        self.model = model
+        self.registry.register(_EngineStatsCollector(stats, model))
+        labels = ["model_name"]
+        self.ttft = Histogram(
+            "edgecloud_time_to_first_token_seconds", "Request received to first token.", labels,
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.tpot = Histogram(
+            "edgecloud_time_per_output_token_seconds", "Time per output token after the first.", labels,
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.e2e = Histogram(
+            "edgecloud_e2e_request_latency_seconds", "Request received to last token.", labels,
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.queue = Histogram(
+            "edgecloud_request_queue_time_seconds", "Arrival in the engine to first scheduled.", labels,
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.loop_lag = Histogram(
+            "edgecloud_event_loop_lag_seconds", "How late the HTTP event loop wakes from a timer.",
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.finished = Counter(
+            "edgecloud_request_success", "Requests finished, by finish reason.",
+            ["model_name", "finished_reason"], registry=self.registry,
+        )
+        self.http_errors = Counter(
+            "edgecloud_http_errors", "Requests answered with an error, by status code.",
+            ["status"], registry=self.registry,
+        )
+
+    def count_status(self, status: int) -> None:
+        if status >= 400:
+            self.http_errors.labels(str(status)).inc()
+
+    async def watch_event_loop(self, period_s: float = 0.1) -> None:
+        """Observe how late the event loop wakes from a ``period_s`` sleep, forever: the delay
+        every request's I/O sees when the HTTP front end is starved (CPU, or the GIL held by the
+        engine thread), which the per-request histograms, started at receipt, cannot show."""
+        while True:
+            start = time.monotonic()
+            await asyncio.sleep(period_s)
+            self.loop_lag.observe(max(0.0, time.monotonic() - start - period_s))
+
+    def observe(self, output: RequestOutput, received_at: float) -> None:
+        """Record a finished request (aborted ones count under their reason, without latencies)."""
+        for completion in output.outputs:
+            self.finished.labels(self.model, completion.finish_reason or "abort").inc()
+        m = output.metrics
+        if any(c.finish_reason == "abort" for c in output.outputs):
+            return
+        if m.first_scheduled_time is not None:
+            self.queue.labels(self.model).observe(m.first_scheduled_time - m.arrival_time)
+        if m.first_token_time is None or m.finished_time is None:
+            return
+        self.ttft.labels(self.model).observe(m.first_token_time - received_at)
+        self.e2e.labels(self.model).observe(m.finished_time - received_at)
+        num_tokens = max((len(c.token_ids) for c in output.outputs), default=0)
+        if num_tokens > 1:
+            self.tpot.labels(self.model).observe((m.finished_time - m.first_token_time) / (num_tokens - 1))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,396 @@
+"""Latency model of split-learning training: what a round costs for a given plan (C2P2SL Sec. III).
+
+A *plan* fixes the schedule (sequential split learning, or C2P2SL's pipelined micro-batches),
+the cut layer, the number of micro-batches of every UE and every UE's uplink bandwidth share.
+The model turns a plan into times from three measured ingredients: per-block FLOPs and
+activation sizes (``profiling.profile_model``), the calibrated host speed with each device's
+slowdown (``profiling.ComputeSpeed``) and Shannon link rates (``wireless``).
+
+Two views of the same plan:
+
+* ``simulate`` replays the exact schedule the runtime executes, event by event and round after
+  round: UE forwards back to back, FIFO uplink per UE, one BS processor serving micro-batches in
+  arrival order, a downlink per UE, UE backwards in order as gradients arrive, SGD steps, and the
+  client-model averaging at every epoch's end. Pipeline fill and drain fall out of the replay.
+  It is the model's prediction of the wall clock (``predicted_s``).
+* ``round_time_bound`` is the closed form the optimiser works on: a permutation flow shop of
+  ``m_k`` equal micro-batches per UE through (forward, uplink, BS, downlink), then the backwards,
+  bounded below by the BS's total work. It is linear in the discrete choices once the uplink
+  shares are fixed and convex in the shares once the discrete choices are fixed — the structure
+  the alternating optimisation of ``optimizer`` exploits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from edgecloud.splitlearn.wireless import shannon_rate_bps, transfer_seconds
+
+if TYPE_CHECKING:  # profiling pulls in scipy and the flop counter; the runtime needs neither
+    from edgecloud.splitlearn.profiling import ComputeSpeed, ModelProfile
+
+Schedule = Literal["sequential", "c2p2sl"]
+SCHEDULES: tuple[Schedule, ...] = ("sequential", "c2p2sl")
+
+
+@dataclass(frozen=True)
+class UEConfig:
+    """One UE: how many times slower than this host it computes, and its channel SNR."""
+
+    slowdown: float
+    snr_db: float
+
+    def __post_init__(self) -> None:
+        if self.slowdown < 1.0:
+            raise ValueError(
+                f"slowdown must be >= 1 (a UE is never faster than this host), got {self.slowdown}"
+            )
+
+
+@dataclass(frozen=True)
+class Scenario:
+    profile: ModelProfile
+    speed: ComputeSpeed
+    ues: tuple[UEConfig, ...]
+    batch_per_ue: int
+    bandwidth_hz: float
+    rounds_per_epoch: int = 1  # the client-model averaging at epoch end is spread over these rounds
+    message_latency_s: float = 0.0  # per message, on top of serialisation (transport.measure_message_latency)
+
+    @property
+    def num_ues(self) -> int:
+        return len(self.ues)
+
+
+@dataclass(frozen=True)
+class Plan:
+    schedule: Schedule
+    cut: int
+    micro_batches: tuple[int, ...]
+    uplink_shares: tuple[float, ...]
+
+    def validate(self, scenario: Scenario) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.cut not in scenario.profile.cuts:
+            cuts = scenario.profile.cuts
+            raise ValueError(f"cut must be in {cuts.start}..{cuts.stop - 1}, got {self.cut}")
+        k = scenario.num_ues
+        if len(self.micro_batches) != k or len(self.uplink_shares) != k:
+            raise ValueError(f"micro_batches and uplink_shares need one entry per UE ({k})")
+        for m in self.micro_batches:
+            if not 1 <= m <= scenario.batch_per_ue:
+                raise ValueError(f"micro_batches must be in 1..{scenario.batch_per_ue}, got {m}")
+        if any(b <= 0 for b in self.uplink_shares) or sum(self.uplink_shares) > 1 + 1e-9:
+            raise ValueError(f"uplink_shares must be > 0 and sum to <= 1, got {self.uplink_shares}")
+
+
+def micro_batch_sizes(batch: int, count: int) -> list[int]:
+    """Near-equal sizes, largest first — the split ``torch.tensor_split`` makes."""
+    return [batch // count + (1 if i < batch % count else 0) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Messages:
+    """Bytes of each message the runtime sends; the runtime builds its tensors from the same sizes."""
+
+    profile: ModelProfile
+    cut: int
+
+    @property
+    def activation_width(self) -> int:
+        return self.profile.blocks[self.cut - 1].output_elements
+
+    def uplink_elements(self, size: float) -> float:
+        """Activations plus one label column."""
+        return size * (self.activation_width + 1)
+
+    def downlink_elements(self, size: float) -> float:
+        return size * self.activation_width
+
+    @property
+    def parameter_elements(self) -> int:
+        return sum(b.parameter_elements for b in self.profile.blocks[: self.cut])
+
+    def nbytes(self, elements: float) -> float:
+        return elements * self.profile.element_bytes
+
+
+CONTROL_ELEMENTS = 1  # a control message carries one number (round index or command)
+
+
+@dataclass(frozen=True)
+class LinkRates:
+    """Bit rates of every UE's links under a plan."""
+
+    uplink_bps: tuple[float, ...]
+    downlink_bps: tuple[float, ...]
+    full_bps: tuple[float, ...]  # the whole band: epoch-end model averaging, one UE at a time
+
+
+def link_rates(ues: tuple[UEConfig, ...], bandwidth_hz: float, plan: Plan) -> LinkRates:
+    full = tuple(shannon_rate_bps(bandwidth_hz, 1.0, u.snr_db) for u in ues)
+    if plan.schedule == "sequential":
+        # One UE is served at a time, so it holds the whole band in both directions.
+        return LinkRates(full, full, full)
+    uplink = tuple(
+        shannon_rate_bps(bandwidth_hz, b, u.snr_db) for b, u in zip(plan.uplink_shares, ues, strict=True)
+    )
+    downlink = tuple(shannon_rate_bps(bandwidth_hz, 1.0 / len(ues), u.snr_db) for u in ues)
+    return LinkRates(uplink, downlink, full)
+
+
+class StageTimes:
+    """Per-UE stage times of a plan, for a micro-batch of ``size`` samples."""
+
+    def __init__(self, scenario: Scenario, plan: Plan) -> None:
+        self.scenario = scenario
+        self.plan = plan
+        self.messages = Messages(scenario.profile, plan.cut)
+        rates = link_rates(scenario.ues, scenario.bandwidth_hz, plan)
+        self.latency = scenario.message_latency_s
+        self.uplink_bps, self.downlink_bps, self.full_bps = (
+            rates.uplink_bps,
+            rates.downlink_bps,
+            rates.full_bps,
+        )
+
+    def forward(self, ue: int, size: float) -> float:
+        s = self.scenario
+        return s.ues[ue].slowdown * s.speed.ue_forward_s(s.profile, self.plan.cut, size)
+
+    def backward(self, ue: int, size: float) -> float:
+        s = self.scenario
+        return s.ues[ue].slowdown * s.speed.ue_backward_s(s.profile, self.plan.cut, size)
+
+    def bs(self, size: float) -> float:
+        s = self.scenario
+        return s.speed.bs_s(s.profile, self.plan.cut, size)
+
+    def uplink(self, ue: int, size: float) -> float:
+        return transfer_seconds(
+            self.messages.nbytes(self.messages.uplink_elements(size)), self.uplink_bps[ue]
+        )
+
+    def downlink(self, ue: int, size: float) -> float:
+        return transfer_seconds(
+            self.messages.nbytes(self.messages.downlink_elements(size)), self.downlink_bps[ue]
+        )
+
+    def control_down(self, ue: int) -> float:
+        return transfer_seconds(self.messages.nbytes(CONTROL_ELEMENTS), self.downlink_bps[ue])
+
+    def control_up(self, ue: int) -> float:
+        return transfer_seconds(self.messages.nbytes(CONTROL_ELEMENTS), self.uplink_bps[ue])
+
+    def ue_step(self, ue: int) -> float:
+        s = self.scenario
+        return s.ues[ue].slowdown * s.speed.optimizer_s(s.profile, 0, self.plan.cut)
+
+    def bs_step(self) -> float:
+        s = self.scenario
+        return s.speed.optimizer_s(s.profile, self.plan.cut, len(s.profile.blocks))
+
+    def ue_cpu_per_round(self, ue: int) -> float:
+        """Host CPU seconds of UE ``ue``'s computations in one round (before its slowdown)."""
+        sizes = micro_batch_sizes(self.scenario.batch_per_ue, self.plan.micro_batches[ue])
+        total = sum(self.forward(ue, size) + self.backward(ue, size) for size in sizes) + self.ue_step(ue)
+        return total / self.scenario.ues[ue].slowdown
+
+    def sync_transfer(self, ue: int) -> float:
+        """Client-model upload or download at epoch end: one UE at a time, whole band."""
+        return transfer_seconds(self.messages.nbytes(self.messages.parameter_elements), self.full_bps[ue])
+
+    def sync_control(self, ue: int) -> float:
+        return transfer_seconds(self.messages.nbytes(CONTROL_ELEMENTS), self.full_bps[ue])
+
+
+@dataclass
+class _Clocks:
+    ue_free: list[float]
+    uplink_free: list[float]
+    downlink_free: list[float]
+    bs_free: float
+
+
+def _pipelined_round(st: StageTimes, c: _Clocks) -> None:
+    k_count = st.scenario.num_ues
+    sizes = [micro_batch_sizes(st.scenario.batch_per_ue, m) for m in st.plan.micro_batches]
+    arrivals: list[tuple[float, int, int]] = []
+    forwards_done = []
+    for k in range(k_count):
+        t = c.ue_free[k]
+        for i, size in enumerate(sizes[k]):
+            t += st.forward(k, size)
+            c.uplink_free[k] = max(t, c.uplink_free[k]) + st.uplink(k, size)
+            arrivals.append((c.uplink_free[k] + st.latency, k, i))
+        forwards_done.append(t)
+    arrivals.sort()
+    gradient_at: dict[tuple[int, int], float] = {}
+    bs = c.bs_free
+    for arrival, k, i in arrivals:
+        bs = max(bs, arrival) + st.bs(sizes[k][i])
+        c.downlink_free[k] = max(bs, c.downlink_free[k]) + st.downlink(k, sizes[k][i])
+        gradient_at[k, i] = c.downlink_free[k] + st.latency
+    c.bs_free = bs + st.bs_step()
+    for k in range(k_count):
+        t = forwards_done[k]
+        for i, size in enumerate(sizes[k]):
+            t = max(t, gradient_at[k, i]) + st.backward(k, size)
+        c.ue_free[k] = t + st.ue_step(k)
+
+
+def _sequential_round(st: StageTimes, c: _Clocks) -> None:
+    batch = st.scenario.batch_per_ue
+    t = c.bs_free
+    lat = st.latency
+    for k in range(st.scenario.num_ues):
+        t = max(t, c.downlink_free[k]) + st.control_down(k) + lat
+        t = max(t, c.ue_free[k]) + st.forward(k, batch) + st.uplink(k, batch) + lat
+        t += st.bs(batch) + st.downlink(k, batch) + lat + st.backward(k, batch) + st.ue_step(k)
+        c.ue_free[k] = t
+        t += st.control_up(k) + lat
+        c.uplink_free[k] = c.downlink_free[k] = t
+    c.bs_free = t + st.bs_step()
+
+
+def _epoch_sync(st: StageTimes, c: _Clocks) -> None:
+    """BS asks each UE in turn for its client model, averages, sends it back to each in turn."""
+    t, lat = c.bs_free, st.latency
+    for k in range(st.scenario.num_ues):
+        t = max(t, c.downlink_free[k]) + st.sync_control(k) + lat
+        t = max(t, c.ue_free[k], c.uplink_free[k]) + st.sync_transfer(k)
+        c.uplink_free[k] = t
+        t += lat
+    for k in range(st.scenario.num_ues):
+        # The BS waits for each download to be delivered before starting the next.
+        t = max(t, c.downlink_free[k]) + st.sync_transfer(k)
+        c.downlink_free[k] = t
+        t += lat
+        c.ue_free[k] = t
+    c.bs_free = t
+
+
+@dataclass(frozen=True)
+class Prediction:
+    total_s: float
+    round_end_s: tuple[float, ...]  # when the BS finished each round (sync included), from t=0
+
+
+def simulate(scenario: Scenario, plan: Plan, rounds: int, rounds_per_epoch: int) -> Prediction:
+    """Replay ``rounds`` rounds of the runtime's schedule; t=0 is when the BS sends "start"."""
+    plan.validate(scenario)
+    if rounds < 1 or rounds_per_epoch < 1:
+        raise ValueError(f"rounds and rounds_per_epoch must be >= 1, got {rounds}, {rounds_per_epoch}")
+    st = StageTimes(scenario, plan)
+    k = scenario.num_ues
+    start = [st.control_down(i) + st.latency for i in range(k)]
+    clocks = _Clocks(ue_free=start, uplink_free=[0.0] * k, downlink_free=list(start), bs_free=0.0)
+    ends = []
+    for r in range(rounds):
+        if plan.schedule == "sequential":
+            _sequential_round(st, clocks)
+        else:
+            _pipelined_round(st, clocks)
+        if (r + 1) % rounds_per_epoch == 0 or r + 1 == rounds:
+            _epoch_sync(st, clocks)
+        ends.append(clocks.bs_free)
+    return Prediction(total_s=max(clocks.bs_free, *clocks.ue_free), round_end_s=tuple(ends))
+
+
+@dataclass(frozen=True)
+class UEBoundTerms:
+    """Stage times of one UE's ``m`` equal micro-batches; the uplink time is ``U / share``.
+
+    The UE's round in the flow-shop bound is
+    ``max(A + (m-1)·M + g, m·(f+g), A + m·g) + step`` with ``A = f+u+s+d`` and
+    ``M = max(f,u,s,d)``: the last gradient's return, the UE's own compute, and the backward
+    chain that starts with the first gradient. Expanding the inner max, it is the max of
+    *pieces* ``const + coef · U / share`` — each convex and decreasing in the share.
+    """
+
+    m: int
+    f: float
+    s: float
+    d: float
+    g: float
+    uplink_s_at_full_share: float
+    step: float
+    latency: float = 0.0  # per message; a micro-batch's path has two (up and down)
+
+    def pieces(self) -> list[tuple[float, float]]:
+        """(const, coef) with round time ``max(const + coef * U / share)``."""
+        m, f, s, d, g, step = self.m, self.f, self.s, self.d, self.g, self.step
+        rest = f + s + d + g + step + 2 * self.latency
+        pieces = [
+            (rest, float(m)),
+            (m * (f + g) + step, 0.0),
+            (f + s + d + m * g + step + 2 * self.latency, 1.0),
+        ]
+        if m > 1:
+            pieces += [(rest + (m - 1) * other, 1.0) for other in (f, s, d)]
+        return pieces
+
+    def round_s(self, share: float) -> float:
+        u = self.uplink_s_at_full_share / share
+        return max(const + coef * u for const, coef in self.pieces())
+
+    def min_share(self, t: float) -> float:
+        """Smallest share with ``round_s(share) <= t``; ``inf`` when no share is enough."""
+        need = 0.0
+        for const, coef in self.pieces():
+            if const >= t:
+                if coef > 0 or const > t:
+                    return float("inf")
+                continue
+            need = max(need, coef * self.uplink_s_at_full_share / (t - const))
+        return need
+
+
+def bound_terms(scenario: Scenario, cut: int, ue: int, m: int) -> UEBoundTerms:
+    """The closed-form terms of UE ``ue`` with ``m`` equal micro-batches at cut ``cut``."""
+    plan = Plan("c2p2sl", cut, (1,) * scenario.num_ues, (1.0 / scenario.num_ues,) * scenario.num_ues)
+    st = StageTimes(scenario, plan)
+    size = scenario.batch_per_ue / m
+    # Sizes are fractional here: the bound treats micro-batches as equal, which they are to within one sample.
+    msg = st.messages
+    full = shannon_rate_bps(scenario.bandwidth_hz, 1.0, scenario.ues[ue].snr_db)
+    return UEBoundTerms(
+        m=m,
+        f=st.forward(ue, size),
+        s=st.bs(size),
+        d=st.downlink(ue, size),
+        g=st.backward(ue, size),
+        uplink_s_at_full_share=8.0 * msg.nbytes(1) * (msg.activation_width + 1) * size / full,
+        step=st.ue_step(ue),
+        latency=scenario.message_latency_s,
+    )
+
+
+def bs_bound(scenario: Scenario, cut: int, micro_batches: tuple[int, ...]) -> float:
+    """The BS's own work in a round: every micro-batch of every UE, then its step."""
+    st = StageTimes(
+        scenario, Plan("c2p2sl", cut, micro_batches, (1.0 / scenario.num_ues,) * scenario.num_ues)
+    )
+    return sum(m * st.bs(scenario.batch_per_ue / m) for m in micro_batches) + st.bs_step()
+
+
+def sync_per_round(scenario: Scenario, cut: int) -> float:
+    """The epoch-end model averaging (one UE at a time, whole band), spread over the epoch's rounds."""
+    k = scenario.num_ues
+    st = StageTimes(scenario, Plan("c2p2sl", cut, (1,) * k, (1.0 / k,) * k))
+    total = sum(st.sync_control(ue) + 2 * st.sync_transfer(ue) + 3 * st.latency for ue in range(k))
+    return total / scenario.rounds_per_epoch
+
+
+def round_time_bound(scenario: Scenario, plan: Plan) -> float:
+    """The optimiser's objective: the closed-form round time of a C2P2SL plan."""
+    plan.validate(scenario)
+    ue_terms = [
+        bound_terms(scenario, plan.cut, k, m).round_s(b)
+        for k, (m, b) in enumerate(zip(plan.micro_batches, plan.uplink_shares, strict=True))
+    ]
+    return max(*ue_terms, bs_bound(scenario, plan.cut, plan.micro_batches)) + sync_per_round(
+        scenario, plan.cut
+    )

@@ -1,0 +1,630 @@
+"""Real split training: one BS process and one process per UE, over gloo (C2P2SL Sec. II).
+
+Each UE runs the blocks before the cut on its own data shard and sends activations (with labels)
+up; the BS runs the rest, backpropagates and sends the cut-layer gradients down; the UE finishes
+the backward pass. A *plan* (``latency.Plan``) says how:
+
+* ``sequential``: the BS serves one UE at a time, whole batch, each holding the whole band —
+  classic split learning with no overlap.
+* ``c2p2sl``: every UE splits its batch into ``m_k`` micro-batches and streams them: UE forwards
+  back to back, the uplink (at the UE's bandwidth share) carries one while the next is computed,
+  the BS serves micro-batches from all UEs in arrival order, gradients stream back down. The BS
+  and every UE accumulate gradients over micro-batches and step once per round, so the update
+  is the full-batch update.
+
+At every epoch's end the BS averages the UEs' client-side models (SplitFed-style) and sends the
+average back. All transfers are paced to the wireless model's rates (``transport``). UEs are
+heterogeneous: a UE with ``slowdown`` s makes each of its computations take s times the CPU time
+this host actually spent on it (it sleeps the difference), which also keeps the emulation honest
+when other processes share the cores.
+
+Membership and faults. gloo process groups have a fixed size and cannot lose or gain a member:
+one dead rank poisons every collective. So there is no global group. A ``TCPStore`` held by the
+launcher is the membership registry: a UE (re)joining bumps ``incarnation/<k>`` and opens a
+two-rank gloo group with the BS under the prefix ``ue<k>/<incarnation>``; the BS notices the new
+incarnation at the next round boundary and opens its side. A UE that dies closes its pair (the
+BS's receive fails at once); a UE that hangs is dropped after ``ue_timeout_s`` without a message
+while it still owes some. Either way the BS logs it, finishes the round with the others and
+serves the UE again when it rejoins. Every process sets ``torch.set_num_threads(1)``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import multiprocessing
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from edgecloud.splitlearn.data import DigitsSplit, load_digits_split, rounds_per_epoch, ue_batch
+from edgecloud.splitlearn.latency import (
+    CONTROL_ELEMENTS,
+    LinkRates,
+    Plan,
+    UEConfig,
+    link_rates,
+    micro_batch_sizes,
+)
+from edgecloud.splitlearn.models import DIGITS_SHAPE, build_model, split_model
+from edgecloud.splitlearn.sgd import MomentumSGD
+from edgecloud.splitlearn.transport import PacedSender
+
+log = logging.getLogger("edgecloud.splitlearn")
+
+TAG_ACTIVATION, TAG_GRADIENT, TAG_CONTROL, TAG_PARAMETERS = 1, 2, 3, 4
+SYNC_REQUEST = -1.0  # control value asking a UE for its client model
+BS_RANK, UE_RANK = 0, 1
+
+
+@dataclass(frozen=True)
+class UEFault:
+    """Fault injection: UE ``ue``'s first incarnation crashes (exits) or hangs in round ``round``,
+    right after sending its first micro-batch."""
+
+    ue: int
+    round: int
+    kind: Literal["crash", "hang"] = "crash"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str
+    plan: Plan
+    ues: tuple[UEConfig, ...]
+    bandwidth_hz: float
+    batch_per_ue: int = 32
+    epochs: int = 1
+    max_rounds: int | None = None  # stop early (tests); None trains all epochs
+    lr: float = 0.05
+    momentum: float = 0.9
+    seed: int = 0
+    dtype: Literal["float32", "float64"] = "float32"
+    ue_timeout_s: float = 10.0
+    faults: tuple[UEFault, ...] = ()
+    restart_crashed_ues: bool = True
+    await_rejoin_s: float = 0.0  # how long the BS holds a round for a dropped UE to come back (once per drop)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.float64 if self.dtype == "float64" else torch.float32
+
+
+@dataclass
+class TrainResult:
+    time_s: float  # wall clock from the BS's "start" to the end of the last round (sync included)
+    round_end_s: list[float]
+    participants: list[tuple[int, ...]]  # UEs that contributed to each round
+    accuracy: float
+    events: list[str]
+    parameters: dict[str, np.ndarray] = field(repr=False)
+    # Host CPU seconds each UE's last incarnation spent computing (before its slowdown).
+    ue_compute_cpu_s: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _RunShape:
+    """What every process derives identically from the config."""
+
+    rounds: int
+    per_epoch: int
+    activation_shape: tuple[int, ...]
+    activation_width: int
+
+
+def _run_shape(config: TrainConfig, train_size: int) -> _RunShape:
+    per_epoch = rounds_per_epoch(train_size, len(config.ues), config.batch_per_ue)
+    rounds = per_epoch * config.epochs
+    if config.max_rounds is not None:
+        rounds = min(rounds, config.max_rounds)
+    model = build_model(config.model, config.seed, config.torch_dtype)
+    ue_part, _ = split_model(model, config.plan.cut)
+    with torch.no_grad():
+        out = ue_part(torch.zeros(1, *DIGITS_SHAPE, dtype=config.torch_dtype))
+    return _RunShape(rounds, per_epoch, tuple(out.shape[1:]), out[0].numel())
+
+
+def _is_epoch_end(shape: _RunShape, r: int) -> bool:
+    return (r + 1) % shape.per_epoch == 0 or r + 1 == shape.rounds
+
+
+def _flat(module: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+
+def _load_flat(module: nn.Module, flat: torch.Tensor) -> None:
+    offset = 0
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(flat[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+
+class _Slowdown:
+    """Makes a computation take ``factor`` times the CPU time it used (a slower device)."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+        self.cpu_s = 0.0  # host CPU time of all computations so far, reported to the launcher
+
+    def __enter__(self) -> None:
+        self._start = time.thread_time()
+
+    def __exit__(self, *exc: object) -> None:
+        used = time.thread_time() - self._start
+        self.cpu_s += used
+        extra = (self.factor - 1.0) * used
+        if extra > 0:
+            time.sleep(extra)
+
+
+def _connect(store: dist.Store, ue: int, incarnation: int, rank: int, timeout_s: float) -> dist.ProcessGroup:
+    return dist.ProcessGroupGloo(
+        dist.PrefixStore(f"ue{ue}/{incarnation}", store), rank, 2, datetime.timedelta(seconds=timeout_s)
+    )
+
+
+def _link_rates(config: TrainConfig) -> LinkRates:
+    return link_rates(config.ues, config.bandwidth_hz, config.plan)
+
+
+def _warm_up(module: nn.Module, x: torch.Tensor, sizes: list[int], loss: nn.Module | None = None) -> None:
+    """Run each micro-batch size through the exact operations of training, once, before joining.
+
+    The first call of an operation in a fresh process pays one-off set-up (oneDNN primitives,
+    lazy imports: a backward with an explicit gradient costs ~200 ms the first time); a UE's
+    slowdown would multiply it, and it is no part of the training time of a long-running device.
+    """
+    for size in sorted(set(sizes)):
+        sample = x[:size].detach().clone().requires_grad_(loss is not None)
+        out = module(sample)
+        if loss is None:
+            out.backward(torch.ones_like(out))
+            torch.cat([out.detach().reshape(size, -1), torch.zeros(size, 1, dtype=out.dtype)], dim=1)
+        else:
+            loss(out, torch.zeros(size, dtype=torch.long)).backward()
+    MomentumSGD(module.parameters(), lr=0.0, momentum=0.9).step()  # lr 0: exercises the kernel only
+    module.zero_grad(set_to_none=True)
+
+
+# --------------------------------------------------------------------------------------------- UE
+
+
+def _ue_process(config: TrainConfig, data: DigitsSplit, port: int, ue: int) -> None:
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s UE{ue} %(message)s")
+    shape = _run_shape(config, len(data.train))
+    rates = _link_rates(config)
+    model = build_model(config.model, config.seed, config.torch_dtype)
+    client, _ = split_model(model, config.plan.cut)
+    optimiser = MomentumSGD(client.parameters(), lr=config.lr, momentum=config.momentum)
+    slow = _Slowdown(config.ues[ue].slowdown)
+    sequential = config.plan.schedule == "sequential"
+    sizes = micro_batch_sizes(config.batch_per_ue, config.plan.micro_batches[ue])
+    _warm_up(client, data.train.x, sizes)
+    # Join only when ready to compute: the BS starts the clock once every UE has joined.
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=60))
+    incarnation = store.add(f"incarnation/{ue}", 1)
+    group = _connect(store, ue, incarnation, UE_RANK, timeout_s=120.0)
+    uplink = PacedSender(group, BS_RANK, name=f"ue{ue}-uplink")
+
+    def recv(elements: int, tag: int) -> torch.Tensor:
+        buffer = torch.empty(elements, dtype=config.torch_dtype)
+        group.recv([buffer], BS_RANK, tag).wait()
+        return buffer
+
+    params = recv(sum(p.numel() for p in client.parameters()), TAG_PARAMETERS)
+    _load_flat(client, params)
+    first_round = int(recv(CONTROL_ELEMENTS, TAG_CONTROL).item())
+    fault = next((f for f in config.faults if f.ue == ue and incarnation == 1), None)
+    for r in range(first_round, shape.rounds):
+        if sequential:
+            recv(CONTROL_ELEMENTS, TAG_CONTROL)
+        batch = ue_batch(data.train, len(config.ues), ue, config.batch_per_ue, r)
+        outputs = []
+        for i, (x, y) in enumerate(
+            zip(torch.split(batch.x, sizes), torch.split(batch.y, sizes), strict=True)
+        ):
+            with slow:
+                out = client(x)
+                message = torch.cat([out.detach().reshape(len(x), -1), y.to(out.dtype).unsqueeze(1)], dim=1)
+            uplink.send(message, TAG_ACTIVATION, rates.uplink_bps[ue])
+            outputs.append(out)
+            if fault is not None and fault.round == r and i == 0:
+                uplink.flush()
+                log.info("fault injection: %s in round %d", fault.kind, r)
+                if fault.kind == "crash":
+                    os._exit(17)
+                time.sleep(3600)
+        for out in outputs:
+            gradient = recv(out.numel(), TAG_GRADIENT).view_as(out)
+            with slow:
+                out.backward(gradient)
+        with slow:
+            optimiser.step()
+            optimiser.zero_grad()
+        if sequential:
+            uplink.send(
+                torch.zeros(CONTROL_ELEMENTS, dtype=config.torch_dtype), TAG_CONTROL, rates.uplink_bps[ue]
+            )
+        if _is_epoch_end(shape, r):
+            recv(CONTROL_ELEMENTS, TAG_CONTROL)
+            uplink.send(_flat(client), TAG_PARAMETERS, rates.full_bps[ue])
+            _load_flat(client, recv(sum(p.numel() for p in client.parameters()), TAG_PARAMETERS))
+    uplink.flush()
+    store.set(f"compute_cpu_s/{ue}", repr(slow.cpu_s))
+    os._exit(0)  # skip gloo teardown: the BS may already be gone
+
+
+# --------------------------------------------------------------------------------------------- BS
+
+
+@dataclass
+class _Event:
+    ue: int
+    incarnation: int
+    kind: Literal["activation", "done", "parameters", "gone"]
+    round: int
+    tensor: torch.Tensor | None = None
+    error: str = ""
+
+
+def _expected_uplink(
+    config: TrainConfig, shape: _RunShape, ue: int, first_round: int, parameter_elements: int
+) -> Iterator[tuple[str, int, int, int]]:
+    """(kind, round, elements, tag) of every message UE ``ue`` will send, in order."""
+    sizes = micro_batch_sizes(config.batch_per_ue, config.plan.micro_batches[ue])
+    for r in range(first_round, shape.rounds):
+        for size in sizes:
+            yield "activation", r, size * (shape.activation_width + 1), TAG_ACTIVATION
+        if config.plan.schedule == "sequential":
+            yield "done", r, CONTROL_ELEMENTS, TAG_CONTROL
+        if _is_epoch_end(shape, r):
+            yield "parameters", r, parameter_elements, TAG_PARAMETERS
+
+
+@dataclass
+class _Session:
+    ue: int
+    incarnation: int
+    group: dist.ProcessGroup
+    downlink: PacedSender
+
+
+class _BaseStation:
+    def __init__(self, config: TrainConfig, data: DigitsSplit, store: dist.Store) -> None:
+        self.config = config
+        self.store = store
+        self.data = data
+        self.shape = _run_shape(config, len(self.data.train))
+        self.rates = _link_rates(config)
+        self.model = build_model(config.model, config.seed, config.torch_dtype)
+        self.client, self.server = split_model(self.model, config.plan.cut)
+        self.client_parameters = _flat(self.client)
+        self.optimiser = MomentumSGD(self.server.parameters(), lr=config.lr, momentum=config.momentum)
+        self.loss = nn.CrossEntropyLoss(reduction="sum")
+        self.sessions: dict[int, _Session] = {}
+        self.retired: list[_Session] = []  # dead groups are kept: destroying one with pending work can block
+        self.known_incarnation = dict.fromkeys(range(len(config.ues)), 0)
+        self.awaiting_rejoin: dict[int, float] = {}
+        self.events: queue.Queue[_Event] = queue.Queue()
+        self.stash: list[_Event] = []
+        with torch.no_grad():
+            activations = self.client(data.train.x[: config.batch_per_ue])
+        all_sizes = [
+            size for m in config.plan.micro_batches for size in micro_batch_sizes(config.batch_per_ue, m)
+        ]
+        _warm_up(self.server, activations, all_sizes, self.loss)
+        self.log: list[str] = []
+        self.t0 = 0.0
+
+    def note(self, message: str) -> None:
+        stamp = time.monotonic() - self.t0 if self.t0 else 0.0
+        self.log.append(f"{stamp:8.3f}s {message}")
+        log.info(message)
+
+    # membership ---------------------------------------------------------------------------
+
+    def _join(self, ue: int, incarnation: int, first_round: int) -> bool:
+        try:
+            group = _connect(
+                self.store, ue, incarnation, BS_RANK, timeout_s=max(30.0, self.config.ue_timeout_s)
+            )
+        except RuntimeError as exc:
+            self.note(f"UE{ue} incarnation {incarnation} failed to connect: {exc}")
+            self.known_incarnation[ue] = incarnation
+            return False
+        self.known_incarnation[ue] = incarnation
+        self.awaiting_rejoin.pop(ue, None)
+        session = _Session(ue, incarnation, group, PacedSender(group, UE_RANK, name=f"bs-downlink-{ue}"))
+        self.sessions[ue] = session
+        threading.Thread(target=self._receive, args=(session, first_round), daemon=True).start()
+        # The welcome (current client model, then the round to start at) is part of joining.
+        session.downlink.send(self.client_parameters.clone(), TAG_PARAMETERS, self.rates.full_bps[ue])
+        session.downlink.send(self._control(first_round), TAG_CONTROL, self.rates.downlink_bps[ue])
+        return True
+
+    def _control(self, value: float) -> torch.Tensor:
+        return torch.full((CONTROL_ELEMENTS,), value, dtype=self.config.torch_dtype)
+
+    def _receive(self, session: _Session, first_round: int) -> None:
+        expected = _expected_uplink(
+            self.config, self.shape, session.ue, first_round, self.client_parameters.numel()
+        )
+        for kind, r, elements, tag in expected:
+            buffer = torch.empty(elements, dtype=self.config.torch_dtype)
+            try:
+                session.group.recv([buffer], UE_RANK, tag).wait()
+            except RuntimeError as exc:
+                self.events.put(
+                    _Event(session.ue, session.incarnation, "gone", r, error=str(exc).splitlines()[0])
+                )
+                return
+            self.events.put(_Event(session.ue, session.incarnation, kind, r, buffer))  # type: ignore[arg-type]
+
+    def _drop(self, ue: int, reason: str) -> None:
+        session = self.sessions.pop(ue, None)
+        if session is None:
+            return
+        self.retired.append(session)
+        self.awaiting_rejoin[ue] = self.config.await_rejoin_s
+        self.note(f"UE{ue} dropped: {reason}")
+
+    def _accept_rejoins(self, r: int) -> None:
+        deadline = time.monotonic() + max(self.awaiting_rejoin.values(), default=0.0)
+        while True:
+            for ue in range(len(self.config.ues)):
+                current = self.store.add(f"incarnation/{ue}", 0)
+                if (
+                    ue not in self.sessions
+                    and current > self.known_incarnation[ue]
+                    and self._join(ue, current, r)
+                ):
+                    self.note(f"UE{ue} rejoined (incarnation {current}), served from round {r}")
+            waiting = [ue for ue in self.awaiting_rejoin if self.awaiting_rejoin[ue] > 0]
+            if not waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        for ue in self.awaiting_rejoin:
+            self.awaiting_rejoin[ue] = 0.0  # the grace period is granted once per drop
+
+    # events -------------------------------------------------------------------------------
+
+    def _live(self, event: _Event) -> bool:
+        session = self.sessions.get(event.ue)
+        return session is not None and session.incarnation == event.incarnation
+
+    def _next_event(self, wanted: Callable[[_Event], bool]) -> _Event | None:
+        """The next wanted event (or a live UE's failure); None after ``ue_timeout_s`` of silence.
+
+        Events that arrive early (a fast UE's next round) wait in the stash, in arrival order.
+        """
+        self.stash = [e for e in self.stash if self._live(e)]
+        for i, event in enumerate(self.stash):
+            if event.kind == "gone" or wanted(event):
+                return self.stash.pop(i)
+        while True:
+            try:
+                event = self.events.get(timeout=self.config.ue_timeout_s)
+            except queue.Empty:
+                return None
+            if not self._live(event):
+                continue
+            if event.kind == "gone" or wanted(event):
+                return event
+            self.stash.append(event)
+
+    def _wait_for(self, r: int, owed: dict[int, int], kind: str, contributed: set[int]) -> list[_Event]:
+        """Serve events until every UE in ``owed`` has sent its count of ``kind`` messages of round ``r``."""
+        received = []
+        while any(owed.values()):
+            event = self._next_event(lambda e: e.kind == kind and e.round == r and owed.get(e.ue, 0) > 0)
+            if event is None:
+                for ue in [ue for ue, n in owed.items() if n > 0]:
+                    self._drop(ue, f"no message for {self.config.ue_timeout_s:.1f}s in round {r}")
+                    owed[ue] = 0
+                continue
+            if event.kind == "gone":
+                self._drop(event.ue, f"{event.error} (round {r})")
+                owed[event.ue] = 0
+                continue
+            owed[event.ue] -= 1
+            if kind == "activation":
+                self._serve_micro_batch(event)
+                contributed.add(event.ue)
+            received.append(event)
+        return received
+
+    def _serve_micro_batch(self, event: _Event) -> None:
+        assert event.tensor is not None
+        message = event.tensor.view(-1, self.shape.activation_width + 1)
+        activation = message[:, :-1].reshape(-1, *self.shape.activation_shape).requires_grad_(True)
+        labels = message[:, -1].round().long()
+        # The UE gets the gradient of its own mean loss; the server's parameters accumulate the
+        # same and are divided by the number of contributing UEs before the step.
+        loss = self.loss(self.server(activation), labels) / self.config.batch_per_ue
+        loss.backward()
+        assert activation.grad is not None
+        session = self.sessions[event.ue]
+        session.downlink.send(activation.grad.reshape(-1), TAG_GRADIENT, self.rates.downlink_bps[event.ue])
+
+    # rounds -------------------------------------------------------------------------------
+
+    def _round(self, r: int) -> tuple[int, ...]:
+        contributed: set[int] = set()
+        micro = self.config.plan.micro_batches
+        if self.config.plan.schedule == "sequential":
+            for ue in sorted(self.sessions):
+                if ue not in self.sessions:
+                    continue
+                self.sessions[ue].downlink.send(self._control(r), TAG_CONTROL, self.rates.downlink_bps[ue])
+                self._wait_for(r, {ue: micro[ue]}, "activation", contributed)
+                self._wait_for(r, {ue: 1} if ue in self.sessions else {}, "done", contributed)
+        else:
+            self._wait_for(r, {ue: micro[ue] for ue in self.sessions}, "activation", contributed)
+        if contributed:
+            for p in self.server.parameters():
+                if p.grad is not None:
+                    p.grad /= len(contributed)
+            self.optimiser.step()
+        self.optimiser.zero_grad()
+        if _is_epoch_end(self.shape, r):
+            self._synchronise(r)
+        return tuple(sorted(contributed))
+
+    def _synchronise(self, r: int) -> None:
+        """Epoch end: collect client models one UE at a time, average, send back one at a time."""
+        models = []
+        for ue in sorted(self.sessions):
+            if ue not in self.sessions:
+                continue
+            self.sessions[ue].downlink.send(self._control(SYNC_REQUEST), TAG_CONTROL, self.rates.full_bps[ue])
+            models += [e.tensor for e in self._wait_for(r, {ue: 1}, "parameters", set())]
+        if models:
+            self.client_parameters = torch.stack(models).mean(dim=0)
+        for ue in sorted(self.sessions):
+            session = self.sessions[ue]
+            session.downlink.send(self.client_parameters, TAG_PARAMETERS, self.rates.full_bps[ue])
+            session.downlink.flush()
+
+    def run(self, initial_wait_s: float) -> TrainResult:
+        deadline = time.monotonic() + initial_wait_s
+        while len(self.sessions) < len(self.config.ues) and time.monotonic() < deadline:
+            for ue in range(len(self.config.ues)):
+                current = self.store.add(f"incarnation/{ue}", 0)
+                if ue not in self.sessions and current > self.known_incarnation[ue]:
+                    self._join(ue, current, 0)
+            time.sleep(0.01)
+        if not self.sessions:
+            raise RuntimeError(f"no UE joined within {initial_wait_s}s")
+        # The welcome carries the client model: wait for it so it does not count as training.
+        for session in self.sessions.values():
+            session.downlink.flush()
+        self.t0 = time.monotonic()
+        round_end, participants = [], []
+        for r in range(self.shape.rounds):
+            if r > 0:
+                self._accept_rejoins(r)
+            if not self.sessions:
+                self.note(f"round {r}: no UE connected")
+            participants.append(self._round(r))
+            for session in self.sessions.values():
+                session.downlink.flush()
+            round_end.append(time.monotonic() - self.t0)
+        return TrainResult(
+            time_s=round_end[-1],
+            round_end_s=round_end,
+            participants=participants,
+            accuracy=self._accuracy(),
+            events=self.log,
+            parameters={n: p.detach().numpy().copy() for n, p in self._final_model().named_parameters()},
+        )
+
+    def _final_model(self) -> nn.Sequential:
+        _load_flat(self.client, self.client_parameters)
+        return self.model
+
+    def _accuracy(self) -> float:
+        model = self._final_model()
+        with torch.no_grad():
+            predictions = model(self.data.test.x).argmax(dim=1)
+        return float((predictions == self.data.test.y).double().mean())
+
+
+def _bs_process(config: TrainConfig, data: DigitsSplit, port: int, results: multiprocessing.Queue) -> None:
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s BS %(message)s")
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=60))
+    try:
+        results.put(("ok", _BaseStation(config, data, store).run(initial_wait_s=120.0)))
+    except Exception as exc:  # report, never hang the launcher
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+    results.close()
+    results.join_thread()
+    os._exit(0)  # skip gloo teardown of groups whose peers may be dead
+
+
+# --------------------------------------------------------------------------------------- launcher
+
+
+def _validate(config: TrainConfig) -> None:
+    plan, k = config.plan, len(config.ues)
+    n_blocks = len(build_model(config.model, config.seed))
+    if not 1 <= plan.cut < n_blocks:
+        raise ValueError(f"plan.cut must be in 1..{n_blocks - 1} for model {config.model!r}, got {plan.cut}")
+    if len(plan.micro_batches) != k or len(plan.uplink_shares) != k:
+        raise ValueError(f"plan needs one micro-batch count and one uplink share per UE ({k})")
+    if any(not 1 <= m <= config.batch_per_ue for m in plan.micro_batches):
+        raise ValueError(f"plan.micro_batches must be in 1..{config.batch_per_ue}, got {plan.micro_batches}")
+    if any(b <= 0 for b in plan.uplink_shares) or sum(plan.uplink_shares) > 1 + 1e-9:
+        raise ValueError(f"plan.uplink_shares must be > 0 and sum to <= 1, got {plan.uplink_shares}")
+    if config.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {config.epochs}")
+    if config.ue_timeout_s <= 0:
+        raise ValueError(f"ue_timeout_s must be > 0, got {config.ue_timeout_s}")
+
+
+def train(config: TrainConfig, timeout_s: float = 900.0) -> TrainResult:
+    """Run one split-training job: a BS process and one process per UE, supervised here.
+
+    The launcher owns the membership store and restarts UEs that crash (when
+    ``restart_crashed_ues``), which is how a UE "rejoins".
+    """
+    _validate(config)
+    # Loaded once here and handed to every process: the children then never import scikit-learn.
+    data = load_digits_split(config.seed, config.torch_dtype)
+    store = dist.TCPStore(
+        "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=60)
+    )
+    ctx = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue = ctx.Queue()
+    bs = ctx.Process(target=_bs_process, args=(config, data, store.port, results), daemon=True)
+    bs.start()
+    ues = {
+        k: ctx.Process(target=_ue_process, args=(config, data, store.port, k), daemon=True)
+        for k in range(len(config.ues))
+    }
+    for process in ues.values():
+        process.start()
+    restarts: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                status, payload = results.get(timeout=0.05)
+                break
+            except queue.Empty:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"training did not finish within {timeout_s}s")
+            if not bs.is_alive():
+                raise RuntimeError(f"BS process exited with code {bs.exitcode}")
+            for k, process in list(ues.items()):
+                if process.exitcode not in (None, 0) and config.restart_crashed_ues:
+                    restarts.append(f"launcher: UE{k} exited with code {process.exitcode}; restarted")
+                    ues[k] = ctx.Process(target=_ue_process, args=(config, data, store.port, k), daemon=True)
+                    ues[k].start()
+    finally:
+        for process in [bs, *ues.values()]:
+            process.join(timeout=2.0)
+            if process.is_alive():  # a hung UE (fault injection) or a failed run
+                process.kill()
+                process.join()
+    if status != "ok":
+        raise RuntimeError(f"BS failed: {payload}")
+    result: TrainResult = payload
+    result.events = restarts + result.events
+    for k in range(len(config.ues)):
+        key = f"compute_cpu_s/{k}"
+        if store.check([key]):
+            result.ue_compute_cpu_s[k] = float(store.get(key).decode())
+    return result

@@ -1,0 +1,75 @@
+import datetime
+import math
+import threading
+
+import pytest
+import torch
+import torch.distributed as dist
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgecloud.splitlearn.transport import LinkClock, PacedSender
+from edgecloud.splitlearn.wireless import shannon_rate_bps, spectral_efficiency, transfer_seconds
+
+
+def test_shannon_rate() -> None:
+    assert spectral_efficiency(0.0) == 1.0  # SNR 1 -> log2(2)
+    assert shannon_rate_bps(1e6, 0.5, 10 * math.log10(3)) == pytest.approx(0.5 * 1e6 * 2)
+    assert transfer_seconds(1000, 8000.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("bandwidth", "share", "field"), [(0.0, 0.5, "bandwidth_hz"), (1e6, 0.0, "share"), (1e6, 1.5, "share")]
+)
+def test_bad_link_parameters_name_the_field(bandwidth: float, share: float, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        shannon_rate_bps(bandwidth, share, 10.0)
+
+
+def test_link_clock_is_a_fifo_server() -> None:
+    clock = LinkClock()
+    assert clock.schedule(enqueued_at=0.0, nbytes=1000, rate_bps=8000) == 1.0
+    assert clock.schedule(enqueued_at=0.5, nbytes=1000, rate_bps=8000) == 2.0  # waits for the first
+    assert clock.schedule(enqueued_at=5.0, nbytes=500, rate_bps=4000) == 6.0  # idle link starts at once
+
+
+@given(
+    st.lists(st.tuples(st.floats(0, 10), st.integers(1, 10**6), st.floats(1e3, 1e9)), min_size=1, max_size=30)
+)
+def test_link_clock_never_overlaps_and_never_delivers_early(messages: list[tuple[float, int, float]]) -> None:
+    clock = LinkClock()
+    t, previous_end = 0.0, 0.0
+    for gap, nbytes, rate in messages:
+        t += gap
+        end = clock.schedule(t, nbytes, rate)
+        duration = transfer_seconds(nbytes, rate)
+        assert end >= t + duration - 1e-9
+        assert end >= previous_end + duration - 1e-9
+        previous_end = end
+
+
+def test_paced_sender_delivers_tensors_intact_and_in_order() -> None:
+    store = dist.HashStore()
+    groups: dict[int, dist.ProcessGroup] = {}
+
+    def connect(rank: int) -> None:
+        groups[rank] = dist.ProcessGroupGloo(store, rank, 2, datetime.timedelta(seconds=20))
+
+    threads = [threading.Thread(target=connect, args=(r,)) for r in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sender = PacedSender(groups[0], peer=1, name="test-link")
+    sent = [torch.arange(n, dtype=torch.float32) * (n + 1) for n in (3, 50, 7)]
+    for tensor in sent:
+        sender.send(tensor, tag=5, rate_bps=1e8)
+    received = []
+    for tensor in sent:
+        buffer = torch.empty_like(tensor)
+        groups[1].recv([buffer], 0, 5).wait()
+        received.append(buffer)
+    sender.flush()
+    sender.close()
+    assert sender.error is None
+    assert all(torch.equal(a, b) for a, b in zip(sent, received, strict=True))
