@@ -20,6 +20,7 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.llm.cli",
     "edgecloud.llm.attention.cli",
     "edgecloud.netem.cli",
+    "edgecloud.stream.cli",
     "edgecloud.c2.cli",
     "edgecloud.server.cli",
     "edgecloud.bench.cli",

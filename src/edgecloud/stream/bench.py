@@ -1,0 +1,277 @@
+"""``edgecloud stream bench``: baseline and AutoRec side by side through ``edgecloud.netem``.
+
+For each case (loss rate × loss model × RTT) two complete set-ups run at the same time,
+each in its own process: a stream server (baseline: aioquic's recovery unchanged; AutoRec),
+a :class:`~edgecloud.netem.UdpRelay` with the case's link, and the aioquic player. Both
+sides stream the same source (same frames, same bytes) over links with the same profile and
+seed. Per side we report the server's recovery latency per loss event (first losses and
+retransmission losses; see :mod:`edgecloud.stream.meter`), the player's stalls, the
+redundancy overhead and the goodput, and check the received bytes hash equal to the sent.
+
+``--virtual`` runs the same cases on a virtual clock through netem's sans-I/O ``Link``
+(the model the relay runs), with no sockets: minutes of stream in seconds of CPU, free of
+the shared machine's scheduling noise, so long runs give large samples.
+
+``--loss-change`` runs AutoRec alone on a link whose loss goes 1 % → 10 % → 1 % and
+records the controller's time series (measured loss, copies per retransmission, overhead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecloud.netem import Bernoulli, GilbertElliott, Link, LinkProfile, Schedule, UdpRelay
+from edgecloud.stream.controller import AutoRecConfig
+from edgecloud.stream.player import play
+from edgecloud.stream.server import StreamServer
+from edgecloud.stream.source import LiveSource, SourceConfig
+from edgecloud.stream.virtual import VirtualPair, stream_live
+
+LOSS_MODELS = ("bernoulli", "bursty")
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """One direction's link, as plain data so it crosses process boundaries."""
+
+    loss: float
+    loss_model: str
+    rtt_ms: float
+    rate_mbps: float = 20.0
+    burst_len: float = 3.0
+    ack_path_loss: bool = False  # the loss applies to the viewer -> server direction too
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.loss < 1.0:
+            raise ValueError(f"loss must be in [0, 1), got {self.loss}")
+        if self.loss_model not in LOSS_MODELS:
+            raise ValueError(f"loss_model must be one of {', '.join(LOSS_MODELS)}, got {self.loss_model!r}")
+        if not 0.0 <= self.rtt_ms <= 10_000:
+            raise ValueError(f"rtt_ms must be in [0, 10000], got {self.rtt_ms}")
+
+    def profile(self, loss: float | None = None) -> LinkProfile:
+        """The data path's profile (server -> viewer)."""
+        p = self.loss if loss is None else loss
+        model: Bernoulli | GilbertElliott | None = None
+        if p > 0:
+            model = Bernoulli(p) if self.loss_model == "bernoulli" else GilbertElliott.from_mean(p, self.burst_len)
+        return LinkProfile(delay_ms=self.rtt_ms / 2, rate_mbps=self.rate_mbps, loss=model)
+
+
+@dataclass(frozen=True)
+class SideSpec:
+    link: LinkSpec
+    autorec: AutoRecConfig | None
+    duration_s: float
+    source: SourceConfig = field(default_factory=SourceConfig)
+    playout_delay_s: float = 0.3
+    seed: int = 0
+    # (seconds, loss) steps for a loss that changes mid-stream; empty for a fixed loss.
+    loss_steps: tuple[tuple[float, float], ...] = ()
+    virtual: bool = False  # a virtual clock and netem's Link model instead of sockets and real time
+
+    def data_path(self) -> LinkProfile | Schedule:
+        if self.loss_steps:
+            return Schedule([(t, self.link.profile(loss)) for t, loss in self.loss_steps])
+        return self.link.profile()
+
+    def ack_path(self) -> LinkProfile | Schedule:
+        # Server-side recovery acts on the data path; losing ACKs too adds PTO-backoff
+        # freezes that no server can shorten, so by default the ACK path only has the delay.
+        return self.data_path() if self.link.ack_path_loss else self.link.profile(loss=0.0)
+
+
+SIDE_KEYS = (
+    "recovery_ms_p50",
+    "recovery_ms_p95",
+    "recovery_ms_p99",
+    "retx_loss_recovery_ms_p50",
+    "retx_loss_recovery_ms_p95",
+    "retx_loss_recovery_ms_p99",
+    "first_losses",
+    "retx_losses",
+    "unrecovered",
+    "packets_sent",
+    "packets_lost",
+    "goodput_bytes",
+    "retransmitted_bytes",
+    "copy_bytes",
+    "stalls",
+    "stall_s",
+    "overhead",
+    "goodput_mbps",
+    "frames",
+    "bytes_equal",
+)
+
+
+def run_virtual_side(spec: SideSpec) -> dict[str, Any]:
+    """One side on a virtual clock through netem's sans-I/O Link model."""
+    down = Link(spec.data_path(), seed=f"{spec.seed}/downlink")
+    up = Link(spec.ack_path(), seed=f"{spec.seed}/uplink")
+    pair = VirtualPair(
+        spec.autorec,
+        downlink=lambda now, data, frames: down.send(now, len(data)),
+        uplink=lambda now, data, frames: up.send(now, len(data)),
+    )
+    pair.handshake()
+    stats = stream_live(pair, LiveSource(spec.source), spec.duration_s, spec.playout_delay_s)
+    result = {key: stats[key] for key in SIDE_KEYS}
+    result.update(
+        srtt_ms=round(stats["srtt_ms"], 2),
+        link_down_dropped=down.stats.dropped_loss,
+        link_down_packets=down.stats.packets_in,
+        link_up_dropped=up.stats.dropped_loss,
+    )
+    if "history" in stats:
+        result["history"] = stats["history"]
+    return result
+
+
+async def run_side(spec: SideSpec) -> dict[str, Any]:
+    """One server + relay + player run; returns the side's metrics."""
+    source = LiveSource(spec.source)
+    server = StreamServer(autorec=spec.autorec, source=source)
+    await server.start()
+    relay = UdpRelay(target=server.address, uplink=spec.ack_path(), downlink=spec.data_path(), seed=spec.seed)
+    await relay.start()
+    host, port = relay.address
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        report = await play(
+            f"https://{host}:{port}/live?seconds={spec.duration_s:g}",
+            playout_delay_s=spec.playout_delay_s,
+            timeout_s=spec.duration_s * 3 + 30,
+        )
+    finally:
+        elapsed = loop.time() - started
+        await relay.stop()
+        await server.close()
+    connection = server.connections[-1].connection
+    stats = connection.recovery_stats()
+    expected = hashlib.sha256(source.body(spec.duration_s)).hexdigest()
+    result: dict[str, Any] = {key: stats[key] for key in SIDE_KEYS if key in stats}
+    result.update(
+        stalls=report.stalls,
+        stall_s=round(report.stall_s, 4),
+        overhead=round(stats["overhead"], 5),
+        goodput_mbps=round(report.bytes * 8 / elapsed / 1e6, 4) if elapsed > 0 else 0.0,
+        frames=report.frames,
+        bytes_received=report.bytes,
+        bytes_equal=report.ended and report.sha256 == expected,
+        player_error=report.error,
+        link_down_dropped=relay.stats.downlink.dropped_loss,
+        link_down_packets=relay.stats.downlink.packets_in,
+        link_up_dropped=relay.stats.uplink.dropped_loss,
+        srtt_ms=round(stats["srtt_ms"], 2),
+    )
+    if connection.controller is not None:
+        result["history"] = [asdict(s) for s in connection.controller.history]
+    return result
+
+
+def _run_side_in_process(spec: SideSpec) -> dict[str, Any]:
+    return run_virtual_side(spec) if spec.virtual else asyncio.run(run_side(spec))
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 4)
+
+
+def run_cases(
+    losses: list[float],
+    loss_models: list[str],
+    rtts_ms: list[float],
+    *,
+    duration_s: float,
+    autorec: AutoRecConfig,
+    source: SourceConfig,
+    playout_delay_s: float,
+    rate_mbps: float,
+    ack_path_loss: bool = False,
+    virtual: bool = False,
+    progress: Any = None,
+) -> list[dict[str, Any]]:
+    """Every case, baseline and AutoRec side by side (two processes per case)."""
+    cases = []
+    combos = [(p, m, r) for p in losses for m in loss_models for r in rtts_ms if not (p == 0 and m != loss_models[0])]
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        for index, (loss, model, rtt) in enumerate(combos):
+            link = LinkSpec(loss=loss, loss_model=model, rtt_ms=rtt, rate_mbps=rate_mbps, ack_path_loss=ack_path_loss)
+            sides = {
+                name: SideSpec(link, config, duration_s, source, playout_delay_s, seed=index, virtual=virtual)
+                for name, config in (("baseline", None), ("autorec", autorec))
+            }
+            futures = {name: pool.submit(_run_side_in_process, spec) for name, spec in sides.items()}
+            results = {name: f.result() for name, f in futures.items()}
+            for side in results.values():
+                side.pop("history", None)
+            base, auto = results["baseline"], results["autorec"]
+            case = {
+                "loss": loss,
+                "loss_model": model,
+                "rtt_ms": rtt,
+                "duration_s": duration_s,
+                "ack_path_loss": ack_path_loss,
+                "clock": "virtual" if virtual else "real",
+                "baseline": base,
+                "autorec": auto,
+                "ratios": {
+                    "retx_loss_recovery_p95": ratio(
+                        auto["retx_loss_recovery_ms_p95"], base["retx_loss_recovery_ms_p95"]
+                    ),
+                    "recovery_p95": ratio(auto["recovery_ms_p95"], base["recovery_ms_p95"]),
+                    "stall_s": ratio(auto["stall_s"], base["stall_s"]),
+                },
+            }
+            cases.append(case)
+            if progress is not None:
+                progress(index + 1, len(combos), case)
+    return cases
+
+
+def run_loss_change(
+    *,
+    duration_s: float,
+    rtt_ms: float,
+    autorec: AutoRecConfig,
+    source: SourceConfig,
+    playout_delay_s: float,
+    rate_mbps: float,
+    losses: tuple[float, float, float] = (0.01, 0.10, 0.01),
+    virtual: bool = False,
+) -> dict[str, Any]:
+    """AutoRec on a link whose loss changes at a third and two thirds of the stream."""
+    third = duration_s / 3
+    steps = ((0.0, losses[0]), (third, losses[1]), (2 * third, losses[2]))
+    spec = SideSpec(
+        LinkSpec(loss=losses[0], loss_model="bernoulli", rtt_ms=rtt_ms, rate_mbps=rate_mbps),
+        autorec,
+        duration_s,
+        source,
+        playout_delay_s,
+        loss_steps=steps,
+        virtual=virtual,
+    )
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        result = pool.submit(_run_side_in_process, spec).result()
+    return {
+        "rtt_ms": rtt_ms,
+        "duration_s": duration_s,
+        "clock": "virtual" if virtual else "real",
+        "loss_steps": [list(s) for s in steps],
+        "autorec": result,
+    }
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,331 @@
+"""AutoRec's controller: when to re-inject which unacknowledged data, and how many copies.
+
+AutoRec (arXiv 2511.22046, sections 3–4; draft-wu-moq-recovery-for-video-streaming)
+recovers losses on live streams from the server alone. Live video is sent in on–off
+bursts; when the sender is application-limited (an off period) the link is idle, so
+copies of data that is still unacknowledged cost no latency to new frames. Data that was
+already retransmitted once comes first: if its retransmission is lost too, stock QUIC
+needs another loss-detection round (often a PTO) and the viewer freezes.
+
+This module has no I/O and no clock: every method takes ``now``. The parts:
+
+* :class:`LossEstimator` — packet loss rate over a window of resolved packets.
+* :class:`OffPeriodDetector` — on/off from the application's sending pattern: "on" while
+  the application has written bytes not yet sent, "off" once it is application-limited;
+  it learns the mean burst size.
+* :func:`copies_for_target` — the redundancy adapter's rule: the fewest extra copies of a
+  retransmission so that, at the measured loss rate and burstiness, the recovery misses
+  ``recovery_target_ms`` with probability at most ``residual_loss``.
+* :class:`ReinjectionController` — keeps *protections* (ranges to copy, how many copies
+  left, when the next is due), spends the overhead budget on them (retransmitted ranges
+  first, then data whose ACK is overdue) in off periods, or in on periods when the
+  congestion window has room, and records a time series of its decisions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# RFC 9002's time threshold: a packet is declared lost 9/8 RTT after it was sent once a
+# later one is acknowledged, so one retransmission round costs about this many RTTs.
+RECOVERY_ROUND_RTTS = 1.0 + 9 / 8
+
+
+@dataclass(frozen=True)
+class AutoRecConfig:
+    """User-set limits of the redundancy adapter."""
+
+    overhead_budget: float = 0.10  # redundant copy bytes / goodput bytes
+    recovery_target_ms: float = 100.0
+    residual_loss: float = 0.01  # accepted probability of missing the target
+    max_copies: int = 3
+    overdue_share: float = 0.5  # at most this share of the budget goes to overdue data
+    min_copy_spacing_s: float = 0.002
+
+    def __post_init__(self) -> None:
+        _check_range("overhead_budget", self.overhead_budget, 0.0, 10.0)
+        _check_range("recovery_target_ms", self.recovery_target_ms, 1.0, 60_000.0)
+        _check_range("residual_loss", self.residual_loss, 1e-9, 0.5)
+        _check_range("max_copies", self.max_copies, 0, 16)
+        _check_range("overdue_share", self.overdue_share, 0.0, 1.0)
+        _check_range("min_copy_spacing_s", self.min_copy_spacing_s, 0.0, 1.0)
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high):
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+
+
+def copies_for_target(
+    loss: float,
+    srtt_s: float,
+    target_s: float,
+    residual: float,
+    max_copies: int,
+    burst_loss: float | None = None,
+) -> int:
+    """Extra copies per retransmitted range so recovery meets the target.
+
+    Within the target there is room for ``rounds`` retransmission rounds of
+    ``RECOVERY_ROUND_RTTS * srtt`` each. A round fails if the retransmission is lost
+    (probability ``loss``) and so are its ``k`` copies, each lost with ``burst_loss``, the
+    probability that a packet is lost given the one before it was (``loss`` itself when
+    losses are independent; more in bursts). Recovery then misses the target with
+    probability ``(loss * burst_loss ** k) ** rounds``; take the smallest ``k`` keeping that
+    at most ``residual``.
+    """
+    q = loss if burst_loss is None else burst_loss
+    if loss <= 0.0:
+        return 0
+    rounds = max(1, math.floor(target_s / max(RECOVERY_ROUND_RTTS * srtt_s, 1e-6)))
+    per_round = math.log(residual) / rounds  # log of the allowed failure per round
+    if math.log(loss) <= per_round:
+        return 0
+    if q >= 1.0:
+        return max_copies
+    if q <= 0.0:
+        return min(max_copies, 1)
+    # The small slack keeps an exact power (loss 0.1, residual 0.01) from rounding up.
+    needed = (per_round - math.log(loss)) / math.log(q) - 1e-9
+    return min(max_copies, max(0, math.ceil(needed)))
+
+
+class LossEstimator:
+    """Packet loss over the last ``window`` resolved (acknowledged or lost) packets.
+
+    A window rather than an EWMA: it is right from the first few packets, and it forgets
+    an old loss rate in exactly ``window`` packets (about a second of a 2 Mb/s stream).
+    ``burst_loss`` is the loss rate of packets sent right after a lost one, which is what
+    a copy sent right after a retransmission faces when losses come in bursts.
+    """
+
+    MIN_BURST_SAMPLES = 5
+
+    def __init__(self, window: int = 200) -> None:
+        self._outcomes: deque[tuple[int, bool]] = deque(maxlen=window)
+        self._lost = 0
+
+    def observe(self, lost: bool, packet_number: int | None = None) -> None:
+        if len(self._outcomes) == self._outcomes.maxlen:
+            self._lost -= self._outcomes[0][1]
+        number = packet_number if packet_number is not None else len(self._outcomes)
+        self._outcomes.append((number, lost))
+        self._lost += lost
+
+    @property
+    def value(self) -> float:
+        return self._lost / len(self._outcomes) if self._outcomes else 0.0
+
+    @property
+    def burst_loss(self) -> float:
+        ordered = sorted(self._outcomes)
+        after_loss = [b for (_, a), (_, b) in itertools.pairwise(ordered) if a]
+        if len(after_loss) < self.MIN_BURST_SAMPLES:
+            return self.value
+        return sum(after_loss) / len(after_loss)
+
+
+class OffPeriodDetector:
+    """On/off periods of an application-limited sender, and the mean burst they frame."""
+
+    def __init__(self, weight: float = 1 / 8) -> None:
+        self.weight = weight
+        self.is_off = True
+        self.mean_burst_bytes = 0.0
+        self._sent_at_off = 0
+
+    def observe(self, has_new_data: bool, sent_bytes: int) -> bool:
+        """Update from whether the application has unsent bytes and how many bytes were sent
+        so far; True when an off period starts."""
+        if has_new_data and self.is_off:
+            self.is_off = False
+        elif not has_new_data and not self.is_off:
+            self.is_off = True
+            burst = sent_bytes - self._sent_at_off
+            self._sent_at_off = sent_bytes
+            self.mean_burst_bytes += self.weight * (burst - self.mean_burst_bytes)
+            return True
+        return False
+
+
+class ReinjectableStream(Protocol):
+    """What the controller needs from a stream sender (TrackedStreamSender provides it)."""
+
+    highest_offset: int
+
+    def unacked_in(self, start: int, stop: int) -> list[tuple[int, int]]: ...
+
+    def reinject(self, start: int, stop: int) -> int: ...
+
+
+@dataclass
+class Protection:
+    """A range the controller will copy ``copies_left`` more times while it is unacknowledged."""
+
+    stream: ReinjectableStream
+    start: int
+    stop: int
+    copies_left: int
+    next_at: float
+    retransmitted: bool  # a loss-triggered retransmission (first priority) or overdue data
+
+
+@dataclass(frozen=True)
+class ControllerSample:
+    """One point of the controller's time series (for the loss-change plot)."""
+
+    t: float
+    loss: float
+    burst_loss: float
+    copies: int
+    overhead: float
+    srtt_ms: float
+    copy_bytes: int
+    goodput_bytes: int
+
+
+@dataclass
+class ReinjectionController:
+    """Decides which unacknowledged ranges to copy, when, and within which budget."""
+
+    config: AutoRecConfig = field(default_factory=AutoRecConfig)
+    sample_every_s: float = 0.25
+
+    def __post_init__(self) -> None:
+        self.loss = LossEstimator()
+        self.off = OffPeriodDetector()
+        self.protections: list[Protection] = []
+        self.copy_bytes = 0  # bytes handed to streams as copies
+        self.history: list[ControllerSample] = []
+        self._srtt_s = 0.1
+        self._goodput_bytes = 0
+        self._last_sample: float | None = None
+        self._wakeup: float | None = None
+
+    # -- inputs -----------------------------------------------------------------------
+
+    def on_packet_resolved(self, lost: bool, packet_number: int | None = None) -> None:
+        self.loss.observe(lost, packet_number)
+
+    def copies_now(self) -> int:
+        c = self.config
+        return copies_for_target(
+            self.loss.value,
+            self._srtt_s,
+            c.recovery_target_ms / 1000,
+            c.residual_loss,
+            c.max_copies,
+            burst_loss=self.loss.burst_loss,
+        )
+
+    def on_overdue(self, stream: ReinjectableStream, start: int, stop: int, now: float) -> None:
+        """Bytes whose ACK is overdue (probably lost, not yet declared lost): one copy.
+
+        Only where plain retransmission would miss the target, which is where the adapter
+        asks for copies at all: never without loss, rarely at short RTT.
+        """
+        if self.copies_now() > 0:
+            self.protections.append(Protection(stream, start, stop, 1, now, retransmitted=False))
+            if self._wakeup is None or now < self._wakeup:
+                self._wakeup = now
+
+    def on_retransmission_sent(self, stream: ReinjectableStream, start: int, stop: int, now: float) -> None:
+        """A loss-triggered retransmission left: protect it with the adapter's number of copies."""
+        copies = self.copies_now()
+        if copies:
+            # The first copy goes in the off period right after the retransmission (the
+            # next poll), the others spaced out; see _spacing.
+            p = Protection(stream, start, stop, copies, now, retransmitted=True)
+            self.protections.append(p)
+            if self._wakeup is None or p.next_at < self._wakeup:
+                self._wakeup = p.next_at
+
+    # -- the decision -----------------------------------------------------------------
+
+    def poll(
+        self,
+        now: float,
+        *,
+        app_has_new_data: bool,
+        srtt_s: float,
+        goodput_bytes: int,
+        cwnd_room: int,
+    ) -> None:
+        """Re-inject what is due; call before every transmission attempt."""
+        self._srtt_s = srtt_s
+        self._goodput_bytes = goodput_bytes
+        self.off.observe(app_has_new_data, goodput_bytes)
+
+        keep: list[Protection] = []
+        # Retransmitted ranges first, then overdue data; older first within each.
+        for p in sorted(self.protections, key=lambda p: (not p.retransmitted, p.next_at)):
+            unacked = p.stream.unacked_in(p.start, p.stop)
+            if not unacked:
+                continue
+            if p.next_at > now:
+                keep.append(p)
+                continue
+            size = sum(hi - lo for lo, hi in unacked)
+            if not self._may_copy(p, size, now, cwnd_room):
+                keep.append(p)
+                continue
+            scheduled = sum(p.stream.reinject(lo, hi) for lo, hi in unacked)
+            self.copy_bytes += scheduled
+            cwnd_room -= scheduled
+            p.copies_left -= 1
+            p.next_at = now + self._spacing()
+            if p.copies_left > 0:
+                keep.append(p)
+        self.protections = keep
+        # Protections that are due but blocked (budget, window, on period) wait for the
+        # next poll, which every ACK and write brings; waking for them would spin.
+        self._wakeup = min((p.next_at for p in keep if p.next_at > now), default=None)
+        self._sample(now)
+
+    def next_wakeup(self) -> float | None:
+        return self._wakeup
+
+    @property
+    def overhead(self) -> float:
+        return self.copy_bytes / self._goodput_bytes if self._goodput_bytes else 0.0
+
+    # -- internals --------------------------------------------------------------------
+
+    def _spacing(self) -> float:
+        # Further copies a quarter RTT apart: early enough to beat loss detection (9/8 RTT)
+        # by far, late enough that a loss burst rarely takes them all.
+        return max(self.config.min_copy_spacing_s, self._srtt_s / 4)
+
+    def _credit(self, share: float) -> float:
+        return share * self.config.overhead_budget * self._goodput_bytes - self.copy_bytes
+
+    def _may_copy(self, p: Protection, size: int, now: float, cwnd_room: int) -> bool:
+        # A copy must leave at once, never wait behind a full congestion window (it would
+        # then hold back the next frame). A retransmission's copy needs room for itself:
+        # its bytes belong to an older frame, due before any new one. An overdue copy is
+        # speculative, so in an on period it also leaves room for the burst under way.
+        if p.retransmitted:
+            return cwnd_room >= size and self._credit(1.0) >= size
+        needed = size if self.off.is_off else size + self.off.mean_burst_bytes
+        return cwnd_room >= needed and self._credit(self.config.overdue_share) >= size
+
+    def _sample(self, now: float) -> None:
+        if self._last_sample is not None and now - self._last_sample < self.sample_every_s:
+            return
+        self._last_sample = now
+        self.history.append(
+            ControllerSample(
+                t=now,
+                loss=self.loss.value,
+                burst_loss=self.loss.burst_loss,
+                copies=self.copies_now(),
+                overhead=self.overhead,
+                srtt_ms=self._srtt_s * 1000,
+                copy_bytes=self.copy_bytes,
+                goodput_bytes=self._goodput_bytes,
+            )
+        )

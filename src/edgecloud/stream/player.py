@@ -1,0 +1,152 @@
+"""The viewer: plays ``/live`` over HTTP/3 on unmodified aioquic and records stalls.
+
+Playback model (the usual one for live players): playback starts ``playout_delay_s``
+after the first frame arrives; frame *i* is due at that start plus its presentation time
+plus all stall time so far. A frame that arrives after it is due stalls playback until it
+arrives (a rebuffering event of that length), which pushes every later deadline back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, QuicEvent
+
+from edgecloud.stream.source import FrameParser, ReceivedFrame
+
+
+@dataclass(frozen=True)
+class FrameTiming:
+    index: int
+    arrival_s: float  # since the first frame arrived
+    deadline_s: float  # when it was due, stalls so far included
+    stall_s: float  # how long playback stalled waiting for it
+
+
+@dataclass
+class PlaybackReport:
+    url: str
+    status: int | None = None
+    bytes: int = 0
+    sha256: str = ""
+    frames: int = 0
+    stalls: int = 0
+    stall_s: float = 0.0
+    ended: bool = False
+    error: str | None = None
+    timings: list[FrameTiming] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "status": self.status,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "frames": self.frames,
+            "stalls": self.stalls,
+            "stall_s": round(self.stall_s, 4),
+            "ended": self.ended,
+            "error": self.error,
+        }
+
+
+def playback_timings(frames: list[ReceivedFrame], playout_delay_s: float) -> list[FrameTiming]:
+    """Deadlines and stalls of frames arriving at the given times (see the module docstring)."""
+    if not frames:
+        return []
+    t0 = frames[0].arrival
+    start = t0 + playout_delay_s - frames[0].pts_s
+    stalled = 0.0
+    out = []
+    for f in frames:
+        due = start + f.pts_s + stalled
+        stall = max(0.0, f.arrival - due)
+        stalled += stall
+        out.append(FrameTiming(f.index, f.arrival - t0, due - t0, stall))
+    return out
+
+
+class PlayerProtocol(QuicConnectionProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._h3 = H3Connection(self._quic)
+        self.parser = FrameParser()
+        self.digest = hashlib.sha256()
+        self.status: int | None = None
+        self.bytes = 0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def get(self, authority: str, path: str) -> None:
+        stream_id = self._quic.get_next_available_stream_id()
+        self._h3.send_headers(
+            stream_id,
+            [
+                (b":method", b"GET"),
+                (b":scheme", b"https"),
+                (b":authority", authority.encode()),
+                (b":path", path.encode()),
+            ],
+            end_stream=True,
+        )
+        self.transmit()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, ConnectionTerminated) and not self.done.done():
+            self.done.set_exception(ConnectionError(f"connection closed: {event.reason_phrase or event.error_code}"))
+        for h3_event in self._h3.handle_event(event):
+            self._h3_event_received(h3_event)
+
+    def _h3_event_received(self, event: H3Event) -> None:
+        if isinstance(event, HeadersReceived):
+            self.status = int(dict(event.headers).get(b":status", b"0"))
+        elif isinstance(event, DataReceived):
+            now = self._loop.time()
+            self.bytes += len(event.data)
+            self.digest.update(event.data)
+            if self.status == 200:
+                self.parser.feed(event.data, now)
+        if getattr(event, "stream_ended", False) and not self.done.done():
+            self.done.set_result(None)
+
+
+async def play(url: str, *, playout_delay_s: float = 0.3, timeout_s: float | None = None) -> PlaybackReport:
+    """Play ``url`` (https://host:port/live?seconds=N) to its end and report what the viewer saw."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"url must be https://host:port/path, got {url!r}")
+    if not 0 <= playout_delay_s <= 60:
+        raise ValueError(f"playout_delay_s must be in [0, 60], got {playout_delay_s}")
+    port = parts.port or 443
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, verify_mode=ssl.CERT_NONE)
+    report = PlaybackReport(url=url)
+    try:
+        async with connect(
+            parts.hostname, port, configuration=configuration, create_protocol=PlayerProtocol
+        ) as protocol:
+            assert isinstance(protocol, PlayerProtocol)
+            protocol.get(parts.netloc, path)
+            try:
+                await asyncio.wait_for(asyncio.shield(protocol.done), timeout_s)
+                report.ended = True
+            finally:
+                report.status = protocol.status
+                report.bytes = protocol.bytes
+                report.sha256 = protocol.digest.hexdigest()
+                report.frames = len(protocol.parser.frames)
+                report.timings = playback_timings(protocol.parser.frames, playout_delay_s)
+                report.stalls = sum(1 for t in report.timings if t.stall_s > 0)
+                report.stall_s = sum(t.stall_s for t in report.timings)
+    except (ConnectionError, TimeoutError, OSError, ValueError) as error:
+        report.error = f"{type(error).__name__}: {error}"
+    return report

@@ -1,0 +1,54 @@
+"""The benchmark's JSON schema, on a short virtual-clock run (no timing asserted)."""
+
+from __future__ import annotations
+
+from edgecloud.stream import bench
+from edgecloud.stream.controller import AutoRecConfig
+from edgecloud.stream.source import SourceConfig
+
+REQUIRED = {
+    "recovery_ms_p50",
+    "recovery_ms_p95",
+    "recovery_ms_p99",
+    "retx_loss_recovery_ms_p95",
+    "stalls",
+    "stall_s",
+    "overhead",
+    "goodput_mbps",
+}
+
+
+def test_cases_have_the_issue_schema_and_deliver_every_byte():
+    cases = bench.run_cases(
+        [0.05],
+        ["bursty"],
+        [40.0],
+        duration_s=3.0,
+        autorec=AutoRecConfig(),
+        source=SourceConfig(fps=20, bitrate_mbps=0.2),
+        playout_delay_s=0.3,
+        rate_mbps=20.0,
+        virtual=True,
+    )
+    (case,) = cases
+    assert (case["loss"], case["loss_model"], case["rtt_ms"]) == (0.05, "bursty", 40.0)
+    for side in ("baseline", "autorec"):
+        assert set(case[side]) >= REQUIRED
+        assert case[side]["bytes_equal"] and case[side]["frames"] == 60
+    assert case["baseline"]["overhead"] == 0.0
+
+
+def test_loss_change_records_the_controller_over_time():
+    result = bench.run_loss_change(
+        duration_s=6.0,
+        rtt_ms=100.0,
+        autorec=AutoRecConfig(),
+        source=SourceConfig(fps=20, bitrate_mbps=0.2),
+        playout_delay_s=0.3,
+        rate_mbps=20.0,
+        virtual=True,
+    )
+    history = result["autorec"]["history"]
+    assert result["loss_steps"] == [[0.0, 0.01], [2.0, 0.1], [4.0, 0.01]]
+    assert len(history) >= 20 and {"t", "loss", "burst_loss", "copies", "overhead"} <= set(history[0])
+    assert result["autorec"]["bytes_equal"]

@@ -1,0 +1,183 @@
+"""Sans-I/O tests of AutoRecConnection on a virtual clock: every stream finishes, the
+sender's buffer drains and the bytes arrive exactly once, in order, whatever is lost."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgecloud.stream.controller import AutoRecConfig
+from edgecloud.stream.meter import SentFrame
+from edgecloud.stream.sender import FrameKind
+
+# Generous limits so AutoRec copies whatever the scripted losses call for.
+EAGER = AutoRecConfig(overhead_budget=1.0, recovery_target_ms=10.0)
+MODES = {"baseline": None, "autorec": EAGER}
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def bursts(count: int, size: int, gap_s: float, start: float) -> tuple[list[tuple[float, bytes, bool]], bytes]:
+    writes, body = [], b""
+    for i in range(count):
+        chunk = payload(size, seed=i)
+        writes.append((start + i * gap_s, chunk, i == count - 1))
+        body += chunk
+    return writes, body
+
+
+def assert_delivered_exactly_once(pair, body: bytes) -> None:
+    assert bytes(pair.received) == body
+    assert pair.end_stream_events == 1
+    assert pair.sender.is_finished
+    assert pair.sender.acked_offset == len(body)
+    assert pair.stream_id not in pair.server._streams or pair.server._streams[pair.stream_id].is_finished
+
+
+def covers(frames: list[SentFrame], offset: int, kinds: set[FrameKind]) -> bool:
+    return any(f.kind in kinds and f.start <= offset < f.stop for f in frames)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tail_loss_at_end_of_burst(quic_pair, mode):
+    pair = quic_pair(autorec=MODES[mode])
+    writes, body = bursts(3, 6000, gap_s=0.5, start=pair.now)
+    # The last bytes of the first burst are lost the first time they are sent.
+    pair.drop_server = lambda i, frames: covers(frames, 5999, {FrameKind.FIRST})
+    pair.run_until(pair.now + 5.0, writes)
+    assert pair.dropped
+    assert_delivered_exactly_once(pair, body)
+    assert pair.server.meter.events and all(e.recovered_at is not None for e in pair.server.meter.events)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_lost_retransmission(quic_pair, mode):
+    pair = quic_pair(autorec=MODES[mode])
+    writes, body = bursts(4, 5000, gap_s=0.2, start=pair.now)
+    seen: dict[FrameKind, int] = {}
+
+    def drop(index, frames):
+        # Byte 2000 is lost on its first transmission and on its first retransmission.
+        for kind in (FrameKind.FIRST, FrameKind.RETRANSMISSION):
+            if covers(frames, 2000, {kind}) and seen.get(kind, 0) == 0:
+                seen[kind] = 1
+                return True
+        return False
+
+    pair.drop_server = drop
+    pair.run_until(pair.now + 8.0, writes)
+    assert seen == {FrameKind.FIRST: 1, FrameKind.RETRANSMISSION: 1}
+    assert_delivered_exactly_once(pair, body)
+    events = pair.server.meter.events
+    assert [e.retransmission for e in events] == [False, True]
+    assert all(e.recovered_at is not None for e in events)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("gap_s", [0.03, 1.5], ids=["gap-shorter-than-pto", "gap-longer-than-pto"])
+def test_loss_during_off_gaps(quic_pair, mode, gap_s):
+    pair = quic_pair(autorec=MODES[mode])
+    writes, body = bursts(6, 3000, gap_s=gap_s, start=pair.now)
+    pair.drop_server = lambda i, frames: bool(frames) and i % 4 == 0
+    pair.run_until(pair.now + 6 * gap_s + 10.0, writes)
+    assert pair.dropped
+    assert_delivered_exactly_once(pair, body)
+
+
+def test_autorec_copies_retransmissions_and_recovers_faster(quic_pair):
+    results = {}
+    for mode, config in MODES.items():
+        pair = quic_pair(autorec=config, one_way_s=0.05)
+        writes, body = bursts(4, 5000, gap_s=0.2, start=pair.now)
+        dropped_kinds: set[FrameKind] = set()
+
+        def drop(index, frames, dropped_kinds=dropped_kinds):
+            for kind in (FrameKind.FIRST, FrameKind.RETRANSMISSION):
+                if covers(frames, 2000, {kind}) and kind not in dropped_kinds:
+                    dropped_kinds.add(kind)
+                    return True
+            return False
+
+        pair.drop_server = drop
+        pair.run_until(pair.now + 8.0, writes)
+        assert_delivered_exactly_once(pair, body)
+        results[mode] = pair.server
+    baseline, autorec = results["baseline"], results["autorec"]
+    assert baseline.bytes_sent[FrameKind.COPY] == 0
+    assert autorec.bytes_sent[FrameKind.COPY] > 0
+    retx = [e for e in autorec.meter.events if e.retransmission]
+    base_retx = [e for e in baseline.meter.events if e.retransmission]
+    assert retx and base_retx
+    # A copy of the lost retransmission left before loss detection could even fire.
+    assert retx[0].latency_s < base_retx[0].latency_s
+
+
+def test_ack_arriving_while_copy_is_pending(quic_pair):
+    pair = quic_pair(autorec=EAGER)
+    body = payload(4000)
+    pair.write(body, end_stream=True)
+    sender = pair.sender
+    pair.run_until(pair.now + 0.01)  # sent, not yet acknowledged
+    assert sender.reinject(0, 4000) > 0
+    # The ACK for the originals arrives before the copies can leave.
+    pair.server._loss._pacer.packet_time = None
+    pair.run_until(pair.now + 1.0)
+    assert_delivered_exactly_once(pair, body)
+    assert sender.copy_pending_bytes == 0
+
+
+def test_duplicate_acks_from_the_client(quic_pair):
+    # The client's ACKs are duplicated on the link: every datagram arrives twice.
+    pair = quic_pair(autorec=EAGER)
+    original = pair._push
+
+    def duplicate(at, dest, data):
+        original(at, dest, data)
+        if dest == "server":
+            original(at + 0.001, dest, data)
+
+    pair._push = duplicate
+    writes, body = bursts(5, 4000, gap_s=0.1, start=pair.now)
+    pair.drop_server = lambda i, frames: bool(frames) and i % 5 == 1
+    pair.run_until(pair.now + 8.0, writes)
+    assert_delivered_exactly_once(pair, body)
+
+
+# The fixture is a factory: each example builds its own pair.
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    drops=st.sets(st.integers(min_value=0, max_value=60), max_size=20),
+    eager=st.booleans(),
+    gap_ms=st.sampled_from([10, 40, 400]),
+)
+def test_any_loss_pattern_delivers_exactly_once(quic_pair, drops, eager, gap_ms):
+    pair = quic_pair(autorec=EAGER if eager else None)
+    writes, body = bursts(5, 3500, gap_s=gap_ms / 1000, start=pair.now)
+    pair.drop_server = lambda i, frames: i in drops
+    pair.run_until(pair.now + 30.0, writes)
+    assert_delivered_exactly_once(pair, body)
+
+
+def test_autorec_copies_an_overdue_burst_tail_before_the_pto(quic_pair):
+    latencies = {}
+    for mode, config in MODES.items():
+        pair = quic_pair(autorec=config, one_way_s=0.05)
+        writes, body = bursts(2, 6000, gap_s=1.0, start=pair.now)
+        # The last packet of the first burst is lost: no later packet is acknowledged
+        # until the next burst, so only a PTO (baseline) or a copy (AutoRec) recovers it.
+        # An earlier loss in the burst tells the adapter the link loses packets.
+        pair.drop_server = lambda i, frames: (
+            covers(frames, 5999, {FrameKind.FIRST}) or covers(frames, 10, {FrameKind.FIRST})
+        )
+        pair.run_until(pair.now + 5.0, writes)
+        assert_delivered_exactly_once(pair, body)
+        tail = [e for e in pair.server.meter.events if e.sent_at == max(x.sent_at for x in pair.server.meter.events)]
+        latencies[mode] = tail[0].latency_s
+        if config is not None:
+            assert pair.server.bytes_sent[FrameKind.COPY] > 0
+    assert latencies["autorec"] < latencies["baseline"]

@@ -1,0 +1,162 @@
+"""The AutoRec controller without a connection: adapter rule, budget, off periods."""
+
+from __future__ import annotations
+
+import pytest
+from aioquic.quic.packet_builder import QuicDeliveryState
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgecloud.stream.controller import (
+    AutoRecConfig,
+    LossEstimator,
+    OffPeriodDetector,
+    ReinjectionController,
+    copies_for_target,
+)
+from edgecloud.stream.sender import TrackedStreamSender
+
+
+@pytest.mark.parametrize(
+    ("loss", "srtt_s", "copies"),
+    [
+        (0.0, 0.1, 0),
+        (0.01, 0.1, 0),  # one retransmission already misses with 1 % only
+        (0.05, 0.1, 1),
+        (0.10, 0.1, 1),  # 0.1 ** 2 = 0.01 exactly meets the residual
+        (0.20, 0.1, 2),
+        (0.05, 0.02, 0),  # short RTT: two rounds fit in 100 ms, 0.05 ** 2 < 0.01
+        (0.99, 0.1, 3),  # capped at max_copies
+    ],
+)
+def test_copies_follow_loss_and_rtt(loss, srtt_s, copies):
+    assert copies_for_target(loss, srtt_s, target_s=0.1, residual=0.01, max_copies=3) == copies
+
+
+@pytest.mark.parametrize(("burst_loss", "copies"), [(0.05, 1), (0.3, 2), (0.5, 3), (0.67, 3), (1.0, 3)])
+def test_bursty_loss_asks_for_more_copies(burst_loss, copies):
+    # 5 % loss at 100 ms: a copy right after a lost retransmission is lost with burst_loss.
+    assert copies_for_target(0.05, 0.1, 0.1, 0.01, 3, burst_loss=burst_loss) == copies
+
+
+def test_burst_loss_is_loss_right_after_a_loss():
+    est = LossEstimator(window=100)
+    # Losses in pairs, resolved out of order: every loss is followed by a loss half the time.
+    outcomes = [(n, n % 10 in (0, 1)) for n in range(100)]
+    for n, lost in reversed(outcomes):
+        est.observe(lost, packet_number=n)
+    assert est.value == pytest.approx(0.2)
+    assert est.burst_loss == pytest.approx(0.5)
+
+
+def test_config_errors_name_the_field_and_range():
+    with pytest.raises(ValueError, match=r"overhead_budget must be in \[0.0, 10.0\], got -1"):
+        AutoRecConfig(overhead_budget=-1)
+    with pytest.raises(ValueError, match=r"recovery_target_ms must be in \[1.0, 60000.0\], got 0"):
+        AutoRecConfig(recovery_target_ms=0)
+
+
+def test_loss_estimator_forgets_after_its_window():
+    est = LossEstimator(window=10)
+    for i in range(10):
+        est.observe(i % 2 == 0)
+    assert est.value == 0.5
+    for _ in range(10):
+        est.observe(False)
+    assert est.value == 0.0
+
+
+def test_off_period_detector_finds_bursts():
+    det = OffPeriodDetector(weight=1.0)
+    assert det.observe(True, 0) is False
+    assert det.observe(True, 1000) is False
+    assert det.observe(False, 3000) is True  # burst over: off period begins
+    assert det.is_off and det.mean_burst_bytes == 3000
+    assert det.observe(False, 3000) is False
+    det.observe(True, 3000)
+    assert det.observe(False, 4000) is True and det.mean_burst_bytes == 1000
+
+
+def sent(sender: TrackedStreamSender, size: int) -> None:
+    sender.write(bytes(size))
+    while sender.get_frame(1200) is not None:
+        pass
+
+
+def test_retransmission_gets_copies_until_acked():
+    ctl = ReinjectionController(AutoRecConfig(overhead_budget=1.0))
+    sender = TrackedStreamSender(0, True)
+    sent(sender, 10_000)
+    for i in range(20):  # 10 % measured loss
+        ctl.on_packet_resolved(lost=i % 10 == 0)
+    ctl.on_retransmission_sent(sender, 0, 1200, now=1.0)
+    assert ctl.next_wakeup() == 1.0
+    # No room in the congestion window: the copy waits rather than queue behind it.
+    ctl.poll(1.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
+    assert sender.copy_pending_bytes == 0 and ctl.copy_bytes == 0
+    ctl.poll(1.01, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=5000)
+    assert sender.copy_pending_bytes == 1200 and ctl.copy_bytes == 1200
+    sender.on_data_delivery(QuicDeliveryState.ACKED, 0, 1200, False)
+    ctl.poll(2.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
+    assert ctl.protections == [] and ctl.next_wakeup() is None
+
+
+def test_no_loss_means_no_copies():
+    ctl = ReinjectionController(AutoRecConfig())
+    sender = TrackedStreamSender(0, True)
+    for t in range(50):
+        sent(sender, 3000)
+        for _ in range(3):
+            ctl.on_packet_resolved(lost=False)
+        ctl.poll(
+            t * 0.033,
+            app_has_new_data=True,
+            srtt_s=0.05,
+            goodput_bytes=3000 * (t + 1),
+            cwnd_room=10**6,
+        )
+        ctl.poll(
+            t * 0.033 + 0.01,
+            app_has_new_data=False,
+            srtt_s=0.05,
+            goodput_bytes=3000 * (t + 1),
+            cwnd_room=10**6,
+        )
+    assert ctl.copy_bytes == 0 and sender.copy_pending_bytes == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    budget=st.sampled_from([0.0, 0.02, 0.1, 0.5]),
+    losses=st.lists(st.booleans(), min_size=5, max_size=80),
+    retx=st.lists(st.integers(0, 40), max_size=30),
+)
+def test_copies_never_exceed_the_budget(budget, losses, retx):
+    ctl = ReinjectionController(AutoRecConfig(overhead_budget=budget, recovery_target_ms=10.0))
+    sender = TrackedStreamSender(0, True)
+    goodput = 0
+    for step, lost in enumerate(losses):
+        sent(sender, 1200)
+        goodput += 1200
+        ctl.on_packet_resolved(lost)
+        now = step * 0.01
+        if step in retx:
+            ctl.on_retransmission_sent(sender, max(0, goodput - 3600), goodput, now)
+        for new_data in (True, False):
+            ctl.poll(now, app_has_new_data=new_data, srtt_s=0.05, goodput_bytes=goodput, cwnd_room=10**6)
+            assert ctl.copy_bytes <= budget * goodput + 1e-9
+
+
+def test_overdue_data_gets_one_copy_only_when_the_adapter_wants_copies():
+    sender = TrackedStreamSender(0, True)
+    sent(sender, 5000)
+    quiet = ReinjectionController(AutoRecConfig(overhead_budget=1.0))
+    quiet.on_overdue(sender, 3800, 5000, now=1.0)  # no loss measured: nothing to do
+    assert quiet.protections == []
+    lossy = ReinjectionController(AutoRecConfig(overhead_budget=1.0))
+    for i in range(20):
+        lossy.on_packet_resolved(lost=i % 5 == 0)
+    lossy.on_overdue(sender, 3800, 5000, now=1.0)
+    lossy.poll(1.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=5000, cwnd_room=10_000)
+    lossy.poll(2.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=5000, cwnd_room=10_000)
+    assert lossy.copy_bytes == 1200 and lossy.protections == []

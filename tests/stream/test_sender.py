@@ -1,0 +1,130 @@
+"""TrackedStreamSender: the duplicated-delivery guards, proven against stock aioquic."""
+
+from __future__ import annotations
+
+from aioquic.quic.packet_builder import QuicDeliveryState
+from aioquic.quic.stream import QuicStreamSender
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgecloud.stream.sender import FrameKind, TrackedStreamSender
+
+ACKED, LOST = QuicDeliveryState.ACKED, QuicDeliveryState.LOST
+DATA = bytes(range(256)) * 16  # 4096 bytes
+
+
+def sent_sender(cls=TrackedStreamSender, data: bytes = DATA, frame: int = 1000):
+    sender = cls(stream_id=0, writable=True)
+    sender.write(data, end_stream=True)
+    frames = []
+    while (f := sender.get_frame(frame)) is not None:
+        frames.append(f)
+    return sender, frames
+
+
+def test_stock_sender_stalls_on_an_ack_below_its_buffer_start():
+    # Why the guard exists: a copy's ACK arriving after the original's wedges stock aioquic.
+    stock, _ = sent_sender(QuicStreamSender)
+    stock.on_data_delivery(ACKED, 0, 1000, False)
+    stock.on_data_delivery(ACKED, 0, 1000, False)  # the copy's ACK
+    for start in range(1000, 4096, 1000):
+        stock.on_data_delivery(ACKED, start, min(start + 1000, 4096), start + 1000 >= 4096)
+    assert not stock.is_finished  # stuck for ever
+
+
+def test_stock_sender_slices_a_stale_pending_copy_wrongly():
+    stock, _ = sent_sender(QuicStreamSender)
+    stock.on_data_delivery(LOST, 0, 1000, False)  # scheduled again...
+    stock.on_data_delivery(ACKED, 0, 2000, False)  # ...but a copy got it acknowledged
+    frame = stock.get_frame(1000)
+    assert frame is not None and frame.data != DATA[frame.offset : frame.offset + len(frame.data)]
+
+
+def test_duplicate_and_stale_acks_drain_the_buffer():
+    sender, frames = sent_sender()
+    for f in frames:
+        sender.on_data_delivery(ACKED, f.offset, f.offset + len(f.data), f.fin)
+        sender.on_data_delivery(ACKED, f.offset, f.offset + len(f.data), f.fin)
+    sender.on_data_delivery(ACKED, 0, 4096, True)
+    assert sender.is_finished and sender.acked_offset == 4096
+    assert sender.get_frame(1000) is None
+
+
+def test_ack_while_copy_pending_sends_no_stale_frame():
+    sender, _ = sent_sender()
+    assert sender.reinject(0, 2000) == 2000
+    sender.on_data_delivery(ACKED, 0, 1500, False)
+    frame = sender.get_frame(5000)
+    assert frame is not None
+    assert (frame.offset, frame.data) == (1500, DATA[1500:2000])
+    assert sender.take_registered_kind(1500, 2000) is FrameKind.COPY
+
+
+def test_loss_of_acknowledged_bytes_schedules_nothing():
+    sender, _ = sent_sender()
+    sender.on_data_delivery(ACKED, 0, 1000, False)
+    sender.on_data_delivery(LOST, 0, 1000, False)  # a copy of acked bytes got lost
+    sender.on_data_delivery(LOST, 3000, 4096, True)
+    frame = sender.get_frame(5000)
+    assert (frame.offset, len(frame.data), frame.fin) == (3000, 1096, True)
+    assert sender.take_registered_kind(3000, 4096) is FrameKind.RETRANSMISSION
+
+
+def test_frames_are_split_where_their_kind_changes():
+    sender = TrackedStreamSender(stream_id=0, writable=True)
+    sender.write(DATA[:2000])
+    sender.get_frame(1000)
+    sender.get_frame(1000)
+    assert sender.take_registered_kind(1000, 2000) is FrameKind.FIRST  # skips (0, 1000)
+    sender.on_data_delivery(LOST, 0, 1000, False)
+    sender.reinject(1000, 2000)
+    sender.write(DATA[2000:3000])
+    kinds = []
+    while (f := sender.get_frame(5000)) is not None:
+        kinds.append((f.offset, f.offset + len(f.data)))
+    # The retransmission may run on into new data, as in aioquic; copies stand alone.
+    assert kinds == [(0, 1000), (1000, 2000), (2000, 3000)]
+    assert [sender.take_registered_kind(*k) for k in kinds] == [
+        FrameKind.RETRANSMISSION,
+        FrameKind.COPY,
+        FrameKind.FIRST,
+    ]
+
+
+actions = st.lists(
+    st.tuples(st.sampled_from(["send", "ack", "lose", "write"]), st.integers(0, 50), st.integers(1, 1500)),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(actions=actions)
+def test_same_frames_as_stock_aioquic_when_nothing_is_duplicated(actions):
+    """Without duplicates the guards change nothing: identical frames, identical state."""
+    stock = QuicStreamSender(stream_id=0, writable=True)
+    tracked = TrackedStreamSender(stream_id=0, writable=True)
+    in_flight: list[tuple[int, int, bool]] = []
+    written = 0
+    for action, pick, size in actions:
+        if action == "write" and written < 20_000:
+            chunk = bytes((written + i) % 251 for i in range(size))
+            written += size
+            stock.write(chunk)
+            tracked.write(chunk)
+        elif action == "send":
+            a, b = stock.get_frame(size), tracked.get_frame(size)
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert (a.offset, a.data, a.fin) == (b.offset, b.data, b.fin)
+                in_flight.append((a.offset, a.offset + len(a.data), a.fin))
+        elif action in ("ack", "lose") and in_flight:
+            start, stop, fin = in_flight.pop(pick % len(in_flight))
+            state = ACKED if action == "ack" else LOST
+            stock.on_data_delivery(state, start, stop, fin)
+            tracked.on_data_delivery(state, start, stop, fin)
+        assert (stock._buffer_start, stock.next_offset, stock.is_finished, stock.buffer_is_empty) == (
+            tracked._buffer_start,
+            tracked.next_offset,
+            tracked.is_finished,
+            tracked.buffer_is_empty,
+        )

@@ -1,0 +1,206 @@
+"""The live server over real loopback sockets and real QUIC: aioquic's client, ngtcp2's
+independent client, and hostile input (garbage, bad requests, vanishing and many viewers)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import shutil
+import socket
+
+import pytest
+from aioquic.asyncio.client import connect
+from aioquic.h3.connection import H3_ALPN
+from aioquic.h3.events import DataReceived
+from aioquic.quic.configuration import QuicConfiguration
+
+from edgecloud.stream.controller import AutoRecConfig
+from edgecloud.stream.player import PlayerProtocol, play
+from edgecloud.stream.server import StreamServer
+from edgecloud.stream.source import LiveSource, SourceConfig
+
+SMALL = SourceConfig(fps=20, bitrate_mbps=0.2, gop=10)
+TINY = SourceConfig(fps=10, bitrate_mbps=0.04, gop=10)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def started(**kwargs) -> StreamServer:
+    server = StreamServer(**kwargs)
+    await server.start()
+    return server
+
+
+@pytest.mark.parametrize("autorec", [None, AutoRecConfig()], ids=["baseline", "autorec"])
+def test_aioquic_player_receives_every_byte(autorec):
+    async def main():
+        server = await started(autorec=autorec, source=LiveSource(SMALL))
+        host, port = server.address
+        report = await play(f"https://{host}:{port}/live?seconds=1.5", timeout_s=20)
+        await server.close()
+        return server, report
+
+    server, report = asyncio.run(main())
+    expected = sha256(LiveSource(SMALL).body(1.5))
+    assert report.error is None and report.status == 200 and report.ended
+    assert report.frames == 30
+    assert report.sha256 == expected == server.requests[0].sha256
+    assert server.requests[0].completed
+
+
+@pytest.mark.skipif(shutil.which("gtlsclient") is None, reason="ngtcp2-client (Debian) is not installed")
+def test_independent_ngtcp2_client_receives_every_byte(tmp_path):
+    async def main():
+        server = await started(autorec=AutoRecConfig(), source=LiveSource(SMALL))
+        host, port = server.address
+        process = await asyncio.create_subprocess_exec(
+            "gtlsclient",
+            "--quiet",
+            "--exit-on-all-streams-close",
+            f"--download={tmp_path}",
+            host,
+            str(port),
+            f"https://{host}:{port}/live?seconds=1.5",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        await server.close()
+        return server, process.returncode, stderr
+
+    server, returncode, stderr = asyncio.run(main())
+    assert returncode == 0, stderr.decode(errors="replace")[-2000:]
+    (received,) = [p.read_bytes() for p in tmp_path.iterdir()]
+    assert sha256(received) == sha256(LiveSource(SMALL).body(1.5)) == server.requests[0].sha256
+
+
+class BodyKeeper(PlayerProtocol):
+    """The player, also keeping the response body (error texts are small)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.body = bytearray()
+
+    def _h3_event_received(self, event) -> None:
+        if isinstance(event, DataReceived):
+            self.body += event.data
+        super()._h3_event_received(event)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "message"),
+    [
+        ("/nope", 404, "unknown path '/nope'; try /live?seconds=N\n"),
+        ("/live", 400, "query parameter 'seconds' is required, in (0, 86400]\n"),
+        ("/live?seconds=0", 400, "seconds must be in (0, 86400], got 0\n"),
+        ("/live?seconds=abc", 400, "seconds must be a number in (0, 86400], got 'abc'\n"),
+    ],
+)
+def test_bad_requests_get_precise_errors(path, status, message):
+    async def main():
+        server = await started(source=LiveSource(TINY))
+        host, port = server.address
+        config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, verify_mode=0)
+        async with connect(host, port, configuration=config, create_protocol=BodyKeeper) as client:
+            client.get(f"{host}:{port}", path)
+            await asyncio.wait_for(client.done, 10)
+        await server.close()
+        return server, client
+
+    server, client = asyncio.run(main())
+    assert (client.status, client.body.decode()) == (status, message)
+    assert server.requests[0].status == status
+
+
+def test_garbage_datagrams_and_a_vanishing_viewer_leave_other_viewers_streaming():
+    async def main():
+        server = await started(source=LiveSource(SMALL), autorec=AutoRecConfig(), idle_timeout_s=1.0)
+        host, port = server.address
+        url = f"https://{host}:{port}/live?seconds=2.5"
+        good = asyncio.create_task(play(url, timeout_s=30))
+
+        # A viewer that starts streaming and then disappears without closing.
+        config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, verify_mode=0)
+        async with connect(host, port, configuration=config, create_protocol=PlayerProtocol) as ghost:
+            ghost.get(f"{host}:{port}", "/live?seconds=2.5")
+            await asyncio.sleep(0.5)
+            ghost._transport.close()  # the socket is gone: no CONNECTION_CLOSE is ever sent
+
+        # Garbage: random bytes, a long-header packet with a bogus version, short headers.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rng = random.Random(7)
+        for size in (1, 5, 20, 1200, 1500):
+            sock.sendto(rng.randbytes(size), (host, port))
+        sock.sendto(b"\xc0\x0a\x0a\x0a\x0a" + rng.randbytes(1300), (host, port))
+        sock.sendto(b"\xc0\x00\x00\x00\x01\x08" + rng.randbytes(1300), (host, port))
+        for _ in range(50):
+            sock.sendto(b"\x40" + rng.randbytes(60), (host, port))
+        sock.close()
+
+        report = await good
+        await asyncio.sleep(1.5)  # past the idle timeout of the vanished viewer
+        await server.close()
+        return server, report
+
+    server, report = asyncio.run(main())
+    assert report.error is None and report.ended
+    assert report.sha256 == sha256(LiveSource(SMALL).body(2.5))
+    ghost = [c for c in server.connections if c.requests and not c.requests[0].completed]
+    assert len(ghost) == 1 and ghost[0].closed
+    assert ghost[0].requests[0].error == "viewer went away"
+
+
+def test_fifty_concurrent_viewers_all_get_every_byte():
+    async def main():
+        server = await started(source=LiveSource(TINY), autorec=AutoRecConfig())
+        host, port = server.address
+        reports = await asyncio.gather(
+            *(play(f"https://{host}:{port}/live?seconds=2", timeout_s=60) for _ in range(50))
+        )
+        await server.close()
+        return server, reports
+
+    server, reports = asyncio.run(main())
+    expected = sha256(LiveSource(TINY).body(2))
+    assert [r.error for r in reports] == [None] * 50
+    assert {r.sha256 for r in reports} == {expected}
+    assert len(server.requests) == 50 and all(r.completed for r in server.requests)
+
+
+def test_serve_refuses_a_half_given_certificate(capsys):
+    from edgecloud.cli import main
+
+    assert main(["stream", "serve", "--cert", os.devnull]) == 2
+    assert "--cert and --key go together" in capsys.readouterr().err
+
+
+def test_adopt_refuses_a_connection_that_already_ran():
+    from aioquic.quic.connection import QuicConnection
+
+    from edgecloud.stream.connection import AutoRecConnection
+
+    client = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN))
+    client.connect(("127.0.0.1", 4433), now=0.0)
+    with pytest.raises(ValueError, match="has not processed any datagram"):
+        AutoRecConnection.adopt(client, None)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--loss", "0.7"], "must be in [0, 0.5], got 0.7"),
+        (["--loss-model", "gauss"], "loss model must be one of bernoulli, bursty, got 'gauss'"),
+        (["--duration", "0"], "must be in [1, 3600], got 0"),
+        (["--overhead-budget", "x"], "expected a number, got 'x'"),
+    ],
+)
+def test_bench_options_are_checked(argv, message, capsys):
+    from edgecloud.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["stream", "bench", "--json", "out.json", *argv])
+    assert message in capsys.readouterr().err

@@ -1,0 +1,68 @@
+"""The live source's frames and wire format, and the player's stall accounting."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgecloud.stream.player import playback_timings
+from edgecloud.stream.source import FRAME_HEADER, FrameParser, LiveSource, ReceivedFrame, SourceConfig
+
+
+def test_mean_bitrate_and_gop_bursts():
+    source = LiveSource(SourceConfig(fps=30, bitrate_mbps=2.0, gop=30, keyframe_ratio=4.0))
+    frames = list(source.frames(10))
+    assert len(frames) == 300
+    mean_bits = sum(f.payload_size for f in frames) * 8 / 10
+    assert mean_bits == pytest.approx(2e6, rel=0.03)
+    keyframes = [f.payload_size for f in frames if f.index % 30 == 0]
+    others = [f.payload_size for f in frames if f.index % 30 != 0]
+    assert min(keyframes) > 2 * max(others)
+
+
+def test_body_is_deterministic_and_parses_back():
+    source = LiveSource(SourceConfig(fps=10, bitrate_mbps=0.1))
+    body = source.body(1)
+    assert body == source.body(1)
+    parser = FrameParser()
+    for i in range(0, len(body), 777):  # arbitrary chunking, as QUIC delivers it
+        parser.feed(body[i : i + 777], now=i / 1000)
+    assert [f.index for f in parser.frames] == list(range(10))
+    assert [f.pts_s for f in parser.frames] == [i / 10 for i in range(10)]
+    assert parser.leftover == 0
+
+
+def test_parser_rejects_foreign_bytes():
+    with pytest.raises(ValueError, match="bad frame header at frame 0"):
+        FrameParser().feed(b"GET / HTTP/1.1\r\n\r\n" + bytes(FRAME_HEADER.size), now=0.0)
+
+
+def test_frame_sizes_from_a_file(tmp_path):
+    sizes = tmp_path / "sizes.csv"
+    sizes.write_text("5000\n1200,\n\n900\n")
+    source = LiveSource.from_sizes_file(sizes)
+    assert [source.frame(i).payload_size for i in range(4)] == [5000, 1200, 900, 5000]
+    sizes.write_text("100\n-3\n")
+    with pytest.raises(ValueError, match=r"sizes.csv:2: a frame size must be a positive integer, got '-3'"):
+        LiveSource.from_sizes_file(sizes)
+
+
+def test_source_config_errors_name_the_field():
+    with pytest.raises(ValueError, match=r"fps must be in \[1.0, 240.0\], got 0"):
+        SourceConfig(fps=0)
+
+
+def frames(arrivals: list[float], fps: float = 10) -> list[ReceivedFrame]:
+    return [ReceivedFrame(i, i / fps, 100, a) for i, a in enumerate(arrivals)]
+
+
+def test_on_time_frames_never_stall():
+    timings = playback_timings(frames([0.0, 0.1, 0.2, 0.3]), playout_delay_s=0.2)
+    assert [t.stall_s for t in timings] == [0, 0, 0, 0]
+    assert [round(t.deadline_s, 6) for t in timings] == [0.2, 0.3, 0.4, 0.5]
+
+
+def test_a_late_frame_stalls_and_pushes_later_deadlines_back():
+    # Frame 2 is due at 0.4 but arrives at 0.65: a 0.25 s stall; frame 3 is then due at 0.75.
+    timings = playback_timings(frames([0.0, 0.1, 0.65, 0.66, 0.9]), playout_delay_s=0.2)
+    assert [round(t.stall_s, 6) for t in timings] == [0, 0, 0.25, 0, 0.05]
+    assert round(timings[3].deadline_s, 6) == 0.75
