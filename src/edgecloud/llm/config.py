@@ -8,7 +8,7 @@ reads both into one shape.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,6 @@ class EngineConfig:
     attention_backend: str = "paged"
     seed: int = 0
     num_threads: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def bad(param: str, allowed: str) -> InvalidRequestError:
