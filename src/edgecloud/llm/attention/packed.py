@@ -81,7 +81,7 @@ def run_packed(plan: PackedPlan, query: torch.Tensor, k_cache: torch.Tensor, v_c
         merged[plan.entry_query] = out
         return merged.to(query.dtype)
     lse = lses[0] if len(lses) == 1 else torch.cat(lses)
-    return _merge(out, lse, plan.entry_query, num_seqs).to(query.dtype)
+    return merge_partials(out, lse, plan.entry_query, num_seqs).to(query.dtype)
 
 
 def _tile_attention(tile: TileGroup, q_rows: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -122,7 +122,7 @@ def _tile_attention(tile: TileGroup, q_rows: torch.Tensor, k_cache: torch.Tensor
     return out, lse
 
 
-def _merge(out: torch.Tensor, lse: torch.Tensor, query: torch.Tensor, num_seqs: int) -> torch.Tensor:
+def merge_partials(out: torch.Tensor, lse: torch.Tensor, query: torch.Tensor, num_seqs: int) -> torch.Tensor:
     """Per query: sum_i exp(lse_i - m) out_i / sum_i exp(lse_i - m), m = max_i lse_i."""
     peak = torch.full((num_seqs, lse.shape[1]), float("-inf"), device=lse.device)
     peak.scatter_reduce_(0, query.unsqueeze(1).expand_as(lse), lse, "amax")

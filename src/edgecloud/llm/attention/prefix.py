@@ -17,13 +17,18 @@ sequences is read ``n`` times. This backend reads it once per *pack*:
 3. **Merge**: each query combines its partial results with a numerically stable log-sum-exp
    merge (max-shifted weights), vectorised with index reductions.
 
-The index tensors of a step are built once and reused by all its layers.
+The index tensors of a step are built once and reused by all its layers. On CUDA, when Triton
+is installed (the ``gpu`` extra), the forward is a Triton kernel over the same plan
+(``prefix_triton.py``); it is imported only then, so the CPU path never loads Triton.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -45,6 +50,9 @@ from edgecloud.llm.attention.prefix_tree import (
     split_long_packs,
 )
 
+if TYPE_CHECKING:
+    from edgecloud.llm.attention.prefix_triton import TritonPackedPlan
+
 
 @dataclass
 class PrefixDecodePlan:
@@ -55,12 +63,21 @@ class PrefixDecodePlan:
     signature: bytes
     backend: PrefixDecodeAttention
     kernels: dict[tuple[HeadGeometry, torch.device], PackedPlan] = field(default_factory=dict)
+    triton_kernels: dict[tuple[HeadGeometry, torch.device], TritonPackedPlan] = field(default_factory=dict)
 
     def kernel(self, geom: HeadGeometry) -> PackedPlan:
         key = (geom, self.batch.device)
         if key not in self.kernels:
             self.kernels[key] = self.backend.build_kernel_plan(self, geom)
         return self.kernels[key]
+
+    def triton_kernel(self, geom: HeadGeometry) -> TritonPackedPlan:
+        from edgecloud.llm.attention.prefix_triton import triton_plan
+
+        key = (geom, self.batch.device)
+        if key not in self.triton_kernels:
+            self.triton_kernels[key] = triton_plan(self.kernel(geom))
+        return self.triton_kernels[key]
 
 
 class PrefixDecodeAttention(DecodeAttentionBackend):
@@ -129,7 +146,17 @@ class PrefixDecodeAttention(DecodeAttentionBackend):
         _, num_q_heads, head_dim = query.shape
         num_kv_heads = k_cache.shape[2]
         geom = HeadGeometry(num_kv_heads, num_q_heads // num_kv_heads, head_dim, k_cache.element_size())
+        if query.is_cuda and triton_available():
+            from edgecloud.llm.attention.prefix_triton import run_packed_triton
+
+            return run_packed_triton(plan.triton_kernel(geom), query, k_cache, v_cache, scale)
         return run_packed(plan.kernel(geom), query, k_cache, v_cache, scale)
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether Triton is installed; checked without importing it."""
+    return importlib.util.find_spec("triton") is not None
 
 
 def _remember(cache: OrderedDict, key: object, value: object, size: int) -> None:

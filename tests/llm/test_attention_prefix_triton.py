@@ -1,0 +1,74 @@
+"""PAT's Triton kernel, run in Triton's interpreter on the CPU: exact against dense paged attention.
+
+Skipped where Triton is not installed (CPU-only CI: Triton is in the ``gpu`` extra, not ``dev``).
+The interpreter executes the same kernel with numpy semantics, so this checks its indexing
+(block table, GQA rows, masks, row blocks) and its online softmax, not its GPU speed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+# must be set before Triton is first imported: kernels then run on CPU tensors
+os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton", reason="Triton is not installed (pip install 'edgecloud[gpu]'); "
+                                     "the kernel test runs in Triton's CPU interpreter")
+
+from edgecloud.llm.attention.bench import parse_tree, tree_batch
+from edgecloud.llm.attention.paged import PagedDecodeAttention
+from edgecloud.llm.attention.prefix import PrefixDecodeAttention
+from edgecloud.llm.attention.prefix_tree import HeadGeometry, PackCostModel
+from edgecloud.llm.attention.prefix_triton import run_packed_triton, triton_plan
+
+HEAD_DIM = 16
+BLOCK_SIZE = 4
+SPLIT_EVERYTHING = PackCostModel(min_split_tokens=1, work_per_thread=1 << 20, group_overhead_s=0.0)
+
+
+@pytest.mark.parametrize(("tree", "q_heads", "kv_heads", "cost"), [
+    # root of 2 blocks, 3 leaves ending inside a block: one pack with the leaves joined and masked
+    ("1,3_8,5", 2, 2, None),
+    # three levels, GQA ratio 4
+    ("1,2,4_8,4,3", 8, 2, None),
+    # the same split into one-block packs: several tile groups, several partials per query to merge
+    ("1,2,4_8,4,3", 8, 2, SPLIT_EVERYTHING),
+    # 20 leaves × GQA 4 = 80 rows: two row blocks of one pack
+    ("1,20_8,3", 8, 2, None),
+    # no sharing: one sequence, one pack, its last block padded
+    ("1_13", 4, 1, None),
+])
+def test_triton_kernel_matches_paged(tree: str, q_heads: int, kv_heads: int, cost: PackCostModel | None) -> None:
+    batch, num_blocks = tree_batch(parse_tree(tree, BLOCK_SIZE), BLOCK_SIZE, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    k_cache = torch.randn(num_blocks, BLOCK_SIZE, kv_heads, HEAD_DIM, generator=gen)
+    v_cache = torch.randn(num_blocks, BLOCK_SIZE, kv_heads, HEAD_DIM, generator=gen)
+    query = torch.randn(batch.num_seqs, q_heads, HEAD_DIM, generator=gen)
+    scale = HEAD_DIM ** -0.5
+    paged = PagedDecodeAttention()
+    expected = paged.forward(paged.plan(batch), query, k_cache, v_cache, scale)
+
+    plan = PrefixDecodeAttention(cost=cost, parallelism=2).plan(batch)
+    packed = plan.kernel(HeadGeometry(kv_heads, q_heads // kv_heads, HEAD_DIM, k_cache.element_size()))
+    got = run_packed_triton(triton_plan(packed), query, k_cache, v_cache, scale)
+
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_cpu_path_never_imports_triton() -> None:
+    code = (
+        "import sys, torch\n"
+        "from edgecloud.llm.attention import DecodeBatch, PrefixDecodeAttention\n"
+        "batch = DecodeBatch([[0, 1], [0, 2]], [7, 6], 4)\n"
+        "backend = PrefixDecodeAttention()\n"
+        "cache = torch.randn(3, 4, 1, 8)\n"
+        "backend.forward(backend.plan(batch), torch.randn(2, 2, 8), cache, cache, 0.5)\n"
+        "assert 'triton' not in sys.modules, 'the CPU path imported triton'\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
