@@ -58,6 +58,11 @@ class AsyncEngine:
         return self.engine.model_name
 
     @property
+    def generation_defaults(self) -> dict[str, float]:
+        """Sampling defaults from the model's generation_config.json (see read_generation_defaults)."""
+        return self.engine.generation_defaults
+
+    @property
     def max_model_len(self) -> int:
         return self.engine.max_model_len
 

@@ -137,6 +137,25 @@ def _read_rope(raw: dict[str, Any], source: str) -> RopeConfig:
     )
 
 
+# generation_config.json fields that are sampling defaults for requests that leave them out.
+GENERATION_DEFAULT_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def read_generation_defaults(model_dir: Path) -> dict[str, float]:
+    """The model's recommended sampling settings from ``generation_config.json`` (as vLLM applies
+    them), or none when the file is absent or asks for greedy decoding."""
+    path = model_dir / "generation_config.json"
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path}: not valid JSON ({exc})") from None
+    if raw.get("do_sample") is False:
+        return {}
+    return {k: raw[k] for k in GENERATION_DEFAULT_FIELDS if isinstance(raw.get(k), int | float)}
+
+
 @dataclass
 class EngineConfig:
     """Engine options. ``model=None`` serves the embedded demo model."""

@@ -15,7 +15,7 @@ import torch
 
 from edgecloud.llm.attention import make_decode_backend
 from edgecloud.llm.block_manager import BlockManager
-from edgecloud.llm.config import EngineConfig, ModelConfig
+from edgecloud.llm.config import EngineConfig, ModelConfig, read_generation_defaults
 from edgecloud.llm.detokenizer import IncrementalDetokenizer
 from edgecloud.llm.errors import InvalidRequestError, ModelLoadError
 from edgecloud.llm.loader import load_model
@@ -66,6 +66,7 @@ class LLMEngine:
         self.model_name = config.model or "edgecloud-demo"
         self.model_config = ModelConfig.from_file(self.model_dir / "config.json")
         self.tokenizer = Tokenizer(self.model_dir)
+        self.generation_defaults = read_generation_defaults(self.model_dir)
         mc = self.model_config
         limit = mc.max_position_embeddings
         if mc.sliding_window:  # capped so full attention equals the model's windowed attention

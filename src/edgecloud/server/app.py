@@ -435,7 +435,7 @@ class OpenAIServer:
         tokenizer = self.engine.tokenizer
         prompts = [tokenizer.encode(p) if isinstance(p, str) else p for p in body.prompts()]
         budgets = {self.check_lengths(ids, body.max_tokens or 16, "prompt") for ids in prompts}
-        params = body.sampling_params(min(budgets), body.logprobs)
+        params = body.sampling_params(min(budgets), body.logprobs, self.engine.generation_defaults)
         job = self.new_job(request, body, prompts, params, chat=False, logprobs=body.logprobs)
         return await self.run(request, job, body.stream)
 
@@ -451,7 +451,7 @@ class OpenAIServer:
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError(400, "top_logprobs needs logprobs set to true", "top_logprobs")
-        params = body.sampling_params(max_tokens, logprobs)
+        params = body.sampling_params(max_tokens, logprobs, self.engine.generation_defaults)
         job = self.new_job(request, body, [ids], params, chat=True, logprobs=logprobs)
         return await self.run(request, job, body.stream)
 

@@ -10,6 +10,7 @@ and our ``priority`` are accepted too.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -56,15 +57,25 @@ class SamplingRequest(BaseModel):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
-    def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    def sampling_params(
+        self, max_tokens: int, logprobs: int | None, defaults: Mapping[str, float] | None = None
+    ) -> SamplingParams:
+        """Engine parameters for this request. ``defaults`` (the model's generation_config) fill
+        the sampling fields the client left out; a field the client sent always wins."""
+
+        def pick(name: str) -> Any:
+            if defaults and name in defaults and name not in self.model_fields_set:
+                return defaults[name]
+            return getattr(self, name)
+
         return SamplingParams(
             n=self.n,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            min_p=self.min_p,
+            temperature=pick("temperature"),
+            top_p=pick("top_p"),
+            top_k=pick("top_k"),
+            min_p=pick("min_p"),
             seed=self.seed,
-            repetition_penalty=self.repetition_penalty,
+            repetition_penalty=pick("repetition_penalty"),
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             stop=self.stop,
