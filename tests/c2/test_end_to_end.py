@@ -8,8 +8,6 @@ and the vehicle speak plain MAVLink and know nothing about NC2S.
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 from pathlib import Path
 
 from pymavlink import mavutil
@@ -17,27 +15,10 @@ from pymavlink import mavutil
 from edgecloud.c2.vehicle import GcsClient, SimulatedVehicle
 from edgecloud.netem import PROFILES, TcpProxy
 
+from .c2_processes import ACCEPTED, DENIED, start_gcs, start_uxv, stop_all, tc_handover
 from .conftest import wait_for
 
-ACCEPTED = mavutil.mavlink.MAV_RESULT_ACCEPTED
-DENIED = mavutil.mavlink.MAV_RESULT_DENIED
 ARM = mavutil.mavlink.MAV_CMD_COMPONENT_ARM_DISARM
-
-
-async def _start(log: Path, *args: str) -> tuple[asyncio.subprocess.Process, dict]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edgecloud.cli",
-        "c2",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=log.open("wb"),
-    )
-    assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), 30)
-    assert line, f"{args[0]} exited early: {log.read_text()}"
-    return process, json.loads(line)
 
 
 def test_mavlink_gcs_scripts_command_a_vehicle_through_nc2s_and_a_handover(pki_dir: Path, tmp_path: Path):
@@ -47,39 +28,13 @@ def test_mavlink_gcs_scripts_command_a_vehicle_through_nc2s_and_a_handover(pki_d
         proxy = None
         clients: list[GcsClient] = []
         try:
-            uxv, ready = await _start(
-                tmp_path / "uxv.log",
-                "uxv",
-                "--pki",
-                str(pki_dir),
-                "--name",
-                "uxv-1",
-                "--listen",
-                "127.0.0.1:0",
-                "--mavlink",
-                f"udp:127.0.0.1:{vehicle.port}",
-                "--controller",
-                "gcs-a",
-            )
+            uxv, ready = await start_uxv(tmp_path, pki_dir, "uxv-1", vehicle.port)
             processes.append(uxv)
             proxy = TcpProxy(("127.0.0.1", 0), tuple(ready["listen"]), PROFILES["wifi"], PROFILES["wifi"], seed=0)
             await proxy.start()
             radio = f"{proxy.address[0]}:{proxy.address[1]}"
             for name, system_id in (("gcs-a", 255), ("gcs-b", 254)):
-                gcs, ready = await _start(
-                    tmp_path / f"{name}.log",
-                    "gcs",
-                    "--pki",
-                    str(pki_dir),
-                    "--name",
-                    name,
-                    "--connect",
-                    radio,
-                    "--mavlink",
-                    "udp:127.0.0.1:0",
-                    "--uxv",
-                    "uxv-1",
-                )
+                gcs, ready = await start_gcs(tmp_path, pki_dir, name, [radio], ["uxv-1"])
                 processes.append(gcs)
                 clients.append(GcsClient(f"udpout:127.0.0.1:{ready['mavlink'][1]}", system_id=system_id))
             a, b = clients
@@ -89,31 +44,7 @@ def test_mavlink_gcs_scripts_command_a_vehicle_through_nc2s_and_a_handover(pki_d
             assert await asyncio.to_thread(a.command, ARM) == ACCEPTED
             assert await asyncio.to_thread(b.command, ARM) == DENIED
 
-            tc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "edgecloud.cli",
-                "c2",
-                "tc",
-                "handover",
-                "--pki",
-                str(pki_dir),
-                "--name",
-                "tc-1",
-                "--connect",
-                radio,
-                "--from",
-                "gcs-a",
-                "--to",
-                "gcs-b",
-                "--uxv",
-                "uxv-1",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            out, err = await asyncio.wait_for(tc.communicate(), 60)
-            assert tc.returncode == 0, err.decode()
-            result = json.loads(out)
+            result = await tc_handover(pki_dir, radio, "uxv-1", "gcs-a", "gcs-b")
             assert (result["state"], result["controller"]) == ("done", "gcs-b")
 
             assert await asyncio.to_thread(a.command, ARM) == DENIED
@@ -123,7 +54,7 @@ def test_mavlink_gcs_scripts_command_a_vehicle_through_nc2s_and_a_handover(pki_d
             assert 255 in vehicle.heartbeats_from
             assert await asyncio.to_thread(b.wait_heartbeat, 5)
             await wait_for(lambda: 254 in vehicle.heartbeats_from, what="gcs-b's heartbeat at the vehicle")
-            uxv_log = (tmp_path / "uxv.log").read_text()
+            uxv_log = (tmp_path / "uxv-1.log").read_text()
             assert "gcs-b does not control uxv-1 (controller: gcs-a)" in uxv_log
             assert "gcs-a does not control uxv-1 (controller: gcs-b)" in uxv_log
             assert "control handed to gcs-b" in uxv_log
@@ -131,9 +62,7 @@ def test_mavlink_gcs_scripts_command_a_vehicle_through_nc2s_and_a_handover(pki_d
         finally:
             for client in clients:
                 client.close()
-            for process in processes:
-                process.terminate()
-                await process.wait()
+            await stop_all(processes)
             if proxy is not None:
                 await proxy.stop()
             await asyncio.to_thread(vehicle.stop)

@@ -15,7 +15,7 @@ import pytest
 
 from edgecloud.c2.vehicle import SimulatedVehicle
 
-from .test_end_to_end import _start
+from .c2_processes import start_gcs, start_uxv, stop_all
 
 MAVPROXY = os.environ.get("EDGECLOUD_MAVPROXY")
 
@@ -26,33 +26,9 @@ def test_headless_mavproxy_arms_the_vehicle_through_nc2s(pki_dir: Path, tmp_path
         vehicle = SimulatedVehicle("udpin:127.0.0.1:0").start()
         processes = []
         try:
-            uxv, ready = await _start(
-                tmp_path / "uxv.log",
-                "uxv",
-                "--pki",
-                str(pki_dir),
-                "--name",
-                "uxv-1",
-                "--listen",
-                "127.0.0.1:0",
-                "--mavlink",
-                f"udp:127.0.0.1:{vehicle.port}",
-                "--controller",
-                "gcs-a",
-            )
+            uxv, ready = await start_uxv(tmp_path, pki_dir, "uxv-1", vehicle.port)
             processes.append(uxv)
-            gcs, ready = await _start(
-                tmp_path / "gcs.log",
-                "gcs",
-                "--pki",
-                str(pki_dir),
-                "--name",
-                "gcs-a",
-                "--connect",
-                f"127.0.0.1:{ready['listen'][1]}",
-                "--mavlink",
-                "udp:127.0.0.1:0",
-            )
+            gcs, ready = await start_gcs(tmp_path, pki_dir, "gcs-a", [f"127.0.0.1:{ready['listen'][1]}"])
             processes.append(gcs)
             mavproxy = await asyncio.create_subprocess_exec(
                 MAVPROXY,
@@ -77,9 +53,7 @@ def test_headless_mavproxy_arms_the_vehicle_through_nc2s(pki_dir: Path, tmp_path
             await asyncio.wait_for(read_until_ack(), 30)
             assert 400 in [o.command for o in vehicle.obeyed]
         finally:
-            for process in processes:
-                process.terminate()
-                await process.wait()
+            await stop_all(processes)
             await asyncio.to_thread(vehicle.stop)
 
     asyncio.run(run())

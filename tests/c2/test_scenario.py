@@ -9,8 +9,6 @@ controls.
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -19,10 +17,8 @@ from pymavlink import mavutil
 from edgecloud.c2.vehicle import GcsClient, SimulatedVehicle
 from edgecloud.netem import PROFILES, TcpProxy
 
-from .test_end_to_end import _start
+from .c2_processes import ACCEPTED, DENIED, start_gcs, start_uxv, stop_all, tc_handover
 
-ACCEPTED = mavutil.mavlink.MAV_RESULT_ACCEPTED
-DENIED = mavutil.mavlink.MAV_RESULT_DENIED
 ARM = mavutil.mavlink.MAV_CMD_COMPONENT_ARM_DISARM
 
 
@@ -45,41 +41,14 @@ def test_two_gcs_two_uxv_handover_over_tactical_radio(pki_dir: Path, tmp_path: P
         processes, proxies, clients = [], [], []
         try:
             for i, vehicle in enumerate(vehicles, start=1):
-                uxv, ready = await _start(
-                    tmp_path / f"uxv-{i}.log",
-                    "uxv",
-                    "--pki",
-                    str(pki_dir),
-                    "--name",
-                    f"uxv-{i}",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--mavlink",
-                    f"udp:127.0.0.1:{vehicle.port}",
-                    "--controller",
-                    "gcs-a",
-                )
+                uxv, ready = await start_uxv(tmp_path, pki_dir, f"uxv-{i}", vehicle.port)
                 processes.append(uxv)
                 proxy = TcpProxy(("127.0.0.1", 0), tuple(ready["listen"]), radio, radio, seed=i)
                 await proxy.start()
                 proxies.append(proxy)
-            connects = [arg for p in proxies for arg in ("--connect", f"127.0.0.1:{p.address[1]}")]
+            connects = [f"127.0.0.1:{p.address[1]}" for p in proxies]
             for name, system_id in (("gcs-a", 255), ("gcs-b", 254)):
-                gcs, ready = await _start(
-                    tmp_path / f"{name}.log",
-                    "gcs",
-                    "--pki",
-                    str(pki_dir),
-                    "--name",
-                    name,
-                    *connects,
-                    "--uxv",
-                    "uxv-1",
-                    "--uxv",
-                    "uxv-2",
-                    "--mavlink",
-                    "udp:127.0.0.1:0",
-                )
+                gcs, ready = await start_gcs(tmp_path, pki_dir, name, connects, ["uxv-1", "uxv-2"])
                 processes.append(gcs)
                 clients.append(GcsClient(f"udpout:127.0.0.1:{ready['mavlink'][1]}", system_id=system_id))
             a, b = clients
@@ -88,31 +57,8 @@ def test_two_gcs_two_uxv_handover_over_tactical_radio(pki_dir: Path, tmp_path: P
             assert await asyncio.to_thread(a.command, ARM, 1, 10) == ACCEPTED
             assert await asyncio.to_thread(a.command, ARM, 2, 10) == ACCEPTED
 
-            tc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "edgecloud.cli",
-                "c2",
-                "tc",
-                "handover",
-                "--pki",
-                str(pki_dir),
-                "--name",
-                "tc-1",
-                "--connect",
-                f"127.0.0.1:{proxies[1].address[1]}",
-                "--uxv",
-                "uxv-2",
-                "--from",
-                "gcs-a",
-                "--to",
-                "gcs-b",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            out, err = await asyncio.wait_for(tc.communicate(), 60)
-            assert tc.returncode == 0, err.decode()
-            assert json.loads(out)["controller"] == "gcs-b"
+            result = await tc_handover(pki_dir, f"127.0.0.1:{proxies[1].address[1]}", "uxv-2", "gcs-a", "gcs-b")
+            assert result["controller"] == "gcs-b"
 
             assert await asyncio.to_thread(b.command, ARM, 2, 10) == ACCEPTED
             assert await asyncio.to_thread(a.command, ARM, 2, 10) == DENIED
@@ -123,9 +69,7 @@ def test_two_gcs_two_uxv_handover_over_tactical_radio(pki_dir: Path, tmp_path: P
         finally:
             for client in clients:
                 client.close()
-            for process in processes:
-                process.terminate()
-                await process.wait()
+            await stop_all(processes)
             for proxy in proxies:
                 await proxy.stop()
             for vehicle in vehicles:
