@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 from edgecloud.llm.config import EngineConfig
 from edgecloud.llm.engine import EngineStats, LLMEngine, Prompt
+from edgecloud.llm.errors import InvalidRequestError
 from edgecloud.llm.outputs import RequestOutput
 from edgecloud.llm.sampling_params import SamplingParams
+from edgecloud.llm.sequence import Request
 from edgecloud.llm.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,8 @@ class _Stream:
 class AsyncEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.engine = LLMEngine(config)
-        self._commands: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        # One ordered queue of commands for the engine thread: a Request to add, or an id to abort.
+        self._commands: queue.SimpleQueue[Request | str] = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
         self._wake = threading.Event()
         self._stopping = False
@@ -93,12 +96,10 @@ class AsyncEngine:
             await self.start()
         request = self.engine.make_request(request_id, prompt, params, priority, lora_name=lora_name)
         if request_id in self._streams:
-            from edgecloud.llm.errors import InvalidRequestError
-
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
-        self._send("add", request)
+        self._send(request)
         finished = False
         try:
             while True:
@@ -112,14 +113,14 @@ class AsyncEngine:
                     return
         finally:
             if not finished:
-                self._send("abort", request_id)
+                self._send(request_id)
             self._streams.pop(request_id, None)
 
     async def abort(self, request_id: str) -> None:
-        self._send("abort", request_id)
+        self._send(request_id)
 
-    def _send(self, verb: str, payload: object) -> None:
-        self._commands.put((verb, payload))
+    def _send(self, command: Request | str) -> None:
+        self._commands.put(command)
         self._wake.set()
 
     # -- engine thread ------------------------------------------------------------------------
@@ -152,21 +153,21 @@ class AsyncEngine:
     def _drain_commands(self) -> None:
         while True:
             try:
-                verb, payload = self._commands.get_nowait()
+                command = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if verb == "add":
-                try:
-                    self.engine.add(payload)  # type: ignore[arg-type]
-                except Exception as exc:
-                    stream = self._streams.get(payload.request_id)  # type: ignore[attr-defined]
-                    if stream is not None:
-                        stream.put(exc)
-            elif verb == "abort":
-                out = self.engine.abort(payload)  # type: ignore[arg-type]
-                stream = self._streams.get(payload)  # type: ignore[arg-type]
+            if isinstance(command, str):
+                out = self.engine.abort(command)
+                stream = self._streams.get(command)
                 if out is not None and stream is not None:
                     stream.put(out)
+                continue
+            try:
+                self.engine.add(command)
+            except Exception as exc:
+                stream = self._streams.get(command.request_id)
+                if stream is not None:
+                    stream.put(exc)
 
     def _fail_all(self, error: Exception) -> None:
         for request_id in list(self.engine.requests):

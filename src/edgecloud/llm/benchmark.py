@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,9 +68,9 @@ def measure_peaks(dtype: torch.dtype, repeats: int = 5) -> MachinePeaks:
     return MachinePeaks(memory_gb_s=bandwidth / 1e9, matmul_gflop_s=2 * n**3 / best_mm / 1e9)
 
 
-def _timed(fn: object) -> float:
+def _timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
-    fn()  # type: ignore[operator]
+    fn()
     return time.perf_counter() - start
 
 

@@ -118,7 +118,7 @@ class BlockManager:
         for block_id in hits:
             self._acquire(block_id)
         seq.block_table = hits + [self._take_free() for _ in range(needed)]
-        seq.block_hashes = [self.blocks[b].hash for b in hits]  # type: ignore[misc]
+        seq.block_hashes = [h for b in hits if (h := self.blocks[b].hash) is not None]  # all cached
         seq.num_computed_tokens = cached_tokens
         if seq.index == 0 and seq.num_tokens == seq.num_prompt_tokens:
             self.prefix_queries += seq.num_prompt_tokens

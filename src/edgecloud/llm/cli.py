@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgecloud.llm.config import EngineConfig
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +30,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
 
 
-def engine_config_from_args(args: argparse.Namespace) -> object:
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     from edgecloud.llm.config import EngineConfig
 
     return EngineConfig(
@@ -99,7 +103,7 @@ def _generate(args: argparse.Namespace) -> int:
     from edgecloud.llm.sampling_params import SamplingParams
 
     try:
-        engine = LLMEngine(engine_config_from_args(args))  # type: ignore[arg-type]
+        engine = LLMEngine(engine_config_from_args(args))
         params = SamplingParams(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature,
                                 top_p=args.top_p, seed=args.sample_seed)
         prompts = args.prompts or ["A fool and his money", "Never put off until tomorrow", "The best way to"]

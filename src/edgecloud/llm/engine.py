@@ -10,6 +10,7 @@ from collections.abc import Callable
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,7 +21,7 @@ from edgecloud.llm.detokenizer import IncrementalDetokenizer
 from edgecloud.llm.errors import InvalidRequestError, ModelLoadError
 from edgecloud.llm.loader import load_model
 from edgecloud.llm.model_runner import ModelRunner, kv_bytes_per_block
-from edgecloud.llm.outputs import CompletionOutput, KVExport, RequestMetrics, RequestOutput
+from edgecloud.llm.outputs import CompletionOutput, KVExport, RequestMetrics, RequestOutput, TokenLogprob
 from edgecloud.llm.sampler import Sampler, SampleRow
 from edgecloud.llm.sampling_params import SamplingParams
 from edgecloud.llm.scheduler import Scheduler, SchedulerOutput
@@ -300,7 +301,7 @@ class LLMEngine:
             children.append(child)
         return children
 
-    def _append_token(self, seq: Sequence, token: int, logprob: object, now: float) -> None:
+    def _append_token(self, seq: Sequence, token: int, logprob: TokenLogprob | None, now: float) -> None:
         request = seq.request
         p = request.params
         if request.metrics.first_token_time is None:
@@ -308,7 +309,8 @@ class LLMEngine:
         seq.token_ids.append(token)
         self.generation_tokens_total += 1
         if seq.logprobs is not None:
-            seq.logprobs.append(logprob)  # type: ignore[arg-type]
+            assert logprob is not None, "the sampler reports a logprob for every row that asked"
+            seq.logprobs.append(logprob)
         stop = seq.detokenizer.add(token)
         num_out = seq.num_tokens - seq.num_prompt_tokens
         if stop is not None:
@@ -364,8 +366,8 @@ class LLMEngine:
 class LLM:
     """Offline batch generation: ``LLM(model=DIR).generate(prompts, params)``."""
 
-    def __init__(self, model: str | None = None, **engine_options: object) -> None:
-        self.engine = LLMEngine(EngineConfig(model=model, **engine_options))  # type: ignore[arg-type]
+    def __init__(self, model: str | None = None, **engine_options: Any) -> None:
+        self.engine = LLMEngine(EngineConfig(model=model, **engine_options))
         self._ids = itertools.count()
 
     @property
@@ -378,9 +380,12 @@ class LLM:
         sampling_params: SamplingParams | SequenceABC[SamplingParams] | None = None,
         priority: SequenceABC[int] | None = None,
     ) -> list[RequestOutput]:
+        prompt_list: list[Prompt]
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]  # type: ignore[list-item]
-        prompts = list(prompts)  # type: ignore[arg-type]
+            prompt_list = [prompts]  # type: ignore[list-item]  # one prompt: text or token ids
+        else:
+            prompt_list = list(prompts)  # type: ignore[arg-type]
+        prompts = prompt_list
         params = sampling_params or SamplingParams()
         param_list = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         if len(param_list) != len(prompts):

@@ -98,14 +98,14 @@ class Scheduler:
             return out
         while self.waiting and budget > 0 and len(out.scheduled) < self.max_num_seqs:
             seq = self.waiting[0]
-            num_new = bm.admit(seq, budget)
-            if num_new is None:
+            admitted = bm.admit(seq, budget)
+            if admitted is None:
                 break
             self.waiting.pop(0)
             seq.status = SequenceStatus.RUNNING
             bisect.insort(self.running, seq, key=lambda s: s.sort_key)
-            out.scheduled.append(ScheduledSeq(seq, num_new))
-            budget -= num_new
+            out.scheduled.append(ScheduledSeq(seq, admitted))
+            budget -= admitted
         return out
 
     def _preempt(self, seq: Sequence) -> None:

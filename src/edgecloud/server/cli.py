@@ -71,4 +71,4 @@ def _serve_handler(args: argparse.Namespace) -> int:
         graceful_timeout_s=args.graceful_timeout,
         log_level=args.log_level,
     )
-    return serve(config, settings)  # type: ignore[arg-type]
+    return serve(config, settings)
