@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -15,10 +15,14 @@ from edgecloud.llm.attention import DECODE_BACKENDS, DecodeBatch, PagedDecodeAtt
 from edgecloud.llm.attention.cascade import CascadeDecodeAttention
 from edgecloud.llm.attention.prefix import PrefixDecodeAttention
 from edgecloud.llm.attention.prefix_tree import (
+    HeadGeometry,
     PackCostModel,
+    Packs,
     block_table_array,
     build_sharing_tree,
+    group_by_row_tile,
     shared_prefix_blocks,
+    split_long_packs,
 )
 
 HEAD_DIM = 8
@@ -30,6 +34,9 @@ COST_MODELS = {
     "split-everything": PackCostModel(min_split_tokens=1, work_per_thread=1 << 20, group_overhead_s=0.0),
     "tiny-tiles": PackCostModel(max_scores_bytes=1, max_gather_bytes=1),
     "one-group": PackCostModel(group_overhead_s=1.0, max_gather_bytes=1 << 40),
+    # the CUDA model's ragged plans (grouped by row tile, length-balanced splits) on the torch path
+    "cuda-ragged": PackCostModel.cuda(),
+    "cuda-ragged-split": replace(PackCostModel.cuda(), min_split_tokens=1),
 }
 
 
@@ -161,6 +168,25 @@ def test_known_tree_and_kv_read_once() -> None:
             # no padding when every shape is its own group; shared blocks read once:
             # 12 + 8 + 8 tokens, then the tails in whole blocks: 4 + 8 + 4 + 0 + 4
             assert kernel.kv_tokens_read == 12 + 8 + 8 + 4 + 8 + 4 + 4 < sum(lens)
+
+
+def test_ragged_splits_balance_lengths_and_groups_follow_row_tiles() -> None:
+    # PAT's tree 1,10_4096,416 with 32 KV heads on a 132-SM GPU: the root is cut to about the
+    # fair share of KV per program (all tokens x heads / 4 programs per SM), leaves stay whole
+    geom = HeadGeometry(num_kv_heads=32, group=1, head_dim=128, elem_bytes=2)
+    rows = np.array([10] + [1] * 10)
+    tokens = np.array([4096] + [416] * 10)
+    packs = Packs(qlo=np.array([0, *range(10)]), rows=rows, tokens=tokens, piece_pack=np.arange(11),
+                  piece_src=np.array([0, *range(10)]), piece_t0=np.array([0] + [4096] * 10), piece_len=tokens,
+                  piece_vis_lo=np.zeros(11, dtype=np.int64), piece_vis_hi=np.full(11, 10))
+    split = split_long_packs(packs, geom, PackCostModel.cuda(), parallelism=132, block_size=16)
+    fair = -(-int(tokens.sum()) * 32 // (4 * 132))
+    assert split.num_packs == 9 + 10 and split.tokens.sum() == tokens.sum()
+    assert split.tokens.max() <= -(-fair // 16) * 16
+    # row tiles: 10 and 1 rows fit a 16-row tile; 80 rows take two 64-row tiles; GQA 4 folds in
+    assert [g.tolist() for g in group_by_row_tile(np.array([10, 1, 80, 1]), geom)] == [[0, 1, 3], [2]]
+    gqa = HeadGeometry(num_kv_heads=8, group=4, head_dim=128, elem_bytes=2)
+    assert [g.tolist() for g in group_by_row_tile(np.array([1, 4, 5, 16, 17]), gqa)] == [[0, 1], [2], [3], [4]]
 
 
 def test_plan_reuses_the_tree_while_only_tails_grow() -> None:

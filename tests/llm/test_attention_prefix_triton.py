@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -28,6 +29,7 @@ from edgecloud.llm.attention.prefix_triton import run_packed_triton, triton_plan
 HEAD_DIM = 16
 BLOCK_SIZE = 4
 SPLIT_EVERYTHING = PackCostModel(min_split_tokens=1, work_per_thread=1 << 20, group_overhead_s=0.0)
+RAGGED_SPLITS = replace(PackCostModel.cuda(), min_split_tokens=4)
 
 
 @pytest.mark.parametrize(("tree", "q_heads", "kv_heads", "cost"), [
@@ -41,6 +43,10 @@ SPLIT_EVERYTHING = PackCostModel(min_split_tokens=1, work_per_thread=1 << 20, gr
     ("1,20_8,3", 8, 2, None),
     # no sharing: one sequence, one pack, its last block padded
     ("1_13", 4, 1, None),
+    # the CUDA cost model: ragged packs (each walks its own length), grouped by row tile
+    ("1,4,16_8,4,3", 8, 2, PackCostModel.cuda()),
+    # ... with long packs cut into length-balanced chunks
+    ("1,3_40,5", 4, 4, RAGGED_SPLITS),
 ])
 def test_triton_kernel_matches_paged(tree: str, q_heads: int, kv_heads: int, cost: PackCostModel | None) -> None:
     batch, num_blocks = tree_batch(parse_tree(tree, BLOCK_SIZE), BLOCK_SIZE, seed=0)
@@ -54,10 +60,28 @@ def test_triton_kernel_matches_paged(tree: str, q_heads: int, kv_heads: int, cos
 
     plan = PrefixDecodeAttention(cost=cost, parallelism=2).plan(batch)
     packed = plan.kernel(HeadGeometry(kv_heads, q_heads // kv_heads, HEAD_DIM, k_cache.element_size()))
-    got = run_packed_triton(triton_plan(packed), query, k_cache, v_cache, scale)
+    got = run_packed_triton(triton_plan(packed, BLOCK_SIZE), query, k_cache, v_cache, scale)
 
     assert got.shape == expected.shape and got.dtype == torch.float32
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_half_precision_tiles_match_float32() -> None:
+    # float16 takes the kernel's 64-token KV steps (float32 takes 16): ragged packs longer than one step
+    batch, num_blocks = tree_batch(parse_tree("1,3,6_72,40,9", BLOCK_SIZE), BLOCK_SIZE, seed=0)
+    gen = torch.Generator().manual_seed(2)
+    k_cache = torch.randn(num_blocks, BLOCK_SIZE, 2, HEAD_DIM, generator=gen)
+    v_cache = torch.randn(num_blocks, BLOCK_SIZE, 2, HEAD_DIM, generator=gen)
+    query = torch.randn(batch.num_seqs, 4, HEAD_DIM, generator=gen)
+    scale = HEAD_DIM ** -0.5
+    paged = PagedDecodeAttention()
+    expected = paged.forward(paged.plan(batch), query, k_cache, v_cache, scale)
+    plan = PrefixDecodeAttention(cost=RAGGED_SPLITS, parallelism=2).plan(batch)
+    packed = plan.kernel(HeadGeometry(2, 2, HEAD_DIM, 2))
+    half = [t.to(torch.float16) for t in (query, k_cache, v_cache)]
+    got = run_packed_triton(triton_plan(packed, BLOCK_SIZE), *half, scale)
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got.float(), expected, atol=5e-3, rtol=0)
 
 
 def test_cpu_path_never_imports_triton() -> None:

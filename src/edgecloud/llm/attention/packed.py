@@ -30,6 +30,7 @@ class TileGroup:
     block_index: torch.Tensor  # [P * blocks] physical block ids (padding: any valid block)
     hidden: torch.Tensor | None  # [1, P, rows, 1, blocks * block_size] True = masked score
     keep: torch.Tensor | None  # indices into P * rows of the real (not padding) rows
+    pack_tokens: torch.Tensor | None = None  # [P] each pack's own KV length (a ragged kernel reads no more)
 
 
 @dataclass
@@ -44,7 +45,8 @@ class PackedPlan:
 
 
 def make_tile_group(rows_batch_index: np.ndarray, real_rows: np.ndarray, blocks: np.ndarray,
-                    hidden: np.ndarray | None, num_kv_heads: int, device: torch.device) -> TileGroup:
+                    hidden: np.ndarray | None, num_kv_heads: int, device: torch.device,
+                    pack_tokens: np.ndarray | None = None) -> TileGroup:
     """``rows_batch_index`` [P, rows]: the batch query of each row (padding rows repeat a real one);
     ``real_rows`` [P, rows]; ``blocks`` [P, nblk]; ``hidden`` [P, rows or 1, nblk * block_size]."""
     p, rows = rows_batch_index.shape
@@ -60,6 +62,7 @@ def make_tile_group(rows_batch_index: np.ndarray, real_rows: np.ndarray, blocks:
         hidden=None if hidden is None else torch.from_numpy(
             np.ascontiguousarray(hidden[None, :, :, None, :])).to(device),
         keep=None if keep is None else torch.from_numpy(keep).to(device),
+        pack_tokens=None if pack_tokens is None else torch.from_numpy(np.ascontiguousarray(pack_tokens)).to(device),
     )
 
 

@@ -43,6 +43,7 @@ from edgecloud.llm.attention.prefix_tree import (
     block_table_array,
     build_sharing_tree,
     concat_packs,
+    group_by_row_tile,
     group_tiles,
     leaf_packs,
     pack_shared_nodes,
@@ -76,7 +77,7 @@ class PrefixDecodePlan:
 
         key = (geom, self.batch.device)
         if key not in self.triton_kernels:
-            self.triton_kernels[key] = triton_plan(self.kernel(geom))
+            self.triton_kernels[key] = triton_plan(self.kernel(geom), self.batch.block_size)
         return self.triton_kernels[key]
 
 
@@ -89,10 +90,12 @@ class PrefixDecodeAttention(DecodeAttentionBackend):
     def __init__(self, cost: PackCostModel | None = None, parallelism: int | None = None,
                  cache_size: int = 8) -> None:
         self.cost = cost or PackCostModel()
+        # CUDA queries run the ragged Triton kernel, priced by its own model unless one is given
+        self.cuda_cost = cost or PackCostModel.cuda()
         self.parallelism = parallelism
         self.cache_size = cache_size
         self._trees: OrderedDict[bytes, SharingTree] = OrderedDict()
-        self._shared_packs: OrderedDict[tuple[bytes, HeadGeometry], Packs] = OrderedDict()
+        self._shared_packs: OrderedDict[tuple[bytes, HeadGeometry, bool], Packs] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -118,15 +121,21 @@ class PrefixDecodeAttention(DecodeAttentionBackend):
 
     def build_kernel_plan(self, plan: PrefixDecodePlan, geom: HeadGeometry) -> PackedPlan:
         bs = plan.batch.block_size
-        key = (plan.signature, geom)
+        device = plan.batch.device
+        cost = self.cuda_cost if device.type == "cuda" and triton_available() else self.cost
+        key = (plan.signature, geom, cost.ragged)
         shared = self._shared_packs.get(key)
         if shared is None:
-            shared = pack_shared_nodes(plan.tree, bs, geom, self.cost)
+            shared = pack_shared_nodes(plan.tree, bs, geom, cost)
             _remember(self._shared_packs, key, shared, self.cache_size)
         packs = concat_packs([shared, leaf_packs(plan.tree, plan.context_lens, bs)])
-        packs = split_long_packs(packs, geom, self.cost, self._parallelism(plan.batch.device), bs)
-        padded = -(-packs.tokens // bs) * bs  # tiles hold whole blocks
-        return _packed_plan(plan, packs, group_tiles(packs.rows, padded, geom, self.cost), geom)
+        packs = split_long_packs(packs, geom, cost, self._parallelism(device), bs)
+        if cost.ragged:
+            groups = group_by_row_tile(packs.rows, geom)
+        else:
+            padded = -(-packs.tokens // bs) * bs  # tiles hold whole blocks
+            groups = group_tiles(packs.rows, padded, geom, cost)
+        return _packed_plan(plan, packs, groups, geom, ragged=cost.ragged)
 
     def _parallelism(self, device: torch.device) -> int:
         if self.parallelism is not None:
@@ -165,9 +174,10 @@ def _remember(cache: OrderedDict, key: object, value: object, size: int) -> None
         cache.popitem(last=False)
 
 
-def _packed_plan(plan: PrefixDecodePlan, packs: Packs, groups: list[np.ndarray], geom: HeadGeometry
-                 ) -> PackedPlan:
-    """Tile groups of whole blocks, vectorised over packs and blocks."""
+def _packed_plan(plan: PrefixDecodePlan, packs: Packs, groups: list[np.ndarray], geom: HeadGeometry,
+                 ragged: bool = False) -> PackedPlan:
+    """Tile groups of whole blocks, vectorised over packs and blocks. ``ragged``: the kernel reads
+    each pack's own length, so a group's block padding is not read (nor counted)."""
     order = plan.tree.order
     bs = plan.batch.block_size
     # Every piece starts on a block boundary (shared nodes are whole blocks, private tails start
@@ -202,7 +212,7 @@ def _packed_plan(plan: PrefixDecodePlan, packs: Packs, groups: list[np.ndarray],
         bp, bc = local[block_pack[in_group]], column[in_group]
         blocks = np.zeros((p, nblk), dtype=np.int64)
         blocks[bp, bc] = block_id[in_group]
-        kv_tokens += p * nblk * bs
+        kv_tokens += int(pack_blocks[members].sum()) * bs if ragged else p * nblk * bs
 
         hidden = None
         if masked[members].any():
@@ -216,7 +226,7 @@ def _packed_plan(plan: PrefixDecodePlan, packs: Packs, groups: list[np.ndarray],
             padding = np.arange(nblk * bs)[None, None, :] >= packs.tokens[members][:, None, None]
             hidden = padding if hidden is None else hidden | padding
         tiles.append(make_tile_group(order[pos], real, blocks, hidden, geom.num_kv_heads,
-                                     plan.batch.device))
+                                     plan.batch.device, packs.tokens[members] if ragged else None))
     queries = np.concatenate(entry_query) if entry_query else np.zeros(0, dtype=np.int64)
     single = len(queries) == len(order) and len(np.unique(queries)) == len(order)
     return PackedPlan(

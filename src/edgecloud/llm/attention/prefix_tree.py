@@ -62,6 +62,18 @@ class PackCostModel:
     max_scores_bytes: int = 64 << 20
     max_gather_bytes: int = 512 << 20
     work_per_thread: int = 2
+    # The kernel walks each pack's own KV length (Triton on CUDA): token padding costs nothing, so
+    # packs are grouped by row tile only, and since it runs one program per (pack, KV head, row
+    # tile), long packs are split so programs get comparable lengths, not just enough of them.
+    ragged: bool = False
+
+    @classmethod
+    def cuda(cls) -> PackCostModel:
+        """A Hopper-class GPU running ``prefix_triton``: a few TB/s, hundreds of TFLOP/s on tensor
+        cores, microseconds per launch; no gathered copy or score matrix is materialised."""
+        return cls(bandwidth=3e12, flops=300e12, saturating_rows=16, group_overhead_s=10e-6,
+                   pack_overhead_s=0.2e-6, min_split_tokens=256, max_scores_bytes=1 << 40,
+                   max_gather_bytes=1 << 40, work_per_thread=4, ragged=True)
 
     def kv_time(self, tokens: float, geom: HeadGeometry) -> float:
         return tokens * geom.kv_bytes_per_token / self.bandwidth
@@ -312,7 +324,12 @@ def split_long_packs(packs: Packs, geom: HeadGeometry, cost: PackCostModel, para
     ``parallelism`` workers busy, or when a tile's scores would exceed ``max_scores_bytes``."""
     work = packs.num_packs * geom.num_kv_heads
     want = cost.work_per_thread * parallelism
-    for_parallelism = math.ceil(want / work) if 0 < work < want else 1
+    if cost.ragged:
+        # a fair share of all KV tokens per program; a pack longer than that is cut to it
+        fair = max(cost.min_split_tokens, -(-int(packs.tokens.sum()) * geom.num_kv_heads // want))
+        for_parallelism = -(-packs.tokens // fair)
+    else:
+        for_parallelism = math.ceil(want / work) if 0 < work < want else 1
     score_bytes_per_token = packs.rows * geom.group * geom.num_kv_heads * 4
     by_memory = -(-packs.tokens * score_bytes_per_token // cost.max_scores_bytes)
     by_length = np.maximum(packs.tokens // cost.min_split_tokens, 1)
@@ -376,3 +393,18 @@ def group_tiles(rows: np.ndarray, tokens: np.ndarray, geom: HeadGeometry, cost: 
         groups.append([k])
         tile_rows, tile_tokens = r, t
     return [np.asarray(g, dtype=np.int64) for g in groups]
+
+
+MAX_TILE_ROWS = 64  # the most query rows one program of the ragged (Triton) kernel holds
+
+
+def group_by_row_tile(rows: np.ndarray, geom: HeadGeometry, max_tile_rows: int = MAX_TILE_ROWS
+                      ) -> list[np.ndarray]:
+    """Tile shape choice for a ragged kernel: the tile's row count is the power of two (16 to
+    ``max_tile_rows``) that holds a pack's query rows × GQA ratio, and a pack needing more takes
+    several row tiles. Packs with the same row tile and count run in one launch, whatever their
+    KV lengths, so row padding stays under one tile and no program walks an empty row tile."""
+    need = np.maximum(rows * geom.group, 1)
+    tile = np.minimum(max_tile_rows, np.maximum(16, 1 << np.ceil(np.log2(need)).astype(np.int64)))
+    key = tile * (1 << 32) + -(-need // tile)
+    return [np.flatnonzero(key == k) for k in np.unique(key)]

@@ -4,13 +4,15 @@ The CPU path (``packed.py``) runs a tile group as batched matrix products over g
 On a GPU the pack is the unit of a thread block instead, as in the paper: program ``(pack, kv
 head, row block)`` loads the queries of the pack that belong to one KV head (the GQA query heads
 folded into the rows, so every KV element it loads serves ``rows × group`` queries), walks the
-pack's KV segment through the paged block table ``BLOCK_N`` tokens at a time without gathering
+pack's own KV length (``pack_tokens``: packs of one launch may differ in length, none reads
+another's padding) through the paged block table ``BLOCK_N`` tokens at a time without gathering
 it, and keeps an online softmax (running max, running sum, rescaled accumulator). It writes each
 row's partial output and log-sum-exp; the merge is ``packed.merge_partials`` (torch index
 reductions, which run on CUDA as they do on the CPU).
 
-The pack plan is PAT's own (``PackedPlan``: the same packs, joins, splits and masks as the CPU
-path); ``triton_plan`` only turns each tile group's tensors into the flat form the kernel reads.
+The pack plan is PAT's own (``PackedPlan``), priced for this kernel by ``PackCostModel.cuda()``:
+packs grouped by row tile only, long packs cut to a fair share of KV per program;
+``triton_plan`` only turns each tile group's tensors into the flat form the kernel reads.
 
 Importing this module imports Triton, so nothing on the CPU path imports it: the prefix backend
 loads it only for CUDA queries (``prefix.py``), and the test runs it in Triton's interpreter
@@ -26,8 +28,13 @@ import triton
 import triton.language as tl
 
 from edgecloud.llm.attention.packed import PackedPlan, TileGroup, merge_partials
+from edgecloud.llm.attention.prefix_tree import MAX_TILE_ROWS
 
-MAX_BLOCK_M = 64  # query rows per program; larger packs take several programs along grid axis 2
+# KV tokens per loop iteration. Half types: 64, several paged blocks' loads in flight (on an H200
+# this halved the two- and three-level trees' time against 16-token steps). float32: 16, since its
+# 64-token tiles next to 64-row tiles ran up to 8x slower there (docs/pat.md, "GPU / Triton").
+BLOCK_N_HALF = 64
+BLOCK_N_FLOAT32 = 16
 
 
 @dataclass
@@ -41,6 +48,7 @@ class TritonTile:
     block_index: torch.Tensor  # [P * blocks] int32 physical block ids
     hidden: torch.Tensor | None  # [P, rows, blocks * block_size] uint8, 1 = masked score
     keep: torch.Tensor | None  # indices into P * rows of the real (not padding) rows
+    pack_tokens: torch.Tensor  # [P] int32 KV tokens each pack's programs walk
 
 
 @dataclass
@@ -50,12 +58,18 @@ class TritonPackedPlan:
     single_entry: bool
 
 
-def triton_plan(plan: PackedPlan) -> TritonPackedPlan:
+def triton_plan(plan: PackedPlan, block_size: int) -> TritonPackedPlan:
     """The kernel's view of a PAT plan: built once per step and head geometry, reused by every layer."""
-    return TritonPackedPlan([_triton_tile(tile) for tile in plan.groups], plan.entry_query, plan.single_entry)
+    return TritonPackedPlan([_triton_tile(tile, block_size) for tile in plan.groups], plan.entry_query,
+                            plan.single_entry)
 
 
-def _triton_tile(tile: TileGroup) -> TritonTile:
+def _triton_tile(tile: TileGroup, block_size: int) -> TritonTile:
+    if tile.pack_tokens is not None:
+        pack_tokens = tile.pack_tokens.to(torch.int32)
+    else:  # a plan made for padded tiles: every pack walks the whole padded width (padding masked)
+        pack_tokens = torch.full((tile.num_packs,), tile.blocks * block_size, dtype=torch.int32,
+                                 device=tile.block_index.device)
     hidden = None
     if tile.hidden is not None:
         # [1, P, rows or 1, 1, width] -> one byte per (pack, row, token)
@@ -70,6 +84,7 @@ def _triton_tile(tile: TileGroup) -> TritonTile:
         block_index=tile.block_index.to(torch.int32),
         hidden=hidden,
         keep=tile.keep,
+        pack_tokens=pack_tokens,
     )
 
 
@@ -104,19 +119,20 @@ def pack_attention(tile: TritonTile, query: torch.Tensor, k_cache: torch.Tensor,
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = num_q_heads // num_kv_heads
     row_tile = tile.rows * group
-    block_m = min(MAX_BLOCK_M, max(16, triton.next_power_of_2(row_tile)))
+    block_m = min(MAX_TILE_ROWS, max(16, triton.next_power_of_2(row_tile)))
     entries = tile.num_packs * tile.rows
     out = torch.empty((entries, num_q_heads, head_dim), dtype=torch.float32, device=query.device)
     lse = torch.empty((entries, num_q_heads), dtype=torch.float32, device=query.device)
     grid = (tile.num_packs, num_kv_heads, triton.cdiv(row_tile, block_m))
     hidden = tile.hidden if tile.hidden is not None else tile.block_index  # unread when HAS_MASK=False
     _pack_attention_kernel[grid](
-        query, k_cache, v_cache, tile.q_index, tile.block_index, hidden, out, lse,
+        query, k_cache, v_cache, tile.q_index, tile.block_index, tile.pack_tokens, hidden, out, lse,
         scale, tile.num_packs, tile.rows, tile.blocks,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_M=block_m,
-        BLOCK_N=max(16, triton.next_power_of_2(block_size)), BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        BLOCK_N=BLOCK_N_FLOAT32 if k_cache.dtype == torch.float32 else BLOCK_N_HALF,
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         HAS_MASK=tile.hidden is not None,
         # float32: exact products, not TF32's 10-bit mantissa; half types: tensor cores as they are
         PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",
@@ -129,7 +145,7 @@ def pack_attention(tile: TritonTile, query: torch.Tensor, k_cache: torch.Tensor,
 
 @triton.jit
 def _pack_attention_kernel(
-    q_ptr, k_ptr, v_ptr, q_index_ptr, block_index_ptr, hidden_ptr, out_ptr, lse_ptr,
+    q_ptr, k_ptr, v_ptr, q_index_ptr, block_index_ptr, pack_tokens_ptr, hidden_ptr, out_ptr, lse_ptr,
     scale, num_packs, rows, blocks,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -153,10 +169,11 @@ def _pack_attention_kernel(
     running_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     running_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    width = blocks * BLOCK_SIZE
-    for start in range(0, width, BLOCK_N):
+    width = blocks * BLOCK_SIZE  # the group's padded width: the row stride of the mask
+    length = tl.load(pack_tokens_ptr + pack)  # this pack's own KV: nothing past it is read
+    for start in range(0, length, BLOCK_N):
         t = start + tl.arange(0, BLOCK_N)
-        t_ok = t < width
+        t_ok = t < length
         # read through the block table: no gathered copy of the segment
         physical = tl.load(block_index_ptr + pack * blocks + t // BLOCK_SIZE, mask=t_ok, other=0).to(tl.int64)
         slot = t % BLOCK_SIZE
