@@ -7,7 +7,11 @@ head geometry, one layer's decode attention is run by
   table and one ``scaled_dot_product_attention`` call with one query per sequence (per-sequence
   decode, FlashAttention-decode semantics: a shared prefix is read once per sequence);
 * ``pat_triton``: ``PrefixDecodeAttention.forward`` on CUDA, which dispatches to the Triton kernel;
-* ``pat_torch``: the same PAT plan through the torch packed path (``packed.run_packed``).
+* ``pat_torch``: the same PAT plan through the torch packed path (``packed.run_packed``);
+* ``triton_dense`` and ``triton_cascade``: PAT's Triton kernel on the dense plan (one pack per
+  sequence over its whole context: what the kernel does without prefix sharing) and on the
+  two-level cascade plan (the common prefix once, then per sequence), so that the kernel itself
+  is held fixed and only the packing differs.
 
 Exactness: PAT (Triton) against paged in float32 (max absolute difference), and in the timed
 dtype against the float32 result. Timing: CUDA events, median of ``--repeats`` runs after
@@ -29,6 +33,7 @@ from collections.abc import Callable
 import torch
 
 from edgecloud.llm.attention.bench import DEFAULT_HEADS, DEFAULT_TREES, parse_heads, parse_tree, tree_batch
+from edgecloud.llm.attention.cascade import CascadeDecodeAttention
 from edgecloud.llm.attention.packed import run_packed
 from edgecloud.llm.attention.paged import PagedDecodeAttention
 from edgecloud.llm.attention.prefix import PrefixDecodeAttention
@@ -55,7 +60,15 @@ def timed_ms(fns: list[Callable[[], object]], repeats: int) -> list[float]:
     return [statistics.median(series) for series in times]
 
 
-def run_case(tree: str, heads: str, dtype: torch.dtype, repeats: int) -> dict[str, object]:
+def copy_bandwidth() -> float:
+    """Bytes/s of a 2 GiB device-to-device copy, read plus written: the floor's bandwidth."""
+    src = torch.randn(1 << 28, device="cuda")  # 1 GiB
+    dst = torch.empty_like(src)
+    ms = statistics.median(timed_ms([lambda: dst.copy_(src)], 10))
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def run_case(tree: str, heads: str, dtype: torch.dtype, repeats: int, bandwidth: float) -> dict[str, object]:
     device = torch.device("cuda")
     q_heads, kv_heads = parse_heads(heads)
     batch, num_blocks = tree_batch(parse_tree(tree, BLOCK_SIZE), BLOCK_SIZE, seed=0)
@@ -80,13 +93,21 @@ def run_case(tree: str, heads: str, dtype: torch.dtype, repeats: int) -> dict[st
     geom = HeadGeometry(kv_heads, q_heads // kv_heads, HEAD_DIM, k_cache.element_size())
     packed = prefix_plan.kernel(geom)
     err_dtype = float((prefix.forward(prefix_plan, query, k_cache, v_cache, scale).float() - reference).abs().max())
+    from edgecloud.llm.attention.prefix_triton import run_packed_triton, triton_plan
+
+    baselines = {name: triton_plan(CascadeDecodeAttention(share_prefix=share).build(batch, kv_heads), BLOCK_SIZE)
+                 for name, share in (("dense", False), ("cascade", True))}
+    err_baselines = max(float((run_packed_triton(plan, query, k_cache, v_cache, scale).float() - reference).abs().max())
+                        for plan in baselines.values())
     del reference
-    paged_ms, triton_ms, torch_ms = timed_ms([
+    paged_ms, triton_ms, torch_ms, dense_ms, cascade_ms = timed_ms([
         lambda: paged.forward(paged_plan, query, k_cache, v_cache, scale),
         lambda: prefix.forward(prefix_plan, query, k_cache, v_cache, scale),
         lambda: run_packed(packed, query, k_cache, v_cache, scale),
+        lambda: run_packed_triton(baselines["dense"], query, k_cache, v_cache, scale),
+        lambda: run_packed_triton(baselines["cascade"], query, k_cache, v_cache, scale),
     ], repeats)
-    exact = err_fp32 <= TOLERANCE[torch.float32] and err_dtype <= TOLERANCE[dtype]
+    exact = err_fp32 <= TOLERANCE[torch.float32] and max(err_dtype, err_baselines) <= TOLERANCE[dtype]
     return {
         "tree": tree,
         "heads": heads,
@@ -103,7 +124,12 @@ def run_case(tree: str, heads: str, dtype: torch.dtype, repeats: int) -> dict[st
         "paged_ms": round(paged_ms, 4),
         "pat_triton_ms": round(triton_ms, 4),
         "pat_torch_ms": round(torch_ms, 4),
+        "triton_dense_ms": round(dense_ms, 4),
+        "triton_cascade_ms": round(cascade_ms, 4),
         "speedup_vs_paged": round(paged_ms / triton_ms, 3),
+        "speedup_vs_triton_dense": round(dense_ms / triton_ms, 3),
+        "speedup_vs_triton_cascade": round(cascade_ms / triton_ms, 3),
+        "kv_floor_ms": round(packed.kv_tokens_read * geom.kv_bytes_per_token / bandwidth * 1e3, 4),
         "repeats": repeats,
     }
 
@@ -120,10 +146,13 @@ def main() -> int:
         print("no CUDA device", file=sys.stderr)
         return 2
     all_exact = True
+    bandwidth = copy_bandwidth()
+    print(json.dumps({"device": torch.cuda.get_device_name(), "copy_bandwidth_gb_s": round(bandwidth / 1e9)}),
+          flush=True)
     for tree in args.trees.split(";"):
         for heads in args.heads.split(","):
             for name in args.dtypes.split(","):
-                case = run_case(tree, heads, getattr(torch, name), args.repeats)
+                case = run_case(tree, heads, getattr(torch, name), args.repeats, bandwidth)
                 all_exact &= bool(case["exact"])
                 print(json.dumps(case), flush=True)
                 torch.cuda.empty_cache()
