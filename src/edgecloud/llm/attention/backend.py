@@ -20,7 +20,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
+
+from edgecloud.llm.attention.prefix_tree import block_table_array
 
 
 @dataclass
@@ -51,12 +54,10 @@ class DecodeBatch:
 
     def block_table_tensor(self) -> torch.Tensor:
         """``[num_seqs, max_blocks]`` int64, rows padded with block 0 (masked by length)."""
-        width = max((-(-n // self.block_size) for n in self.context_lens), default=0)
-        table = torch.zeros((self.num_seqs, width), dtype=torch.int64)
-        for row, blocks in enumerate(self.block_tables):
-            used = -(-self.context_lens[row] // self.block_size)
-            table[row, :used] = torch.tensor(blocks[:used], dtype=torch.int64)
-        return table.to(self.device)
+        # filled in numpy: a per-row torch.tensor cost ~30 us a row, the host's largest share of
+        # a 64-sequence decode step on a GPU
+        table = block_table_array(self.block_tables, np.asarray(self.context_lens, dtype=np.int64), self.block_size)
+        return torch.from_numpy(np.maximum(table, 0)).to(self.device)
 
     def context_lens_tensor(self) -> torch.Tensor:
         return torch.tensor(self.context_lens, dtype=torch.int64, device=self.device)
