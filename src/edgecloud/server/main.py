@@ -7,6 +7,7 @@ aborts whatever is still running, stops the engine and exits 0.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import signal
 import socket
@@ -48,6 +49,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def fast_paths() -> tuple[str, str]:
+    """uvicorn's event loop and HTTP parser: uvloop and httptools when installed (they are
+    dependencies; uvloop has no Windows build), else the stock asyncio loop and pure-Python h11."""
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return loop, http
+
+
 def serve(config: EngineConfig, settings: ServerSettings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -61,15 +70,21 @@ def serve(config: EngineConfig, settings: ServerSettings) -> int:
         print(f"edgecloud serve: cannot listen on {settings.host}:{settings.port}: {error}", file=sys.stderr)
         return 2
     app = build_app(engine, settings)
+    loop, http = fast_paths()
     config = uvicorn.Config(
         app,
+        loop=loop,
+        http=http,
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
         timeout_graceful_shutdown=settings.graceful_timeout_s,
     )
     server = _DrainingServer(config, app.state.server)
     host, port = sock.getsockname()[:2]
-    print(f"edgecloud serve: {app.state.server.model_name} on http://{host}:{port}", flush=True)
+    print(
+        f"edgecloud serve: {app.state.server.model_name} on http://{host}:{port} (event loop {loop}, HTTP {http})",
+        flush=True,
+    )
     # uvicorn re-raises the signal it caught once it has shut down; with this handler in place
     # that re-raise is a no-op and a drained server exits 0.
     previous = signal.signal(signal.SIGTERM, lambda sig, frame: None)
