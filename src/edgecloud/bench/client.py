@@ -42,7 +42,10 @@ class Endpoint:
         return self.base_url.rstrip("/") + path
 
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
 
     def body(self, request: BenchRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -80,10 +83,13 @@ async def send_request(
     """Send ``request``, stream its answer, and record what happened; never raises for a failure
     of the request itself (it becomes ``record.error``: ``http_<status>``, ``timeout``,
     ``connect``, ``transport``, ``stream_error``, ``bad_chunk`` or ``no_output``)."""
+    # The request is built before the clock starts, as vllm bench serve builds its payload: the
+    # clock covers sending it and waiting, not composing it.
+    payload = json.dumps(endpoint.body(request)).encode()
     record = RequestRecord(index=index, send_time=time.perf_counter() - t0)
     record.expected_output_tokens = request.output_len
     try:
-        async with session.post(endpoint.url, json=endpoint.body(request), headers=endpoint.headers()) as response:
+        async with session.post(endpoint.url, data=payload, headers=endpoint.headers()) as response:
             if response.status != 200:
                 body = (await response.read()).decode(errors="replace")
                 record.error, record.error_detail = f"http_{response.status}", body[:500]
