@@ -6,8 +6,8 @@ extension that our server also accepts) so a replayed trace generates the length
 the token counts reported are the server's own (``usage`` with ``stream_options.include_usage``).
 
 The HTTP client is aiohttp, as in ``vllm bench serve``: a load generator's own overhead lands in
-every latency it reports, and aiohttp's C parser leaves the request and reads the stream in
-about a third of the event-loop time httpx takes (measured in docs/server.md).
+every latency it reports, and aiohttp gets a request to an idle server in 0.25–0.6 ms where
+httpx took 1.1 ms on the same machine (docs/server.md).
 """
 
 from __future__ import annotations
