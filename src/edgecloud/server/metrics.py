@@ -1,8 +1,10 @@
 """Prometheus metrics of the server: the engine's state read at scrape time, and per-request
 latency histograms observed when each request ends.
 
-Every latency starts when the HTTP request reached the server's ASGI app (``received_at``, on the
-engine's clock ``time.monotonic``), so that parsing, validation and tokenization count. The
+Every latency starts when the server's event loop read the bytes that began the HTTP request
+(``received_at``, stamped by ``edgecloud.server.main.stamping`` on the engine's clock
+``time.monotonic``; when the app first saw the request if no stamp came), so that parsing,
+validation, tokenization and the wait for the request's task all count. The
 user-facing histograms end where the server's part ends, when bytes are handed to the socket:
 TTFT at the first streamed chunk carrying a token, e2e at the answer's last chunk (the whole
 body, unstreamed), TPOT = (e2e − TTFT) / (output tokens − 1): the definitions ``edgecloud bench
