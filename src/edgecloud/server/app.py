@@ -11,7 +11,6 @@ engine) before the response headers go out, so a bad request is a 400, never a b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -67,19 +66,30 @@ class ClientDisconnected(Exception):
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Await ``work`` unless the client disconnects first; then cancel it (which aborts the
-    engine requests it drives) and raise ``ClientDisconnected``."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    engine requests it drives) and raise ``ClientDisconnected``. ``work`` runs in the caller's
+    task, a watcher cancels that task on disconnect: no task of its own for ``work``, whose
+    completion would cost two more event-loop turns before the caller resumes (the first token
+    of every streamed answer waits through them, behind every other stream's chunks)."""
+    caller = asyncio.current_task()
+    assert caller is not None, "until_disconnect runs in a task"
+    disconnected = False
+
+    async def watch() -> None:
+        nonlocal disconnected
+        await _wait_disconnect(request)
+        disconnected = True
+        caller.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not disconnected:
+            raise
+        caller.uncancel()
+        raise ClientDisconnected from None
     finally:
         watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-    raise ClientDisconnected
 
 
 async def _wait_disconnect(request: Request) -> None:
@@ -413,6 +423,7 @@ class OpenAIServer:
                 return JSONResponse(self.full_response(job, finals), background=BackgroundTask(self._sent, job))
             first = await until_disconnect(request, anext(outputs))
         except ClientDisconnected:
+            await outputs.aclose()  # type: ignore[attr-defined]
             log.info("client of %s disconnected; request aborted", job.request_id)
             return Response(status_code=499)
         except BaseException:
