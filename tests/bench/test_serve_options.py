@@ -2,7 +2,7 @@ import asyncio
 import socket
 from pathlib import Path
 
-import httpx
+import aiohttp
 import pytest
 
 from edgecloud.bench.client import Endpoint, send_request
@@ -70,8 +70,8 @@ def test_a_dead_endpoint_is_a_connect_error_not_an_exception() -> None:
         port = sock.getsockname()[1]  # bound but not listening: connections are refused
 
         async def run() -> object:
-            async with httpx.AsyncClient() as client:
-                return await send_request(client, Endpoint(f"http://127.0.0.1:{port}", "m"),
+            async with aiohttp.ClientSession() as session:
+                return await send_request(session, Endpoint(f"http://127.0.0.1:{port}", "m"),
                                           BenchRequest("x", (1,), 2), 0, 0.0)
 
         record = asyncio.run(run())

@@ -30,6 +30,7 @@ class ServerProcess:
     base_url: str
     model: str
     log_path: Path
+    banner: str = ""  # the first line the server printed
 
     def metrics(self) -> dict[str, float]:
         """``/metrics`` samples by name (labels dropped; one model, so names are unique)."""
@@ -71,7 +72,7 @@ def start_server(model_dir: Path, log_path: Path, *extra: str) -> ServerProcess:
     if match is None:
         process.kill()
         raise RuntimeError(f"server did not start: {line!r}\n{log_path.read_text()}")
-    server = ServerProcess(process, match.group(1), str(model_dir), log_path)
+    server = ServerProcess(process, match.group(1), str(model_dir), log_path, line.strip())
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:

@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
-import httpx
+import aiohttp
 
 from edgecloud.bench.client import Endpoint, send_request
 from edgecloud.bench.metrics import RequestRecord
@@ -30,10 +30,10 @@ async def run_requests(
         raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
     limit = asyncio.Semaphore(max_concurrency) if max_concurrency else None
     connections = max_concurrency or max(1, len(requests))
-    async with httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)),
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-    ) as client:
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 30.0)),
+        connector=aiohttp.TCPConnector(limit=connections),
+    ) as session:
         t0 = time.perf_counter()
 
         async def one(index: int) -> RequestRecord:
@@ -41,10 +41,10 @@ async def run_requests(
             if delay > 0:
                 await asyncio.sleep(delay)
             if limit is None:
-                record = await send_request(client, endpoint, requests[index], index, t0)
+                record = await send_request(session, endpoint, requests[index], index, t0)
             else:
                 async with limit:
-                    record = await send_request(client, endpoint, requests[index], index, t0)
+                    record = await send_request(session, endpoint, requests[index], index, t0)
             if on_done is not None:
                 on_done(record)
             return record
@@ -55,10 +55,11 @@ async def run_requests(
 async def first_model(base_url: str, api_key: str | None = None, timeout_s: float = 30.0) -> str:
     """The first model id that ``GET /v1/models`` lists."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    async with httpx.AsyncClient(timeout=timeout_s) as client:
-        response = await client.get(base_url.rstrip("/") + "/v1/models", headers=headers)
-        response.raise_for_status()
-        models = response.json().get("data") or []
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s), raise_for_status=True) as session,
+        session.get(base_url.rstrip("/") + "/v1/models", headers=headers) as response,
+    ):
+        models = (await response.json()).get("data") or []
     if not models:
         raise RuntimeError(f"{base_url}/v1/models lists no model; pass --model")
     return str(models[0]["id"])

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -110,7 +110,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as error:
         console.print(f"[red]error:[/red] {error}")
         return 2
-    except httpx.HTTPError as error:
+    except (aiohttp.ClientError, TimeoutError) as error:
         console.print(f"[red]error:[/red] cannot list models at {args.base_url}: {error}")
         return 2
     endpoint = Endpoint(args.base_url, model, args.api, args.ignore_eos, args.temperature, api_key)

@@ -11,7 +11,6 @@ engine) before the response headers go out, so a bad request is a 400, never a b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -26,6 +25,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.background import BackgroundTask
 
 from edgecloud.llm import (
     AsyncEngine,
@@ -66,19 +66,30 @@ class ClientDisconnected(Exception):
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Await ``work`` unless the client disconnects first; then cancel it (which aborts the
-    engine requests it drives) and raise ``ClientDisconnected``."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    engine requests it drives) and raise ``ClientDisconnected``. ``work`` runs in the caller's
+    task, a watcher cancels that task on disconnect: no task of its own for ``work``, whose
+    completion would cost two more event-loop turns before the caller resumes (the first token
+    of every streamed answer waits through them, behind every other stream's chunks)."""
+    caller = asyncio.current_task()
+    assert caller is not None, "until_disconnect runs in a task"
+    disconnected = False
+
+    async def watch() -> None:
+        nonlocal disconnected
+        await _wait_disconnect(request)
+        disconnected = True
+        caller.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not disconnected:
+            raise
+        caller.uncancel()
+        raise ClientDisconnected from None
     finally:
         watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-    raise ClientDisconnected
 
 
 async def _wait_disconnect(request: Request) -> None:
@@ -235,7 +246,7 @@ class OpenAIServer:
                     self.pending -= 1
                 finished = out.finished
                 if finished:
-                    self.metrics.observe(out, job.received_at)
+                    self.metrics.observe_engine(out, job.received_at)
                 yield out
         finally:
             if waiting:
@@ -366,7 +377,11 @@ class OpenAIServer:
     async def sse(
         self, job: _Job, first: tuple[int, RequestOutput], rest: AsyncIterator[tuple[int, RequestOutput]]
     ) -> AsyncIterator[bytes]:
+        """The SSE body. It also times the answer: the response sends each chunk before asking for
+        the next, so when a ``yield`` returns, the chunk it gave is with the socket."""
         finals: dict[int, RequestOutput] = {}
+        first_sent: float | None = None
+        failed = False
 
         async def outputs() -> AsyncIterator[tuple[int, RequestOutput]]:
             yield first
@@ -380,8 +395,11 @@ class OpenAIServer:
                 choices = self.delta_choices(job, prompt_index, out)
                 if choices:
                     yield format_sse_event(data_str=self.chunk(job, choices))
+                    if first_sent is None:
+                        first_sent = time.monotonic()
         except Exception as error:
             # Headers are gone: the error travels in the stream, as OpenAI's API does.
+            failed = True
             log.error("stream %s failed: %s", job.request_id, error)
             body = APIError(500, f"generation failed: {error}", code="engine_error").body()
             yield format_sse_event(data_str=json.dumps(body))
@@ -393,21 +411,30 @@ class OpenAIServer:
         finally:
             await rest.aclose()  # type: ignore[attr-defined]
         yield format_sse_event(data_str="[DONE]")
+        if not failed and first_sent is not None:
+            num_tokens = max((len(c.token_ids) for o in finals.values() for c in o.outputs), default=0)
+            self.metrics.observe_stream(job.received_at, first_sent, time.monotonic(), num_tokens)
 
     async def run(self, request: Request, job: _Job, stream: bool) -> Response:
         outputs = self.start(job)
         try:
             if not stream:
                 finals = await until_disconnect(request, _collect(outputs))
-                return JSONResponse(self.full_response(job, finals))
+                return JSONResponse(self.full_response(job, finals), background=BackgroundTask(self._sent, job))
             first = await until_disconnect(request, anext(outputs))
         except ClientDisconnected:
+            await outputs.aclose()  # type: ignore[attr-defined]
             log.info("client of %s disconnected; request aborted", job.request_id)
             return Response(status_code=499)
         except BaseException:
             await outputs.aclose()  # type: ignore[attr-defined]
             raise
         return EventSourceResponse(self.sse(job, first, outputs), headers={"Cache-Control": "no-cache"})
+
+    async def _sent(self, job: _Job) -> None:
+        """An unstreamed answer's background task, which runs once its body is with the socket
+        (a coroutine: a plain function would run on the thread pool, later)."""
+        self.metrics.observe_unstreamed(job.received_at, time.monotonic())
 
     # -- endpoints ----------------------------------------------------------------------------
 

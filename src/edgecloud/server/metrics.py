@@ -1,11 +1,18 @@
 """Prometheus metrics of the server: the engine's state read at scrape time, and per-request
 latency histograms observed when each request ends.
 
-Latencies use the engine's timestamps (``RequestMetrics``, ``time.monotonic``) and the moment
-the HTTP request reached the server (as vLLM does), so that parsing, validation and tokenization
-count: TTFT is first token − received, TPOT is (finish − first token) / (output tokens − 1), e2e
-is finish − received; the same definitions ``edgecloud bench serve`` measures from the client.
-Queue time is the engine's: arrival in the engine → first scheduled.
+Every latency starts when the server's event loop read the bytes that began the HTTP request
+(``received_at``, stamped by ``edgecloud.server.main.stamping`` on the engine's clock
+``time.monotonic``; when the app first saw the request if no stamp came), so that parsing,
+validation, tokenization and the wait for the request's task all count. The
+user-facing histograms end where the server's part ends, when bytes are handed to the socket:
+TTFT at the first streamed chunk carrying a token, e2e at the answer's last chunk (the whole
+body, unstreamed), TPOT = (e2e − TTFT) / (output tokens − 1): the definitions ``edgecloud bench
+serve`` and ``vllm bench serve`` measure from the client, so the two differ only by the network
+and the client. The engine-side histograms (vLLM's definitions) end when the engine thread
+sampled the first and last token instead; the difference is the hand-off from the engine thread
+to the event loop, chunk shaping and SSE framing. Queue time is the engine's: arrival in the
+engine → first scheduled.
 """
 
 from __future__ import annotations
@@ -71,15 +78,26 @@ class ServerMetrics:
         self.registry.register(_EngineStatsCollector(stats, model))
         labels = ["model_name"]
         self.ttft = Histogram(
-            "edgecloud_time_to_first_token_seconds", "Request received to first token.", labels,
+            "edgecloud_time_to_first_token_seconds",
+            "Request received to the first streamed chunk with a token handed to the socket.", labels,
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.tpot = Histogram(
-            "edgecloud_time_per_output_token_seconds", "Time per output token after the first.", labels,
+            "edgecloud_time_per_output_token_seconds",
+            "(Last chunk sent - first token sent) / (output tokens - 1), streamed requests.", labels,
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.e2e = Histogram(
-            "edgecloud_e2e_request_latency_seconds", "Request received to last token.", labels,
+            "edgecloud_e2e_request_latency_seconds", "Request received to the answer's last byte handed to the socket.",
+            labels, buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.engine_ttft = Histogram(
+            "edgecloud_engine_time_to_first_token_seconds", "Request received to the engine sampling its first token.",
+            labels, buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.engine_tpot = Histogram(
+            "edgecloud_engine_time_per_output_token_seconds",
+            "(Engine's last token - its first) / (output tokens - 1).", labels,
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.queue = Histogram(
@@ -112,8 +130,9 @@ class ServerMetrics:
             await asyncio.sleep(period_s)
             self.loop_lag.observe(max(0.0, time.monotonic() - start - period_s))
 
-    def observe(self, output: RequestOutput, received_at: float) -> None:
-        """Record a finished request (aborted ones count under their reason, without latencies)."""
+    def observe_engine(self, output: RequestOutput, received_at: float) -> None:
+        """Record an engine request that ended: its finish reasons, and (unless aborted) its queue
+        time and the engine-side latencies."""
         for completion in output.outputs:
             self.finished.labels(self.model, completion.finish_reason or "abort").inc()
         m = output.metrics
@@ -123,11 +142,24 @@ class ServerMetrics:
             self.queue.labels(self.model).observe(m.first_scheduled_time - m.arrival_time)
         if m.first_token_time is None or m.finished_time is None:
             return
-        self.ttft.labels(self.model).observe(m.first_token_time - received_at)
-        self.e2e.labels(self.model).observe(m.finished_time - received_at)
+        self.engine_ttft.labels(self.model).observe(m.first_token_time - received_at)
         num_tokens = max((len(c.token_ids) for c in output.outputs), default=0)
         if num_tokens > 1:
-            self.tpot.labels(self.model).observe((m.finished_time - m.first_token_time) / (num_tokens - 1))
+            self.engine_tpot.labels(self.model).observe((m.finished_time - m.first_token_time) / (num_tokens - 1))
+
+    def observe_stream(self, received_at: float, first_sent: float, last_sent: float, num_tokens: int) -> None:
+        """Record a streamed answer that went out whole: ``first_sent`` when the first chunk with a
+        token was handed to the socket, ``last_sent`` when the last chunk was; ``num_tokens`` the
+        longest completion's tokens."""
+        self.ttft.labels(self.model).observe(first_sent - received_at)
+        self.e2e.labels(self.model).observe(last_sent - received_at)
+        if num_tokens > 1:
+            self.tpot.labels(self.model).observe((last_sent - first_sent) / (num_tokens - 1))
+
+    def observe_unstreamed(self, received_at: float, sent: float) -> None:
+        """Record an unstreamed answer handed to the socket at ``sent``. It has no first token of its
+        own (every token arrives with the body), so it counts in e2e and the engine histograms."""
+        self.e2e.labels(self.model).observe(sent - received_at)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -20,7 +20,8 @@ REQUEST_ID_HEADER = b"x-request-id"
 class RequestIdMiddleware:
     """Echo the client's ``X-Request-Id`` (or make one) on every response; handlers read it
     from ``request.state.request_id``, and the request's arrival (``time.monotonic``, the
-    engine's clock) from ``request.state.received_at``. ``on_status`` sees every response's
+    engine's clock) from ``request.state.received_at``: the HTTP server's stamp when it gives
+    one (``edgecloud.server.main.stamping``), else now. ``on_status`` sees every response's
     status code (error counters)."""
 
     def __init__(self, app: ASGIApp, on_status: Callable[[int], None] | None = None) -> None:
@@ -36,7 +37,7 @@ class RequestIdMiddleware:
         request_id = given[:128] if given and given.isprintable() else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        state["received_at"] = time.monotonic()
+        state.setdefault("received_at", time.monotonic())
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
