@@ -21,11 +21,12 @@ from edgecloud.stream.sender import TrackedStreamSender
     ("loss", "srtt_s", "copies"),
     [
         (0.0, 0.1, 0),
-        (0.01, 0.1, 0),  # one retransmission already misses with 1 % only
-        (0.05, 0.1, 1),
-        (0.10, 0.1, 1),  # 0.1 ** 2 = 0.01 exactly meets the residual
-        (0.20, 0.1, 2),
-        (0.05, 0.02, 0),  # short RTT: two rounds fit in 100 ms, 0.05 ** 2 < 0.01
+        (0.01, 0.1, 1),  # one round fits: a lost retransmission needs a copy to make it
+        (0.05, 0.1, 2),  # one copy lost with it 5 % of the time, two 0.25 %
+        (0.10, 0.1, 2),  # 0.1 ** 2 = 0.01 exactly meets the residual
+        (0.20, 0.1, 3),
+        (0.01, 0.02, 0),  # short RTT: two rounds fit in 100 ms, the second fails 1 % of the time
+        (0.05, 0.02, 1),  # ... 5 % of the time without a copy, 0.05 * 0.05 ** 2 with one
         (0.99, 0.1, 3),  # capped at max_copies
     ],
 )
@@ -33,7 +34,7 @@ def test_copies_follow_loss_and_rtt(loss, srtt_s, copies):
     assert copies_for_target(loss, srtt_s, target_s=0.1, residual=0.01, max_copies=3) == copies
 
 
-@pytest.mark.parametrize(("burst_loss", "copies"), [(0.05, 1), (0.3, 2), (0.5, 3), (0.67, 3), (1.0, 3)])
+@pytest.mark.parametrize(("burst_loss", "copies"), [(0.05, 2), (0.1, 2), (0.2, 3), (0.5, 3), (1.0, 3)])
 def test_bursty_loss_asks_for_more_copies(burst_loss, copies):
     # 5 % loss at 100 ms: a copy right after a lost retransmission is lost with burst_loss.
     assert copies_for_target(0.05, 0.1, 0.1, 0.01, 3, burst_loss=burst_loss) == copies
@@ -87,18 +88,39 @@ def test_retransmission_gets_copies_until_acked():
     ctl = ReinjectionController(AutoRecConfig(overhead_budget=1.0))
     sender = TrackedStreamSender(0, True)
     sent(sender, 10_000)
-    for i in range(20):  # 10 % measured loss
+    for i in range(20):  # 10 % measured loss: two copies per retransmission
         ctl.on_packet_resolved(lost=i % 10 == 0)
     ctl.on_retransmission_sent(sender, 0, 1200, now=1.0)
     assert ctl.next_wakeup() == 1.0
-    # No room in the congestion window: the copy waits rather than queue behind it.
-    ctl.poll(1.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
-    assert sender.copy_pending_bytes == 0 and ctl.copy_bytes == 0
-    ctl.poll(1.01, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=5000)
+    # The first copy leaves at once, even with the congestion window full (copies go in
+    # a pass of their own, bounded by the budget); the second a quarter RTT later.
+    ctl.poll(1.0, app_has_new_data=True, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
     assert sender.copy_pending_bytes == 1200 and ctl.copy_bytes == 1200
+    assert ctl.next_wakeup() == pytest.approx(1.025)
+    while sender.get_frame(1200) is not None:
+        pass
+    ctl.poll(1.01, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
+    assert sender.copy_pending_bytes == 0 and ctl.copy_bytes == 1200
     sender.on_data_delivery(QuicDeliveryState.ACKED, 0, 1200, False)
     ctl.poll(2.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
     assert ctl.protections == [] and ctl.next_wakeup() is None
+
+
+def test_first_copies_come_before_later_copies_when_the_budget_is_short():
+    # Credit for two packets of copies: 0.1 * 24_000 = 2400 bytes.
+    ctl = ReinjectionController(AutoRecConfig(overhead_budget=0.1))
+    sender = TrackedStreamSender(0, True)
+    sent(sender, 24_000)
+    for i in range(20):
+        ctl.on_packet_resolved(lost=i % 10 == 0)
+    ctl.on_retransmission_sent(sender, 0, 1200, now=1.0)
+    ctl.poll(1.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=24_000, cwnd_room=0)
+    assert ctl.copy_bytes == 1200  # A's first copy
+    ctl.on_retransmission_sent(sender, 1200, 2400, now=1.03)
+    # A's second copy is due too, but it would leave nothing for B's first copy: B goes.
+    ctl.poll(1.03, app_has_new_data=False, srtt_s=0.1, goodput_bytes=24_000, cwnd_room=0)
+    assert ctl.copy_bytes == 2400
+    assert sender.unacked_in(0, 2400) == [(0, 2400)] and sender.copy_pending_bytes == 2400
 
 
 def test_no_loss_means_no_copies():

@@ -199,16 +199,23 @@ def run_cases(
     rate_mbps: float,
     ack_path_loss: bool = False,
     virtual: bool = False,
+    seed: int = 0,
     progress: Any = None,
 ) -> list[dict[str, Any]]:
-    """Every case, baseline and AutoRec side by side (two processes per case)."""
+    """Every case, baseline and AutoRec side by side (two processes per case).
+
+    Both sides of a case share the link seed ``seed * 1000 + case index``, so runs with
+    different ``seed`` draw different loss patterns and the same ``seed`` repeats them.
+    """
     cases = []
     combos = [(p, m, r) for p in losses for m in loss_models for r in rtts_ms if not (p == 0 and m != loss_models[0])]
     with ProcessPoolExecutor(max_workers=2) as pool:
         for index, (loss, model, rtt) in enumerate(combos):
             link = LinkSpec(loss=loss, loss_model=model, rtt_ms=rtt, rate_mbps=rate_mbps, ack_path_loss=ack_path_loss)
             sides = {
-                name: SideSpec(link, config, duration_s, source, playout_delay_s, seed=index, virtual=virtual)
+                name: SideSpec(
+                    link, config, duration_s, source, playout_delay_s, seed=seed * 1000 + index, virtual=virtual
+                )
                 for name, config in (("baseline", None), ("autorec", autorec))
             }
             futures = {name: pool.submit(_run_side_in_process, spec) for name, spec in sides.items()}
@@ -223,6 +230,7 @@ def run_cases(
                 "duration_s": duration_s,
                 "ack_path_loss": ack_path_loss,
                 "clock": "virtual" if virtual else "real",
+                "seed": seed,
                 "baseline": base,
                 "autorec": auto,
                 "ratios": {

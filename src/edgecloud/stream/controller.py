@@ -68,30 +68,28 @@ def copies_for_target(
     max_copies: int,
     burst_loss: float | None = None,
 ) -> int:
-    """Extra copies per retransmitted range so recovery meets the target.
+    """Extra copies per retransmitted range so that a lost retransmission still meets the target.
 
-    Within the target there is room for ``rounds`` retransmission rounds of
-    ``RECOVERY_ROUND_RTTS * srtt`` each. A round fails if the retransmission is lost
-    (probability ``loss``) and so are its ``k`` copies, each lost with ``burst_loss``, the
-    probability that a packet is lost given the one before it was (``loss`` itself when
-    losses are independent; more in bursts). Recovery then misses the target with
-    probability ``(loss * burst_loss ** k) ** rounds``; take the smallest ``k`` keeping that
-    at most ``residual``.
+    The target is on retransmission losses — the losses whose recovery stock QUIC
+    stretches into extra rounds and the viewer sees as a freeze. Given that a
+    retransmission is lost, its recovery still meets the target if one of its ``k``
+    copies arrives (each lost with ``burst_loss``, the probability that a packet is lost
+    given the one before it was: ``loss`` itself when losses are independent, more in
+    bursts), or if the following retransmission rounds do: within the target there is
+    room for ``rounds`` rounds of ``RECOVERY_ROUND_RTTS * srtt`` each, the lost one
+    included, and each later round fails with ``loss * burst_loss ** k``. Recovery then
+    misses the target with probability ``burst_loss ** k * (loss * burst_loss ** k) **
+    (rounds - 1)``; take the smallest ``k`` keeping that at most ``residual``.
     """
     q = loss if burst_loss is None else burst_loss
     if loss <= 0.0:
         return 0
     rounds = max(1, math.floor(target_s / max(RECOVERY_ROUND_RTTS * srtt_s, 1e-6)))
-    per_round = math.log(residual) / rounds  # log of the allowed failure per round
-    if math.log(loss) <= per_round:
-        return 0
-    if q >= 1.0:
-        return max_copies
-    if q <= 0.0:
-        return min(max_copies, 1)
-    # The small slack keeps an exact power (loss 0.1, residual 0.01) from rounding up.
-    needed = (per_round - math.log(loss)) / math.log(q) - 1e-9
-    return min(max_copies, max(0, math.ceil(needed)))
+    for k in range(max_copies + 1):
+        # The small slack keeps an exact power (0.1 ** 2 against 0.01) from rounding up.
+        if q**k * (loss * q**k) ** (rounds - 1) <= residual * (1 + 1e-9):
+            return k
+    return max_copies
 
 
 class LossEstimator:
@@ -172,6 +170,7 @@ class Protection:
     copies_left: int
     next_at: float
     retransmitted: bool  # a loss-triggered retransmission (first priority) or overdue data
+    copies_sent: int = 0
 
 
 @dataclass(frozen=True)
@@ -194,6 +193,7 @@ class ReinjectionController:
 
     config: AutoRecConfig = field(default_factory=AutoRecConfig)
     sample_every_s: float = 0.25
+    RESERVE_BYTES = 1200  # a full packet: what one more first copy needs
 
     def __post_init__(self) -> None:
         self.loss = LossEstimator()
@@ -261,8 +261,9 @@ class ReinjectionController:
         self.off.observe(app_has_new_data, goodput_bytes)
 
         keep: list[Protection] = []
-        # Retransmitted ranges first, then overdue data; older first within each.
-        for p in sorted(self.protections, key=lambda p: (not p.retransmitted, p.next_at)):
+        # Retransmitted ranges first, then overdue data; first copies before later ones;
+        # older first.
+        for p in sorted(self.protections, key=lambda p: (not p.retransmitted, p.copies_sent > 0, p.next_at)):
             unacked = p.stream.unacked_in(p.start, p.stop)
             if not unacked:
                 continue
@@ -277,6 +278,7 @@ class ReinjectionController:
             self.copy_bytes += scheduled
             cwnd_room -= scheduled
             p.copies_left -= 1
+            p.copies_sent += 1
             p.next_at = now + self._spacing()
             if p.copies_left > 0:
                 keep.append(p)
@@ -304,14 +306,22 @@ class ReinjectionController:
         return share * self.config.overhead_budget * self._goodput_bytes - self.copy_bytes
 
     def _may_copy(self, p: Protection, size: int, now: float, cwnd_room: int) -> bool:
-        # A copy must leave at once, never wait behind a full congestion window (it would
-        # then hold back the next frame). A retransmission's copy needs room for itself:
-        # its bytes belong to an older frame, due before any new one. An overdue copy is
-        # speculative, so in an on period it also leaves room for the burst under way.
+        # Copies leave in a pass of their own, beyond the congestion window (see
+        # AutoRecConnection.datagrams_to_send), so what admits them is the budget. A
+        # retransmission's copy goes at once: its bytes belong to an older frame, due
+        # before any new one, and right after a loss the halved window would hold it back
+        # for a round trip — the very delay it is there to save. An overdue copy is
+        # speculative: it goes in an off period, when the link is idle, or in an on period
+        # only where the window has room for it and the burst under way.
+        # A protection's first copy saves a whole round when the retransmission is lost; a
+        # later one only when that copy is lost too, so later copies leave the credit for
+        # one more first copy (a full packet) untouched.
         if p.retransmitted:
-            return cwnd_room >= size and self._credit(1.0) >= size
-        needed = size if self.off.is_off else size + self.off.mean_burst_bytes
-        return cwnd_room >= needed and self._credit(self.config.overdue_share) >= size
+            reserve = self.RESERVE_BYTES if p.copies_sent else 0
+            return self._credit(1.0) >= size + reserve
+        if not self.off.is_off and cwnd_room < size + self.off.mean_burst_bytes:
+            return False
+        return self._credit(self.config.overdue_share) >= size
 
     def _sample(self, now: float) -> None:
         if self._last_sample is not None and now - self._last_sample < self.sample_every_s:
