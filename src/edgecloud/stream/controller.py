@@ -200,6 +200,7 @@ class ReinjectionController:
         self.off = OffPeriodDetector()
         self.protections: list[Protection] = []
         self.copy_bytes = 0  # bytes handed to streams as copies
+        self.overdue_copy_bytes = 0  # the part of them copying overdue data
         self.history: list[ControllerSample] = []
         self._srtt_s = 0.1
         self._goodput_bytes = 0
@@ -276,6 +277,8 @@ class ReinjectionController:
                 continue
             scheduled = sum(p.stream.reinject(lo, hi) for lo, hi in unacked)
             self.copy_bytes += scheduled
+            if not p.retransmitted:
+                self.overdue_copy_bytes += scheduled
             cwnd_room -= scheduled
             p.copies_left -= 1
             p.copies_sent += 1
@@ -302,8 +305,14 @@ class ReinjectionController:
         # by far, late enough that a loss burst rarely takes them all.
         return max(self.config.min_copy_spacing_s, self._srtt_s / 4)
 
-    def _credit(self, share: float) -> float:
-        return share * self.config.overhead_budget * self._goodput_bytes - self.copy_bytes
+    def _credit(self) -> float:
+        return self.config.overhead_budget * self._goodput_bytes - self.copy_bytes
+
+    def _overdue_credit(self) -> float:
+        # Overdue copies may spend their share of the budget, and no more than what all
+        # copies together have left.
+        share = self.config.overdue_share * self.config.overhead_budget * self._goodput_bytes
+        return min(share - self.overdue_copy_bytes, self._credit())
 
     def _may_copy(self, p: Protection, size: int, now: float, cwnd_room: int) -> bool:
         # Copies leave in a pass of their own, beyond the congestion window (see
@@ -318,10 +327,10 @@ class ReinjectionController:
         # one more first copy (a full packet) untouched.
         if p.retransmitted:
             reserve = self.RESERVE_BYTES if p.copies_sent else 0
-            return self._credit(1.0) >= size + reserve
+            return self._credit() >= size + reserve
         if not self.off.is_off and cwnd_room < size + self.off.mean_burst_bytes:
             return False
-        return self._credit(self.config.overdue_share) >= size
+        return self._overdue_credit() >= size
 
     def _sample(self, now: float) -> None:
         if self._last_sample is not None and now - self._last_sample < self.sample_every_s:

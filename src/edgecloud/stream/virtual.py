@@ -35,7 +35,7 @@ SERVER_ADDR = ("10.0.0.2", 4433)
 # (now, datagram, stream frames the server registered for it) -> delivery time or None (lost)
 Path = Callable[[float, bytes, list[SentFrame]], float | None]
 
-_CERTIFICATE = self_signed_certificate()
+_CERTIFICATE = self_signed_certificate(fixed_size=True)
 
 
 def fixed_delay(one_way_s: float) -> Path:
