@@ -47,7 +47,20 @@ def test_burst_loss_is_loss_right_after_a_loss():
     for n, lost in reversed(outcomes):
         est.observe(lost, packet_number=n)
     assert est.value == pytest.approx(0.2)
-    assert est.burst_loss == pytest.approx(0.5)
+    # 10 of the 20 packets after a loss are lost, blended with the prior (5 packets at
+    # the loss rate): (10 + 5 * 0.2) / (20 + 5).
+    assert est.burst_loss == pytest.approx(0.44)
+
+
+def test_burst_loss_needs_evidence_to_leave_independence():
+    # Independent 5 % loss with no loss right after a loss in this window: the raw rate
+    # says 0 (one copy would do), the estimate stays near the loss rate (two copies).
+    est = LossEstimator(window=200)
+    for n in range(200):
+        est.observe(n % 20 == 0, packet_number=n)
+    assert est.value == pytest.approx(0.05)
+    assert 0.0 < est.burst_loss < est.value
+    assert copies_for_target(est.value, 0.1, 0.1, 0.01, 3, burst_loss=est.burst_loss) == 2
 
 
 def test_config_errors_name_the_field_and_range():
@@ -106,21 +119,34 @@ def test_retransmission_gets_copies_until_acked():
     assert ctl.protections == [] and ctl.next_wakeup() is None
 
 
-def test_first_copies_come_before_later_copies_when_the_budget_is_short():
-    # Credit for two packets of copies: 0.1 * 24_000 = 2400 bytes.
+def test_scarce_budget_goes_first_to_copies_that_save_the_most():
+    # Credit 0.1 * 60_000 = 6000 bytes, packets of 1200, max_copies 3 (reserve 3600).
     ctl = ReinjectionController(AutoRecConfig(overhead_budget=0.1))
     sender = TrackedStreamSender(0, True)
-    sent(sender, 24_000)
+    sent(sender, 60_000)
     for i in range(20):
         ctl.on_packet_resolved(lost=i % 10 == 0)
+
+    def poll(now: float) -> None:
+        ctl.poll(now, app_has_new_data=False, srtt_s=0.1, goodput_bytes=60_000, cwnd_room=0)
+        while sender.get_frame(1200) is not None:  # the copy pass sends them
+            pass
+
     ctl.on_retransmission_sent(sender, 0, 1200, now=1.0)
-    ctl.poll(1.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=24_000, cwnd_room=0)
-    assert ctl.copy_bytes == 1200  # A's first copy
+    poll(1.0)
+    assert ctl.copy_bytes == 1200  # A's first copy leaves the reserve untouched
     ctl.on_retransmission_sent(sender, 1200, 2400, now=1.03)
-    # A's second copy is due too, but it would leave nothing for B's first copy: B goes.
-    ctl.poll(1.03, app_has_new_data=False, srtt_s=0.1, goodput_bytes=24_000, cwnd_room=0)
+    poll(1.03)
+    # A's second copy is due too, but it would leave less than the reserve plus one
+    # more first copy; B's first copy goes.
     assert ctl.copy_bytes == 2400
-    assert sender.unacked_in(0, 2400) == [(0, 2400)] and sender.copy_pending_bytes == 2400
+    # After a probe timeout, a retransmission's copies may spend the reserve.
+    ctl.on_retransmission_sent(sender, 2400, 3600, now=1.04, after_timeout=True)
+    poll(1.04)
+    poll(1.07)
+    assert ctl.copy_bytes == 4800  # C's first and second copies
+    poll(1.1)
+    assert ctl.copy_bytes == 4800  # the rest is held: C's third copy would overdraw
 
 
 def test_no_loss_means_no_copies():
@@ -179,6 +205,8 @@ def test_overdue_data_gets_one_copy_only_when_the_adapter_wants_copies():
     for i in range(20):
         lossy.on_packet_resolved(lost=i % 5 == 0)
     lossy.on_overdue(sender, 3800, 5000, now=1.0)
-    lossy.poll(1.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=5000, cwnd_room=10_000)
-    lossy.poll(2.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=5000, cwnd_room=10_000)
+    # Goodput large enough that the budget covers the copy and the reserve for copies of
+    # retransmissions after a timeout.
+    lossy.poll(1.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=50_000, cwnd_room=10_000)
+    lossy.poll(2.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=50_000, cwnd_room=10_000)
     assert lossy.copy_bytes == 1200 and lossy.protections == []

@@ -208,7 +208,9 @@ class AutoRecConnection(QuicConnection):
         for f in frames:
             self.bytes_sent[f.kind] += f.stop - f.start
             if f.kind is FrameKind.RETRANSMISSION and self.controller is not None:
-                self.controller.on_retransmission_sent(f.sender, f.start, f.stop, now)
+                self.controller.on_retransmission_sent(
+                    f.sender, f.start, f.stop, now, after_timeout=self._loss._pto_count > 0
+                )
 
     def on_packet_resolved(self, record: PacketRecord, packet_number: int, *, lost: bool, now: float) -> None:
         if self.controller is not None:

@@ -101,7 +101,8 @@ class LossEstimator:
     a copy sent right after a retransmission faces when losses come in bursts.
     """
 
-    MIN_BURST_SAMPLES = 5
+    # Weight, in packets, of the independent-loss prior in the burst loss estimate.
+    PRIOR_SAMPLES = 5
 
     def __init__(self, window: int = 200) -> None:
         self._outcomes: deque[tuple[int, bool]] = deque(maxlen=window)
@@ -120,11 +121,14 @@ class LossEstimator:
 
     @property
     def burst_loss(self) -> float:
+        # A window holds few losses (about 10 at 5 % loss), so the raw rate of losses
+        # right after a loss swings between 0 and 0.2 with independent loss, and the
+        # adapter's copies with it. The estimate starts from independence (the loss rate)
+        # with the weight of PRIOR_SAMPLES packets and moves only as far as the samples
+        # show burstiness.
         ordered = sorted(self._outcomes)
         after_loss = [b for (_, a), (_, b) in itertools.pairwise(ordered) if a]
-        if len(after_loss) < self.MIN_BURST_SAMPLES:
-            return self.value
-        return sum(after_loss) / len(after_loss)
+        return (sum(after_loss) + self.PRIOR_SAMPLES * self.value) / (len(after_loss) + self.PRIOR_SAMPLES)
 
 
 class OffPeriodDetector:
@@ -171,6 +175,7 @@ class Protection:
     next_at: float
     retransmitted: bool  # a loss-triggered retransmission (first priority) or overdue data
     copies_sent: int = 0
+    after_timeout: bool = False  # the retransmission followed a probe timeout
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,7 @@ class ReinjectionController:
 
     config: AutoRecConfig = field(default_factory=AutoRecConfig)
     sample_every_s: float = 0.25
-    RESERVE_BYTES = 1200  # a full packet: what one more first copy needs
+    PACKET_BYTES = 1200  # a full packet: what one more copy needs
 
     def __post_init__(self) -> None:
         self.loss = LossEstimator()
@@ -234,13 +239,20 @@ class ReinjectionController:
             if self._wakeup is None or now < self._wakeup:
                 self._wakeup = now
 
-    def on_retransmission_sent(self, stream: ReinjectableStream, start: int, stop: int, now: float) -> None:
-        """A loss-triggered retransmission left: protect it with the adapter's number of copies."""
+    def on_retransmission_sent(
+        self, stream: ReinjectableStream, start: int, stop: int, now: float, *, after_timeout: bool = False
+    ) -> None:
+        """A loss-triggered retransmission left: protect it with the adapter's number of copies.
+
+        ``after_timeout``: it follows a probe timeout (no ACK for a whole PTO, the link
+        is in a loss burst or an outage); if it is lost too, the next try waits for a
+        doubled PTO, so its copies come first.
+        """
         copies = self.copies_now()
         if copies:
             # The first copy goes in the off period right after the retransmission (the
             # next poll), the others spaced out; see _spacing.
-            p = Protection(stream, start, stop, copies, now, retransmitted=True)
+            p = Protection(stream, start, stop, copies, now, retransmitted=True, after_timeout=after_timeout)
             self.protections.append(p)
             if self._wakeup is None or p.next_at < self._wakeup:
                 self._wakeup = p.next_at
@@ -262,9 +274,12 @@ class ReinjectionController:
         self.off.observe(app_has_new_data, goodput_bytes)
 
         keep: list[Protection] = []
-        # Retransmitted ranges first, then overdue data; first copies before later ones;
-        # older first.
-        for p in sorted(self.protections, key=lambda p: (not p.retransmitted, p.copies_sent > 0, p.next_at)):
+        # Retransmissions after a timeout first, then other retransmissions, then overdue
+        # data; first copies before later ones; older first.
+        order = sorted(
+            self.protections, key=lambda p: (not p.after_timeout, not p.retransmitted, p.copies_sent > 0, p.next_at)
+        )
+        for p in order:
             unacked = p.stream.unacked_in(p.start, p.stop)
             if not unacked:
                 continue
@@ -322,15 +337,21 @@ class ReinjectionController:
         # for a round trip — the very delay it is there to save. An overdue copy is
         # speculative: it goes in an off period, when the link is idle, or in an on period
         # only where the window has room for it and the burst under way.
-        # A protection's first copy saves a whole round when the retransmission is lost; a
-        # later one only when that copy is lost too, so later copies leave the credit for
-        # one more first copy (a full packet) untouched.
+        #
+        # What a copy saves decides what it may spend. A retransmission sent after a
+        # probe timeout, if lost, waits for a doubled PTO: its copies may spend the credit
+        # down to zero. Every other copy leaves enough for such a retransmission's copies
+        # (max_copies packets); a protection's first copy saves a round when the
+        # retransmission is lost, a later one only when that copy is lost too, so later
+        # copies also leave one more first copy (a packet).
+        reserve = 0 if p.after_timeout else self.config.max_copies * self.PACKET_BYTES
+        if p.copies_sent or not p.retransmitted:
+            reserve += self.PACKET_BYTES
         if p.retransmitted:
-            reserve = self.RESERVE_BYTES if p.copies_sent else 0
             return self._credit() >= size + reserve
         if not self.off.is_off and cwnd_room < size + self.off.mean_burst_bytes:
             return False
-        return self._overdue_credit() >= size
+        return self._overdue_credit() >= size + reserve
 
     def _sample(self, now: float) -> None:
         if self._last_sample is not None and now - self._last_sample < self.sample_every_s:
