@@ -124,6 +124,7 @@ def run_virtual_side(spec: SideSpec) -> dict[str, Any]:
     stats = stream_live(pair, LiveSource(spec.source), spec.duration_s, spec.playout_delay_s)
     result = {key: stats[key] for key in SIDE_KEYS}
     result.update(
+        stall_causes=stats["stall_causes"],
         srtt_ms=round(stats["srtt_ms"], 2),
         link_down_dropped=down.stats.dropped_loss,
         link_down_packets=down.stats.packets_in,
