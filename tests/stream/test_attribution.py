@@ -23,8 +23,11 @@ def test_each_stall_gets_the_cause_of_its_last_byte():
         Transmission(150, 200, 0.3, 0.35),
         # Frame 2: waited 0.4 s behind the window, then arrived.
         Transmission(200, 300, 0.6, 0.65),
-        # Frame 3: lost, its retransmission lost, then a copy arrived.
+        # Frame 3: lost; its retransmission and a copy sent with it lost, another copy
+        # delayed; a later copy arrived first.
         Transmission(300, 400, 0.3, None),
+        Transmission(300, 400, 0.5, None),
+        Transmission(300, 400, 0.5, 0.95),
         Transmission(300, 400, 0.5, None),
         Transmission(300, 400, 0.55, 0.9),
     ]
@@ -32,7 +35,7 @@ def test_each_stall_gets_the_cause_of_its_last_byte():
     assert [(c.frame, c.critical_frame, c.losses, c.cause) for c in causes] == [
         (1, 1, 1, "first loss"),
         (2, 2, 0, "queueing"),
-        (3, 3, 2, "retransmission loss"),
+        (3, 3, 3, "retransmission loss"),
     ]
     assert [c.queued_s for c in causes] == pytest.approx([0.0, 0.4, 0.0])
     summary = summarize(causes)

@@ -86,7 +86,10 @@ def attribute_stalls(
         if timing.stall_s <= 0 or timing.index >= len(latest):
             continue
         _, frame, offset = latest[timing.index]
-        sends = sorted((t.sent_at, t.arrived_at) for t in by_frame[frame] if t.start <= offset < t.stop)
+        # By send time only: a copy and a retransmission can leave at the same instant.
+        sends = sorted(
+            ((t.sent_at, t.arrived_at) for t in by_frame[frame] if t.start <= offset < t.stop), key=lambda s: s[0]
+        )
         delivered_by = min((s for s in sends if s[1] is not None), key=lambda s: s[1])
         losses = sum(1 for sent, got in sends if got is None and sent < delivered_by[0])
         causes.append(
