@@ -149,6 +149,21 @@ def test_scarce_budget_goes_first_to_copies_that_save_the_most():
     assert ctl.copy_bytes == 4800  # the rest is held: C's third copy would overdraw
 
 
+def test_credit_saved_while_loss_was_low_is_capped():
+    # 10 MB of stream without loss, then a burst of losses: the budget would allow 1 MB of
+    # copies, but at once they may spend only the window's worth (0.1 * 200 packets).
+    ctl = ReinjectionController(AutoRecConfig(overhead_budget=0.1))
+    sender = TrackedStreamSender(0, True)
+    sent(sender, 200_000)
+    ctl.poll(0.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000_000, cwnd_room=0)
+    for i in range(20):
+        ctl.on_packet_resolved(lost=i % 4 == 0)
+    for k in range(150):
+        ctl.on_retransmission_sent(sender, k * 1200, (k + 1) * 1200, now=1.0, after_timeout=True)
+    ctl.poll(1.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000_000, cwnd_room=0)
+    assert ctl.copy_bytes == 0.1 * 200 * 1200
+
+
 def test_no_loss_means_no_copies():
     ctl = ReinjectionController(AutoRecConfig())
     sender = TrackedStreamSender(0, True)

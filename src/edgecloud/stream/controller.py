@@ -104,7 +104,9 @@ class LossEstimator:
     # Weight, in packets, of the independent-loss prior in the burst loss estimate.
     PRIOR_SAMPLES = 5
 
-    def __init__(self, window: int = 200) -> None:
+    WINDOW = 200
+
+    def __init__(self, window: int = WINDOW) -> None:
         self._outcomes: deque[tuple[int, bool]] = deque(maxlen=window)
         self._lost = 0
 
@@ -199,13 +201,18 @@ class ReinjectionController:
     config: AutoRecConfig = field(default_factory=AutoRecConfig)
     sample_every_s: float = 0.25
     PACKET_BYTES = 1200  # a full packet: what one more copy needs
+    CREDIT_PACKETS = LossEstimator.WINDOW  # the budget's horizon: the loss estimator's window
 
     def __post_init__(self) -> None:
         self.loss = LossEstimator()
         self.off = OffPeriodDetector()
         self.protections: list[Protection] = []
         self.copy_bytes = 0  # bytes handed to streams as copies
-        self.overdue_copy_bytes = 0  # the part of them copying overdue data
+        # The budget as two token buckets (all copies; overdue copies), filled as first
+        # transmissions leave and emptied by copies, each holding at most CREDIT_PACKETS
+        # packets' worth of first transmissions times its share of the budget.
+        self._credit_bytes = 0.0
+        self._overdue_credit_bytes = 0.0
         self.history: list[ControllerSample] = []
         self._srtt_s = 0.1
         self._goodput_bytes = 0
@@ -270,7 +277,7 @@ class ReinjectionController:
     ) -> None:
         """Re-inject what is due; call before every transmission attempt."""
         self._srtt_s = srtt_s
-        self._goodput_bytes = goodput_bytes
+        self._fill_credit(goodput_bytes)
         self.off.observe(app_has_new_data, goodput_bytes)
 
         keep: list[Protection] = []
@@ -292,8 +299,9 @@ class ReinjectionController:
                 continue
             scheduled = sum(p.stream.reinject(lo, hi) for lo, hi in unacked)
             self.copy_bytes += scheduled
+            self._credit_bytes -= scheduled
             if not p.retransmitted:
-                self.overdue_copy_bytes += scheduled
+                self._overdue_credit_bytes -= scheduled
             cwnd_room -= scheduled
             p.copies_left -= 1
             p.copies_sent += 1
@@ -320,14 +328,26 @@ class ReinjectionController:
         # by far, late enough that a loss burst rarely takes them all.
         return max(self.config.min_copy_spacing_s, self._srtt_s / 4)
 
+    def _fill_credit(self, goodput_bytes: int) -> None:
+        # Credit saved while loss was low must not all be spent at once when it rises:
+        # the buckets forget what is older than the loss estimator's window (unspent
+        # credit beyond CREDIT_PACKETS full packets of stream), as the adapter forgets old
+        # loss.
+        budget = self.config.overhead_budget
+        earned = budget * (goodput_bytes - self._goodput_bytes)
+        self._goodput_bytes = goodput_bytes
+        depth = budget * self.CREDIT_PACKETS * self.PACKET_BYTES
+        self._credit_bytes = min(self._credit_bytes + earned, depth)
+        share = self.config.overdue_share
+        self._overdue_credit_bytes = min(self._overdue_credit_bytes + share * earned, share * depth)
+
     def _credit(self) -> float:
-        return self.config.overhead_budget * self._goodput_bytes - self.copy_bytes
+        return self._credit_bytes
 
     def _overdue_credit(self) -> float:
         # Overdue copies may spend their share of the budget, and no more than what all
         # copies together have left.
-        share = self.config.overdue_share * self.config.overhead_budget * self._goodput_bytes
-        return min(share - self.overdue_copy_bytes, self._credit())
+        return min(self._overdue_credit_bytes, self._credit_bytes)
 
     def _may_copy(self, p: Protection, size: int, now: float, cwnd_room: int) -> bool:
         # Copies leave in a pass of their own, beyond the congestion window (see
