@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgecloud.stream.attribution import Transmission, attribute_stalls, summarize
+from edgecloud.stream.attribution import Transmission, attribute_stalls, late_share, summarize
 from edgecloud.stream.player import FrameTiming
 
 
@@ -54,3 +54,14 @@ def test_a_stall_waiting_on_an_earlier_frame_is_blamed_on_that_frame():
     ]
     (cause,) = attribute_stalls(ends, written, transmissions, [stall(1, 0.1)])
     assert (cause.frame, cause.critical_frame, cause.cause) == (1, 0, "first loss")
+
+
+def test_late_share_counts_bytes_by_their_first_transmission():
+    ends, written = [100, 200], [0.0, 0.1]
+    transmissions = [
+        Transmission(0, 100, 0.05, None),  # on time, lost
+        Transmission(0, 100, 0.4, 0.45),  # its retransmission does not make it late
+        Transmission(100, 150, 0.25, 0.3),  # 0.15 s after written
+        Transmission(150, 200, 0.35, 0.4),  # 0.25 s after written
+    ]
+    assert late_share(ends, written, transmissions) == {"100ms": 0.5, "200ms": 0.25}

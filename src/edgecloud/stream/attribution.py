@@ -63,13 +63,7 @@ def attribute_stalls(
     the application wrote it; ``timings`` are the player's (see ``playback_timings``).
     """
     starts = [0, *frame_ends[:-1]]
-    by_frame: list[list[Transmission]] = [[] for _ in frame_ends]
-    for t in transmissions:
-        first = bisect.bisect_right(frame_ends, t.start)
-        for i in range(first, len(frame_ends)):
-            if starts[i] >= t.stop:
-                break
-            by_frame[i].append(t)
+    by_frame = _by_frame(frame_ends, transmissions)
     # Per frame: its own last-arriving byte, then the running maximum over frames.
     latest: list[tuple[float, int, int]] = []  # (arrival, frame, offset) of the critical byte
     for i, (lo, hi) in enumerate(zip(starts, frame_ends, strict=True)):
@@ -102,6 +96,40 @@ def attribute_stalls(
             )
         )
     return causes
+
+
+def _by_frame(frame_ends: Sequence[int], transmissions: Sequence[Transmission]) -> list[list[Transmission]]:
+    """The transmissions overlapping each frame."""
+    starts = [0, *frame_ends[:-1]]
+    by_frame: list[list[Transmission]] = [[] for _ in frame_ends]
+    for t in transmissions:
+        for i in range(bisect.bisect_right(frame_ends, t.start), len(frame_ends)):
+            if starts[i] >= t.stop:
+                break
+            by_frame[i].append(t)
+    return by_frame
+
+
+def late_share(
+    frame_ends: Sequence[int],
+    written_at: Sequence[float],
+    transmissions: Sequence[Transmission],
+    after_s: Sequence[float] = (0.1, 0.2),
+) -> dict[str, float]:
+    """Share of the stream's bytes first transmitted more than each ``after_s`` after their
+    frame was written: how much of the stream waited behind the window."""
+    starts = [0, *frame_ends[:-1]]
+    late = dict.fromkeys(after_s, 0)
+    for i, frame in enumerate(_by_frame(frame_ends, transmissions)):
+        lo, hi = starts[i], frame_ends[i]
+        first = np.full(hi - lo, np.inf)
+        for t in frame:
+            seg = first[max(t.start, lo) - lo : min(t.stop, hi) - lo]
+            np.minimum(seg, t.sent_at, out=seg)
+        for after in after_s:
+            late[after] += int(np.count_nonzero(first - written_at[i] > after))
+    total = frame_ends[-1] if frame_ends else 0
+    return {f"{after * 1000:g}ms": round(n / total, 4) if total else 0.0 for after, n in late.items()}
 
 
 def summarize(causes: Sequence[StallCause]) -> dict[str, object]:

@@ -125,6 +125,7 @@ def run_virtual_side(spec: SideSpec) -> dict[str, Any]:
     result = {key: stats[key] for key in SIDE_KEYS}
     result.update(
         stall_causes=stats["stall_causes"],
+        first_sent_late=stats["first_sent_late"],
         srtt_ms=round(stats["srtt_ms"], 2),
         link_down_dropped=down.stats.dropped_loss,
         link_down_packets=down.stats.packets_in,

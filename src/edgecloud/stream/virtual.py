@@ -23,7 +23,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import StreamDataReceived
 
-from edgecloud.stream.attribution import Transmission, attribute_stalls, summarize
+from edgecloud.stream.attribution import Transmission, attribute_stalls, late_share, summarize
 from edgecloud.stream.connection import AutoRecConnection
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.meter import SentFrame
@@ -170,7 +170,8 @@ def stream_live(
     pair.run_until(start + seconds + drain_s, writes)
     timings = playback_timings(parser.frames, playout_delay_s)
     ends = list(itertools.accumulate(len(b) for b in body))
-    causes = attribute_stalls(ends, [start + f.pts_s for f in frames], pair.transmissions, timings)
+    written_at = [start + f.pts_s for f in frames]
+    causes = attribute_stalls(ends, written_at, pair.transmissions, timings)
     last_arrival = parser.frames[-1].arrival if parser.frames else pair.now
     stats = pair.server.recovery_stats()
     stats.update(
@@ -180,6 +181,7 @@ def stream_live(
         goodput_mbps=round(len(pair.received) * 8 / max(last_arrival - start, 1e-9) / 1e6, 4),
         frames=len(parser.frames),
         stall_causes=summarize(causes),
+        first_sent_late=late_share(ends, written_at, pair.transmissions),
         bytes_equal=pair.end_stream_events == 1
         and hashlib.sha256(pair.received).digest() == hashlib.sha256(b"".join(body)).digest(),
     )
