@@ -10,8 +10,11 @@ things, each at a method aioquic already has:
   estimator and the controller) — RFC 9002 detection and congestion control are unchanged,
   except that a packet of nothing but AutoRec copies is not counted in flight (see
   ``TrackedRecovery.on_packet_sent``);
-* with an :class:`~edgecloud.stream.controller.AutoRecConfig`, the controller is polled
-  before every transmission attempt and its next wake-up joins the connection's timer.
+* with an :class:`~edgecloud.stream.controller.AutoRecConfig`, each transmission attempt
+  is two passes of aioquic's ``datagrams_to_send``: the data pass, stock (window, pacer),
+  with copies held back; then, after polling the controller, the copy pass, which sends
+  only copies, beyond the window by the bytes the controller admitted under the overhead
+  budget (see ``datagrams_to_send``). The controller's next wake-up joins the timer.
 
 Without a config the connection is the **baseline**: aioquic's recovery unchanged, the
 same measurement. aioquic's ``QuicServer`` builds plain ``QuicConnection`` objects and

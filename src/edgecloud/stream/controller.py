@@ -17,9 +17,11 @@ This module has no I/O and no clock: every method takes ``now``. The parts:
   retransmission so that, at the measured loss rate and burstiness, the recovery misses
   ``recovery_target_ms`` with probability at most ``residual_loss``.
 * :class:`ReinjectionController` — keeps *protections* (ranges to copy, how many copies
-  left, when the next is due), spends the overhead budget on them (retransmitted ranges
-  first, then data whose ACK is overdue) in off periods, or in on periods when the
-  congestion window has room, and records a time series of its decisions.
+  left, when the next is due) and spends the overhead budget on them: copies of
+  retransmissions at once (the connection sends them beyond the congestion window, in a
+  pass of their own), those after a probe timeout first; copies of data whose ACK is
+  overdue in off periods, or in on periods when the window has room. It records a time
+  series of its decisions.
 """
 
 from __future__ import annotations
