@@ -259,8 +259,8 @@ class ReinjectionController:
         """
         copies = self.copies_now()
         if copies:
-            # The first copy goes in the off period right after the retransmission (the
-            # next poll), the others spaced out; see _spacing.
+            # The first copy goes in the copy pass right after the retransmission, the
+            # others spaced out; see _spacing.
             p = Protection(stream, start, stop, copies, now, retransmitted=True, after_timeout=after_timeout)
             self.protections.append(p)
             if self._wakeup is None or p.next_at < self._wakeup:
@@ -343,9 +343,6 @@ class ReinjectionController:
         share = self.config.overdue_share
         self._overdue_credit_bytes = min(self._overdue_credit_bytes + share * earned, share * depth)
 
-    def _credit(self) -> float:
-        return self._credit_bytes
-
     def _overdue_credit(self) -> float:
         # Overdue copies may spend their share of the budget, and no more than what all
         # copies together have left.
@@ -370,7 +367,7 @@ class ReinjectionController:
         if p.copies_sent or not p.retransmitted:
             reserve += self.PACKET_BYTES
         if p.retransmitted:
-            return self._credit() >= size + reserve
+            return self._credit_bytes >= size + reserve
         if not self.off.is_off and cwnd_room < size + self.off.mean_burst_bytes:
             return False
         return self._overdue_credit() >= size + reserve
