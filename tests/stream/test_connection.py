@@ -117,6 +117,30 @@ def test_autorec_copies_retransmissions_and_recovers_faster(quic_pair):
     assert retx[0].latency_s < base_retx[0].latency_s
 
 
+def test_copies_leave_beyond_a_full_window_within_the_budget(quic_pair):
+    # Bursts larger than the congestion window, so the window is full when a loss is
+    # retransmitted; every seventh packet of new data is lost.
+    config = AutoRecConfig(overhead_budget=0.05, recovery_target_ms=10.0)
+    pair = quic_pair(autorec=config, one_way_s=0.05)
+    writes, body = bursts(6, 30_000, gap_s=0.5, start=pair.now)
+    copies_while_window_bound = []
+
+    def drop(index, frames):
+        if any(f.kind is FrameKind.COPY for f in frames) and pair.sender.has_new_data:
+            copies_while_window_bound.append(index)
+        return bool(frames) and all(f.kind is FrameKind.FIRST for f in frames) and index % 7 == 0
+
+    pair.drop_server = drop
+    pair.run_until(pair.now + 20.0, writes)
+    assert_delivered_exactly_once(pair, body)
+    # Copies went out while new data still waited for the window...
+    assert copies_while_window_bound
+    # ...yet never beyond the budget, and a packet of copies holds no window room.
+    server = pair.server
+    assert 0 < server.bytes_sent[FrameKind.COPY] <= config.overhead_budget * server.bytes_sent[FrameKind.FIRST]
+    assert server._loss.bytes_in_flight == 0
+
+
 def test_ack_arriving_while_copy_is_pending(quic_pair):
     pair = quic_pair(autorec=EAGER)
     body = payload(4000)
@@ -165,7 +189,10 @@ def test_any_loss_pattern_delivers_exactly_once(quic_pair, drops, eager, gap_ms)
 
 def test_autorec_copies_an_overdue_burst_tail_before_the_pto(quic_pair):
     latencies = {}
-    for mode, config in MODES.items():
+    # A budget that also covers the reserve kept for copies after a timeout: 12 kB of
+    # stream is too little for 10 % of it to hold a packet beyond the others' copies.
+    modes = {"baseline": None, "autorec": AutoRecConfig(overhead_budget=2.0, recovery_target_ms=10.0)}
+    for mode, config in modes.items():
         pair = quic_pair(autorec=config, one_way_s=0.05)
         writes, body = bursts(2, 6000, gap_s=1.0, start=pair.now)
         # The last packet of the first burst is lost: no later packet is acknowledged

@@ -21,11 +21,12 @@ from edgecloud.stream.sender import TrackedStreamSender
     ("loss", "srtt_s", "copies"),
     [
         (0.0, 0.1, 0),
-        (0.01, 0.1, 0),  # one retransmission already misses with 1 % only
-        (0.05, 0.1, 1),
-        (0.10, 0.1, 1),  # 0.1 ** 2 = 0.01 exactly meets the residual
-        (0.20, 0.1, 2),
-        (0.05, 0.02, 0),  # short RTT: two rounds fit in 100 ms, 0.05 ** 2 < 0.01
+        (0.01, 0.1, 1),  # one round fits: a lost retransmission needs a copy to make it
+        (0.05, 0.1, 2),  # one copy lost with it 5 % of the time, two 0.25 %
+        (0.10, 0.1, 2),  # 0.1 ** 2 = 0.01 exactly meets the residual
+        (0.20, 0.1, 3),
+        (0.01, 0.02, 0),  # short RTT: two rounds fit in 100 ms, the second fails 1 % of the time
+        (0.05, 0.02, 1),  # ... 5 % of the time without a copy, 0.05 * 0.05 ** 2 with one
         (0.99, 0.1, 3),  # capped at max_copies
     ],
 )
@@ -33,7 +34,7 @@ def test_copies_follow_loss_and_rtt(loss, srtt_s, copies):
     assert copies_for_target(loss, srtt_s, target_s=0.1, residual=0.01, max_copies=3) == copies
 
 
-@pytest.mark.parametrize(("burst_loss", "copies"), [(0.05, 1), (0.3, 2), (0.5, 3), (0.67, 3), (1.0, 3)])
+@pytest.mark.parametrize(("burst_loss", "copies"), [(0.05, 2), (0.1, 2), (0.2, 3), (0.5, 3), (1.0, 3)])
 def test_bursty_loss_asks_for_more_copies(burst_loss, copies):
     # 5 % loss at 100 ms: a copy right after a lost retransmission is lost with burst_loss.
     assert copies_for_target(0.05, 0.1, 0.1, 0.01, 3, burst_loss=burst_loss) == copies
@@ -46,7 +47,20 @@ def test_burst_loss_is_loss_right_after_a_loss():
     for n, lost in reversed(outcomes):
         est.observe(lost, packet_number=n)
     assert est.value == pytest.approx(0.2)
-    assert est.burst_loss == pytest.approx(0.5)
+    # 10 of the 20 packets after a loss are lost, blended with the prior (5 packets at
+    # the loss rate): (10 + 5 * 0.2) / (20 + 5).
+    assert est.burst_loss == pytest.approx(0.44)
+
+
+def test_burst_loss_needs_evidence_to_leave_independence():
+    # Independent 5 % loss with no loss right after a loss in this window: the raw rate
+    # says 0 (one copy would do), the estimate stays near the loss rate (two copies).
+    est = LossEstimator(window=200)
+    for n in range(200):
+        est.observe(n % 20 == 0, packet_number=n)
+    assert est.value == pytest.approx(0.05)
+    assert 0.0 < est.burst_loss < est.value
+    assert copies_for_target(est.value, 0.1, 0.1, 0.01, 3, burst_loss=est.burst_loss) == 2
 
 
 def test_config_errors_name_the_field_and_range():
@@ -87,18 +101,67 @@ def test_retransmission_gets_copies_until_acked():
     ctl = ReinjectionController(AutoRecConfig(overhead_budget=1.0))
     sender = TrackedStreamSender(0, True)
     sent(sender, 10_000)
-    for i in range(20):  # 10 % measured loss
+    for i in range(20):  # 10 % measured loss: two copies per retransmission
         ctl.on_packet_resolved(lost=i % 10 == 0)
     ctl.on_retransmission_sent(sender, 0, 1200, now=1.0)
     assert ctl.next_wakeup() == 1.0
-    # No room in the congestion window: the copy waits rather than queue behind it.
-    ctl.poll(1.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
-    assert sender.copy_pending_bytes == 0 and ctl.copy_bytes == 0
-    ctl.poll(1.01, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=5000)
+    # The first copy leaves at once, even with the congestion window full (copies go in
+    # a pass of their own, bounded by the budget); the second a quarter RTT later.
+    ctl.poll(1.0, app_has_new_data=True, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
     assert sender.copy_pending_bytes == 1200 and ctl.copy_bytes == 1200
+    assert ctl.next_wakeup() == pytest.approx(1.025)
+    while sender.get_frame(1200) is not None:
+        pass
+    ctl.poll(1.01, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
+    assert sender.copy_pending_bytes == 0 and ctl.copy_bytes == 1200
     sender.on_data_delivery(QuicDeliveryState.ACKED, 0, 1200, False)
     ctl.poll(2.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
     assert ctl.protections == [] and ctl.next_wakeup() is None
+
+
+def test_scarce_budget_goes_first_to_copies_that_save_the_most():
+    # Credit 0.1 * 60_000 = 6000 bytes, packets of 1200, max_copies 3 (reserve 3600).
+    ctl = ReinjectionController(AutoRecConfig(overhead_budget=0.1))
+    sender = TrackedStreamSender(0, True)
+    sent(sender, 60_000)
+    for i in range(20):
+        ctl.on_packet_resolved(lost=i % 10 == 0)
+
+    def poll(now: float) -> None:
+        ctl.poll(now, app_has_new_data=False, srtt_s=0.1, goodput_bytes=60_000, cwnd_room=0)
+        while sender.get_frame(1200) is not None:  # the copy pass sends them
+            pass
+
+    ctl.on_retransmission_sent(sender, 0, 1200, now=1.0)
+    poll(1.0)
+    assert ctl.copy_bytes == 1200  # A's first copy leaves the reserve untouched
+    ctl.on_retransmission_sent(sender, 1200, 2400, now=1.03)
+    poll(1.03)
+    # A's second copy is due too, but it would leave less than the reserve plus one
+    # more first copy; B's first copy goes.
+    assert ctl.copy_bytes == 2400
+    # After a probe timeout, a retransmission's copies may spend the reserve.
+    ctl.on_retransmission_sent(sender, 2400, 3600, now=1.04, after_timeout=True)
+    poll(1.04)
+    poll(1.07)
+    assert ctl.copy_bytes == 4800  # C's first and second copies
+    poll(1.1)
+    assert ctl.copy_bytes == 4800  # the rest is held: C's third copy would overdraw
+
+
+def test_credit_saved_while_loss_was_low_is_capped():
+    # 10 MB of stream without loss, then a burst of losses: the budget would allow 1 MB of
+    # copies, but at once they may spend only the window's worth (0.1 * 200 packets).
+    ctl = ReinjectionController(AutoRecConfig(overhead_budget=0.1))
+    sender = TrackedStreamSender(0, True)
+    sent(sender, 200_000)
+    ctl.poll(0.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000_000, cwnd_room=0)
+    for i in range(20):
+        ctl.on_packet_resolved(lost=i % 4 == 0)
+    for k in range(150):
+        ctl.on_retransmission_sent(sender, k * 1200, (k + 1) * 1200, now=1.0, after_timeout=True)
+    ctl.poll(1.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000_000, cwnd_room=0)
+    assert ctl.copy_bytes == 0.1 * 200 * 1200
 
 
 def test_no_loss_means_no_copies():
@@ -157,6 +220,8 @@ def test_overdue_data_gets_one_copy_only_when_the_adapter_wants_copies():
     for i in range(20):
         lossy.on_packet_resolved(lost=i % 5 == 0)
     lossy.on_overdue(sender, 3800, 5000, now=1.0)
-    lossy.poll(1.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=5000, cwnd_room=10_000)
-    lossy.poll(2.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=5000, cwnd_room=10_000)
+    # Goodput large enough that the budget covers the copy and the reserve for copies of
+    # retransmissions after a timeout.
+    lossy.poll(1.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=50_000, cwnd_room=10_000)
+    lossy.poll(2.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=50_000, cwnd_room=10_000)
     assert lossy.copy_bytes == 1200 and lossy.protections == []

@@ -7,7 +7,7 @@ from aioquic.quic.stream import QuicStreamSender
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgecloud.stream.sender import FrameKind, TrackedStreamSender
+from edgecloud.stream.sender import FrameKind, Serving, TrackedStreamSender
 
 ACKED, LOST = QuicDeliveryState.ACKED, QuicDeliveryState.LOST
 DATA = bytes(range(256)) * 16  # 4096 bytes
@@ -89,6 +89,35 @@ def test_frames_are_split_where_their_kind_changes():
         FrameKind.COPY,
         FrameKind.FIRST,
     ]
+
+
+def test_serving_modes_keep_copies_and_data_apart():
+    sender = TrackedStreamSender(stream_id=0, writable=True)
+    sender.write(DATA[:3000], end_stream=True)
+    for start in (0, 1000):
+        sender.get_frame(1000)
+        sender.take_registered_kind(start, start + 1000)
+    sender.on_data_delivery(LOST, 0, 1000, False)  # a retransmission is due
+    sender.reinject(1000, 2000)  # and a copy
+    sender.serving = Serving.DATA
+    data = []
+    while (f := sender.get_frame(5000)) is not None:
+        data.append((f.offset, f.offset + len(f.data), f.fin))
+    # The retransmission and the new bytes, never the copy; the copy stays pending.
+    assert data == [(0, 1000, False), (2000, 3000, True)]
+    assert sender.copy_pending_bytes == 1000 and not sender.buffer_is_empty
+    sender.serving = Serving.COPIES
+    f = sender.get_frame(5000)
+    assert (f.offset, f.data) == (1000, DATA[1000:2000])
+    assert sender.get_frame(5000) is None
+    assert [sender.take_registered_kind(*k[:2]) for k in data] == [FrameKind.RETRANSMISSION, FrameKind.FIRST]
+    assert sender.take_registered_kind(1000, 2000) is FrameKind.COPY
+    sender.serving = Serving.ALL
+    assert sender.get_frame(5000) is None and sender.buffer_is_empty
+    for start in (0, 1000, 2000):
+        sender.on_data_delivery(ACKED, start, start + 1000, start == 2000)
+    sender.on_data_delivery(ACKED, 1000, 2000, False)  # the copy's ACK
+    assert sender.is_finished
 
 
 actions = st.lists(

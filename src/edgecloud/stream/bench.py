@@ -124,6 +124,8 @@ def run_virtual_side(spec: SideSpec) -> dict[str, Any]:
     stats = stream_live(pair, LiveSource(spec.source), spec.duration_s, spec.playout_delay_s)
     result = {key: stats[key] for key in SIDE_KEYS}
     result.update(
+        stall_causes=stats["stall_causes"],
+        first_sent_late=stats["first_sent_late"],
         srtt_ms=round(stats["srtt_ms"], 2),
         link_down_dropped=down.stats.dropped_loss,
         link_down_packets=down.stats.packets_in,
@@ -199,16 +201,23 @@ def run_cases(
     rate_mbps: float,
     ack_path_loss: bool = False,
     virtual: bool = False,
+    seed: int = 0,
     progress: Any = None,
 ) -> list[dict[str, Any]]:
-    """Every case, baseline and AutoRec side by side (two processes per case)."""
+    """Every case, baseline and AutoRec side by side (two processes per case).
+
+    Both sides of a case share the link seed ``seed * 1000 + case index``, so runs with
+    different ``seed`` draw different loss patterns and the same ``seed`` repeats them.
+    """
     cases = []
     combos = [(p, m, r) for p in losses for m in loss_models for r in rtts_ms if not (p == 0 and m != loss_models[0])]
     with ProcessPoolExecutor(max_workers=2) as pool:
         for index, (loss, model, rtt) in enumerate(combos):
             link = LinkSpec(loss=loss, loss_model=model, rtt_ms=rtt, rate_mbps=rate_mbps, ack_path_loss=ack_path_loss)
             sides = {
-                name: SideSpec(link, config, duration_s, source, playout_delay_s, seed=index, virtual=virtual)
+                name: SideSpec(
+                    link, config, duration_s, source, playout_delay_s, seed=seed * 1000 + index, virtual=virtual
+                )
                 for name, config in (("baseline", None), ("autorec", autorec))
             }
             futures = {name: pool.submit(_run_side_in_process, spec) for name, spec in sides.items()}
@@ -223,6 +232,7 @@ def run_cases(
                 "duration_s": duration_s,
                 "ack_path_loss": ack_path_loss,
                 "clock": "virtual" if virtual else "real",
+                "seed": seed,
                 "baseline": base,
                 "autorec": auto,
                 "ratios": {

@@ -169,6 +169,7 @@ def _bench(args: argparse.Namespace) -> int:
         rate_mbps=args.rate_mbps,
         ack_path_loss=args.ack_path_loss,
         virtual=args.virtual,
+        seed=args.seed,
         progress=progress,
     )
     bench.write_json(args.json, cases)
@@ -209,6 +210,12 @@ def register(commands: Any, bench: Any) -> None:
     runner.add_argument("--duration", type=_number(1, 3600), default=60.0, help="seconds of stream per case")
     runner.add_argument("--rate-mbps", type=_number(0.1, 10_000), default=20.0, help="link rate")
     runner.add_argument("--playout-delay-ms", type=_number(0, 60_000), default=300.0)
+    runner.add_argument(
+        "--seed",
+        type=_number(0, 1_000_000, int),
+        default=0,
+        help="link seed: each case's loss pattern follows from it (same seed, same pattern)",
+    )
     runner.add_argument(
         "--ack-path-loss",
         action="store_true",

@@ -10,8 +10,11 @@ things, each at a method aioquic already has:
   estimator and the controller) — RFC 9002 detection and congestion control are unchanged,
   except that a packet of nothing but AutoRec copies is not counted in flight (see
   ``TrackedRecovery.on_packet_sent``);
-* with an :class:`~edgecloud.stream.controller.AutoRecConfig`, the controller is polled
-  before every transmission attempt and its next wake-up joins the connection's timer.
+* with an :class:`~edgecloud.stream.controller.AutoRecConfig`, each transmission attempt
+  is two passes of aioquic's ``datagrams_to_send``: the data pass, stock (window, pacer),
+  with copies held back; then, after polling the controller, the copy pass, which sends
+  only copies, beyond the window by the bytes the controller admitted under the overhead
+  budget (see ``datagrams_to_send``). The controller's next wake-up joins the timer.
 
 Without a config the connection is the **baseline**: aioquic's recovery unchanged, the
 same measurement. aioquic's ``QuicServer`` builds plain ``QuicConnection`` objects and
@@ -21,7 +24,8 @@ it has processed any datagram.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +37,7 @@ from aioquic.quic.stream import QuicStream, QuicStreamSender
 
 from edgecloud.stream.controller import AutoRecConfig, ReinjectionController
 from edgecloud.stream.meter import RecoveryMeter, SentFrame
-from edgecloud.stream.sender import FrameKind, TrackedStreamSender
+from edgecloud.stream.sender import FrameKind, Serving, TrackedStreamSender
 
 
 @dataclass
@@ -44,6 +48,17 @@ class PacketRecord:
     overdue_reported: bool = False
 
 
+class _Unpaced:
+    """Stands in for aioquic's pacer during the copy pass: copies are not paced by it, nor
+    do they spend its tokens (they are bounded by the overhead budget instead)."""
+
+    def next_send_time(self, now: float) -> None:
+        return None
+
+    def update_after_send(self, now: float) -> None:
+        pass
+
+
 class TrackedRecovery(QuicPacketRecovery):
     """aioquic's loss recovery, reporting the fate of every application-data packet."""
 
@@ -51,6 +66,24 @@ class TrackedRecovery(QuicPacketRecovery):
         super().__init__(**kwargs)
         self._connection = connection
         self._records: dict[int, PacketRecord] = {}
+        self._copy_allowance: int | None = None
+
+    @property
+    def congestion_window(self) -> int:
+        """NewReno's window; during the copy pass, what is in flight plus the copies' allowance."""
+        if self._copy_allowance is not None:
+            return self.bytes_in_flight + self._copy_allowance
+        return super().congestion_window
+
+    @contextmanager
+    def copy_pass(self, allowance: int) -> Iterator[None]:
+        """Let ``allowance`` bytes leave beyond the congestion window and the pacer."""
+        pacer = self._pacer
+        self._copy_allowance, self._pacer = allowance, _Unpaced()  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            self._copy_allowance, self._pacer = None, pacer
 
     @property
     def srtt_s(self) -> float:
@@ -178,7 +211,9 @@ class AutoRecConnection(QuicConnection):
         for f in frames:
             self.bytes_sent[f.kind] += f.stop - f.start
             if f.kind is FrameKind.RETRANSMISSION and self.controller is not None:
-                self.controller.on_retransmission_sent(f.sender, f.start, f.stop, now)
+                self.controller.on_retransmission_sent(
+                    f.sender, f.start, f.stop, now, after_timeout=self._loss._pto_count > 0
+                )
 
     def on_packet_resolved(self, record: PacketRecord, packet_number: int, *, lost: bool, now: float) -> None:
         if self.controller is not None:
@@ -202,22 +237,47 @@ class AutoRecConnection(QuicConnection):
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         self._now = now
-        if self.controller is not None and self._handshake_confirmed:
-            for stream_id in [i for i, s in self._tracked.items() if s.is_finished]:
-                del self._tracked[stream_id]
-            for record in self._loss.take_overdue(now):
-                for f in record.frames:
-                    if f.kind is not FrameKind.COPY:
-                        self.controller.on_overdue(f.sender, f.start, f.stop, now)
-            streams = list(self._tracked.values())
-            self.controller.poll(
-                now,
-                app_has_new_data=any(s.has_new_data for s in streams),
-                srtt_s=self._loss.srtt_s,
-                goodput_bytes=self.bytes_sent[FrameKind.FIRST],
-                cwnd_room=self._loss.congestion_window - self._loss.bytes_in_flight,
-            )
-        return super().datagrams_to_send(now)
+        if self.controller is None or not self._handshake_confirmed:
+            return super().datagrams_to_send(now)
+        for stream_id in [i for i, s in self._tracked.items() if s.is_finished]:
+            del self._tracked[stream_id]
+        for record in self._loss.take_overdue(now):
+            for f in record.frames:
+                if f.kind is not FrameKind.COPY:
+                    self.controller.on_overdue(f.sender, f.start, f.stop, now)
+        streams = list(self._tracked.values())
+        # Two passes. The data pass is aioquic's, under the congestion window and the
+        # pacer, with copies held back so that they never take a new frame's room. The
+        # copy pass then sends what the controller re-injected (including copies of the
+        # retransmissions the data pass just sent) and nothing else, beyond the window:
+        # each copy was admitted by the overhead budget, so copies stay a bounded share
+        # of the stream, and at once they never exceed the retransmissions they protect.
+        self._poll(now, streams)
+        for s in streams:
+            s.serving = Serving.DATA
+        datagrams = super().datagrams_to_send(now)
+        self._poll(now, streams)
+        copies = sum(s.copy_pending_bytes for s in streams)
+        if copies:
+            for s in streams:
+                s.serving = Serving.COPIES
+            pacing_at = self._pacing_at  # when the data pass may send again; keep it
+            with self._loss.copy_pass(copies + self._max_datagram_size):
+                datagrams += super().datagrams_to_send(now)
+            self._pacing_at = pacing_at
+        for s in streams:
+            s.serving = Serving.ALL
+        return datagrams
+
+    def _poll(self, now: float, streams: list[TrackedStreamSender]) -> None:
+        assert self.controller is not None
+        self.controller.poll(
+            now,
+            app_has_new_data=any(s.has_new_data for s in streams),
+            srtt_s=self._loss.srtt_s,
+            goodput_bytes=self.bytes_sent[FrameKind.FIRST],
+            cwnd_room=self._loss.congestion_window - self._loss.bytes_in_flight,
+        )
 
     def get_timer(self) -> float | None:
         timer_at = super().get_timer()

@@ -17,9 +17,11 @@ This module has no I/O and no clock: every method takes ``now``. The parts:
   retransmission so that, at the measured loss rate and burstiness, the recovery misses
   ``recovery_target_ms`` with probability at most ``residual_loss``.
 * :class:`ReinjectionController` — keeps *protections* (ranges to copy, how many copies
-  left, when the next is due), spends the overhead budget on them (retransmitted ranges
-  first, then data whose ACK is overdue) in off periods, or in on periods when the
-  congestion window has room, and records a time series of its decisions.
+  left, when the next is due) and spends the overhead budget on them: copies of
+  retransmissions at once (the connection sends them beyond the congestion window, in a
+  pass of their own), those after a probe timeout first; copies of data whose ACK is
+  overdue in off periods, or in on periods when the window has room. It records a time
+  series of its decisions.
 """
 
 from __future__ import annotations
@@ -68,30 +70,28 @@ def copies_for_target(
     max_copies: int,
     burst_loss: float | None = None,
 ) -> int:
-    """Extra copies per retransmitted range so recovery meets the target.
+    """Extra copies per retransmitted range so that a lost retransmission still meets the target.
 
-    Within the target there is room for ``rounds`` retransmission rounds of
-    ``RECOVERY_ROUND_RTTS * srtt`` each. A round fails if the retransmission is lost
-    (probability ``loss``) and so are its ``k`` copies, each lost with ``burst_loss``, the
-    probability that a packet is lost given the one before it was (``loss`` itself when
-    losses are independent; more in bursts). Recovery then misses the target with
-    probability ``(loss * burst_loss ** k) ** rounds``; take the smallest ``k`` keeping that
-    at most ``residual``.
+    The target is on retransmission losses — the losses whose recovery stock QUIC
+    stretches into extra rounds and the viewer sees as a freeze. Given that a
+    retransmission is lost, its recovery still meets the target if one of its ``k``
+    copies arrives (each lost with ``burst_loss``, the probability that a packet is lost
+    given the one before it was: ``loss`` itself when losses are independent, more in
+    bursts), or if the following retransmission rounds do: within the target there is
+    room for ``rounds`` rounds of ``RECOVERY_ROUND_RTTS * srtt`` each, the lost one
+    included, and each later round fails with ``loss * burst_loss ** k``. Recovery then
+    misses the target with probability ``burst_loss ** k * (loss * burst_loss ** k) **
+    (rounds - 1)``; take the smallest ``k`` keeping that at most ``residual``.
     """
     q = loss if burst_loss is None else burst_loss
     if loss <= 0.0:
         return 0
     rounds = max(1, math.floor(target_s / max(RECOVERY_ROUND_RTTS * srtt_s, 1e-6)))
-    per_round = math.log(residual) / rounds  # log of the allowed failure per round
-    if math.log(loss) <= per_round:
-        return 0
-    if q >= 1.0:
-        return max_copies
-    if q <= 0.0:
-        return min(max_copies, 1)
-    # The small slack keeps an exact power (loss 0.1, residual 0.01) from rounding up.
-    needed = (per_round - math.log(loss)) / math.log(q) - 1e-9
-    return min(max_copies, max(0, math.ceil(needed)))
+    for k in range(max_copies + 1):
+        # The small slack keeps an exact power (0.1 ** 2 against 0.01) from rounding up.
+        if q**k * (loss * q**k) ** (rounds - 1) <= residual * (1 + 1e-9):
+            return k
+    return max_copies
 
 
 class LossEstimator:
@@ -103,9 +103,12 @@ class LossEstimator:
     a copy sent right after a retransmission faces when losses come in bursts.
     """
 
-    MIN_BURST_SAMPLES = 5
+    # Weight, in packets, of the independent-loss prior in the burst loss estimate.
+    PRIOR_SAMPLES = 5
 
-    def __init__(self, window: int = 200) -> None:
+    WINDOW = 200
+
+    def __init__(self, window: int = WINDOW) -> None:
         self._outcomes: deque[tuple[int, bool]] = deque(maxlen=window)
         self._lost = 0
 
@@ -122,11 +125,14 @@ class LossEstimator:
 
     @property
     def burst_loss(self) -> float:
+        # A window holds few losses (about 10 at 5 % loss), so the raw rate of losses
+        # right after a loss swings between 0 and 0.2 with independent loss, and the
+        # adapter's copies with it. The estimate starts from independence (the loss rate)
+        # with the weight of PRIOR_SAMPLES packets and moves only as far as the samples
+        # show burstiness.
         ordered = sorted(self._outcomes)
         after_loss = [b for (_, a), (_, b) in itertools.pairwise(ordered) if a]
-        if len(after_loss) < self.MIN_BURST_SAMPLES:
-            return self.value
-        return sum(after_loss) / len(after_loss)
+        return (sum(after_loss) + self.PRIOR_SAMPLES * self.value) / (len(after_loss) + self.PRIOR_SAMPLES)
 
 
 class OffPeriodDetector:
@@ -172,6 +178,8 @@ class Protection:
     copies_left: int
     next_at: float
     retransmitted: bool  # a loss-triggered retransmission (first priority) or overdue data
+    copies_sent: int = 0
+    after_timeout: bool = False  # the retransmission followed a probe timeout
 
 
 @dataclass(frozen=True)
@@ -194,12 +202,19 @@ class ReinjectionController:
 
     config: AutoRecConfig = field(default_factory=AutoRecConfig)
     sample_every_s: float = 0.25
+    PACKET_BYTES = 1200  # a full packet: what one more copy needs
+    CREDIT_PACKETS = LossEstimator.WINDOW  # the budget's horizon: the loss estimator's window
 
     def __post_init__(self) -> None:
         self.loss = LossEstimator()
         self.off = OffPeriodDetector()
         self.protections: list[Protection] = []
         self.copy_bytes = 0  # bytes handed to streams as copies
+        # The budget as two token buckets (all copies; overdue copies), filled as first
+        # transmissions leave and emptied by copies, each holding at most CREDIT_PACKETS
+        # packets' worth of first transmissions times its share of the budget.
+        self._credit_bytes = 0.0
+        self._overdue_credit_bytes = 0.0
         self.history: list[ControllerSample] = []
         self._srtt_s = 0.1
         self._goodput_bytes = 0
@@ -233,13 +248,20 @@ class ReinjectionController:
             if self._wakeup is None or now < self._wakeup:
                 self._wakeup = now
 
-    def on_retransmission_sent(self, stream: ReinjectableStream, start: int, stop: int, now: float) -> None:
-        """A loss-triggered retransmission left: protect it with the adapter's number of copies."""
+    def on_retransmission_sent(
+        self, stream: ReinjectableStream, start: int, stop: int, now: float, *, after_timeout: bool = False
+    ) -> None:
+        """A loss-triggered retransmission left: protect it with the adapter's number of copies.
+
+        ``after_timeout``: it follows a probe timeout (no ACK for a whole PTO, the link
+        is in a loss burst or an outage); if it is lost too, the next try waits for a
+        doubled PTO, so its copies come first.
+        """
         copies = self.copies_now()
         if copies:
-            # The first copy goes in the off period right after the retransmission (the
-            # next poll), the others spaced out; see _spacing.
-            p = Protection(stream, start, stop, copies, now, retransmitted=True)
+            # The first copy goes in the copy pass right after the retransmission, the
+            # others spaced out; see _spacing.
+            p = Protection(stream, start, stop, copies, now, retransmitted=True, after_timeout=after_timeout)
             self.protections.append(p)
             if self._wakeup is None or p.next_at < self._wakeup:
                 self._wakeup = p.next_at
@@ -257,12 +279,16 @@ class ReinjectionController:
     ) -> None:
         """Re-inject what is due; call before every transmission attempt."""
         self._srtt_s = srtt_s
-        self._goodput_bytes = goodput_bytes
+        self._fill_credit(goodput_bytes)
         self.off.observe(app_has_new_data, goodput_bytes)
 
         keep: list[Protection] = []
-        # Retransmitted ranges first, then overdue data; older first within each.
-        for p in sorted(self.protections, key=lambda p: (not p.retransmitted, p.next_at)):
+        # Retransmissions after a timeout first, then other retransmissions, then overdue
+        # data; first copies before later ones; older first.
+        order = sorted(
+            self.protections, key=lambda p: (not p.after_timeout, not p.retransmitted, p.copies_sent > 0, p.next_at)
+        )
+        for p in order:
             unacked = p.stream.unacked_in(p.start, p.stop)
             if not unacked:
                 continue
@@ -275,8 +301,12 @@ class ReinjectionController:
                 continue
             scheduled = sum(p.stream.reinject(lo, hi) for lo, hi in unacked)
             self.copy_bytes += scheduled
+            self._credit_bytes -= scheduled
+            if not p.retransmitted:
+                self._overdue_credit_bytes -= scheduled
             cwnd_room -= scheduled
             p.copies_left -= 1
+            p.copies_sent += 1
             p.next_at = now + self._spacing()
             if p.copies_left > 0:
                 keep.append(p)
@@ -300,18 +330,47 @@ class ReinjectionController:
         # by far, late enough that a loss burst rarely takes them all.
         return max(self.config.min_copy_spacing_s, self._srtt_s / 4)
 
-    def _credit(self, share: float) -> float:
-        return share * self.config.overhead_budget * self._goodput_bytes - self.copy_bytes
+    def _fill_credit(self, goodput_bytes: int) -> None:
+        # Credit saved while loss was low must not all be spent at once when it rises:
+        # the buckets forget what is older than the loss estimator's window (unspent
+        # credit beyond CREDIT_PACKETS full packets of stream), as the adapter forgets old
+        # loss.
+        budget = self.config.overhead_budget
+        earned = budget * (goodput_bytes - self._goodput_bytes)
+        self._goodput_bytes = goodput_bytes
+        depth = budget * self.CREDIT_PACKETS * self.PACKET_BYTES
+        self._credit_bytes = min(self._credit_bytes + earned, depth)
+        share = self.config.overdue_share
+        self._overdue_credit_bytes = min(self._overdue_credit_bytes + share * earned, share * depth)
+
+    def _overdue_credit(self) -> float:
+        # Overdue copies may spend their share of the budget, and no more than what all
+        # copies together have left.
+        return min(self._overdue_credit_bytes, self._credit_bytes)
 
     def _may_copy(self, p: Protection, size: int, now: float, cwnd_room: int) -> bool:
-        # A copy must leave at once, never wait behind a full congestion window (it would
-        # then hold back the next frame). A retransmission's copy needs room for itself:
-        # its bytes belong to an older frame, due before any new one. An overdue copy is
-        # speculative, so in an on period it also leaves room for the burst under way.
+        # Copies leave in a pass of their own, beyond the congestion window (see
+        # AutoRecConnection.datagrams_to_send), so what admits them is the budget. A
+        # retransmission's copy goes at once: its bytes belong to an older frame, due
+        # before any new one, and right after a loss the halved window would hold it back
+        # for a round trip — the very delay it is there to save. An overdue copy is
+        # speculative: it goes in an off period, when the link is idle, or in an on period
+        # only where the window has room for it and the burst under way.
+        #
+        # What a copy saves decides what it may spend. A retransmission sent after a
+        # probe timeout, if lost, waits for a doubled PTO: its copies may spend the credit
+        # down to zero. Every other copy leaves enough for such a retransmission's copies
+        # (max_copies packets); a protection's first copy saves a round when the
+        # retransmission is lost, a later one only when that copy is lost too, so later
+        # copies also leave one more first copy (a packet).
+        reserve = 0 if p.after_timeout else self.config.max_copies * self.PACKET_BYTES
+        if p.copies_sent or not p.retransmitted:
+            reserve += self.PACKET_BYTES
         if p.retransmitted:
-            return cwnd_room >= size and self._credit(1.0) >= size
-        needed = size if self.off.is_off else size + self.off.mean_burst_bytes
-        return cwnd_room >= needed and self._credit(self.config.overdue_share) >= size
+            return self._credit_bytes >= size + reserve
+        if not self.off.is_off and cwnd_room < size + self.off.mean_burst_bytes:
+            return False
+        return self._overdue_credit() >= size + reserve
 
     def _sample(self, now: float) -> None:
         if self._last_sample is not None and now - self._last_sample < self.sample_every_s:

@@ -19,7 +19,10 @@ behaviour is exactly aioquic's (a property test checks this frame by frame).
 It also labels each frame it hands out as a first transmission, a loss-triggered
 retransmission (a frame carrying any bytes that were declared lost) or a proactive copy,
 which the recovery meter and the AutoRec controller need, and it reports when bytes
-become acknowledged.
+become acknowledged. Its :attr:`~TrackedStreamSender.serving` mode lets the connection send
+copies in a pass of their own (see ``AutoRecConnection.datagrams_to_send``): in
+:attr:`Serving.DATA` it hands out everything but copies, in :attr:`Serving.COPIES` nothing
+but copies.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ class FrameKind(Enum):
     FIRST = "first"
     RETRANSMISSION = "retransmission"
     COPY = "copy"
+
+
+class Serving(Enum):
+    """Which pending bytes ``get_frame`` may hand out."""
+
+    ALL = "all"
+    DATA = "data"  # first transmissions and retransmissions, never a copy
+    COPIES = "copies"  # copies only
 
 
 # Called with (sender, start, stop) for bytes that just became acknowledged.
@@ -78,6 +89,7 @@ class TrackedStreamSender(QuicStreamSender):
         # packet that carries them (see TrackedRecovery.on_packet_sent).
         self._unregistered: deque[tuple[int, int, FrameKind]] = deque()
         self.bytes_sent: dict[FrameKind, int] = dict.fromkeys(FrameKind, 0)
+        self.serving = Serving.ALL
 
     # -- what the controller and the meter read ---------------------------------------
 
@@ -143,6 +155,30 @@ class TrackedStreamSender(QuicStreamSender):
     # -- aioquic's interface ----------------------------------------------------------
 
     def get_frame(self, max_size: int, max_offset: int | None = None) -> QuicStreamFrame | None:
+        if self.serving is Serving.ALL or not len(self._copy_pending):
+            if self.serving is Serving.COPIES:
+                return None
+            return self._get_frame(max_size, max_offset)
+        # Serve from a view of the pending bytes (copies only, or all but copies); what
+        # the frame takes leaves the real pending set.
+        pending = self._pending
+        view = RangeSet()
+        for r in self._copy_pending if self.serving is Serving.COPIES else pending:
+            view.add(r.start, r.stop)
+        if self.serving is Serving.DATA:
+            for r in self._copy_pending:
+                view.subtract(r.start, r.stop)
+        self._pending = view
+        try:
+            frame = self._get_frame(max_size, max_offset)
+        finally:
+            self._pending = pending
+        if frame is not None and frame.data:
+            pending.subtract(frame.offset, frame.offset + len(frame.data))
+        self.buffer_is_empty = not (len(pending) or self._pending_eof)
+        return frame
+
+    def _get_frame(self, max_size: int, max_offset: int | None) -> QuicStreamFrame | None:
         # A frame never mixes copies with other data, so that copies (AutoRec's own
         # traffic) can be told apart; without copies frames are exactly aioquic's.
         kind = FrameKind.FIRST

@@ -7,13 +7,15 @@ stream frames the server registered for it) to a delivery time, or ``None`` for 
 Tests script paths ("drop the first transmission of byte X"); the virtual benchmark uses
 ``edgecloud.netem``'s sans-I/O :class:`~edgecloud.netem.Link`, the same model the UDP relay
 runs, so a 60 s stream takes a few seconds of CPU and is free of the shared machine's
-scheduling noise. Time jumps from event to event.
+scheduling noise. Time jumps from event to event. Since it sees every datagram, it also
+tells why each stall happened (:mod:`edgecloud.stream.attribution`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +23,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import StreamDataReceived
 
+from edgecloud.stream.attribution import Transmission, attribute_stalls, late_share, summarize
 from edgecloud.stream.connection import AutoRecConnection
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.meter import SentFrame
@@ -35,7 +38,7 @@ SERVER_ADDR = ("10.0.0.2", 4433)
 # (now, datagram, stream frames the server registered for it) -> delivery time or None (lost)
 Path = Callable[[float, bytes, list[SentFrame]], float | None]
 
-_CERTIFICATE = self_signed_certificate()
+_CERTIFICATE = self_signed_certificate(fixed_size=True)
 
 
 def fixed_delay(one_way_s: float) -> Path:
@@ -63,6 +66,7 @@ class VirtualPair:
         self.on_received: Callable[[bytes, float], None] | None = None
         self.stream_id: int | None = None
         self.sender: TrackedStreamSender | None = None
+        self.transmissions: list[Transmission] = []  # every stream frame the server sent
         self._queue: list[tuple[float, int, str, bytes]] = []
         self._seq = 0
         self.client.connect(SERVER_ADDR, now=self.now)
@@ -82,6 +86,7 @@ class VirtualPair:
         frames_per_datagram = [r.frames for r in new] if len(new) == len(datagrams) else [[] for _ in datagrams]
         for (data, _), frames in zip(datagrams, frames_per_datagram, strict=True):
             at = self.downlink(now, data, frames)
+            self.transmissions.extend(Transmission(f.start, f.stop, now, at) for f in frames)
             if at is not None:
                 self._push(at, "client", data)
 
@@ -164,6 +169,9 @@ def stream_live(
     ]
     pair.run_until(start + seconds + drain_s, writes)
     timings = playback_timings(parser.frames, playout_delay_s)
+    ends = list(itertools.accumulate(len(b) for b in body))
+    written_at = [start + f.pts_s for f in frames]
+    causes = attribute_stalls(ends, written_at, pair.transmissions, timings)
     last_arrival = parser.frames[-1].arrival if parser.frames else pair.now
     stats = pair.server.recovery_stats()
     stats.update(
@@ -172,6 +180,8 @@ def stream_live(
         overhead=round(stats["overhead"], 5),
         goodput_mbps=round(len(pair.received) * 8 / max(last_arrival - start, 1e-9) / 1e6, 4),
         frames=len(parser.frames),
+        stall_causes=summarize(causes),
+        first_sent_late=late_share(ends, written_at, pair.transmissions),
         bytes_equal=pair.end_stream_events == 1
         and hashlib.sha256(pair.received).digest() == hashlib.sha256(b"".join(body)).digest(),
     )

@@ -1,0 +1,67 @@
+"""Stall attribution: the byte that arrived last and what held it back."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgecloud.stream.attribution import Transmission, attribute_stalls, late_share, summarize
+from edgecloud.stream.player import FrameTiming
+
+
+def stall(index: int, seconds: float) -> FrameTiming:
+    return FrameTiming(index=index, arrival_s=0.0, deadline_s=0.0, stall_s=seconds)
+
+
+def test_each_stall_gets_the_cause_of_its_last_byte():
+    # Four frames of 100 bytes written 0.1 s apart.
+    ends, written = [100, 200, 300, 400], [0.0, 0.1, 0.2, 0.3]
+    transmissions = [
+        Transmission(0, 100, 0.0, 0.05),
+        # Frame 1: bytes 150-200 lost once, retransmitted.
+        Transmission(100, 150, 0.1, 0.15),
+        Transmission(150, 200, 0.1, None),
+        Transmission(150, 200, 0.3, 0.35),
+        # Frame 2: waited 0.4 s behind the window, then arrived.
+        Transmission(200, 300, 0.6, 0.65),
+        # Frame 3: lost; its retransmission and a copy sent with it lost, another copy
+        # delayed; a later copy arrived first.
+        Transmission(300, 400, 0.3, None),
+        Transmission(300, 400, 0.5, None),
+        Transmission(300, 400, 0.5, 0.95),
+        Transmission(300, 400, 0.5, None),
+        Transmission(300, 400, 0.55, 0.9),
+    ]
+    causes = attribute_stalls(ends, written, transmissions, [stall(1, 0.05), stall(2, 0.1), stall(3, 0.2)])
+    assert [(c.frame, c.critical_frame, c.losses, c.cause) for c in causes] == [
+        (1, 1, 1, "first loss"),
+        (2, 2, 0, "queueing"),
+        (3, 3, 3, "retransmission loss"),
+    ]
+    assert [c.queued_s for c in causes] == pytest.approx([0.0, 0.4, 0.0])
+    summary = summarize(causes)
+    assert summary["retransmission loss"] == {"stalls": 1, "stall_s": 0.2}
+    assert summary["stall_s_without_queueing"] == pytest.approx(0.25)
+
+
+def test_a_stall_waiting_on_an_earlier_frame_is_blamed_on_that_frame():
+    # Frame 1 arrived at once, but frame 0's last byte came late: in-order delivery.
+    ends, written = [100, 200], [0.0, 0.1]
+    transmissions = [
+        Transmission(0, 50, 0.0, 0.05),
+        Transmission(50, 100, 0.0, None),
+        Transmission(50, 100, 0.3, 0.35),
+        Transmission(100, 200, 0.1, 0.15),
+    ]
+    (cause,) = attribute_stalls(ends, written, transmissions, [stall(1, 0.1)])
+    assert (cause.frame, cause.critical_frame, cause.cause) == (1, 0, "first loss")
+
+
+def test_late_share_counts_bytes_by_their_first_transmission():
+    ends, written = [100, 200], [0.0, 0.1]
+    transmissions = [
+        Transmission(0, 100, 0.05, None),  # on time, lost
+        Transmission(0, 100, 0.4, 0.45),  # its retransmission does not make it late
+        Transmission(100, 150, 0.25, 0.3),  # 0.15 s after written
+        Transmission(150, 200, 0.35, 0.4),  # 0.25 s after written
+    ]
+    assert late_share(ends, written, transmissions) == {"100ms": 0.5, "200ms": 0.25}
