@@ -65,3 +65,19 @@ def test_late_share_counts_bytes_by_their_first_transmission():
         Transmission(150, 200, 0.35, 0.4),  # 0.25 s after written
     ]
     assert late_share(ends, written, transmissions) == {"100ms": 0.5, "200ms": 0.25}
+
+
+def test_bytes_without_a_recorded_arrival_take_no_blame():
+    # Frame 0's last ten bytes have no record of arriving; frame 1 was lost once. Frame 1's
+    # stall is its own first loss, not frame 0's unknown bytes (which would have taken the
+    # blame for every later stall); frame 0's stall goes to its latest recorded byte.
+    ends, written = [100, 200], [0.0, 0.1]
+    transmissions = [
+        Transmission(0, 90, 0.0, 0.05),
+        Transmission(100, 200, 0.1, None),
+        Transmission(100, 200, 0.3, 0.35),
+    ]
+    causes = attribute_stalls(ends, written, transmissions, [stall(0, 0.1), stall(1, 0.1)])
+    assert [(c.frame, c.critical_frame, c.cause) for c in causes] == [(0, 0, "queueing"), (1, 1, "first loss")]
+    # a frame with nothing recorded at all is left unattributed
+    assert attribute_stalls([100], [0.0], [], [stall(0, 0.1)]) == []

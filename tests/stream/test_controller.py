@@ -164,6 +164,27 @@ def test_credit_saved_while_loss_was_low_is_capped():
     assert ctl.copy_bytes == 0.1 * 200 * 1200
 
 
+@pytest.mark.parametrize("kind", ["retransmission", "overdue"])
+def test_a_small_budget_still_admits_copies(kind: str) -> None:
+    # 1.5 % of 200 packets is 3 packets of credit, less than a copy plus the reserve of
+    # max_copies + 1 packets: the bucket must still hold its largest claim.
+    ctl = ReinjectionController(AutoRecConfig(overhead_budget=0.015))
+    sender = TrackedStreamSender(0, True)
+    sent(sender, 2_400_000)
+    for i in range(40):
+        ctl.on_packet_resolved(lost=i % 20 == 0)
+    for k in range(200):
+        now = 1.0 + k * 0.05
+        if kind == "retransmission":
+            ctl.on_retransmission_sent(sender, k * 1200, (k + 1) * 1200, now=now)
+        else:
+            ctl.on_overdue(sender, k * 1200, (k + 1) * 1200, now)
+        ctl.poll(now, app_has_new_data=False, srtt_s=0.1, goodput_bytes=12_000 * (k + 1), cwnd_room=10**6)
+        while sender.get_frame(1200) is not None:
+            pass
+    assert 0 < ctl.copy_bytes <= 0.015 * 12_000 * 200
+
+
 def test_no_loss_means_no_copies():
     ctl = ReinjectionController(AutoRecConfig())
     sender = TrackedStreamSender(0, True)

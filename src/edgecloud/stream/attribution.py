@@ -11,7 +11,8 @@ off the server's transmissions of it:
 
 The cause is **queueing** when nothing was lost, a **first loss** when one transmission was
 lost (one RFC 9002 recovery round), a **retransmission loss** when the retransmission was
-lost too — the case AutoRec exists for. Used by the virtual benchmark, which sees every
+lost too — the case AutoRec exists for. A stall whose frames have no recorded arrival is
+left unattributed. Used by the virtual benchmark, which sees every
 datagram; baseline and AutoRec are attributed by the same code.
 """
 
@@ -72,6 +73,9 @@ def attribute_stalls(
             if t.arrived_at is not None:
                 seg = arrival[max(t.start, lo) - lo : min(t.stop, hi) - lo]
                 np.minimum(seg, t.arrived_at, out=seg)
+        # a byte with no recorded arrival (a record the run could not read) cannot be
+        # the critical one: it would take the blame for every later stall
+        arrival[np.isinf(arrival)] = -np.inf
         offset = int(np.argmax(arrival)) if hi > lo else 0
         own = (float(arrival[offset]) if hi > lo else -np.inf, i, lo + offset)
         latest.append(max(own, latest[-1]) if latest else own)
@@ -84,7 +88,10 @@ def attribute_stalls(
         sends = sorted(
             ((t.sent_at, t.arrived_at) for t in by_frame[frame] if t.start <= offset < t.stop), key=lambda s: s[0]
         )
-        delivered_by = min((s for s in sends if s[1] is not None), key=lambda s: s[1])
+        delivered = [s for s in sends if s[1] is not None]
+        if not delivered:  # nothing of this frame was recorded as arriving: not attributed
+            continue
+        delivered_by = min(delivered, key=lambda s: s[1])
         losses = sum(1 for sent, got in sends if got is None and sent < delivered_by[0])
         causes.append(
             StallCause(

@@ -122,9 +122,9 @@ class TrackedRecovery(QuicPacketRecovery):
                     kind = sender.take_registered_kind(args[0], args[1])
                     frames.append(SentFrame(sender, args[0], args[1], kind))
             # A packet of nothing but AutoRec copies is redundancy, bounded by the overhead
-            # budget: it is sent only when the window has room (aioquic's packet builder
-            # checks), but does not hold that room for a round trip, so it never delays
-            # the next frame; nor is its loss a congestion signal.
+            # budget: it leaves in the copy pass, beyond the window (datagrams_to_send), and
+            # does not hold window room for a round trip, so it never delays the next
+            # frame; nor is its loss a congestion signal.
             if frames and all(f.kind is FrameKind.COPY for f in frames):
                 packet.in_flight = False
         super().on_packet_sent(packet=packet, space=space)
@@ -249,24 +249,31 @@ class AutoRecConnection(QuicConnection):
         # Two passes. The data pass is aioquic's, under the congestion window and the
         # pacer, with copies held back so that they never take a new frame's room. The
         # copy pass then sends what the controller re-injected (including copies of the
-        # retransmissions the data pass just sent) and nothing else, beyond the window:
-        # each copy was admitted by the overhead budget, so copies stay a bounded share
-        # of the stream, and at once they never exceed the retransmissions they protect.
-        self._poll(now, streams)
-        for s in streams:
-            s.serving = Serving.DATA
-        datagrams = super().datagrams_to_send(now)
-        self._poll(now, streams)
-        copies = sum(s.copy_pending_bytes for s in streams)
-        if copies:
+        # retransmissions the data pass just sent), beyond the window by at most the
+        # copies' bytes plus one datagram: each copy was admitted by the overhead budget
+        # (a token bucket), so copies stay a bounded share of the stream. Its streams
+        # serve nothing but copies; control frames aioquic has queued (ACK, MAX_DATA, a
+        # probe) may ride along within that allowance, as they would in any packet.
+        pacing_at: float | None = None  # when the data pass may send again; the copy pass keeps it
+        copy_pass = False
+        try:
+            self._poll(now, streams)
             for s in streams:
-                s.serving = Serving.COPIES
-            pacing_at = self._pacing_at  # when the data pass may send again; keep it
-            with self._loss.copy_pass(copies + self._max_datagram_size):
-                datagrams += super().datagrams_to_send(now)
-            self._pacing_at = pacing_at
-        for s in streams:
-            s.serving = Serving.ALL
+                s.serving = Serving.DATA
+            datagrams = super().datagrams_to_send(now)
+            self._poll(now, streams)
+            copies = sum(s.copy_pending_bytes for s in streams)
+            if copies:
+                pacing_at, copy_pass = self._pacing_at, True
+                for s in streams:
+                    s.serving = Serving.COPIES
+                with self._loss.copy_pass(copies + self._max_datagram_size):
+                    datagrams += super().datagrams_to_send(now)
+        finally:  # whatever escaped, the next attempt starts from aioquic's own state
+            if copy_pass:
+                self._pacing_at = pacing_at
+            for s in streams:
+                s.serving = Serving.ALL
         return datagrams
 
     def _poll(self, now: float, streams: list[TrackedStreamSender]) -> None:

@@ -338,10 +338,15 @@ class ReinjectionController:
         budget = self.config.overhead_budget
         earned = budget * (goodput_bytes - self._goodput_bytes)
         self._goodput_bytes = goodput_bytes
-        depth = budget * self.CREDIT_PACKETS * self.PACKET_BYTES
+        # Each bucket holds at least its largest claim (a copy plus the reserve _may_copy
+        # keeps), or a small budget could never admit a copy at all; earning is unchanged,
+        # so copies still never exceed budget x goodput.
+        largest_claim = (self.config.max_copies + 2) * self.PACKET_BYTES
+        depth = max(budget * self.CREDIT_PACKETS * self.PACKET_BYTES, largest_claim) if budget else 0.0
         self._credit_bytes = min(self._credit_bytes + earned, depth)
         share = self.config.overdue_share
-        self._overdue_credit_bytes = min(self._overdue_credit_bytes + share * earned, share * depth)
+        share_depth = max(share * budget * self.CREDIT_PACKETS * self.PACKET_BYTES, largest_claim) if share else 0.0
+        self._overdue_credit_bytes = min(self._overdue_credit_bytes + share * earned, share_depth)
 
     def _overdue_credit(self) -> float:
         # Overdue copies may spend their share of the budget, and no more than what all
