@@ -56,6 +56,20 @@ def test_a_streamed_answer_is_timed_at_the_socket_after_the_engine(server: Serve
     assert tpot == pytest.approx((e2e - ttft) / (9 - 1), rel=1e-9)
 
 
+def test_a_stream_left_after_its_first_chunk_still_counts_its_ttft(server: ServerProcess) -> None:
+    body = {"model": server.model, "prompt": "leave early", "max_tokens": 500, "stream": True, "ignore_eos": True}
+    e2e_before = server.metrics().get(f"{HISTOGRAMS['e2e']}_count", 0)
+
+    def send() -> None:
+        with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=60) as response:
+            assert next(response.iter_lines()).startswith("data: ")  # then hang up mid-stream
+
+    seen = observed(server, send, "ttft")
+    assert seen["ttft"][0] == 1 and seen["ttft"][1] > 0
+    wait_for(lambda: server.metrics()["edgecloud_num_requests_running"] == 0)  # aborted, never finished
+    assert server.metrics().get(f"{HISTOGRAMS['e2e']}_count", 0) == e2e_before
+
+
 def test_an_unstreamed_answer_counts_in_e2e_and_the_engine_histograms_only(server: ServerProcess) -> None:
     body = {"model": server.model, "prompt": "time me whole", "max_tokens": 5, "ignore_eos": True}
 

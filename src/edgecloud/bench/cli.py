@@ -42,7 +42,8 @@ def register(commands: Any, bench: Any) -> None:
         "--no-ignore-eos", dest="ignore_eos", action="store_false",
         help="let the model stop at EOS instead of forcing each request's output length",
     )
-    target.add_argument("--timeout", type=_positive_float, default=600.0, help="per-request timeout (s)")
+    target.add_argument("--timeout", type=_positive_float, default=600.0,
+                        help="a request fails as 'timeout' when its stream stays silent this long (s)")
 
     load = parser.add_argument_group("workload")
     load.add_argument(

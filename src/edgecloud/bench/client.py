@@ -113,7 +113,7 @@ async def send_request(
                 if usage := chunk.get("usage"):
                     record.prompt_tokens = usage.get("prompt_tokens")
                     record.output_tokens = usage.get("completion_tokens") or 0
-    except TimeoutError as error:  # aiohttp's timeouts (connect and total) are TimeoutErrors
+    except TimeoutError as error:  # aiohttp's timeouts (connect and read) are TimeoutErrors
         record.error, record.error_detail = "timeout", repr(error)
     except aiohttp.ClientConnectorError as error:
         record.error, record.error_detail = "connect", repr(error)

@@ -31,7 +31,9 @@ async def run_requests(
     limit = asyncio.Semaphore(max_concurrency) if max_concurrency else None
     connections = max_concurrency or max(1, len(requests))
     async with aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 30.0)),
+        # a stall limit, not a deadline: a healthy long stream never times out, one that goes
+        # quiet for timeout_s does (as httpx's per-read timeout did); connecting gets 30 s at most
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(timeout_s, 30.0), sock_read=timeout_s),
         connector=aiohttp.TCPConnector(limit=connections),
     ) as session:
         t0 = time.perf_counter()

@@ -107,11 +107,11 @@ def run_from_args(args: argparse.Namespace) -> int:
         arrivals = build_arrivals(args, requests)
         api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
         model = args.model or asyncio.run(first_model(args.base_url, api_key))
+    except (aiohttp.ClientError, TimeoutError) as error:  # before OSError: both subclass it
+        console.print(f"[red]error:[/red] cannot list models at {args.base_url}: {error}")
+        return 2
     except (OSError, ValueError, RuntimeError) as error:
         console.print(f"[red]error:[/red] {error}")
-        return 2
-    except (aiohttp.ClientError, TimeoutError) as error:
-        console.print(f"[red]error:[/red] cannot list models at {args.base_url}: {error}")
         return 2
     endpoint = Endpoint(args.base_url, model, args.api, args.ignore_eos, args.temperature, api_key)
     records = run_with_progress(

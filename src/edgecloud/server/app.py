@@ -397,6 +397,8 @@ class OpenAIServer:
                     yield format_sse_event(data_str=self.chunk(job, choices))
                     if first_sent is None:
                         first_sent = time.monotonic()
+                        # at once: a stream that ends early (disconnect, error) still had its first token
+                        self.metrics.observe_first_chunk(job.received_at, first_sent)
         except Exception as error:
             # Headers are gone: the error travels in the stream, as OpenAI's API does.
             failed = True

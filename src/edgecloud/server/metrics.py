@@ -147,11 +147,15 @@ class ServerMetrics:
         if num_tokens > 1:
             self.engine_tpot.labels(self.model).observe((m.finished_time - m.first_token_time) / (num_tokens - 1))
 
+    def observe_first_chunk(self, received_at: float, first_sent: float) -> None:
+        """Record a streamed answer's TTFT as soon as its first chunk with a token is handed to the
+        socket, whether or not the stream then runs to its end."""
+        self.ttft.labels(self.model).observe(first_sent - received_at)
+
     def observe_stream(self, received_at: float, first_sent: float, last_sent: float, num_tokens: int) -> None:
         """Record a streamed answer that went out whole: ``first_sent`` when the first chunk with a
         token was handed to the socket, ``last_sent`` when the last chunk was; ``num_tokens`` the
         longest completion's tokens."""
-        self.ttft.labels(self.model).observe(first_sent - received_at)
         self.e2e.labels(self.model).observe(last_sent - received_at)
         if num_tokens > 1:
             self.tpot.labels(self.model).observe((last_sent - first_sent) / (num_tokens - 1))
