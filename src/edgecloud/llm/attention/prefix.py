@@ -95,7 +95,7 @@ class PrefixDecodeAttention(DecodeAttentionBackend):
         self.parallelism = parallelism
         self.cache_size = cache_size
         self._trees: OrderedDict[bytes, SharingTree] = OrderedDict()
-        self._shared_packs: OrderedDict[tuple[bytes, HeadGeometry, bool], Packs] = OrderedDict()
+        self._shared_packs: OrderedDict[tuple[bytes, HeadGeometry, PackCostModel], Packs] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -123,7 +123,7 @@ class PrefixDecodeAttention(DecodeAttentionBackend):
         bs = plan.batch.block_size
         device = plan.batch.device
         cost = self.cuda_cost if device.type == "cuda" and triton_available() else self.cost
-        key = (plan.signature, geom, cost.ragged)
+        key = (plan.signature, geom, cost)
         shared = self._shared_packs.get(key)
         if shared is None:
             shared = pack_shared_nodes(plan.tree, bs, geom, cost)
