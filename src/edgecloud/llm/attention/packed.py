@@ -73,18 +73,24 @@ def run_packed(plan: PackedPlan, query: torch.Tensor, k_cache: torch.Tensor, v_c
         return query.new_empty(query.shape)
     num_kv_heads = k_cache.shape[2]
     q_rows = query.reshape(num_seqs * num_kv_heads, (num_q_heads // num_kv_heads) * head_dim)
-    outs, lses = [], []
-    for tile in plan.groups:
-        out, lse = _tile_attention(tile, q_rows, k_cache, v_cache, scale, num_q_heads // num_kv_heads)
-        outs.append(out)
-        lses.append(lse)
+    group = num_q_heads // num_kv_heads
+    partials = [_tile_attention(tile, q_rows, k_cache, v_cache, scale, group) for tile in plan.groups]
+    return combine_partials(partials, plan.entry_query, plan.single_entry, num_seqs).to(query.dtype)
+
+
+def combine_partials(partials: list[tuple[torch.Tensor, torch.Tensor]], entry_query: torch.Tensor,
+                     single_entry: bool, num_seqs: int) -> torch.Tensor:
+    """Each query's attention from the tile groups' (partial output, lse) pairs, in plan order:
+    a permutation when every query has one partial, else the log-sum-exp merge."""
+    outs = [out for out, _ in partials]
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
-    if plan.single_entry:
+    if single_entry:
         merged = torch.empty_like(out)
-        merged[plan.entry_query] = out
-        return merged.to(query.dtype)
+        merged[entry_query] = out
+        return merged
+    lses = [lse for _, lse in partials]
     lse = lses[0] if len(lses) == 1 else torch.cat(lses)
-    return merge_partials(out, lse, plan.entry_query, num_seqs).to(query.dtype)
+    return merge_partials(out, lse, entry_query, num_seqs)
 
 
 def _tile_attention(tile: TileGroup, q_rows: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -7,7 +7,7 @@ folded into the rows, so every KV element it loads serves ``rows × group`` quer
 pack's own KV length (``pack_tokens``: packs of one launch may differ in length, none reads
 another's padding) through the paged block table ``BLOCK_N`` tokens at a time without gathering
 it, and keeps an online softmax (running max, running sum, rescaled accumulator). It writes each
-row's partial output and log-sum-exp; the merge is ``packed.merge_partials`` (torch index
+row's partial output and log-sum-exp; the merge is ``packed.combine_partials`` (torch index
 reductions, which run on CUDA as they do on the CPU).
 
 The pack plan is PAT's own (``PackedPlan``), priced for this kernel by ``PackCostModel.cuda()``:
@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from edgecloud.llm.attention.packed import PackedPlan, TileGroup, merge_partials
+from edgecloud.llm.attention.packed import PackedPlan, TileGroup, combine_partials
 from edgecloud.llm.attention.prefix_tree import MAX_TILE_ROWS
 
 # KV tokens per loop iteration. Half types: 64, several paged blocks' loads in flight (on an H200
@@ -97,18 +97,8 @@ def run_packed_triton(plan: TritonPackedPlan, query: torch.Tensor, k_cache: torc
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("k_cache and v_cache must be contiguous in head_dim")
     query = query.contiguous()
-    outs, lses = [], []
-    for tile in plan.tiles:
-        out, lse = pack_attention(tile, query, k_cache, v_cache, scale)
-        outs.append(out)
-        lses.append(lse)
-    out = outs[0] if len(outs) == 1 else torch.cat(outs)
-    if plan.single_entry:
-        merged = torch.empty_like(out)
-        merged[plan.entry_query] = out
-        return merged.to(query.dtype)
-    lse = lses[0] if len(lses) == 1 else torch.cat(lses)
-    return merge_partials(out, lse, plan.entry_query, num_seqs).to(query.dtype)
+    partials = [pack_attention(tile, query, k_cache, v_cache, scale) for tile in plan.tiles]
+    return combine_partials(partials, plan.entry_query, plan.single_entry, num_seqs).to(query.dtype)
 
 
 def pack_attention(tile: TritonTile, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
