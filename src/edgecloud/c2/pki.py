@@ -217,15 +217,7 @@ class Issuer:
             builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             usage = dict(digital_signature=True, key_cert_sign=False, crl_sign=False)
         builder = builder.add_extension(
-            x509.KeyUsage(
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-                **usage,
-            ),
+            _signing_usage(**usage),
             critical=True,
         ).add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
@@ -292,17 +284,7 @@ def init(directory: Path, common_name: str = "edgecloud NC2S root", days: int = 
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _signing_usage(digital_signature=True, key_cert_sign=True, crl_sign=True),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -404,3 +386,18 @@ __all__ = [
     "revoke",
     "verify_crl",
 ]
+
+
+def _signing_usage(*, digital_signature: bool, key_cert_sign: bool, crl_sign: bool) -> x509.KeyUsage:
+    """Key usage for NC2S keys: signing only (TLS 1.3 signs; no key encipherment or agreement)."""
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=key_cert_sign,
+        crl_sign=crl_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
