@@ -66,3 +66,27 @@ def test_a_virtual_side_repeats_exactly_and_the_seed_changes_the_draw():
     first = side(0)
     assert side(0) == first  # same seed, same run: the handshake has fixed sizes
     assert side(1) != first
+
+
+def test_draws_repeat_each_case_and_pool_the_stall_time():
+    cases = bench.run_cases(
+        [0.05],
+        ["bernoulli"],
+        [40.0],
+        duration_s=3.0,
+        autorec=AutoRecConfig(),
+        source=SourceConfig(fps=20, bitrate_mbps=0.2),
+        playout_delay_s=0.3,
+        rate_mbps=20.0,
+        virtual=True,
+        seed=4,
+        draws=2,
+    )
+    assert [c["seed"] for c in cases] == [4, 5]
+    assert cases[0]["autorec"]["copy_bytes_by_reason"].keys() == {"retransmission", "late", "overdue"}
+    (pooled,) = bench.pooled(cases)
+    assert pooled["draws"] == 2
+    for side in ("baseline", "autorec"):
+        assert pooled["stall_s"][side] == round(sum(c[side]["stall_s"] for c in cases), 4)
+    overheads = [c["autorec"]["overhead"] for c in cases]
+    assert pooled["overhead"] == {"min": min(overheads), "max": max(overheads)}

@@ -208,3 +208,21 @@ def test_autorec_copies_an_overdue_burst_tail_before_the_pto(quic_pair):
         if config is not None:
             assert pair.server.bytes_sent[FrameKind.COPY] > 0
     assert latencies["autorec"] < latencies["baseline"]
+
+
+@pytest.mark.parametrize("before_reduction", [True, False])
+def test_retransmission_leaves_before_the_halved_window_drains(quic_pair, before_reduction):
+    # One burst three times the initial window, so the window is full when the loss is
+    # found; no budget, so no copies: only the retransmission itself is timed.
+    config = AutoRecConfig(overhead_budget=0.0, retransmit_before_reduction=before_reduction)
+    pair = quic_pair(autorec=config, one_way_s=0.05)
+    writes, body = bursts(1, 36_000, gap_s=1.0, start=pair.now)
+    pair.drop_server = lambda i, frames: covers(frames, 3000, {FrameKind.FIRST})
+    pair.run_until(pair.now + 5.0, writes)
+    assert_delivered_exactly_once(pair, body)
+    [loss] = pair.server.meter.events
+    retransmitted_at = sorted(t.sent_at for t in pair.transmissions if t.start <= 3000 < t.stop)[1]
+    if before_reduction:  # RFC 9002 7.3.2: one packet before the reduction, at once
+        assert retransmitted_at == loss.detected_at
+    else:  # aioquic as is: it waits until ACKs bring in-flight below the halved window
+        assert retransmitted_at > loss.detected_at + 0.01

@@ -157,3 +157,25 @@ def test_same_frames_as_stock_aioquic_when_nothing_is_duplicated(actions):
             tracked.is_finished,
             tracked.buffer_is_empty,
         )
+
+
+def test_write_times_and_in_order_delivery():
+    sender = TrackedStreamSender(0, True)
+    assert sender.written_at(0) is None and sender.take_delivered() is None
+    sender.write(bytes(1000))
+    sender.note_writes(1.0)
+    sender.note_writes(1.5)  # nothing new written: no stamp
+    sender.write(bytes(500))
+    sender.note_writes(2.0)
+    assert [sender.written_at(o) for o in (0, 999, 1000, 1499)] == [1.0, 1.0, 2.0, 2.0]
+    assert sender.written_at(1500) is None  # not written yet
+    while sender.get_frame(600) is not None:
+        pass
+    sender.on_data_delivery(QuicDeliveryState.ACKED, 600, 1200, False)
+    assert sender.take_delivered() is None  # a gap at 0: nothing new in order
+    sender.on_data_delivery(QuicDeliveryState.ACKED, 0, 600, False)
+    assert sender.take_delivered() == 0 and sender.acked_offset == 1200
+    assert sender.take_delivered() is None  # once per advance
+    sender.on_data_delivery(QuicDeliveryState.ACKED, 1200, 1500, False)
+    assert sender.take_delivered() == 1200
+    assert sender.written_at(1200) == 2.0

@@ -132,6 +132,7 @@ def run_virtual_side(spec: SideSpec) -> dict[str, Any]:
         link_up_dropped=up.stats.dropped_loss,
     )
     if "history" in stats:
+        result["copy_bytes_by_reason"] = stats["copy_bytes_by_reason"]
         result["history"] = stats["history"]
     return result
 
@@ -175,6 +176,7 @@ async def run_side(spec: SideSpec) -> dict[str, Any]:
         srtt_ms=round(stats["srtt_ms"], 2),
     )
     if connection.controller is not None:
+        result["copy_bytes_by_reason"] = stats["copy_bytes_by_reason"]
         result["history"] = [asdict(s) for s in connection.controller.history]
     return result
 
@@ -202,17 +204,20 @@ def run_cases(
     ack_path_loss: bool = False,
     virtual: bool = False,
     seed: int = 0,
+    draws: int = 1,
     progress: Any = None,
 ) -> list[dict[str, Any]]:
-    """Every case, baseline and AutoRec side by side (two processes per case).
+    """Every case, baseline and AutoRec side by side (two processes per case), for each of
+    ``draws`` loss draws (seeds ``seed`` .. ``seed + draws - 1``).
 
     Both sides of a case share the link seed ``seed * 1000 + case index``, so runs with
     different ``seed`` draw different loss patterns and the same ``seed`` repeats them.
     """
     cases = []
     combos = [(p, m, r) for p in losses for m in loss_models for r in rtts_ms if not (p == 0 and m != loss_models[0])]
+    runs = [(s, index, combo) for s in range(seed, seed + draws) for index, combo in enumerate(combos)]
     with ProcessPoolExecutor(max_workers=2) as pool:
-        for index, (loss, model, rtt) in enumerate(combos):
+        for done, (seed, index, (loss, model, rtt)) in enumerate(runs, 1):
             link = LinkSpec(loss=loss, loss_model=model, rtt_ms=rtt, rate_mbps=rate_mbps, ack_path_loss=ack_path_loss)
             sides = {
                 name: SideSpec(
@@ -245,8 +250,39 @@ def run_cases(
             }
             cases.append(case)
             if progress is not None:
-                progress(index + 1, len(combos), case)
+                progress(done, len(runs), case)
     return cases
+
+
+def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per case over its draws: stall time summed on each side and their ratio, and the
+    range of the per-draw ratios of retransmission-loss p95 and of overhead.
+
+    Total stall time is an extreme value (a player that stalls until late data arrives has
+    that much more buffer afterwards, so a run's stall time is its worst delay past the
+    playout delay), so one draw's ratio swings widely; pooled draws are the measure.
+    """
+    groups: dict[tuple[float, str, float], list[dict[str, Any]]] = {}
+    for case in cases:
+        groups.setdefault((case["loss"], case["loss_model"], case["rtt_ms"]), []).append(case)
+    out = []
+    for (loss, model, rtt), group in groups.items():
+        base = sum(c["baseline"]["stall_s"] for c in group)
+        auto = sum(c["autorec"]["stall_s"] for c in group)
+        p95 = [r for c in group if (r := c["ratios"]["retx_loss_recovery_p95"]) is not None]
+        overhead = [c["autorec"]["overhead"] for c in group]
+        out.append(
+            {
+                "loss": loss,
+                "loss_model": model,
+                "rtt_ms": rtt,
+                "draws": len(group),
+                "stall_s": {"baseline": round(base, 4), "autorec": round(auto, 4), "ratio": ratio(auto, base)},
+                "retx_loss_recovery_p95_ratio": {"min": min(p95), "max": max(p95)} if p95 else None,
+                "overhead": {"min": min(overhead), "max": max(overhead)},
+            }
+        )
+    return out
 
 
 def run_loss_change(

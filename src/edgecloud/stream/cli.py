@@ -55,6 +55,18 @@ def _add_autorec_options(parser: argparse.ArgumentParser) -> None:
         default=100.0,
         help="recovery latency the redundancy adapter aims for (default 100)",
     )
+    group.add_argument(
+        "--no-late-copies",
+        action="store_true",
+        help="do not copy first transmissions that waited so long in the send buffer that, lost once, "
+        "they would reach the viewer later than any data so far",
+    )
+    group.add_argument(
+        "--no-retransmit-before-reduction",
+        action="store_true",
+        help="let a retransmission wait for the halved window, as aioquic does "
+        "(by default one packet leaves at once on entering recovery, RFC 9002 7.3.2)",
+    )
 
 
 def _add_source_options(parser: argparse.ArgumentParser, bitrate_mbps: float = 2.0) -> None:
@@ -67,7 +79,12 @@ def _add_source_options(parser: argparse.ArgumentParser, bitrate_mbps: float = 2
 def _autorec_config(args: argparse.Namespace) -> Any:
     from edgecloud.stream.controller import AutoRecConfig
 
-    return AutoRecConfig(overhead_budget=args.overhead_budget, recovery_target_ms=args.recovery_target_ms)
+    return AutoRecConfig(
+        overhead_budget=args.overhead_budget,
+        recovery_target_ms=args.recovery_target_ms,
+        protect_late_data=not args.no_late_copies,
+        retransmit_before_reduction=not args.no_retransmit_before_reduction,
+    )
 
 
 def _source_config(args: argparse.Namespace) -> Any:
@@ -152,7 +169,8 @@ def _bench(args: argparse.Namespace) -> int:
     def progress(done: int, total: int, case: dict[str, Any]) -> None:
         b, a = case["baseline"], case["autorec"]
         print(
-            f"[{done}/{total}] loss {case['loss']:g} {case['loss_model']} rtt {case['rtt_ms']:g} ms: "
+            f"[{done}/{total}] loss {case['loss']:g} {case['loss_model']} rtt {case['rtt_ms']:g} ms "
+            f"seed {case['seed']}: "
             f"retx p95 {b['retx_loss_recovery_ms_p95']} -> {a['retx_loss_recovery_ms_p95']} ms, "
             f"stall {b['stall_s']} -> {a['stall_s']} s, overhead {a['overhead']:.3f}",
             flush=True,
@@ -170,8 +188,20 @@ def _bench(args: argparse.Namespace) -> int:
         ack_path_loss=args.ack_path_loss,
         virtual=args.virtual,
         seed=args.seed,
+        draws=args.draws,
         progress=progress,
     )
+    if args.draws > 1:
+        for p in bench.pooled(cases):
+            p95 = p["retx_loss_recovery_p95_ratio"]
+            p95_text = f"x{p95['min']}-{p95['max']}" if p95 else "- (no retransmission losses)"
+            print(
+                f"pooled over {p['draws']} draws, loss {p['loss']:g} {p['loss_model']} rtt {p['rtt_ms']:g} ms: "
+                f"stall {p['stall_s']['baseline']} -> {p['stall_s']['autorec']} s (x{p['stall_s']['ratio']}), "
+                f"retx p95 {p95_text}, "
+                f"overhead {p['overhead']['min']:.3f}-{p['overhead']['max']:.3f}",
+                flush=True,
+            )
     bench.write_json(args.json, cases)
     if args.plot:
         plots.plot_cases(cases, args.plot)
@@ -215,6 +245,12 @@ def register(commands: Any, bench: Any) -> None:
         type=_number(0, 1_000_000, int),
         default=0,
         help="link seed: each case's loss pattern follows from it (same seed, same pattern)",
+    )
+    runner.add_argument(
+        "--draws",
+        type=_number(1, 1000, int),
+        default=1,
+        help="loss draws per case (seeds --seed, --seed + 1, ...); prints stall time pooled over them",
     )
     runner.add_argument(
         "--ack-path-loss",

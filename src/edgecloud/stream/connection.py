@@ -67,6 +67,9 @@ class TrackedRecovery(QuicPacketRecovery):
         self._connection = connection
         self._records: dict[int, PacketRecord] = {}
         self._copy_allowance: int | None = None
+        # Set when a loss starts a new recovery period (NewReno halves its window):
+        # AutoRecConnection then lets one packet leave beyond the window (RFC 9002 7.3.2).
+        self.recovery_started = False
 
     @property
     def congestion_window(self) -> int:
@@ -76,7 +79,7 @@ class TrackedRecovery(QuicPacketRecovery):
         return super().congestion_window
 
     @contextmanager
-    def copy_pass(self, allowance: int) -> Iterator[None]:
+    def beyond_window(self, allowance: int) -> Iterator[None]:
         """Let ``allowance`` bytes leave beyond the congestion window and the pacer."""
         pacer = self._pacer
         self._copy_allowance, self._pacer = allowance, _Unpaced()  # type: ignore[assignment]
@@ -158,6 +161,7 @@ class TrackedRecovery(QuicPacketRecovery):
             record = self._records.pop(packet.packet_number, None)
             if record is not None and record.ack_eliciting:
                 self._connection.on_packet_resolved(record, packet.packet_number, lost=True, now=now)
+        recovery_start = getattr(self._cc, "_congestion_recovery_start_time", None)
         super()._on_packets_lost(
             congestion_event=congestion_event,
             now=now,
@@ -165,6 +169,9 @@ class TrackedRecovery(QuicPacketRecovery):
             persistent_congestion=persistent_congestion,
             space=space,
         )
+        # aioquic's NewReno (and CUBIC) move this when a loss starts a recovery period.
+        if space.is_application_data and getattr(self._cc, "_congestion_recovery_start_time", None) != recovery_start:
+            self.recovery_started = True
 
 
 class AutoRecConnection(QuicConnection):
@@ -210,10 +217,14 @@ class AutoRecConnection(QuicConnection):
         self.packets_sent += 1
         for f in frames:
             self.bytes_sent[f.kind] += f.stop - f.start
-            if f.kind is FrameKind.RETRANSMISSION and self.controller is not None:
+            if self.controller is None:
+                continue
+            if f.kind is FrameKind.RETRANSMISSION:
                 self.controller.on_retransmission_sent(
                     f.sender, f.start, f.stop, now, after_timeout=self._loss._pto_count > 0
                 )
+            elif f.kind is FrameKind.FIRST and (written := f.sender.written_at(f.start)) is not None:
+                self.controller.on_first_sent(f.sender, f.start, f.stop, now, waited_s=now - written)
 
     def on_packet_resolved(self, record: PacketRecord, packet_number: int, *, lost: bool, now: float) -> None:
         if self.controller is not None:
@@ -224,6 +235,10 @@ class AutoRecConnection(QuicConnection):
 
     def _on_bytes_acked(self, sender: TrackedStreamSender, start: int, stop: int) -> None:
         self.meter.on_bytes_acked(sender, start, stop, self._now)
+        if self.controller is not None and (run_start := sender.take_delivered()) is not None:
+            written = sender.written_at(run_start)
+            if written is not None:
+                self.controller.on_delivered(written, self._now)
 
     # -- aioquic's interface ----------------------------------------------------------
 
@@ -241,6 +256,8 @@ class AutoRecConnection(QuicConnection):
             return super().datagrams_to_send(now)
         for stream_id in [i for i, s in self._tracked.items() if s.is_finished]:
             del self._tracked[stream_id]
+        for sender in self._tracked.values():
+            sender.note_writes(now)
         for record in self._loss.take_overdue(now):
             for f in record.frames:
                 if f.kind is not FrameKind.COPY:
@@ -260,14 +277,24 @@ class AutoRecConnection(QuicConnection):
             self._poll(now, streams)
             for s in streams:
                 s.serving = Serving.DATA
-            datagrams = super().datagrams_to_send(now)
+            datagrams = []
+            if self._loss.recovery_started:
+                # RFC 9002 7.3.2: a sender that halves its window at once "can send a
+                # single packet prior to reduction", which speeds up recovery: the
+                # retransmission (the lowest pending offset, served first) leaves now
+                # instead of waiting for ACKs to drain the window below its new size.
+                self._loss.recovery_started = False
+                if self.autorec_config.retransmit_before_reduction:
+                    with self._loss.beyond_window(self._max_datagram_size):
+                        datagrams += super().datagrams_to_send(now)
+            datagrams += super().datagrams_to_send(now)
             self._poll(now, streams)
             copies = sum(s.copy_pending_bytes for s in streams)
             if copies:
                 pacing_at, copy_pass = self._pacing_at, True
                 for s in streams:
                     s.serving = Serving.COPIES
-                with self._loss.copy_pass(copies + self._max_datagram_size):
+                with self._loss.beyond_window(copies + self._max_datagram_size):
                     datagrams += super().datagrams_to_send(now)
         finally:  # whatever escaped, the next attempt starts from aioquic's own state
             if copy_pass:
@@ -326,4 +353,6 @@ class AutoRecConnection(QuicConnection):
             overhead=self.bytes_sent[FrameKind.COPY] / first if first else 0.0,
             srtt_ms=self._loss.srtt_s * 1000,
         )
+        if self.controller is not None:
+            stats["copy_bytes_by_reason"] = dict(self.controller.copy_bytes_by_reason)
         return stats

@@ -27,6 +27,7 @@ but copies.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
@@ -90,6 +91,11 @@ class TrackedStreamSender(QuicStreamSender):
         self._unregistered: deque[tuple[int, int, FrameKind]] = deque()
         self.bytes_sent: dict[FrameKind, int] = dict.fromkeys(FrameKind, 0)
         self.serving = Serving.ALL
+        # When the application wrote what: the end offset and time of each write the
+        # connection noticed (note_writes), for bytes not yet acknowledged in order.
+        self._write_stops: list[int] = []
+        self._write_times: list[float] = []
+        self._delivered_offset = 0  # acked_offset as of the last take_delivered()
 
     # -- what the controller and the meter read ---------------------------------------
 
@@ -132,6 +138,32 @@ class TrackedStreamSender(QuicStreamSender):
             if (f_start, f_stop) == (start, stop):
                 return kind
         return FrameKind.FIRST
+
+    def note_writes(self, now: float) -> None:
+        """Stamp the bytes written since the last call as written at ``now``.
+
+        The connection calls this before each transmission attempt, which follows every
+        write, so a byte's stamp is when it joined the send buffer.
+        """
+        if self._buffer_stop > (self._write_stops[-1] if self._write_stops else 0):
+            self._write_stops.append(self._buffer_stop)
+            self._write_times.append(now)
+        done = bisect.bisect_right(self._write_stops, self._buffer_start)
+        if done > 64:  # forget the writes acknowledged in order, a batch at a time
+            del self._write_stops[:done], self._write_times[:done]
+
+    def written_at(self, offset: int) -> float | None:
+        """When the byte at ``offset`` was written, if note_writes saw it."""
+        i = bisect.bisect_right(self._write_stops, offset)
+        return self._write_times[i] if i < len(self._write_times) else None
+
+    def take_delivered(self) -> int | None:
+        """Where the run of bytes newly acknowledged in order starts, once per advance of
+        :attr:`acked_offset` (None if it has not advanced since the last call)."""
+        if self._buffer_start <= self._delivered_offset:
+            return None
+        start, self._delivered_offset = self._delivered_offset, self._buffer_start
+        return start
 
     # -- AutoRec's reinjection --------------------------------------------------------
 
