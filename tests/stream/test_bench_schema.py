@@ -89,4 +89,7 @@ def test_draws_repeat_each_case_and_pool_the_stall_time():
     for side in ("baseline", "autorec"):
         assert pooled["stall_s"][side] == round(sum(c[side]["stall_s"] for c in cases), 4)
     overheads = [c["autorec"]["overhead"] for c in cases]
-    assert pooled["overhead"] == {"min": min(overheads), "max": max(overheads)}
+    assert (pooled["overhead"]["min"], pooled["overhead"]["max"]) == (min(overheads), max(overheads))
+    for side in ("baseline", "autorec"):  # every retransmission loss of both draws
+        latencies = [v for c in cases for v in c[side]["retx_loss_recovery_ms"]]
+        assert pooled["retx_loss_recovery_ms_p95"][f"n_{side}"] == len(latencies) > 0

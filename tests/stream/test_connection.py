@@ -221,8 +221,31 @@ def test_retransmission_leaves_before_the_halved_window_drains(quic_pair, before
     pair.run_until(pair.now + 5.0, writes)
     assert_delivered_exactly_once(pair, body)
     [loss] = pair.server.meter.events
+    lost = next(t for t in pair.transmissions if t.start <= 3000 < t.stop and t.arrived_at is None)
     retransmitted_at = sorted(t.sent_at for t in pair.transmissions if t.start <= 3000 < t.stop)[1]
     if before_reduction:  # RFC 9002 7.3.2: one packet before the reduction, at once
         assert retransmitted_at == loss.detected_at
+        # ...and nothing but the lost data: no new data slipped out beyond the window
+        at_once = [(t.start, t.stop) for t in pair.transmissions if t.sent_at == loss.detected_at]
+        assert at_once == [(lost.start, lost.stop)]
     else:  # aioquic as is: it waits until ACKs bring in-flight below the halved window
         assert retransmitted_at > loss.detected_at + 0.01
+
+
+@pytest.mark.parametrize("protect", [True, False])
+def test_data_that_waited_long_in_the_send_buffer_gets_a_copy(quic_pair, protect):
+    # Bursts of 30 kB every 0.5 s, larger than the window, so their tails wait in the send
+    # buffer; one packet in 13 is lost. Late copies spend only the surplus of the budget,
+    # so a generous budget and enough stream (300 kB) for the bucket to fill.
+    config = AutoRecConfig(overhead_budget=1.0, protect_late_data=protect)
+    pair = quic_pair(autorec=config, one_way_s=0.05)
+    writes, body = bursts(10, 30_000, gap_s=0.5, start=pair.now)
+    pair.drop_server = lambda i, frames: bool(frames) and i % 13 == 0
+    pair.run_until(pair.now + 30.0, writes)
+    assert_delivered_exactly_once(pair, body)
+    controller = pair.server.controller
+    assert controller.delay_record_s > 0.1
+    if protect:
+        assert controller.copy_bytes_by_reason["late"] > 0
+    else:
+        assert controller.copy_bytes_by_reason["late"] == 0 == controller.late_bytes

@@ -252,14 +252,15 @@ def test_late_data_is_copied_only_where_its_loss_would_set_a_new_delay_record():
     sender = TrackedStreamSender(0, True)
     sent(sender, 12_000)
     ctl = ReinjectionController(AutoRecConfig(overhead_budget=1.0))
-    ctl.poll(0.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=12_000, cwnd_room=0)
+    # A full bucket: late copies spend only what is above half of it.
+    ctl.poll(0.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=300_000, cwnd_room=0)
     ctl.on_first_sent(sender, 0, 1200, now=1.0, waited_s=0.5)
     assert ctl.protections == []  # no loss measured: a loss is not expected
     for i in range(20):
         ctl.on_packet_resolved(lost=i % 10 == 0)
-    # The viewer has seen data 0.6 s after it was written (written at 0.4, acknowledged
-    # in order at 1.05, half an RTT after it arrived).
-    ctl.on_delivered(written_at=0.4, now=1.05)
+    # The viewer has had data 0.6 s after it was written.
+    ctl.on_delivered(written_at=0.4, arrived_at=1.0)
+    ctl.on_delivered(written_at=0.9, arrived_at=1.2)  # not a record
     assert ctl.delay_record_s == pytest.approx(0.6)
     # Sent on time, lost once, it would still arrive within the record (0.2625 s): no copy.
     ctl.on_first_sent(sender, 0, 1200, now=1.1, waited_s=0.01)
@@ -267,33 +268,28 @@ def test_late_data_is_copied_only_where_its_loss_would_set_a_new_delay_record():
     # 0.4 s in the send buffer plus a recovery round would beat the record: one copy, at once.
     ctl.on_first_sent(sender, 1200, 2400, now=1.2, waited_s=0.4)
     assert ctl.late_bytes == 1200 and ctl.next_wakeup() == 1.2
-    ctl.poll(1.2, app_has_new_data=True, srtt_s=0.1, goodput_bytes=12_000, cwnd_room=0)
-    assert sender.copy_pending_bytes == 1200 and ctl.copy_bytes == 1200
+    ctl.poll(1.2, app_has_new_data=True, srtt_s=0.1, goodput_bytes=300_000, cwnd_room=0)
+    assert sender.copy_pending_bytes == 1200 and ctl.copy_bytes_by_reason["late"] == 1200
     assert ctl.protections == []  # one copy only
 
 
-def test_late_data_comes_after_copies_of_retransmissions():
-    # Credit 0.1 * 72_000 = 7200 bytes. A claim must leave the reserve: max_copies packets
-    # for copies after a timeout, plus one for first copies, for every claim but a first
-    # copy of a retransmission.
+def test_late_data_spends_only_what_copies_of_retransmissions_leave_over():
+    # Budget 0.1: the bucket holds 0.1 * 200 packets = 24_000 bytes; late data may spend
+    # only what is above half of it.
     ctl = ReinjectionController(AutoRecConfig(overhead_budget=0.1))
     sender = TrackedStreamSender(0, True)
-    sent(sender, 72_000)
+    sent(sender, 200_000)
     for i in range(20):
         ctl.on_packet_resolved(lost=i % 10 == 0)
 
-    def poll(now: float) -> None:
-        ctl.poll(now, app_has_new_data=True, srtt_s=0.1, goodput_bytes=72_000, cwnd_room=0)
+    def poll(now: float, goodput: int) -> None:
+        ctl.poll(now, app_has_new_data=True, srtt_s=0.1, goodput_bytes=goodput, cwnd_room=0)
         while sender.get_frame(1200) is not None:  # the copy pass sends them
             pass
 
-    ctl.on_retransmission_sent(sender, 0, 1200, now=1.0)  # two copies at 5-10 % loss
-    poll(1.0)
-    assert ctl.copy_bytes == 1200  # the first copy; 6000 left
-    # At 1.03 the retransmission's second copy (due at 1.025) and a late first
-    # transmission each need 1200 + 4800: only one fits. Data lost once already is lost
-    # again with the (burst) loss rate: the retransmission's copy goes.
-    ctl.on_first_sent(sender, 1200, 2400, now=1.03, waited_s=1.0)
-    poll(1.03)
-    assert ctl.copy_bytes == 2400 and ctl.copy_bytes_by_reason == {"retransmission": 2400, "late": 0, "overdue": 0}
-    assert [(p.start, p.late) for p in ctl.protections] == [(1200, True)]  # waits for credit
+    ctl.on_first_sent(sender, 0, 1200, now=1.0, waited_s=1.0)
+    ctl.on_retransmission_sent(sender, 1200, 2400, now=1.0)
+    poll(1.0, 100_000)  # 10_000 bytes of credit: the retransmission's first copy goes, late data waits
+    assert ctl.copy_bytes_by_reason == {"retransmission": 1200, "late": 0, "overdue": 0}
+    poll(1.01, 200_000)  # 18_800: above half the bucket by more than a packet
+    assert ctl.copy_bytes_by_reason == {"retransmission": 1200, "late": 1200, "overdue": 0}

@@ -179,3 +179,17 @@ def test_write_times_and_in_order_delivery():
     sender.on_data_delivery(QuicDeliveryState.ACKED, 1200, 1500, False)
     assert sender.take_delivered() == 1200
     assert sender.written_at(1200) == 2.0
+
+
+def test_write_times_survive_forgetting_acknowledged_writes():
+    sender = TrackedStreamSender(0, True)
+    for i in range(200):  # 200 writes of 100 bytes, stamped 0.0, 0.01, ...
+        sender.write(bytes(100))
+        sender.note_writes(i / 100)
+    while sender.get_frame(1200) is not None:
+        pass
+    sender.on_data_delivery(QuicDeliveryState.ACKED, 0, 15_050, False)
+    assert sender.take_delivered() == 0
+    sender.note_writes(5.0)  # forgets the 150 writes acknowledged in order
+    assert len(sender._write_stops) == len(sender._write_times) == 50
+    assert [sender.written_at(o) for o in (15_050, 15_099, 15_100, 19_999)] == [1.5, 1.5, 1.51, 1.99]

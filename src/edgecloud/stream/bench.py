@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgecloud.netem import Bernoulli, GilbertElliott, Link, LinkProfile, Schedule, UdpRelay
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.player import play
@@ -34,6 +36,7 @@ from edgecloud.stream.source import LiveSource, SourceConfig
 from edgecloud.stream.virtual import VirtualPair, stream_live
 
 LOSS_MODELS = ("bernoulli", "bursty")
+SIDES = ("baseline", "autorec")
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ SIDE_KEYS = (
     "retx_loss_recovery_ms_p50",
     "retx_loss_recovery_ms_p95",
     "retx_loss_recovery_ms_p99",
+    "retx_loss_recovery_ms",
     "first_losses",
     "retx_losses",
     "unrecovered",
@@ -217,11 +221,11 @@ def run_cases(
     combos = [(p, m, r) for p in losses for m in loss_models for r in rtts_ms if not (p == 0 and m != loss_models[0])]
     runs = [(s, index, combo) for s in range(seed, seed + draws) for index, combo in enumerate(combos)]
     with ProcessPoolExecutor(max_workers=2) as pool:
-        for done, (seed, index, (loss, model, rtt)) in enumerate(runs, 1):
+        for done, (draw_seed, index, (loss, model, rtt)) in enumerate(runs, 1):
             link = LinkSpec(loss=loss, loss_model=model, rtt_ms=rtt, rate_mbps=rate_mbps, ack_path_loss=ack_path_loss)
             sides = {
                 name: SideSpec(
-                    link, config, duration_s, source, playout_delay_s, seed=seed * 1000 + index, virtual=virtual
+                    link, config, duration_s, source, playout_delay_s, seed=draw_seed * 1000 + index, virtual=virtual
                 )
                 for name, config in (("baseline", None), ("autorec", autorec))
             }
@@ -237,7 +241,7 @@ def run_cases(
                 "duration_s": duration_s,
                 "ack_path_loss": ack_path_loss,
                 "clock": "virtual" if virtual else "real",
-                "seed": seed,
+                "seed": draw_seed,
                 "baseline": base,
                 "autorec": auto,
                 "ratios": {
@@ -255,8 +259,10 @@ def run_cases(
 
 
 def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per case over its draws: stall time summed on each side and their ratio, and the
-    range of the per-draw ratios of retransmission-loss p95 and of overhead.
+    """Per case over its draws: stall time summed on each side and their ratio, the p95 of
+    every retransmission loss's recovery latency on each side and their ratio, the range of
+    the per-draw p95 ratios, and overhead (copy bytes over goodput bytes of all draws, and
+    the per-draw range).
 
     Total stall time is an extreme value (a player that stalls until late data arrives has
     that much more buffer afterwards, so a run's stall time is its worst delay past the
@@ -271,6 +277,9 @@ def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
         auto = sum(c["autorec"]["stall_s"] for c in group)
         p95 = [r for c in group if (r := c["ratios"]["retx_loss_recovery_p95"]) is not None]
         overhead = [c["autorec"]["overhead"] for c in group]
+        retx = {side: [v for c in group for v in c[side].get("retx_loss_recovery_ms", [])] for side in SIDES}
+        retx_p95 = {side: _p95(values) for side, values in retx.items()}
+        goodput = sum(c["autorec"]["goodput_bytes"] for c in group)
         out.append(
             {
                 "loss": loss,
@@ -278,11 +287,22 @@ def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "rtt_ms": rtt,
                 "draws": len(group),
                 "stall_s": {"baseline": round(base, 4), "autorec": round(auto, 4), "ratio": ratio(auto, base)},
-                "retx_loss_recovery_p95_ratio": {"min": min(p95), "max": max(p95)} if p95 else None,
-                "overhead": {"min": min(overhead), "max": max(overhead)},
+                "retx_loss_recovery_ms_p95": retx_p95
+                | {"ratio": ratio(retx_p95["autorec"], retx_p95["baseline"])}
+                | {f"n_{side}": len(values) for side, values in retx.items()},
+                "retx_loss_recovery_p95_ratio_per_draw": {"min": min(p95), "max": max(p95)} if p95 else None,
+                "overhead": {
+                    "all": round(sum(c["autorec"]["copy_bytes"] for c in group) / goodput, 5) if goodput else 0.0,
+                    "min": min(overhead),
+                    "max": max(overhead),
+                },
             }
         )
     return out
+
+
+def _p95(values_ms: list[float]) -> float | None:
+    return round(float(np.percentile(values_ms, 95)), 1) if values_ms else None
 
 
 def run_loss_change(

@@ -193,13 +193,12 @@ def _bench(args: argparse.Namespace) -> int:
     )
     if args.draws > 1:
         for p in bench.pooled(cases):
-            p95 = p["retx_loss_recovery_p95_ratio"]
-            p95_text = f"x{p95['min']}-{p95['max']}" if p95 else "- (no retransmission losses)"
+            retx = p["retx_loss_recovery_ms_p95"]
             print(
                 f"pooled over {p['draws']} draws, loss {p['loss']:g} {p['loss_model']} rtt {p['rtt_ms']:g} ms: "
                 f"stall {p['stall_s']['baseline']} -> {p['stall_s']['autorec']} s (x{p['stall_s']['ratio']}), "
-                f"retx p95 {p95_text}, "
-                f"overhead {p['overhead']['min']:.3f}-{p['overhead']['max']:.3f}",
+                f"retx-loss p95 {retx['baseline']} -> {retx['autorec']} ms (x{retx['ratio']}; "
+                f"{retx['n_baseline']} / {retx['n_autorec']} losses), overhead {p['overhead']['all']:.3f}",
                 flush=True,
             )
     bench.write_json(args.json, cases)

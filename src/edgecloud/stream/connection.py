@@ -70,6 +70,7 @@ class TrackedRecovery(QuicPacketRecovery):
         # Set when a loss starts a new recovery period (NewReno halves its window):
         # AutoRecConnection then lets one packet leave beyond the window (RFC 9002 7.3.2).
         self.recovery_started = False
+        self.last_ack_delay = 0.0  # as the peer reported it with its latest ACK
 
     @property
     def congestion_window(self) -> int:
@@ -137,6 +138,7 @@ class TrackedRecovery(QuicPacketRecovery):
         self._connection.on_frames_sent(frames, packet.sent_time)
 
     def on_ack_received(self, *, ack_rangeset: Any, ack_delay: float, now: float, space: QuicPacketSpace) -> None:
+        self.last_ack_delay = min(ack_delay, self.max_ack_delay)
         super().on_ack_received(ack_rangeset=ack_rangeset, ack_delay=ack_delay, now=now, space=space)
         if not space.is_application_data:
             return
@@ -238,7 +240,10 @@ class AutoRecConnection(QuicConnection):
         if self.controller is not None and (run_start := sender.take_delivered()) is not None:
             written = sender.written_at(run_start)
             if written is not None:
-                self.controller.on_delivered(written, self._now)
+                # It arrived half a round trip (srtt excludes the peer's ACK delay) plus
+                # the ACK delay the peer reported before this ACK.
+                arrived = self._now - self._loss.srtt_s / 2 - self._loss.last_ack_delay
+                self.controller.on_delivered(written, arrived)
 
     # -- aioquic's interface ----------------------------------------------------------
 
@@ -253,6 +258,7 @@ class AutoRecConnection(QuicConnection):
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         self._now = now
         if self.controller is None or not self._handshake_confirmed:
+            self._loss.recovery_started = False
             return super().datagrams_to_send(now)
         for stream_id in [i for i, s in self._tracked.items() if s.is_finished]:
             del self._tracked[stream_id]
@@ -280,13 +286,18 @@ class AutoRecConnection(QuicConnection):
             datagrams = []
             if self._loss.recovery_started:
                 # RFC 9002 7.3.2: a sender that halves its window at once "can send a
-                # single packet prior to reduction", which speeds up recovery: the
-                # retransmission (the lowest pending offset, served first) leaves now
-                # instead of waiting for ACKs to drain the window below its new size.
+                # single packet prior to reduction", which speeds up recovery "if the
+                # data in the lost packet is retransmitted": one datagram's worth of
+                # retransmitted data leaves now instead of waiting for ACKs to drain
+                # the window below its new size.
                 self._loss.recovery_started = False
                 if self.autorec_config.retransmit_before_reduction:
+                    for s in streams:
+                        s.serving = Serving.RETRANSMISSIONS
                     with self._loss.beyond_window(self._max_datagram_size):
                         datagrams += super().datagrams_to_send(now)
+                    for s in streams:
+                        s.serving = Serving.DATA
             datagrams += super().datagrams_to_send(now)
             self._poll(now, streams)
             copies = sum(s.copy_pending_bytes for s in streams)

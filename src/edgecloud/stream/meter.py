@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from aioquic.quic.rangeset import RangeSet
@@ -109,7 +110,7 @@ class RecoveryMeter:
                 latest = max(latest, t)
         return latest
 
-    def summary(self) -> dict[str, float | int | None]:
+    def summary(self) -> dict[str, Any]:
         """Percentiles in milliseconds of recovered first losses and retransmission losses."""
         first = [e.latency_s for e in self.events if not e.retransmission and e.latency_s is not None]
         retx = [e.latency_s for e in self.events if e.retransmission and e.latency_s is not None]
@@ -122,6 +123,8 @@ class RecoveryMeter:
         for q in (50, 95, 99):
             out[f"recovery_ms_p{q}"] = percentile_ms(first, q)
             out[f"retx_loss_recovery_ms_p{q}"] = percentile_ms(retx, q)
+        # every retransmission loss's latency, so that runs can be pooled (bench.pooled)
+        out["retx_loss_recovery_ms"] = sorted(round(v * 1000, 1) for v in retx)
         return out
 
 

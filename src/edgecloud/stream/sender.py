@@ -50,6 +50,7 @@ class Serving(Enum):
     ALL = "all"
     DATA = "data"  # first transmissions and retransmissions, never a copy
     COPIES = "copies"  # copies only
+    RETRANSMISSIONS = "retransmissions"  # data declared lost, not yet sent again
 
 
 # Called with (sender, start, stop) for bytes that just became acknowledged.
@@ -187,19 +188,27 @@ class TrackedStreamSender(QuicStreamSender):
     # -- aioquic's interface ----------------------------------------------------------
 
     def get_frame(self, max_size: int, max_offset: int | None = None) -> QuicStreamFrame | None:
-        if self.serving is Serving.ALL or not len(self._copy_pending):
-            if self.serving is Serving.COPIES:
-                return None
+        if self.serving is Serving.ALL or (self.serving is Serving.DATA and not len(self._copy_pending)):
             return self._get_frame(max_size, max_offset)
-        # Serve from a view of the pending bytes (copies only, or all but copies); what
-        # the frame takes leaves the real pending set.
+        # Serve from a view of the pending bytes (copies only, retransmissions only, or all
+        # but copies); what the frame takes leaves the real pending set.
         pending = self._pending
         view = RangeSet()
-        for r in self._copy_pending if self.serving is Serving.COPIES else pending:
-            view.add(r.start, r.stop)
-        if self.serving is Serving.DATA:
+        if self.serving is Serving.COPIES:
+            for r in self._copy_pending:
+                view.add(r.start, r.stop)
+        elif self.serving is Serving.RETRANSMISSIONS:
+            for r in self._retx_pending:
+                for lo, hi in intersect(pending, r.start, r.stop):
+                    view.add(lo, hi)
+        else:
+            for r in pending:
+                view.add(r.start, r.stop)
+        if self.serving is not Serving.COPIES:
             for r in self._copy_pending:
                 view.subtract(r.start, r.stop)
+        if not len(view) and self.serving is not Serving.DATA:
+            return None  # (DATA may still owe a FIN of its own)
         self._pending = view
         try:
             frame = self._get_frame(max_size, max_offset)
