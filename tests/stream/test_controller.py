@@ -251,17 +251,20 @@ def test_overdue_data_gets_one_copy_only_when_the_adapter_wants_copies():
 def test_late_data_is_copied_only_where_its_loss_would_set_a_new_delay_record():
     sender = TrackedStreamSender(0, True)
     sent(sender, 12_000)
-    ctl = ReinjectionController(AutoRecConfig(overhead_budget=1.0))
+    ctl = ReinjectionController(AutoRecConfig(overhead_budget=1.0, viewer_buffer_ms=0))
     # A full bucket: late copies spend only what is above half of it.
     ctl.poll(0.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=300_000, cwnd_room=0)
     ctl.on_first_sent(sender, 0, 1200, now=1.0, waited_s=0.5)
-    assert ctl.protections == []  # no loss measured: a loss is not expected
+    for i in range(100):  # 1 % loss: no more than the adapter's accepted residual
+        ctl.on_packet_resolved(lost=i == 0)
+    ctl.on_first_sent(sender, 0, 1200, now=1.0, waited_s=0.5)
+    assert ctl.protections == []  # a loss is not expected
     for i in range(20):
         ctl.on_packet_resolved(lost=i % 10 == 0)
     # The viewer has had data 0.6 s after it was written.
     ctl.on_delivered(written_at=0.4, arrived_at=1.0)
     ctl.on_delivered(written_at=0.9, arrived_at=1.2)  # not a record
-    assert ctl.delay_record_s == pytest.approx(0.6)
+    assert ctl.delay_record_s == pytest.approx(0.6) == ctl.viewer_slack_s
     # Sent on time, lost once, it would still arrive within the record (0.2625 s): no copy.
     ctl.on_first_sent(sender, 0, 1200, now=1.1, waited_s=0.01)
     assert ctl.protections == [] and ctl.late_bytes == 0
@@ -271,6 +274,21 @@ def test_late_data_is_copied_only_where_its_loss_would_set_a_new_delay_record():
     ctl.poll(1.2, app_has_new_data=True, srtt_s=0.1, goodput_bytes=300_000, cwnd_room=0)
     assert sender.copy_pending_bytes == 1200 and ctl.copy_bytes_by_reason["late"] == 1200
     assert ctl.protections == []  # one copy only
+
+
+def test_late_data_within_the_viewers_playout_delay_is_left_alone():
+    sender = TrackedStreamSender(0, True)
+    sent(sender, 12_000)
+    ctl = ReinjectionController(AutoRecConfig(overhead_budget=1.0, viewer_buffer_ms=500))
+    for i in range(20):
+        ctl.on_packet_resolved(lost=i % 10 == 0)
+    ctl.on_delivered(written_at=0.0, arrived_at=0.05)  # the first data: 50 ms
+    ctl.on_delivered(written_at=1.0, arrived_at=1.3)  # a record, yet within 50 + 500 ms
+    assert ctl.viewer_slack_s == pytest.approx(0.55)
+    ctl.on_first_sent(sender, 0, 1200, now=2.0, waited_s=0.25)  # 0.25 + 0.2625 < 0.55
+    assert ctl.late_bytes == 0
+    ctl.on_first_sent(sender, 0, 1200, now=2.0, waited_s=0.3)  # 0.3 + 0.2625 > 0.55
+    assert ctl.late_bytes == 1200
 
 
 def test_late_data_spends_only_what_copies_of_retransmissions_leave_over():

@@ -62,6 +62,13 @@ def _add_autorec_options(parser: argparse.ArgumentParser) -> None:
         "they would reach the viewer later than any data so far",
     )
     group.add_argument(
+        "--viewer-buffer-ms",
+        type=_number(0, 600_000),
+        default=300.0,
+        help="playout delay viewers are assumed to start with; late copies protect only data whose loss "
+        "would delay it past that and past every delay so far (default 300; 0 protects the most)",
+    )
+    group.add_argument(
         "--no-retransmit-before-reduction",
         action="store_true",
         help="let a retransmission wait for the halved window, as aioquic does "
@@ -83,6 +90,7 @@ def _autorec_config(args: argparse.Namespace) -> Any:
         overhead_budget=args.overhead_budget,
         recovery_target_ms=args.recovery_target_ms,
         protect_late_data=not args.no_late_copies,
+        viewer_buffer_ms=args.viewer_buffer_ms,
         retransmit_before_reduction=not args.no_retransmit_before_reduction,
     )
 

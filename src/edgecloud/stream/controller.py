@@ -57,6 +57,7 @@ class AutoRecConfig:
     overdue_share: float = 0.5  # at most this share of the budget goes to overdue data
     min_copy_spacing_s: float = 0.002
     protect_late_data: bool = True  # copy first transmissions that would set a new delay record if lost
+    viewer_buffer_ms: float = 300.0  # playout delay the viewer is assumed to start with
     retransmit_before_reduction: bool = True  # RFC 9002 7.3.2: one packet beyond the halved window
 
     def __post_init__(self) -> None:
@@ -66,6 +67,7 @@ class AutoRecConfig:
         _check_range("max_copies", self.max_copies, 0, 16)
         _check_range("overdue_share", self.overdue_share, 0.0, 1.0)
         _check_range("min_copy_spacing_s", self.min_copy_spacing_s, 0.0, 1.0)
+        _check_range("viewer_buffer_ms", self.viewer_buffer_ms, 0.0, 600_000.0)
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -259,6 +261,7 @@ class ReinjectionController:
         # The viewer's worst delivery delay so far (write -> arrival, estimated from ACKs):
         # a player that stalls until late data arrives has that much buffer afterwards.
         self.delay_record_s = 0.0
+        self._first_delay_s: float | None = None
         self.late_bytes = 0  # first-transmission bytes protected as late data
 
     # -- inputs -----------------------------------------------------------------------
@@ -291,7 +294,17 @@ class ReinjectionController:
     def on_delivered(self, written_at: float, arrived_at: float) -> None:
         """A run of bytes was just acknowledged in order: its oldest, written at
         ``written_at``, reached the viewer at about ``arrived_at``."""
-        self.delay_record_s = max(self.delay_record_s, arrived_at - written_at)
+        delay = arrived_at - written_at
+        if self._first_delay_s is None:
+            self._first_delay_s = delay
+        self.delay_record_s = max(self.delay_record_s, delay)
+
+    @property
+    def viewer_slack_s(self) -> float:
+        """The latest delay after writing that no viewer has stalled for yet: the delay
+        record, and at least the first data's delay plus the assumed playout delay."""
+        floor = (self._first_delay_s or 0.0) + self.config.viewer_buffer_ms / 1000
+        return max(self.delay_record_s, floor)
 
     def on_first_sent(self, stream: ReinjectableStream, start: int, stop: int, now: float, *, waited_s: float) -> None:
         """A first transmission left after ``waited_s`` in the send buffer.
@@ -302,9 +315,9 @@ class ReinjectionController:
         delay so far, so it gets one copy at once. Such data is what waited behind the
         congestion window in a loss episode; data sent on time is left alone.
         """
-        if not self.config.protect_late_data or self.loss.value <= 0.0:
+        if not self.config.protect_late_data or self.loss.value <= self.config.residual_loss:
             return
-        if waited_s + LOST_ONCE_ARRIVAL_RTTS * self._srtt_s <= self.delay_record_s:
+        if waited_s + LOST_ONCE_ARRIVAL_RTTS * self._srtt_s <= self.viewer_slack_s:
             return
         self.late_bytes += stop - start
         self.protections.append(Protection(stream, start, stop, 1, now, retransmitted=False, late=True))
