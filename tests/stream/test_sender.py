@@ -193,3 +193,42 @@ def test_write_times_survive_forgetting_acknowledged_writes():
     sender.note_writes(5.0)  # forgets the 150 writes acknowledged in order
     assert len(sender._write_stops) == len(sender._write_times) == 50
     assert [sender.written_at(o) for o in (15_050, 15_099, 15_100, 19_999)] == [1.5, 1.5, 1.51, 1.99]
+
+
+def test_retransmissions_mode_serves_only_lost_data_with_its_fin():
+    sender = TrackedStreamSender(0, True)
+    sender.write(bytes(3000), end_stream=True)
+    frames = [sender.get_frame(1000) for _ in range(3)]
+    assert frames[-1].fin
+    sender.on_data_delivery(QuicDeliveryState.ACKED, 0, 1000, False)
+    sender.on_data_delivery(QuicDeliveryState.LOST, 1000, 2000, False)
+    sender.on_data_delivery(QuicDeliveryState.LOST, 2000, 3000, True)
+    sender.serving = Serving.RETRANSMISSIONS
+    first = sender.get_frame(1000)
+    second = sender.get_frame(1000)
+    assert (first.offset, len(first.data), first.fin) == (1000, 1000, False)
+    assert (second.offset, len(second.data), second.fin) == (2000, 1000, True)
+    assert sender.get_frame(1000) is None and sender.buffer_is_empty
+
+
+def test_retransmissions_mode_leaves_new_data_and_a_lone_fin_to_the_data_pass():
+    sender = TrackedStreamSender(0, True)
+    sender.write(bytes(2000))
+    sender.get_frame(1000)
+    sender.on_data_delivery(QuicDeliveryState.LOST, 0, 1000, False)
+    sender.serving = Serving.RETRANSMISSIONS
+    frame = sender.get_frame(1200)
+    assert (frame.offset, len(frame.data)) == (0, 1000)  # the lost bytes, not the new ones after them
+    assert sender.get_frame(1200) is None and not sender.buffer_is_empty
+    sender.serving = Serving.DATA
+    assert sender.get_frame(1200).offset == 1000
+    # Only the FIN was lost: it is not retransmitted data, so the data pass sends it.
+    done = TrackedStreamSender(0, True)
+    done.write(bytes(100), end_stream=True)
+    done.get_frame(1000)
+    done.on_data_delivery(QuicDeliveryState.ACKED, 0, 100, False)
+    done.on_data_delivery(QuicDeliveryState.LOST, 100, 100, True)
+    done.serving = Serving.RETRANSMISSIONS
+    assert done.get_frame(1000) is None
+    done.serving = Serving.DATA
+    assert done.get_frame(1000).fin

@@ -157,6 +157,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     autorec = _autorec_config(args)
     source = _source_config(args)
+    if args.loss_change and args.draws > 1:
+        print("error: --loss-change runs one draw; --draws applies to the side-by-side cases", file=sys.stderr)
+        return 2
     if args.loss_change:
         result = bench.run_loss_change(
             duration_s=args.duration,
@@ -257,7 +260,8 @@ def register(commands: Any, bench: Any) -> None:
         "--draws",
         type=_number(1, 1000, int),
         default=1,
-        help="loss draws per case (seeds --seed, --seed + 1, ...); prints stall time pooled over them",
+        help="loss draws per case (seeds --seed, --seed + 1, ...); prints stall time, retransmission-loss p95 "
+        "and overhead pooled over them",
     )
     runner.add_argument(
         "--ack-path-loss",
