@@ -18,10 +18,11 @@ REQUIRED = {
 }
 
 
-def test_cases_have_the_issue_schema_and_deliver_every_byte():
-    cases = bench.run_cases(
+def short_cases(loss_model: str, **kwargs: int) -> list[dict]:
+    """3 s of a small stream at 5 % loss and 40 ms on the virtual clock."""
+    return bench.run_cases(
         [0.05],
-        ["bursty"],
+        [loss_model],
         [40.0],
         duration_s=3.0,
         autorec=AutoRecConfig(),
@@ -29,7 +30,12 @@ def test_cases_have_the_issue_schema_and_deliver_every_byte():
         playout_delay_s=0.3,
         rate_mbps=20.0,
         virtual=True,
+        **kwargs,
     )
+
+
+def test_cases_have_the_issue_schema_and_deliver_every_byte():
+    cases = short_cases("bursty")
     (case,) = cases
     assert (case["loss"], case["loss_model"], case["rtt_ms"]) == (0.05, "bursty", 40.0)
     for side in ("baseline", "autorec"):
@@ -69,27 +75,14 @@ def test_a_virtual_side_repeats_exactly_and_the_seed_changes_the_draw():
 
 
 def test_draws_repeat_each_case_and_pool_the_stall_time():
-    cases = bench.run_cases(
-        [0.05],
-        ["bernoulli"],
-        [40.0],
-        duration_s=3.0,
-        autorec=AutoRecConfig(),
-        source=SourceConfig(fps=20, bitrate_mbps=0.2),
-        playout_delay_s=0.3,
-        rate_mbps=20.0,
-        virtual=True,
-        seed=4,
-        draws=2,
-    )
+    cases = short_cases("bernoulli", seed=4, draws=2)
     assert [c["seed"] for c in cases] == [4, 5]
     assert cases[0]["autorec"]["copy_bytes_by_reason"].keys() == {"retransmission", "late", "overdue"}
     (pooled,) = bench.pooled(cases)
     assert pooled["draws"] == 2
-    for side in ("baseline", "autorec"):
-        assert pooled["stall_s"][side] == round(sum(c[side]["stall_s"] for c in cases), 4)
     overheads = [c["autorec"]["overhead"] for c in cases]
     assert (pooled["overhead"]["min"], pooled["overhead"]["max"]) == (min(overheads), max(overheads))
-    for side in ("baseline", "autorec"):  # every retransmission loss of both draws
+    for side in bench.SIDES:  # stall time and every retransmission loss of both draws
+        assert pooled["stall_s"][side] == round(sum(c[side]["stall_s"] for c in cases), 4)
         latencies = [v for c in cases for v in c[side]["retx_loss_recovery_ms"]]
         assert pooled["retx_loss_recovery_ms_p95"][f"n_{side}"] == len(latencies) > 0

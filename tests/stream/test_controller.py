@@ -97,6 +97,15 @@ def sent(sender: TrackedStreamSender, size: int) -> None:
         pass
 
 
+def poll_and_send(
+    ctl: ReinjectionController, sender: TrackedStreamSender, now: float, *, goodput_bytes: int, app_has_new_data=False
+) -> None:
+    """Poll with a full window, then send what it re-injected, as the copy pass would."""
+    ctl.poll(now, app_has_new_data=app_has_new_data, srtt_s=0.1, goodput_bytes=goodput_bytes, cwnd_room=0)
+    while sender.get_frame(1200) is not None:
+        pass
+
+
 def test_retransmission_gets_copies_until_acked():
     ctl = ReinjectionController(AutoRecConfig(overhead_budget=1.0))
     sender = TrackedStreamSender(0, True)
@@ -128,9 +137,7 @@ def test_scarce_budget_goes_first_to_copies_that_save_the_most():
         ctl.on_packet_resolved(lost=i % 10 == 0)
 
     def poll(now: float) -> None:
-        ctl.poll(now, app_has_new_data=False, srtt_s=0.1, goodput_bytes=60_000, cwnd_room=0)
-        while sender.get_frame(1200) is not None:  # the copy pass sends them
-            pass
+        poll_and_send(ctl, sender, now, goodput_bytes=60_000)
 
     ctl.on_retransmission_sent(sender, 0, 1200, now=1.0)
     poll(1.0)
@@ -267,10 +274,10 @@ def test_late_data_is_copied_only_where_its_loss_would_set_a_new_delay_record():
     assert ctl.delay_record_s == pytest.approx(0.6) == ctl.viewer_slack_s
     # Sent on time, lost once, it would still arrive within the record (0.2625 s): no copy.
     ctl.on_first_sent(sender, 0, 1200, now=1.1, waited_s=0.01)
-    assert ctl.protections == [] and ctl.late_bytes == 0
+    assert ctl.protections == []
     # 0.4 s in the send buffer plus a recovery round would beat the record: one copy, at once.
     ctl.on_first_sent(sender, 1200, 2400, now=1.2, waited_s=0.4)
-    assert ctl.late_bytes == 1200 and ctl.next_wakeup() == 1.2
+    assert [(p.start, p.late) for p in ctl.protections] == [(1200, True)] and ctl.next_wakeup() == 1.2
     ctl.poll(1.2, app_has_new_data=True, srtt_s=0.1, goodput_bytes=300_000, cwnd_room=0)
     assert sender.copy_pending_bytes == 1200 and ctl.copy_bytes_by_reason["late"] == 1200
     assert ctl.protections == []  # one copy only
@@ -286,9 +293,9 @@ def test_late_data_within_the_viewers_playout_delay_is_left_alone():
     ctl.on_delivered(written_at=1.0, arrived_at=1.3)  # a record, yet within 50 + 500 ms
     assert ctl.viewer_slack_s == pytest.approx(0.55)
     ctl.on_first_sent(sender, 0, 1200, now=2.0, waited_s=0.25)  # 0.25 + 0.2625 < 0.55
-    assert ctl.late_bytes == 0
+    assert ctl.protections == []
     ctl.on_first_sent(sender, 0, 1200, now=2.0, waited_s=0.3)  # 0.3 + 0.2625 > 0.55
-    assert ctl.late_bytes == 1200
+    assert [(p.start, p.late) for p in ctl.protections] == [(0, True)]
 
 
 def test_late_data_spends_only_what_copies_of_retransmissions_leave_over():
@@ -301,9 +308,7 @@ def test_late_data_spends_only_what_copies_of_retransmissions_leave_over():
         ctl.on_packet_resolved(lost=i % 10 == 0)
 
     def poll(now: float, goodput: int) -> None:
-        ctl.poll(now, app_has_new_data=True, srtt_s=0.1, goodput_bytes=goodput, cwnd_room=0)
-        while sender.get_frame(1200) is not None:  # the copy pass sends them
-            pass
+        poll_and_send(ctl, sender, now, goodput_bytes=goodput, app_has_new_data=True)
 
     ctl.on_first_sent(sender, 0, 1200, now=1.0, waited_s=1.0)
     ctl.on_retransmission_sent(sender, 1200, 2400, now=1.0)

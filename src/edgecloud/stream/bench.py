@@ -258,6 +258,14 @@ def run_cases(
     return cases
 
 
+def by_case(cases: list[dict[str, Any]]) -> dict[tuple[float, str, float], list[dict[str, Any]]]:
+    """The draws of each case (loss, loss model, RTT), in run order."""
+    groups: dict[tuple[float, str, float], list[dict[str, Any]]] = {}
+    for case in cases:
+        groups.setdefault((case["loss"], case["loss_model"], case["rtt_ms"]), []).append(case)
+    return groups
+
+
 def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per case over its draws: stall time summed on each side and their ratio, the p95 of
     every retransmission loss's recovery latency on each side and their ratio, the range of
@@ -268,17 +276,14 @@ def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     that much more buffer afterwards, so a run's stall time is its worst delay past the
     playout delay), so one draw's ratio swings widely; pooled draws are the measure.
     """
-    groups: dict[tuple[float, str, float], list[dict[str, Any]]] = {}
-    for case in cases:
-        groups.setdefault((case["loss"], case["loss_model"], case["rtt_ms"]), []).append(case)
     out = []
-    for (loss, model, rtt), group in groups.items():
+    for (loss, model, rtt), group in by_case(cases).items():
         base = sum(c["baseline"]["stall_s"] for c in group)
         auto = sum(c["autorec"]["stall_s"] for c in group)
         p95 = [r for c in group if (r := c["ratios"]["retx_loss_recovery_p95"]) is not None]
         overhead = [c["autorec"]["overhead"] for c in group]
         retx = {side: [v for c in group for v in c[side].get("retx_loss_recovery_ms", [])] for side in SIDES}
-        retx_p95 = {side: _p95(values) for side, values in retx.items()}
+        retx_p95 = {side: p95_ms(values) for side, values in retx.items()}
         goodput = sum(c["autorec"]["goodput_bytes"] for c in group)
         out.append(
             {
@@ -301,7 +306,7 @@ def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _p95(values_ms: list[float]) -> float | None:
+def p95_ms(values_ms: list[float]) -> float | None:
     return round(float(np.percentile(values_ms, 95)), 1) if values_ms else None
 
 

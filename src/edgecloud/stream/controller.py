@@ -251,7 +251,6 @@ class ReinjectionController:
         # transmissions leave and emptied by copies, each holding at most CREDIT_PACKETS
         # packets' worth of first transmissions times its share of the budget.
         self._credit_bytes = 0.0
-        self._credit_depth = 0.0
         self._overdue_credit_bytes = 0.0
         self.history: list[ControllerSample] = []
         self._srtt_s = 0.1
@@ -262,7 +261,6 @@ class ReinjectionController:
         # a player that stalls until late data arrives has that much buffer afterwards.
         self.delay_record_s = 0.0
         self._first_delay_s: float | None = None
-        self.late_bytes = 0  # first-transmission bytes protected as late data
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -310,16 +308,16 @@ class ReinjectionController:
         """A first transmission left after ``waited_s`` in the send buffer.
 
         If it is lost, its data reaches the viewer about ``LOST_ONCE_ARRIVAL_RTTS`` round
-        trips after it left. Where that would be later than any data so far reached the
-        viewer (``delay_record_s``), the loss would stall a player that has absorbed every
-        delay so far, so it gets one copy at once. Such data is what waited behind the
+        trips after it left. Where that would be later than the viewer's slack
+        (``viewer_slack_s``: every delay so far, and at least the assumed playout delay),
+        the loss would stall the viewer, so it gets one copy at once, where the measured
+        loss exceeds the adapter's accepted residual. Such data is what waited behind the
         congestion window in a loss episode; data sent on time is left alone.
         """
         if not self.config.protect_late_data or self.loss.value <= self.config.residual_loss:
             return
         if waited_s + LOST_ONCE_ARRIVAL_RTTS * self._srtt_s <= self.viewer_slack_s:
             return
-        self.late_bytes += stop - start
         self.protections.append(Protection(stream, start, stop, 1, now, retransmitted=False, late=True))
         self._wakeup = now if self._wakeup is None else min(self._wakeup, now)
 
@@ -413,13 +411,21 @@ class ReinjectionController:
         # Each bucket holds at least its largest claim (a copy plus the reserve _may_copy
         # keeps), or a small budget could never admit a copy at all; earning is unchanged,
         # so copies still never exceed budget x goodput.
-        largest_claim = (self.config.max_copies + 2) * self.PACKET_BYTES
-        depth = max(budget * self.CREDIT_PACKETS * self.PACKET_BYTES, largest_claim) if budget else 0.0
-        self._credit_depth = depth
-        self._credit_bytes = min(self._credit_bytes + earned, depth)
+        largest_claim = self._largest_claim
+        self._credit_bytes = min(self._credit_bytes + earned, self._credit_depth)
         share = self.config.overdue_share
         share_depth = max(share * budget * self.CREDIT_PACKETS * self.PACKET_BYTES, largest_claim) if share else 0.0
         self._overdue_credit_bytes = min(self._overdue_credit_bytes + share * earned, share_depth)
+
+    @property
+    def _largest_claim(self) -> int:
+        return (self.config.max_copies + 2) * self.PACKET_BYTES
+
+    @property
+    def _credit_depth(self) -> float:
+        """What the bucket of all copies holds at most (see _fill_credit)."""
+        budget = self.config.overhead_budget
+        return max(budget * self.CREDIT_PACKETS * self.PACKET_BYTES, self._largest_claim) if budget else 0.0
 
     def _overdue_credit(self) -> float:
         # Overdue copies may spend their share of the budget, and no more than what all

@@ -22,26 +22,26 @@ def _per_case(cases: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     and overhead per draw."""
     import numpy as np
 
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for c in cases:
-        groups.setdefault((c["loss"], c["loss_model"], c["rtt_ms"]), []).append(c)
+    from edgecloud.stream.bench import SIDES, by_case, p95_ms
+
+    groups = by_case(cases)
     out = []
     for group in groups.values():
         if len(group) == 1:
             out.append(group[0])
             continue
         entry = dict(group[0])
-        for side in ("baseline", "autorec"):
-            retx = [v for c in group for v in c[side].get("retx_loss_recovery_ms", [])]
+        for side in SIDES:
             first = [c[side]["recovery_ms_p95"] for c in group if c[side]["recovery_ms_p95"] is not None]
+            retx = [v for c in group for v in c[side].get("retx_loss_recovery_ms", [])]
             entry[side] = {
-                "retx_loss_recovery_ms_p95": float(np.percentile(retx, 95)) if retx else None,
+                "retx_loss_recovery_ms_p95": p95_ms(retx),
                 "recovery_ms_p95": float(np.median(first)) if first else None,
                 "stall_s": float(np.mean([c[side]["stall_s"] for c in group])),
                 "overhead": float(np.mean([c[side]["overhead"] for c in group])),
             }
         out.append(entry)
-    return out, max(len(g) for g in groups.values()) if groups else 1
+    return out, max((len(g) for g in groups.values()), default=1)
 
 
 def plot_cases(cases: list[dict[str, Any]], path: str | Path) -> None:
