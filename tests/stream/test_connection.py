@@ -249,3 +249,27 @@ def test_data_that_waited_long_in_the_send_buffer_gets_a_copy(quic_pair, protect
         assert controller.copy_bytes_by_reason["late"] > 0
     else:
         assert controller.copy_bytes_by_reason["late"] == 0
+
+
+def test_persistent_congestion_lets_nothing_leave_beyond_the_minimum_window(quic_pair):
+    # An early loss starts a recovery period; then the link is down for 2 s while the
+    # stream goes on, so the ACK after the outage declares persistent congestion (RFC 9002
+    # 7.6.2), which also moves NewReno's recovery start. The window collapses to its
+    # minimum, and the packet before the reduction (7.3.2) must not go beyond it.
+    pair = quic_pair(autorec=AutoRecConfig(overhead_budget=0.0), one_way_s=0.05)
+    writes, body = bursts(100, 3000, gap_s=0.05, start=pair.now)
+    outage = (pair.now + 1.0, pair.now + 3.0)
+    pair.drop_server = lambda i, frames: (outage[0] <= pair.now < outage[1]) or covers(frames, 6000, {FrameKind.FIRST})
+    loss = pair.server._loss
+    calls = []
+    lost = loss._on_packets_lost
+
+    def spy(**kwargs):
+        lost(**kwargs)
+        calls.append((kwargs.get("persistent_congestion", False), loss.recovery_started))
+
+    loss._on_packets_lost = spy
+    pair.run_until(pair.now + 30.0, writes)
+    assert_delivered_exactly_once(pair, body)
+    assert any(started for persistent, started in calls if not persistent)  # the early loss
+    assert [started for persistent, started in calls if persistent] == [False]

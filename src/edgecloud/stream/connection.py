@@ -172,7 +172,11 @@ class TrackedRecovery(QuicPacketRecovery):
             space=space,
         )
         # aioquic's NewReno (and CUBIC) move this when a loss starts a recovery period.
-        if space.is_application_data and getattr(self._cc, "_congestion_recovery_start_time", None) != recovery_start:
+        # Persistent congestion moves it too (back to 0) while collapsing the window to
+        # its minimum: RFC 9002 7.6.2 restarts from there, so nothing leaves beyond it.
+        if persistent_congestion:
+            self.recovery_started = False
+        elif space.is_application_data and getattr(self._cc, "_congestion_recovery_start_time", None) != recovery_start:
             self.recovery_started = True
 
 
