@@ -298,21 +298,25 @@ def test_late_data_within_the_viewers_playout_delay_is_left_alone():
     assert [(p.start, p.late) for p in ctl.protections] == [(0, True)]
 
 
-def test_late_data_spends_only_what_copies_of_retransmissions_leave_over():
-    # Budget 0.1: the bucket holds 0.1 * 200 packets = 24_000 bytes; late data may spend
-    # only what is above half of it.
+def test_late_data_goes_after_a_retransmissions_first_copy_and_before_its_later_ones():
+    # Budget 0.1 at 10 % loss: two copies per retransmission. Late data and a
+    # retransmission's later copies both need a packet plus a reserve of 4 packets (6000
+    # bytes); the credit below covers one of them, and late data is worth more (see
+    # _priority).
     ctl = ReinjectionController(AutoRecConfig(overhead_budget=0.1))
     sender = TrackedStreamSender(0, True)
     sent(sender, 200_000)
     for i in range(20):
         ctl.on_packet_resolved(lost=i % 10 == 0)
+    assert ctl.copies_now() == 2
 
-    def poll(now: float, goodput: int) -> None:
-        poll_and_send(ctl, sender, now, goodput_bytes=goodput, app_has_new_data=True)
+    def poll(now: float) -> None:
+        poll_and_send(ctl, sender, now, goodput_bytes=75_000, app_has_new_data=True)
 
-    ctl.on_first_sent(sender, 0, 1200, now=1.0, waited_s=1.0)
     ctl.on_retransmission_sent(sender, 1200, 2400, now=1.0)
-    poll(1.0, 100_000)  # 10_000 bytes of credit: the retransmission's first copy goes, late data waits
+    poll(1.0)  # 7500 bytes of credit: the first copy goes at once
     assert ctl.copy_bytes_by_reason == {"retransmission": 1200, "late": 0, "overdue": 0}
-    poll(1.01, 200_000)  # 18_800: above half the bucket by more than a packet
+    ctl.on_first_sent(sender, 0, 1200, now=1.03, waited_s=1.0)
+    poll(1.03)  # 6300: the second copy is due too, but late data goes first and leaves 5100
     assert ctl.copy_bytes_by_reason == {"retransmission": 1200, "late": 1200, "overdue": 0}
+    assert [(p.start, p.copies_left) for p in ctl.protections] == [(1200, 1)]  # waits for credit
