@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from edgecloud.stream import bench
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.source import SourceConfig
@@ -13,6 +15,8 @@ REQUIRED = {
     "retx_loss_recovery_ms_p95",
     "stalls",
     "stall_s",
+    "unfinished_stall_s",
+    "complete",
     "overhead",
     "goodput_mbps",
 }
@@ -42,6 +46,9 @@ def test_cases_have_the_issue_schema_and_deliver_every_byte():
         assert set(case[side]) >= REQUIRED
         assert case[side]["bytes_equal"] and case[side]["frames"] == 60
     assert case["baseline"]["overhead"] == 0.0
+    # the file says how to rerun it
+    assert case["autorec_config"] == asdict(AutoRecConfig())
+    assert case["source"]["bitrate_mbps"] == 0.2 and case["playout_delay_s"] == 0.3
 
 
 def test_loss_change_records_the_controller_over_time():
@@ -80,6 +87,7 @@ def test_draws_repeat_each_case_and_pool_the_stall_time():
     assert cases[0]["autorec"]["copy_bytes_by_reason"].keys() == {"retransmission", "late", "overdue"}
     (pooled,) = bench.pooled(cases)
     assert pooled["draws"] == 2
+    assert pooled["incomplete"] == {"baseline": 0, "autorec": 0}
     overheads = [c["autorec"]["overhead"] for c in cases]
     assert (pooled["overhead"]["min"], pooled["overhead"]["max"]) == (min(overheads), max(overheads))
     for side in bench.SIDES:  # stall time and every retransmission loss of both draws

@@ -16,6 +16,7 @@ from aioquic.h3.connection import H3_ALPN
 from aioquic.h3.events import DataReceived
 from aioquic.quic.configuration import QuicConfiguration
 
+from edgecloud.netem import LinkProfile, UdpRelay
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.player import PlayerProtocol, play
 from edgecloud.stream.server import StreamServer
@@ -204,3 +205,29 @@ def test_bench_options_are_checked(argv, message, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["stream", "bench", "--json", "out.json", *argv])
     assert message in capsys.readouterr().err
+
+
+def test_a_stream_cut_short_counts_its_frozen_rest_as_stall():
+    # The link goes dead 1 s into a 5 s stream (the relay between server and player
+    # stops); the player gives up at 2.5 s and counts the time from the next frame's due
+    # time to then as a stall.
+    async def main():
+        server = await started(source=LiveSource(SMALL))
+        relay = UdpRelay(target=server.address, uplink=LinkProfile(delay_ms=1), downlink=LinkProfile(delay_ms=1))
+        await relay.start()
+        host, port = relay.address
+        task = asyncio.ensure_future(play(f"https://{host}:{port}/live?seconds=5", timeout_s=2.5))
+        await asyncio.sleep(1.0)
+        await relay.stop()
+        report = await task
+        await server.close()
+        return report
+
+    report = asyncio.run(main())
+    assert not report.ended and report.error is not None
+    assert 0 < report.frames < 100
+    # The next frame fell due 0.3 s (the playout delay) after its presentation time, and
+    # the player waited until its 2.5 s timeout: about 1 s frozen.
+    due = report.frames / SMALL.fps + 0.3
+    assert report.unfinished_stall_s == pytest.approx(2.5 - due, abs=0.25)
+    assert report.stall_s >= report.unfinished_stall_s and report.stalls >= 1

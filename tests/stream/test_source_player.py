@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from edgecloud.stream.player import playback_timings
+from edgecloud.stream.player import playback_timings, unfinished_stall_s
 from edgecloud.stream.source import FRAME_HEADER, FrameParser, LiveSource, ReceivedFrame, SourceConfig
+from edgecloud.stream.virtual import VirtualPair, fixed_delay, stream_live
 
 
 def test_mean_bitrate_and_gop_bursts():
@@ -66,3 +67,38 @@ def test_a_late_frame_stalls_and_pushes_later_deadlines_back():
     timings = playback_timings(frames([0.0, 0.1, 0.65, 0.66, 0.9]), playout_delay_s=0.2)
     assert [round(t.stall_s, 6) for t in timings] == [0, 0, 0.25, 0, 0.05]
     assert round(timings[3].deadline_s, 6) == 0.75
+
+
+def test_a_stream_cut_short_stays_frozen_until_the_session_ends():
+    arrived = frames([0.0, 0.1, 0.2])  # frame 3 never comes; the session ends at 2.0
+    timings = playback_timings(arrived, playout_delay_s=0.2)
+    # Frame 3 was due at 0.5, so playback was frozen for 1.5 s.
+    assert unfinished_stall_s(arrived, timings, next_pts_s=0.3, ended_at=2.0) == pytest.approx(1.5)
+    # Stalls before the cut push its due time back; a session that ended before it was due
+    # froze nothing.
+    late = frames([0.0, 0.45])  # frame 1 due at 0.3: a 0.15 s stall, so frame 2 due at 0.55
+    timings = playback_timings(late, playout_delay_s=0.2)
+    assert unfinished_stall_s(late, timings, next_pts_s=0.2, ended_at=1.0) == pytest.approx(0.45)
+    assert unfinished_stall_s(late, timings, next_pts_s=0.2, ended_at=0.5) == 0.0
+
+
+def test_a_virtual_stream_cut_short_counts_its_frozen_rest_as_stall():
+    # The link dies 1 s into a 3 s stream; the run drains 2 s after the stream's end.
+    cut = float("inf")
+    pair = VirtualPair(
+        None,
+        downlink=lambda now, data, sent: None if now >= cut else now + 0.02,
+        uplink=fixed_delay(0.02),
+    )
+    pair.handshake()
+    cut = pair.now + 1.0
+    source = LiveSource(SourceConfig(fps=20, bitrate_mbps=0.2))
+    stats = stream_live(pair, source, 3.0, playout_delay_s=0.3, drain_s=2.0)
+    assert not stats["complete"] and not stats["bytes_equal"]
+    assert 0 < stats["frames"] < 60
+    # On a clean link before the cut nothing stalled: the first missing frame was due the
+    # playout delay after its presentation time, counted from the first frame's arrival.
+    first_arrival = cut - 1.0 + 0.02  # written at once, one way 20 ms (plus serialisation)
+    due = first_arrival + 0.3 + stats["frames"] / 20
+    assert stats["unfinished_stall_s"] == pytest.approx(cut + 2.0 + 2.0 - due, abs=0.01)
+    assert stats["stall_s"] == stats["unfinished_stall_s"] and stats["stalls"] == 1

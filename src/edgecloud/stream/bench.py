@@ -108,6 +108,8 @@ SIDE_KEYS = (
     "copy_bytes",
     "stalls",
     "stall_s",
+    "unfinished_stall_s",
+    "complete",
     "overhead",
     "goodput_mbps",
     "frames",
@@ -168,6 +170,8 @@ async def run_side(spec: SideSpec) -> dict[str, Any]:
     result.update(
         stalls=report.stalls,
         stall_s=round(report.stall_s, 4),
+        unfinished_stall_s=round(report.unfinished_stall_s, 4),
+        complete=report.ended and report.frames == len(list(source.frames(spec.duration_s))),
         overhead=round(stats["overhead"], 5),
         goodput_mbps=round(report.bytes * 8 / elapsed / 1e6, 4) if elapsed > 0 else 0.0,
         frames=report.frames,
@@ -218,6 +222,7 @@ def run_cases(
     different ``seed`` draw different loss patterns and the same ``seed`` repeats them.
     """
     cases = []
+    settings = _settings(autorec, source, playout_delay_s, rate_mbps)
     combos = [(p, m, r) for p in losses for m in loss_models for r in rtts_ms if not (p == 0 and m != loss_models[0])]
     runs = [(s, index, combo) for s in range(seed, seed + draws) for index, combo in enumerate(combos)]
     with ProcessPoolExecutor(max_workers=2) as pool:
@@ -242,6 +247,7 @@ def run_cases(
                 "ack_path_loss": ack_path_loss,
                 "clock": "virtual" if virtual else "real",
                 "seed": draw_seed,
+                **settings,
                 "baseline": base,
                 "autorec": auto,
                 "ratios": {
@@ -256,6 +262,16 @@ def run_cases(
             if progress is not None:
                 progress(done, len(runs), case)
     return cases
+
+
+def _settings(autorec: AutoRecConfig, source: SourceConfig, playout_delay_s: float, rate_mbps: float) -> dict:
+    """What a run was configured with, recorded beside its results so a file says how to rerun it."""
+    return {
+        "autorec_config": asdict(autorec),
+        "source": asdict(source),
+        "playout_delay_s": playout_delay_s,
+        "rate_mbps": rate_mbps,
+    }
 
 
 def by_case(cases: list[dict[str, Any]]) -> dict[tuple[float, str, float], list[dict[str, Any]]]:
@@ -292,6 +308,8 @@ def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "rtt_ms": rtt,
                 "draws": len(group),
                 "stall_s": {"baseline": round(base, 4), "autorec": round(auto, 4), "ratio": ratio(auto, base)},
+                # draws whose stream was cut short (their frozen rest is in stall_s)
+                "incomplete": {side: sum(not c[side].get("complete", True) for c in group) for side in SIDES},
                 "retx_loss_recovery_ms_p95": retx_p95
                 | {"ratio": ratio(retx_p95["autorec"], retx_p95["baseline"])}
                 | {f"n_{side}": len(values) for side, values in retx.items()},
@@ -340,6 +358,7 @@ def run_loss_change(
         "duration_s": duration_s,
         "clock": "virtual" if virtual else "real",
         "loss_steps": [list(s) for s in steps],
+        **_settings(autorec, source, playout_delay_s, rate_mbps),
         "autorec": result,
     }
 

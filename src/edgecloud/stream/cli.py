@@ -183,7 +183,8 @@ def _bench(args: argparse.Namespace) -> int:
             f"[{done}/{total}] loss {case['loss']:g} {case['loss_model']} rtt {case['rtt_ms']:g} ms "
             f"seed {case['seed']}: "
             f"retx p95 {b['retx_loss_recovery_ms_p95']} -> {a['retx_loss_recovery_ms_p95']} ms, "
-            f"stall {b['stall_s']} -> {a['stall_s']} s, overhead {a['overhead']:.3f}",
+            f"stall {b['stall_s']} -> {a['stall_s']} s, overhead {a['overhead']:.3f}"
+            + "".join(f", {side} cut short" for side in bench.SIDES if not case[side]["complete"]),
             flush=True,
         )
 
@@ -209,13 +210,20 @@ def _bench(args: argparse.Namespace) -> int:
                 f"pooled over {p['draws']} draws, loss {p['loss']:g} {p['loss_model']} rtt {p['rtt_ms']:g} ms: "
                 f"stall {p['stall_s']['baseline']} -> {p['stall_s']['autorec']} s (x{p['stall_s']['ratio']}), "
                 f"retx-loss p95 {retx['baseline']} -> {retx['autorec']} ms (x{retx['ratio']}; "
-                f"{retx['n_baseline']} / {retx['n_autorec']} losses), overhead {p['overhead']['all']:.3f}",
+                f"{retx['n_baseline']} / {retx['n_autorec']} losses), overhead {p['overhead']['all']:.3f}, "
+                f"cut short {p['incomplete']['baseline']} / {p['incomplete']['autorec']}",
                 flush=True,
             )
     bench.write_json(args.json, cases)
     if args.plot:
         plots.plot_cases(cases, args.plot)
-    return 0 if all(c[s]["bytes_equal"] for c in cases for s in ("baseline", "autorec")) else 1
+    # A stream the link cut short (an outage past aioquic's idle timeout, or past the
+    # virtual run's drain) is a result, with its frozen rest counted as stall; a stream
+    # that ended with other bytes than were sent is a bug.
+    short = sum(not c[s]["complete"] for c in cases for s in bench.SIDES)
+    if short:
+        print(f"{short} stream(s) cut short by the link: their frozen rest counts as stall", file=sys.stderr)
+    return 0 if all(c[s]["bytes_equal"] or not c[s]["complete"] for c in cases for s in bench.SIDES) else 1
 
 
 def register(commands: Any, bench: Any) -> None:

@@ -4,6 +4,10 @@ Playback model (the usual one for live players): playback starts ``playout_delay
 after the first frame arrives; frame *i* is due at that start plus its presentation time
 plus all stall time so far. A frame that arrives after it is due stalls playback until it
 arrives (a rebuffering event of that length), which pushes every later deadline back.
+A stream cut short (the connection closed or timed out before its end) froze when its
+first missing frame fell due and stayed frozen until the session ended: that time counts
+as one more stall (``unfinished_stall_s``), or the viewers of a dead stream would look
+better off than those of a slow one.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ class PlaybackReport:
     sha256: str = ""
     frames: int = 0
     stalls: int = 0
-    stall_s: float = 0.0
+    stall_s: float = 0.0  # unfinished_stall_s included
+    unfinished_stall_s: float = 0.0  # frozen after the last frame of a stream cut short
     ended: bool = False
     error: str | None = None
     timings: list[FrameTiming] = field(default_factory=list)
@@ -55,6 +60,7 @@ class PlaybackReport:
             "frames": self.frames,
             "stalls": self.stalls,
             "stall_s": round(self.stall_s, 4),
+            "unfinished_stall_s": round(self.unfinished_stall_s, 4),
             "ended": self.ended,
             "error": self.error,
         }
@@ -74,6 +80,19 @@ def playback_timings(frames: list[ReceivedFrame], playout_delay_s: float) -> lis
         stalled += stall
         out.append(FrameTiming(f.index, f.arrival - t0, due - t0, stall))
     return out
+
+
+def unfinished_stall_s(
+    frames: list[ReceivedFrame], timings: list[FrameTiming], next_pts_s: float, ended_at: float
+) -> float:
+    """How long a stream cut short stayed frozen: from when its first missing frame (the
+    one presented at ``next_pts_s``) fell due to the session's end at ``ended_at`` (on the
+    arrivals' clock); 0 if the session ended before that frame was due."""
+    if not frames:
+        return 0.0
+    last, timing = frames[-1], timings[-1]
+    due = frames[0].arrival + timing.deadline_s + timing.stall_s + (next_pts_s - last.pts_s)
+    return max(0.0, ended_at - due)
 
 
 class PlayerProtocol(QuicConnectionProtocol):
@@ -144,9 +163,16 @@ async def play(url: str, *, playout_delay_s: float = 0.3, timeout_s: float | Non
                 report.bytes = protocol.bytes
                 report.sha256 = protocol.digest.hexdigest()
                 report.frames = len(protocol.parser.frames)
-                report.timings = playback_timings(protocol.parser.frames, playout_delay_s)
-                report.stalls = sum(1 for t in report.timings if t.stall_s > 0)
-                report.stall_s = sum(t.stall_s for t in report.timings)
+                frames = protocol.parser.frames
+                report.timings = playback_timings(frames, playout_delay_s)
+                if not report.ended and frames:
+                    # The next frame is due one frame interval after the last one.
+                    interval = frames[-1].pts_s - frames[-2].pts_s if len(frames) > 1 else 0.0
+                    report.unfinished_stall_s = unfinished_stall_s(
+                        frames, report.timings, frames[-1].pts_s + interval, asyncio.get_running_loop().time()
+                    )
+                report.stalls = sum(1 for t in report.timings if t.stall_s > 0) + (report.unfinished_stall_s > 0)
+                report.stall_s = sum(t.stall_s for t in report.timings) + report.unfinished_stall_s
     except (ConnectionError, TimeoutError, OSError, ValueError) as error:
         report.error = f"{type(error).__name__}: {error}"
     return report

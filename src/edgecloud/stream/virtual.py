@@ -21,13 +21,13 @@ from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import StreamDataReceived
+from aioquic.quic.events import ConnectionTerminated, StreamDataReceived
 
 from edgecloud.stream.attribution import Transmission, attribute_stalls, late_share, summarize
 from edgecloud.stream.connection import AutoRecConnection
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.meter import SentFrame
-from edgecloud.stream.player import playback_timings
+from edgecloud.stream.player import playback_timings, unfinished_stall_s
 from edgecloud.stream.sender import TrackedStreamSender
 from edgecloud.stream.source import FrameParser, LiveSource
 from edgecloud.stream.tls import self_signed_certificate
@@ -63,6 +63,7 @@ class VirtualPair:
         )
         self.received = bytearray()
         self.end_stream_events = 0
+        self.client_closed_at: float | None = None  # when the client's connection terminated
         self.on_received: Callable[[bytes, float], None] | None = None
         self.stream_id: int | None = None
         self.sender: TrackedStreamSender | None = None
@@ -101,6 +102,8 @@ class VirtualPair:
                 self.end_stream_events += int(event.end_stream)
                 if self.on_received is not None and event.data:
                     self.on_received(event.data, self.now)
+            elif isinstance(event, ConnectionTerminated) and self.client_closed_at is None:
+                self.client_closed_at = self.now
         while self.server.next_event() is not None:
             pass
 
@@ -169,14 +172,22 @@ def stream_live(
     ]
     pair.run_until(start + seconds + drain_s, writes)
     timings = playback_timings(parser.frames, playout_delay_s)
+    # A stream cut short (aioquic's idle timeout in a long outage, or still short when the
+    # drain ended) froze from its first missing frame's due time to the session's end.
+    unfinished = 0.0
+    if len(parser.frames) < len(frames):
+        ended_at = pair.client_closed_at if pair.client_closed_at is not None else pair.now
+        unfinished = unfinished_stall_s(parser.frames, timings, frames[len(parser.frames)].pts_s, ended_at)
     ends = list(itertools.accumulate(len(b) for b in body))
     written_at = [start + f.pts_s for f in frames]
     causes = attribute_stalls(ends, written_at, pair.transmissions, timings)
     last_arrival = parser.frames[-1].arrival if parser.frames else pair.now
     stats = pair.server.recovery_stats()
     stats.update(
-        stalls=sum(1 for t in timings if t.stall_s > 0),
-        stall_s=round(sum(t.stall_s for t in timings), 4),
+        stalls=sum(1 for t in timings if t.stall_s > 0) + (unfinished > 0),
+        stall_s=round(sum(t.stall_s for t in timings) + unfinished, 4),
+        unfinished_stall_s=round(unfinished, 4),
+        complete=len(parser.frames) == len(frames),
         overhead=round(stats["overhead"], 5),
         goodput_mbps=round(len(pair.received) * 8 / max(last_arrival - start, 1e-9) / 1e6, 4),
         frames=len(parser.frames),
