@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
+from edgecloud.cli import main
 from edgecloud.stream import bench
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.source import SourceConfig
@@ -88,9 +90,40 @@ def test_draws_repeat_each_case_and_pool_the_stall_time():
     (pooled,) = bench.pooled(cases)
     assert pooled["draws"] == 2
     assert pooled["incomplete"] == {"baseline": 0, "autorec": 0}
+    for side in bench.SIDES:  # the stall causes of both draws, summed
+        for cause, total in pooled["stall_causes"][side].items():
+            assert total["stalls"] == sum(c[side]["stall_causes"][cause]["stalls"] for c in cases)
     overheads = [c["autorec"]["overhead"] for c in cases]
     assert (pooled["overhead"]["min"], pooled["overhead"]["max"]) == (min(overheads), max(overheads))
     for side in bench.SIDES:  # stall time and every retransmission loss of both draws
         assert pooled["stall_s"][side] == round(sum(c[side]["stall_s"] for c in cases), 4)
         latencies = [v for c in cases for v in c[side]["retx_loss_recovery_ms"]]
         assert pooled["retx_loss_recovery_ms_p95"][f"n_{side}"] == len(latencies) > 0
+
+
+def test_the_stall_ratio_interval_resamples_whole_draws():
+    def case(base: float, auto: float) -> dict:
+        return {"baseline": {"stall_s": base}, "autorec": {"stall_s": auto}}
+
+    # Every draw has the same ratio: every resample has it too.
+    assert bench.stall_ratio_interval([case(1.0, 0.5), case(2.0, 1.0), case(4.0, 2.0)]) == [0.5, 0.5]
+    # One draw carries all the stall: resamples without it have no baseline stall and are
+    # left out; those with it give 0.5.
+    assert bench.stall_ratio_interval([case(2.0, 1.0), case(0.0, 0.0), case(0.0, 0.0)]) == [0.5, 0.5]
+    lo, hi = bench.stall_ratio_interval([case(1.0, 0.2), case(1.0, 1.0), case(1.0, 0.6), case(1.0, 0.4)])
+    assert 0.2 < lo < 0.55 < hi < 1.0
+    assert bench.stall_ratio_interval([case(1.0, 0.5)]) is None  # one draw: no interval
+
+
+def test_pool_reads_bench_files_and_refuses_others(tmp_path, capsys):
+    cases = short_cases("bernoulli", seed=4, draws=2)
+    good, bad = tmp_path / "cases.json", tmp_path / "other.json"
+    bench.write_json(good, cases)
+    bad.write_text('{"loss": 0.05}')
+    assert main(["stream", "pool", str(good), "--json", str(tmp_path / "pooled.json")]) == 0
+    assert "pooled over 2 draws, loss 0.05 bernoulli rtt 40 ms" in capsys.readouterr().out
+    pooled = json.loads((tmp_path / "pooled.json").read_text())
+    assert pooled == {str(good): bench.pooled(cases)}
+    assert main(["stream", "pool", str(bad)]) == 2
+    assert "not the case list" in capsys.readouterr().err
+    assert main(["stream", "pool", str(tmp_path / "missing.json")]) == 2

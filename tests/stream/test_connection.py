@@ -235,8 +235,8 @@ def test_retransmission_leaves_before_the_halved_window_drains(quic_pair, before
 @pytest.mark.parametrize("protect", [True, False])
 def test_data_that_waited_long_in_the_send_buffer_gets_a_copy(quic_pair, protect):
     # Bursts of 30 kB every 0.5 s, larger than the window, so their tails wait in the send
-    # buffer; one packet in 13 is lost. Late copies spend only the surplus of the budget,
-    # so a generous budget and enough stream (300 kB) for the bucket to fill.
+    # buffer; one packet in 13 is lost. Late copies leave a reserve for copies of
+    # retransmissions, so a generous budget.
     config = AutoRecConfig(overhead_budget=1.0, protect_late_data=protect)
     pair = quic_pair(autorec=config, one_way_s=0.05)
     writes, body = bursts(10, 30_000, gap_s=0.5, start=pair.now)

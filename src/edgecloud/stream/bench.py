@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgecloud.netem import Bernoulli, GilbertElliott, Link, LinkProfile, Schedule, UdpRelay
+from edgecloud.stream.attribution import CAUSES
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.player import play
 from edgecloud.stream.server import StreamServer
@@ -307,9 +308,15 @@ def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "loss_model": model,
                 "rtt_ms": rtt,
                 "draws": len(group),
-                "stall_s": {"baseline": round(base, 4), "autorec": round(auto, 4), "ratio": ratio(auto, base)},
+                "stall_s": {
+                    "baseline": round(base, 4),
+                    "autorec": round(auto, 4),
+                    "ratio": ratio(auto, base),
+                    "ratio_interval95": stall_ratio_interval(group),
+                },
                 # draws whose stream was cut short (their frozen rest is in stall_s)
                 "incomplete": {side: sum(not c[side].get("complete", True) for c in group) for side in SIDES},
+                "stall_causes": pooled_causes(group),
                 "retx_loss_recovery_ms_p95": retx_p95
                 | {"ratio": ratio(retx_p95["autorec"], retx_p95["baseline"])}
                 | {f"n_{side}": len(values) for side, values in retx.items()},
@@ -322,6 +329,38 @@ def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def stall_ratio_interval(group: list[dict[str, Any]], resamples: int = 10_000) -> list[float] | None:
+    """95 % bootstrap interval of the pooled stall ratio: whole draws resampled with
+    replacement (both sides of a draw together), a fixed seed so a file always gives the
+    same interval. None for a single draw or no baseline stall."""
+    base = np.array([c["baseline"]["stall_s"] for c in group])
+    auto = np.array([c["autorec"]["stall_s"] for c in group])
+    if len(group) < 2 or base.sum() == 0:
+        return None
+    draws = np.random.default_rng(0).integers(0, len(group), size=(resamples, len(group)))
+    b, a = base[draws].sum(axis=1), auto[draws].sum(axis=1)
+    ratios = a[b > 0] / b[b > 0]
+    return [round(float(np.percentile(ratios, q)), 3) for q in (2.5, 97.5)]
+
+
+def pooled_causes(group: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]] | None:
+    """Stall count and time per cause (attribution.py), summed over the draws, per side;
+    None where the runs carry no attribution (real clock). A cut-short stream's frozen rest
+    has no critical byte and is not attributed."""
+    if not all("stall_causes" in c[side] for c in group for side in SIDES):
+        return None
+    return {
+        side: {
+            cause: {
+                "stalls": sum(c[side]["stall_causes"][cause]["stalls"] for c in group),
+                "stall_s": round(sum(c[side]["stall_causes"][cause]["stall_s"] for c in group), 4),
+            }
+            for cause in CAUSES
+        }
+        for side in SIDES
+    }
 
 
 def p95_ms(values_ms: list[float]) -> float | None:

@@ -204,16 +204,7 @@ def _bench(args: argparse.Namespace) -> int:
         progress=progress,
     )
     if args.draws > 1:
-        for p in bench.pooled(cases):
-            retx = p["retx_loss_recovery_ms_p95"]
-            print(
-                f"pooled over {p['draws']} draws, loss {p['loss']:g} {p['loss_model']} rtt {p['rtt_ms']:g} ms: "
-                f"stall {p['stall_s']['baseline']} -> {p['stall_s']['autorec']} s (x{p['stall_s']['ratio']}), "
-                f"retx-loss p95 {retx['baseline']} -> {retx['autorec']} ms (x{retx['ratio']}; "
-                f"{retx['n_baseline']} / {retx['n_autorec']} losses), overhead {p['overhead']['all']:.3f}, "
-                f"cut short {p['incomplete']['baseline']} / {p['incomplete']['autorec']}",
-                flush=True,
-            )
+        _print_pooled(bench.pooled(cases))
     bench.write_json(args.json, cases)
     if args.plot:
         plots.plot_cases(cases, args.plot)
@@ -224,6 +215,44 @@ def _bench(args: argparse.Namespace) -> int:
     if short:
         print(f"{short} stream(s) cut short by the link: their frozen rest counts as stall", file=sys.stderr)
     return 0 if all(c[s]["bytes_equal"] or not c[s]["complete"] for c in cases for s in bench.SIDES) else 1
+
+
+def _print_pooled(pooled: list[dict[str, Any]]) -> None:
+    for p in pooled:
+        retx, stall = p["retx_loss_recovery_ms_p95"], p["stall_s"]
+        interval = stall["ratio_interval95"]
+        print(
+            f"pooled over {p['draws']} draws, loss {p['loss']:g} {p['loss_model']} rtt {p['rtt_ms']:g} ms: "
+            f"stall {stall['baseline']} -> {stall['autorec']} s (x{stall['ratio']}"
+            + (f", 95% interval {interval[0]}-{interval[1]}" if interval else "")
+            + f"), retx-loss p95 {retx['baseline']} -> {retx['autorec']} ms (x{retx['ratio']}; "
+            f"{retx['n_baseline']} / {retx['n_autorec']} losses), overhead {p['overhead']['all']:.3f}, "
+            f"cut short {p['incomplete']['baseline']} / {p['incomplete']['autorec']}",
+            flush=True,
+        )
+
+
+def _pool(args: argparse.Namespace) -> int:
+    from edgecloud.stream import bench
+
+    files = {}
+    for name in args.files:
+        try:
+            with open(name) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as error:
+            print(f"error: {name}: {error}", file=sys.stderr)
+            return 2
+        if not isinstance(data, list) or not all(isinstance(c, dict) and "baseline" in c for c in data):
+            print(f"error: {name}: not the case list `edgecloud stream bench --json` writes", file=sys.stderr)
+            return 2
+        files[name] = bench.pooled(data)
+    for name, pooled in files.items():
+        print(f"{name}:")
+        _print_pooled(pooled)
+    if args.json:
+        bench.write_json(args.json, files)
+    return 0
 
 
 def register(commands: Any, bench: Any) -> None:
@@ -291,3 +320,12 @@ def register(commands: Any, bench: Any) -> None:
     # so the benchmark's stream stays below that and measures recovery, not throughput collapse.
     _add_source_options(runner, bitrate_mbps=0.3)
     runner.set_defaults(handler=_bench)
+
+    pool = verbs.add_parser(
+        "pool",
+        help="pool the draws of `stream bench` JSON files: stall time with a 95%% bootstrap interval, "
+        "retransmission-loss p95, overhead, stall causes",
+    )
+    pool.add_argument("files", nargs="+", help="JSON files written by `edgecloud stream bench --json`, each pooled")
+    pool.add_argument("--json", help="write {file: pooled cases} here")
+    pool.set_defaults(handler=_pool)
