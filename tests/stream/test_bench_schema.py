@@ -90,9 +90,12 @@ def test_draws_repeat_each_case_and_pool_the_stall_time():
     (pooled,) = bench.pooled(cases)
     assert pooled["draws"] == 2
     assert pooled["incomplete"] == {"baseline": 0, "autorec": 0}
-    for side in bench.SIDES:  # the stall causes of both draws, summed
-        for cause, total in pooled["stall_causes"][side].items():
-            assert total["stalls"] == sum(c[side]["stall_causes"][cause]["stalls"] for c in cases)
+    for side in bench.SIDES:  # the stall causes of both draws, summed; nothing cut short
+        causes = pooled["stall_causes"][side]
+        for cause in ("queueing", "first loss", "retransmission loss"):
+            assert causes[cause]["stalls"] == sum(c[side]["stall_causes"][cause]["stalls"] for c in cases)
+        assert causes["cut short"] == {"stalls": 0, "stall_s": 0}
+    assert pooled["stall_s"]["ratio_interval95"] is None  # two draws are too few for one
     overheads = [c["autorec"]["overhead"] for c in cases]
     assert (pooled["overhead"]["min"], pooled["overhead"]["max"]) == (min(overheads), max(overheads))
     for side in bench.SIDES:  # stall time and every retransmission loss of both draws
@@ -106,13 +109,28 @@ def test_the_stall_ratio_interval_resamples_whole_draws():
         return {"baseline": {"stall_s": base}, "autorec": {"stall_s": auto}}
 
     # Every draw has the same ratio: every resample has it too.
-    assert bench.stall_ratio_interval([case(1.0, 0.5), case(2.0, 1.0), case(4.0, 2.0)]) == [0.5, 0.5]
+    assert bench.stall_ratio_interval([case(1.0, 0.5), case(2.0, 1.0)] * 5) == [0.5, 0.5]
     # One draw carries all the stall: resamples without it have no baseline stall and are
     # left out; those with it give 0.5.
-    assert bench.stall_ratio_interval([case(2.0, 1.0), case(0.0, 0.0), case(0.0, 0.0)]) == [0.5, 0.5]
-    lo, hi = bench.stall_ratio_interval([case(1.0, 0.2), case(1.0, 1.0), case(1.0, 0.6), case(1.0, 0.4)])
+    assert bench.stall_ratio_interval([case(2.0, 1.0)] + [case(0.0, 0.0)] * 9) == [0.5, 0.5]
+    lo, hi = bench.stall_ratio_interval([case(1.0, 0.2), case(1.0, 1.0), case(1.0, 0.6), case(1.0, 0.4)] * 3)
     assert 0.2 < lo < 0.55 < hi < 1.0
-    assert bench.stall_ratio_interval([case(1.0, 0.5)]) is None  # one draw: no interval
+    assert bench.stall_ratio_interval([case(1.0, 0.5)] * 9) is None  # too few draws for an interval
+
+
+def test_wrong_bytes_are_an_error_and_a_stream_cut_short_is_not():
+    def side(complete: bool, bytes_equal: bool, prefix_equal: bool) -> dict:
+        return {"complete": complete, "bytes_equal": bytes_equal, "prefix_equal": prefix_equal}
+
+    assert bench.wrong_bytes(side(True, True, True)) is None
+    assert bench.wrong_bytes(side(False, False, True)) is None  # the link cut it short
+    assert bench.wrong_bytes(side(True, False, False)) == "the stream ended with other bytes than were sent"
+    assert "not the start of the stream" in bench.wrong_bytes(side(False, False, False))
+    case = {"loss": 0.05, "loss_model": "bursty", "rtt_ms": 100.0, "seed": 7}
+    cases = [case | {"baseline": side(False, False, True), "autorec": side(True, False, True)}]
+    assert bench.bad_streams(cases) == [
+        "loss 0.05 bursty rtt 100 ms seed 7 autorec: the stream ended with other bytes than were sent"
+    ]
 
 
 def test_pool_reads_bench_files_and_refuses_others(tmp_path, capsys):
@@ -127,3 +145,10 @@ def test_pool_reads_bench_files_and_refuses_others(tmp_path, capsys):
     assert main(["stream", "pool", str(bad)]) == 2
     assert "not the case list" in capsys.readouterr().err
     assert main(["stream", "pool", str(tmp_path / "missing.json")]) == 2
+    bad.write_text("[]")
+    assert main(["stream", "pool", str(bad)]) == 2
+    bad.write_text('[{"baseline": {}}]')
+    assert main(["stream", "pool", str(bad)]) == 2
+    assert "a case lacks 'loss'" in capsys.readouterr().err
+    bad.write_bytes(bytes(range(256)))
+    assert main(["stream", "pool", str(bad)]) == 2

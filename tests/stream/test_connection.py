@@ -251,25 +251,48 @@ def test_data_that_waited_long_in_the_send_buffer_gets_a_copy(quic_pair, protect
         assert controller.copy_bytes_by_reason["late"] == 0
 
 
-def test_persistent_congestion_lets_nothing_leave_beyond_the_minimum_window(quic_pair):
-    # An early loss starts a recovery period; then the link is down for 2 s while the
-    # stream goes on, so the ACK after the outage declares persistent congestion (RFC 9002
-    # 7.6.2), which also moves NewReno's recovery start. The window collapses to its
-    # minimum, and the packet before the reduction (7.3.2) must not go beyond it.
-    pair = quic_pair(autorec=AutoRecConfig(overhead_budget=0.0), one_way_s=0.05)
-    writes, body = bursts(100, 3000, gap_s=0.05, start=pair.now)
-    outage = (pair.now + 1.0, pair.now + 3.0)
-    pair.drop_server = lambda i, frames: (outage[0] <= pair.now < outage[1]) or covers(frames, 6000, {FrameKind.FIRST})
+@pytest.mark.parametrize(
+    ("size", "gap_s", "one_way_s", "outage_s", "lossy_after"),
+    [
+        (3000, 0.05, 0.05, 2.0, False),  # the collapse alone
+        (3000, 0.02, 0.02, 3.0, True),  # then losses of packets sent before it
+    ],
+)
+def test_persistent_congestion_starts_no_recovery_period(quic_pair, size, gap_s, one_way_s, outage_s, lossy_after):
+    # An early loss starts a recovery period; then the link is down while the stream goes
+    # on, so the ACK after the outage declares persistent congestion (RFC 9002 7.6.2), which
+    # also moves NewReno's recovery start. The window collapses to its minimum, and the
+    # packet before the reduction (7.3.2) must not go beyond it: not at the collapse, and not
+    # when a packet sent before the collapse is declared lost afterwards (aioquic then starts
+    # a new recovery period, as RFC 9002's pseudo-code does).
+    pair = quic_pair(autorec=AutoRecConfig(overhead_budget=0.0), one_way_s=one_way_s)
+    writes, body = bursts(int(5 / gap_s), size, gap_s=gap_s, start=pair.now)
+    outage = (pair.now + 1.0, pair.now + 1.0 + outage_s)
+
+    def drop(i: int, frames: list[SentFrame]) -> bool:
+        if outage[0] <= pair.now < outage[1] or covers(frames, 6000, {FrameKind.FIRST}):
+            return True
+        return lossy_after and pair.now >= outage[1] and i % 7 == 0
+
+    pair.drop_server = drop
     loss = pair.server._loss
     calls = []
     lost = loss._on_packets_lost
 
     def spy(**kwargs):
+        before = loss.recovery_started
         lost(**kwargs)
-        calls.append((kwargs.get("persistent_congestion", False), loss.recovery_started))
+        newest = max((p.sent_time for p in kwargs["packets"] if p.in_flight), default=None)
+        calls.append((kwargs.get("persistent_congestion", False), before, loss.recovery_started, newest))
 
     loss._on_packets_lost = spy
     pair.run_until(pair.now + 30.0, writes)
     assert_delivered_exactly_once(pair, body)
-    assert any(started for persistent, started in calls if not persistent)  # the early loss
-    assert [started for persistent, started in calls if persistent] == [False]
+    assert any(started for persistent, _, started, _ in calls if not persistent)  # the early loss
+    [collapse] = [i for i, (persistent, *_) in enumerate(calls) if persistent]
+    assert not calls[collapse][2]
+    # Losses after the collapse start a recovery period only for packets sent after it.
+    after = [(before, started, newest) for _, before, started, newest in calls[collapse + 1 :]]
+    if lossy_after:
+        assert any(newest is not None and newest < loss._collapsed_at for _, _, newest in after)  # the case in point
+    assert all(newest > loss._collapsed_at for before, started, newest in after if started and not before)

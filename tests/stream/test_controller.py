@@ -298,11 +298,12 @@ def test_late_data_within_the_viewers_playout_delay_is_left_alone():
     assert [(p.start, p.late) for p in ctl.protections] == [(0, True)]
 
 
-def test_late_data_goes_after_a_retransmissions_first_copy_and_before_its_later_ones():
+def test_late_data_goes_before_a_retransmissions_later_copies():
     # Budget 0.1 at 10 % loss: two copies per retransmission. Late data and a
     # retransmission's later copies both need a packet plus a reserve of 4 packets (6000
     # bytes); the credit below covers one of them, and late data is worth more (see
-    # _priority).
+    # _priority). (A retransmission's first copy keeps a smaller reserve, 3 packets, so it
+    # goes first whatever the order.)
     ctl = ReinjectionController(AutoRecConfig(overhead_budget=0.1))
     sender = TrackedStreamSender(0, True)
     sent(sender, 200_000)

@@ -207,16 +207,21 @@ def test_bench_options_are_checked(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_a_stream_cut_short_counts_its_frozen_rest_as_stall():
+@pytest.mark.parametrize("knows_the_stream", [False, True])
+def test_a_stream_cut_short_counts_its_frozen_rest_as_stall(knows_the_stream):
     # The link goes dead 1 s into a 5 s stream (the relay between server and player
-    # stops); the player gives up at 2.5 s and counts the time from the next frame's due
-    # time to then as a stall.
+    # stops); the player gives up at 2.5 s. It counts as a stall the time from the next
+    # frame's due time to then, or, when it knows the stream's frames (as the benchmark
+    # does), at least to when the last one would have played.
+    expected_pts = [f.pts_s for f in LiveSource(SMALL).frames(5)] if knows_the_stream else None
+
     async def main():
         server = await started(source=LiveSource(SMALL))
         relay = UdpRelay(target=server.address, uplink=LinkProfile(delay_ms=1), downlink=LinkProfile(delay_ms=1))
         await relay.start()
         host, port = relay.address
-        task = asyncio.ensure_future(play(f"https://{host}:{port}/live?seconds=5", timeout_s=2.5))
+        url = f"https://{host}:{port}/live?seconds=5"
+        task = asyncio.ensure_future(play(url, timeout_s=2.5, expected_pts=expected_pts))
         await asyncio.sleep(1.0)
         await relay.stop()
         report = await task
@@ -226,8 +231,10 @@ def test_a_stream_cut_short_counts_its_frozen_rest_as_stall():
     report = asyncio.run(main())
     assert not report.ended and report.error is not None
     assert 0 < report.frames < 100
-    # The next frame fell due 0.3 s (the playout delay) after its presentation time, and
-    # the player waited until its 2.5 s timeout: about 1 s frozen.
+    # The next frame fell due 0.3 s (the playout delay) after its presentation time, about
+    # 1.3 s into the stream: about 1.2 s frozen until the timeout, or 4 s until the last
+    # frame (presented at 4.95 s) would have played.
     due = report.frames / SMALL.fps + 0.3
-    assert report.unfinished_stall_s == pytest.approx(2.5 - due, abs=0.25)
+    end = 4.95 + 0.3 if knows_the_stream else 2.5
+    assert report.unfinished_stall_s == pytest.approx(end - due, abs=0.25)
     assert report.stall_s >= report.unfinished_stall_s and report.stalls >= 1

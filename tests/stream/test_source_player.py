@@ -70,35 +70,67 @@ def test_a_late_frame_stalls_and_pushes_later_deadlines_back():
 
 
 def test_a_stream_cut_short_stays_frozen_until_the_session_ends():
-    arrived = frames([0.0, 0.1, 0.2])  # frame 3 never comes; the session ends at 2.0
-    timings = playback_timings(arrived, playout_delay_s=0.2)
-    # Frame 3 was due at 0.5, so playback was frozen for 1.5 s.
-    assert unfinished_stall_s(arrived, timings, next_pts_s=0.3, ended_at=2.0) == pytest.approx(1.5)
-    # Stalls before the cut push its due time back; a session that ended before it was due
-    # froze nothing.
-    late = frames([0.0, 0.45])  # frame 1 due at 0.3: a 0.15 s stall, so frame 2 due at 0.55
-    timings = playback_timings(late, playout_delay_s=0.2)
-    assert unfinished_stall_s(late, timings, next_pts_s=0.2, ended_at=1.0) == pytest.approx(0.45)
-    assert unfinished_stall_s(late, timings, next_pts_s=0.2, ended_at=0.5) == 0.0
+    def frozen(arrived, ended_at, next_pts_s, final_pts_s=None, started_at=-0.1):
+        timings = playback_timings(arrived, playout_delay_s=0.2)
+        return unfinished_stall_s(
+            arrived,
+            timings,
+            next_pts_s=next_pts_s,
+            ended_at=ended_at,
+            started_at=started_at,
+            playout_delay_s=0.2,
+            final_pts_s=final_pts_s,
+        )
+
+    # Frame 3 never comes; it was due at 0.5 and the session ended at 2.0.
+    assert frozen(frames([0.0, 0.1, 0.2]), ended_at=2.0, next_pts_s=0.3) == pytest.approx(1.5)
+    # A stream whose last frame (pts 9.9) would have played at 10.1 is charged at least
+    # until then, whatever ended the session earlier.
+    assert frozen(frames([0.0, 0.1, 0.2]), ended_at=2.0, next_pts_s=0.3, final_pts_s=9.9) == pytest.approx(9.6)
+    # Stalls before the cut push its due time back: frame 1 was due at 0.3 and came at
+    # 0.45, so frame 2 was due at 0.55; a session that ended before then froze nothing.
+    late = frames([0.0, 0.45])
+    assert frozen(late, ended_at=1.0, next_pts_s=0.2) == pytest.approx(0.45)
+    assert frozen(late, ended_at=0.5, next_pts_s=0.2) == 0.0
+    # No frame at all: frozen from the playout delay after the session started.
+    assert frozen([], ended_at=2.0, next_pts_s=0.0, started_at=0.5) == pytest.approx(1.3)
+    assert frozen([], ended_at=2.0, next_pts_s=0.0, final_pts_s=5.0, started_at=0.5) == pytest.approx(5.0)
 
 
-def test_a_virtual_stream_cut_short_counts_its_frozen_rest_as_stall():
-    # The link dies 1 s into a 3 s stream; the run drains 2 s after the stream's end.
+@pytest.mark.parametrize(
+    ("idle_timeout_s", "drain_s", "ends_by"),
+    [(60.0, 2.0, "drain"), (4.0, 10.0, "idle timeout"), (60.0, 0.1, "content")],
+)
+def test_a_virtual_stream_cut_short_counts_its_frozen_rest_as_stall(idle_timeout_s, drain_s, ends_by):
+    # The link dies 1 s into a 3 s stream. The session ends when the run's drain does, when
+    # the client's idle timeout closes it, or, charged at least the lost content, when the
+    # last frame would have played.
     cut = float("inf")
     pair = VirtualPair(
         None,
         downlink=lambda now, data, sent: None if now >= cut else now + 0.02,
         uplink=fixed_delay(0.02),
+        idle_timeout_s=idle_timeout_s,
     )
     pair.handshake()
-    cut = pair.now + 1.0
+    start = pair.now
+    cut = start + 1.0
     source = LiveSource(SourceConfig(fps=20, bitrate_mbps=0.2))
-    stats = stream_live(pair, source, 3.0, playout_delay_s=0.3, drain_s=2.0)
-    assert not stats["complete"] and not stats["bytes_equal"]
+    stats = stream_live(pair, source, 3.0, playout_delay_s=0.3, drain_s=drain_s)
+    assert not stats["complete"] and not stats["bytes_equal"] and stats["prefix_equal"]
     assert 0 < stats["frames"] < 60
     # On a clean link before the cut nothing stalled: the first missing frame was due the
     # playout delay after its presentation time, counted from the first frame's arrival.
-    first_arrival = cut - 1.0 + 0.02  # written at once, one way 20 ms (plus serialisation)
+    first_arrival = start + 0.02  # written at once, one way 20 ms (plus serialisation)
     due = first_arrival + 0.3 + stats["frames"] / 20
-    assert stats["unfinished_stall_s"] == pytest.approx(cut + 2.0 + 2.0 - due, abs=0.01)
+    ended = {
+        "drain": start + 3.0 + drain_s,
+        "idle timeout": pair.client_closed_at,
+        "content": first_arrival + 0.3 + 59 / 20,  # the last frame's due time
+    }[ends_by]
+    if ends_by == "idle timeout":
+        assert pair.client_closed_at == pytest.approx(cut + idle_timeout_s, abs=0.5)
+    else:
+        assert pair.client_closed_at is None
+    assert stats["unfinished_stall_s"] == pytest.approx(ended - due, abs=0.01)
     assert stats["stall_s"] == stats["unfinished_stall_s"] and stats["stalls"] == 1

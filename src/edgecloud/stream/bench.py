@@ -111,6 +111,7 @@ SIDE_KEYS = (
     "stall_s",
     "unfinished_stall_s",
     "complete",
+    "prefix_equal",
     "overhead",
     "goodput_mbps",
     "frames",
@@ -156,9 +157,10 @@ async def run_side(spec: SideSpec) -> dict[str, Any]:
     started = loop.time()
     try:
         report = await play(
-            f"https://{host}:{port}/live?seconds={spec.duration_s:g}",
+            f"https://{host}:{port}/live?seconds={spec.duration_s!r}",
             playout_delay_s=spec.playout_delay_s,
             timeout_s=spec.duration_s * 3 + 30,
+            expected_pts=[f.pts_s for f in source.frames(spec.duration_s)],
         )
     finally:
         elapsed = loop.time() - started
@@ -166,18 +168,19 @@ async def run_side(spec: SideSpec) -> dict[str, Any]:
         await server.close()
     connection = server.connections[-1].connection
     stats = connection.recovery_stats()
-    expected = hashlib.sha256(source.body(spec.duration_s)).hexdigest()
+    body = source.body(spec.duration_s)
     result: dict[str, Any] = {key: stats[key] for key in SIDE_KEYS if key in stats}
     result.update(
         stalls=report.stalls,
         stall_s=round(report.stall_s, 4),
         unfinished_stall_s=round(report.unfinished_stall_s, 4),
-        complete=report.ended and report.frames == len(list(source.frames(spec.duration_s))),
+        complete=report.ended,  # the stream ended (its FIN arrived)
+        prefix_equal=hashlib.sha256(body[: report.bytes]).hexdigest() == report.sha256,
         overhead=round(stats["overhead"], 5),
         goodput_mbps=round(report.bytes * 8 / elapsed / 1e6, 4) if elapsed > 0 else 0.0,
         frames=report.frames,
         bytes_received=report.bytes,
-        bytes_equal=report.ended and report.sha256 == expected,
+        bytes_equal=report.ended and report.sha256 == hashlib.sha256(body).hexdigest(),
         player_error=report.error,
         link_down_dropped=relay.stats.downlink.dropped_loss,
         link_down_packets=relay.stats.downlink.packets_in,
@@ -192,6 +195,28 @@ async def run_side(spec: SideSpec) -> dict[str, Any]:
 
 def _run_side_in_process(spec: SideSpec) -> dict[str, Any]:
     return run_virtual_side(spec) if spec.virtual else asyncio.run(run_side(spec))
+
+
+def wrong_bytes(side: dict[str, Any]) -> str | None:
+    """What was wrong with a side's bytes, or None: a stream that ended with other bytes
+    than were sent, or a stream cut short whose bytes so far are not the start of the sent
+    stream. A stream the link cut short with the right bytes so far is a result, not an
+    error: its frozen rest counts as stall."""
+    if side["complete"] and not side["bytes_equal"]:
+        return "the stream ended with other bytes than were sent"
+    if not side["complete"] and not side["prefix_equal"]:
+        return "cut short, and the bytes received are not the start of the stream"
+    return None
+
+
+def bad_streams(cases: list[dict[str, Any]]) -> list[str]:
+    """Every side of ``cases`` with wrong bytes (see wrong_bytes), named."""
+    return [
+        f"loss {case['loss']:g} {case['loss_model']} rtt {case['rtt_ms']:g} ms seed {case['seed']} {side}: {problem}"
+        for case in cases
+        for side in SIDES
+        if (problem := wrong_bytes(case[side])) is not None
+    ]
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -284,10 +309,12 @@ def by_case(cases: list[dict[str, Any]]) -> dict[tuple[float, str, float], list[
 
 
 def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per case over its draws: stall time summed on each side and their ratio, the p95 of
-    every retransmission loss's recovery latency on each side and their ratio, the range of
-    the per-draw p95 ratios, and overhead (copy bytes over goodput bytes of all draws, and
-    the per-draw range).
+    """Per case over its draws: stall time summed on each side, their ratio and its 95 %
+    bootstrap interval (from 10 draws on), the p95 of every retransmission loss's recovery
+    latency on each side and their ratio, the range of the per-draw p95 ratios, overhead
+    (copy bytes over goodput bytes of all draws, and the per-draw range), the draws each side
+    had cut short (None for files from before ``complete`` was recorded), and the stall
+    causes summed (virtual runs).
 
     Total stall time is an extreme value (a player that stalls until late data arrives has
     that much more buffer afterwards, so a run's stall time is its worst delay past the
@@ -315,7 +342,9 @@ def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "ratio_interval95": stall_ratio_interval(group),
                 },
                 # draws whose stream was cut short (their frozen rest is in stall_s)
-                "incomplete": {side: sum(not c[side].get("complete", True) for c in group) for side in SIDES},
+                "incomplete": {side: sum(not c[side]["complete"] for c in group) for side in SIDES}
+                if all("complete" in c[side] for c in group for side in SIDES)
+                else None,
                 "stall_causes": pooled_causes(group),
                 "retx_loss_recovery_ms_p95": retx_p95
                 | {"ratio": ratio(retx_p95["autorec"], retx_p95["baseline"])}
@@ -331,13 +360,17 @@ def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# Fewer draws give a percentile bootstrap interval narrower than the truth.
+MIN_DRAWS_FOR_INTERVAL = 10
+
+
 def stall_ratio_interval(group: list[dict[str, Any]], resamples: int = 10_000) -> list[float] | None:
     """95 % bootstrap interval of the pooled stall ratio: whole draws resampled with
     replacement (both sides of a draw together), a fixed seed so a file always gives the
-    same interval. None for a single draw or no baseline stall."""
+    same interval. None under MIN_DRAWS_FOR_INTERVAL draws or without baseline stall."""
     base = np.array([c["baseline"]["stall_s"] for c in group])
     auto = np.array([c["autorec"]["stall_s"] for c in group])
-    if len(group) < 2 or base.sum() == 0:
+    if len(group) < MIN_DRAWS_FOR_INTERVAL or base.sum() == 0:
         return None
     draws = np.random.default_rng(0).integers(0, len(group), size=(resamples, len(group)))
     b, a = base[draws].sum(axis=1), auto[draws].sum(axis=1)
@@ -346,21 +379,26 @@ def stall_ratio_interval(group: list[dict[str, Any]], resamples: int = 10_000) -
 
 
 def pooled_causes(group: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]] | None:
-    """Stall count and time per cause (attribution.py), summed over the draws, per side;
-    None where the runs carry no attribution (real clock). A cut-short stream's frozen rest
-    has no critical byte and is not attributed."""
-    if not all("stall_causes" in c[side] for c in group for side in SIDES):
+    """Stall count and time per cause (attribution.py), summed over the draws, per side,
+    and "cut short" for the frozen rest of streams that did not finish (it has no critical
+    byte to blame), so the causes add up to ``stall_s``; None where the runs carry no
+    attribution (real clock)."""
+    if not all("stall_causes" in c[side] and "unfinished_stall_s" in c[side] for c in group for side in SIDES):
         return None
-    return {
-        side: {
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for side in SIDES:
+        out[side] = {
             cause: {
                 "stalls": sum(c[side]["stall_causes"][cause]["stalls"] for c in group),
                 "stall_s": round(sum(c[side]["stall_causes"][cause]["stall_s"] for c in group), 4),
             }
             for cause in CAUSES
         }
-        for side in SIDES
-    }
+        out[side]["cut short"] = {
+            "stalls": sum(c[side]["unfinished_stall_s"] > 0 for c in group),
+            "stall_s": round(sum(c[side]["unfinished_stall_s"] for c in group), 4),
+        }
+    return out
 
 
 def p95_ms(values_ms: list[float]) -> float | None:

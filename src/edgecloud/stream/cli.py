@@ -174,8 +174,11 @@ def _bench(args: argparse.Namespace) -> int:
         if args.plot:
             plots.plot_loss_change(result, args.plot, autorec.overhead_budget)
         side = result["autorec"]
-        print(json.dumps({k: side[k] for k in ("overhead", "stalls", "stall_s", "bytes_equal")}))
-        return 0
+        print(json.dumps({k: side[k] for k in ("overhead", "stalls", "stall_s", "complete", "bytes_equal")}))
+        problem = bench.wrong_bytes(side)
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1 if problem else 0
 
     def progress(done: int, total: int, case: dict[str, Any]) -> None:
         b, a = case["baseline"], case["autorec"]
@@ -209,12 +212,14 @@ def _bench(args: argparse.Namespace) -> int:
     if args.plot:
         plots.plot_cases(cases, args.plot)
     # A stream the link cut short (an outage past aioquic's idle timeout, or past the
-    # virtual run's drain) is a result, with its frozen rest counted as stall; a stream
-    # that ended with other bytes than were sent is a bug.
-    short = sum(not c[s]["complete"] for c in cases for s in bench.SIDES)
+    # virtual run's drain) with the right bytes so far is a result; wrong bytes are a bug.
+    short = sum(not c[side]["complete"] for c in cases for side in bench.SIDES)
     if short:
-        print(f"{short} stream(s) cut short by the link: their frozen rest counts as stall", file=sys.stderr)
-    return 0 if all(c[s]["bytes_equal"] or not c[s]["complete"] for c in cases for s in bench.SIDES) else 1
+        print(f"{short} stream(s) cut short: their frozen rest counts as stall", file=sys.stderr)
+    bad = bench.bad_streams(cases)
+    for line in bad:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def _print_pooled(pooled: list[dict[str, Any]]) -> None:
@@ -240,13 +245,17 @@ def _pool(args: argparse.Namespace) -> int:
         try:
             with open(name) as f:
                 data = json.load(f)
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, ValueError) as error:  # ValueError: not UTF-8, or not JSON
             print(f"error: {name}: {error}", file=sys.stderr)
             return 2
-        if not isinstance(data, list) or not all(isinstance(c, dict) and "baseline" in c for c in data):
+        if not isinstance(data, list) or not data or not all(isinstance(c, dict) for c in data):
             print(f"error: {name}: not the case list `edgecloud stream bench --json` writes", file=sys.stderr)
             return 2
-        files[name] = bench.pooled(data)
+        try:
+            files[name] = bench.pooled(data)
+        except (KeyError, TypeError) as error:
+            print(f"error: {name}: a case lacks {error} or has it of the wrong type", file=sys.stderr)
+            return 2
     for name, pooled in files.items():
         print(f"{name}:")
         _print_pooled(pooled)

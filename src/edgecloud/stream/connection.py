@@ -24,6 +24,7 @@ it has processed any datagram.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ class TrackedRecovery(QuicPacketRecovery):
         # Set when a loss starts a new recovery period (NewReno halves its window):
         # AutoRecConnection then lets one packet leave beyond the window (RFC 9002 7.3.2).
         self.recovery_started = False
+        self._collapsed_at = -math.inf  # when persistent congestion last collapsed the window
         self.last_ack_delay = 0.0  # as the peer reported it with its latest ACK
 
     @property
@@ -173,10 +175,20 @@ class TrackedRecovery(QuicPacketRecovery):
         )
         # aioquic's NewReno (and CUBIC) move this when a loss starts a recovery period.
         # Persistent congestion moves it too (back to 0) while collapsing the window to
-        # its minimum: RFC 9002 7.6.2 restarts from there, so nothing leaves beyond it.
-        if persistent_congestion:
+        # its minimum (RFC 9002 7.6.2), and after that any loss looks like a new period,
+        # even of a packet sent before the collapse (as in RFC 9002's pseudo-code). Our
+        # policy: the window restarts from its minimum, so neither the collapse nor a loss
+        # of a packet sent before it lets a packet beyond the window; a loss of a packet
+        # sent after it starts a recovery period like any other.
+        in_flight = [p for p in packets if p.in_flight]  # what aioquic hands NewReno
+        if persistent_congestion and in_flight:
             self.recovery_started = False
-        elif space.is_application_data and getattr(self._cc, "_congestion_recovery_start_time", None) != recovery_start:
+            self._collapsed_at = now
+        elif (
+            space.is_application_data
+            and getattr(self._cc, "_congestion_recovery_start_time", None) != recovery_start
+            and max((p.sent_time for p in in_flight), default=-math.inf) > self._collapsed_at
+        ):
             self.recovery_started = True
 
 

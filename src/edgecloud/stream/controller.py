@@ -183,12 +183,14 @@ def _priority(p: Protection) -> int:
     retransmissions after a timeout, first copies of other retransmissions, late data,
     later copies of retransmissions, overdue data.
 
-    A copy's worth is the chance that it is the one that gets its data through in time.
-    A retransmission is lost with the (burst) loss rate *q*, so its first copy saves a round
-    with probability *q*; late data, lost with the loss rate *p*, stalls the viewer if it
-    is, so its copy is worth about *p*; a retransmission's second copy matters only when the
-    retransmission and its first copy are both lost, *q*². At 5 % loss that is 5 % against
-    0.25 %, so late data comes before later copies.
+    A copy is worth the chance that it is the one that gets its data through. A
+    retransmission is lost about as often as any packet, with the loss rate *p*; its first
+    copy, right behind it, matters when it is, so it is worth about *p*, and so is a copy of
+    late data (lost with *p*, and then the viewer stalls). A later copy matters only when the
+    retransmission and its first copy are both lost: *p* times the burst loss rate *q*,
+    0.25 % against 5 % at 5 % independent loss. So late data goes before later copies; a
+    retransmission's first copy goes before late data, as its data is older and due sooner
+    (and it keeps a smaller reserve, see _may_copy).
     """
     if p.after_timeout:
         return 0
@@ -216,7 +218,7 @@ class Protection:
     stop: int
     copies_left: int
     next_at: float
-    retransmitted: bool  # a loss-triggered retransmission (first priority) or overdue data
+    retransmitted: bool  # a loss-triggered retransmission, or else late or overdue data
     copies_sent: int = 0
     after_timeout: bool = False  # the retransmission followed a probe timeout
     late: bool = False  # a first transmission of late data (see on_first_sent)
@@ -376,7 +378,7 @@ class ReinjectionController:
             self.copy_bytes += scheduled
             self.copy_bytes_by_reason[_reason(p)] += scheduled
             self._credit_bytes -= scheduled
-            if not p.retransmitted:
+            if _reason(p) == "overdue":
                 self._overdue_credit_bytes -= scheduled
             cwnd_room -= scheduled
             p.copies_left -= 1

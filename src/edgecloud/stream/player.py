@@ -5,9 +5,10 @@ after the first frame arrives; frame *i* is due at that start plus its presentat
 plus all stall time so far. A frame that arrives after it is due stalls playback until it
 arrives (a rebuffering event of that length), which pushes every later deadline back.
 A stream cut short (the connection closed or timed out before its end) froze when its
-first missing frame fell due and stayed frozen until the session ended: that time counts
-as one more stall (``unfinished_stall_s``), or the viewers of a dead stream would look
-better off than those of a slow one.
+first missing frame fell due and stayed frozen until the session ended, and at least
+until its last frame would have played: that time counts as one more stall
+(``unfinished_stall_s``), or the viewers of a dead stream would look better off than those
+of a slow one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -83,16 +85,31 @@ def playback_timings(frames: list[ReceivedFrame], playout_delay_s: float) -> lis
 
 
 def unfinished_stall_s(
-    frames: list[ReceivedFrame], timings: list[FrameTiming], next_pts_s: float, ended_at: float
+    frames: list[ReceivedFrame],
+    timings: list[FrameTiming],
+    *,
+    next_pts_s: float,
+    ended_at: float,
+    started_at: float,
+    playout_delay_s: float,
+    final_pts_s: float | None = None,
 ) -> float:
-    """How long a stream cut short stayed frozen: from when its first missing frame (the
-    one presented at ``next_pts_s``) fell due to the session's end at ``ended_at`` (on the
-    arrivals' clock); 0 if the session ended before that frame was due."""
-    if not frames:
-        return 0.0
-    last, timing = frames[-1], timings[-1]
-    due = frames[0].arrival + timing.deadline_s + timing.stall_s + (next_pts_s - last.pts_s)
-    return max(0.0, ended_at - due)
+    """How long a stream cut short stayed frozen (times on the arrivals' clock).
+
+    It froze when its first missing frame (presented at ``next_pts_s``) fell due: after the
+    last frame that came, by their presentation times, stalls included; with no frame at
+    all, the playout delay after the session started at ``started_at``. It stayed frozen
+    until the session ended at ``ended_at`` and, where the stream's last frame is known
+    (``final_pts_s``), at least until that frame would have played: a dead stream is
+    charged at least the content it lost, whatever the timeouts that ended its session.
+    """
+    if frames:
+        last, timing = frames[-1], timings[-1]
+        due = frames[0].arrival + timing.deadline_s + timing.stall_s + (next_pts_s - last.pts_s)
+    else:
+        due = started_at + playout_delay_s
+    end = ended_at if final_pts_s is None else max(ended_at, due + final_pts_s - next_pts_s)
+    return max(0.0, end - due)
 
 
 class PlayerProtocol(QuicConnectionProtocol):
@@ -138,8 +155,21 @@ class PlayerProtocol(QuicConnectionProtocol):
             self.done.set_result(None)
 
 
-async def play(url: str, *, playout_delay_s: float = 0.3, timeout_s: float | None = None) -> PlaybackReport:
-    """Play ``url`` (https://host:port/live?seconds=N) to its end and report what the viewer saw."""
+async def play(
+    url: str,
+    *,
+    playout_delay_s: float = 0.3,
+    timeout_s: float | None = None,
+    expected_pts: Sequence[float] | None = None,
+) -> PlaybackReport:
+    """Play ``url`` (https://host:port/live?seconds=N) to its end and report what the viewer saw.
+
+    ``expected_pts``: the presentation times of every frame the stream should carry, where
+    the caller knows them (the benchmark does), so that a stream cut short is charged from
+    its first missing frame to at least its last one; without them the next frame is
+    assumed one mean frame interval after the last, and the charge runs to the session's
+    end.
+    """
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise ValueError(f"url must be https://host:port/path, got {url!r}")
@@ -154,25 +184,60 @@ async def play(url: str, *, playout_delay_s: float = 0.3, timeout_s: float | Non
             parts.hostname, port, configuration=configuration, create_protocol=PlayerProtocol
         ) as protocol:
             assert isinstance(protocol, PlayerProtocol)
+            loop = asyncio.get_running_loop()
+            started_at = loop.time()
             protocol.get(parts.netloc, path)
             try:
                 await asyncio.wait_for(asyncio.shield(protocol.done), timeout_s)
                 report.ended = True
             finally:
+                if protocol.done.done():
+                    if not protocol.done.cancelled():
+                        protocol.done.exception()  # retrieved: asyncio would warn otherwise
+                else:
+                    protocol.done.cancel()  # timed out: a later close has nowhere to go
                 report.status = protocol.status
                 report.bytes = protocol.bytes
                 report.sha256 = protocol.digest.hexdigest()
-                report.frames = len(protocol.parser.frames)
                 frames = protocol.parser.frames
+                report.frames = len(frames)
                 report.timings = playback_timings(frames, playout_delay_s)
-                if not report.ended and frames:
-                    # The next frame is due one frame interval after the last one.
-                    interval = frames[-1].pts_s - frames[-2].pts_s if len(frames) > 1 else 0.0
-                    report.unfinished_stall_s = unfinished_stall_s(
-                        frames, report.timings, frames[-1].pts_s + interval, asyncio.get_running_loop().time()
+                if not report.ended:
+                    report.unfinished_stall_s = _cut_short(
+                        frames, report.timings, expected_pts, loop.time(), started_at, playout_delay_s
                     )
                 report.stalls = sum(1 for t in report.timings if t.stall_s > 0) + (report.unfinished_stall_s > 0)
                 report.stall_s = sum(t.stall_s for t in report.timings) + report.unfinished_stall_s
     except (ConnectionError, TimeoutError, OSError, ValueError) as error:
         report.error = f"{type(error).__name__}: {error}"
     return report
+
+
+def _cut_short(
+    frames: list[ReceivedFrame],
+    timings: list[FrameTiming],
+    expected_pts: Sequence[float] | None,
+    ended_at: float,
+    started_at: float,
+    playout_delay_s: float,
+) -> float:
+    """The frozen rest of a stream that did not end (see unfinished_stall_s)."""
+    if expected_pts is not None:
+        if len(frames) >= len(expected_pts):
+            return 0.0  # every frame came; only the end of the stream did not
+        next_pts, final = expected_pts[len(frames)], expected_pts[-1]
+    elif frames:
+        # one mean frame interval after the last frame; with one frame, at once
+        interval = (frames[-1].pts_s - frames[0].pts_s) / (len(frames) - 1) if len(frames) > 1 else 0.0
+        next_pts, final = frames[-1].pts_s + interval, None
+    else:
+        next_pts, final = 0.0, None
+    return unfinished_stall_s(
+        frames,
+        timings,
+        next_pts_s=next_pts,
+        ended_at=ended_at,
+        started_at=started_at,
+        playout_delay_s=playout_delay_s,
+        final_pts_s=final,
+    )

@@ -13,7 +13,6 @@ tells why each stall happened (:mod:`edgecloud.stream.attribution`).
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import itertools
 from collections.abc import Callable
@@ -48,10 +47,12 @@ def fixed_delay(one_way_s: float) -> Path:
 class VirtualPair:
     """Client and server joined by two virtual paths; the server writes on one stream."""
 
-    def __init__(self, autorec: AutoRecConfig | None, downlink: Path, uplink: Path) -> None:
-        client_cfg = QuicConfiguration(is_client=True, alpn_protocols=["edgecloud-live"])
+    def __init__(
+        self, autorec: AutoRecConfig | None, downlink: Path, uplink: Path, idle_timeout_s: float = 60.0
+    ) -> None:
+        client_cfg = QuicConfiguration(is_client=True, alpn_protocols=["edgecloud-live"], idle_timeout=idle_timeout_s)
         client_cfg.verify_mode = 0  # the virtual server's self-signed certificate
-        server_cfg = QuicConfiguration(is_client=False, alpn_protocols=["edgecloud-live"])
+        server_cfg = QuicConfiguration(is_client=False, alpn_protocols=["edgecloud-live"], idle_timeout=idle_timeout_s)
         server_cfg.certificate, server_cfg.private_key = _CERTIFICATE
         self.downlink, self.uplink = downlink, uplink
         self.now = 0.0
@@ -173,11 +174,20 @@ def stream_live(
     pair.run_until(start + seconds + drain_s, writes)
     timings = playback_timings(parser.frames, playout_delay_s)
     # A stream cut short (aioquic's idle timeout in a long outage, or still short when the
-    # drain ended) froze from its first missing frame's due time to the session's end.
+    # drain ended) froze from its first missing frame's due time to the session's end, and
+    # at least until its last frame would have played.
     unfinished = 0.0
     if len(parser.frames) < len(frames):
-        ended_at = pair.client_closed_at if pair.client_closed_at is not None else pair.now
-        unfinished = unfinished_stall_s(parser.frames, timings, frames[len(parser.frames)].pts_s, ended_at)
+        unfinished = unfinished_stall_s(
+            parser.frames,
+            timings,
+            next_pts_s=frames[len(parser.frames)].pts_s,
+            ended_at=pair.client_closed_at if pair.client_closed_at is not None else pair.now,
+            started_at=start,
+            playout_delay_s=playout_delay_s,
+            final_pts_s=frames[-1].pts_s,
+        )
+    sent = b"".join(body)
     ends = list(itertools.accumulate(len(b) for b in body))
     written_at = [start + f.pts_s for f in frames]
     causes = attribute_stalls(ends, written_at, pair.transmissions, timings)
@@ -187,14 +197,14 @@ def stream_live(
         stalls=sum(1 for t in timings if t.stall_s > 0) + (unfinished > 0),
         stall_s=round(sum(t.stall_s for t in timings) + unfinished, 4),
         unfinished_stall_s=round(unfinished, 4),
-        complete=len(parser.frames) == len(frames),
+        complete=pair.end_stream_events > 0,  # the stream ended (its FIN arrived)
+        prefix_equal=bytes(pair.received) == sent[: len(pair.received)],
         overhead=round(stats["overhead"], 5),
         goodput_mbps=round(len(pair.received) * 8 / max(last_arrival - start, 1e-9) / 1e6, 4),
         frames=len(parser.frames),
         stall_causes=summarize(causes),
         first_sent_late=late_share(ends, written_at, pair.transmissions),
-        bytes_equal=pair.end_stream_events == 1
-        and hashlib.sha256(pair.received).digest() == hashlib.sha256(b"".join(body)).digest(),
+        bytes_equal=pair.end_stream_events == 1 and bytes(pair.received) == sent,
     )
     if pair.server.controller is not None:
         stats["history"] = [vars(s) | {"t": s.t - start} for s in pair.server.controller.history]
