@@ -144,6 +144,11 @@ def test_pool_reads_bench_files_and_refuses_others(tmp_path, capsys):
     assert pooled == {str(good): bench.pooled(cases)}
     assert main(["stream", "pool", str(bad)]) == 2
     assert "not the case list" in capsys.readouterr().err
+    # a file from before `complete` was recorded still pools
+    older = [c | {side: {k: v for k, v in c[side].items() if k != "complete"} for side in bench.SIDES} for c in cases]
+    bench.write_json(good, older)
+    assert main(["stream", "pool", str(good)]) == 0
+    assert "cut short: not recorded (an older file)" in capsys.readouterr().out
     assert main(["stream", "pool", str(tmp_path / "missing.json")]) == 2
     bad.write_text("[]")
     assert main(["stream", "pool", str(bad)]) == 2

@@ -232,7 +232,11 @@ def _print_pooled(pooled: list[dict[str, Any]]) -> None:
             + (f", 95% interval {interval[0]}-{interval[1]}" if interval else "")
             + f"), retx-loss p95 {retx['baseline']} -> {retx['autorec']} ms (x{retx['ratio']}; "
             f"{retx['n_baseline']} / {retx['n_autorec']} losses), overhead {p['overhead']['all']:.3f}, "
-            f"cut short {p['incomplete']['baseline']} / {p['incomplete']['autorec']}",
+            + (
+                f"cut short {p['incomplete']['baseline']} / {p['incomplete']['autorec']}"
+                if p["incomplete"] is not None
+                else "cut short: not recorded (an older file)"
+            ),
             flush=True,
         )
 
