@@ -122,7 +122,13 @@ def test_help_explains_the_options(capsys: pytest.CaptureFixture[str]) -> None:
         assert option in out
 
 
-def test_relay_process_relays_and_prints_stats_on_ctrl_c() -> None:
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "background"])
+def test_relay_process_relays_and_prints_stats_on_ctrl_c(sigint_ignored: bool) -> None:
+    # "background": started the way a non-interactive shell starts `cmd &`, with SIGINT
+    # ignored, which the relay must still honour.
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     async def scenario() -> str:
         loop = asyncio.get_running_loop()
         echo_transport, _ = await loop.create_datagram_endpoint(_Echo, local_addr=("127.0.0.1", 0))
@@ -139,6 +145,7 @@ def test_relay_process_relays_and_prints_stats_on_ctrl_c() -> None:
             "5",
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            preexec_fn=ignore_sigint if sigint_ignored else None,
         )
         assert process.stdout is not None
         try:

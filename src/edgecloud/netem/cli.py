@@ -190,8 +190,12 @@ async def _run_relay(args: argparse.Namespace, uplink: ProfileLike, downlink: Pr
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
+    # Ctrl-C and SIGTERM end the relay and print its stats. SIGINT gets a handler of its own
+    # too: a process started in the background by a non-interactive shell inherits SIGINT
+    # ignored, and Python then leaves it ignored, so Ctrl-C (or kill -INT) did nothing.
     with suppress(NotImplementedError):  # no signal handlers on some platforms
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, task.cancel)
     host, port = relay.address
     print(
         f"netem {args.protocol}: listening on {host}:{port}, relaying to {args.to[0]}:{args.to[1]}",
