@@ -43,7 +43,9 @@ RUNS = {
     # what each part brings, with independent loss
     "ablation_noearly": ("virtual_key60x100_noearly", [*KEY60_INDEPENDENT, "--no-retransmit-before-reduction"], False),
     "ablation_nolate": ("virtual_key60x100_nolate", [*KEY60_INDEPENDENT, "--no-late-copies"], False),
+    "ablation_budget015": ("virtual_key60x100_budget015", [*KEY60_INDEPENDENT, "--overhead-budget", "0.15"], False),
     "ablation_budget02": ("virtual_key60x100_budget02", [*KEY60_INDEPENDENT, "--overhead-budget", "0.2"], False),
+    "ablation_budget03": ("virtual_key60x100_budget03", [*KEY60_INDEPENDENT, "--overhead-budget", "0.3"], False),
     # every case
     "all_cases_virtual": ("virtual_120s", ["--virtual", *ALL_LOSSES, "--duration", "120", "--draws", "5"], True),
     "all_cases_real": ("real_60s", [*ALL_LOSSES, "--duration", "60"], True),
