@@ -28,6 +28,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 KEY = ["--virtual", "--loss", "0.05", "--rtt-ms", "100"]
 KEY60 = [*KEY, "--duration", "60", "--draws", "100"]
 KEY60_INDEPENDENT = [*KEY60, "--loss-model", "bernoulli"]
+KEY600_INDEPENDENT = [*KEY, "--duration", "600", "--draws", "10", "--loss-model", "bernoulli"]
 ALL_LOSSES = ["--loss", "0,0.01,0.05,0.1"]
 
 # test id -> (file name, arguments, plot?): docs/data/stream_bench_<name>.json and, with a
@@ -46,6 +47,9 @@ RUNS = {
     "ablation_budget015": ("virtual_key60x100_budget015", [*KEY60_INDEPENDENT, "--overhead-budget", "0.15"], False),
     "ablation_budget02": ("virtual_key60x100_budget02", [*KEY60_INDEPENDENT, "--overhead-budget", "0.2"], False),
     "ablation_budget03": ("virtual_key60x100_budget03", [*KEY60_INDEPENDENT, "--overhead-budget", "0.3"], False),
+    "budget600_015": ("virtual_key600x10_budget015", [*KEY600_INDEPENDENT, "--overhead-budget", "0.15"], False),
+    "budget600_02": ("virtual_key600x10_budget02", [*KEY600_INDEPENDENT, "--overhead-budget", "0.2"], False),
+    "budget600_03": ("virtual_key600x10_budget03", [*KEY600_INDEPENDENT, "--overhead-budget", "0.3"], False),
     # every case
     "all_cases_virtual": ("virtual_120s", ["--virtual", *ALL_LOSSES, "--duration", "120", "--draws", "5"], True),
     "all_cases_real": ("real_60s", [*ALL_LOSSES, "--duration", "60"], True),
