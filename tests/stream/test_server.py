@@ -8,7 +8,9 @@ import hashlib
 import os
 import random
 import shutil
+import signal
 import socket
+import sys
 
 import pytest
 from aioquic.asyncio.client import connect
@@ -238,3 +240,51 @@ def test_a_stream_cut_short_counts_its_frozen_rest_as_stall(knows_the_stream):
     end = 4.95 + 0.3 if knows_the_stream else 2.5
     assert report.unfinished_stall_s == pytest.approx(end - due, abs=0.25)
     assert report.stall_s >= report.unfinished_stall_s and report.stalls >= 1
+
+
+@pytest.mark.parametrize(
+    ("signum", "sigint_ignored"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
+    ids=["sigterm", "ctrl-c", "ctrl-c-background"],
+)
+def test_serve_stops_cleanly_on_a_signal_while_streaming(signum, sigint_ignored):
+    # `edgecloud stream serve` with a viewer mid-stream: SIGTERM or Ctrl-C closes the
+    # viewer's connection and exits 0, also when started the way a non-interactive shell
+    # starts `cmd &` (SIGINT ignored).
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    async def main():
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "edgecloud.cli",
+            "stream",
+            "serve",
+            "--port",
+            "0",
+            "--bitrate-mbps",
+            "0.1",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=ignore_sigint if sigint_ignored else None,
+        )
+        try:
+            line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+            assert line.startswith("serving https://"), line
+            url = line.split()[1].replace("seconds=N", "seconds=20")
+            viewer = asyncio.ensure_future(play(url, timeout_s=30))
+            await asyncio.sleep(1.5)
+            process.send_signal(signum)
+            out, err = await asyncio.wait_for(process.communicate(), 15)
+            report = await asyncio.wait_for(viewer, 15)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        return process.returncode, out.decode(), err.decode(), report
+
+    returncode, out, err, report = asyncio.run(main())
+    assert returncode == 0, err[-2000:]
+    assert "stopped: served 1 request(s)" in out
+    assert not report.ended and report.error is not None and report.frames > 0  # closed mid-stream
