@@ -43,6 +43,37 @@ def test_each_stall_gets_the_cause_of_its_last_byte():
     assert summary["stall_s_without_queueing"] == pytest.approx(0.25)
 
 
+def test_first_losses_are_split_by_what_autorec_did_about_them():
+    # Three frames, each stalled by a first loss of its bytes: frame 0's had a copy (which
+    # arrived, but later than the playout allowed), frame 1's were flagged as late data and
+    # got no copy, frame 2's were not flagged.
+    ends, written = [100, 200, 300], [0.0, 0.1, 0.2]
+    transmissions = [
+        Transmission(0, 100, 0.0, None),
+        Transmission(0, 100, 0.05, 0.4, copy=True),
+        Transmission(100, 200, 0.1, None),
+        Transmission(100, 200, 0.3, 0.5),
+        Transmission(200, 300, 0.2, None),
+        Transmission(200, 300, 0.4, 0.6),
+    ]
+    timings = [stall(0, 0.1), stall(1, 0.2), stall(2, 0.3)]
+    causes = attribute_stalls(ends, written, transmissions, timings, late_flags=[(0, 100), (100, 200)])
+    assert [(c.cause, c.first_loss_split) for c in causes] == [
+        ("first loss", "copy sent"),
+        ("first loss", "flagged late, no copy"),
+        ("first loss", "not flagged"),
+    ]
+    assert summarize(causes)["first loss split"] == {
+        "copy sent": {"stalls": 1, "stall_s": 0.1},
+        "flagged late, no copy": {"stalls": 1, "stall_s": 0.2},
+        "not flagged": {"stalls": 1, "stall_s": 0.3},
+    }
+    # Without AutoRec's record every first loss is "not flagged".
+    assert {c.first_loss_split for c in attribute_stalls(ends, written, transmissions[2:], timings[1:])} == {
+        "not flagged"
+    }
+
+
 def test_a_stall_waiting_on_an_earlier_frame_is_blamed_on_that_frame():
     # Frame 1 arrived at once, but frame 0's last byte came late: in-order delivery.
     ends, written = [100, 200], [0.0, 0.1]

@@ -95,6 +95,8 @@ def test_draws_repeat_each_case_and_pool_the_stall_time():
         for cause in ("queueing", "first loss", "retransmission loss"):
             assert causes[cause]["stalls"] == sum(c[side]["stall_causes"][cause]["stalls"] for c in cases)
         assert causes["cut short"] == {"stalls": 0, "stall_s": 0}
+        split = causes["first loss split"]  # the first losses, by what AutoRec did about them
+        assert sum(v["stalls"] for v in split.values()) == causes["first loss"]["stalls"]
     assert pooled["stall_s"]["ratio_interval95"] is None  # two draws are too few for one
     overheads = [c["autorec"]["overhead"] for c in cases]
     assert (pooled["overhead"]["min"], pooled["overhead"]["max"]) == (min(overheads), max(overheads))

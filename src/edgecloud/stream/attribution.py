@@ -11,7 +11,10 @@ off the server's transmissions of it:
 
 The cause is **queueing** when nothing was lost, a **first loss** when one transmission was
 lost (one RFC 9002 recovery round), a **retransmission loss** when the retransmission was
-lost too — the case AutoRec exists for. A stall whose frames have no recorded arrival is
+lost too — the case AutoRec exists for. A first loss is further split by what AutoRec did
+about the byte before it was lost: a *copy* of it was sent (and arrived too late, or was
+lost too), its first transmission was *flagged* as late data but no copy was sent (the
+budget had no credit for it), or it was *not flagged*. A stall whose frames have no recorded arrival is
 left unattributed. Used by the virtual benchmark, which sees every
 datagram; baseline and AutoRec are attributed by the same code.
 """
@@ -27,16 +30,20 @@ import numpy as np
 from edgecloud.stream.player import FrameTiming
 
 CAUSES = ("queueing", "first loss", "retransmission loss")
+# What AutoRec did about a first loss's byte (see the module docstring).
+FIRST_LOSS_SPLIT = ("copy sent", "flagged late, no copy", "not flagged")
 
 
 @dataclass(frozen=True)
 class Transmission:
-    """Stream bytes ``[start, stop)`` sent at ``sent_at``; ``arrived_at`` None if lost."""
+    """Stream bytes ``[start, stop)`` sent at ``sent_at``; ``arrived_at`` None if lost;
+    ``copy`` for an AutoRec copy."""
 
     start: int
     stop: int
     sent_at: float
     arrived_at: float | None
+    copy: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,10 +53,17 @@ class StallCause:
     critical_frame: int  # the frame holding the byte that arrived last
     losses: int  # transmissions of that byte lost before one arrived
     queued_s: float  # from its frame's write to its first transmission
+    copied: bool = False  # an AutoRec copy of that byte was sent
+    flagged_late: bool = False  # its first transmission was flagged as late data
 
     @property
     def cause(self) -> str:
         return CAUSES[min(self.losses, 2)]
+
+    @property
+    def first_loss_split(self) -> str:
+        """For a first loss: copy sent, flagged late with no copy, or not flagged."""
+        return FIRST_LOSS_SPLIT[0 if self.copied else 1 if self.flagged_late else 2]
 
 
 def attribute_stalls(
@@ -57,12 +71,22 @@ def attribute_stalls(
     written_at: Sequence[float],
     transmissions: Sequence[Transmission],
     timings: Sequence[FrameTiming],
+    late_flags: Sequence[tuple[int, int]] = (),
 ) -> list[StallCause]:
     """One :class:`StallCause` per stalled frame.
 
     ``frame_ends[i]`` is the stream offset where frame *i* ends and ``written_at[i]`` when
-    the application wrote it; ``timings`` are the player's (see ``playback_timings``).
+    the application wrote it; ``timings`` are the player's (see ``playback_timings``);
+    ``late_flags`` the byte ranges AutoRec flagged as late data when they were first sent
+    (``ReinjectionController.late_flags``).
     """
+    flags = sorted(late_flags)
+    flag_starts = [lo for lo, _ in flags]
+
+    def flagged(offset: int) -> bool:
+        i = bisect.bisect_right(flag_starts, offset) - 1
+        return i >= 0 and offset < flags[i][1]
+
     starts = [0, *frame_ends[:-1]]
     by_frame = _by_frame(frame_ends, transmissions)
     # Per frame: its own last-arriving byte, then the running maximum over frames.
@@ -84,10 +108,9 @@ def attribute_stalls(
         if timing.stall_s <= 0 or timing.index >= len(latest):
             continue
         _, frame, offset = latest[timing.index]
+        carrying = [t for t in by_frame[frame] if t.start <= offset < t.stop]
         # By send time only: a copy and a retransmission can leave at the same instant.
-        sends = sorted(
-            ((t.sent_at, t.arrived_at) for t in by_frame[frame] if t.start <= offset < t.stop), key=lambda s: s[0]
-        )
+        sends = sorted(((t.sent_at, t.arrived_at) for t in carrying), key=lambda s: s[0])
         delivered = [s for s in sends if s[1] is not None]
         if not delivered:  # nothing of this frame was recorded as arriving: not attributed
             continue
@@ -100,6 +123,8 @@ def attribute_stalls(
                 critical_frame=frame,
                 losses=losses,
                 queued_s=sends[0][0] - written_at[frame],
+                copied=any(t.copy for t in carrying),
+                flagged_late=flagged(offset),
             )
         )
     return causes
@@ -140,14 +165,23 @@ def late_share(
 
 
 def summarize(causes: Sequence[StallCause]) -> dict[str, object]:
-    """Stall count and time per cause, and the stall time left had every critical byte
-    left when its frame was written (what queueing behind the window cost)."""
+    """Stall count and time per cause, first losses split by what AutoRec did about them,
+    and the stall time left had every critical byte left when its frame was written (what
+    queueing behind the window cost)."""
     out: dict[str, object] = {
         cause: {
             "stalls": sum(1 for c in causes if c.cause == cause),
             "stall_s": round(sum(c.stall_s for c in causes if c.cause == cause), 4),
         }
         for cause in CAUSES
+    }
+    first = [c for c in causes if c.cause == "first loss"]
+    out["first loss split"] = {
+        split: {
+            "stalls": sum(1 for c in first if c.first_loss_split == split),
+            "stall_s": round(sum(c.stall_s for c in first if c.first_loss_split == split), 4),
+        }
+        for split in FIRST_LOSS_SPLIT
     }
     queued = sorted(c.queued_s for c in causes)
     out["queued_ms_median"] = round(queued[len(queued) // 2] * 1000, 1) if queued else None

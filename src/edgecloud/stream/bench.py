@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgecloud.netem import Bernoulli, GilbertElliott, Link, LinkProfile, Schedule, UdpRelay
-from edgecloud.stream.attribution import CAUSES
+from edgecloud.stream.attribution import CAUSES, FIRST_LOSS_SPLIT
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.player import play
 from edgecloud.stream.server import StreamServer
@@ -394,6 +394,16 @@ def pooled_causes(group: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
             }
             for cause in CAUSES
         }
+        if all("first loss split" in c[side]["stall_causes"] for c in group):
+            out[side]["first loss split"] = {
+                split: {
+                    "stalls": sum(c[side]["stall_causes"]["first loss split"][split]["stalls"] for c in group),
+                    "stall_s": round(
+                        sum(c[side]["stall_causes"]["first loss split"][split]["stall_s"] for c in group), 4
+                    ),
+                }
+                for split in FIRST_LOSS_SPLIT
+            }
         out[side]["cut short"] = {
             "stalls": sum(c[side]["unfinished_stall_s"] > 0 for c in group),
             "stall_s": round(sum(c[side]["unfinished_stall_s"] for c in group), 4),

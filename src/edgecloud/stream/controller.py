@@ -267,6 +267,9 @@ class ReinjectionController:
         # a player that stalls until late data arrives has that much buffer afterwards.
         self.delay_record_s = 0.0
         self._first_delay_s: float | None = None
+        # Byte ranges flagged as late data when first sent (whether or not the budget then
+        # had credit for their copy): for stall attribution.
+        self.late_flags: list[tuple[int, int]] = []
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -324,6 +327,7 @@ class ReinjectionController:
             return
         if waited_s + LOST_ONCE_ARRIVAL_RTTS * self._srtt_s <= self.viewer_slack_s:
             return
+        self.late_flags.append((start, stop))
         self.protections.append(Protection(stream, start, stop, 1, now, retransmitted=False, late=True))
         self._wakeup = now if self._wakeup is None else min(self._wakeup, now)
 

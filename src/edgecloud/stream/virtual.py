@@ -27,7 +27,7 @@ from edgecloud.stream.connection import AutoRecConnection
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.meter import SentFrame
 from edgecloud.stream.player import playback_timings, unfinished_stall_s
-from edgecloud.stream.sender import TrackedStreamSender
+from edgecloud.stream.sender import FrameKind, TrackedStreamSender
 from edgecloud.stream.source import FrameParser, LiveSource
 from edgecloud.stream.tls import self_signed_certificate
 
@@ -88,7 +88,9 @@ class VirtualPair:
         frames_per_datagram = [r.frames for r in new] if len(new) == len(datagrams) else [[] for _ in datagrams]
         for (data, _), frames in zip(datagrams, frames_per_datagram, strict=True):
             at = self.downlink(now, data, frames)
-            self.transmissions.extend(Transmission(f.start, f.stop, now, at) for f in frames)
+            self.transmissions.extend(
+                Transmission(f.start, f.stop, now, at, copy=f.kind is FrameKind.COPY) for f in frames
+            )
             if at is not None:
                 self._push(at, "client", data)
 
@@ -190,7 +192,9 @@ def stream_live(
     sent = b"".join(body)
     ends = list(itertools.accumulate(len(b) for b in body))
     written_at = [start + f.pts_s for f in frames]
-    causes = attribute_stalls(ends, written_at, pair.transmissions, timings)
+    controller = pair.server.controller
+    late_flags = controller.late_flags if controller is not None else []
+    causes = attribute_stalls(ends, written_at, pair.transmissions, timings, late_flags)
     last_arrival = parser.frames[-1].arrival if parser.frames else pair.now
     stats = pair.server.recovery_stats()
     stats.update(
