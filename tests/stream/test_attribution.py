@@ -44,17 +44,19 @@ def test_each_stall_gets_the_cause_of_its_last_byte():
 
 
 def test_first_losses_are_split_by_what_autorec_did_about_them():
-    # Three frames, each stalled by a first loss of its bytes: frame 0's had a copy (which
-    # arrived, but later than the playout allowed), frame 1's were flagged as late data and
-    # got no copy, frame 2's were not flagged.
+    # Three frames, each stalled by a first loss of its bytes: frame 0's had a copy before
+    # any retransmission (it arrived, but later than the playout allowed), frame 1's were
+    # flagged as late data and got no copy (only its retransmission did), frame 2's were
+    # not flagged.
     ends, written = [100, 200, 300], [0.0, 0.1, 0.2]
     transmissions = [
         Transmission(0, 100, 0.0, None),
-        Transmission(0, 100, 0.05, 0.4, copy=True),
+        Transmission(0, 100, 0.05, 0.4, kind="copy"),
         Transmission(100, 200, 0.1, None),
-        Transmission(100, 200, 0.3, 0.5),
+        Transmission(100, 200, 0.3, 0.5, kind="retransmission"),
+        Transmission(100, 200, 0.3, None, kind="copy"),  # a copy of the retransmission, not of the first
         Transmission(200, 300, 0.2, None),
-        Transmission(200, 300, 0.4, 0.6),
+        Transmission(200, 300, 0.4, 0.6, kind="retransmission"),
     ]
     timings = [stall(0, 0.1), stall(1, 0.2), stall(2, 0.3)]
     causes = attribute_stalls(ends, written, transmissions, timings, late_flags=[(0, 100), (100, 200)])

@@ -12,8 +12,8 @@ off the server's transmissions of it:
 The cause is **queueing** when nothing was lost, a **first loss** when one transmission was
 lost (one RFC 9002 recovery round), a **retransmission loss** when the retransmission was
 lost too — the case AutoRec exists for. A first loss is further split by what AutoRec did
-about the byte before it was lost: a *copy* of it was sent (and arrived too late, or was
-lost too), its first transmission was *flagged* as late data but no copy was sent (the
+about the byte before it was lost: a *copy* of it left before its retransmission (and
+arrived too late, or was lost too), its first transmission was *flagged* as late data but no copy was sent (the
 budget had no credit for it), or it was *not flagged*. A stall whose frames have no recorded arrival is
 left unattributed. Used by the virtual benchmark, which sees every
 datagram; baseline and AutoRec are attributed by the same code.
@@ -37,13 +37,13 @@ FIRST_LOSS_SPLIT = ("copy sent", "flagged late, no copy", "not flagged")
 @dataclass(frozen=True)
 class Transmission:
     """Stream bytes ``[start, stop)`` sent at ``sent_at``; ``arrived_at`` None if lost;
-    ``copy`` for an AutoRec copy."""
+    ``kind`` "first", "retransmission" or "copy" (an AutoRec copy)."""
 
     start: int
     stop: int
     sent_at: float
     arrived_at: float | None
-    copy: bool = False
+    kind: str = "first"
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class StallCause:
     critical_frame: int  # the frame holding the byte that arrived last
     losses: int  # transmissions of that byte lost before one arrived
     queued_s: float  # from its frame's write to its first transmission
-    copied: bool = False  # an AutoRec copy of that byte was sent
+    copied: bool = False  # an AutoRec copy of that byte left before its first retransmission
     flagged_late: bool = False  # its first transmission was flagged as late data
 
     @property
@@ -115,6 +115,7 @@ def attribute_stalls(
         if not delivered:  # nothing of this frame was recorded as arriving: not attributed
             continue
         delivered_by = min(delivered, key=lambda s: s[1])
+        retransmitted = min((t.sent_at for t in carrying if t.kind == "retransmission"), default=np.inf)
         losses = sum(1 for sent, got in sends if got is None and sent < delivered_by[0])
         causes.append(
             StallCause(
@@ -123,7 +124,8 @@ def attribute_stalls(
                 critical_frame=frame,
                 losses=losses,
                 queued_s=sends[0][0] - written_at[frame],
-                copied=any(t.copy for t in carrying),
+                # a copy of the first transmission, not one of a retransmission's copies
+                copied=any(t.kind == "copy" and t.sent_at < retransmitted for t in carrying),
                 flagged_late=flagged(offset),
             )
         )

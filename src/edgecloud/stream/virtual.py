@@ -38,6 +38,7 @@ SERVER_ADDR = ("10.0.0.2", 4433)
 Path = Callable[[float, bytes, list[SentFrame]], float | None]
 
 _CERTIFICATE = self_signed_certificate(fixed_size=True)
+_KINDS = {FrameKind.FIRST: "first", FrameKind.RETRANSMISSION: "retransmission", FrameKind.COPY: "copy"}
 
 
 def fixed_delay(one_way_s: float) -> Path:
@@ -89,7 +90,7 @@ class VirtualPair:
         for (data, _), frames in zip(datagrams, frames_per_datagram, strict=True):
             at = self.downlink(now, data, frames)
             self.transmissions.extend(
-                Transmission(f.start, f.stop, now, at, copy=f.kind is FrameKind.COPY) for f in frames
+                Transmission(f.start, f.stop, now, at, kind=_KINDS[f.kind]) for f in frames
             )
             if at is not None:
                 self._push(at, "client", data)
