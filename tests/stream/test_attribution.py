@@ -62,18 +62,37 @@ def test_first_losses_are_split_by_what_autorec_did_about_them():
     causes = attribute_stalls(ends, written, transmissions, timings, late_flags=[(0, 100), (100, 200)])
     assert [(c.cause, c.first_loss_split) for c in causes] == [
         ("first loss", "copy sent"),
-        ("first loss", "flagged late, no copy"),
+        ("first loss", "flagged late, no copy in time"),
         ("first loss", "not flagged"),
     ]
     assert summarize(causes)["first loss split"] == {
         "copy sent": {"stalls": 1, "stall_s": 0.1},
-        "flagged late, no copy": {"stalls": 1, "stall_s": 0.2},
+        "flagged late, no copy in time": {"stalls": 1, "stall_s": 0.2},
         "not flagged": {"stalls": 1, "stall_s": 0.3},
     }
     # Without AutoRec's record every first loss is "not flagged".
     assert {c.first_loss_split for c in attribute_stalls(ends, written, transmissions[2:], timings[1:])} == {
         "not flagged"
     }
+
+
+def test_a_lost_copy_is_no_recovery_round_and_flags_may_overlap():
+    # Bytes 500-1000: the first transmission and its copy are both lost, the retransmission
+    # arrives: one recovery round, a first loss with a copy. Byte 500 lies in the wider of
+    # two overlapping flagged ranges.
+    ends, written = [1000], [0.0]
+    transmissions = [
+        Transmission(0, 500, 0.0, 0.05),
+        Transmission(500, 1000, 0.0, None),
+        Transmission(500, 1000, 0.01, None, kind="copy"),
+        Transmission(500, 1000, 0.3, 0.35, kind="retransmission"),
+    ]
+    timings = [stall(0, 0.1)]
+    (cause,) = attribute_stalls(ends, written, transmissions, timings, late_flags=[(0, 1000), (100, 200)])
+    assert (cause.losses, cause.cause, cause.first_loss_split) == (1, "first loss", "copy sent")
+    assert cause.flagged_late
+    (cause,) = attribute_stalls(ends, written, transmissions, timings, late_flags=[(0, 100), (100, 500)])
+    assert not cause.flagged_late
 
 
 def test_a_stall_waiting_on_an_earlier_frame_is_blamed_on_that_frame():

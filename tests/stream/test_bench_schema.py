@@ -6,9 +6,11 @@ import json
 from dataclasses import asdict
 
 from edgecloud.cli import main
+from edgecloud.netem import Link
 from edgecloud.stream import bench
 from edgecloud.stream.controller import AutoRecConfig
-from edgecloud.stream.source import SourceConfig
+from edgecloud.stream.source import LiveSource, SourceConfig
+from edgecloud.stream.virtual import VirtualPair, fixed_delay, stream_live
 
 REQUIRED = {
     "recovery_ms_p50",
@@ -159,3 +161,20 @@ def test_pool_reads_bench_files_and_refuses_others(tmp_path, capsys):
     assert "a case lacks 'loss'" in capsys.readouterr().err
     bad.write_bytes(bytes(range(256)))
     assert main(["stream", "pool", str(bad)]) == 2
+
+
+def test_the_virtual_run_records_copies_and_late_flags_for_attribution():
+    def side(autorec):
+        link = bench.LinkSpec(loss=0.1, loss_model="bernoulli", rtt_ms=100.0)
+        spec = bench.SideSpec(link, autorec, 6.0, SourceConfig(fps=30, bitrate_mbps=0.3), seed=2, virtual=True)
+        down = Link(spec.data_path(), seed=f"{spec.seed}/downlink")
+        downlink = lambda now, data, frames: down.send(now, len(data))  # noqa: E731
+        pair = VirtualPair(autorec, downlink=downlink, uplink=fixed_delay(0.05))
+        pair.handshake()
+        stream_live(pair, LiveSource(spec.source), spec.duration_s, spec.playout_delay_s)
+        return pair
+
+    autorec, baseline = side(AutoRecConfig(viewer_buffer_ms=0)), side(None)
+    kinds = {t.kind for t in autorec.transmissions}
+    assert kinds == {"first", "retransmission", "copy"} and autorec.server.controller.late_flags
+    assert {t.kind for t in baseline.transmissions} == {"first", "retransmission"}

@@ -321,3 +321,19 @@ def test_late_data_goes_before_a_retransmissions_later_copies():
     poll(1.03)  # 6300: the second copy is due too, but late data goes first and leaves 5100
     assert ctl.copy_bytes_by_reason == {"retransmission": 1200, "late": 1200, "overdue": 0}
     assert [(p.start, p.copies_left) for p in ctl.protections] == [(1200, 1)]  # waits for credit
+
+
+def test_late_flags_are_recorded_only_when_asked_and_merged():
+    sender = TrackedStreamSender(0, True)
+    sent(sender, 12_000)
+    ctl = ReinjectionController(AutoRecConfig(overhead_budget=1.0))  # viewers start 300 ms behind
+    for i in range(20):
+        ctl.on_packet_resolved(lost=i % 10 == 0)
+    ctl.on_first_sent(sender, 0, 1200, now=1.0, waited_s=1.0)
+    assert ctl.late_flags == [] and len(ctl.protections) == 1  # flagged, not recorded
+    ctl.record_late_flags = True
+    ctl.on_first_sent(sender, 1200, 2400, now=1.0, waited_s=1.0)
+    ctl.on_first_sent(sender, 2400, 3600, now=1.0, waited_s=1.0)  # contiguous: merged
+    ctl.on_first_sent(sender, 6000, 7200, now=1.0, waited_s=1.0)
+    ctl.on_first_sent(sender, 7200, 8400, now=1.0, waited_s=0.0)  # on time: not flagged
+    assert ctl.late_flags == [(1200, 3600), (6000, 7200)]

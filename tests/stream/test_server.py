@@ -286,5 +286,5 @@ def test_serve_stops_cleanly_on_a_signal_while_streaming(signum, sigint_ignored)
 
     returncode, out, err, report = asyncio.run(main())
     assert returncode == 0, err[-2000:]
-    assert "stopped: served 1 request(s)" in out
+    assert "stopped: viewers' connections closed" in out
     assert not report.ended and report.error is not None and report.frames > 0  # closed mid-stream

@@ -7,21 +7,25 @@ off the server's transmissions of it:
 
 * ``queued_s`` — from the moment the application wrote its frame to the byte's first
   transmission: time spent behind the congestion window (or the pacer);
-* ``losses`` — how many of its transmissions were lost before one arrived.
+* ``losses`` — how many of its transmissions (not counting AutoRec's copies) were lost before
+  one arrived.
 
 The cause is **queueing** when nothing was lost, a **first loss** when one transmission was
 lost (one RFC 9002 recovery round), a **retransmission loss** when the retransmission was
-lost too — the case AutoRec exists for. A first loss is further split by what AutoRec did
-about the byte before it was lost: a *copy* of it left before its retransmission (and
-arrived too late, or was lost too), its first transmission was *flagged* as late data but no copy was sent (the
-budget had no credit for it), or it was *not flagged*. A stall whose frames have no recorded arrival is
-left unattributed. Used by the virtual benchmark, which sees every
-datagram; baseline and AutoRec are attributed by the same code.
+lost too — the case AutoRec exists for. Lost AutoRec copies are not counted: they are not
+recovery rounds. A first loss is further split by what AutoRec did about the byte before it
+was lost: a *copy* of it left before its retransmission (and arrived too late, or was lost
+too), its first transmission was *flagged* as late data but no copy left before the
+retransmission (a late copy waits for nothing but credit, so the budget had none), or it was
+*not flagged*. A stall whose frames have no recorded arrival is left unattributed. Used by
+the virtual benchmark, which sees every datagram; baseline and AutoRec are attributed by the
+same code.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,7 +35,7 @@ from edgecloud.stream.player import FrameTiming
 
 CAUSES = ("queueing", "first loss", "retransmission loss")
 # What AutoRec did about a first loss's byte (see the module docstring).
-FIRST_LOSS_SPLIT = ("copy sent", "flagged late, no copy", "not flagged")
+FIRST_LOSS_SPLIT = ("copy sent", "flagged late, no copy in time", "not flagged")
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class StallCause:
 
     @property
     def first_loss_split(self) -> str:
-        """For a first loss: copy sent, flagged late with no copy, or not flagged."""
+        """For a first loss: copy sent, flagged late with no copy in time, or not flagged."""
         return FIRST_LOSS_SPLIT[0 if self.copied else 1 if self.flagged_late else 2]
 
 
@@ -82,10 +86,11 @@ def attribute_stalls(
     """
     flags = sorted(late_flags)
     flag_starts = [lo for lo, _ in flags]
+    reach = list(itertools.accumulate((hi for _, hi in flags), max))  # ranges may overlap
 
     def flagged(offset: int) -> bool:
         i = bisect.bisect_right(flag_starts, offset) - 1
-        return i >= 0 and offset < flags[i][1]
+        return i >= 0 and offset < reach[i]
 
     starts = [0, *frame_ends[:-1]]
     by_frame = _by_frame(frame_ends, transmissions)
@@ -116,7 +121,11 @@ def attribute_stalls(
             continue
         delivered_by = min(delivered, key=lambda s: s[1])
         retransmitted = min((t.sent_at for t in carrying if t.kind == "retransmission"), default=np.inf)
-        losses = sum(1 for sent, got in sends if got is None and sent < delivered_by[0])
+        # Recovery rounds, not packets: a lost AutoRec copy is not a lost transmission of
+        # its own (its original or retransmission is still out).
+        losses = sum(
+            1 for t in carrying if t.kind != "copy" and t.arrived_at is None and t.sent_at < delivered_by[0]
+        )
         causes.append(
             StallCause(
                 frame=timing.index,

@@ -126,6 +126,14 @@ def _serve(args: argparse.Namespace) -> int:
         import signal
         from contextlib import suppress
 
+        # Ctrl-C and SIGTERM close the viewers' connections and exit 0, from before the
+        # "serving" line on. SIGINT gets its own handler too: a server started in the
+        # background by a script inherits it ignored.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with suppress(NotImplementedError):  # no signal handlers on some platforms
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
         server = StreamServer(
             args.host, args.port, autorec=autorec, source=source, certificate=certificate, private_key=key
         )
@@ -133,18 +141,11 @@ def _serve(args: argparse.Namespace) -> int:
         host, port = server.address
         mode = "baseline (aioquic recovery)" if autorec is None else f"AutoRec {autorec}"
         print(f"serving https://{host}:{port}/live?seconds=N over HTTP/3, {mode}", flush=True)
-        # Ctrl-C and SIGTERM close the viewers' connections and exit 0. SIGINT gets its own
-        # handler too: a server started in the background by a script inherits it ignored.
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        with suppress(NotImplementedError):  # no signal handlers on some platforms
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, stop.set)
         try:
             await stop.wait()
         finally:
             await server.close()
-        print(f"stopped: served {len(server.requests)} request(s)", flush=True)
+        print("stopped: viewers' connections closed", flush=True)
 
     asyncio.run(run())
     return 0

@@ -268,7 +268,9 @@ class ReinjectionController:
         self.delay_record_s = 0.0
         self._first_delay_s: float | None = None
         # Byte ranges flagged as late data when first sent (whether or not the budget then
-        # had credit for their copy): for stall attribution.
+        # had credit for their copy), for stall attribution, kept only when asked for (the
+        # virtual benchmark, which streams on one stream), merged as they come.
+        self.record_late_flags = False
         self.late_flags: list[tuple[int, int]] = []
 
     # -- inputs -----------------------------------------------------------------------
@@ -327,7 +329,11 @@ class ReinjectionController:
             return
         if waited_s + LOST_ONCE_ARRIVAL_RTTS * self._srtt_s <= self.viewer_slack_s:
             return
-        self.late_flags.append((start, stop))
+        if self.record_late_flags:
+            if self.late_flags and self.late_flags[-1][0] <= start <= self.late_flags[-1][1]:
+                self.late_flags[-1] = (self.late_flags[-1][0], max(stop, self.late_flags[-1][1]))
+            else:
+                self.late_flags.append((start, stop))
         self.protections.append(Protection(stream, start, stop, 1, now, retransmitted=False, late=True))
         self._wakeup = now if self._wakeup is None else min(self._wakeup, now)
 

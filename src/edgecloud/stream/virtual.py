@@ -63,6 +63,8 @@ class VirtualPair:
             autorec=autorec,
             original_destination_connection_id=self.client.original_destination_connection_id,
         )
+        if self.server.controller is not None:
+            self.server.controller.record_late_flags = True  # for stall attribution
         self.received = bytearray()
         self.end_stream_events = 0
         self.client_closed_at: float | None = None  # when the client's connection terminated
