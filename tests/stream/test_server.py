@@ -288,3 +288,23 @@ def test_serve_stops_cleanly_on_a_signal_while_streaming(signum, sigint_ignored)
     assert returncode == 0, err[-2000:]
     assert "stopped: viewers' connections closed" in out
     assert not report.ended and report.error is not None and report.frames > 0  # closed mid-stream
+
+
+def test_close_stops_every_stream_before_closing_the_connections():
+    # A viewer mid-stream when the server closes: its stream task ends with the server (no
+    # frame is written into the closed connection) and the viewer sees the connection close.
+    async def main():
+        server = await started(source=LiveSource(SMALL))
+        host, port = server.address
+        viewer = asyncio.ensure_future(play(f"https://{host}:{port}/live?seconds=20", timeout_s=30))
+        await asyncio.sleep(1.0)
+        await server.close()
+        (request,) = server.requests
+        sent = request.bytes_sent
+        await asyncio.sleep(0.3)
+        return request, sent, await asyncio.wait_for(viewer, 10)
+
+    request, sent, report = asyncio.run(main())
+    assert request.error == "server shut down" and not request.completed
+    assert request.bytes_sent == sent > 0  # nothing more was written after close()
+    assert not report.ended and report.error is not None

@@ -85,6 +85,7 @@ class LiveStreamProtocol(QuicConnectionProtocol):
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self.record = ConnectionRecord(peer="?", connection=connection)
         server.connections.append(self.record)
+        server._live.add(self)
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ProtocolNegotiated) and event.alpn_protocol in H3_ALPN:
@@ -95,6 +96,7 @@ class LiveStreamProtocol(QuicConnectionProtocol):
             self._tasks.pop(event.stream_id).cancel()
         elif isinstance(event, ConnectionTerminated):
             self.record.closed = True
+            self._server._live.discard(self)
             for task in self._tasks.values():
                 task.cancel()
             self._tasks.clear()
@@ -166,7 +168,7 @@ class LiveStreamProtocol(QuicConnectionProtocol):
                 self.transmit()
             request.completed = True
         except asyncio.CancelledError:
-            request.error = "viewer went away"
+            request.error = "server shut down" if self._server.closing else "viewer went away"
             raise
         except Exception as error:  # one broken stream must not take the server down
             request.error = f"{type(error).__name__}: {error}"
@@ -203,6 +205,8 @@ class StreamServer:
         self.configuration.private_key = private_key
         self._transport: asyncio.DatagramTransport | None = None
         self._quic_server: QuicServer | None = None
+        self._live: set[LiveStreamProtocol] = set()  # connections not yet terminated
+        self.closing = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -228,7 +232,14 @@ class StreamServer:
         return [r for c in self.connections for r in c.requests]
 
     async def close(self) -> None:
+        """Stop every stream, then close every connection (the viewers see it closed)."""
         if self._quic_server is not None:
+            self.closing = True
+            tasks = [task for protocol in self._live for task in protocol._tasks.values()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._quic_server.close()
             self._quic_server = None
+            self._live.clear()
             await asyncio.sleep(0)
