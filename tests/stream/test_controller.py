@@ -106,12 +106,19 @@ def poll_and_send(
         pass
 
 
-def test_retransmission_gets_copies_until_acked():
-    ctl = ReinjectionController(AutoRecConfig(overhead_budget=1.0))
+def at_ten_percent_loss(config: AutoRecConfig, sent_bytes: int) -> tuple[ReinjectionController, TrackedStreamSender]:
+    """A controller that has measured 10 % loss (two copies per retransmission at 100 ms),
+    and a stream sender with ``sent_bytes`` sent."""
+    ctl = ReinjectionController(config)
     sender = TrackedStreamSender(0, True)
-    sent(sender, 10_000)
-    for i in range(20):  # 10 % measured loss: two copies per retransmission
+    sent(sender, sent_bytes)
+    for i in range(20):
         ctl.on_packet_resolved(lost=i % 10 == 0)
+    return ctl, sender
+
+
+def test_retransmission_gets_copies_until_acked():
+    ctl, sender = at_ten_percent_loss(AutoRecConfig(overhead_budget=1.0), sent_bytes=10_000)
     ctl.on_retransmission_sent(sender, 0, 1200, now=1.0)
     assert ctl.next_wakeup() == 1.0
     # The first copy leaves at once, even with the congestion window full (copies go in
@@ -130,11 +137,7 @@ def test_retransmission_gets_copies_until_acked():
 
 def test_scarce_budget_goes_first_to_copies_that_save_the_most():
     # Credit 0.1 * 60_000 = 6000 bytes, packets of 1200, max_copies 3 (reserve 3600).
-    ctl = ReinjectionController(AutoRecConfig(overhead_budget=0.1))
-    sender = TrackedStreamSender(0, True)
-    sent(sender, 60_000)
-    for i in range(20):
-        ctl.on_packet_resolved(lost=i % 10 == 0)
+    ctl, sender = at_ten_percent_loss(AutoRecConfig(overhead_budget=0.1), sent_bytes=60_000)
 
     def poll(now: float) -> None:
         poll_and_send(ctl, sender, now, goodput_bytes=60_000)
@@ -284,11 +287,7 @@ def test_late_data_is_copied_only_where_its_loss_would_set_a_new_delay_record():
 
 
 def test_late_data_within_the_viewers_playout_delay_is_left_alone():
-    sender = TrackedStreamSender(0, True)
-    sent(sender, 12_000)
-    ctl = ReinjectionController(AutoRecConfig(overhead_budget=1.0, viewer_buffer_ms=500))
-    for i in range(20):
-        ctl.on_packet_resolved(lost=i % 10 == 0)
+    ctl, sender = at_ten_percent_loss(AutoRecConfig(overhead_budget=1.0, viewer_buffer_ms=500), sent_bytes=12_000)
     ctl.on_delivered(written_at=0.0, arrived_at=0.05)  # the first data: 50 ms
     ctl.on_delivered(written_at=1.0, arrived_at=1.3)  # a record, yet within 50 + 500 ms
     assert ctl.viewer_slack_s == pytest.approx(0.55)
@@ -304,11 +303,7 @@ def test_late_data_goes_before_a_retransmissions_later_copies():
     # bytes); the credit below covers one of them, and late data is worth more (see
     # _priority). (A retransmission's first copy keeps a smaller reserve, 3 packets, so it
     # goes first whatever the order.)
-    ctl = ReinjectionController(AutoRecConfig(overhead_budget=0.1))
-    sender = TrackedStreamSender(0, True)
-    sent(sender, 200_000)
-    for i in range(20):
-        ctl.on_packet_resolved(lost=i % 10 == 0)
+    ctl, sender = at_ten_percent_loss(AutoRecConfig(overhead_budget=0.1), sent_bytes=200_000)
     assert ctl.copies_now() == 2
 
     def poll(now: float) -> None:
@@ -324,11 +319,8 @@ def test_late_data_goes_before_a_retransmissions_later_copies():
 
 
 def test_late_flags_are_recorded_only_when_asked_and_merged():
-    sender = TrackedStreamSender(0, True)
-    sent(sender, 12_000)
-    ctl = ReinjectionController(AutoRecConfig(overhead_budget=1.0))  # viewers start 300 ms behind
-    for i in range(20):
-        ctl.on_packet_resolved(lost=i % 10 == 0)
+    # viewers are assumed to start 300 ms behind
+    ctl, sender = at_ten_percent_loss(AutoRecConfig(overhead_budget=1.0), sent_bytes=12_000)
     ctl.on_first_sent(sender, 0, 1200, now=1.0, waited_s=1.0)
     assert ctl.late_flags == [] and len(ctl.protections) == 1  # flagged, not recorded
     ctl.record_late_flags = True

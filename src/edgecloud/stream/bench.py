@@ -385,24 +385,17 @@ def pooled_causes(group: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
     attribution (real clock)."""
     if not all("stall_causes" in c[side] and "unfinished_stall_s" in c[side] for c in group for side in SIDES):
         return None
+
+    def summed(counts: list[dict[str, float]]) -> dict[str, float]:
+        return {"stalls": sum(c["stalls"] for c in counts), "stall_s": round(sum(c["stall_s"] for c in counts), 4)}
+
     out: dict[str, dict[str, dict[str, float]]] = {}
     for side in SIDES:
-        out[side] = {
-            cause: {
-                "stalls": sum(c[side]["stall_causes"][cause]["stalls"] for c in group),
-                "stall_s": round(sum(c[side]["stall_causes"][cause]["stall_s"] for c in group), 4),
-            }
-            for cause in CAUSES
-        }
-        if all("first loss split" in c[side]["stall_causes"] for c in group):
+        causes = [c[side]["stall_causes"] for c in group]
+        out[side] = {cause: summed([c[cause] for c in causes]) for cause in CAUSES}
+        if all("first loss split" in c for c in causes):
             out[side]["first loss split"] = {
-                split: {
-                    "stalls": sum(c[side]["stall_causes"]["first loss split"][split]["stalls"] for c in group),
-                    "stall_s": round(
-                        sum(c[side]["stall_causes"]["first loss split"][split]["stall_s"] for c in group), 4
-                    ),
-                }
-                for split in FIRST_LOSS_SPLIT
+                split: summed([c["first loss split"][split] for c in causes]) for split in FIRST_LOSS_SPLIT
             }
         out[side]["cut short"] = {
             "stalls": sum(c[side]["unfinished_stall_s"] > 0 for c in group),

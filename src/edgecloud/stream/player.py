@@ -203,17 +203,24 @@ async def play(
                 report.frames = len(frames)
                 report.timings = playback_timings(frames, playout_delay_s)
                 if not report.ended:
-                    report.unfinished_stall_s = _cut_short(
+                    report.unfinished_stall_s = cut_short_stall_s(
                         frames, report.timings, expected_pts, loop.time(), started_at, playout_delay_s
                     )
-                report.stalls = sum(1 for t in report.timings if t.stall_s > 0) + (report.unfinished_stall_s > 0)
-                report.stall_s = sum(t.stall_s for t in report.timings) + report.unfinished_stall_s
+                report.stalls, report.stall_s = stall_totals(report.timings, report.unfinished_stall_s)
     except (ConnectionError, TimeoutError, OSError, ValueError) as error:
         report.error = f"{type(error).__name__}: {error}"
     return report
 
 
-def _cut_short(
+def stall_totals(timings: list[FrameTiming], unfinished_s: float = 0.0) -> tuple[int, float]:
+    """Stall count and total stall time, a cut-short stream's frozen rest included."""
+    return (
+        sum(1 for t in timings if t.stall_s > 0) + (unfinished_s > 0),
+        sum(t.stall_s for t in timings) + unfinished_s,
+    )
+
+
+def cut_short_stall_s(
     frames: list[ReceivedFrame],
     timings: list[FrameTiming],
     expected_pts: Sequence[float] | None,
@@ -221,7 +228,9 @@ def _cut_short(
     started_at: float,
     playout_delay_s: float,
 ) -> float:
-    """The frozen rest of a stream that did not end (see unfinished_stall_s)."""
+    """The frozen rest of a stream that did not end (see unfinished_stall_s): from the
+    first missing frame of ``expected_pts`` to at least the last one, or, without them,
+    from one mean frame interval after the last frame that came to the session's end."""
     if expected_pts is not None:
         if len(frames) >= len(expected_pts):
             return 0.0  # every frame came; only the end of the stream did not

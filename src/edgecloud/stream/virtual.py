@@ -26,8 +26,8 @@ from edgecloud.stream.attribution import Transmission, attribute_stalls, late_sh
 from edgecloud.stream.connection import AutoRecConnection
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.meter import SentFrame
-from edgecloud.stream.player import playback_timings, unfinished_stall_s
-from edgecloud.stream.sender import FrameKind, TrackedStreamSender
+from edgecloud.stream.player import cut_short_stall_s, playback_timings, stall_totals
+from edgecloud.stream.sender import TrackedStreamSender
 from edgecloud.stream.source import FrameParser, LiveSource
 from edgecloud.stream.tls import self_signed_certificate
 
@@ -38,7 +38,6 @@ SERVER_ADDR = ("10.0.0.2", 4433)
 Path = Callable[[float, bytes, list[SentFrame]], float | None]
 
 _CERTIFICATE = self_signed_certificate(fixed_size=True)
-_KINDS = {FrameKind.FIRST: "first", FrameKind.RETRANSMISSION: "retransmission", FrameKind.COPY: "copy"}
 
 
 def fixed_delay(one_way_s: float) -> Path:
@@ -92,7 +91,7 @@ class VirtualPair:
         for (data, _), frames in zip(datagrams, frames_per_datagram, strict=True):
             at = self.downlink(now, data, frames)
             self.transmissions.extend(
-                Transmission(f.start, f.stop, now, at, kind=_KINDS[f.kind]) for f in frames
+                Transmission(f.start, f.stop, now, at, kind=f.kind.value) for f in frames
             )
             if at is not None:
                 self._push(at, "client", data)
@@ -181,17 +180,10 @@ def stream_live(
     # A stream cut short (aioquic's idle timeout in a long outage, or still short when the
     # drain ended) froze from its first missing frame's due time to the session's end, and
     # at least until its last frame would have played.
-    unfinished = 0.0
-    if len(parser.frames) < len(frames):
-        unfinished = unfinished_stall_s(
-            parser.frames,
-            timings,
-            next_pts_s=frames[len(parser.frames)].pts_s,
-            ended_at=pair.client_closed_at if pair.client_closed_at is not None else pair.now,
-            started_at=start,
-            playout_delay_s=playout_delay_s,
-            final_pts_s=frames[-1].pts_s,
-        )
+    ended_at = pair.client_closed_at if pair.client_closed_at is not None else pair.now
+    expected_pts = [f.pts_s for f in frames]
+    unfinished = cut_short_stall_s(parser.frames, timings, expected_pts, ended_at, start, playout_delay_s)
+    stalls, stall_s = stall_totals(timings, unfinished)
     sent = b"".join(body)
     ends = list(itertools.accumulate(len(b) for b in body))
     written_at = [start + f.pts_s for f in frames]
@@ -201,8 +193,8 @@ def stream_live(
     last_arrival = parser.frames[-1].arrival if parser.frames else pair.now
     stats = pair.server.recovery_stats()
     stats.update(
-        stalls=sum(1 for t in timings if t.stall_s > 0) + (unfinished > 0),
-        stall_s=round(sum(t.stall_s for t in timings) + unfinished, 4),
+        stalls=stalls,
+        stall_s=round(stall_s, 4),
         unfinished_stall_s=round(unfinished, 4),
         complete=pair.end_stream_events > 0,  # the stream ended (its FIN arrived)
         prefix_equal=bytes(pair.received) == sent[: len(pair.received)],
