@@ -135,6 +135,23 @@ def test_retransmission_gets_copies_until_acked():
     assert ctl.protections == [] and ctl.next_wakeup() is None
 
 
+def test_a_copy_that_schedules_nothing_is_not_spent():
+    # The first copy is still waiting to be sent when the second falls due: reinject has
+    # nothing to add, and the protection keeps its copy for when it can make one.
+    ctl, sender = at_ten_percent_loss(AutoRecConfig(overhead_budget=1.0), sent_bytes=10_000)
+    ctl.on_retransmission_sent(sender, 0, 1200, now=1.0)
+    ctl.poll(1.0, app_has_new_data=True, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
+    (p,) = ctl.protections
+    assert sender.copy_pending_bytes == 1200 and p.copies_left == 1
+    ctl.poll(1.025, app_has_new_data=True, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
+    assert ctl.copy_bytes == 1200 and p.copies_left == 1 and p.copies_sent == 1
+    assert ctl.next_wakeup() == pytest.approx(1.05)
+    while sender.get_frame(1200) is not None:
+        pass
+    ctl.poll(1.05, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
+    assert ctl.copy_bytes == 2400 and ctl.protections == []
+
+
 def test_scarce_budget_goes_first_to_copies_that_save_the_most():
     # Credit 0.1 * 60_000 = 6000 bytes, packets of 1200, max_copies 3 (reserve 3600).
     ctl, sender = at_ten_percent_loss(AutoRecConfig(overhead_budget=0.1), sent_bytes=60_000)

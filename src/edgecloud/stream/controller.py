@@ -385,6 +385,13 @@ class ReinjectionController:
                 keep.append(p)
                 continue
             scheduled = sum(p.stream.reinject(lo, hi) for lo, hi in unacked)
+            if not scheduled:
+                # Everything unacknowledged in the range still waits to be sent (a copy not
+                # yet out, or data the window holds back): no copy was made, so none is
+                # spent; look again after the spacing.
+                p.next_at = now + self._spacing()
+                keep.append(p)
+                continue
             self.copy_bytes += scheduled
             self.copy_bytes_by_reason[_reason(p)] += scheduled
             self._credit_bytes -= scheduled
