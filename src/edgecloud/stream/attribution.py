@@ -123,9 +123,7 @@ def attribute_stalls(
         retransmitted = min((t.sent_at for t in carrying if t.kind == "retransmission"), default=np.inf)
         # Recovery rounds, not packets: a lost AutoRec copy is not a lost transmission of
         # its own (its original or retransmission is still out).
-        losses = sum(
-            1 for t in carrying if t.kind != "copy" and t.arrived_at is None and t.sent_at < delivered_by[0]
-        )
+        losses = sum(1 for t in carrying if t.kind != "copy" and t.arrived_at is None and t.sent_at < delivered_by[0])
         causes.append(
             StallCause(
                 frame=timing.index,

@@ -90,9 +90,7 @@ class VirtualPair:
         frames_per_datagram = [r.frames for r in new] if len(new) == len(datagrams) else [[] for _ in datagrams]
         for (data, _), frames in zip(datagrams, frames_per_datagram, strict=True):
             at = self.downlink(now, data, frames)
-            self.transmissions.extend(
-                Transmission(f.start, f.stop, now, at, kind=f.kind.value) for f in frames
-            )
+            self.transmissions.extend(Transmission(f.start, f.stop, now, at, kind=f.kind.value) for f in frames)
             if at is not None:
                 self._push(at, "client", data)
 
