@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgecloud.cli import build_parser, main
-from edgecloud.netem import PROFILES, Bernoulli, GilbertElliott, LinkProfile, Schedule
+from edgecloud.netem import PROFILES, Bernoulli, GilbertElliott, GilbertElliottTime, LinkProfile, Schedule
 from edgecloud.netem.cli import _profiles, host_port
 
 
@@ -34,6 +34,9 @@ def test_host_port_parses(text: str, expected: tuple[str, int]) -> None:
         (["--listen", "8080"], "argument --listen: expected HOST:PORT with a port in 0..65535, got '8080'"),
         (["--listen", "host:70000"], "got 'host:70000'"),
         (["--profile", "moon"], "argument --profile: invalid choice: 'moon'"),
+        (["--burst-ms", "0"], "argument --burst-ms: must be > 0, got 0"),
+        (["--up-burst-ms", "fast"], "argument --up-burst-ms: expected a number, got 'fast'"),
+        (["--loss-model", "gilbert"], "argument --loss-model: invalid choice: 'gilbert'"),
     ],
 )
 def test_bad_arguments_are_usage_errors_naming_the_option(
@@ -58,6 +61,46 @@ def test_inconsistent_loss_options_are_errors(capsys: pytest.CaptureFixture[str]
     assert "--burst-len applies only to --loss-model gilbert-elliott" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--loss-model", "gilbert-elliott-time"],
+            "--up-loss / --loss is required with --loss-model, --burst-len or --burst-ms",
+        ),
+        (["--burst-ms", "20"], "--loss is required with --loss-model, --burst-len or --burst-ms"),
+        (["--loss", "0.1", "--burst-ms", "20"], "--burst-ms applies only to --loss-model gilbert-elliott-time"),
+        (
+            ["--loss", "0.1", "--loss-model", "gilbert-elliott", "--burst-ms", "20"],
+            "--burst-ms applies only to --loss-model gilbert-elliott-time; "
+            "bursts of the packet model are set with --burst-len",
+        ),
+        (
+            ["--loss", "0.1", "--loss-model", "gilbert-elliott-time", "--burst-len", "3"],
+            "--burst-len applies only to --loss-model gilbert-elliott; "
+            "bursts of the time model are set with --burst-ms",
+        ),
+        (
+            ["--loss", "0.1", "--loss-model", "gilbert-elliott", "--down-burst-ms", "20"],
+            "--down-burst-ms applies only to --loss-model gilbert-elliott-time",
+        ),
+        (
+            ["--loss", "0.1", "--up-loss-model", "gilbert-elliott-time", "--up-burst-len", "3"],
+            "--up-burst-len applies only to --loss-model gilbert-elliott",
+        ),
+        (
+            ["--loss", "1", "--loss-model", "gilbert-elliott-time"],
+            "GilbertElliottTime loss_rate must be in [0, 1), got 1.0",
+        ),
+    ],
+)
+def test_inconsistent_time_model_options_are_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["netem", "udp", "--to", "127.0.0.1:9", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
 def parse(*argv: str) -> tuple[object, object]:
     return _profiles(build_parser().parse_args(["netem", "udp", "--to", "127.0.0.1:9", *argv]))
 
@@ -72,10 +115,34 @@ def test_named_profile_with_bursty_loss_override() -> None:
     up, down = parse(
         "--profile", "tactical-radio", "--loss", "0.05", "--loss-model", "gilbert-elliott", "--burst-len", "4"
     )
-    expected = LinkProfile(
-        **{**PROFILES["tactical-radio"].__dict__, "loss": GilbertElliott.from_mean(0.05, 4)}
-    )
+    expected = LinkProfile(**{**PROFILES["tactical-radio"].__dict__, "loss": GilbertElliott.from_mean(0.05, 4)})
     assert up == down == expected
+
+
+def test_time_model_options_build_time_based_bursts() -> None:
+    up, down = parse("--loss", "0.05", "--loss-model", "gilbert-elliott-time", "--burst-ms", "40")
+    assert up == down == LinkProfile(loss=GilbertElliottTime.from_mean(0.05, 40.0))
+    up, down = parse("--loss", "0.05", "--loss-model", "gilbert-elliott-time")
+    assert up == down == LinkProfile(loss=GilbertElliottTime.from_mean(0.05, 20.0))  # default burst
+
+
+def test_time_model_per_direction() -> None:
+    up, down = parse(
+        "--loss",
+        "0.05",
+        "--up-loss-model",
+        "gilbert-elliott",
+        "--up-burst-len",
+        "4",
+        "--down-loss-model",
+        "gilbert-elliott-time",
+        "--down-burst-ms",
+        "50",
+        "--down-loss",
+        "0.1",
+    )
+    assert up == LinkProfile(loss=GilbertElliott.from_mean(0.05, 4.0))
+    assert down == LinkProfile(loss=GilbertElliottTime.from_mean(0.1, 50.0))
 
 
 def test_schedule_file_per_direction(tmp_path: Path) -> None:
@@ -100,6 +167,8 @@ def test_schedule_with_shaping_options_or_bad_file_is_an_error(
     path.write_text(json.dumps([{"at_s": 0, "delay_ms": -3}]))
     assert main(["netem", "udp", "--to", "127.0.0.1:9", "--schedule", str(path), "--down-loss", "0.1"]) == 2
     assert "--schedule cannot be combined with --down-loss" in capsys.readouterr().err
+    assert main(["netem", "udp", "--to", "127.0.0.1:9", "--schedule", str(path), "--up-burst-ms", "20"]) == 2
+    assert "--schedule cannot be combined with --up-burst-ms" in capsys.readouterr().err
     assert main(["netem", "udp", "--to", "127.0.0.1:9", "--schedule", str(path)]) == 2
     assert "LinkProfile.delay_ms must be a finite number >= 0, got -3" in capsys.readouterr().err
     assert main(["netem", "udp", "--to", "127.0.0.1:9", "--schedule", str(tmp_path / "missing.json")]) == 2
@@ -116,10 +185,33 @@ def test_help_explains_the_options(capsys: pytest.CaptureFixture[str]) -> None:
         "--delay-ms",
         "--down-delay-ms",
         "--loss-model",
+        "--burst-len",
+        "--burst-ms",
+        "--up-burst-ms",
+        "--down-burst-ms",
+        "gilbert-elliott-time",
         "--schedule",
         "--seed",
     ):
         assert option in out
+
+
+def test_help_explains_the_two_bursty_models(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping: argparse breaks lines at hyphens too
+    with pytest.raises(SystemExit):
+        main(["netem", "udp", "--help"])
+    text = capsys.readouterr().out
+    for explanation in (
+        "gilbert-elliott: bursts counted in packets (--burst-len), so a burst lasts N packets however far apart",
+        "gilbert-elliott-time: bursts lasting a time (--burst-ms), whatever the packet rate",
+        "packets sent far apart see nearly independent losses",
+        "mean loss burst in packets, for gilbert-elliott only; default 3",
+        "mean loss burst in ms (time in the bad state), for gilbert-elliott-time only; default 20",
+        '{"model": "gilbert-elliott-time", "mean": 0.05, "burst_ms": 20} (bursts in time)',
+    ):
+        assert explanation in text
 
 
 @pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "background"])

@@ -1,12 +1,13 @@
 """The link model on a virtual clock: exact times, queue arithmetic, loss statistics, schedules."""
 
 import math
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgecloud.netem import Bernoulli, GilbertElliott, Link, LinkProfile, Outcome, Schedule
+from edgecloud.netem import Bernoulli, GilbertElliott, GilbertElliottTime, Link, LinkProfile, Outcome, Schedule
 
 
 def test_delay_is_exact_and_packets_keep_their_order() -> None:
@@ -114,9 +115,119 @@ def test_gilbert_elliott_mean_loss_with_lossy_states() -> None:
     model = GilbertElliott(p_good_to_bad=0.1, p_bad_to_good=0.3, loss_in_good=0.01, loss_in_bad=0.5)
     assert model.mean_loss == pytest.approx((0.3 * 0.01 + 0.1 * 0.5) / 0.4)
     n = 100_000
-    assert sum(_losses(Link(LinkProfile(loss=model), seed=4), n)) / n == pytest.approx(
-        model.mean_loss, abs=0.01
+    assert sum(_losses(Link(LinkProfile(loss=model), seed=4), n)) / n == pytest.approx(model.mean_loss, abs=0.01)
+
+
+def test_existing_loss_models_draw_as_before() -> None:
+    # Recorded benchmark data depend on these exact draws; adding the time-based model must not
+    # move them. The indices were produced by the code before it existed.
+    bursty = Link(LinkProfile(loss=GilbertElliott.from_mean(0.1, 3.0)), seed=11)
+    assert [i for i in range(300) if bursty.send(i * 0.001, 100) is None] == [
+        *range(33, 40),
+        82,
+        *range(103, 107),
+        157,
+        158,
+        220,
+        221,
+        289,
+        290,
+    ]
+    independent = Link(LinkProfile(loss=0.1), seed=11)
+    assert [i for i in range(100) if independent.send(i * 0.001, 100) is None] == [3, 11, 27, 51, 65, 68, 79]
+
+
+def _losses_every(link: Link, spacing_s: float, count: int) -> list[bool]:
+    return [link.send(i * spacing_s, 100) is None for i in range(count)]
+
+
+def _p_lost_after_loss(lost: list[bool]) -> float:
+    after_loss = [now for before, now in pairwise(lost) if before]
+    return sum(after_loss) / len(after_loss)
+
+
+def test_time_based_gilbert_elliott_hits_rate_and_burst_duration() -> None:
+    loss_rate, burst_ms = 0.2, 20.0
+    model = GilbertElliottTime.from_mean(loss_rate, burst_ms)
+    n, spacing_ms = 100_000, 1.0  # 100 s of packets every 1 ms: about 1,000 bursts
+    lost = _losses_every(Link(LinkProfile(loss=model), seed=2), spacing_ms / 1e3, n)
+    # The share of time in the bad state over T ms has variance 2·π(1-π) / ((a+b)·T); 5 sigma.
+    rates_per_ms = 1 / model.mean_good_ms + 1 / model.mean_bad_ms
+    sigma = math.sqrt(2 * loss_rate * (1 - loss_rate) / (rates_per_ms * n * spacing_ms))
+    assert abs(sum(lost) / n - loss_rate) < 5 * sigma
+    # A run of consecutive losses is a stay in the bad state, measured in time. (Stays shorter than
+    # the spacing can fall between packets and go unseen, which biases the mean up by ~2 %.)
+    runs_ms = [length * spacing_ms for length in _burst_lengths(lost)]
+    assert sum(runs_ms) / len(runs_ms) == pytest.approx(burst_ms, rel=0.1)
+
+
+def test_time_based_bursts_do_not_follow_sparse_packets() -> None:
+    # At 1 ms spacing a 20 ms burst and a 20-packet burst look alike: a loss is followed by a loss
+    # ~95 % of the time. At 1 s spacing the time-based burst is long over before the next packet,
+    # so losses become independent (P(loss | loss) = the loss rate), while the packet-counted
+    # chain still makes the next packet ~95 % likely to be lost: a 20-packet outage of 20 s.
+    loss_rate = 0.2
+    timed = LinkProfile(loss=GilbertElliottTime.from_mean(loss_rate, burst_ms=20.0))
+    counted = LinkProfile(loss=GilbertElliott.from_mean(loss_rate, burst_len=20.0))
+    dense = {
+        name: _losses_every(Link(profile, seed=3), 0.001, 5000)
+        for name, profile in (("timed", timed), ("counted", counted))
+    }
+    sparse = {
+        name: _losses_every(Link(profile, seed=3), 1.0, 5000)
+        for name, profile in (("timed", timed), ("counted", counted))
+    }
+    stay_bad = loss_rate + (1 - loss_rate) * math.exp(-(1 / 80 + 1 / 20))  # the chain after 1 ms
+    assert _p_lost_after_loss(dense["timed"]) == pytest.approx(stay_bad, abs=0.03)
+    assert _p_lost_after_loss(dense["counted"]) == pytest.approx(1 - 1 / 20, abs=0.03)
+    assert _p_lost_after_loss(sparse["timed"]) == pytest.approx(loss_rate, abs=0.05)
+    assert _p_lost_after_loss(sparse["counted"]) == pytest.approx(1 - 1 / 20, abs=0.03)
+    assert sum(sparse["timed"]) / 5000 == pytest.approx(loss_rate, abs=0.03)  # the rate holds at any spacing
+
+
+def test_time_based_loss_is_deterministic_given_the_seed() -> None:
+    profile = LinkProfile(delay_ms=5.0, jitter_ms=2.0, loss=GilbertElliottTime.from_mean(0.1, 20.0))
+    times = [i * 0.003 + (i % 7) * 0.0005 for i in range(2000)]
+    runs = [[link.send(t, 100) for t in times] for link in (Link(profile, 7), Link(profile, 7))]
+    assert runs[0] == runs[1]
+    first, other = ([link.send(t, 100) is None for t in times] for link in (Link(profile, 7), Link(profile, 8)))
+    assert first != other and sum(first) > 0
+
+
+def test_time_based_draw_loss_follows_the_copies_send_times() -> None:
+    # draw_loss (a resent copy) and transmit draw the same chain at the time they are given.
+    profile = LinkProfile(loss=GilbertElliottTime(mean_good_ms=20.0, mean_bad_ms=20.0))
+    times = [i * 0.001 for i in range(1000)] + [1.0 + i * 10.0 for i in range(2000)]
+    copies, packets = Link(profile, seed=5), Link(profile, seed=5)
+    lost = [copies.draw_loss(t) for t in times]
+    assert lost == [packets.transmit(t, 100).outcome is Outcome.LOST for t in times]
+    assert copies.stats.dropped_loss == sum(lost)
+    assert _p_lost_after_loss(lost[:1000]) > 0.9  # 1 ms apart: the same burst
+    assert _p_lost_after_loss(lost[1000:]) == pytest.approx(0.5, abs=0.05)  # 10 s apart: independent
+
+
+def test_time_based_chain_carries_on_across_an_equal_model_and_restarts_on_a_new_one() -> None:
+    model = GilbertElliottTime.from_mean(0.2, 20.0)
+    times = [i * 0.001 for i in range(3000)]
+    plain = Link(LinkProfile(delay_ms=1.0, loss=model), seed=4)
+    # A step that only changes the delay, with an equal (not identical) model: the same chain.
+    stepped = Link(
+        Schedule(
+            [
+                (0.0, LinkProfile(delay_ms=1.0, loss=model)),
+                (1.0, LinkProfile(delay_ms=9.0, loss=GilbertElliottTime.from_mean(0.2, 20.0))),
+            ]
+        ),
+        seed=4,
+        start=0.0,
     )
+    assert [plain.send(t, 1) is None for t in times] == [stepped.send(t, 1) is None for t in times]
+    # A different model starts from its own stationary distribution: here always bad (a burst of
+    # ~1000 s), then never bad. Carried on, the bad state would have lasted ~1000 s more.
+    always_bad = GilbertElliottTime(mean_good_ms=1e-9, mean_bad_ms=1e6)
+    never_bad = GilbertElliottTime(mean_good_ms=math.inf, mean_bad_ms=1e6)
+    switched = Link(Schedule([(0.0, LinkProfile(loss=always_bad)), (1.0, LinkProfile(loss=never_bad))]), start=0.0)
+    assert [switched.send(t, 1) is None for t in (0.0, 0.5, 0.999, 1.0, 1.001, 5.0)] == [True] * 3 + [False] * 3
 
 
 def test_schedule_switches_profiles_at_their_times() -> None:
@@ -173,9 +284,7 @@ def test_lost_packets_report_when_they_would_have_arrived() -> None:
 def test_invariants_accounting_fifo_and_bounded_queue(
     offers: list[tuple[float, int]], rate: float | None, queue: int, loss: float, jitter: float
 ) -> None:
-    link = Link(
-        LinkProfile(delay_ms=5.0, jitter_ms=jitter, rate_mbps=rate, queue_bytes=queue, loss=loss), seed=9
-    )
+    link = Link(LinkProfile(delay_ms=5.0, jitter_ms=jitter, rate_mbps=rate, queue_bytes=queue, loss=loss), seed=9)
     now, last, largest = 0.0, -math.inf, 0
     for gap, size in offers:
         now += gap
@@ -188,9 +297,7 @@ def test_invariants_accounting_fifo_and_bounded_queue(
             assert arrival >= last
             last = arrival
     stats = link.stats
-    assert (
-        stats.packets_in == len(offers) == stats.packets_delivered + stats.dropped_loss + stats.dropped_queue
-    )
+    assert stats.packets_in == len(offers) == stats.packets_delivered + stats.dropped_loss + stats.dropped_queue
     assert stats.bytes_in == sum(size for _, size in offers)
 
 

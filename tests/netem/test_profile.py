@@ -1,11 +1,20 @@
 """Profiles, schedules and their validation: bad input names the field and the allowed range."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-from edgecloud.netem import PROFILES, Bernoulli, GilbertElliott, LinkProfile, Schedule, profile_from_dict
+from edgecloud.netem import (
+    PROFILES,
+    Bernoulli,
+    GilbertElliott,
+    GilbertElliottTime,
+    LinkProfile,
+    Schedule,
+    profile_from_dict,
+)
 
 
 @pytest.mark.parametrize(
@@ -37,6 +46,110 @@ def test_bad_loss_models_are_rejected() -> None:
         GilbertElliott.from_mean(0.1, 0.5)
     with pytest.raises(ValueError, match="use a longer burst_len"):
         GilbertElliott.from_mean(0.9, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: GilbertElliottTime(0.0, 20.0),
+            r"GilbertElliottTime\.mean_good_ms must be > 0 \(math\.inf: never bad\), got 0\.0",
+        ),
+        (lambda: GilbertElliottTime(math.nan, 20.0), r"GilbertElliottTime\.mean_good_ms must be > 0"),
+        (
+            lambda: GilbertElliottTime(100.0, math.inf),
+            r"GilbertElliottTime\.mean_bad_ms must be a finite number > 0 "
+            r"\(otherwise the bad state is absorbing\), got inf",
+        ),
+        (lambda: GilbertElliottTime(100.0, -5.0), r"GilbertElliottTime\.mean_bad_ms must be .* got -5\.0"),
+        (lambda: GilbertElliottTime(100.0, "20"), r"GilbertElliottTime\.mean_bad_ms must be .* got '20'"),
+        (
+            lambda: GilbertElliottTime(100.0, 20.0, loss_in_good=1.5),
+            r"GilbertElliottTime\.loss_in_good must be a probability in \[0, 1\], got 1\.5",
+        ),
+        (
+            lambda: GilbertElliottTime.from_mean(1.0, 20.0),
+            r"GilbertElliottTime loss_rate must be in \[0, 1\), got 1\.0",
+        ),
+        (lambda: GilbertElliottTime.from_mean(-0.1, 20.0), r"loss_rate must be in \[0, 1\), got -0\.1"),
+        (
+            lambda: GilbertElliottTime.from_mean(0.1, 0.0),
+            r"GilbertElliottTime burst_ms must be a finite number > 0, got 0\.0",
+        ),
+        (lambda: GilbertElliottTime.from_mean(0.1, math.inf), r"burst_ms must be a finite number > 0, got inf"),
+    ],
+)
+def test_bad_time_based_loss_models_are_rejected(make: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("loss_rate", [0.0, 0.01, 0.2, 0.9])
+@pytest.mark.parametrize("burst_ms", [0.5, 20.0, 1000.0])
+def test_time_based_from_mean_round_trips(loss_rate: float, burst_ms: float) -> None:
+    model = GilbertElliottTime.from_mean(loss_rate, burst_ms)
+    assert model.mean_loss == pytest.approx(loss_rate, abs=1e-12)
+    assert model.bad_share == pytest.approx(loss_rate, abs=1e-12)
+    assert model.mean_burst_ms == model.mean_bad_ms == burst_ms
+    assert (model.loss_in_good, model.loss_in_bad) == (0.0, 1.0)
+    if loss_rate == 0.0:
+        assert model.mean_good_ms == math.inf  # never turns bad
+    else:
+        assert model.mean_good_ms == pytest.approx(burst_ms * (1 - loss_rate) / loss_rate)
+
+
+def test_time_based_mean_loss_with_lossy_states() -> None:
+    model = GilbertElliottTime(mean_good_ms=300.0, mean_bad_ms=100.0, loss_in_good=0.01, loss_in_bad=0.5)
+    assert model.bad_share == pytest.approx(0.25)
+    assert model.mean_loss == pytest.approx(0.75 * 0.01 + 0.25 * 0.5)
+
+
+@pytest.mark.parametrize("bad", [False, True])
+@pytest.mark.parametrize("elapsed_s", [0.0, 0.001, 0.02, 0.3, 10.0, -0.02])
+def test_time_based_transition_is_the_continuous_time_chains(bad: bool, elapsed_s: float) -> None:
+    model = GilbertElliottTime(mean_good_ms=80.0, mean_bad_ms=20.0)
+    a, b = 1 / 0.080, 1 / 0.020  # per second
+    stationary = a / (a + b)
+    p_bad = stationary + (float(bad) - stationary) * math.exp(-(a + b) * abs(elapsed_s))
+    assert model.p_switch(bad, elapsed_s) == pytest.approx(1 - p_bad if bad else p_bad, abs=1e-12)
+    if elapsed_s == 0.0:
+        assert model.p_switch(bad, elapsed_s) == 0.0  # exactly: no time, no move
+
+
+def test_time_based_model_is_a_link_profile_loss() -> None:
+    model = GilbertElliottTime.from_mean(0.05, 20.0)
+    assert LinkProfile(loss=model).loss is model
+
+
+def test_time_based_loss_from_json(tmp_path: Path) -> None:
+    path = tmp_path / "schedule.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"at_s": 0, "loss": {"model": "gilbert-elliott-time", "mean": 0.05, "burst_ms": 40}},
+                {"at_s": 10, "loss": {"model": "gilbert-elliott-time", "mean": 0.05}},
+                {"at_s": 20, "loss": {"model": "gilbert-elliott-time", "mean_good_ms": 380, "mean_bad_ms": 20}},
+                {
+                    "at_s": 30,
+                    "profile": "lte",
+                    "loss": {
+                        "model": "gilbert-elliott-time",
+                        "mean_good_ms": 300,
+                        "mean_bad_ms": 100,
+                        "loss_in_good": 0.01,
+                        "loss_in_bad": 0.5,
+                    },
+                },
+            ]
+        )
+    )
+    schedule = Schedule.from_json(path)
+    assert schedule.at(0).loss == GilbertElliottTime.from_mean(0.05, 40.0)
+    assert schedule.at(10).loss == GilbertElliottTime.from_mean(0.05, 20.0)  # the default burst_ms
+    assert schedule.at(20).loss == GilbertElliottTime(380.0, 20.0)
+    assert schedule.at(30) == LinkProfile(
+        **{**PROFILES["lte"].__dict__, "loss": GilbertElliottTime(300.0, 100.0, 0.01, 0.5)}
+    )
 
 
 def test_schedule_must_start_at_zero_and_increase() -> None:
@@ -82,7 +195,20 @@ def test_schedule_from_json_file(tmp_path: Path) -> None:
             "unknown profile 'moon-link'; known: lte, satellite-geo, tactical-radio, wifi",
         ),
         ({"delay": 5}, r"unknown link profile field\(s\) \['delay'\]"),
-        ({"loss": {"model": "pareto"}}, "loss model must be 'bernoulli' or 'gilbert-elliott'"),
+        (
+            {"loss": {"model": "pareto"}},
+            "loss model must be one of 'bernoulli', 'gilbert-elliott', 'gilbert-elliott-time', got 'pareto'",
+        ),
+        (
+            {"loss": {"model": "gilbert-elliott-time", "mean": 0.05, "burst_len": 3}},
+            r"""loss model 'gilbert-elliott-time' given by "mean" takes only "mean" and "burst_ms", """
+            r"""got unknown key\(s\) \['burst_len'\]""",
+        ),
+        (
+            {"loss": {"model": "gilbert-elliott", "mean": 0.05, "burst_ms": 20}},
+            r"""takes only "mean" and "burst_len", got unknown key\(s\) \['burst_ms'\]""",
+        ),
+        ({"loss": {"model": "gilbert-elliott-time", "mean_good_ms": 0, "mean_bad_ms": 20}}, "mean_good_ms must be > 0"),
         ({"loss": 2}, r"loss\.p must be a probability"),
     ],
 )

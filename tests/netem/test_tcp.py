@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import pytest
 
-from edgecloud.netem import LinkProfile, TcpProxy
+from edgecloud.netem import GilbertElliottTime, LinkProfile, TcpProxy
 
 T = TypeVar("T")
 
@@ -105,6 +105,25 @@ def test_loss_delays_segments_but_never_drops_bytes() -> None:
     run(scenario())
 
 
+def test_time_based_bursts_delay_segments_without_tearing_down() -> None:
+    # Each resend is drawn at its own send time (5, 15, 35, ... ms later), so a burst ends before the
+    # resends run out; drawn at the original's time, every resend would fall in the same burst. The
+    # rate limit spreads the transfer over ~0.3 s, ten 30 ms cycles of the chain, so bursts do hit it.
+    async def scenario() -> None:
+        server, target = await echo_server()
+        payload = os.urandom(300_000)
+        model = GilbertElliottTime(mean_good_ms=20.0, mean_bad_ms=10.0)
+        bursty = LinkProfile(delay_ms=2.0, rate_mbps=8.0, queue_bytes=64_000, loss=model)
+        async with TcpProxy(target=target, uplink=bursty, downlink=bursty, seed=1) as proxy:
+            assert await round_trip(proxy.address, payload) == payload
+            assert proxy.connections_failed == 0
+            for direction in (proxy.stats.uplink, proxy.stats.downlink):
+                assert direction.dropped_loss > 0 and direction.bytes_delivered == len(payload)
+        server.close()
+
+    run(scenario())
+
+
 def test_concurrent_connections_stay_separate() -> None:
     async def scenario() -> None:
         server, target = await echo_server()
@@ -146,9 +165,7 @@ def test_a_client_that_vanishes_closes_its_target_side_only() -> None:
             writer.close()
 
         sink_server = await asyncio.start_server(sink, "127.0.0.1", 0)
-        async with TcpProxy(
-            target=sink_server.sockets[0].getsockname()[:2], uplink=LinkProfile(delay_ms=5.0)
-        ) as proxy:
+        async with TcpProxy(target=sink_server.sockets[0].getsockname()[:2], uplink=LinkProfile(delay_ms=5.0)) as proxy:
             _, vanishing = await asyncio.open_connection(*proxy.address)
             vanishing.write(os.urandom(100_000))
             await vanishing.drain()
@@ -172,15 +189,11 @@ def test_a_target_that_vanishes_mid_stream_closes_the_client_cleanly() -> None:
     async def scenario() -> None:
         async def crash_after_first_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.read(10)
-            writer.get_extra_info("socket").setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
 
         server = await asyncio.start_server(crash_after_first_read, "127.0.0.1", 0)
-        async with TcpProxy(
-            target=server.sockets[0].getsockname()[:2], downlink=LinkProfile(delay_ms=5.0)
-        ) as proxy:
+        async with TcpProxy(target=server.sockets[0].getsockname()[:2], downlink=LinkProfile(delay_ms=5.0)) as proxy:
             reader, writer = await asyncio.open_connection(*proxy.address)
             writer.write(b"hello, are you there?")
             await writer.drain()

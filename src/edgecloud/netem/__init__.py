@@ -1,5 +1,6 @@
 """Userspace link emulator: delay, jitter, rate limit with a bounded queue, Bernoulli and
-Gilbert–Elliott loss, per direction and changing over time, for UDP and TCP on loopback.
+Gilbert–Elliott loss (bursts counted in packets or in time), per direction and changing over time,
+for UDP and TCP on loopback.
 
 The kernel here has no ``netem`` qdisc, so this package plays its part for the streaming, C2 and
 replication systems. :class:`Link` is the model (no I/O, explicit time); :class:`UdpRelay` and
@@ -11,6 +12,7 @@ from edgecloud.netem.profile import (
     PROFILES,
     Bernoulli,
     GilbertElliott,
+    GilbertElliottTime,
     LinkProfile,
     Schedule,
     profile_from_dict,
@@ -23,6 +25,7 @@ __all__ = [
     "Bernoulli",
     "DirectionStats",
     "GilbertElliott",
+    "GilbertElliottTime",
     "Link",
     "LinkProfile",
     "Outcome",

@@ -17,7 +17,17 @@ if TYPE_CHECKING:
     from edgecloud.netem.udp import RelayStats
 
 DIRECTIONS = ("up", "down")
-SHAPING = ("profile", "delay_ms", "jitter_ms", "rate_mbps", "queue_bytes", "loss", "loss_model", "burst_len")
+SHAPING = (
+    "profile",
+    "delay_ms",
+    "jitter_ms",
+    "rate_mbps",
+    "queue_bytes",
+    "loss",
+    "loss_model",
+    "burst_len",
+    "burst_ms",
+)
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -48,7 +58,7 @@ def _number(low: float, *, inclusive: bool = True, high: float | None = None, ki
 
 
 def _add_shaping(parser: argparse.ArgumentParser, prefix: str, title: str) -> None:
-    from edgecloud.netem.profile import PROFILES
+    from edgecloud.netem.profile import LOSS_MODEL_NAMES, PROFILES
 
     group = parser.add_argument_group(title)
     dashed = f"--{prefix}-" if prefix else "--"
@@ -97,40 +107,69 @@ def _add_shaping(parser: argparse.ArgumentParser, prefix: str, title: str) -> No
     group.add_argument(
         f"{dashed}loss-model",
         dest=f"{dest}loss_model",
-        choices=("bernoulli", "gilbert-elliott"),
-        help="independent or bursty loss; default bernoulli",
+        choices=LOSS_MODEL_NAMES,
+        help="bernoulli: independent losses (default); gilbert-elliott: bursts counted in packets "
+        "(--burst-len), so a burst lasts N packets however far apart they are sent; "
+        "gilbert-elliott-time: bursts lasting a time (--burst-ms), whatever the packet rate, as with "
+        "fading, handover or interference, so packets sent far apart see nearly independent losses",
     )
     group.add_argument(
         f"{dashed}burst-len",
         dest=f"{dest}burst_len",
         type=_number(1.0),
         metavar="N",
-        help="mean loss burst in packets for gilbert-elliott; default 3",
+        help="mean loss burst in packets, for gilbert-elliott only; default 3",
+    )
+    group.add_argument(
+        f"{dashed}burst-ms",
+        dest=f"{dest}burst_ms",
+        type=_number(0.0, inclusive=False),
+        metavar="MS",
+        help="mean loss burst in ms (time in the bad state), for gilbert-elliott-time only; default 20",
     )
 
 
 def _direction_profile(args: argparse.Namespace, direction: str) -> ProfileLike:
     from dataclasses import replace
 
-    from edgecloud.netem.profile import DEFAULT_BURST_LEN, PROFILES, Bernoulli, GilbertElliott, LinkProfile
+    from edgecloud.netem.profile import (
+        DEFAULT_BURST_LEN,
+        DEFAULT_BURST_MS,
+        PROFILES,
+        Bernoulli,
+        GilbertElliott,
+        GilbertElliottTime,
+        LinkProfile,
+    )
 
     def pick(name: str) -> Any:
         own = getattr(args, f"{direction}_{name}")
         return own if own is not None else getattr(args, name)
 
+    def option(name: str) -> str:
+        """The option that gave ``name``'s value: ``--down-burst-ms`` if set, else ``--burst-ms``."""
+        flag = name.replace("_", "-")
+        return f"--{direction}-{flag}" if getattr(args, f"{direction}_{name}") is not None else f"--{flag}"
+
     name = pick("profile")
     profile = PROFILES[name] if name is not None else LinkProfile()
     changes = {field: pick(field) for field in ("delay_ms", "jitter_ms", "rate_mbps", "queue_bytes")}
     profile = replace(profile, **{k: v for k, v in changes.items() if v is not None})
-    loss, model, burst_len = pick("loss"), pick("loss_model"), pick("burst_len")
+    loss, model, burst_len, burst_ms = pick("loss"), pick("loss_model"), pick("burst_len"), pick("burst_ms")
     if loss is None:
-        if model is not None or burst_len is not None:
-            raise ValueError(f"--{direction}-loss / --loss is required with --loss-model or --burst-len")
+        if model is not None or burst_len is not None or burst_ms is not None:
+            raise ValueError(f"--{direction}-loss / --loss is required with --loss-model, --burst-len or --burst-ms")
         return profile
+    if burst_len is not None and model != "gilbert-elliott":
+        hint = "; bursts of the time model are set with --burst-ms" if model == "gilbert-elliott-time" else ""
+        raise ValueError(f"{option('burst_len')} applies only to --loss-model gilbert-elliott{hint}")
+    if burst_ms is not None and model != "gilbert-elliott-time":
+        hint = "; bursts of the packet model are set with --burst-len" if model == "gilbert-elliott" else ""
+        raise ValueError(f"{option('burst_ms')} applies only to --loss-model gilbert-elliott-time{hint}")
     if model == "gilbert-elliott":
         return replace(profile, loss=GilbertElliott.from_mean(loss, burst_len or DEFAULT_BURST_LEN))
-    if burst_len is not None:
-        raise ValueError("--burst-len applies only to --loss-model gilbert-elliott")
+    if model == "gilbert-elliott-time":
+        return replace(profile, loss=GilbertElliottTime.from_mean(loss, burst_ms or DEFAULT_BURST_MS))
     return replace(profile, loss=Bernoulli(loss) if loss > 0 else None)
 
 
@@ -248,7 +287,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         "netem",
         help="userspace link emulator: relay UDP or TCP with delay, jitter, rate limit and loss",
         description="Relay UDP datagrams or TCP connections to a target through an emulated link "
-        "(one-way delay, jitter, rate limit with a tail-drop queue, Bernoulli or Gilbert-Elliott loss), "
+        "(one-way delay, jitter, rate limit with a tail-drop queue, Bernoulli or Gilbert-Elliott loss with "
+        "bursts counted in packets or in time), "
         "per direction and optionally changing over time. Ctrl-C stops it and prints per-direction stats.",
     )
     protocols = netem.add_subparsers(dest="protocol", metavar="udp|tcp")
@@ -265,7 +305,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
             epilog='Schedule file: a JSON list [{"at_s": 0, "delay_ms": 50, "loss": 0.01}, '
             '{"at_s": 30, "profile": "tactical-radio"}, ...] applied to both directions, or '
             '{"uplink": [...], "downlink": [...]}. loss may also be {"model": "gilbert-elliott", '
-            '"mean": 0.05, "burst_len": 3}. Times are seconds since start.',
+            '"mean": 0.05, "burst_len": 3} (bursts in packets) or {"model": "gilbert-elliott-time", '
+            '"mean": 0.05, "burst_ms": 20} (bursts in time). Times are seconds since start.',
         )
         parser.add_argument(
             "--listen",

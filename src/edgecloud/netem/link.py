@@ -7,7 +7,17 @@ One :class:`Link` is one direction of a link. A packet goes through, in order:
 2. serialisation at the rate in force when it was queued (bytes already queued keep their times);
 3. propagation: ``delay_ms`` plus uniform jitter in ``±jitter_ms``; arrivals never overtake earlier
    ones (a FIFO link) unless the profile sets ``allow_reorder``;
-4. loss on the wire (Bernoulli or Gilbert–Elliott), so a lost packet has used link capacity.
+4. loss on the wire (Bernoulli, or Gilbert–Elliott with bursts counted in packets or in time), so a
+   lost packet has used link capacity.
+
+The time-based Gilbert–Elliott chain is drawn exactly at each packet's send time: from the state at
+the previous draw and the time since, with the continuous-time chain's transition probability (see
+:meth:`GilbertElliottTime.p_switch`). It starts from its stationary distribution at the first packet
+it sees, and again whenever the loss model in force changes to a different (unequal) one, since the
+new chain's parameters say nothing about how long the old state has lasted; a schedule step that
+keeps an equal model (only the delay changes, say) carries the chain on. Packets under other models
+do not move it: a return to the same model continues from its last draw, which after a gap much
+longer than its sojourn times is the stationary distribution anyway.
 
 Everything is a function of the offers and the seed: the same calls give the same answers, which is
 what lets tests drive it with a virtual clock. The asyncio relays in this package are glue around it.
@@ -21,7 +31,14 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
-from edgecloud.netem.profile import Bernoulli, LinkProfile, LossModel, ProfileLike, as_schedule
+from edgecloud.netem.profile import (
+    Bernoulli,
+    GilbertElliottTime,
+    LinkProfile,
+    LossModel,
+    ProfileLike,
+    as_schedule,
+)
 
 
 class Outcome(Enum):
@@ -66,7 +83,11 @@ class Link:
         # Separate streams, so that changing the jitter does not change which packets are lost.
         self._loss_rng = random.Random(f"netem/{seed}/loss")
         self._jitter_rng = random.Random(f"netem/{seed}/jitter")
-        self._bad_state = False
+        self._bad_state = False  # GilbertElliott, moved per packet
+        # GilbertElliottTime: the model the chain runs under, its state, and the time of its last draw.
+        self._timed_model: GilbertElliottTime | None = None
+        self._timed_bad = False
+        self._timed_at = 0.0
         self._queue: deque[tuple[float, int]] = deque()  # (time its last bit leaves, size), FIFO
         self._queued_bytes = 0
         self._busy_until = -math.inf
@@ -106,7 +127,7 @@ class Link:
         if profile.jitter_ms > 0.0:
             delay = max(0.0, delay + self._jitter_rng.uniform(-profile.jitter_ms, profile.jitter_ms) / 1e3)
         arrival = departure + delay
-        if self._draw_loss(profile.loss):
+        if self._draw_loss(profile.loss, now):
             self.stats.dropped_loss += 1
             return Transmission(Outcome.LOST, arrival)
         if not profile.allow_reorder:
@@ -119,7 +140,7 @@ class Link:
     def draw_loss(self, now: float) -> bool:
         """Whether a copy sent at ``now`` is lost, advancing the loss process (counted in
         ``stats.dropped_loss``). For models of retransmission that do not re-queue the copy."""
-        lost = self._draw_loss(self.profile_at(now).loss)
+        lost = self._draw_loss(self.profile_at(now).loss, now)
         if lost:
             self.stats.dropped_loss += 1
         return lost
@@ -147,13 +168,26 @@ class Link:
         while self._queue and self._queue[0][0] <= now:
             self._queued_bytes -= self._queue.popleft()[1]
 
-    def _draw_loss(self, model: LossModel | None) -> bool:
+    def _draw_loss(self, model: LossModel | None, now: float) -> bool:
         if model is None:
             return False
         if isinstance(model, Bernoulli):
             return self._loss_rng.random() < model.p
+        if isinstance(model, GilbertElliottTime):
+            return self._draw_timed_loss(model, now)
         lost = self._loss_rng.random() < (model.loss_in_bad if self._bad_state else model.loss_in_good)
         leave = model.p_bad_to_good if self._bad_state else model.p_good_to_bad
         if self._loss_rng.random() < leave:
             self._bad_state = not self._bad_state
         return lost
+
+    def _draw_timed_loss(self, model: GilbertElliottTime, now: float) -> bool:
+        # Two draws per packet from the same seeded stream as the other models: where the chain is
+        # at ``now``, then whether that state loses the packet.
+        if model != self._timed_model:
+            self._timed_model = model
+            self._timed_bad = self._loss_rng.random() < model.bad_share
+        elif self._loss_rng.random() < model.p_switch(self._timed_bad, now - self._timed_at):
+            self._timed_bad = not self._timed_bad
+        self._timed_at = now
+        return self._loss_rng.random() < (model.loss_in_bad if self._timed_bad else model.loss_in_good)

@@ -1,9 +1,18 @@
 """Link profiles: what a link does to packets, and how that changes over time.
 
 A :class:`LinkProfile` is plain data — one-way delay, jitter, a rate limit with a bounded queue and a
-loss model (:class:`Bernoulli` or the bursty :class:`GilbertElliott`). A :class:`Schedule` lists the
-profile in force from each instant on; every API that takes a profile also takes a schedule.
-:data:`PROFILES` names a few links people ask for, with the assumptions behind their numbers.
+loss model. A :class:`Schedule` lists the profile in force from each instant on; every API that takes
+a profile also takes a schedule. :data:`PROFILES` names a few links people ask for, with the
+assumptions behind their numbers.
+
+Three loss models: :class:`Bernoulli` (independent losses), and two bursty Gilbert–Elliott chains
+that differ in what a burst is made of. :class:`GilbertElliott` moves once per *packet*, so a burst
+lasts a number of packets however far apart they are sent — right for a channel whose errors come
+with the traffic (e.g. a codec or FEC block failing), and what netem's ``loss gemodel`` does.
+:class:`GilbertElliottTime` moves in *time*, so a burst lasts a number of milliseconds whatever the
+packet rate — right for fading, handover or interference, which do not wait for the sender. The
+difference shows with sparse traffic: a sender that backs off to one packet every few seconds sees a
+3-packet burst as a long outage under the first, but nearly independent losses under the second.
 
 The emulator exists because this kernel has no ``netem`` qdisc; the parameters mirror Linux netem's
 (``delay``, ``jitter``, ``rate``, ``limit``, ``loss random`` / ``loss gemodel``) so results carry over.
@@ -59,8 +68,7 @@ class GilbertElliott:
             _check_probability("GilbertElliott", name, getattr(self, name))
         if self.p_bad_to_good == 0.0 and self.p_good_to_bad > 0.0:
             raise ValueError(
-                "GilbertElliott.p_bad_to_good must be > 0 when p_good_to_bad > 0 "
-                "(otherwise the bad state is absorbing)"
+                "GilbertElliott.p_bad_to_good must be > 0 when p_good_to_bad > 0 (otherwise the bad state is absorbing)"
             )
 
     @classmethod
@@ -98,10 +106,95 @@ class GilbertElliott:
         return math.inf if self.p_bad_to_good == 0.0 else 1.0 / self.p_bad_to_good
 
 
-LossModel = Bernoulli | GilbertElliott
+@dataclass(frozen=True)
+class GilbertElliottTime:
+    """Bursty loss in time: a continuous-time two-state Markov chain (good, bad).
+
+    The chain stays in the good state for an exponentially distributed time of mean
+    ``mean_good_ms``, then in the bad state for one of mean ``mean_bad_ms``, and so on; a packet is
+    lost with the probability of the state the chain is in when the packet is sent. Unlike
+    :class:`GilbertElliott`, the state does not move with packets, so a burst is a stretch of time:
+    packets sent far apart compared with ``mean_bad_ms`` see nearly independent losses, and
+    back-to-back packets share their fate. ``mean_good_ms=math.inf`` is a chain that never turns bad
+    (what :meth:`from_mean` gives for a zero loss rate); the bad state must be left in finite time.
+    """
+
+    mean_good_ms: float
+    mean_bad_ms: float
+    loss_in_good: float = 0.0
+    loss_in_bad: float = 1.0
+
+    def __post_init__(self) -> None:
+        good, bad = self.mean_good_ms, self.mean_bad_ms
+        if not (isinstance(good, int | float) and good > 0.0):  # NaN fails the comparison too
+            raise ValueError(f"GilbertElliottTime.mean_good_ms must be > 0 (math.inf: never bad), got {good!r}")
+        if not (isinstance(bad, int | float) and math.isfinite(bad) and bad > 0.0):
+            raise ValueError(
+                f"GilbertElliottTime.mean_bad_ms must be a finite number > 0 "
+                f"(otherwise the bad state is absorbing), got {bad!r}"
+            )
+        for name in ("loss_in_good", "loss_in_bad"):
+            _check_probability("GilbertElliottTime", name, getattr(self, name))
+
+    @classmethod
+    def from_mean(cls, loss_rate: float, burst_ms: float) -> GilbertElliottTime:
+        """The chain whose long-run loss rate is ``loss_rate`` in bursts of mean ``burst_ms``.
+
+        With ``loss_in_bad=1`` and ``loss_in_good=0`` the loss rate is the share of time spent in
+        the bad state, ``a / (a + b)`` for rates ``a`` (good→bad) and ``b`` (bad→good). A burst is a
+        stay in the bad state, so ``b = 1 / burst_ms`` and ``a = loss_rate * b / (1 - loss_rate)``;
+        the mean stay in the good state is ``1 / a = burst_ms * (1 - loss_rate) / loss_rate``.
+        """
+        if not (isinstance(loss_rate, int | float) and 0.0 <= loss_rate < 1.0):
+            raise ValueError(f"GilbertElliottTime loss_rate must be in [0, 1), got {loss_rate!r}")
+        if not (isinstance(burst_ms, int | float) and math.isfinite(burst_ms) and burst_ms > 0.0):
+            raise ValueError(f"GilbertElliottTime burst_ms must be a finite number > 0, got {burst_ms!r}")
+        to_good = 1.0 / burst_ms
+        to_bad = loss_rate * to_good / (1.0 - loss_rate)
+        return cls(mean_good_ms=math.inf if to_bad == 0.0 else 1.0 / to_bad, mean_bad_ms=float(burst_ms))
+
+    @property
+    def bad_share(self) -> float:
+        """Stationary probability of the bad state: the share of time the chain spends in it."""
+        if math.isinf(self.mean_good_ms):
+            return 0.0
+        return self.mean_bad_ms / (self.mean_good_ms + self.mean_bad_ms)
+
+    @property
+    def mean_loss(self) -> float:
+        """Long-run loss rate: state losses weighted by the chain's stationary distribution.
+
+        For packets sent at any times independent of the chain (each one sees the stationary
+        distribution), so it holds at every packet rate.
+        """
+        share = self.bad_share
+        return (1.0 - share) * self.loss_in_good + share * self.loss_in_bad
+
+    @property
+    def mean_burst_ms(self) -> float:
+        """Mean stay in the bad state, in ms."""
+        return self.mean_bad_ms
+
+    def p_switch(self, bad: bool, elapsed_s: float) -> float:
+        """Probability that the chain is in the other state ``elapsed_s`` seconds after being in
+        state ``bad`` (the state at the same distance *before*, too: a two-state chain is reversible).
+
+        With rates ``a = 1/mean_good``, ``b = 1/mean_bad`` and ``π = a / (a + b)``,
+        ``P(bad after dt) = π + (x - π)·exp(-(a + b)·dt)`` for ``x = 1`` if bad, else 0; so the chance
+        of having switched is ``π·(1 - e)`` from good and ``(1 - π)·(1 - e)`` from bad, written with
+        ``expm1`` to stay exact at ``dt = 0`` and accurate for small ``dt``.
+        """
+        rate_per_s = 1e3 / self.mean_bad_ms + 1e3 / self.mean_good_ms  # 1e3 / inf is 0: never bad
+        moved = -math.expm1(-rate_per_s * abs(elapsed_s))
+        share = self.bad_share
+        return (1.0 - share) * moved if bad else share * moved
+
+
+LossModel = Bernoulli | GilbertElliott | GilbertElliottTime
 
 DEFAULT_QUEUE_BYTES = 256 * 1024
 DEFAULT_BURST_LEN = 3.0
+DEFAULT_BURST_MS = 20.0
 
 
 @dataclass(frozen=True)
@@ -112,7 +205,7 @@ class LinkProfile:
     ``±jitter_ms`` (as netem's default); packets still leave in order unless ``allow_reorder``.
     ``rate_mbps``: serialisation rate in Mbit/s (``None``: unlimited) in front of a FIFO of at most
     ``queue_bytes`` (tail drop). ``loss``: ``None``, a probability (Bernoulli shorthand), or a
-    :class:`Bernoulli` / :class:`GilbertElliott` model.
+    :class:`Bernoulli` / :class:`GilbertElliott` / :class:`GilbertElliottTime` model.
     """
 
     delay_ms: float = 0.0
@@ -136,10 +229,10 @@ class LinkProfile:
         if isinstance(self.loss, int | float) and not isinstance(self.loss, bool):
             _check_probability("LinkProfile", "loss", self.loss)
             object.__setattr__(self, "loss", Bernoulli(float(self.loss)) if self.loss > 0 else None)
-        elif self.loss is not None and not isinstance(self.loss, Bernoulli | GilbertElliott):
+        elif self.loss is not None and not isinstance(self.loss, Bernoulli | GilbertElliott | GilbertElliottTime):
             raise ValueError(
-                f"LinkProfile.loss must be None, a probability, Bernoulli or GilbertElliott, "
-                f"got {self.loss!r}"
+                f"LinkProfile.loss must be None, a probability, Bernoulli, GilbertElliott or "
+                f"GilbertElliottTime, got {self.loss!r}"
             )
 
     @property
@@ -204,9 +297,27 @@ def as_schedule(profile: ProfileLike) -> Schedule:
     raise TypeError(f"expected a LinkProfile or Schedule, got {profile!r}")
 
 
+LOSS_MODEL_NAMES = ("bernoulli", "gilbert-elliott", "gilbert-elliott-time")
+"""The ``"model"`` names of :func:`loss_from_dict`, also the CLI's ``--loss-model`` choices."""
+
+
+def _from_mean_spec(model: str, rest: Mapping[str, Any], burst_key: str, default_burst: float) -> tuple[Any, Any]:
+    # A misspelt or the other model's burst key (burst_len vs burst_ms) would otherwise be
+    # ignored silently, leaving the default burst in place.
+    unknown = set(rest) - {"mean", burst_key}
+    if unknown:
+        raise ValueError(
+            f'loss model {model!r} given by "mean" takes only "mean" and "{burst_key}", '
+            f"got unknown key(s) {sorted(unknown)}"
+        )
+    return rest["mean"], rest.get(burst_key, default_burst)
+
+
 def loss_from_dict(spec: float | Mapping[str, Any] | None) -> LossModel | None:
-    """``0.01`` (Bernoulli), ``{"model": "bernoulli", "p": 0.01}``, or a Gilbert–Elliott chain given
-    as ``{"model": "gilbert-elliott", "mean": 0.05, "burst_len": 3}`` or by its four probabilities."""
+    """``0.01`` (Bernoulli), ``{"model": "bernoulli", "p": 0.01}``, a packet-counted Gilbert–Elliott
+    chain as ``{"model": "gilbert-elliott", "mean": 0.05, "burst_len": 3}`` or by its four
+    probabilities, or a time-based one as ``{"model": "gilbert-elliott-time", "mean": 0.05,
+    "burst_ms": 20}`` or by its fields (``mean_good_ms``, ``mean_bad_ms``, ...)."""
     if spec is None:
         return None
     if isinstance(spec, int | float):
@@ -218,9 +329,14 @@ def loss_from_dict(spec: float | Mapping[str, Any] | None) -> LossModel | None:
         return Bernoulli(**rest)
     if model == "gilbert-elliott":
         if "mean" in rest:
-            return GilbertElliott.from_mean(rest["mean"], rest.get("burst_len", DEFAULT_BURST_LEN))
+            return GilbertElliott.from_mean(*_from_mean_spec(model, rest, "burst_len", DEFAULT_BURST_LEN))
         return GilbertElliott(**rest)
-    raise ValueError(f"loss model must be 'bernoulli' or 'gilbert-elliott', got {model!r}")
+    if model == "gilbert-elliott-time":
+        if "mean" in rest:
+            return GilbertElliottTime.from_mean(*_from_mean_spec(model, rest, "burst_ms", DEFAULT_BURST_MS))
+        return GilbertElliottTime(**rest)
+    names = ", ".join(repr(name) for name in LOSS_MODEL_NAMES)
+    raise ValueError(f"loss model must be one of {names}, got {model!r}")
 
 
 def profile_from_dict(spec: Mapping[str, Any]) -> LinkProfile:

@@ -10,11 +10,15 @@ TCP never loses bytes, so the link's effects become time:
 * **Loss** is the delay a retransmission adds. A segment the link loses is resent after a recovery
   time of ``5/4 · RTT`` (RTT = uplink + downlink one-way delays in force; fast retransmit / RACK
   detects a loss about one RTT plus a quarter-RTT reordering window after it was sent). The resend
-  can be lost again (the loss process advances); each further loss doubles the recovery time, like
-  a retransmission timer backing off, and after ``MAX_RETRANSMISSIONS`` losses of one segment the
-  connection is torn down, as a stack gives up (Linux ``tcp_retries2``). Resends do not take link
-  capacity again, and tail losses that a real stack would recover only by a timeout are modelled
-  as fast recoveries, so the model is optimistic for short, sparse transfers.
+  can be lost again (the loss process advances, drawn at the resend's own send time, so a
+  time-based loss burst can end before the resend leaves); each further loss doubles the recovery
+  time, like a retransmission timer backing off, and after ``MAX_RETRANSMISSIONS`` losses of one
+  segment the connection is torn down, as a stack gives up (Linux ``tcp_retries2``). Resends do not
+  take link capacity again, and tail losses that a real stack would recover only by a timeout are
+  modelled as fast recoveries, so the model is optimistic for short, sparse transfers. (Resends are
+  drawn ahead of the segments read after them; a time-based chain then conditions the next segment
+  on the resend's draw rather than on the segment before it, which loosens burst correlation
+  across a recovery.)
 * **In-order delivery**: a segment is never written before the one in front of it, so a delayed
   segment holds back the ones after it (head-of-line blocking), as in TCP.
 * **Queue**: instead of tail-dropping, a full bottleneck queue pauses reading from the sender, whose
@@ -118,9 +122,13 @@ class _Pump:
         proxy = self._proxy
         rtt = (proxy.uplink.profile_at(now).delay_ms + proxy.downlink.profile_at(now).delay_ms) / 1e3
         recovery = max(RECOVERY_RTTS * rtt, MIN_RECOVERY_S)
+        # Each resend is drawn at the time it leaves: with a time-based loss model, drawing every
+        # resend at ``now`` would put them all in the burst that took the original.
+        resent_at = now
         for _ in range(MAX_RETRANSMISSIONS):
             arrival += recovery
-            if not self._link.draw_loss(now):
+            resent_at += recovery
+            if not self._link.draw_loss(resent_at):
                 return arrival
             recovery *= 2
         raise _PeerFailed(f"a segment was lost {MAX_RETRANSMISSIONS + 1} times in a row; giving up")
