@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
+import pytest
+
 from edgecloud.cli import main
-from edgecloud.netem import Link
+from edgecloud.netem import GilbertElliottTime, Link
 from edgecloud.stream import bench
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.source import LiveSource, SourceConfig
@@ -53,6 +55,16 @@ def test_cases_have_the_issue_schema_and_deliver_every_byte():
     # the file says how to rerun it
     assert case["autorec_config"] == asdict(AutoRecConfig())
     assert case["source"]["bitrate_mbps"] == 0.2 and case["playout_delay_s"] == 0.3
+
+
+def test_bursts_in_time_are_recorded_and_every_byte_arrives():
+    (case,) = short_cases("bursty-time")
+    assert case["loss_model"] == "bursty-time" and case["burst_ms"] == bench.BURST_MS
+    assert case["baseline"]["bytes_equal"] and case["autorec"]["bytes_equal"]
+    model = bench.LinkSpec(loss=0.05, loss_model="bursty-time", rtt_ms=100.0).profile().loss
+    assert isinstance(model, GilbertElliottTime)
+    assert model.mean_loss == pytest.approx(0.05) and model.mean_burst_ms == bench.BURST_MS
+    assert bench.LinkSpec(loss=0.05, loss_model="bursty", rtt_ms=100.0).burst() == {"burst_len": 3.0}
 
 
 def test_loss_change_records_the_controller_over_time():

@@ -196,7 +196,7 @@ def test_adopt_refuses_a_connection_that_already_ran():
     ("argv", "message"),
     [
         (["--loss", "0.7"], "must be in [0, 0.5], got 0.7"),
-        (["--loss-model", "gauss"], "loss model must be one of bernoulli, bursty, got 'gauss'"),
+        (["--loss-model", "gauss"], "loss model must be one of bernoulli, bursty, bursty-time, got 'gauss'"),
         (["--duration", "0"], "must be in [1, 3600], got 0"),
         (["--overhead-budget", "x"], "expected a number, got 'x'"),
     ],

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecloud.netem import Bernoulli, GilbertElliott, Link, LinkProfile, Schedule, UdpRelay
+from edgecloud.netem import Bernoulli, GilbertElliott, GilbertElliottTime, Link, LinkProfile, Schedule, UdpRelay
 from edgecloud.stream.attribution import CAUSES, FIRST_LOSS_SPLIT
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.player import play
@@ -36,7 +36,14 @@ from edgecloud.stream.server import StreamServer
 from edgecloud.stream.source import LiveSource, SourceConfig
 from edgecloud.stream.virtual import VirtualPair, stream_live
 
-LOSS_MODELS = ("bernoulli", "bursty")
+# bursty: Gilbert-Elliott with bursts of BURST_LEN packets; bursty-time: bursts of BURST_MS
+# (netem's GilbertElliottTime), which end when their time is up however few packets the sender
+# sends meanwhile (a packet-counted burst follows a sender in probe-timeout backoff from probe to
+# probe, seconds apart).
+LOSS_MODELS = ("bernoulli", "bursty", "bursty-time")
+BURST_LEN = 3.0
+# The same mean burst in time: 3 packets at the ~53 packets/s the default stream sends.
+BURST_MS = 60.0
 SIDES = ("baseline", "autorec")
 
 
@@ -48,7 +55,8 @@ class LinkSpec:
     loss_model: str
     rtt_ms: float
     rate_mbps: float = 20.0
-    burst_len: float = 3.0
+    burst_len: float = BURST_LEN
+    burst_ms: float = BURST_MS
     ack_path_loss: bool = False  # the loss applies to the viewer -> server direction too
 
     def __post_init__(self) -> None:
@@ -59,12 +67,22 @@ class LinkSpec:
         if not 0.0 <= self.rtt_ms <= 10_000:
             raise ValueError(f"rtt_ms must be in [0, 10000], got {self.rtt_ms}")
 
+    def burst(self) -> dict[str, float]:
+        """The mean loss burst of a bursty model, for the record."""
+        return {"bursty": {"burst_len": self.burst_len}, "bursty-time": {"burst_ms": self.burst_ms}}.get(
+            self.loss_model, {}
+        )
+
     def profile(self, loss: float | None = None) -> LinkProfile:
         """The data path's profile (server -> viewer)."""
         p = self.loss if loss is None else loss
-        model: Bernoulli | GilbertElliott | None = None
-        if p > 0:
-            model = Bernoulli(p) if self.loss_model == "bernoulli" else GilbertElliott.from_mean(p, self.burst_len)
+        model: Bernoulli | GilbertElliott | GilbertElliottTime | None = None
+        if p > 0 and self.loss_model == "bernoulli":
+            model = Bernoulli(p)
+        elif p > 0 and self.loss_model == "bursty":
+            model = GilbertElliott.from_mean(p, self.burst_len)
+        elif p > 0:
+            model = GilbertElliottTime.from_mean(p, self.burst_ms)
         return LinkProfile(delay_ms=self.rtt_ms / 2, rate_mbps=self.rate_mbps, loss=model)
 
 
@@ -268,6 +286,7 @@ def run_cases(
             case = {
                 "loss": loss,
                 "loss_model": model,
+                **link.burst(),
                 "rtt_ms": rtt,
                 "duration_s": duration_s,
                 "ack_path_loss": ack_path_loss,
@@ -333,6 +352,7 @@ def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "loss": loss,
                 "loss_model": model,
+                **{k: group[0][k] for k in ("burst_len", "burst_ms") if k in group[0]},
                 "rtt_ms": rtt,
                 "draws": len(group),
                 "stall_s": {

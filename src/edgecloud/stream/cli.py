@@ -307,7 +307,14 @@ def register(commands: Any, bench: Any) -> None:
     runner.add_argument("--json", required=True, help="where to write the results")
     runner.add_argument("--plot", help="PNG figure")
     runner.add_argument("--loss", type=_number_list(0, 0.5), default=[0.01, 0.05, 0.10], help="e.g. 0.01,0.05,0.1")
-    runner.add_argument("--loss-model", type=_model_list, default=["bernoulli", "bursty"])
+    runner.add_argument(
+        "--loss-model",
+        type=_model_list,
+        default=["bernoulli", "bursty"],
+        help="comma-separated: bernoulli (independent), bursty (Gilbert-Elliott, bursts of 3 packets), "
+        "bursty-time (Gilbert-Elliott, bursts of 60 ms, about 3 packets of the default stream: they end "
+        "on time even while a sender backs off its probe timeout); default bernoulli,bursty",
+    )
     runner.add_argument("--rtt-ms", type=_number_list(0, 10_000), default=[20.0, 100.0])
     runner.add_argument("--duration", type=_number(1, 3600), default=60.0, help="seconds of stream per case")
     runner.add_argument("--rate-mbps", type=_number(0.1, 10_000), default=20.0, help="link rate")

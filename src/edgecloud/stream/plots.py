@@ -49,7 +49,8 @@ def plot_cases(cases: list[dict[str, Any]], path: str | Path) -> None:
     over draws where a case ran several)."""
     plt = _pyplot()
     cases, draws = _per_case(cases)
-    labels = [f"{c['loss'] * 100:g}% {c['loss_model'][:5]}\n{c['rtt_ms']:g} ms" for c in cases]
+    short = {"bernoulli": "indep", "bursty": "burst", "bursty-time": "b-time"}
+    labels = [f"{c['loss'] * 100:g}% {short.get(c['loss_model'], c['loss_model'])}\n{c['rtt_ms']:g} ms" for c in cases]
     metrics = [
         ("retx_loss_recovery_ms_p95", "retransmission-loss recovery p95 (ms)"),
         ("recovery_ms_p95", "first-loss recovery p95 (ms)"),
