@@ -41,9 +41,9 @@ RUNS = {
         [*KEY, "--loss-model", "bernoulli,bursty", "--duration", "600", "--draws", "10"],
         False,
     ),
-    # what each part brings, with independent loss
     # bursts in time rather than in packets (netem's GilbertElliottTime, 60 ms)
     "bursty_time_60s": ("virtual_key60x100_burstytime", [*KEY60, "--loss-model", "bursty-time"], False),
+    # what each part brings, with independent loss
     "ablation_noearly": ("virtual_key60x100_noearly", [*KEY60_INDEPENDENT, "--no-retransmit-before-reduction"], False),
     "ablation_nolate": ("virtual_key60x100_nolate", [*KEY60_INDEPENDENT, "--no-late-copies"], False),
     "ablation_budget015": ("virtual_key60x100_budget015", [*KEY60_INDEPENDENT, "--overhead-budget", "0.15"], False),

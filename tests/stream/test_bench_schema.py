@@ -65,6 +65,8 @@ def test_bursts_in_time_are_recorded_and_every_byte_arrives():
     assert isinstance(model, GilbertElliottTime)
     assert model.mean_loss == pytest.approx(0.05) and model.mean_burst_ms == bench.BURST_MS
     assert bench.LinkSpec(loss=0.05, loss_model="bursty", rtt_ms=100.0).burst() == {"burst_len": 3.0}
+    (pooled,) = bench.pooled([case])
+    assert pooled["loss_model"] == "bursty-time" and pooled["burst_ms"] == bench.BURST_MS
 
 
 def test_loss_change_records_the_controller_over_time():

@@ -152,6 +152,16 @@ def test_a_copy_that_schedules_nothing_is_not_spent():
     assert ctl.copy_bytes == 2400 and ctl.protections == []
 
 
+def test_a_reset_stream_loses_its_protections():
+    # The viewer stopped the stream (STOP_SENDING): it sends nothing more, so its protections
+    # go at the next poll instead of waking the controller every quarter RTT for good.
+    ctl, sender = at_ten_percent_loss(AutoRecConfig(overhead_budget=1.0), sent_bytes=10_000)
+    ctl.on_retransmission_sent(sender, 0, 1200, now=1.0)
+    sender.reset(0)
+    ctl.poll(1.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
+    assert ctl.protections == [] and ctl.next_wakeup() is None and ctl.copy_bytes == 0
+
+
 def test_scarce_budget_goes_first_to_copies_that_save_the_most():
     # Credit 0.1 * 60_000 = 6000 bytes, packets of 1200, max_copies 3 (reserve 3600).
     ctl, sender = at_ten_percent_loss(AutoRecConfig(overhead_budget=0.1), sent_bytes=60_000)

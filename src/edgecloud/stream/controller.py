@@ -204,6 +204,9 @@ class ReinjectableStream(Protocol):
 
     highest_offset: int
 
+    @property
+    def was_reset(self) -> bool: ...
+
     def unacked_in(self, start: int, stop: int) -> list[tuple[int, int]]: ...
 
     def reinject(self, start: int, stop: int) -> int: ...
@@ -375,7 +378,7 @@ class ReinjectionController:
         order = sorted(self.protections, key=lambda p: (_priority(p), p.copies_sent > 0, p.next_at))
         for p in order:
             unacked = p.stream.unacked_in(p.start, p.stop)
-            if not unacked:
+            if not unacked or p.stream.was_reset:
                 continue
             if p.next_at > now:
                 keep.append(p)
@@ -386,10 +389,12 @@ class ReinjectionController:
                 continue
             scheduled = sum(p.stream.reinject(lo, hi) for lo, hi in unacked)
             if not scheduled:
-                # Everything unacknowledged in the range still waits to be sent (a copy not
-                # yet out, or data the window holds back): no copy was made, so none is
-                # spent; look again after the spacing.
-                p.next_at = now + self._spacing()
+                # Everything unacknowledged in the range still waits to be sent: no copy was
+                # made, so none is spent. A later copy looks again after the spacing; a first
+                # copy stays due, to go right behind the retransmission or data it protects
+                # once that leaves (a due protection arms no timer: every send polls).
+                if p.copies_sent:
+                    p.next_at = now + self._spacing()
                 keep.append(p)
                 continue
             self.copy_bytes += scheduled

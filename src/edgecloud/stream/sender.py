@@ -109,6 +109,12 @@ class TrackedStreamSender(QuicStreamSender):
         """Every byte below this offset has been acknowledged."""
         return self._buffer_start
 
+    @property
+    def was_reset(self) -> bool:
+        """The stream was reset (RESET_STREAM, or the viewer's STOP_SENDING): it sends nothing
+        more, copies included."""
+        return self._reset_error_code is not None
+
     def is_acked(self, start: int, stop: int) -> bool:
         return not self.unacked_in(start, stop)
 
@@ -173,7 +179,7 @@ class TrackedStreamSender(QuicStreamSender):
 
         Returns the number of bytes scheduled.
         """
-        if self._reset_error_code is not None:
+        if self.was_reset:
             return 0
         scheduled = 0
         for lo, hi in self.unacked_in(start, stop):
