@@ -37,6 +37,11 @@ def test_host_port_parses(text: str, expected: tuple[str, int]) -> None:
         (["--burst-ms", "0"], "argument --burst-ms: must be > 0, got 0"),
         (["--up-burst-ms", "fast"], "argument --up-burst-ms: expected a number, got 'fast'"),
         (["--loss-model", "gilbert"], "argument --loss-model: invalid choice: 'gilbert'"),
+        (["--burst-ms", "nan"], "argument --burst-ms: expected a finite number, got 'nan'"),
+        (["--down-burst-ms", "inf"], "argument --down-burst-ms: expected a finite number, got 'inf'"),
+        (["--up-burst-len=-inf"], "argument --up-burst-len: expected a finite number, got '-inf'"),
+        (["--loss", "NaN"], "argument --loss: expected a finite number, got 'NaN'"),
+        (["--rate-mbps", "inf"], "argument --rate-mbps: expected a finite number, got 'inf'"),
     ],
 )
 def test_bad_arguments_are_usage_errors_naming_the_option(
@@ -58,7 +63,10 @@ def test_inconsistent_loss_options_are_errors(capsys: pytest.CaptureFixture[str]
     assert main(["netem", "udp", "--to", "127.0.0.1:9", "--loss-model", "gilbert-elliott"]) == 2
     assert "--loss is required with --loss-model" in capsys.readouterr().err
     assert main(["netem", "udp", "--to", "127.0.0.1:9", "--loss", "0.1", "--burst-len", "3"]) == 2
-    assert "--burst-len applies only to --loss-model gilbert-elliott" in capsys.readouterr().err
+    assert (
+        "no --loss-model given, so the model is bernoulli; --burst-len applies only to gilbert-elliott"
+        in capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(
@@ -69,28 +77,52 @@ def test_inconsistent_loss_options_are_errors(capsys: pytest.CaptureFixture[str]
             "--up-loss / --loss is required with --loss-model, --burst-len or --burst-ms",
         ),
         (["--burst-ms", "20"], "--loss is required with --loss-model, --burst-len or --burst-ms"),
-        (["--loss", "0.1", "--burst-ms", "20"], "--burst-ms applies only to --loss-model gilbert-elliott-time"),
+        (
+            ["--loss", "0.1", "--burst-ms", "20"],
+            "no --loss-model given, so the model is bernoulli; --burst-ms applies only to gilbert-elliott-time",
+        ),
         (
             ["--loss", "0.1", "--loss-model", "gilbert-elliott", "--burst-ms", "20"],
-            "--burst-ms applies only to --loss-model gilbert-elliott-time; "
-            "bursts of the packet model are set with --burst-len",
+            "--loss-model is gilbert-elliott; --burst-ms applies only to gilbert-elliott-time; "
+            "bursts of gilbert-elliott are set with --burst-len",
         ),
         (
             ["--loss", "0.1", "--loss-model", "gilbert-elliott-time", "--burst-len", "3"],
-            "--burst-len applies only to --loss-model gilbert-elliott; "
-            "bursts of the time model are set with --burst-ms",
+            "--loss-model is gilbert-elliott-time; --burst-len applies only to gilbert-elliott; "
+            "bursts of gilbert-elliott-time are set with --burst-ms",
         ),
         (
             ["--loss", "0.1", "--loss-model", "gilbert-elliott", "--down-burst-ms", "20"],
-            "--down-burst-ms applies only to --loss-model gilbert-elliott-time",
+            "--loss-model is gilbert-elliott; --down-burst-ms applies only to gilbert-elliott-time; "
+            "bursts of gilbert-elliott are set with --down-burst-len",
         ),
         (
             ["--loss", "0.1", "--up-loss-model", "gilbert-elliott-time", "--up-burst-len", "3"],
-            "--up-burst-len applies only to --loss-model gilbert-elliott",
+            "--up-loss-model is gilbert-elliott-time; --up-burst-len applies only to gilbert-elliott",
         ),
         (
             ["--loss", "1", "--loss-model", "gilbert-elliott-time"],
-            "GilbertElliottTime loss_rate must be in [0, 1), got 1.0",
+            "--loss must be in [0, 1) with --loss-model gilbert-elliott-time "
+            "(a mean loss of 1 needs a bad state that is never left), got 1",
+        ),
+        (
+            ["--loss", "0.1", "--down-loss", "1", "--down-loss-model", "gilbert-elliott"],
+            "--down-loss must be in [0, 1) with --down-loss-model gilbert-elliott",
+        ),
+        # Set at the model's level or a more specific one, a burst option must fit the model.
+        (
+            ["--loss", "0.1", "--up-loss-model", "bernoulli", "--up-burst-ms", "20"],
+            "--up-loss-model is bernoulli; --up-burst-ms applies only to gilbert-elliott-time",
+        ),
+        (
+            ["--loss", "0.1", "--loss-model", "gilbert-elliott-time", "--down-burst-len", "3"],
+            "--loss-model is gilbert-elliott-time; --down-burst-len applies only to gilbert-elliott; "
+            "bursts of gilbert-elliott-time are set with --down-burst-ms",
+        ),
+        (
+            # Ignored uplink (bernoulli of its own), but the downlink runs the shared model.
+            ["--loss", "0.1", "--loss-model", "gilbert-elliott", "--burst-ms", "30", "--up-loss-model", "bernoulli"],
+            "--loss-model is gilbert-elliott; --burst-ms applies only to gilbert-elliott-time",
         ),
     ],
 )
@@ -143,6 +175,43 @@ def test_time_model_per_direction() -> None:
     )
     assert up == LinkProfile(loss=GilbertElliott.from_mean(0.05, 4.0))
     assert down == LinkProfile(loss=GilbertElliottTime.from_mean(0.1, 50.0))
+
+
+def test_a_shared_burst_option_skips_a_direction_with_a_model_of_its_own() -> None:
+    # --burst-len is for the shared packet model; the downlink's own time model ignores it.
+    up, down = parse(
+        "--loss",
+        "0.05",
+        "--loss-model",
+        "gilbert-elliott",
+        "--burst-len",
+        "3",
+        "--down-loss-model",
+        "gilbert-elliott-time",
+        "--down-burst-ms",
+        "50",
+    )
+    assert up == LinkProfile(loss=GilbertElliott.from_mean(0.05, 3.0))
+    assert down == LinkProfile(loss=GilbertElliottTime.from_mean(0.05, 50.0))
+    # --burst-ms is for the shared time model; the uplink's own bernoulli ignores it.
+    up, down = parse(
+        "--loss", "0.05", "--loss-model", "gilbert-elliott-time", "--burst-ms", "30", "--up-loss-model", "bernoulli"
+    )
+    assert up == LinkProfile(loss=Bernoulli(0.05))
+    assert down == LinkProfile(loss=GilbertElliottTime.from_mean(0.05, 30.0))
+    # A shared burst that fits a direction's own model applies to it.
+    up, down = parse(
+        "--loss",
+        "0.05",
+        "--burst-ms",
+        "30",
+        "--up-loss-model",
+        "gilbert-elliott-time",
+        "--down-loss-model",
+        "bernoulli",
+    )
+    assert up == LinkProfile(loss=GilbertElliottTime.from_mean(0.05, 30.0))
+    assert down == LinkProfile(loss=Bernoulli(0.05))
 
 
 def test_schedule_file_per_direction(tmp_path: Path) -> None:
@@ -206,6 +275,8 @@ def test_help_explains_the_two_bursty_models(
     for explanation in (
         "gilbert-elliott: bursts counted in packets (--burst-len), so a burst lasts N packets however far apart",
         "gilbert-elliott-time: bursts lasting a time (--burst-ms), whatever the packet rate",
+        "gilbert-elliott: bursts counted in packets (--up-burst-len)",
+        "gilbert-elliott-time: bursts lasting a time (--down-burst-ms)",
         "packets sent far apart see nearly independent losses",
         "mean loss burst in packets, for gilbert-elliott only; default 3",
         "mean loss burst in ms (time in the bad state), for gilbert-elliott-time only; default 20",

@@ -135,6 +135,143 @@ def test_existing_loss_models_draw_as_before() -> None:
     ]
     independent = Link(LinkProfile(loss=0.1), seed=11)
     assert [i for i in range(100) if independent.send(i * 0.001, 100) is None] == [3, 11, 27, 51, 65, 68, 79]
+    # Drawing the time-based chain at departures must not move them either: these models ignore
+    # the time, so a rate limit that queues every packet (8 ms each, offered 1 ms apart) and jitter
+    # leave the same packets lost.
+    queued = LinkProfile(jitter_ms=3.0, rate_mbps=0.1, queue_bytes=10**6, loss=GilbertElliott.from_mean(0.1, 3.0))
+    bursty = Link(queued, seed=11)
+    sent = [bursty.transmit(i * 0.001, 100) for i in range(300)]
+    assert sent[-1].departure == pytest.approx(2.4)  # really queued
+    assert [i for i, s in enumerate(sent) if s.outcome is Outcome.LOST][:8] == [*range(33, 40), 82]
+    independent = Link(LinkProfile(jitter_ms=3.0, rate_mbps=0.1, queue_bytes=10**6, loss=0.1), seed=11)
+    assert [i for i in range(100) if independent.send(i * 0.001, 100) is None] == [3, 11, 27, 51, 65, 68, 79]
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [0.3, GilbertElliott.from_mean(0.3, 3.0), GilbertElliott(0.2, 0.3, loss_in_good=0.05, loss_in_bad=0.7)],
+    ids=["bernoulli", "gilbert", "gilbert-lossy-states"],
+)
+def test_resends_of_the_other_models_draw_as_draw_loss_did(loss: object) -> None:
+    # Recorded TCP-proxy data depend on these draws: draw_resends must make the same RNG calls in
+    # the same order as the loop over draw_loss it replaced, moving the packet chain the same way.
+    profile = LinkProfile(delay_ms=3.0, jitter_ms=1.0, rate_mbps=4.0, queue_bytes=10**7, loss=loss)
+    resends, loop = Link(profile, seed=5), Link(profile, seed=5)
+    recovery = [0.005 * 2**k for k in range(4)]
+    for i in range(3000):
+        now = i * 0.0007
+        first, again = resends.transmit(now, 1448), loop.transmit(now, 1448)
+        assert first == again
+        if first.outcome is Outcome.LOST:
+            assert first.departure is not None
+            times = [first.departure + sum(recovery[: k + 1]) for k in range(len(recovery))]
+            through = next((k for k, t in enumerate(times) if not loop.draw_loss(t)), None)
+            assert resends.draw_resends(now, times) == through
+    assert resends.stats == loop.stats and resends.stats.dropped_loss > 1000
+    assert resends._loss_rng.random() == loop._loss_rng.random()
+
+
+def _resend_times(departure: float, recovery: float, count: int = 15) -> list[float]:
+    """A TCP-like recovery: resend k leaves recovery·(2^(k+1) - 1) after the lost copy."""
+    return [departure + recovery * (2 ** (k + 1) - 1) for k in range(count)]
+
+
+@pytest.mark.parametrize("rate_mbps", [None, 100.0], ids=["unlimited", "queued"])
+def test_resend_draws_leave_first_transmission_loss_at_the_mean(rate_mbps: float | None) -> None:
+    # Segments every 0.1 ms; each lost one is resent 5, 15, 35, ... ms after it left, drawn before the
+    # next segment. Written back into the chain, those draws put the next segments at the resend's
+    # (mostly good) state: 0.3 % first-transmission loss instead of 33 %. On their own forward path
+    # the segments see the chain as if there were no resends, bursts included.
+    model = GilbertElliottTime.from_mean(1 / 3, 20.0)
+    link = Link(LinkProfile(delay_ms=2.0, rate_mbps=rate_mbps, queue_bytes=10**8, loss=model), seed=1)
+    n, spacing_s = 100_000, 1e-4
+    lost, last_departure, resent_lost = [], 0.0, 0
+    for i in range(n):
+        sent = link.transmit(i * spacing_s, 1448)
+        assert sent.departure is not None
+        last_departure = sent.departure
+        lost.append(sent.outcome is Outcome.LOST)
+        if lost[-1]:
+            before = link.stats.dropped_loss
+            assert link.draw_resends(i * spacing_s, _resend_times(sent.departure, 0.005)) is not None
+            resent_lost += link.stats.dropped_loss - before
+    # The chain is sampled over the span of the departures (10 s, or 11.6 s when queued at 100 Mbit/s);
+    # the share of that time spent bad has variance 2·π(1-π) / ((a+b)·T); 5 sigma.
+    rates_per_ms = 1 / model.mean_good_ms + 1 / model.mean_bad_ms
+    sigma = math.sqrt(2 * model.mean_loss * (1 - model.mean_loss) / (rates_per_ms * last_departure * 1e3))
+    assert abs(sum(lost) / n - model.mean_loss) < 5 * sigma
+    assert link.stats.dropped_loss == sum(lost) + resent_lost
+    # Bursts survive the recoveries: ~0.1 ms apart, a loss is followed by a loss nearly always.
+    gap_ms = last_departure * 1e3 / n
+    stay_bad = model.mean_loss + (1 - model.mean_loss) * math.exp(-rates_per_ms * gap_ms)
+    assert _p_lost_after_loss(lost) == pytest.approx(stay_bad, abs=0.01)
+
+
+def test_resend_draws_do_not_move_the_time_based_chain() -> None:
+    # The packets see the same chain with or without resends drawn between them; only the loss
+    # stream's position moves, so compare against a link that draws the resends' numbers and
+    # throws them away.
+    model = GilbertElliottTime(mean_good_ms=1e4, mean_bad_ms=1e4)  # a state lasts ~10 s
+    link = Link(LinkProfile(loss=model), seed=2)
+    for i in range(200):
+        now = i * 1e-3
+        state = link.transmit(now, 100).outcome
+        # Resends one hour later: the chain there is independent of now. Whatever they draw, the
+        # next packet, 1 ms later, is still in this packet's state (p_switch(1 ms) ~ 1e-4).
+        link.draw_resends(now, [now + 3600.0, now + 7200.0])
+        assert link.transmit(now + 0.0005, 100).outcome is state
+
+
+def test_resend_draws_of_a_model_not_yet_running_start_it_without_committing() -> None:
+    always_bad = GilbertElliottTime(mean_good_ms=1e-9, mean_bad_ms=1e6)
+    link = Link(LinkProfile(loss=always_bad))
+    assert link.draw_resends(0.0, [0.1, 0.3, 0.7]) is None
+    assert link.stats.dropped_loss == 3
+    assert link.draw_resends(0.0, []) is None and link.stats.dropped_loss == 3
+    never_bad = Link(LinkProfile(loss=GilbertElliottTime(mean_good_ms=math.inf, mean_bad_ms=5.0)))
+    assert never_bad.draw_resends(0.0, [0.1, 0.3]) == 0 and never_bad.stats.dropped_loss == 0
+
+
+def test_time_based_draws_never_go_backwards() -> None:
+    # A draw before the chain's last one counts as no time since it: the same state. Drawn
+    # backwards (as the reversible chain allows), a copy 50 s earlier would be independent of it.
+    model = GilbertElliottTime(mean_good_ms=20.0, mean_bad_ms=20.0)
+    link = Link(LinkProfile(loss=model), seed=6)
+    outcomes = []
+    for i in range(2000):
+        now = 100.0 * (i + 1)
+        packet = link.transmit(now, 100).outcome is Outcome.LOST
+        outcomes.append((packet, link.draw_loss(now - 50.0)))
+    assert all(packet == copy for packet, copy in outcomes)
+    assert 0.4 < sum(packet for packet, _ in outcomes) / len(outcomes) < 0.6  # both states occur
+    # The chain stays at its later time: 1 ms after it, a packet is nearly always in that state.
+    link = Link(LinkProfile(loss=model), seed=6)
+    same = 0
+    for i in range(2000):
+        now = 100.0 * (i + 1)
+        packet = link.transmit(now, 100).outcome is Outcome.LOST
+        link.draw_loss(now - 50.0)
+        same += (link.transmit(now + 0.001, 100).outcome is Outcome.LOST) == packet
+    assert same / 2000 > 0.9
+
+
+def test_time_based_loss_is_drawn_at_departure() -> None:
+    # 45 segments of one 64 KB read, offered at one instant; 1 Mbit/s spreads their departures over
+    # 0.5 s, 25 mean bursts of 20 ms. Drawn at the offer they would share one state; drawn at
+    # departure they are the chain at those times, as 45 packets offered then to an unlimited link.
+    model = GilbertElliottTime.from_mean(0.3, 20.0)
+    rated = Link(LinkProfile(delay_ms=5.0, rate_mbps=1.0, queue_bytes=10**6, loss=model), seed=3)
+    sent = [rated.transmit(0.0, 1448) for _ in range(45)]
+    departures = [s.departure for s in sent]
+    assert departures == pytest.approx([(i + 1) * 1448 * 8 / 1e6 for i in range(45)])
+    unlimited = Link(LinkProfile(loss=model), seed=3)
+    assert [s.outcome for s in sent] == [unlimited.transmit(t, 1448).outcome for t in departures]
+    outcomes = {s.outcome for s in sent}
+    assert outcomes == {Outcome.LOST, Outcome.DELIVERED}
+    # Lost packets still say when they would have arrived: after their departure.
+    assert all(s.at == pytest.approx(s.departure + 0.005) for s in sent)
+    assert rated.transmit(0.0, 10**7).outcome is Outcome.QUEUE_FULL
+    assert rated.transmit(0.0, 10**7).departure is None
 
 
 def _losses_every(link: Link, spacing_s: float, count: int) -> list[bool]:

@@ -210,11 +210,67 @@ def test_schedule_from_json_file(tmp_path: Path) -> None:
         ),
         ({"loss": {"model": "gilbert-elliott-time", "mean_good_ms": 0, "mean_bad_ms": 20}}, "mean_good_ms must be > 0"),
         ({"loss": 2}, r"loss\.p must be a probability"),
+        (
+            {"loss": {"model": "gilbert-elliott-time", "burst_ms": 20}},
+            r"""loss model 'gilbert-elliott-time': "burst_ms" needs "mean" \(the long-run loss rate\) beside it; """
+            r"""or give the chain by its fields \['mean_good_ms', 'mean_bad_ms', 'loss_in_good', 'loss_in_bad'\]""",
+        ),
+        (
+            {"loss": {"model": "gilbert-elliott", "burst_len": 3}},
+            r"""loss model 'gilbert-elliott': "burst_len" needs "mean" """,
+        ),
+        (
+            {"loss": {"model": "gilbert-elliott-time", "mean_good_ms": 380}},
+            r"""loss model 'gilbert-elliott-time' takes \['mean_good_ms', 'mean_bad_ms', 'loss_in_good', """
+            r"""'loss_in_bad'\] \(or "mean" and "burst_ms"\); missing key\(s\) \['mean_bad_ms'\]""",
+        ),
+        (
+            {"loss": {"model": "bernoulli", "p": 0.1, "q": 0.2}},
+            r"loss model 'bernoulli' takes \['p'\]; unknown key\(s\) \['q'\]",
+        ),
+        ({"loss": {"model": "bernoulli"}}, r"missing key\(s\) \['p'\]"),
+        ({"loss": "often"}, r'loss must be a probability, an object with "model", or null, got \'often\''),
+        # JSON's true is not a number.
+        ({"loss": True}, r"loss\.p must be a probability in \[0, 1\], got True"),
+        ({"loss": {"model": "bernoulli", "p": True}}, r"Bernoulli\.p must be a probability .* got True"),
+        ({"loss": {"model": "gilbert-elliott-time", "mean": True}}, r"loss_rate must be in \[0, 1\), got True"),
+        ({"loss": {"model": "gilbert-elliott", "mean": 0.1, "burst_len": True}}, "burst_len must be >= 1"),
+        (
+            {"loss": {"model": "gilbert-elliott-time", "mean": 0.1, "burst_ms": True}},
+            "burst_ms must be a finite number > 0, got True",
+        ),
+        (
+            {"loss": {"model": "gilbert-elliott-time", "mean_good_ms": True, "mean_bad_ms": 20}},
+            "mean_good_ms must be > 0",
+        ),
+        ({"delay_ms": True}, r"LinkProfile\.delay_ms must be a finite number >= 0, got True"),
+        ({"rate_mbps": True}, r"LinkProfile\.rate_mbps must be > 0 or None"),
+        ({"queue_bytes": True}, r"LinkProfile\.queue_bytes must be an integer >= 1, got True"),
     ],
 )
 def test_profile_from_dict_rejects_bad_specs(spec: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         profile_from_dict(spec)
+
+
+def test_schedule_times_must_be_numbers() -> None:
+    with pytest.raises(ValueError, match=r'schedule entry 1: "at_s" must be a finite number of seconds, got True'):
+        Schedule.from_json([{"at_s": 0}, {"at_s": True, "delay_ms": 5}])
+    with pytest.raises(ValueError, match=r'schedule entry 0: "at_s" must be .* got \'0\''):
+        Schedule.from_json([{"at_s": "0"}])
+
+
+def test_both_gilbert_elliott_chains_share_their_stationary_loss() -> None:
+    # One formula for both: the state losses weighted by the share of the bad state.
+    counted = GilbertElliott(p_good_to_bad=0.1, p_bad_to_good=0.3, loss_in_good=0.01, loss_in_bad=0.5)
+    timed = GilbertElliottTime(mean_good_ms=30.0, mean_bad_ms=10.0, loss_in_good=0.01, loss_in_bad=0.5)
+    assert counted.bad_share == pytest.approx(0.25) and timed.bad_share == pytest.approx(0.25)
+    assert counted.mean_loss == pytest.approx(timed.mean_loss) == pytest.approx(0.75 * 0.01 + 0.25 * 0.5)
+    still = GilbertElliott(p_good_to_bad=0.0, p_bad_to_good=0.0, loss_in_good=0.02)
+    assert still.bad_share == 0.0 and still.mean_loss == 0.02  # a chain that never moves stays good
+    for make in (lambda: GilbertElliott(0.1, 0.3, loss_in_good=True), lambda: GilbertElliottTime(30.0, 10.0, 0.0, 2)):
+        with pytest.raises(ValueError, match=r"\.loss_in_(good|bad) must be a probability in \[0, 1\]"):
+            make()
 
 
 def test_named_profiles_match_their_descriptions() -> None:

@@ -168,8 +168,7 @@ async def measure(
     tcp_target = tcp_echo.sockets[0].getsockname()[:2]
     delayed = LinkProfile(delay_ms=delay_ms)
     report: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared, noisy), "
-        f"Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared, noisy), Python {platform.python_version()}",
         "load_average_1min_at_start": round(os.getloadavg()[0], 2),
         "configured_delay_ms": delay_ms,
         "packets": packets,
@@ -188,18 +187,14 @@ async def measure(
             )
         report["tcp_direct_rtt_ms"] = _summary_ms(await _tcp_rtts(tcp_target, packets, interval_s))
         async with TcpProxy(target=tcp_target) as proxy:
-            report["tcp_proxy_unshaped_rtt_ms"] = _summary_ms(
-                await _tcp_rtts(proxy.address, packets, interval_s)
-            )
+            report["tcp_proxy_unshaped_rtt_ms"] = _summary_ms(await _tcp_rtts(proxy.address, packets, interval_s))
         async with TcpProxy(target=tcp_target, uplink=delayed) as proxy:
             report["tcp_proxy_delay_error_ms"] = _summary_ms(
                 await _tcp_rtts(proxy.address, packets, interval_s), minus_ms=delay_ms
             )
         if not throughput:
             return report
-        udp_sink_transport, udp_sink = await loop.create_datagram_endpoint(
-            _UdpSink, local_addr=("127.0.0.1", 0)
-        )
+        udp_sink_transport, udp_sink = await loop.create_datagram_endpoint(_UdpSink, local_addr=("127.0.0.1", 0))
         sink_target = udp_sink_transport.get_extra_info("sockname")[:2]
         for rate in THROUGHPUT_PACKETS_PER_S:
             report[f"udp_direct_{rate}pps"] = await _udp_throughput(sink_target, udp_sink, rate)
@@ -227,9 +222,7 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for key, value in report.items():
         if isinstance(value, dict) and "p50" in value:
-            lines.append(
-                f"{key:<28}" + "".join(f"{value[q]:>9.3f}" for q in ("min", "p50", "p90", "p99", "max"))
-            )
+            lines.append(f"{key:<28}" + "".join(f"{value[q]:>9.3f}" for q in ("min", "p50", "p90", "p99", "max")))
     lines.append("throughput (unshaped, same process)")
     for key, value in report.items():
         if isinstance(value, dict) and "p50" not in value:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,8 @@ def _number(low: float, *, inclusive: bool = True, high: float | None = None, ki
             raise argparse.ArgumentTypeError(
                 f"expected a{'n integer' if kind is int else ' number'}, got {text!r}"
             ) from None
+        if not math.isfinite(value):  # NaN would pass every comparison below, inf fail only later
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         too_low = value < low if inclusive else value <= low
         if too_low or (high is not None and value > high):
             bound = f"in [{low:g}, {high:g}]" if high is not None else f"{'>=' if inclusive else '>'} {low:g}"
@@ -108,9 +111,9 @@ def _add_shaping(parser: argparse.ArgumentParser, prefix: str, title: str) -> No
         f"{dashed}loss-model",
         dest=f"{dest}loss_model",
         choices=LOSS_MODEL_NAMES,
-        help="bernoulli: independent losses (default); gilbert-elliott: bursts counted in packets "
-        "(--burst-len), so a burst lasts N packets however far apart they are sent; "
-        "gilbert-elliott-time: bursts lasting a time (--burst-ms), whatever the packet rate, as with "
+        help=f"bernoulli: independent losses (default); gilbert-elliott: bursts counted in packets "
+        f"({dashed}burst-len), so a burst lasts N packets however far apart they are sent; "
+        f"gilbert-elliott-time: bursts lasting a time ({dashed}burst-ms), whatever the packet rate, as with "
         "fading, handover or interference, so packets sent far apart see nearly independent losses",
     )
     group.add_argument(
@@ -129,7 +132,20 @@ def _add_shaping(parser: argparse.ArgumentParser, prefix: str, title: str) -> No
     )
 
 
+BURST_OPTIONS = {"burst_len": "gilbert-elliott", "burst_ms": "gilbert-elliott-time"}
+"""Each burst option and the one loss model it sets the burst of."""
+
+
 def _direction_profile(args: argparse.Namespace, direction: str) -> ProfileLike:
+    """``direction``'s profile from the options: its own ``--up-*`` / ``--down-*`` where given,
+    else the shared ones.
+
+    A burst option must fit the loss model in force when it is given at the model's level or a
+    more specific one (``--burst-ms`` with ``--loss-model``, ``--down-burst-ms`` with either). A
+    shared burst option that does not fit a direction's own model is for the other direction or the
+    shared model, and is ignored here: ``--loss-model gilbert-elliott --burst-len 3
+    --down-loss-model gilbert-elliott-time`` keeps packet bursts of 3 uplink only.
+    """
     from dataclasses import replace
 
     from edgecloud.netem.profile import (
@@ -142,34 +158,53 @@ def _direction_profile(args: argparse.Namespace, direction: str) -> ProfileLike:
         LinkProfile,
     )
 
+    def own(name: str) -> Any:
+        return getattr(args, f"{direction}_{name}")
+
     def pick(name: str) -> Any:
-        own = getattr(args, f"{direction}_{name}")
-        return own if own is not None else getattr(args, name)
+        return own(name) if own(name) is not None else getattr(args, name)
 
     def option(name: str) -> str:
         """The option that gave ``name``'s value: ``--down-burst-ms`` if set, else ``--burst-ms``."""
         flag = name.replace("_", "-")
-        return f"--{direction}-{flag}" if getattr(args, f"{direction}_{name}") is not None else f"--{flag}"
+        return f"--{direction}-{flag}" if own(name) is not None else f"--{flag}"
 
     name = pick("profile")
     profile = PROFILES[name] if name is not None else LinkProfile()
     changes = {field: pick(field) for field in ("delay_ms", "jitter_ms", "rate_mbps", "queue_bytes")}
     profile = replace(profile, **{k: v for k, v in changes.items() if v is not None})
-    loss, model, burst_len, burst_ms = pick("loss"), pick("loss_model"), pick("burst_len"), pick("burst_ms")
+    loss, model = pick("loss"), pick("loss_model")
     if loss is None:
-        if model is not None or burst_len is not None or burst_ms is not None:
+        if model is not None or any(pick(burst) is not None for burst in BURST_OPTIONS):
             raise ValueError(f"--{direction}-loss / --loss is required with --loss-model, --burst-len or --burst-ms")
         return profile
-    if burst_len is not None and model != "gilbert-elliott":
-        hint = "; bursts of the time model are set with --burst-ms" if model == "gilbert-elliott-time" else ""
-        raise ValueError(f"{option('burst_len')} applies only to --loss-model gilbert-elliott{hint}")
-    if burst_ms is not None and model != "gilbert-elliott-time":
-        hint = "; bursts of the packet model are set with --burst-len" if model == "gilbert-elliott" else ""
-        raise ValueError(f"{option('burst_ms')} applies only to --loss-model gilbert-elliott-time{hint}")
-    if model == "gilbert-elliott":
-        return replace(profile, loss=GilbertElliott.from_mean(loss, burst_len or DEFAULT_BURST_LEN))
-    if model == "gilbert-elliott-time":
-        return replace(profile, loss=GilbertElliottTime.from_mean(loss, burst_ms or DEFAULT_BURST_MS))
+    in_force = model or "bernoulli"
+    if model is None:
+        model_given = "no --loss-model given, so the model is bernoulli"
+    else:
+        model_given = f"{option('loss_model')} is {model}"
+    bursts: dict[str, float] = {}
+    for burst, fits in BURST_OPTIONS.items():
+        if pick(burst) is None:
+            continue
+        if own(burst) is None and own("loss_model") not in (None, fits):
+            continue  # a shared burst for another model than this direction's own: not for us
+        if in_force != fits:
+            other = next((o for o, m in BURST_OPTIONS.items() if m == in_force), None)
+            prefix = f"--{direction}-" if own(burst) is not None else "--"
+            hint = f"; bursts of {in_force} are set with {prefix}{other.replace('_', '-')}" if other else ""
+            raise ValueError(f"{model_given}; {option(burst)} applies only to {fits}{hint}")
+        bursts[burst] = pick(burst)
+    if in_force != "bernoulli" and loss >= 1.0:
+        # from_mean would name its own parameter; the user gave an option.
+        raise ValueError(
+            f"{option('loss')} must be in [0, 1) with {option('loss_model')} {in_force} "
+            f"(a mean loss of 1 needs a bad state that is never left), got {loss:g}"
+        )
+    if in_force == "gilbert-elliott":
+        return replace(profile, loss=GilbertElliott.from_mean(loss, bursts.get("burst_len", DEFAULT_BURST_LEN)))
+    if in_force == "gilbert-elliott-time":
+        return replace(profile, loss=GilbertElliottTime.from_mean(loss, bursts.get("burst_ms", DEFAULT_BURST_MS)))
     return replace(profile, loss=Bernoulli(loss) if loss > 0 else None)
 
 

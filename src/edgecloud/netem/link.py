@@ -10,7 +10,11 @@ One :class:`Link` is one direction of a link. A packet goes through, in order:
 4. loss on the wire (Bernoulli, or Gilbert–Elliott with bursts counted in packets or in time), so a
    lost packet has used link capacity.
 
-The time-based Gilbert–Elliott chain is drawn exactly at each packet's send time: from the state at
+The time-based Gilbert–Elliott chain is drawn exactly at each packet's *departure*, when its last
+bit leaves the serialiser, not when it was offered: a 64 KB read offered at one instant is spread
+over tens of ms by the rate limit, and a fade that starts in the middle of it takes only the packets
+sent after it started. (Departures never go back in time, so neither do these draws. The other
+models ignore the time, so their draws are the same either way.) Each draw goes from the state at
 the previous draw and the time since, with the continuous-time chain's transition probability (see
 :meth:`GilbertElliottTime.p_switch`). It starts from its stationary distribution at the first packet
 it sees, and again whenever the loss model in force changes to a different (unequal) one, since the
@@ -18,6 +22,12 @@ new chain's parameters say nothing about how long the old state has lasted; a sc
 keeps an equal model (only the delay changes, say) carries the chain on. Packets under other models
 do not move it: a return to the same model continues from its last draw, which after a gap much
 longer than its sojourn times is the stationary distribution anyway.
+
+Resent copies (:meth:`Link.draw_resends`, for the TCP proxy) leave later than the packets offered
+after the loss, yet are drawn first. Under the time model they are drawn on a path of their own that
+starts from the chain's last draw and is not written back, so the next packet is still drawn
+forward in time from the packet before it; under the other models they move the chain as any
+packet does.
 
 Everything is a function of the offers and the seed: the same calls give the same answers, which is
 what lets tests drive it with a virtual clock. The asyncio relays in this package are glue around it.
@@ -28,11 +38,13 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
 from edgecloud.netem.profile import (
     Bernoulli,
+    GilbertElliott,
     GilbertElliottTime,
     LinkProfile,
     LossModel,
@@ -50,10 +62,13 @@ class Outcome(Enum):
 @dataclass(frozen=True)
 class Transmission:
     """The fate of one packet. ``at``: its arrival time if delivered; if lost, when it would have
-    arrived (a TCP model adds recovery time to it); if tail-dropped, the time it was offered."""
+    arrived (a TCP model adds recovery time to it); if tail-dropped, the time it was offered.
+    ``departure``: when its last bit left the serialiser (delivered or lost; ``None`` if
+    tail-dropped), the time its loss was drawn at and the one a resend's wait counts from."""
 
     outcome: Outcome
     at: float
+    departure: float | None = None
 
 
 @dataclass
@@ -116,6 +131,8 @@ class Link:
             self.stats.dropped_queue += 1
             return Transmission(Outcome.QUEUE_FULL, now)
 
+        # The profile in force at the offer applies throughout, the loss model included: the packet
+        # was queued under it (see "serialisation" above), even if its departure falls in the next step.
         rate = profile.rate_bytes_per_s
         departure = max(now, self._busy_until) + (size / rate if rate is not None else 0.0)
         self._busy_until = departure
@@ -127,23 +144,55 @@ class Link:
         if profile.jitter_ms > 0.0:
             delay = max(0.0, delay + self._jitter_rng.uniform(-profile.jitter_ms, profile.jitter_ms) / 1e3)
         arrival = departure + delay
-        if self._draw_loss(profile.loss, now):
+        if self._draw_loss(profile.loss, departure):
             self.stats.dropped_loss += 1
-            return Transmission(Outcome.LOST, arrival)
+            return Transmission(Outcome.LOST, arrival, departure)
         if not profile.allow_reorder:
             arrival = max(arrival, self._last_arrival)
         self._last_arrival = max(self._last_arrival, arrival)
         self.stats.packets_delivered += 1
         self.stats.bytes_delivered += size
-        return Transmission(Outcome.DELIVERED, arrival)
+        return Transmission(Outcome.DELIVERED, arrival, departure)
 
     def draw_loss(self, now: float) -> bool:
         """Whether a copy sent at ``now`` is lost, advancing the loss process (counted in
-        ``stats.dropped_loss``). For models of retransmission that do not re-queue the copy."""
+        ``stats.dropped_loss``). For models of retransmission that do not re-queue the copy.
+
+        The time-based chain is moved to ``now`` and stays there; a ``now`` before its last draw
+        (a copy sent while packets offered earlier are still queued) counts as no time at all, see
+        :meth:`_draw_timed_loss`. Copies drawn ahead of packets that leave before them belong in
+        :meth:`draw_resends` instead."""
         lost = self._draw_loss(self.profile_at(now).loss, now)
         if lost:
             self.stats.dropped_loss += 1
         return lost
+
+    def draw_resends(self, now: float, resent_at: Sequence[float]) -> int | None:
+        """Which copy of a lost packet gets through first: its index in ``resent_at``, or ``None``
+        if every one is lost. Each lost copy counts in ``stats.dropped_loss``; no copy takes link
+        capacity.
+
+        ``now`` is when the lost packet was offered: the loss model in force then governs every
+        copy, as it governed the packet (a TCP model computes its recovery time from the profile
+        then, too). ``resent_at`` are the copies' send times, increasing; they are drawn in order
+        until one gets through.
+
+        Bernoulli and the packet-counted chain draw each copy as :meth:`draw_loss` does, moving the
+        packet chain. The time-based chain draws the copies on a forward path of its own, from its
+        last draw (the lost packet's, when it was the last one sent) through the copies' send
+        times, with the same loss stream; that path is not written back. Written back, a copy
+        drawn at ``now + 5 ms`` would leave the chain there, and the packets offered in those 5 ms
+        would all be drawn from the copy's state (mostly good) rather than from their
+        predecessors': a link that loses far fewer packets than its model says.
+        """
+        model = self.profile_at(now).loss
+        if isinstance(model, GilbertElliottTime):
+            return self._draw_timed_resends(model, resent_at)
+        for index, at in enumerate(resent_at):
+            if not self._draw_loss(model, at):
+                return index
+            self.stats.dropped_loss += 1
+        return None
 
     def queued_bytes(self, now: float) -> int:
         """Bytes in the bottleneck queue at ``now``, including the packet being serialised."""
@@ -168,26 +217,60 @@ class Link:
         while self._queue and self._queue[0][0] <= now:
             self._queued_bytes -= self._queue.popleft()[1]
 
-    def _draw_loss(self, model: LossModel | None, now: float) -> bool:
+    def _draw_loss(self, model: LossModel | None, at: float) -> bool:
         if model is None:
             return False
         if isinstance(model, Bernoulli):
             return self._loss_rng.random() < model.p
         if isinstance(model, GilbertElliottTime):
-            return self._draw_timed_loss(model, now)
-        lost = self._loss_rng.random() < (model.loss_in_bad if self._bad_state else model.loss_in_good)
+            return self._draw_timed_loss(model, at)
+        lost = self._state_loses(model, self._bad_state)
         leave = model.p_bad_to_good if self._bad_state else model.p_good_to_bad
         if self._loss_rng.random() < leave:
             self._bad_state = not self._bad_state
         return lost
 
-    def _draw_timed_loss(self, model: GilbertElliottTime, now: float) -> bool:
+    def _state_loses(self, model: GilbertElliott | GilbertElliottTime, bad: bool) -> bool:
+        """One draw: whether a packet sent in state ``bad`` (else good) is lost."""
+        return self._loss_rng.random() < (model.loss_in_bad if bad else model.loss_in_good)
+
+    def _draw_timed_loss(self, model: GilbertElliottTime, at: float) -> bool:
+        """Moves the time-based chain to ``at`` and draws a packet sent then.
+
+        The chain only moves forward: an ``at`` before its last draw counts as no time since it,
+        and the chain stays at the later time. Transmissions never ask for that (departures do not
+        go back); a :meth:`draw_loss` copy can, when it bypasses packets still queued, and the
+        state last drawn is then the best one at hand. Drawing backwards from it instead would let
+        a draw ahead of time (a resend) decide the packets before it.
+        """
         # Two draws per packet from the same seeded stream as the other models: where the chain is
-        # at ``now``, then whether that state loses the packet.
+        # at ``at``, then whether that state loses the packet.
         if model != self._timed_model:
             self._timed_model = model
-            self._timed_bad = self._loss_rng.random() < model.bad_share
-        elif self._loss_rng.random() < model.p_switch(self._timed_bad, now - self._timed_at):
-            self._timed_bad = not self._timed_bad
-        self._timed_at = now
-        return self._loss_rng.random() < (model.loss_in_bad if self._timed_bad else model.loss_in_good)
+            self._timed_bad, self._timed_at = self._loss_rng.random() < model.bad_share, at
+        else:
+            self._timed_bad, self._timed_at = self._move_timed(model, self._timed_bad, self._timed_at, at)
+        return self._state_loses(model, self._timed_bad)
+
+    def _move_timed(self, model: GilbertElliottTime, bad: bool, since: float, at: float) -> tuple[bool, float]:
+        """One draw: the state at ``at`` of a chain in state ``bad`` at ``since``, and the chain's new
+        time. Never backwards: an ``at`` before ``since`` is no time (``p_switch`` is then exactly 0,
+        but the draw is still taken, so every packet takes two)."""
+        if self._loss_rng.random() < model.p_switch(bad, max(0.0, at - since)):
+            bad = not bad
+        return bad, max(since, at)
+
+    def _draw_timed_resends(self, model: GilbertElliottTime, resent_at: Sequence[float]) -> int | None:
+        # The forward path of draw_resends: a local copy of the chain and the same two draws per
+        # copy as _draw_timed_loss; only the loss stream's position is left changed.
+        fresh = model != self._timed_model  # not running under this model: start it as a packet would
+        bad, since = self._timed_bad, self._timed_at
+        for index, at in enumerate(resent_at):
+            if fresh:
+                bad, since, fresh = self._loss_rng.random() < model.bad_share, at, False
+            else:
+                bad, since = self._move_timed(model, bad, since, at)
+            if not self._state_loses(model, bad):
+                return index
+            self.stats.dropped_loss += 1
+        return None

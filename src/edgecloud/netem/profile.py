@@ -24,14 +24,37 @@ import bisect
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    """An int or float, but not a bool: JSON's ``true`` would otherwise pass as 1."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _check_probability(owner: str, name: str, value: float) -> None:
-    if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+    if not (_is_number(value) and 0.0 <= value <= 1.0):
         raise ValueError(f"{owner}.{name} must be a probability in [0, 1], got {value!r}")
+
+
+def _check_state_losses(owner: str, model: GilbertElliott | GilbertElliottTime) -> None:
+    """Both Gilbert–Elliott chains lose a packet with a probability per state."""
+    for name in ("loss_in_good", "loss_in_bad"):
+        _check_probability(owner, name, getattr(model, name))
+
+
+def _check_loss_rate(owner: str, loss_rate: float) -> None:
+    """A long-run loss rate for ``from_mean``: 1 is excluded, since it needs a bad state never left."""
+    if not (_is_number(loss_rate) and 0.0 <= loss_rate < 1.0):
+        raise ValueError(f"{owner} loss_rate must be in [0, 1), got {loss_rate!r}")
+
+
+def _stationary_loss(bad_share: float, loss_in_good: float, loss_in_bad: float) -> float:
+    """Long-run loss rate of a two-state chain that spends ``bad_share`` of the packets (or of the
+    time) in the bad state: the state losses weighted by the stationary distribution."""
+    return (1.0 - bad_share) * loss_in_good + bad_share * loss_in_bad
 
 
 @dataclass(frozen=True)
@@ -64,8 +87,9 @@ class GilbertElliott:
     loss_in_bad: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("p_good_to_bad", "p_bad_to_good", "loss_in_good", "loss_in_bad"):
+        for name in ("p_good_to_bad", "p_bad_to_good"):
             _check_probability("GilbertElliott", name, getattr(self, name))
+        _check_state_losses("GilbertElliott", self)
         if self.p_bad_to_good == 0.0 and self.p_good_to_bad > 0.0:
             raise ValueError(
                 "GilbertElliott.p_bad_to_good must be > 0 when p_good_to_bad > 0 (otherwise the bad state is absorbing)"
@@ -79,9 +103,8 @@ class GilbertElliott:
         ``p_bad_to_good = 1 / burst_len``; the stationary bad-state share ``p / (p + r)`` equals the
         loss rate, so ``p_good_to_bad = loss_rate * r / (1 - loss_rate)``.
         """
-        if not (isinstance(loss_rate, int | float) and 0.0 <= loss_rate < 1.0):
-            raise ValueError(f"GilbertElliott loss_rate must be in [0, 1), got {loss_rate!r}")
-        if not (isinstance(burst_len, int | float) and burst_len >= 1.0):
+        _check_loss_rate("GilbertElliott", loss_rate)
+        if not (_is_number(burst_len) and burst_len >= 1.0):
             raise ValueError(f"GilbertElliott burst_len must be >= 1 packet, got {burst_len!r}")
         to_good = 1.0 / burst_len
         to_bad = loss_rate * to_good / (1.0 - loss_rate)
@@ -93,12 +116,16 @@ class GilbertElliott:
         return cls(p_good_to_bad=to_bad, p_bad_to_good=to_good)
 
     @property
+    def bad_share(self) -> float:
+        """Stationary probability of the bad state: the share of packets sent in it. A chain that
+        never moves stays in the good state it starts in."""
+        moving = self.p_good_to_bad + self.p_bad_to_good
+        return 0.0 if moving == 0.0 else self.p_good_to_bad / moving
+
+    @property
     def mean_loss(self) -> float:
         """Long-run loss rate: state losses weighted by the chain's stationary distribution."""
-        moving = self.p_good_to_bad + self.p_bad_to_good
-        if moving == 0.0:
-            return self.loss_in_good
-        return (self.p_bad_to_good * self.loss_in_good + self.p_good_to_bad * self.loss_in_bad) / moving
+        return _stationary_loss(self.bad_share, self.loss_in_good, self.loss_in_bad)
 
     @property
     def mean_burst_len(self) -> float:
@@ -126,15 +153,14 @@ class GilbertElliottTime:
 
     def __post_init__(self) -> None:
         good, bad = self.mean_good_ms, self.mean_bad_ms
-        if not (isinstance(good, int | float) and good > 0.0):  # NaN fails the comparison too
+        if not (_is_number(good) and good > 0.0):  # NaN fails the comparison too
             raise ValueError(f"GilbertElliottTime.mean_good_ms must be > 0 (math.inf: never bad), got {good!r}")
-        if not (isinstance(bad, int | float) and math.isfinite(bad) and bad > 0.0):
+        if not (_is_number(bad) and math.isfinite(bad) and bad > 0.0):
             raise ValueError(
                 f"GilbertElliottTime.mean_bad_ms must be a finite number > 0 "
                 f"(otherwise the bad state is absorbing), got {bad!r}"
             )
-        for name in ("loss_in_good", "loss_in_bad"):
-            _check_probability("GilbertElliottTime", name, getattr(self, name))
+        _check_state_losses("GilbertElliottTime", self)
 
     @classmethod
     def from_mean(cls, loss_rate: float, burst_ms: float) -> GilbertElliottTime:
@@ -145,9 +171,8 @@ class GilbertElliottTime:
         stay in the bad state, so ``b = 1 / burst_ms`` and ``a = loss_rate * b / (1 - loss_rate)``;
         the mean stay in the good state is ``1 / a = burst_ms * (1 - loss_rate) / loss_rate``.
         """
-        if not (isinstance(loss_rate, int | float) and 0.0 <= loss_rate < 1.0):
-            raise ValueError(f"GilbertElliottTime loss_rate must be in [0, 1), got {loss_rate!r}")
-        if not (isinstance(burst_ms, int | float) and math.isfinite(burst_ms) and burst_ms > 0.0):
+        _check_loss_rate("GilbertElliottTime", loss_rate)
+        if not (_is_number(burst_ms) and math.isfinite(burst_ms) and burst_ms > 0.0):
             raise ValueError(f"GilbertElliottTime burst_ms must be a finite number > 0, got {burst_ms!r}")
         to_good = 1.0 / burst_ms
         to_bad = loss_rate * to_good / (1.0 - loss_rate)
@@ -167,8 +192,7 @@ class GilbertElliottTime:
         For packets sent at any times independent of the chain (each one sees the stationary
         distribution), so it holds at every packet rate.
         """
-        share = self.bad_share
-        return (1.0 - share) * self.loss_in_good + share * self.loss_in_bad
+        return _stationary_loss(self.bad_share, self.loss_in_good, self.loss_in_bad)
 
     @property
     def mean_burst_ms(self) -> float:
@@ -218,15 +242,15 @@ class LinkProfile:
     def __post_init__(self) -> None:
         for name in ("delay_ms", "jitter_ms"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0.0):
+            if not (_is_number(value) and math.isfinite(value) and value >= 0.0):
                 raise ValueError(f"LinkProfile.{name} must be a finite number >= 0, got {value!r}")
         if self.rate_mbps is not None and not (
-            isinstance(self.rate_mbps, int | float) and math.isfinite(self.rate_mbps) and self.rate_mbps > 0
+            _is_number(self.rate_mbps) and math.isfinite(self.rate_mbps) and self.rate_mbps > 0
         ):
             raise ValueError(f"LinkProfile.rate_mbps must be > 0 or None (unlimited), got {self.rate_mbps!r}")
-        if not (isinstance(self.queue_bytes, int) and self.queue_bytes >= 1):
+        if not (isinstance(self.queue_bytes, int) and not isinstance(self.queue_bytes, bool) and self.queue_bytes >= 1):
             raise ValueError(f"LinkProfile.queue_bytes must be an integer >= 1, got {self.queue_bytes!r}")
-        if isinstance(self.loss, int | float) and not isinstance(self.loss, bool):
+        if _is_number(self.loss):
             _check_probability("LinkProfile", "loss", self.loss)
             object.__setattr__(self, "loss", Bernoulli(float(self.loss)) if self.loss > 0 else None)
         elif self.loss is not None and not isinstance(self.loss, Bernoulli | GilbertElliott | GilbertElliottTime):
@@ -281,6 +305,10 @@ class Schedule:
         for index, item in enumerate(data):
             if not isinstance(item, dict) or "at_s" not in item:
                 raise ValueError(f'schedule entry {index} must be an object with "at_s", got {item!r}')
+            if not (_is_number(item["at_s"]) and math.isfinite(item["at_s"])):
+                raise ValueError(
+                    f'schedule entry {index}: "at_s" must be a finite number of seconds, got {item["at_s"]!r}'
+                )
             fields_only = {k: v for k, v in item.items() if k != "at_s"}
             entries.append((item["at_s"], profile_from_dict(fields_only)))
         return cls(entries)
@@ -313,6 +341,27 @@ def _from_mean_spec(model: str, rest: Mapping[str, Any], burst_key: str, default
     return rest["mean"], rest.get(burst_key, default_burst)
 
 
+def _from_fields(model: str, cls: type[LossModel], rest: Mapping[str, Any], burst_key: str | None = None) -> Any:
+    # A bad key would otherwise be a TypeError from the constructor, which names neither the JSON
+    # model nor what it takes.
+    names = [f.name for f in fields(cls)]
+    required = [f.name for f in fields(cls) if f.default is MISSING]
+    if burst_key is not None and burst_key in rest:
+        raise ValueError(
+            f'loss model {model!r}: "{burst_key}" needs "mean" (the long-run loss rate) beside it; '
+            f"or give the chain by its fields {names}"
+        )
+    problems = []
+    if unknown := sorted(set(rest) - set(names)):
+        problems.append(f"unknown key(s) {unknown}")
+    if missing := [name for name in required if name not in rest]:
+        problems.append(f"missing key(s) {missing}")
+    if problems:
+        alternative = f' (or "mean" and "{burst_key}")' if burst_key is not None else ""
+        raise ValueError(f"loss model {model!r} takes {names}{alternative}; {', '.join(problems)}")
+    return cls(**rest)
+
+
 def loss_from_dict(spec: float | Mapping[str, Any] | None) -> LossModel | None:
     """``0.01`` (Bernoulli), ``{"model": "bernoulli", "p": 0.01}``, a packet-counted Gilbert–Elliott
     chain as ``{"model": "gilbert-elliott", "mean": 0.05, "burst_len": 3}`` or by its four
@@ -320,21 +369,23 @@ def loss_from_dict(spec: float | Mapping[str, Any] | None) -> LossModel | None:
     "burst_ms": 20}`` or by its fields (``mean_good_ms``, ``mean_bad_ms``, ...)."""
     if spec is None:
         return None
-    if isinstance(spec, int | float):
+    if isinstance(spec, int | float):  # a bool too, so that _check_probability refuses it
         _check_probability("loss", "p", spec)
         return Bernoulli(float(spec)) if spec > 0 else None
+    if not isinstance(spec, Mapping):
+        raise ValueError(f'loss must be a probability, an object with "model", or null, got {spec!r}')
     model = spec.get("model", "bernoulli")
     rest = {k: v for k, v in spec.items() if k != "model"}
     if model == "bernoulli":
-        return Bernoulli(**rest)
+        return _from_fields(model, Bernoulli, rest)
     if model == "gilbert-elliott":
         if "mean" in rest:
             return GilbertElliott.from_mean(*_from_mean_spec(model, rest, "burst_len", DEFAULT_BURST_LEN))
-        return GilbertElliott(**rest)
+        return _from_fields(model, GilbertElliott, rest, "burst_len")
     if model == "gilbert-elliott-time":
         if "mean" in rest:
             return GilbertElliottTime.from_mean(*_from_mean_spec(model, rest, "burst_ms", DEFAULT_BURST_MS))
-        return GilbertElliottTime(**rest)
+        return _from_fields(model, GilbertElliottTime, rest, "burst_ms")
     names = ", ".join(repr(name) for name in LOSS_MODEL_NAMES)
     raise ValueError(f"loss model must be one of {names}, got {model!r}")
 

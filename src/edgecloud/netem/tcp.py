@@ -10,15 +10,17 @@ TCP never loses bytes, so the link's effects become time:
 * **Loss** is the delay a retransmission adds. A segment the link loses is resent after a recovery
   time of ``5/4 · RTT`` (RTT = uplink + downlink one-way delays in force; fast retransmit / RACK
   detects a loss about one RTT plus a quarter-RTT reordering window after it was sent). The resend
-  can be lost again (the loss process advances, drawn at the resend's own send time, so a
-  time-based loss burst can end before the resend leaves); each further loss doubles the recovery
-  time, like a retransmission timer backing off, and after ``MAX_RETRANSMISSIONS`` losses of one
-  segment the connection is torn down, as a stack gives up (Linux ``tcp_retries2``). Resends do not
-  take link capacity again, and tail losses that a real stack would recover only by a timeout are
-  modelled as fast recoveries, so the model is optimistic for short, sparse transfers. (Resends are
-  drawn ahead of the segments read after them; a time-based chain then conditions the next segment
-  on the resend's draw rather than on the segment before it, which loosens burst correlation
-  across a recovery.)
+  can be lost again; each further loss doubles the recovery time, like a retransmission timer
+  backing off, and after ``MAX_RETRANSMISSIONS`` losses of one segment the connection is torn down,
+  as a stack gives up (Linux ``tcp_retries2``). The profile in force when the segment was read
+  governs its whole recovery: the RTT and the loss model of every resend. Each resend is drawn at
+  its own send time, the recovery time after the lost segment left the serialiser, so a time-based
+  loss burst can end before the resend leaves (:meth:`Link.draw_resends`; drawn at the segment's
+  time, every resend would fall in the burst that took it). Those draws come ahead of the segments
+  read after the loss, which leave earlier; they take a path of their own through a time-based
+  chain, so those segments are still drawn from their predecessors' state. Resends do not take
+  link capacity again, and tail losses that a real stack would recover only by a timeout are
+  modelled as fast recoveries, so the model is optimistic for short, sparse transfers.
 * **In-order delivery**: a segment is never written before the one in front of it, so a delayed
   segment holds back the ones after it (head-of-line blocking), as in TCP.
 * **Queue**: instead of tail-dropping, a full bottleneck queue pauses reading from the sender, whose
@@ -36,10 +38,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import suppress
+from itertools import accumulate
 from types import TracebackType
 
 from edgecloud.netem.delivery import DeliveryTimer
-from edgecloud.netem.link import Link, Outcome
+from edgecloud.netem.link import Link, Outcome, Transmission
 from edgecloud.netem.profile import LinkProfile, ProfileLike
 from edgecloud.netem.udp import Address, RelayStats
 
@@ -107,7 +110,7 @@ class _Pump:
         sent = self._link.transmit(now, len(segment))
         arrival = sent.at
         if sent.outcome is not Outcome.DELIVERED:
-            arrival = self._recover(now, arrival)
+            arrival = self._recover(now, sent)
             # The resend got through: on TCP every byte is delivered in the end.
             self._link.stats.packets_delivered += 1
             self._link.stats.bytes_delivered += len(segment)
@@ -117,21 +120,22 @@ class _Pump:
             self._room.clear()
         self._timer.call_at(self._last_arrival, self._write, segment)
 
-    def _recover(self, now: float, arrival: float) -> float:
-        """Arrival time of a segment the link lost, resent until a copy gets through."""
+    def _recover(self, now: float, lost: Transmission) -> float:
+        """Arrival time of a segment the link lost (offered at ``now``), resent until a copy gets
+        through."""
         proxy = self._proxy
         rtt = (proxy.uplink.profile_at(now).delay_ms + proxy.downlink.profile_at(now).delay_ms) / 1e3
         recovery = max(RECOVERY_RTTS * rtt, MIN_RECOVERY_S)
-        # Each resend is drawn at the time it leaves: with a time-based loss model, drawing every
-        # resend at ``now`` would put them all in the burst that took the original.
-        resent_at = now
-        for _ in range(MAX_RETRANSMISSIONS):
-            arrival += recovery
-            resent_at += recovery
-            if not self._link.draw_loss(resent_at):
-                return arrival
-            recovery *= 2
-        raise _PeerFailed(f"a segment was lost {MAX_RETRANSMISSIONS + 1} times in a row; giving up")
+        # Each wait doubles the one before. A resend leaves the sum of the waits so far after the lost
+        # copy left, and arrives that long after it would have arrived (both summed one by one).
+        waits = [recovery * 2**attempt for attempt in range(MAX_RETRANSMISSIONS)]
+        # A tail drop never left (the pump waits for room, but a schedule step can shrink the queue
+        # between its check and the offer): resent from the offer.
+        left = lost.departure if lost.departure is not None else now
+        through = self._link.draw_resends(now, list(accumulate(waits, initial=left))[1:])
+        if through is None:
+            raise _PeerFailed(f"a segment was lost {MAX_RETRANSMISSIONS + 1} times in a row; giving up")
+        return list(accumulate(waits[: through + 1], initial=lost.at))[-1]
 
     def _write(self, segment: bytes) -> None:
         self._unwritten -= len(segment)

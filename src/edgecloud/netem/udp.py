@@ -114,9 +114,7 @@ class UdpRelay:
         self._loop = loop
         self._timer = DeliveryTimer(loop)
         self.uplink.start = self.downlink.start = loop.time()
-        self._transport, _ = await loop.create_datagram_endpoint(
-            lambda: _ClientSide(self), local_addr=self.listen
-        )
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: _ClientSide(self), local_addr=self.listen)
         self._sweeper = loop.call_later(self.idle_timeout_s / 2, self._sweep)
 
     async def stop(self) -> None:
