@@ -9,10 +9,12 @@ from hypothesis import strategies as st
 
 from edgecloud.stream.controller import (
     AutoRecConfig,
+    CopyPlan,
     LossEstimator,
     OffPeriodDetector,
     ReinjectionController,
     copies_for_target,
+    plan_copies,
 )
 from edgecloud.stream.sender import TrackedStreamSender
 
@@ -61,6 +63,65 @@ def test_burst_loss_needs_evidence_to_leave_independence():
     assert est.value == pytest.approx(0.05)
     assert 0.0 < est.burst_loss < est.value
     assert copies_for_target(est.value, 0.1, 0.1, 0.01, 3, burst_loss=est.burst_loss) == 2
+
+
+def bursts_in_time(est: LossEstimator) -> None:
+    """A packet every 10 ms; every 0.5 s the path is bad for 60 ms: 6 packets in a row lost."""
+    for n in range(est._outcomes.maxlen or 0):
+        est.observe(n % 50 < 6, packet_number=n, sent_at=n * 0.01)
+
+
+def test_loss_after_a_delay_tells_bursts_in_time_from_bursts_in_packets():
+    est = LossEstimator(window=200)
+    bursts_in_time(est)
+    assert est.value == pytest.approx(0.12)
+    # Right after a loss: 20 of the 24 next packets lost (with the prior, (20 + 0.6) / 29).
+    assert est.loss_after(0.0) == est.burst_loss == pytest.approx(20.6 / 29)
+    # 100 ms after a loss the burst is over: none of the 24 lost.
+    assert est.loss_after(0.1) == pytest.approx(0.6 / 29)
+    # The same losses one second apart: the packet after a loss is lost however late it
+    # leaves, as when a burst counts packets (a sender backing off its probe timeout).
+    sparse = LossEstimator(window=200)
+    for n in range(200):
+        sparse.observe(n % 50 < 6, packet_number=n, sent_at=float(n))
+    assert sparse.loss_after(0.1) == sparse.loss_after(0.0) == pytest.approx(20.6 / 29)
+    # Without send times only the next packet can be judged: later delays keep the prior.
+    blind = LossEstimator(window=200)
+    for n in range(200):
+        blind.observe(n % 50 < 6, packet_number=n)
+    assert blind.loss_after(0.1) == pytest.approx(blind.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "loss_after", "plan"),
+    [
+        # independent: a copy right behind the retransmission is as good as any
+        ("independent", lambda d: 0.05, CopyPlan(0.0, 2)),
+        # bursts in packets: waiting does not help, the burst takes whatever comes next
+        ("packets", lambda d: 2 / 3, CopyPlan(0.0, 3)),
+        # 60 ms bursts in time: 0.9 right after, 0.45 after 50 ms, 0.2 after 100 ms
+        ("time", lambda d: {0.0: 0.9, 0.025: 0.66, 0.05: 0.45, 0.1: 0.2}[round(d, 3)], CopyPlan(0.05, 3)),
+    ],
+)
+def test_copies_wait_out_bursts_in_time_only(name, loss_after, plan):
+    assert plan_copies(0.05, 0.1, 0.1, 0.01, 3, loss_after, spacing_s=0.025) == plan
+
+
+def test_a_retransmissions_copies_leave_after_the_plans_delay():
+    ctl = ReinjectionController(AutoRecConfig(overhead_budget=1.0))
+    sender = TrackedStreamSender(0, True)
+    sent(sender, 10_000)
+    bursts_in_time(ctl.loss)
+    delay = ctl.copy_plan().delay_s
+    assert delay > 0
+    ctl.on_retransmission_sent(sender, 0, 1200, now=1.0)
+    assert ctl.next_wakeup() == pytest.approx(1.0 + delay)
+    ctl.poll(1.0, app_has_new_data=False, srtt_s=0.1, goodput_bytes=10_000, cwnd_room=0)
+    assert ctl.copy_bytes == 0
+    poll_and_send(ctl, sender, 1.0 + delay, goodput_bytes=10_000)
+    assert ctl.copy_bytes == 1200
+    # the next copy at least the delay later
+    assert ctl.next_wakeup() == pytest.approx(1.0 + 2 * delay)
 
 
 def test_config_errors_name_the_field_and_range():

@@ -246,7 +246,7 @@ class AutoRecConnection(QuicConnection):
 
     def on_packet_resolved(self, record: PacketRecord, packet_number: int, *, lost: bool, now: float) -> None:
         if self.controller is not None:
-            self.controller.on_packet_resolved(lost, packet_number)
+            self.controller.on_packet_resolved(lost, packet_number, record.sent_at)
         if lost:
             self.packets_lost += 1
             self.meter.on_packet_lost(now, record.sent_at, record.frames)

@@ -16,6 +16,8 @@ This module has no I/O and no clock: every method takes ``now``. The parts:
 * :func:`copies_for_target` — the redundancy adapter's rule: the fewest extra copies of a
   retransmission so that, at the measured loss rate and burstiness, the recovery misses
   ``recovery_target_ms`` with probability at most ``residual_loss``.
+* :func:`plan_copies` — how long after the data its first copy leaves: at once unless losses
+  come in bursts in time, which a copy sent right behind a lost packet would share.
 * :class:`ReinjectionController` — keeps *protections* (ranges to copy, how many copies
   left, when the next is due) and spends the overhead budget on them: copies of
   retransmissions at once (the connection sends them beyond the congestion window, in a
@@ -28,9 +30,9 @@ This module has no I/O and no clock: every method takes ``now``. The parts:
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -107,13 +109,65 @@ def copies_for_target(
     return max_copies
 
 
+# When a protection's first copy may leave, in smoothed RTTs after the data it protects
+# (0: in the copy pass right behind it); its later copies are spaced at least as far apart.
+COPY_DELAYS_RTTS = (0.0, 0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class CopyPlan:
+    """How a protection copies: the first copy ``delay_s`` after what it protects, ``copies`` in all."""
+
+    delay_s: float
+    copies: int
+
+
+def plan_copies(
+    loss: float,
+    srtt_s: float,
+    target_s: float,
+    residual: float,
+    max_copies: int,
+    loss_after: Callable[[float], float],
+    spacing_s: float,
+) -> CopyPlan:
+    """The delay of a retransmission's first copy, and the number of copies.
+
+    A copy right behind a lost retransmission is lost with the loss rate after a loss
+    (``loss_after(0)``): in a burst counted in packets, or in time, it is likely lost too. In
+    a burst in time, a copy sent later is not. For each delay *g* in ``COPY_DELAYS_RTTS``, with
+    ``q = loss_after(g)`` and the copies ``copies_for_target`` asks for at that ``q``, sent at
+    *g*, *g + s*, *g + 2s* … (*s*: the spacing, at least *g*), this takes the delay with the
+    shortest expected recovery of a lost retransmission: the first copy through arrives after
+    the *i*-th with probability ``q**i * (1 - q)``, and if all are lost another recovery round
+    follows (``RECOVERY_ROUND_RTTS`` RTTs). Independent loss (``q`` the loss rate at every
+    delay) and packet-counted bursts (``q`` high at every delay) keep delay 0; a burst lasting
+    a good part of an RTT moves the copies past it.
+    """
+    best: tuple[float, CopyPlan] | None = None
+    for rtts in COPY_DELAYS_RTTS:
+        delay = rtts * srtt_s
+        q = loss_after(delay)
+        copies = copies_for_target(loss, srtt_s, target_s, residual, max_copies, burst_loss=q)
+        if copies == 0:
+            return CopyPlan(0.0, 0)
+        spacing = max(spacing_s, delay)
+        expected = sum(q**i * (1 - q) * (delay + i * spacing) for i in range(copies))
+        expected += q**copies * RECOVERY_ROUND_RTTS * srtt_s
+        if best is None or expected < best[0]:
+            best = (expected, CopyPlan(delay, copies))
+    assert best is not None
+    return best[1]
+
+
 class LossEstimator:
     """Packet loss over the last ``window`` resolved (acknowledged or lost) packets.
 
     A window rather than an EWMA: it is right from the first few packets, and it forgets
     an old loss rate in exactly ``window`` packets (about a second of a 2 Mb/s stream).
     ``burst_loss`` is the loss rate of packets sent right after a lost one, which is what
-    a copy sent right after a retransmission faces when losses come in bursts.
+    a copy sent right after a retransmission faces when losses come in bursts;
+    ``loss_after(delay)`` that of the first packet sent ``delay`` after a lost one.
     """
 
     # Weight, in packets, of the independent-loss prior in the burst loss estimate.
@@ -122,15 +176,17 @@ class LossEstimator:
     WINDOW = 200
 
     def __init__(self, window: int = WINDOW) -> None:
-        self._outcomes: deque[tuple[int, bool]] = deque(maxlen=window)
+        self._outcomes: deque[tuple[int, bool, float | None]] = deque(maxlen=window)
         self._lost = 0
+        self.version = 0  # counts observations (for caches of what follows from them)
 
-    def observe(self, lost: bool, packet_number: int | None = None) -> None:
+    def observe(self, lost: bool, packet_number: int | None = None, sent_at: float | None = None) -> None:
         if len(self._outcomes) == self._outcomes.maxlen:
             self._lost -= self._outcomes[0][1]
         number = packet_number if packet_number is not None else len(self._outcomes)
-        self._outcomes.append((number, lost))
+        self._outcomes.append((number, lost, sent_at))
         self._lost += lost
+        self.version += 1
 
     @property
     def value(self) -> float:
@@ -138,13 +194,33 @@ class LossEstimator:
 
     @property
     def burst_loss(self) -> float:
+        """Loss rate of the packet sent right after a lost one."""
+        return self.loss_after(0.0)
+
+    def loss_after(self, delay_s: float) -> float:
+        """Loss rate of the first packet sent at least ``delay_s`` after a lost one.
+
+        What a copy sent that long after a lost packet faces. Bursts counted in packets
+        (a burst takes the next packets, whenever they leave) keep it high at every delay;
+        bursts in time (a fade, a handover: the path is bad for a while) let it fall back
+        to the loss rate as the delay outgrows them; with independent loss it is the loss
+        rate at every delay.
+        """
         # A window holds few losses (about 10 at 5 % loss), so the raw rate of losses
-        # right after a loss swings between 0 and 0.2 with independent loss, and the
-        # adapter's copies with it. The estimate starts from independence (the loss rate)
-        # with the weight of PRIOR_SAMPLES packets and moves only as far as the samples
-        # show burstiness.
+        # after a loss swings between 0 and 0.2 with independent loss, and the adapter's
+        # copies with it. The estimate starts from independence (the loss rate) with the
+        # weight of PRIOR_SAMPLES packets and moves only as far as the samples show
+        # burstiness. Without send times only the next packet (delay 0) can be judged.
         ordered = sorted(self._outcomes)
-        after_loss = [b for (_, a), (_, b) in itertools.pairwise(ordered) if a]
+        lost_at = [i for i, (_, lost, _) in enumerate(ordered) if lost]
+        after_loss = []
+        for i in lost_at:
+            sent = ordered[i][2]
+            for j in range(i + 1, len(ordered)):
+                _, later_lost, later_sent = ordered[j]
+                if delay_s <= 0.0 or (sent is not None and later_sent is not None and later_sent - sent >= delay_s):
+                    after_loss.append(later_lost)
+                    break
         return (sum(after_loss) + self.PRIOR_SAMPLES * self.value) / (len(after_loss) + self.PRIOR_SAMPLES)
 
 
@@ -225,6 +301,7 @@ class Protection:
     copies_sent: int = 0
     after_timeout: bool = False  # the retransmission followed a probe timeout
     late: bool = False  # a first transmission of late data (see on_first_sent)
+    delay: float = 0.0  # the plan's delay: the first copy's after the data, and the least spacing
 
 
 @dataclass(frozen=True)
@@ -235,6 +312,7 @@ class ControllerSample:
     loss: float
     burst_loss: float
     copies: int
+    copy_delay_ms: float
     overhead: float
     srtt_ms: float
     copy_bytes: int
@@ -266,6 +344,7 @@ class ReinjectionController:
         self._goodput_bytes = 0
         self._last_sample: float | None = None
         self._wakeup: float | None = None
+        self._plan: tuple[tuple[int, float], CopyPlan] | None = None
         # The viewer's worst delivery delay so far (write -> arrival, estimated from ACKs):
         # a player that stalls until late data arrives has that much buffer afterwards.
         self.delay_record_s = 0.0
@@ -278,19 +357,29 @@ class ReinjectionController:
 
     # -- inputs -----------------------------------------------------------------------
 
-    def on_packet_resolved(self, lost: bool, packet_number: int | None = None) -> None:
-        self.loss.observe(lost, packet_number)
+    def on_packet_resolved(self, lost: bool, packet_number: int | None = None, sent_at: float | None = None) -> None:
+        self.loss.observe(lost, packet_number, sent_at)
+
+    def copy_plan(self) -> CopyPlan:
+        """The redundancy adapter's answer now: how many copies, and how long after the data
+        the first (see plan_copies)."""
+        key = (self.loss.version, self._srtt_s)
+        if self._plan is None or self._plan[0] != key:
+            c = self.config
+            plan = plan_copies(
+                self.loss.value,
+                self._srtt_s,
+                c.recovery_target_ms / 1000,
+                c.residual_loss,
+                c.max_copies,
+                self.loss.loss_after,
+                self._spacing(),
+            )
+            self._plan = (key, plan)
+        return self._plan[1]
 
     def copies_now(self) -> int:
-        c = self.config
-        return copies_for_target(
-            self.loss.value,
-            self._srtt_s,
-            c.recovery_target_ms / 1000,
-            c.residual_loss,
-            c.max_copies,
-            burst_loss=self.loss.burst_loss,
-        )
+        return self.copy_plan().copies
 
     def on_overdue(self, stream: ReinjectableStream, start: int, stop: int, now: float) -> None:
         """Bytes whose ACK is overdue (probably lost, not yet declared lost): one copy.
@@ -337,8 +426,12 @@ class ReinjectionController:
                 self.late_flags[-1] = (self.late_flags[-1][0], max(stop, self.late_flags[-1][1]))
             else:
                 self.late_flags.append((start, stop))
-        self.protections.append(Protection(stream, start, stop, 1, now, retransmitted=False, late=True))
-        self._wakeup = now if self._wakeup is None else min(self._wakeup, now)
+        # Its copy is lost with the original as a retransmission's copy is with it: it leaves
+        # after the plan's delay.
+        delay = self.copy_plan().delay_s
+        p = Protection(stream, start, stop, 1, now + delay, retransmitted=False, late=True, delay=delay)
+        self.protections.append(p)
+        self._wakeup = p.next_at if self._wakeup is None else min(self._wakeup, p.next_at)
 
     def on_retransmission_sent(
         self, stream: ReinjectableStream, start: int, stop: int, now: float, *, after_timeout: bool = False
@@ -349,11 +442,21 @@ class ReinjectionController:
         is in a loss burst or an outage); if it is lost too, the next try waits for a
         doubled PTO, so its copies come first.
         """
-        copies = self.copies_now()
-        if copies:
-            # The first copy goes in the copy pass right after the retransmission, the
-            # others spaced out; see _spacing.
-            p = Protection(stream, start, stop, copies, now, retransmitted=True, after_timeout=after_timeout)
+        plan = self.copy_plan()
+        if plan.copies:
+            # The first copy goes the plan's delay after the retransmission (in the copy pass
+            # right behind it unless losses come in bursts in time), the others spaced out;
+            # see _spacing.
+            p = Protection(
+                stream,
+                start,
+                stop,
+                plan.copies,
+                now + plan.delay_s,
+                retransmitted=True,
+                after_timeout=after_timeout,
+                delay=plan.delay_s,
+            )
             self.protections.append(p)
             if self._wakeup is None or p.next_at < self._wakeup:
                 self._wakeup = p.next_at
@@ -394,7 +497,7 @@ class ReinjectionController:
                 # copy stays due, to go right behind the retransmission or data it protects
                 # once that leaves (a due protection arms no timer: every send polls).
                 if p.copies_sent:
-                    p.next_at = now + self._spacing()
+                    p.next_at = now + max(self._spacing(), p.delay)
                 keep.append(p)
                 continue
             self.copy_bytes += scheduled
@@ -405,7 +508,7 @@ class ReinjectionController:
             cwnd_room -= scheduled
             p.copies_left -= 1
             p.copies_sent += 1
-            p.next_at = now + self._spacing()
+            p.next_at = now + max(self._spacing(), p.delay)
             if p.copies_left > 0:
                 keep.append(p)
         self.protections = keep
@@ -490,12 +593,14 @@ class ReinjectionController:
         if self._last_sample is not None and now - self._last_sample < self.sample_every_s:
             return
         self._last_sample = now
+        plan = self.copy_plan()
         self.history.append(
             ControllerSample(
                 t=now,
                 loss=self.loss.value,
                 burst_loss=self.loss.burst_loss,
-                copies=self.copies_now(),
+                copies=plan.copies,
+                copy_delay_ms=plan.delay_s * 1000,
                 overhead=self.overhead,
                 srtt_ms=self._srtt_s * 1000,
                 copy_bytes=self.copy_bytes,
