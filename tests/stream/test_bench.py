@@ -10,9 +10,7 @@ bytes; a stream the emulated link cut short (an outage longer than aioquic's idl
 or the virtual run's drain) is a result, its frozen rest counted as stall.
 
 Not regenerated here: the ``*_previous`` files, which are the acceptance runs with the
-previous round's controller (docs/stream.md gives the commands),
-``stream_bench_virtual_key60x100_burstytime_before.json``, the bursty-time run with the
-controller before the copy plan, and
+previous round's controller (docs/stream.md gives the commands), and
 ``stream_bench_real_key60_ackloss.json``, an earlier run kept for its description.
 """
 
@@ -47,6 +45,11 @@ RUNS = {
     "second_draws_60s": ("virtual_key60x100_seed100", [*KEY60_INDEPENDENT, "--seed", "100"], False),
     # bursts in time rather than in packets (netem's GilbertElliottTime, 60 ms)
     "bursty_time_60s": ("virtual_key60x100_burstytime", [*KEY60, "--loss-model", "bursty-time"], False),
+    "bursty_time_60s_plan": (
+        "virtual_key60x100_burstytime_plan",
+        [*KEY60, "--loss-model", "bursty-time", "--copy-plan"],
+        False,
+    ),
     # what each part brings, with independent loss
     "ablation_noearly": ("virtual_key60x100_noearly", [*KEY60_INDEPENDENT, "--no-retransmit-before-reduction"], False),
     "ablation_nolate": ("virtual_key60x100_nolate", [*KEY60_INDEPENDENT, "--no-late-copies"], False),

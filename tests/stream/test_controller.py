@@ -108,7 +108,10 @@ def test_copies_wait_out_bursts_in_time_only(name, loss_after, plan):
 
 
 def test_a_retransmissions_copies_leave_after_the_plans_delay():
-    ctl = ReinjectionController(AutoRecConfig(overhead_budget=1.0))
+    off = ReinjectionController(AutoRecConfig(overhead_budget=1.0))
+    bursts_in_time(off.loss)
+    assert off.copy_plan().delay_s == 0.0  # the plan's delays are opt-in
+    ctl = ReinjectionController(AutoRecConfig(overhead_budget=1.0, copy_plan=True))
     sender = TrackedStreamSender(0, True)
     sent(sender, 10_000)
     bursts_in_time(ctl.loss)
