@@ -140,14 +140,16 @@ def plan_copies(
 
     A copy right behind a lost retransmission is lost with the loss rate after a loss
     (``loss_after(0)``): in a burst counted in packets, or in time, it is likely lost too. In
-    a burst in time, a copy sent later is not. For each delay *g* in ``COPY_DELAYS_RTTS``, with
+    a burst in time, a copy sent later is not. For each delay *g* in ``delays_rtts`` (srtts;
+    ``COPY_DELAYS_RTTS``, or only 0 unless ``AutoRecConfig.copy_plan``), with
     ``q = loss_after(g)`` and the copies ``copies_for_target`` asks for at that ``q``, sent at
     *g*, *g + s*, *g + 2s* … (*s*: the spacing, at least *g*), this takes the delay with the
     shortest expected recovery of a lost retransmission: the first copy through arrives after
     the *i*-th with probability ``q**i * (1 - q)``, and if all are lost another recovery round
     follows (``RECOVERY_ROUND_RTTS`` RTTs). Independent loss (``q`` the loss rate at every
-    delay) and packet-counted bursts (``q`` high at every delay) keep delay 0; a burst lasting
-    a good part of an RTT moves the copies past it.
+    delay) keeps delay 0; a burst lasting a good part of an RTT moves the copies past it. So can
+    a packet-counted burst when the stream sends packets in between, though in an outage a
+    delayed copy is the next packet the burst takes: hence opt-in.
     """
     best: tuple[float, CopyPlan] | None = None
     for rtts in delays_rtts:
