@@ -409,6 +409,37 @@ def test_late_data_goes_before_a_retransmissions_later_copies():
     assert [(p.start, p.copies_left) for p in ctl.protections] == [(1200, 1)]  # waits for credit
 
 
+@pytest.mark.parametrize(
+    ("reserve", "copied"), [(1, {"late": 1200, "retransmission": 1200}), (3, {"late": 0, "retransmission": 2400})]
+)
+def test_first_copy_reserve_keeps_room_for_a_loss_episodes_first_copies(reserve, copied):
+    # 6000 bytes of credit, then late data and two retransmissions in one loss episode. A
+    # first copy needs a packet plus the timeout reserve (3 packets): 4800. Late data leaves
+    # first_copy_reserve packets more. With one packet it takes the room of the second
+    # retransmission's first copy; with three it waits and both first copies go.
+    ctl, sender = at_ten_percent_loss(AutoRecConfig(overhead_budget=0.1, first_copy_reserve=reserve), 60_000)
+    ctl.on_first_sent(sender, 0, 1200, now=1.0, waited_s=1.0)
+    poll_and_send(ctl, sender, 1.0, goodput_bytes=60_000)
+    ctl.on_retransmission_sent(sender, 1200, 2400, now=1.01)
+    poll_and_send(ctl, sender, 1.01, goodput_bytes=60_000)
+    ctl.on_retransmission_sent(sender, 2400, 3600, now=1.02)
+    poll_and_send(ctl, sender, 1.02, goodput_bytes=60_000)
+    assert ctl.copy_bytes_by_reason == copied | {"overdue": 0}
+
+
+def test_a_larger_first_copy_reserve_still_admits_copies_on_a_small_budget():
+    # The bucket holds at least its largest claim, which grows with the reserve.
+    ctl, sender = at_ten_percent_loss(AutoRecConfig(overhead_budget=0.01, first_copy_reserve=8), 200_000)
+    ctl.on_first_sent(sender, 0, 1200, now=1.0, waited_s=1.0)
+    poll_and_send(ctl, sender, 1.0, goodput_bytes=10_000_000)
+    assert ctl.copy_bytes_by_reason["late"] == 1200
+
+
+def test_first_copy_reserve_is_checked():
+    with pytest.raises(ValueError, match="first_copy_reserve"):
+        AutoRecConfig(first_copy_reserve=-1)
+
+
 def test_late_flags_are_recorded_only_when_asked_and_merged():
     # viewers are assumed to start 300 ms behind
     ctl, sender = at_ten_percent_loss(AutoRecConfig(overhead_budget=1.0), sent_bytes=12_000)

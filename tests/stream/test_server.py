@@ -199,6 +199,7 @@ def test_adopt_refuses_a_connection_that_already_ran():
         (["--loss-model", "gauss"], "loss model must be one of bernoulli, bursty, bursty-time, got 'gauss'"),
         (["--duration", "0"], "must be in [1, 3600], got 0"),
         (["--overhead-budget", "x"], "expected a number, got 'x'"),
+        (["--first-copy-reserve", "65"], "must be in [0, 64], got 65"),
     ],
 )
 def test_bench_options_are_checked(argv, message, capsys):
@@ -207,6 +208,16 @@ def test_bench_options_are_checked(argv, message, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["stream", "bench", "--json", "out.json", *argv])
     assert message in capsys.readouterr().err
+
+
+def test_bench_passes_autorec_options_to_the_controller():
+    from edgecloud.cli import build_parser
+    from edgecloud.stream.cli import _autorec_config
+
+    args = build_parser().parse_args(["stream", "bench", "--json", "o", "--first-copy-reserve", "3", "--copy-plan"])
+    config = _autorec_config(args)
+    assert (config.first_copy_reserve, config.copy_plan) == (3, True)
+    assert _autorec_config(build_parser().parse_args(["stream", "bench", "--json", "o"])) == AutoRecConfig()
 
 
 @pytest.mark.parametrize("knows_the_stream", [False, True])

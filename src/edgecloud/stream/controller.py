@@ -61,6 +61,10 @@ class AutoRecConfig:
     protect_late_data: bool = True  # copy first transmissions that would set a new delay record if lost
     viewer_buffer_ms: float = 300.0  # playout delay the viewer is assumed to start with
     retransmit_before_reduction: bool = True  # RFC 9002 7.3.2: one packet beyond the halved window
+    # Packets of credit that every copy but a retransmission's first leaves for such first
+    # copies (see _may_copy). More keeps the retransmission-loss p95 off its cliff, at some cost
+    # in stall time: late data then waits longer for credit (docs/stream.md).
+    first_copy_reserve: int = 1
     # plan_copies' delays. Off by default: with packet-counted bursts at 10 % loss and 100 ms it
     # delayed copies a quarter RTT for half of a run, and lost retransmissions then took 8-16 s
     # (the delay estimate counts the stream's packets in between, which an outage does not send).
@@ -74,6 +78,7 @@ class AutoRecConfig:
         _check_range("overdue_share", self.overdue_share, 0.0, 1.0)
         _check_range("min_copy_spacing_s", self.min_copy_spacing_s, 0.0, 1.0)
         _check_range("viewer_buffer_ms", self.viewer_buffer_ms, 0.0, 600_000.0)
+        _check_range("first_copy_reserve", self.first_copy_reserve, 0, 64)
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -558,7 +563,8 @@ class ReinjectionController:
 
     @property
     def _largest_claim(self) -> int:
-        return (self.config.max_copies + 2) * self.PACKET_BYTES
+        # a packet's copy and the largest reserve (see _may_copy)
+        return (self.config.max_copies + 1 + self.config.first_copy_reserve) * self.PACKET_BYTES
 
     @property
     def _credit_depth(self) -> float:
@@ -585,10 +591,14 @@ class ReinjectionController:
         # down to zero. Every other copy leaves enough for such a retransmission's copies
         # (max_copies packets); a protection's first copy saves a round when the
         # retransmission is lost, a later one only when that copy is lost too, so later
-        # copies also leave one more first copy (a packet).
+        # copies (and late and overdue data) also leave room for first copies:
+        # ``first_copy_reserve`` packets, one by default. In a loss episode late data drains
+        # the bucket down to its own threshold, so that room is all the episode's later
+        # retransmissions find for their first copies: with one packet, some find too little,
+        # and those are the retransmission-loss p95's cliff (docs/stream.md).
         reserve = 0 if p.after_timeout else self.config.max_copies * self.PACKET_BYTES
         if p.copies_sent or not p.retransmitted:
-            reserve += self.PACKET_BYTES
+            reserve += self.config.first_copy_reserve * self.PACKET_BYTES
         if p.retransmitted or p.late:
             # Late data leaves the same reserve as a retransmission's later copies and
             # goes before them (see _priority).
