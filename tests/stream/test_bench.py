@@ -56,14 +56,21 @@ RUNS = {
     "ablation_budget015": ("virtual_key60x100_budget015", [*KEY60_INDEPENDENT, "--overhead-budget", "0.15"], False),
     "ablation_budget02": ("virtual_key60x100_budget02", [*KEY60_INDEPENDENT, "--overhead-budget", "0.2"], False),
     "ablation_budget03": ("virtual_key60x100_budget03", [*KEY60_INDEPENDENT, "--overhead-budget", "0.3"], False),
-    # more room for a retransmission's first copies (both seed sets)
-    "reserve3_60s": ("virtual_key60x100_reserve3", [*KEY60_INDEPENDENT, "--first-copy-reserve", "3"], False),
-    "reserve3_second_draws_60s": (
-        "virtual_key60x100_seed100_reserve3",
-        [*KEY60_INDEPENDENT, "--seed", "100", "--first-copy-reserve", "3"],
+    # a third set (seeds 200-299)
+    "third_draws_60s": ("virtual_key60x100_seed200", [*KEY60_INDEPENDENT, "--seed", "200"], False),
+    # the earlier default: one packet of credit kept for a retransmission's first copies
+    "reserve1_60s": ("virtual_key60x100_reserve1", [*KEY60_INDEPENDENT, "--first-copy-reserve", "1"], False),
+    "reserve1_second_draws_60s": (
+        "virtual_key60x100_seed100_reserve1",
+        [*KEY60_INDEPENDENT, "--seed", "100", "--first-copy-reserve", "1"],
         False,
     ),
-    "reserve3_600s": ("virtual_key600x10_reserve3", [*KEY600_INDEPENDENT, "--first-copy-reserve", "3"], False),
+    "reserve1_third_draws_60s": (
+        "virtual_key60x100_seed200_reserve1",
+        [*KEY60_INDEPENDENT, "--seed", "200", "--first-copy-reserve", "1"],
+        False,
+    ),
+    "reserve1_600s": ("virtual_key600x10_reserve1", [*KEY600_INDEPENDENT, "--first-copy-reserve", "1"], False),
     "budget600_015": ("virtual_key600x10_budget015", [*KEY600_INDEPENDENT, "--overhead-budget", "0.15"], False),
     "budget600_02": ("virtual_key600x10_budget02", [*KEY600_INDEPENDENT, "--overhead-budget", "0.2"], False),
     "budget600_03": ("virtual_key600x10_budget03", [*KEY600_INDEPENDENT, "--overhead-budget", "0.3"], False),

@@ -227,8 +227,10 @@ def test_a_reset_stream_loses_its_protections():
 
 
 def test_scarce_budget_goes_first_to_copies_that_save_the_most():
-    # Credit 0.1 * 60_000 = 6000 bytes, packets of 1200, max_copies 3 (reserve 3600).
-    ctl, sender = at_ten_percent_loss(AutoRecConfig(overhead_budget=0.1), sent_bytes=60_000)
+    # Credit 0.1 * 60_000 = 6000 bytes, packets of 1200, max_copies 3 (reserve 3600), and later
+    # copies leaving one packet more (first_copy_reserve 1).
+    config = AutoRecConfig(overhead_budget=0.1, first_copy_reserve=1)
+    ctl, sender = at_ten_percent_loss(config, sent_bytes=60_000)
 
     def poll(now: float) -> None:
         poll_and_send(ctl, sender, now, goodput_bytes=60_000)
@@ -389,12 +391,13 @@ def test_late_data_within_the_viewers_playout_delay_is_left_alone():
 
 
 def test_late_data_goes_before_a_retransmissions_later_copies():
-    # Budget 0.1 at 10 % loss: two copies per retransmission. Late data and a
-    # retransmission's later copies both need a packet plus a reserve of 4 packets (6000
-    # bytes); the credit below covers one of them, and late data is worth more (see
+    # Budget 0.1 at 10 % loss: two copies per retransmission. With first_copy_reserve 1, late
+    # data and a retransmission's later copies both need a packet plus a reserve of 4 packets
+    # (6000 bytes); the credit below covers one of them, and late data is worth more (see
     # _priority). (A retransmission's first copy keeps a smaller reserve, 3 packets, so it
     # goes first whatever the order.)
-    ctl, sender = at_ten_percent_loss(AutoRecConfig(overhead_budget=0.1), sent_bytes=200_000)
+    config = AutoRecConfig(overhead_budget=0.1, first_copy_reserve=1)
+    ctl, sender = at_ten_percent_loss(config, sent_bytes=200_000)
     assert ctl.copies_now() == 2
 
     def poll(now: float) -> None:

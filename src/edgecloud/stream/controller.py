@@ -62,9 +62,10 @@ class AutoRecConfig:
     viewer_buffer_ms: float = 300.0  # playout delay the viewer is assumed to start with
     retransmit_before_reduction: bool = True  # RFC 9002 7.3.2: one packet beyond the halved window
     # Packets of credit that every copy but a retransmission's first leaves for such first
-    # copies (see _may_copy). More keeps the retransmission-loss p95 off its cliff, at some cost
-    # in stall time: late data then waits longer for credit (docs/stream.md).
-    first_copy_reserve: int = 1
+    # copies (see _may_copy). With 1 (before 2026-11-28) about 5 % of lost retransmissions found
+    # no credit for a copy in a loss episode, and the retransmission-loss p95 sat on that cliff;
+    # over 300 draws 3 keeps it off at the same stall time (docs/stream.md).
+    first_copy_reserve: int = 3
     # plan_copies' delays. Off by default: with packet-counted bursts at 10 % loss and 100 ms it
     # delayed copies a quarter RTT for half of a run, and lost retransmissions then took 8-16 s
     # (the delay estimate counts the stream's packets in between, which an outage does not send).
@@ -592,10 +593,10 @@ class ReinjectionController:
         # (max_copies packets); a protection's first copy saves a round when the
         # retransmission is lost, a later one only when that copy is lost too, so later
         # copies (and late and overdue data) also leave room for first copies:
-        # ``first_copy_reserve`` packets, one by default. In a loss episode late data drains
-        # the bucket down to its own threshold, so that room is all the episode's later
-        # retransmissions find for their first copies: with one packet, some find too little,
-        # and those are the retransmission-loss p95's cliff (docs/stream.md).
+        # ``first_copy_reserve`` packets (3). In a loss episode late data drains the bucket
+        # down to its own threshold, so that room is all the episode's later retransmissions
+        # find for their first copies: with one packet some found too little, and those were
+        # most of the retransmission-loss p95's cliff (docs/stream.md).
         reserve = 0 if p.after_timeout else self.config.max_copies * self.PACKET_BYTES
         if p.copies_sent or not p.retransmitted:
             reserve += self.config.first_copy_reserve * self.PACKET_BYTES
