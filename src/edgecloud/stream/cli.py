@@ -81,8 +81,8 @@ def _add_autorec_options(parser: argparse.ArgumentParser) -> None:
         default=3,
         metavar="PACKETS",
         help="packets of budget credit that late data and later copies leave for the first copies of "
-        "retransmissions (default 3; with 1, about 5%% of lost retransmissions at 5%% loss found no credit "
-        "for a copy; see docs/stream.md)",
+        "retransmissions (default 3; with 1, at 5%% loss about 2.5%% of lost retransmissions found no credit "
+        "for a copy and the retransmission-loss p95 sat on a cliff; see docs/stream.md)",
     )
     group.add_argument(
         "--no-retransmit-before-reduction",

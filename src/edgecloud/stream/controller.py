@@ -62,9 +62,10 @@ class AutoRecConfig:
     viewer_buffer_ms: float = 300.0  # playout delay the viewer is assumed to start with
     retransmit_before_reduction: bool = True  # RFC 9002 7.3.2: one packet beyond the halved window
     # Packets of credit that every copy but a retransmission's first leaves for such first
-    # copies (see _may_copy). With 1 (before 2026-11-28) about 5 % of lost retransmissions found
-    # no credit for a copy in a loss episode, and the retransmission-loss p95 sat on that cliff;
-    # over 300 draws 3 keeps it off at the same stall time (docs/stream.md).
+    # copies (see _may_copy). With 1 (before 2026-11-28) about 5 % of lost retransmissions took
+    # another round (>= 200 ms at 100 ms RTT), half of them for want of credit for a copy in a
+    # loss episode, and the retransmission-loss p95 sat on that cliff; over 300 draws 3 keeps it
+    # off at the same stall time (docs/stream.md).
     first_copy_reserve: int = 3
     # plan_copies' delays. Off by default: with packet-counted bursts at 10 % loss and 100 ms it
     # delayed copies a quarter RTT for half of a run, and lost retransmissions then took 8-16 s
