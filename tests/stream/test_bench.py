@@ -53,6 +53,16 @@ RUNS = {
     # what each part brings, with independent loss
     "ablation_noearly": ("virtual_key60x100_noearly", [*KEY60_INDEPENDENT, "--no-retransmit-before-reduction"], False),
     "ablation_nolate": ("virtual_key60x100_nolate", [*KEY60_INDEPENDENT, "--no-late-copies"], False),
+    "ablation_nolate_second_draws": (
+        "virtual_key60x100_seed100_nolate",
+        [*KEY60_INDEPENDENT, "--seed", "100", "--no-late-copies"],
+        False,
+    ),
+    "ablation_nolate_third_draws": (
+        "virtual_key60x100_seed200_nolate",
+        [*KEY60_INDEPENDENT, "--seed", "200", "--no-late-copies"],
+        False,
+    ),
     "ablation_budget015": ("virtual_key60x100_budget015", [*KEY60_INDEPENDENT, "--overhead-budget", "0.15"], False),
     "ablation_budget02": ("virtual_key60x100_budget02", [*KEY60_INDEPENDENT, "--overhead-budget", "0.2"], False),
     "ablation_budget03": ("virtual_key60x100_budget03", [*KEY60_INDEPENDENT, "--overhead-budget", "0.3"], False),
