@@ -67,6 +67,16 @@ RUNS = {
     "ablation_budget015": ("virtual_key60x100_budget015", [*KEY60_INDEPENDENT, "--overhead-budget", "0.15"], False),
     "ablation_budget02": ("virtual_key60x100_budget02", [*KEY60_INDEPENDENT, "--overhead-budget", "0.2"], False),
     "ablation_budget03": ("virtual_key60x100_budget03", [*KEY60_INDEPENDENT, "--overhead-budget", "0.3"], False),
+    # the two lower budgets on the second and third sets of draws too
+    **{
+        f"ablation_budget{tag}_{label}_draws": (
+            f"virtual_key60x100_seed{seed}_budget{tag}",
+            [*KEY60_INDEPENDENT, "--seed", str(seed), "--overhead-budget", budget],
+            False,
+        )
+        for tag, budget in (("015", "0.15"), ("02", "0.2"))
+        for label, seed in (("second", 100), ("third", 200))
+    },
     # a third set (seeds 200-299)
     "third_draws_60s": ("virtual_key60x100_seed200", [*KEY60_INDEPENDENT, "--seed", "200"], False),
     # the earlier default: one packet of credit kept for a retransmission's first copies
