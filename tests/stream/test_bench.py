@@ -98,6 +98,16 @@ RUNS = {
     # the acceptance case on the real clock, ten draws per loss model (one draw says little)
     "real_key60": ("real_key60x10", [*REAL_KEY60, "--loss-model", "bernoulli"], False),
     "real_key60_bursty": ("real_key60x10_bursty", [*REAL_KEY60, "--loss-model", "bursty"], False),
+    "real_key60_second_draws": (
+        "real_key60x10_seed10",
+        [*REAL_KEY60, "--loss-model", "bernoulli", "--seed", "10"],
+        False,
+    ),
+    "real_key60_budget015": (
+        "real_key60x10_budget015",
+        [*REAL_KEY60, "--loss-model", "bernoulli", "--overhead-budget", "0.15"],
+        False,
+    ),
     # every case
     "all_cases_virtual": ("virtual_120s", ["--virtual", *ALL_LOSSES, "--duration", "120", "--draws", "5"], True),
     "all_cases_real": ("real_60s", [*ALL_LOSSES, "--duration", "60"], True),
