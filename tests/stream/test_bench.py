@@ -31,6 +31,7 @@ KEY60_INDEPENDENT = [*KEY60, "--loss-model", "bernoulli"]
 KEY600_INDEPENDENT = [*KEY, "--duration", "600", "--draws", "10", "--loss-model", "bernoulli"]
 ALL_LOSSES = ["--loss", "0,0.01,0.05,0.1"]
 REAL_KEY60 = ["--loss", "0.05", "--rtt-ms", "100", "--duration", "60", "--draws", "10"]
+REAL_KEY60_INDEPENDENT = [*REAL_KEY60, "--loss-model", "bernoulli"]
 
 # test id -> (file name, arguments, plot?): docs/data/stream_bench_<name>.json and, with a
 # plot, docs/stream_bench_<name>.png
@@ -95,19 +96,11 @@ RUNS = {
     "budget600_015": ("virtual_key600x10_budget015", [*KEY600_INDEPENDENT, "--overhead-budget", "0.15"], False),
     "budget600_02": ("virtual_key600x10_budget02", [*KEY600_INDEPENDENT, "--overhead-budget", "0.2"], False),
     "budget600_03": ("virtual_key600x10_budget03", [*KEY600_INDEPENDENT, "--overhead-budget", "0.3"], False),
-    # the acceptance case on the real clock, ten draws per loss model (one draw says little)
-    "real_key60": ("real_key60x10", [*REAL_KEY60, "--loss-model", "bernoulli"], False),
+    # the acceptance case on the real clock, in runs of ten draws (one draw says little)
+    "real_key60": ("real_key60x10", REAL_KEY60_INDEPENDENT, False),
+    "real_key60_second_draws": ("real_key60x10_seed10", [*REAL_KEY60_INDEPENDENT, "--seed", "10"], False),
     "real_key60_bursty": ("real_key60x10_bursty", [*REAL_KEY60, "--loss-model", "bursty"], False),
-    "real_key60_second_draws": (
-        "real_key60x10_seed10",
-        [*REAL_KEY60, "--loss-model", "bernoulli", "--seed", "10"],
-        False,
-    ),
-    "real_key60_budget015": (
-        "real_key60x10_budget015",
-        [*REAL_KEY60, "--loss-model", "bernoulli", "--overhead-budget", "0.15"],
-        False,
-    ),
+    "real_key60_budget015": ("real_key60x10_budget015", [*REAL_KEY60_INDEPENDENT, "--overhead-budget", "0.15"], False),
     # every case
     "all_cases_virtual": ("virtual_120s", ["--virtual", *ALL_LOSSES, "--duration", "120", "--draws", "5"], True),
     "all_cases_real": ("real_60s", [*ALL_LOSSES, "--duration", "60"], True),
