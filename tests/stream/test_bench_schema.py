@@ -120,6 +120,28 @@ def test_draws_repeat_each_case_and_pool_the_stall_time():
         assert pooled["stall_s"][side] == round(sum(c[side]["stall_s"] for c in cases), 4)
         latencies = [v for c in cases for v in c[side]["retx_loss_recovery_ms"]]
         assert pooled["retx_loss_recovery_ms_p95"][f"n_{side}"] == len(latencies) > 0
+        slow = sum(v >= 2 * cases[0]["rtt_ms"] for v in latencies)
+        assert pooled["retx_loss_over_2rtt"][side] == round(slow / len(latencies), 4)
+    # without copies every lost retransmission waits for another loss-detection round
+    assert pooled["retx_loss_over_2rtt"]["baseline"] == 1.0
+
+
+def test_the_share_over_two_rtts_counts_each_side_and_tolerates_no_losses():
+    def case(base: list[float], auto: list[float]) -> dict:
+        side = {"stall_s": 0.0, "overhead": 0.0, "copy_bytes": 0, "goodput_bytes": 1, "complete": True}
+        return {
+            "loss": 0.05,
+            "loss_model": "bernoulli",
+            "rtt_ms": 100.0,
+            "ratios": {"retx_loss_recovery_p95": None},
+            "baseline": side | {"retx_loss_recovery_ms": base},
+            "autorec": side | {"retx_loss_recovery_ms": auto},
+        }
+
+    (pooled,) = bench.pooled([case([250.0, 199.9], [102.0, 126.0, 200.0]), case([310.0], [])])
+    assert pooled["retx_loss_over_2rtt"] == {"baseline": round(2 / 3, 4), "autorec": round(1 / 3, 4)}
+    (pooled,) = bench.pooled([case([], [])])
+    assert pooled["retx_loss_over_2rtt"] == {"baseline": None, "autorec": None}
 
 
 def test_the_stall_ratio_interval_resamples_whole_draws():
@@ -157,7 +179,9 @@ def test_pool_reads_bench_files_and_refuses_others(tmp_path, capsys):
     bench.write_json(good, cases)
     bad.write_text('{"loss": 0.05}')
     assert main(["stream", "pool", str(good), "--json", str(tmp_path / "pooled.json")]) == 0
-    assert "pooled over 2 draws, loss 0.05 bernoulli rtt 40 ms" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "pooled over 2 draws, loss 0.05 bernoulli rtt 40 ms" in out
+    assert "100.0% / " in out and "took >= 2 RTT" in out  # the baseline's lost retransmissions all did
     pooled = json.loads((tmp_path / "pooled.json").read_text())
     assert pooled == {str(good): bench.pooled(cases)}
     assert main(["stream", "pool", str(bad)]) == 2

@@ -261,7 +261,8 @@ def _print_pooled(pooled: list[dict[str, Any]]) -> None:
             f"stall {stall['baseline']} -> {stall['autorec']} s (x{stall['ratio']}"
             + (f", 95% interval {interval[0]}-{interval[1]}" if interval else "")
             + f"), retx-loss p95 {retx['baseline']} -> {retx['autorec']} ms (x{retx['ratio']}; "
-            f"{retx['n_baseline']} / {retx['n_autorec']} losses), overhead {p['overhead']['all']:.3f}, "
+            f"{retx['n_baseline']} / {retx['n_autorec']} losses, {_shares(p)} took >= 2 RTT), "
+            f"overhead {p['overhead']['all']:.3f}, "
             + (
                 f"cut short {p['incomplete']['baseline']} / {p['incomplete']['autorec']}"
                 if p["incomplete"] is not None
@@ -269,6 +270,12 @@ def _print_pooled(pooled: list[dict[str, Any]]) -> None:
             ),
             flush=True,
         )
+
+
+def _shares(p: dict[str, Any]) -> str:
+    """The share of lost retransmissions that took two RTTs or more, per side, as "5.1% / 2.6%"."""
+    slow = p.get("retx_loss_over_2rtt") or {}
+    return " / ".join("-" if slow.get(side) is None else f"{slow[side]:.1%}" for side in ("baseline", "autorec"))
 
 
 def _pool(args: argparse.Namespace) -> int:
