@@ -57,6 +57,22 @@ def test_cases_have_the_issue_schema_and_deliver_every_byte():
     assert case["source"]["bitrate_mbps"] == 0.2 and case["playout_delay_s"] == 0.3
 
 
+def test_cubic_runs_on_both_sides_and_is_recorded():
+    (case,) = short_cases("bernoulli", congestion_control="cubic")
+    assert case["congestion_control"] == "cubic"
+    assert case["baseline"]["bytes_equal"] and case["autorec"]["bytes_equal"]
+    (reno,) = short_cases("bernoulli")
+    assert reno["congestion_control"] == "reno"
+    pair = VirtualPair(AutoRecConfig(), fixed_delay(0.02), fixed_delay(0.02), congestion_control="cubic")
+    assert type(pair.server._loss._cc).__name__ == "CubicCongestionControl"
+    link = bench.LinkSpec(loss=0.05, loss_model="bernoulli", rtt_ms=40.0)
+    spec = bench.SideSpec(link, AutoRecConfig(), 3.0, SourceConfig(fps=20, bitrate_mbps=0.2), congestion_control="x")
+    with pytest.raises(ValueError, match="congestion_control must be one of reno, cubic, got 'x'"):
+        bench.run_virtual_side(spec)
+    with pytest.raises(SystemExit):
+        main(["stream", "bench", "--virtual", "--congestion-control", "bbr", "--json", "out.json"])
+
+
 def test_bursts_in_time_are_recorded_and_every_byte_arrives():
     (case,) = short_cases("bursty-time")
     assert case["loss_model"] == "bursty-time" and case["burst_ms"] == bench.BURST_MS

@@ -55,6 +55,23 @@ def test_aioquic_player_receives_every_byte(autorec):
     assert server.requests[0].completed
 
 
+def test_the_server_runs_the_congestion_control_it_is_given():
+    async def main():
+        server = await started(autorec=AutoRecConfig(), source=LiveSource(SMALL), congestion_control="cubic")
+        host, port = server.address
+        report = await play(f"https://{host}:{port}/live?seconds=1", timeout_s=20)
+        cc = type(server.connections[-1].connection._loss._cc).__name__
+        await server.close()
+        return server, report, cc
+
+    server, report, cc = asyncio.run(main())
+    assert server.configuration.congestion_control_algorithm == "cubic" and cc == "CubicCongestionControl"
+    assert report.ended and report.sha256 == sha256(LiveSource(SMALL).body(1.0))
+    assert StreamServer().configuration.congestion_control_algorithm == "reno"  # aioquic's default
+    with pytest.raises(ValueError, match="congestion_control must be one of reno, cubic"):
+        StreamServer(congestion_control="bbr")
+
+
 @pytest.mark.skipif(shutil.which("gtlsclient") is None, reason="ngtcp2-client (Debian) is not installed")
 def test_independent_ngtcp2_client_receives_every_byte(tmp_path):
     async def main():

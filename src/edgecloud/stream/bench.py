@@ -98,6 +98,7 @@ class SideSpec:
     # (seconds, loss) steps for a loss that changes mid-stream; empty for a fixed loss.
     loss_steps: tuple[tuple[float, float], ...] = ()
     virtual: bool = False  # a virtual clock and netem's Link model instead of sockets and real time
+    congestion_control: str = "reno"  # the server's (aioquic's NewReno or CUBIC), both sides alike
 
     def data_path(self) -> LinkProfile | Schedule:
         if self.loss_steps:
@@ -146,6 +147,7 @@ def run_virtual_side(spec: SideSpec) -> dict[str, Any]:
         spec.autorec,
         downlink=lambda now, data, frames: down.send(now, len(data)),
         uplink=lambda now, data, frames: up.send(now, len(data)),
+        congestion_control=spec.congestion_control,
     )
     pair.handshake()
     stats = stream_live(pair, LiveSource(spec.source), spec.duration_s, spec.playout_delay_s)
@@ -167,7 +169,7 @@ def run_virtual_side(spec: SideSpec) -> dict[str, Any]:
 async def run_side(spec: SideSpec) -> dict[str, Any]:
     """One server + relay + player run; returns the side's metrics."""
     source = LiveSource(spec.source)
-    server = StreamServer(autorec=spec.autorec, source=source)
+    server = StreamServer(autorec=spec.autorec, source=source, congestion_control=spec.congestion_control)
     await server.start()
     relay = UdpRelay(target=server.address, uplink=spec.ack_path(), downlink=spec.data_path(), seed=spec.seed)
     await relay.start()
@@ -258,6 +260,7 @@ def run_cases(
     virtual: bool = False,
     seed: int = 0,
     draws: int = 1,
+    congestion_control: str = "reno",
     progress: Any = None,
 ) -> list[dict[str, Any]]:
     """Every case, baseline and AutoRec side by side (two processes per case), for each of
@@ -267,7 +270,7 @@ def run_cases(
     different ``seed`` draw different loss patterns and the same ``seed`` repeats them.
     """
     cases = []
-    settings = _settings(autorec, source, playout_delay_s, rate_mbps)
+    settings = _settings(autorec, source, playout_delay_s, rate_mbps, congestion_control)
     combos = [(p, m, r) for p in losses for m in loss_models for r in rtts_ms if not (p == 0 and m != loss_models[0])]
     runs = [(s, index, combo) for s in range(seed, seed + draws) for index, combo in enumerate(combos)]
     with ProcessPoolExecutor(max_workers=2) as pool:
@@ -275,7 +278,14 @@ def run_cases(
             link = LinkSpec(loss=loss, loss_model=model, rtt_ms=rtt, rate_mbps=rate_mbps, ack_path_loss=ack_path_loss)
             sides = {
                 name: SideSpec(
-                    link, config, duration_s, source, playout_delay_s, seed=draw_seed * 1000 + index, virtual=virtual
+                    link,
+                    config,
+                    duration_s,
+                    source,
+                    playout_delay_s,
+                    seed=draw_seed * 1000 + index,
+                    virtual=virtual,
+                    congestion_control=congestion_control,
                 )
                 for name, config in (("baseline", None), ("autorec", autorec))
             }
@@ -310,13 +320,20 @@ def run_cases(
     return cases
 
 
-def _settings(autorec: AutoRecConfig, source: SourceConfig, playout_delay_s: float, rate_mbps: float) -> dict:
+def _settings(
+    autorec: AutoRecConfig,
+    source: SourceConfig,
+    playout_delay_s: float,
+    rate_mbps: float,
+    congestion_control: str = "reno",
+) -> dict:
     """What a run was configured with, recorded beside its results so a file says how to rerun it."""
     return {
         "autorec_config": asdict(autorec),
         "source": asdict(source),
         "playout_delay_s": playout_delay_s,
         "rate_mbps": rate_mbps,
+        "congestion_control": congestion_control,
     }
 
 
@@ -447,6 +464,7 @@ def run_loss_change(
     rate_mbps: float,
     losses: tuple[float, float, float] = (0.01, 0.10, 0.01),
     virtual: bool = False,
+    congestion_control: str = "reno",
 ) -> dict[str, Any]:
     """AutoRec on a link whose loss changes at a third and two thirds of the stream."""
     third = duration_s / 3
@@ -459,6 +477,7 @@ def run_loss_change(
         playout_delay_s,
         loss_steps=steps,
         virtual=virtual,
+        congestion_control=congestion_control,
     )
     with ProcessPoolExecutor(max_workers=1) as pool:
         result = pool.submit(_run_side_in_process, spec).result()
@@ -467,7 +486,7 @@ def run_loss_change(
         "duration_s": duration_s,
         "clock": "virtual" if virtual else "real",
         "loss_steps": [list(s) for s in steps],
-        **_settings(autorec, source, playout_delay_s, rate_mbps),
+        **_settings(autorec, source, playout_delay_s, rate_mbps, congestion_control),
         "autorec": result,
     }
 

@@ -153,12 +153,20 @@ def _serve(args: argparse.Namespace) -> int:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, stop.set)
         server = StreamServer(
-            args.host, args.port, autorec=autorec, source=source, certificate=certificate, private_key=key
+            args.host,
+            args.port,
+            autorec=autorec,
+            source=source,
+            certificate=certificate,
+            private_key=key,
+            congestion_control=args.congestion_control,
         )
         await server.start()
         host, port = server.address
         mode = "baseline (aioquic recovery)" if autorec is None else f"AutoRec {autorec}"
-        print(f"serving https://{host}:{port}/live?seconds=N over HTTP/3, {mode}", flush=True)
+        print(
+            f"serving https://{host}:{port}/live?seconds=N over HTTP/3, {args.congestion_control}, {mode}", flush=True
+        )
         try:
             await stop.wait()
         finally:
@@ -199,6 +207,7 @@ def _bench(args: argparse.Namespace) -> int:
             playout_delay_s=args.playout_delay_ms / 1000,
             rate_mbps=args.rate_mbps,
             virtual=args.virtual,
+            congestion_control=args.congestion_control,
         )
         bench.write_json(args.json, result)
         if args.plot:
@@ -234,6 +243,7 @@ def _bench(args: argparse.Namespace) -> int:
         virtual=args.virtual,
         seed=args.seed,
         draws=args.draws,
+        congestion_control=args.congestion_control,
         progress=progress,
     )
     if args.draws > 1:
@@ -305,6 +315,17 @@ def _pool(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_congestion_control_option(parser: argparse.ArgumentParser, what: str) -> None:
+    from edgecloud.stream.connection import CONGESTION_CONTROLS
+
+    parser.add_argument(
+        "--congestion-control",
+        choices=CONGESTION_CONTROLS,
+        default="reno",
+        help=f"{what}: aioquic's NewReno (its default) or CUBIC; AutoRec's copies leave beyond either's window",
+    )
+
+
 def register(commands: Any, bench: Any) -> None:
     stream = commands.add_parser("stream", help="AutoRec: live streaming over QUIC with server-side loss recovery")
     verbs = stream.add_subparsers(dest="verb", metavar="<verb>")
@@ -317,6 +338,7 @@ def register(commands: Any, bench: Any) -> None:
     serve.add_argument("--key", help="PEM private key of --cert")
     serve.add_argument("--baseline", action="store_true", help="aioquic's recovery only, no AutoRec")
     serve.add_argument("--frame-sizes", help="file of frame sizes, one per line (e.g. from ffprobe)")
+    _add_congestion_control_option(serve, "the server's congestion control")
     _add_autorec_options(serve)
     _add_source_options(serve)
     serve.set_defaults(handler=_serve)
@@ -372,6 +394,7 @@ def register(commands: Any, bench: Any) -> None:
         action="store_true",
         help="AutoRec alone with loss 1%% -> 10%% -> 1%% (first --rtt-ms); plots copies and overhead over time",
     )
+    _add_congestion_control_option(runner, "both servers' congestion control, baseline and AutoRec alike")
     _add_autorec_options(runner)
     # NewReno sustains about 1.22 * MSS / (RTT * sqrt(loss)): 0.37 Mb/s at 10 % loss and 100 ms,
     # so the benchmark's stream stays below that and measures recovery, not throughput collapse.

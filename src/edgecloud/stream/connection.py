@@ -40,6 +40,15 @@ from edgecloud.stream.controller import AutoRecConfig, ReinjectionController
 from edgecloud.stream.meter import RecoveryMeter, SentFrame
 from edgecloud.stream.sender import FrameKind, Serving, TrackedStreamSender
 
+# aioquic's congestion controllers, by the name its QuicConfiguration takes; NewReno is its
+# default. AutoRec changes neither: its copies leave beyond the window (see datagrams_to_send).
+CONGESTION_CONTROLS = ("reno", "cubic")
+
+
+def check_congestion_control(name: str) -> None:
+    if name not in CONGESTION_CONTROLS:
+        raise ValueError(f"congestion_control must be one of {', '.join(CONGESTION_CONTROLS)}, got {name!r}")
+
 
 @dataclass
 class PacketRecord:

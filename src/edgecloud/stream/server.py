@@ -29,7 +29,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, QuicEvent, StreamReset
 
-from edgecloud.stream.connection import AutoRecConnection
+from edgecloud.stream.connection import AutoRecConnection, check_congestion_control
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.source import LiveSource
 from edgecloud.stream.tls import self_signed_certificate
@@ -191,7 +191,9 @@ class StreamServer:
         private_key: Any = None,
         idle_timeout_s: float = 30.0,
         max_records: int = 1024,
+        congestion_control: str = "reno",
     ) -> None:
+        check_congestion_control(congestion_control)
         self.host, self.port = host, port
         self.autorec = autorec
         self.source = source or LiveSource()
@@ -200,7 +202,12 @@ class StreamServer:
         self.connections: deque[ConnectionRecord] = deque(maxlen=max_records)
         if certificate is None:
             certificate, private_key = self_signed_certificate(host)
-        self.configuration = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN, idle_timeout=idle_timeout_s)
+        self.configuration = QuicConfiguration(
+            is_client=False,
+            alpn_protocols=H3_ALPN,
+            idle_timeout=idle_timeout_s,
+            congestion_control_algorithm=congestion_control,
+        )
         self.configuration.certificate = certificate
         self.configuration.private_key = private_key
         self._transport: asyncio.DatagramTransport | None = None

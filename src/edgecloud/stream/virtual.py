@@ -23,7 +23,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, StreamDataReceived
 
 from edgecloud.stream.attribution import Transmission, attribute_stalls, late_share, summarize
-from edgecloud.stream.connection import AutoRecConnection
+from edgecloud.stream.connection import AutoRecConnection, check_congestion_control
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.meter import SentFrame
 from edgecloud.stream.player import cut_short_stall_s, playback_timings, stall_totals
@@ -48,11 +48,22 @@ class VirtualPair:
     """Client and server joined by two virtual paths; the server writes on one stream."""
 
     def __init__(
-        self, autorec: AutoRecConfig | None, downlink: Path, uplink: Path, idle_timeout_s: float = 60.0
+        self,
+        autorec: AutoRecConfig | None,
+        downlink: Path,
+        uplink: Path,
+        idle_timeout_s: float = 60.0,
+        congestion_control: str = "reno",
     ) -> None:
+        check_congestion_control(congestion_control)
         client_cfg = QuicConfiguration(is_client=True, alpn_protocols=["edgecloud-live"], idle_timeout=idle_timeout_s)
         client_cfg.verify_mode = 0  # the virtual server's self-signed certificate
-        server_cfg = QuicConfiguration(is_client=False, alpn_protocols=["edgecloud-live"], idle_timeout=idle_timeout_s)
+        server_cfg = QuicConfiguration(
+            is_client=False,
+            alpn_protocols=["edgecloud-live"],
+            idle_timeout=idle_timeout_s,
+            congestion_control_algorithm=congestion_control,
+        )
         server_cfg.certificate, server_cfg.private_key = _CERTIFICATE
         self.downlink, self.uplink = downlink, uplink
         self.now = 0.0
