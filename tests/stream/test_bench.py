@@ -96,6 +96,12 @@ RUNS = {
     "budget600_015": ("virtual_key600x10_budget015", [*KEY600_INDEPENDENT, "--overhead-budget", "0.15"], False),
     "budget600_02": ("virtual_key600x10_budget02", [*KEY600_INDEPENDENT, "--overhead-budget", "0.2"], False),
     "budget600_03": ("virtual_key600x10_budget03", [*KEY600_INDEPENDENT, "--overhead-budget", "0.3"], False),
+    # both sides on aioquic's CUBIC instead of its default NewReno
+    "cubic_60s": (
+        "virtual_key60x100_cubic",
+        [*KEY60, "--loss-model", "bernoulli,bursty", "--congestion-control", "cubic"],
+        False,
+    ),
     # the acceptance case on the real clock, in runs of ten draws (one draw says little)
     "real_key60": ("real_key60x10", REAL_KEY60_INDEPENDENT, False),
     "real_key60_second_draws": ("real_key60x10_seed10", [*REAL_KEY60_INDEPENDENT, "--seed", "10"], False),
