@@ -28,6 +28,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 KEY = ["--virtual", "--loss", "0.05", "--rtt-ms", "100"]
 KEY60 = [*KEY, "--duration", "60", "--draws", "100"]
 KEY60_INDEPENDENT = [*KEY60, "--loss-model", "bernoulli"]
+KEY60_CUBIC = [*KEY60_INDEPENDENT, "--congestion-control", "cubic"]
 KEY600_INDEPENDENT = [*KEY, "--duration", "600", "--draws", "10", "--loss-model", "bernoulli"]
 ALL_LOSSES = ["--loss", "0,0.01,0.05,0.1"]
 REAL_KEY60 = ["--loss", "0.05", "--rtt-ms", "100", "--duration", "60", "--draws", "10"]
@@ -102,10 +103,14 @@ RUNS = {
         [*KEY60, "--loss-model", "bernoulli,bursty", "--congestion-control", "cubic"],
         False,
     ),
+    "cubic_second_draws_60s": ("virtual_key60x100_seed100_cubic", [*KEY60_CUBIC, "--seed", "100"], False),
+    "cubic_third_draws_60s": ("virtual_key60x100_seed200_cubic", [*KEY60_CUBIC, "--seed", "200"], False),
+    "cubic_600s": ("virtual_key600x10_cubic", [*KEY600_INDEPENDENT, "--congestion-control", "cubic"], False),
     # the acceptance case on the real clock, in runs of ten draws (one draw says little)
     "real_key60": ("real_key60x10", REAL_KEY60_INDEPENDENT, False),
     "real_key60_second_draws": ("real_key60x10_seed10", [*REAL_KEY60_INDEPENDENT, "--seed", "10"], False),
     "real_key60_bursty": ("real_key60x10_bursty", [*REAL_KEY60, "--loss-model", "bursty"], False),
+    "real_key60_cubic": ("real_key60x10_cubic", [*REAL_KEY60_INDEPENDENT, "--congestion-control", "cubic"], False),
     "real_key60_budget015": ("real_key60x10_budget015", [*REAL_KEY60_INDEPENDENT, "--overhead-budget", "0.15"], False),
     # every case
     "all_cases_virtual": ("virtual_120s", ["--virtual", *ALL_LOSSES, "--duration", "120", "--draws", "5"], True),
