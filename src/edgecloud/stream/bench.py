@@ -325,7 +325,7 @@ def _settings(
     source: SourceConfig,
     playout_delay_s: float,
     rate_mbps: float,
-    congestion_control: str = "reno",
+    congestion_control: str,
 ) -> dict:
     """What a run was configured with, recorded beside its results so a file says how to rerun it."""
     return {

@@ -284,8 +284,8 @@ def _print_pooled(pooled: list[dict[str, Any]]) -> None:
 
 def _shares(p: dict[str, Any]) -> str:
     """The share of lost retransmissions that took two RTTs or more, per side, as "5.1% / 2.6%"."""
-    slow = p.get("retx_loss_over_2rtt") or {}
-    return " / ".join("-" if slow.get(side) is None else f"{slow[side]:.1%}" for side in ("baseline", "autorec"))
+    slow = p["retx_loss_over_2rtt"]
+    return " / ".join("-" if slow[side] is None else f"{slow[side]:.1%}" for side in ("baseline", "autorec"))
 
 
 def _pool(args: argparse.Namespace) -> int:
