@@ -216,6 +216,41 @@ def test_pool_reads_bench_files_and_refuses_others(tmp_path, capsys):
     assert main(["stream", "pool", str(bad)]) == 2
 
 
+def test_pool_together_pools_runs_of_one_condition_and_refuses_mixed_ones(tmp_path, capsys):
+    def stub(seed: int, **settings) -> dict:
+        side = {"stall_s": 1.0 + seed, "overhead": 0.05, "copy_bytes": 5, "goodput_bytes": 100, "complete": True}
+        return {
+            "loss": 0.05,
+            "loss_model": "bernoulli",
+            "rtt_ms": 100.0,
+            "seed": seed,
+            "duration_s": 60.0,
+            "ratios": {"retx_loss_recovery_p95": None},
+            "baseline": side | {"retx_loss_recovery_ms": [300.0]},
+            "autorec": side | {"stall_s": 0.5, "retx_loss_recovery_ms": [102.0]},
+        } | settings
+
+    first, second, other = (tmp_path / f"{n}.json" for n in ("first", "second", "other"))
+    bench.write_json(first, [stub(s) for s in range(10)])
+    # recorded NewReno is the same condition as a file from before the controller was recorded
+    bench.write_json(second, [stub(s, congestion_control="reno") for s in range(10, 20)])
+    out_json = tmp_path / "together.json"
+    assert main(["stream", "pool", "--together", str(first), str(second), "--json", str(out_json)]) == 0
+    assert "pooled over 20 draws" in capsys.readouterr().out
+    (pooled,) = json.loads(out_json.read_text())["together"]
+    assert pooled["stall_s"]["baseline"] == sum(1.0 + s for s in range(20)) and pooled["stall_s"]["autorec"] == 10.0
+    assert pooled["retx_loss_recovery_ms_p95"]["n_autorec"] == 20
+    assert pooled["stall_s"]["ratio_interval95"] is not None
+    # another controller, or the same draw twice, is not one sample
+    bench.write_json(other, [stub(s, congestion_control="cubic") for s in range(20, 30)])
+    assert main(["stream", "pool", "--together", str(first), str(other)]) == 2
+    assert "different congestion_control" in capsys.readouterr().err
+    assert main(["stream", "pool", "--together", str(first), str(first)]) == 2
+    assert "both hold seed 0" in capsys.readouterr().err
+    # without --together each file is pooled on its own, so a mix is fine there
+    assert main(["stream", "pool", str(first), str(other)]) == 0
+
+
 def test_the_virtual_run_records_copies_and_late_flags_for_attribution():
     def side(autorec):
         link = bench.LinkSpec(loss=0.1, loss_model="bernoulli", rtt_ms=100.0)

@@ -345,6 +345,54 @@ def by_case(cases: list[dict[str, Any]]) -> dict[tuple[float, str, float], list[
     return groups
 
 
+# What a case's draws must share to be pooled across runs: everything but the seed and the
+# results. Files from before congestion_control was recorded ran aioquic's default, NewReno.
+RUN_SETTINGS = (
+    "duration_s",
+    "ack_path_loss",
+    "clock",
+    "autorec_config",
+    "source",
+    "playout_delay_s",
+    "rate_mbps",
+    "congestion_control",
+    "burst_len",
+    "burst_ms",
+)
+
+
+def merge_runs(runs: list[tuple[str, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """The draws of several ``stream bench`` runs, given as (file name, cases), as one run.
+
+    Refused with ValueError, naming the files, where a case's draws were run with different
+    settings (another controller, budget, duration, clock ...) or where one draw (a case and
+    a seed) appears twice: pooling those would mix conditions or count a loss pattern twice.
+    """
+    merged: list[dict[str, Any]] = []
+    settings: dict[tuple[float, str, float], tuple[str, dict[str, Any]]] = {}
+    seen: dict[tuple[float, str, float, Any], str] = {}
+    for name, cases in runs:
+        for case in cases:
+            key = (case["loss"], case["loss_model"], case["rtt_ms"])
+            these = {k: case.get(k, "reno" if k == "congestion_control" else None) for k in RUN_SETTINGS}
+            first_name, first = settings.setdefault(key, (name, these))
+            differ = sorted(k for k in RUN_SETTINGS if these[k] != first[k])
+            if differ:
+                raise ValueError(
+                    f"{name} and {first_name} ran loss {key[0]:g} {key[1]} rtt {key[2]:g} ms with different "
+                    f"{', '.join(differ)}: not one condition, so not pooled together"
+                )
+            draw = (*key, case["seed"])
+            if draw in seen:
+                raise ValueError(
+                    f"{name} and {seen[draw]} both hold seed {case['seed']} of loss {key[0]:g} {key[1]} "
+                    f"rtt {key[2]:g} ms: a draw counted twice"
+                )
+            seen[draw] = name
+            merged.append(case)
+    return merged
+
+
 def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per case over its draws: stall time summed on each side, their ratio and its 95 %
     bootstrap interval (from 10 draws on), the p95 of every retransmission loss's recovery

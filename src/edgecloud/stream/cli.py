@@ -291,7 +291,7 @@ def _shares(p: dict[str, Any]) -> str:
 def _pool(args: argparse.Namespace) -> int:
     from edgecloud.stream import bench
 
-    files = {}
+    runs = []
     for name in args.files:
         try:
             with open(name) as f:
@@ -302,10 +302,19 @@ def _pool(args: argparse.Namespace) -> int:
         if not isinstance(data, list) or not data or not all(isinstance(c, dict) for c in data):
             print(f"error: {name}: not the case list `edgecloud stream bench --json` writes", file=sys.stderr)
             return 2
+        runs.append((name, data))
+    files = {}
+    for name, data in runs:
         try:
             files[name] = bench.pooled(data)
         except (KeyError, TypeError) as error:
             print(f"error: {name}: a case lacks {error} or has it of the wrong type", file=sys.stderr)
+            return 2
+    if args.together:
+        try:
+            files = {"together": bench.pooled(bench.merge_runs(runs))}
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
             return 2
     for name, pooled in files.items():
         print(f"{name}:")
@@ -407,5 +416,11 @@ def register(commands: Any, bench: Any) -> None:
         "retransmission-loss p95, overhead, stall causes",
     )
     pool.add_argument("files", nargs="+", help="JSON files written by `edgecloud stream bench --json`, each pooled")
-    pool.add_argument("--json", help="write {file: pooled cases} here")
+    pool.add_argument(
+        "--together",
+        action="store_true",
+        help="pool the draws of all files as one run (e.g. runs with other seeds); refused where a case's "
+        "settings differ between files or a seed repeats",
+    )
+    pool.add_argument("--json", help='write {file: pooled cases} here ({"together": pooled cases} with --together)')
     pool.set_defaults(handler=_pool)
