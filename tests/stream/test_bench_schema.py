@@ -129,6 +129,7 @@ def test_draws_repeat_each_case_and_pool_the_stall_time():
         split = causes["first loss split"]  # the first losses, by what AutoRec did about them
         assert sum(v["stalls"] for v in split.values()) == causes["first loss"]["stalls"]
     assert pooled["stall_s"]["ratio_interval95"] is None  # two draws are too few for one
+    assert pooled["retx_loss_recovery_ms_p95"]["ratio_interval95"] is None
     overheads = [c["autorec"]["overhead"] for c in cases]
     assert (pooled["overhead"]["min"], pooled["overhead"]["max"]) == (min(overheads), max(overheads))
     for side in bench.SIDES:  # stall time and every retransmission loss of both draws
@@ -171,6 +172,21 @@ def test_the_stall_ratio_interval_resamples_whole_draws():
     lo, hi = bench.stall_ratio_interval([case(1.0, 0.2), case(1.0, 1.0), case(1.0, 0.6), case(1.0, 0.4)] * 3)
     assert 0.2 < lo < 0.55 < hi < 1.0
     assert bench.stall_ratio_interval([case(1.0, 0.5)] * 9) is None  # too few draws for an interval
+
+
+def test_the_p95_ratio_interval_resamples_whole_draws_and_sees_the_cliff():
+    def case(base: list[float], auto: list[float]) -> dict:
+        return {"baseline": {"retx_loss_recovery_ms": base}, "autorec": {"retx_loss_recovery_ms": auto}}
+
+    # 19 draws whose lost retransmissions came through a copy in one RTT and one whose two took
+    # another round: the pooled p95 is on the copy path, but resamples holding that draw twice or
+    # more have over 5 % of their losses past the cliff, so the interval reaches across it.
+    fast = [case([300.0, 300.0], [100.0, 100.0])] * 19
+    lo, hi = bench.p95_ratio_interval([*fast, case([300.0, 300.0], [250.0, 250.0])])
+    assert lo == round(100 / 300, 3) and hi > 0.5
+    assert bench.p95_ratio_interval(fast[:9]) is None  # too few draws for an interval
+    # draws without lost retransmissions on a side leave only resamples that have some
+    assert bench.p95_ratio_interval([case([], [])] * 9 + [case([300.0], [150.0])]) == [0.5, 0.5]
 
 
 def test_wrong_bytes_are_an_error_and_a_stream_cut_short_is_not():
@@ -241,6 +257,8 @@ def test_pool_together_pools_runs_of_one_condition_and_refuses_mixed_ones(tmp_pa
     assert pooled["stall_s"]["baseline"] == sum(1.0 + s for s in range(20)) and pooled["stall_s"]["autorec"] == 10.0
     assert pooled["retx_loss_recovery_ms_p95"]["n_autorec"] == 20
     assert pooled["stall_s"]["ratio_interval95"] is not None
+    # every draw's lost retransmission took 102 ms against the baseline's 300: so does every resample
+    assert pooled["retx_loss_recovery_ms_p95"]["ratio_interval95"] == [0.34, 0.34]
     # another controller, or the same draw twice, is not one sample
     bench.write_json(other, [stub(s, congestion_control="cubic") for s in range(20, 30)])
     assert main(["stream", "pool", "--together", str(first), str(other)]) == 2

@@ -396,7 +396,7 @@ def merge_runs(runs: list[tuple[str, list[dict[str, Any]]]]) -> list[dict[str, A
 def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per case over its draws: stall time summed on each side, their ratio and its 95 %
     bootstrap interval (from 10 draws on), the p95 of every retransmission loss's recovery
-    latency on each side and their ratio, the range of the per-draw p95 ratios, the share of
+    latency on each side, their ratio and its interval likewise, the range of the per-draw p95 ratios, the share of
     retransmission losses that took two RTTs or more on each side, overhead
     (copy bytes over goodput bytes of all draws, and the per-draw range), the draws each side
     had cut short (None for files from before ``complete`` was recorded), and the stall
@@ -435,7 +435,8 @@ def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "stall_causes": pooled_causes(group),
                 "retx_loss_recovery_ms_p95": retx_p95
                 | {"ratio": ratio(retx_p95["autorec"], retx_p95["baseline"])}
-                | {f"n_{side}": len(values) for side, values in retx.items()},
+                | {f"n_{side}": len(values) for side, values in retx.items()}
+                | {"ratio_interval95": p95_ratio_interval(group)},
                 "retx_loss_recovery_p95_ratio_per_draw": {"min": min(p95), "max": max(p95)} if p95 else None,
                 # Lost retransmissions recovered in two RTTs or more: a copy gets one acknowledged
                 # about an RTT after it left, another loss-detection round takes over two. The
@@ -469,6 +470,28 @@ def stall_ratio_interval(group: list[dict[str, Any]], resamples: int = 10_000) -
     draws = np.random.default_rng(0).integers(0, len(group), size=(resamples, len(group)))
     b, a = base[draws].sum(axis=1), auto[draws].sum(axis=1)
     ratios = a[b > 0] / b[b > 0]
+    return [round(float(np.percentile(ratios, q)), 3) for q in (2.5, 97.5)]
+
+
+def p95_ratio_interval(group: list[dict[str, Any]], resamples: int = 10_000) -> list[float] | None:
+    """95 % bootstrap interval of the pooled retransmission-loss p95 ratio, resampled as
+    stall_ratio_interval resamples (whole draws, both sides together, a fixed seed).
+
+    A draw has a handful of lost retransmissions, and the p95 flips between the copy path
+    (about one RTT) and another loss-detection round once 5 % of them take the second, so the
+    pooled ratio can sit on that edge; this says how far it is. Resamples without a lost
+    retransmission on a side are left out. None under MIN_DRAWS_FOR_INTERVAL draws."""
+    if len(group) < MIN_DRAWS_FOR_INTERVAL:
+        return None
+    values = {side: [np.asarray(c[side].get("retx_loss_recovery_ms", []), float) for c in group] for side in SIDES}
+    draws = np.random.default_rng(0).integers(0, len(group), size=(resamples, len(group)))
+    ratios = []
+    for row in draws:
+        base, auto = (np.concatenate([values[side][i] for i in row]) for side in SIDES)
+        if base.size and auto.size and (b := np.percentile(base, 95)) > 0:
+            ratios.append(np.percentile(auto, 95) / b)
+    if not ratios:
+        return None
     return [round(float(np.percentile(ratios, q)), 3) for q in (2.5, 97.5)]
 
 

@@ -265,12 +265,14 @@ def _bench(args: argparse.Namespace) -> int:
 def _print_pooled(pooled: list[dict[str, Any]]) -> None:
     for p in pooled:
         retx, stall = p["retx_loss_recovery_ms_p95"], p["stall_s"]
-        interval = stall["ratio_interval95"]
+        interval, retx_interval = stall["ratio_interval95"], retx["ratio_interval95"]
         print(
             f"pooled over {p['draws']} draws, loss {p['loss']:g} {p['loss_model']} rtt {p['rtt_ms']:g} ms: "
             f"stall {stall['baseline']} -> {stall['autorec']} s (x{stall['ratio']}"
             + (f", 95% interval {interval[0]}-{interval[1]}" if interval else "")
-            + f"), retx-loss p95 {retx['baseline']} -> {retx['autorec']} ms (x{retx['ratio']}; "
+            + f"), retx-loss p95 {retx['baseline']} -> {retx['autorec']} ms (x{retx['ratio']}"
+            + (f", 95% interval {retx_interval[0]}-{retx_interval[1]}" if retx_interval else "")
+            + "; "
             f"{retx['n_baseline']} / {retx['n_autorec']} losses, {_shares(p)} took >= 2 RTT), "
             f"overhead {p['overhead']['all']:.3f}, "
             + (
