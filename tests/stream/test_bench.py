@@ -106,11 +106,23 @@ RUNS = {
     "cubic_second_draws_60s": ("virtual_key60x100_seed100_cubic", [*KEY60_CUBIC, "--seed", "100"], False),
     "cubic_third_draws_60s": ("virtual_key60x100_seed200_cubic", [*KEY60_CUBIC, "--seed", "200"], False),
     "cubic_600s": ("virtual_key600x10_cubic", [*KEY600_INDEPENDENT, "--congestion-control", "cubic"], False),
+    "cubic_bursty_time_60s": (
+        "virtual_key60x100_burstytime_cubic",
+        [*KEY60, "--loss-model", "bursty-time", "--congestion-control", "cubic"],
+        False,
+    ),
     # the acceptance case on the real clock, in runs of ten draws (one draw says little)
     "real_key60": ("real_key60x10", REAL_KEY60_INDEPENDENT, False),
     "real_key60_second_draws": ("real_key60x10_seed10", [*REAL_KEY60_INDEPENDENT, "--seed", "10"], False),
+    "real_key60_third_draws": ("real_key60x10_seed20", [*REAL_KEY60_INDEPENDENT, "--seed", "20"], False),
+    "real_key60_fourth_draws": ("real_key60x10_seed30", [*REAL_KEY60_INDEPENDENT, "--seed", "30"], False),
     "real_key60_bursty": ("real_key60x10_bursty", [*REAL_KEY60, "--loss-model", "bursty"], False),
     "real_key60_cubic": ("real_key60x10_cubic", [*REAL_KEY60_INDEPENDENT, "--congestion-control", "cubic"], False),
+    "real_key60_cubic_second_draws": (
+        "real_key60x10_cubic_seed10",
+        [*REAL_KEY60_INDEPENDENT, "--congestion-control", "cubic", "--seed", "10"],
+        False,
+    ),
     "real_key60_budget015": ("real_key60x10_budget015", [*REAL_KEY60_INDEPENDENT, "--overhead-budget", "0.15"], False),
     # every case
     "all_cases_virtual": ("virtual_120s", ["--virtual", *ALL_LOSSES, "--duration", "120", "--draws", "5"], True),
@@ -120,6 +132,10 @@ RUNS = {
 # test id -> (arguments, figure): docs/data/stream_<id>.json and docs/stream_<figure>.png
 LOSS_CHANGE = {
     "loss_change_virtual": (["--virtual", "--duration", "120"], "loss_change_virtual"),
+    "loss_change_virtual_cubic": (
+        ["--virtual", "--duration", "120", "--congestion-control", "cubic"],
+        "loss_change_virtual_cubic",
+    ),
     "loss_change_real": (["--duration", "60"], "loss_change"),
 }
 
