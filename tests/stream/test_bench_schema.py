@@ -267,6 +267,9 @@ def test_pool_together_pools_runs_of_one_condition_and_refuses_mixed_ones(tmp_pa
     assert "both hold seed 0" in capsys.readouterr().err
     # without --together each file is pooled on its own, so a mix is fine there
     assert main(["stream", "pool", str(first), str(other)]) == 0
+    bench.write_json(other, [{"baseline": {}}])
+    assert main(["stream", "pool", "--together", str(first), str(other)]) == 2
+    assert "a case lacks 'loss'" in capsys.readouterr().err
 
 
 def test_the_virtual_run_records_copies_and_late_flags_for_attribution():

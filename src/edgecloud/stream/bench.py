@@ -396,8 +396,8 @@ def merge_runs(runs: list[tuple[str, list[dict[str, Any]]]]) -> list[dict[str, A
 def pooled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per case over its draws: stall time summed on each side, their ratio and its 95 %
     bootstrap interval (from 10 draws on), the p95 of every retransmission loss's recovery
-    latency on each side, their ratio and its interval likewise, the range of the per-draw p95 ratios, the share of
-    retransmission losses that took two RTTs or more on each side, overhead
+    latency on each side, their ratio and its interval likewise, the range of the per-draw
+    p95 ratios, the share of retransmission losses that took two RTTs or more on each side, overhead
     (copy bytes over goodput bytes of all draws, and the per-draw range), the draws each side
     had cut short (None for files from before ``complete`` was recorded), and the stall
     causes summed (virtual runs).

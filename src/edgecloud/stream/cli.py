@@ -305,18 +305,21 @@ def _pool(args: argparse.Namespace) -> int:
             print(f"error: {name}: not the case list `edgecloud stream bench --json` writes", file=sys.stderr)
             return 2
         runs.append((name, data))
+    if args.together:
+        try:
+            runs = [("together", bench.merge_runs(runs))]
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except (KeyError, TypeError) as error:
+            print(f"error: a case lacks {error} or has it of the wrong type", file=sys.stderr)
+            return 2
     files = {}
     for name, data in runs:
         try:
             files[name] = bench.pooled(data)
         except (KeyError, TypeError) as error:
             print(f"error: {name}: a case lacks {error} or has it of the wrong type", file=sys.stderr)
-            return 2
-    if args.together:
-        try:
-            files = {"together": bench.pooled(bench.merge_runs(runs))}
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
             return 2
     for name, pooled in files.items():
         print(f"{name}:")
