@@ -420,7 +420,11 @@ def register(commands: Any, bench: Any) -> None:
         help="pool the draws of `stream bench` JSON files: stall time with a 95%% bootstrap interval, "
         "retransmission-loss p95, overhead, stall causes",
     )
-    pool.add_argument("files", nargs="+", help="JSON files written by `edgecloud stream bench --json`, each pooled")
+    pool.add_argument(
+        "files",
+        nargs="+",
+        help="JSON files written by `edgecloud stream bench --json`, each pooled on its own unless --together",
+    )
     pool.add_argument(
         "--together",
         action="store_true",
