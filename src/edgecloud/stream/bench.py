@@ -30,6 +30,7 @@ import numpy as np
 
 from edgecloud.netem import Bernoulli, GilbertElliott, GilbertElliottTime, Link, LinkProfile, Schedule, UdpRelay
 from edgecloud.stream.attribution import CAUSES, FIRST_LOSS_SPLIT
+from edgecloud.stream.connection import DEFAULT_CONGESTION_CONTROL
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.player import play
 from edgecloud.stream.server import StreamServer
@@ -98,7 +99,7 @@ class SideSpec:
     # (seconds, loss) steps for a loss that changes mid-stream; empty for a fixed loss.
     loss_steps: tuple[tuple[float, float], ...] = ()
     virtual: bool = False  # a virtual clock and netem's Link model instead of sockets and real time
-    congestion_control: str = "reno"  # the server's (aioquic's NewReno or CUBIC), both sides alike
+    congestion_control: str = DEFAULT_CONGESTION_CONTROL  # the server's (NewReno or CUBIC), both sides alike
 
     def data_path(self) -> LinkProfile | Schedule:
         if self.loss_steps:
@@ -260,7 +261,7 @@ def run_cases(
     virtual: bool = False,
     seed: int = 0,
     draws: int = 1,
-    congestion_control: str = "reno",
+    congestion_control: str = DEFAULT_CONGESTION_CONTROL,
     progress: Any = None,
 ) -> list[dict[str, Any]]:
     """Every case, baseline and AutoRec side by side (two processes per case), for each of
@@ -346,7 +347,8 @@ def by_case(cases: list[dict[str, Any]]) -> dict[tuple[float, str, float], list[
 
 
 # What a case's draws must share to be pooled across runs: everything but the seed and the
-# results. Files from before congestion_control was recorded ran aioquic's default, NewReno.
+# results. Files from before congestion_control was recorded ran NewReno (whatever the default
+# is now), so a missing one reads "reno".
 RUN_SETTINGS = (
     "duration_s",
     "ack_path_loss",
@@ -535,7 +537,7 @@ def run_loss_change(
     rate_mbps: float,
     losses: tuple[float, float, float] = (0.01, 0.10, 0.01),
     virtual: bool = False,
-    congestion_control: str = "reno",
+    congestion_control: str = DEFAULT_CONGESTION_CONTROL,
 ) -> dict[str, Any]:
     """AutoRec on a link whose loss changes at a third and two thirds of the stream."""
     third = duration_s / 3

@@ -330,12 +330,12 @@ def _pool(args: argparse.Namespace) -> int:
 
 
 def _add_congestion_control_option(parser: argparse.ArgumentParser, what: str) -> None:
-    from edgecloud.stream.connection import CONGESTION_CONTROLS
+    from edgecloud.stream.connection import CONGESTION_CONTROLS, DEFAULT_CONGESTION_CONTROL
 
     parser.add_argument(
         "--congestion-control",
         choices=CONGESTION_CONTROLS,
-        default="reno",
+        default=DEFAULT_CONGESTION_CONTROL,
         help=f"{what}: aioquic's NewReno (its default) or CUBIC; AutoRec's copies leave beyond either's window",
     )
 
@@ -417,8 +417,8 @@ def register(commands: Any, bench: Any) -> None:
 
     pool = verbs.add_parser(
         "pool",
-        help="pool the draws of `stream bench` JSON files: stall time with a 95%% bootstrap interval, "
-        "retransmission-loss p95, overhead, stall causes",
+        help="pool the draws of `stream bench` JSON files: stall time and retransmission-loss p95 with "
+        "95%% bootstrap intervals, the share of lost retransmissions over 2 RTT, overhead, stall causes",
     )
     pool.add_argument(
         "files",

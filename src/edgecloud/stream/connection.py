@@ -43,6 +43,7 @@ from edgecloud.stream.sender import FrameKind, Serving, TrackedStreamSender
 # aioquic's congestion controllers, by the name its QuicConfiguration takes; NewReno is its
 # default. AutoRec changes neither: its copies leave beyond the window (see datagrams_to_send).
 CONGESTION_CONTROLS = ("reno", "cubic")
+DEFAULT_CONGESTION_CONTROL = "reno"  # what `stream serve` and `stream bench` run unless told otherwise
 
 
 def check_congestion_control(name: str) -> None:

@@ -29,7 +29,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, QuicEvent, StreamReset
 
-from edgecloud.stream.connection import AutoRecConnection, check_congestion_control
+from edgecloud.stream.connection import DEFAULT_CONGESTION_CONTROL, AutoRecConnection, check_congestion_control
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.source import LiveSource
 from edgecloud.stream.tls import self_signed_certificate
@@ -191,7 +191,7 @@ class StreamServer:
         private_key: Any = None,
         idle_timeout_s: float = 30.0,
         max_records: int = 1024,
-        congestion_control: str = "reno",
+        congestion_control: str = DEFAULT_CONGESTION_CONTROL,
     ) -> None:
         check_congestion_control(congestion_control)
         self.host, self.port = host, port

@@ -23,7 +23,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, StreamDataReceived
 
 from edgecloud.stream.attribution import Transmission, attribute_stalls, late_share, summarize
-from edgecloud.stream.connection import AutoRecConnection, check_congestion_control
+from edgecloud.stream.connection import DEFAULT_CONGESTION_CONTROL, AutoRecConnection, check_congestion_control
 from edgecloud.stream.controller import AutoRecConfig
 from edgecloud.stream.meter import SentFrame
 from edgecloud.stream.player import cut_short_stall_s, playback_timings, stall_totals
@@ -53,7 +53,7 @@ class VirtualPair:
         downlink: Path,
         uplink: Path,
         idle_timeout_s: float = 60.0,
-        congestion_control: str = "reno",
+        congestion_control: str = DEFAULT_CONGESTION_CONTROL,
     ) -> None:
         check_congestion_control(congestion_control)
         client_cfg = QuicConfiguration(is_client=True, alpn_protocols=["edgecloud-live"], idle_timeout=idle_timeout_s)
