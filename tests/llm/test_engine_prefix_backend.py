@@ -31,7 +31,7 @@ def generate(model: Path, backend: str, prompts: list[list[int]], params: Sampli
     options = {"block_size": 4, "kv_cache_memory_mb": 2, "dtype": "float32", **options}
     llm = LLM(model=str(model), attention_backend=backend, **options)
     outs = llm.generate(prompts, params)
-    assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_blocks
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
     return [(c.token_ids, [lp.logprob for lp in c.logprobs]) for out in outs for c in out.outputs]
 
 

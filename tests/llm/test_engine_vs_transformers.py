@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgecloud.llm import LLM, SamplingParams
+from edgecloud.llm.request import KVTransferParams
 
 from .conftest import HFReference
 
@@ -27,7 +28,7 @@ def assert_matches(llm: LLM, ref: HFReference, prompts: list[list[int]], params:
             assert completion.token_ids == want_ids
             got_lp = [lp.logprob for lp in completion.logprobs]
             assert max(abs(a - b) for a, b in zip(got_lp, want_lp, strict=True)) < 1e-4
-    assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_blocks
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
@@ -58,26 +59,28 @@ def test_chunked_prefill(llama_dir: Path, hf_refs: dict[str, HFReference]) -> No
 def test_forced_preemption_recomputes_exactly(llama_dir: Path, hf_refs: dict[str, HFReference]) -> None:
     # 2 layers * 2 kv heads * 16 dims * 4 tokens * 2 (k, v) * 4 bytes = 2 KiB a block: 24 blocks.
     llm = LLM(model=str(llama_dir), dtype="float32", block_size=4, kv_cache_memory_mb=48 / 1024)
-    assert llm.engine.block_manager.num_blocks == 24
+    assert llm.engine.kv.num_blocks == 24
     params = SamplingParams(temperature=0.0, max_tokens=16, logprobs=0, ignore_eos=True)
     assert_matches(llm, hf_refs["llama"], random_prompts(8, 10, 20, seed=5), params)
     assert llm.engine.stats().num_preemptions > 0
 
 
-def test_n_greater_than_one_shares_prompt_blocks(llama_dir: Path, hf_refs: dict[str, HFReference]) -> None:
-    llm = LLM(model=str(llama_dir), dtype="float32", block_size=4, kv_cache_memory_mb=2, enable_prefix_caching=False)
+def test_n_samples_share_the_prompt_blocks(llama_dir: Path, hf_refs: dict[str, HFReference]) -> None:
+    llm = LLM(model=str(llama_dir), dtype="float32", block_size=4, kv_cache_memory_mb=2)
     prompt = random_prompts(1, 13, 13, seed=6)[0]
     params = SamplingParams(n=3, temperature=0.0, max_tokens=8, logprobs=0, ignore_eos=True)
     engine = llm.engine
     engine.add_request("r", prompt, params)
-    engine.step()  # prefill + fork
-    seqs = engine.requests["r"].seqs
-    assert len(seqs) == 3
-    # 13 prompt tokens: 3 full blocks shared by all three, each with its own copy of the tail block.
-    assert seqs[0].block_table[:3] == seqs[1].block_table[:3] == seqs[2].block_table[:3]
-    assert len({s.block_table[3] for s in seqs}) == 3
-    assert engine.block_manager.num_blocks - engine.block_manager.num_free_blocks == 3 + 3
+    engine.step()  # sample 0 prefills the prompt; the other two wait for it
+    requests = engine.scheduler.requests
+    assert requests["r#0"].num_computed_tokens == 13 and requests["r#1"].num_computed_tokens == 0
+    engine.step()  # samples 1 and 2 find the prompt's 3 full blocks cached: only its last token is computed
+    tables = [requests[f"r#{i}"].block_tables[0] for i in range(3)]
+    assert tables[0][:3] == tables[1][:3] == tables[2][:3]
+    assert len({t[3] for t in tables}) == 3
+    assert requests["r#1"].num_cached_tokens == requests["r#2"].num_cached_tokens == 12
     engine.abort("r")
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks
     assert_matches(llm, hf_refs["llama"], [prompt], params)
 
 
@@ -106,16 +109,19 @@ def test_kv_exported_by_a_prefill_engine_continues_on_a_decode_engine(
     prompt = random_prompts(1, 21, 21, seed=8)[0]
     want_ids, _ = hf_refs["llama"].greedy(prompt, 1 + GREEDY.max_tokens)
     prefill = LLM(model=str(llama_dir), dtype="float32", block_size=4, kv_cache_memory_mb=1).engine
-    prefill.add_request("p", prompt, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True), export_kv=True)
+    prefill.add_request("p", prompt, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True),
+                        kv_transfer=KVTransferParams(export=True))
     while prefill.has_unfinished():
         outs = prefill.step()
-    kv = outs[0].kv
-    assert kv is not None and kv.token_ids == prompt and outs[0].outputs[0].token_ids == want_ids[:1]
-    assert prefill.block_manager.num_free_blocks == prefill.block_manager.num_blocks
+    keys = outs[0].kv_block_keys
+    assert keys is not None and len(keys) == 5 and outs[0].outputs[0].token_ids == want_ids[:1]
+    exported = prefill.core.control("export_blocks", {"keys": keys, "unpin": True})
+    assert prefill.kv.num_free_blocks == prefill.kv.num_blocks  # unpinned: every block free again
 
-    decode = LLM(model=str(llama_dir), dtype="float32", block_size=8, kv_cache_memory_mb=1).engine  # another block size
-    decode.add_request("d", prompt + want_ids[:1], GREEDY, kv=kv)
+    decode = LLM(model=str(llama_dir), dtype="float32", block_size=4, kv_cache_memory_mb=1).engine
+    assert decode.core.control("import_blocks", exported) == 5
+    decode.add_request("d", prompt + want_ids[:1], GREEDY)
     while decode.has_unfinished():
         outs = decode.step()
     assert outs[0].outputs[0].token_ids == want_ids[1:]
-    assert outs[0].num_cached_tokens == len(prompt)
+    assert outs[0].num_cached_tokens == 20  # five imported blocks; the last 2 tokens computed here

@@ -28,7 +28,7 @@ def test_bad_prompts_are_rejected_and_engine_keeps_working(llm: LLM, prompt: obj
     assert info.value.param == param
     out = llm.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))[0]
     assert len(out.outputs[0].token_ids) == 4
-    assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_blocks
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
     assert not llm.engine.has_unfinished()
 
 
@@ -79,12 +79,11 @@ def test_blocks_balance_under_random_add_abort_step(llama_dir: Path, ops: list[t
         else:
             for _ in range(op[1]):
                 engine.step()
-        live = [s for r in engine.requests.values() for s in r.seqs if not s.finished]
-        engine.block_manager.check_invariants(live)
+        engine.scheduler.check_invariants()
     while engine.has_unfinished():
         engine.step()
-    engine.block_manager.check_invariants([])
-    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+    engine.scheduler.check_invariants()
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks
 
 
 _ENGINES: dict[Path, LLMEngine] = {}
@@ -98,7 +97,7 @@ def _small_engine(model_dir: Path) -> LLMEngine:
             max_num_batched_tokens=16,
         ))
     engine = _ENGINES[model_dir]
-    for request_id in list(engine.requests):
+    for request_id in list(engine.processor.requests):
         engine.abort(request_id)
     return engine
 

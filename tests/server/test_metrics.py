@@ -95,4 +95,4 @@ def test_every_metric_is_documented(server: ServerProcess) -> None:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="uvloop has no Windows build (the server falls back to asyncio)")
 def test_the_server_says_it_runs_on_uvloop_and_httptools(server: ServerProcess) -> None:
-    assert server.banner.endswith("(event loop uvloop, HTTP httptools)")
+    assert server.banner.endswith("event loop uvloop, HTTP httptools)")

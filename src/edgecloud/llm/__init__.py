@@ -17,15 +17,18 @@ from edgecloud.lazy_exports import lazy_getattr
 _EXPORTS = {
     "LLM": "edgecloud.llm.engine",
     "LLMEngine": "edgecloud.llm.engine",
-    "EngineStats": "edgecloud.llm.engine",
+    "EngineStats": "edgecloud.llm.outputs",
+    "EngineCore": "edgecloud.llm.engine_core",
+    "EngineCoreRequest": "edgecloud.llm.request",
     "AsyncEngine": "edgecloud.llm.async_engine",
-    "EngineError": "edgecloud.llm.async_engine",
+    "EngineError": "edgecloud.llm.output_processor",
+    "EngineDeadError": "edgecloud.llm.output_processor",
     "EngineConfig": "edgecloud.llm.config",
     "ModelConfig": "edgecloud.llm.config",
     "InvalidRequestError": "edgecloud.llm.errors",
     "ModelLoadError": "edgecloud.llm.errors",
     "CompletionOutput": "edgecloud.llm.outputs",
-    "KVExport": "edgecloud.llm.outputs",
+    "OutputKind": "edgecloud.llm.outputs",
     "RequestMetrics": "edgecloud.llm.outputs",
     "RequestOutput": "edgecloud.llm.outputs",
     "TokenLogprob": "edgecloud.llm.outputs",
@@ -37,13 +40,16 @@ __all__ = [
     "AsyncEngine",
     "CompletionOutput",
     "EngineConfig",
+    "EngineCore",
+    "EngineCoreRequest",
+    "EngineDeadError",
     "EngineError",
     "EngineStats",
     "InvalidRequestError",
-    "KVExport",
     "LLMEngine",
     "ModelConfig",
     "ModelLoadError",
+    "OutputKind",
     "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
@@ -51,11 +57,21 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from edgecloud.llm.async_engine import AsyncEngine, EngineError
+    from edgecloud.llm.async_engine import AsyncEngine
     from edgecloud.llm.config import EngineConfig, ModelConfig
-    from edgecloud.llm.engine import LLM, EngineStats, LLMEngine
+    from edgecloud.llm.engine import LLM, LLMEngine
+    from edgecloud.llm.engine_core import EngineCore
     from edgecloud.llm.errors import InvalidRequestError, ModelLoadError
-    from edgecloud.llm.outputs import CompletionOutput, KVExport, RequestMetrics, RequestOutput, TokenLogprob
+    from edgecloud.llm.output_processor import EngineDeadError, EngineError
+    from edgecloud.llm.outputs import (
+        CompletionOutput,
+        EngineStats,
+        OutputKind,
+        RequestMetrics,
+        RequestOutput,
+        TokenLogprob,
+    )
+    from edgecloud.llm.request import EngineCoreRequest
     from edgecloud.llm.sampling_params import SamplingParams
 
 

@@ -6,9 +6,10 @@ the same batch size (each batch runs until its longest request is done — what 
 costs). Ours: all requests submitted at once, continuous batching with at most ``batch_size``
 sequences in flight. Both count only the output tokens the requests asked for.
 
-Roofline: per engine step, time >= max(bytes / bandwidth, flops / peak), with bytes = weights +
-KV read + KV written and flops = 2 x params x tokens + attention; bandwidth and matmul peak are
-measured here, with the same thread count, just before the runs.
+Roofline: per engine step, time >= max(bytes / bandwidth, flops / peak) (``PerfModel.roofline_time``:
+bytes = layer and LM-head weights + KV read and written; flops = 2 x layer params x tokens + the LM
+head for sampled rows + attention); bandwidth and matmul peak are measured here, with the same thread
+count, just before the runs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from edgecloud.llm.config import EngineConfig
 from edgecloud.llm.engine import LLMEngine
+from edgecloud.llm.perf_model import HardwareProfile, ModelProfile, PerfModel, StepShape
 from edgecloud.llm.sampling_params import SamplingParams
 from edgecloud.llm.scheduler import SchedulerOutput
 
@@ -85,45 +87,34 @@ def make_requests(
 
 
 class RooflineMeter:
-    """Adds up the roofline time of each step the engine runs."""
+    """Adds up the roofline time (``PerfModel.roofline_time``) of each step the engine runs."""
 
     def __init__(self, engine: LLMEngine, peaks: MachinePeaks) -> None:
-        mc = engine.model_config
-        element = torch.tensor([], dtype=engine.dtype).element_size()
-        self.params = sum(p.numel() for p in engine.runner.model.parameters())
-        self.weight_bytes = self.params * element
-        self.kv_bytes_per_token = 2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * element
-        self.attn_flops_per_pair = 4 * mc.num_hidden_layers * mc.num_attention_heads * mc.head_dim
-        self.peaks = peaks
+        element = torch.tensor([], dtype=engine.core.dtype).element_size()
+        hardware = HardwareProfile("this machine (measured)", peaks.matmul_gflop_s * 1e9, peaks.memory_gb_s * 1e9)
+        self.perf = PerfModel(hardware, ModelProfile.from_config(engine.model_config, element))
         self.seconds = 0.0
         self.steps = 0
 
     def __call__(self, plan: SchedulerOutput) -> None:
-        tokens = plan.num_tokens
-        kv_read = 0
-        pairs = 0  # (query, key) pairs attended
-        for s in plan.scheduled:
-            start = s.seq.num_computed_tokens
-            end = start + s.num_new_tokens
-            kv_read += end
-            pairs += sum(range(start + 1, end + 1))
-        bytes_moved = self.weight_bytes + (kv_read + tokens) * self.kv_bytes_per_token
-        flops = 2 * self.params * tokens + self.attn_flops_per_pair * pairs
-        self.seconds += max(bytes_moved / (self.peaks.memory_gb_s * 1e9), flops / (self.peaks.matmul_gflop_s * 1e9))
+        self.seconds += self.perf.roofline_time(
+            StepShape(s.num_new_tokens, s.request.num_computed_tokens + s.num_new_tokens, s.samples)
+            for s in plan.scheduled
+        )
         self.steps += 1
 
 
 def run_engine(
     engine: LLMEngine, requests: list[tuple[list[int], int]], meter: RooflineMeter | None = None
 ) -> float:
-    engine.on_step = meter
+    engine.core.on_step = meter
     for i, (prompt, out_len) in enumerate(requests):
         engine.add_request(f"bench-{i}", prompt, SamplingParams(temperature=0.0, max_tokens=out_len, ignore_eos=True))
     start = time.perf_counter()
     while engine.has_unfinished():
         engine.step()
     elapsed = time.perf_counter() - start
-    engine.on_step = None
+    engine.core.on_step = None
     return elapsed
 
 
@@ -171,15 +162,15 @@ def bench_engine(
         max_num_batched_tokens=max(2048, input_len[1]), attention_backend=attention_backend, seed=seed,
     ))
     requests = make_requests(num_prompts, input_len, output_len, engine.model_config.vocab_size, seed)
-    peaks = measure_peaks(engine.dtype)
+    peaks = measure_peaks(engine.core.dtype)
     run_engine(engine, requests[: min(4, len(requests))])  # warm-up: allocator, kernels
     meter = RooflineMeter(engine, peaks)
     engine_s = run_engine(engine, requests, meter)
-    hf_s = run_transformers(engine.model_dir, requests, batch_size, engine.dtype)
+    hf_s = run_transformers(engine.model_dir, requests, batch_size, engine.core.dtype)
     out_tokens = sum(n for _, n in requests)
     result = EngineBenchResult(
         model=engine.model_name, num_prompts=num_prompts, batch_size=batch_size, threads=threads,
-        dtype=str(engine.dtype).removeprefix("torch."), input_tokens=sum(len(p) for p, _ in requests),
+        dtype=str(engine.core.dtype).removeprefix("torch."), input_tokens=sum(len(p) for p, _ in requests),
         output_tokens=out_tokens, engine_s=engine_s, hf_s=hf_s, engine_tok_s=out_tokens / engine_s,
         hf_tok_s=out_tokens / hf_s, speedup=hf_s / engine_s, roofline_s=meter.seconds,
         roofline_tok_s=out_tokens / meter.seconds, roofline_fraction=meter.seconds / engine_s,

@@ -20,6 +20,7 @@ SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
 }
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -50,7 +51,9 @@ class ModelConfig:
     max_position_embeddings: int
     rope: RopeConfig
     tie_word_embeddings: bool
-    attention_bias: bool
+    qkv_bias: bool  # biases on the q/k/v projections
+    o_bias: bool  # a bias on the output projection
+    qk_norm: bool  # RMSNorm of each head's q and k before rotary (Qwen3)
     mlp_bias: bool
     hidden_act: str
     sliding_window: int | None
@@ -94,6 +97,8 @@ class ModelConfig:
         eos = raw.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
         sliding = raw.get("sliding_window") if raw.get("use_sliding_window", True) else None
+        # Llama's attention_bias covers q/k/v and o; Qwen2 has q/k/v biases and no o bias.
+        attention_bias = bool(raw.get("attention_bias", model_type == "qwen2"))
         return cls(
             architecture=arch,
             model_type=model_type,
@@ -108,7 +113,9 @@ class ModelConfig:
             max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
             rope=_read_rope(raw, source),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", model_type == "qwen2")),
-            attention_bias=bool(raw.get("attention_bias", model_type == "qwen2")),
+            qkv_bias=attention_bias,
+            o_bias=attention_bias and model_type != "qwen2",
+            qk_norm=model_type == "qwen3",
             mlp_bias=bool(raw.get("mlp_bias", False)),
             hidden_act=str(raw.get("hidden_act", "silu")),
             sliding_window=int(sliding) if sliding else None,

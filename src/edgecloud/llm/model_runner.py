@@ -1,17 +1,29 @@
-"""Runs the model for one scheduled step: builds the flattened inputs, the slot mapping and the
-attention context from the block tables, owns the KV cache tensors, returns logits."""
+"""The engine's executor: runs the model for one scheduled step and samples.
+
+Builds the flattened inputs, each layer group's slot mapping and attention metadata from the
+block tables, the ``StepContext`` every module receives, runs the forward pass, and samples the
+next token of each request that reached its last token. Owns the KV cache tensors, and reads and
+writes whole blocks for export and import.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from edgecloud.llm.attention import DecodeAttentionBackend, DecodeBatch
-from edgecloud.llm.attention.prefill import StepAttention, make_prefill_segment
+from edgecloud.llm.attention import make_decode_backend
+from edgecloud.llm.attention.backend import DecodeBatch
+from edgecloud.llm.attention.prefill import make_prefill_segment
 from edgecloud.llm.config import ModelConfig
-from edgecloud.llm.scheduler import ScheduledSeq
+from edgecloud.llm.kv_cache import LayerGroup
+from edgecloud.llm.request_state import Request
+from edgecloud.llm.sampler import Sampler, SampleRow
+from edgecloud.llm.scheduler import SampledTokens, ScheduledRequest, SchedulerOutput
+from edgecloud.llm.step_context import AttentionMetadata, StepContext
 
 
 def kv_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes one block holds over all layers (K and V)."""
     element = torch.tensor([], dtype=dtype).element_size()
     return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * element
 
@@ -21,104 +33,146 @@ class ModelRunner:
         self,
         model: torch.nn.Module,
         config: ModelConfig,
+        groups: list[LayerGroup],
         num_blocks: int,
         block_size: int,
         dtype: torch.dtype,
         device: torch.device,
-        decode_backend: DecodeAttentionBackend,
+        attention_backend: str,
+        seed: int,
     ) -> None:
         self.model = model
         self.config = config
+        self.groups = groups
         self.block_size = block_size
         self.device = device
-        self.decode_backend = decode_backend
+        self.dtype = dtype
+        self.decode_backends = [make_decode_backend(attention_backend) for _ in groups]
+        self.sampler = Sampler(seed)
+        layer_group = [0] * config.num_hidden_layers
+        for g, group in enumerate(groups):
+            for layer in group.layers:
+                layer_group[layer] = g
+        self.layer_group = tuple(layer_group)
         shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
         self.kv_caches = [
             (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
             for _ in range(config.num_hidden_layers)
         ]
+        for layer, cache in zip(model.model.layers, self.kv_caches, strict=True):
+            layer.self_attn.kv_cache = cache
 
-    def _slots(self, block_table: list[int], start: int, end: int) -> list[int]:
-        bs = self.block_size
-        return [block_table[p // bs] * bs + p % bs for p in range(start, end)]
+    def _slots(self, block_table: list[int], start: int, end: int) -> np.ndarray:
+        positions = np.arange(start, end)
+        return np.asarray(block_table, dtype=np.int64)[positions // self.block_size] * self.block_size + (
+            positions % self.block_size
+        )
 
-    @torch.inference_mode()
-    def run(self, scheduled: list[ScheduledSeq]) -> tuple[torch.Tensor, list[ScheduledSeq]]:
-        """Executes the step. Returns logits ``[num_sampling, vocab]`` and the sequences they
-        belong to, in that row order (prefill chunks first, then decodes)."""
-        prefills = [s for s in scheduled if s.num_new_tokens > 1]
-        decodes = [s for s in scheduled if s.num_new_tokens == 1]
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slot_mapping: list[int] = []
+    def _attention(
+        self, g: int, prefills: list[ScheduledRequest], decodes: list[ScheduledRequest]
+    ) -> AttentionMetadata:
+        slot_parts: list[np.ndarray] = []
         segments = []
-        logits_rows: list[int] = []
-        order: list[ScheduledSeq] = []
+        query_start = 0
         for s in prefills:
-            seq, start = s.seq, s.seq.num_computed_tokens
+            req, start = s.request, s.request.num_computed_tokens
             end = start + s.num_new_tokens
-            query_start = len(input_ids)
-            input_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
-            context = torch.tensor(self._slots(seq.block_table, 0, end), dtype=torch.int64, device=self.device)
-            slot_mapping.extend(context[start:end].tolist())
-            segments.append(make_prefill_segment(query_start, s.num_new_tokens, context))
-            if s.samples:
-                logits_rows.append(len(input_ids) - 1)
-                order.append(s)
-        num_prefill_tokens = len(input_ids)
+            context = self._slots(req.block_tables[g], 0, end)
+            slot_parts.append(context[start:end])
+            context_slots = torch.from_numpy(context).to(self.device)
+            segments.append(make_prefill_segment(query_start, s.num_new_tokens, context_slots))
+            query_start += s.num_new_tokens
         decode_plan = None
+        backend = None
         if decodes:
             for s in decodes:
-                seq, pos = s.seq, s.seq.num_computed_tokens
-                input_ids.append(seq.token_ids[pos])
-                positions.append(pos)
-                slot_mapping.append(self._slots(seq.block_table, pos, pos + 1)[0])
-                if s.samples:
-                    logits_rows.append(len(input_ids) - 1)
-                    order.append(s)
-            batch = DecodeBatch(
-                block_tables=[s.seq.block_table for s in decodes],
-                context_lens=[s.seq.num_computed_tokens + 1 for s in decodes],
+                pos = s.request.num_computed_tokens
+                slot_parts.append(self._slots(s.request.block_tables[g], pos, pos + 1))
+            backend = self.decode_backends[g]
+            decode_plan = backend.plan(DecodeBatch(
+                block_tables=[s.request.block_tables[g] for s in decodes],
+                context_lens=[s.request.num_computed_tokens + 1 for s in decodes],
                 block_size=self.block_size,
                 device=self.device,
-            )
-            decode_plan = self.decode_backend.plan(batch)
-        step = StepAttention(
-            slot_mapping=torch.tensor(slot_mapping, dtype=torch.int64, device=self.device),
-            num_prefill_tokens=num_prefill_tokens,
+            ))
+        slots = np.concatenate(slot_parts) if slot_parts else np.zeros(0, dtype=np.int64)
+        return AttentionMetadata(
+            slot_mapping=torch.from_numpy(slots).to(self.device),
+            num_prefill_tokens=query_start,
             prefill=segments,
-            decode_backend=self.decode_backend if decodes else None,
+            decode_backend=backend,
             decode_plan=decode_plan,
+        )
+
+    @torch.inference_mode()
+    def execute(self, plan: SchedulerOutput) -> SampledTokens:
+        """Runs the step and samples. Row order inside the batch: prefill chunks, then decodes."""
+        if not plan.scheduled:
+            return SampledTokens()
+        prefills = [s for s in plan.scheduled if s.num_new_tokens > 1]
+        decodes = [s for s in plan.scheduled if s.num_new_tokens == 1]
+        input_ids: list[int] = []
+        positions: list[int] = []
+        logits_rows: list[int] = []
+        sampling: list[Request] = []
+        for s in (*prefills, *decodes):
+            req, start = s.request, s.request.num_computed_tokens
+            input_ids.extend(req.all_token_ids[start : start + s.num_new_tokens])
+            positions.extend(range(start, start + s.num_new_tokens))
+            if s.samples:
+                logits_rows.append(len(input_ids) - 1)
+                sampling.append(req)
+        ctx = StepContext(
+            attention=[self._attention(g, prefills, decodes) for g in range(len(self.groups))],
+            layer_group=self.layer_group,
         )
         logits = self.model(
             torch.tensor(input_ids, dtype=torch.int64, device=self.device),
             torch.tensor(positions, dtype=torch.int64, device=self.device),
-            self.kv_caches,
-            step,
+            ctx,
             torch.tensor(logits_rows, dtype=torch.int64, device=self.device),
         )
-        return logits, order
+        if not sampling:
+            return SampledTokens()
+        rows = [SampleRow(r.params, self._generator(r), r.prompt_token_ids, r.output_token_ids) for r in sampling]
+        tokens, logprobs = self.sampler(logits, rows)
+        result = SampledTokens()
+        for req, token, logprob in zip(sampling, tokens, logprobs, strict=True):
+            result.token_ids[req.request_id] = token
+            if logprob is not None:
+                result.logprobs[req.request_id] = logprob
+        return result
+
+    @staticmethod
+    def _generator(req: Request) -> torch.Generator | None:
+        """A seeded request draws its noise from its own generator, so its tokens do not depend
+        on what else is batched; the i-th of n samples gets its own stream."""
+        if req.params.seed is None:
+            return None
+        if req.generator is None:
+            seed = hash((req.params.seed, req.sample_index)) & 0x7FFF_FFFF_FFFF_FFFF  # ints hash alike everywhere
+            req.generator = torch.Generator().manual_seed(seed)
+        return req.generator
+
+    def _block_index(self, block_ids: list[tuple[int, ...]], layer: int) -> torch.Tensor:
+        group = self.layer_group[layer]
+        return torch.tensor([ids[group] for ids in block_ids], dtype=torch.int64, device=self.device)
 
     @torch.inference_mode()
-    def copy_block(self, src: int, dst: int) -> None:
-        for k_cache, v_cache in self.kv_caches:
-            k_cache[dst].copy_(k_cache[src])
-            v_cache[dst].copy_(v_cache[src])
-
-    @torch.inference_mode()
-    def read_kv(self, block_table: list[int], num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``num_tokens`` tokens' K and V: ``[num_layers, num_tokens, kv_heads, head_dim]``."""
-        slots = torch.tensor(self._slots(block_table, 0, num_tokens), dtype=torch.int64, device=self.device)
-        shape = (-1, self.config.num_key_value_heads, self.config.head_dim)
-        keys = torch.stack([k.view(shape)[slots] for k, _ in self.kv_caches]).cpu()
-        values = torch.stack([v.view(shape)[slots] for _, v in self.kv_caches]).cpu()
-        return keys, values
-
-    @torch.inference_mode()
-    def write_kv(self, block_table: list[int], keys: torch.Tensor, values: torch.Tensor) -> None:
-        slots = torch.tensor(self._slots(block_table, 0, keys.shape[1]), dtype=torch.int64, device=self.device)
-        shape = (-1, self.config.num_key_value_heads, self.config.head_dim)
+    def read_blocks(self, block_ids: list[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of whole blocks (``block_ids[i][g]``: block ``i`` in group ``g``):
+        ``[num_blocks, num_layers, block_size, kv_heads, head_dim]`` each, on the CPU."""
+        keys, values = [], []
         for layer, (k_cache, v_cache) in enumerate(self.kv_caches):
-            k_cache.view(shape).index_copy_(0, slots, keys[layer].to(k_cache))
-            v_cache.view(shape).index_copy_(0, slots, values[layer].to(v_cache))
+            index = self._block_index(block_ids, layer)
+            keys.append(k_cache.index_select(0, index))
+            values.append(v_cache.index_select(0, index))
+        return torch.stack(keys, dim=1).cpu(), torch.stack(values, dim=1).cpu()
+
+    @torch.inference_mode()
+    def write_blocks(self, block_ids: list[tuple[int, ...]], keys: torch.Tensor, values: torch.Tensor) -> None:
+        """The inverse of ``read_blocks``."""
+        for layer, (k_cache, v_cache) in enumerate(self.kv_caches):
+            index = self._block_index(block_ids, layer)
+            k_cache.index_copy_(0, index, keys[:, layer].to(k_cache))
+            v_cache.index_copy_(0, index, values[:, layer].to(v_cache))

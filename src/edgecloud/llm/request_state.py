@@ -1,79 +1,99 @@
-"""Requests and their sequences: the state the scheduler, block manager and sampler share.
+"""A request inside the engine core: its tokens, its place in the schedule, its KV blocks.
 
-A request with ``n > 1`` starts as one sequence; when its prompt is prefilled it forks into
-``n`` sequences that share the prompt's KV blocks.
+One request is one sequence (``n > 1`` is fanned out by the front end). The scheduler, the KV
+cache manager and the executor share this state within the core process; it never crosses the
+process boundary (``EngineCoreRequest`` does, and ``EngineCoreOutput`` comes back).
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
-import torch
-
-from edgecloud.llm.detokenizer import IncrementalDetokenizer
-from edgecloud.llm.outputs import KVExport, RequestMetrics, TokenLogprob
+from edgecloud.llm.kv_cache.keys import BlockKey
+from edgecloud.llm.request import EngineCoreRequest, KVTransferParams
 from edgecloud.llm.sampling_params import SamplingParams
 
+TIER_RANK = {"default": 0, "flex": 1}
 
-class SequenceStatus(enum.Enum):
+
+class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"
 
 
-@dataclass
-class Request:
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    params: SamplingParams
-    priority: int
-    metrics: RequestMetrics
-    lora_name: str | None = None
-    seqs: list[Sequence] = field(default_factory=list)
-    num_cached_tokens: int = 0
-    export_kv: bool = False
-    kv: KVExport | None = None
+@dataclass(slots=True)
+class SavedPartial:
+    """The partly filled last block a preempted request left in the free queue (one per layer group),
+    and how many of its tokens were computed; the request takes it back on resume if untouched."""
 
-    @property
-    def finished(self) -> bool:
-        return len(self.seqs) == self.params.n and all(s.finished for s in self.seqs)
+    num_full_blocks: int
+    num_tokens: int
+    block_ids: list[int]
 
 
 @dataclass(eq=False)
-class Sequence:
-    seq_id: int
-    request: Request
-    index: int
-    token_ids: list[int]
-    detokenizer: IncrementalDetokenizer
-    generator: torch.Generator | None
-    status: SequenceStatus = SequenceStatus.WAITING
+class Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    arrival_time: float
+    order: int  # admission order: the FCFS tie-break
+    priority: int = 0
+    service_tier: str = "default"
+    adapter_id: str | None = None
+    cache_salt: str | None = None
+    session_id: str | None = None
+    kv_transfer: KVTransferParams | None = None
+    sample_index: int = 0
+    wait_for: str | None = None
+    all_token_ids: list[int] = field(default_factory=list)
+    status: RequestStatus = RequestStatus.WAITING
     num_computed_tokens: int = 0
-    block_table: list[int] = field(default_factory=list)
-    block_hashes: list[int] = field(default_factory=list)
-    logprobs: list[TokenLogprob] | None = None
+    block_tables: list[list[int]] = field(default_factory=list)  # per layer group
+    block_keys: list[BlockKey] = field(default_factory=list)  # keys of the leading full, computed blocks
+    root: BlockKey | None = None
+    partial: SavedPartial | None = None
+    generator: Any = None  # the executor's per-request torch.Generator (seeded requests)
+    num_cached_tokens: int | None = None  # prompt tokens found in the prefix cache when first scheduled
+    first_scheduled_time: float | None = None
+    num_preemptions: int = 0
     finish_reason: str | None = None
-    stop_reason: str | int | None = None
+    stop_reason: int | None = None
+
+    @classmethod
+    def from_core_request(cls, req: EngineCoreRequest, order: int, num_groups: int) -> Request:
+        return cls(
+            request_id=req.request_id, prompt_token_ids=list(req.prompt_token_ids), params=req.params,
+            arrival_time=req.arrival_time, order=order, priority=req.priority, service_tier=req.service_tier,
+            adapter_id=req.adapter_id, cache_salt=req.cache_salt, session_id=req.session_id,
+            kv_transfer=req.kv_transfer, sample_index=req.sample_index, wait_for=req.wait_for,
+            all_token_ids=list(req.prompt_token_ids), block_tables=[[] for _ in range(num_groups)],
+        )
 
     @property
     def num_prompt_tokens(self) -> int:
-        return len(self.request.prompt_token_ids)
+        return len(self.prompt_token_ids)
 
     @property
     def num_tokens(self) -> int:
-        return len(self.token_ids)
+        return len(self.all_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.all_token_ids) - len(self.prompt_token_ids)
 
     @property
     def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens :]
+        return self.all_token_ids[len(self.prompt_token_ids) :]
 
     @property
     def finished(self) -> bool:
-        return self.status is SequenceStatus.FINISHED
+        return self.status is RequestStatus.FINISHED
 
     @property
-    def sort_key(self) -> tuple[int, float, int]:
-        """Scheduling order: smaller priority first, then earlier arrival (FCFS)."""
-        return (self.request.priority, self.request.metrics.arrival_time, self.seq_id)
+    def sort_key(self) -> tuple[int, int, float, int]:
+        """Scheduling order: ``default`` tier before ``flex``, smaller priority first, then FCFS."""
+        return (TIER_RANK[self.service_tier], self.priority, self.arrival_time, self.order)

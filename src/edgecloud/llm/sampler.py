@@ -1,6 +1,6 @@
 """Turning logits into next tokens, one row per sampling sequence.
 
-Order of transforms (as in vLLM): penalties (repetition, presence, frequency), temperature,
+Order of transforms (as in vLLM): penalties (repetition, presence, frequency), logit bias, temperature,
 top-k, top-p, min-p, then sampling. Randomness comes from the exponential-race trick
 (``argmax(p / q)`` with ``q ~ Exp(1)``, equivalent to sampling from ``p``); a request with a
 seed draws ``q`` from its own generator, so its tokens do not depend on what else is in the
@@ -81,6 +81,9 @@ class Sampler:
             if (p.presence_penalty or p.frequency_penalty) and r.output_ids:
                 counts = torch.bincount(torch.tensor(r.output_ids), minlength=logits.shape[1])[: logits.shape[1]]
                 logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+            if p.logit_bias:
+                ids = torch.tensor(list(p.logit_bias), dtype=torch.int64)
+                logits[i, ids] += torch.tensor(list(p.logit_bias.values()), dtype=logits.dtype)
         return logits
 
     @staticmethod

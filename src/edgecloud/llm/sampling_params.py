@@ -1,8 +1,12 @@
-"""Per-request sampling options, validated on construction (vLLM's SamplingParams shape)."""
+"""Per-request sampling options, validated on construction (vLLM's SamplingParams shape).
+
+A plain dataclass that msgspec encodes as it is: it crosses the engine core's process boundary
+inside ``EngineCoreRequest``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from edgecloud.llm.errors import InvalidRequestError
 
@@ -25,7 +29,8 @@ class SamplingParams:
     logprobs: int | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
-    stop_strings: tuple[str, ...] = field(init=False, repr=False)
+    # OpenAI's logit_bias: token id -> bias in [-100, 100], added to the logits before sampling.
+    logit_bias: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
         def bad(param: str, allowed: str, value: object) -> InvalidRequestError:
@@ -57,13 +62,25 @@ class SamplingParams:
             raise bad("stop", "non-empty strings", self.stop)
         if len(stops) > 16:
             raise bad("stop", "at most 16 strings", len(stops))
-        self.stop_strings = tuple(stops)
         if self.stop_token_ids is not None and any(
             not isinstance(t, int) or t < 0 for t in self.stop_token_ids
         ):
             raise bad("stop_token_ids", "non-negative integers", self.stop_token_ids)
+        if self.logit_bias is not None:
+            for token, bias in self.logit_bias.items():
+                if not isinstance(token, int) or isinstance(token, bool) or token < 0:
+                    raise bad("logit_bias", "a map from token ids (integers >= 0) to biases", token)
+                if not isinstance(bias, int | float) or isinstance(bias, bool) or not -100 <= bias <= 100:
+                    raise bad("logit_bias", "biases in [-100, 100]", bias)
+            if len(self.logit_bias) > 1024:
+                raise bad("logit_bias", "at most 1024 entries", len(self.logit_bias))
         if self.top_k == -1:
             self.top_k = 0
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """``stop`` as a tuple of strings (validated non-empty on construction)."""
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
     @property
     def greedy(self) -> bool:

@@ -30,7 +30,9 @@ from starlette.background import BackgroundTask
 from edgecloud.llm import (
     AsyncEngine,
     CompletionOutput,
+    EngineDeadError,
     EngineStats,
+    OutputKind,
     RequestOutput,
     SamplingParams,
     TokenLogprob,
@@ -58,6 +60,7 @@ class ServerSettings:
     graceful_timeout_s: float = 30.0
     log_level: str = "info"
     retry_after_s: int = 1
+    engine_core: str = "process"  # process | thread
 
 
 class ClientDisconnected(Exception):
@@ -156,6 +159,8 @@ class _Job:
     prompts: list[list[int]]
     params: SamplingParams
     priority: int
+    service_tier: str
+    cache_salt: str | None
     chat: bool
     include_usage: bool
     logprobs: int | None
@@ -202,6 +207,10 @@ class OpenAIServer:
         retry = {"Retry-After": str(self.settings.retry_after_s)}
         if self.draining:
             raise APIError(503, "the server is shutting down", code="shutting_down", headers=retry)
+        if not self.engine.healthy:
+            reason = self.engine.dead_reason or "the engine is not running"
+            raise APIError(503, f"the engine is unavailable ({reason}); retry later", code="engine_unavailable",
+                           headers=retry)
         if self.pending + num_requests > self.settings.max_waiting:
             raise APIError(
                 503,
@@ -234,29 +243,44 @@ class OpenAIServer:
             )
         return max_tokens
 
-    async def _engine_stream(self, engine_id: str, job: _Job, prompt: list[int]) -> AsyncIterator[RequestOutput]:
+    async def _engine_stream(
+        self, engine_id: str, job: _Job, prompt: list[int], kind: OutputKind
+    ) -> AsyncIterator[RequestOutput]:
         params = job.params
         self.pending += 1
         waiting = True
         finished = False
+        num_tokens: dict[int, int] = {}
+        done: set[int] = set()
         try:
-            async for out in self.engine.generate(prompt, params, request_id=engine_id, priority=job.priority):
+            async for out in self.engine.generate(
+                prompt, params, request_id=engine_id, priority=job.priority, service_tier=job.service_tier,
+                cache_salt=job.cache_salt, output_kind=kind,
+            ):
                 if waiting:
                     waiting = False
                     self.pending -= 1
+                for completion in out.outputs:
+                    num_tokens[completion.index] = num_tokens.get(completion.index, 0) + len(completion.token_ids)
+                    if completion.finish_reason is not None:
+                        done.add(completion.index)
+                        self.metrics.finished.labels(self.model_name, completion.finish_reason).inc()
                 finished = out.finished
                 if finished:
-                    self.metrics.observe_engine(out, job.received_at)
+                    self.metrics.observe_engine(out, job.received_at, max(num_tokens.values(), default=0))
                 yield out
         finally:
             if waiting:
                 self.pending -= 1
             if not finished:
-                self.metrics.finished.labels(self.model_name, "abort").inc(max(1, params.n))
+                self.metrics.finished.labels(self.model_name, "abort").inc(params.n - len(done))
 
-    def start(self, job: _Job) -> AsyncIterator[tuple[int, RequestOutput]]:
+    def start(self, job: _Job, stream: bool) -> AsyncIterator[tuple[int, RequestOutput]]:
         self.admit(len(job.prompts))
-        streams = [self._engine_stream(f"{job.request_id}-{next(self._ids)}", job, ids) for ids in job.prompts]
+        kind = OutputKind.DELTA if stream else OutputKind.FINAL_ONLY
+        streams = [
+            self._engine_stream(f"{job.request_id}-{next(self._ids)}", job, ids, kind) for ids in job.prompts
+        ]
         # One prompt (the usual case) is iterated in the caller's task: no pump task and queue
         # hop per token, which an event loop serving hundreds of streams feels.
         return merge_streams(streams) if len(streams) > 1 else _indexed(streams[0])
@@ -338,37 +362,29 @@ class OpenAIServer:
         return json.dumps(body)
 
     def delta_choices(self, job: _Job, prompt_index: int, out: RequestOutput) -> list[dict[str, Any]]:
-        """The new text and tokens of each completion since the last chunk. While a completion runs, the
-        last ``len(longest stop string) − 1`` characters are held back: they may be the start
-        of a stop string, which the engine cuts from the text when it completes."""
-        holdback = max((len(s) for s in job.params.stop_strings), default=1) - 1
+        """One chunk's choices from the engine's delta output: each completion's new text and tokens.
+        A choice goes out for every step that made tokens, even with no text yet (held back while it
+        may begin a stop string, or special tokens): clients time tokens by chunks."""
         choices = []
         for completion in out.outputs:
             state = job.choices.setdefault((prompt_index, completion.index), _ChoiceState())
             if state.finished:
                 continue
-            visible = len(completion.text) if completion.finished else len(completion.text) - holdback
-            delta = completion.text[state.text_sent : max(state.text_sent, visible)]
-            num_tokens = len(completion.token_ids)
-            # A chunk per step that made tokens, even with no text yet (held back, or special
-            # tokens): clients time tokens by chunks.
-            if not delta and not completion.finished and num_tokens == state.tokens_sent:
-                continue
             choice: dict[str, Any] = {
                 "index": job.choice_index(prompt_index, completion),
-                "logprobs": self._logprobs(job, completion, state.tokens_sent, num_tokens, state.text_sent),
+                "logprobs": self._logprobs(job, completion, 0, len(completion.token_ids), state.text_sent),
                 "finish_reason": completion.finish_reason,
             }
             if job.chat:
-                message: dict[str, Any] = {"content": delta}
+                message: dict[str, Any] = {"content": completion.text}
                 if not state.started:
                     message = {"role": "assistant", **message}
                 choice["delta"] = message
             else:
-                choice["text"] = delta
+                choice["text"] = completion.text
                 choice["stop_reason"] = completion.stop_reason
-            state.text_sent += len(delta)
-            state.tokens_sent = num_tokens
+            state.text_sent += len(completion.text)
+            state.tokens_sent += len(completion.token_ids)
             state.started = True
             state.finished = completion.finished
             choices.append(choice)
@@ -388,8 +404,12 @@ class OpenAIServer:
             async for item in rest:
                 yield item
 
+        num_tokens: dict[tuple[int, int], int] = {}
         try:
             async for prompt_index, out in outputs():
+                for completion in out.outputs:
+                    key = (prompt_index, completion.index)
+                    num_tokens[key] = num_tokens.get(key, 0) + len(completion.token_ids)
                 if out.finished:
                     finals[prompt_index] = out
                 choices = self.delta_choices(job, prompt_index, out)
@@ -403,22 +423,23 @@ class OpenAIServer:
             # Headers are gone: the error travels in the stream, as OpenAI's API does.
             failed = True
             log.error("stream %s failed: %s", job.request_id, error)
-            body = APIError(500, f"generation failed: {error}", code="engine_error").body()
+            code = "engine_unavailable" if isinstance(error, EngineDeadError) else "engine_error"
+            body = APIError(500, f"generation failed: {error}", code=code).body()
             yield format_sse_event(data_str=json.dumps(body))
         else:
             if job.include_usage:
                 prompt_tokens = sum(len(o.prompt_token_ids) for o in finals.values())
-                completion_tokens = sum(len(c.token_ids) for o in finals.values() for c in o.outputs)
+                completion_tokens = sum(num_tokens.values())
                 yield format_sse_event(data_str=self.chunk(job, [], _usage(prompt_tokens, completion_tokens)))
         finally:
             await rest.aclose()  # type: ignore[attr-defined]
         yield format_sse_event(data_str="[DONE]")
         if not failed and first_sent is not None:
-            num_tokens = max((len(c.token_ids) for o in finals.values() for c in o.outputs), default=0)
-            self.metrics.observe_stream(job.received_at, first_sent, time.monotonic(), num_tokens)
+            longest = max(num_tokens.values(), default=0)
+            self.metrics.observe_stream(job.received_at, first_sent, time.monotonic(), longest)
 
     async def run(self, request: Request, job: _Job, stream: bool) -> Response:
-        outputs = self.start(job)
+        outputs = self.start(job, stream)
         try:
             if not stream:
                 finals = await until_disconnect(request, _collect(outputs))
@@ -449,6 +470,8 @@ class OpenAIServer:
             prompts=prompts,
             params=params,
             priority=body.priority,
+            service_tier=body.engine_service_tier,
+            cache_salt=body.cache_salt,
             chat=chat,
             include_usage=body.include_usage,
             logprobs=logprobs,
@@ -461,8 +484,7 @@ class OpenAIServer:
                 raise APIError(400, f"{name} is not supported by this server", name, "unsupported")
         if body.best_of is not None and body.best_of != body.n:
             raise APIError(400, f"best_of must equal n ({body.n}) on this server, got {body.best_of}", "best_of")
-        tokenizer = self.engine.tokenizer
-        prompts = [tokenizer.encode(p) if isinstance(p, str) else p for p in body.prompts()]
+        prompts = [await self.engine.encode(p) if isinstance(p, str) else p for p in body.prompts()]
         budgets = {self.check_lengths(ids, body.max_tokens or 16, "prompt") for ids in prompts}
         params = body.sampling_params(min(budgets), body.logprobs, self.engine.generation_defaults)
         job = self.new_job(request, body, prompts, params, chat=False, logprobs=body.logprobs)
@@ -475,7 +497,7 @@ class OpenAIServer:
             [m.template_dict() for m in body.messages], add_generation_prompt=body.add_generation_prompt
         )
         # The template writes any BOS itself; the tokenizer must not add another.
-        ids = tokenizer.encode(text, add_special_tokens=False)
+        ids = await self.engine.encode(text, add_special_tokens=False)
         max_tokens = self.check_lengths(ids, body.requested_max_tokens, "messages")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         if body.top_logprobs is not None and not body.logprobs:
@@ -528,6 +550,7 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        print(f"edgecloud serve: ready: {server.model_name} (max_model_len {engine.max_model_len})", flush=True)
         watcher = asyncio.ensure_future(server.metrics.watch_event_loop())
         yield
         watcher.cancel()
@@ -544,6 +567,10 @@ def build_app(
     async def health() -> Response:
         if server.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
+        if not engine.healthy:
+            reason = engine.dead_reason or "the engine is not running"
+            return JSONResponse({"status": "engine_unavailable", "reason": reason}, status_code=503,
+                                headers={"Retry-After": str(settings.retry_after_s)})
         return JSONResponse({"status": "ok"})
 
     @app.get("/v1/models")

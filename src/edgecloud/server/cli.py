@@ -49,6 +49,11 @@ def register(commands: Any, bench: Any) -> None:
     http.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
+    http.add_argument(
+        "--engine-core", default="process", choices=["process", "thread"],
+        help="where the engine core runs: its own process (default; a crash is reported and the core "
+        "restarted) or a thread of the server process (shares the HTTP server's GIL)",
+    )
     add_engine_options(parser)
     parser.set_defaults(handler=_serve_handler)
 
@@ -70,5 +75,6 @@ def _serve_handler(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         graceful_timeout_s=args.graceful_timeout,
         log_level=args.log_level,
+        engine_core=args.engine_core,
     )
     return serve(config, settings)

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgecloud.llm import EngineError, InvalidRequestError
+from edgecloud.llm import EngineDeadError, EngineError, InvalidRequestError
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,12 @@ def install_error_handlers(app: FastAPI) -> None:
             error.status_code, str(error.detail)
         )
         return APIError(error.status_code, message, headers=dict(error.headers or {})).response()
+
+    @app.exception_handler(EngineDeadError)
+    async def engine_dead(request: Request, error: EngineDeadError) -> JSONResponse:
+        log.error("engine unavailable on %s: %s", request.url.path, error)
+        return APIError(503, f"the engine is unavailable: {error}; retry later", code="engine_unavailable",
+                        headers={"Retry-After": "1"}).response()
 
     @app.exception_handler(EngineError)
     async def engine_error(request: Request, error: EngineError) -> JSONResponse:

@@ -85,7 +85,7 @@ def stamping(protocol: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
 def serve(config: EngineConfig, settings: ServerSettings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        engine = AsyncEngine(config)
+        engine = AsyncEngine(config, core=settings.engine_core)
     except (InvalidRequestError, ModelLoadError) as error:
         print(f"edgecloud serve: {error}", file=sys.stderr)
         return 2
@@ -107,9 +107,19 @@ def serve(config: EngineConfig, settings: ServerSettings) -> int:
     server = _DrainingServer(config, app.state.server)
     host, port = sock.getsockname()[:2]
     print(
-        f"edgecloud serve: {app.state.server.model_name} on http://{host}:{port} (event loop {loop}, HTTP {http})",
+        f"edgecloud serve: starting {app.state.server.model_name} on http://{host}:{port} "
+        f"(engine core: {settings.engine_core}; event loop {loop}, HTTP {http})",
         flush=True,
     )
+    exit_code = 0
+
+    def fatal(message: str) -> None:
+        nonlocal exit_code
+        print(f"edgecloud serve: {message}; exiting", file=sys.stderr, flush=True)
+        exit_code = 1
+        server.should_exit = True
+
+    engine.on_fatal = fatal
     # uvicorn re-raises the signal it caught once it has shut down; with this handler in place
     # that re-raise is a no-op and a drained server exits 0.
     previous = signal.signal(signal.SIGTERM, lambda sig, frame: None)
@@ -117,4 +127,6 @@ def serve(config: EngineConfig, settings: ServerSettings) -> int:
         server.run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return 0
+    if exit_code == 0 and not server.started:
+        return 1  # the engine failed to start (the lifespan said why)
+    return exit_code

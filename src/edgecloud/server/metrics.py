@@ -130,11 +130,9 @@ class ServerMetrics:
             await asyncio.sleep(period_s)
             self.loop_lag.observe(max(0.0, time.monotonic() - start - period_s))
 
-    def observe_engine(self, output: RequestOutput, received_at: float) -> None:
-        """Record an engine request that ended: its finish reasons, and (unless aborted) its queue
-        time and the engine-side latencies."""
-        for completion in output.outputs:
-            self.finished.labels(self.model, completion.finish_reason or "abort").inc()
+    def observe_engine(self, output: RequestOutput, received_at: float, num_tokens: int) -> None:
+        """Record an engine request that ended (unless aborted): its queue time and the engine-side
+        latencies; ``num_tokens`` is its longest completion's length."""
         m = output.metrics
         if any(c.finish_reason == "abort" for c in output.outputs):
             return
@@ -143,7 +141,6 @@ class ServerMetrics:
         if m.first_token_time is None or m.finished_time is None:
             return
         self.engine_ttft.labels(self.model).observe(m.first_token_time - received_at)
-        num_tokens = max((len(c.token_ids) for c in output.outputs), default=0)
         if num_tokens > 1:
             self.engine_tpot.labels(self.model).observe((m.finished_time - m.first_token_time) / (num_tokens - 1))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from edgecloud.llm import SamplingParams
 
@@ -52,6 +52,26 @@ class SamplingRequest(BaseModel):
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     priority: int = 0
+    # OpenAI's map of token ids (as strings) to a bias in [-100, 100] added to their logits.
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    # OpenAI's processing tier: default (auto) is online work; flex is latency-relaxed, best-effort
+    # work that online requests preempt. scale/priority are not offered here.
+    service_tier: Literal["auto", "default", "flex"] | None = None
+    # vLLM's per-tenant salt: requests with different salts never share cached KV blocks.
+    cache_salt: Annotated[str, Field(min_length=1)] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_id_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None:
+            bad = [k for k in value if not k.isdigit()]
+            if bad:
+                raise ValueError(f"keys must be token ids (non-negative integers as strings), got {bad[0]!r}")
+        return value
+
+    @property
+    def engine_service_tier(self) -> str:
+        return "flex" if self.service_tier == "flex" else "default"
 
     @property
     def include_usage(self) -> bool:
@@ -85,6 +105,7 @@ class SamplingRequest(BaseModel):
             logprobs=logprobs,
             include_stop_str_in_output=self.include_stop_str_in_output,
             skip_special_tokens=self.skip_special_tokens,
+            logit_bias={int(k): float(v) for k, v in self.logit_bias.items()} if self.logit_bias else None,
         )
 
 
@@ -137,8 +158,17 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[TextPart] | None = Field(None, validate_default=True)
     name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content_required(cls, value: Any, info: ValidationInfo) -> Any:
+        # OpenAI's schema: only an assistant message may leave out its content (tool calls).
+        role = info.data.get("role")
+        if value is None and role is not None and role != "assistant":
+            raise ValueError(f"a {role} message needs its content")
+        return value
 
     def template_dict(self) -> dict[str, Any]:
         """The message as chat templates expect it: ``content`` a plain string."""

@@ -1,4 +1,4 @@
-"""Prefill attention over the paged cache, and the per-step attention context of the model.
+"""Prefill attention over the paged cache.
 
 Prefill is compute-bound and shared by every decode backend: each prefilling sequence attends
 from its new chunk of queries to its whole context (cached prefix + the chunk), read from the
@@ -8,12 +8,9 @@ paged cache through its block table, with a causal mask offset by the cached len
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from edgecloud.llm.attention.backend import DecodeAttentionBackend
 
 
 @dataclass
@@ -24,17 +21,6 @@ class PrefillSegment:
     query_len: int
     context_slots: torch.Tensor  # [context_len] flat cache slot of every context position
     mask: torch.Tensor | None  # [query_len, context_len] bool, None when the chunk is the whole context
-
-
-@dataclass
-class StepAttention:
-    """What every attention layer needs for one engine step (built once, shared by layers)."""
-
-    slot_mapping: torch.Tensor  # [num_tokens] flat cache slot to write each new token's K/V
-    num_prefill_tokens: int
-    prefill: list[PrefillSegment]
-    decode_backend: DecodeAttentionBackend | None
-    decode_plan: Any
 
 
 def make_prefill_segment(

@@ -1,0 +1,278 @@
+"""The engine core: requests in, one step at a time, deltas out (design: docs/engine-core.md).
+
+``step()`` is three parts: the scheduler plans (``schedule``), the executor runs the model and
+samples (``execute``), the scheduler applies the result (``update``). The clock is injected and
+read once per step, so the same scheduler and KV manager run under a simulator's virtual clock.
+The core works on token ids only; the front end (``OutputProcessor``) owns text.
+
+A failing step fails the requests it held (their outputs carry the error) and never the core.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgspec
+import torch
+
+from edgecloud.llm.config import EngineConfig, ModelConfig, read_generation_defaults
+from edgecloud.llm.errors import InvalidRequestError
+from edgecloud.llm.kv_cache import KVCacheManager, LayerGroup, model_fingerprint, root_key
+from edgecloud.llm.loader import load_model
+from edgecloud.llm.model_runner import ModelRunner, kv_bytes_per_block
+from edgecloud.llm.model_source import ModelSource
+from edgecloud.llm.outputs import EngineCoreOutput, EngineStats
+from edgecloud.llm.request import EngineCoreRequest
+from edgecloud.llm.request_state import Request
+from edgecloud.llm.scheduler import SampledTokens, Scheduler, SchedulerOutput
+from edgecloud.llm.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class EngineInfo(msgspec.Struct, frozen=True):
+    """What a front end needs to know of the core it talks to."""
+
+    model_name: str
+    model_dir: str
+    max_model_len: int
+    vocab_size: int
+    num_blocks: int
+    block_size: int
+    dtype: str
+    fingerprint: bytes
+    generation_defaults: dict[str, float]
+
+
+class Executor(Protocol):
+    """Runs one planned step and returns the sampled tokens: the model runner, or a modelled
+    executor in the simulator."""
+
+    def execute(self, plan: SchedulerOutput) -> SampledTokens: ...
+
+
+def max_model_len_for(config: EngineConfig, mc: ModelConfig) -> int:
+    limit = mc.max_position_embeddings
+    if mc.sliding_window:  # capped so full attention equals the model's windowed attention
+        limit = min(limit, mc.sliding_window)
+    if config.max_model_len is not None and config.max_model_len > limit:
+        raise InvalidRequestError(
+            f"max_model_len must be <= {limit} for this model, got {config.max_model_len}", "max_model_len"
+        )
+    return config.max_model_len or limit
+
+
+class EngineCore:
+    def __init__(
+        self,
+        config: EngineConfig,
+        source: ModelSource,
+        clock: Callable[[], float] = time.monotonic,
+        executor: Executor | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)  # process-wide: the core's own process by default
+        directory = source.directory
+        mc = ModelConfig.from_file(directory / "config.json")
+        self.model_config = mc
+        self.max_model_len = max_model_len_for(config, mc)
+        self.device = torch.device(config.device)
+        self.dtype = config.resolve_dtype(mc)
+        num_blocks = int(config.kv_cache_memory_mb * 2**20 // kv_bytes_per_block(mc, config.block_size, self.dtype))
+        if num_blocks < 2:
+            raise InvalidRequestError(
+                f"kv_cache_memory_mb={config.kv_cache_memory_mb} holds {num_blocks} blocks; need >= 2",
+                "kv_cache_memory_mb",
+            )
+        groups = [LayerGroup("full", tuple(range(mc.num_hidden_layers)))]
+        dtype_name = str(self.dtype).removeprefix("torch.")
+        fingerprint = model_fingerprint(directory, dtype_name)
+        self.kv = KVCacheManager(groups, num_blocks, config.block_size, fingerprint, config.enable_prefix_caching)
+        tokenizer = Tokenizer(directory)  # only for its EOS id: text stays in the front end
+        eos = set(mc.eos_token_ids)
+        if tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        self.scheduler = Scheduler(
+            self.kv, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len, eos
+        )
+        if executor is None:
+            model = load_model(directory, mc, self.dtype, self.device, self.max_model_len)
+            executor = ModelRunner(
+                model, mc, groups, num_blocks, config.block_size, self.dtype, self.device,
+                config.attention_backend, config.seed,
+            )
+        self.executor = executor
+        self.info = EngineInfo(
+            model_name=source.name, model_dir=str(directory), max_model_len=self.max_model_len,
+            vocab_size=mc.vocab_size, num_blocks=num_blocks, block_size=config.block_size, dtype=dtype_name,
+            fingerprint=fingerprint, generation_defaults=read_generation_defaults(directory),
+        )
+        # Called with each step's plan before it runs (benchmarks use it to account the step).
+        self.on_step: Callable[[SchedulerOutput], None] | None = None
+        self._order = 0
+        self.num_steps = 0
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def add_request(self, req: EngineCoreRequest) -> None:
+        """Queues a request; raises ``InvalidRequestError`` (nothing queued) when it cannot run here."""
+        validate_core_request(req, self.info)
+        if req.request_id in self.scheduler.requests:
+            raise InvalidRequestError(f"request id {req.request_id!r} is already running", "request_id")
+        if req.adapter_id is not None:
+            raise InvalidRequestError(f"unknown LoRA adapter {req.adapter_id!r}", "adapter_id")
+        self._order += 1
+        self.scheduler.add(Request.from_core_request(req, self._order, len(self.kv.pools)))
+
+    def abort_requests(self, request_ids: list[str]) -> list[EngineCoreOutput]:
+        outputs = []
+        for request_id in request_ids:
+            req = self.scheduler.requests.get(request_id)
+            if req is not None:
+                self.scheduler.finish(req, "abort")
+                outputs.append(EngineCoreOutput(request_id=request_id, finish_reason="abort"))
+        return outputs
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    # -- the step -----------------------------------------------------------------------------
+
+    def step(self) -> list[EngineCoreOutput]:
+        plan = self.scheduler.schedule(self.clock())
+        if self.on_step is not None and plan.scheduled:
+            self.on_step(plan)
+        try:
+            sampled = self.executor.execute(plan)
+        except Exception as error:
+            log.exception("engine step failed; failing the %d requests it held", len(plan.scheduled))
+            return self._fail(plan, f"engine step failed: {type(error).__name__}: {error}")
+        self.num_steps += 1
+        return self.scheduler.update(plan, sampled)
+
+    def _fail(self, plan: SchedulerOutput, message: str) -> list[EngineCoreOutput]:
+        outputs = []
+        for req in [s.request for s in plan.scheduled] + plan.exhausted:
+            if not req.finished:
+                self.scheduler.finish(req, "error")
+                outputs.append(EngineCoreOutput(request_id=req.request_id, finish_reason="error", error=message))
+        return outputs
+
+    def stats(self) -> EngineStats:
+        s, kv = self.scheduler, self.kv
+        return EngineStats(
+            num_waiting=len(s.waiting),
+            num_running=len(s.running),
+            num_free_blocks=kv.num_free_blocks,
+            num_total_blocks=kv.num_blocks,
+            kv_usage=kv.usage(),
+            prefix_cache_queries=kv.prefix_queries,
+            prefix_cache_hits=kv.prefix_hits,
+            prompt_tokens_total=s.prompt_tokens_total,
+            generation_tokens_total=s.generation_tokens_total,
+            num_preemptions=s.num_preemptions,
+            num_steps=self.num_steps,
+        )
+
+    # -- control ------------------------------------------------------------------------------
+
+    def control(self, op: str, args: dict[str, Any]) -> Any:
+        """Operations beside the request flow, by name: what routers, KV hand-over and (later)
+        adapter and expert-map managers ask of a core. Raises ``InvalidRequestError`` on bad input."""
+        handler = getattr(self, f"_control_{op}", None)
+        if handler is None:
+            raise InvalidRequestError(f"unknown control operation {op!r}", "op")
+        return handler(**args)
+
+    def _control_stats(self) -> EngineStats:
+        return self.stats()
+
+    def _control_lookup(
+        self, token_ids: list[int], adapter_id: str | None = None, cache_salt: str | None = None
+    ) -> int:
+        """Prompt tokens this core has cached (whole blocks) for these token ids."""
+        return self.kv.lookup(token_ids, root_key(self.kv.fingerprint, adapter_id, cache_salt))
+
+    def _control_block_keys(
+        self, token_ids: list[int], adapter_id: str | None = None, cache_salt: str | None = None
+    ) -> list[bytes]:
+        from edgecloud.llm.kv_cache import chain_keys
+
+        return chain_keys(root_key(self.kv.fingerprint, adapter_id, cache_salt), token_ids, self.kv.block_size)
+
+    def _control_pin(self, keys: list[bytes]) -> list[bytes]:
+        return self.kv.pin(keys)
+
+    def _control_unpin(self, keys: list[bytes]) -> None:
+        self.kv.unpin(keys)
+
+    def _control_export_blocks(self, keys: list[bytes], unpin: bool = False) -> dict[str, Any]:
+        """The cached blocks among ``keys`` (in order, up to the first missing) with their K/V."""
+        exports = self.kv.export_blocks(keys)
+        result: dict[str, Any] = {
+            "keys": [e.key for e in exports],
+            "parents": [e.parent for e in exports],
+            "tokens": [list(e.tokens) for e in exports],
+            "k": None,
+            "v": None,
+        }
+        if exports:
+            k, v = self.executor.read_blocks([e.block_ids for e in exports])  # type: ignore[attr-defined]
+            result["k"], result["v"] = k, v
+        if unpin:
+            self.kv.unpin([e.key for e in exports])
+        return result
+
+    def _control_import_blocks(
+        self, keys: list[bytes], parents: list[bytes], tokens: list[list[int]], k: torch.Tensor | None,
+        v: torch.Tensor | None,
+    ) -> int:
+        """Writes exported blocks into this core's cache (those not cached already); returns how many."""
+        if not keys:
+            return 0
+        mc = self.model_config
+        want = (len(keys), mc.num_hidden_layers, self.kv.block_size, mc.num_key_value_heads, mc.head_dim)
+        for name, tensor in (("k", k), ("v", v)):
+            if tensor is None or tuple(tensor.shape) != want:
+                got = None if tensor is None else tuple(tensor.shape)
+                raise InvalidRequestError(f"{name} must have shape {want}, got {got}", name)
+        if not (len(parents) == len(tokens) == len(keys)):
+            raise InvalidRequestError("keys, parents and tokens must have the same length", "keys")
+        assert k is not None and v is not None
+        writes = self.kv.import_blocks([(key, p, tuple(t)) for key, p, t in zip(keys, parents, tokens, strict=True)])
+        if writes:
+            index = torch.tensor([i for i, _ in writes])
+            self.executor.write_blocks([ids for _, ids in writes], k[index], v[index])  # type: ignore[attr-defined]
+        return len(writes)
+
+    def _control_reset_prefix_cache(self) -> int:
+        return self.kv.reset_prefix_cache()
+
+
+def validate_core_request(req: EngineCoreRequest, info: EngineInfo) -> None:
+    """What any front end can check before a request reaches the core (and the core checks again)."""
+    ids = req.prompt_token_ids
+    if not ids:
+        raise InvalidRequestError("prompt must not be empty", "prompt")
+    if any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < info.vocab_size for t in ids):
+        raise InvalidRequestError(f"prompt token ids must be integers in [0, {info.vocab_size})", "prompt")
+    if len(ids) >= info.max_model_len:
+        raise InvalidRequestError(
+            f"prompt has {len(ids)} tokens; this model's context is {info.max_model_len} "
+            f"(prompt must be shorter to leave room for output)",
+            "prompt",
+        )
+    blocks = -(-(len(ids) + 1) // info.block_size)
+    if blocks > info.num_blocks:
+        raise InvalidRequestError(
+            f"prompt needs {blocks} KV blocks but the cache has {info.num_blocks} (raise kv_cache_memory_mb)",
+            "prompt",
+        )
+    bias = req.params.logit_bias
+    if bias and any(t >= info.vocab_size for t in bias):
+        raise InvalidRequestError(f"logit_bias keys must be token ids in [0, {info.vocab_size})", "logit_bias")

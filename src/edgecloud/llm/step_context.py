@@ -1,0 +1,39 @@
+"""What every module of the model sees of one engine step (design: docs/engine-core.md).
+
+``ModelRunner`` builds one ``StepContext`` per step and passes it to every decoder layer, its
+attention and its MLP, instead of a global context (nano-vllm) or arguments threaded by hand:
+attention metadata per layer group, and the slots where LoRA segment indices (``lora``) and MoE
+state (``moe``: expert maps, routing counters) travel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from edgecloud.llm.attention.backend import DecodeAttentionBackend
+from edgecloud.llm.attention.prefill import PrefillSegment
+
+
+@dataclass
+class AttentionMetadata:
+    """What the attention layers of one layer group need for a step (built once, shared by them)."""
+
+    slot_mapping: torch.Tensor  # [num_tokens] flat cache slot to write each new token's K/V
+    num_prefill_tokens: int
+    prefill: list[PrefillSegment]
+    decode_backend: DecodeAttentionBackend | None
+    decode_plan: Any
+
+
+@dataclass
+class StepContext:
+    attention: list[AttentionMetadata]  # per layer group
+    layer_group: tuple[int, ...]  # layer index -> its group's index
+    lora: Any = None
+    moe: Any = None
+
+    def attention_for(self, layer_idx: int) -> AttentionMetadata:
+        return self.attention[self.layer_group[layer_idx]]
