@@ -159,3 +159,25 @@ def test_models_and_request_id(server: ServerProcess) -> None:
     assert reply.json()["id"] == "cmpl-trace-42"
     generated = httpx.get(f"{server.base_url}/health").headers["x-request-id"]
     assert len(generated) == 32
+
+
+def test_logit_bias_steers_the_sampled_token(client: openai.OpenAI, llm: LLM) -> None:
+    forced = 77
+    out = client.completions.create(model=client.models.list().data[0].id, prompt=PROMPT, max_tokens=5,
+                                    temperature=0, logit_bias={str(forced): 100})
+    assert out.choices[0].text == llm.tokenizer.decode([forced] * 5)
+    want = offline(llm, PROMPT, temperature=0.0, max_tokens=5, logit_bias={forced: 100.0})
+    assert out.choices[0].text == want.outputs[0].text
+
+
+def test_flex_tier_and_cache_salt_answer_like_default(client: openai.OpenAI, llm: LLM) -> None:
+    model = client.models.list().data[0].id
+    want = offline(llm, PROMPT, temperature=0.0, max_tokens=6).outputs[0].text
+    flex = client.completions.create(model=model, prompt=PROMPT, max_tokens=6, temperature=0,
+                                     extra_body={"cache_salt": "tenant-a", "service_tier": "flex"})
+    assert flex.choices[0].text == want
+    chunks = list(client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, temperature=0, stream=True,
+        service_tier="flex",
+    ))
+    assert {c.service_tier for c in chunks} == {"flex"}

@@ -194,6 +194,7 @@ class MPClient(EngineClient):
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.bytes_received: list[int] = []  # size of every message from the core, in order
 
     async def start(self, on_outputs: OnOutputs, on_dead: OnDead) -> EngineInfo:
         import zmq
@@ -264,6 +265,7 @@ class MPClient(EngineClient):
                 data = await self._pull.recv()
             except Exception:  # the socket was closed by shutdown
                 return
+            self.bytes_received.append(len(data))
             message = decode_from_core(data)
             if isinstance(message, Outputs):
                 on_outputs(message.batch)

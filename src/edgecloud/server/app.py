@@ -345,6 +345,7 @@ class OpenAIServer:
             "object": job.object_name,
             "created": job.created,
             "model": self.model_name,
+            "service_tier": job.service_tier,
             "choices": choices,
             "usage": _usage(prompt_tokens, completion_tokens),
         }
@@ -355,6 +356,7 @@ class OpenAIServer:
             "object": f"{job.object_name}.chunk" if job.chat else job.object_name,
             "created": job.created,
             "model": self.model_name,
+            "service_tier": job.service_tier,
             "choices": choices,
         }
         if job.include_usage:
