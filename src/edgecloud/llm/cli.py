@@ -96,6 +96,28 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     eng.add_argument("--json", type=Path, default=None, help="write the result here")
     eng.set_defaults(handler=_bench_engine)
 
+    tiers = bench.add_parser(
+        "tiers", help="online TTFT beside a batch full of offline (flex) decodes: idle vs tiers vs FCFS",
+        description="Measure online requests' TTFT on an idle engine, and while flex requests fill every "
+        "seat: with service tiers (online preempts flex at the next step) and without (FCFS). The goal: "
+        "TTFT p99 with tiers <= idle p99 + one decode step of the flex batch; preempted flex requests "
+        "finish with their uninterrupted greedy output.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    tiers.add_argument("--model", default=None, help="model directory or GGUF file (default: the default model)")
+    tiers.add_argument("--flex-batch", type=int, default=16, help="max_num_seqs, all filled by flex requests")
+    tiers.add_argument("--flex-output", type=int, default=96, help="tokens each flex request generates")
+    tiers.add_argument("--online-requests", type=int, default=40)
+    tiers.add_argument("--online-prompt-len", type=int, default=128)
+    tiers.add_argument("--online-output", type=int, default=4)
+    tiers.add_argument("--rate", type=float, default=0.5,
+                       help="online arrivals per second (Poisson); low, so online requests rarely queue behind each other")
+    tiers.add_argument("--threads", type=int, default=2)
+    tiers.add_argument("--seed", type=int, default=0)
+    tiers.add_argument("--json", type=Path, default=None, help="write the result here")
+    tiers.add_argument("--plot", type=Path, default=None, help="write a CDF plot (PNG) here")
+    tiers.set_defaults(handler=_bench_tiers)
+
 
 def _generate(args: argparse.Namespace) -> int:
     from edgecloud.llm.engine import LLMEngine
@@ -142,6 +164,23 @@ def _random_model(args: argparse.Namespace) -> int:
 
     path = write_random_model(args.out, arch=args.arch, seed=args.seed, **PRESETS[args.preset])
     print(f"wrote {args.arch} ({args.preset}) to {path}")
+    return 0
+
+
+def _bench_tiers(args: argparse.Namespace) -> int:
+    from edgecloud.llm.bench_tiers import bench_tiers, plot_tiers
+
+    r = bench_tiers(args.model, args.flex_batch, args.flex_output, args.online_requests, args.online_prompt_len,
+                    args.online_output, args.rate, args.threads, args.seed, args.json)
+    if args.plot is not None:
+        plot_tiers(r, args.plot)
+    print(f"model {r.model}, {r.threads} threads, {r.cpu}")
+    print(f"online TTFT p99: idle {r.idle_ttft_ms_p99:.1f} ms; flex decode step {r.decode_step_ms:.1f} ms; "
+          f"bound {r.bound_ms:.1f} ms")
+    print(f"  with tiers {r.tiers_ttft_ms_p99:.1f} ms ({'met' if r.met else 'MISSED'}); "
+          f"FCFS {r.fcfs_ttft_ms_p99:.1f} ms")
+    print(f"flex tokens/s: tiers {r.flex_tokens_s_tiers:.1f}, FCFS {r.flex_tokens_s_fcfs:.1f}; preempted flex "
+          f"requests with identical output: {r.preempted_flex_identical}/{r.preempted_flex}")
     return 0
 
 
