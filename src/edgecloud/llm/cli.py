@@ -111,7 +111,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     tiers.add_argument("--online-prompt-len", type=int, default=128)
     tiers.add_argument("--online-output", type=int, default=4)
     tiers.add_argument("--rate", type=float, default=0.5,
-                       help="online arrivals per second (Poisson); low, so online requests rarely queue behind each other")
+                       help="online arrivals per second (Poisson); low, so online requests rarely queue "
+                       "behind each other")
     tiers.add_argument("--threads", type=int, default=2)
     tiers.add_argument("--seed", type=int, default=0)
     tiers.add_argument("--json", type=Path, default=None, help="write the result here")
