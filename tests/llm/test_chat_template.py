@@ -111,7 +111,8 @@ def test_tools_render_as_transformers(tmp_path: Path) -> None:
     llama = model_dir(tmp_path / "llama", official("llama-3.1-instruct.jinja"), bos_token="<|begin_of_text|>")
     text = assert_same(llama, TOOL_CHAT, tools=[WEATHER_TOOL], add_generation_prompt=True)
     assert '    "type": "function",' in text  # tojson(indent=4)
-    assert_same(llama, TOOL_CHAT[1:2], tools=[WEATHER_TOOL], tools_in_user_message=False, date_string="01 Jan 2030")
+    assert_same(llama, TOOL_CHAT[1:2], add_generation_prompt=False, tools=[WEATHER_TOOL], tools_in_user_message=False,
+                date_string="01 Jan 2030")
 
 
 def test_strftime_now_and_template_kwargs_reach_the_template(tmp_path: Path) -> None:
@@ -131,12 +132,12 @@ def test_templates_are_found_where_transformers_finds_them(tmp_path: Path) -> No
     assert Tokenizer(in_field).apply_chat_template(chat) == "FIELD " + chat[0]["content"]
     both = model_dir(tmp_path / "both", "FILE {{ messages[0].content }}", chat_template="FIELD")
     assert Tokenizer(both).chat_template_source == str(both / "chat_template.jinja")
-    assert_same(both, chat)  # chat_template.jinja wins over the field
+    assert_same(both, chat, add_generation_prompt=True)  # chat_template.jinja wins over the field
     named = model_dir(tmp_path / "named", chat_template=[
         {"name": "default", "template": "DEFAULT {{ messages | length }}"},
         {"name": "tool_use", "template": "TOOLS {{ tools | length }}"},
     ])
-    assert assert_same(named, chat) == "DEFAULT 1"
+    assert assert_same(named, chat, add_generation_prompt=False) == "DEFAULT 1"
     assert assert_same(named, chat, tools=[WEATHER_TOOL]) == "TOOLS 1"
     extra = model_dir(tmp_path / "extra", "DEFAULT")
     (extra / "additional_chat_templates").mkdir()
