@@ -160,12 +160,12 @@ def test_no_template_is_an_error_never_a_made_up_default(tmp_path: Path) -> None
     assert Tokenizer(bare, chat_template=str(file)).chat_template == file.read_text()
     inline = Tokenizer(bare, chat_template="{{ messages[0].role }}")
     assert inline.apply_chat_template(CHATS["one user turn"]) == "user"
-    with pytest.raises(ModelLoadError, match="missing.jinja"):
+    with pytest.raises(ModelLoadError, match=r"missing\.jinja"):
         Tokenizer(bare, chat_template=str(tmp_path / "missing.jinja"))
 
 
 def test_bad_templates_and_bad_messages_are_precise_errors(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="chat_template.jinja.*does not compile"):
+    with pytest.raises(ModelLoadError, match=r"chat_template\.jinja.*does not compile"):
         Tokenizer(model_dir(tmp_path / "syntax", "{% for m in messages %}"))
     llama = Tokenizer(model_dir(tmp_path / "llama", official("llama-3.1-instruct.jinja")))
     two_calls = [*TOOL_CHAT[:2], {"role": "assistant", "tool_calls": TOOL_CHAT[2]["tool_calls"] * 2}]
