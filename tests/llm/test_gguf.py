@@ -126,7 +126,7 @@ def write_gguf(path: Path, arch: str = "llama", seed: int = 0, rope_freqs: np.nd
     tokens = sorted(tok["model"]["vocab"], key=tok["model"]["vocab"].get)
     merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
     hidden, heads, kv_heads, layers, ffn = 32, 4, 2, 2, 48
-    head_dim = hidden // heads
+    head_dim = 16 if arch == "qwen3" else hidden // heads  # Qwen3 heads are wider than hidden / heads
     rng = np.random.default_rng(seed)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(layers)
@@ -138,6 +138,7 @@ def write_gguf(path: Path, arch: str = "llama", seed: int = 0, rope_freqs: np.nd
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_freq_base(10000.0)
     writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("smollm")
     writer.add_token_list(tokens)
@@ -173,6 +174,9 @@ def write_gguf(path: Path, arch: str = "llama", seed: int = 0, rope_freqs: np.nd
                  "ffn_down": ("mlp.down_proj", rand(hidden, ffn)),
                  "attn_norm": ("input_layernorm", 1 + rand(hidden)),
                  "ffn_norm": ("post_attention_layernorm", 1 + rand(hidden))}
+        if arch == "qwen3":
+            parts["attn_q_norm"] = ("self_attn.q_norm", 1 + rand(head_dim))
+            parts["attn_k_norm"] = ("self_attn.k_norm", 1 + rand(head_dim))
         if arch == "qwen2":
             for name, rows in (("q", heads), ("k", kv_heads), ("v", kv_heads)):
                 parts[f"attn_{name}.bias"] = (f"self_attn.{name}_proj.bias", rand(rows * head_dim))
@@ -191,7 +195,7 @@ def write_gguf(path: Path, arch: str = "llama", seed: int = 0, rope_freqs: np.nd
     return hf
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_synthetic_checkpoint_round_trips_and_loads(tmp_path: Path, arch: str) -> None:
     file = tmp_path / f"{arch}.gguf"
     expected = write_gguf(file, arch, tied=arch == "llama")
@@ -201,8 +205,9 @@ def test_synthetic_checkpoint_round_trips_and_loads(tmp_path: Path, arch: str) -
     for name, weight in expected.items():
         assert torch.equal(ours[name], torch.from_numpy(weight)), name  # permutation undone exactly
     config = ModelConfig.from_file(out / "config.json")
-    assert config.architecture == {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[arch]
-    assert config.attention_bias is (arch == "qwen2") and config.sliding_window is None
+    assert config.architecture == gguf_module.ARCHITECTURES[arch]
+    assert config.qkv_bias is (arch == "qwen2") and not config.o_bias and config.sliding_window is None
+    assert config.qk_norm is (arch == "qwen3") and config.head_dim == (16 if arch == "qwen3" else 8)
     assert (out / "chat_template.jinja").read_text() == "{{ messages[0]['content'] }}"
     result = LLM(model=str(out), dtype="float32", kv_cache_memory_mb=1).generate(
         [[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True))[0]

