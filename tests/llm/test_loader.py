@@ -89,7 +89,7 @@ def test_sharded_checkpoint_loads(llama_dir: Path, tmp_path: Path, hf_refs: dict
         (lambda d: (d / "model.safetensors").unlink(), "safetensors"),
         (lambda d: (d / "model.safetensors").write_bytes(b"\x00garbage"), "model.safetensors"),
         (lambda d: (d / "tokenizer.json").unlink(), "tokenizer.json"),
-        (lambda d: edit_config(d, rope_parameters={"rope_type": "yarn", "factor": 2.0}), "yarn"),
+        (lambda d: edit_config(d, rope_parameters={"rope_type": "mrope", "factor": 2.0}), "mrope"),
     ],
 )
 def test_broken_model_directories_name_the_culprit(

@@ -26,14 +26,44 @@ SUPPORTED_ARCHITECTURES = {
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+ROPE_TYPES = ("default", "linear", "llama3", "yarn", "dynamic", "longrope")
+
+
 @dataclass(frozen=True)
 class RopeConfig:
+    """Rotary embedding parameters, in transformers' names (``rope_parameters`` / ``rope_scaling``).
+
+    ``original_max_position_embeddings`` is the pre-training context (transformers' default: the
+    config's ``max_position_embeddings``); ``factor`` how far it was stretched. YaRN's fields are
+    ``beta_fast``, ``beta_slow``, ``mscale``, ``mscale_all_dim``, ``attention_factor`` (``None``:
+    derived from the others) and ``truncate``; LongRoPE's are ``short_factor`` and ``long_factor``.
+    """
+
     theta: float = 10000.0
-    rope_type: str = "default"  # default | linear | llama3
+    rope_type: str = "default"  # one of ROPE_TYPES
     factor: float = 1.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    attention_factor: float | None = None
+    truncate: bool = True
+    short_factor: tuple[float, ...] = ()
+    long_factor: tuple[float, ...] = ()
+
+    def context_length(self, max_position_embeddings: int) -> int:
+        """The longest context the scaled embedding is meant for. Linear and dynamic scaling keep
+        the pre-training ``max_position_embeddings`` in the config and stretch it by ``factor``;
+        YaRN stretches ``original_max_position_embeddings``; llama3 and LongRoPE configs already
+        state the stretched length."""
+        if self.rope_type in ("linear", "dynamic"):
+            return int(max_position_embeddings * self.factor)
+        if self.rope_type == "yarn":
+            return max(max_position_embeddings, int(self.original_max_position_embeddings * self.factor))
+        return max_position_embeddings
 
 
 @dataclass(frozen=True)
@@ -127,20 +157,62 @@ class ModelConfig:
 
 def _read_rope(raw: dict[str, Any], source: str) -> RopeConfig:
     # transformers 5 keeps theta inside rope_parameters; transformers 4 has rope_theta + rope_scaling.
-    params = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+    key = "rope_parameters" if raw.get("rope_parameters") else "rope_scaling"
+    params = dict(raw.get(key) or {})
     theta = float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
     rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type not in ("default", "linear", "llama3"):
+    rope_type = {"su": "longrope"}.get(rope_type, rope_type)  # Phi-3's first name for LongRoPE
+    if rope_type not in ROPE_TYPES:
         raise ModelLoadError(
-            f"{source}: rope type {rope_type!r} is not supported (supported: default, linear, llama3)"
+            f"{source}: {key}.rope_type {rope_type!r} is not supported (supported: {', '.join(ROPE_TYPES)})"
         )
+    if float(params.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))) != 1.0:
+        raise ModelLoadError(f"{source}: partial_rotary_factor other than 1.0 is not supported")
+    max_positions = int(raw.get("max_position_embeddings", 2048))
+    # As transformers: a top-level original_max_position_embeddings (Phi-3) wins, then the one in
+    # the rope dict, then max_position_embeddings itself.
+    original = int(raw.get("original_max_position_embeddings")
+                   or params.get("original_max_position_embeddings") or max_positions)
+
+    def number(name: str, default: float | None, minimum: float | None = None) -> float | None:
+        value = params.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ModelLoadError(f"{source}: {key}.{name} must be a number, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise ModelLoadError(f"{source}: {key}.{name} must be >= {minimum}, got {value!r}")
+        return float(value)
+
+    needs_factor = rope_type in ("linear", "dynamic", "llama3")
+    if needs_factor and params.get("factor") is None:
+        raise ModelLoadError(f"{source}: {key}.factor is required for rope_type {rope_type!r}")
+    # YaRN and LongRoPE configs may leave factor out and state the stretch as a length ratio.
+    factor = number("factor", max_positions / original, minimum=1.0 if needs_factor else None)
+    short_factor: tuple[float, ...] = ()
+    long_factor: tuple[float, ...] = ()
+    if rope_type == "longrope":
+        for name in ("short_factor", "long_factor"):
+            value = params.get(name)
+            if not isinstance(value, list) or not all(isinstance(v, int | float) for v in value):
+                raise ModelLoadError(f"{source}: {key}.{name} must be a list of numbers, got {value!r}")
+        short_factor = tuple(float(v) for v in params["short_factor"])
+        long_factor = tuple(float(v) for v in params["long_factor"])
     return RopeConfig(
         theta=theta,
         rope_type=rope_type,
-        factor=float(params.get("factor", 1.0)),
-        low_freq_factor=float(params.get("low_freq_factor", 1.0)),
-        high_freq_factor=float(params.get("high_freq_factor", 4.0)),
-        original_max_position_embeddings=int(params.get("original_max_position_embeddings", 8192)),
+        factor=float(factor or 1.0),
+        low_freq_factor=float(number("low_freq_factor", 1.0) or 1.0),
+        high_freq_factor=float(number("high_freq_factor", 4.0) or 4.0),
+        original_max_position_embeddings=original,
+        beta_fast=float(number("beta_fast", None) or 32.0),
+        beta_slow=float(number("beta_slow", None) or 1.0),
+        mscale=number("mscale", None),
+        mscale_all_dim=number("mscale_all_dim", None),
+        attention_factor=number("attention_factor", None, minimum=0.0),
+        truncate=bool(params.get("truncate", True)),
+        short_factor=short_factor,
+        long_factor=long_factor,
     )
 
 
