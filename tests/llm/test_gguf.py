@@ -111,6 +111,48 @@ def test_smollm2_answers_earth_like_transformers(converted: Path, hf_gguf: tuple
     assert max(abs(a.logprob - b) for a, b in zip(ours.logprobs, ref_lp, strict=False)) < 1e-3
 
 
+def hf_greedy(model: Any, prompt: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=max_tokens, min_new_tokens=max_tokens,
+                             do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=2,
+                             eos_token_id=None)
+    ids = out.sequences[0, len(prompt):].tolist()
+    return ids, [torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(out.logits, ids, strict=True)]
+
+
+def test_smollm2_greedy_equals_transformers_across_batching_prefix_hits_chunks_and_preemption(
+    converted: Path, hf_gguf: tuple[Any, Any]
+) -> None:
+    model, _ = hf_gguf
+    tokenizer = Tokenizer(converted)
+    system = tokenizer.encode("You are a careful assistant. Answer in one short sentence, and be precise.")
+    questions = ["Name the planet we live on.", "What is the capital of France?", "Is water wet?",
+                 "Count to three.", "What colour is the sky?", "Say hello in French."]
+    prompts = [system + tokenizer.encode(q) for q in questions]
+    params = SamplingParams(temperature=0.0, max_tokens=6, logprobs=0, ignore_eos=True)
+    want = [hf_greedy(model, p, params.max_tokens) for p in prompts]
+
+    def check(llm: LLM, indices: list[int]) -> None:
+        outs = llm.generate([prompts[i] for i in indices], params)
+        for i, out in zip(indices, outs, strict=True):
+            got = out.outputs[0]
+            assert got.token_ids == want[i][0], questions[i]
+            assert max(abs(a.logprob - b) for a, b in zip(got.logprobs, want[i][1], strict=True)) < 2e-3
+
+    llm = LLM(model=str(converted), dtype="float32", block_size=8, kv_cache_memory_mb=32)
+    check(llm, [0])  # alone
+    check(llm, [1, 2, 3, 4, 5])  # batched, and the shared system prompt hits the prefix cache
+    stats = llm.engine.stats()
+    assert stats.prefix_cache_hits >= 5 * 8 * (len(system) // 8)
+    # prefill in chunks of 7 tokens, and a pool of 12 blocks of 4 tokens (SmolLM2 KV: 45 KiB a token)
+    # so small that requests are preempted and resumed
+    check(LLM(model=str(converted), dtype="float32", block_size=8, kv_cache_memory_mb=32,
+              max_num_batched_tokens=7), [0, 3])
+    tiny = LLM(model=str(converted), dtype="float32", block_size=4, kv_cache_memory_mb=12 * 184320 / 2**20)
+    check(tiny, [0, 1, 2, 3, 4, 5])
+    assert tiny.engine.stats().num_preemptions > 0
+
+
 # -- small synthetic GGUF files ----------------------------------------------------------------
 
 

@@ -48,7 +48,7 @@ class AsyncEngine:
     ) -> None:
         self.config = config
         self.source = resolve_model(config.model)
-        self.tokenizer = Tokenizer(self.source.directory)
+        self.tokenizer = Tokenizer(self.source.directory, chat_template=config.chat_template)
         self.core_kind = core
         self.restart_limit = restart_limit
         self.restart_window_s = restart_window_s

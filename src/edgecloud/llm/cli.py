@@ -15,7 +15,12 @@ if TYPE_CHECKING:
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
     """Engine options shared by every command that runs the engine (generate, serve, benchmarks)."""
     group = parser.add_argument_group("engine")
-    group.add_argument("--model", default=None, help="HF model directory (default: the embedded demo model)")
+    group.add_argument("--model", default=None,
+                       help="HF model directory, a .gguf file, or 'demo' (the embedded 5.8M fortune model); "
+                       "default: SmolLM2-135M-Instruct")
+    group.add_argument("--chat-template", default=None,
+                       help="chat template to use instead of the model's: a file, the template text, or the "
+                       "name of one of the model's templates")
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                        help="weights/activations dtype; auto = float32 on CPU, bfloat16 on CUDA")
     group.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -38,7 +43,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         kv_cache_memory_mb=args.kv_cache_memory_mb, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         enable_prefix_caching=not args.no_prefix_caching, attention_backend=args.attention_backend,
-        seed=args.seed, num_threads=args.threads,
+        seed=args.seed, num_threads=args.threads, chat_template=args.chat_template,
     )
 
 

@@ -237,7 +237,9 @@ def read_generation_defaults(model_dir: Path) -> dict[str, float]:
 
 @dataclass
 class EngineConfig:
-    """Engine options. ``model=None`` serves the embedded demo model."""
+    """Engine options. ``model=None`` serves the default model (SmolLM2-135M-Instruct); ``"demo"``
+    the embedded fortune demo model; ``chat_template`` overrides the model's (a file, the template
+    text, or the name of one of the model's templates)."""
 
     model: str | None = None
     dtype: str = "auto"
@@ -251,6 +253,7 @@ class EngineConfig:
     attention_backend: str = "paged"
     seed: int = 0
     num_threads: int | None = None
+    chat_template: str | None = None
 
     def __post_init__(self) -> None:
         def bad(param: str, allowed: str) -> InvalidRequestError:

@@ -36,7 +36,7 @@ class LLMEngine:
         source = resolve_model(config.model)
         self.model_dir = source.directory
         self.model_name = source.name
-        self.tokenizer = Tokenizer(source.directory)
+        self.tokenizer = Tokenizer(source.directory, chat_template=config.chat_template)
         self.core = EngineCore(config, source)
         self.processor = OutputProcessor(self.tokenizer, self.core.info)
 

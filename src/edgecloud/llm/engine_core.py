@@ -55,7 +55,7 @@ class Executor(Protocol):
 
 
 def max_model_len_for(config: EngineConfig, mc: ModelConfig) -> int:
-    limit = mc.max_position_embeddings
+    limit = mc.rope.context_length(mc.max_position_embeddings)
     if mc.sliding_window:  # capped so full attention equals the model's windowed attention
         limit = min(limit, mc.sliding_window)
     if config.max_model_len is not None and config.max_model_len > limit:

