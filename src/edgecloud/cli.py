@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -135,6 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.handler(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (`edgecloud ... | head`): stop quietly, and keep
+        # Python from complaining again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return RUNTIME
     except CLIError as exc:
         if debug:
             traceback.print_exc()
