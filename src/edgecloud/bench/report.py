@@ -225,16 +225,18 @@ def cdf_steps(axis: Any, values: Sequence[float], **style: Any) -> None:
 
 
 def robust_limit(values: Sequence[float]) -> float:
-    """An upper axis limit that a few outliers do not stretch: the largest value, unless it lies
-    beyond Tukey's far-out fence (third quartile + 3 × the interquartile range), then the fence
-    (and at least the 95th percentile)."""
+    """An upper axis limit that a few outliers do not stretch: the largest value within Tukey's
+    far-out fence (third quartile + 3 × the interquartile range) when at most 5% of the values
+    (at least one) lie beyond it, else the largest value (a long tail is data, not an outlier)."""
     import numpy as np
 
     data = np.asarray(values, dtype=float)
-    high = float(data.max())
-    q1, q3, p95 = np.percentile(data, [25, 75, 95])
+    q1, q3 = np.percentile(data, [25, 75])
     fence = float(q3 + 3 * (q3 - q1))
-    return high if high <= fence else max(fence, float(p95))
+    inside = data[data <= fence]
+    if len(data) - len(inside) > max(1, 0.05 * len(data)) or len(inside) == 0:
+        return float(data.max())
+    return float(inside.max())
 
 
 def robust_xlim(axis: Any, values: Sequence[float]) -> None:
@@ -245,8 +247,8 @@ def robust_xlim(axis: Any, values: Sequence[float]) -> None:
     beyond = [v for v in values if v > limit + pad]
     if beyond:
         axis.text(
-            0.98, 0.5, f"{len(beyond)} beyond →\nmax {max(beyond):.1f}", transform=axis.transAxes,
-            ha="right", va="center", fontsize=8, color="dimgrey",
+            0.03, 0.97, f"{len(beyond)} beyond the axis, max {max(beyond):.1f}", transform=axis.transAxes,
+            ha="left", va="top", fontsize=8, color="dimgrey", bbox={"facecolor": "white", "alpha": 0.8, "lw": 0},
         )
 
 
