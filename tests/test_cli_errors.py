@@ -103,3 +103,29 @@ def test_help_shows_defaults(
     for text in shown:
         assert text in out
     assert "(default: None)" not in out and "(default: False)" not in out
+
+
+def test_an_os_error_is_the_environment_not_a_bug(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgecloud.c2 import pki
+
+    def denied(directory: Path) -> Path:
+        raise PermissionError(errno.EACCES, "Permission denied", str(directory))
+
+    monkeypatch.setattr(pki, "init", denied)
+    assert main(["c2", "pki", "init", str(tmp_path / "p")]) == RUNTIME
+    assert capsys.readouterr().err == f"edgecloud c2 pki init: error: Permission denied: {tmp_path / 'p'}\n"
+
+
+def test_an_output_file_in_a_missing_directory_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv in (["stream", "bench", "--virtual"], ["c2", "bench"], ["bench", "netem"], ["bench", "serve"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--json", str(tmp_path / "missing" / "out.json")])
+        assert exit_info.value.code == USAGE
+        assert (
+            f"error: argument --json: cannot write {tmp_path / 'missing' / 'out.json'}: no directory "
+            f"{tmp_path / 'missing'} (create it first)"
+        ) in capsys.readouterr().err

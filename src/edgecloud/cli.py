@@ -146,6 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"{command.prog}: error: {exc.message}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # the environment, not a bug: a file that cannot be read or written, a socket refused
+        if debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"{command.prog}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return RUNTIME
     except Exception as exc:
         if debug:
             raise

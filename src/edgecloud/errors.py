@@ -28,7 +28,9 @@ the user should change. Anything else is a bug: ``main`` prints it on one line t
 
 from __future__ import annotations
 
+import argparse
 import errno
+from pathlib import Path
 
 USAGE = 2
 """Exit code of input the user can correct on the command line (argparse uses it too)."""
@@ -62,3 +64,12 @@ def listen_failed(exc: OSError, host: str, port: int, option: str) -> CLIError:
     if exc.errno == errno.EADDRNOTAVAIL:
         return CLIError(f"cannot listen on {where}: no such local address; pass another {option}")
     return CLIError(f"cannot listen on {where}: {exc.strerror or exc}; check {option}")
+
+
+def output_file(text: str) -> str:
+    """An argparse ``type`` for a file a command will write (``--json``, ``--plot``): its directory
+    must exist, so a long benchmark does not fail at its end for a typo in the path."""
+    directory = Path(text).expanduser().parent
+    if not directory.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {text}: no directory {directory} (create it first)")
+    return text

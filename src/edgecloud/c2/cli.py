@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from edgecloud.errors import USAGE, CLIError, listen_failed
+from edgecloud.errors import USAGE, CLIError, listen_failed, output_file
 
 
 def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -451,7 +451,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.set_defaults(handler=_guarded(_vehicle))
 
     p = verbs.add_parser("bench", help="plain MAVLink vs NC2S through netem links (writes JSON and a PNG)")
-    p.add_argument("--json", help="write the report here (and the figure beside it, as .png)")
+    p.add_argument("--json", type=output_file, help="write the report here (and the figure beside it, as .png)")
     p.add_argument("--profiles", default="wifi,tactical-radio", help="netem link profiles, comma-separated")
     p.add_argument("--commands", type=int, default=200, help="commands per system on fast links")
     p.add_argument("--radio-commands", type=int, default=100, help="commands per system on slow links")

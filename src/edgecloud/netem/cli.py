@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgecloud.errors import USAGE, CLIError, listen_failed
+from edgecloud.errors import USAGE, CLIError, listen_failed, output_file
 
 if TYPE_CHECKING:
     from edgecloud.netem.profile import ProfileLike
@@ -383,5 +383,5 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     parser.add_argument(
         "--interval-ms", type=_number(0.0, inclusive=False), default=2.0, metavar="MS", help="between round trips"
     )
-    parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    parser.add_argument("--json", type=output_file, metavar="FILE", help="write the report as JSON")
     parser.set_defaults(handler=run_bench)

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from edgecloud.errors import USAGE, CLIError, listen_failed
+from edgecloud.errors import USAGE, CLIError, listen_failed, output_file
 
 # NewReno sustains about 1.22 * MSS / (RTT * sqrt(loss)): 0.52 Mb/s at 5 % loss and 100 ms RTT,
 # 0.37 Mb/s at 10 %. A stream above that rate measures throughput collapse, not loss recovery:
@@ -448,12 +448,12 @@ def register(commands: Any, bench: Any) -> None:
         help="give up when no QUIC handshake completes within this many seconds (nothing listening, "
         "or a relay pointing nowhere)",
     )
-    player.add_argument("--json", help="write the report with per-frame timings here")
+    player.add_argument("--json", type=output_file, help="write the report with per-frame timings here")
     player.set_defaults(handler=_play)
 
     runner = verbs.add_parser("bench", help="baseline vs AutoRec through edgecloud.netem")
-    runner.add_argument("--json", required=True, help="where to write the results")
-    runner.add_argument("--plot", help="PNG figure")
+    runner.add_argument("--json", required=True, type=output_file, help="where to write the results")
+    runner.add_argument("--plot", type=output_file, help="PNG figure")
     runner.add_argument("--loss", type=_number_list(0, 0.5), default=[0.01, 0.05, 0.10], help="e.g. 0.01,0.05,0.1")
     runner.add_argument(
         "--loss-model",
@@ -518,5 +518,9 @@ def register(commands: Any, bench: Any) -> None:
         help="pool the draws of all files as one run (e.g. runs with other seeds); refused where a case's "
         "settings differ between files or a seed repeats",
     )
-    pool.add_argument("--json", help='write {file: pooled cases} here ({"together": pooled cases} with --together)')
+    pool.add_argument(
+        "--json",
+        type=output_file,
+        help='write {file: pooled cases} here ({"together": pooled cases} with --together)',
+    )
     pool.set_defaults(handler=_pool)
