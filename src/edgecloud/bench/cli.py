@@ -5,16 +5,24 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from edgecloud.errors import output_file
+
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
@@ -89,8 +97,12 @@ def register(commands: Any, bench: Any) -> None:
     out = parser.add_argument_group("results")
     out.add_argument("--slo-ttft-ms", type=_positive_float, help="TTFT objective for goodput")
     out.add_argument("--slo-tpot-ms", type=_positive_float, help="TPOT objective for goodput")
-    out.add_argument("--json", dest="json_path", help="write the summary and per-request results here")
-    out.add_argument("--plot", dest="plot_path", help="write latency CDFs and throughput over time (PNG)")
+    out.add_argument(
+        "--json", dest="json_path", type=output_file, help="write the summary and per-request results here"
+    )
+    out.add_argument(
+        "--plot", dest="plot_path", type=output_file, help="write latency CDFs and throughput over time (PNG)"
+    )
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_serve_handler)
 

@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from edgecloud.bench.arrivals import gamma_arrivals, trace_arrivals
 from edgecloud.bench.client import Endpoint
+from edgecloud.bench.machine import LoadWatch
 from edgecloud.bench.metrics import RequestRecord, Slo, summarize
-from edgecloud.bench.report import plot, summary_table, write_json
+from edgecloud.bench.report import error_reasons, plot, report_console, summary_table, write_json
 from edgecloud.bench.runner import first_model, run_requests
 from edgecloud.bench.traces import read_trace
 from edgecloud.bench.workload import (
@@ -30,6 +30,7 @@ from edgecloud.bench.workload import (
     shared_prefix_workload,
     trace_workload,
 )
+from edgecloud.errors import USAGE, CLIError
 
 
 def default_tokenizer_dir() -> Path:
@@ -108,25 +109,36 @@ def run_from_args(args: argparse.Namespace) -> int:
         api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
         model = args.model or asyncio.run(first_model(args.base_url, api_key))
     except (aiohttp.ClientError, TimeoutError) as error:  # before OSError: both subclass it
-        console.print(f"[red]error:[/red] cannot list models at {args.base_url}: {error}")
-        return 2
+        raise CLIError(
+            f"cannot list models at {args.base_url}/v1/models: {error or type(error).__name__}; is the server "
+            "running there (edgecloud serve)? Or pass --model to skip the listing"
+        ) from error
     except (OSError, ValueError, RuntimeError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        return 2
+        raise CLIError(str(error), USAGE) from error
     endpoint = Endpoint(args.base_url, model, args.api, args.ignore_eos, args.temperature, api_key)
+    # The server under test may run on this machine: its CPU time cannot be told from other
+    # processes', so the load at the start decides whether the machine was busy.
+    watch = LoadWatch.begin(self_contained=False)
     records = run_with_progress(
         endpoint, requests, arrivals, args.max_concurrency, args.timeout, console, args.quiet
     )
+    machine = watch.finish()
     slo = Slo(
         ttft=args.slo_ttft_ms / 1000 if args.slo_ttft_ms else None,
         tpot=args.slo_tpot_ms / 1000 if args.slo_tpot_ms else None,
     )
     summary = summarize(records, slo)
     title = f"edgecloud bench serve → {args.base_url} ({model})"
-    Console(file=sys.stdout).print(summary_table(summary, title))
+    out = report_console()
+    out.print(summary_table(summary, title))
+    reasons = error_reasons(records)
+    if reasons:
+        out.print("errors, by reason:", highlight=False)
+        for line in reasons:
+            out.print(f"  {line}", highlight=False, markup=False)
     config = _config(args, model, requests)
     if args.json_path:
-        write_json(args.json_path, summary, records, config)
+        write_json(args.json_path, summary, records, config, machine.as_dict())
     if args.plot_path:
         plot(args.plot_path, records, summary, title=f"{config['workload']} → {model}")
     return 0 if summary.completed else 1

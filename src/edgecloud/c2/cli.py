@@ -14,16 +14,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from edgecloud.errors import USAGE, CLIError, listen_failed, output_file
+
 
 def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Bad input (names, privileges, addresses, missing files) ends with one precise line, not a traceback."""
+    """Bad input (names, privileges, addresses, missing files) ends with one precise line, not a
+    traceback: a usage error (exit 2) for ``edgecloud.cli.main`` to print."""
 
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        except FileNotFoundError as exc:
+            raise CLIError(f"no such file: {exc.filename} (check --pki and --name)", USAGE) from exc
+        except ValueError as exc:
+            raise CLIError(str(exc), USAGE) from exc
 
     return run
 
@@ -64,6 +68,7 @@ def _pki_issue(args: argparse.Namespace) -> int:
         _privileges(args.privileges),
         args.days,
         issuer=args.issuer,
+        overwrite=args.force,
     )
     print(path)
     return 0
@@ -123,9 +128,11 @@ def _uxv(args: argparse.Namespace) -> int:
     listen, vehicle = parse_address(args.listen, "--listen"), parse_address(args.mavlink, "--mavlink")
 
     async def main() -> None:
-        gateway = await UxvGateway(
-            Path(args.pki), args.name, listen, vehicle, controller=args.controller, lease=args.lease
-        ).start()
+        gateway = UxvGateway(Path(args.pki), args.name, listen, vehicle, controller=args.controller, lease=args.lease)
+        try:
+            await gateway.start()
+        except OSError as exc:
+            raise listen_failed(exc, *listen, "--listen") from exc
         _ready(node=args.name, listen=list(gateway.address))
         await _serve_forever(gateway)
 
@@ -147,11 +154,20 @@ def _gcs(args: argparse.Namespace) -> int:
         )
 
     async def main() -> None:
-        gateway = await GcsGateway(
+        gateway = GcsGateway(
             Path(args.pki), args.name, targets, local, uxv_name=args.uxv or None, rekey_interval=args.rekey_interval
-        ).start()
+        )
+        try:
+            await gateway.start()
+        except OSError as exc:
+            raise listen_failed(exc, *local, "--mavlink") from exc
         _ready(node=args.name, mavlink=list(gateway.mavlink_address))
-        await _serve_forever(gateway)
+        try:
+            await gateway.gave_up.wait()
+        finally:
+            await gateway.stop()
+        reasons = "; ".join(v.gave_up for v in gateway.vehicles if v.gave_up is not None)
+        raise CLIError(f"gave up: {reasons}")
 
     asyncio.run(main())
     return 0
@@ -178,8 +194,7 @@ def _tc_handover(args: argparse.Namespace) -> int:
             )
         )
     except LinkError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise CLIError(str(exc)) from exc
     print(
         json.dumps(
             {
@@ -205,6 +220,7 @@ def _tc_issue(args: argparse.Namespace) -> int:
             _privileges(args.privileges),
             args.days,
             issuer=args.name,
+            overwrite=args.force,
         )
     )
     return 0
@@ -224,8 +240,7 @@ def _tc_revoke(args: argparse.Namespace) -> int:
     subject = pki.load_certificates(directory / f"{args.subject}.crt")[0]
     issuer = pki.Issuer(directory, args.name)
     if pki.identity_of(subject).issuer != pki.common_name(issuer.cert.subject):
-        print(f"error: {args.subject} was not issued by {args.name}", file=sys.stderr)
-        return 1
+        raise CLIError(f"{args.subject} was not issued by {args.name}: only its issuer may revoke it")
     crl = issuer.revoke(subject.serial_number)
     print(directory / "crl.pem")
     if args.push:
@@ -246,7 +261,11 @@ def _tc_serve(args: argparse.Namespace) -> int:
     listen = parse_address(args.listen, "--listen")
 
     async def main() -> None:
-        service = await TcService(Path(args.pki), args.name, listen).start()
+        service = TcService(Path(args.pki), args.name, listen)
+        try:
+            await service.start()
+        except OSError as exc:
+            raise listen_failed(exc, *listen, "--listen") from exc
         _ready(node=args.name, listen=list(service.address))
         await _serve_forever(service)
 
@@ -269,8 +288,7 @@ def _renew(args: argparse.Namespace) -> int:
             )
         )
     except LinkError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise CLIError(str(exc)) from exc
     print(path)
     return 0
 
@@ -280,7 +298,10 @@ def _vehicle(args: argparse.Namespace) -> int:
 
     from edgecloud.c2.vehicle import SimulatedVehicle
 
-    vehicle = SimulatedVehicle(args.mavlink, system_id=args.system_id).start()
+    try:
+        vehicle = SimulatedVehicle(args.mavlink, system_id=args.system_id).start()
+    except OSError as exc:
+        raise CLIError(f"--mavlink {args.mavlink}: {exc.strerror or exc}; pass another endpoint") from exc
     _ready(node="vehicle", port=vehicle.port)
     try:
         while True:
@@ -292,10 +313,12 @@ def _vehicle(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import asyncio
 
+    from edgecloud.bench.machine import LoadWatch
     from edgecloud.c2.bench import run_bench
 
     _logging(args.verbose)
     plot = Path(args.json).with_suffix(".png") if args.json else None
+    watch = LoadWatch.begin()
     report = asyncio.run(
         run_bench(
             profiles=args.profiles.split(","),
@@ -305,6 +328,7 @@ def _bench(args: argparse.Namespace) -> int:
             plot=plot,
         )
     )
+    report["machine"]["load"] = watch.finish().as_dict()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     for name, result in report["profiles"].items():
@@ -333,8 +357,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         help="tokens: telemetry, msg:<id|NAME>, cmd:<id|NAME>, msg:*, "
         "cmd:*, handover:approve, pki:issue, pki:revoke (default: the role's)",
     )
-    p.add_argument("--days", type=int, default=365)
+    p.add_argument("--days", type=int, default=365, help="validity")
     p.add_argument("--issuer", default="ca", help="ca (the root, default) or a TC's name")
+    p.add_argument("--force", action="store_true", help="replace DIR/NAME.crt and DIR/NAME.key if they exist")
     p.set_defaults(handler=_guarded(_pki_issue))
     p = pki_verbs.add_parser("revoke", help="revoke NAME (writes DIR/crl.pem)")
     p.add_argument("dir")
@@ -392,8 +417,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--name", required=True, help="this TC")
     p.add_argument("--subject", required=True)
     p.add_argument("--role", required=True, choices=["gcs", "uxv"])
-    p.add_argument("--privileges", nargs="*")
-    p.add_argument("--days", type=int, default=365)
+    p.add_argument("--privileges", nargs="*", help="tokens as for `c2 pki issue` (default: the role's)")
+    p.add_argument("--days", type=int, default=365, help="validity")
+    p.add_argument("--force", action="store_true", help="replace the subject's certificate and key if they exist")
     p.set_defaults(handler=_guarded(_tc_issue))
     p = tc_verbs.add_parser("revoke", help="revoke a credential this TC issued; push the CRL to vehicles")
     p.add_argument("--pki", required=True)
@@ -425,10 +451,10 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.set_defaults(handler=_guarded(_vehicle))
 
     p = verbs.add_parser("bench", help="plain MAVLink vs NC2S through netem links (writes JSON and a PNG)")
-    p.add_argument("--json", help="write the report here")
-    p.add_argument("--profiles", default="wifi,tactical-radio")
+    p.add_argument("--json", type=output_file, help="write the report here (and the figure beside it, as .png)")
+    p.add_argument("--profiles", default="wifi,tactical-radio", help="netem link profiles, comma-separated")
     p.add_argument("--commands", type=int, default=200, help="commands per system on fast links")
     p.add_argument("--radio-commands", type=int, default=100, help="commands per system on slow links")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the links' loss and jitter")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(handler=_guarded(_bench))

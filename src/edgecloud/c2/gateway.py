@@ -35,6 +35,12 @@ from edgecloud.c2.session import Credentials, FrameType
 
 Address = tuple[str, int]
 
+RETRY_FIRST_S = 0.5
+"""A GCS gateway's first wait before reconnecting to a vehicle; each failure doubles it, up to
+RETRY_MAX_S, and a link that comes up resets it (a closed port: 8 warnings in the first minute,
+then two a minute, instead of 60)."""
+RETRY_MAX_S = 30.0
+
 
 def parse_address(text: str, field_name: str) -> Address:
     """``HOST:PORT`` or ``udp:HOST:PORT``; errors name the field and the allowed form."""
@@ -129,7 +135,11 @@ class UxvGateway:
         self._udp, _ = await loop.create_datagram_endpoint(
             lambda: _Datagrams(self._from_vehicle), remote_addr=self.vehicle
         )
-        self._server = await asyncio.start_server(self._on_connection, *self.listen)
+        try:
+            self._server = await asyncio.start_server(self._on_connection, *self.listen)
+        except OSError:
+            self._udp.close()
+            raise
         self._spawn(self._timer())
         log.info("uxv %s: listening on %s, vehicle at %s", self.name, self.address, self.vehicle)
         return self
@@ -297,6 +307,7 @@ class VehicleLink:
     link: Link | None = None
     system_ids: set[int] = field(default_factory=set)
     was_controlling: bool = False
+    gave_up: str | None = None  # why reconnecting stopped: a refusal that cannot heal
 
     def controlling(self, now: float) -> bool:
         return self.link is not None and self.control.controlling(now)
@@ -338,6 +349,7 @@ class GcsGateway:
             for address, expected in zip(addresses, names, strict=True)
         ]
         self.connected = asyncio.Event()  # set while every vehicle link is up
+        self.gave_up = asyncio.Event()  # set once every vehicle link has been refused for good
         self.handshakes: list[float] = []
         self.dropped = 0
         self._parser = _parser()
@@ -385,10 +397,23 @@ class GcsGateway:
             return self.vehicles[0].controlling(now)
         return any(v.control.uxv == uxv and v.controlling(now) for v in self.vehicles)
 
+    def _give_up(self, vehicle: VehicleLink, reason: str) -> None:
+        """Stop reconnecting to ``vehicle``; once every vehicle is given up, ``gave_up`` is set
+        and whoever runs the gateway reports why (``c2 gcs`` exits with the reasons)."""
+        host, port = vehicle.address
+        vehicle.gave_up = reason
+        if all(v.gave_up is not None for v in self.vehicles):
+            self.gave_up.set()
+        else:
+            log.error("%s; giving up on %s:%d, keeping the other vehicles", reason, host, port)
+
     async def _keep_connected(self, vehicle: VehicleLink) -> None:
+        """Connect, run the link, reconnect when it drops: retries back off exponentially
+        (RETRY_FIRST_S doubling to RETRY_MAX_S) and stop on refusals that cannot heal."""
         host, port = vehicle.address
         context = tls.client_context(self.pki_dir, self.name)
         context.check_hostname = vehicle.expected_name is not None
+        delay = RETRY_FIRST_S
         while True:
             try:
                 link = await connect(
@@ -401,14 +426,22 @@ class GcsGateway:
                     rekey_interval=self.rekey_interval,
                 )
             except LinkError as exc:
-                log.warning("gcs %s: %s; retrying in 1 s", self.name, exc)
-                await asyncio.sleep(1.0)
+                if exc.permanent:
+                    self._give_up(vehicle, str(exc))
+                    return
+                log.warning("%s; retrying in %g s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, RETRY_MAX_S)
                 continue
             if link.peer.role is not Role.UXV:
-                log.warning("gcs %s: peer %s has role %s, not uxv; closing", self.name, link.peer.name, link.peer.role)
                 await link.close()
-                await asyncio.sleep(1.0)
-                continue
+                self._give_up(
+                    vehicle,
+                    f"gcs {self.name}: {host}:{port} is {link.peer.name}, of role {link.peer.role}, not a vehicle "
+                    "gateway (c2 uxv): check --connect",
+                )
+                return
+            delay = RETRY_FIRST_S
             vehicle.control.uxv = link.peer.name
             vehicle.link = link
             self.handshakes.append(link.stats.handshake_s)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -38,7 +39,51 @@ HANDSHAKE_TIMEOUT = 10.0
 
 
 class LinkError(ConnectionError):
-    """The link could not be set up or authenticated; the message says why."""
+    """The link could not be set up or authenticated; the message says why.
+
+    ``permanent``: retrying cannot help, since the certificates involved stay what they are (one
+    revoked, from another root CA, naming another node, or this node's own expired); the message
+    then says what to do instead.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+# TLS alerts a peer sends when it refuses *our* certificate for good: revoked, from a CA it does
+# not trust, not verifiable, or expired (a running gateway keeps the credentials it started with).
+_PERMANENT_ALERTS = {
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "the peer holds this node's certificate as revoked: have a new one issued "
+    "(c2 pki issue --force, or c2 tc issue) and restart",
+    "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust this node's CA: both need certificates from one PKI directory",
+    "TLSV1_ALERT_DECRYPT_ERROR": "the peer cannot verify this node's certificate (another root CA of the same "
+    "name?): both need certificates from one PKI directory",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the peer refused this node's certificate",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "the peer refused this node's certificate",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "this node's certificate has expired: renew it (c2 pki renew, or c2 renew) "
+    "and restart",
+    "TLSV1_ALERT_ACCESS_DENIED": "the peer denied this node access",
+}
+# Our verdicts on the peer's certificate (OpenSSL X509_V_ERR_* codes) that time can change: the
+# peer may renew an expired certificate, or a clock be set right.
+_TRANSIENT_VERIFY_CODES = {9, 10, 11, 12}  # cert not yet valid / expired, CRL not yet valid / expired
+_VERIFY_HINTS = {
+    23: "the peer's certificate is revoked",
+    62: "the peer's certificate names another node (check --uxv)",
+}
+_OTHER_CA_HINT = "the peer's certificate is not from this node's root CA: both need one PKI directory"
+
+
+def permanent_failure(exc: BaseException) -> str | None:
+    """What to do about a TLS refusal that retrying cannot cure, or None when it may heal."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code in _TRANSIENT_VERIFY_CODES:
+            return None
+        return _VERIFY_HINTS.get(exc.verify_code, _OTHER_CA_HINT)
+    if isinstance(exc, ssl.SSLError):
+        return _PERMANENT_ALERTS.get(exc.reason or "")
+    return None
 
 
 @dataclass
@@ -264,14 +309,17 @@ async def connect(
     started = time.monotonic()
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), HANDSHAKE_TIMEOUT)
-    except (TimeoutError, OSError) as exc:
-        raise LinkError(f"{label}: cannot reach {host}:{port}: {exc!r}") from exc
+    except TimeoutError as exc:
+        raise LinkError(f"{label}: cannot reach {host}:{port}: no answer within {HANDSHAKE_TIMEOUT:g} s") from exc
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise LinkError(f"{label}: cannot reach {host}:{port}: {reason}") from exc
     stream = TlsStream(reader, writer, context, server_side=False, server_hostname=server_hostname)
     try:
         await asyncio.wait_for(stream.handshake(), HANDSHAKE_TIMEOUT)
     except (ssl.SSLError, TimeoutError, OSError) as exc:
         await stream.close()
-        raise LinkError(f"{label}: {tls_failure_reason(exc)}") from exc
+        raise _tls_link_error(label, exc) from exc
     session = SecureSession(credentials, initiator=True, tls_peer_der=stream.peer_der(), rekey_interval=rekey_interval)
     link = Link(stream, session, label)
     try:
@@ -279,11 +327,18 @@ async def connect(
     except ssl.SSLError as exc:
         # TLS 1.3: the server judges our certificate after our handshake finished; its alert lands here.
         await link.close()
-        raise LinkError(f"{label}: {tls_failure_reason(exc)}") from exc
+        raise _tls_link_error(label, exc) from exc
     except (TimeoutError, ConnectionError, OSError) as exc:
         await link.close()
         raise LinkError(f"{label}: NC2S session set-up failed: {exc!r}") from exc
     return link
+
+
+def _tls_link_error(label: str, exc: BaseException) -> LinkError:
+    hint = permanent_failure(exc)
+    if hint is None:
+        return LinkError(f"{label}: {tls_failure_reason(exc)}")
+    return LinkError(f"{label}: {tls_failure_reason(exc)}: {hint}", permanent=True)
 
 
 async def accept(

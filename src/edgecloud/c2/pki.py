@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,8 +127,10 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.write_bytes(data)
-    path.chmod(0o600)
+    # created owner-only, so the key is never readable by others, not even between write and chmod
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+        out.write(data)
+    path.chmod(0o600)  # an existing file keeps its old mode through O_TRUNC
 
 
 def load_certificates(path: Path) -> list[x509.Certificate]:
@@ -305,11 +308,23 @@ def issue_to_directory(
     days: int = 365,
     issuer: str = ROOT_NAME,
     valid_from: dt.datetime | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Path:
-    """Issue ``name`` from ``issuer`` and write ``NAME.crt`` (with the issuer's chain) and ``NAME.key``."""
+    """Issue ``name`` from ``issuer`` and write ``NAME.crt`` (with the issuer's chain) and ``NAME.key``.
+
+    An existing ``NAME.crt`` or ``NAME.key`` is replaced only with ``overwrite``: a credential in
+    use, or a CA's key, is not lost to a command run twice (as :func:`init` keeps the root's).
+    """
     directory = Path(directory)
     authority = Issuer(directory, issuer)
-    cert, key = authority.issue(name, role, privileges, days, valid_from=valid_from)
+    cert, key = authority.issue(name, role, privileges, days, valid_from=valid_from)  # checks the name
+    existing = [p for p in (directory / f"{name}.crt", directory / f"{name}.key") if p.exists()]
+    if existing and not overwrite:
+        raise PkiError(
+            f"{existing[0]} exists: refusing to overwrite {name!r}'s credential; pass --force to replace it, "
+            "or use `c2 pki renew` for a fresh validity with the same key"
+        )
     assert key is not None
     chain = [cert] if authority.is_root else [cert, authority.cert]
     (directory / f"{name}.crt").write_bytes(b"".join(_pem(c) for c in chain))

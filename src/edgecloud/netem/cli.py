@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from edgecloud.errors import USAGE, CLIError, listen_failed, output_file
 
 if TYPE_CHECKING:
     from edgecloud.netem.profile import ProfileLike
@@ -61,51 +62,55 @@ def _number(low: float, *, inclusive: bool = True, high: float | None = None, ki
 
 
 def _add_shaping(parser: argparse.ArgumentParser, prefix: str, title: str) -> None:
-    from edgecloud.netem.profile import LOSS_MODEL_NAMES, PROFILES
+    from edgecloud.netem.profile import DEFAULT_QUEUE_BYTES, LOSS_MODEL_NAMES, PROFILES
 
     group = parser.add_argument_group(title)
     dashed = f"--{prefix}-" if prefix else "--"
     dest = f"{prefix}_" if prefix else ""
+
+    def default(value: str) -> str:
+        """What applies when the option is not given: the shared option's value, for one direction."""
+        return f" (default: {value})" if not prefix else " (default: the value of the option without --up-/--down-)"
     group.add_argument(
         f"{dashed}profile",
         dest=f"{dest}profile",
         choices=sorted(PROFILES),
-        help="start from a named link profile",
+        help="start from a named link profile" + default("none"),
     )
     group.add_argument(
         f"{dashed}delay-ms",
         dest=f"{dest}delay_ms",
         type=_number(0.0),
         metavar="MS",
-        help="one-way delay in ms",
+        help="one-way delay in ms" + default("0"),
     )
     group.add_argument(
         f"{dashed}jitter-ms",
         dest=f"{dest}jitter_ms",
         type=_number(0.0),
         metavar="MS",
-        help="uniform delay variation ±MS, no reordering",
+        help="uniform delay variation ±MS, no reordering" + default("0"),
     )
     group.add_argument(
         f"{dashed}rate-mbps",
         dest=f"{dest}rate_mbps",
         type=_number(0.0, inclusive=False),
         metavar="MBPS",
-        help="rate limit in Mbit/s; default unlimited",
+        help="rate limit in Mbit/s" + default("unlimited"),
     )
     group.add_argument(
         f"{dashed}queue-bytes",
         dest=f"{dest}queue_bytes",
         type=_number(1, kind=int),
         metavar="BYTES",
-        help="bottleneck queue size, tail drop beyond it",
+        help="bottleneck queue size, tail drop beyond it" + default(f"{DEFAULT_QUEUE_BYTES}"),
     )
     group.add_argument(
         f"{dashed}loss",
         dest=f"{dest}loss",
         type=_number(0.0, high=1.0),
         metavar="P",
-        help="mean packet loss rate in [0, 1]",
+        help="mean packet loss rate in [0, 1]" + default("0"),
     )
     group.add_argument(
         f"{dashed}loss-model",
@@ -260,7 +265,10 @@ async def _run_relay(args: argparse.Namespace, uplink: ProfileLike, downlink: Pr
 
     relay_class = UdpRelay if args.protocol == "udp" else TcpProxy
     relay = relay_class(listen=args.listen, target=args.to, uplink=uplink, downlink=downlink, seed=args.seed)
-    await relay.start()
+    try:
+        await relay.start()
+    except OSError as exc:
+        raise listen_failed(exc, args.listen[0], args.listen[1], "--listen") from exc
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
@@ -275,7 +283,11 @@ async def _run_relay(args: argparse.Namespace, uplink: ProfileLike, downlink: Pr
         f"netem {args.protocol}: listening on {host}:{port}, relaying to {args.to[0]}:{args.to[1]}",
         flush=True,
     )
-    print(f"  uplink:   {uplink}\n  downlink: {downlink}", flush=True)
+    for name, profile in (("uplink", uplink), ("downlink", downlink)):
+        lines = profile.describe().splitlines()
+        print(f"  {name + ':':<10}{lines[0]}", flush=True)
+        for line in lines[1:]:
+            print(f"  {'':<10}{line}", flush=True)
     try:
         await asyncio.sleep(args.duration if args.duration is not None else float("inf"))
     except asyncio.CancelledError:
@@ -291,27 +303,21 @@ def run_relay(args: argparse.Namespace) -> int:
     try:
         uplink, downlink = _profiles(args)
     except (ValueError, TypeError) as exc:
-        print(f"edgecloud netem {args.protocol}: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(_run_relay(args, uplink, downlink))
-    except OSError as exc:
-        print(
-            f"edgecloud netem {args.protocol}: error: cannot listen on {args.listen[0]}:{args.listen[1]}: "
-            f"{exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 1
+        raise CLIError(str(exc), USAGE) from exc
+    asyncio.run(_run_relay(args, uplink, downlink))
     return 0
 
 
 def run_bench(args: argparse.Namespace) -> int:
     import asyncio
 
+    from edgecloud.bench.machine import LoadWatch
     from edgecloud.netem.accuracy import format_report, measure
 
+    watch = LoadWatch.begin()
     report = asyncio.run(measure(delay_ms=args.delay_ms, packets=args.packets, interval_ms=args.interval_ms))
     print(format_report(report))
+    report["machine_load"] = watch.finish().as_dict()
     if args.json is not None:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
@@ -370,8 +376,12 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         description="Echo round trips on loopback, direct (baseline) and through the UDP relay and TCP "
         "proxy with a configured one-way delay; reports the delay error percentiles.",
     )
-    parser.add_argument("--delay-ms", type=_number(0.0), default=20.0, metavar="MS")
-    parser.add_argument("--packets", type=_number(1, kind=int), default=2000)
-    parser.add_argument("--interval-ms", type=_number(0.0, inclusive=False), default=2.0, metavar="MS")
-    parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    parser.add_argument(
+        "--delay-ms", type=_number(0.0), default=20.0, metavar="MS", help="the configured one-way delay"
+    )
+    parser.add_argument("--packets", type=_number(1, kind=int), default=2000, help="round trips per path")
+    parser.add_argument(
+        "--interval-ms", type=_number(0.0, inclusive=False), default=2.0, metavar="MS", help="between round trips"
+    )
+    parser.add_argument("--json", type=output_file, metavar="FILE", help="write the report as JSON")
     parser.set_defaults(handler=run_bench)

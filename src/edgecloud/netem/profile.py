@@ -70,6 +70,9 @@ class Bernoulli:
     def mean_loss(self) -> float:
         return self.p
 
+    def describe(self) -> str:
+        return f"{_percent(self.p)} loss, independent (Bernoulli)"
+
 
 @dataclass(frozen=True)
 class GilbertElliott:
@@ -131,6 +134,10 @@ class GilbertElliott:
     def mean_burst_len(self) -> float:
         """Mean stay in the bad state, in packets."""
         return math.inf if self.p_bad_to_good == 0.0 else 1.0 / self.p_bad_to_good
+
+    def describe(self) -> str:
+        text = f"{_percent(self.mean_loss)} loss in bursts of {self.mean_burst_len:.3g} packets (Gilbert-Elliott)"
+        return text + _state_losses(self)
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,10 @@ class GilbertElliottTime:
         """Mean stay in the bad state, in ms."""
         return self.mean_bad_ms
 
+    def describe(self) -> str:
+        text = f"{_percent(self.mean_loss)} loss in bursts of {self.mean_burst_ms:.3g} ms (Gilbert-Elliott in time)"
+        return text + _state_losses(self)
+
     def p_switch(self, bad: bool, elapsed_s: float) -> float:
         """Probability that the chain is in the other state ``elapsed_s`` seconds after being in
         state ``bad`` (the state at the same distance *before*, too: a two-state chain is reversible).
@@ -215,6 +226,17 @@ class GilbertElliottTime:
 
 
 LossModel = Bernoulli | GilbertElliott | GilbertElliottTime
+
+
+def _percent(p: float) -> str:
+    return f"{p * 100:.3g}%"
+
+
+def _state_losses(model: GilbertElliott | GilbertElliottTime) -> str:
+    """The per-state loss probabilities, where they are not Gilbert's 0 in good and 1 in bad."""
+    if (model.loss_in_good, model.loss_in_bad) == (0.0, 1.0):
+        return ""
+    return f", losing {_percent(model.loss_in_good)} in the good state and {_percent(model.loss_in_bad)} in the bad"
 
 DEFAULT_QUEUE_BYTES = 256 * 1024
 DEFAULT_BURST_LEN = 3.0
@@ -263,6 +285,21 @@ class LinkProfile:
     def rate_bytes_per_s(self) -> float | None:
         return None if self.rate_mbps is None else self.rate_mbps * 1e6 / 8.0
 
+    def describe(self) -> str:
+        """The profile as one readable line: ``delay 50 ms, no jitter, ... 5% loss in bursts of ...``."""
+        parts = [f"delay {self.delay_ms:g} ms"]
+        parts.append(f"jitter ±{self.jitter_ms:g} ms" if self.jitter_ms else "no jitter")
+        if self.rate_mbps is None:
+            parts.append("unlimited rate")
+        else:
+            parts.append(f"rate {self.rate_mbps:g} Mbit/s, queue {self.queue_bytes} bytes")
+        if self.allow_reorder:
+            parts.append("reordering allowed")
+        loss = self.loss
+        described = isinstance(loss, Bernoulli | GilbertElliott | GilbertElliottTime)
+        parts.append(loss.describe() if described else "no loss")
+        return ", ".join(parts)
+
 
 class Schedule:
     """Profiles over time: ``Schedule([(0, a), (10, b)])`` is ``a`` for 10 s, then ``b`` for good.
@@ -291,6 +328,10 @@ class Schedule:
 
     def __repr__(self) -> str:
         return f"Schedule({list(self.entries)!r})"
+
+    def describe(self) -> str:
+        """One readable line per entry: ``from 0 s: delay 50 ms, ...``."""
+        return "\n".join(f"from {t:g} s: {profile.describe()}" for t, profile in self.entries)
 
     @classmethod
     def from_json(cls, source: str | Path | list[Any]) -> Schedule:

@@ -8,6 +8,14 @@ import json
 import sys
 from typing import Any
 
+from edgecloud.errors import USAGE, CLIError, listen_failed, output_file
+
+# NewReno sustains about 1.22 * MSS / (RTT * sqrt(loss)): 0.52 Mb/s at 5 % loss and 100 ms RTT,
+# 0.37 Mb/s at 10 %. A stream above that rate measures throughput collapse, not loss recovery:
+# at 2 Mb/s the README's example link (50 ms each way, 5 % bursty loss) stalled 211 times in
+# 10 s. Server and benchmark default to a stream that such links carry (docs/stream.md).
+DEFAULT_BITRATE_MBPS = 0.3
+
 
 def _number(low: float, high: float, kind: type = float) -> Any:
     def parse(text: str) -> float:
@@ -92,11 +100,20 @@ def _add_autorec_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_source_options(parser: argparse.ArgumentParser, bitrate_mbps: float = 2.0) -> None:
-    group = parser.add_argument_group("live source")
-    group.add_argument("--fps", type=_number(1, 240), default=30.0)
-    group.add_argument("--bitrate-mbps", type=_number(0.01, 1000), default=bitrate_mbps)
-    group.add_argument("--gop", type=_number(1, 10_000, int), default=30, help="frames per group of pictures")
+def _add_source_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("live source (a synthetic video stream: one keyframe, then smaller frames)")
+    group.add_argument("--fps", type=_number(1, 240), default=30.0, help="frames per second")
+    group.add_argument(
+        "--bitrate-mbps",
+        type=_number(0.01, 1000),
+        default=DEFAULT_BITRATE_MBPS,
+        help="the stream's mean rate in Mbit/s; keep it below what the link's congestion control sustains "
+        "at its loss and RTT (about 0.5 Mb/s at 5%% loss and 100 ms with NewReno), or the viewer stalls "
+        "for want of throughput, whatever the recovery",
+    )
+    group.add_argument(
+        "--gop", type=_number(1, 10_000, int), default=30, help="frames per group of pictures (one keyframe each)"
+    )
 
 
 def _autorec_config(args: argparse.Namespace) -> Any:
@@ -127,17 +144,30 @@ def _serve(args: argparse.Namespace) -> int:
     from edgecloud.stream.source import LiveSource
 
     if (args.cert is None) != (args.key is None):
-        print("error: --cert and --key go together", file=sys.stderr)
-        return 2
+        raise CLIError("--cert and --key go together: give both, or neither for a self-signed certificate", USAGE)
     certificate = key = None
     if args.cert is not None:
-        with open(args.cert, "rb") as cert_file, open(args.key, "rb") as key_file:
-            certificate = x509.load_pem_x509_certificate(cert_file.read())
-            key = load_pem_private_key(key_file.read(), password=None)
+        try:
+            with open(args.cert, "rb") as cert_file, open(args.key, "rb") as key_file:
+                certificate = x509.load_pem_x509_certificate(cert_file.read())
+                key = load_pem_private_key(key_file.read(), password=None)
+        except OSError as exc:
+            raise CLIError(f"cannot read {exc.filename}: {exc.strerror}", USAGE) from exc
+        except (ValueError, TypeError) as exc:  # not PEM, or a key with a password
+            raise CLIError(
+                f"--cert {args.cert} / --key {args.key}: not a PEM certificate and unencrypted key: {exc}", USAGE
+            ) from exc
     source_config = _source_config(args)
-    source = (
-        LiveSource.from_sizes_file(args.frame_sizes, source_config) if args.frame_sizes else LiveSource(source_config)
-    )
+    try:
+        source = (
+            LiveSource.from_sizes_file(args.frame_sizes, source_config)
+            if args.frame_sizes
+            else LiveSource(source_config)
+        )
+    except OSError as exc:
+        raise CLIError(f"--frame-sizes: cannot read {args.frame_sizes}: {exc.strerror}", USAGE) from exc
+    except ValueError as exc:
+        raise CLIError(f"--frame-sizes {args.frame_sizes}: {exc}", USAGE) from exc
     autorec = None if args.baseline else _autorec_config(args)
 
     async def run() -> None:
@@ -161,12 +191,16 @@ def _serve(args: argparse.Namespace) -> int:
             private_key=key,
             congestion_control=args.congestion_control,
         )
-        await server.start()
+        try:
+            await server.start()
+        except OSError as exc:
+            raise listen_failed(exc, args.host, args.port, "--port") from exc
         host, port = server.address
-        mode = "baseline (aioquic recovery)" if autorec is None else f"AutoRec {autorec}"
-        print(
-            f"serving https://{host}:{port}/live?seconds=N over HTTP/3, {args.congestion_control}, {mode}", flush=True
-        )
+        print(f"serving https://{host}:{port}/live?seconds=N over HTTP/3", flush=True)
+        recovery = "aioquic's own (baseline)" if autorec is None else f"AutoRec: {autorec.describe()}"
+        print(f"  recovery:           {recovery}", flush=True)
+        print(f"  congestion control: {_CONGESTION_CONTROL_NAMES[args.congestion_control]}", flush=True)
+        print(f"  source:             {_describe_source(args)}", flush=True)
         try:
             await stop.wait()
         finally:
@@ -177,27 +211,66 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+_CONGESTION_CONTROL_NAMES = {"reno": "NewReno (aioquic's default)", "cubic": "CUBIC"}
+
+
+def _describe_source(args: argparse.Namespace) -> str:
+    if args.frame_sizes:
+        return f"frame sizes from {args.frame_sizes}, {args.fps:g} fps"
+    return f"{args.bitrate_mbps:g} Mbit/s, {args.fps:g} fps, a keyframe every {args.gop} frames"
+
+
+def _url(text: str) -> str:
+    from edgecloud.stream.player import check_url
+
+    try:
+        return check_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _play(args: argparse.Namespace) -> int:
     from edgecloud.stream.player import play
 
-    report = asyncio.run(play(args.url, playout_delay_s=args.playout_delay_ms / 1000, timeout_s=args.timeout))
+    report = asyncio.run(
+        play(
+            args.url,
+            playout_delay_s=args.playout_delay_ms / 1000,
+            timeout_s=args.timeout,
+            connect_timeout_s=args.connect_timeout,
+        )
+    )
+    if report.status is None and report.frames == 0 and report.error is not None:
+        raise CLIError(
+            f"cannot play {args.url}: {report.error}; is `edgecloud stream serve` running there "
+            "(and a relay, if the URL names one)?"
+        )
     summary = report.summary()
     if args.json:
         summary["frames_timing"] = [t.__dict__ for t in report.timings]
-        with open(args.json, "w") as out:
-            json.dump(summary, out, indent=2)
+        try:
+            with open(args.json, "w") as out:
+                json.dump(summary, out, indent=2)
+        except OSError as exc:
+            raise CLIError(f"--json: cannot write {args.json}: {exc.strerror}") from exc
     print(json.dumps(report.summary()))
-    return 0 if report.error is None and report.status == 200 else 1
+    if report.status is not None and report.status != 200:
+        raise CLIError(f"the server answered {report.status}; the URL's path must be /live?seconds=N")
+    if report.error is not None:
+        raise CLIError(f"the stream was cut short after {report.frames} frames: {report.error}")
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from edgecloud.bench.machine import LoadWatch
     from edgecloud.stream import bench, plots
 
     autorec = _autorec_config(args)
     source = _source_config(args)
     if args.loss_change and args.draws > 1:
-        print("error: --loss-change runs one draw; --draws applies to the side-by-side cases", file=sys.stderr)
-        return 2
+        raise CLIError("--loss-change runs one draw; --draws applies to the side-by-side cases", USAGE)
+    # the virtual clock's figures do not depend on the machine's load; the real clock's do
+    watch = LoadWatch.begin(timed=not args.virtual)
     if args.loss_change:
         result = bench.run_loss_change(
             duration_s=args.duration,
@@ -209,6 +282,7 @@ def _bench(args: argparse.Namespace) -> int:
             virtual=args.virtual,
             congestion_control=args.congestion_control,
         )
+        result["machine"] = watch.finish().as_dict()
         bench.write_json(args.json, result)
         if args.plot:
             plots.plot_loss_change(result, args.plot, autorec.overhead_budget)
@@ -246,6 +320,9 @@ def _bench(args: argparse.Namespace) -> int:
         congestion_control=args.congestion_control,
         progress=progress,
     )
+    load = watch.finish().as_dict()
+    for case in cases:
+        case["machine"] = load  # the file is a list of cases: each carries the run's machine record
     if args.draws > 1:
         _print_pooled(bench.pooled(cases))
     bench.write_json(args.json, cases)
@@ -299,28 +376,23 @@ def _pool(args: argparse.Namespace) -> int:
             with open(name) as f:
                 data = json.load(f)
         except (OSError, ValueError) as error:  # ValueError: not UTF-8, or not JSON
-            print(f"error: {name}: {error}", file=sys.stderr)
-            return 2
+            raise CLIError(f"{name}: {error}", USAGE) from error
         if not isinstance(data, list) or not data or not all(isinstance(c, dict) for c in data):
-            print(f"error: {name}: not the case list `edgecloud stream bench --json` writes", file=sys.stderr)
-            return 2
+            raise CLIError(f"{name}: not the case list `edgecloud stream bench --json` writes", USAGE)
         runs.append((name, data))
     if args.together:
         try:
             runs = [("together", bench.merge_runs(runs))]
         except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+            raise CLIError(str(error), USAGE) from error
         except (KeyError, TypeError) as error:
-            print(f"error: a case lacks {error} or has it of the wrong type", file=sys.stderr)
-            return 2
+            raise CLIError(f"a case lacks {error} or has it of the wrong type", USAGE) from error
     files = {}
     for name, data in runs:
         try:
             files[name] = bench.pooled(data)
         except (KeyError, TypeError) as error:
-            print(f"error: {name}: a case lacks {error} or has it of the wrong type", file=sys.stderr)
-            return 2
+            raise CLIError(f"{name}: a case lacks {error} or has it of the wrong type", USAGE) from error
     for name, pooled in files.items():
         print(f"{name}:")
         _print_pooled(pooled)
@@ -346,8 +418,8 @@ def register(commands: Any, bench: Any) -> None:
     verbs.required = True
 
     serve = verbs.add_parser("serve", help="serve /live?seconds=N over HTTP/3")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=_number(0, 65535, int), default=4433)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=_number(0, 65535, int), default=4433, help="UDP port (0: a free one)")
     serve.add_argument("--cert", help="PEM certificate (a self-signed one is made when omitted)")
     serve.add_argument("--key", help="PEM private key of --cert")
     serve.add_argument("--baseline", action="store_true", help="aioquic's recovery only, no AutoRec")
@@ -358,15 +430,30 @@ def register(commands: Any, bench: Any) -> None:
     serve.set_defaults(handler=_serve)
 
     player = verbs.add_parser("play", help="play a live URL and report frame deadlines and stalls")
-    player.add_argument("url", help="https://HOST:PORT/live?seconds=N")
-    player.add_argument("--playout-delay-ms", type=_number(0, 60_000), default=300.0)
-    player.add_argument("--timeout", type=_number(1, 86_400), default=None, help="give up after this many seconds")
-    player.add_argument("--json", help="write the report with per-frame timings here")
+    player.add_argument("url", type=_url, help="https://HOST:PORT/live?seconds=N")
+    player.add_argument(
+        "--playout-delay-ms",
+        type=_number(0, 60_000),
+        default=300.0,
+        help="playback starts this long after the first frame arrives; a frame later than its due time stalls it",
+    )
+    player.add_argument(
+        "--timeout", type=_number(1, 86_400), default=None, help="give up on the stream after this many seconds"
+    )
+    player.add_argument(
+        "--connect-timeout",
+        type=_number(0.1, 600),
+        default=10.0,
+        metavar="SECONDS",
+        help="give up when no QUIC handshake completes within this many seconds (nothing listening, "
+        "or a relay pointing nowhere)",
+    )
+    player.add_argument("--json", type=output_file, help="write the report with per-frame timings here")
     player.set_defaults(handler=_play)
 
     runner = verbs.add_parser("bench", help="baseline vs AutoRec through edgecloud.netem")
-    runner.add_argument("--json", required=True, help="where to write the results")
-    runner.add_argument("--plot", help="PNG figure")
+    runner.add_argument("--json", required=True, type=output_file, help="where to write the results")
+    runner.add_argument("--plot", type=output_file, help="PNG figure")
     runner.add_argument("--loss", type=_number_list(0, 0.5), default=[0.01, 0.05, 0.10], help="e.g. 0.01,0.05,0.1")
     runner.add_argument(
         "--loss-model",
@@ -376,10 +463,12 @@ def register(commands: Any, bench: Any) -> None:
         "bursty-time (Gilbert-Elliott, bursts of 60 ms, about 3 packets of the default stream: they end "
         "on time even while a sender backs off its probe timeout); default bernoulli,bursty",
     )
-    runner.add_argument("--rtt-ms", type=_number_list(0, 10_000), default=[20.0, 100.0])
+    runner.add_argument("--rtt-ms", type=_number_list(0, 10_000), default=[20.0, 100.0], help="e.g. 20,100")
     runner.add_argument("--duration", type=_number(1, 3600), default=60.0, help="seconds of stream per case")
     runner.add_argument("--rate-mbps", type=_number(0.1, 10_000), default=20.0, help="link rate")
-    runner.add_argument("--playout-delay-ms", type=_number(0, 60_000), default=300.0)
+    runner.add_argument(
+        "--playout-delay-ms", type=_number(0, 60_000), default=300.0, help="the viewers' playout delay"
+    )
     runner.add_argument(
         "--seed",
         type=_number(0, 1_000_000, int),
@@ -410,9 +499,7 @@ def register(commands: Any, bench: Any) -> None:
     )
     _add_congestion_control_option(runner, "both servers' congestion control, baseline and AutoRec alike")
     _add_autorec_options(runner)
-    # NewReno sustains about 1.22 * MSS / (RTT * sqrt(loss)): 0.37 Mb/s at 10 % loss and 100 ms,
-    # so the benchmark's stream stays below that and measures recovery, not throughput collapse.
-    _add_source_options(runner, bitrate_mbps=0.3)
+    _add_source_options(runner)
     runner.set_defaults(handler=_bench)
 
     pool = verbs.add_parser(
@@ -431,5 +518,9 @@ def register(commands: Any, bench: Any) -> None:
         help="pool the draws of all files as one run (e.g. runs with other seeds); refused where a case's "
         "settings differ between files or a seed repeats",
     )
-    pool.add_argument("--json", help='write {file: pooled cases} here ({"together": pooled cases} with --together)')
+    pool.add_argument(
+        "--json",
+        type=output_file,
+        help='write {file: pooled cases} here ({"together": pooled cases} with --together)',
+    )
     pool.set_defaults(handler=_pool)

@@ -82,6 +82,18 @@ class AutoRecConfig:
         _check_range("viewer_buffer_ms", self.viewer_buffer_ms, 0.0, 600_000.0)
         _check_range("first_copy_reserve", self.first_copy_reserve, 0, 64)
 
+    def describe(self) -> str:
+        """The settings as one readable line (what the server prints at start)."""
+        late = f"late data copied (viewer buffer {self.viewer_buffer_ms:g} ms)" if self.protect_late_data else (
+            "late data not copied"
+        )
+        return (
+            f"copies within {self.overhead_budget * 100:g}% overhead, recovery target {self.recovery_target_ms:g} ms, "
+            f"up to {self.max_copies} copies, {late}, first-copy reserve {self.first_copy_reserve} packets, "
+            f"retransmission before the window reduction {'on' if self.retransmit_before_reduction else 'off'}, "
+            f"copy plan {'on' if self.copy_plan else 'off'}"
+        )
+
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
     if not (low <= value <= high):

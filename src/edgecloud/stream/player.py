@@ -14,6 +14,7 @@ of a slow one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ssl
 from collections.abc import Sequence
@@ -121,6 +122,20 @@ class PlayerProtocol(QuicConnectionProtocol):
         self.status: int | None = None
         self.bytes = 0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A connection that closes during the handshake sets ``done`` before anyone awaits it:
+        # retrieve its exception here, or asyncio warns "Future exception was never retrieved".
+        self.done.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    async def wait_connected(self) -> None:
+        try:
+            await super().wait_connected()
+        except asyncio.CancelledError:
+            # aioquic shields its waiter, so a handshake given up on (connect_timeout_s) still
+            # fails it later when the connection closes: retrieve that failure, no warning.
+            waiter = self._connected_waiter
+            if waiter is not None:
+                waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
+            raise
 
     def get(self, authority: str, path: str) -> None:
         stream_id = self._quic.get_next_available_stream_id()
@@ -155,12 +170,28 @@ class PlayerProtocol(QuicConnectionProtocol):
             self.done.set_result(None)
 
 
+def check_url(url: str) -> str:
+    """``url`` if it is an https URL with a host (HTTP/3 runs over QUIC, which always uses TLS);
+    ValueError saying what it must look like otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(
+            f"url must be https://HOST:PORT/live?seconds=N (HTTP/3 runs over QUIC, always with TLS), got {url!r}"
+        )
+    try:
+        parts.port  # noqa: B018 -- urlsplit checks the port only when it is read
+    except ValueError:
+        raise ValueError(f"url {url!r}: the port must be a number in 0..65535") from None
+    return url
+
+
 async def play(
     url: str,
     *,
     playout_delay_s: float = 0.3,
     timeout_s: float | None = None,
     expected_pts: Sequence[float] | None = None,
+    connect_timeout_s: float | None = None,
 ) -> PlaybackReport:
     """Play ``url`` (https://host:port/live?seconds=N) to its end and report what the viewer saw.
 
@@ -169,10 +200,13 @@ async def play(
     its first missing frame to at least its last one; without them the next frame is
     assumed one mean frame interval after the last, and the charge runs to the session's
     end.
+
+    ``connect_timeout_s``: give up when the QUIC handshake has not completed by then (the
+    report's ``error`` says so). Without it a server that is not there is noticed only at
+    aioquic's idle timeout, a minute later.
     """
+    check_url(url)
     parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ValueError(f"url must be https://host:port/path, got {url!r}")
     if not 0 <= playout_delay_s <= 60:
         raise ValueError(f"playout_delay_s must be in [0, 60], got {playout_delay_s}")
     port = parts.port or 443
@@ -180,9 +214,19 @@ async def play(
     configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, verify_mode=ssl.CERT_NONE)
     report = PlaybackReport(url=url)
     try:
-        async with connect(
-            parts.hostname, port, configuration=configuration, create_protocol=PlayerProtocol
-        ) as protocol:
+        async with contextlib.AsyncExitStack() as stack:
+            connecting = stack.enter_async_context(
+                connect(parts.hostname, port, configuration=configuration, create_protocol=PlayerProtocol)
+            )
+            try:
+                protocol = await asyncio.wait_for(connecting, connect_timeout_s)
+            except TimeoutError:
+                raise ConnectionError(
+                    f"no QUIC handshake with {parts.hostname}:{port} within {connect_timeout_s:g} s"
+                ) from None
+            except ConnectionError as exc:
+                # aioquic closes a handshake that failed with an empty ConnectionError
+                raise ConnectionError(f"the QUIC handshake with {parts.hostname}:{port} failed{_said(exc)}") from None
             assert isinstance(protocol, PlayerProtocol)
             loop = asyncio.get_running_loop()
             started_at = loop.time()
@@ -208,8 +252,12 @@ async def play(
                     )
                 report.stalls, report.stall_s = stall_totals(report.timings, report.unfinished_stall_s)
     except (ConnectionError, TimeoutError, OSError, ValueError) as error:
-        report.error = f"{type(error).__name__}: {error}"
+        report.error = f"{type(error).__name__}: {error or 'no reason given'}"
     return report
+
+
+def _said(exc: BaseException) -> str:
+    return f": {exc}" if str(exc) else ""
 
 
 def stall_totals(timings: list[FrameTiming], unfinished_s: float = 0.0) -> tuple[int, float]:

@@ -277,7 +277,8 @@ def write_plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def print_summary(result: dict[str, Any]) -> None:
+def print_summary(result: dict[str, Any], console: Any = None) -> None:
+    """The results as a table on ``console`` (a rich Console; a default one when None)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -294,7 +295,7 @@ def print_summary(result: dict[str, Any]) -> None:
             f"{case['pack_ms']:.2f}/{extra['warm_pack_ms']:.2f}",
             f"{max(extra['max_abs_err_prefix'], extra['max_abs_err_cascade']):.1e}",
         )
-    Console().print(table)
+    (console or Console()).print(table)
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:

@@ -29,16 +29,20 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
 
 
 def _bench_attention(args: argparse.Namespace) -> int:
+    from edgecloud.bench.machine import LoadWatch
+    from edgecloud.bench.report import report_console
     from edgecloud.llm.attention.bench import print_summary, run_attention_bench, write_json, write_plot
 
     if args.threads < 1:
         raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    watch = LoadWatch.begin()
     try:
         result = run_attention_bench(args.trees, args.heads.split(","), args.threads, args.repeats,
                                      args.block_size, engine_paged=args.engine_paged)
     except ValueError as exc:
         raise SystemExit(f"edgecloud bench attention: {exc}") from None
-    print_summary(result)
+    print_summary(result, report_console())  # not cut to 80 columns when piped
+    result["machine_load"] = watch.finish().as_dict()
     if args.json:
         write_json(result, args.json)
     if args.plot:
