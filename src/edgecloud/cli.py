@@ -37,6 +37,7 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.bench.cli",
     "edgecloud.splitlearn.cli",
     "edgecloud.cluster.cli",
+    "edgecloud.sim.cli",
 )
 
 
