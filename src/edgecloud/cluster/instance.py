@@ -1,6 +1,7 @@
 """A real engine instance of the cluster: the engine's ``AsyncEngine`` over a core in a process of
-its own on this machine (backend ``local``) or in a Ray actor on any machine of a Ray cluster
-(backend ``ray``). It is a ``Backend`` of the router (``edgecloud.cluster.router``): up or not,
+its own on this machine (backend ``local``), in a Ray actor on any machine of a Ray cluster
+(backend ``ray``), or in a thread of the router's process (backend ``thread``: tests, notebooks;
+the cores share the router's GIL). It is a ``Backend`` of the router (``edgecloud.cluster.router``): up or not,
 its engine counters, its restarts.
 
 A core that dies is reported by its client at once (a process sentinel; a Ray poll failing), the
@@ -15,15 +16,15 @@ from typing import Any, Literal
 from edgecloud.cluster.config import InstanceSpec
 from edgecloud.llm.async_engine import AsyncEngine
 from edgecloud.llm.config import EngineConfig
-from edgecloud.llm.core_client import EngineClient, MPClient
+from edgecloud.llm.core_client import EngineClient, InprocClient, MPClient
 from edgecloud.llm.engine_core import EngineInfo
 from edgecloud.llm.model_source import ModelSource
 from edgecloud.llm.outputs import EngineStats
 
 log = logging.getLogger(__name__)
 
-LaunchBackend = Literal["local", "ray"]
-BACKENDS: tuple[LaunchBackend, ...] = ("local", "ray")
+LaunchBackend = Literal["local", "ray", "thread"]
+BACKENDS: tuple[LaunchBackend, ...] = ("local", "ray", "thread")
 
 
 class InstanceStartError(RuntimeError):
@@ -40,7 +41,7 @@ class Instance:
         self.pool = spec.pool
         self.backend = backend
         self.start_timeout_s = start_timeout_s
-        self.engine = AsyncEngine(spec.engine, core="process" if backend == "local" else "ray",
+        self.engine = AsyncEngine(spec.engine, core={"local": "process"}.get(backend, backend),
                                   client_factory=self._client)
         self._epoch = 0
         self._client_seen: EngineClient | None = None
@@ -48,6 +49,8 @@ class Instance:
     def _client(self, config: EngineConfig, source: ModelSource) -> EngineClient:
         if self.backend == "local":
             return MPClient(config, source, start_timeout_s=self.start_timeout_s)
+        if self.backend == "thread":
+            return InprocClient(config, source)
         from edgecloud.llm.ray_client import RayClient
 
         return RayClient(config, source, num_cpus=float(config.num_threads or 1))
@@ -103,10 +106,16 @@ class Instance:
             raise RuntimeError(f"instance {self.name!r} has no Ray actor (backend {self.backend})")
         return actor
 
+    @property
+    def pid(self) -> int | None:
+        """The core's process id (backend ``local``)."""
+        process = getattr(self.engine.client, "process", None)
+        return None if process is None else process.pid
+
     def describe(self) -> dict[str, Any]:
         s = self.stats()
         return {
-            "name": self.name, "role": self.role, "pool": self.pool, "backend": self.backend,
+            "name": self.name, "role": self.role, "pool": self.pool, "backend": self.backend, "pid": self.pid,
             "healthy": self.healthy, "restarts": self.epoch, "threads": self.spec.engine.num_threads,
             "num_waiting": s.num_waiting, "num_running": s.num_running, "kv_usage": s.kv_usage,
             "prefix_cache_hit_rate": s.prefix_cache_hits / s.prefix_cache_queries if s.prefix_cache_queries else 0.0,
