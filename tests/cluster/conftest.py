@@ -1,5 +1,5 @@
-"""Tiny random-weight models written by transformers for the cluster tests, and clusters of
-engine instances in threads of the test process (fast: no process to spawn)."""
+"""The cluster tests' model (the embedded 5.8M-parameter demo model: trained weights, nothing to
+write) and clusters of engine instances in threads of the test process (fast: no process to spawn)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,19 @@ from edgecloud.cluster.frontend import ClusterEngine
 from edgecloud.cluster.instance import Instance
 from edgecloud.cluster.policies import make_policy
 from edgecloud.llm.config import EngineConfig
-from edgecloud.llm.random_model import write_random_model
+from edgecloud.llm.demo_model import DEMO_MODEL_DIR
+
+# K and V of one 4-token block of the demo model in fp32: 6 layers x 2 KV heads x 64 dims.
+BLOCK_BYTES = 2 * 6 * 4 * 2 * 64 * 4
 
 
 @pytest.fixture(scope="session")
-def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_random_model(tmp_path_factory.mktemp("cluster-model") / "llama", arch="llama")
+def demo_dir() -> Path:
+    return Path(DEMO_MODEL_DIR)
 
 
 def engine_config(model: Path, **options: object) -> EngineConfig:
-    base = {"model": str(model), "dtype": "float32", "kv_cache_memory_mb": 1.0, "block_size": 4, "num_threads": 1,
+    base = {"model": str(model), "dtype": "float32", "kv_cache_memory_mb": 4.0, "block_size": 4, "num_threads": 1,
             "seed": 0}
     return EngineConfig(**{**base, **options})  # type: ignore[arg-type]
 

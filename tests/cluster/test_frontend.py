@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgecloud.llm import EngineDeadError, LLMEngine, OutputKind, SamplingParams
-from tests.cluster.conftest import engine_config, thread_cluster
+from tests.cluster.conftest import BLOCK_BYTES, engine_config, thread_cluster
 
 PROMPTS = [[5, 6, 7], list(range(10, 26)), list(range(30, 67)), [9, 8, 7, 6, 5, 4, 3, 2, 11, 12, 13]]
 
@@ -37,11 +37,11 @@ async def answers(cluster, prompts: list[list[int]], params: SamplingParams, tag
     SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True),
     SamplingParams(temperature=0.9, top_p=0.9, seed=7, n=2, max_tokens=8, ignore_eos=True),
 ], ids=["greedy", "seeded-n2"])
-def test_prefill_here_decode_there_gives_one_instances_output(llama_dir: Path, params: SamplingParams) -> None:
-    want = one_instance(llama_dir, PROMPTS, params)
+def test_prefill_here_decode_there_gives_one_instances_output(demo_dir: Path, params: SamplingParams) -> None:
+    want = one_instance(demo_dir, PROMPTS, params)
 
     async def run() -> None:
-        cluster = thread_cluster(llama_dir, ["prefill", "decode"], "pd")
+        cluster = thread_cluster(demo_dir, ["prefill", "decode"], "pd")
         await cluster.start()
         try:
             assert await answers(cluster, PROMPTS, params, "a") == want
@@ -50,7 +50,7 @@ def test_prefill_here_decode_there_gives_one_instances_output(llama_dir: Path, p
             first = {h.request_id: h.transfer for h in cluster.handovers}
             assert [first[f"a{i}"].blocks for i in range(4)] == [len(p) // 4 for p in PROMPTS]
             assert sum(t.sent for t in first.values()) == sum(len(p) // 4 for p in PROMPTS)
-            assert all(t.bytes == t.sent * 2 * 2 * 4 * 2 * 16 * 4 for t in first.values())  # fp32 K and V
+            assert all(t.bytes == t.sent * BLOCK_BYTES for t in first.values())  # fp32 K and V
             assert await answers(cluster, PROMPTS, params, "b") == want
             again = [h.transfer for h in cluster.handovers if h.request_id.startswith("b")]
             assert sum(t.sent for t in again) == 0 and sum(t.skipped for t in again) == sum(t.blocks for t in again)
@@ -65,13 +65,13 @@ def test_prefill_here_decode_there_gives_one_instances_output(llama_dir: Path, p
     asyncio.run(run())
 
 
-def test_prefix_aware_keeps_a_shared_prefix_on_one_instance(llama_dir: Path) -> None:
+def test_prefix_aware_keeps_a_shared_prefix_on_one_instance(demo_dir: Path) -> None:
     system = list(range(100, 140))
     prompts = [[*system, 200 + i, 201 + i] for i in range(6)]
     params = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
 
     async def run(policy: str) -> tuple[list[int], float]:
-        cluster = thread_cluster(llama_dir, ["mixed", "mixed", "mixed"], policy)
+        cluster = thread_cluster(demo_dir, ["mixed", "mixed", "mixed"], policy)
         await cluster.start()
         try:
             for i, prompt in enumerate(prompts):  # one after another: each sees the last one's blocks
@@ -90,9 +90,9 @@ def test_prefix_aware_keeps_a_shared_prefix_on_one_instance(llama_dir: Path) -> 
     assert aware_hits == pytest.approx(5 * 40 / (6 * 42))  # all but the first find the 40-token prefix
 
 
-def test_with_no_instance_up_requests_are_refused_and_health_says_why(llama_dir: Path) -> None:
+def test_with_no_instance_up_requests_are_refused_and_health_says_why(demo_dir: Path) -> None:
     async def run() -> None:
-        cluster = thread_cluster(llama_dir, ["mixed", "mixed"], "least-outstanding")
+        cluster = thread_cluster(demo_dir, ["mixed", "mixed"], "least-outstanding")
         await cluster.start()
         try:
             assert cluster.healthy and cluster.dead_reason is None

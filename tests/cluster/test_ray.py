@@ -1,6 +1,7 @@
 """The cluster with ``--backend ray`` on a local Ray cluster started in this process (never `ray
-stop`): instances are Ray actors, P/D hand-overs go through Ray's object store, and an actor that
-is killed gets no requests within 2 s while its stream fails and the others keep serving."""
+stop`): instances are Ray actors, P/D hand-overs go through Ray's object store (the engine's
+``EngineCoreActor.call``, tested here first), and an actor that is killed gets no requests within
+2 s while its stream fails and the others keep serving."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ import uvicorn
 
 from edgecloud.cluster.config import InstanceSpec
 from edgecloud.cluster.main import ClusterSettings, build_cluster, build_router_app
-from edgecloud.llm import LLMEngine, SamplingParams
+from edgecloud.llm import InvalidRequestError, LLMEngine, SamplingParams
+from edgecloud.llm.messages import AddRequests, encode
+from edgecloud.llm.model_source import resolve_model
+from edgecloud.llm.ray_client import EngineCoreActor
+from edgecloud.llm.request import EngineCoreRequest, KVTransferParams
 from edgecloud.server.app import ServerSettings
 from edgecloud.server.main import bind
-from tests.cluster.conftest import engine_config
+from tests.cluster.conftest import BLOCK_BYTES, engine_config
 
 ray = pytest.importorskip("ray", reason="ray is a dev dependency; without it the Ray backend cannot be tested")
 
@@ -33,6 +38,42 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()  # this process's own local cluster only
 
 
+def test_blocks_go_from_one_actor_to_another_through_the_object_store(demo_dir: Path, local_ray: None) -> None:
+    config = engine_config(demo_dir)
+    source = resolve_model(str(demo_dir))
+    actor = ray.remote(num_cpus=0.5, max_concurrency=4)(EngineCoreActor)
+    sender, receiver = actor.remote(config, source), actor.remote(config, source)
+    prompt = list(range(3, 21))  # 18 tokens: 4 full blocks
+    keys = ray.get(sender.call.remote("block_keys", {"token_ids": prompt}))
+    assert len(keys) == 4
+    assert ray.get(sender.call.remote("lookup", {"token_ids": prompt})) == 0
+    # Prefill on the sender by hand: the core thread steps it; the call waits for the step to end.
+    req = EngineCoreRequest(request_id="p", prompt_token_ids=prompt, arrival_time=0.0,
+                            params=SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True),
+                            kv_transfer=KVTransferParams(export=True))
+    sender.send.remote(0, encode(AddRequests([req])))  # the actor's message path, as RayClient sends
+    for _ in range(200):
+        if ray.get(sender.call.remote("lookup", {"token_ids": prompt})) == 16:
+            break
+    exported = sender.call.remote("export_blocks", {"keys": keys})
+    assert ray.get(receiver.call.remote("import_blocks", exported)) == 4
+    assert ray.get(receiver.call.remote("lookup", {"token_ids": prompt})) == 16
+    assert ray.get(receiver.call.remote("import_blocks", exported)) == 0  # already cached: nothing written
+    with pytest.raises(ray.exceptions.RayTaskError) as error:
+        ray.get(receiver.call.remote("no_such_op", {}))
+    assert isinstance(error.value.cause, InvalidRequestError)
+    # What travelled is the K/V an engine of its own computes for that prompt.
+    offline = LLMEngine(config)
+    offline.add_request("o", prompt, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True))
+    while offline.has_unfinished():
+        offline.step()
+    local = offline.core.control("export_blocks", {"keys": keys})
+    payload = ray.get(exported)
+    assert payload["k"].equal(local["k"]) and payload["v"].equal(local["v"])
+    for handle in (sender, receiver):
+        ray.kill(handle)
+
+
 def reference(model: Path, prompt: list[int], max_tokens: int) -> str:
     engine = LLMEngine(engine_config(model))
     engine.add_request("r", prompt, SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
@@ -43,16 +84,16 @@ def reference(model: Path, prompt: list[int], max_tokens: int) -> str:
 
 
 def test_a_ray_cluster_hands_kv_over_through_the_object_store_and_survives_a_killed_actor(
-    llama_dir: Path, local_ray: None,
+    demo_dir: Path, local_ray: None,
 ) -> None:
-    config = engine_config(llama_dir)
+    config = engine_config(demo_dir)
     specs = [InstanceSpec("prefill0", config, "prefill"), InstanceSpec("decode0", config, "decode"),
              InstanceSpec("decode1", config, "decode")]
     settings = ClusterSettings(backend="ray", policy="pd", policy_options={"decode": "round-robin"})
     cluster = build_cluster(specs, settings)
     assert cluster.connector.name == "ray"
     prompt = list(range(5, 42))  # 37 tokens: 9 full blocks of 4
-    want = reference(llama_dir, prompt, 8)
+    want = reference(demo_dir, prompt, 8)
 
     async def run() -> None:
         app = build_router_app(cluster, ServerSettings(log_level="warning"))
@@ -72,7 +113,7 @@ def test_a_ray_cluster_hands_kv_over_through_the_object_store_and_survives_a_kil
             assert answer["choices"][0]["text"] == want  # prefilled on prefill0, decoded on decode0
             handover = cluster.handovers[-1]
             assert (handover.decode_instance, handover.transfer.blocks, handover.transfer.sent) == ("decode0", 9, 9)
-            assert handover.transfer.bytes == 9 * 2 * 2 * 4 * 2 * 16 * 4
+            assert handover.transfer.bytes == 9 * BLOCK_BYTES
             texts = [(await client.post("/v1/completions", json=body)).json()["choices"][0]["text"] for _ in range(2)]
             assert texts == [want, want]  # decode1, then decode0 again (the blocks already there)
             assert cluster.handovers[-1].transfer.sent == 0 and cluster.handovers[-1].transfer.skipped == 9

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,8 +26,8 @@ ENGINE = ["--threads", "1", "--kv-cache-memory-mb", "4", "--block-size", "4", "-
 
 
 @pytest.fixture(scope="module")
-def cluster(llama_dir: Path) -> Iterator[RealCluster]:
-    with RealCluster(["--instances", "2", "--model", str(llama_dir), *ENGINE], start_timeout_s=180) as running:
+def cluster(demo_dir: Path) -> Iterator[RealCluster]:
+    with RealCluster(["--instances", "2", "--model", str(demo_dir), *ENGINE], start_timeout_s=180) as running:
         yield running
 
 
@@ -39,9 +37,9 @@ def client(cluster: RealCluster) -> openai.OpenAI:
 
 
 def test_answers_stream_through_and_equal_one_engine(cluster: RealCluster, client: openai.OpenAI,
-                                                     llama_dir: Path) -> None:
+                                                     demo_dir: Path) -> None:
     model = client.models.list().data[0].id
-    offline = LLM(model=str(llama_dir), dtype="float32", kv_cache_memory_mb=4, block_size=4, num_threads=1)
+    offline = LLM(model=str(demo_dir), dtype="float32", kv_cache_memory_mb=4, block_size=4, num_threads=1)
     prompt = [5, 6, 7, 8, 9, 10]
     want = offline.generate([prompt], SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True))[0]
     plain = client.completions.create(model=model, prompt=prompt, max_tokens=10, temperature=0,
@@ -83,7 +81,7 @@ def test_a_killed_instance_gets_no_requests_within_2s_its_streams_fail_and_the_o
     pids = {i["name"]: i["pid"] for i in described}
     url = f"{cluster.base_url}/v1/completions"
     model = cluster.get_json("/v1/models")["data"][0]["id"]
-    long = {"model": model, "prompt": [5, 6, 7], "max_tokens": 1000, "temperature": 0, "ignore_eos": True,
+    long = {"model": model, "prompt": [5, 6, 7], "max_tokens": 480, "temperature": 0, "ignore_eos": True,
             "stream": True}
     events: list[str] = []
     statuses: list[int] = []
@@ -119,9 +117,14 @@ def test_a_killed_instance_gets_no_requests_within_2s_its_streams_fail_and_the_o
 
 def test_with_every_instance_down_the_router_answers_503_with_retry_after(cluster: RealCluster) -> None:
     model = cluster.get_json("/v1/models")["data"][0]["id"]
-    for instance in cluster.get_json("/cluster/instances")["instances"]:
-        if instance["healthy"] and instance["pid"]:
-            os.kill(instance["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    instances = cluster.get_json("/cluster/instances")["instances"]
+    while not all(i["healthy"] for i in instances):
+        assert time.monotonic() < deadline, "the instance killed before was not restarted"
+        time.sleep(0.2)
+        instances = cluster.get_json("/cluster/instances")["instances"]
+    for instance in instances:
+        os.kill(instance["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 2
     while True:
         response = httpx.post(f"{cluster.base_url}/v1/completions",
@@ -135,26 +138,29 @@ def test_with_every_instance_down_the_router_answers_503_with_retry_after(cluste
     assert httpx.get(f"{cluster.base_url}/health").status_code == 503
 
 
-def serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgecloud.cli", "cluster", "serve", "--port", "0", *args],
-                          capture_output=True, text=True, timeout=timeout)
+def serve(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    from edgecloud.cli import main
+
+    code = main(["cluster", "serve", "--port", "0", *args])
+    return code, capsys.readouterr().err
 
 
-def test_a_malformed_instance_file_is_refused_naming_the_field(tmp_path: Path) -> None:
+def test_a_malformed_instance_file_is_refused_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                                ) -> None:
     path = tmp_path / "cluster.toml"
     path.write_text("[[instance]]\nname = 'p'\nrole = 'prefil'\n")
-    result = serve("--config", str(path))
-    assert result.returncode == 2
-    assert f"{path}: instance[0].role must be one of mixed, prefill, decode, got 'prefil'" in result.stderr
-    assert "Traceback" not in result.stderr
+    code, err = serve(capsys, "--config", str(path))
+    assert code == 2
+    assert f"{path}: instance[0].role must be one of mixed, prefill, decode, got 'prefil'" in err
+    assert "Traceback" not in err
 
 
 def test_a_model_that_cannot_load_and_an_instance_that_never_comes_up_stop_the_command(
-    tmp_path: Path, llama_dir: Path,
+    tmp_path: Path, demo_dir: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    missing = serve("--model", str(tmp_path / "nothing"), "--instances", "1")
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
-    slow = serve("--model", str(llama_dir), "--instances", "2", "--start-timeout", "0.2", *ENGINE)
-    assert slow.returncode == 1
-    assert re.search(r"instance 'mixed[01]' did not come up: engine core did not start within 0 s", slow.stderr)
-    assert "Traceback" not in slow.stderr
+    code, err = serve(capsys, "--model", str(tmp_path / "nothing"), "--instances", "1")
+    assert code == 2 and "does not exist" in err
+    code, err = serve(capsys, "--model", str(demo_dir), "--instances", "2", "--start-timeout", "0.2", *ENGINE)
+    assert code == 1
+    assert re.search(r"instance 'mixed[01]' did not come up: engine core did not start within 0 s", err)
+    assert "Traceback" not in err
