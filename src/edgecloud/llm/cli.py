@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from edgecloud.llm.config import EngineConfig
+
+
+DEMO_PROMPTS = ["A fool and his money", "Never put off until tomorrow", "The best way to"]
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +35,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     group.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
     group.add_argument("--attention-backend", default="paged", help="decode attention: paged or prefix")
-    group.add_argument("--seed", type=int, default=0, help="seed of unseeded sampling")
+    group.add_argument("--seed", type=int, default=0,
+                       help="the engine's seed, for sampling of requests that bring no seed of their own")
     group.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
 
 
@@ -68,8 +73,11 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     gen.add_argument("--temperature", type=float, default=0.8)
     gen.add_argument("--top-p", type=float, default=0.95)
     gen.add_argument("--n", type=int, default=1, help="completions per prompt")
-    gen.add_argument("--sample-seed", type=int, default=None, help="per-request seed (reproducible output)")
+    gen.add_argument("--sample-seed", type=int, default=None,
+                     help="seed of each request's own sampling: the same seed gives the same text whatever else "
+                     "is batched (--seed is the engine's seed, used by requests without one)")
     gen.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
+    gen.add_argument("--json", action="store_true", help="print one JSON object per completion instead of text")
     add_engine_options(gen)
     gen.set_defaults(handler=_generate)
 
@@ -126,42 +134,48 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from edgecloud.errors import USAGE, CLIError
     from edgecloud.llm.engine import LLMEngine
-    from edgecloud.llm.errors import InvalidRequestError
+    from edgecloud.llm.errors import InvalidRequestError, ModelLoadError
+    from edgecloud.llm.outputs import OutputKind
     from edgecloud.llm.sampling_params import SamplingParams
 
+    prompts = args.prompts or DEMO_PROMPTS
     try:
         engine = LLMEngine(engine_config_from_args(args))
         params = SamplingParams(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature,
                                 top_p=args.top_p, seed=args.sample_seed)
-        prompts = args.prompts or ["A fool and his money", "Never put off until tomorrow", "The best way to"]
         for i, prompt in enumerate(prompts):
             if args.chat:  # the template places the special tokens itself
                 text = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
-                engine.add_request(str(i), engine.tokenizer.encode(text, add_special_tokens=False), params)
+                ids = engine.tokenizer.encode(text, add_special_tokens=False)
+                engine.add_request(str(i), ids, params, output_kind=OutputKind.DELTA)
             else:
-                engine.add_request(str(i), prompt, params)
-    except (InvalidRequestError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    shown: dict[tuple[str, int], int] = {}
-    finals = {}
+                engine.add_request(str(i), prompt, params, output_kind=OutputKind.DELTA)
+    except (InvalidRequestError, ModelLoadError) as exc:
+        raise CLIError(str(exc), USAGE) from exc
+    streaming = len(prompts) == 1 and args.n == 1 and not args.json
+    texts: dict[tuple[int, int], list[str]] = {}
+    reasons: dict[tuple[int, int], str | None] = {}
     while engine.has_unfinished():
         for out in engine.step():
-            if len(prompts) == 1 and args.n == 1:  # a single stream: print as it grows
-                completion = out.outputs[0]
-                printed = shown.get((out.request_id, 0), 0)
-                print(completion.text[printed:], end="", flush=True)
-                shown[(out.request_id, 0)] = len(completion.text)
-            if out.finished:
-                finals[out.request_id] = out
-    if len(prompts) == 1 and args.n == 1:
+            for completion in out.outputs:
+                key = (int(out.request_id), completion.index)
+                texts.setdefault(key, []).append(completion.text)
+                reasons[key] = completion.finish_reason
+                if streaming:  # one stream: print as it grows
+                    print(completion.text, end="", flush=True)
+    if streaming:
         print()
         return 0
-    for i, prompt in enumerate(prompts):
-        for completion in finals[str(i)].outputs:
-            print(json.dumps({"prompt": prompt, "index": completion.index, "text": completion.text,
-                              "finish_reason": completion.finish_reason}))
+    for (i, index), parts in sorted(texts.items()):
+        text = "".join(parts)
+        if args.json:
+            reason = reasons[(i, index)]
+            print(json.dumps({"prompt": prompts[i], "index": index, "text": text, "finish_reason": reason}))
+        else:
+            sample = f", sample {index}" if args.n > 1 else ""
+            print(f"--- prompt {i}{sample}: {prompts[i]!r} ({reasons[(i, index)]})\n{text}\n")
     return 0
 
 
@@ -173,11 +187,24 @@ def _random_model(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _model_errors() -> Iterator[None]:
+    """A model that cannot load or an option out of range is the user's to fix: one line, exit 2."""
+    from edgecloud.errors import USAGE, CLIError
+    from edgecloud.llm.errors import InvalidRequestError, ModelLoadError
+
+    try:
+        yield
+    except (InvalidRequestError, ModelLoadError) as exc:
+        raise CLIError(str(exc), USAGE) from exc
+
+
 def _bench_tiers(args: argparse.Namespace) -> int:
     from edgecloud.llm.bench_tiers import bench_tiers, plot_tiers
 
-    r = bench_tiers(args.model, args.flex_batch, args.flex_output, args.online_requests, args.online_prompt_len,
-                    args.online_output, args.rate, args.threads, args.seed, args.json)
+    with _model_errors():
+        r = bench_tiers(args.model, args.flex_batch, args.flex_output, args.online_requests, args.online_prompt_len,
+                        args.online_output, args.rate, args.threads, args.seed, args.json)
     if args.plot is not None:
         plot_tiers(r, args.plot)
     print(f"model {r.model}, {r.threads} threads, {r.cpu}")
@@ -197,7 +224,8 @@ def _bench_engine(args: argparse.Namespace) -> int:
     from edgecloud.llm.benchmark import bench_engine
 
     console = Console()
-    with console.status("running the engine, then transformers generate, on the same requests..."):
+    with console.status("running the engine, then transformers generate, on the same requests..."), \
+            _model_errors():
         result = bench_engine(
             args.model, args.num_prompts, args.input_len, args.output_len, batch_size=args.batch_size,
             threads=args.threads, dtype=args.dtype, seed=args.seed, attention_backend=args.attention_backend,
