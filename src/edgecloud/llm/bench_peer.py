@@ -255,6 +255,8 @@ def bench_peer(
     dtype: str = "float32",
     seed: int = 0,
     json_path: Path | None = None,
+    perplexity_text: Path | None = None,
+    perplexity_tokens: int = 512,
 ) -> PeerBenchResult:
     if peer not in PEERS:
         raise ValueError(f"peer must be one of {PEERS}, got {peer!r}")
@@ -301,6 +303,12 @@ def bench_peer(
                 )
             if s in (1, max(streams)):
                 result.breakdown[label].append(step_breakdown(engine, prompts[:s], min(output_len, 32)))
+        if perplexity_text is not None:
+            from edgecloud.llm.quant.perplexity import perplexity
+
+            ids = engine.tokenizer.encode(perplexity_text.read_text())[:perplexity_tokens]
+            result.perplexity[label] = perplexity(engine.core.executor, ids, window=256)
+            result.perplexity["text"] = f"{perplexity_text.name}, first {len(ids)} tokens, windows of 256"
         del engine
     result.load_average_after = tuple(round(x, 2) for x in os.getloadavg())  # type: ignore[assignment]
     if json_path is not None:

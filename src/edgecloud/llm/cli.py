@@ -107,6 +107,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     eng.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     eng.add_argument("--attention-backend", default="paged")
     eng.add_argument("--seed", type=int, default=0)
+    eng.add_argument("--perplexity-text", type=Path, default=None,
+                     help="with --peer: also report each engine weight format's perplexity on this text")
     eng.add_argument("--json", type=Path, default=None, help="write the result here")
     eng.set_defaults(handler=_bench_engine)
 
@@ -248,7 +250,7 @@ def _bench_peer(args: argparse.Namespace, console: object) -> int:
               f"{args.streams!r})", file=sys.stderr)
         return 2
     r = bench_peer(model, args.peer, streams, args.input_len[0], args.output_len[0], args.threads, quantizations,
-                   args.dtype, args.seed, args.json)
+                   args.dtype, args.seed, args.json, args.perplexity_text)
     print(f"{r.cpu} ({', '.join(r.cpu_flags)}); {r.threads} threads; {r.peer} {r.peer_version}; "
           f"{r.memory_gb_s:.1f} GB/s copy, {r.matmul_gflop_s:.0f} GFLOP/s fp32; load {r.load_average_before} -> "
           f"{r.load_average_after}")
@@ -263,6 +265,8 @@ def _bench_peer(args: argparse.Namespace, console: object) -> int:
                       f"{c.prefill_ratio:.2f}")
     console.print(table)  # type: ignore[attr-defined]
     print("bits per weight: " + ", ".join(f"{k} {v:.2f}" for k, v in r.weight_bits.items()))
+    for label, value in r.perplexity.items():
+        print(f"perplexity, {label}: {value if isinstance(value, str) else f'{value:.3f}'}")
     for label, fraction in r.roofline_fraction_1_stream.items():
         print(f"one-stream decode, {label}: {100 * fraction:.0f}% of this machine's roofline")
     for label, parts in r.breakdown.items():
