@@ -19,9 +19,24 @@ from edgecloud.llm.step_context import AttentionMetadata, StepContext
 
 @torch.inference_mode()
 def perplexity(runner: ModelRunner, token_ids: list[int], window: int = 256) -> float:
-    """Needs an idle engine with room for ``window`` tokens of KV (slots ``0..window-1`` are written)."""
+    """Runs on KV tensors of its own (bound to the layers for the call), so the engine's cache and
+    the requests in it are untouched."""
     if window < 2 or len(token_ids) < 2:
         raise ValueError(f"need window >= 2 and >= 2 tokens, got window={window}, {len(token_ids)} tokens")
+    layers = [layer.self_attn for layer in runner.model.model.layers]
+    own = [(torch.empty((window, *k.shape[2:]), dtype=k.dtype, device=k.device).unsqueeze(1),
+            torch.empty((window, *v.shape[2:]), dtype=v.dtype, device=v.device).unsqueeze(1))
+           for k, v in runner.kv_caches]
+    try:
+        for attn, cache in zip(layers, own, strict=True):
+            attn.kv_cache = cache
+        return _perplexity(runner, token_ids, window)
+    finally:
+        for attn, cache in zip(layers, runner.kv_caches, strict=True):
+            attn.kv_cache = cache
+
+
+def _perplexity(runner: ModelRunner, token_ids: list[int], window: int) -> float:
     device = runner.device
     nll, scored = 0.0, 0
     for start in range(0, len(token_ids) - 1, window):
