@@ -91,3 +91,14 @@ def test_unknown_scheme_is_refused(small_llama: Path) -> None:
     llm = LLM(model=str(small_llama), dtype="float32", kv_cache_memory_mb=1)
     with pytest.raises(ValueError, match="quantization must be one of"):
         quantize_model(llm.engine.core.executor.model, "int3")
+
+
+def test_the_engine_serves_a_quantized_model_from_its_config(llama_dir: Path) -> None:
+    from edgecloud.llm import LLM, SamplingParams
+    from edgecloud.llm.quant.linear import Int8Linear
+
+    llm = LLM(model=str(llama_dir), dtype="float32", kv_cache_memory_mb=1, quantization="int8")
+    model = llm.engine.core.executor.model  # type: ignore[attr-defined]
+    assert isinstance(model.model.layers[0].self_attn.qkv_proj, Int8Linear)
+    out = llm.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True))[0]
+    assert len(out.outputs[0].token_ids) == 5

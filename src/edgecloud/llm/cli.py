@@ -35,6 +35,9 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     group.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
     group.add_argument("--attention-backend", default="paged", help="decode attention: paged or prefix")
+    group.add_argument("--quantization", default="none", choices=["none", "int8", "int4"],
+                       help="weight-only quantization of the projections and LM head (int4 = GGUF Q4_1 blocks, "
+                       "int8 = Q8_0; read straight from the GGUF file when the model is one)")
     group.add_argument("--seed", type=int, default=0,
                        help="the engine's seed, for sampling of requests that bring no seed of their own")
     group.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -48,7 +51,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         kv_cache_memory_mb=args.kv_cache_memory_mb, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         enable_prefix_caching=not args.no_prefix_caching, attention_backend=args.attention_backend,
-        seed=args.seed, num_threads=args.threads, chat_template=args.chat_template,
+        seed=args.seed, num_threads=args.threads, chat_template=args.chat_template, quantization=args.quantization,
     )
 
 
