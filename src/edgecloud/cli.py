@@ -25,6 +25,7 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.server.cli",
     "edgecloud.bench.cli",
     "edgecloud.splitlearn.cli",
+    "edgecloud.wireless.cli",
 )
 
 

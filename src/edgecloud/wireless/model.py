@@ -210,7 +210,11 @@ DIRECT_PAIRS = (("image", "text"),)
 
 
 class WMLM(nn.Module):
-    """The four encoders, their projections into one space, and the channel decoder."""
+    """The four encoders, their projections into one space, and the channel decoder.
+
+    ``pairs`` are the contrastive pairs trained (the anchored default, ``DIRECT_PAIRS`` for the
+    ablation, or none for a channel predictor alone); encoders of unpaired modalities are not built.
+    """
 
     def __init__(self, config: ModelConfig, pairs: tuple[tuple[str, str], ...] = ANCHOR_PAIRS) -> None:
         super().__init__()
@@ -218,13 +222,13 @@ class WMLM(nn.Module):
         self.pairs = pairs
         used = {m for pair in pairs for m in pair}
         self.wireless = WirelessEncoder(config)
+        self.decoder = ChannelDecoder(config)
         self.image = ImageEncoder(config) if "image" in used else None
         self.lidar = PointEncoder(config) if "lidar" in used else None
         self.text = TextEncoder(config) if "text" in used else None
         dims = {"wireless": 2 * config.dim, "image": config.dim, "lidar": config.dim, "text": config.dim}
         self.project = nn.ModuleDict({m: nn.Linear(dims[m], config.embed_dim) for m in sorted(used)})
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        self.decoder = ChannelDecoder(config) if "wireless" in used else None
 
     def encode_channels(self, channel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, T, N, K, 2) -> encoder tokens (B, T, P + 2, d), patches (B, T, P, V), rms (B, T)."""
@@ -264,18 +268,20 @@ class WMLM(nn.Module):
         """Losses on a batch: InfoNCE per pair; ``predict`` on the first ``predict_rows`` sequences."""
         losses: dict[str, torch.Tensor] = {}
         cache: dict[str, torch.Tensor] = {}
+        channel = batch.get("channel")
         if "wireless" in self.project:
-            channel = batch["channel"]
             last = self.encode_channels(channel[:, -1:])[0][:, -1]
             cache["wireless"] = self.embed("wireless", batch, last)
-            if predict_rows > 0:
-                history = self.encode_channels(channel[:predict_rows, :-1])[0]
-                losses["predict"] = self.prediction_loss(history, channel[:predict_rows])
+        if predict_rows > 0:
+            history = self.encode_channels(channel[:predict_rows, :-1])[0]
+            losses["predict"] = self.prediction_loss(history, channel[:predict_rows])
         for a, b in self.pairs:
             for m in (a, b):
                 if m not in cache:
                     cache[m] = self.embed(m, batch)
             losses[f"{a}-{b}"] = info_nce(cache[a], cache[b], self.logit_scale)
+        if not losses:
+            raise ValueError("nothing to train: no contrastive pairs and predict_rows == 0")
         losses["total"] = sum(losses.values())
         return losses
 

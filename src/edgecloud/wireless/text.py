@@ -79,7 +79,10 @@ def describe(scene: Scene) -> str:
         parts.append(f"{_number(len(vehicles))} vehicles on the street .")
         centres = vehicles.centre
         dist = np.linalg.norm(centres[:, :2] - user[None, :2], axis=1)
-        for j in np.argsort(dist, kind="stable")[:MAX_VEHICLES_DESCRIBED]:
+        # the vehicles on the line of sight first, then the nearest others
+        blocking = [j for j in range(len(vehicles)) if offset + j in blockers]
+        others = [int(j) for j in np.argsort(dist, kind="stable") if offset + int(j) not in blockers]
+        for j in (blocking + others)[: max(MAX_VEHICLES_DESCRIBED, len(blocking))]:
             kind = KINDS[vehicles.kind[j]]
             sentence = f"a {kind} {_number(dist[j])} m {compass(centres[j] - user)} of the user"
             if offset + int(j) in blockers:
