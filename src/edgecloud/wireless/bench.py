@@ -61,8 +61,8 @@ class BenchConfig:
     unseen_scenes: int = 800
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     model: str = "cpu"
-    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500))
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400))
+    probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(max_steps=200))
     seed: int = 0
 
     def __post_init__(self) -> None:

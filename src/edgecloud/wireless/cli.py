@@ -185,7 +185,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     train.add_argument("--data", required=True)
     train.add_argument("--out", required=True, help="checkpoint directory")
     train.add_argument("--config", choices=("cpu", "gpu"), default="cpu")
-    train.add_argument("--steps", type=_positive_int, default=1500)
+    train.add_argument("--steps", type=_positive_int, default=400)
     train.add_argument("--batch-size", type=_positive_int, default=64)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument(
@@ -194,7 +194,12 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         default=3200,
         help="use main-layout scenes with index below this (0: all)",
     )
-    train.add_argument("--threads", type=_positive_int, default=2)
+    train.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="torch threads (1: two OpenMP threads spin on a loaded machine)",
+    )
     train.add_argument("--device", default="cpu")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=_pretrain)
@@ -205,12 +210,12 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     run.add_argument("--data", default="wmlm-data", help="data directory (generated there when missing)")
     run.add_argument("--checkpoint", help="pretrained WMLM to use (trained and saved there when missing)")
     run.add_argument("--config", choices=("cpu", "gpu"), default="cpu")
-    run.add_argument("--steps", type=_positive_int, default=1500, help="pretraining steps (anchored and ablation)")
-    run.add_argument("--probe-max-steps", type=_positive_int, default=600)
+    run.add_argument("--steps", type=_positive_int, default=400, help="pretraining steps (anchored and ablation)")
+    run.add_argument("--probe-max-steps", type=_positive_int, default=200)
     run.add_argument("--train-scenes", type=_positive_int, default=3200)
     run.add_argument("--test-scenes", type=_positive_int, default=800)
     run.add_argument("--unseen-scenes", type=_positive_int, default=800)
-    run.add_argument("--threads", type=_positive_int, default=2)
+    run.add_argument("--threads", type=_positive_int, default=1)
     run.add_argument("--workers", type=_positive_int, default=1)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--json", help="write the report here")
