@@ -46,8 +46,8 @@ def test_one_ue_without_micro_batches_is_the_sequential_chain(
     """With one UE, one micro-batch and the whole band, C2P2SL has nothing to overlap: it is
     sequential SL minus the two control messages that gate a sequential turn."""
     sc = scenario(cnn_profile, (UEConfig(10, 10),), 2.0)
-    pipelined = simulate(sc, Plan("c2p2sl", 2, (1,), (1.0,)), rounds=5, rounds_per_epoch=5)
-    sequential = simulate(sc, Plan("sequential", 2, (1,), (1.0,)), rounds=5, rounds_per_epoch=5)
+    pipelined = simulate(sc, Plan("c2p2sl", 2, (1,), (1.0,)), rounds=5, rounds_per_sync=5)
+    sequential = simulate(sc, Plan("sequential", 2, (1,), (1.0,)), rounds=5, rounds_per_sync=5)
     assert pipelined.total_s < sequential.total_s
     assert sequential.total_s - pipelined.total_s < 1e-3
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from edgecloud.splitlearn.data import Dataset, load_digits_split, rounds_per_epoch, ue_batch
-from edgecloud.splitlearn.models import DIGITS_SHAPE, build_model, split_model, valid_cuts
+from edgecloud.splitlearn.data import DIGITS_SHAPE, Dataset, load_digits_split, rounds_per_epoch, ue_batch
+from edgecloud.splitlearn.models import build_model, split_model, valid_cuts
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
