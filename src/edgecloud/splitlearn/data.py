@@ -92,14 +92,19 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Rebuilds numpy arrays and refuses every other global: a pickle can run code otherwise."""
 
     ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset(
-        {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype")}
+        {
+            ("numpy.core.multiarray", "_reconstruct"),  # numpy 1's name, the one in the bundled file
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+        }
     )
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing {module}.{name} in the MNIST pickle")
-        if module == "numpy.core.multiarray":  # numpy 2 moved it; the pickle predates that
-            from numpy._core import multiarray
+        if module.endswith("multiarray"):
+            from numpy._core import multiarray  # where numpy 2 keeps it
 
             return getattr(multiarray, name)
         return super().find_class(module, name)
