@@ -62,8 +62,10 @@ DEFAULT_UES: dict[str, tuple[UEConfig, ...]] = {
 }
 DEFAULT_BATCH: dict[str, int] = {"mnist": 32, "digits": 16}
 
-# The MNIST CNN's test accuracy levels off at about 98% in the budget below (lr 0.05, momentum
-# 0.9, 4 UEs x 32 samples a round); the target sits just under that plateau.
+# The MNIST CNN's test accuracy levels off at 98.1-98.3% in the budget below (2 epochs, lr 0.05
+# decayed by a cosine, momentum 0.9, 4 UEs x 32 samples a round); the target sits just under that
+# plateau, where the curve still climbs steadily enough for runs of the same cut to cross it at the
+# same evaluation (measured: 96.8-97.2% at round 351, 97.7-97.8% at round 468).
 DEFAULT_TARGET_ACCURACY = 0.975
 LOADED = 2.0  # load average per core above which timings are labelled as taken on a busy machine
 
@@ -81,6 +83,7 @@ class BenchConfig:
     max_micro_batches: int = 8
     lr: float = 0.05
     momentum: float = 0.9
+    lr_schedule: str = "cosine"  # from lr to 0 over the budget: a smooth approach to the plateau
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -208,6 +211,7 @@ def _train_config(config: BenchConfig, plan: Plan, bandwidth_mhz: float, **overr
         "seed": config.seed,
         "dataset": config.dataset,
         "syncs_per_epoch": config.syncs_per_epoch,
+        "lr_schedule": config.lr_schedule,
     }
     fields.update(overrides)
     return TrainConfig(**fields)

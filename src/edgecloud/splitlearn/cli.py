@@ -195,6 +195,7 @@ def _train(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 dataset=args.dataset,
                 syncs_per_epoch=args.syncs_per_epoch,
+                lr_schedule="cosine",
             ),
             timeout_s=max(900.0, 20 * prediction.total_s),
             on_progress=update,

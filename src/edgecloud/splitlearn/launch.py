@@ -136,6 +136,7 @@ def _bs(args: argparse.Namespace, store: Any, num_ues: int) -> int:
         seed=args.seed,
         dataset=args.dataset,
         syncs_per_epoch=args.syncs_per_epoch,
+        lr_schedule="cosine",
     )
     data = load_split(config.dataset, config.seed, config.torch_dtype)
     store.set(CONFIG_KEY, config_to_json(config))

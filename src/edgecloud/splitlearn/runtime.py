@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import multiprocessing
 import os
 import queue
@@ -104,6 +105,7 @@ class TrainConfig:
     await_rejoin_s: float = 0.0  # how long the BS holds a round for a dropped UE to come back (once per drop)
     dataset: str = "digits"
     syncs_per_epoch: int = 1  # client-model averagings (each followed by a test evaluation) per epoch
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: from lr to 0 over the run's rounds
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -181,6 +183,13 @@ def _run_shape(config: TrainConfig, train_size: int) -> _RunShape:
     return _RunShape(rounds, per_epoch, sync_every, tuple(out.shape[1:]), out[0].numel())
 
 
+def learning_rate(config: TrainConfig, shape: _RunShape, r: int) -> float:
+    """The step size of round ``r``; BS and UEs compute it alike."""
+    if config.lr_schedule == "cosine":
+        return 0.5 * config.lr * (1.0 + math.cos(math.pi * r / shape.rounds))
+    return config.lr
+
+
 def _is_sync_round(shape: _RunShape, r: int) -> bool:
     return (r + 1) % shape.sync_every == 0 or r + 1 == shape.rounds
 
@@ -198,21 +207,28 @@ def _load_flat(module: nn.Module, flat: torch.Tensor) -> None:
 
 
 class _Slowdown:
-    """Makes a computation take ``factor`` times the CPU time it used (a slower device)."""
+    """Makes a computation take ``factor`` times the CPU time it used (a slower device).
+
+    The computation ends ``factor`` x its CPU time after it started, in wall time: time spent
+    waiting for a core that other processes hold (the emulated UEs share this host's cores, a
+    real device would not) is absorbed by the sleep instead of added to it, as long as it fits
+    in the ``factor - 1`` x CPU time of slack.
+    """
 
     def __init__(self, factor: float) -> None:
         self.factor = factor
         self.cpu_s = 0.0  # host CPU time of all computations so far, reported to the launcher
 
     def __enter__(self) -> None:
+        self._start_wall = time.monotonic()
         self._start = time.thread_time()
 
     def __exit__(self, *exc: object) -> None:
         used = time.thread_time() - self._start
         self.cpu_s += used
-        extra = (self.factor - 1.0) * used
-        if extra > 0:
-            time.sleep(extra)
+        remaining = self._start_wall + self.factor * used - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
 
 
 def _connect(store: dist.Store, ue: int, incarnation: int, rank: int, timeout_s: float) -> dist.ProcessGroup:
@@ -310,6 +326,7 @@ def run_ue(config: TrainConfig, shard: Dataset, connect: Callable[[], dist.Store
             with slow:
                 out.backward(gradient)
         with slow:
+            optimiser.lr = learning_rate(config, shape, r)
             optimiser.step()
             optimiser.zero_grad()
         if sequential:
@@ -549,6 +566,7 @@ class _BaseStation:
             for p in self.server.parameters():
                 if p.grad is not None:
                     p.grad /= len(contributed)
+            self.optimiser.lr = learning_rate(self.config, self.shape, r)
             self.optimiser.step()
         self.optimiser.zero_grad()
         if _is_sync_round(self.shape, r):
@@ -680,6 +698,8 @@ def _validate(config: TrainConfig) -> None:
     if config.ue_timeout_s <= 0:
         raise ValueError(f"ue_timeout_s must be > 0, got {config.ue_timeout_s}")
     sync_period(1, config.syncs_per_epoch)
+    if config.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
 
 
 def train(
