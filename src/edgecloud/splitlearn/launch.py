@@ -110,8 +110,9 @@ def _fixed_plan(args: argparse.Namespace, num_ues: int) -> Any:
 
 def _bs(args: argparse.Namespace, store: Any, num_ues: int) -> int:
     from edgecloud.splitlearn.bench import DEFAULT_BATCH, DEFAULT_UES, measure_host, plans_for, scenario_for
+    from edgecloud.splitlearn.cli import train_config
     from edgecloud.splitlearn.data import dataset_spec, load_split
-    from edgecloud.splitlearn.runtime import TrainConfig, run_bs
+    from edgecloud.splitlearn.runtime import run_bs
 
     ues = args.ues or DEFAULT_UES[args.dataset]
     batch = args.batch or DEFAULT_BATCH[args.dataset]
@@ -125,19 +126,7 @@ def _bs(args: argparse.Namespace, store: Any, num_ues: int) -> int:
         host = measure_host(args.dataset, args.model, args.seed)
         scenario = scenario_for(host, ues, batch, args.bandwidth_mhz, args.syncs_per_epoch)
         plan = plans_for(scenario, args.max_micro_batches)[args.schedule]
-    config = TrainConfig(
-        model=args.model,
-        plan=plan,
-        ues=ues,
-        bandwidth_hz=args.bandwidth_mhz * 1e6,
-        batch_per_ue=batch,
-        epochs=args.epochs,
-        max_rounds=args.max_rounds,
-        seed=args.seed,
-        dataset=args.dataset,
-        syncs_per_epoch=args.syncs_per_epoch,
-        lr_schedule="cosine",
-    )
+    config = train_config(args, plan, args.max_rounds)
     data = load_split(config.dataset, config.seed, config.torch_dtype)
     store.set(CONFIG_KEY, config_to_json(config))
     print(f"BS: plan published (cut {plan.cut}, micro-batches {list(plan.micro_batches)}); waiting for UEs", flush=True)
