@@ -22,7 +22,7 @@ import json
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -285,11 +285,16 @@ def run_bench(
         row: dict[str, Any] = {"bandwidth_mhz": bandwidth}
         for scheme, plan in plans_for(scenario, config.max_micro_batches).items():
             on_run(f"{bandwidth:g} MHz {SCHEME_LABELS[scheme]}")
-            predicted = simulate(scenario, plan, rounds, scenario.rounds_per_sync).round_end_s
+            # The message latency follows the machine's load, which drifts over a long bench:
+            # the prediction of each run uses one measured just before it.
+            latency = measure_message_latency()
+            now = replace(scenario, message_latency_s=latency)
+            predicted = simulate(now, plan, rounds, now.rounds_per_sync).round_end_s
             load_before = load_average()
             result = train(_train_config(config, plan, bandwidth), timeout_s=3600.0, on_progress=on_progress, data=data)
             record = run_record(result, plan, predicted, config.target_accuracy)
             record["load_average_1min"] = [round(load_before, 2), round(load_average(), 2)]
+            record["message_latency_s"] = latency
             row[scheme] = record
         row["message_latency_s"] = host.message_latency_s
         row["ue_cpu_inflation"] = inflation

@@ -40,6 +40,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -206,27 +207,36 @@ def _load_flat(module: nn.Module, flat: torch.Tensor) -> None:
             offset += p.numel()
 
 
-class _Slowdown:
-    """Makes a computation take ``factor`` times the CPU time it used (a slower device).
+class _Device:
+    """A device ``factor`` times slower than this host, on its own timeline.
 
-    The computation ends ``factor`` x its CPU time after it started, in wall time: time spent
-    waiting for a core that other processes hold (the emulated UEs share this host's cores, a
-    real device would not) is absorbed by the sleep instead of added to it, as long as it fits
-    in the ``factor - 1`` x CPU time of slack.
+    Each computation takes ``factor`` x the CPU time this host spent on it (CPU time, so time
+    other processes hold the shared cores is not multiplied) and starts when the device is free
+    and its input has arrived — on the device's timeline, not when this process happens to wake:
+    a computation that follows another starts when the previous one *should* have ended. The
+    process sleeps until the computation's end on that timeline, so time spent waiting for a core
+    or waking late from a sleep (the emulated UEs share this host's cores; real devices would
+    not) is absorbed by the next sleep instead of accumulating, as long as the slack of
+    ``factor - 1`` x the CPU time covers it. Messages are stamped with the same timeline.
     """
 
     def __init__(self, factor: float) -> None:
         self.factor = factor
         self.cpu_s = 0.0  # host CPU time of all computations so far, reported to the launcher
+        self.free_at = time.monotonic()
 
-    def __enter__(self) -> None:
-        self._start_wall = time.monotonic()
-        self._start = time.thread_time()
+    def input_at(self, at: float) -> None:
+        """An input the next computation needs arrived at ``at``."""
+        self.free_at = max(self.free_at, at)
 
-    def __exit__(self, *exc: object) -> None:
-        used = time.thread_time() - self._start
+    @contextmanager
+    def computing(self) -> Iterator[None]:
+        start = time.thread_time()
+        yield
+        used = time.thread_time() - start
         self.cpu_s += used
-        remaining = self._start_wall + self.factor * used - time.monotonic()
+        self.free_at += self.factor * used
+        remaining = self.free_at - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
 
@@ -283,7 +293,7 @@ def run_ue(config: TrainConfig, shard: Dataset, connect: Callable[[], dist.Store
     rates = _link_rates(config)
     client, _ = split_model(_model(config), config.plan.cut)
     optimiser = MomentumSGD(client.parameters(), lr=config.lr, momentum=config.momentum)
-    slow = _Slowdown(config.ues[ue].slowdown)
+    device = _Device(config.ues[ue].slowdown)
     sequential = config.plan.schedule == "sequential"
     sizes = micro_batch_sizes(config.batch_per_ue, config.plan.micro_batches[ue])
     _warm_up(client, shard.x, sizes)
@@ -294,9 +304,14 @@ def run_ue(config: TrainConfig, shard: Dataset, connect: Callable[[], dist.Store
     uplink = PacedSender(group, BS_RANK, name=f"ue{ue}-uplink")
 
     def recv(elements: int, tag: int) -> torch.Tensor:
+        """A message from the BS; what comes next on the device cannot start before it arrived."""
         buffer = torch.empty(elements, dtype=config.torch_dtype)
         group.recv([buffer], BS_RANK, tag).wait()
+        device.input_at(time.monotonic())
         return buffer
+
+    def send(tensor: torch.Tensor, tag: int, rate_bps: float) -> None:
+        uplink.send(tensor, tag, rate_bps, enqueued_at=device.free_at)
 
     params = recv(sum(p.numel() for p in client.parameters()), TAG_PARAMETERS)
     _load_flat(client, params)
@@ -310,10 +325,10 @@ def run_ue(config: TrainConfig, shard: Dataset, connect: Callable[[], dist.Store
         for i, (x, y) in enumerate(
             zip(torch.split(batch.x, sizes), torch.split(batch.y, sizes), strict=True)
         ):
-            with slow:
+            with device.computing():
                 out = client(x)
                 message = torch.cat([out.detach().reshape(len(x), -1), y.to(out.dtype).unsqueeze(1)], dim=1)
-            uplink.send(message, TAG_ACTIVATION, rates.uplink_bps[ue])
+            send(message, TAG_ACTIVATION, rates.uplink_bps[ue])
             outputs.append(out)
             if fault is not None and fault.round == r and i == 0:
                 uplink.flush()
@@ -323,22 +338,20 @@ def run_ue(config: TrainConfig, shard: Dataset, connect: Callable[[], dist.Store
                 time.sleep(3600)
         for out in outputs:
             gradient = recv(out.numel(), TAG_GRADIENT).view_as(out)
-            with slow:
+            with device.computing():
                 out.backward(gradient)
-        with slow:
+        with device.computing():
             optimiser.lr = learning_rate(config, shape, r)
             optimiser.step()
             optimiser.zero_grad()
         if sequential:
-            uplink.send(
-                torch.zeros(CONTROL_ELEMENTS, dtype=config.torch_dtype), TAG_CONTROL, rates.uplink_bps[ue]
-            )
+            send(torch.zeros(CONTROL_ELEMENTS, dtype=config.torch_dtype), TAG_CONTROL, rates.uplink_bps[ue])
         if _is_sync_round(shape, r):
             recv(CONTROL_ELEMENTS, TAG_CONTROL)
-            uplink.send(_flat(client), TAG_PARAMETERS, rates.full_bps[ue])
+            send(_flat(client), TAG_PARAMETERS, rates.full_bps[ue])
             _load_flat(client, recv(sum(p.numel() for p in client.parameters()), TAG_PARAMETERS))
     uplink.flush()
-    store.set(f"compute_cpu_s/{ue}", repr(slow.cpu_s))
+    store.set(f"compute_cpu_s/{ue}", repr(device.cpu_s))
     os._exit(0)  # skip gloo teardown: the BS may already be gone
 
 
