@@ -52,7 +52,7 @@ def command_words(line: str) -> list[str] | None:
         return None
     if "|" in words:
         words = words[: words.index("|")]
-    if not words or words[0] != "edgecloud":
+    if not words or Path(words[0]).name != "edgecloud":  # edgecloud or .venv/bin/edgecloud
         return None
     return words[1:]
 
