@@ -61,8 +61,10 @@ def register_bench(bench: Any) -> None:
     load.add_argument("--num-requests", type=int, default=200)
     load.add_argument("--input-scale", type=_positive, default=1 / 32)
     load.add_argument("--output-scale", type=_positive, default=1 / 16)
-    load.add_argument("--max-input-len", type=int, default=None)
-    load.add_argument("--max-output-len", type=int, default=None)
+    load.add_argument("--max-input-len", type=int, default=None,
+                      help="cap on scaled prompt length (default: the model's context less the output cap)")
+    load.add_argument("--max-output-len", type=int, default=None,
+                      help="cap on scaled output length (default: a quarter of the model's context)")
     load.add_argument("--hash-block-tokens", type=int, default=None,
                       help="Mooncake: tokens per hash id (default 512 × --input-scale)")
     load.add_argument("--time-scale", type=_positive, default=1.0)
