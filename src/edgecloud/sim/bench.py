@@ -138,7 +138,7 @@ def bench_cluster(settings: ClusterBenchSettings) -> dict[str, Any]:
             run = sim_run_result(case.policy, result)
             runs[f"sim: {case.label}"] = run
             rows.append(summary_row(run, case=case.label, cluster=f"{spec.describe()}, simulated", simulated=True,
-                                    accelerators=spec.accelerators, wall_s=result.wall_s,
+                                    accelerators=spec.accelerators, wall_s=result.wall_s, cpu_s=result.cpu_s,
                                     simulated_s=result.simulated_s))
     machine = watch.finish()
     return {

@@ -112,7 +112,7 @@ def sim_run_result(policy: str, result: SimResult) -> RunResult:
     records = to_request_records(result.records)
     hits = sum(i.kv.prefix_hits for i in result.instances)
     queries = sum(i.kv.prefix_queries for i in result.instances)
-    extra = {"simulated_s": result.simulated_s, "wall_s": result.wall_s, "events": result.events,
+    extra = {"simulated_s": result.simulated_s, "wall_s": result.wall_s, "cpu_s": result.cpu_s, "events": result.events,
              "utilization": {i.name: i.busy_s / result.simulated_s if result.simulated_s else math.nan
                              for i in result.instances}}
     handovers = [h.seconds for h in result.handovers]
