@@ -13,7 +13,6 @@ throughput and the prefix-cache hit rate; P/D cases their hand-over time. JSON
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +27,7 @@ from edgecloud.cluster.config import InstanceSpec, instances_from_flags
 from edgecloud.llm.config import EngineConfig, ModelConfig
 from edgecloud.llm.engine_core import max_model_len_for
 from edgecloud.llm.model_source import resolve_model
-from edgecloud.sim.compare import RunResult, run_real, run_twin, sim_run_result, summary_row
+from edgecloud.sim.compare import RunResult, json_finite, run_real, run_twin, sim_run_result, summary_row
 from edgecloud.sim.profiles import CalibratedProfile
 from edgecloud.sim.run import SimClusterSpec, build_instances, simulate, trace_workload_for
 
@@ -155,17 +154,8 @@ def bench_cluster(settings: ClusterBenchSettings) -> dict[str, Any]:
 
 
 def write_json(path: str | Path, result: dict[str, Any]) -> None:
-    def finite(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [finite(v) for v in value]
-        return value
-
     document = {k: v for k, v in result.items() if k != "runs"}
-    Path(path).write_text(json.dumps(finite(document), indent=2) + "\n")
+    Path(path).write_text(json.dumps(json_finite(document), indent=2) + "\n")
 
 
 def plot(path: str | Path, result: dict[str, Any], title: str = "") -> None:

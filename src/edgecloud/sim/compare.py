@@ -135,3 +135,14 @@ def summary_row(run: RunResult, **labels: Any) -> dict[str, Any]:
     if "handover_mean_s" in run.extra:
         row["handover_ms_mean"] = run.extra["handover_mean_s"] * 1000
     return row
+
+
+def json_finite(value: Any) -> Any:
+    """``value`` with every non-finite float (a percentile of no samples) as None, for JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_finite(v) for v in value]
+    return value
