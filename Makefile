@@ -33,14 +33,14 @@ serve: $(STAMP)
 test: $(STAMP) debian-deps
 	$(PY) -m pytest $(ARGS)
 
-# Benchmarks write their JSON and figures under $(OUT) (git ignores out/), never into the tracked
-# tree; each may take up to BENCH_TIMEOUT seconds. `make bench` runs every benchmark (about 5 h on
-# the 2-core machine), `make bench-quick` one headline figure per system (about 15 min);
-# docs/testing.md has the times. PAT's engine benchmark takes its folder from PAT_BENCH_OUT.
-OUT ?= out/bench
+# Benchmarks write their JSON and figures under $(OUT)/<system>/ (EDGECLOUD_BENCH_OUT; git ignores
+# out/), never into the tracked tree; each may take up to BENCH_TIMEOUT seconds. `make bench` runs
+# every benchmark (about 5 h on the 2-core machine), `make bench-quick` one headline figure per
+# system (about 15 min); docs/testing.md has the times. PAT's engine benchmark reads PAT_BENCH_OUT.
+OUT ?= out
 BENCH_TIMEOUT ?= 3600
-BENCH_PYTEST = PAT_BENCH_OUT=$(abspath $(OUT))/pat $(PY) -m pytest -p no:cacheprovider \
-	--timeout=$(BENCH_TIMEOUT) --bench-out=$(OUT)
+BENCH_PYTEST = EDGECLOUD_BENCH_OUT=$(abspath $(OUT)) PAT_BENCH_OUT=$(abspath $(OUT))/pat \
+	$(PY) -m pytest -p no:cacheprovider --timeout=$(BENCH_TIMEOUT)
 .PHONY: bench-quick test-random
 
 bench: $(STAMP) debian-deps

@@ -8,8 +8,8 @@ new counterexamples, ``pytest --hypothesis-profile=explore --hypothesis-seed=N``
 examples from seed ``N``; a failure prints the ``@reproduce_failure`` blob that replays it.
 
 Benchmarks (``@pytest.mark.bench``, run by ``make bench``) write their JSON and figures under
-``--bench-out DIR`` (``make bench OUT=DIR``; default ``out/bench``, which git ignores), never
-into the tracked tree. ``make bench-quick`` runs the tests marked ``bench_quick``: one headline
+``$EDGECLOUD_BENCH_OUT`` (``make bench OUT=DIR``; default ``out``, which git ignores), one folder
+per system, never into the tracked tree. ``make bench-quick`` runs the tests marked ``bench_quick``: one headline
 figure per system. A test whose directory is being rewritten is listed in :data:`BENCH_QUICK`
 by node id instead of being decorated; either way it gets the marker.
 """
@@ -52,17 +52,6 @@ BENCH_QUICK = (
     "tests/splitlearn/test_bench.py::test_default_bench_writes_the_issue_schema_and_a_plot",
 )
 
-DEFAULT_BENCH_OUT = Path("out") / "bench"
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--bench-out",
-        default=str(DEFAULT_BENCH_OUT),
-        help="folder for the JSON and figures of benchmarks (default: out/bench, ignored by git)",
-    )
-
-
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
@@ -72,8 +61,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def bench_out(pytestconfig: pytest.Config) -> Path:
-    """The benchmarks' output folder (``--bench-out``), created on first use."""
-    path = Path(pytestconfig.getoption("bench_out"))
+    """The benchmarks' output folder, ``$EDGECLOUD_BENCH_OUT`` (default ``out``; relative to the
+    repository), created on first use."""
+    path = Path(os.environ.get("EDGECLOUD_BENCH_OUT", "out"))
     if not path.is_absolute():
         path = pytestconfig.rootpath / path
     path.mkdir(parents=True, exist_ok=True)

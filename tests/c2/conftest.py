@@ -18,13 +18,13 @@ from edgecloud.c2.privileges import DEFAULT_PRIVILEGES, HANDOVER_APPROVE, Role, 
 
 @pytest.fixture(scope="session")
 def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Root CA; TCs ``tc-1`` and ``tc-2`` (sub-CAs); GCSs issued by tc-1; vehicles by the root; and
+    """Root CA; TCs ``tc-1`` and ``tc-other`` (sub-CAs); GCSs issued by tc-1; vehicles by the root; and
     the odd ones the rejection tests need (limited, expired, revoked, a TC without
     ``handover:approve``)."""
     directory = tmp_path_factory.mktemp("pki")
     pki.init(directory)
     pki.issue_to_directory(directory, "tc-1", Role.TC)
-    pki.issue_to_directory(directory, "tc-2", Role.TC)
+    pki.issue_to_directory(directory, "tc-other", Role.TC)
     # Everything a TC holds but handover:approve: it may connect, issue and revoke, not hand over.
     no_approve = DEFAULT_PRIVILEGES[Role.TC] - {HANDOVER_APPROVE}
     pki.issue_to_directory(directory, "tc-no-approve", Role.TC, no_approve)

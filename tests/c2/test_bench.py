@@ -2,7 +2,7 @@
 
 ``documented`` is the run behind docs/c2.md (``edgecloud c2 bench`` with its default command
 counts); ``quick`` is ``make bench-quick``'s headline, fewer commands. Both write
-``OUT/c2/c2-bench[-quick].json`` and the plot beside it (``make bench OUT=DIR``).
+``OUT/c2/c2-bench[-quick].json`` and the plot beside it (``make bench OUT=DIR``, default out/).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def test_timing_report_covers_every_path_and_nothing_arrives_early() -> None:
 @pytest.mark.bench
 @pytest.mark.bench_quick
 def test_bench_timing_accuracy_and_throughput(bench_out: Path) -> None:
-    # the run behind docs/data/netem_bench.json, written to OUT/netem/ (`make bench OUT=DIR`)
+    # the run behind docs/data/netem_bench.json, written to OUT/netem/ (`make bench OUT=DIR`, default out/)
     report = asyncio.run(measure())
     out = bench_out / "netem" / "netem_bench.json"
     out.parent.mkdir(exist_ok=True)

@@ -2,7 +2,7 @@
 
 Each run is the documented ``edgecloud stream bench`` command line. It writes the file the docs
 cite under the same name, but into ``OUT/stream/`` (``make bench OUT=DIR``, default
-``out/bench``; see tests/conftest.py), never into the tracked tree: ``make bench ARGS="-k stream"``
+``out``; see tests/conftest.py), never into the tracked tree: ``make bench ARGS="-k stream"``
 reruns them all, ``make bench ARGS="-k acceptance_60s"`` one (the test ids are below); to
 refresh the docs, copy the ``.json`` files to docs/data/ and the ``.png`` files to docs/.
 Virtual runs repeat exactly; real runs carry the machine's scheduling noise.
