@@ -46,6 +46,7 @@ def test_bad_engine_options_name_the_option(llama_dir: Path) -> None:
         ({"attention_backend": "nope"}, "attention_backend",
          "attention_backend must be one of ['paged', 'prefix'], got 'nope'"),
         ({"kv_cache_memory_mb": 0.001}, "kv_cache_memory_mb", "kv_cache_memory_mb=0.001 holds 0 blocks; need >= 2"),
+        ({"quantization": "int3"}, "quantization", "quantization must be one of none, int8, int4, got 'int3'"),
     ]:
         with pytest.raises(InvalidRequestError) as info:
             LLM(model=str(llama_dir), **options)
