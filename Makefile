@@ -43,7 +43,7 @@ test: $(STAMP) debian-deps
 OUT ?= out
 BENCH_TIMEOUT ?= 3600
 BENCH_PYTEST = EDGECLOUD_BENCH_OUT=$(abspath $(OUT)) PAT_BENCH_OUT=$(abspath $(OUT))/pat \
-	$(PY) -m pytest -p no:cacheprovider --timeout=$(BENCH_TIMEOUT)
+	EDGECLOUD_BENCH_TIMEOUT=$(BENCH_TIMEOUT) $(PY) -m pytest -p no:cacheprovider
 .PHONY: bench-quick test-random
 
 bench: $(STAMP) debian-deps

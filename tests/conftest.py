@@ -52,11 +52,19 @@ BENCH_QUICK = (
     "tests/splitlearn/test_bench.py::test_one_bandwidth_of_the_mnist_bench_writes_the_issue_schema_and_a_plot",
 )
 
+# Every benchmark may run for $EDGECLOUD_BENCH_TIMEOUT seconds (`make bench BENCH_TIMEOUT=N`; default
+# 3600) however it is started: the suite's 300 s per-test timeout is for unit tests, and a loaded
+# machine stretches a benchmark several times over. This one place replaces per-test timeout markers.
+BENCH_TIMEOUT_S = float(os.environ.get("EDGECLOUD_BENCH_TIMEOUT", "3600"))
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.nodeid in BENCH_QUICK:
             item.add_marker(pytest.mark.bench_quick)
+        if item.get_closest_marker("bench") is not None:
+            item.add_marker(pytest.mark.timeout(BENCH_TIMEOUT_S), append=False)  # first: it wins
 
 
 @pytest.fixture(scope="session")

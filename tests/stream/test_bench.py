@@ -147,7 +147,6 @@ QUICK = {"quick_acceptance_60s"}
 
 
 @pytest.mark.bench
-@pytest.mark.timeout(3600)
 @pytest.mark.parametrize(
     "test_id", [pytest.param(i, marks=pytest.mark.bench_quick) if i in QUICK else i for i in RUNS]
 )
@@ -162,7 +161,6 @@ def test_stream_bench(test_id, bench_out):
 
 
 @pytest.mark.bench
-@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("test_id", LOSS_CHANGE)
 def test_stream_loss_change(test_id, bench_out):
     args, figure = LOSS_CHANGE[test_id]
