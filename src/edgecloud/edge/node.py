@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +130,7 @@ class EdgeContext:
                            "messages and no session", "session", "unsupported")
         create = session == "new"
         if create:
-            session = uuid.uuid4().hex
+            session = secrets.token_urlsafe(12)  # 96 random bits in 16 characters
         elif not NAME_PATTERN.match(session):
             raise APIError(400, f"session id {session[:80]!r}: use 1-64 letters, digits, '.', '_' or '-' (or 'new')",
                            "session", "invalid_session")
@@ -174,6 +174,7 @@ class EdgeContext:
             return {
                 SESSION_HEADER: session, VERSION_HEADER: format_version(acked.version),
                 "X-Session-Turns": str(total(acked.version)), "X-Session-Conflicts": str(acked.conflicts),
+                "X-Session-Turn": f"{acked.turn.origin}:{acked.turn.seq}",
             }
 
         async def release() -> None:
@@ -301,7 +302,7 @@ class EdgeNode:
             await transport.start(replication_sock)
         self.transport = transport
         self.context = EdgeContext(transport, chat, config.mode)
-        self.app = build_app(self.engine, self.server_settings, chat_context=self.context if chat else None)
+        self.app = build_app(self.engine, self.server_settings, chat_context=self.context)
         add_edge_routes(self.app, self)
         self._uvicorn = self._http_server()
         self._serving = asyncio.ensure_future(self._uvicorn.serve(sockets=[http_sock]))
@@ -368,3 +369,65 @@ class EdgeNode:
         if self.context is not None:
             body["turns"] = list(self.context.turn_log)
         return body
+
+
+def serve_node(config: NodeConfig, engine_config: EngineConfig, *, engine_core: str = "process",
+               log_level: str = "info") -> int:
+    """``edgecloud edge node``: bind both ports first (a taken port is reported at once), load the
+    model, connect to the peers, serve until SIGTERM or SIGINT."""
+    import signal
+    import sys
+
+    from edgecloud.edge.chat import TemplateError
+    from edgecloud.errors import USAGE, CLIError, listen_failed
+    from edgecloud.llm import InvalidRequestError, ModelLoadError
+    from edgecloud.server.main import bind
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        http_sock = bind(*config.http)
+    except OSError as error:
+        raise listen_failed(error, config.http[0], config.http[1], "--listen") from error
+    replication_sock = None
+    if config.mode != "client":
+        try:
+            replication_sock = bind(*config.replication)
+        except OSError as error:
+            http_sock.close()
+            raise listen_failed(error, config.replication[0], config.replication[1], "--replicate") from error
+    try:
+        node = EdgeNode(config, engine_config, engine_core=engine_core,
+                        server=ServerSettings(host=config.http[0], port=config.http[1], log_level=log_level,
+                                              engine_core=engine_core))
+    except (InvalidRequestError, ModelLoadError) as error:
+        raise CLIError(str(error), USAGE) from error
+
+    async def run() -> None:
+        try:
+            await node.start(http_sock, replication_sock)
+        except TemplateError as error:
+            await node.stop()
+            raise CLIError(f"{error} (mode {config.mode})", USAGE) from error
+        where = f"; replication on {config.replication[0]}:{config.replication[1]}" if replication_sock else ""
+        peers = ", ".join(f"{n}={h}:{p}" for n, (h, p) in config.peers.items()) or "none"
+        print(f"edgecloud edge node: ready: {config.name} ({config.mode} mode) on {node.url}{where}; "
+              f"peers: {peers}", flush=True)
+        try:
+            await node.wait()
+        finally:
+            await node.stop()
+
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: None)
+    try:
+        try:
+            import uvloop
+
+            uvloop.run(run())
+        except ImportError:
+            asyncio.run(run())
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"edgecloud edge node: {config.name} stopped", file=sys.stderr, flush=True)
+    return 0

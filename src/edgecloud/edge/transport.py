@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 
@@ -130,9 +130,9 @@ class _Accepting(asyncio.Protocol):
         self.owner = owner
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.pause_reading()
-        self.owner.spawn(self.owner.accept(transport))
+        raw = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
+        raw.pause_reading()
+        self.owner.spawn(self.owner.accept(raw))
 
 
 class Transport:
