@@ -1,9 +1,13 @@
-"""``edgecloud edge bench``: DisCEdge's three modes side by side on one emulated edge (DisCEdge,
+"""``edgecloud edge bench``: DisCEdge's three modes side by side on one emulated topology (DisCEdge,
 arXiv 2511.22599, §5: response time, synchronisation traffic, client request size).
 
-Each mode runs on fresh nodes (``edgecloud edge node`` processes) behind the same emulated links
-(:mod:`edgecloud.edge.topology`), with the same conversations, the same roaming schedule and greedy
-decoding, so the three differ only in where the context lives and in what form it travels:
+Each mode gets its own nodes (``edgecloud edge node`` processes, fresh stores and engines) behind
+links of the same emulated topology (:mod:`edgecloud.edge.topology`). The three edges run at once
+on the same conversations, roaming schedule and greedy decoding, interleaved: each conversation's
+turn ``k`` is sent in one mode after the other, the order rotating from turn to turn, so the three
+answers to one turn meet the same machine (on a shared machine, modes run one after the other would
+meet different loads). They differ only in where the context lives and in what form it travels.
+Two workloads:
 
 * **mooncake**: conversations rebuilt from the Mooncake conversation trace (a request continues a
   conversation when its prompt's 512-token blocks begin with all full blocks of an earlier
@@ -184,66 +188,61 @@ class ClientState:
     history: list[dict[str, str]] = field(default_factory=list)
 
 
-async def converse(
-    client: Any, edge: Any, model: str, mode: str, workload: str, index: int, conversation: Conversation,
-    route: list[str], records: list[TurnRecord], think_s: float, alive: Callable[[str], bool],
-) -> None:
-    state = ClientState()
+async def one_turn(
+    client: Any, edge: Any, model: str, mode: str, workload: str, conversation: str, k: int, text: str,
+    budget: int, node: str, state: ClientState, alive: Callable[[str], bool],
+) -> TurnRecord:
+    """One turn of one conversation in one mode: the request (with the whole history in client mode,
+    the new message and the session's version otherwise); a client whose node is gone or failed
+    moves on to the next node with its version, as a roaming client would."""
     nodes = list(edge.topology.nodes)
-    for k, (text, budget) in enumerate(zip(conversation.messages, conversation.max_tokens, strict=True)):
-        message = {"role": "user", "content": text}
-        body: dict[str, Any] = {"model": model, "max_tokens": budget, "temperature": 0}
-        headers: dict[str, str] = {}
-        if mode == "client":
-            body["messages"] = [*state.history, message]
-        else:
-            body["messages"] = [message]
-            headers["X-Session-Id"] = state.session
-            if state.version:
-                headers["X-Session-Version"] = state.version
-        payload = json.dumps(body).encode()
-        request_bytes = len(payload) + sum(len(name) + len(value) + 4 for name, value in headers.items())
-        node = route[k]
-        record: TurnRecord | None = None
-        for attempt in range(1, 2 * len(nodes) + 1):
-            if not alive(node):  # its node was killed: the client goes to the next one
-                node = nodes[(nodes.index(node) + 1) % len(nodes)]
-                continue
-            started = time.perf_counter()
-            try:
-                response = await client.post(f"{edge.client_url(node)}/v1/chat/completions", content=payload,
-                                             headers={"Content-Type": "application/json", **headers})
-            except Exception as error:  # the node died under the request: roam on, as a client would
-                record = TurnRecord(mode, workload, conversation.name, k, node, attempt, 0,
-                                    (time.perf_counter() - started) * 1e3, request_bytes, error=type(error).__name__)
-                node = nodes[(nodes.index(node) + 1) % len(nodes)]
-                continue
-            rt_ms = (time.perf_counter() - started) * 1e3
-            record = TurnRecord(mode, workload, conversation.name, k, node, attempt, response.status_code, rt_ms,
-                                request_bytes)
-            if response.status_code == 200:
-                answer = response.json()
-                usage = answer.get("usage", {})
-                record.prompt_tokens = usage.get("prompt_tokens", 0)
-                record.completion_tokens = usage.get("completion_tokens", 0)
-                content = answer["choices"][0]["message"]["content"]
-                state.history += [message, {"role": "assistant", "content": content}]
-                if mode != "client":
-                    state.session = response.headers["X-Session-Id"]
-                    state.version = response.headers["X-Session-Version"]
-                    record.session, record.version = state.session, state.version
-                    record.turn_id = response.headers.get("X-Session-Turn", "")
-                break
-            record.error = response.text[:300]
-            if response.status_code < 500:
-                break
+    message = {"role": "user", "content": text}
+    body: dict[str, Any] = {"model": model, "max_tokens": budget, "temperature": 0}
+    headers: dict[str, str] = {}
+    if mode == "client":
+        body["messages"] = [*state.history, message]
+    else:
+        body["messages"] = [message]
+        headers["X-Session-Id"] = state.session
+        if state.version:
+            headers["X-Session-Version"] = state.version
+    payload = json.dumps(body).encode()
+    request_bytes = len(payload) + sum(len(name) + len(value) + 4 for name, value in headers.items())
+    record: TurnRecord | None = None
+    for attempt in range(1, 2 * len(nodes) + 1):
+        if not alive(node):
             node = nodes[(nodes.index(node) + 1) % len(nodes)]
-            await asyncio.sleep(0.2)
-        assert record is not None
-        records.append(record)
-        if record.status != 200:
-            return  # the conversation cannot go on without its answer
-        await asyncio.sleep(think_s)
+            continue
+        started = time.perf_counter()
+        try:
+            response = await client.post(f"{edge.client_url(node)}/v1/chat/completions", content=payload,
+                                         headers={"Content-Type": "application/json", **headers})
+        except Exception as error:  # the node died under the request
+            record = TurnRecord(mode, workload, conversation, k, node, attempt, 0,
+                                (time.perf_counter() - started) * 1e3, request_bytes, error=type(error).__name__)
+            node = nodes[(nodes.index(node) + 1) % len(nodes)]
+            continue
+        record = TurnRecord(mode, workload, conversation, k, node, attempt, response.status_code,
+                            (time.perf_counter() - started) * 1e3, request_bytes)
+        if response.status_code == 200:
+            answer = response.json()
+            usage = answer.get("usage", {})
+            record.prompt_tokens = usage.get("prompt_tokens", 0)
+            record.completion_tokens = usage.get("completion_tokens", 0)
+            state.history += [message, {"role": "assistant", "content": answer["choices"][0]["message"]["content"]}]
+            if mode != "client":
+                state.session = response.headers["X-Session-Id"]
+                state.version = response.headers["X-Session-Version"]
+                record.session, record.version = state.session, state.version
+                record.turn_id = response.headers.get("X-Session-Turn", "")
+            return record
+        record.error = response.text[:300]
+        if response.status_code < 500:
+            return record
+        node = nodes[(nodes.index(node) + 1) % len(nodes)]
+        await asyncio.sleep(0.2)
+    assert record is not None
+    return record
 
 
 def _metric(text: str, name: str) -> float:
@@ -270,11 +269,15 @@ def prefix_delta(before: dict[str, tuple[float, float]], after: dict[str, tuple[
     return (sum(after[n][0] - before[n][0] for n in nodes), sum(after[n][1] - before[n][1] for n in nodes))
 
 
-async def node_stats(client: Any, edge: Any) -> list[dict[str, Any]]:
+async def node_stats(client: Any, edge: Any, sessions: set[str]) -> list[dict[str, Any]]:
+    """Each live node's counters of the turns of ``sessions`` (the nodes serve several workloads)."""
     stats = []
     for node in edge.topology.nodes:
         if edge.nodes[node].process.poll() is None:
-            stats.append((await client.get(f"{edge.direct_url(node)}/v1/edge/stats")).json())
+            body = (await client.get(f"{edge.direct_url(node)}/v1/edge/stats")).json()
+            body["turn_bytes"] = [t for t in body.get("turn_bytes", []) if t["session"] in sessions]
+            body["turns"] = [t for t in body.get("turns", []) if t["session"] in sessions]
+            stats.append(body)
     return stats
 
 
@@ -318,45 +321,64 @@ async def check_sessions(client: Any, edge: Any, records: list[TurnRecord]) -> t
 
 
 async def run_workload(
-    edge: Any, model: str, mode: str, workload: str, conversations: list[Conversation], roam_every: int,
+    edges: dict[str, Any], model: str, workload: str, conversations: list[Conversation], roam_every: int,
     think_s: float, stagger_s: float, kill: tuple[str, float] | None = None,
-) -> dict[str, Any]:
+) -> dict[str, dict[str, Any]]:
+    """The conversations in every mode at once, interleaved: each conversation's turn ``k`` runs in
+    one mode after the other (the order rotating from turn to turn), so the modes of one turn meet
+    the same machine, and every conversation's next turn waits for all of them."""
     import httpx
 
-    records: list[TurnRecord] = []
-    nodes = list(edge.topology.nodes)
+    modes = list(edges)
+    records: dict[str, list[TurnRecord]] = {m: [] for m in modes}
     killed: set[str] = set()
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0)) as client:
-        counters = await prefix_counters(client, edge)
-        wire0 = edge.edge_bytes()
+    nodes = list(next(iter(edges.values())).topology.nodes)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(900.0, connect=10.0)) as client:
+        counters = {m: await prefix_counters(client, e) for m, e in edges.items()}
+        wire0 = {m: e.edge_bytes() for m, e in edges.items()}
 
-        async def start(i: int, conversation: Conversation) -> None:
+        async def converse(i: int, conversation: Conversation) -> None:
             await asyncio.sleep(i * stagger_s)
             route = schedule(i, len(conversation.messages), nodes, roam_every)
-            await converse(client, edge, model, mode, workload, i, conversation, route, records, think_s,
-                           lambda n: n not in killed)
+            states = {m: ClientState() for m in modes}
+            for k, (text, budget) in enumerate(zip(conversation.messages, conversation.max_tokens, strict=True)):
+                order = modes[(i + k) % len(modes):] + modes[:(i + k) % len(modes)]
+                for mode in order:
+                    if states[mode] is None:
+                        continue
+                    record = await one_turn(client, edges[mode], model, mode, workload, conversation.name, k, text,
+                                            budget, route[k], states[mode], lambda n: n not in killed)
+                    records[mode].append(record)
+                    if record.status != 200:
+                        states[mode] = None  # type: ignore[assignment]  # it cannot go on without its answer
+                await asyncio.sleep(think_s)
 
         async def killer(node: str, after_s: float) -> None:
             await asyncio.sleep(after_s)
             killed.add(node)
-            edge.kill(node)
+            for edge in edges.values():
+                edge.kill(node)
             # the links to the dead node now fail every connection attempt: expected, not news
             logging.getLogger("edgecloud.netem.tcp").setLevel(logging.ERROR)
 
-        tasks = [start(i, c) for i, c in enumerate(conversations)]
+        tasks = [converse(i, c) for i, c in enumerate(conversations)]
         if kill is not None:
             tasks.append(killer(*kill))
         began = time.monotonic()
         await asyncio.gather(*tasks)
         duration = time.monotonic() - began
-        prefix = prefix_delta(counters, await prefix_counters(client, edge))
-        stats = await node_stats(client, edge) if mode != "client" else []
-        stale = lost = divergent = 0
-        if mode != "client":
-            await asyncio.sleep(1.0)  # replication of the last turns settles
-            stale, lost, divergent = await check_sessions(client, edge, records)
-    return summarize(mode, records, stats, prefix, edge.edge_bytes() - wire0,
-                     duration, stale, lost, divergent, nodes_killed=sorted(killed))
+        await asyncio.sleep(1.0)  # replication of the last turns settles
+        results = {}
+        for mode, edge in edges.items():
+            prefix = prefix_delta(counters[mode], await prefix_counters(client, edge))
+            sessions = {r.session for r in records[mode] if r.session}
+            stats = await node_stats(client, edge, sessions) if mode != "client" else []
+            stale = lost = divergent = 0
+            if mode != "client":
+                stale, lost, divergent = await check_sessions(client, edge, records[mode])
+            results[mode] = summarize(mode, records[mode], stats, prefix, edge.edge_bytes() - wire0[mode], duration,
+                                      stale, lost, divergent, nodes_killed=sorted(killed))
+    return results
 
 
 def _percentile(values: Sequence[float], q: float) -> float | None:
@@ -476,6 +498,7 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kill", default="edge-b:20", metavar="NODE:SECONDS",
                         help="the tokens nodes' extra run: kill -9 NODE this long into it ('none' to skip)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per node")
+    parser.add_argument("--kv-cache-memory-mb", type=int, default=256, help="KV-cache pool of each node")
     parser.add_argument("--engine-core", default="thread", choices=["thread", "process"])
     parser.add_argument("--seed", type=int, default=0)
 
@@ -543,43 +566,48 @@ async def run_bench(args: argparse.Namespace, topology: Any, modes: list[str], w
     if "roaming" in workloads:
         loads["roaming"] = roaming_workload(args.conversations, args.turns, user_tokens, args.max_tokens, corpus,
                                             count, args.seed)
-    node_args = ["--engine-core", args.engine_core, "--threads", str(args.threads), "--store-sync", "normal"]
+    node_args = ["--engine-core", args.engine_core, "--threads", str(args.threads), "--store-sync", "normal",
+                 "--kv-cache-memory-mb", str(args.kv_cache_memory_mb)]
     if args.model:
         node_args += ["--model", args.model]
     if args.chat_template:
         node_args += ["--chat-template", args.chat_template]
     watch = LoadWatch.begin()
-    results: dict[str, dict[str, dict[str, Any]]] = {w: {} for w in loads}
+    results: dict[str, dict[str, dict[str, Any]]] = {}
     kill_case: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         work = Path(tmp)
         pki.init(work / "pki", common_name="edge bench root")
         for name in topology.nodes:
             pki.issue_to_directory(work / "pki", name, Role.UXV, frozenset())
-        for mode in modes:
+        edges = {}
+        for i, mode in enumerate(modes):
             (work / mode).mkdir()
-            edge = EmulatedEdge(topology, mode, work / "pki", work / mode, node_args, seed=args.seed)
-            print(f"edge bench: {mode} mode: starting {len(topology.nodes)} nodes", flush=True)
-            await edge.start()
-            try:
-                model = await _served_model(edge)
-                for workload, conversations in loads.items():
-                    print(f"edge bench: {mode} mode: {workload} ({len(conversations)} conversations)", flush=True)
-                    results[workload][mode] = await run_workload(edge, model, mode, workload, conversations,
-                                                                 args.roam_every, args.think, args.stagger)
-                if mode == "tokens" and kill is not None and "roaming" in loads:
-                    print(f"edge bench: tokens mode: roaming again, {kill[0]} killed after {kill[1]:g} s", flush=True)
-                    renamed = [Conversation(f"kill-{c.name}", c.messages, c.max_tokens) for c in loads["roaming"]]
-                    kill_case = await run_workload(edge, model, mode, "roaming+kill", renamed, args.roam_every,
-                                                   args.think, args.stagger, kill=kill)
-            finally:
-                await edge.stop()
+            edges[mode] = EmulatedEdge(topology, mode, work / "pki", work / mode, node_args, seed=args.seed + i)
+        print(f"edge bench: starting {len(topology.nodes)} nodes for each of {', '.join(modes)}", flush=True)
+        try:
+            await asyncio.gather(*(edge.start() for edge in edges.values()))
+            model = await _served_model(next(iter(edges.values())))
+            for workload, conversations in loads.items():
+                print(f"edge bench: {workload}: {len(conversations)} conversations in {', '.join(modes)}", flush=True)
+                results[workload] = await run_workload(edges, model, workload, conversations, args.roam_every,
+                                                       args.think, args.stagger)
+            if "tokens" in edges and kill is not None and "roaming" in loads:
+                for mode in [m for m in edges if m != "tokens"]:
+                    await edges.pop(mode).stop()
+                print(f"edge bench: roaming again in tokens mode, {kill[0]} killed after {kill[1]:g} s", flush=True)
+                renamed = [Conversation(f"kill-{c.name}", c.messages, c.max_tokens) for c in loads["roaming"]]
+                kill_case = (await run_workload(edges, model, "roaming+kill", renamed, args.roam_every, args.think,
+                                                args.stagger, kill=kill))["tokens"]
+        finally:
+            await asyncio.gather(*(edge.stop() for edge in edges.values()))
     load = watch.finish()
-    cases = [{"topology": "default" if args.topology is None else str(args.topology), "workload": w,
-              "modes": m, "comparisons": comparisons(m, args.seed)} for w, m in results.items()]
+    topology_name = "default" if args.topology is None else str(args.topology)
+    cases = [{"topology": topology_name, "workload": w, "modes": m, "comparisons": comparisons(m, args.seed)}
+             for w, m in results.items()]
     if kill_case is not None:
-        cases.append({"topology": cases[0]["topology"] if cases else "default", "workload": "roaming+kill",
-                      "modes": {"tokens": kill_case}, "comparisons": {}})
+        cases.append({"topology": topology_name, "workload": "roaming+kill", "modes": {"tokens": kill_case},
+                      "comparisons": {}})
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("handler", "debug")}
     config["model_name"] = source.name
