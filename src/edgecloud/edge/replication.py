@@ -21,6 +21,10 @@ The rules (docs/edge.md, "Consistency model", states them as guarantees):
   holds the turn's context (fetching what is missing from the sender), and acknowledges it then.
   Turns written concurrently on two nodes are both kept, ordered deterministically and reported
   (:mod:`edgecloud.edge.log`).
+* **A writer gone**: only a turn's writer pushes it. When a peer goes down, this node announces its
+  version of every session holding turns of that peer (``Digest``) to the others, and to a peer
+  that comes up while writers are down; a node that lacks some of those turns fetches them, so the
+  surviving nodes converge even on turns the dead writer had pushed to some of them only.
 * One turn of a session at a time per node: a turn's read holds the session until it is released.
 """
 
@@ -34,7 +38,7 @@ import msgspec
 from edgecloud.edge.log import SessionLog
 from edgecloud.edge.store import ContextStore, StoreError, StoreFullError
 from edgecloud.edge.turns import Turn, TurnError, TurnId, VersionVector, check_turn, merged, sealed, verify
-from edgecloud.edge.wire import Fetch, FetchReply, Hello, Message, Ping, Pong, ProtocolError, Push, PushAck
+from edgecloud.edge.wire import Digest, Fetch, FetchReply, Hello, Message, Ping, Pong, ProtocolError, Push, PushAck
 
 
 @dataclass(frozen=True)
@@ -479,14 +483,23 @@ class ReplicaCore:
             actions.append(Send(peer, Push(self._wire(pending.turn, peer))))
         for read in list(self.reads.values()):
             actions += self._fetch(read, now)
-        return actions
+        down = {p for p, s in self.peer.items() if not s.up}
+        return actions + self._digests(down, [peer])
 
     def peer_down(self, peer: str, now: float) -> list[Action]:
         self.peer[peer].up = False
         for read in self.reads.values():
             for fetch_id in [f for f, p in read.fetches.items() if p == peer]:
                 del read.fetches[fetch_id]
-        return []
+        return self._digests({peer}, [p for p, s in self.peer.items() if s.up])
+
+    def _digests(self, writers: set[str], to: list[str]) -> list[Action]:
+        """This node's version of each session that holds turns of ``writers``, to ``to``."""
+        to = [p for p in to if p not in writers]
+        if not writers or not to:
+            return []
+        versions = [(s, dict(self.log(s).vv)) for s in self.store.sessions_with(writers)]
+        return [Send(peer, Digest(session, version)) for session, version in versions for peer in to]
 
     def on_message(self, peer: str, message: Message, now: float) -> list[Action]:
         if isinstance(message, Push):
@@ -513,6 +526,11 @@ class ReplicaCore:
                 if read.fetches.pop(message.fetch_id, None) is not None:
                     read.replied.add(peer)
             return actions + self._progress_session(message.session, now)
+        if isinstance(message, Digest):
+            log = self.log(message.session)
+            if log.covers(message.version):
+                return []
+            return [Send(peer, Fetch(self._next_fetch_id(), message.session, dict(log.vv)))]
         if isinstance(message, Ping):
             return [Send(peer, Pong(message.sent))]
         if isinstance(message, Pong):

@@ -112,6 +112,12 @@ class ContextStore:
     def sessions(self) -> list[str]:
         return [s for (s,) in self.db.execute("SELECT DISTINCT session FROM turns ORDER BY session")]
 
+    def sessions_with(self, origins: set[str]) -> list[str]:
+        """Sessions that hold turns written by any of ``origins``."""
+        marks = ",".join("?" * len(origins))
+        query = f"SELECT DISTINCT session FROM turns WHERE origin IN ({marks}) ORDER BY session"
+        return [s for (s,) in self.db.execute(query, sorted(origins))]
+
     def unacknowledged(self, origin: str) -> list[tuple[Turn, set[str]]]:
         """Turns written by ``origin`` (this node) with the peers that acknowledged each."""
         rows = self.db.execute(

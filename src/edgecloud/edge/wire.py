@@ -1,8 +1,9 @@
 """The replication protocol's messages and their framing.
 
 Nodes talk over mutual TLS (``edgecloud.c2.tls``). Each node opens one connection to each peer and
-sends its requests there (``Push`` a turn, ``Fetch`` missing turns, ``Ping``); the peer answers on
-the same connection (``PushAck``, ``FetchReply``, ``Pong``). Both ends start with ``Hello``.
+sends its requests there (``Push`` a turn, ``Fetch`` missing turns, ``Digest`` of a session's version,
+``Ping``); the peer answers on the same connection (``PushAck``, ``FetchReply``, ``Pong``). Both ends
+start with ``Hello``.
 
 A frame is a 4-byte big-endian length and a msgpack message (msgspec, tagged by ``type``). A frame
 longer than :data:`MAX_FRAME_BYTES` ends the connection (its end cannot be found); a frame that
@@ -55,6 +56,13 @@ class FetchReply(msgspec.Struct, tag="fetch_reply", frozen=True, array_like=True
     turns: list[Turn]
 
 
+class Digest(msgspec.Struct, tag="digest", frozen=True, array_like=True):
+    """The version of a session the sender holds (a peer that lacks some of it fetches them)."""
+
+    session: str
+    version: dict[str, int]
+
+
 class Ping(msgspec.Struct, tag="ping", frozen=True, array_like=True):
     sent: float
 
@@ -68,8 +76,8 @@ class ProtocolError(msgspec.Struct, tag="error", frozen=True, array_like=True):
     message: str
 
 
-Message = Hello | Push | PushAck | Fetch | FetchReply | Ping | Pong | ProtocolError
-REQUESTS = (Push, Fetch, Ping)
+Message = Hello | Push | PushAck | Fetch | FetchReply | Digest | Ping | Pong | ProtocolError
+REQUESTS = (Push, Fetch, Digest, Ping)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
