@@ -178,3 +178,24 @@ def test_one_turn_of_a_session_at_a_time_per_node() -> None:
     edge.take("a", core.release(1, edge.now))
     (_, ready), = edge.results(ReadReady)
     assert ready.read_id == 2 and ready.version == {"a": 1}
+
+
+def test_a_turn_not_yet_on_a_quorum_is_never_shown_to_a_client() -> None:
+    """A reader at the writer waits for the writer's own unacknowledged turn to reach a quorum: a
+    version naming it could otherwise outlive the only node that holds it."""
+    edge = Cluster(quorum=2)
+    edge.turn("a", 1, "s", {}, "first")
+    edge.wire.clear()  # no peer hears of it
+    edge.now = 2.5
+    edge.take("a", edge.cores["a"].tick(edge.now))
+    (_, failed), = edge.results(WriteFailed)
+    assert failed.code == "not_replicated"
+    edge.take("a", edge.cores["a"].release(1, edge.now))
+    edge.wire.clear()
+    edge.take("a", edge.cores["a"].open_read(2, "s", {}, edge.now, exclusive=False))
+    assert not edge.results(ReadReady)  # the turn is stored on a alone
+    edge.now = 3.0
+    edge.take("a", edge.cores["a"].tick(edge.now))  # a pushes it again...
+    edge.deliver()  # ...and b and c acknowledge it
+    (_, ready), = edge.results(ReadReady)
+    assert ready.version == {"a": 1} and edge.cores["a"].stable(ready.log.order[0])

@@ -485,7 +485,7 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", default="tokens,text,client")
     parser.add_argument("--workloads", default="mooncake,roaming")
     parser.add_argument("--trace", default=DEFAULT_TRACE, help="Mooncake conversation trace (JSONL)")
-    parser.add_argument("--conversations", type=int, default=6, help="per workload")
+    parser.add_argument("--conversations", type=int, default=4, help="per workload")
     parser.add_argument("--turns", type=int, default=5, help="per conversation")
     parser.add_argument("--input-scale", type=float, default=0.05, help="Mooncake opening context length x this")
     parser.add_argument("--output-scale", type=float, default=0.1, help="Mooncake answer budgets x this")

@@ -8,7 +8,10 @@ returns (send a message, answer or fail a client). The store it writes turns to 
 The rules (docs/edge.md, "Consistency model", states them as guarantees):
 
 * **Reads** (every turn starts with one): a client names the version it last saw. The node answers
-  only from a context that covers it; until then it fetches the missing turns from every peer and
+  only from a context that covers it and whose every turn is *stable*, known to be stored on
+  ``write_quorum`` nodes (a version a client is given never names a turn a crash could still take:
+  a node holding a turn not yet known stable pushes it to more peers and waits for their
+  acknowledgements); until then it fetches the missing turns from every peer and
   waits, up to ``read_timeout_s``, then fails (``503 session_behind``), never answering from a
   stale context. Once peers that, with this node, meet every write quorum (``N - W + 1`` nodes)
   have answered and the context still does not cover the version, no acknowledged write can be
@@ -228,8 +231,12 @@ class ReplicaCore:
         self.outbox: dict[str, dict[tuple[str, str, int], _Outgoing]] = {p: {} for p in self.peers}
         self.pending: dict[str, dict[TurnId, Turn]] = {}
         self.ack_after_apply: dict[tuple[str, str, int], set[str]] = {}
+        # Nodes known to hold a turn besides its writer and this node (which always do): peers that
+        # acknowledged it, or sent it here.
+        self.holders: dict[tuple[str, str, int], set[str]] = {}
         self._fetch_ids = 0
         for turn, acked in store.unacknowledged(name):
+            self.holders[_key(turn)] = set(acked)
             for peer in self._targets():
                 if peer not in acked:
                     self.outbox[peer][_key(turn)] = _Outgoing(turn, now)
@@ -260,6 +267,23 @@ class ReplicaCore:
             return (not state.up, rtt, self.peers.index(peer))
 
         return sorted(self.peers, key=distance)[: self.settings.replicas]
+
+    def stable(self, turn: Turn) -> bool:
+        """Whether the turn is known to be stored on ``write_quorum`` nodes."""
+        held = {turn.origin, self.name} | self.holders.get(_key(turn), set())
+        return len(held) >= self.settings.write_quorum
+
+    def _spread(self, turns: list[Turn], now: float) -> list[Action]:
+        """Push turns not yet known stable to the up peers not known to hold them (once; then retried)."""
+        actions: list[Action] = []
+        for turn in turns:
+            key = _key(turn)
+            held = {turn.origin, self.name} | self.holders.get(key, set())
+            for peer in self.peers:
+                if self.peer[peer].up and peer not in held and key not in self.outbox[peer]:
+                    self.outbox[peer][key] = _Outgoing(turn, now + self._retry_after(peer))
+                    actions.append(Send(peer, Push(self._wire(turn, peer))))
+        return actions
 
     def _wire(self, turn: Turn, peer: str) -> Turn:
         if turn.form == "tokens" and turn.derivable and self.peer[peer].fingerprint == turn.fingerprint:
@@ -315,6 +339,17 @@ class ReplicaCore:
         # (or none can be asked, or the time is up).
         asked_all = read.next_fetch > 0 and not read.fetches
         if log.covers(read.want) and (known or read.create or heard_enough or asked_all or now >= read.deadline):
+            unstable = [t for t in log.order if not self.stable(t)]
+            if unstable:
+                if now >= read.deadline:
+                    del self.reads[read.read_id]
+                    return [ReadFailed(
+                        read.read_id, 503, "session_behind",
+                        f"session {read.session!r} holds {len(unstable)} turn(s) not yet stored on "
+                        f"{self.settings.write_quorum} nodes after {self.settings.read_timeout_s:g} s (peers "
+                        "unreachable?); nothing was answered from it; retry, here or at another node",
+                    )]
+                return self._spread(unstable, now)
             holder = self.busy.get(read.session)
             if read.exclusive and holder is not None and holder != read.read_id:
                 return []  # queued behind the turn being written here
@@ -447,6 +482,7 @@ class ReplicaCore:
             code = error.code if isinstance(error, TurnError) else "malformed_turn"
             return code, str(error), [Event("rejected", peer, f"{peer}: {error}")]
         log = self.log(turn.session)
+        self.holders.setdefault(_key(turn), set()).add(peer)
         if log.holds(turn.id):
             if log.turns[turn.id].digest != turn.digest:
                 message = (f"turn {turn.origin}:{turn.seq} of session {turn.session!r} differs from the one held "
@@ -549,15 +585,17 @@ class ReplicaCore:
             return [Event("nack", peer, f"{peer} refused turn {ack.origin}:{ack.seq} of session {ack.session!r}: "
                           f"{ack.code}: {ack.message} (retried)")]
         self.outbox[peer].pop(key, None)
+        self.holders.setdefault(key, set()).add(peer)
         if ack.origin == self.name:
             try:
                 self.store.mark_acked(ack.session, ack.origin, ack.seq, peer)
             except StoreError as error:
                 return [Event("rejected", peer, str(error))]
-        if write is None:
-            return []
-        write.acks.add(peer)
-        return self._check_write(write, now)
+        actions: list[Action] = []
+        if write is not None:
+            write.acks.add(peer)
+            actions = self._check_write(write, now)
+        return actions + self._progress_session(ack.session, now)
 
     # -- time --------------------------------------------------------------------------------------
 
