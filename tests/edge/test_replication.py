@@ -12,11 +12,11 @@ from edgecloud.edge.replication import (
     ReplicaCore,
     ReplicationSettings,
     Send,
-    TurnContent,
     WriteAcked,
     WriteFailed,
 )
 from edgecloud.edge.store import ContextStore
+from edgecloud.edge.turns import draft
 from edgecloud.edge.wire import Fetch, Hello, Push, PushAck, decode, encode
 
 NAMES = ["a", "b", "c"]
@@ -66,7 +66,7 @@ class Cluster:
         self.deliver()
         ready = self.results(ReadReady)
         assert ready, self.out
-        self.take(node, self.cores[node].commit(read_id, TurnContent("text", text, "ok"), self.now))
+        self.take(node, self.cores[node].commit(read_id, draft("text", text, "ok"), self.now))
 
 
 def test_a_roaming_client_is_answered_only_once_the_node_holds_what_it_saw() -> None:
@@ -157,7 +157,7 @@ def test_a_turn_whose_context_is_missing_is_fetched_applied_then_acknowledged() 
     edge.take("a", edge.cores["a"].release(1, edge.now))
     edge.take("b", edge.cores["b"].open_read(2, "s", {"a": 1}, edge.now))
     edge.results(ReadReady)
-    edge.take("b", edge.cores["b"].commit(2, TurnContent("text", "second", "ok"), edge.now))
+    edge.take("b", edge.cores["b"].commit(2, draft("text", "second", "ok"), edge.now))
     sent = [(src, send) for src, send in edge.wire if send.peer == "c"]
     assert sent and isinstance(sent[0][1].message, Push)  # b:1 reaches c, which lacks a:1
     edge.deliver()
@@ -173,7 +173,7 @@ def test_one_turn_of_a_session_at_a_time_per_node() -> None:
     edge.take("a", core.open_read(2, "s", {}, edge.now))
     edge.deliver()
     assert [a.read_id for _, a in edge.results(ReadReady)] == [1]
-    edge.take("a", core.commit(1, TurnContent("text", "one", "ok"), edge.now))
+    edge.take("a", core.commit(1, draft("text", "one", "ok"), edge.now))
     edge.deliver()
     edge.take("a", core.release(1, edge.now))
     (_, ready), = edge.results(ReadReady)

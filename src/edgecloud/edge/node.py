@@ -31,13 +31,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from edgecloud.edge.chat import ChatFormat, context_fingerprint
-from edgecloud.edge.replication import ReplicaCore, ReplicationSettings, TurnContent, majority
+from edgecloud.edge.replication import ReplicaCore, ReplicationSettings, majority
 from edgecloud.edge.store import ContextStore
 from edgecloud.edge.transport import EdgeError, Snapshot, Transport
 from edgecloud.edge.turns import (
     NAME_PATTERN,
     Turn,
     VersionError,
+    draft,
     format_version,
     pack_tokens,
     parse_version,
@@ -203,15 +204,15 @@ class EdgeContext:
             self._rendered[key] = chat.tokens_of(turn)
         return self._rendered[key]
 
-    def _content(self, chat: ChatFormat, user_text: str, user: Any, answer: CompletionOutput) -> TurnContent:
+    def _content(self, chat: ChatFormat, user_text: str, user: Any, answer: CompletionOutput) -> Turn:
         if self.mode == "text":
-            return TurnContent("text", user_text, answer.text)
+            return draft("text", user_text, answer.text)
         answer_ids = chat.answer_ids(answer.token_ids)
         ids, answer_span = chat.turn_tokens(user, answer_ids)
         packed, width = pack_tokens(ids)
         a, b = user.span
         derivable = chat.decode_user(user.ids[a:b]) == user_text and chat.decode_answer(answer_ids) == answer.text
-        return TurnContent(
+        return draft(
             "tokens", user_text, answer.text, fingerprint=chat.fingerprint, tokens=packed, width=width,
             user_span=user.span, answer_span=answer_span, derivable=derivable,
         )

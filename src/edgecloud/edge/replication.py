@@ -134,21 +134,6 @@ class Event:
 Action = Send | ReadReady | ReadFailed | WriteAcked | WriteFailed | Event
 
 
-@dataclass(frozen=True)
-class TurnContent:
-    """What a turn holds besides its identity (the glue makes it from the answer)."""
-
-    form: str
-    user_text: str
-    answer_text: str
-    fingerprint: bytes = b""
-    tokens: bytes = b""
-    width: int = 0
-    user_span: tuple[int, int] = (0, 0)
-    answer_span: tuple[int, int] = (0, 0)
-    derivable: bool = False
-
-
 # -- state --------------------------------------------------------------------------------------
 
 
@@ -342,13 +327,8 @@ class ReplicaCore:
             unstable = [t for t in log.order if not self.stable(t)]
             if unstable:
                 if now >= read.deadline:
-                    del self.reads[read.read_id]
-                    return [ReadFailed(
-                        read.read_id, 503, "session_behind",
-                        f"session {read.session!r} holds {len(unstable)} turn(s) not yet stored on "
-                        f"{self.settings.write_quorum} nodes after {self.settings.read_timeout_s:g} s (peers "
-                        "unreachable?); nothing was answered from it; retry, here or at another node",
-                    )]
+                    return self._behind(read, f"session {read.session!r} holds {len(unstable)} turn(s) not yet "
+                                        f"stored on {self.settings.write_quorum} nodes")
                 return self._spread(unstable, now)
             holder = self.busy.get(read.session)
             if read.exclusive and holder is not None and holder != read.read_id:
@@ -373,14 +353,15 @@ class ReplicaCore:
                 "missing (the version was never acknowledged: from the future, or made up)",
             )]
         if now >= read.deadline:
-            del self.reads[read.read_id]
-            return [ReadFailed(
-                read.read_id, 503, "session_behind",
-                f"this node holds version {_show(log.vv)} of session {read.session!r} but the client has seen "
-                f"{_show(read.want)}; the missing turns did not arrive within {self.settings.read_timeout_s:g} s "
-                "(peers unreachable?); retry, here or at another node",
-            )]
+            return self._behind(read, f"this node holds version {_show(log.vv)} of session {read.session!r} but "
+                                f"the client has seen {_show(read.want)}; the missing turns did not arrive")
         return []
+
+    def _behind(self, read: _Read, why: str) -> list[Action]:
+        del self.reads[read.read_id]
+        return [ReadFailed(read.read_id, 503, "session_behind",
+                           f"{why} within {self.settings.read_timeout_s:g} s (peers unreachable?); nothing was "
+                           "answered from an older context; retry, here or at another node")]
 
     def _progress_session(self, session: str, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -401,17 +382,16 @@ class ReplicaCore:
 
     # -- client side: writes -----------------------------------------------------------------------
 
-    def commit(self, read_id: int, content: TurnContent, now: float) -> list[Action]:
-        """The answer of the turn whose read is ``read_id``: store it, push it, acknowledge it at quorum."""
+    def commit(self, read_id: int, content: Turn, now: float) -> list[Action]:
+        """The answer of the turn whose read is ``read_id`` (``content``: a :func:`draft`): name it,
+        store it, push it, acknowledge it at quorum."""
         held = self.held.get(read_id)
         if held is None:
             raise ValueError(f"read {read_id} holds no session: commit follows a ReadReady and precedes release")
         base = held.base
-        turn = sealed(Turn(
-            session=held.session, origin=self.name, seq=base.get(self.name, 0) + 1, deps=dict(base),
-            form=content.form, fingerprint=content.fingerprint, tokens=content.tokens, width=content.width,
-            user_span=content.user_span, answer_span=content.answer_span, derivable=content.derivable,
-            user_text=content.user_text, answer_text=content.answer_text, created_at=now,
+        turn = sealed(msgspec.structs.replace(
+            content, session=held.session, origin=self.name, seq=base.get(self.name, 0) + 1, deps=dict(base),
+            created_at=now,
         ))
         try:
             actions = self._apply(turn, now)

@@ -33,7 +33,6 @@ from edgecloud.edge.replication import (
     ReadReady,
     ReplicaCore,
     Send,
-    TurnContent,
     WriteAcked,
     WriteFailed,
 )
@@ -268,7 +267,7 @@ class Transport:
             self.release(read_id)
             raise
 
-    async def commit(self, read_id: int, content: TurnContent) -> WriteAcked:
+    async def commit(self, read_id: int, content: Turn) -> WriteAcked:
         future: asyncio.Future[WriteAcked] = asyncio.get_running_loop().create_future()
         self._writes[read_id] = future
         self.handle(self.core.commit(read_id, content, self.clock()))

@@ -145,6 +145,13 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_
         return self
 
 
+def draft(form: str, user_text: str, answer_text: str, **payload: object) -> Turn:
+    """A turn's content before its writer names it: ``ReplicaCore.commit`` fills in the session,
+    origin, seq, deps and time. ``payload``: the token fields of a ``tokens`` turn."""
+    return Turn(session="", origin="", seq=0, deps={}, form=form, user_text=user_text, answer_text=answer_text,
+                **payload)  # type: ignore[arg-type]
+
+
 def digest_of(turn: Turn) -> bytes:
     """SHA-256 (truncated) of everything in a turn but the digest itself; the texts must be present."""
     if turn.user_text is None or turn.answer_text is None:

@@ -26,12 +26,11 @@ from edgecloud.edge.replication import (
     ReplicaCore,
     ReplicationSettings,
     Send,
-    TurnContent,
     WriteAcked,
     WriteFailed,
 )
 from edgecloud.edge.store import ContextStore
-from edgecloud.edge.turns import VersionVector, merged
+from edgecloud.edge.turns import VersionVector, draft, merged
 from edgecloud.edge.wire import decode, encode
 
 
@@ -282,7 +281,7 @@ class VirtualEdge:
         core = self.cores.get(node)
         if core is None or self.epoch[node] != epoch or (node, read_id) not in self.ops:
             return
-        self._handle(node, core.commit(read_id, TurnContent("text", text, f"answer to {text}"), self.now))
+        self._handle(node, core.commit(read_id, draft("text", text, f"answer to {text}"), self.now))
 
     # -- the end -----------------------------------------------------------------------------------
 
@@ -341,7 +340,8 @@ def run_scenario(scenario: Scenario) -> Outcome:
 def random_scenario(rng: random.Random, *, nodes: int = 3, clients: int = 4, ops: int = 8, shared: bool = True,
                     crashes: int = 1) -> Scenario:
     """A random roaming schedule: edge-to-edge delays of 5-120 ms, clients that move to a random
-    node between operations, two clients sharing a session (concurrent writes), node crashes."""
+    node between operations, two clients sharing a session (concurrent writes), node crashes (at
+    most ``N - W`` of them for good, what a majority write quorum tolerates; the others come back)."""
     delays = tuple(
         (low, low + rng.uniform(0, 0.06)) for low in (rng.uniform(0.005, 0.06) for _ in range(nodes * nodes))
     )
@@ -352,9 +352,12 @@ def random_scenario(rng: random.Random, *, nodes: int = 3, clients: int = 4, ops
             (rng.randrange(nodes), "turn" if rng.random() < 0.75 else "read", rng.uniform(0.0, 0.3))
             for _ in range(ops)
         )))
-    crash_list = tuple(
-        Crash(rng.uniform(0, 2.0), rng.randrange(nodes), rng.choice([None, rng.uniform(0.2, 3.0)]))
-        for _ in range(crashes)
-    )
-    return Scenario(nodes=nodes, link_delay_s=delays, clients=tuple(plans), crashes=crash_list,
+    tolerated = nodes - (nodes // 2 + 1)
+    crash_list = []
+    for _ in range(crashes):
+        down = rng.choice([None, rng.uniform(0.2, 3.0)])
+        if down is None and sum(c.down_s is None for c in crash_list) >= tolerated:
+            down = rng.uniform(0.2, 3.0)
+        crash_list.append(Crash(rng.uniform(0, 2.0), rng.randrange(nodes), down))
+    return Scenario(nodes=nodes, link_delay_s=delays, clients=tuple(plans), crashes=tuple(crash_list),
                     seed=rng.randrange(2**31))
