@@ -82,7 +82,7 @@ def test_a_roaming_client_is_answered_only_once_the_node_holds_what_it_saw() -> 
     assert any(isinstance(send.message, Fetch) for _, send in edge.wire)
     edge.deliver()  # ...it fetches the turn
     (_, ready), = edge.results(ReadReady)
-    assert ready.version == {"a": 1} and [t.user_text for t in ready.log.order] == ["first"]
+    assert ready.version == {"a": 1} and [t.user_text for t in ready.turns] == ["first"]
 
 
 def test_versions_no_quorum_knows_are_from_the_future_and_unknown_sessions_are_404() -> None:
@@ -198,4 +198,4 @@ def test_a_turn_not_yet_on_a_quorum_is_never_shown_to_a_client() -> None:
     edge.take("a", edge.cores["a"].tick(edge.now))  # a pushes it again...
     edge.deliver()  # ...and b and c acknowledge it
     (_, ready), = edge.results(ReadReady)
-    assert ready.version == {"a": 1} and edge.cores["a"].stable(ready.log.order[0])
+    assert ready.version == {"a": 1} and edge.cores["a"].stable(ready.turns[0])

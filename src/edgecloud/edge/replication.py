@@ -88,13 +88,14 @@ class Send:
 
 @dataclass(frozen=True)
 class ReadReady:
-    """The read may proceed from ``log`` (at ``version``); an exclusive read holds the session
-    until :meth:`ReplicaCore.release`."""
+    """The read may proceed from the session's ``turns`` in order (at ``version``), as they were when
+    it became ready (the log may grow before the glue acts on this); an exclusive read holds the
+    session until :meth:`ReplicaCore.release`."""
 
     read_id: int
     session: str
     version: VersionVector
-    log: SessionLog
+    turns: tuple[Turn, ...]
 
 
 @dataclass(frozen=True)
@@ -337,7 +338,7 @@ class ReplicaCore:
             if read.exclusive:
                 self.busy[read.session] = read.read_id
                 self.held[read.read_id] = _Held(read.session, dict(log.vv))
-            return [ReadReady(read.read_id, read.session, dict(log.vv), log)]
+            return [ReadReady(read.read_id, read.session, dict(log.vv), tuple(log.order))]
         if heard_enough and not log.covers(read.want):
             del self.reads[read.read_id]
             if not known:

@@ -216,8 +216,7 @@ class Transport:
             elif isinstance(action, ReadReady):
                 future = self._reads.pop(action.read_id, None)
                 if future is not None and not future.done():
-                    # The turns as of now: later events may change the log before the reader runs.
-                    future.set_result(Snapshot(action.read_id, action.version, list(action.log.order)))
+                    future.set_result(Snapshot(action.read_id, action.version, list(action.turns)))
             elif isinstance(action, ReadFailed | WriteFailed):
                 futures: dict[int, Any] = self._reads if isinstance(action, ReadFailed) else self._writes
                 future = futures.pop(action.read_id, None)

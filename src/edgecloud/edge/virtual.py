@@ -108,6 +108,7 @@ class VirtualEdge:
         self.outcome = Outcome(self.checker)
         self.clients = [_Client(f"c{i}", plan) for i, plan in enumerate(scenario.clients)]
         self.ops: dict[tuple[str, int], tuple[_Client, str]] = {}
+        self.seen: dict[tuple[str, int], list[tuple[str, int]]] = {}
         for name in self.names:
             self._start(name)
 
@@ -256,19 +257,24 @@ class VirtualEdge:
         core = self.cores[node]
         assert core is not None
         if isinstance(action, ReadReady):
-            self.checker.read(client.name, action.session, action.log.turns.keys(), where=node)
+            observed = [t.id for t in action.turns]
             if kind == "read":
+                self.checker.read(client.name, action.session, observed, where=node)
                 del self.ops[key]
                 client.version = merged(client.version, action.version)
                 self._done(client)
                 return
+            # A turn's client sees the context it was answered from only with the answer.
+            self.seen[key] = observed
             epoch = self.epoch[node]
             text = f"{client.name} op {client.index}"
             self.at(self.now + self.scenario.generate_s, lambda: self._commit(node, epoch, action.read_id, text))
             return
         del self.ops[key]
+        observed = self.seen.pop(key, [])
         if isinstance(action, WriteAcked):
             self.outcome.acked += 1
+            self.checker.read(client.name, action.turn.session, observed, where=node)
             self.checker.acked(client.name, action.turn.session, action.turn.id)
             client.version = merged(client.version, action.version)
             self._handle(node, core.release(action.read_id, self.now))
@@ -305,7 +311,7 @@ class VirtualEdge:
                                    read_id, got)
                 self.run(self.now + self.scenario.read_timeout_s + 1.0)
                 if got and isinstance(got[0], ReadReady):
-                    copies[node][session] = [t.id for t in got[0].log.order]
+                    copies[node][session] = [t.id for t in got[0].turns]
         self.outcome.copies = copies
         self.checker.final(copies)
         self.outcome.end_s = self.now
