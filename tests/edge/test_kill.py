@@ -1,5 +1,9 @@
 """``kill -9`` of a node in the middle of load (``edgecloud edge node`` processes behind emulated
-links): no turn a client saw acknowledged is lost, and each session goes on at another node."""
+links): no turn a client saw acknowledged is lost, and each session goes on at another node.
+
+Three node processes take about 25 s on the 2-core machine, over the test-time budget of the
+default run, so this runs with ``make bench`` (``edgecloud edge bench`` also kills a node of its
+``tokens`` edge mid-load and checks the same)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 
 from edgecloud.edge.topology import EmulatedEdge, Topology
 from edgecloud.edge.turns import format_version, merged, parse_version
@@ -16,6 +21,7 @@ NAMES = ["edge-a", "edge-b", "edge-c"]
 LINK = {"delay_ms": 5.0, "jitter_ms": 1.0, "rate_mbps": 100.0}
 
 
+@pytest.mark.bench
 def test_kill_9_loses_no_acknowledged_turn_and_sessions_go_on(tmp_path: Path) -> None:
     async def run() -> None:
         topology = Topology.from_dict({"nodes": NAMES, "client_edge": LINK, "edge_edge": LINK})

@@ -220,7 +220,7 @@ def test_a_full_disk_refuses_the_turn_and_keeps_what_was_stored(tmp_path: Path) 
                 url = f"{node.url}/v1/chat/completions"
                 first = await client.post(url, json=chat("A fool"), headers={"X-Session-Id": "s0"})
                 version = first.headers["X-Session-Version"]
-                long = ("A fool and his money are soon parted. " * 10)[:300]
+                long = ("A fool and his money are soon parted. " * 30)[:1000]
                 status, last, sessions = 200, first, 0
                 while status == 200:  # other sessions fill the store
                     sessions += 1

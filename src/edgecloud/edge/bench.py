@@ -118,6 +118,24 @@ def mooncake_chains(path: str | Path) -> list[list[tuple[int, int]]]:
     return [[(requests[j].input_len, requests[j].output_len) for j in chain] for chain in chains]
 
 
+def trace_request_tokens(path: str | Path, min_turns: int = 2, seed: int = 0) -> dict[str, Any]:
+    """Client request sizes at the trace's full length, in tokens (no model runs): a client keeping
+    its context sends a request's whole prompt (the trace's input length); a DisCEdge client sends
+    what the prompt adds to the previous prompt and answer. Conversations of ``min_turns`` or more."""
+    requests_client, requests_session = [], []
+    for chain in mooncake_chains(path):
+        if len(chain) < min_turns:
+            continue
+        for k, (input_len, _) in enumerate(chain):
+            requests_client.append(input_len)
+            previous = chain[k - 1] if k else (0, 0)
+            requests_session.append(max(1, input_len - previous[0] - previous[1]))
+    return {"conversations_min_turns": min_turns, "requests": len(requests_client),
+            "client_tokens_p50": _percentile(requests_client, 50),
+            "session_tokens_p50": _percentile(requests_session, 50),
+            "session_over_client": ratio_ci(requests_session, requests_client, seed=seed)}
+
+
 def mooncake_workload(
     path: str | Path, conversations: int, turns: int, input_scale: float, output_scale: float,
     max_user_tokens: int, corpus: ProseCorpus, count: Callable[[str], int], seed: int,
@@ -611,7 +629,10 @@ async def run_bench(args: argparse.Namespace, topology: Any, modes: list[str], w
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
               if k not in ("handler", "debug")}
     config["model_name"] = source.name
-    return {"config": config, "topology": topology.describe(), "machine": load.as_dict(), "cases": cases}
+    report = {"config": config, "topology": topology.describe(), "machine": load.as_dict(), "cases": cases}
+    if "mooncake" in workloads:
+        report["trace_full_length"] = trace_request_tokens(args.trace, seed=args.seed)
+    return report
 
 
 async def _served_model(edge: Any) -> str:
@@ -636,6 +657,14 @@ def print_summary(report: dict[str, Any]) -> None:
         for name, value in case["comparisons"].items():
             if value["ratio"] is not None:
                 print(f"  {name}: {value['ratio']:.3f} [{value['low']:.3f}, {value['high']:.3f}]")
+    trace = report.get("trace_full_length")
+    if trace and trace["session_over_client"]["ratio"] is not None:
+        ratio = trace["session_over_client"]
+        print(f"\nMooncake trace at full length ({trace['requests']} requests of conversations with "
+              f"{trace['conversations_min_turns']}+ turns, tokens): client request p50 "
+              f"{trace['client_tokens_p50']:.0f}, "
+              f"session request p50 {trace['session_tokens_p50']:.0f}, ratio {ratio['ratio']:.3f} "
+              f"[{ratio['low']:.3f}, {ratio['high']:.3f}]")
 
 
 def plot(report: dict[str, Any], path: str | Path) -> None:
