@@ -517,6 +517,8 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
                         help="the tokens nodes' extra run: kill -9 NODE this long into it ('none' to skip)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per node")
     parser.add_argument("--kv-cache-memory-mb", type=int, default=256, help="KV-cache pool of each node")
+    parser.add_argument("--quantization", default="none", choices=["none", "int8", "int4"],
+                        help="weight-only quantization of every node's engine (int4: the GGUF's Q4_1 blocks)")
     parser.add_argument("--engine-core", default="thread", choices=["thread", "process"])
     parser.add_argument("--seed", type=int, default=0)
 
@@ -585,7 +587,7 @@ async def run_bench(args: argparse.Namespace, topology: Any, modes: list[str], w
         loads["roaming"] = roaming_workload(args.conversations, args.turns, user_tokens, args.max_tokens, corpus,
                                             count, args.seed)
     node_args = ["--engine-core", args.engine_core, "--threads", str(args.threads), "--store-sync", "normal",
-                 "--kv-cache-memory-mb", str(args.kv_cache_memory_mb)]
+                 "--kv-cache-memory-mb", str(args.kv_cache_memory_mb), "--quantization", args.quantization]
     if args.model:
         node_args += ["--model", args.model]
     if args.chat_template:
@@ -604,7 +606,8 @@ async def run_bench(args: argparse.Namespace, topology: Any, modes: list[str], w
             edges[mode] = EmulatedEdge(topology, mode, work / "pki", work / mode, node_args, seed=args.seed + i)
         print(f"edge bench: starting {len(topology.nodes)} nodes for each of {', '.join(modes)}", flush=True)
         try:
-            await asyncio.gather(*(edge.start() for edge in edges.values()))
+            for edge in edges.values():  # one edge after another: nodes peak in memory while loading
+                await edge.start()
             model = await _served_model(next(iter(edges.values())))
             for workload, conversations in loads.items():
                 print(f"edge bench: {workload}: {len(conversations)} conversations in {', '.join(modes)}", flush=True)
