@@ -103,6 +103,7 @@ class EngineCore:
         self.scheduler = Scheduler(
             self.kv, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len, eos,
             max_loras=config.max_loras if config.enable_lora else None,
+            flex_max_batched_tokens=config.flex_max_batched_tokens,
         )
         self.lora: LoRAManager | None = None
         if executor is None:
