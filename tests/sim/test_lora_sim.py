@@ -91,3 +91,16 @@ def test_every_policy_serves_a_drifting_workload_and_loraserve_reads_disk_least(
         disk[policy] = sum(i.loads["disk"] for i in cluster.instances)
         assert sum(sum(i.loads.values()) for i in cluster.instances) >= len({r.adapter_id for r in workload})
     assert disk["loraserve"] < disk["slora"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--policies", "slora,nope"], "--policies: unknown policy 'nope'"),
+    (["--num-adapters", "0"], "num_adapters must be >= 1"),
+    (["--sim-instances", "0"], "--sim-instances must be >= 1"),
+])
+def test_bench_lora_refuses_bad_options_by_name(args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+                                                ) -> None:
+    from edgecloud.cli import main
+
+    assert main(["bench", "lora", "--no-real", *args]) == 2
+    assert message in capsys.readouterr().err

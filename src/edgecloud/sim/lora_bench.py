@@ -72,6 +72,7 @@ class LoRABenchSettings:
     real_threads: int = 1
     real_batch: int = 8
     real_cluster: RealClusterBench | None = None
+    simulate: bool = True  # the simulated policy runs (the longest part)
     seed: int = 0
 
 
@@ -339,7 +340,7 @@ def bench_lora(settings: LoRABenchSettings, log: Callable[[str], None] = print) 
     n = settings.sim_instances
     best: dict[str, PolicyRun | None] = {}
     grid: dict[tuple[str, float], PolicyRun] = {}
-    for policy in settings.policies:
+    for policy in settings.policies if settings.simulate else ():
         best[policy] = None
         missed = False
         for scale in settings.rate_scales:
@@ -361,7 +362,7 @@ def bench_lora(settings: LoRABenchSettings, log: Callable[[str], None] = print) 
     ref_scale = reference.rate_scale if reference is not None else min(settings.rate_scales)
     top = best.get("loraserve")
     ttft_scale = top.rate_scale if top is not None else ref_scale
-    for policy in settings.policies:
+    for policy in settings.policies if settings.simulate else ():
         def ok(count: int, policy: str = policy) -> bool:
             if count == n and (policy, ref_scale) in grid:
                 return grid[(policy, ref_scale)].slo_attainment >= target

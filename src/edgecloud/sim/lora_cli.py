@@ -74,6 +74,7 @@ def register(commands: Any, bench: Any) -> None:
     sim.add_argument("--sim-hardware", default="h100")
     sim.add_argument("--sim-model", default="llama-3-8b")
     sim.add_argument("--sim-instances", type=int, default=32)
+    sim.add_argument("--no-sim", action="store_true", help="skip the simulated policy runs")
     real = parser.add_argument_group("real measurements on this machine")
     real.add_argument("--no-real", action="store_true", help="skip the rank skew and fetch measurements")
     real.add_argument("--model", default="demo", help="model of the real measurements")
@@ -120,7 +121,8 @@ def _bench_lora(args: argparse.Namespace) -> int:
         args.trace, policies, population, lora, Slo(ttft=args.slo_ttft, tpot=args.slo_tpot), args.sim_hardware,
         args.sim_model, args.sim_instances, args.duration, args.rebalance, args.window, args.rate_scales,
         args.output_scale, real=not args.no_real,
-        real_model=args.model, real_threads=args.threads, real_cluster=real_cluster, seed=args.seed,
+        real_model=args.model, real_threads=args.threads, real_cluster=real_cluster, simulate=not args.no_sim,
+        seed=args.seed,
     )
     try:
         result = bench_lora(settings)
