@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -397,19 +396,6 @@ def bench_lora(settings: LoRABenchSettings, log: Callable[[str], None] = print) 
                                                     "tpot_s": settings.real_cluster.slo.tpot}},
     }
     return result
-
-
-def write_json(path: str | Path, result: dict[str, Any]) -> None:
-    def finite(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [finite(v) for v in value]
-        return value
-
-    Path(path).write_text(json.dumps(finite(result), indent=2) + "\n")
 
 
 def plot(path: str | Path, result: dict[str, Any]) -> None:

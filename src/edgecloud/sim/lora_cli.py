@@ -7,18 +7,9 @@ import argparse
 from typing import Any
 
 from edgecloud.errors import USAGE, CLIError, output_file
+from edgecloud.sim.bench_cli import _positive
 
 DEFAULT_TRACE = "../shared/traces/azure_llm_2023_conv.csv"
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -92,8 +83,9 @@ def register(commands: Any, bench: Any) -> None:
 
 def _bench_lora(args: argparse.Namespace) -> int:
     from edgecloud.bench.metrics import Slo
+    from edgecloud.sim.bench import write_json
     from edgecloud.sim.lora import AdapterPopulation, LoRASimSettings
-    from edgecloud.sim.lora_bench import LoRABenchSettings, RealClusterBench, bench_lora, plot, write_json
+    from edgecloud.sim.lora_bench import LoRABenchSettings, RealClusterBench, bench_lora, plot
     from edgecloud.sim.lora_real import RealLoRASettings
     from edgecloud.sim.profiles import ProfileError
 
