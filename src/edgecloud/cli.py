@@ -40,6 +40,7 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.cluster.cli",
     "edgecloud.sim.cli",
     "edgecloud.sim.lora_cli",
+    "edgecloud.edge.cli",
 )
 
 
