@@ -39,6 +39,7 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.wireless.cli",
     "edgecloud.cluster.cli",
     "edgecloud.sim.cli",
+    "edgecloud.sim.lora_cli",
     "edgecloud.edge.cli",
 )
 
