@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from edgecloud.llm.config import ModelConfig
 from edgecloud.llm.moe.placement import Placement, max_over_mean, static_placement
@@ -104,7 +103,7 @@ class ExpertRuntime:
         layers per step (``live=True``). Returns how many layers change."""
         self._check(placement)
         current = self.target or self.placement
-        if live and placement.slot_expert.shape != current.slot_expert.shape:
+        if live and not _same_layout(placement, current):
             raise ValueError(
                 f"a live migration keeps each rank's {current.slots_per_rank} slots; this placement has "
                 f"{placement.slots_per_rank} (apply it with live=False)"
@@ -117,7 +116,7 @@ class ExpertRuntime:
         self.target = placement
         self.pending = deque(sorted(set(self.pending) | set(changed)))
         if not live:
-            if placement.slot_expert.shape != self.placement.slot_expert.shape:
+            if not _same_layout(placement, self.placement):
                 self.placement = placement  # every layer gets new tensors below, before any step
                 self.pending = deque(range(len(self.layers)))
             while self.pending:
@@ -132,6 +131,14 @@ class ExpertRuntime:
                 f"placement covers {placement.num_layers} layers x {placement.num_experts} experts; the model "
                 f"has {len(self.layers)} MoE layers x {self.moe.num_experts} experts"
             )
+
+    def join_group(self, rank: int, group: Any, placement: Placement) -> None:
+        """Becomes rank ``rank`` of ``placement.num_ranks``: keeps every expert host-side (the store
+        migrations copy from) and only this rank's slots in the model, before any step."""
+        self.prepare_store()
+        self.rank, self.world_size, self.group = rank, placement.num_ranks, group
+        self.target = None
+        self.apply(placement, live=False)
 
     def _store_of(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Every expert of a layer, host-side. Taken from the module the first time: loading put
@@ -228,6 +235,10 @@ class ExpertRuntime:
         return result
 
 
+def _same_layout(a: Placement, b: Placement) -> bool:
+    return a.num_ranks == b.num_ranks and a.num_slots == b.num_slots
+
+
 def all_reduce_sum(tensor: torch.Tensor, group: Any) -> None:
-    """In-place sum over the expert-parallel ranks (gloo on CPU, NCCL on GPUs)."""
-    dist.all_reduce(tensor, group=group)
+    """In-place sum over the expert-parallel ranks (``parallel.Collective``: gloo on CPU)."""
+    group.all_reduce(tensor)
