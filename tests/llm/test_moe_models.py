@@ -6,6 +6,7 @@ an independent count from transformers' own routers."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,16 @@ from .test_engine_vs_transformers import assert_matches, random_prompts
 
 ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3")
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8, logprobs=0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """MoE steps are many small operations: with two threads on a busy 2-core machine the threads'
+    barriers cost 10-30x (measured 17.5 s against 0.5 s for the same generation at load 18)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +59,14 @@ def test_greedy_tokens_and_logprobs_equal_transformers(
     arch: str, moe_dirs: dict[str, Path], moe_refs: dict[str, HFReference]
 ) -> None:
     llm = LLM(model=str(moe_dirs[arch]), dtype="float32", block_size=4, kv_cache_memory_mb=2)
-    assert_matches(llm, moe_refs[arch], random_prompts(10, 1, 30, seed=11))
+    assert_matches(llm, moe_refs[arch], random_prompts(4, 1, 30, seed=11))
     # Under a placement that moves every expert and replicates some (tokens split between replicas).
     runtime = llm.engine.core.executor.moe
     moe = llm.engine.model_config.moe
     placement = random_placement(np.random.default_rng(3), len(moe.layers), moe.num_experts, moe.num_experts + 5)
     assert runtime.apply(placement, live=False) == len(moe.layers)
     assert runtime.placement == placement
-    assert_matches(llm, moe_refs[arch], random_prompts(6, 5, 25, seed=12))
+    assert_matches(llm, moe_refs[arch], random_prompts(3, 5, 25, seed=12))
 
 
 def test_latent_attention_reads_its_compressed_cache_back(
@@ -65,25 +76,25 @@ def test_latent_attention_reads_its_compressed_cache_back(
     llm = LLM(model=str(moe_dirs["deepseek_v3"]), dtype="float32", block_size=4, kv_cache_memory_mb=2,
               max_num_batched_tokens=9)
     system = random_prompts(1, 20, 20, seed=13)[0]
-    prompts = [system + tail for tail in random_prompts(4, 3, 9, seed=14)]
+    prompts = [system + tail for tail in random_prompts(3, 3, 9, seed=14)]
     assert_matches(llm, moe_refs["deepseek_v3"], prompts[:1])
     assert_matches(llm, moe_refs["deepseek_v3"], prompts[1:])
-    assert llm.engine.stats().prefix_cache_hits >= 3 * 20
+    assert llm.engine.stats().prefix_cache_hits >= 2 * 20
     # The cache holds kv_lora_rank + qk_rope_head_dim values a token and layer, not 2 x heads x dims.
     latent, rope = llm.engine.core.executor.kv_caches[0]
     assert latent.shape[2:] == (1, 32) and rope.shape[2:] == (1, 8)
 
 
 def run_with_live_rebalance(llm: LLM, ref: HFReference, slots_per_rank: int, seed: int) -> None:
-    """Five requests decode while every MoE layer moves to a new placement, one layer per step; their
+    """Three requests decode while every MoE layer moves to a new placement, one layer per step; their
     greedy tokens and logprobs still equal transformers'."""
     engine = llm.engine
     runtime = engine.core.executor.moe
     moe = engine.model_config.moe
     ranks = runtime.world_size
     rng = np.random.default_rng(seed)
-    prompts = random_prompts(5, 4, 20, seed=seed)
-    params = SamplingParams(temperature=0.0, max_tokens=12, logprobs=0, ignore_eos=True)
+    prompts = random_prompts(3, 4, 20, seed=seed)
+    params = SamplingParams(temperature=0.0, max_tokens=10, logprobs=0, ignore_eos=True)
     for i, prompt in enumerate(prompts):
         engine.add_request(str(i), prompt, params)
     outputs = {}
@@ -101,7 +112,7 @@ def run_with_live_rebalance(llm: LLM, ref: HFReference, slots_per_rank: int, see
     assert runtime.placement == second and not runtime.pending
     assert runtime.migrated_bytes > 0
     for i, prompt in enumerate(prompts):
-        want_ids, want_lp = ref.greedy(prompt, 12)
+        want_ids, want_lp = ref.greedy(prompt, 10)
         got = outputs[str(i)].outputs[0]
         assert got.token_ids == want_ids
         assert max(abs(lp.logprob - w) for lp, w in zip(got.logprobs, want_lp, strict=True)) < 1e-4
@@ -137,7 +148,7 @@ def test_expert_parallel_ranks_equal_transformers(
         # Rank 0 holds only its own slots' weights.
         experts = llm.engine.core.executor.runner.model.model.layers[1].mlp.experts
         assert experts.w13.shape[0] == placement.slots_per_rank
-        prompts = random_prompts(6, 3, 25, seed=17)
+        prompts = random_prompts(3, 3, 25, seed=17)
         assert_matches(llm, moe_refs["deepseek_v3"], prompts)
         load_now = llm.engine.core.control("expert_load", {"reset": True})
         assert np.array(load_now["rank_tokens"]).shape == (len(moe.layers), 2)
@@ -178,10 +189,12 @@ def _independent_counts(model_dir: Path, arch: str, sequences: list[list[int]]) 
     return counts
 
 
-@pytest.mark.parametrize("arch", ["mixtral", "deepseek_v3"])
-def test_routing_counters_equal_an_independent_count(arch: str, moe_dirs: dict[str, Path]) -> None:
+def test_routing_counters_equal_an_independent_count(moe_dirs: dict[str, Path]) -> None:
+    """DeepSeek-V3's grouped routing with its bias, counted by transformers' own router module (the
+    trained Mixtral's softmax routing is checked against ``output_router_logits`` below)."""
+    arch = "deepseek_v3"
     llm = LLM(model=str(moe_dirs[arch]), dtype="float32", block_size=4, kv_cache_memory_mb=2)
-    prompts = random_prompts(6, 3, 30, seed=16)
+    prompts = random_prompts(3, 3, 30, seed=16)
     outs = llm.generate(prompts, GREEDY)
     load = llm.engine.core.control("expert_load", {"reset": True})
     # Every position the engine computed: the prompt, then each generated token but the last.
