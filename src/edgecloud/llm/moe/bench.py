@@ -170,7 +170,11 @@ def evaluate(traces: dict[str, Trace], ranks: int, slots_per_rank: int, config: 
         curves[policy] = curve
         after = curve[shift:]
         recovered = next((i for i in range(len(after)) if all(v <= BALANCED for v in after[i:])), None)
-        for phase, part in ((first.name, slice(0, shift)), (second.name, slice(shift, None))):
+        # "settled": the second phase without its first window + check + one migration per layer,
+        # the longest the rebalancer can take to see the shift and move (the same steps for every policy).
+        settle = shift + config.window + config.check_every + start.num_layers
+        for phase, part in ((first.name, slice(0, shift)), (second.name, slice(shift, None)),
+                            (f"{second.name}, settled", slice(settle, None))):
             per_layer = phase_imbalance(live[part], serving[part])
             cases.append({
                 "mode": mode, "model": model, "policy": policy, "ep": ranks,

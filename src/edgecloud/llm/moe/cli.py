@@ -61,12 +61,12 @@ def _bench_moe(args: argparse.Namespace) -> int:
                      args.ep, args.ep_prompts, args.ep_repeats, threads=args.threads, trace_out=args.trace_out)
     except (FileNotFoundError, ValueError) as error:
         raise CLIError(str(error), USAGE) from None
-    print(f"{'mode':9} {'EP':>3} {'policy':7} {'phase':8} {'max/mean':>9} {'step ms':>8} {'TPOT ms':>8} recovery")
+    print(f"{'mode':9} {'EP':>3} {'policy':7} {'phase':14} {'max/mean':>9} {'step ms':>8} {'TPOT ms':>8} recovery")
     for case in report["cases"]:
         step = "-" if case["step_ms"] is None else f"{case['step_ms']:.2f}"
         tpot = "-" if case["tpot_ms"] is None else f"{case['tpot_ms']:.2f}"
         recovery = "" if case["recovery_steps"] is None else f"{case['recovery_steps']} steps"
-        print(f"{case['mode']:9} {case['ep']:>3} {case['policy']:7} {case['phase']:8} {case['max_mean_load']:>9.3f} "
+        print(f"{case['mode']:9} {case['ep']:>3} {case['policy']:7} {case['phase']:14} {case['max_mean_load']:>9.3f} "
               f"{step:>8} {tpot:>8} {recovery}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
