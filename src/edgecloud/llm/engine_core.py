@@ -323,6 +323,32 @@ class EngineCore:
     ) -> None:
         self._adapter_loaded(self._require_lora().import_(lora_name, config, tensors, digest, pinned))
 
+    # -- mixture of experts (docs/moe.md) -------------------------------------------------------
+
+    def _expert_runtime(self) -> Any:
+        runtime = getattr(self.executor, "moe", None)
+        if runtime is None:
+            raise InvalidRequestError(f"{self.info.model_name} has no mixture-of-experts layers", "op")
+        return runtime
+
+    def _control_expert_load(self, reset: bool = False) -> dict[str, Any]:
+        """Routing counters per MoE layer: top-k choices per expert, tokens per EP rank and their
+        max / mean, the live placement; ``reset`` zeroes the counters after reading them."""
+        return self._expert_runtime().load(reset)
+
+    def _control_expert_placement(self, slot_expert: list[list[int]], live: bool = True) -> int:
+        """Moves experts to a new placement (``slot_expert[moe layer][physical slot]``, -1 = empty), a
+        layer per step when ``live`` (serving goes on), else before the next step. Returns how many
+        layers change."""
+        from edgecloud.llm.moe.placement import Placement
+
+        runtime = self._expert_runtime()
+        try:
+            placement = Placement(slot_expert, runtime.world_size, runtime.moe.num_experts)
+            return runtime.apply(placement, live=live)
+        except ValueError as error:
+            raise InvalidRequestError(str(error), "slot_expert") from None
+
 
 def validate_core_request(req: EngineCoreRequest, info: EngineInfo) -> None:
     """What any front end can check before a request reaches the core (and the core checks again)."""
