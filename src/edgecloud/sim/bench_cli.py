@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edgecloud.cluster.cli import positive_arg
+# bench_cli's _positive is imported by other CLIs (bench lora); one definition, in cluster.cli
+from edgecloud.cluster.cli import positive_arg as _positive
 from edgecloud.errors import USAGE, CLIError, output_file
 
 DEFAULT_TRACE = "../shared/traces/mooncake_conversation.jsonl"
@@ -43,22 +44,22 @@ def register_bench(bench: Any) -> None:
     scale.add_argument("--sim-model", default="llama-3-8b")
     scale.add_argument("--sim-instances", type=int, default=16)
     scale.add_argument("--sim-devices", type=int, default=1)
-    scale.add_argument("--sim-rate-scale", type=positive_arg, default=1.0, help="multiply the trace's arrival rate")
+    scale.add_argument("--sim-rate-scale", type=_positive, default=1.0, help="multiply the trace's arrival rate")
     scale.add_argument("--sim-num-requests", type=int, default=None, help="default: the whole trace")
-    scale.add_argument("--sim-input-scale", type=positive_arg, default=1.0)
-    scale.add_argument("--sim-output-scale", type=positive_arg, default=1.0)
+    scale.add_argument("--sim-input-scale", type=_positive, default=1.0)
+    scale.add_argument("--sim-output-scale", type=_positive, default=1.0)
     load = parser.add_argument_group("workload of the CPU runs")
     load.add_argument("--trace", default=DEFAULT_TRACE, help="Azure .csv or Mooncake .jsonl trace")
     load.add_argument("--num-requests", type=int, default=200)
-    load.add_argument("--input-scale", type=positive_arg, default=1 / 32)
-    load.add_argument("--output-scale", type=positive_arg, default=1 / 16)
+    load.add_argument("--input-scale", type=_positive, default=1 / 32)
+    load.add_argument("--output-scale", type=_positive, default=1 / 16)
     load.add_argument("--max-input-len", type=int, default=None,
                       help="cap on scaled prompt length (default: the model's context less the output cap)")
     load.add_argument("--max-output-len", type=int, default=None,
                       help="cap on scaled output length (default: a quarter of the model's context)")
     load.add_argument("--hash-block-tokens", type=int, default=None,
                       help="Mooncake: tokens per hash id (default 512 × --input-scale)")
-    load.add_argument("--time-scale", type=positive_arg, default=1.0)
+    load.add_argument("--time-scale", type=_positive, default=1.0)
     load.add_argument("--workload-seed", type=int, default=0, help="seed of the prompts' random tokens")
     parser.add_argument("--json", dest="json_path", type=output_file)
     parser.add_argument("--plot", dest="plot_path", type=output_file)

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgecloud.cluster.cli import count_arg, positive_arg
+# sim.cli's _positive and _count are imported by other CLIs (bench ooco); one definition, in cluster.cli
+from edgecloud.cluster.cli import count_arg as _count
+from edgecloud.cluster.cli import positive_arg as _positive
 from edgecloud.errors import USAGE, CLIError, output_file
 
 DEFAULT_TRACE = "../shared/traces/azure_llm_2023_conv.csv"
@@ -25,12 +27,12 @@ def _add_trace_options(parser: argparse.ArgumentParser, trace_default: str | Non
     group = parser.add_argument_group("workload")
     group.add_argument("--trace", default=trace_default,
                        help="Azure LLM 2023 .csv or Mooncake .jsonl trace (read where it is, never copied)")
-    group.add_argument("--num-requests", type=count_arg, default=num_requests, help="the trace's first N requests")
-    group.add_argument("--input-scale", type=positive_arg, default=input_scale, help="scale prompt lengths")
-    group.add_argument("--output-scale", type=positive_arg, default=output_scale, help="scale output lengths")
+    group.add_argument("--num-requests", type=_count, default=num_requests, help="the trace's first N requests")
+    group.add_argument("--input-scale", type=_positive, default=input_scale, help="scale prompt lengths")
+    group.add_argument("--output-scale", type=_positive, default=output_scale, help="scale output lengths")
     group.add_argument("--max-input-len", type=int, default=None, help="cap on scaled prompt length")
     group.add_argument("--max-output-len", type=int, default=None, help="cap on scaled output length")
-    group.add_argument("--time-scale", type=positive_arg, default=1.0, help="arrival times are multiplied by this")
+    group.add_argument("--time-scale", type=_positive, default=1.0, help="arrival times are multiplied by this")
     group.add_argument("--seed", type=int, default=0)
 
 
@@ -54,9 +56,9 @@ def register(commands: Any, bench: Any) -> None:
                        help="llama-3-8b, llama-3-70b, qwen2.5-7b, deepseek-v3, or a config.json / model directory")
     shape.add_argument("--hardware", default="h100",
                        help="a100, h100, h200, ascend910c, or a JSON profile from `edgecloud sim calibrate`")
-    shape.add_argument("--instances", type=count_arg, default=None, help="mixed instances (default 1 without P/D)")
-    shape.add_argument("--prefill", type=count_arg, default=0)
-    shape.add_argument("--decode", type=count_arg, default=0)
+    shape.add_argument("--instances", type=_count, default=None, help="mixed instances (default 1 without P/D)")
+    shape.add_argument("--prefill", type=_count, default=0)
+    shape.add_argument("--decode", type=_count, default=0)
     shape.add_argument("--devices", type=int, default=1, help="accelerators per instance (tensor/expert parallel)")
     shape.add_argument("--max-num-seqs", type=int, default=256)
     shape.add_argument("--max-num-batched-tokens", type=int, default=8192)
@@ -66,8 +68,8 @@ def register(commands: Any, bench: Any) -> None:
                        "round-robin)")
     shape.add_argument("--policy-option", type=policy_option, action="append", default=[], metavar="KEY=VALUE")
     _add_trace_options(run, DEFAULT_TRACE, None)
-    run.add_argument("--duration", type=positive_arg, default=None, help="only the trace's first S seconds")
-    run.add_argument("--rate-scale", type=positive_arg, default=1.0,
+    run.add_argument("--duration", type=_positive, default=None, help="only the trace's first S seconds")
+    run.add_argument("--rate-scale", type=_positive, default=1.0,
                      help="multiply the arrival rate, keeping the trace's pattern over time")
     run.add_argument("--token-times", action="store_true", help="record every token's time (ITL, plots)")
     run.add_argument("--json", dest="json_path", type=output_file, help="write bench-serve-style JSON here")
@@ -82,7 +84,7 @@ def register(commands: Any, bench: Any) -> None:
     )
     calibrate.add_argument("--out", type=output_file, required=True, help="profile to write (JSON)")
     calibrate.add_argument("--repeats", type=int, default=3, help="times each step shape is measured")
-    calibrate.add_argument("--budget", type=positive_arg, default=120.0, help="seconds for the step sweep at most")
+    calibrate.add_argument("--budget", type=_positive, default=120.0, help="seconds for the step sweep at most")
     calibrate.add_argument("--no-serving-path", action="store_true",
                            help="skip the HTTP and KV-transfer measurements (they start real instances)")
     add_engine_options(calibrate)
