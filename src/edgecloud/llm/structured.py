@@ -32,6 +32,15 @@ from edgecloud.llm.errors import InvalidRequestError
 _KINDS = ("json_schema", "json_object", "grammar", "structural_tag")
 
 
+def _xgrammar() -> Any:
+    try:
+        import xgrammar
+    except ImportError as error:
+        raise RuntimeError("structured outputs need xgrammar: pip install --no-deps 'xgrammar==0.2.8' "
+                           "'apache-tvm-ffi==0.1.15.post2' (the Makefile does)") from error
+    return xgrammar
+
+
 @dataclass
 class StructuredOutputsParams:
     """What a request's output must match: exactly one of ``json_schema`` (the schema as JSON
@@ -55,8 +64,7 @@ class StructuredOutputsParams:
     def check(self) -> None:
         """Raises ``InvalidRequestError`` naming what the grammar library could not build (no
         tokenizer needed: the front end checks before a request reaches the core)."""
-        import xgrammar as xgr
-
+        xgr = _xgrammar()
         try:
             if self.json_schema is not None:
                 xgr.Grammar.from_json_schema(self.json_schema, any_whitespace=False, strict_mode=True)
@@ -90,8 +98,8 @@ class StructuredOutputs:
     def compiler(self) -> Any:
         if self._compiler is None:
             import transformers
-            import xgrammar as xgr
 
+            xgr = _xgrammar()
             hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(self.tokenizer_file))
             info = xgr.TokenizerInfo.from_huggingface(hf, vocab_size=self.vocab_size,
                                                       stop_token_ids=self.eos_token_ids)
@@ -101,8 +109,7 @@ class StructuredOutputs:
 
     def new_matcher(self, spec: StructuredOutputsParams) -> Any:
         """A fresh matcher for one request (compiled grammars come from the compiler's cache)."""
-        import xgrammar as xgr
-
+        xgr = _xgrammar()
         compiler = self.compiler()
         try:
             if spec.json_schema is not None:
@@ -119,9 +126,7 @@ class StructuredOutputs:
 
     def bitmask(self, matchers: list[Any]) -> torch.Tensor:
         """Each matcher's allowed next tokens, one int32 bitmask row each."""
-        import xgrammar as xgr
-
-        mask = xgr.allocate_token_bitmask(len(matchers), self.vocab_size)
+        mask = _xgrammar().allocate_token_bitmask(len(matchers), self.vocab_size)
         for row, matcher in enumerate(matchers):
             matcher.fill_next_token_bitmask(mask, row)
         return mask
