@@ -398,6 +398,9 @@ def run_bench(config: BenchConfig, work_dir: Path, rounds: list[dict[str, Any]] 
         result["score"] = {"chosen": score_name, "auroc_calibration": separation,
                            "auroc_test": choose_score(test)}
         result["calibration"] = calibration.to_dict()
+        save_rl_inputs(work_dir, cal, test, calibration, score_name, statistics.median(a.cloud_s for a in test))
+        result["threshold_curves"] = threshold_curves(calibration, statistics.median(a.cloud_s for a in test),
+                                                      RequestSize(6000, 400, 1500))
         result["states"] = asyncio.run(run_grid(config, cloud, test, calibration, score_name, log))
         result["answers"] = [{k: v for k, v in asdict(a).items() if k not in ("request", "cloud_response")}
                              for a in test]
@@ -409,8 +412,64 @@ def run_bench(config: BenchConfig, work_dir: Path, rounds: list[dict[str, Any]] 
     return result
 
 
+REFERENCE_STATE = NetworkState(10.0, 50.0)  # what the RL rounds' "same threshold rule" is evaluated at
+
+
+def save_rl_inputs(work_dir: Path, cal: list[Answered], test: list[Answered], calibration: Calibration,
+                   score_name: str, cloud_compute_s: float) -> None:
+    """What ``scripts/netgpt_rl.py`` learns from: the calibration requests the NetGPT rule offloads in
+    the reference state (standard prices) with the cloud's answers, and the test ids."""
+    policy = NetGPTPolicy(calibration, cloud_compute_s=cloud_compute_s)
+    sizes = {a.id: RequestSize(len(json.dumps(a.request)), len(json.dumps(a.cloud_response)), a.tokens) for a in cal}
+    median_size = sorted(sizes.values(), key=lambda z: z.request_bytes)[len(sizes) // 2]
+    tau = policy.threshold(REFERENCE_STATE, PRICES["standard"], median_size)
+    offloaded = [{"id": a.id, "score": a.scores[score_name], "cloud_calls": _calls(a.cloud_response) or []}
+                 for a in cal if policy.decide(a.scores[score_name], REFERENCE_STATE, PRICES["standard"],
+                                               sizes[a.id]).route == "cloud"]
+    (work_dir / "rl_inputs.json").write_text(json.dumps({
+        "calibration": calibration.to_dict(), "score": score_name, "threshold": tau,
+        "reference_state": asdict(REFERENCE_STATE), "offloaded": offloaded, "test_ids": [a.id for a in test],
+    }, indent=1))
+
+
 def _mean(values: list[bool]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+def threshold_curves(calibration: Calibration, cloud_compute_s: float, size: RequestSize) -> dict[str, Any]:
+    """tau* against bandwidth (RTT 50 ms) and against RTT (10 Mbit/s), per price schedule."""
+    policy = NetGPTPolicy(calibration, cloud_compute_s=cloud_compute_s)
+    bandwidths = [0.1 * 10 ** (i / 8) for i in range(33)]  # 0.1 .. 1000 Mbit/s
+    rtts = [25.0 * i for i in range(41)]  # 0 .. 1000 ms
+    return {
+        "request": asdict(size), "cloud_compute_s": cloud_compute_s,
+        "bandwidth_mbps": bandwidths, "rtt_ms": rtts,
+        "by_bandwidth": {p: [policy.threshold(NetworkState(b, 50.0), PRICES[p], size) for b in bandwidths]
+                         for p in PRICES},
+        "by_rtt": {p: [policy.threshold(NetworkState(10.0, r), PRICES[p], size) for r in rtts] for p in PRICES},
+    }
+
+
+def plot_threshold(curves: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for price, values in curves["by_bandwidth"].items():
+        a.plot(curves["bandwidth_mbps"], values, label=price)
+    for price, values in curves["by_rtt"].items():
+        b.plot(curves["rtt_ms"], values, label=price)
+    a.set_xscale("log")
+    a.set_xlabel("bandwidth (Mbit/s), RTT 50 ms")
+    b.set_xlabel("RTT (ms), 10 Mbit/s")
+    for ax in (a, b):
+        ax.set_ylabel("fallback threshold tau*")
+        ax.set_ylim(-0.02, 1.02)
+    a.legend(title="price", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

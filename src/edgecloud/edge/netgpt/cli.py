@@ -68,7 +68,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         "(held-out functions) questions with both, then evaluate the routing policies over a grid of netem "
         "network states and price schedules.")
     b.add_argument("--edge-model", default="edge-sft", help="edge-sft (the shipped adapter, merged) or a model dir")
-    b.add_argument("--cloud-model", default="cloud-sft", help="cloud-sft or a model dir")
+    b.add_argument("--cloud-model", default="edge-sft",
+                   help="edge-sft, cloud-sft or a model dir (the cloud is always asked for grammar-constrained calls)")
     b.add_argument("--num-test", type=int, default=48)
     b.add_argument("--num-calibration", type=int, default=32)
     b.add_argument("--threads", type=int, default=1, help="torch threads of each agent")
@@ -130,7 +131,7 @@ def _route(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from edgecloud.edge.netgpt.bench import BenchConfig, plot, run_bench
+    from edgecloud.edge.netgpt.bench import BenchConfig, plot, plot_threshold, run_bench
     from edgecloud.edge.netgpt.models import agent_model_dir
 
     for name in ("num_test", "num_calibration", "threads"):
@@ -147,6 +148,7 @@ def _bench(args: argparse.Namespace) -> int:
     Path(args.json).write_text(json.dumps(result, indent=1))
     if args.plot:
         plot(result, Path(args.plot))
+        plot_threshold(result["threshold_curves"], Path(args.plot).with_name(Path(args.plot).stem + "_threshold.png"))
     ok = sum(s["netgpt_on_or_above_fixed_frontier"] for s in result["states"])
     print(f"netgpt on or above the fixed thresholds' frontier in {ok}/{len(result['states'])} states; "
           f"wrote {args.json}")
