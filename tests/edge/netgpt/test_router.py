@@ -60,7 +60,7 @@ def scripted_cloud(behaviour: str) -> FastAPI:
         if behaviour == "error":
             return JSONResponse({"error": {"message": "overloaded"}}, status_code=500)
         if behaviour == "hang":
-            await asyncio.sleep(30)
+            await asyncio.sleep(4)  # past the router's 1 s cloud timeout
         return JSONResponse(CLOUD_ANSWER)
 
     return app
