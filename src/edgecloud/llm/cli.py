@@ -35,6 +35,9 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     group.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
     group.add_argument("--attention-backend", default="paged", help="decode attention: paged or prefix")
+    group.add_argument("--quantization", default="none", choices=["none", "int8", "int4"],
+                       help="weight-only quantization of the projections and LM head (int4 = GGUF Q4_1 blocks, "
+                       "int8 = Q8_0; read straight from the GGUF file when the model is one)")
     group.add_argument("--seed", type=int, default=0,
                        help="the engine's seed, for sampling of requests that bring no seed of their own")
     group.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -48,7 +51,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         kv_cache_memory_mb=args.kv_cache_memory_mb, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         enable_prefix_caching=not args.no_prefix_caching, attention_backend=args.attention_backend,
-        seed=args.seed, num_threads=args.threads, chat_template=args.chat_template,
+        seed=args.seed, num_threads=args.threads, chat_template=args.chat_template, quantization=args.quantization,
     )
 
 
@@ -97,15 +100,26 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         description="Run the engine and transformers' generate (padded static batches of the same "
         "requests, same batch size) on the same model in one process, and the roofline bound.",
     )
-    eng.add_argument("--model", required=True, help="HF model directory (e.g. from `edgecloud random-model`)")
+    eng.add_argument("--model", required=True,
+                     help="HF model directory (e.g. from `edgecloud random-model`); a .gguf file with --peer")
+    eng.add_argument("--peer", default=None, choices=["llama.cpp"],
+                     help="run this peer instead of transformers, on the same GGUF file (pip install -e '.[peer]')")
+    eng.add_argument("--streams", default="1,8,32", help="with --peer: concurrent streams, comma-separated")
+    eng.add_argument("--engine-quantization", default="int4,none",
+                     help="with --peer: engine weight formats to run, comma-separated: int4 (the file's Q4_1 "
+                     "blocks), int8 (Q8_0), none (dense, in --dtype)")
     eng.add_argument("--num-prompts", type=int, default=64)
-    eng.add_argument("--input-len", type=_length_range, default=(32, 256), help="prompt lengths A:B (uniform)")
-    eng.add_argument("--output-len", type=_length_range, default=(32, 128), help="output lengths C:D (uniform)")
+    eng.add_argument("--input-len", type=_length_range, default=None,
+                     help="prompt lengths A:B (uniform; default 32:256, with --peer 128)")
+    eng.add_argument("--output-len", type=_length_range, default=None,
+                     help="output lengths C:D (uniform; default 32:128, with --peer 128)")
     eng.add_argument("--batch-size", type=int, default=64, help="engine max_num_seqs and HF batch size")
     eng.add_argument("--threads", type=int, default=2, help="torch threads for both")
     eng.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     eng.add_argument("--attention-backend", default="paged")
     eng.add_argument("--seed", type=int, default=0)
+    eng.add_argument("--perplexity-text", type=Path, default=None,
+                     help="with --peer: also report each engine weight format's perplexity on this text")
     eng.add_argument("--json", type=Path, default=None, help="write the result here")
     eng.set_defaults(handler=_bench_engine)
 
@@ -224,6 +238,11 @@ def _bench_engine(args: argparse.Namespace) -> int:
     from edgecloud.llm.benchmark import bench_engine
 
     console = Console()
+    if args.peer is not None:
+        args.input_len, args.output_len = args.input_len or (128, 128), args.output_len or (128, 128)
+        with _model_errors():
+            return _bench_peer(args, console)
+    args.input_len, args.output_len = args.input_len or (32, 256), args.output_len or (32, 128)
     with console.status("running the engine, then transformers generate, on the same requests..."), \
             _model_errors():
         result = bench_engine(
@@ -239,4 +258,49 @@ def _bench_engine(args: argparse.Namespace) -> int:
         value = getattr(result, name)
         table.add_row(name, f"{value:.3f}" if isinstance(value, float) else str(value))
     console.print(table)
+    return 0
+
+
+def _bench_peer(args: argparse.Namespace, console: object) -> int:
+    from rich.table import Table
+
+    from edgecloud.errors import USAGE, CLIError
+    from edgecloud.llm.bench_peer import bench_peer
+
+    model = Path(args.model)
+    if model.suffix != ".gguf" or not model.is_file():
+        raise CLIError(f"--peer needs --model to be a .gguf file, got {args.model!r}", USAGE)
+    try:
+        streams = tuple(int(s) for s in args.streams.split(","))
+    except ValueError:
+        raise CLIError(f"--streams must be comma-separated integers, got {args.streams!r}", USAGE) from None
+    quantizations = tuple(args.engine_quantization.split(","))
+    bad = [q for q in quantizations if q not in ("int4", "int8", "none")]
+    if bad or min(streams) < 1:
+        raise CLIError(f"--engine-quantization takes int4, int8, none; --streams >= 1 (got "
+                       f"{args.engine_quantization!r}, {args.streams!r})", USAGE)
+    r = bench_peer(model, args.peer, streams, args.input_len[0], args.output_len[0], args.threads, quantizations,
+                   args.dtype, args.seed, args.json, args.perplexity_text)
+    print(f"{r.cpu} ({', '.join(r.cpu_flags)}); {r.threads} threads; {r.peer} {r.peer_version}; "
+          f"{r.memory_gb_s:.1f} GB/s copy, {r.matmul_gflop_s:.0f} GFLOP/s fp32; load {r.load_average_before} -> "
+          f"{r.load_average_after}")
+    table = Table(title=f"bench engine --peer {r.peer}: {r.prompt_tokens}-token prompts, "
+                  f"{r.output_tokens} greedy tokens")
+    for column in ("streams", "engine weights", "engine decode tok/s", f"{r.peer} decode tok/s", "decode ratio",
+                   "engine prefill tok/s", f"{r.peer} prefill tok/s", "prefill ratio"):
+        table.add_column(column, justify="right")
+    for c in r.cases:
+        table.add_row(str(c.streams), c.engine_dtype, f"{c.engine_decode_tok_s:.1f}", f"{c.peer_decode_tok_s:.1f}",
+                      f"{c.decode_ratio:.2f}", f"{c.engine_prefill_tok_s:.0f}", f"{c.peer_prefill_tok_s:.0f}",
+                      f"{c.prefill_ratio:.2f}")
+    console.print(table)  # type: ignore[attr-defined]
+    print("bits per weight: " + ", ".join(f"{k} {v:.2f}" for k, v in r.weight_bits.items()))
+    for label, value in r.perplexity.items():
+        print(f"perplexity, {label}: {value if isinstance(value, str) else f'{value:.3f}'}")
+    for label, fraction in r.roofline_fraction_1_stream.items():
+        print(f"one-stream decode, {label}: {100 * fraction:.0f}% of this machine's roofline")
+    for label, parts in r.breakdown.items():
+        for b in parts:
+            print(f"decode step, {label}, {b.streams} stream(s): {b.step_ms:.1f} ms = layers {b.layers_ms:.1f} + "
+                  f"LM head {b.lm_head_ms:.1f} + sampling {b.sampling_ms:.2f} + host {b.host_ms:.1f}")
     return 0

@@ -254,6 +254,9 @@ class EngineConfig:
     seed: int = 0
     num_threads: int | None = None
     chat_template: str | None = None
+    # Weight-only quantization of the decoder's projections and LM head: int8 (GGUF Q8_0 blocks) or
+    # int4 (Q4_1 blocks), read block for block from the GGUF file when the model came from one.
+    quantization: str = "none"
 
     def __post_init__(self) -> None:
         def bad(param: str, allowed: str) -> InvalidRequestError:
@@ -273,6 +276,8 @@ class EngineConfig:
             raise bad("max_num_batched_tokens", ">= 1")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise bad("max_model_len", ">= 1")
+        if self.quantization not in ("none", "int8", "int4"):
+            raise bad("quantization", "one of none, int8, int4")
 
     def resolve_dtype(self, model: ModelConfig) -> torch.dtype:
         if self.dtype != "auto":

@@ -103,6 +103,11 @@ class EngineCore:
         )
         if executor is None:
             model = load_model(directory, mc, self.dtype, self.device, self.max_model_len)
+            if config.quantization != "none":
+                from edgecloud.llm.quant import quantize_model
+
+                report = quantize_model(model, config.quantization, gguf=source.gguf)
+                log.info("weights quantized: %s", report)
             executor = ModelRunner(
                 model, mc, groups, num_blocks, config.block_size, self.dtype, self.device,
                 config.attention_backend, config.seed,
