@@ -37,6 +37,9 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.bench.cli",
     "edgecloud.splitlearn.cli",
     "edgecloud.wireless.cli",
+    "edgecloud.cluster.cli",
+    "edgecloud.sim.cli",
+    "edgecloud.edge.cli",
     "edgecloud.edge.netgpt.cli",
 )
 

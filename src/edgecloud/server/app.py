@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -74,6 +74,29 @@ class ServerSettings:
     retry_after_s: int = 1
     engine_core: str = "process"  # process | thread
     url: str = ""  # where the server listens, once bound (for the ready line)
+
+
+@dataclass
+class ChatTurn:
+    """A chat request that a :class:`ChatContext` has taken over (a turn of a session whose history
+    the server keeps): the prompt to run instead of the rendered ``messages``; ``commit``, called
+    with the finished answer before the response goes out, returns headers to add to it (and may
+    raise ``APIError``: the client then gets that error, not the answer); ``release``, called once
+    the request is over, answered or not."""
+
+    prompt_token_ids: list[int]
+    commit: Callable[[CompletionOutput], Awaitable[dict[str, str]]]
+    release: Callable[[], Awaitable[None]]
+
+
+class ChatContext(Protocol):
+    """An optional hook of the server that keeps conversation state (``edgecloud.edge`` is one).
+
+    ``prepare`` sees each chat request after its model and options are checked. It returns None for
+    a request it leaves alone (served as usual) or a :class:`ChatTurn`; it may raise ``APIError``.
+    A turn is answered unstreamed with ``n = 1``: a streamed or ``n > 1`` request it takes is a 400."""
+
+    async def prepare(self, request: Request, body: ChatCompletionRequest) -> ChatTurn | None: ...
 
 
 class ClientDisconnected(Exception):
@@ -196,9 +219,10 @@ class _Job:
 class OpenAIServer:
     """The server's state and its endpoint logic; ``build_app`` wires it into FastAPI."""
 
-    def __init__(self, engine: AsyncEngine, settings: ServerSettings) -> None:
+    def __init__(self, engine: AsyncEngine, settings: ServerSettings, chat_context: ChatContext | None = None) -> None:
         self.engine = engine
         self.settings = settings
+        self.chat_context = chat_context
         self.model_name = settings.served_model_name or engine.model_name
         self.metrics = ServerMetrics(self.engine_stats, self.model_name)
         self.draining = False
@@ -480,12 +504,15 @@ class OpenAIServer:
             longest = max(num_tokens.values(), default=0)
             self.metrics.observe_stream(job.received_at, first_sent, time.monotonic(), longest)
 
-    async def run(self, request: Request, job: _Job, stream: bool) -> Response:
+    async def run(self, request: Request, job: _Job, stream: bool, turn: ChatTurn | None = None) -> Response:
         outputs = self.start(job, stream)
         try:
             if not stream:
                 finals = await until_disconnect(request, _collect(outputs))
-                return JSONResponse(self.full_response(job, finals), background=BackgroundTask(self._sent, job))
+                headers = await turn.commit(finals[0].outputs[0]) if turn is not None else None
+                return JSONResponse(
+                    self.full_response(job, finals), headers=headers, background=BackgroundTask(self._sent, job)
+                )
             first = await until_disconnect(request, anext(outputs))
         except ClientDisconnected:
             await outputs.aclose()  # type: ignore[attr-defined]
@@ -540,24 +567,40 @@ class OpenAIServer:
         if constraint is not None and tool_constraint is not None:
             raise APIError(400, f"response_format {body.response_format.get('type')!r} cannot be combined with "
                            f"tool_choice {tools.choice!r}: both constrain the whole answer", "response_format")
-        tokenizer = self.engine.tokenizer
-        template_tools = template_renders_tools(tokenizer.chat_templates)
-        text = tokenizer.apply_chat_template(
-            prompt_messages([m.template_dict() for m in body.messages], tools, template_tools),
-            add_generation_prompt=body.add_generation_prompt,
-            tools=tools.tools if tools.in_prompt and template_tools else None,
-        )
-        # The template writes any BOS itself; the tokenizer must not add another.
-        ids = await self.engine.encode(text, add_special_tokens=False)
+        structured = constraint or tool_constraint
+        turn = await self.chat_context.prepare(request, body) if self.chat_context is not None else None
+        if turn is None:
+            tokenizer = self.engine.tokenizer
+            template_tools = template_renders_tools(tokenizer.chat_templates)
+            text = tokenizer.apply_chat_template(
+                prompt_messages([m.template_dict() for m in body.messages], tools, template_tools),
+                add_generation_prompt=body.add_generation_prompt,
+                tools=tools.tools if tools.in_prompt and template_tools else None,
+            )
+            # The template writes any BOS itself; the tokenizer must not add another.
+            ids = await self.engine.encode(text, add_special_tokens=False)
+            return await self._chat(request, body, ids, None, tools, structured)
+        try:
+            # a session turn's prompt is the context the store keeps, which has no tools in it
+            for name, unsupported in (("stream", body.stream), ("n", body.n != 1), ("tools", tools.in_prompt)):
+                if unsupported:
+                    raise APIError(400, f"{name} is not supported for a session turn (one unstreamed answer, "
+                                   "no tools)", name, "unsupported")
+            return await self._chat(request, body, turn.prompt_token_ids, turn, tools, structured)
+        finally:
+            await turn.release()
+
+    async def _chat(self, request: Request, body: ChatCompletionRequest, ids: list[int], turn: ChatTurn | None,
+                    tools: ToolSet, structured: StructuredOutputsParams | None) -> Response:
         max_tokens = self.check_lengths(ids, body.requested_max_tokens, "messages")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError(400, "top_logprobs needs logprobs set to true", "top_logprobs")
         params = body.sampling_params(max_tokens, logprobs, self.engine.generation_defaults)
-        params.structured_outputs = constraint or tool_constraint
+        params.structured_outputs = structured
         job = self.new_job(request, body, [ids], params, chat=True, logprobs=logprobs)
         job.tools = tools if tools.parses_calls else None
-        return await self.run(request, job, body.stream)
+        return await self.run(request, job, body.stream, turn)
 
     def models(self) -> dict[str, Any]:
         return {
@@ -611,9 +654,11 @@ def build_app(
     engine: AsyncEngine,
     settings: ServerSettings,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    chat_context: ChatContext | None = None,
 ) -> FastAPI:
-    """The ASGI app. Its lifespan starts the engine and, on shutdown, stops it."""
-    server = OpenAIServer(engine, settings)
+    """The ASGI app. Its lifespan starts the engine and, on shutdown, stops it. ``chat_context``
+    keeps conversation state for chat requests it takes over (see :class:`ChatContext`)."""
+    server = OpenAIServer(engine, settings, chat_context)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
