@@ -30,6 +30,7 @@ from edgecloud.errors import RUNTIME, CLIError
 SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.llm.cli",
     "edgecloud.llm.attention.cli",
+    "edgecloud.llm.moe.cli",
     "edgecloud.netem.cli",
     "edgecloud.stream.cli",
     "edgecloud.c2.cli",
@@ -39,6 +40,7 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.wireless.cli",
     "edgecloud.cluster.cli",
     "edgecloud.sim.cli",
+    "edgecloud.sim.lora_cli",
     "edgecloud.edge.cli",
     "edgecloud.edge.netgpt.cli",
 )

@@ -158,3 +158,7 @@ class PrefillDecode(RoutingPolicy):
         if prefill is None or decode is None:
             return None
         return Route(decode.target, prefill=prefill.target)
+
+
+# The LoRA adapter policies (slora, affinity, loraserve) register themselves on import.
+from edgecloud.cluster import lora as _lora_policies  # noqa: E402, F401

@@ -40,6 +40,7 @@ from edgecloud.llm import (
 )
 from edgecloud.llm.structured import StructuredOutputsParams
 from edgecloud.server.errors import APIError, install_error_handlers
+from edgecloud.server.lora import LoRAAdapters, install_lora_routes
 from edgecloud.server.metrics import ServerMetrics
 from edgecloud.server.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from edgecloud.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
@@ -203,6 +204,7 @@ class _Job:
     logprobs: int | None
     choices: dict[tuple[int, int], _ChoiceState] = field(default_factory=dict)
     tools: ToolSet | None = None  # chat answers parsed for tool calls
+    adapter_id: str | None = None  # the LoRA adapter the request's model names
 
     @property
     def response_id(self) -> str:
@@ -229,18 +231,16 @@ class OpenAIServer:
         self.pending = 0  # admitted engine requests that have not produced a token yet
         self._ids = itertools.count()
         self.created = int(time.time())
+        self.adapters = LoRAAdapters(engine, self.model_name)
 
     def engine_stats(self) -> EngineStats:
         return self.engine.stats()
 
     # -- admission and generation -------------------------------------------------------------
 
-    def check_model(self, model: str) -> None:
-        if model != self.model_name:
-            raise APIError(
-                404, f"model {model!r} does not exist; this server serves {self.model_name!r}",
-                "model", "model_not_found",
-            )
+    def check_model(self, model: str) -> str | None:
+        """The LoRA adapter ``model`` names (None: the base model); 404 for any other name."""
+        return self.adapters.resolve(model)
 
     def admit(self, num_requests: int) -> None:
         retry = {"Retry-After": str(self.settings.retry_after_s)}
@@ -294,7 +294,7 @@ class OpenAIServer:
         try:
             async for out in self.engine.generate(
                 prompt, params, request_id=engine_id, priority=job.priority, service_tier=job.service_tier,
-                cache_salt=job.cache_salt, output_kind=kind,
+                cache_salt=job.cache_salt, output_kind=kind, adapter_id=job.adapter_id,
             ):
                 if waiting:
                     waiting = False
@@ -389,7 +389,7 @@ class OpenAIServer:
             "id": job.response_id,
             "object": job.object_name,
             "created": job.created,
-            "model": self.model_name,
+            "model": job.adapter_id or self.model_name,
             "service_tier": job.service_tier,
             "choices": choices,
             "usage": _usage(prompt_tokens, completion_tokens),
@@ -400,7 +400,7 @@ class OpenAIServer:
             "id": job.response_id,
             "object": f"{job.object_name}.chunk" if job.chat else job.object_name,
             "created": job.created,
-            "model": self.model_name,
+            "model": job.adapter_id or self.model_name,
             "service_tier": job.service_tier,
             "choices": choices,
         }
@@ -531,7 +531,7 @@ class OpenAIServer:
     # -- endpoints ----------------------------------------------------------------------------
 
     def new_job(self, request: Request, body: SamplingRequest, prompts: list[list[int]], params: SamplingParams,
-                chat: bool, logprobs: int | None) -> _Job:
+                chat: bool, logprobs: int | None, adapter_id: str | None = None) -> _Job:
         return _Job(
             request_id=request.state.request_id,
             received_at=request.state.received_at,
@@ -544,10 +544,11 @@ class OpenAIServer:
             chat=chat,
             include_usage=body.include_usage,
             logprobs=logprobs,
+            adapter_id=adapter_id,
         )
 
     async def completions(self, request: Request, body: CompletionRequest) -> Response:
-        self.check_model(body.model)
+        adapter_id = self.check_model(body.model)
         for name, unsupported in (("echo", body.echo), ("suffix", body.suffix is not None)):
             if unsupported:
                 raise APIError(400, f"{name} is not supported by this server", name, "unsupported")
@@ -556,11 +557,11 @@ class OpenAIServer:
         prompts = [await self.engine.encode(p) if isinstance(p, str) else p for p in body.prompts()]
         budgets = {self.check_lengths(ids, body.max_tokens or 16, "prompt") for ids in prompts}
         params = body.sampling_params(min(budgets), body.logprobs, self.engine.generation_defaults)
-        job = self.new_job(request, body, prompts, params, chat=False, logprobs=body.logprobs)
+        job = self.new_job(request, body, prompts, params, chat=False, logprobs=body.logprobs, adapter_id=adapter_id)
         return await self.run(request, job, body.stream)
 
     async def chat_completions(self, request: Request, body: ChatCompletionRequest) -> Response:
-        self.check_model(body.model)
+        adapter_id = self.check_model(body.model)
         tools = validate_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
         constraint = _checked(response_format_constraint(body.response_format), "response_format")
         tool_constraint = _checked(tool_call_constraint(tools), "tools")
@@ -579,26 +580,28 @@ class OpenAIServer:
             )
             # The template writes any BOS itself; the tokenizer must not add another.
             ids = await self.engine.encode(text, add_special_tokens=False)
-            return await self._chat(request, body, ids, None, tools, structured)
+            return await self._chat(request, body, ids, None, tools, structured, adapter_id)
         try:
             # a session turn's prompt is the context the store keeps, which has no tools in it
             for name, unsupported in (("stream", body.stream), ("n", body.n != 1), ("tools", tools.in_prompt)):
                 if unsupported:
                     raise APIError(400, f"{name} is not supported for a session turn (one unstreamed answer, "
                                    "no tools)", name, "unsupported")
-            return await self._chat(request, body, turn.prompt_token_ids, turn, tools, structured)
+            return await self._chat(request, body, turn.prompt_token_ids, turn, tools, structured,
+                                    adapter_id)
         finally:
             await turn.release()
 
     async def _chat(self, request: Request, body: ChatCompletionRequest, ids: list[int], turn: ChatTurn | None,
-                    tools: ToolSet, structured: StructuredOutputsParams | None) -> Response:
+                    tools: ToolSet, structured: StructuredOutputsParams | None, adapter_id: str | None = None
+                    ) -> Response:
         max_tokens = self.check_lengths(ids, body.requested_max_tokens, "messages")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError(400, "top_logprobs needs logprobs set to true", "top_logprobs")
         params = body.sampling_params(max_tokens, logprobs, self.engine.generation_defaults)
         params.structured_outputs = structured
-        job = self.new_job(request, body, [ids], params, chat=True, logprobs=logprobs)
+        job = self.new_job(request, body, [ids], params, chat=True, logprobs=logprobs, adapter_id=adapter_id)
         job.tools = tools if tools.parses_calls else None
         return await self.run(request, job, body.stream, turn)
 
@@ -611,7 +614,7 @@ class OpenAIServer:
                 "created": self.created,
                 "owned_by": "edgecloud",
                 "max_model_len": self.engine.max_model_len,
-            }],
+            }, *self.adapters.model_cards(self.created, self.engine.max_model_len)],
         }
 
 
@@ -663,6 +666,7 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        await server.adapters.refresh()
         tokenizer = engine.tokenizer
         if tokenizer.has_chat_template:
             template = f"chat template: {tokenizer.chat_template_source}"
@@ -711,6 +715,8 @@ def build_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
         return await server.chat_completions(request, body)
+
+    install_lora_routes(app, server.adapters)
 
     # Outermost first: every answer, a 413 included, carries the request id.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
