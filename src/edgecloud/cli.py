@@ -38,6 +38,10 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.bench.cli",
     "edgecloud.splitlearn.cli",
     "edgecloud.wireless.cli",
+    "edgecloud.cluster.cli",
+    "edgecloud.sim.cli",
+    "edgecloud.sim.lora_cli",
+    "edgecloud.edge.cli",
 )
 
 

@@ -380,6 +380,10 @@ class EngineConfig:
     kv_cache_memory_mb: float = 512.0
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
+    # Tokens of ``flex`` work one step may carry (None: max_num_seqs). A step that runs flex work
+    # then costs about one decode step of a full batch, so an online request arriving during it
+    # waits at most that long; raise it for engines that serve offline work only (faster prefill).
+    flex_max_batched_tokens: int | None = None
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     attention_backend: str = "paged"
@@ -389,6 +393,16 @@ class EngineConfig:
     # Weight-only quantization of the decoder's projections and LM head: int8 (GGUF Q8_0 blocks) or
     # int4 (Q4_1 blocks), read block for block from the GGUF file when the model came from one.
     quantization: str = "none"
+    # Multi-LoRA (docs/lora.md): adapters served beside the base model. ``lora_modules``: (name, PEFT
+    # directory) pairs loaded at start (and again when the core restarts); any enables LoRA.
+    # ``max_loras``: device slots, and the most distinct adapters among running requests;
+    # ``max_lora_rank``: the largest rank a slot holds; ``max_cpu_loras``: adapters kept parsed in
+    # host memory (the rest are read from disk again when needed).
+    enable_lora: bool = False
+    lora_modules: tuple[tuple[str, str], ...] = ()
+    max_loras: int = 4
+    max_lora_rank: int = 16
+    max_cpu_loras: int = 32
 
     def __post_init__(self) -> None:
         def bad(param: str, allowed: str) -> InvalidRequestError:
@@ -406,10 +420,24 @@ class EngineConfig:
             raise bad("max_num_seqs", ">= 1")
         if self.max_num_batched_tokens < 1:
             raise bad("max_num_batched_tokens", ">= 1")
+        if self.flex_max_batched_tokens is not None and self.flex_max_batched_tokens < 1:
+            raise bad("flex_max_batched_tokens", ">= 1")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise bad("max_model_len", ">= 1")
         if self.quantization not in ("none", "int8", "int4"):
             raise bad("quantization", "one of none, int8, int4")
+        if self.max_loras < 1:
+            raise bad("max_loras", ">= 1")
+        if not 1 <= self.max_lora_rank <= 512:
+            raise bad("max_lora_rank", "in [1, 512]")
+        if self.max_cpu_loras < self.max_loras:
+            raise bad("max_cpu_loras", f">= max_loras ({self.max_loras})")
+        self.lora_modules = tuple((str(n), str(p)) for n, p in self.lora_modules)
+        names = [n for n, _ in self.lora_modules]
+        if len(set(names)) != len(names):
+            raise bad("lora_modules", "pairs with distinct names")
+        if self.lora_modules:
+            self.enable_lora = True
 
     def resolve_dtype(self, model: ModelConfig) -> torch.dtype:
         if self.dtype != "auto":

@@ -9,6 +9,7 @@ writes whole blocks for export and import.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,13 @@ from edgecloud.llm.request_state import Request
 from edgecloud.llm.sampler import Sampler, SampleRow
 from edgecloud.llm.scheduler import SampledTokens, ScheduledRequest, SchedulerOutput
 from edgecloud.llm.step_context import AttentionMetadata, StepContext
+
+if TYPE_CHECKING:
+    from edgecloud.llm.lora import LoRAManager
+
+
+def _adapter_order(s: ScheduledRequest) -> str:
+    return s.request.adapter_id or ""
 
 
 def kv_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -46,8 +54,10 @@ class ModelRunner:
         device: torch.device,
         attention_backend: str,
         seed: int,
+        lora: LoRAManager | None = None,
     ) -> None:
         self.model = model
+        self.lora = lora
         self.config = config
         self.groups = groups
         self.block_size = block_size
@@ -121,6 +131,10 @@ class ModelRunner:
             return SampledTokens()
         prefills = [s for s in plan.scheduled if s.num_new_tokens > 1]
         decodes = [s for s in plan.scheduled if s.num_new_tokens == 1]
+        with_adapters = self.lora is not None and any(s.request.adapter_id for s in plan.scheduled)
+        if with_adapters:  # rows of one adapter side by side: one LoRA segment each (docs/lora.md)
+            prefills.sort(key=_adapter_order)
+            decodes.sort(key=_adapter_order)
         input_ids: list[int] = []
         positions: list[int] = []
         logits_rows: list[int] = []
@@ -137,6 +151,13 @@ class ModelRunner:
             layer_group=self.layer_group,
             moe=None if self.moe is None else self.moe.begin_step(),
         )
+        if with_adapters:
+            assert self.lora is not None
+            ctx.lora = self.lora.batch(
+                [s.request.adapter_id for s in (*prefills, *decodes) for _ in range(s.num_new_tokens)]
+            )
+        if self.lora is not None:
+            self.lora.slots.batch = ctx.lora  # what the LoRA layers apply in this forward pass
         logits = self.model(
             torch.tensor(input_ids, dtype=torch.int64, device=self.device),
             torch.tensor(positions, dtype=torch.int64, device=self.device),

@@ -46,6 +46,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # About 30M parameters: the size the engine benchmark's goals are stated for.
     "30m": {"vocab_size": 8192, "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 6,
             "num_attention_heads": 8, "num_key_value_heads": 4, "max_position_embeddings": 2048},
+    # The embedded demo model's shapes (5.8M parameters) with a 4k context: cheap enough for a CPU
+    # cluster to replay long-prompt traces (Mooncake) without cutting their shared prefixes.
+    "6m-4k": {"vocab_size": 4096, "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 6,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096},
 }
 
 

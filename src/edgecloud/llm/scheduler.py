@@ -70,10 +70,18 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_model_len: int,
         eos_token_ids: Iterable[int] = (),
+        max_loras: int | None = None,
+        flex_max_batched_tokens: int | None = None,
     ) -> None:
         self.kv = kv
+        # LoRA: the most distinct adapters among running requests (each needs a device slot in
+        # every step it runs); None: no limit.
+        self.max_loras = max_loras
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        # flex work in one step: a step with flex prefill must not cost much more than a decode step,
+        # or an online request that arrives during it waits for the whole prefill (issue #17 bench).
+        self.flex_max_batched_tokens = flex_max_batched_tokens or max_num_seqs
         self.max_model_len = max_model_len
         self.eos_token_ids = frozenset(eos_token_ids)
         self.requests: dict[str, Request] = {}
@@ -123,7 +131,7 @@ class Scheduler:
             s.request.num_computed_tokens < s.request.num_prompt_tokens for s in out.scheduled
         )
         if not online_prefill:
-            self._schedule_tier("flex", out, budget)
+            self._schedule_tier("flex", out, min(budget, self.flex_max_batched_tokens))
         for s in out.scheduled:
             req = s.request
             if req.first_scheduled_time is None:
@@ -136,6 +144,11 @@ class Scheduler:
         """Schedules the running, then the waiting requests of one tier; returns the budget left."""
         kv = self.kv
         kv_short = False
+        # Decodes of this tier further down the list keep their token: a prefill chunk takes what
+        # is left, so a long prompt never stalls the decodes behind it for a step.
+        decodes_after = sum(
+            1 for r in self.running if r.service_tier == tier and r.num_tokens - r.num_computed_tokens == 1
+        )
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
@@ -144,7 +157,15 @@ class Scheduler:
                     break  # running is sorted: the rest are flex
                 i += 1
                 continue
-            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            remaining = req.num_tokens - req.num_computed_tokens
+            if remaining == 1:
+                decodes_after -= 1
+                num_new = 1
+            else:
+                num_new = min(remaining, budget - decodes_after)
+                if num_new <= 0:
+                    i += 1
+                    continue
             target = req.num_computed_tokens + num_new
             while not kv.can_grow(req, target):
                 kv_short = True
@@ -173,7 +194,7 @@ class Scheduler:
                     break  # waiting is sorted: the rest are flex
                 j += 1
                 continue
-            if self._waits_for_sibling(req):
+            if self._waits_for_sibling(req) or self._no_adapter_slot(req):
                 j += 1
                 continue
             if len(self.running) >= self.max_num_seqs and not (tier == "default" and self._preempt_flex(out)):
@@ -200,6 +221,14 @@ class Scheduler:
             req.wait_for = None
             return False
         return True
+
+    def _no_adapter_slot(self, req: Request) -> bool:
+        """A request whose adapter no running request uses waits while ``max_loras`` distinct
+        adapters run; requests behind it whose adapters run already go ahead."""
+        if self.max_loras is None or req.adapter_id is None:
+            return False
+        running = {r.adapter_id for r in self.running if r.adapter_id is not None}
+        return req.adapter_id not in running and len(running) >= self.max_loras
 
     def _preempt_flex(self, out: SchedulerOutput) -> bool:
         """Preempts the least urgent running ``flex`` request not scheduled in this step."""
@@ -271,4 +300,6 @@ class Scheduler:
         assert all(r.status is RequestStatus.RUNNING for r in self.running)
         assert all(r.status is RequestStatus.WAITING and not any(r.block_tables) for r in self.waiting)
         assert len(self.running) <= self.max_num_seqs
+        if self.max_loras is not None:
+            assert len({r.adapter_id for r in self.running if r.adapter_id is not None}) <= self.max_loras
         self.kv.check_invariants(self.running)
