@@ -32,6 +32,10 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kv-cache-memory-mb", type=float, default=512, help="KV-cache pool size in MiB")
     group.add_argument("--max-num-seqs", type=int, default=64, help="most sequences in one step")
     group.add_argument("--max-num-batched-tokens", type=int, default=2048, help="token budget of one step")
+    group.add_argument("--flex-max-batched-tokens", type=int, default=None,
+                       help="tokens of flex (offline) work in one step (default: --max-num-seqs), so a step "
+                       "with flex work costs about one decode step and online requests never wait behind a "
+                       "long flex prefill; raise it for an engine that serves offline work only")
     group.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     group.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
     group.add_argument("--attention-backend", default="paged", help="decode attention: paged or prefix")
@@ -53,6 +57,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         model=args.model, dtype=args.dtype, device=args.device, block_size=args.block_size,
         kv_cache_memory_mb=args.kv_cache_memory_mb, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
+        flex_max_batched_tokens=args.flex_max_batched_tokens,
         enable_prefix_caching=not args.no_prefix_caching, attention_backend=args.attention_backend,
         seed=args.seed, num_threads=args.threads, chat_template=args.chat_template, quantization=args.quantization,
         kv_layer_pattern=args.kv_layer_pattern,
@@ -131,7 +136,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         "tiers", help="online TTFT beside a batch full of offline (flex) decodes: idle vs tiers vs FCFS",
         description="Measure online requests' TTFT on an idle engine, and while flex requests fill every "
         "seat: with service tiers (online preempts flex at the next step) and without (FCFS). The goal: "
-        "TTFT p99 with tiers <= idle p99 + one decode step of the flex batch; preempted flex requests "
+        "TTFT p99 with tiers <= idle p99 (the same online requests at the same times, no flex work) + one decode "
+        "step of the flex batch; preempted flex requests "
         "finish with their uninterrupted greedy output.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -144,6 +150,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     tiers.add_argument("--rate", type=float, default=0.5,
                        help="online arrivals per second (Poisson); low, so online requests rarely queue "
                        "behind each other")
+    tiers.add_argument("--flex-max-batched-tokens", type=int, default=None,
+                       help="the engine's cap on flex tokens per step (default: --flex-batch)")
     tiers.add_argument("--threads", type=int, default=2)
     tiers.add_argument("--seed", type=int, default=0)
     tiers.add_argument("--json", type=Path, default=None, help="write the result here")
@@ -222,14 +230,17 @@ def _bench_tiers(args: argparse.Namespace) -> int:
 
     with _model_errors():
         r = bench_tiers(args.model, args.flex_batch, args.flex_output, args.online_requests, args.online_prompt_len,
-                        args.online_output, args.rate, args.threads, args.seed, args.json)
+                        args.online_output, args.rate, args.threads, args.seed, args.json,
+                        flex_max_batched_tokens=args.flex_max_batched_tokens)
     if args.plot is not None:
         plot_tiers(r, args.plot)
     print(f"model {r.model}, {r.threads} threads, {r.cpu}")
-    print(f"online TTFT p99: idle {r.idle_ttft_ms_p99:.1f} ms; flex decode step {r.decode_step_ms:.1f} ms; "
+    print(f"online TTFT p99: idle {r.idle_arrivals_ttft_ms_p99:.1f} ms (same arrivals; each alone "
+          f"{r.idle_ttft_ms_p99:.1f} ms); flex decode step {r.decode_step_ms:.1f} ms; "
           f"bound {r.bound_ms:.1f} ms")
     print(f"  with tiers {r.tiers_ttft_ms_p99:.1f} ms ({'met' if r.met else 'MISSED'}); "
           f"FCFS {r.fcfs_ttft_ms_p99:.1f} ms")
+    print(f"flex work per step: at most {r.flex_max_batched_tokens} tokens")
     print(f"flex tokens/s: tiers {r.flex_tokens_s_tiers:.1f}, FCFS {r.flex_tokens_s_fcfs:.1f}; preempted flex "
           f"requests with identical output: {r.preempted_flex_identical}/{r.preempted_flex}")
     return 0

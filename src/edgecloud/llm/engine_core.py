@@ -99,7 +99,8 @@ class EngineCore:
         if tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
         self.scheduler = Scheduler(
-            self.kv, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len, eos
+            self.kv, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len, eos,
+            flex_max_batched_tokens=config.flex_max_batched_tokens,
         )
         if executor is None:
             model = load_model(directory, mc, self.dtype, self.device, self.max_model_len)
