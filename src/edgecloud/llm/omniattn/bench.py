@@ -172,30 +172,55 @@ def _decode(engine: Any, request_id: str, prompt: list[int], steps: int) -> tupl
                    "pool_tokens": [pool.num_blocks * engine.kv.block_size for pool in engine.kv.pools]}
 
 
-def run_speed(
-    model: str | None, pattern: LayerPattern, contexts: list[int], steps: int, threads: int, memory_mb: float,
-    progress: Callable[[str], None] = print,
-) -> list[dict[str, Any]]:
-    """Decode step time (median and p90 over ``steps`` steps) and KV held per token, per method and
-    context, from one full prefill handed over to every method's engine."""
-    from edgecloud.llm.omniattn.quality import read_text as read
+def _prefilled_blocks(engine: Any, prompt: list[int]) -> dict[str, Any]:
+    """The prompt's blocks as ``export_blocks`` gives them, from a full prefill in ``engine``."""
     from edgecloud.llm.request import KVTransferParams
     from edgecloud.llm.sampling_params import SamplingParams
 
-    torch.set_num_threads(threads)
-    longest = max(contexts)
-    prefill = _engine(model, None, threads, memory_mb, pattern.block_size)
-    prompt = text_tokens(prefill.tokenizer, read(EVAL_FILES[0]), longest)
-    prefill.add_request("prefill", prompt, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True),
-                        kv_transfer=KVTransferParams(export=True))
+    engine.add_request("prefill", prompt, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True),
+                       kv_transfer=KVTransferParams(export=True))
     keys = None
-    while prefill.has_unfinished():
-        for out in prefill.step():
+    while engine.has_unfinished():
+        for out in engine.step():
             keys = out.kv_block_keys if out.finished else keys
     assert keys, "the prefill exported its blocks"
-    exported = prefill.core.control("export_blocks", {"keys": keys, "unpin": True})
-    del prefill
-    progress(f"speed: prefilled {longest} tokens once, {len(keys)} blocks exported")
+    return engine.core.control("export_blocks", {"keys": keys, "unpin": True})
+
+
+def _random_blocks(engine: Any, prompt: list[int]) -> dict[str, Any]:
+    """The prompt's blocks under their real keys with random K/V: a decode step's cost does not
+    depend on the values it reads, and this skips a long prefill on a loaded machine."""
+    from edgecloud.llm.kv_cache import chain_keys, root_key
+
+    bs = engine.kv.block_size
+    keys = chain_keys(root_key(engine.kv.fingerprint), prompt, bs)
+    mc = engine.model_config
+    shape = (len(keys), mc.num_hidden_layers, bs, mc.num_key_value_heads, mc.head_dim)
+    generator = torch.Generator().manual_seed(0)
+    return {"keys": keys, "parents": [root_key(engine.kv.fingerprint), *keys[:-1]],
+            "tokens": [prompt[i * bs : (i + 1) * bs] for i in range(len(keys))],
+            "k": torch.randn(shape, generator=generator).to(engine.core.dtype),
+            "v": torch.randn(shape, generator=generator).to(engine.core.dtype)}
+
+
+def run_speed(
+    model: str | None, pattern: LayerPattern, contexts: list[int], steps: int, threads: int, memory_mb: float,
+    kv: str = "prefill", progress: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Decode step time (median and p90 over ``steps`` steps) and KV held per token, per method and
+    context, from one full prefill (``kv="prefill"``; or random K/V under the prompt's keys,
+    ``kv="random"``) handed over to every method's engine."""
+    from edgecloud.llm.omniattn.quality import read_text as read
+
+    if kv not in ("prefill", "random"):
+        raise ValueError(f"kv must be prefill or random, got {kv!r}")
+    torch.set_num_threads(threads)
+    longest = max(contexts)
+    source = _engine(model, None, threads, memory_mb, pattern.block_size)
+    prompt = text_tokens(source.tokenizer, read(EVAL_FILES[0]), longest)
+    exported = (_prefilled_blocks if kv == "prefill" else _random_blocks)(source, prompt)
+    del source
+    progress(f"speed: {len(exported['keys'])} blocks of {longest} tokens ({kv} KV) to hand over")
     cases = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("full", "omniattn", "streaming"):

@@ -57,6 +57,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--kv-cache-memory-mb", type=float, default=640.0,
                         help="KV memory of each engine in the speed part (holds the longest context)")
+    parser.add_argument("--speed-kv", default="prefill", choices=["prefill", "random"],
+                        help="speed part: KV from one full prefill, or random K/V under the prompt's keys (a decode "
+                        "step's cost does not depend on the values; skips the long prefill)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep prefill KV here and reuse it next time")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--plot", type=Path, help="write a PNG here")
@@ -96,14 +99,15 @@ def _bench(args: argparse.Namespace) -> int:
             quality, inputs = run_quality(args.model, pattern, args.contexts, args.rows, args.needle_contexts,
                                           args.depths, args.random_seeds, args.cache_dir)
         if "speed" in parts:
-            speed = run_speed(args.model, pattern, args.contexts, args.steps, args.threads, args.kv_cache_memory_mb)
+            speed = run_speed(args.model, pattern, args.contexts, args.steps, args.threads, args.kv_cache_memory_mb,
+                              args.speed_kv)
     result = {
         "title": f"OmniAttn {pattern.describe()} ({len(pattern.compressed)}/{pattern.num_layers} layers "
                  f"sink {pattern.sink_blocks} + window {pattern.window_blocks} blocks of {pattern.block_size})",
         "pattern": {"file": str(args.pattern), "layers": pattern.describe(), "sink_blocks": pattern.sink_blocks,
                     "window_blocks": pattern.window_blocks, "block_size": pattern.block_size,
                     "search": pattern.info.get("search", {}).get("cost")},
-        "parts": sorted(parts), "threads": args.threads, "inputs": inputs,
+        "parts": sorted(parts), "threads": args.threads, "speed_kv": args.speed_kv, "inputs": inputs,
         "cases": merge_cases(quality, speed),
         "machine_load": watch.finish().as_dict(),
     }
