@@ -31,6 +31,7 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.llm.cli",
     "edgecloud.llm.attention.cli",
     "edgecloud.llm.omniattn.cli",
+    "edgecloud.llm.moe.cli",
     "edgecloud.netem.cli",
     "edgecloud.stream.cli",
     "edgecloud.c2.cli",
@@ -38,6 +39,10 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.bench.cli",
     "edgecloud.splitlearn.cli",
     "edgecloud.wireless.cli",
+    "edgecloud.cluster.cli",
+    "edgecloud.sim.cli",
+    "edgecloud.sim.lora_cli",
+    "edgecloud.edge.cli",
 )
 
 

@@ -23,7 +23,7 @@ from edgecloud.llm.config import EngineConfig
 from edgecloud.llm.core_client import EngineClient, make_client
 from edgecloud.llm.engine_core import EngineInfo
 from edgecloud.llm.errors import InvalidRequestError
-from edgecloud.llm.model_source import resolve_model
+from edgecloud.llm.model_source import ModelSource, resolve_model
 from edgecloud.llm.output_processor import EngineDeadError, EngineError, OutputProcessor, Prompt
 from edgecloud.llm.outputs import EngineCoreOutputs, EngineStats, OutputKind, RequestOutput
 from edgecloud.llm.request import KVTransferParams
@@ -45,11 +45,15 @@ class AsyncEngine:
         core: str = "thread",
         restart_limit: int = 3,
         restart_window_s: float = 300.0,
+        client_factory: Callable[[EngineConfig, ModelSource], EngineClient] | None = None,
     ) -> None:
         self.config = config
         self.source = resolve_model(config.model)
         self.tokenizer = Tokenizer(self.source.directory, chat_template=config.chat_template)
         self.core_kind = core
+        # How a core is started (and restarted): by kind, or by a caller that needs options the kinds
+        # do not take (the cluster: a start timeout per instance, a Ray actor's CPUs).
+        self.client_factory = client_factory
         self.restart_limit = restart_limit
         self.restart_window_s = restart_window_s
         self.client: EngineClient | None = None
@@ -104,7 +108,10 @@ class AsyncEngine:
         async with self._starting:
             if self.client is not None:
                 return
-            client = make_client(self.core_kind, self.config, self.source)
+            if self.client_factory is not None:
+                client = self.client_factory(self.config, self.source)
+            else:
+                client = make_client(self.core_kind, self.config, self.source)
             self.info = await client.start(self._on_outputs, self._on_dead)
             self.client = client
             self.processor = OutputProcessor(self.tokenizer, self.info)

@@ -100,7 +100,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     )
     rnd.add_argument("out", type=Path, help="directory to write")
     rnd.add_argument("--arch", default="llama", choices=["llama", "qwen2", "mistral"])
-    rnd.add_argument("--preset", default="30m", choices=["tiny", "30m"])
+    rnd.add_argument("--preset", default="30m", choices=["tiny", "30m", "6m-4k"])
     rnd.add_argument("--seed", type=int, default=0)
     rnd.set_defaults(handler=_random_model)
 

@@ -283,10 +283,13 @@ class MPClient(EngineClient):
     async def shutdown(self) -> None:
         self._closing = True
         process = self.process
-        if process is not None and process.is_alive() and self._push is not None:
-            with contextlib.suppress(Exception):  # it may be dying already
-                self._send(Shutdown())
-            await asyncio.to_thread(process.join, 10)
+        if process is not None and process.is_alive():
+            # A core that never said Ready may not have connected: a message to it would fail in a
+            # future nobody awaits. It is still loading (a start timeout): stop it outright.
+            if self._push is not None and self.info is not None:
+                with contextlib.suppress(Exception):  # it may be dying already
+                    self._send(Shutdown())
+                await asyncio.to_thread(process.join, 10)
             if process.is_alive():
                 process.kill()
                 await asyncio.to_thread(process.join, 5)

@@ -1,12 +1,25 @@
 """One cost model of an engine step: how long a batch takes on given hardware.
 
-Per operator of a decoder layer (QKV, attention per request, O, MLP) and the LM head: time =
-max(FLOPs / (peak x matmul efficiency), bytes / (bandwidth x memory efficiency)), plus per-step and
-per-layer overheads. ``roofline_time`` is the plain bound of a whole step, max(all FLOPs / peak,
-all bytes / bandwidth), with no efficiency and no overhead: what ``bench engine`` compares the
-engine with. The discrete-event simulator prices steps with ``step_time`` and factors calibrated on
-a real machine; PAT's ``PackCostModel`` takes its bandwidth and FLOP/s from the same
+Per operator of a decoder layer (QKV, attention per request, O, MLP or mixture of experts) and the
+LM head: time = max(FLOPs / (peak x matmul efficiency), bytes / (bandwidth x memory efficiency)),
+plus per-step, per-sequence and per-layer overheads. An instance may span several devices
+(``Parallelism``): dense parts are tensor-parallel (each device computes and reads its share, two
+all-reduces of the activations per layer), routed experts are expert-parallel (tokens dispatched
+to the devices holding their experts and combined back, an all-to-all each way); collectives cost
+bytes / network bandwidth (the inter-node link when the instance spans nodes) plus a latency.
+``roofline_time`` is the plain bound of a whole step on one device, max(all FLOPs / peak, all
+bytes / bandwidth), with no efficiency and no overhead: what ``bench engine`` compares the engine
+with. The discrete-event simulator (``edgecloud.sim``) prices steps with ``step_time`` and factors
+calibrated on a real machine; PAT's ``PackCostModel`` takes its bandwidth and FLOP/s from the same
 ``HardwareProfile``.
+
+Mixture of experts (DeepSeek-V3, Mixtral, Qwen-MoE): a step's routed tokens touch, in expectation,
+E·(1 − (1 − k/E)^T) of the E experts (T tokens, k experts each, uniform routing); their weights
+are read once, their FLOPs are 2·T·k·3·H·I. ``moe_imbalance`` (max over devices / mean expert
+load, 1 = balanced) stretches the expert part: the device with the hottest experts sets the step,
+which is what expert placement (OmniPlacement, EPLB) changes. Multi-head latent attention (MLA,
+DeepSeek-V2/V3) caches one compressed latent of ``kv_lora_rank + qk_rope_head_dim`` elements per
+token and layer, shared by all heads, and attends in the absorbed form.
 
 Nothing here imports torch: hardware and model profiles are plain numbers.
 """
@@ -21,7 +34,9 @@ from dataclasses import dataclass, replace
 class HardwareProfile:
     """One accelerator (or CPU) as the cost model sees it. ``peak_flops`` for the serving dtype,
     ``memory_bandwidth`` in bytes/s; efficiencies in (0, 1] are what a real engine reaches of the
-    peaks (calibrated; 1.0 = the roofline)."""
+    peaks (calibrated; 1.0 = the roofline). ``network_bandwidth`` links devices of one node
+    (NVLink, HCCS), ``inter_node_bandwidth`` devices of different nodes (per device, e.g.
+    InfiniBand); ``network_latency_s`` is paid per collective and per KV transfer."""
 
     name: str
     peak_flops: float
@@ -32,19 +47,59 @@ class HardwareProfile:
     step_overhead_s: float = 0.0
     layer_overhead_s: float = 0.0
     memory_bytes: float = 0.0
+    seq_overhead_s: float = 0.0  # per request in a step: its inputs, its sampling (host-side work)
+    inter_node_bandwidth: float = 0.0  # bytes/s per device between nodes; 0 = network_bandwidth
+    devices_per_node: int = 8
+    network_latency_s: float = 0.0
 
     def calibrated(self, **factors: float) -> HardwareProfile:
         return replace(self, **factors)
 
+    def link_bandwidth(self, devices: int) -> float:
+        """Bandwidth per device of a collective over ``devices`` devices (spanning nodes or not)."""
+        if devices > self.devices_per_node and self.inter_node_bandwidth > 0:
+            return self.inter_node_bandwidth
+        return self.network_bandwidth
 
-# Public dense bf16/fp16 peaks and HBM bandwidths from the vendors' data sheets (no sparsity).
+
+# Public dense bf16/fp16 peaks and HBM bandwidths from the vendors' data sheets (no sparsity);
+# NVLink 4 gives an H100/H200 450 GB/s each way, NDR InfiniBand 400 Gb/s (50 GB/s) per GPU.
 HARDWARE_PRESETS: dict[str, HardwareProfile] = {
-    "a100": HardwareProfile("NVIDIA A100 SXM 80GB", 312e12, 2.039e12, 300e9, memory_bytes=80e9),
-    "h100": HardwareProfile("NVIDIA H100 SXM", 989e12, 3.35e12, 450e9, memory_bytes=80e9),
-    "h200": HardwareProfile("NVIDIA H200 SXM", 989e12, 4.8e12, 450e9, memory_bytes=141e9),
-    # Huawei's published figures for the Ascend 910C package: ~780 TFLOP/s fp16, 3.2 TB/s HBM.
-    "ascend910c": HardwareProfile("Huawei Ascend 910C", 780e12, 3.2e12, 196e9, memory_bytes=128e9),
+    "a100": HardwareProfile("NVIDIA A100 SXM 80GB", 312e12, 2.039e12, 300e9, memory_bytes=80e9,
+                            inter_node_bandwidth=25e9, network_latency_s=10e-6),
+    "h100": HardwareProfile("NVIDIA H100 SXM", 989e12, 3.35e12, 450e9, memory_bytes=80e9,
+                            inter_node_bandwidth=50e9, network_latency_s=10e-6),
+    "h200": HardwareProfile("NVIDIA H200 SXM", 989e12, 4.8e12, 450e9, memory_bytes=141e9,
+                            inter_node_bandwidth=50e9, network_latency_s=10e-6),
+    # Huawei's published figures for the Ascend 910C package: ~780 TFLOP/s fp16, 3.2 TB/s HBM,
+    # HCCS within a node, 200 Gb/s RoCE per NPU between nodes.
+    "ascend910c": HardwareProfile("Huawei Ascend 910C", 780e12, 3.2e12, 196e9, memory_bytes=128e9,
+                                  inter_node_bandwidth=25e9, network_latency_s=15e-6),
 }
+
+
+@dataclass(frozen=True)
+class MoEProfile:
+    """Mixture-of-experts MLPs: ``num_experts`` routed experts of ``expert_intermediate_size``,
+    ``experts_per_token`` of them per token, ``num_shared_experts`` always on; the first
+    ``num_dense_layers`` layers keep the dense MLP (DeepSeek-V3's ``first_k_dense_replace``)."""
+
+    num_experts: int
+    experts_per_token: int
+    expert_intermediate_size: int
+    num_shared_experts: int = 0
+    num_dense_layers: int = 0
+
+
+@dataclass(frozen=True)
+class MLAProfile:
+    """Multi-head latent attention (DeepSeek-V2/V3)."""
+
+    q_lora_rank: int
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
 
 
 @dataclass(frozen=True)
@@ -60,6 +115,9 @@ class ModelProfile:
     vocab_size: int
     weight_bytes_per_param: float
     kv_bytes_per_element: float
+    moe: MoEProfile | None = None
+    mla: MLAProfile | None = None
+    activation_bytes: float | None = None  # activations' element size (None: the weights')
 
     @classmethod
     def from_config(cls, config: object, weight_bytes: float, kv_bytes: float | None = None) -> ModelProfile:
@@ -78,6 +136,10 @@ class ModelProfile:
         )
 
     @property
+    def act_bytes(self) -> float:
+        return self.weight_bytes_per_param if self.activation_bytes is None else self.activation_bytes
+
+    @property
     def q_size(self) -> int:
         return self.num_heads * self.head_dim
 
@@ -86,18 +148,83 @@ class ModelProfile:
         return self.num_kv_heads * self.head_dim
 
     @property
+    def attention_matrices(self) -> tuple[tuple[int, int], ...]:
+        """(rows, columns) of a layer's attention projections."""
+        h = self.hidden_size
+        if self.mla is None:
+            return ((h, self.q_size + 2 * self.kv_size), (self.q_size, h))
+        a = self.mla
+        heads = self.num_heads
+        return (
+            (h, a.q_lora_rank), (a.q_lora_rank, heads * (a.qk_nope_head_dim + a.qk_rope_head_dim)),
+            (h, a.kv_lora_rank + a.qk_rope_head_dim), (a.kv_lora_rank, heads * (a.qk_nope_head_dim + a.v_head_dim)),
+            (heads * a.v_head_dim, h),
+        )
+
+    @property
+    def kv_elements_per_token_layer(self) -> int:
+        """Cached K and V elements of one token in one layer (MLA: the shared latent)."""
+        if self.mla is None:
+            return 2 * self.kv_size
+        return self.mla.kv_lora_rank + self.mla.qk_rope_head_dim
+
+    @property
+    def attention_flops_per_pair(self) -> float:
+        """FLOPs of one (query, key) pair over all heads: scores and the weighted sum."""
+        if self.mla is None:
+            return 4 * self.num_heads * self.head_dim
+        a = self.mla
+        return 2 * self.num_heads * (2 * a.kv_lora_rank + a.qk_rope_head_dim)
+
+    @property
+    def num_moe_layers(self) -> int:
+        return 0 if self.moe is None else self.num_layers - self.moe.num_dense_layers
+
+    @property
     def layer_params(self) -> int:
-        attention = self.hidden_size * (self.q_size + 2 * self.kv_size) + self.q_size * self.hidden_size
+        """Parameters of a dense layer (attention and MLP)."""
+        attention = sum(rows * cols for rows, cols in self.attention_matrices)
         return attention + 3 * self.hidden_size * self.intermediate_size
+
+    @property
+    def expert_params(self) -> int:
+        assert self.moe is not None
+        return 3 * self.hidden_size * self.moe.expert_intermediate_size
 
     @property
     def lm_head_params(self) -> int:
         return self.vocab_size * self.hidden_size
 
     @property
+    def num_params(self) -> int:
+        """Every weight: layers (routed and shared experts included) and the LM head."""
+        dense = (self.num_layers - self.num_moe_layers) * self.layer_params
+        if self.moe is None:
+            return dense + self.lm_head_params
+        attention = sum(rows * cols for rows, cols in self.attention_matrices)
+        per_moe_layer = attention + (self.moe.num_experts + self.moe.num_shared_experts) * self.expert_params
+        return dense + self.num_moe_layers * per_moe_layer + self.lm_head_params
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.num_params * self.weight_bytes_per_param
+
+    @property
     def kv_bytes_per_token(self) -> float:
         """K and V of one token over all layers."""
-        return 2 * self.num_layers * self.kv_size * self.kv_bytes_per_element
+        return self.num_layers * self.kv_elements_per_token_layer * self.kv_bytes_per_element
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How one instance spreads over ``devices`` accelerators: dense parts tensor-parallel over all
+    of them, routed experts expert-parallel over all of them."""
+
+    devices: int = 1
+
+    def __post_init__(self) -> None:
+        if self.devices < 1:
+            raise ValueError(f"devices must be >= 1, got {self.devices}")
 
 
 @dataclass(frozen=True)
@@ -118,16 +245,19 @@ class StepCost:
     attention: float = 0.0
     lm_head: float = 0.0
     overhead: float = 0.0
+    experts: float = 0.0
+    network: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.layers + self.attention + self.lm_head + self.overhead
+        return self.layers + self.attention + self.lm_head + self.overhead + self.experts + self.network
 
 
 class PerfModel:
-    def __init__(self, hardware: HardwareProfile, model: ModelProfile) -> None:
+    def __init__(self, hardware: HardwareProfile, model: ModelProfile, parallel: Parallelism = Parallelism()) -> None:
         self.hw = hardware
         self.model = model
+        self.parallel = parallel
 
     def _op(self, flops: float, bytes_moved: float) -> float:
         hw = self.hw
@@ -140,35 +270,83 @@ class PerfModel:
         start = s.context_len - s.num_new_tokens
         return s.num_new_tokens * start + s.num_new_tokens * (s.num_new_tokens + 1) // 2
 
-    def step_cost(self, batch: Iterable[StepShape]) -> StepCost:
-        m, hw = self.model, self.hw
+    def _dense(self, tokens: int, rows: int, cols: int, share: int) -> float:
+        """A matrix product over ``tokens`` rows, its columns split over ``share`` devices."""
+        m = self.model
+        cols_here = cols / share
+        return self._op(2 * tokens * rows * cols_here,
+                        rows * cols_here * m.weight_bytes_per_param + tokens * (rows + cols_here) * m.act_bytes)
+
+    def _collective(self, bytes_per_device: float) -> float:
+        devices = self.parallel.devices
+        if devices == 1 or bytes_per_device <= 0:
+            return 0.0
+        bandwidth = self.hw.link_bandwidth(devices)
+        if bandwidth <= 0:
+            raise ValueError(f"{self.hw.name}: network_bandwidth is needed to spread an instance over {devices} "
+                             "devices")
+        return self.hw.network_latency_s + bytes_per_device / bandwidth
+
+    def step_cost(self, batch: Iterable[StepShape], moe_imbalance: float = 1.0) -> StepCost:
+        m, hw, n = self.model, self.hw, self.parallel.devices
         shapes = list(batch)
         cost = StepCost()
         if not shapes:
             return cost
         tokens = sum(s.num_new_tokens for s in shapes)
         sampled = sum(1 for s in shapes if s.sampled)
-        w, act = m.weight_bytes_per_param, m.weight_bytes_per_param
         h = m.hidden_size
-        per_layer = 0.0
-        # QKV, O and the MLP are matrix products over all the step's tokens, weights read once.
-        for rows, cols in ((h, m.q_size + 2 * m.kv_size), (m.q_size, h), (h, 2 * m.intermediate_size),
-                           (m.intermediate_size, h)):
-            per_layer += self._op(2 * tokens * rows * cols, rows * cols * w + tokens * (rows + cols) * act)
-        cost.layers = m.num_layers * per_layer
-        kv_token_layer = 2 * m.kv_size * m.kv_bytes_per_element
+        attention_part = sum(self._dense(tokens, rows, cols, n) for rows, cols in m.attention_matrices)
+        mlp = self._dense(tokens, h, 2 * m.intermediate_size, n) + self._dense(tokens, m.intermediate_size, h, n)
+        dense_layers = m.num_layers - m.num_moe_layers
+        cost.layers = dense_layers * (attention_part + mlp) + m.num_moe_layers * attention_part
+        if m.moe is not None and m.num_moe_layers:
+            cost.experts = m.num_moe_layers * self._moe_layer(tokens, moe_imbalance)
+        kv_token_layer = m.kv_elements_per_token_layer * m.kv_bytes_per_element
+        # Heads split over the devices; GQA's KV heads as far as there are heads to split, MLA's
+        # latent is shared by all heads and so read whole on every device.
+        kv_share = 1 if m.mla is not None else min(n, m.num_kv_heads)
         attention = 0.0
         for s in shapes:
-            flops = 4 * m.num_heads * m.head_dim * self._pairs(s)
-            bytes_moved = s.context_len * kv_token_layer + s.num_new_tokens * (2 * m.q_size * act + kv_token_layer)
+            flops = m.attention_flops_per_pair * self._pairs(s) / n
+            bytes_moved = (s.context_len * kv_token_layer / kv_share
+                           + s.num_new_tokens * (2 * m.q_size * m.act_bytes / n + kv_token_layer / kv_share))
             attention += self._op(flops, bytes_moved)
         cost.attention = m.num_layers * attention
-        cost.lm_head = self._op(2 * sampled * m.lm_head_params, m.lm_head_params * w + sampled * (h + m.vocab_size) * 4)
-        cost.overhead = hw.step_overhead_s + m.num_layers * hw.layer_overhead_s
+        head = m.lm_head_params / n
+        cost.lm_head = self._op(2 * sampled * head, head * m.weight_bytes_per_param + sampled * (h + m.vocab_size) * 4)
+        cost.overhead = hw.step_overhead_s + m.num_layers * hw.layer_overhead_s + len(shapes) * hw.seq_overhead_s
+        if n > 1:
+            # Ring all-reduce after attention and after the MLP: each device sends 2(n-1)/n of the data.
+            all_reduce = self._collective(2 * (n - 1) / n * tokens * h * m.act_bytes)
+            cost.network = 2 * m.num_layers * all_reduce
+            if m.moe is not None:
+                # Dispatch and combine: the share of each device's routed tokens that lives elsewhere.
+                all_to_all = self._collective((n - 1) / n * tokens * m.moe.experts_per_token * h * m.act_bytes / n)
+                cost.network += 2 * m.num_moe_layers * all_to_all
         return cost
 
-    def step_time(self, batch: Iterable[StepShape]) -> float:
-        return self.step_cost(batch).total
+    def _moe_layer(self, tokens: int, imbalance: float) -> float:
+        """One MoE layer's experts on the busiest device: shared experts (tensor-parallel) plus the
+        routed ones this device holds, stretched by the load ``imbalance``."""
+        m, n = self.model, self.parallel.devices
+        moe = m.moe
+        assert moe is not None
+        inter = moe.expert_intermediate_size
+        shared = 0.0
+        if moe.num_shared_experts:
+            width = moe.num_shared_experts * inter
+            shared = self._dense(tokens, m.hidden_size, 2 * width, n) + self._dense(tokens, width, m.hidden_size, n)
+        experts = moe.num_experts
+        routed_tokens = tokens * moe.experts_per_token
+        touched = experts * (1.0 - (1.0 - moe.experts_per_token / experts) ** tokens)
+        flops = 2 * routed_tokens * m.expert_params / n
+        bytes_moved = (touched / n * m.expert_params * m.weight_bytes_per_param
+                       + routed_tokens / n * (2 * m.hidden_size + 3 * inter) * m.act_bytes)
+        return shared + imbalance * self._op(flops, bytes_moved)
+
+    def step_time(self, batch: Iterable[StepShape], moe_imbalance: float = 1.0) -> float:
+        return self.step_cost(batch, moe_imbalance).total
 
     def roofline_time(self, batch: Iterable[StepShape]) -> float:
         """The bound no engine beats: all FLOPs at peak, or all bytes at full bandwidth. Bytes are
@@ -182,5 +360,5 @@ class PerfModel:
         weights = (m.num_layers * m.layer_params + m.lm_head_params) * m.weight_bytes_per_param
         kv = sum(s.context_len for s in shapes) * m.kv_bytes_per_token
         flops = (2 * tokens * m.num_layers * m.layer_params + 2 * sampled * m.lm_head_params
-                 + sum(4 * m.num_layers * m.num_heads * m.head_dim * self._pairs(s) for s in shapes))
+                 + sum(m.num_layers * m.attention_flops_per_pair * self._pairs(s) for s in shapes))
         return max(flops / self.hw.peak_flops, (weights + kv) / self.hw.memory_bandwidth)

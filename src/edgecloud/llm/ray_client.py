@@ -12,6 +12,7 @@ Ray is imported only here, so nothing else in the engine needs it installed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import heapq
 import logging
 import queue
@@ -47,6 +48,9 @@ class EngineCoreActor:
         self._next = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._calls: queue.SimpleQueue[tuple[str, dict[str, Any], concurrent.futures.Future[Any]]] = (
+            queue.SimpleQueue()
+        )
         self.service = CoreService(self.core, lambda message: self._outbox.put(encode(message)))
         self._thread = threading.Thread(target=self._run, name="edgecloud-engine-core", daemon=True)
         self._thread.start()
@@ -58,6 +62,30 @@ class EngineCoreActor:
         with self._lock:
             heapq.heappush(self._inbox, (seq, data))
         self._wake.set()
+
+    def call(self, op: str, args: dict[str, Any]) -> Any:
+        """Runs a control operation (``EngineCore.control``) on the core's thread, between steps,
+        and returns its result as a Ray value. Unlike a ``Control`` message, whose reply comes
+        back through the front end's poll, the result stays in Ray: passed as an argument to another
+        actor's ``call`` it travels through the object store straight to that actor (how the
+        cluster hands KV blocks from one instance to another without relaying them)."""
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._calls.put((op, args, done))
+        self._wake.set()
+        return done.result()
+
+    def _run_calls(self) -> bool:
+        ran = False
+        while True:
+            try:
+                op, args, done = self._calls.get_nowait()
+            except queue.Empty:
+                return ran
+            ran = True
+            try:
+                done.set_result(self.core.control(op, args))
+            except Exception as error:  # the caller's ray.get raises it
+                done.set_exception(error)
 
     def poll(self, timeout_s: float) -> list[bytes]:
         """What the core produced since the last poll, waiting up to ``timeout_s`` for something."""
@@ -85,6 +113,7 @@ class EngineCoreActor:
         while not service.stopped:
             produced = []
             messages = self._take()
+            called = self._run_calls()
             for message in messages:
                 produced += service.handle(message)
             if core.has_unfinished() and not service.stopped:
@@ -92,6 +121,8 @@ class EngineCoreActor:
                 continue
             if messages:
                 service.publish(produced)
+            if called:
+                continue  # a call may have been queued while this one ran
             self._wake.wait(timeout=0.5)
             self._wake.clear()
 

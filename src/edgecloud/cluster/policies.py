@@ -1,0 +1,164 @@
+"""Routing policies, in one registry: each a small class that picks an instance for a request from
+read-only ``InstanceView``s (``edgecloud.cluster.router``). The same objects route for the real
+cluster and for the simulator.
+
+- ``round-robin``: the next instance up, in turn.
+- ``least-outstanding``: the instance with the fewest requests in flight (vLLM production-stack's
+  and Ray Serve's default balancing).
+- ``prefix-aware``: the instance where the request's first token is expected soonest, counting
+  work in tokens: the prompt tokens it would have to compute there (those not already cached, from
+  the stable block keys) plus the prompt tokens already waiting there, plus the steps that the
+  requests decoding there add (the cache-aware scoring of SGLang's router and llm-d's scheduler,
+  with load and cache match in one unit instead of weighted scores).
+- ``pd``: prefill/decode disaggregation (DistServe, Splitwise, Dynamo): the prompt is prefilled on
+  a ``prefill`` instance (by ``prefix-aware`` by default), its KV handed to a ``decode`` instance
+  (``least-outstanding`` by default) that streams the answer.
+
+``make_policy("prefix-aware", roles=("mixed",))`` builds one by name; options are checked.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from edgecloud.cluster.config import ROLES, Role
+from edgecloud.cluster.router import InstanceView, Route, RouteRequest
+
+POLICIES: dict[str, type[RoutingPolicy]] = {}
+
+
+def register_policy(name: str) -> Callable[[type[RoutingPolicy]], type[RoutingPolicy]]:
+    def add(cls: type[RoutingPolicy]) -> type[RoutingPolicy]:
+        if name in POLICIES:
+            raise ValueError(f"routing policy {name!r} is registered twice")
+        cls.name = name
+        POLICIES[name] = cls
+        return cls
+
+    return add
+
+
+def make_policy(name: str, **options: Any) -> RoutingPolicy:
+    """A policy by its registry name; unknown names and options raise ``ValueError`` naming them."""
+    cls = POLICIES.get(name)
+    if cls is None:
+        raise ValueError(f"unknown routing policy {name!r}; known: {', '.join(sorted(POLICIES))}")
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    for key in options:
+        if key not in accepted:
+            raise ValueError(f"routing policy {name!r} has no option {key!r}; options: {', '.join(sorted(accepted))}")
+    return cls(**options)
+
+
+class RoutingPolicy(ABC):
+    """Picks where a request goes. ``stages`` lists, per stage of a request, the roles an instance
+    must have to serve it (the router refuses with 503 when none of them is up)."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, roles: Sequence[Role] = ("mixed",), pools: Sequence[str] | None = None) -> None:
+        for role in roles:
+            if role not in ROLES:
+                raise ValueError(f"roles: {role!r} is not one of {', '.join(ROLES)}")
+        self.roles = tuple(roles)
+        self.pools = None if pools is None else tuple(pools)
+
+    @property
+    def stages(self) -> tuple[tuple[Role, ...], ...]:
+        return (self.roles,)
+
+    def eligible(self, instances: Sequence[InstanceView]) -> list[InstanceView]:
+        return [
+            v for v in instances
+            if v.healthy and v.role in self.roles and (self.pools is None or v.pool in self.pools)
+        ]
+
+    def check(self, instances: Sequence[InstanceView]) -> None:
+        """Raises ``ValueError`` when the cluster cannot serve this policy at all."""
+        for roles in self.stages:
+            if not any(v.role in roles and (self.pools is None or v.pool in self.pools) for v in instances):
+                where = "" if self.pools is None else f" in pool {'/'.join(self.pools)}"
+                raise ValueError(
+                    f"routing policy {self.name!r} needs a {' or '.join(roles)} instance{where}; the cluster has "
+                    f"{', '.join(f'{v.name} ({v.role}, pool {v.pool})' for v in instances)}"
+                )
+
+    @abstractmethod
+    def choose(self, req: RouteRequest, candidates: list[InstanceView], now: float) -> InstanceView | None:
+        """The instance for ``req`` among healthy, eligible ``candidates`` (never empty)."""
+
+    def route(self, req: RouteRequest, instances: Sequence[InstanceView], now: float) -> Route | None:
+        candidates = self.eligible(instances)
+        if not candidates:
+            return None
+        target = self.choose(req, candidates, now)
+        return None if target is None else Route(target)
+
+
+@register_policy("round-robin")
+class RoundRobin(RoutingPolicy):
+    def __init__(self, roles: Sequence[Role] = ("mixed",), pools: Sequence[str] | None = None) -> None:
+        super().__init__(roles, pools)
+        self._next = 0
+
+    def choose(self, req: RouteRequest, candidates: list[InstanceView], now: float) -> InstanceView:
+        target = candidates[self._next % len(candidates)]
+        self._next += 1
+        return target
+
+
+@register_policy("least-outstanding")
+class LeastOutstanding(RoutingPolicy):
+    def choose(self, req: RouteRequest, candidates: list[InstanceView], now: float) -> InstanceView:
+        return min(candidates, key=lambda v: (v.outstanding, v.pending_prefill_tokens, v.routed))
+
+
+def expected_work_tokens(view: InstanceView, req: RouteRequest) -> float:
+    """Tokens of work on ``view`` before ``req``'s first token: the prompt tokens queued there and
+    its own uncached ones, W, plus one token per decoding request in each of the max(1, W / budget)
+    steps that W takes (chunked prefill shares every step with the running decodes)."""
+    work = view.pending_prefill_tokens + req.num_prompt_tokens - view.cached_tokens(req)
+    steps = max(1.0, work / view.max_num_batched_tokens)
+    return work + view.decoding * steps
+
+
+@register_policy("prefix-aware")
+class PrefixAware(RoutingPolicy):
+    def choose(self, req: RouteRequest, candidates: list[InstanceView], now: float) -> InstanceView:
+        return min(candidates, key=lambda v: (expected_work_tokens(v, req), v.outstanding, v.routed))
+
+
+@register_policy("pd")
+class PrefillDecode(RoutingPolicy):
+    """Prefill on a ``prefill`` instance, decode on a ``decode`` instance, each chosen by a policy
+    of the registry (``prefill`` and ``decode`` name them)."""
+
+    def __init__(
+        self, prefill: str = "prefix-aware", decode: str = "least-outstanding", pools: Sequence[str] | None = None
+    ) -> None:
+        super().__init__(("prefill", "decode"), pools)
+        if prefill == "pd" or decode == "pd":
+            raise ValueError("pd's prefill and decode policies must be single-stage policies")
+        self.prefill_policy = make_policy(prefill, roles=("prefill",), pools=pools)
+        self.decode_policy = make_policy(decode, roles=("decode",), pools=pools)
+
+    @property
+    def stages(self) -> tuple[tuple[Role, ...], ...]:
+        return (("prefill",), ("decode",))
+
+    def choose(self, req: RouteRequest, candidates: list[InstanceView], now: float) -> InstanceView | None:
+        raise NotImplementedError("pd routes in two stages (route)")
+
+    def route(self, req: RouteRequest, instances: Sequence[InstanceView], now: float) -> Route | None:
+        prefill = self.prefill_policy.route(req, instances, now)
+        decode = self.decode_policy.route(req, instances, now)
+        if prefill is None or decode is None:
+            return None
+        return Route(decode.target, prefill=prefill.target)
+
+
+# The LoRA adapter policies (slora, affinity, loraserve) register themselves on import.
+from edgecloud.cluster import lora as _lora_policies  # noqa: E402, F401

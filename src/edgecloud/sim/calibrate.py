@@ -1,0 +1,278 @@
+"""``edgecloud sim calibrate``: fit the cost model's factors to the engine on this machine.
+
+The engine runs in this process (its own scheduler, KV manager and model runner) through a sweep
+of step shapes: prefills of several lengths, decode batches of several sizes and contexts, and
+mixes of both; every step is timed. The machine's peaks are measured (``measure_peaks``: a
+streaming copy and a square matmul on the engine's thread count), and the factors of the
+``HardwareProfile`` are fitted by least squares on the log of predicted / measured step time:
+matmul and memory efficiency, a per-step overhead and a per-sequence overhead (on a CPU and a
+small model the host's work per step and per request is much of a step). The result, with the
+fit's error, goes to a JSON file that ``sim run``, ``sim validate`` and ``bench cluster`` take as
+``--hardware``.
+
+The serving path around the engine is measured too: on a real one-instance cluster over HTTP,
+what a client waits for beyond the engine's first step (split evenly into ``frontend_s``, before
+the engine, and ``delivery_s``, after it); and the KV bandwidth of the cluster's ``zmq`` connector
+between two real instances (``transfer_bandwidth``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgecloud.llm.config import EngineConfig
+from edgecloud.llm.engine_core import EngineCore
+from edgecloud.llm.model_source import resolve_model
+from edgecloud.llm.perf_model import HardwareProfile, ModelProfile, PerfModel, StepShape
+from edgecloud.llm.request import EngineCoreRequest
+from edgecloud.llm.sampling_params import SamplingParams
+from edgecloud.llm.scheduler import SchedulerOutput
+from edgecloud.sim.profiles import CalibratedProfile
+
+FITTED = ("matmul_efficiency", "memory_efficiency", "step_overhead_s", "seq_overhead_s")
+
+
+@dataclass
+class StepSample:
+    shapes: list[StepShape]
+    seconds: float
+
+
+def local_model_profile(core: EngineCore) -> ModelProfile:
+    element = {"float32": 4, "bfloat16": 2, "float16": 2}[core.info.dtype]
+    return ModelProfile.from_config(core.model_config, element)
+
+
+def profile_steps(core: EngineCore, seed: int = 0, repeats: int = 3, budget_s: float = 60.0) -> list[StepSample]:
+    """Times the engine's steps over a sweep of shapes (prefills, decode batches, mixes)."""
+    rng = random.Random(seed)
+    vocab = core.model_config.vocab_size
+    limit = core.max_model_len
+    seen: list[list[StepShape]] = []
+    core.on_step = lambda plan: seen.append(_shapes(plan))
+    samples: list[StepSample] = []
+    deadline = time.monotonic() + budget_s
+    ids = iter(range(10**9))
+
+    def prompt(n: int) -> list[int]:
+        return [rng.randrange(2, vocab) for _ in range(n)]
+
+    def add(n: int, out: int) -> str:
+        request_id = f"cal-{next(ids)}"
+        core.add_request(EngineCoreRequest(
+            request_id=request_id, prompt_token_ids=prompt(n), arrival_time=time.monotonic(),
+            params=SamplingParams(temperature=0.0, max_tokens=out, ignore_eos=True)))
+        return request_id
+
+    def timed_step() -> None:
+        seen.clear()
+        start = time.perf_counter()
+        core.step()
+        elapsed = time.perf_counter() - start
+        if seen and seen[0]:
+            samples.append(StepSample(seen[0], elapsed))
+
+    def drain() -> None:
+        core.abort_requests(list(core.scheduler.requests))
+        core.control("reset_prefix_cache", {})
+
+    lengths = [n for n in (4, 16, 48, 96, 160, 256, 400, 640, 1000) if n < limit - 8]
+    batches = (1, 2, 4, 8, 16, 32, 64)
+    contexts = [c for c in (16, 96, 256, 480) if c < limit - 16]
+    for _ in range(repeats):
+        for n in lengths:  # prefill alone
+            add(n, 1)
+            timed_step()
+            drain()
+        for b in batches:  # decodes alone, then beside a prefill chunk
+            for context in contexts:
+                if time.monotonic() > deadline:
+                    break
+                for _ in range(b):
+                    add(context, 64)
+                while any(r.num_computed_tokens < r.num_prompt_tokens for r in core.scheduler.running) or \
+                        core.scheduler.waiting:
+                    core.step()
+                for _ in range(2):
+                    timed_step()
+                n = rng.choice(lengths)
+                add(n, 1)
+                timed_step()
+                drain()
+    core.on_step = None
+    return median_per_shape(samples)
+
+
+def median_per_shape(samples: list[StepSample]) -> list[StepSample]:
+    """One sample per distinct step shape, at the median of its repeats: a step that another
+    process slowed down once does not pull the fit."""
+    groups: dict[tuple[StepShape, ...], list[float]] = {}
+    for sample in samples:
+        groups.setdefault(tuple(sample.shapes), []).append(sample.seconds)
+    return [StepSample(list(shapes), float(np.median(times))) for shapes, times in groups.items()]
+
+
+def _shapes(plan: SchedulerOutput) -> list[StepShape]:
+    return [StepShape(s.num_new_tokens, s.request.num_computed_tokens + s.num_new_tokens, s.samples)
+            for s in plan.scheduled]
+
+
+def fit_factors(base: HardwareProfile, model: ModelProfile, samples: list[StepSample]) -> tuple[HardwareProfile,
+                                                                                                np.ndarray]:
+    """Least squares on log(predicted / measured) over the ``FITTED`` factors; returns the fitted
+    hardware and the relative errors (predicted / measured − 1) of every sample."""
+    from scipy.optimize import least_squares
+
+    measured = np.array([s.seconds for s in samples])
+
+    def hardware(x: np.ndarray) -> HardwareProfile:
+        return base.calibrated(**dict(zip(FITTED, (float(v) for v in x), strict=True)))
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        perf = PerfModel(hardware(x), model)
+        predicted = np.array([perf.step_time(s.shapes) for s in samples])
+        return np.log(predicted / measured)
+
+    start = np.array([0.3, 0.3, float(np.min(measured)) / 2, 1e-5])
+    lower = np.array([1e-4, 1e-4, 0.0, 0.0])
+    upper = np.array([1.0, 1.0, 1.0, 0.1])
+    solution = least_squares(residuals, start, bounds=(lower, upper), x_scale=np.array([0.1, 0.1, 1e-3, 1e-5]))
+    fitted = hardware(solution.x)
+    return fitted, np.exp(residuals(solution.x)) - 1.0
+
+
+def measure_hardware(threads: int, dtype: str) -> HardwareProfile:
+    import torch
+
+    from edgecloud.llm.benchmark import measure_peaks
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        peaks = measure_peaks(getattr(torch, dtype))
+    finally:
+        torch.set_num_threads(previous)
+    return HardwareProfile(f"this machine ({_cpu_name()}, {threads} thread{'s' if threads > 1 else ''})",
+                           peaks.matmul_gflop_s * 1e9, peaks.memory_gb_s * 1e9)
+
+
+def _cpu_name() -> str:
+    from edgecloud.bench.machine import cpu_model
+
+    return cpu_model()
+
+
+async def measure_transfer(config: EngineConfig, blocks: int = 24, repeats: int = 5) -> float:
+    """KV bytes per second of the cluster's ``zmq`` connector between two real instances (engine
+    cores in processes of their own): prefill on one with export, hand the blocks to the other."""
+    from edgecloud.cluster.config import instances_from_flags
+    from edgecloud.cluster.connectors import ZMQConnector
+    from edgecloud.cluster.instance import Instance
+    from edgecloud.llm.outputs import OutputKind
+    from edgecloud.llm.request import KVTransferParams
+
+    src, dst = (Instance(spec) for spec in instances_from_flags(config, 2))
+    await asyncio.gather(src.start(), dst.start())
+    try:
+        rng = random.Random(1)
+        length = min(blocks * config.block_size + 1, src.info.max_model_len - 2)
+        prompt = [rng.randrange(2, src.info.vocab_size) for _ in range(length)]
+        one = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+        bandwidths = []
+        for i in range(repeats):
+            prompt[0] = 2 + i  # a new chain each time: nothing of it is cached at the receiver
+            outs = [o async for o in src.engine.generate(prompt, one, f"cal-x{i}", output_kind=OutputKind.FINAL_ONLY,
+                                                         kv_transfer=KVTransferParams(export=True))]
+            keys = outs[-1].kv_block_keys or []
+            result = await ZMQConnector().transfer(src, dst, keys, 0)
+            await src.engine.control("unpin", keys=keys)
+            bandwidths.append(result.bandwidth)
+        return float(np.median(bandwidths))
+    finally:
+        await asyncio.gather(src.shutdown(), dst.shutdown())
+
+
+def measure_http_overhead(config: EngineConfig, core: EngineCore, requests: int = 40, seed: int = 0) -> float:
+    """What a client waits for beyond the engine's first step (HTTP both ways, the router's
+    tokenizing, routing and streaming, the hops to and from the core): for ``requests`` prompts,
+    the client's TTFT on an idle one-instance cluster less the same prompt's prefill step timed on
+    ``core`` (an engine with the same options in this process); the median of the differences."""
+    from edgecloud.bench.workload import PromptVocab
+    from edgecloud.sim.real import RealCluster, engine_args, replay
+
+    source = resolve_model(config.model)
+    vocab = PromptVocab.from_dir(source.directory)
+    rng = np.random.default_rng(seed)
+    lengths = [int(n) for n in rng.integers(8, min(256, core.max_model_len - 8), requests)]
+    bench = [vocab.request(vocab.sample(rng, n), 2) for n in lengths]
+    steps = []
+    for i, request in enumerate(bench):
+        core.add_request(EngineCoreRequest(
+            request_id=f"overhead-{i}", prompt_token_ids=list(request.prompt_ids), arrival_time=time.monotonic(),
+            params=SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)))
+        start = time.perf_counter()
+        core.step()
+        steps.append(time.perf_counter() - start)
+        core.abort_requests(list(core.scheduler.requests))
+        core.control("reset_prefix_cache", {})
+    gaps = []
+    with RealCluster(["--instances", "1", *engine_args(config)]) as cluster:
+        name = cluster.get_json("/v1/models")["data"][0]["id"]
+        replay(cluster, name, bench[:5], [0.0] * 5)  # warm-up
+        for request, step in zip(bench, steps, strict=True):
+            record = replay(cluster, name, [request], [0.0])[0]
+            if record.ok and record.ttft is not None:
+                gaps.append(record.ttft - step)
+    return max(0.0, float(np.median(gaps)))
+
+
+def calibrate(config: EngineConfig, seed: int = 0, repeats: int = 3, serving_path: bool = True,
+              budget_s: float = 120.0) -> CalibratedProfile:
+    """Profiles the engine with ``config`` on this machine and fits the factors (see the module)."""
+    from edgecloud.bench.machine import cpu_model
+
+    threads = config.num_threads or 1
+    load_start = os.getloadavg()[0]
+    source = resolve_model(config.model)
+    core = EngineCore(config, source)
+    base = measure_hardware(threads, core.info.dtype)
+    model = local_model_profile(core)
+    samples = profile_steps(core, seed, repeats, budget_s)
+    hardware, errors = fit_factors(base, model, samples)
+    frontend = delivery = bandwidth = 0.0
+    if serving_path:
+        bandwidth = asyncio.run(measure_transfer(config))
+        overhead = measure_http_overhead(config, core, seed=seed)
+        # Half on the way in (HTTP, tokenizing, routing, the hop to the core), half on the way out
+        # (the hop back, detokenizing, the SSE chunk): the client sees their sum.
+        frontend = delivery = overhead / 2
+    abs_errors = np.abs(errors)
+    return CalibratedProfile(
+        hardware=hardware, model=source.name, threads=threads, dtype=core.info.dtype,
+        fit_median_abs_error=float(np.median(abs_errors)), fit_p90_abs_error=float(np.percentile(abs_errors, 90)),
+        num_steps=len(samples), transfer_bandwidth=bandwidth, frontend_s=frontend, delivery_s=delivery,
+        engine=dataclasses.asdict(config), cpu=cpu_model(), load_average=(load_start, os.getloadavg()[0]),
+    )
+
+
+def describe(profile: CalibratedProfile) -> str:
+    hw = profile.hardware
+    parts = [
+        f"{hw.name}: peak {hw.peak_flops / 1e9:.1f} GFLOP/s, memory {hw.memory_bandwidth / 1e9:.1f} GB/s",
+        f"fitted on {profile.num_steps} steps of {profile.model} ({profile.dtype}): matmul efficiency "
+        f"{hw.matmul_efficiency:.3f}, memory efficiency {hw.memory_efficiency:.3f}, step overhead "
+        f"{hw.step_overhead_s * 1e3:.2f} ms, per-sequence overhead {hw.seq_overhead_s * 1e6:.1f} µs",
+        f"step time error |predicted/measured - 1|: median {profile.fit_median_abs_error:.1%}, "
+        f"p90 {profile.fit_p90_abs_error:.1%}",
+    ]
+    if profile.transfer_bandwidth:
+        parts.append(f"serving path {2 * profile.frontend_s * 1e3:.2f} ms a request; zmq KV transfer "
+                     f"{profile.transfer_bandwidth / 1e6:.0f} MB/s")
+    return "; ".join(parts)

@@ -1,0 +1,118 @@
+"""A simulated engine instance: the engine's own ``Scheduler`` and ``KVCacheManager``, stepped by
+the simulator with a modelled executor that prices each step with the engine's ``PerfModel``.
+
+Everything the real core decides (which requests run, chunked prefill, the token budget, prefix
+cache hits by stable block keys, preemption, KV export and import) is decided here by the same
+code; only the forward pass is replaced by its modelled duration. The instance is a ``Backend`` of
+the router (``edgecloud.cluster.router``), exactly as a real one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgecloud.cluster.config import Role
+from edgecloud.llm.kv_cache import KVCacheManager, LayerGroup
+from edgecloud.llm.outputs import EngineCoreOutput, EngineStats
+from edgecloud.llm.perf_model import PerfModel, StepShape
+from edgecloud.llm.request_state import Request
+from edgecloud.llm.scheduler import SampledTokens, Scheduler, SchedulerOutput
+
+# The token every simulated step samples: requests replay a trace's lengths (``ignore_eos``), so
+# which token comes out does not matter, only that one does.
+SIM_TOKEN = 0
+
+
+@dataclass(frozen=True)
+class SimEngineConfig:
+    """The engine options that shape scheduling, as ``EngineConfig`` names them."""
+
+    num_blocks: int
+    max_model_len: int
+    block_size: int = 16
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("num_blocks", "max_model_len", "block_size", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class SimInstance:
+    def __init__(
+        self, name: str, perf: PerfModel, config: SimEngineConfig, fingerprint: bytes, role: Role = "mixed",
+        pool: str = "default",
+    ) -> None:
+        self.name = name
+        self.role = role
+        self.pool = pool
+        self.perf = perf
+        self.config = config
+        num_layers = perf.model.num_layers
+        self.kv = KVCacheManager([LayerGroup("full", tuple(range(num_layers)))], config.num_blocks, config.block_size,
+                                 fingerprint, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, config.max_model_len)
+        self.healthy = True
+        self.epoch = 0
+        self.busy = False  # a step is in flight
+        self.num_steps = 0
+        self.busy_s = 0.0
+        self._plan: SchedulerOutput | None = None
+        self._order = 0
+
+    # -- the router's Backend ---------------------------------------------------------------------
+
+    @property
+    def num_blocks(self) -> int:
+        return self.config.num_blocks
+
+    @property
+    def max_num_batched_tokens(self) -> int:
+        return self.config.max_num_batched_tokens
+
+    def stats(self) -> EngineStats:
+        s, kv = self.scheduler, self.kv
+        return EngineStats(
+            num_waiting=len(s.waiting), num_running=len(s.running), num_free_blocks=kv.num_free_blocks,
+            num_total_blocks=kv.num_blocks, kv_usage=kv.usage(), prefix_cache_queries=kv.prefix_queries,
+            prefix_cache_hits=kv.prefix_hits, prompt_tokens_total=s.prompt_tokens_total,
+            generation_tokens_total=s.generation_tokens_total, num_preemptions=s.num_preemptions,
+            num_steps=self.num_steps,
+        )
+
+    # -- stepping ---------------------------------------------------------------------------------
+
+    def add(self, req: Request) -> None:
+        self._order += 1
+        req.order = self._order
+        self.scheduler.add(req)
+
+    def start_step(self, now: float) -> float | None:
+        """Plans a step at ``now``; returns its modelled duration, or None when there is nothing
+        to run (idle, or waiting requests that cannot be admitted until something changes)."""
+        if not self.scheduler.has_work():
+            return None
+        plan = self.scheduler.schedule(now)
+        if not plan.scheduled and not plan.exhausted:
+            return None
+        self._plan = plan
+        self.busy = True
+        duration = self.perf.step_time([
+            StepShape(s.num_new_tokens, s.request.num_computed_tokens + s.num_new_tokens, s.samples)
+            for s in plan.scheduled
+        ])
+        self.busy_s += duration
+        return duration
+
+    def end_step(self) -> list[EngineCoreOutput]:
+        """Applies the step planned by ``start_step``: every request that reached its last token
+        samples one."""
+        plan = self._plan
+        assert plan is not None, "end_step without start_step"
+        self._plan = None
+        self.busy = False
+        self.num_steps += 1
+        sampled = SampledTokens(token_ids={s.request.request_id: SIM_TOKEN for s in plan.scheduled if s.samples})
+        return self.scheduler.update(plan, sampled)
