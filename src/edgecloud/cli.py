@@ -43,6 +43,7 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.sim.cli",
     "edgecloud.sim.lora_cli",
     "edgecloud.edge.cli",
+    "edgecloud.edge.netgpt.cli",
 )
 
 
