@@ -30,6 +30,7 @@ from edgecloud.errors import RUNTIME, CLIError
 SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.llm.cli",
     "edgecloud.llm.attention.cli",
+    "edgecloud.llm.omniattn.cli",
     "edgecloud.llm.moe.cli",
     "edgecloud.netem.cli",
     "edgecloud.stream.cli",

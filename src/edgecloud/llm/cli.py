@@ -42,6 +42,9 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quantization", default="none", choices=["none", "int8", "int4"],
                        help="weight-only quantization of the projections and LM head (int4 = GGUF Q4_1 blocks, "
                        "int8 = Q8_0; read straight from the GGUF file when the model is one)")
+    group.add_argument("--kv-layer-pattern", default=None, metavar="FILE",
+                       help="OmniAttn layer pattern (from `edgecloud omniattn search`): its sink_window layers keep "
+                       "only a sink and a recent window of KV while decoding")
     group.add_argument("--seed", type=int, default=0,
                        help="the engine's seed, for sampling of requests that bring no seed of their own")
     group.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -57,6 +60,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         flex_max_batched_tokens=args.flex_max_batched_tokens,
         enable_prefix_caching=not args.no_prefix_caching, attention_backend=args.attention_backend,
         seed=args.seed, num_threads=args.threads, chat_template=args.chat_template, quantization=args.quantization,
+        kv_layer_pattern=args.kv_layer_pattern,
     )
 
 

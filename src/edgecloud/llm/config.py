@@ -393,6 +393,11 @@ class EngineConfig:
     # Weight-only quantization of the decoder's projections and LM head: int8 (GGUF Q8_0 blocks) or
     # int4 (Q4_1 blocks), read block for block from the GGUF file when the model came from one.
     quantization: str = "none"
+    # OmniAttn (issue #21): a layer pattern file (``edgecloud omniattn search``) whose sink_window
+    # layers keep only a sink and a recent window while decoding; their pool gets this fraction of
+    # a full layer's blocks (OmniAttn's fifth), at least one longest prompt.
+    kv_layer_pattern: str | None = None
+    kv_compressed_pool_fraction: float = 0.2
     # Multi-LoRA (docs/lora.md): adapters served beside the base model. ``lora_modules``: (name, PEFT
     # directory) pairs loaded at start (and again when the core restarts); any enables LoRA.
     # ``max_loras``: device slots, and the most distinct adapters among running requests;
@@ -426,6 +431,8 @@ class EngineConfig:
             raise bad("max_model_len", ">= 1")
         if self.quantization not in ("none", "int8", "int4"):
             raise bad("quantization", "one of none, int8, int4")
+        if not 0 < self.kv_compressed_pool_fraction <= 1:
+            raise bad("kv_compressed_pool_fraction", "in (0, 1]")
         if self.max_loras < 1:
             raise bad("max_loras", ">= 1")
         if not 1 <= self.max_lora_rank <= 512:

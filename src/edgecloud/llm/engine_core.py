@@ -21,6 +21,7 @@ import torch
 from edgecloud.llm.config import EngineConfig, ModelConfig, read_generation_defaults
 from edgecloud.llm.errors import InvalidRequestError
 from edgecloud.llm.kv_cache import KVCacheManager, LayerGroup, model_fingerprint, root_key
+from edgecloud.llm.kv_cache.layer_group import pool_sizes
 from edgecloud.llm.loader import load_model
 from edgecloud.llm.model_runner import ModelRunner, kv_bytes_per_block
 from edgecloud.llm.model_source import ModelSource
@@ -87,16 +88,16 @@ class EngineCore:
         self.max_model_len = max_model_len_for(config, mc)
         self.device = torch.device(config.device)
         self.dtype = config.resolve_dtype(mc)
-        num_blocks = int(config.kv_cache_memory_mb * 2**20 // kv_bytes_per_block(mc, config.block_size, self.dtype))
+        groups, pools = self._layer_groups(config, mc)
+        num_blocks = min(pools)
         if num_blocks < 2:
             raise InvalidRequestError(
                 f"kv_cache_memory_mb={config.kv_cache_memory_mb} holds {num_blocks} blocks; need >= 2",
                 "kv_cache_memory_mb",
             )
-        groups = [LayerGroup("full", tuple(range(mc.num_hidden_layers)))]
         dtype_name = str(self.dtype).removeprefix("torch.")
         fingerprint = model_fingerprint(directory, dtype_name)
-        self.kv = KVCacheManager(groups, num_blocks, config.block_size, fingerprint, config.enable_prefix_caching)
+        self.kv = KVCacheManager(groups, pools, config.block_size, fingerprint, config.enable_prefix_caching)
         tokenizer = Tokenizer(directory)  # only for its EOS id: text stays in the front end
         eos = set(mc.eos_token_ids)
         if tokenizer.eos_token_id is not None:
@@ -117,20 +118,37 @@ class EngineCore:
             if config.enable_lora:
                 self.lora = self._start_lora(model, source.name)
             executor = ModelRunner(
-                model, mc, groups, num_blocks, config.block_size, self.dtype, self.device,
+                model, mc, groups, pools, config.block_size, self.dtype, self.device,
                 config.attention_backend, config.seed, lora=self.lora,
                 structured=StructuredOutputs(directory / "tokenizer.json", mc.vocab_size, sorted(eos)),
             )
         self.executor = executor
         self.info = EngineInfo(
             model_name=source.name, model_dir=str(directory), max_model_len=self.max_model_len,
-            vocab_size=mc.vocab_size, num_blocks=num_blocks, block_size=config.block_size, dtype=dtype_name,
+            vocab_size=mc.vocab_size, num_blocks=self.kv.num_blocks, block_size=config.block_size, dtype=dtype_name,
             fingerprint=fingerprint, generation_defaults=read_generation_defaults(directory),
         )
         # Called with each step's plan before it runs (benchmarks use it to account the step).
         self.on_step: Callable[[SchedulerOutput], None] | None = None
         self._order = 0
         self.num_steps = 0
+
+    def _layer_groups(self, config: EngineConfig, mc: ModelConfig) -> tuple[list[LayerGroup], list[int]]:
+        """The KV layer groups (all layers full, or ``config.kv_layer_pattern``'s) and their pool
+        sizes from ``kv_cache_memory_mb`` (``kv_cache.layer_group.pool_sizes``)."""
+        block_bytes = kv_bytes_per_block(mc, config.block_size, self.dtype)
+        if config.kv_layer_pattern is None:
+            return [LayerGroup("full", tuple(range(mc.num_hidden_layers)))], [
+                int(config.kv_cache_memory_mb * 2**20 // block_bytes)
+            ]
+        from edgecloud.llm.omniattn.pattern import LayerPattern
+
+        pattern = LayerPattern.load(config.kv_layer_pattern)
+        pattern.check(mc.num_hidden_layers, config.block_size)
+        groups = pattern.layer_groups()
+        layer_blocks = int(config.kv_cache_memory_mb * 2**20 // (block_bytes // mc.num_hidden_layers))
+        longest_prompt = -(-self.max_model_len // config.block_size)
+        return groups, pool_sizes(groups, layer_blocks, config.kv_compressed_pool_fraction, longest_prompt)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -236,20 +254,29 @@ class EngineCore:
             "k": None,
             "v": None,
         }
-        if exports:
+        if exports and all(min(e.block_ids) >= 0 for e in exports):
             k, v = self.executor.read_blocks([e.block_ids for e in exports])  # type: ignore[attr-defined]
             result["k"], result["v"] = k, v
+        elif exports:
+            # OmniAttn: compressed groups send only what the receiver keeps; rows of (block, layer)
+            result["k"], result["v"], result["layers"] = self.executor.read_block_rows(  # type: ignore[attr-defined]
+                [e.block_ids for e in exports]
+            )
         if unpin:
             self.kv.unpin([e.key for e in exports])
         return result
 
     def _control_import_blocks(
         self, keys: list[bytes], parents: list[bytes], tokens: list[list[int]], k: torch.Tensor | None,
-        v: torch.Tensor | None,
+        v: torch.Tensor | None, layers: list[list[int]] | None = None,
     ) -> int:
-        """Writes exported blocks into this core's cache (those not cached already); returns how many."""
+        """Writes exported blocks into this core's cache (those not cached already); returns how many.
+        ``layers``: the layers each block brings, when not all (an OmniAttn sender's compressed
+        layers send only the sink and window); ``k``/``v`` are then ``[rows, ...]``, block by block."""
         if not keys:
             return 0
+        if layers is not None:
+            return self._import_block_rows(keys, parents, tokens, k, v, layers)
         mc = self.model_config
         want = (len(keys), mc.num_hidden_layers, self.kv.block_size, mc.num_key_value_heads, mc.head_dim)
         for name, tensor in (("k", k), ("v", v)):
@@ -260,10 +287,52 @@ class EngineCore:
             raise InvalidRequestError("keys, parents and tokens must have the same length", "keys")
         assert k is not None and v is not None
         writes = self.kv.import_blocks([(key, p, tuple(t)) for key, p, t in zip(keys, parents, tokens, strict=True)])
-        if writes:
+        if writes and all(min(ids) >= 0 for _, ids in writes):
             index = torch.tensor([i for i, _ in writes])
             self.executor.write_blocks([ids for _, ids in writes], k[index], v[index])  # type: ignore[attr-defined]
+        elif writes:
+            every = list(range(mc.num_hidden_layers))
+            rows = k.flatten(0, 1), v.flatten(0, 1)
+            self._write_rows(writes, rows, [every] * len(keys))
         return len(writes)
+
+    def _import_block_rows(
+        self, keys: list[bytes], parents: list[bytes], tokens: list[list[int]], k: torch.Tensor | None,
+        v: torch.Tensor | None, layers: list[list[int]],
+    ) -> int:
+        mc = self.model_config
+        if not (len(parents) == len(tokens) == len(layers) == len(keys)):
+            raise InvalidRequestError("keys, parents, tokens and layers must have the same length", "keys")
+        if any(not all(isinstance(x, int) and 0 <= x < mc.num_hidden_layers for x in block) for block in layers):
+            raise InvalidRequestError(f"layers must list layer indices in [0, {mc.num_hidden_layers})", "layers")
+        rows = sum(len(block) for block in layers)
+        want = (rows, self.kv.block_size, mc.num_key_value_heads, mc.head_dim)
+        for name, tensor in (("k", k), ("v", v)):
+            if tensor is None or tuple(tensor.shape) != want:
+                got = None if tensor is None else tuple(tensor.shape)
+                raise InvalidRequestError(f"{name} must have shape {want}, got {got}", name)
+        assert k is not None and v is not None
+        present = [tuple(set(group.layers) <= set(block) for group in self.kv.groups) for block in layers]
+        writes = self.kv.import_blocks(
+            [(key, p, tuple(t)) for key, p, t in zip(keys, parents, tokens, strict=True)], present
+        )
+        if writes:
+            self._write_rows(writes, (k, v), layers)
+        return len(writes)
+
+    def _write_rows(
+        self, writes: list[tuple[int, tuple[int, ...]]], rows: tuple[torch.Tensor, torch.Tensor],
+        layers: list[list[int]],
+    ) -> None:
+        """Writes the (block, layer) rows of the blocks ``writes`` names (the payload's rows of the
+        other blocks are skipped)."""
+        starts = [0]
+        for block in layers:
+            starts.append(starts[-1] + len(block))
+        picked = torch.tensor([r for i, _ in writes for r in range(starts[i], starts[i + 1])], dtype=torch.int64)
+        self.executor.write_block_rows(  # type: ignore[attr-defined]
+            [ids for _, ids in writes], rows[0][picked], rows[1][picked], [layers[i] for i, _ in writes]
+        )
 
     def _control_reset_prefix_cache(self) -> int:
         return self.kv.reset_prefix_cache()

@@ -2,13 +2,18 @@
 
 Builds the flattened inputs, each layer group's slot mapping and attention metadata from the
 block tables, the ``StepContext`` every module receives, runs the forward pass, and samples the
-next token of each request that reached its last token. Owns the KV cache tensors, and reads and
-writes whole blocks for export and import.
+next token of each request that reached its last token. Owns the KV cache tensors (each layer's
+sized by its group's pool), and reads and writes whole blocks for export and import.
+
+An OmniAttn-compressed group (``sink_window``) decodes through the paged backend over the blocks
+it holds (sink + window), and prefills with a mask where it holds fewer keys than the context
+(``attention/sink_window.py``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,7 +21,9 @@ import torch
 
 from edgecloud.llm.attention import make_decode_backend
 from edgecloud.llm.attention.backend import DecodeBatch
-from edgecloud.llm.attention.prefill import make_prefill_segment
+from edgecloud.llm.attention.paged import PagedDecodeAttention
+from edgecloud.llm.attention.prefill import PrefillSegment, make_prefill_segment
+from edgecloud.llm.attention.sink_window import sink_window_mask
 from edgecloud.llm.config import ModelConfig
 from edgecloud.llm.kv_cache import LayerGroup
 from edgecloud.llm.layers.attention import kv_cache_shape
@@ -49,7 +56,7 @@ class ModelRunner:
         model: torch.nn.Module,
         config: ModelConfig,
         groups: list[LayerGroup],
-        num_blocks: int,
+        num_blocks: int | Sequence[int],
         block_size: int,
         dtype: torch.dtype,
         device: torch.device,
@@ -66,19 +73,24 @@ class ModelRunner:
         self.block_size = block_size
         self.device = device
         self.dtype = dtype
-        self.decode_backends = [make_decode_backend(attention_backend) for _ in groups]
+        # a compressed group's tables are a few blocks with nothing shared in the middle: paged
+        self.decode_backends = [
+            PagedDecodeAttention() if group.compressed else make_decode_backend(attention_backend) for group in groups
+        ]
         self.sampler = Sampler(seed)
         layer_group = [0] * config.num_hidden_layers
         for g, group in enumerate(groups):
             for layer in group.layers:
                 layer_group[layer] = g
         self.layer_group = tuple(layer_group)
+        sizes = [num_blocks] * len(groups) if isinstance(num_blocks, int) else list(num_blocks)
         self.kv_caches = []
         for layer in range(config.num_hidden_layers):
             k_shape, v_shape = kv_cache_shape(config, layer)
+            blocks = sizes[self.layer_group[layer]]
             self.kv_caches.append((
-                torch.zeros((num_blocks, block_size, *k_shape), dtype=dtype, device=device),
-                torch.zeros((num_blocks, block_size, *v_shape), dtype=dtype, device=device),
+                torch.zeros((blocks, block_size, *k_shape), dtype=dtype, device=device),
+                torch.zeros((blocks, block_size, *v_shape), dtype=dtype, device=device),
             ))
         for layer, cache in zip(model.model.layers, self.kv_caches, strict=True):
             layer.self_attn.kv_cache = cache
@@ -100,10 +112,14 @@ class ModelRunner:
         for s in prefills:
             req, start = s.request, s.request.num_computed_tokens
             end = start + s.num_new_tokens
-            context = self._slots(req.block_tables[g], 0, end)
-            slot_parts.append(context[start:end])
-            context_slots = torch.from_numpy(context).to(self.device)
-            segments.append(make_prefill_segment(query_start, s.num_new_tokens, context_slots))
+            segment = self._sink_window_segment(g, req, start, end, query_start)
+            if segment is None:
+                context = self._slots(req.block_tables[g], 0, end)
+                segment = make_prefill_segment(query_start, s.num_new_tokens, torch.from_numpy(context).to(self.device))
+                slot_parts.append(context[start:end])
+            else:
+                slot_parts.append(self._slots(req.block_tables[g], start, end))
+            segments.append(segment)
             query_start += s.num_new_tokens
         decode_plan = None
         backend = None
@@ -112,11 +128,15 @@ class ModelRunner:
                 pos = s.request.num_computed_tokens
                 slot_parts.append(self._slots(s.request.block_tables[g], pos, pos + 1))
             backend = self.decode_backends[g]
+            tables = [s.request.block_tables[g] for s in decodes]
+            lens = [s.request.num_computed_tokens + 1 for s in decodes]
+            if self.groups[g].compressed:
+                # the held blocks (sink + window) in order; all full but the one being written
+                tables = [[b for b in table if b >= 0] for table in tables]
+                lens = [(len(table) - 1) * self.block_size + (n - 1) % self.block_size + 1
+                        for table, n in zip(tables, lens, strict=True)]
             decode_plan = backend.plan(DecodeBatch(
-                block_tables=[s.request.block_tables[g] for s in decodes],
-                context_lens=[s.request.num_computed_tokens + 1 for s in decodes],
-                block_size=self.block_size,
-                device=self.device,
+                block_tables=tables, context_lens=lens, block_size=self.block_size, device=self.device,
             ))
         slots = np.concatenate(slot_parts) if slot_parts else np.zeros(0, dtype=np.int64)
         return AttentionMetadata(
@@ -126,6 +146,28 @@ class ModelRunner:
             decode_backend=backend,
             decode_plan=decode_plan,
         )
+
+    def _sink_window_segment(
+        self, g: int, req: Request, start: int, end: int, query_start: int
+    ) -> PrefillSegment | None:
+        """A compressed group's prefill chunk, masked to the keys the group holds and, for tokens
+        past the prompt, to their sink and window; None where that is the plain causal chunk."""
+        group = self.groups[g]
+        if not group.compressed:
+            return None
+        bs = self.block_size
+        table = np.asarray(req.block_tables[g][: (end - 1) // bs + 1], dtype=np.int64)
+        if end <= req.num_prompt_tokens and (table >= 0).all():
+            return None
+        held = np.flatnonzero(table >= 0)
+        key_positions = (held[:, None] * bs + np.arange(bs)).ravel()
+        key_positions = key_positions[key_positions < end]
+        slots = table[key_positions // bs] * bs + key_positions % bs
+        mask = sink_window_mask(
+            torch.arange(start, end), torch.from_numpy(key_positions), req.num_prompt_tokens, group.sink_blocks,
+            group.window_blocks, bs,
+        )
+        return PrefillSegment(query_start, end - start, torch.from_numpy(slots).to(self.device), mask.to(self.device))
 
     @torch.inference_mode()
     def execute(self, plan: SchedulerOutput) -> SampledTokens:
@@ -230,3 +272,54 @@ class ModelRunner:
             index = self._block_index(block_ids, layer)
             k_cache.index_copy_(0, index, keys[:, layer].to(k_cache))
             v_cache.index_copy_(0, index, values[:, layer].to(v_cache))
+
+    def _rows(self, layers: list[list[int]]) -> dict[tuple[int, int], int]:
+        """Row of (block, layer) when blocks carry the layers ``layers[i]``, block by block."""
+        rows: dict[tuple[int, int], int] = {}
+        for i, block_layers in enumerate(layers):
+            for layer in block_layers:
+                rows[(i, layer)] = len(rows)
+        return rows
+
+    def _per_layer(
+        self, block_ids: list[tuple[int, ...]], rows: dict[tuple[int, int], int]
+    ) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Per layer: the rows that a held block (``block_ids[i][g] >= 0``) has, and those blocks."""
+        plan = []
+        for layer in range(len(self.kv_caches)):
+            group = self.layer_group[layer]
+            pairs = [(rows[(i, layer)], ids[group]) for i, ids in enumerate(block_ids)
+                     if ids[group] >= 0 and (i, layer) in rows]
+            if pairs:
+                row_index = torch.tensor([r for r, _ in pairs], dtype=torch.int64)
+                blocks = torch.tensor([b for _, b in pairs], dtype=torch.int64, device=self.device)
+                plan.append((layer, row_index, blocks))
+        return plan
+
+    @torch.inference_mode()
+    def read_block_rows(
+        self, block_ids: list[tuple[int, ...]]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+        """K and V of the layers of each block's held groups (``-1``: not sent for that group):
+        ``[rows, block_size, kv_heads, head_dim]`` each on the CPU, rows block by block with layers
+        ascending, and each block's layers."""
+        layers = [[layer for layer, group in enumerate(self.layer_group) if ids[group] >= 0] for ids in block_ids]
+        rows = self._rows(layers)
+        shape = (len(rows), *self.kv_caches[0][0].shape[1:])
+        keys, values = torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype)
+        for layer, row_index, index in self._per_layer(block_ids, rows):
+            k_cache, v_cache = self.kv_caches[layer]
+            keys.index_copy_(0, row_index, k_cache.index_select(0, index).cpu())
+            values.index_copy_(0, row_index, v_cache.index_select(0, index).cpu())
+        return keys, values, layers
+
+    @torch.inference_mode()
+    def write_block_rows(
+        self, block_ids: list[tuple[int, ...]], keys: torch.Tensor, values: torch.Tensor, layers: list[list[int]]
+    ) -> None:
+        """Writes rows laid out as ``read_block_rows`` returns them (``layers[i]``: the layers block
+        ``i`` brings) into the groups where ``block_ids[i][g] >= 0``."""
+        for layer, row_index, index in self._per_layer(block_ids, self._rows(layers)):
+            k_cache, v_cache = self.kv_caches[layer]
+            k_cache.index_copy_(0, index, keys.index_select(0, row_index.to(keys.device)).to(k_cache))
+            v_cache.index_copy_(0, index, values.index_select(0, row_index.to(values.device)).to(v_cache))
