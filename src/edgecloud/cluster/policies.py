@@ -158,3 +158,7 @@ class PrefillDecode(RoutingPolicy):
         if prefill is None or decode is None:
             return None
         return Route(decode.target, prefill=prefill.target)
+
+
+# OOCO's pool policies (ooco, separate, priority) join the registry (issue #19).
+import edgecloud.cluster.ooco.policies  # noqa: E402, F401
