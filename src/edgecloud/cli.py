@@ -38,6 +38,9 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.splitlearn.cli",
     "edgecloud.cluster.cli",
     "edgecloud.sim.cli",
+    # OOCO (issue #19): `edgecloud batch run` and `edgecloud bench ooco`
+    "edgecloud.cluster.batch_cli",
+    "edgecloud.sim.ooco_cli",
 )
 
 
