@@ -13,6 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from edgecloud.cli import main
 from edgecloud.cluster.batches import parse_input
 from edgecloud.sim.real import RealCluster
 
@@ -88,3 +89,23 @@ def test_batch_survives_a_router_kill(demo_dir: Path, tmp_path: Path) -> None:
                                                temperature=0, extra_body={"ignore_eos": True})
             assert body["choices"][0]["text"] == online.choices[0].text
         assert client.batches.cancel(done.id).status == "completed"  # a finished batch stays finished
+        second = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/completions",
+                                       completion_window="24h")
+        assert client.batches.cancel(second.id).status == "cancelling"
+        cancelled = _wait(client, second.id, lambda b: b.status == "cancelled")
+        assert cancelled.request_counts.completed < 40
+
+
+def test_batch_run_without_a_server(demo_dir: Path, tmp_path: Path) -> None:
+    lines = [json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/completions",
+                         "body": {"model": "demo", "prompt": [5, 6, 7 + i], "max_tokens": 4, "temperature": 0}})
+             for i in range(4)]
+    (tmp_path / "in.jsonl").write_text("\n".join([*lines, "not json"]) + "\n")
+    code = main(["batch", "run", str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"), "--model", str(demo_dir),
+                 "--served-model-name", "demo", *ENGINE])
+    assert code == 0
+    results = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    answered = sorted(r["custom_id"] for r in results if r["response"] and r["response"]["status_code"] == 200)
+    assert answered == ["r0", "r1", "r2", "r3"]
+    assert [r["error"]["message"] for r in results if r["error"]] == ["line 5: not valid JSON (Expecting value: "
+                                                                      "line 1 column 1 (char 0))"]

@@ -36,6 +36,8 @@ def register(commands: Any, bench: Any) -> None:
     run.add_argument("output", type=output_file, help="where the results go (JSONL)")
     run.add_argument("--config", default=None, help="TOML cluster file (edgecloud cluster serve --config)")
     run.add_argument("--concurrency", type=int, default=32, help="requests in flight at once")
+    run.add_argument("--served-model-name", default=None,
+                     help="the model name the lines' bodies use (default: the engine's name)")
     run.add_argument("--batch-dir", default=None,
                      help="keep the batch's state here (default: a temporary directory); run again with the same "
                      "directory to resume a run that was killed")
@@ -56,7 +58,7 @@ def batch_endpoint(data: bytes) -> str:
 
 
 async def run_batch_file(engine: Any, input_path: Path, output_path: Path, batch_dir: Path,
-                         concurrency: int) -> dict[str, int]:
+                         concurrency: int, served_model_name: str | None = None) -> dict[str, int]:
     """Runs the batch at ``input_path`` through a server app over ``engine``; writes every result
     to ``output_path``; returns the request counts. A batch of the same input left unfinished in
     ``batch_dir`` is resumed instead of started again."""
@@ -67,7 +69,8 @@ async def run_batch_file(engine: Any, input_path: Path, output_path: Path, batch
 
     data = input_path.read_bytes()
     endpoint = batch_endpoint(data)
-    app = build_app(engine, ServerSettings(max_waiting=max(256, 2 * concurrency)))
+    app = build_app(engine, ServerSettings(served_model_name=served_model_name,
+                                           max_waiting=max(256, 2 * concurrency)))
     runner = mount_batch_api(app, batch_dir, concurrency)
     key = str(input_path.resolve())
     async with app.router.lifespan_context(app):
@@ -124,7 +127,8 @@ def _run(args: argparse.Namespace) -> int:
         raise CLIError(str(error), USAGE) from None
     with tempfile.TemporaryDirectory(prefix="edgecloud-batch-") as tmp:
         state = Path(args.batch_dir) if args.batch_dir else Path(tmp)
-        counts = asyncio.run(run_batch_file(engine, input_path, Path(args.output), state, args.concurrency))
+        counts = asyncio.run(run_batch_file(engine, input_path, Path(args.output), state, args.concurrency,
+                                            args.served_model_name))
     print(f"edgecloud batch run: {counts['completed']} answered, {counts['failed']} failed of {counts['total']}; "
           f"results in {args.output}")
     return 0

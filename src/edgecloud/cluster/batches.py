@@ -210,6 +210,7 @@ class BatchRunner:
         self.concurrency = concurrency
         self.retry_limit_s = retry_limit_s
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._workers: dict[str, list[asyncio.Task[None]]] = {}
         self._cancelled: set[str] = set()
 
     def create(self, request: CreateBatch) -> dict[str, Any]:
@@ -243,9 +244,9 @@ class BatchRunner:
         batch["status"], batch["cancelling_at"] = "cancelling", int(time.time())
         self.store.save(batch)
         self._cancelled.add(batch_id)
-        task = self._tasks.get(batch_id)
-        if task is None:
-            self._start(batch_id)
+        for worker in self._workers.get(batch_id, []):
+            worker.cancel()  # requests in flight are aborted in the engines
+        self._start(batch_id)
         return batch
 
     def resume(self) -> list[str]:
@@ -353,9 +354,13 @@ class BatchRunner:
                         self._save_counts(batch_id, counts)
 
             workers = [asyncio.ensure_future(worker()) for _ in range(min(self.concurrency, len(lines)))]
+            self._workers[batch_id] = workers
             try:
-                await asyncio.gather(*workers)
+                for result in await asyncio.gather(*workers, return_exceptions=True):
+                    if isinstance(result, Exception):
+                        raise result
             finally:
+                self._workers.pop(batch_id, None)
                 for task in workers:
                     task.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)

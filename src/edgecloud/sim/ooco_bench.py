@@ -108,7 +108,7 @@ def run_case(settings: SimOOCOSettings, policy: str, rate_scale: float, with_off
     last = max((r.arrival_s for r in online), default=0.0)
     options: dict[str, Any] = {}
     if policy == "ooco":
-        options = {"perf": instances[0].perf, "ttft_slo_ms": settings.ttft_slo_ms, "tpot_slo_ms": settings.tpot_slo_ms}
+        options = {"perf": instances[0].perf, "tpot_slo_ms": settings.tpot_slo_ms}
     policy_object = make_policy(policy, **options)
     sim = ClusterSimulator(instances, policy_object, transfer=link, record_token_times=False)
     backlog = None

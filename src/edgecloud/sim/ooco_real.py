@@ -60,14 +60,14 @@ class RealOOCOSettings:
                 f"{self.engine.model or 'the demo model'}, {self.engine.num_threads or 1} thread each")
 
 
-def cluster_config(settings: RealOOCOSettings, policy: str, ttft_ms: float, tpot_ms: float) -> str:
+def cluster_config(settings: RealOOCOSettings, policy: str, tpot_ms: float) -> str:
     """The TOML instance file of one case."""
     e = settings.engine
     options = ""
     if policy == "ooco":
         model_dir = resolve_model(e.model).directory
         options = (f'options = {{ hardware = "{Path(settings.hardware).resolve()}", model = "{model_dir}", '
-                   f"ttft_slo_ms = {ttft_ms}, tpot_slo_ms = {tpot_ms} }}\n")
+                   f"tpot_slo_ms = {tpot_ms} }}\n")
     lines = [f'[router]\npolicy = "{policy}"\n{options}', "[defaults]",
              f'model = "{e.model}"', f'dtype = "{e.dtype}"', f"threads = {e.num_threads or 1}",
              f"kv_cache_memory_mb = {e.kv_cache_memory_mb}", f"block_size = {e.block_size}",
@@ -130,7 +130,7 @@ def run_real_case(settings: RealOOCOSettings, policy: str, requests: Sequence[Be
 
     with tempfile.TemporaryDirectory(prefix="edgecloud-ooco-") as tmp:
         config = Path(tmp) / "cluster.toml"
-        config.write_text(cluster_config(settings, policy, ttft_ms, tpot_ms))
+        config.write_text(cluster_config(settings, policy, tpot_ms))
         args = ["--config", str(config), "--batch-dir", str(Path(tmp) / "batches"),
                 "--batch-concurrency", str(settings.batch_concurrency), "--max-waiting", "4096"]
         with RealCluster(args) as cluster:

@@ -9,6 +9,6 @@ and ``priority`` are the baselines. Offline jobs arrive through the OpenAI Batch
 """
 
 from edgecloud.cluster.ooco.policies import OOCO, RELAXED, STRICT, Priority, Separate
-from edgecloud.cluster.ooco.roofline import SLO, Roofline, perf_model_from_files
+from edgecloud.cluster.ooco.roofline import Roofline, perf_model_from_files
 
-__all__ = ["OOCO", "RELAXED", "SLO", "STRICT", "Priority", "Roofline", "Separate", "perf_model_from_files"]
+__all__ = ["OOCO", "RELAXED", "STRICT", "Priority", "Roofline", "Separate", "perf_model_from_files"]

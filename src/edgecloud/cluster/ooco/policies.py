@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from edgecloud.cluster.config import Role
-from edgecloud.cluster.ooco.roofline import SLO, Roofline, perf_model_from_files
+from edgecloud.cluster.ooco.roofline import Roofline, perf_model_from_files
 from edgecloud.cluster.policies import RoutingPolicy, register_policy
 from edgecloud.cluster.router import InstanceView, Route, RouteRequest
 from edgecloud.llm.perf_model import PerfModel
@@ -92,14 +92,15 @@ class OOCO(PoolPolicy):
     """The OOCO policy (module docstring). ``perf`` prices one instance's steps (every instance
     runs the same model on the same hardware); a real cluster's router builds it from
     ``hardware`` (a profile from ``edgecloud sim calibrate``) and ``model`` (the model's
-    config.json or directory). SLOs in milliseconds."""
+    config.json or directory). The TPOT SLO (milliseconds) sets the strict pool's step budget; the
+    TTFT side needs no setting: online prompts are prefilled first on the relaxed pool by the
+    engine's tier rules, behind at most the step in flight."""
 
     def __init__(
         self,
         perf: PerfModel | None = None,
         hardware: str | None = None,
         model: str | None = None,
-        ttft_slo_ms: float = 1000.0,
         tpot_slo_ms: float = 100.0,
         slack: float = 0.9,
         kv_limit: float = 0.9,
@@ -117,7 +118,9 @@ class OOCO(PoolPolicy):
                 raise ValueError(f"{name} must be in (0, 1], got {value}")
         if max_offline_batch is not None and max_offline_batch < 1:
             raise ValueError(f"max_offline_batch must be >= 1, got {max_offline_batch}")
-        self.slo = SLO(ttft_slo_ms / 1000, tpot_slo_ms / 1000)
+        if not tpot_slo_ms > 0:
+            raise ValueError(f"tpot_slo_ms must be > 0, got {tpot_slo_ms}")
+        self.tpot_slo_s = tpot_slo_ms / 1000
         self.roofline = Roofline(perf)
         self.slack = slack
         self.kv_limit = kv_limit
@@ -168,7 +171,7 @@ class OOCO(PoolPolicy):
             self._send(target, req, now)
             return Route(target, prefill=self._prefill_instance(relaxed))
         need = req.num_prompt_tokens + req.max_tokens
-        limit = self.slack * self.slo.tpot_s
+        limit = self.slack * self.tpot_slo_s
         if relaxed:
             for view in sorted(strict, key=lambda v: (v.outstanding, v.routed)):
                 if view.stats().kv_usage >= self.kv_limit:

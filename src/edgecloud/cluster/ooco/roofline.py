@@ -18,23 +18,9 @@ fitted on this machine): the same numbers price the simulated steps and drive th
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from edgecloud.llm.perf_model import HardwareProfile, ModelProfile, PerfModel, StepShape
-
-
-@dataclass(frozen=True)
-class SLO:
-    """Online latency targets: time to first token and time per output token, in seconds."""
-
-    ttft_s: float
-    tpot_s: float
-
-    def __post_init__(self) -> None:
-        for name in ("ttft_s", "tpot_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 class Roofline:
