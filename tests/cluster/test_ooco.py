@@ -99,3 +99,14 @@ def test_roofline_answers() -> None:
     assert roofline.preferred_length(31, 31 * 1000, 1e-6, 10**6) == 0
     step = instances[0].perf.step_time([StepShape(1, 1008)] * 8)
     assert roofline.decode_step_s(8, 1000) == pytest.approx(step)
+
+
+def test_a_run_stops_at_until_with_the_tokens_it_had() -> None:
+    instances, link, _ = small_cluster()
+    online, offline = traffic()
+    result = ClusterSimulator(instances, make_policy("separate"), transfer=link, record_token_times=False).run(
+        online, until_s=0.3, backlog=Backlog(offline, 40))
+    assert result.simulated_s == 0.3
+    unfinished = [r for r in result.records if r.finish_s is None]
+    assert unfinished and any(0 < r.output_tokens < 20 for r in unfinished)
+    assert all(r.finish_s <= 0.3 for r in result.records if r.finish_s is not None)

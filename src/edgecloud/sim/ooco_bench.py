@@ -148,7 +148,7 @@ def summarize_case(settings: SimOOCOSettings, policy: str, rate_scale: float, re
     return row
 
 
-def find_base_rate(settings: SimOOCOSettings, target: float = 0.99, steps: int = 7) -> float:
+def find_base_rate(settings: SimOOCOSettings, target: float = 0.99, steps: int = 5) -> float:
     """The online rate multiplier at which ``separate``'s strict instances (online only) just hold
     the SLOs for ``target`` of the requests (bisection on a log scale)."""
 
