@@ -4,22 +4,12 @@ scale and real on this machine (issue #19; ``edgecloud.sim.ooco_bench``, ``edgec
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from edgecloud.errors import USAGE, CLIError, output_file
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+from edgecloud.sim.cli import _positive
 
 
 def _loads(text: str) -> list[float]:
@@ -139,22 +129,13 @@ def _bench_ooco(args: argparse.Namespace) -> int:
     except (ValueError, OSError, RuntimeError) as error:
         raise CLIError(str(error)) from None
     machine = watch.finish()
-    document = {"cases": rows, "machine": machine.as_dict()}
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(_finite(document), indent=2) + "\n")
+        from edgecloud.sim.bench import write_json
+
+        write_json(args.json_path, {"cases": rows, "machine": machine.as_dict()})
     if args.plot_path:
         plot(args.plot_path, rows)
     return 0
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def plot(path: str | Path, rows: list[dict[str, Any]]) -> None:
