@@ -16,6 +16,7 @@ Every simulated row says so. The real CPU cluster runs are in ``edgecloud.sim.oo
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -74,12 +75,18 @@ def pooled_instances(settings: SimOOCOSettings) -> tuple[list[Any], Any, int]:
 
 
 def offline_requests(settings: SimOOCOSettings, max_len: int, count: int) -> list[SimRequest]:
-    """``count`` offline requests with the offline trace's lengths (cycled), random prompts."""
-    trace = read_trace(settings.offline_trace)
+    """``count`` offline requests with the offline trace's lengths (cycled), random prompts; the
+    same list for every case of a sweep."""
+    return _offline_requests(settings.offline_trace, settings.seed, max_len, count)
+
+
+@functools.cache
+def _offline_requests(path: str, seed: int, max_len: int, count: int) -> list[SimRequest]:
+    trace = read_trace(path)
     reps = math.ceil(count / len(trace))
     requests: list[SimRequest] = []
     for k in range(reps):
-        part = trace_requests(trace, max_len=max_len, seed=settings.seed + 1000 + k)
+        part = trace_requests(trace, max_len=max_len, seed=seed + 1000 + k)
         requests += [replace(r, arrival_s=0.0, service_tier="flex") for r in part]
     return requests[:count]
 
@@ -115,7 +122,7 @@ def run_case(settings: SimOOCOSettings, policy: str, rate_scale: float, with_off
     if with_offline:
         concurrency = settings.offline_concurrency or settings.instances * settings.max_num_seqs
         # Enough offline work that the batch never runs dry within the run.
-        backlog = Backlog(offline_requests(settings, max_len, 4 * concurrency + 20000), concurrency)
+        backlog = Backlog(offline_requests(settings, max_len, concurrency + 20000), concurrency)
     until = last + settings.drain_s
     result = sim.run(online, until_s=until, backlog=backlog)
     return summarize_case(settings, policy, rate_scale, result, len(online), policy_object)

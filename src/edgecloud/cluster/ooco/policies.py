@@ -22,6 +22,7 @@ simulator (``edgecloud.sim``).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 from edgecloud.cluster.config import Role
@@ -129,7 +130,8 @@ class OOCO(PoolPolicy):
         # prefill or KV hand-over is under way): (time routed, prompt tokens), oldest first, and
         # how many stages had begun there when they were last matched. They count as its load
         # from the moment they are routed; one that never arrives (aborted) expires.
-        self._transit: dict[str, list[tuple[float, int]]] = {}
+        self._transit: dict[str, deque[tuple[float, int]]] = {}
+        self._transit_tokens: dict[str, int] = {}
         self._begun: dict[str, int] = {}
         self.transit_timeout_s = 60.0
         self.pulled = 0  # offline requests placed on the strict pool
@@ -137,17 +139,20 @@ class OOCO(PoolPolicy):
 
     def in_transit(self, view: InstanceView, now: float) -> tuple[int, int]:
         """Requests (and their prompt tokens) routed to ``view`` whose decode has not begun."""
-        queue = self._transit.setdefault(view.name, [])
+        queue = self._transit.setdefault(view.name, deque())
+        tokens = self._transit_tokens.get(view.name, 0)
         begun = view.routed - self._begun.get(view.name, view.routed)
         self._begun[view.name] = view.routed
-        del queue[: max(0, begun)]
-        while queue and now - queue[0][0] > self.transit_timeout_s:
-            queue.pop(0)
-        return len(queue), sum(tokens for _, tokens in queue)
+        while queue and (begun > 0 or now - queue[0][0] > self.transit_timeout_s):
+            tokens -= queue.popleft()[1]
+            begun -= 1
+        self._transit_tokens[view.name] = tokens
+        return len(queue), tokens
 
     def _send(self, view: InstanceView, req: RouteRequest, now: float) -> None:
         self.in_transit(view, now)
         self._transit[view.name].append((now, req.num_prompt_tokens))
+        self._transit_tokens[view.name] += req.num_prompt_tokens
 
     def strict_load(self, view: InstanceView, block_size: int, now: float) -> tuple[int, int, int]:
         """A strict instance's (sequences, context tokens, free KV tokens): what it holds (its KV
@@ -177,7 +182,8 @@ class OOCO(PoolPolicy):
                 if view.stats().kv_usage >= self.kv_limit:
                     continue
                 seqs, context, free = self.strict_load(view, req.block_size, now)
-                if need <= self.roofline.preferred_length(seqs, context, limit, free):
+                # need <= the preferred length (the longest that fits; the model is monotone in it)
+                if need <= free and self.roofline.fits(seqs, context, need, limit):
                     self._send(view, req, now)
                     self.pulled += 1
                     return Route(view, prefill=self._prefill_instance(relaxed))

@@ -82,13 +82,17 @@ class Roofline:
             step = self._steps[key] = self.perf.step_time([StepShape(1, context)] * num_seqs)
         return step
 
+    def fits(self, num_seqs: int, total_context: float, length: int, limit_s: float) -> bool:
+        """Whether one more decode of ``length`` context tokens keeps the step under ``limit_s``."""
+        return self.decode_step_s(num_seqs + 1, (total_context + length) / (num_seqs + 1)) <= limit_s
+
     def preferred_length(self, num_seqs: int, total_context: float, limit_s: float, longest: int) -> int:
         """The longest context (<= ``longest``) one more decode may have so that a step of the
         ``num_seqs`` running decodes (``total_context`` tokens in all) plus it stays under
         ``limit_s``; 0 when even a one-token context does not fit."""
 
         def fits(length: int) -> bool:
-            return self.decode_step_s(num_seqs + 1, (total_context + length) / (num_seqs + 1)) <= limit_s
+            return self.fits(num_seqs, total_context, length, limit_s)
 
         if not fits(1):
             return 0
