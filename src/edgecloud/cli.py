@@ -36,6 +36,7 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.server.cli",
     "edgecloud.bench.cli",
     "edgecloud.splitlearn.cli",
+    "edgecloud.wireless.cli",
     "edgecloud.cluster.cli",
     "edgecloud.sim.cli",
     # OOCO (issue #19): `edgecloud batch run` and `edgecloud bench ooco`

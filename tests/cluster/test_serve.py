@@ -22,6 +22,11 @@ import pytest
 from edgecloud.llm import LLM, SamplingParams
 from edgecloud.sim.real import RealCluster, metric_values
 
+# The tests over one running `cluster serve` (three processes to start: ~30-40 s on this shared
+# machine) run with `make bench`; the Ray test in the default suite covers a killed instance, the
+# thread-backed ones in test_frontend a cluster with nobody up.
+SERVED = pytest.mark.bench
+
 ENGINE = ["--threads", "1", "--kv-cache-memory-mb", "4", "--block-size", "4", "--dtype", "float32"]
 
 
@@ -36,6 +41,7 @@ def client(cluster: RealCluster) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{cluster.base_url}/v1", api_key="unused", max_retries=0)
 
 
+@SERVED
 def test_answers_stream_through_and_equal_one_engine(cluster: RealCluster, client: openai.OpenAI,
                                                      demo_dir: Path) -> None:
     model = client.models.list().data[0].id
@@ -56,6 +62,7 @@ def test_answers_stream_through_and_equal_one_engine(cluster: RealCluster, clien
     assert [i["routed"] for i in described["instances"]] == [2, 1]  # taking turns
 
 
+@SERVED
 def test_errors_are_openai_bodies(cluster: RealCluster) -> None:
     bad = httpx.post(f"{cluster.base_url}/v1/completions", json={"model": "m", "prompt": "x", "temperature": 5})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "temperature"
@@ -63,6 +70,7 @@ def test_errors_are_openai_bodies(cluster: RealCluster) -> None:
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
 
 
+@SERVED
 def test_metrics_show_the_cluster_and_each_instance(cluster: RealCluster) -> None:
     text = cluster.metrics()
     up = metric_values(text, "edgecloud_instance_up")
@@ -74,6 +82,7 @@ def test_metrics_show_the_cluster_and_each_instance(cluster: RealCluster) -> Non
     assert metric_values(text, "edgecloud_time_to_first_token_seconds_count")
 
 
+@SERVED
 def test_a_killed_instance_gets_no_requests_within_2s_its_streams_fail_and_the_other_serves(
     cluster: RealCluster,
 ) -> None:
@@ -81,7 +90,7 @@ def test_a_killed_instance_gets_no_requests_within_2s_its_streams_fail_and_the_o
     pids = {i["name"]: i["pid"] for i in described}
     url = f"{cluster.base_url}/v1/completions"
     model = cluster.get_json("/v1/models")["data"][0]["id"]
-    long = {"model": model, "prompt": [5, 6, 7], "max_tokens": 480, "temperature": 0, "ignore_eos": True,
+    long = {"model": model, "prompt": [5, 6, 7], "max_tokens": 160, "temperature": 0, "ignore_eos": True,
             "stream": True}
     events: list[str] = []
     statuses: list[int] = []
@@ -115,6 +124,7 @@ def test_a_killed_instance_gets_no_requests_within_2s_its_streams_fail_and_the_o
     assert sum(e == "data: [DONE]" for e in events) == 2  # both streams ended, neither hangs
 
 
+@SERVED
 def test_with_every_instance_down_the_router_answers_503_with_retry_after(cluster: RealCluster) -> None:
     model = cluster.get_json("/v1/models")["data"][0]["id"]
     deadline = time.monotonic() + 120

@@ -12,16 +12,25 @@ from edgecloud.cli import main
 
 def test_generate_prints_json_lines_for_several_prompts(llama_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["generate", "--model", str(llama_dir), "--max-tokens", "4", "--temperature", "0",
-                 "--kv-cache-memory-mb", "1", "hello", "edge"])
+                 "--kv-cache-memory-mb", "1", "--json", "hello", "edge"])
     assert code == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["prompt"] for line in lines] == ["hello", "edge"]
     assert all(line["finish_reason"] in ("length", "stop") for line in lines)
 
 
+def test_generate_labels_each_prompt_as_text(llama_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["generate", "--model", str(llama_dir), "--max-tokens", "4", "--temperature", "0", "--n", "2",
+                 "--kv-cache-memory-mb", "1", "hello", "edge"])
+    assert code == 0
+    headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("--- prompt")]
+    assert headers == [f"--- prompt {i}, sample {j}: {p!r} (length)" for i, p in enumerate(["hello", "edge"])
+                       for j in range(2)]
+
+
 def test_generate_reports_bad_input_without_a_traceback(llama_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["generate", "--model", str(llama_dir), "--max-tokens", "0", "x"]) == 2
-    assert "max_tokens" in capsys.readouterr().err
+    assert "error: max_tokens must be a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_bench_engine_writes_the_promised_fields(llama_dir: Path, tmp_path: Path) -> None:

@@ -39,16 +39,19 @@ def test_generation_stops_at_the_context_length(llm: LLM) -> None:
 
 
 def test_bad_engine_options_name_the_option(llama_dir: Path) -> None:
-    for options, param in [
-        ({"dtype": "float8"}, "dtype"),
-        ({"block_size": 3}, "block_size"),
-        ({"max_model_len": 10**6}, "max_model_len"),
-        ({"attention_backend": "nope"}, None),
+    for options, param, says in [
+        ({"dtype": "float8"}, "dtype", "dtype must be one of auto, float32, bfloat16, float16, got 'float8'"),
+        ({"block_size": 3}, "block_size", "block_size must be a power of two in [1, 256], got 3"),
+        ({"max_model_len": 10**6}, "max_model_len", "max_model_len must be <= 1024 for this model, got 1000000"),
+        ({"attention_backend": "nope"}, "attention_backend",
+         "attention_backend must be one of ['paged', 'prefix'], got 'nope'"),
+        ({"kv_cache_memory_mb": 0.001}, "kv_cache_memory_mb", "kv_cache_memory_mb=0.001 holds 0 blocks; need >= 2"),
+        ({"quantization": "int3"}, "quantization", "quantization must be one of none, int8, int4, got 'int3'"),
     ]:
-        with pytest.raises(ValueError) as info:
+        with pytest.raises(InvalidRequestError) as info:
             LLM(model=str(llama_dir), **options)
-        if param:
-            assert info.value.param == param  # type: ignore[attr-defined]
+        assert info.value.param == param
+        assert str(info.value) == says
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -82,24 +82,58 @@ def test_an_online_request_preempts_flex_decodes_at_once_and_flex_output_is_unch
     seen = record(e)
     for i, prompt in enumerate(flex_prompts):
         e.add_request(f"flex-{i}", prompt, greedy, service_tier="flex")
-    for _ in range(4):  # the flex requests fill every seat and decode
-        e.step()
+    while e.stats().num_running < 4 or seen[-1] != [(f"flex-{i}", 1) for i in range(4)]:
+        e.step()  # the flex requests fill every seat and decode
+    first = len(seen)
     e.add_request("online", list(range(40, 60)), SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True))
     got = {}
     while e.has_unfinished():
         got.update({o.request_id: o.outputs[0].token_ids for o in e.step() if o.finished})
     # The very next step prefills the online prompt, alone: a seat was taken from a flex request.
-    assert seen[4] == [("online", 20)]
+    assert seen[first] == [("online", 20)]
     assert e.stats().num_preemptions == 1
     assert got.pop("online") and got == want
     # The preempted request resumed from its kept blocks: it recomputed only the token it was on.
-    resumed = [step for step in seen[5:] for rid, n in step if rid.startswith("flex") and n > 1]
+    resumed = [step for step in seen[first + 1 :] for rid, n in step if rid.startswith("flex") and n > 1]
     assert resumed == []
+
+
+def test_flex_work_in_a_step_is_capped_and_a_flex_prefill_never_stalls_flex_decodes(llama_dir: Path) -> None:
+    # A step carrying flex work costs about one decode step of the batch (the cap defaults to
+    # max_num_seqs tokens), so an online request arriving during it waits at most that long.
+    e = engine(llama_dir, max_num_seqs=4, max_num_batched_tokens=64)
+    seen = record(e)
+    long = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    for i in range(3):
+        e.add_request(f"flex-{i}", [2 + i, 3, 4], long, service_tier="flex")
+    while e.has_unfinished() and len(seen) < 3:
+        e.step()
+    e.add_request("flex-long", list(range(2, 40)), long, service_tier="flex")  # 38 prompt tokens
+    while e.has_unfinished():
+        e.step()
+    assert all(sum(n for _, n in step) <= 4 for step in seen)
+    prefilled, chunks = 0, []
+    for step in map(dict, seen):
+        if "flex-long" in step and prefilled < 38:
+            prefilled += step["flex-long"]
+            chunks.append(step)
+    assert prefilled == 38 and len(chunks) > 1  # chunked under the cap
+    short_running = [step for step in chunks if any(f"flex-{i}" in step for i in range(3))]
+    assert short_running  # the prompt came while the short requests decoded ...
+    for step in short_running:  # ... and each of them kept its decode token beside the chunk
+        assert all(step.get(f"flex-{i}", 1) == 1 for i in range(3))
+        assert sum(step.values()) == 4
+
+    e = engine(llama_dir, max_num_seqs=4, flex_max_batched_tokens=64)  # an offline-only engine
+    seen = record(e)
+    e.add_request("flex-long", list(range(2, 40)), long, service_tier="flex")
+    e.step()
+    assert seen[0] == [("flex-long", 38)]
 
 
 def test_flex_is_preempted_when_an_online_request_needs_its_kv(llama_dir: Path) -> None:
     # 2 layers * 2 kv heads * 16 dims * 4 tokens * 2 * 4 bytes = 2 KiB a block: 12 blocks.
-    e = engine(llama_dir, block_size=4, kv_cache_memory_mb=24 / 1024, max_num_seqs=8)
+    e = engine(llama_dir, block_size=4, kv_cache_memory_mb=24 / 1024, max_num_seqs=8, flex_max_batched_tokens=64)
     long = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
     e.add_request("flex", list(range(2, 30)), long, service_tier="flex")  # 28 tokens: 7-8 blocks
     e.step()

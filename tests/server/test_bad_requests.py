@@ -88,6 +88,10 @@ CASES = [
     Case("logit_bias value out of range", completion(logit_bias={"5": 150}), 400, "logit_bias.5"),
     Case("service_tier not offered", completion(service_tier="scale"), 400, "service_tier"),
     Case("cache_salt empty", completion(cache_salt=""), 400, "cache_salt"),
+    Case("chat: tools are refused, not ignored", chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400,
+         "tools", CHAT),
+    Case("chat: response_format is refused, not ignored", chat(response_format={"type": "json_object"}), 400,
+         "response_format", CHAT),
     Case("chat: top_logprobs without logprobs", chat(top_logprobs=2), 400, "top_logprobs", CHAT),
     Case("chat: top_logprobs above 20", chat(logprobs=True, top_logprobs=50), 400, "top_logprobs", CHAT),
     Case("chat: max_completion_tokens negative", chat(max_completion_tokens=-3), 400, "max_completion_tokens",
@@ -142,3 +146,20 @@ def test_server_still_serves_after_bad_requests(server: ServerProcess) -> None:
     assert metrics["edgecloud_event_loop_lag_seconds_count"] > 0
     for status in (400, 404, 405, 413):
         assert metrics[f"edgecloud_http_errors_total[status={status}]"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "says"),
+    [
+        (b"", {"content-type": "application/json"}, "the request body is empty"),
+        (b'{"model": "m", "prompt": "hi"}', {}, "sent with Content-Type: application/json (got no Content-Type)"),
+        (b'{"model": "m", "prompt": "hi"}', {"content-type": "text/plain"}, "(got text/plain)"),
+    ],
+    ids=["empty body", "JSON without a content type", "JSON as text/plain"],
+)
+def test_a_body_that_is_no_json_object_says_what_to_send(
+    server: ServerProcess, content: bytes, headers: dict[str, str], says: str
+) -> None:
+    response = httpx.post(f"{server.base_url}/v1/completions", content=content, headers=headers, timeout=30)
+    assert response.status_code == 400
+    assert says in response.json()["error"]["message"]

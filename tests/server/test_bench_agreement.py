@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,10 @@ AZURE_CONV = Path("/work/shared/traces/azure_llm_2023_conv.csv")
 pytestmark = pytest.mark.skipif(not AZURE_CONV.is_file(), reason="shared Azure trace not on this machine")
 
 
-def replay(server: ServerProcess, model_dir: Path, out: Path, num_requests: int, time_scale: float) -> dict[str, Any]:
+def replay(
+    server: ServerProcess, model_dir: Path, out: Path, num_requests: int, time_scale: float,
+    extra: Sequence[str] = (),
+) -> dict[str, Any]:
     """Run the real CLI; return its JSON report and the server's histogram means over the run."""
     before = server.metrics()
     command = [
@@ -27,7 +31,7 @@ def replay(server: ServerProcess, model_dir: Path, out: Path, num_requests: int,
         # The tiny model's context is 1024 tokens: prompts and outputs at a tenth of the trace's.
         "--input-scale", "0.1", "--output-scale", "0.1", "--max-input-len", "900", "--max-output-len", "100",
         "--time-scale", str(time_scale), "--json", str(out / "azure_replay.json"),
-        "--plot", str(out / "azure_replay.png"), "--quiet",
+        "--plot", str(out / "azure_replay.png"), "--quiet", *extra,
     ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr

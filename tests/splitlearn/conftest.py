@@ -2,8 +2,9 @@ from collections.abc import Callable
 
 import pytest
 
+from edgecloud.splitlearn.data import DIGITS_SHAPE
 from edgecloud.splitlearn.latency import Scenario, UEConfig
-from edgecloud.splitlearn.models import DIGITS_SHAPE, build_model
+from edgecloud.splitlearn.models import build_model
 from edgecloud.splitlearn.profiling import ComputeSpeed, ModelProfile, PassCost, profile_model
 
 # A fixed host speed (what calibration measured once on this machine, rounded) keeps the
@@ -29,7 +30,7 @@ def mlp_profile() -> ModelProfile:
 def _scenario(
     profile: ModelProfile, ues: tuple[UEConfig, ...], bandwidth_mhz: float, batch: int = 16
 ) -> Scenario:
-    return Scenario(profile, HOST_SPEED, ues, batch, bandwidth_mhz * 1e6, rounds_per_epoch=22)
+    return Scenario(profile, HOST_SPEED, ues, batch, bandwidth_mhz * 1e6, rounds_per_sync=22)
 
 
 @pytest.fixture(scope="session")

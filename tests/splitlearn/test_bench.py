@@ -1,25 +1,119 @@
-"""The full benchmark (``make bench``): real runs, so it is kept out of the default test run."""
+"""The benchmark's bookkeeping (fast), and one real bandwidth of it under ``make bench``."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from edgecloud.splitlearn.bench import SCHEMES, BenchConfig, plot, run_bench, summarise, write_json
+from edgecloud.splitlearn.bench import (
+    SCHEMES,
+    BenchConfig,
+    merge_reports,
+    plot,
+    report_json,
+    run_bench,
+    run_record,
+    summarise,
+    write_json,
+)
+from edgecloud.splitlearn.latency import Plan
+from edgecloud.splitlearn.runtime import Evaluation, TrainResult
+
+PLAN = Plan("c2p2sl", 3, (2, 1), (0.5, 0.5))
+
+
+def _result(evaluations: list[tuple[int, float, float]], rounds: int = 40) -> TrainResult:
+    return TrainResult(
+        time_s=evaluations[-1][1] + 0.5,
+        round_end_s=[float(r) for r in range(1, rounds + 1)],
+        participants=[],
+        accuracy=evaluations[-1][2],
+        events=[],
+        parameters={},
+        evaluations=[Evaluation(*e) for e in evaluations],
+    )
+
+
+def test_a_run_record_carries_time_to_target_and_both_predictions() -> None:
+    result = _result([(10, 5.0, 0.90), (20, 10.0, 0.97), (30, 15.0, 0.96), (40, 20.0, 0.98)])
+    predicted = tuple(0.6 * r for r in range(1, 41))  # the model's round ends
+    record = run_record(result, PLAN, predicted, target=0.965)
+    assert (record["time_to_target_s"], record["rounds_to_target"]) == (10.0, 20)
+    assert record["predicted_time_to_target_s"] == pytest.approx(12.0)
+    assert record["time_to_target_prediction_error"] == pytest.approx(0.2)
+    assert record["final_accuracy"] == record["accuracy"] == 0.98
+    assert record["prediction_error"] == pytest.approx((24.0 - 20.5) / 20.5)
+    assert record["evaluations"][1] == [20, 10.0, 0.97]
+    missed = run_record(result, PLAN, predicted, target=0.99)
+    assert missed["time_to_target_s"] is None and missed["rounds_to_target"] is None
+
+
+def _row(bandwidth: float, times: tuple[float | None, ...], finals: tuple[float, ...]) -> dict[str, object]:
+    row: dict[str, object] = {"bandwidth_mhz": bandwidth}
+    for scheme, to_target, final in zip(SCHEMES, times, finals, strict=True):
+        row[scheme] = {
+            "time_to_target_s": to_target,
+            "time_s": 100.0,
+            "final_accuracy": final,
+            "prediction_error": -0.05 if scheme == "c2p2sl" else 0.02,
+        }
+    return row
+
+
+def test_summary_compares_own_cuts_and_the_same_cut_separately() -> None:
+    (summary,) = summarise([_row(2.0, (80.0, 40.0, 50.0), (0.980, 0.975, 0.981))])  # type: ignore[list-item]
+    assert summary["c2p2sl_time_to_target_saved"] == pytest.approx(0.5)
+    assert summary["same_cut_time_to_target_saved"] == pytest.approx(0.375)
+    assert summary["c2p2sl_final_accuracy_delta_pp"] == pytest.approx(-0.5)
+    assert summary["same_cut_final_accuracy_delta_pp"] == pytest.approx(0.1)
+    assert summary["max_abs_prediction_error"] == pytest.approx(0.05)
+    (missed,) = summarise([_row(2.0, (80.0, None, 50.0), (0.98, 0.95, 0.98))])  # type: ignore[list-item]
+    assert missed["c2p2sl_time_to_target_saved"] is None
+
+
+def test_reports_of_one_bandwidth_each_merge_in_bandwidth_order() -> None:
+    def report(bandwidth: float, load: float) -> dict[str, object]:
+        return {
+            "target_accuracy": 0.975,
+            "dataset": "mnist",
+            "model": "cnn",
+            "machine": {"load_average_1min_at_start": load, "load_average_1min_at_end": load},
+            "rows": [_row(bandwidth, (80.0, 40.0, 40.0), (0.98, 0.98, 0.98))],
+        }
+
+    merged = merge_reports([report(5.0, 3.0), report(1.0, 7.5)])
+    assert [row["bandwidth_mhz"] for row in merged["rows"]] == [1.0, 5.0]
+    assert [s["bandwidth_mhz"] for s in merged["summary"]] == [1.0, 5.0]
+    assert merged["machine"]["load_average_1min_at_start"] == 7.5
+    other = {**report(2.0, 1.0), "target_accuracy": 0.99}
+    with pytest.raises(ValueError, match=r"different target_accuracy: 0\.975 and 0\.99"):
+        merge_reports([report(1.0, 1.0), other])
+
+
+def test_bench_config_names_the_bad_field() -> None:
+    with pytest.raises(ValueError, match=r"target_accuracy must be in \(0, 1\], got 97.5"):
+        BenchConfig(target_accuracy=97.5)
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        BenchConfig(dataset="cifar")
 
 
 @pytest.mark.bench
-def test_default_bench_writes_the_issue_schema_and_a_plot(tmp_path: Path) -> None:
-    config = BenchConfig()
+@pytest.mark.timeout(1800)
+def test_one_bandwidth_of_the_mnist_bench_writes_the_issue_schema_and_a_plot(tmp_path: Path) -> None:
+    """2 MHz of the default benchmark (about 8 minutes on 2 cores); the docs' figures run all three."""
+    config = BenchConfig(bandwidths_mhz=(2.0,))
     report = run_bench(config)
     write_json(report, tmp_path / "out.json")
-    plot(report, tmp_path / "out.png", config)
-    rows = json.loads((tmp_path / "out.json").read_text())
-    assert [row["bandwidth_mhz"] for row in rows] == list(config.bandwidths_mhz)
-    for row in rows:
-        assert set(row) == {"bandwidth_mhz", *SCHEMES}
-        for scheme in SCHEMES:
-            assert {"time_s", "predicted_s", "accuracy"} <= set(row[scheme])
+    plot(report_json(report), tmp_path / "out.png")
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["target_accuracy"] == config.target_accuracy
+    (row,) = data["rows"]
+    for scheme in SCHEMES:
+        run = row[scheme]
+        assert {"time_s", "predicted_s", "accuracy", "prediction_error"} <= set(run)
+        assert {"time_to_target_s", "rounds_to_target", "final_accuracy"} <= set(run)
+        assert run["final_accuracy"] > 0.95
+    assert row["c2p2sl_fixed_cut"]["cut"] == row["sequential"]["cut"]
     assert (tmp_path / "out.png").stat().st_size > 0
-    for line in summarise(report.rows):
+    for line in data["summary"]:
         print(line)

@@ -12,16 +12,17 @@ from edgecloud.splitlearn.latency import (
     micro_batch_sizes,
     round_time_bound,
     simulate,
+    sync_per_round,
 )
 from edgecloud.splitlearn.profiling import ModelProfile
 
 UES = (UEConfig(20, 5), UEConfig(10, 15), UEConfig(40, 20))
 
 
-@given(st.integers(1, 200), st.integers(1, 200))
-def test_micro_batches_partition_the_batch(batch: int, count: int) -> None:
-    if count > batch:
-        return
+@settings(deadline=None)
+@given(st.integers(1, 200).flatmap(lambda batch: st.tuples(st.just(batch), st.integers(1, batch))))
+def test_micro_batches_partition_the_batch(batch_and_count: tuple[int, int]) -> None:
+    batch, count = batch_and_count
     sizes = micro_batch_sizes(batch, count)
     assert sum(sizes) == batch and len(sizes) == count and max(sizes) - min(sizes) <= 1
 
@@ -46,8 +47,8 @@ def test_one_ue_without_micro_batches_is_the_sequential_chain(
     """With one UE, one micro-batch and the whole band, C2P2SL has nothing to overlap: it is
     sequential SL minus the two control messages that gate a sequential turn."""
     sc = scenario(cnn_profile, (UEConfig(10, 10),), 2.0)
-    pipelined = simulate(sc, Plan("c2p2sl", 2, (1,), (1.0,)), rounds=5, rounds_per_epoch=5)
-    sequential = simulate(sc, Plan("sequential", 2, (1,), (1.0,)), rounds=5, rounds_per_epoch=5)
+    pipelined = simulate(sc, Plan("c2p2sl", 2, (1,), (1.0,)), rounds=5, rounds_per_sync=5)
+    sequential = simulate(sc, Plan("sequential", 2, (1,), (1.0,)), rounds=5, rounds_per_sync=5)
     assert pipelined.total_s < sequential.total_s
     assert sequential.total_s - pipelined.total_s < 1e-3
 
@@ -90,3 +91,19 @@ def test_bound_tracks_the_simulation(cnn_profile: ModelProfile, scenario: Callab
     plan = Plan("c2p2sl", 4, (4, 2, 2), (0.5, 0.25, 0.25))
     per_round = simulate(sc, plan, 22, 22).total_s / 22
     assert per_round == pytest.approx(round_time_bound(sc, plan), rel=0.35)
+
+
+def test_client_model_averaging_happens_every_rounds_per_sync(
+    cnn_profile: ModelProfile, scenario: Callable[..., Scenario]
+) -> None:
+    """The replay averages after every ``rounds_per_sync`` rounds and after the last, as the runtime does."""
+    sc = scenario(cnn_profile, UES, 2.0)
+    plan = Plan("c2p2sl", 3, (2, 2, 2), (0.4, 0.3, 0.3))
+    ends = simulate(sc, plan, rounds=7, rounds_per_sync=3).round_end_s
+    steps = [b - a for a, b in zip((0.0, *ends), ends, strict=False)]
+    synced = {2, 5, 6}  # rounds 3 and 6 end a period; round 7 is the last
+    plain = [s for i, s in enumerate(steps) if i not in synced and i > 0]
+    # A round that ends with an averaging is longer by the transfers of every client model, both ways.
+    assert min(steps[i] for i in synced) > max(plain) + 0.5 * sync_per_round(sc, 3) * sc.rounds_per_sync
+    with pytest.raises(ValueError, match="rounds_per_sync must be >= 1"):
+        simulate(sc, plan, rounds=3, rounds_per_sync=0)

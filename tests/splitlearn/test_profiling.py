@@ -1,7 +1,8 @@
 import torch
 from torch import nn
 
-from edgecloud.splitlearn.models import DIGITS_SHAPE, build_model
+from edgecloud.splitlearn.data import DIGITS_SHAPE
+from edgecloud.splitlearn.models import build_model
 from edgecloud.splitlearn.profiling import calibrate, profile_model
 
 

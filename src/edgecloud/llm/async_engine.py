@@ -66,6 +66,7 @@ class AsyncEngine:
         self.dead_reason: str | None = None
         self.on_fatal: Callable[[str], None] | None = None
         self.stopping = False
+        self._starting: asyncio.Lock | None = None
 
     # -- what the server reads ------------------------------------------------------------------
 
@@ -101,16 +102,20 @@ class AsyncEngine:
     # -- life cycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.client is not None:
-            return
-        if self.client_factory is not None:
-            client = self.client_factory(self.config, self.source)
-        else:
-            client = make_client(self.core_kind, self.config, self.source)
-        self.info = await client.start(self._on_outputs, self._on_dead)
-        self.client = client
-        self.processor = OutputProcessor(self.tokenizer, self.info)
-        self.dead_reason = None
+        """Starts the engine core (loading the model); concurrent callers share one start."""
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self.client is not None:
+                return
+            if self.client_factory is not None:
+                client = self.client_factory(self.config, self.source)
+            else:
+                client = make_client(self.core_kind, self.config, self.source)
+            self.info = await client.start(self._on_outputs, self._on_dead)
+            self.client = client
+            self.processor = OutputProcessor(self.tokenizer, self.info)
+            self.dead_reason = None
 
     async def shutdown(self) -> None:
         self.stopping = True

@@ -248,12 +248,19 @@ class EngineConfig:
     kv_cache_memory_mb: float = 512.0
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
+    # Tokens of ``flex`` work one step may carry (None: max_num_seqs). A step that runs flex work
+    # then costs about one decode step of a full batch, so an online request arriving during it
+    # waits at most that long; raise it for engines that serve offline work only (faster prefill).
+    flex_max_batched_tokens: int | None = None
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     attention_backend: str = "paged"
     seed: int = 0
     num_threads: int | None = None
     chat_template: str | None = None
+    # Weight-only quantization of the decoder's projections and LM head: int8 (GGUF Q8_0 blocks) or
+    # int4 (Q4_1 blocks), read block for block from the GGUF file when the model came from one.
+    quantization: str = "none"
 
     def __post_init__(self) -> None:
         def bad(param: str, allowed: str) -> InvalidRequestError:
@@ -271,8 +278,12 @@ class EngineConfig:
             raise bad("max_num_seqs", ">= 1")
         if self.max_num_batched_tokens < 1:
             raise bad("max_num_batched_tokens", ">= 1")
+        if self.flex_max_batched_tokens is not None and self.flex_max_batched_tokens < 1:
+            raise bad("flex_max_batched_tokens", ">= 1")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise bad("max_model_len", ">= 1")
+        if self.quantization not in ("none", "int8", "int4"):
+            raise bad("quantization", "one of none, int8, int4")
 
     def resolve_dtype(self, model: ModelConfig) -> torch.dtype:
         if self.dtype != "auto":

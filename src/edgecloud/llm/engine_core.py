@@ -98,10 +98,16 @@ class EngineCore:
         if tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
         self.scheduler = Scheduler(
-            self.kv, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len, eos
+            self.kv, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len, eos,
+            flex_max_batched_tokens=config.flex_max_batched_tokens,
         )
         if executor is None:
             model = load_model(directory, mc, self.dtype, self.device, self.max_model_len)
+            if config.quantization != "none":
+                from edgecloud.llm.quant import quantize_model
+
+                report = quantize_model(model, config.quantization, gguf=source.gguf)
+                log.info("weights quantized: %s", report)
             executor = ModelRunner(
                 model, mc, groups, num_blocks, config.block_size, self.dtype, self.device,
                 config.attention_backend, config.seed,

@@ -176,7 +176,7 @@ def _read(path: Path) -> Any:
     return reader
 
 
-def _write_hf_directory(path: Path, out: Path) -> None:
+def _read_supported(path: Path) -> tuple[Any, _Metadata]:
     reader = _read(path)
     arch_field = reader.fields.get("general.architecture")
     arch = arch_field.contents() if arch_field is not None else None
@@ -185,6 +185,11 @@ def _write_hf_directory(path: Path, out: Path) -> None:
             f"{path}: GGUF architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})"
         )
     meta = _Metadata(path, reader.fields, arch)
+    return reader, meta
+
+
+def _write_hf_directory(path: Path, out: Path) -> None:
+    reader, meta = _read_supported(path)
     tensors_by_name = {t.name: t for t in reader.tensors}
     config = _config(meta, tensors_by_name)
     tensors = _tensors(meta, reader.tensors, config)
@@ -329,6 +334,34 @@ def _undo_rope_permutation(weight: np.ndarray, heads: int) -> np.ndarray:
     # checkpoints to interleaved pairs (row 2i, 2i+1 <- rows i, i + D/2); this is the inverse.
     rows = weight.shape[0]
     return weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+@dataclass
+class RawTensor:
+    """One GGUF tensor as stored: its block type (``Q4_1``, ``Q8_0``, ``F32``, ...) and bytes
+    (``[rows, row_bytes]`` uint8 for block types, the values for float types)."""
+
+    kind: str
+    data: np.ndarray
+
+
+def read_raw_tensors(path: Path) -> dict[str, RawTensor]:
+    """The weights of a GGUF file under their HF names, still in their block format (quantized
+    loading: ``edgecloud.llm.quant``). Rows of q and k are put back in HF's order, which moves
+    whole rows, so blocks are untouched."""
+    reader, meta = _read_supported(path)
+    heads = int(meta.need("{arch}.attention.head_count"))
+    kv_heads = int(meta.get("{arch}.attention.head_count_kv", heads))
+    out: dict[str, RawTensor] = {}
+    for tensor in reader.tensors:
+        name = _hf_name(tensor.name)
+        if name is None:
+            continue
+        data = np.asarray(tensor.data)
+        if meta.arch == "llama" and (".attn_q." in tensor.name or ".attn_k." in tensor.name):
+            data = _undo_rope_permutation(data, heads if ".attn_q." in tensor.name else kv_heads)
+        out[name] = RawTensor(tensor.tensor_type.name, data)
+    return out
 
 
 def _tensors(meta: _Metadata, tensors: list[Any], config: dict[str, Any]) -> dict[str, torch.Tensor]:

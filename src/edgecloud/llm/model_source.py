@@ -25,6 +25,7 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 class ModelSource:
     directory: Path
     name: str  # the id clients use unless the server overrides it
+    gguf: Path | None = None  # the GGUF file the directory was converted from (quantized weights are read there)
 
 
 def resolve_model(model: str | None) -> ModelSource:
@@ -35,10 +36,11 @@ def resolve_model(model: str | None) -> ModelSource:
     from edgecloud.llm.gguf import convert_gguf, default_model_path
 
     if model is None:
-        return ModelSource(convert_gguf(default_model_path()), DEFAULT_MODEL_NAME)
+        path = default_model_path()
+        return ModelSource(convert_gguf(path), DEFAULT_MODEL_NAME, path)
     path = Path(model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return ModelSource(convert_gguf(path), model)
+        return ModelSource(convert_gguf(path), model, path)
     if not path.is_dir():
         raise ModelLoadError(
             f"model {str(path)!r} does not exist (pass an HF model directory, a .gguf file, or 'demo')"

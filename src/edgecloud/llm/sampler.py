@@ -93,15 +93,21 @@ class Sampler:
         top_p = torch.tensor([r.params.top_p for r in rows])
         min_p = torch.tensor([r.params.min_p for r in rows])
         if bool((top_k < vocab).any()) or bool((top_p < 1.0).any()):
-            sorted_logits, order = logits.sort(dim=-1, descending=True)
-            ranks = torch.arange(vocab).unsqueeze(0)
+            # Only the top max(top_k) candidates can survive: rank those (topk) rather than sorting the
+            # whole vocabulary, unless some row has no top-k limit and needs its full top-p prefix.
+            width = int(top_k.max())
+            if width < vocab:
+                sorted_logits, order = logits.topk(width, dim=-1)
+            else:
+                sorted_logits, order = logits.sort(dim=-1, descending=True)
+            ranks = torch.arange(width).unsqueeze(0)
             drop = ranks >= top_k.clamp(max=vocab).unsqueeze(1)
             probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
             # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
             mass_before = probs.cumsum(dim=-1) - probs
             drop |= mass_before >= top_p.unsqueeze(1)
             sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-            logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
+            logits = torch.full_like(logits, float("-inf")).scatter_(1, order, sorted_logits)
         if bool((min_p > 0).any()):
             probs = torch.softmax(logits, dim=-1)
             threshold = min_p.unsqueeze(1) * probs.max(dim=-1, keepdim=True).values

@@ -70,10 +70,14 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_model_len: int,
         eos_token_ids: Iterable[int] = (),
+        flex_max_batched_tokens: int | None = None,
     ) -> None:
         self.kv = kv
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        # flex work in one step: a step with flex prefill must not cost much more than a decode step,
+        # or an online request that arrives during it waits for the whole prefill (issue #17 bench).
+        self.flex_max_batched_tokens = flex_max_batched_tokens or max_num_seqs
         self.max_model_len = max_model_len
         self.eos_token_ids = frozenset(eos_token_ids)
         self.requests: dict[str, Request] = {}
@@ -123,7 +127,7 @@ class Scheduler:
             s.request.num_computed_tokens < s.request.num_prompt_tokens for s in out.scheduled
         )
         if not online_prefill:
-            self._schedule_tier("flex", out, budget)
+            self._schedule_tier("flex", out, min(budget, self.flex_max_batched_tokens))
         for s in out.scheduled:
             req = s.request
             if req.first_scheduled_time is None:
@@ -136,6 +140,11 @@ class Scheduler:
         """Schedules the running, then the waiting requests of one tier; returns the budget left."""
         kv = self.kv
         kv_short = False
+        # Decodes of this tier further down the list keep their token: a prefill chunk takes what
+        # is left, so a long prompt never stalls the decodes behind it for a step.
+        decodes_after = sum(
+            1 for r in self.running if r.service_tier == tier and r.num_tokens - r.num_computed_tokens == 1
+        )
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
@@ -144,7 +153,15 @@ class Scheduler:
                     break  # running is sorted: the rest are flex
                 i += 1
                 continue
-            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            remaining = req.num_tokens - req.num_computed_tokens
+            if remaining == 1:
+                decodes_after -= 1
+                num_new = 1
+            else:
+                num_new = min(remaining, budget - decodes_after)
+                if num_new <= 0:
+                    i += 1
+                    continue
             target = req.num_computed_tokens + num_new
             while not kv.can_grow(req, target):
                 kv_short = True

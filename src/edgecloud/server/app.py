@@ -61,6 +61,7 @@ class ServerSettings:
     log_level: str = "info"
     retry_after_s: int = 1
     engine_core: str = "process"  # process | thread
+    url: str = ""  # where the server listens, once bound (for the ready line)
 
 
 class ClientDisconnected(Exception):
@@ -494,6 +495,11 @@ class OpenAIServer:
 
     async def chat_completions(self, request: Request, body: ChatCompletionRequest) -> Response:
         self.check_model(body.model)
+        plain_text = body.response_format is None or body.response_format == {"type": "text"}
+        for name, unsupported in (("tools", body.tools), ("tool_choice", body.tool_choice),
+                                  ("response_format", not plain_text)):
+            if unsupported:
+                raise APIError(400, f"{name} is not supported by this server yet", name, "unsupported")
         tokenizer = self.engine.tokenizer
         text = tokenizer.apply_chat_template(
             [m.template_dict() for m in body.messages], add_generation_prompt=body.add_generation_prompt
@@ -560,8 +566,9 @@ def build_app(
             log.warning("model %s has no chat template (none in chat_template.jinja, tokenizer_config.json or the "
                         "GGUF metadata): /v1/chat/completions answers 400 until one is given with --chat-template "
                         "FILE; /v1/completions works", server.model_name)
-        print(f"edgecloud serve: ready: {server.model_name} (max_model_len {engine.max_model_len}; {template})",
-              flush=True)
+        where = f" on {settings.url}" if settings.url else ""
+        print(f"edgecloud serve: ready: {server.model_name}{where} (max_model_len {engine.max_model_len}; "
+              f"{template})", flush=True)
         watcher = asyncio.ensure_future(server.metrics.watch_event_loop())
         yield
         watcher.cancel()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from edgecloud.llm.cli import add_engine_options, engine_config_from_args
@@ -59,14 +58,14 @@ def register(commands: Any, bench: Any) -> None:
 
 
 def _serve_handler(args: argparse.Namespace) -> int:
+    from edgecloud.errors import USAGE, CLIError
     from edgecloud.llm import InvalidRequestError
     from edgecloud.server.main import ServerSettings, serve
 
     try:
         config = engine_config_from_args(args)
     except InvalidRequestError as error:
-        print(f"edgecloud serve: {error}", file=sys.stderr)
-        return 2
+        raise CLIError(str(error), USAGE) from error
     settings = ServerSettings(
         host=args.host,
         port=args.port,

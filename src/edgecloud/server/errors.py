@@ -95,6 +95,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        whole_body = next(iter(error.errors()), {}).get("loc") == ("body",)
+        if whole_body:  # not a field: the body itself is absent or not a JSON object
+            content_type = request.headers.get("content-type", "")
+            if not await request.body():
+                message = "the request body is empty: send a JSON object (Content-Type: application/json)"
+            elif not content_type.startswith("application/json"):
+                message = (f"the request body must be a JSON object sent with Content-Type: application/json "
+                           f"(got {content_type or 'no Content-Type'})")
+            else:
+                message = "the request body must be a JSON object"
+            return APIError(400, message, code="invalid_body").response()
         return from_validation_error(error).response()
 
     @app.exception_handler(InvalidRequestError)

@@ -21,6 +21,7 @@ import uvicorn
 from uvicorn.config import HTTP_PROTOCOLS
 from uvicorn.importer import import_from_string
 
+from edgecloud.errors import USAGE, CLIError, listen_failed
 from edgecloud.llm import AsyncEngine, EngineConfig, InvalidRequestError, ModelLoadError
 from edgecloud.server.app import OpenAIServer, ServerSettings, build_app
 
@@ -84,16 +85,18 @@ def stamping(protocol: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
 
 def serve(config: EngineConfig, settings: ServerSettings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        engine = AsyncEngine(config, core=settings.engine_core)
-    except (InvalidRequestError, ModelLoadError) as error:
-        print(f"edgecloud serve: {error}", file=sys.stderr)
-        return 2
+    # The port first: a port in use is reported at once, not after the model loads.
     try:
         sock = bind(settings.host, settings.port)
     except OSError as error:
-        print(f"edgecloud serve: cannot listen on {settings.host}:{settings.port}: {error}", file=sys.stderr)
-        return 2
+        raise listen_failed(error, settings.host, settings.port, "--port") from error
+    try:
+        engine = AsyncEngine(config, core=settings.engine_core)
+    except (InvalidRequestError, ModelLoadError) as error:
+        sock.close()
+        raise CLIError(str(error), USAGE) from error
+    host, port = sock.getsockname()[:2]
+    settings.url = f"http://{host}:{port}"
     app = build_app(engine, settings)
     loop, http = fast_paths()
     config = uvicorn.Config(
@@ -105,9 +108,8 @@ def serve(config: EngineConfig, settings: ServerSettings) -> int:
         timeout_graceful_shutdown=settings.graceful_timeout_s,
     )
     server = _DrainingServer(config, app.state.server)
-    host, port = sock.getsockname()[:2]
     print(
-        f"edgecloud serve: starting {app.state.server.model_name} on http://{host}:{port} "
+        f"edgecloud serve: starting {app.state.server.model_name} on {settings.url} "
         f"(engine core: {settings.engine_core}; event loop {loop}, HTTP {http})",
         flush=True,
     )

@@ -182,6 +182,11 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    # Tool calling and structured output are not offered yet (issue #24): sent, they are refused with
+    # a 400 rather than silently ignored.
+    tools: Any = None
+    tool_choice: Any = None
+    response_format: Any = None
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)

@@ -199,26 +199,36 @@ async def measure_transfer(config: EngineConfig, blocks: int = 24, repeats: int 
         await asyncio.gather(src.shutdown(), dst.shutdown())
 
 
-def measure_http_overhead(config: EngineConfig, perf: PerfModel, requests: int = 40, seed: int = 0) -> float:
-    """What a client waits for beyond the engine's first step on an idle one-instance cluster
-    (HTTP both ways, the router's tokenizing, routing and streaming, the core's message hops):
-    the median of client TTFT − the modelled prefill step over ``requests`` sequential requests."""
+def measure_http_overhead(config: EngineConfig, core: EngineCore, requests: int = 40, seed: int = 0) -> float:
+    """What a client waits for beyond the engine's first step (HTTP both ways, the router's
+    tokenizing, routing and streaming, the hops to and from the core): for ``requests`` prompts,
+    the client's TTFT on an idle one-instance cluster less the same prompt's prefill step timed on
+    ``core`` (an engine with the same options in this process); the median of the differences."""
     from edgecloud.bench.workload import PromptVocab
     from edgecloud.sim.real import RealCluster, engine_args, replay
 
     source = resolve_model(config.model)
     vocab = PromptVocab.from_dir(source.directory)
     rng = np.random.default_rng(seed)
-    lengths = [int(n) for n in rng.integers(8, min(200, perf.model.hidden_size), requests)]
+    lengths = [int(n) for n in rng.integers(8, min(256, core.max_model_len - 8), requests)]
     bench = [vocab.request(vocab.sample(rng, n), 2) for n in lengths]
+    steps = []
+    for i, request in enumerate(bench):
+        core.add_request(EngineCoreRequest(
+            request_id=f"overhead-{i}", prompt_token_ids=list(request.prompt_ids), arrival_time=time.monotonic(),
+            params=SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)))
+        start = time.perf_counter()
+        core.step()
+        steps.append(time.perf_counter() - start)
+        core.abort_requests(list(core.scheduler.requests))
+        core.control("reset_prefix_cache", {})
+    gaps = []
     with RealCluster(["--instances", "1", *engine_args(config)]) as cluster:
         name = cluster.get_json("/v1/models")["data"][0]["id"]
         replay(cluster, name, bench[:5], [0.0] * 5)  # warm-up
-        gaps = []
-        for request in bench:
+        for request, step in zip(bench, steps, strict=True):
             record = replay(cluster, name, [request], [0.0])[0]
             if record.ok and record.ttft is not None:
-                step = perf.step_time([StepShape(len(request.prompt_ids), len(request.prompt_ids), True)])
                 gaps.append(record.ttft - step)
     return max(0.0, float(np.median(gaps)))
 
@@ -239,7 +249,7 @@ def calibrate(config: EngineConfig, seed: int = 0, repeats: int = 3, serving_pat
     frontend = delivery = bandwidth = 0.0
     if serving_path:
         bandwidth = asyncio.run(measure_transfer(config))
-        overhead = measure_http_overhead(config, PerfModel(hardware, model), seed=seed)
+        overhead = measure_http_overhead(config, core, seed=seed)
         # Half on the way in (HTTP, tokenizing, routing, the hop to the core), half on the way out
         # (the hop back, detokenizing, the SSE chunk): the client sees their sum.
         frontend = delivery = overhead / 2

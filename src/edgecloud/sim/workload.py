@@ -25,18 +25,23 @@ SIM_VOCAB = 32000
 def scale_rate(trace: Sequence[TraceRequest], factor: float, seed: int = 0) -> list[TraceRequest]:
     """``factor`` times the requests over the same span, the arrival pattern kept: each request
     stands for ``factor`` requests (the integer part always, the fraction by chance), the extra
-    ones placed uniformly between it and the next arrival, with the same lengths (and prefix)."""
+    ones placed uniformly between it and the next arrival, with the same lengths. The c-th copy of
+    the trace is another population of users: its Mooncake hash ids are the original's moved to a
+    range of their own, so copies share prefixes among themselves as the trace does, not with the
+    original (which would make every copy a cache hit)."""
     if not factor > 0:
         raise ValueError(f"rate factor must be > 0, got {factor}")
     rng = np.random.default_rng(seed)
     whole, fraction = int(factor), factor - int(factor)
+    span = 1 + max((h for r in trace for h in r.hash_ids), default=0)
     out: list[TraceRequest] = []
     for i, req in enumerate(trace):
         gap = trace[i + 1].arrival_s - req.arrival_s if i + 1 < len(trace) else 0.0
         copies = whole + (1 if rng.random() < fraction else 0)
         for c in range(copies):
             offset = 0.0 if c == 0 else float(rng.random()) * gap
-            out.append(TraceRequest(req.arrival_s + offset, req.input_len, req.output_len, req.hash_ids))
+            ids = tuple(h + c * span for h in req.hash_ids)
+            out.append(TraceRequest(req.arrival_s + offset, req.input_len, req.output_len, ids))
     out.sort(key=lambda r: r.arrival_s)
     return out
 

@@ -11,7 +11,7 @@ Two views of the same plan:
 * ``simulate`` replays the exact schedule the runtime executes, event by event and round after
   round: UE forwards back to back, FIFO uplink per UE, one BS processor serving micro-batches in
   arrival order, a downlink per UE, UE backwards in order as gradients arrive, SGD steps, and the
-  client-model averaging at every epoch's end. Pipeline fill and drain fall out of the replay.
+  client-model averaging every ``rounds_per_sync`` rounds. Pipeline fill and drain fall out of the replay.
   It is the model's prediction of the wall clock (``predicted_s``).
 * ``round_time_bound`` is the closed form the optimiser works on: a permutation flow shop of
   ``m_k`` equal micro-batches per UE through (forward, uplink, BS, downlink), then the backwards,
@@ -55,7 +55,7 @@ class Scenario:
     ues: tuple[UEConfig, ...]
     batch_per_ue: int
     bandwidth_hz: float
-    rounds_per_epoch: int = 1  # the client-model averaging at epoch end is spread over these rounds
+    rounds_per_sync: int = 1  # rounds between client-model averagings, which are spread over them
     message_latency_s: float = 0.0  # per message, on top of serialisation (transport.measure_message_latency)
 
     @property
@@ -126,7 +126,7 @@ class LinkRates:
 
     uplink_bps: tuple[float, ...]
     downlink_bps: tuple[float, ...]
-    full_bps: tuple[float, ...]  # the whole band: epoch-end model averaging, one UE at a time
+    full_bps: tuple[float, ...]  # the whole band: client-model averaging, one UE at a time
 
 
 def link_rates(ues: tuple[UEConfig, ...], bandwidth_hz: float, plan: Plan) -> LinkRates:
@@ -199,7 +199,7 @@ class StageTimes:
         return total / self.scenario.ues[ue].slowdown
 
     def sync_transfer(self, ue: int) -> float:
-        """Client-model upload or download at epoch end: one UE at a time, whole band."""
+        """Client-model upload or download at a sync: one UE at a time, whole band."""
         return transfer_seconds(self.messages.nbytes(self.messages.parameter_elements), self.full_bps[ue])
 
     def sync_control(self, ue: int) -> float:
@@ -255,7 +255,7 @@ def _sequential_round(st: StageTimes, c: _Clocks) -> None:
     c.bs_free = t + st.bs_step()
 
 
-def _epoch_sync(st: StageTimes, c: _Clocks) -> None:
+def _sync(st: StageTimes, c: _Clocks) -> None:
     """BS asks each UE in turn for its client model, averages, sends it back to each in turn."""
     t, lat = c.bs_free, st.latency
     for k in range(st.scenario.num_ues):
@@ -278,11 +278,11 @@ class Prediction:
     round_end_s: tuple[float, ...]  # when the BS finished each round (sync included), from t=0
 
 
-def simulate(scenario: Scenario, plan: Plan, rounds: int, rounds_per_epoch: int) -> Prediction:
+def simulate(scenario: Scenario, plan: Plan, rounds: int, rounds_per_sync: int) -> Prediction:
     """Replay ``rounds`` rounds of the runtime's schedule; t=0 is when the BS sends "start"."""
     plan.validate(scenario)
-    if rounds < 1 or rounds_per_epoch < 1:
-        raise ValueError(f"rounds and rounds_per_epoch must be >= 1, got {rounds}, {rounds_per_epoch}")
+    if rounds < 1 or rounds_per_sync < 1:
+        raise ValueError(f"rounds and rounds_per_sync must be >= 1, got {rounds}, {rounds_per_sync}")
     st = StageTimes(scenario, plan)
     k = scenario.num_ues
     start = [st.control_down(i) + st.latency for i in range(k)]
@@ -293,8 +293,8 @@ def simulate(scenario: Scenario, plan: Plan, rounds: int, rounds_per_epoch: int)
             _sequential_round(st, clocks)
         else:
             _pipelined_round(st, clocks)
-        if (r + 1) % rounds_per_epoch == 0 or r + 1 == rounds:
-            _epoch_sync(st, clocks)
+        if (r + 1) % rounds_per_sync == 0 or r + 1 == rounds:
+            _sync(st, clocks)
         ends.append(clocks.bs_free)
     return Prediction(total_s=max(clocks.bs_free, *clocks.ue_free), round_end_s=tuple(ends))
 
@@ -377,11 +377,11 @@ def bs_bound(scenario: Scenario, cut: int, micro_batches: tuple[int, ...]) -> fl
 
 
 def sync_per_round(scenario: Scenario, cut: int) -> float:
-    """The epoch-end model averaging (one UE at a time, whole band), spread over the epoch's rounds."""
+    """The client-model averaging (one UE at a time, whole band), spread over the rounds between two."""
     k = scenario.num_ues
     st = StageTimes(scenario, Plan("c2p2sl", cut, (1,) * k, (1.0 / k,) * k))
     total = sum(st.sync_control(ue) + 2 * st.sync_transfer(ue) + 3 * st.latency for ue in range(k))
-    return total / scenario.rounds_per_epoch
+    return total / scenario.rounds_per_sync
 
 
 def round_time_bound(scenario: Scenario, plan: Plan) -> float:

@@ -13,9 +13,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-# Input of the scikit-learn digits data set: 8x8 grey images, 10 classes.
-DIGITS_SHAPE: tuple[int, ...] = (1, 8, 8)
-DIGITS_CLASSES = 10
+from edgecloud.splitlearn.data import NUM_CLASSES, dataset_spec
+
+DIGITS_CLASSES = NUM_CLASSES
 
 
 def mlp() -> nn.Sequential:
@@ -39,15 +39,46 @@ def cnn() -> nn.Sequential:
     )
 
 
-MODELS: dict[str, Callable[[], nn.Sequential]] = {"mlp": mlp, "cnn": cnn}
+def mnist_mlp() -> nn.Sequential:
+    """A four-block MLP for 28x28 MNIST; cuts after 1, 2 or 3 blocks."""
+    return nn.Sequential(
+        nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU()),
+        nn.Sequential(nn.Linear(128, 64), nn.ReLU()),
+        nn.Sequential(nn.Linear(64, 32), nn.ReLU()),
+        nn.Sequential(nn.Linear(32, DIGITS_CLASSES)),
+    )
 
 
-def build_model(name: str, seed: int, dtype: torch.dtype = torch.float32) -> nn.Sequential:
-    """The named model with deterministic initial weights (the same in every process)."""
-    if name not in MODELS:
-        raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
+def mnist_cnn() -> nn.Sequential:
+    """LeNet-style CNN for 28x28 MNIST: two conv blocks, two dense blocks; cuts 1..3.
+
+    The cut-layer widths shrink 1152 -> 256 -> 64 while the UE side's work grows, the trade-off
+    the optimiser weighs; the conv blocks have few parameters, so the epoch-end averaging of the
+    UE side is cheap at any cut.
+    """
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 8, 5), nn.ReLU(), nn.MaxPool2d(2)),
+        nn.Sequential(nn.Conv2d(8, 16, 5), nn.ReLU(), nn.MaxPool2d(2)),
+        nn.Sequential(nn.Flatten(), nn.Linear(256, 64), nn.ReLU()),
+        nn.Sequential(nn.Linear(64, DIGITS_CLASSES)),
+    )
+
+
+MODELS: dict[str, dict[str, Callable[[], nn.Sequential]]] = {
+    "digits": {"mlp": mlp, "cnn": cnn},
+    "mnist": {"mlp": mnist_mlp, "cnn": mnist_cnn},
+}
+
+
+def build_model(
+    name: str, seed: int, dtype: torch.dtype = torch.float32, dataset: str = "digits"
+) -> nn.Sequential:
+    """The named model for ``dataset`` with deterministic initial weights (the same in every process)."""
+    dataset_spec(dataset)
+    if name not in MODELS[dataset]:
+        raise ValueError(f"model must be one of {sorted(MODELS[dataset])}, got {name!r}")
     torch.manual_seed(seed)
-    return MODELS[name]().to(dtype)
+    return MODELS[dataset][name]().to(dtype)
 
 
 def valid_cuts(model: nn.Sequential) -> range:

@@ -11,7 +11,7 @@ It is mixed-integer and non-linear, so, as in the paper, we alternate:
 1. **Discrete step — MILP.** With the shares fixed every candidate (k, c, m) has a known round
    time ``tau[k,c,m]``. Binary ``x_c`` picks the cut and ``z[k,c,m] <= x_c`` picks each UE's
    micro-batch count; ``T >= sum z·tau`` per UE and ``T >= sum z·(BS work)`` for the shared BS.
-   Minimising ``T + sum x_c·sync_c`` (the epoch-end model averaging per round, which grows with
+   Minimising ``T + sum x_c·sync_c`` (the client-model averaging per round, which grows with
    the UE-side parameters) is an exact MILP, solved by HiGHS through ``scipy.optimize.milp``.
 2. **Continuous step — convex program.** With (c, m) fixed each UE's time is a max of pieces
    ``const + coef·U_k/b_k`` (convex in ``b_k``); minimise the epigraph variable ``T`` subject
@@ -265,5 +265,5 @@ def sequential_plan(scenario: Scenario) -> Plan:
     """Sequential split learning at its own best cut (by the simulated round time)."""
     k = scenario.num_ues
     plans = [Plan("sequential", c, (1,) * k, (1.0 / k,) * k) for c in scenario.profile.cuts]
-    epoch = scenario.rounds_per_epoch
-    return min(plans, key=lambda p: simulate(scenario, p, rounds=epoch, rounds_per_epoch=epoch).total_s)
+    period = scenario.rounds_per_sync
+    return min(plans, key=lambda p: simulate(scenario, p, rounds=period, rounds_per_sync=period).total_s)

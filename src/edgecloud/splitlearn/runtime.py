@@ -12,11 +12,12 @@ the backward pass. A *plan* (``latency.Plan``) says how:
   and every UE accumulate gradients over micro-batches and step once per round, so the update
   is the full-batch update.
 
-At every epoch's end the BS averages the UEs' client-side models (SplitFed-style) and sends the
-average back. All transfers are paced to the wireless model's rates (``transport``). UEs are
-heterogeneous: a UE with ``slowdown`` s makes each of its computations take s times the CPU time
-this host actually spent on it (it sleeps the difference), which also keeps the emulation honest
-when other processes share the cores.
+Every ``sync_every`` rounds (by default once per epoch) the BS averages the UEs' client-side
+models (SplitFed-style), evaluates the averaged model on the test set while every UE waits for it
+(the evaluation is taken off the clock), and sends the average back. All transfers are paced to
+the wireless model's rates (``transport``). UEs are heterogeneous: a UE with ``slowdown`` s makes
+each of its computations take s times the CPU time this host actually spent on it (it sleeps the
+difference), which also keeps the emulation honest when other processes share the cores.
 
 Membership and faults. gloo process groups have a fixed size and cannot lose or gain a member:
 one dead rank poisons every collective. So there is no global group. A ``TCPStore`` held by the
@@ -32,12 +33,14 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import multiprocessing
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -46,7 +49,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from edgecloud.splitlearn.data import DigitsSplit, load_digits_split, rounds_per_epoch, ue_batch
+from edgecloud.splitlearn.data import (
+    Dataset,
+    DataSplit,
+    dataset_spec,
+    load_split,
+    rounds_per_epoch,
+    shard_batch,
+    ue_shard,
+)
 from edgecloud.splitlearn.latency import (
     CONTROL_ELEMENTS,
     LinkRates,
@@ -55,7 +66,7 @@ from edgecloud.splitlearn.latency import (
     link_rates,
     micro_batch_sizes,
 )
-from edgecloud.splitlearn.models import DIGITS_SHAPE, build_model, split_model
+from edgecloud.splitlearn.models import build_model, split_model
 from edgecloud.splitlearn.sgd import MomentumSGD
 from edgecloud.splitlearn.transport import PacedSender
 
@@ -93,22 +104,50 @@ class TrainConfig:
     faults: tuple[UEFault, ...] = ()
     restart_crashed_ues: bool = True
     await_rejoin_s: float = 0.0  # how long the BS holds a round for a dropped UE to come back (once per drop)
+    dataset: str = "digits"
+    syncs_per_epoch: int = 1  # client-model averagings (each followed by a test evaluation) per epoch
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: from lr to 0 over the run's rounds
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return torch.float64 if self.dtype == "float64" else torch.float32
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """Test accuracy of the averaged model after round ``round`` (1-based count of rounds done)."""
+
+    round: int
+    time_s: float  # training clock at that point (evaluations are off the clock)
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the BS reports while it trains (``train(on_progress=...)``)."""
+
+    rounds_done: int
+    rounds: int
+    time_s: float
+    accuracy: float | None = None  # set when this round ended with an evaluation
+
+
 @dataclass
 class TrainResult:
-    time_s: float  # wall clock from the BS's "start" to the end of the last round (sync included)
+    time_s: float  # training clock from the BS's "start" to the end of the last round (syncs included)
     round_end_s: list[float]
     participants: list[tuple[int, ...]]  # UEs that contributed to each round
     accuracy: float
     events: list[str]
     parameters: dict[str, np.ndarray] = field(repr=False)
+    evaluations: list[Evaluation] = field(default_factory=list)
+    evaluation_s: float = 0.0  # wall time spent evaluating, kept off the training clock
     # Host CPU seconds each UE's last incarnation spent computing (before its slowdown).
     ue_compute_cpu_s: dict[int, float] = field(default_factory=dict)
+
+    def time_to(self, target: float) -> Evaluation | None:
+        """The first evaluation at or above ``target`` accuracy, if any."""
+        return next((e for e in self.evaluations if e.accuracy >= target), None)
 
 
 @dataclass(frozen=True)
@@ -117,8 +156,20 @@ class _RunShape:
 
     rounds: int
     per_epoch: int
+    sync_every: int
     activation_shape: tuple[int, ...]
     activation_width: int
+
+
+def sync_period(per_epoch: int, syncs_per_epoch: int) -> int:
+    """Rounds between two client-model averagings."""
+    if syncs_per_epoch < 1:
+        raise ValueError(f"syncs_per_epoch must be >= 1, got {syncs_per_epoch}")
+    return max(1, per_epoch // syncs_per_epoch)
+
+
+def _model(config: TrainConfig) -> nn.Sequential:
+    return build_model(config.model, config.seed, config.torch_dtype, config.dataset)
 
 
 def _run_shape(config: TrainConfig, train_size: int) -> _RunShape:
@@ -126,15 +177,22 @@ def _run_shape(config: TrainConfig, train_size: int) -> _RunShape:
     rounds = per_epoch * config.epochs
     if config.max_rounds is not None:
         rounds = min(rounds, config.max_rounds)
-    model = build_model(config.model, config.seed, config.torch_dtype)
-    ue_part, _ = split_model(model, config.plan.cut)
+    ue_part, _ = split_model(_model(config), config.plan.cut)
     with torch.no_grad():
-        out = ue_part(torch.zeros(1, *DIGITS_SHAPE, dtype=config.torch_dtype))
-    return _RunShape(rounds, per_epoch, tuple(out.shape[1:]), out[0].numel())
+        out = ue_part(torch.zeros(1, *dataset_spec(config.dataset).input_shape, dtype=config.torch_dtype))
+    sync_every = sync_period(per_epoch, config.syncs_per_epoch)
+    return _RunShape(rounds, per_epoch, sync_every, tuple(out.shape[1:]), out[0].numel())
 
 
-def _is_epoch_end(shape: _RunShape, r: int) -> bool:
-    return (r + 1) % shape.per_epoch == 0 or r + 1 == shape.rounds
+def learning_rate(config: TrainConfig, shape: _RunShape, r: int) -> float:
+    """The step size of round ``r``; BS and UEs compute it alike."""
+    if config.lr_schedule == "cosine":
+        return 0.5 * config.lr * (1.0 + math.cos(math.pi * r / shape.rounds))
+    return config.lr
+
+
+def _is_sync_round(shape: _RunShape, r: int) -> bool:
+    return (r + 1) % shape.sync_every == 0 or r + 1 == shape.rounds
 
 
 def _flat(module: nn.Module) -> torch.Tensor:
@@ -149,22 +207,38 @@ def _load_flat(module: nn.Module, flat: torch.Tensor) -> None:
             offset += p.numel()
 
 
-class _Slowdown:
-    """Makes a computation take ``factor`` times the CPU time it used (a slower device)."""
+class _Device:
+    """A device ``factor`` times slower than this host, on its own timeline.
+
+    Each computation takes ``factor`` x the CPU time this host spent on it (CPU time, so time
+    other processes hold the shared cores is not multiplied) and starts when the device is free
+    and its input has arrived — on the device's timeline, not when this process happens to wake:
+    a computation that follows another starts when the previous one *should* have ended. The
+    process sleeps until the computation's end on that timeline, so time spent waiting for a core
+    or waking late from a sleep (the emulated UEs share this host's cores; real devices would
+    not) is absorbed by the next sleep instead of accumulating, as long as the slack of
+    ``factor - 1`` x the CPU time covers it. Messages are stamped with the same timeline.
+    """
 
     def __init__(self, factor: float) -> None:
         self.factor = factor
         self.cpu_s = 0.0  # host CPU time of all computations so far, reported to the launcher
+        self.free_at = time.monotonic()
 
-    def __enter__(self) -> None:
-        self._start = time.thread_time()
+    def input_at(self, at: float) -> None:
+        """An input the next computation needs arrived at ``at``."""
+        self.free_at = max(self.free_at, at)
 
-    def __exit__(self, *exc: object) -> None:
-        used = time.thread_time() - self._start
+    @contextmanager
+    def computing(self) -> Iterator[None]:
+        start = time.thread_time()
+        yield
+        used = time.thread_time() - start
         self.cpu_s += used
-        extra = (self.factor - 1.0) * used
-        if extra > 0:
-            time.sleep(extra)
+        self.free_at += self.factor * used
+        remaining = self.free_at - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
 
 
 def _connect(store: dist.Store, ue: int, incarnation: int, rank: int, timeout_s: float) -> dist.ProcessGroup:
@@ -199,28 +273,45 @@ def _warm_up(module: nn.Module, x: torch.Tensor, sizes: list[int], loss: nn.Modu
 # --------------------------------------------------------------------------------------------- UE
 
 
-def _ue_process(config: TrainConfig, data: DigitsSplit, port: int, ue: int) -> None:
+def _loopback_store(port: int) -> dist.Store:
+    return dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=60))
+
+
+def _ue_process(config: TrainConfig, shard: Dataset, port: int, ue: int) -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s UE{ue} %(message)s")
-    shape = _run_shape(config, len(data.train))
+    run_ue(config, shard, lambda: _loopback_store(port), ue)
+
+
+def run_ue(config: TrainConfig, shard: Dataset, connect: Callable[[], dist.Store], ue: int) -> None:
+    """UE ``ue``'s whole life: warm up, join through the store ``connect`` opens, train, exit.
+
+    ``shard`` is this UE's part of the training set (``data.ue_shard``). Never returns: the
+    process exits without gloo's teardown, whose peers may already be gone.
+    """
+    shape = _run_shape(config, len(shard) * len(config.ues))
     rates = _link_rates(config)
-    model = build_model(config.model, config.seed, config.torch_dtype)
-    client, _ = split_model(model, config.plan.cut)
+    client, _ = split_model(_model(config), config.plan.cut)
     optimiser = MomentumSGD(client.parameters(), lr=config.lr, momentum=config.momentum)
-    slow = _Slowdown(config.ues[ue].slowdown)
+    device = _Device(config.ues[ue].slowdown)
     sequential = config.plan.schedule == "sequential"
     sizes = micro_batch_sizes(config.batch_per_ue, config.plan.micro_batches[ue])
-    _warm_up(client, data.train.x, sizes)
+    _warm_up(client, shard.x, sizes)
     # Join only when ready to compute: the BS starts the clock once every UE has joined.
-    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=60))
+    store = connect()
     incarnation = store.add(f"incarnation/{ue}", 1)
     group = _connect(store, ue, incarnation, UE_RANK, timeout_s=120.0)
     uplink = PacedSender(group, BS_RANK, name=f"ue{ue}-uplink")
 
     def recv(elements: int, tag: int) -> torch.Tensor:
+        """A message from the BS; what comes next on the device cannot start before it arrived."""
         buffer = torch.empty(elements, dtype=config.torch_dtype)
         group.recv([buffer], BS_RANK, tag).wait()
+        device.input_at(time.monotonic())
         return buffer
+
+    def send(tensor: torch.Tensor, tag: int, rate_bps: float) -> None:
+        uplink.send(tensor, tag, rate_bps, enqueued_at=device.free_at)
 
     params = recv(sum(p.numel() for p in client.parameters()), TAG_PARAMETERS)
     _load_flat(client, params)
@@ -229,15 +320,15 @@ def _ue_process(config: TrainConfig, data: DigitsSplit, port: int, ue: int) -> N
     for r in range(first_round, shape.rounds):
         if sequential:
             recv(CONTROL_ELEMENTS, TAG_CONTROL)
-        batch = ue_batch(data.train, len(config.ues), ue, config.batch_per_ue, r)
+        batch = shard_batch(shard, config.batch_per_ue, r)
         outputs = []
         for i, (x, y) in enumerate(
             zip(torch.split(batch.x, sizes), torch.split(batch.y, sizes), strict=True)
         ):
-            with slow:
+            with device.computing():
                 out = client(x)
                 message = torch.cat([out.detach().reshape(len(x), -1), y.to(out.dtype).unsqueeze(1)], dim=1)
-            uplink.send(message, TAG_ACTIVATION, rates.uplink_bps[ue])
+            send(message, TAG_ACTIVATION, rates.uplink_bps[ue])
             outputs.append(out)
             if fault is not None and fault.round == r and i == 0:
                 uplink.flush()
@@ -247,21 +338,20 @@ def _ue_process(config: TrainConfig, data: DigitsSplit, port: int, ue: int) -> N
                 time.sleep(3600)
         for out in outputs:
             gradient = recv(out.numel(), TAG_GRADIENT).view_as(out)
-            with slow:
+            with device.computing():
                 out.backward(gradient)
-        with slow:
+        with device.computing():
+            optimiser.lr = learning_rate(config, shape, r)
             optimiser.step()
             optimiser.zero_grad()
         if sequential:
-            uplink.send(
-                torch.zeros(CONTROL_ELEMENTS, dtype=config.torch_dtype), TAG_CONTROL, rates.uplink_bps[ue]
-            )
-        if _is_epoch_end(shape, r):
+            send(torch.zeros(CONTROL_ELEMENTS, dtype=config.torch_dtype), TAG_CONTROL, rates.uplink_bps[ue])
+        if _is_sync_round(shape, r):
             recv(CONTROL_ELEMENTS, TAG_CONTROL)
-            uplink.send(_flat(client), TAG_PARAMETERS, rates.full_bps[ue])
+            send(_flat(client), TAG_PARAMETERS, rates.full_bps[ue])
             _load_flat(client, recv(sum(p.numel() for p in client.parameters()), TAG_PARAMETERS))
     uplink.flush()
-    store.set(f"compute_cpu_s/{ue}", repr(slow.cpu_s))
+    store.set(f"compute_cpu_s/{ue}", repr(device.cpu_s))
     os._exit(0)  # skip gloo teardown: the BS may already be gone
 
 
@@ -288,7 +378,7 @@ def _expected_uplink(
             yield "activation", r, size * (shape.activation_width + 1), TAG_ACTIVATION
         if config.plan.schedule == "sequential":
             yield "done", r, CONTROL_ELEMENTS, TAG_CONTROL
-        if _is_epoch_end(shape, r):
+        if _is_sync_round(shape, r):
             yield "parameters", r, parameter_elements, TAG_PARAMETERS
 
 
@@ -301,13 +391,21 @@ class _Session:
 
 
 class _BaseStation:
-    def __init__(self, config: TrainConfig, data: DigitsSplit, store: dist.Store) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        test: Dataset,
+        train_size: int,
+        store: dist.Store,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> None:
         self.config = config
         self.store = store
-        self.data = data
-        self.shape = _run_shape(config, len(self.data.train))
+        self.test = test
+        self.progress = progress
+        self.shape = _run_shape(config, train_size)
         self.rates = _link_rates(config)
-        self.model = build_model(config.model, config.seed, config.torch_dtype)
+        self.model = _model(config)
         self.client, self.server = split_model(self.model, config.plan.cut)
         self.client_parameters = _flat(self.client)
         self.optimiser = MomentumSGD(self.server.parameters(), lr=config.lr, momentum=config.momentum)
@@ -319,16 +417,22 @@ class _BaseStation:
         self.events: queue.Queue[_Event] = queue.Queue()
         self.stash: list[_Event] = []
         with torch.no_grad():
-            activations = self.client(data.train.x[: config.batch_per_ue])
+            activations = self.client(test.x[: config.batch_per_ue])
         all_sizes = [
             size for m in config.plan.micro_batches for size in micro_batch_sizes(config.batch_per_ue, m)
         ]
         _warm_up(self.server, activations, all_sizes, self.loss)
         self.log: list[str] = []
         self.t0 = 0.0
+        self.paused_s = 0.0  # evaluation time, kept off the training clock
+        self.evaluations: list[Evaluation] = []
+
+    def clock(self) -> float:
+        """Training time so far: wall time since "start" less the evaluations."""
+        return time.monotonic() - self.t0 - self.paused_s if self.t0 else 0.0
 
     def note(self, message: str) -> None:
-        stamp = time.monotonic() - self.t0 if self.t0 else 0.0
+        stamp = self.clock()
         self.log.append(f"{stamp:8.3f}s {message}")
         log.info(message)
 
@@ -475,14 +579,15 @@ class _BaseStation:
             for p in self.server.parameters():
                 if p.grad is not None:
                     p.grad /= len(contributed)
+            self.optimiser.lr = learning_rate(self.config, self.shape, r)
             self.optimiser.step()
         self.optimiser.zero_grad()
-        if _is_epoch_end(self.shape, r):
+        if _is_sync_round(self.shape, r):
             self._synchronise(r)
         return tuple(sorted(contributed))
 
     def _synchronise(self, r: int) -> None:
-        """Epoch end: collect client models one UE at a time, average, send back one at a time."""
+        """Collect client models one UE at a time, average, evaluate, send back one at a time."""
         models = []
         for ue in sorted(self.sessions):
             if ue not in self.sessions:
@@ -491,6 +596,12 @@ class _BaseStation:
             models += [e.tensor for e in self._wait_for(r, {ue: 1}, "parameters", set())]
         if models:
             self.client_parameters = torch.stack(models).mean(dim=0)
+        # Every UE now waits for the average and every link is idle, so stopping the clock here
+        # takes exactly the evaluation off it.
+        started = time.monotonic()
+        at = self.clock()
+        self.evaluations.append(Evaluation(r + 1, at, self._accuracy()))
+        self.paused_s += time.monotonic() - started
         for ue in sorted(self.sessions):
             session = self.sessions[ue]
             session.downlink.send(self.client_parameters, TAG_PARAMETERS, self.rates.full_bps[ue])
@@ -511,22 +622,30 @@ class _BaseStation:
             session.downlink.flush()
         self.t0 = time.monotonic()
         round_end, participants = [], []
+        report_every = max(1, self.shape.rounds // 200)
         for r in range(self.shape.rounds):
             if r > 0:
                 self._accept_rejoins(r)
             if not self.sessions:
                 self.note(f"round {r}: no UE connected")
+            evaluations = len(self.evaluations)
             participants.append(self._round(r))
             for session in self.sessions.values():
                 session.downlink.flush()
-            round_end.append(time.monotonic() - self.t0)
+            round_end.append(self.clock())
+            evaluated = len(self.evaluations) > evaluations
+            if self.progress is not None and (evaluated or (r + 1) % report_every == 0):
+                accuracy = self.evaluations[-1].accuracy if evaluated else None
+                self.progress(Progress(r + 1, self.shape.rounds, round_end[-1], accuracy))
         return TrainResult(
             time_s=round_end[-1],
             round_end_s=round_end,
             participants=participants,
-            accuracy=self._accuracy(),
+            accuracy=self.evaluations[-1].accuracy,
             events=self.log,
             parameters={n: p.detach().numpy().copy() for n, p in self._final_model().named_parameters()},
+            evaluations=self.evaluations,
+            evaluation_s=self.paused_s,
         )
 
     def _final_model(self) -> nn.Sequential:
@@ -535,17 +654,37 @@ class _BaseStation:
 
     def _accuracy(self) -> float:
         model = self._final_model()
-        with torch.no_grad():
-            predictions = model(self.data.test.x).argmax(dim=1)
-        return float((predictions == self.data.test.y).double().mean())
+        # Every other process waits for this (off the clock), so it may use every core.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)
+        try:
+            with torch.no_grad():
+                predictions = torch.cat([model(x).argmax(dim=1) for x in torch.split(self.test.x, 2000)])
+        finally:
+            torch.set_num_threads(threads)
+        return float((predictions == self.test.y).double().mean())
 
 
-def _bs_process(config: TrainConfig, data: DigitsSplit, port: int, results: multiprocessing.Queue) -> None:
+def run_bs(
+    config: TrainConfig,
+    test: Dataset,
+    train_size: int,
+    store: dist.Store,
+    progress: Callable[[Progress], None] | None = None,
+    initial_wait_s: float = 120.0,
+) -> TrainResult:
+    """The BS's side of a run: wait for the UEs to join through ``store``, train, return the result."""
+    return _BaseStation(config, test, train_size, store, progress).run(initial_wait_s)
+
+
+def _bs_process(
+    config: TrainConfig, test: Dataset, train_size: int, port: int, results: multiprocessing.Queue
+) -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s BS %(message)s")
-    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=60))
     try:
-        results.put(("ok", _BaseStation(config, data, store).run(initial_wait_s=120.0)))
+        result = run_bs(config, test, train_size, _loopback_store(port), lambda p: results.put(("progress", p)))
+        results.put(("ok", result))
     except Exception as exc:  # report, never hang the launcher
         results.put(("error", f"{type(exc).__name__}: {exc}"))
     results.close()
@@ -558,7 +697,7 @@ def _bs_process(config: TrainConfig, data: DigitsSplit, port: int, results: mult
 
 def _validate(config: TrainConfig) -> None:
     plan, k = config.plan, len(config.ues)
-    n_blocks = len(build_model(config.model, config.seed))
+    n_blocks = len(build_model(config.model, config.seed, dataset=config.dataset))
     if not 1 <= plan.cut < n_blocks:
         raise ValueError(f"plan.cut must be in 1..{n_blocks - 1} for model {config.model!r}, got {plan.cut}")
     if len(plan.micro_batches) != k or len(plan.uplink_shares) != k:
@@ -571,27 +710,41 @@ def _validate(config: TrainConfig) -> None:
         raise ValueError(f"epochs must be >= 1, got {config.epochs}")
     if config.ue_timeout_s <= 0:
         raise ValueError(f"ue_timeout_s must be > 0, got {config.ue_timeout_s}")
+    sync_period(1, config.syncs_per_epoch)
+    if config.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
 
 
-def train(config: TrainConfig, timeout_s: float = 900.0) -> TrainResult:
+def train(
+    config: TrainConfig,
+    timeout_s: float = 900.0,
+    on_progress: Callable[[Progress], None] | None = None,
+    data: DataSplit | None = None,
+) -> TrainResult:
     """Run one split-training job: a BS process and one process per UE, supervised here.
 
     The launcher owns the membership store and restarts UEs that crash (when
-    ``restart_crashed_ues``), which is how a UE "rejoins".
+    ``restart_crashed_ues``), which is how a UE "rejoins". ``data`` (loaded here when not given)
+    must be ``load_split(config.dataset, config.seed, ...)``; each UE process gets only its shard
+    and the BS only the test set.
     """
     _validate(config)
-    # Loaded once here and handed to every process: the children then never import scikit-learn.
-    data = load_digits_split(config.seed, config.torch_dtype)
+    if data is None:
+        data = load_split(config.dataset, config.seed, config.torch_dtype)
+    num_ues = len(config.ues)
+    shards = [ue_shard(data.train, num_ues, k) for k in range(num_ues)]
     store = dist.TCPStore(
         "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=60)
     )
     ctx = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue = ctx.Queue()
-    bs = ctx.Process(target=_bs_process, args=(config, data, store.port, results), daemon=True)
+    bs = ctx.Process(
+        target=_bs_process, args=(config, data.test, len(data.train), store.port, results), daemon=True
+    )
     bs.start()
     ues = {
-        k: ctx.Process(target=_ue_process, args=(config, data, store.port, k), daemon=True)
-        for k in range(len(config.ues))
+        k: ctx.Process(target=_ue_process, args=(config, shards[k], store.port, k), daemon=True)
+        for k in range(num_ues)
     }
     for process in ues.values():
         process.start()
@@ -601,7 +754,11 @@ def train(config: TrainConfig, timeout_s: float = 900.0) -> TrainResult:
         while True:
             try:
                 status, payload = results.get(timeout=0.05)
-                break
+                if status != "progress":
+                    break
+                if on_progress is not None:
+                    on_progress(payload)
+                continue
             except queue.Empty:
                 pass
             if time.monotonic() > deadline:
@@ -611,7 +768,7 @@ def train(config: TrainConfig, timeout_s: float = 900.0) -> TrainResult:
             for k, process in list(ues.items()):
                 if process.exitcode not in (None, 0) and config.restart_crashed_ues:
                     restarts.append(f"launcher: UE{k} exited with code {process.exitcode}; restarted")
-                    ues[k] = ctx.Process(target=_ue_process, args=(config, data, store.port, k), daemon=True)
+                    ues[k] = ctx.Process(target=_ue_process, args=(config, shards[k], store.port, k), daemon=True)
                     ues[k].start()
     finally:
         for process in [bs, *ues.values()]:

@@ -69,8 +69,11 @@ class PacedSender:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def send(self, tensor: torch.Tensor, tag: int, rate_bps: float) -> None:
-        self._queue.put(_Message(tensor.contiguous(), tag, rate_bps, time.monotonic()))
+    def send(self, tensor: torch.Tensor, tag: int, rate_bps: float, enqueued_at: float | None = None) -> None:
+        """Queue ``tensor``; it enters the link at ``enqueued_at`` (default: now; a slowed UE
+        passes the time on its own timeline, which may be a moment earlier than now)."""
+        at = time.monotonic() if enqueued_at is None else enqueued_at
+        self._queue.put(_Message(tensor.contiguous(), tag, rate_bps, at))
 
     def flush(self) -> None:
         """Block until every queued message has been delivered (or dropped after an error)."""

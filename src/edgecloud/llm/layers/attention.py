@@ -53,6 +53,9 @@ class Attention(torch.nn.Module):
         k_cache.view(flat_shape).index_copy_(0, step.slot_mapping, k.to(k_cache.dtype))
         v_cache.view(flat_shape).index_copy_(0, step.slot_mapping, v.to(v_cache.dtype))
 
+        if not step.prefill and step.decode_backend is not None:  # a decode-only step: no copy into `out`
+            out = step.decode_backend.forward(step.decode_plan, q, k_cache, v_cache, self.scale)
+            return self.o_proj(out.reshape(num_tokens, self.q_size))
         out = torch.empty_like(q)
         for seg in step.prefill:
             rows = slice(seg.query_start, seg.query_start + seg.query_len)

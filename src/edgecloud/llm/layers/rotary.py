@@ -115,12 +115,16 @@ class RotaryEmbedding(torch.nn.Module):
         scale = attention_factor(rope)
         self.register_buffer("cos", angles.cos() * scale, persistent=False)
         self.register_buffer("sin", angles.sin() * scale, persistent=False)
+        # One module serves every layer, and a step passes the same positions tensor to each: the
+        # rows are gathered once per step, not once per layer.
+        self._gathered: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cos = self.cos[positions].unsqueeze(1)  # [T, 1, D/2]
-        sin = self.sin[positions].unsqueeze(1)
+        if self._gathered is None or self._gathered[0] is not positions:
+            self._gathered = (positions, self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1))
+        _, cos, sin = self._gathered  # [T, 1, D/2]
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
 

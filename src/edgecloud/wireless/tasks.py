@@ -1,0 +1,286 @@
+"""Sensing tasks on WMLM: a frozen encoder with light heads against task-specific models.
+
+Both families see the same labelled rows and train for the same number of steps with the same
+optimiser; only the starting point differs (arXiv 2511.21707 §V; WMFM's "end-to-end" baselines):
+
+- ``wmlm``: the pretrained wireless encoder, frozen; a two-layer MLP head on its features
+  ([CLS] and mean patch token). For channel prediction the head is the pretrained causal decoder,
+  fine-tuned on the labelled sequences while the encoder stays frozen.
+- ``task_specific``: the same encoder architecture (and the same head / decoder), randomly
+  initialised and trained end to end on the labelled rows only.
+
+Tasks: LoS/NLoS (accuracy), localisation (mean error in metres, relative to the mast), beam
+prediction (top-1 / top-3 over the 32-beam DFT codebook), next-snapshot channel prediction (NMSE
+in dB), and cross-modal retrieval (recall@1 over the held-out gallery).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgecloud.wireless.dataset import WirelessData
+from edgecloud.wireless.model import WMLM, ModelConfig, WirelessEncoder, channel_tokens, next_snapshot_targets, nmse
+from edgecloud.wireless.train import tensors
+
+SENSING_TASKS = ("los", "position", "beam")
+POSITION_SCALE = 30.0  # metres per unit of the regression target
+NUM_BEAMS = 32
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """One protocol for both families, fixed before any result was seen."""
+
+    epochs: int = 30
+    min_steps: int = 150
+    max_steps: int = 600
+    batch_size: int = 64
+    head_lr: float = 3e-3
+    end_to_end_lr: float = 1e-3
+    weight_decay: float = 0.01
+    seed: int = 0
+
+    def steps(self, num_labels: int) -> int:
+        return int(min(self.max_steps, max(self.min_steps, math.ceil(self.epochs * num_labels / self.batch_size))))
+
+
+def output_dim(task: str) -> int:
+    return {"los": 1, "position": 2, "beam": NUM_BEAMS}[task]
+
+
+class Head(nn.Module):
+    def __init__(self, features: int, out: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(features), nn.Linear(features, 128), nn.GELU(), nn.Linear(128, out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def labels(data: WirelessData, rows: np.ndarray, task: str) -> torch.Tensor:
+    a = data.arrays
+    if task == "los":
+        return torch.from_numpy(a["los"][rows].astype(np.float32))
+    if task == "position":
+        return torch.from_numpy(a["position"][rows, :2] - a["bs_position"][rows, :2])
+    if task == "beam":
+        return torch.from_numpy(a["best_beam"][rows])
+    raise ValueError(f"task must be one of {SENSING_TASKS}, got {task!r}")
+
+
+def task_loss(task: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if task == "los":
+        return F.binary_cross_entropy_with_logits(out[:, 0], target)
+    if task == "position":
+        return F.mse_loss(out, target / POSITION_SCALE)
+    return F.cross_entropy(out, target)
+
+
+def task_metrics(task: str, out: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    if task == "los":
+        return {"accuracy": float(((out[:, 0] > 0).float() == target).float().mean())}
+    if task == "position":
+        error = (out * POSITION_SCALE - target).norm(dim=1)
+        return {"mean_error_m": float(error.mean()), "median_error_m": float(error.median())}
+    top3 = out.topk(3, dim=1).indices
+    return {
+        "top1": float((top3[:, 0] == target).float().mean()),
+        "top3": float((top3 == target[:, None]).any(dim=1).float().mean()),
+    }
+
+
+def _channel_last(data: WirelessData, rows: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(data.arrays["channel"][rows, -1:].astype(np.float32))
+
+
+@torch.no_grad()
+def frozen_features(encoder: WirelessEncoder, data: WirelessData, rows: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """Features of the last snapshot of ``rows``: (n, 2 * dim)."""
+    encoder.eval()
+    out = []
+    for start in range(0, len(rows), batch):
+        patches, log_power, _ = channel_tokens(_channel_last(data, rows[start : start + batch])[:, 0], encoder.config)
+        out.append(WirelessEncoder.features(encoder(patches, log_power)))
+    return torch.cat(out)
+
+
+def _loop(
+    steps: int,
+    rows: int,
+    config: ProbeConfig,
+    params: list[nn.Parameter],
+    lr: float,
+    loss_of: Callable[[np.ndarray], torch.Tensor],
+) -> list[float]:
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    rng = np.random.default_rng([config.seed, rows, steps])
+    history = []
+    for _ in range(steps):
+        pick = np.sort(rng.choice(rows, min(config.batch_size, rows), replace=False))
+        loss = loss_of(pick)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimiser.step()
+        scheduler.step()
+        history.append(float(loss.detach()))
+    return history
+
+
+def fit_head(features: torch.Tensor, target: torch.Tensor, task: str, config: ProbeConfig) -> Head:
+    """A light head on frozen features (``features``/``target`` are the labelled rows only)."""
+    torch.manual_seed(config.seed)
+    head = Head(features.shape[1], output_dim(task))
+    head.train()
+    _loop(
+        config.steps(len(target)),
+        len(target),
+        config,
+        list(head.parameters()),
+        config.head_lr,
+        lambda pick: task_loss(task, head(features[pick]), target[pick]),
+    )
+    return head.eval()
+
+
+class EndToEnd(nn.Module):
+    """The task-specific model: a fresh wireless encoder and the same head, trained together."""
+
+    def __init__(self, model_config: ModelConfig, task: str) -> None:
+        super().__init__()
+        self.encoder = WirelessEncoder(model_config)
+        self.head = Head(2 * model_config.dim, output_dim(task))
+
+    def forward(self, channel_last: torch.Tensor) -> torch.Tensor:
+        patches, log_power, _ = channel_tokens(channel_last, self.encoder.config)
+        return self.head(WirelessEncoder.features(self.encoder(patches, log_power)))
+
+
+def fit_end_to_end(
+    data: WirelessData, rows: np.ndarray, task: str, model_config: ModelConfig, config: ProbeConfig
+) -> EndToEnd:
+    torch.manual_seed(config.seed)
+    model = EndToEnd(model_config, task)
+    model.train()
+    target = labels(data, rows, task)
+
+    def loss_of(pick: np.ndarray) -> torch.Tensor:
+        return task_loss(task, model(_channel_last(data, rows[pick])[:, 0]), target[pick])
+
+    _loop(config.steps(len(rows)), len(rows), config, list(model.parameters()), config.end_to_end_lr, loss_of)
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate_end_to_end(model: EndToEnd, data: WirelessData, rows: np.ndarray, task: str) -> dict[str, float]:
+    out = torch.cat([model(_channel_last(data, rows[s : s + 256])[:, 0]) for s in range(0, len(rows), 256)])
+    return task_metrics(task, out, labels(data, rows, task))
+
+
+@torch.no_grad()
+def evaluate_head(head: Head, features: torch.Tensor, target: torch.Tensor, task: str) -> dict[str, float]:
+    return task_metrics(task, head(features), target)
+
+
+# -- channel prediction ------------------------------------------------------------------------
+
+
+def _channels(data: WirelessData, rows: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(data.arrays["channel"][rows].astype(np.float32))
+
+
+@torch.no_grad()
+def _history_tokens(model: WMLM, data: WirelessData, rows: np.ndarray, batch: int = 128) -> torch.Tensor:
+    return torch.cat(
+        [model.encode_channels(_channels(data, rows[s : s + batch])[:, :-1])[0] for s in range(0, len(rows), batch)]
+    )
+
+
+def _targets(data: WirelessData, rows: np.ndarray, config: ModelConfig) -> torch.Tensor:
+    return torch.cat(
+        [next_snapshot_targets(_channels(data, rows[s : s + 256]), config) for s in range(0, len(rows), 256)]
+    )
+
+
+def fit_predictor_frozen(model: WMLM, data: WirelessData, rows: np.ndarray, config: ProbeConfig) -> WMLM:
+    """Fine-tune the pretrained decoder on the labelled sequences; the encoder stays frozen."""
+    torch.manual_seed(config.seed)
+    history = _history_tokens(model, data, rows)
+    target = _targets(data, rows, model.config)
+    model.decoder.train()
+    _loop(
+        config.steps(len(rows)),
+        len(rows),
+        config,
+        list(model.decoder.parameters()),
+        config.head_lr / 3,
+        lambda pick: F.mse_loss(model.decoder(history[pick]), target[pick]),
+    )
+    model.eval()
+    return model
+
+
+def fit_predictor_end_to_end(
+    data: WirelessData, rows: np.ndarray, model_config: ModelConfig, config: ProbeConfig
+) -> WMLM:
+    """Encoder and decoder from scratch, trained on the labelled sequences only."""
+    torch.manual_seed(config.seed)
+    model = WMLM(model_config, pairs=())
+    model.train()
+
+    def loss_of(pick: np.ndarray) -> torch.Tensor:
+        channel = _channels(data, rows[pick])
+        history = model.encode_channels(channel[:, :-1])[0]
+        return model.prediction_loss(history, channel)
+
+    params = list(model.wireless.parameters()) + list(model.decoder.parameters())
+    _loop(config.steps(len(rows)), len(rows), config, params, config.end_to_end_lr, loss_of)
+    return model.eval()
+
+
+@torch.no_grad()
+def prediction_nmse_db(model: WMLM, data: WirelessData, rows: np.ndarray) -> float:
+    """Mean NMSE (dB) of predicting the last snapshot from the ones before it."""
+    errors = []
+    for s in range(0, len(rows), 128):
+        prediction, target = model.predict_last(_channels(data, rows[s : s + 128]))
+        errors.append(nmse(prediction, target))
+    return float(10 * torch.log10(torch.cat(errors).mean()))
+
+
+def copy_last_nmse_db(data: WirelessData, rows: np.ndarray, config: ModelConfig) -> float:
+    """The reference every predictor must beat: the next snapshot equals the last one."""
+    errors = []
+    for s in range(0, len(rows), 256):
+        channel = _channels(data, rows[s : s + 256])
+        previous = channel_tokens(channel[:, -2], config)[0]
+        errors.append(nmse(previous, next_snapshot_targets(channel, config)[:, -1]))
+    return float(10 * torch.log10(torch.cat(errors).mean()))
+
+
+# -- retrieval ---------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def embeddings(model: WMLM, data: WirelessData, rows: np.ndarray, modalities: list[str]) -> dict[str, torch.Tensor]:
+    out: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
+    for s in range(0, len(rows), 128):
+        batch = tensors(data, rows[s : s + 128], model.config.text_length)
+        batch["channel"] = batch["channel"][:, -1:]
+        for m in modalities:
+            out[m].append(model.embed(m, batch))
+    return {m: torch.cat(v) for m, v in out.items()}
+
+
+def recall_at_1(query: torch.Tensor, gallery: torch.Tensor) -> float:
+    """Share of queries whose nearest gallery item (cosine) is their own pair."""
+    nearest = (query @ gallery.T).argmax(dim=1)
+    return float((nearest == torch.arange(len(query))).float().mean())

@@ -1,0 +1,45 @@
+"""A trace's arrival rate scaled up: the pattern over time kept, the extra copies other users."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgecloud.bench.traces import TraceRequest
+from edgecloud.sim.workload import scale_rate
+
+TRACE = [
+    TraceRequest(0.0, 100, 10, (0, 1)),
+    TraceRequest(1.0, 200, 20, (0, 1, 2)),
+    TraceRequest(3.0, 300, 30, (3,)),
+]
+
+
+def test_whole_factors_copy_every_request_between_it_and_the_next() -> None:
+    out = scale_rate(TRACE, 3.0, seed=1)
+    assert len(out) == 9
+    assert [r.arrival_s for r in out] == sorted(r.arrival_s for r in out)
+    for original in TRACE:
+        copies = [r for r in out if r.input_len == original.input_len]
+        assert len(copies) == 3 and all(r.output_len == original.output_len for r in copies)
+        assert min(r.arrival_s for r in copies) == original.arrival_s
+    assert all(r.arrival_s <= 3.0 for r in out)  # the last request's copies stay at its arrival
+
+
+def test_copies_share_prefixes_among_themselves_not_with_the_original() -> None:
+    out = scale_rate(TRACE, 2.0, seed=0)
+    span = 4  # hash ids 0..3
+    heads = {r.hash_ids for r in out if r.input_len == 100}
+    assert heads == {(0, 1), (0 + span, 1 + span)}
+    second = {r.hash_ids for r in out if r.input_len == 200}
+    assert second == {(0, 1, 2), (4, 5, 6)}  # the copy of request 2 shares its head with the copy of request 1
+
+
+def test_a_fractional_factor_adds_that_share_of_requests_on_average() -> None:
+    trace = [TraceRequest(float(i), 10, 1) for i in range(2000)]
+    out = scale_rate(trace, 1.25, seed=0)
+    assert 2400 < len(out) < 2600
+
+
+def test_a_factor_that_is_not_positive_is_refused() -> None:
+    with pytest.raises(ValueError, match="rate factor must be > 0"):
+        scale_rate(TRACE, 0.0)

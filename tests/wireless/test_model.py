@@ -1,0 +1,103 @@
+"""Shapes, invariants and losses of WMLM's networks, and a tiny training run whose loss must fall."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgecloud.wireless.dataset import load
+from edgecloud.wireless.model import (
+    ANCHOR_PAIRS,
+    DIRECT_PAIRS,
+    WMLM,
+    ModelConfig,
+    channel_tokens,
+    info_nce,
+    next_snapshot_targets,
+    nmse,
+)
+from edgecloud.wireless.tasks import ProbeConfig, copy_last_nmse_db, fit_end_to_end, recall_at_1
+from edgecloud.wireless.train import TrainConfig, load_checkpoint, pretrain, save_checkpoint, tensors
+
+TINY = ModelConfig(dim=32, embed_dim=16, heads=2, wireless_layers=1, decoder_layers=1, text_layers=1)
+
+
+def test_channel_tokens_are_a_unitary_view_of_the_channel() -> None:
+    torch.manual_seed(0)
+    channel = torch.randn(3, 32, 32, 2) * 7
+    patches, log_power, rms = channel_tokens(channel, TINY)
+    assert patches.shape == (3, TINY.num_patches, TINY.patch_values)
+    # unit-power channel, orthonormal DFT: every patch value squared sums to N * K
+    assert torch.allclose(patches.square().sum(dim=(1, 2)), torch.full((3,), 32.0 * 32), rtol=1e-4)
+    h = torch.complex(channel[..., 0], channel[..., 1])
+    assert torch.allclose(10**log_power, h.abs().square().mean(dim=(1, 2)), rtol=1e-5)
+    assert torch.allclose(rms, h.abs().square().mean(dim=(1, 2)).sqrt(), rtol=1e-5)
+
+
+def test_decoder_is_causal_across_snapshots() -> None:
+    torch.manual_seed(0)
+    model = WMLM(TINY).eval()
+    channel = torch.randn(2, 4, 32, 32, 2)
+    tokens = model.encode_channels(channel)[0]
+    changed = tokens.clone()
+    changed[:, 2:] += 1.0
+    with torch.no_grad():
+        a, b = model.decoder(tokens), model.decoder(changed)
+    assert a.shape == (2, 4, TINY.num_patches, TINY.patch_values)
+    assert torch.allclose(a[:, :2], b[:, :2], atol=1e-6)
+    assert not torch.allclose(a[:, 2:], b[:, 2:])
+
+
+def test_next_snapshot_targets_and_nmse() -> None:
+    channel = torch.randn(2, 4, 32, 32, 2)
+    targets = next_snapshot_targets(channel, TINY)
+    assert targets.shape == (2, 3, TINY.num_patches, TINY.patch_values)
+    assert torch.allclose(nmse(targets, targets), torch.zeros(2))
+    assert torch.allclose(nmse(torch.zeros_like(targets), targets), torch.ones(2))
+
+
+def test_info_nce_prefers_aligned_pairs() -> None:
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
+    scale = torch.tensor(np.log(10.0))
+    assert info_nce(a, a, scale) < info_nce(a, a[torch.randperm(16)], scale)
+    assert recall_at_1(a, a) == 1.0
+
+
+def test_forward_losses_per_pairing(shard_dir: Path) -> None:
+    data = load(shard_dir)
+    batch = tensors(data, np.arange(6), TINY.text_length)
+    anchored = WMLM(TINY, ANCHOR_PAIRS)(batch, predict_rows=3)
+    assert set(anchored) == {"predict", "wireless-image", "wireless-lidar", "wireless-text", "total"}
+    direct = WMLM(TINY, DIRECT_PAIRS)(batch)
+    assert set(direct) == {"image-text", "total"}
+    assert WMLM(TINY, DIRECT_PAIRS).text is not None and WMLM(TINY, DIRECT_PAIRS).lidar is None
+    with pytest.raises(ValueError, match="nothing to train"):
+        WMLM(TINY, ())(batch)
+
+
+def test_pretraining_loss_falls_and_checkpoint_round_trips(shard_dir: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    data = load(shard_dir, ["main"])
+    config = TrainConfig(steps=40, batch_size=12, lr=3e-3, warmup=5, predict_rows=4)
+    model, log = pretrain(data, np.arange(len(data)), TINY, config)
+    first = np.mean([e["total"] for e in log[:5]])
+    last = np.mean([e["total"] for e in log[-5:]])
+    assert last < first - 0.5
+    save_checkpoint(model, tmp_path / "ckpt")
+    again = load_checkpoint(tmp_path / "ckpt")
+    batch = tensors(data, np.arange(4), TINY.text_length)
+    with torch.no_grad():
+        assert torch.allclose(model.embed("image", batch), again.embed("image", batch))
+
+
+def test_task_specific_model_and_copy_last_reference_run(shard_dir: Path) -> None:
+    torch.set_num_threads(1)
+    data = load(shard_dir, ["main"])
+    probe = ProbeConfig(min_steps=30, max_steps=30, batch_size=12)
+    model = fit_end_to_end(data, np.arange(len(data)), "los", TINY, probe)
+    assert model(torch.from_numpy(data.arrays["channel"][:2, -1].astype(np.float32))).shape == (2, 1)
+    assert np.isfinite(copy_last_nmse_db(data, np.arange(len(data)), TINY))
