@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgecloud.bench.traces import read_trace
-from edgecloud.cluster.ooco import RELAXED, STRICT
+from edgecloud.cluster.ooco import RELAXED, STRICT, Roofline
 from edgecloud.cluster.policies import make_policy
 from edgecloud.sim.run import SimClusterSpec, build_instances, trace_workload_for
 from edgecloud.sim.simulator import Backlog, ClusterSimulator, SimRecord, SimRequest, SimResult
@@ -107,9 +107,27 @@ def _p99_ms(values: Sequence[float]) -> float | None:
     return float(np.percentile(values, 99) * 1000) if values else None
 
 
+def flex_chunks(settings: SimOOCOSettings, policy: str, perf: Any, max_tokens: int) -> dict[str, int | None]:
+    """Offline tokens per step on each pool (the engine's ``flex_max_batched_tokens``; None: the
+    engine's default, ``max_num_seqs``). ``separate``'s relaxed instances serve only offline work:
+    nothing to protect, the whole step budget. ``ooco``'s relaxed instances prefill online prompts
+    but decode none: an offline chunk may take up to a quarter of the TTFT SLO (the roofline
+    model's largest such chunk), which an online prompt arriving during it waits at most. Mixed
+    instances (``priority``) and the strict pool keep the engine's default."""
+    if policy == "separate":
+        return {STRICT: None, RELAXED: max_tokens}
+    if policy == "ooco":
+        return {STRICT: None, RELAXED: Roofline(perf).prefill_chunk_within(settings.ttft_slo_ms / 4000, max_tokens)}
+    return {STRICT: None, RELAXED: None}
+
+
 def run_case(settings: SimOOCOSettings, policy: str, rate_scale: float, with_offline: bool = True) -> dict[str, Any]:
     """One policy at one online rate: the case's row (and its simulator result)."""
     instances, link, max_len = pooled_instances(settings)
+    chunks = flex_chunks(settings, policy, instances[0].perf, instances[0].config.max_num_batched_tokens)
+    for instance in instances:
+        if chunks[instance.pool] is not None:
+            instance.scheduler.flex_max_batched_tokens = chunks[instance.pool]
     online = trace_workload_for(settings.online_trace, max_len, duration_s=settings.duration_s,
                                 rate_scale=rate_scale, seed=settings.seed)
     last = max((r.arrival_s for r in online), default=0.0)
@@ -125,7 +143,9 @@ def run_case(settings: SimOOCOSettings, policy: str, rate_scale: float, with_off
         backlog = Backlog(offline_requests(settings, max_len, concurrency + 20000), concurrency)
     until = last + settings.drain_s
     result = sim.run(online, until_s=until, backlog=backlog)
-    return summarize_case(settings, policy, rate_scale, result, len(online), policy_object)
+    row = summarize_case(settings, policy, rate_scale, result, len(online), policy_object)
+    row["flex_tokens_per_step"] = {pool: chunks[pool] or settings.max_num_seqs for pool in (STRICT, RELAXED)}
+    return row
 
 
 def summarize_case(settings: SimOOCOSettings, policy: str, rate_scale: float, result: SimResult,

@@ -82,6 +82,19 @@ class Roofline:
             step = self._steps[key] = self.perf.step_time([StepShape(1, context)] * num_seqs)
         return step
 
+    def prefill_chunk_within(self, limit_s: float, longest: int) -> int:
+        """The largest prompt chunk (<= ``longest`` tokens, at least 1) whose prefill step the model
+        prices within ``limit_s``: how much offline prefill a relaxed instance may put in one step
+        when an online prompt arriving during it may wait that long."""
+        lo, hi = 1, max(1, longest)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.perf.step_time([StepShape(mid, mid)]) <= limit_s:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
     def fits(self, num_seqs: int, total_context: float, length: int, limit_s: float) -> bool:
         """Whether one more decode of ``length`` context tokens keeps the step under ``limit_s``."""
         return self.decode_step_s(num_seqs + 1, (total_context + length) / (num_seqs + 1)) <= limit_s
