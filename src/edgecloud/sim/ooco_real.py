@@ -30,8 +30,10 @@ from edgecloud.bench.metrics import RequestRecord
 from edgecloud.bench.runner import run_requests
 from edgecloud.bench.traces import read_trace
 from edgecloud.bench.workload import BenchRequest, LengthScaling, PromptVocab, trace_workload
+from edgecloud.cluster.ooco import perf_model_from_files
 from edgecloud.llm.config import EngineConfig
 from edgecloud.llm.model_source import resolve_model
+from edgecloud.sim.ooco_bench import SimOOCOSettings, flex_chunks
 from edgecloud.sim.real import RealCluster, metric_values
 
 
@@ -60,12 +62,16 @@ class RealOOCOSettings:
                 f"{self.engine.model or 'the demo model'}, {self.engine.num_threads or 1} thread each")
 
 
-def cluster_config(settings: RealOOCOSettings, policy: str, tpot_ms: float) -> str:
-    """The TOML instance file of one case."""
+def cluster_config(settings: RealOOCOSettings, policy: str, ttft_ms: float, tpot_ms: float) -> str:
+    """The TOML instance file of one case (offline tokens per step per pool as ``flex_chunks``
+    sets them for the simulated cases)."""
     e = settings.engine
     options = ""
+    model_dir = resolve_model(e.model).directory
+    perf = perf_model_from_files(settings.hardware, model_dir)
+    chunk = flex_chunks(SimOOCOSettings(ttft_slo_ms=ttft_ms if math.isfinite(ttft_ms) else 1e9), policy, perf,
+                        e.max_num_batched_tokens)
     if policy == "ooco":
-        model_dir = resolve_model(e.model).directory
         options = (f'options = {{ hardware = "{Path(settings.hardware).resolve()}", model = "{model_dir}", '
                    f"tpot_slo_ms = {tpot_ms} }}\n")
     lines = [f'[router]\npolicy = "{policy}"\n{options}', "[defaults]",
@@ -74,7 +80,10 @@ def cluster_config(settings: RealOOCOSettings, policy: str, tpot_ms: float) -> s
              f"max_num_seqs = {e.max_num_seqs}", f"max_num_batched_tokens = {e.max_num_batched_tokens}",
              f"seed = {e.seed}", ""]
     for pool, count in (("strict", settings.strict), ("relaxed", settings.relaxed)):
-        lines += ["[[instance]]", f'name = "{pool}"', f'pool = "{pool}"', f"count = {count}", ""]
+        lines += ["[[instance]]", f'name = "{pool}"', f'pool = "{pool}"', f"count = {count}"]
+        if chunk[pool] is not None:
+            lines.append(f"flex_max_batched_tokens = {chunk[pool]}")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -130,7 +139,7 @@ def run_real_case(settings: RealOOCOSettings, policy: str, requests: Sequence[Be
 
     with tempfile.TemporaryDirectory(prefix="edgecloud-ooco-") as tmp:
         config = Path(tmp) / "cluster.toml"
-        config.write_text(cluster_config(settings, policy, tpot_ms))
+        config.write_text(cluster_config(settings, policy, ttft_ms, tpot_ms))
         args = ["--config", str(config), "--batch-dir", str(Path(tmp) / "batches"),
                 "--batch-concurrency", str(settings.batch_concurrency), "--max-waiting", "4096"]
         with RealCluster(args) as cluster:
