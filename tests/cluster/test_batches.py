@@ -1,20 +1,25 @@
 """The OpenAI Batch API on the router (issue #19), as a user drives it: the official ``openai``
 client uploads a JSONL file, creates a batch, follows it and reads the output and error files.
-The router is killed (SIGKILL) mid-batch and started again on the same directory: the batch
-completes with every line answered exactly once, and each answer is the greedy answer the same
+The router is killed (SIGKILL) mid-batch and started again on the same directory (``make bench``:
+two cluster starts; the default suite runs the resume logic in process): the batch completes with every line answered exactly once, and each answer is the greedy answer the same
 cluster gives online. Malformed lines go to the error file with the reason; the rest run."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
 
 import openai
 import pytest
+from fastapi import FastAPI
 
 from edgecloud.cli import main
-from edgecloud.cluster.batches import parse_input
+from edgecloud.cluster.batches import BatchRunner, CreateBatch, mount_batch_api, parse_input
+from edgecloud.llm.async_engine import AsyncEngine
+from edgecloud.llm.config import EngineConfig
+from edgecloud.server.app import ServerSettings, build_app
 from edgecloud.sim.real import RealCluster
 
 ENGINE = ["--threads", "1", "--kv-cache-memory-mb", "4", "--block-size", "4", "--dtype", "float32"]
@@ -49,6 +54,45 @@ def _wait(client: openai.OpenAI, batch_id: str, done: object, timeout_s: float =
     raise AssertionError(f"batch {batch_id} not there in {timeout_s} s: {batch}")
 
 
+def test_a_restarted_runner_answers_each_line_once(demo_dir: Path, tmp_path: Path) -> None:
+    """The resume logic in process (fast): the runner stopped mid-batch (its state left on disk as a
+    kill leaves it, plus a torn last line), a new app over the same directory finishes the batch."""
+    lines = [json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/completions",
+                         "body": {"model": "demo", "prompt": [5, 6, 7 + i % 5], "max_tokens": 24, "temperature": 0,
+                                  "ignore_eos": True}}) for i in range(16)]
+
+    def app_over(directory: Path) -> tuple[FastAPI, BatchRunner]:
+        config = EngineConfig(model=str(demo_dir), dtype="float32", kv_cache_memory_mb=4.0, block_size=4,
+                              num_threads=1)
+        app = build_app(AsyncEngine(config, core="thread"), ServerSettings(served_model_name="demo"))
+        return app, mount_batch_api(app, directory, concurrency=2)
+
+    async def first() -> str:
+        app, runner = app_over(tmp_path)
+        async with app.router.lifespan_context(app):
+            file_id = runner.store.add_file("\n".join(lines).encode(), "in.jsonl", "batch")["id"]
+            batch_id = runner.create(CreateBatch(input_file_id=file_id, endpoint="/v1/completions"))["id"]
+            while runner.store.batch(batch_id)["request_counts"]["completed"] < 3:
+                await asyncio.sleep(0.02)
+        return batch_id
+
+    async def second(batch_id: str) -> dict:
+        app, runner = app_over(tmp_path)
+        async with app.router.lifespan_context(app):
+            return await runner.wait(batch_id)
+
+    batch_id = asyncio.run(first())
+    state = json.loads((tmp_path / "batches" / f"{batch_id}.json").read_text())
+    assert state["status"] == "in_progress" and 3 <= state["request_counts"]["completed"] < 16
+    with open(tmp_path / "batches" / f"{batch_id}.output.jsonl", "ab") as f:
+        f.write(b'{"id": "batch_req_')  # a write cut short by the kill
+    done = asyncio.run(second(batch_id))
+    assert done["status"] == "completed" and done["request_counts"] == {"total": 16, "completed": 16, "failed": 0}
+    results = [json.loads(line) for line in (tmp_path / "files" / done["output_file_id"]).read_text().splitlines()]
+    assert sorted(r["custom_id"] for r in results) == sorted(f"r{i}" for i in range(16))
+
+
+@pytest.mark.bench
 @pytest.mark.timeout(240)
 def test_batch_survives_a_router_kill(demo_dir: Path, tmp_path: Path) -> None:
     args = ["--instances", "1", "--model", str(demo_dir), *ENGINE, "--batch-dir", str(tmp_path / "state"),
