@@ -175,12 +175,14 @@ def summarize_case(settings: SimOOCOSettings, policy: str, rate_scale: float, re
     return row
 
 
-def find_base_rate(settings: SimOOCOSettings, target: float = 0.99, steps: int = 5) -> float:
+def find_base_rate(settings: SimOOCOSettings, target: float = 0.99, steps: int = 4) -> float:
     """The online rate multiplier at which ``separate``'s strict instances (online only) just hold
     the SLOs for ``target`` of the requests (bisection on a log scale)."""
 
     def holds(scale: float) -> bool:
-        return run_case(settings, "separate", scale, with_offline=False)["slo_attainment"] >= target
+        attained = run_case(settings, "separate", scale, with_offline=False)["slo_attainment"]
+        print(f"SIMULATED separate online only, rate x{scale:.2f}: SLO attainment {attained:.3f}", flush=True)
+        return attained >= target
 
     lo, hi = 1.0, 2.0
     if holds(lo):
