@@ -30,6 +30,7 @@ from edgecloud.errors import RUNTIME, CLIError
 SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.llm.cli",
     "edgecloud.llm.attention.cli",
+    "edgecloud.llm.moe.cli",
     "edgecloud.netem.cli",
     "edgecloud.stream.cli",
     "edgecloud.c2.cli",
@@ -42,6 +43,8 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     # OOCO (issue #19): `edgecloud batch run` and `edgecloud bench ooco`
     "edgecloud.cluster.batch_cli",
     "edgecloud.sim.ooco_cli",
+    "edgecloud.sim.lora_cli",
+    "edgecloud.edge.cli",
 )
 
 

@@ -160,5 +160,7 @@ class PrefillDecode(RoutingPolicy):
         return Route(decode.target, prefill=prefill.target)
 
 
+# The LoRA adapter policies (slora, affinity, loraserve) register themselves on import.
+from edgecloud.cluster import lora as _lora_policies  # noqa: E402, F401
 # OOCO's pool policies (ooco, separate, priority) join the registry (issue #19).
 import edgecloud.cluster.ooco.policies  # noqa: E402, F401

@@ -21,6 +21,10 @@ SUPPORTED_ARCHITECTURES = {
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "DeepseekV3ForCausalLM": "deepseek_v3",
 }
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -67,6 +71,53 @@ class RopeConfig:
 
 
 @dataclass(frozen=True)
+class MoEConfig:
+    """The mixture-of-experts MLPs of a model (Mixtral, Qwen2-MoE, Qwen3-MoE, DeepSeek-V3).
+
+    ``layers``: the decoder layers whose MLP is an MoE block (the others keep the dense MLP of
+    ``intermediate_size``). Routing: ``softmax`` over the router logits then top-k (Mixtral, Qwen),
+    or ``sigmoid`` scores with ``e_score_correction_bias`` added for the choice only, top-``topk_groups``
+    of ``num_groups`` groups first (each scored by its best two experts), then top-k, the chosen
+    scores normalised and multiplied by ``routed_scaling_factor`` (DeepSeek-V3). ``router_fp32``:
+    the router's matmul runs in float32 (DeepSeek-V3); ``weights_in_model_dtype``: the routing
+    weights are cast back to the activations' dtype before they scale the experts (Qwen).
+    Shared experts run on every token: ``shared_intermediate_size`` wide, scaled by a sigmoid gate
+    (Qwen2-MoE) when ``shared_expert_gate``."""
+
+    num_experts: int
+    top_k: int
+    intermediate_size: int
+    layers: tuple[int, ...]
+    scoring: str = "softmax"
+    norm_topk_prob: bool = True
+    router_fp32: bool = False
+    weights_in_model_dtype: bool = False
+    num_groups: int = 1
+    topk_groups: int = 1
+    routed_scaling_factor: float = 1.0
+    score_correction_bias: bool = False
+    shared_intermediate_size: int = 0
+    shared_expert_gate: bool = False
+
+
+@dataclass(frozen=True)
+class MLAConfig:
+    """Multi-head latent attention (DeepSeek-V2/V3): queries through a low-rank ``q_lora_rank``
+    bottleneck (or one projection when None); keys and values from one shared latent of
+    ``kv_lora_rank`` plus a rotary key of ``qk_rope_head_dim`` shared by all heads, which is what
+    the cache keeps. Per head, keys have ``qk_nope_head_dim + qk_rope_head_dim`` dimensions and
+    values ``v_head_dim``. ``rope_interleave``: the rotary dimensions are stored as interleaved
+    pairs (DeepSeek's checkpoints)."""
+
+    q_lora_rank: int | None
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    rope_interleave: bool = True
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     architecture: str
     model_type: str
@@ -90,6 +141,8 @@ class ModelConfig:
     torch_dtype: str | None
     bos_token_id: int | None
     eos_token_ids: tuple[int, ...]
+    moe: MoEConfig | None = None  # mixture-of-experts MLPs
+    mla: MLAConfig | None = None  # multi-head latent attention instead of GQA
 
     @classmethod
     def from_file(cls, path: Path) -> ModelConfig:
@@ -129,6 +182,9 @@ class ModelConfig:
         sliding = raw.get("sliding_window") if raw.get("use_sliding_window", True) else None
         # Llama's attention_bias covers q/k/v and o; Qwen2 has q/k/v biases and no o bias.
         attention_bias = bool(raw.get("attention_bias", model_type == "qwen2"))
+        if model_type == "qwen2_moe":  # transformers 5 names it qkv_bias; Qwen2-MoE always had them
+            attention_bias = bool(raw.get("qkv_bias", True))
+        mla = _read_mla(raw, source) if model_type == "deepseek_v3" else None
         return cls(
             architecture=arch,
             model_type=model_type,
@@ -138,21 +194,97 @@ class ModelConfig:
             num_hidden_layers=int(need("num_hidden_layers")),
             num_attention_heads=heads,
             num_key_value_heads=kv_heads,
-            head_dim=int(raw.get("head_dim") or hidden // heads),
+            # MLA's rotary part is the only per-head dimension the rotary table needs.
+            head_dim=mla.qk_rope_head_dim if mla else int(raw.get("head_dim") or hidden // heads),
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
             rope=_read_rope(raw, source),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", model_type == "qwen2")),
             qkv_bias=attention_bias,
-            o_bias=attention_bias and model_type != "qwen2",
-            qk_norm=model_type == "qwen3",
+            o_bias=attention_bias and model_type not in ("qwen2", "qwen2_moe"),
+            qk_norm=model_type in ("qwen3", "qwen3_moe"),
             mlp_bias=bool(raw.get("mlp_bias", False)),
             hidden_act=str(raw.get("hidden_act", "silu")),
             sliding_window=int(sliding) if sliding else None,
             torch_dtype=raw.get("dtype") or raw.get("torch_dtype"),
             bos_token_id=raw.get("bos_token_id"),
             eos_token_ids=eos_ids,
+            moe=_read_moe(raw, model_type, source),
+            mla=mla,
         )
+
+
+def _read_moe(raw: dict[str, Any], model_type: str, source: str) -> MoEConfig | None:
+    """The MoE fields of Mixtral, Qwen2-MoE, Qwen3-MoE and DeepSeek-V3 configs (transformers 4
+    and 5 names), or None for a dense model."""
+    if model_type not in ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3"):
+        return None
+
+    def positive(*keys: str) -> int:
+        for key in keys:
+            value = raw.get(key)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ModelLoadError(f"{source}: {key} must be a positive integer, got {value!r}")
+                return value
+        raise ModelLoadError(f"{source}: missing required field {keys[0]!r}")
+
+    layers_total = int(raw.get("num_hidden_layers", 0))
+    top_k = positive("num_experts_per_tok")
+    if model_type == "mixtral":
+        experts = positive("num_local_experts")
+        moe = MoEConfig(experts, top_k, positive("intermediate_size"), tuple(range(layers_total)))
+    elif model_type == "deepseek_v3":
+        experts = positive("n_routed_experts", "num_local_experts")
+        first_dense = int(raw.get("first_k_dense_replace", 0))
+        groups, topk_groups = positive("n_group"), positive("topk_group")
+        if experts % groups or topk_groups > groups:
+            raise ModelLoadError(
+                f"{source}: n_routed_experts={experts} must split into n_group={groups} groups, "
+                f"and topk_group={topk_groups} must be <= n_group"
+            )
+        scoring = raw.get("scoring_func", "sigmoid")
+        if scoring != "sigmoid":
+            raise ModelLoadError(f"{source}: scoring_func {scoring!r} is not supported (DeepSeek-V3 uses sigmoid)")
+        moe = MoEConfig(
+            experts, top_k, positive("moe_intermediate_size"), tuple(range(first_dense, layers_total)),
+            scoring="sigmoid", norm_topk_prob=bool(raw.get("norm_topk_prob", True)), router_fp32=True,
+            num_groups=groups, topk_groups=topk_groups,
+            routed_scaling_factor=float(raw.get("routed_scaling_factor", 1.0)), score_correction_bias=True,
+            shared_intermediate_size=positive("moe_intermediate_size") * int(raw.get("n_shared_experts") or 0),
+        )
+    else:
+        experts = positive("num_experts", "num_local_experts")
+        only_dense = set(raw.get("mlp_only_layers") or ())
+        step = int(raw.get("decoder_sparse_step", 1))
+        layers = tuple(i for i in range(layers_total) if i not in only_dense and (i + 1) % step == 0)
+        shared = int(raw.get("shared_expert_intermediate_size") or 0) if model_type == "qwen2_moe" else 0
+        moe = MoEConfig(
+            experts, top_k, positive("moe_intermediate_size"), layers,
+            norm_topk_prob=bool(raw.get("norm_topk_prob", False)), weights_in_model_dtype=True,
+            shared_intermediate_size=shared, shared_expert_gate=shared > 0,
+        )
+    if moe.top_k > moe.num_experts:
+        raise ModelLoadError(f"{source}: num_experts_per_tok={top_k} exceeds the {experts} experts")
+    return moe
+
+
+def _read_mla(raw: dict[str, Any], source: str) -> MLAConfig:
+    def need(key: str) -> int:
+        value = raw.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ModelLoadError(f"{source}: {key} must be a positive integer, got {value!r}")
+        return value
+
+    q_rank = raw.get("q_lora_rank")
+    return MLAConfig(
+        q_lora_rank=None if q_rank is None else need("q_lora_rank"),
+        kv_lora_rank=need("kv_lora_rank"),
+        qk_nope_head_dim=need("qk_nope_head_dim"),
+        qk_rope_head_dim=need("qk_rope_head_dim"),
+        v_head_dim=need("v_head_dim"),
+        rope_interleave=bool(raw.get("rope_interleave", True)),
+    )
 
 
 def _read_rope(raw: dict[str, Any], source: str) -> RopeConfig:
@@ -261,6 +393,16 @@ class EngineConfig:
     # Weight-only quantization of the decoder's projections and LM head: int8 (GGUF Q8_0 blocks) or
     # int4 (Q4_1 blocks), read block for block from the GGUF file when the model came from one.
     quantization: str = "none"
+    # Multi-LoRA (docs/lora.md): adapters served beside the base model. ``lora_modules``: (name, PEFT
+    # directory) pairs loaded at start (and again when the core restarts); any enables LoRA.
+    # ``max_loras``: device slots, and the most distinct adapters among running requests;
+    # ``max_lora_rank``: the largest rank a slot holds; ``max_cpu_loras``: adapters kept parsed in
+    # host memory (the rest are read from disk again when needed).
+    enable_lora: bool = False
+    lora_modules: tuple[tuple[str, str], ...] = ()
+    max_loras: int = 4
+    max_lora_rank: int = 16
+    max_cpu_loras: int = 32
 
     def __post_init__(self) -> None:
         def bad(param: str, allowed: str) -> InvalidRequestError:
@@ -284,6 +426,18 @@ class EngineConfig:
             raise bad("max_model_len", ">= 1")
         if self.quantization not in ("none", "int8", "int4"):
             raise bad("quantization", "one of none, int8, int4")
+        if self.max_loras < 1:
+            raise bad("max_loras", ">= 1")
+        if not 1 <= self.max_lora_rank <= 512:
+            raise bad("max_lora_rank", "in [1, 512]")
+        if self.max_cpu_loras < self.max_loras:
+            raise bad("max_cpu_loras", f">= max_loras ({self.max_loras})")
+        self.lora_modules = tuple((str(n), str(p)) for n, p in self.lora_modules)
+        names = [n for n, _ in self.lora_modules]
+        if len(set(names)) != len(names):
+            raise bad("lora_modules", "pairs with distinct names")
+        if self.lora_modules:
+            self.enable_lora = True
 
     def resolve_dtype(self, model: ModelConfig) -> torch.dtype:
         if self.dtype != "auto":

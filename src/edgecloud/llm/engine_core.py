@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import torch
@@ -29,6 +29,9 @@ from edgecloud.llm.request import EngineCoreRequest
 from edgecloud.llm.request_state import Request
 from edgecloud.llm.scheduler import SampledTokens, Scheduler, SchedulerOutput
 from edgecloud.llm.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from edgecloud.llm.lora import LoRAManager
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +102,10 @@ class EngineCore:
             eos.add(tokenizer.eos_token_id)
         self.scheduler = Scheduler(
             self.kv, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len, eos,
+            max_loras=config.max_loras if config.enable_lora else None,
             flex_max_batched_tokens=config.flex_max_batched_tokens,
         )
+        self.lora: LoRAManager | None = None
         if executor is None:
             model = load_model(directory, mc, self.dtype, self.device, self.max_model_len)
             if config.quantization != "none":
@@ -108,9 +113,11 @@ class EngineCore:
 
                 report = quantize_model(model, config.quantization, gguf=source.gguf)
                 log.info("weights quantized: %s", report)
+            if config.enable_lora:
+                self.lora = self._start_lora(model, source.name)
             executor = ModelRunner(
                 model, mc, groups, num_blocks, config.block_size, self.dtype, self.device,
-                config.attention_backend, config.seed,
+                config.attention_backend, config.seed, lora=self.lora,
             )
         self.executor = executor
         self.info = EngineInfo(
@@ -130,7 +137,7 @@ class EngineCore:
         validate_core_request(req, self.info)
         if req.request_id in self.scheduler.requests:
             raise InvalidRequestError(f"request id {req.request_id!r} is already running", "request_id")
-        if req.adapter_id is not None:
+        if req.adapter_id is not None and (self.lora is None or not self.lora.has(req.adapter_id)):
             raise InvalidRequestError(f"unknown LoRA adapter {req.adapter_id!r}", "adapter_id")
         self._order += 1
         self.scheduler.add(Request.from_core_request(req, self._order, len(self.kv.pools)))
@@ -258,6 +265,89 @@ class EngineCore:
 
     def _control_reset_prefix_cache(self) -> int:
         return self.kv.reset_prefix_cache()
+
+    # -- LoRA adapters (docs/lora.md) -----------------------------------------------------------
+
+    def _start_lora(self, model: torch.nn.Module, model_name: str) -> LoRAManager:
+        from edgecloud.llm.lora import LoRAManager
+        from edgecloud.llm.lora.layers import attach_lora
+
+        c = self.config
+        lora = LoRAManager(self.model_config, c.max_loras, c.max_lora_rank, c.max_cpu_loras, self.dtype, self.device,
+                           reserved_names=(model_name,))
+        attach_lora(model, lora.slots)
+        for name, path in c.lora_modules:
+            try:
+                lora.add(name, path)
+            except InvalidRequestError as error:
+                raise InvalidRequestError(f"lora_modules: {error}", "lora_modules") from None
+        return lora
+
+    def _require_lora(self) -> LoRAManager:
+        if self.lora is None:
+            raise InvalidRequestError("LoRA is not enabled on this engine (start it with --enable-lora)", "lora_name")
+        return self.lora
+
+    def _adapter_loaded(self, stale_name: bool) -> None:
+        if stale_name:  # another adapter was known under this name: its cached blocks must not be hit
+            self.kv.reset_prefix_cache()
+
+    def _control_load_lora_adapter(self, lora_name: str, lora_path: str, pinned: bool = False) -> dict[str, Any]:
+        """Reads, checks and registers a PEFT adapter directory (vLLM's ``load_lora_adapter``)."""
+        lora = self._require_lora()
+        adapter, stale = lora.add(lora_name, lora_path, pinned)
+        self._adapter_loaded(stale)
+        return {"name": adapter.name, "rank": adapter.rank, "bytes": adapter.num_bytes}
+
+    def _control_unload_lora_adapter(self, lora_name: str) -> None:
+        lora = self._require_lora()
+        users = sum(1 for r in self.scheduler.requests.values() if r.adapter_id == lora_name)
+        if users:
+            raise InvalidRequestError(f"LoRA adapter {lora_name!r} is in use by {users} request(s); unload it when "
+                                      "they finish", "lora_name")
+        lora.remove(lora_name)
+
+    def _control_list_lora_adapters(self) -> list[dict[str, Any]]:
+        return [] if self.lora is None else self.lora.describe()
+
+    def _control_pin_lora_adapter(self, lora_name: str, pinned: bool = True) -> None:
+        self._require_lora().set_pinned(lora_name, pinned)
+
+    def _control_export_lora_adapter(self, lora_name: str) -> dict[str, Any]:
+        """The adapter's config and tensors, for a peer instance's ``import_lora_adapter``."""
+        return self._require_lora().export(lora_name)
+
+    def _control_import_lora_adapter(
+        self, lora_name: str, config: dict[str, Any], tensors: dict[str, torch.Tensor], digest: str,
+        pinned: bool = False,
+    ) -> None:
+        self._adapter_loaded(self._require_lora().import_(lora_name, config, tensors, digest, pinned))
+
+    # -- mixture of experts (docs/moe.md) -------------------------------------------------------
+
+    def _expert_runtime(self) -> Any:
+        runtime = getattr(self.executor, "moe", None)
+        if runtime is None:
+            raise InvalidRequestError(f"{self.info.model_name} has no mixture-of-experts layers", "op")
+        return runtime
+
+    def _control_expert_load(self, reset: bool = False) -> dict[str, Any]:
+        """Routing counters per MoE layer: top-k choices per expert, tokens per EP rank and their
+        max / mean, the live placement; ``reset`` zeroes the counters after reading them."""
+        return self._expert_runtime().load(reset)
+
+    def _control_expert_placement(self, slot_expert: list[list[int]], live: bool = True) -> int:
+        """Moves experts to a new placement (``slot_expert[moe layer][physical slot]``, -1 = empty), a
+        layer per step when ``live`` (serving goes on), else before the next step. Returns how many
+        layers change."""
+        from edgecloud.llm.moe.placement import Placement
+
+        runtime = self._expert_runtime()
+        try:
+            placement = Placement(slot_expert, runtime.world_size, runtime.moe.num_experts)
+            return runtime.apply(placement, live=live)
+        except ValueError as error:
+            raise InvalidRequestError(str(error), "slot_expert") from None
 
 
 def validate_core_request(req: EngineCoreRequest, info: EngineInfo) -> None:

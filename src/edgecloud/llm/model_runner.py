@@ -8,6 +8,9 @@ writes whole blocks for export and import.
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -16,16 +19,27 @@ from edgecloud.llm.attention.backend import DecodeBatch
 from edgecloud.llm.attention.prefill import make_prefill_segment
 from edgecloud.llm.config import ModelConfig
 from edgecloud.llm.kv_cache import LayerGroup
+from edgecloud.llm.layers.attention import kv_cache_shape
+from edgecloud.llm.moe.runtime import ExpertRuntime
 from edgecloud.llm.request_state import Request
 from edgecloud.llm.sampler import Sampler, SampleRow
 from edgecloud.llm.scheduler import SampledTokens, ScheduledRequest, SchedulerOutput
 from edgecloud.llm.step_context import AttentionMetadata, StepContext
 
+if TYPE_CHECKING:
+    from edgecloud.llm.lora import LoRAManager
+
+
+def _adapter_order(s: ScheduledRequest) -> str:
+    return s.request.adapter_id or ""
+
 
 def kv_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-    """Bytes one block holds over all layers (K and V)."""
+    """Bytes one block holds over all layers (K and V, in the shapes the attention modules declare)."""
     element = torch.tensor([], dtype=dtype).element_size()
-    return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * element
+    per_token = sum(math.prod(k) + math.prod(v) for k, v in
+                    (kv_cache_shape(config, layer) for layer in range(config.num_hidden_layers)))
+    return block_size * per_token * element
 
 
 class ModelRunner:
@@ -40,8 +54,10 @@ class ModelRunner:
         device: torch.device,
         attention_backend: str,
         seed: int,
+        lora: LoRAManager | None = None,
     ) -> None:
         self.model = model
+        self.lora = lora
         self.config = config
         self.groups = groups
         self.block_size = block_size
@@ -54,13 +70,17 @@ class ModelRunner:
             for layer in group.layers:
                 layer_group[layer] = g
         self.layer_group = tuple(layer_group)
-        shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
-        self.kv_caches = [
-            (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-            for _ in range(config.num_hidden_layers)
-        ]
+        self.kv_caches = []
+        for layer in range(config.num_hidden_layers):
+            k_shape, v_shape = kv_cache_shape(config, layer)
+            self.kv_caches.append((
+                torch.zeros((num_blocks, block_size, *k_shape), dtype=dtype, device=device),
+                torch.zeros((num_blocks, block_size, *v_shape), dtype=dtype, device=device),
+            ))
         for layer, cache in zip(model.model.layers, self.kv_caches, strict=True):
             layer.self_attn.kv_cache = cache
+        # Mixture-of-experts state (expert maps, routing counters, migration), in ``ctx.moe``.
+        self.moe = ExpertRuntime(model, config, device) if config.moe is not None else None
 
     def _slots(self, block_table: list[int], start: int, end: int) -> np.ndarray:
         positions = np.arange(start, end)
@@ -111,6 +131,10 @@ class ModelRunner:
             return SampledTokens()
         prefills = [s for s in plan.scheduled if s.num_new_tokens > 1]
         decodes = [s for s in plan.scheduled if s.num_new_tokens == 1]
+        with_adapters = self.lora is not None and any(s.request.adapter_id for s in plan.scheduled)
+        if with_adapters:  # rows of one adapter side by side: one LoRA segment each (docs/lora.md)
+            prefills.sort(key=_adapter_order)
+            decodes.sort(key=_adapter_order)
         input_ids: list[int] = []
         positions: list[int] = []
         logits_rows: list[int] = []
@@ -125,7 +149,15 @@ class ModelRunner:
         ctx = StepContext(
             attention=[self._attention(g, prefills, decodes) for g in range(len(self.groups))],
             layer_group=self.layer_group,
+            moe=None if self.moe is None else self.moe.begin_step(),
         )
+        if with_adapters:
+            assert self.lora is not None
+            ctx.lora = self.lora.batch(
+                [s.request.adapter_id for s in (*prefills, *decodes) for _ in range(s.num_new_tokens)]
+            )
+        if self.lora is not None:
+            self.lora.slots.batch = ctx.lora  # what the LoRA layers apply in this forward pass
         logits = self.model(
             torch.tensor(input_ids, dtype=torch.int64, device=self.device),
             torch.tensor(positions, dtype=torch.int64, device=self.device),

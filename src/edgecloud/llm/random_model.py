@@ -22,6 +22,22 @@ ARCH_CONFIGS: dict[str, dict[str, Any]] = {
     "mistral": {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "sliding_window": 4096},
     "qwen2": {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "tie_word_embeddings": True},
     "qwen3": {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "tie_word_embeddings": True},
+    # Mixture-of-experts layouts (docs/moe.md): 8 experts, top-2, each family's routing.
+    "mixtral": {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "num_local_experts": 8,
+                "num_experts_per_tok": 2},
+    "qwen2_moe": {"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe", "num_experts": 8,
+                  "num_experts_per_tok": 2, "moe_intermediate_size": 64, "shared_expert_intermediate_size": 96,
+                  "norm_topk_prob": False},
+    "qwen3_moe": {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "num_experts": 8,
+                  "num_experts_per_tok": 2, "moe_intermediate_size": 64, "norm_topk_prob": True},
+    # DeepSeek-V3's layout: a first dense layer, grouped sigmoid routing with a correction bias and
+    # routed scaling, a shared expert, and multi-head latent attention (K and V dims differ).
+    "deepseek_v3": {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+                    "num_hidden_layers": 3, "first_k_dense_replace": 1, "n_routed_experts": 8,
+                    "num_experts_per_tok": 2, "n_group": 4, "topk_group": 2, "n_shared_experts": 1,
+                    "moe_intermediate_size": 32, "routed_scaling_factor": 2.5, "q_lora_rank": 48,
+                    "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 24,
+                    "head_dim": 8},  # transformers: head_dim is the rotary part
 }
 
 
@@ -106,7 +122,10 @@ def write_random_model(
     # Random init is near-uniform at the output; a wider spread gives tests decisive argmaxes.
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith("weight") and param.dim() == 2:
+            if (name.endswith("weight") and param.dim() == 2) or param.dim() == 3:  # 3-D: fused experts
                 param.normal_(0.0, 0.08)
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # so that routing tests exercise the bias
+                buffer.uniform_(-0.05, 0.05)
     model.save_pretrained(out)
     return out

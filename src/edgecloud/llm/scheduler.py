@@ -70,9 +70,13 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_model_len: int,
         eos_token_ids: Iterable[int] = (),
+        max_loras: int | None = None,
         flex_max_batched_tokens: int | None = None,
     ) -> None:
         self.kv = kv
+        # LoRA: the most distinct adapters among running requests (each needs a device slot in
+        # every step it runs); None: no limit.
+        self.max_loras = max_loras
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         # flex work in one step: a step with flex prefill must not cost much more than a decode step,
@@ -190,7 +194,7 @@ class Scheduler:
                     break  # waiting is sorted: the rest are flex
                 j += 1
                 continue
-            if self._waits_for_sibling(req):
+            if self._waits_for_sibling(req) or self._no_adapter_slot(req):
                 j += 1
                 continue
             if len(self.running) >= self.max_num_seqs and not (tier == "default" and self._preempt_flex(out)):
@@ -217,6 +221,14 @@ class Scheduler:
             req.wait_for = None
             return False
         return True
+
+    def _no_adapter_slot(self, req: Request) -> bool:
+        """A request whose adapter no running request uses waits while ``max_loras`` distinct
+        adapters run; requests behind it whose adapters run already go ahead."""
+        if self.max_loras is None or req.adapter_id is None:
+            return False
+        running = {r.adapter_id for r in self.running if r.adapter_id is not None}
+        return req.adapter_id not in running and len(running) >= self.max_loras
 
     def _preempt_flex(self, out: SchedulerOutput) -> bool:
         """Preempts the least urgent running ``flex`` request not scheduled in this step."""
@@ -288,4 +300,6 @@ class Scheduler:
         assert all(r.status is RequestStatus.RUNNING for r in self.running)
         assert all(r.status is RequestStatus.WAITING and not any(r.block_tables) for r in self.waiting)
         assert len(self.running) <= self.max_num_seqs
+        if self.max_loras is not None:
+            assert len({r.adapter_id for r in self.running if r.adapter_id is not None}) <= self.max_loras
         self.kv.check_invariants(self.running)

@@ -15,6 +15,7 @@ import torch
 
 from edgecloud.llm.attention.backend import DecodeAttentionBackend
 from edgecloud.llm.attention.prefill import PrefillSegment
+from edgecloud.llm.lora.batch import LoRABatch
 
 
 @dataclass
@@ -32,7 +33,7 @@ class AttentionMetadata:
 class StepContext:
     attention: list[AttentionMetadata]  # per layer group
     layer_group: tuple[int, ...]  # layer index -> its group's index
-    lora: Any = None
+    lora: LoRABatch | None = None  # the step's adapter segments (docs/lora.md)
     moe: Any = None
 
     def attention_for(self, layer_idx: int) -> AttentionMetadata:

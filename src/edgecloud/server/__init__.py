@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from edgecloud.lazy_exports import lazy_getattr
 
 _EXPORTS = {
+    "ChatContext": "edgecloud.server.app",
+    "ChatTurn": "edgecloud.server.app",
     "OpenAIServer": "edgecloud.server.app",
     "ServerSettings": "edgecloud.server.app",
     "build_app": "edgecloud.server.app",
@@ -17,6 +19,8 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "ChatContext",
+    "ChatTurn",
     "OpenAIServer",
     "ServerSettings",
     "build_app",
@@ -24,7 +28,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from edgecloud.server.app import OpenAIServer, ServerSettings, build_app
+    from edgecloud.server.app import ChatContext, ChatTurn, OpenAIServer, ServerSettings, build_app
     from edgecloud.server.main import serve
 
 

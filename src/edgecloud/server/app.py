@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -38,6 +38,7 @@ from edgecloud.llm import (
     TokenLogprob,
 )
 from edgecloud.server.errors import APIError, install_error_handlers
+from edgecloud.server.lora import LoRAAdapters, install_lora_routes
 from edgecloud.server.metrics import ServerMetrics
 from edgecloud.server.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from edgecloud.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
@@ -62,6 +63,29 @@ class ServerSettings:
     retry_after_s: int = 1
     engine_core: str = "process"  # process | thread
     url: str = ""  # where the server listens, once bound (for the ready line)
+
+
+@dataclass
+class ChatTurn:
+    """A chat request that a :class:`ChatContext` has taken over (a turn of a session whose history
+    the server keeps): the prompt to run instead of the rendered ``messages``; ``commit``, called
+    with the finished answer before the response goes out, returns headers to add to it (and may
+    raise ``APIError``: the client then gets that error, not the answer); ``release``, called once
+    the request is over, answered or not."""
+
+    prompt_token_ids: list[int]
+    commit: Callable[[CompletionOutput], Awaitable[dict[str, str]]]
+    release: Callable[[], Awaitable[None]]
+
+
+class ChatContext(Protocol):
+    """An optional hook of the server that keeps conversation state (``edgecloud.edge`` is one).
+
+    ``prepare`` sees each chat request after its model and options are checked. It returns None for
+    a request it leaves alone (served as usual) or a :class:`ChatTurn`; it may raise ``APIError``.
+    A turn is answered unstreamed with ``n = 1``: a streamed or ``n > 1`` request it takes is a 400."""
+
+    async def prepare(self, request: Request, body: ChatCompletionRequest) -> ChatTurn | None: ...
 
 
 class ClientDisconnected(Exception):
@@ -166,6 +190,7 @@ class _Job:
     include_usage: bool
     logprobs: int | None
     choices: dict[tuple[int, int], _ChoiceState] = field(default_factory=dict)
+    adapter_id: str | None = None  # the LoRA adapter the request's model names
 
     @property
     def response_id(self) -> str:
@@ -182,27 +207,26 @@ class _Job:
 class OpenAIServer:
     """The server's state and its endpoint logic; ``build_app`` wires it into FastAPI."""
 
-    def __init__(self, engine: AsyncEngine, settings: ServerSettings) -> None:
+    def __init__(self, engine: AsyncEngine, settings: ServerSettings, chat_context: ChatContext | None = None) -> None:
         self.engine = engine
         self.settings = settings
+        self.chat_context = chat_context
         self.model_name = settings.served_model_name or engine.model_name
         self.metrics = ServerMetrics(self.engine_stats, self.model_name)
         self.draining = False
         self.pending = 0  # admitted engine requests that have not produced a token yet
         self._ids = itertools.count()
         self.created = int(time.time())
+        self.adapters = LoRAAdapters(engine, self.model_name)
 
     def engine_stats(self) -> EngineStats:
         return self.engine.stats()
 
     # -- admission and generation -------------------------------------------------------------
 
-    def check_model(self, model: str) -> None:
-        if model != self.model_name:
-            raise APIError(
-                404, f"model {model!r} does not exist; this server serves {self.model_name!r}",
-                "model", "model_not_found",
-            )
+    def check_model(self, model: str) -> str | None:
+        """The LoRA adapter ``model`` names (None: the base model); 404 for any other name."""
+        return self.adapters.resolve(model)
 
     def admit(self, num_requests: int) -> None:
         retry = {"Retry-After": str(self.settings.retry_after_s)}
@@ -256,7 +280,7 @@ class OpenAIServer:
         try:
             async for out in self.engine.generate(
                 prompt, params, request_id=engine_id, priority=job.priority, service_tier=job.service_tier,
-                cache_salt=job.cache_salt, output_kind=kind,
+                cache_salt=job.cache_salt, output_kind=kind, adapter_id=job.adapter_id,
             ):
                 if waiting:
                     waiting = False
@@ -345,7 +369,7 @@ class OpenAIServer:
             "id": job.response_id,
             "object": job.object_name,
             "created": job.created,
-            "model": self.model_name,
+            "model": job.adapter_id or self.model_name,
             "service_tier": job.service_tier,
             "choices": choices,
             "usage": _usage(prompt_tokens, completion_tokens),
@@ -356,7 +380,7 @@ class OpenAIServer:
             "id": job.response_id,
             "object": f"{job.object_name}.chunk" if job.chat else job.object_name,
             "created": job.created,
-            "model": self.model_name,
+            "model": job.adapter_id or self.model_name,
             "service_tier": job.service_tier,
             "choices": choices,
         }
@@ -441,12 +465,15 @@ class OpenAIServer:
             longest = max(num_tokens.values(), default=0)
             self.metrics.observe_stream(job.received_at, first_sent, time.monotonic(), longest)
 
-    async def run(self, request: Request, job: _Job, stream: bool) -> Response:
+    async def run(self, request: Request, job: _Job, stream: bool, turn: ChatTurn | None = None) -> Response:
         outputs = self.start(job, stream)
         try:
             if not stream:
                 finals = await until_disconnect(request, _collect(outputs))
-                return JSONResponse(self.full_response(job, finals), background=BackgroundTask(self._sent, job))
+                headers = await turn.commit(finals[0].outputs[0]) if turn is not None else None
+                return JSONResponse(
+                    self.full_response(job, finals), headers=headers, background=BackgroundTask(self._sent, job)
+                )
             first = await until_disconnect(request, anext(outputs))
         except ClientDisconnected:
             await outputs.aclose()  # type: ignore[attr-defined]
@@ -465,7 +492,7 @@ class OpenAIServer:
     # -- endpoints ----------------------------------------------------------------------------
 
     def new_job(self, request: Request, body: SamplingRequest, prompts: list[list[int]], params: SamplingParams,
-                chat: bool, logprobs: int | None) -> _Job:
+                chat: bool, logprobs: int | None, adapter_id: str | None = None) -> _Job:
         return _Job(
             request_id=request.state.request_id,
             received_at=request.state.received_at,
@@ -478,10 +505,11 @@ class OpenAIServer:
             chat=chat,
             include_usage=body.include_usage,
             logprobs=logprobs,
+            adapter_id=adapter_id,
         )
 
     async def completions(self, request: Request, body: CompletionRequest) -> Response:
-        self.check_model(body.model)
+        adapter_id = self.check_model(body.model)
         for name, unsupported in (("echo", body.echo), ("suffix", body.suffix is not None)):
             if unsupported:
                 raise APIError(400, f"{name} is not supported by this server", name, "unsupported")
@@ -490,29 +518,43 @@ class OpenAIServer:
         prompts = [await self.engine.encode(p) if isinstance(p, str) else p for p in body.prompts()]
         budgets = {self.check_lengths(ids, body.max_tokens or 16, "prompt") for ids in prompts}
         params = body.sampling_params(min(budgets), body.logprobs, self.engine.generation_defaults)
-        job = self.new_job(request, body, prompts, params, chat=False, logprobs=body.logprobs)
+        job = self.new_job(request, body, prompts, params, chat=False, logprobs=body.logprobs, adapter_id=adapter_id)
         return await self.run(request, job, body.stream)
 
     async def chat_completions(self, request: Request, body: ChatCompletionRequest) -> Response:
-        self.check_model(body.model)
+        adapter_id = self.check_model(body.model)
         plain_text = body.response_format is None or body.response_format == {"type": "text"}
         for name, unsupported in (("tools", body.tools), ("tool_choice", body.tool_choice),
                                   ("response_format", not plain_text)):
             if unsupported:
                 raise APIError(400, f"{name} is not supported by this server yet", name, "unsupported")
-        tokenizer = self.engine.tokenizer
-        text = tokenizer.apply_chat_template(
-            [m.template_dict() for m in body.messages], add_generation_prompt=body.add_generation_prompt
-        )
-        # The template writes any BOS itself; the tokenizer must not add another.
-        ids = await self.engine.encode(text, add_special_tokens=False)
+        turn = await self.chat_context.prepare(request, body) if self.chat_context is not None else None
+        if turn is None:
+            tokenizer = self.engine.tokenizer
+            text = tokenizer.apply_chat_template(
+                [m.template_dict() for m in body.messages], add_generation_prompt=body.add_generation_prompt
+            )
+            # The template writes any BOS itself; the tokenizer must not add another.
+            ids = await self.engine.encode(text, add_special_tokens=False)
+            return await self._chat(request, body, ids, None, adapter_id)
+        try:
+            for name, unsupported in (("stream", body.stream), ("n", body.n != 1)):
+                if unsupported:
+                    raise APIError(400, f"{name} is not supported for a session turn (one unstreamed answer)", name,
+                                   "unsupported")
+            return await self._chat(request, body, turn.prompt_token_ids, turn, adapter_id)
+        finally:
+            await turn.release()
+
+    async def _chat(self, request: Request, body: ChatCompletionRequest, ids: list[int], turn: ChatTurn | None,
+                    adapter_id: str | None = None) -> Response:
         max_tokens = self.check_lengths(ids, body.requested_max_tokens, "messages")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError(400, "top_logprobs needs logprobs set to true", "top_logprobs")
         params = body.sampling_params(max_tokens, logprobs, self.engine.generation_defaults)
-        job = self.new_job(request, body, [ids], params, chat=True, logprobs=logprobs)
-        return await self.run(request, job, body.stream)
+        job = self.new_job(request, body, [ids], params, chat=True, logprobs=logprobs, adapter_id=adapter_id)
+        return await self.run(request, job, body.stream, turn)
 
     def models(self) -> dict[str, Any]:
         return {
@@ -523,7 +565,7 @@ class OpenAIServer:
                 "created": self.created,
                 "owned_by": "edgecloud",
                 "max_model_len": self.engine.max_model_len,
-            }],
+            }, *self.adapters.model_cards(self.created, self.engine.max_model_len)],
         }
 
 
@@ -551,13 +593,16 @@ def build_app(
     engine: AsyncEngine,
     settings: ServerSettings,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    chat_context: ChatContext | None = None,
 ) -> FastAPI:
-    """The ASGI app. Its lifespan starts the engine and, on shutdown, stops it."""
-    server = OpenAIServer(engine, settings)
+    """The ASGI app. Its lifespan starts the engine and, on shutdown, stops it. ``chat_context``
+    keeps conversation state for chat requests it takes over (see :class:`ChatContext`)."""
+    server = OpenAIServer(engine, settings, chat_context)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        await server.adapters.refresh()
         tokenizer = engine.tokenizer
         if tokenizer.has_chat_template:
             template = f"chat template: {tokenizer.chat_template_source}"
@@ -606,6 +651,8 @@ def build_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
         return await server.chat_completions(request, body)
+
+    install_lora_routes(app, server.adapters)
 
     # Outermost first: every answer, a 413 included, carries the request id.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 from edgecloud.llm.cli import add_engine_options, engine_config_from_args
@@ -54,7 +55,24 @@ def register(commands: Any, bench: Any) -> None:
         "restarted) or a thread of the server process (shares the HTTP server's GIL)",
     )
     add_engine_options(parser)
+    lora = parser.add_argument_group("LoRA adapters (docs/lora.md)")
+    lora.add_argument("--enable-lora", action="store_true",
+                      help="serve LoRA adapters (implied by --lora-modules); load more with POST /v1/load_lora_adapter")
+    lora.add_argument("--lora-modules", nargs="+", type=_lora_module, default=[], metavar="NAME=PATH",
+                      help="PEFT adapter directories to serve; a request's model=NAME selects one")
+    lora.add_argument("--max-loras", type=_positive_int, default=4,
+                      help="device slots: the most distinct adapters among running requests")
+    lora.add_argument("--max-lora-rank", type=_positive_int, default=16, help="the largest adapter rank served")
+    lora.add_argument("--max-cpu-loras", type=_positive_int, default=32,
+                      help="adapters kept parsed in host memory (others are read from disk again when needed)")
     parser.set_defaults(handler=_serve_handler)
+
+
+def _lora_module(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"must be NAME=PATH, got {text!r}")
+    return name, path
 
 
 def _serve_handler(args: argparse.Namespace) -> int:
@@ -63,7 +81,10 @@ def _serve_handler(args: argparse.Namespace) -> int:
     from edgecloud.server.main import ServerSettings, serve
 
     try:
-        config = engine_config_from_args(args)
+        config = dataclasses.replace(
+            engine_config_from_args(args), enable_lora=args.enable_lora, lora_modules=tuple(args.lora_modules),
+            max_loras=args.max_loras, max_lora_rank=args.max_lora_rank, max_cpu_loras=args.max_cpu_loras,
+        )
     except InvalidRequestError as error:
         raise CLIError(str(error), USAGE) from error
     settings = ServerSettings(

@@ -43,6 +43,7 @@ class SimRequest:
     output_len: int
     service_tier: str = "default"
     priority: int = 0
+    adapter_id: str | None = None  # the LoRA adapter it names (docs/lora.md)
 
 
 @dataclass
@@ -192,7 +193,7 @@ class ClusterSimulator:
             records.append(record)
             route_request = self.router.request(str(index), req.prompt_token_ids, req.output_len,
                                                 service_tier=req.service_tier, priority=req.priority,
-                                                arrival_time=req.arrival_s)
+                                                adapter_id=req.adapter_id, arrival_time=req.arrival_s)
             flight = _Flight(index, req, record, route_request)
             push(heap, (req.arrival_s, next(seq), _ARRIVE, flight))
         now = 0.0
@@ -203,7 +204,7 @@ class ClusterSimulator:
             return Request(
                 request_id=request_id, prompt_token_ids=list(req.prompt_token_ids), params=self._sampling(max_tokens),
                 arrival_time=at, order=0, priority=req.priority, service_tier=req.service_tier,
-                kv_transfer=KVTransferParams(export=True) if export else None,
+                adapter_id=req.adapter_id, kv_transfer=KVTransferParams(export=True) if export else None,
                 all_token_ids=list(req.prompt_token_ids), block_tables=[[]],
             )
 

@@ -37,6 +37,11 @@ class Attention(torch.nn.Module):
         self.rotary = rotary
         self.kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    @staticmethod
+    def cache_shape(config: ModelConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Per token: the K and the V entry of the layer's cache."""
+        return (config.num_key_value_heads, config.head_dim), (config.num_key_value_heads, config.head_dim)
+
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         assert self.kv_cache is not None, "the runner binds the KV cache before the first step"
         step = ctx.attention_for(self.layer_idx)
@@ -68,5 +73,19 @@ class Attention(torch.nn.Module):
         return self.o_proj(out.view(num_tokens, self.q_size))
 
 
+def attention_class(config: ModelConfig, layer_idx: int) -> type[torch.nn.Module]:
+    if config.mla is not None:
+        from edgecloud.llm.layers.mla import MultiHeadLatentAttention
+
+        return MultiHeadLatentAttention
+    return Attention
+
+
 def make_attention(config: ModelConfig, layer_idx: int, rotary: RotaryEmbedding) -> torch.nn.Module:
-    return Attention(config, layer_idx, rotary)
+    return attention_class(config, layer_idx)(config, layer_idx, rotary)
+
+
+def kv_cache_shape(config: ModelConfig, layer_idx: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """What a layer's attention keeps per token (its K and V entries), as the module declares it:
+    the runner allocates ``[num_blocks, block_size, *shape]`` for each."""
+    return attention_class(config, layer_idx).cache_shape(config)  # type: ignore[attr-defined]

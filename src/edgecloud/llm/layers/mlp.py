@@ -35,4 +35,8 @@ class GatedMLP(torch.nn.Module):
 
 
 def make_mlp(config: ModelConfig, layer_idx: int) -> torch.nn.Module:
+    if config.moe is not None and layer_idx in config.moe.layers:
+        from edgecloud.llm.moe.layer import SparseMoE  # the MoE package builds on this module
+
+        return SparseMoE(config, layer_idx)
     return GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act, config.mlp_bias, layer_idx)

@@ -1,0 +1,712 @@
+"""``edgecloud edge bench``: DisCEdge's three modes side by side on one emulated topology (DisCEdge,
+arXiv 2511.22599, §5: response time, synchronisation traffic, client request size).
+
+Each mode gets its own nodes (``edgecloud edge node`` processes, fresh stores and engines) behind
+links of the same emulated topology (:mod:`edgecloud.edge.topology`). The three edges run at once
+on the same conversations, roaming schedule and greedy decoding, interleaved: each conversation's
+turn ``k`` is sent in one mode after the other, the order rotating from turn to turn, so the three
+answers to one turn meet the same machine (on a shared machine, modes run one after the other would
+meet different loads). They differ only in where the context lives and in what form it travels.
+Two workloads:
+
+* **mooncake**: conversations rebuilt from the Mooncake conversation trace (a request continues a
+  conversation when its prompt's 512-token blocks begin with all full blocks of an earlier
+  request's prompt); the first message is the conversation's opening context (scaled for a small
+  model), each later message as long as what the trace added beyond the previous answer (what the
+  user typed: unscaled, capped), the answer budget the trace's output length (scaled);
+* **roaming**: a synthetic workload of shorter messages whose clients move to another node every
+  ``--roam-every`` turns.
+
+Message text is English prose from the Python documentation that ships with CPython
+(``pydoc_data``), cut to each message's length in the model's tokens. Clients move between nodes
+on a fixed schedule (conversation ``i`` starts at node ``i mod N``) and carry their session version.
+After the two workloads, the ``tokens`` nodes serve a third run in which one node is killed with
+SIGKILL mid-load: its clients continue at the next node with their version.
+
+Per mode: response time p50/p95 (request sent to answer received, at the client), sync bytes per
+turn (replication frames attributable to the turn: its pushes, their acknowledgements and fetch
+replies carrying it, over all nodes), client request bytes (body and session headers), the
+prefix-cache hit rate (all nodes' engines), stale reads and lost turns (:mod:`edgecloud.edge.checker`
+over the versions the turns were generated from, read back from the nodes' stores at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import re
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODES = ("tokens", "text", "client")
+DEFAULT_TRACE = "../shared/traces/mooncake_conversation.jsonl"
+
+
+# -- workloads ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Conversation:
+    name: str
+    messages: tuple[str, ...]
+    max_tokens: tuple[int, ...]
+
+
+class ProseCorpus:
+    """Sentences of the Python documentation (``pydoc_data.topics``), prose only (no code, no headings)."""
+
+    def __init__(self) -> None:
+        from pydoc_data.topics import topics
+
+        sentences: list[str] = []
+        for key in sorted(topics):
+            for paragraph in re.split(r"\n\s*\n", topics[key]):
+                lines = paragraph.splitlines()
+                if not lines or any(line.startswith((" ", "\t", "*", "=", "-", ">")) for line in lines):
+                    continue
+                text = " ".join(line.strip() for line in lines)
+                if len(text) < 40 or text.count("`") > 6:
+                    continue
+                sentences += [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if len(s.split()) >= 4]
+        self.sentences = sentences
+
+    def text(self, rng: random.Random, num_tokens: int, count: Callable[[str], int]) -> str:
+        """Consecutive sentences from a random place, cut to about ``num_tokens`` tokens."""
+        start = rng.randrange(len(self.sentences))
+        words: list[str] = []
+        i = start
+        while True:
+            words += self.sentences[i % len(self.sentences)].split()
+            i += 1
+            if count(" ".join(words)) >= num_tokens:
+                break
+        low, high = 1, len(words)
+        while low < high:  # the fewest words that reach the length
+            mid = (low + high) // 2
+            if count(" ".join(words[:mid])) >= num_tokens:
+                high = mid
+            else:
+                low = mid + 1
+        return " ".join(words[:low])
+
+
+def mooncake_chains(path: str | Path) -> list[list[tuple[int, int]]]:
+    """Conversations of a Mooncake trace as lists of (input tokens, output tokens), in arrival order."""
+    from edgecloud.bench.traces import read_mooncake_jsonl
+
+    requests = read_mooncake_jsonl(path)
+    latest: dict[tuple[int, ...], int] = {}
+    chains: list[list[int]] = []
+    chain_of: dict[int, int] = {}
+    for j, request in enumerate(requests):
+        blocks = request.hash_ids
+        parent = next((latest[blocks[:n]] for n in range(len(blocks), 1, -1) if blocks[:n] in latest), None)
+        if parent is None:
+            chain_of[j] = len(chains)
+            chains.append([j])
+        else:
+            chain_of[j] = chain_of[parent]
+            chains[chain_of[j]].append(j)
+        latest[blocks[:-1] if len(blocks) > 1 else blocks] = j
+    return [[(requests[j].input_len, requests[j].output_len) for j in chain] for chain in chains]
+
+
+def trace_request_tokens(path: str | Path, min_turns: int = 2, seed: int = 0) -> dict[str, Any]:
+    """Client request sizes at the trace's full length, in tokens (no model runs): a client keeping
+    its context sends a request's whole prompt (the trace's input length); a DisCEdge client sends
+    what the prompt adds to the previous prompt and answer. Conversations of ``min_turns`` or more."""
+    requests_client, requests_session = [], []
+    for chain in mooncake_chains(path):
+        if len(chain) < min_turns:
+            continue
+        for k, (input_len, _) in enumerate(chain):
+            requests_client.append(input_len)
+            previous = chain[k - 1] if k else (0, 0)
+            requests_session.append(max(1, input_len - previous[0] - previous[1]))
+    return {"conversations_min_turns": min_turns, "requests": len(requests_client),
+            "client_tokens_p50": _percentile(requests_client, 50),
+            "session_tokens_p50": _percentile(requests_session, 50),
+            "session_over_client": ratio_ci(requests_session, requests_client, seed=seed)}
+
+
+def mooncake_workload(
+    path: str | Path, conversations: int, turns: int, input_scale: float, output_scale: float,
+    max_user_tokens: int, corpus: ProseCorpus, count: Callable[[str], int], seed: int,
+) -> list[Conversation]:
+    rng = random.Random(seed)
+    chains = [c for c in mooncake_chains(path) if len(c) >= turns][:conversations]
+    if len(chains) < conversations:
+        raise ValueError(f"{path}: only {len(chains)} conversations have {turns} turns or more")
+    out = []
+    for i, chain in enumerate(chains):
+        lengths, budgets = [], []
+        for k, (input_len, output_len) in enumerate(chain[:turns]):
+            if k == 0:
+                new = input_len
+            else:
+                previous_in, previous_out = chain[k - 1]
+                new = input_len - previous_in - previous_out
+            # The opening context (a document, a system prompt) is scaled; later messages are what a
+            # user typed, kept at their length up to a cap.
+            lengths.append(max(4, round(new * input_scale)) if k == 0 else max(4, min(max_user_tokens, new)))
+            budgets.append(max(4, round(output_len * output_scale)))
+        messages = tuple(corpus.text(rng, n, count) for n in lengths)
+        out.append(Conversation(f"mooncake-{i}", messages, tuple(budgets)))
+    return out
+
+
+def roaming_workload(conversations: int, turns: int, user_tokens: tuple[int, int], max_tokens: int,
+                     corpus: ProseCorpus, count: Callable[[str], int], seed: int) -> list[Conversation]:
+    rng = random.Random(seed + 1)
+    return [
+        Conversation(f"roaming-{i}", tuple(corpus.text(rng, rng.randint(*user_tokens), count) for _ in range(turns)),
+                     (max_tokens,) * turns)
+        for i in range(conversations)
+    ]
+
+
+def schedule(conversation_index: int, turns: int, nodes: Sequence[str], roam_every: int) -> list[str]:
+    """Conversation ``i`` starts at node ``i mod N`` and moves on every ``roam_every`` turns."""
+    return [nodes[(conversation_index + k // roam_every) % len(nodes)] for k in range(turns)]
+
+
+# -- one run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class TurnRecord:
+    mode: str
+    workload: str
+    conversation: str
+    turn: int
+    node: str
+    attempts: int
+    status: int
+    rt_ms: float
+    request_bytes: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    session: str = ""
+    turn_id: str = ""
+    version: str = ""
+    error: str = ""
+
+
+@dataclass
+class ClientState:
+    session: str = "new"
+    version: str = ""
+    history: list[dict[str, str]] = field(default_factory=list)
+
+
+async def one_turn(
+    client: Any, edge: Any, model: str, mode: str, workload: str, conversation: str, k: int, text: str,
+    budget: int, node: str, state: ClientState, alive: Callable[[str], bool],
+) -> TurnRecord:
+    """One turn of one conversation in one mode: the request (with the whole history in client mode,
+    the new message and the session's version otherwise); a client whose node is gone or failed
+    moves on to the next node with its version, as a roaming client would."""
+    nodes = list(edge.topology.nodes)
+    message = {"role": "user", "content": text}
+    body: dict[str, Any] = {"model": model, "max_tokens": budget, "temperature": 0}
+    headers: dict[str, str] = {}
+    if mode == "client":
+        body["messages"] = [*state.history, message]
+    else:
+        body["messages"] = [message]
+        headers["X-Session-Id"] = state.session
+        if state.version:
+            headers["X-Session-Version"] = state.version
+    payload = json.dumps(body).encode()
+    request_bytes = len(payload) + sum(len(name) + len(value) + 4 for name, value in headers.items())
+    record: TurnRecord | None = None
+    for attempt in range(1, 2 * len(nodes) + 1):
+        if not alive(node):
+            node = nodes[(nodes.index(node) + 1) % len(nodes)]
+            continue
+        started = time.perf_counter()
+        try:
+            response = await client.post(f"{edge.client_url(node)}/v1/chat/completions", content=payload,
+                                         headers={"Content-Type": "application/json", **headers})
+        except Exception as error:  # the node died under the request
+            record = TurnRecord(mode, workload, conversation, k, node, attempt, 0,
+                                (time.perf_counter() - started) * 1e3, request_bytes, error=type(error).__name__)
+            node = nodes[(nodes.index(node) + 1) % len(nodes)]
+            continue
+        record = TurnRecord(mode, workload, conversation, k, node, attempt, response.status_code,
+                            (time.perf_counter() - started) * 1e3, request_bytes)
+        if response.status_code == 200:
+            answer = response.json()
+            usage = answer.get("usage", {})
+            record.prompt_tokens = usage.get("prompt_tokens", 0)
+            record.completion_tokens = usage.get("completion_tokens", 0)
+            state.history += [message, {"role": "assistant", "content": answer["choices"][0]["message"]["content"]}]
+            if mode != "client":
+                state.session = response.headers["X-Session-Id"]
+                state.version = response.headers["X-Session-Version"]
+                record.session, record.version = state.session, state.version
+                record.turn_id = response.headers.get("X-Session-Turn", "")
+            return record
+        record.error = response.text[:300]
+        if response.status_code < 500:
+            return record
+        node = nodes[(nodes.index(node) + 1) % len(nodes)]
+        await asyncio.sleep(0.2)
+    assert record is not None
+    return record
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def prefix_counters(client: Any, edge: Any) -> dict[str, tuple[float, float]]:
+    """Each live node's prompt tokens looked up in its prefix cache, and found."""
+    counters = {}
+    for node in edge.topology.nodes:
+        if edge.nodes[node].process.poll() is not None:
+            continue
+        text = (await client.get(f"{edge.direct_url(node)}/metrics")).text
+        counters[node] = (_metric(text, "edgecloud_prefix_cache_queries_total"),
+                          _metric(text, "edgecloud_prefix_cache_hits_total"))
+    return counters
+
+
+def prefix_delta(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+                 ) -> tuple[float, float]:
+    """Lookups and hits during a run, over the nodes alive at its start and end (a killed node's are lost)."""
+    nodes = set(before) & set(after)
+    return (sum(after[n][0] - before[n][0] for n in nodes), sum(after[n][1] - before[n][1] for n in nodes))
+
+
+async def node_stats(client: Any, edge: Any, sessions: set[str]) -> list[dict[str, Any]]:
+    """Each live node's counters of the turns of ``sessions`` (the nodes serve several workloads)."""
+    stats = []
+    for node in edge.topology.nodes:
+        if edge.nodes[node].process.poll() is None:
+            body = (await client.get(f"{edge.direct_url(node)}/v1/edge/stats")).json()
+            body["turn_bytes"] = [t for t in body.get("turn_bytes", []) if t["session"] in sessions]
+            body["turns"] = [t for t in body.get("turns", []) if t["session"] in sessions]
+            stats.append(body)
+    return stats
+
+
+async def check_sessions(client: Any, edge: Any, records: list[TurnRecord]) -> tuple[int, int, int]:
+    """Stale reads, lost turns and divergent copies, from what every live node's store holds."""
+    from edgecloud.edge.checker import SessionChecker, turns_of
+    from edgecloud.edge.turns import merged, parse_version
+
+    checker = SessionChecker()
+    union: dict[str, dict[str, int]] = {}
+    for r in records:
+        if r.status == 200 and r.session:
+            union[r.session] = merged(union.get(r.session, {}), parse_version(r.version))
+    live = [n for n in edge.topology.nodes if edge.nodes[n].process.poll() is None]
+    copies: dict[str, dict[str, list[tuple[str, int]]]] = {n: {} for n in live}
+    deps: dict[tuple[str, str, int], dict[str, int]] = {}
+    for node in live:
+        for session, version in union.items():
+            from edgecloud.edge.turns import format_version
+
+            response = await client.get(f"{edge.direct_url(node)}/v1/sessions/{session}",
+                                        headers={"X-Session-Version": format_version(version)})
+            if response.status_code != 200:
+                copies[node][session] = []
+                continue
+            turns = response.json()["turns"]
+            copies[node][session] = [(t["origin"], t["seq"]) for t in turns]
+            for t in turns:
+                deps[(session, t["origin"], t["seq"])] = parse_version(t["version"])
+    for r in sorted(records, key=lambda r: (r.conversation, r.turn)):
+        if r.status != 200 or not r.turn_id:
+            continue
+        origin, _, seq = r.turn_id.rpartition(":")
+        base = deps.get((r.session, origin, int(seq)))
+        if base is not None:  # the context the answer was generated from, as stored with the turn
+            checker.read(r.conversation, r.session, turns_of(base), where=r.node)
+        checker.acked(r.conversation, r.session, (origin, int(seq)))
+    checker.final(copies)
+    stale = checker.count("read_your_writes") + checker.count("monotonic_reads")
+    return stale, checker.count("lost_turn"), checker.count("divergence")
+
+
+async def run_workload(
+    edges: dict[str, Any], model: str, workload: str, conversations: list[Conversation], roam_every: int,
+    think_s: float, stagger_s: float, kill: tuple[str, float] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The conversations in every mode at once, interleaved: each conversation's turn ``k`` runs in
+    one mode after the other (the order rotating from turn to turn), so the modes of one turn meet
+    the same machine, and every conversation's next turn waits for all of them."""
+    import httpx
+
+    modes = list(edges)
+    records: dict[str, list[TurnRecord]] = {m: [] for m in modes}
+    killed: set[str] = set()
+    nodes = list(next(iter(edges.values())).topology.nodes)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(900.0, connect=10.0)) as client:
+        counters = {m: await prefix_counters(client, e) for m, e in edges.items()}
+        wire0 = {m: e.edge_bytes() for m, e in edges.items()}
+
+        async def converse(i: int, conversation: Conversation) -> None:
+            await asyncio.sleep(i * stagger_s)
+            route = schedule(i, len(conversation.messages), nodes, roam_every)
+            states = {m: ClientState() for m in modes}
+            for k, (text, budget) in enumerate(zip(conversation.messages, conversation.max_tokens, strict=True)):
+                order = modes[(i + k) % len(modes):] + modes[:(i + k) % len(modes)]
+                for mode in order:
+                    if states[mode] is None:
+                        continue
+                    record = await one_turn(client, edges[mode], model, mode, workload, conversation.name, k, text,
+                                            budget, route[k], states[mode], lambda n: n not in killed)
+                    records[mode].append(record)
+                    if record.status != 200:
+                        states[mode] = None  # type: ignore[assignment]  # it cannot go on without its answer
+                await asyncio.sleep(think_s)
+
+        async def killer(node: str, after_s: float) -> None:
+            await asyncio.sleep(after_s)
+            killed.add(node)
+            for edge in edges.values():
+                edge.kill(node)
+            # the links to the dead node now fail every connection attempt: expected, not news
+            logging.getLogger("edgecloud.netem.tcp").setLevel(logging.ERROR)
+
+        tasks = [converse(i, c) for i, c in enumerate(conversations)]
+        if kill is not None:
+            tasks.append(killer(*kill))
+        began = time.monotonic()
+        await asyncio.gather(*tasks)
+        duration = time.monotonic() - began
+        await asyncio.sleep(1.0)  # replication of the last turns settles
+        results = {}
+        for mode, edge in edges.items():
+            prefix = prefix_delta(counters[mode], await prefix_counters(client, edge))
+            sessions = {r.session for r in records[mode] if r.session}
+            stats = await node_stats(client, edge, sessions) if mode != "client" else []
+            stale = lost = divergent = 0
+            if mode != "client":
+                stale, lost, divergent = await check_sessions(client, edge, records[mode])
+            results[mode] = summarize(mode, records[mode], stats, prefix, edge.edge_bytes() - wire0[mode], duration,
+                                      stale, lost, divergent, nodes_killed=sorted(killed))
+    return results
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
+
+
+def summarize(mode: str, records: list[TurnRecord], stats: list[dict[str, Any]], prefix: tuple[float, float],
+              wire_bytes: int, duration_s: float, stale: int, lost: int, divergent: int,
+              nodes_killed: list[str]) -> dict[str, Any]:
+    ok = [r for r in records if r.status == 200]
+    turn_bytes: dict[tuple[str, str, int], int] = {}
+    prepare, commit = [], []
+    for node in stats:
+        for entry in node.get("turn_bytes", []):
+            key = (entry["session"], entry["origin"], entry["seq"])
+            turn_bytes[key] = turn_bytes.get(key, 0) + entry["bytes"]
+        prepare += [t["prepare_ms"] for t in node.get("turns", [])]
+        commit += [t["commit_ms"] for t in node.get("turns", []) if "commit_ms" in t]
+    sync = list(turn_bytes.values()) if mode != "client" else [0] * len(ok)
+    queries, hits = prefix
+    return {
+        "turns": len(ok),
+        "failed_turns": len(records) - len(ok),
+        "rt_ms_p50": _percentile([r.rt_ms for r in ok], 50),
+        "rt_ms_p95": _percentile([r.rt_ms for r in ok], 95),
+        "sync_bytes_p50": _percentile(sync, 50),
+        "sync_bytes_mean": sum(sync) / len(sync) if sync else None,
+        "wire_bytes_per_turn": wire_bytes / len(ok) if ok else None,
+        "request_bytes_p50": _percentile([r.request_bytes for r in ok], 50),
+        "prefix_hit_rate": hits / queries if queries else None,
+        "prepare_ms_p50": _percentile(prepare, 50),
+        "commit_ms_p50": _percentile(commit, 50),
+        "prompt_tokens_p50": _percentile([r.prompt_tokens for r in ok], 50),
+        "completion_tokens_mean": sum(r.completion_tokens for r in ok) / len(ok) if ok else None,
+        "stale_reads": stale,
+        "lost_turns": lost,
+        "divergent_sessions": divergent,
+        "retried_turns": sum(1 for r in ok if r.attempts > 1),
+        "nodes_killed": nodes_killed,
+        "duration_s": round(duration_s, 2),
+        "records": [asdict(r) for r in records],
+        "sync_bytes": sync,
+    }
+
+
+def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], seed: int = 0, draws: int = 2000
+             ) -> dict[str, float | None]:
+    """Ratio of medians with a 95% bootstrap interval, turns resampled in pairs (the same turn of the
+    same conversation in both modes) when the two have the same turns."""
+    import numpy as np
+
+    a, b = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    if not len(a) or not len(b):
+        return {"ratio": None, "low": None, "high": None}
+    ratio = float(np.median(a) / np.median(b)) if np.median(b) else None
+    rng = np.random.default_rng(seed)
+    paired = len(a) == len(b)
+    samples = []
+    for _ in range(draws):
+        i = rng.integers(0, len(a), len(a))
+        j = i if paired else rng.integers(0, len(b), len(b))
+        denominator_median = np.median(b[j])
+        if denominator_median:
+            samples.append(np.median(a[i]) / denominator_median)
+    low, high = (float(x) for x in np.percentile(samples, [2.5, 97.5])) if samples else (None, None)
+    return {"ratio": ratio, "low": low, "high": high}
+
+
+def _paired(mode_a: dict[str, Any], mode_b: dict[str, Any], key: str) -> tuple[list[float], list[float]]:
+    def by_turn(mode: dict[str, Any]) -> dict[tuple[str, int], float]:
+        return {(r["conversation"], r["turn"]): r[key] for r in mode["records"] if r["status"] == 200}
+
+    a, b = by_turn(mode_a), by_turn(mode_b)
+    common = sorted(set(a) & set(b))
+    return [a[k] for k in common], [b[k] for k in common]
+
+
+def comparisons(modes: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "tokens" in modes and "text" in modes:
+        out["rt_tokens_over_text"] = ratio_ci(*_paired(modes["tokens"], modes["text"], "rt_ms"), seed=seed)
+        out["sync_tokens_over_text"] = ratio_ci(modes["tokens"]["sync_bytes"], modes["text"]["sync_bytes"], seed=seed)
+    if "tokens" in modes and "client" in modes:
+        out["request_tokens_over_client"] = ratio_ci(
+            *_paired(modes["tokens"], modes["client"], "request_bytes"), seed=seed)
+        out["rt_tokens_over_client"] = ratio_ci(*_paired(modes["tokens"], modes["client"], "rt_ms"), seed=seed)
+    return out
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+
+
+def add_bench_options(parser: argparse.ArgumentParser) -> None:
+    from edgecloud.errors import output_file
+
+    parser.add_argument("--json", type=output_file, required=True, help="where to write the results")
+    parser.add_argument("--plot", type=output_file, default=None, help="PNG of the results")
+    parser.add_argument("--model", default=None, help="model of every node (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--chat-template", default=None, help="for a model without one (the demo model)")
+    parser.add_argument("--topology", type=Path, default=None,
+                        help="topology file (default: 3 nodes, client-edge 10 ms, edge-edge 20-60 ms, 10-100 Mbit/s)")
+    parser.add_argument("--modes", default="tokens,text,client")
+    parser.add_argument("--workloads", default="mooncake,roaming")
+    parser.add_argument("--trace", default=DEFAULT_TRACE, help="Mooncake conversation trace (JSONL)")
+    parser.add_argument("--conversations", type=int, default=4, help="per workload")
+    parser.add_argument("--turns", type=int, default=5, help="per conversation")
+    parser.add_argument("--input-scale", type=float, default=0.05, help="Mooncake opening context length x this")
+    parser.add_argument("--output-scale", type=float, default=0.1, help="Mooncake answer budgets x this")
+    parser.add_argument("--max-user-tokens", type=int, default=96, help="cap of later Mooncake messages (unscaled)")
+    parser.add_argument("--user-tokens", default="16:64", help="roaming message lengths A:B")
+    parser.add_argument("--max-tokens", type=int, default=48, help="roaming answer budget")
+    parser.add_argument("--roam-every", type=int, default=2, help="turns at one node before moving on")
+    parser.add_argument("--think", type=float, default=0.5, help="seconds between a client's turns")
+    parser.add_argument("--stagger", type=float, default=1.0, help="seconds between conversation starts")
+    parser.add_argument("--kill", default="edge-b:20", metavar="NODE:SECONDS",
+                        help="the tokens nodes' extra run: kill -9 NODE this long into it ('none' to skip)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per node")
+    parser.add_argument("--kv-cache-memory-mb", type=int, default=256, help="KV-cache pool of each node")
+    parser.add_argument("--quantization", default="none", choices=["none", "int8", "int4"],
+                        help="weight-only quantization of every node's engine (int4: the GGUF's Q4_1 blocks)")
+    parser.add_argument("--engine-core", default="thread", choices=["thread", "process"])
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_bench_cli(args: argparse.Namespace) -> int:
+    from edgecloud.errors import USAGE, CLIError
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if not modes or any(m not in MODES for m in modes):
+        raise CLIError(f"--modes: choose from {','.join(MODES)}, got {args.modes!r}", USAGE)
+    if not workloads or any(w not in ("mooncake", "roaming") for w in workloads):
+        raise CLIError(f"--workloads: choose from mooncake,roaming, got {args.workloads!r}", USAGE)
+    try:
+        low, high = (int(x) for x in args.user_tokens.split(":"))
+        assert 1 <= low <= high
+    except (ValueError, AssertionError):
+        raise CLIError(f"--user-tokens: expected A:B with 1 <= A <= B, got {args.user_tokens!r}", USAGE) from None
+    kill = None
+    if args.kill != "none":
+        node, _, after = args.kill.partition(":")
+        try:
+            kill = (node, float(after))
+        except ValueError:
+            raise CLIError(f"--kill: expected NODE:SECONDS or none, got {args.kill!r}", USAGE) from None
+    from edgecloud.edge.topology import DEFAULT_TOPOLOGY, Topology
+
+    try:
+        topology = Topology.from_file(args.topology) if args.topology else Topology.from_dict(DEFAULT_TOPOLOGY)
+    except (OSError, ValueError) as error:
+        raise CLIError(f"--topology: {error}", USAGE) from error
+    if kill is not None and kill[0] not in topology.nodes:
+        raise CLIError(f"--kill: {kill[0]!r} is not a node of the topology ({', '.join(topology.nodes)})", USAGE)
+    if "mooncake" in workloads and not Path(args.trace).is_file():
+        raise CLIError(f"--trace: no file {args.trace}", USAGE)
+    report = asyncio.run(run_bench(args, topology, modes, workloads, (low, high), kill))
+    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    print_summary(report)
+    if args.plot:
+        plot(report, args.plot)
+    return 0
+
+
+async def run_bench(args: argparse.Namespace, topology: Any, modes: list[str], workloads: list[str],
+                    user_tokens: tuple[int, int], kill: tuple[str, float] | None) -> dict[str, Any]:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from edgecloud.bench.machine import LoadWatch
+    from edgecloud.c2 import pki
+    from edgecloud.c2.privileges import Role
+    from edgecloud.edge.topology import EmulatedEdge
+    from edgecloud.llm.model_source import resolve_model
+
+    source = resolve_model(args.model)
+    tokenizer = HFTokenizer.from_file(str(source.directory / "tokenizer.json"))
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+    corpus = ProseCorpus()
+    loads: dict[str, list[Conversation]] = {}
+    if "mooncake" in workloads:
+        loads["mooncake"] = mooncake_workload(args.trace, args.conversations, args.turns, args.input_scale,
+                                              args.output_scale, args.max_user_tokens, corpus, count, args.seed)
+    if "roaming" in workloads:
+        loads["roaming"] = roaming_workload(args.conversations, args.turns, user_tokens, args.max_tokens, corpus,
+                                            count, args.seed)
+    node_args = ["--engine-core", args.engine_core, "--threads", str(args.threads), "--store-sync", "normal",
+                 "--kv-cache-memory-mb", str(args.kv_cache_memory_mb), "--quantization", args.quantization]
+    if args.model:
+        node_args += ["--model", args.model]
+    if args.chat_template:
+        node_args += ["--chat-template", args.chat_template]
+    watch = LoadWatch.begin()
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    kill_case: dict[str, Any] | None = None
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+        work = Path(tmp)
+        pki.init(work / "pki", common_name="edge bench root")
+        for name in topology.nodes:
+            pki.issue_to_directory(work / "pki", name, Role.UXV, frozenset())
+        edges = {}
+        for i, mode in enumerate(modes):
+            (work / mode).mkdir()
+            edges[mode] = EmulatedEdge(topology, mode, work / "pki", work / mode, node_args, seed=args.seed + i)
+        print(f"edge bench: starting {len(topology.nodes)} nodes for each of {', '.join(modes)}", flush=True)
+        try:
+            for edge in edges.values():  # one edge after another: nodes peak in memory while loading
+                await edge.start()
+            model = await _served_model(next(iter(edges.values())))
+            for workload, conversations in loads.items():
+                print(f"edge bench: {workload}: {len(conversations)} conversations in {', '.join(modes)}", flush=True)
+                results[workload] = await run_workload(edges, model, workload, conversations, args.roam_every,
+                                                       args.think, args.stagger)
+            if "tokens" in edges and kill is not None and "roaming" in loads:
+                for mode in [m for m in edges if m != "tokens"]:
+                    await edges.pop(mode).stop()
+                print(f"edge bench: roaming again in tokens mode, {kill[0]} killed after {kill[1]:g} s", flush=True)
+                renamed = [Conversation(f"kill-{c.name}", c.messages, c.max_tokens) for c in loads["roaming"]]
+                kill_case = (await run_workload(edges, model, "roaming+kill", renamed, args.roam_every, args.think,
+                                                args.stagger, kill=kill))["tokens"]
+        finally:
+            await asyncio.gather(*(edge.stop() for edge in edges.values()))
+    load = watch.finish()
+    topology_name = "default" if args.topology is None else str(args.topology)
+    cases = [{"topology": topology_name, "workload": w, "modes": m, "comparisons": comparisons(m, args.seed)}
+             for w, m in results.items()]
+    if kill_case is not None:
+        cases.append({"topology": topology_name, "workload": "roaming+kill", "modes": {"tokens": kill_case},
+                      "comparisons": {}})
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+              if k not in ("handler", "debug")}
+    config["model_name"] = source.name
+    report = {"config": config, "topology": topology.describe(), "machine": load.as_dict(), "cases": cases}
+    if "mooncake" in workloads:
+        report["trace_full_length"] = trace_request_tokens(args.trace, seed=args.seed)
+    return report
+
+
+async def _served_model(edge: Any) -> str:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        first = edge.topology.nodes[0]
+        return str((await client.get(f"{edge.direct_url(first)}/v1/models")).json()["data"][0]["id"])
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    keys = ("turns", "rt_ms_p50", "rt_ms_p95", "sync_bytes_p50", "request_bytes_p50", "prefix_hit_rate",
+            "prepare_ms_p50", "commit_ms_p50", "stale_reads", "lost_turns")
+    for case in report["cases"]:
+        print(f"\n{case['workload']}:")
+        print("  " + "mode".ljust(8) + "".join(k.rjust(18) for k in keys))
+        for mode, m in case["modes"].items():
+            cells = [m.get(k) for k in keys]
+            print("  " + mode.ljust(8) + "".join(
+                (f"{c:.3f}" if isinstance(c, float) and c < 1 else f"{c:.1f}" if isinstance(c, float)
+                 else str(c)).rjust(18) for c in cells))
+        for name, value in case["comparisons"].items():
+            if value["ratio"] is not None:
+                print(f"  {name}: {value['ratio']:.3f} [{value['low']:.3f}, {value['high']:.3f}]")
+    trace = report.get("trace_full_length")
+    if trace and trace["session_over_client"]["ratio"] is not None:
+        ratio = trace["session_over_client"]
+        print(f"\nMooncake trace at full length ({trace['requests']} requests of conversations with "
+              f"{trace['conversations_min_turns']}+ turns, tokens): client request p50 "
+              f"{trace['client_tokens_p50']:.0f}, "
+              f"session request p50 {trace['session_tokens_p50']:.0f}, ratio {ratio['ratio']:.3f} "
+              f"[{ratio['low']:.3f}, {ratio['high']:.3f}]")
+
+
+def plot(report: dict[str, Any], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgecloud.bench.report import cdf_steps
+
+    cases = [c for c in report["cases"] if len(c["modes"]) > 1]
+    if not cases:
+        return
+    figure, axes = plt.subplots(len(cases), 3, figsize=(16, 4.2 * len(cases)), squeeze=False)
+    colors = {"tokens": "tab:blue", "text": "tab:orange", "client": "tab:green"}
+    for row, case in zip(axes, cases, strict=True):
+        for mode, m in case["modes"].items():
+            ok = [r for r in m["records"] if r["status"] == 200]
+            if ok:
+                cdf_steps(row[0], [r["rt_ms"] for r in ok], color=colors[mode],
+                          label=f"{mode} (p50 {m['rt_ms_p50']:.0f} ms)")
+                cdf_steps(row[2], [r["request_bytes"] for r in ok], color=colors[mode],
+                          label=f"{mode} (p50 {m['request_bytes_p50']:.0f} B)")
+            if mode != "client" and m["sync_bytes"]:
+                cdf_steps(row[1], m["sync_bytes"], color=colors[mode],
+                          label=f"{mode} (p50 {m['sync_bytes_p50']:.0f} B)")
+        titles = ("response time (ms)", "sync bytes per turn (all nodes)", "client request bytes")
+        for axis, title in zip(row, titles, strict=True):
+            axis.set_xlabel(title)
+            axis.set_ylabel("fraction of turns")
+            axis.grid(alpha=0.3)
+            axis.legend(loc="lower right", fontsize=8)
+        row[2].set_xscale("log")
+        row[0].set_title(f"{case['workload']}: response time CDF")
+        row[1].set_title(f"{case['workload']}: replication traffic per turn")
+        row[2].set_title(f"{case['workload']}: client request size")
+    machine = report.get("machine", {})
+    figure.suptitle(f"edgecloud edge bench: {report['config'].get('model_name')} on {machine.get('cpu', '?')}, "
+                    f"3 modes on one emulated edge", fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,90 @@
+"""The pieces of ``edgecloud edge bench`` that decide what is measured: conversations rebuilt from a
+Mooncake trace, message lengths, the roaming schedule and the paired ratio intervals."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from edgecloud.edge.bench import (
+    ProseCorpus,
+    mooncake_chains,
+    mooncake_workload,
+    ratio_ci,
+    schedule,
+    trace_request_tokens,
+)
+from edgecloud.edge.topology import Topology
+
+
+def write_trace(path: Path) -> Path:
+    rows = [
+        (1500, 100, [0, 1, 2]),      # conversation A, turn 1 (block 0 is a system prompt every request shares)
+        (600, 20, [0, 7]),           # conversation B, turn 1
+        (2000, 50, [0, 1, 5, 6]),    # A, turn 2: its prompt begins with A's first full blocks
+        (700, 10, [0, 8]),           # C: shares only block 0, so a conversation of its own
+        (2600, 80, [0, 1, 5, 6, 9]),  # A, turn 3
+    ]
+    path.write_text("".join(json.dumps({"timestamp": i, "input_length": n, "output_length": o, "hash_ids": h}) + "\n"
+                            for i, (n, o, h) in enumerate(rows)))
+    return path
+
+
+def test_mooncake_conversations_follow_shared_prompt_blocks(tmp_path: Path) -> None:
+    chains = mooncake_chains(write_trace(tmp_path / "trace.jsonl"))
+    assert chains == [[(1500, 100), (2000, 50), (2600, 80)], [(600, 20)], [(700, 10)]]
+
+
+def test_mooncake_messages_scale_the_opening_and_cap_what_the_user_typed(tmp_path: Path) -> None:
+    def words(text: str) -> int:
+        return len(text.split())
+
+    trace = write_trace(tmp_path / "trace.jsonl")
+    [conversation] = mooncake_workload(trace, conversations=1, turns=3, input_scale=0.1, output_scale=0.5,
+                                       max_user_tokens=500, corpus=ProseCorpus(), count=words, seed=3)
+    # opening: 1500 x 0.1; then what the trace added beyond the previous answer (2000 - 1500 - 100,
+    # unscaled; 2600 - 2000 - 50, capped at 500)
+    assert [words(m) for m in conversation.messages] == [150, 400, 500]
+    assert conversation.max_tokens == (50, 25, 40)
+    with pytest.raises(ValueError, match="only 1 conversations have 3 turns"):
+        mooncake_workload(trace, 2, 3, 0.1, 0.5, 500, ProseCorpus(), words, 3)
+
+
+def test_a_conversation_starts_at_its_own_node_and_roams_on() -> None:
+    nodes = ["a", "b", "c"]
+    assert schedule(0, 5, nodes, roam_every=2) == ["a", "a", "b", "b", "c"]
+    assert schedule(2, 4, nodes, roam_every=1) == ["c", "a", "b", "c"]
+
+
+def test_ratio_of_medians_with_a_paired_interval() -> None:
+    rng = random.Random(1)
+    base = [rng.uniform(100, 900) for _ in range(40)]
+    exact = ratio_ci([0.8 * x for x in base], base)
+    assert exact["ratio"] == pytest.approx(0.8)
+    assert exact["low"] == pytest.approx(0.8) and exact["high"] == pytest.approx(0.8)  # paired: no spread
+    noisy = ratio_ci([x * rng.uniform(0.6, 1.0) for x in base], base)
+    assert noisy["low"] < noisy["ratio"] < noisy["high"] <= 1.0
+    assert ratio_ci([], base) == {"ratio": None, "low": None, "high": None}
+
+
+def test_a_topology_names_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['edges'\]"):
+        Topology.from_dict({"nodes": ["a", "b"], "edges": {}})
+    with pytest.raises(ValueError, match="at least 2 distinct names"):
+        Topology.from_dict({"nodes": ["a", "a"]})
+    with pytest.raises(ValueError, match="link 'a/x' must be NODE/NODE"):
+        Topology.from_dict({"nodes": ["a", "b"], "links": {"a/x": {"delay_ms": 5}}})
+    topology = Topology.from_dict({"nodes": ["a", "b", "c"], "edge_edge": {"delay_ms": 40},
+                                   "links": {"c/a": {"delay_ms": 60}}})
+    assert topology.edge_edge[("a", "c")] == topology.edge_edge[("c", "a")] != topology.edge_edge[("a", "b")]
+
+
+def test_request_sizes_at_the_traces_full_length(tmp_path: Path) -> None:
+    trace = trace_request_tokens(write_trace(tmp_path / "trace.jsonl"))
+    # conversation A only (B and C have one turn): client 1500, 2000, 2600; session 1500, 400, 550
+    assert trace["requests"] == 3
+    assert trace["client_tokens_p50"] == 2000 and trace["session_tokens_p50"] == 550
+    assert trace["session_over_client"]["ratio"] == pytest.approx(550 / 2000)

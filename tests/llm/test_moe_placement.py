@@ -1,0 +1,161 @@
+"""Expert placement policies against measured imbalance: ``static`` (contiguous), DeepSeek's EPLB and
+OmniPlacement (static + redundant + dynamic rebalancing), on skewed and drifting loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgecloud.llm.moe import Placement, align, eplb_placement, omni_placement, static_placement
+from edgecloud.llm.moe.bench import evaluate, synthetic_traces
+from edgecloud.llm.moe.rebalance import OmniRebalancer, RebalanceConfig
+
+
+def zipf_load(layers: int, experts: int, s: float, seed: int, scale: float = 1000.0) -> np.ndarray:
+    """Each layer: Zipf(s) popularity over its experts in a random order (which experts are hot
+    differs between layers, as in trained models)."""
+    rng = np.random.default_rng(seed)
+    w = scale / np.arange(1, experts + 1) ** s
+    return np.stack([rng.permutation(w) for _ in range(layers)])
+
+
+def assert_valid(placement: Placement, slots_per_rank: int, one_per_rank: bool) -> None:
+    table = placement.slot_expert.reshape(placement.num_layers, placement.num_ranks, slots_per_rank)
+    for layer in table:
+        assert set(np.unique(layer[layer >= 0])) == set(range(placement.num_experts))
+        if one_per_rank:
+            for rank in layer:
+                held = rank[rank >= 0]
+                assert len(held) == len(set(held.tolist())), "two replicas of one expert on one rank"
+
+
+def test_skewed_load_static_is_unbalanced_omni_is_not() -> None:
+    load = zipf_load(4, 16, 1.2, seed=0)
+    static = static_placement(4, 16, 4)
+    omni = omni_placement(load, 4, 5)  # one redundant slot per rank
+    eplb = eplb_placement(load, 4, 5)
+    assert_valid(omni, 5, one_per_rank=True)
+    assert_valid(eplb, 5, one_per_rank=False)
+    assert static.imbalance(load).max() >= 1.9
+    assert omni.imbalance(load).max() <= 1.10
+    assert (omni.imbalance(load) <= eplb.imbalance(load) + 1e-9).all()
+    # Without a redundant slot the floor is the hottest expert's rank holding the 3 lightest others.
+    ordered = np.sort(load, axis=1)
+    floor = (ordered[:, -1] + ordered[:, :3].sum(axis=1)) / (load.sum(axis=1) / 4)
+    assert np.allclose(omni_placement(load, 4, 4).imbalance(load), floor)
+    assert omni.replica_counts().max() <= 4 and (omni.replica_counts().sum(axis=1) == 20).all()
+
+
+def test_rank_loads_split_a_replicated_expert_evenly() -> None:
+    table = np.array([[0, 1, 0, 2]])  # expert 0 on both ranks
+    placement = Placement(table, 2, 3)
+    assert placement.rank_loads(np.array([[10.0, 3.0, 5.0]])).tolist() == [[8.0, 10.0]]
+    assert placement.imbalance(np.array([[10.0, 3.0, 5.0]])).tolist() == [10.0 / 9.0]
+    assert placement.imbalance(np.zeros((1, 3))).tolist() == [1.0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    experts=st.sampled_from([4, 8, 16]),
+    ranks=st.sampled_from([1, 2, 4]),
+    spare=st.integers(0, 2),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_policies_place_every_expert_within_the_slot_budget(experts: int, ranks: int, spare: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    load = rng.pareto(1.0, size=(2, experts)) * 100 * rng.integers(0, 2, size=(2, experts))
+    slots = experts // ranks + spare
+    for placement, one_per_rank in ((omni_placement(load, ranks, slots), True),
+                                    (eplb_placement(load, ranks, slots), False),
+                                    (static_placement(2, experts, ranks, slots), True)):
+        assert placement.slot_expert.shape == (2, ranks * slots)
+        assert_valid(placement, slots, one_per_rank)
+        assert np.allclose(placement.rank_loads(load).sum(axis=1), load.sum(axis=1))  # nothing lost
+        assert (placement.imbalance(load) >= 1.0 - 1e-12).all()
+        assert (placement.imbalance(load) <= ranks + 1e-9).all()
+
+
+def test_align_keeps_experts_where_they_are() -> None:
+    load = zipf_load(3, 16, 1.0, seed=1)
+    old = omni_placement(load, 4, 5)
+    # The same placement with its ranks and slots shuffled: aligning it moves nothing.
+    rng = np.random.default_rng(2)
+    shuffled = old.slot_expert.reshape(3, 4, 5)[:, rng.permutation(4)][:, :, rng.permutation(5)].reshape(3, 20)
+    assert align(Placement(shuffled, 4, 16), old) == old
+    new = omni_placement(zipf_load(3, 16, 1.0, seed=3), 4, 5)
+    aligned = align(new, old)
+    assert np.allclose(aligned.rank_loads(load).sum(axis=1), new.rank_loads(load).sum(axis=1))
+    assert np.allclose(np.sort(aligned.imbalance(load)), np.sort(new.imbalance(load)))
+    assert (old.moved_slots(aligned) <= old.moved_slots(new)).all()
+
+
+def test_placement_rejects_bad_tables() -> None:
+    with pytest.raises(ValueError, match=r"experts \[3\] have no slot"):
+        Placement(np.array([[0, 1, 2, 2]]), 2, 4)
+    with pytest.raises(ValueError, match="not a multiple of num_ranks=3"):
+        Placement(np.array([[0, 1, 2, 3]]), 3, 4)
+    with pytest.raises(ValueError, match=r"expert ids in \[0, 4\)"):
+        Placement(np.array([[0, 1, 2, 4]]), 2, 4)
+    with pytest.raises(ValueError, match="cannot hold 16 experts"):
+        omni_placement(np.ones((1, 16)), 4, 3)
+    with pytest.raises(ValueError, match=r"load must be \[layers=1, experts=16\]"):
+        static_placement(1, 16, 4).imbalance(np.ones((2, 16)))
+    with pytest.raises(ValueError, match=r"trigger must be >= 1\.0"):
+        RebalanceConfig(trigger=0.5)
+
+
+def test_rebalancer_follows_a_workload_shift() -> None:
+    """Synthetic drift: Zipf(1.2) routing whose hot experts change at step 200; per step each layer's
+    16 experts get Poisson(top-k choices x popularity) tokens. The dynamic rebalancer re-places the
+    layers within one window of the shift, and only the layers that drift."""
+    rng = np.random.default_rng(4)
+    before, after = zipf_load(4, 16, 1.2, seed=5, scale=1.0), zipf_load(4, 16, 1.2, seed=6, scale=1.0)
+    after[0] = before[0]  # layer 0 keeps its routing
+    start = omni_placement(before, 4, 5)
+    config = RebalanceConfig(window=32, check_every=8)
+    rebalancer = OmniRebalancer(start, config)
+    history = []
+    for step in range(400):
+        popularity = before if step < 200 else after
+        counts = rng.poisson(256 * popularity / popularity.sum(axis=1, keepdims=True))
+        rebalancer.observe(counts)
+        history.append(rebalancer.placement.imbalance(popularity).max())
+    assert max(history[:200]) <= 1.10  # the start placement holds while routing does not change
+    assert history[200] > 1.5  # the shift unbalances it ...
+    assert max(history[200 + config.window + config.check_every :]) <= 1.10  # ... until it re-places
+    events = [e for e in rebalancer.events if e.step > 200]
+    assert events and events[0].step <= 200 + config.window
+    assert all(0 not in e.layers for e in events)
+    assert all(a < b for e in events for a, b in zip(e.after, e.before, strict=True))
+    with pytest.raises(ValueError, match=r"counts must be \[4, 16\]"):
+        rebalancer.observe(np.ones((4, 8)))
+
+
+def test_bench_replays_synthetic_drift_through_each_policy() -> None:
+    """``bench moe``'s replay: a policy's live placement step by step, omni's rebalancer migrating a
+    layer per step after each decision."""
+    traces = synthetic_traces(2, 16, 96, 256, 1.2, seed=0)
+    config = RebalanceConfig(window=16, check_every=4)
+    cases, curves = evaluate(traces, 4, 5, config, "zipf", "synthetic")
+    case = {(c["policy"], c["phase"]): c for c in cases}
+    assert case["static", "before"]["max_mean_load"] >= 2.0 and case["static", "after"]["max_mean_load"] >= 2.0
+    assert case["omni", "before"]["max_mean_load"] <= 1.10 and case["eplb", "before"]["max_mean_load"] <= 1.10
+    # After the shift EPLB's fixed placement is as unbalanced as no balancing; omni re-places.
+    assert case["eplb", "after"]["max_mean_load"] >= 1.5
+    assert case["omni", "after"]["max_mean_load"] <= 1.10
+    recovery = case["omni", "after"]["recovery_steps"]
+    assert recovery is not None and recovery <= 2 * config.window
+    assert case["omni", "after"]["migrated_slots"] > 0 and case["eplb", "after"]["migrated_slots"] == 0
+    assert len(curves["curves"]["omni"]) == 192 and curves["shift_step"] == 96
+
+
+def test_bench_moe_needs_a_trained_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgecloud.cli import main
+
+    assert main(["bench", "moe", "--model", str(tmp_path)]) == 2
+    assert "heldout.json is missing" in capsys.readouterr().err
+    assert main(["bench", "moe", "--spare-slots", "-1"]) == 2

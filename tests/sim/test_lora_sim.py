@@ -1,0 +1,106 @@
+"""LoRA in the simulator: the rank-aware cost model by hand, the drifting adapter population,
+simulated instances that load adapters from host memory, a peer or disk and stall their steps for
+it, and the policies end to end on a small simulated cluster (virtual time: exact, no timing)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from edgecloud.cluster.policies import make_policy
+from edgecloud.llm.lora.cost import LoRACostModel
+from edgecloud.sim.lora import AdapterPopulation, LoRASimSettings, build_lora_cluster, simulate_lora, with_adapters
+from edgecloud.sim.profiles import accelerator, load_model
+from edgecloud.sim.run import SimClusterSpec
+from edgecloud.sim.simulator import ClusterSimulator, SimRequest
+
+
+def test_the_cost_model_prices_adapters_by_rank() -> None:
+    llama = load_model("llama-3-8b").profile
+    cost = LoRACostModel.for_model(accelerator("h100"), llama)
+    # q, k, v, o, gate, up, down: (4096+4096) + 2 (4096+1024) + (4096+4096) + 3 (4096+14336) per rank per layer
+    assert cost.elements_per_rank == 32 * 81920
+    assert cost.adapter_bytes(128) == 128 * 32 * 81920 * 2
+    mixed = [(8, 128)] + [(8, 8)] * 7
+    uniform_large = [(8, 128)] * 8
+    assert cost.step_time(mixed, padded=True) == pytest.approx(cost.step_time(uniform_large))
+    assert cost.step_time(mixed) < 0.3 * cost.step_time(mixed, padded=True)
+    assert cost.step_time([]) == 0.0
+    with pytest.raises(ValueError, match="unknown projection"):
+        LoRACostModel.for_model(accelerator("h100"), llama, targets=("q_proj", "lm_head"))
+
+
+def test_the_population_is_zipf_and_drifts() -> None:
+    population = AdapterPopulation(num_adapters=50, zipf_s=1.2, drift_period_s=10.0, drift_shift=3, seed=4)
+    ranks = population.rank_of()
+    assert set(ranks.values()) <= {8, 16, 32, 64, 128} and len(ranks) == 50
+    assert population.rank_of() == ranks
+    early = Counter(population.assign([1.0] * 4000))
+    late = Counter(population.assign([25.0] * 4000))
+    assert early.most_common(1)[0][1] > 4000 / 50 * 5  # far above uniform
+    assert early.most_common(1)[0][0] != late.most_common(1)[0][0]  # two shifts later another leads
+    with pytest.raises(ValueError, match="num_adapters"):
+        AdapterPopulation(num_adapters=0)
+
+
+def requests(adapters: list[str], gap: float = 0.5) -> list[SimRequest]:
+    return [SimRequest(i * gap, list(range(i * 64, i * 64 + 64)), 4, adapter_id=a) for i, a in enumerate(adapters)]
+
+
+def test_an_instance_loads_an_adapter_once_and_the_load_stalls_that_step() -> None:
+    spec = SimClusterSpec("llama-3-8b", "h100", 1)
+    ranks = {"a": 128, "b": 8}
+    settings = LoRASimSettings(max_loras=1, host_adapters=1)
+    cluster = build_lora_cluster(spec, settings, ranks, remote=False)
+    sim = ClusterSimulator(cluster.instances, make_policy("slora"), record_token_times=False)
+    result = sim.run(requests(["a", "a", "b", "a"]))
+    instance = cluster.instances[0]
+    # a from disk; a again in its slot; b from disk (a leaves slot and host); a from disk again
+    assert instance.loads == Counter({"disk": 3})
+    ttfts = [r.ttft for r in result.records]
+    disk_a = cluster.instances[0].links.disk.seconds(cluster.cost.adapter_bytes(128))
+    assert ttfts[0] > disk_a > ttfts[1]
+    assert ttfts[3] > disk_a
+    assert all(r.error is None and r.output_tokens == 4 for r in result.records)
+
+
+def test_a_peer_fetch_replaces_the_disk_read_when_remote_access_is_on() -> None:
+    spec = SimClusterSpec("llama-3-8b", "h100", 2)
+    for remote, second_source in ((False, "disk"), (True, "peer")):
+        cluster = build_lora_cluster(spec, LoRASimSettings(), {"a": 64}, remote=remote)
+        ClusterSimulator(cluster.instances, make_policy("round-robin"), record_token_times=False).run(
+            requests(["a", "a"]))
+        first, second = cluster.instances
+        assert first.loads == Counter({"disk": 1})
+        assert second.loads == Counter({second_source: 1})
+        assert cluster.directory.holders["a"] == {"mixed0", "mixed1"}
+
+
+def test_every_policy_serves_a_drifting_workload_and_loraserve_reads_disk_least() -> None:
+    population = AdapterPopulation(num_adapters=60, drift_period_s=2.0, drift_shift=5, seed=1)
+    arrivals = [i * 0.01 for i in range(600)]
+    workload = with_adapters([SimRequest(t, list(range(i, i + 48)), 8) for i, t in enumerate(arrivals)], population)
+    spec = SimClusterSpec("llama-3-8b", "h100", 4)
+    settings = LoRASimSettings(max_loras=4, host_adapters=12)
+    disk = {}
+    for policy in ("slora", "affinity", "loraserve"):
+        result, cluster = simulate_lora(spec, policy, workload, population, settings,
+                                        {"rebalance_s": 1.0} if policy == "loraserve" else None)
+        assert all(r.error is None and r.output_tokens == 8 for r in result.records), policy
+        disk[policy] = sum(i.loads["disk"] for i in cluster.instances)
+        assert sum(sum(i.loads.values()) for i in cluster.instances) >= len({r.adapter_id for r in workload})
+    assert disk["loraserve"] < disk["slora"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--policies", "slora,nope"], "--policies: unknown policy 'nope'"),
+    (["--num-adapters", "0"], "num_adapters must be >= 1"),
+    (["--sim-instances", "0"], "--sim-instances must be >= 1"),
+])
+def test_bench_lora_refuses_bad_options_by_name(args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+                                                ) -> None:
+    from edgecloud.cli import main
+
+    assert main(["bench", "lora", "--no-real", *args]) == 2
+    assert message in capsys.readouterr().err
