@@ -1,8 +1,9 @@
 """The OpenAI Batch API on the router (issue #19), as a user drives it: the official ``openai``
 client uploads a JSONL file, creates a batch, follows it and reads the output and error files.
 The router is killed (SIGKILL) mid-batch and started again on the same directory (``make bench``:
-two cluster starts; the default suite runs the resume logic in process): the batch completes with every line answered exactly once, and each answer is the greedy answer the same
-cluster gives online. Malformed lines go to the error file with the reason; the rest run."""
+two cluster starts; the default suite runs the resume logic in process): the batch completes with
+every line answered exactly once, and each answer is the greedy answer the same cluster gives
+online. Malformed lines go to the error file with the reason; the rest run."""
 
 from __future__ import annotations
 
