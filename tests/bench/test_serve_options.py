@@ -49,9 +49,20 @@ def test_synthetic_workloads_from_options(vocab: PromptVocab) -> None:
         build_workload(parse("--workload", "trace"), vocab)  # type: ignore[arg-type]
 
 
-def test_rejects_non_positive_options() -> None:
-    with pytest.raises(SystemExit):
-        parse("--request-rate", "0")
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--request-rate", "0"], "argument --request-rate: must be > 0, got 0"),
+        (["--burstiness", "-1"], "argument --burstiness: must be > 0, got -1"),
+        (["--time-scale", "nan"], "argument --time-scale: must be > 0, got nan"),
+        (["--num-requests", "0"], "argument --num-requests: must be >= 1, got 0"),
+    ],
+)
+def test_rejects_non_positive_options(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse(*argv)
+    assert exit_info.value.code == 2  # argparse's usage error
+    assert message in capsys.readouterr().err
 
 
 def test_request_bodies_for_both_apis() -> None:

@@ -13,16 +13,21 @@ from pathlib import Path
 import pytest
 
 from edgecloud.c2 import pki
-from edgecloud.c2.privileges import Role, parse_privileges
+from edgecloud.c2.privileges import DEFAULT_PRIVILEGES, HANDOVER_APPROVE, Role, parse_privileges
 
 
 @pytest.fixture(scope="session")
 def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Root CA; TC ``tc-1`` (sub-CA); GCSs issued by tc-1; vehicles by the root; and the odd ones
-    the rejection tests need (limited, expired, revoked)."""
+    """Root CA; TCs ``tc-1`` and ``tc-other`` (sub-CAs); GCSs issued by tc-1; vehicles by the root; and
+    the odd ones the rejection tests need (limited, expired, revoked, a TC without
+    ``handover:approve``)."""
     directory = tmp_path_factory.mktemp("pki")
     pki.init(directory)
     pki.issue_to_directory(directory, "tc-1", Role.TC)
+    pki.issue_to_directory(directory, "tc-other", Role.TC)
+    # Everything a TC holds but handover:approve: it may connect, issue and revoke, not hand over.
+    no_approve = DEFAULT_PRIVILEGES[Role.TC] - {HANDOVER_APPROVE}
+    pki.issue_to_directory(directory, "tc-no-approve", Role.TC, no_approve)
     for name in ("gcs-a", "gcs-b", "gcs-c"):
         pki.issue_to_directory(directory, name, Role.GCS, issuer="tc-1")
     for name in ("uxv-1", "uxv-2"):

@@ -138,6 +138,31 @@ def test_revocation_pushed_by_a_tc_cuts_a_live_link_and_refuses_reconnection(own
     asyncio.run(run())
 
 
+def test_a_revoked_tc_and_the_gcss_it_issued_lose_their_links_and_cannot_reconnect(own_pki_dir, c2_log):
+    # The root revokes TC tc-1 (a sub-CA) and another TC pushes the root's CRL: tc-1's own live
+    # link and that of gcs-a, whose certificate tc-1 issued, are cut; neither gets back in.
+    async def run() -> None:
+        async with scene(own_pki_dir) as s:
+            commander = await s.link("tc-1")
+            issued = await s.link("gcs-a")
+            await s.vehicle_obeys(issued, tag=71)
+            await wait_for(lambda: {"tc-1", "gcs-a"} <= s.uxv.links.keys())
+            root = pki.Issuer(own_pki_dir, "ca")
+            crl = root.revoke(pki.load_certificates(own_pki_dir / "tc-1.crt")[0].serial_number)
+            pem = crl.public_bytes(serialization.Encoding.PEM)
+            assert await push_crl(own_pki_dir, "tc-other", pem, [s.uxv.address]) == ["uxv-1: CRL installed"]
+            await wait_for(lambda: commander.closed and issued.closed, what="both links closed")
+            for name in ("tc-1", "gcs-a"):
+                with pytest.raises(LinkError, match="TLS handshake refused: SSLV3_ALERT_CERTIFICATE_REVOKED"):
+                    await s.link(name)
+            assert not {"tc-1", "gcs-a"} & s.uxv.links.keys()
+            assert logged(c2_log, "closing link to gcs-a: its issuer tc-1 was revoked by ca")
+            await s.link("tc-other")  # a TC the root did not revoke still gets in
+            await wait_for(lambda: "tc-other" in s.uxv.links)
+
+    asyncio.run(run())
+
+
 def test_a_tc_renews_a_gcs_certificate_over_nc2s_for_a_fresh_key(own_pki_dir, c2_log):
     old = pki.load_certificates(own_pki_dir / "gcs-a.crt")[0]
     old_key = (own_pki_dir / "gcs-a.key").read_bytes()

@@ -54,8 +54,9 @@ def test_bad_arguments_are_usage_errors_naming_the_option(
 
 
 def test_malformed_target_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["netem", "tcp", "--to", "no-port"])
+    assert exit_info.value.code == 2
     assert "argument --to: expected HOST:PORT" in capsys.readouterr().err
 
 

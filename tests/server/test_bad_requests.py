@@ -88,9 +88,10 @@ CASES = [
     Case("logit_bias value out of range", completion(logit_bias={"5": 150}), 400, "logit_bias.5"),
     Case("service_tier not offered", completion(service_tier="scale"), 400, "service_tier"),
     Case("cache_salt empty", completion(cache_salt=""), 400, "cache_salt"),
-    Case("chat: tools are refused, not ignored", chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400,
-         "tools", CHAT),
-    Case("chat: response_format is refused, not ignored", chat(response_format={"type": "json_object"}), 400,
+    Case("chat: tool with an invalid parameter schema", chat(tools=[{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "object", "properties": {"x": {"type": 3}}}}}]), 400,
+         "tools[0].function.parameters", CHAT),
+    Case("chat: response_format of an unknown type", chat(response_format={"type": "yaml"}), 400,
          "response_format", CHAT),
     Case("chat: top_logprobs without logprobs", chat(top_logprobs=2), 400, "top_logprobs", CHAT),
     Case("chat: top_logprobs above 20", chat(logprobs=True, top_logprobs=50), 400, "top_logprobs", CHAT),

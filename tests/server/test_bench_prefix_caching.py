@@ -66,7 +66,6 @@ def ratios(base: dict[str, Any], ours: dict[str, Any]) -> dict[str, float]:
 
 
 @pytest.mark.bench
-@pytest.mark.timeout(1800)
 @pytest.mark.skipif(not MOONCAKE.is_file(), reason="shared Mooncake trace not on this machine")
 def test_prefix_caching_off_vs_on(tmp_path: Path) -> None:
     model_dir = write_random_model(

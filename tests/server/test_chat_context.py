@@ -5,6 +5,7 @@ released whatever happens; a request it leaves alone is served as usual."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import httpx
@@ -65,16 +66,26 @@ def test_a_chat_context_takes_requests_over_commits_answers_and_is_always_releas
             assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_stored"
             assert context.released == 2 and len(context.committed) == 1
 
-            for extra, param in (({"stream": True}, "stream"), ({"n": 2}, "n")):
+            tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+            for extra, param in (({"stream": True}, "stream"), ({"n": 2}, "n"), ({"tools": [tool]}, "tools")):
                 bad = await client.post("/v1/chat/completions", json=body("take", **extra))
                 assert bad.status_code == 400 and bad.json()["error"]["param"] == param
-            assert context.released == 4 and len(context.committed) == 1
+            assert context.released == 5 and len(context.committed) == 1
+
+            # A session turn's answer follows a response_format schema like any other (#24).
+            schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+                      "additionalProperties": False}
+            fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+            shaped = await client.post("/v1/chat/completions", json=body("take", max_tokens=20, response_format=fmt))
+            assert shaped.status_code == 200, shaped.text
+            assert json.loads(shaped.json()["choices"][0]["message"]["content"]) in ({"ok": True}, {"ok": False})
+            assert context.released == 6 and len(context.committed) == 2
 
             # Left alone: served as usual, from the rendered messages.
             plain = await client.post("/v1/chat/completions", json=body("hello"))
             assert plain.status_code == 200 and "X-Turn" not in plain.headers
             assert plain.json()["usage"]["prompt_tokens"] != 4
-            assert context.released == 4
+            assert context.released == 6
         stats = engine.stats()
         assert stats.num_running == 0 and stats.num_free_blocks == stats.num_total_blocks
         await engine.shutdown()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from .conftest import ServerProcess, start_server
 
@@ -38,6 +39,14 @@ async def stream_events(base_url: str, model: str, results: list, index: int, st
     results[index] = (events, time.monotonic())
 
 
+# The server sees the core die from the process's sentinel, an event: "at once" is milliseconds. A
+# regression is a hang (health 200 and streams open for ever), so the bound only has to be finite;
+# it is generous, far above a loaded machine's scheduling delays.
+DEATH_SEEN_WITHIN_S = 10.0
+
+
+# real_clock: "reported, never a hang" needs an upper bound on the wall clock (generous: see above)
+@pytest.mark.real_clock
 def test_a_killed_engine_core_fails_streams_turns_health_503_and_comes_back(
     model_dir: Path, tmp_path: Path
 ) -> None:
@@ -61,11 +70,11 @@ async def scenario(server: ServerProcess) -> None:
 
     async with httpx.AsyncClient(timeout=5) as client:
         while (await client.get(f"{server.base_url}/health")).status_code != 503:
-            assert time.monotonic() - killed < 1.0, "/health still 200 a second after the core died"
+            assert time.monotonic() - killed < DEATH_SEEN_WITHIN_S, "/health still 200 long after the core died"
             await asyncio.sleep(0.02)
-        await asyncio.wait_for(asyncio.gather(*tasks), 2.0)  # every stream ended within 2 s
+        await asyncio.wait_for(asyncio.gather(*tasks), DEATH_SEEN_WITHIN_S)  # every stream ended
         for events, ended in results:
-            assert ended - killed < 2.0
+            assert ended - killed < DEATH_SEEN_WITHIN_S
             assert events[-1] == "[DONE]"
             error = json.loads(events[-2])
             assert error["error"]["code"] == "engine_unavailable", error

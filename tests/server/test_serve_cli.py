@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import start_server
 
 
@@ -18,6 +20,8 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+# real_clock: "before the model loads" is a time; the 30 s bound is many times an import of the CLI
+@pytest.mark.real_clock
 def test_a_port_in_use_fails_before_the_model_loads() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -98,7 +98,6 @@ def test_bench_config_names_the_bad_field() -> None:
 
 
 @pytest.mark.bench
-@pytest.mark.timeout(1800)
 def test_one_bandwidth_of_the_mnist_bench_writes_the_issue_schema_and_a_plot(tmp_path: Path) -> None:
     """2 MHz of the default benchmark (about 8 minutes on 2 cores); the docs' figures run all three."""
     config = BenchConfig(bandwidths_mhz=(2.0,))

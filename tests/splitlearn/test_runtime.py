@@ -130,6 +130,8 @@ def test_crashed_ue_is_dropped_and_served_again_after_it_rejoins() -> None:
 HANG_TIMEOUT_S = 5.0
 
 
+# real_clock: a hang is told from a slow peer only by silence on the wall clock (see above)
+@pytest.mark.real_clock
 def test_hung_ue_times_out_and_the_round_goes_on() -> None:
     config = _two_ue_config(
         faults=(UEFault(ue=1, round=1, kind="hang"),), ue_timeout_s=HANG_TIMEOUT_S, restart_crashed_ues=False

@@ -58,7 +58,7 @@ def test_cases_have_the_issue_schema_and_deliver_every_byte():
     assert case["congestion_control"] == "reno"  # aioquic's default
 
 
-def test_cubic_runs_on_both_sides_and_is_recorded():
+def test_cubic_runs_on_both_sides_and_is_recorded(capsys):
     (case,) = short_cases("bernoulli", congestion_control="cubic")
     assert case["congestion_control"] == "cubic"
     assert case["baseline"]["bytes_equal"] and case["autorec"]["bytes_equal"]
@@ -68,8 +68,10 @@ def test_cubic_runs_on_both_sides_and_is_recorded():
     spec = bench.SideSpec(link, AutoRecConfig(), 3.0, SourceConfig(fps=20, bitrate_mbps=0.2), congestion_control="x")
     with pytest.raises(ValueError, match="congestion_control must be one of reno, cubic, got 'x'"):
         bench.run_virtual_side(spec)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["stream", "bench", "--virtual", "--congestion-control", "bbr", "--json", "out.json"])
+    assert exit_info.value.code == 2
+    assert "argument --congestion-control: invalid choice: 'bbr'" in capsys.readouterr().err
 
 
 def test_bursts_in_time_are_recorded_and_every_byte_arrives():

@@ -120,6 +120,25 @@ def test_serving_modes_keep_copies_and_data_apart():
     assert sender.is_finished
 
 
+def test_next_offset_is_where_the_served_view_starts():
+    # aioquic sizes a STREAM frame's offset field from next_offset before asking for the frame:
+    # offset 0 takes no field, 1000 takes two bytes. With a copy pending at 0, the data pass's
+    # frame starts at 1000, so next_offset must say 1000 or the frame overruns its packet.
+    sender = TrackedStreamSender(stream_id=0, writable=True)
+    sender.write(DATA[:3000], end_stream=True)
+    assert sender.get_frame(1000).offset == 0
+    sender.take_registered_kind(0, 1000)
+    assert sender.reinject(0, 1000) == 1000
+    sender.serving = Serving.ALL
+    assert sender.next_offset == 0  # stock: the lowest pending byte, the copy
+    sender.serving = Serving.DATA
+    assert sender.next_offset == 1000 == sender.get_frame(500).offset
+    sender.serving = Serving.COPIES
+    assert sender.next_offset == 0 == sender.get_frame(500).offset
+    sender.serving = Serving.RETRANSMISSIONS
+    assert sender.next_offset == sender._buffer_stop and sender.get_frame(500) is None  # nothing lost
+
+
 actions = st.lists(
     st.tuples(st.sampled_from(["send", "ack", "lose", "write"]), st.integers(0, 50), st.integers(1, 1500)),
     max_size=60,

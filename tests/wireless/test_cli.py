@@ -14,9 +14,12 @@ def test_data_command_writes_shards(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert len(load(tmp_path)) == 4
 
 
-def test_bad_arguments_are_usage_errors() -> None:
+def test_bad_arguments_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(["wireless", "data", "--scenes", "0", "--out", "x"])
     assert info.value.code == 2
-    with pytest.raises(SystemExit):
+    assert "--scenes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
         build_parser().parse_args(["wireless", "bench", "--config", "tpu"])
+    assert info.value.code == 2
+    assert "argument --config: invalid choice: 'tpu'" in capsys.readouterr().err

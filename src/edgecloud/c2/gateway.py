@@ -29,7 +29,7 @@ from edgecloud.c2.control import (
     UxvControl,
 )
 from edgecloud.c2.link import Link, LinkError, accept, connect, log
-from edgecloud.c2.pki import PkiError, common_name, verify_crl, write_crl
+from edgecloud.c2.pki import ROOT_NAME, PkiError, common_name, verify_crl, write_crl
 from edgecloud.c2.privileges import COMMAND_MESSAGE_IDS, PKI_REVOKE, Role
 from edgecloud.c2.session import Credentials, FrameType
 
@@ -272,13 +272,19 @@ class UxvGateway:
             return
         write_crl(self.pki_dir, issuer, crl)
         # New handshakes use a context built from the updated crl.pem; live links of revoked
-        # certificates are closed at once.
+        # certificates are closed at once, and so are those of certificates a revoked TC issued
+        # (a TC is a sub-CA: new handshakes check the CRLs of the whole chain).
         self.context = tls.server_context(self.pki_dir, self.name)
         revoked = {entry.serial_number for entry in crl}
         issuer_cn = common_name(crl.issuer)
         for name, other in list(self.links.items()):
-            if other.peer.issuer == issuer_cn and other.peer.serial in revoked:
+            peer = other.peer
+            if peer.issuer == issuer_cn and peer.serial in revoked:
                 log.warning("uxv %s: closing link to %s: certificate revoked by %s", self.name, name, issuer)
+                self._spawn(other.close())
+            elif issuer == ROOT_NAME and peer.issuer_serial in revoked:
+                log.warning("uxv %s: closing link to %s: its issuer %s was revoked by %s", self.name, name,
+                            peer.issuer, issuer)
                 self._spawn(other.close())
         link.send_control({"t": "crl-ack", "issuer": issuer, "revoked": len(revoked)})
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -59,6 +59,7 @@ class Identity:
     privileges: frozenset[str]
     serial: int
     issuer: str
+    issuer_serial: int | None = None  # the issuing TC's certificate; None when the root issued it
 
     def holds(self, privilege: str) -> bool:
         return holds(self.privileges, privilege)
@@ -107,6 +108,7 @@ def check_chain(leaf: x509.Certificate, issuer: x509.Certificate | None, root: x
         leaf.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise PkiError(f"certificate {identity.name!r}: chain does not verify: {exc}") from exc
+    identity = replace(identity, issuer_serial=issuer.serial_number)
     parent = identity_of(issuer)
     if parent.role is not Role.TC or not parent.holds(PKI_ISSUE):
         raise PkiError(f"certificate {identity.name!r}: issuer {parent.name!r} is not a TC allowed to issue")

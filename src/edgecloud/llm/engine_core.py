@@ -28,6 +28,7 @@ from edgecloud.llm.outputs import EngineCoreOutput, EngineStats
 from edgecloud.llm.request import EngineCoreRequest
 from edgecloud.llm.request_state import Request
 from edgecloud.llm.scheduler import SampledTokens, Scheduler, SchedulerOutput
+from edgecloud.llm.structured import StructuredOutputs
 from edgecloud.llm.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ class EngineCore:
             executor = ModelRunner(
                 model, mc, groups, num_blocks, config.block_size, self.dtype, self.device,
                 config.attention_backend, config.seed, lora=self.lora,
+                structured=StructuredOutputs(directory / "tokenizer.json", mc.vocab_size, sorted(eos)),
             )
         self.executor = executor
         self.info = EngineInfo(
@@ -369,6 +371,8 @@ def validate_core_request(req: EngineCoreRequest, info: EngineInfo) -> None:
             f"prompt needs {blocks} KV blocks but the cache has {info.num_blocks} (raise kv_cache_memory_mb)",
             "prompt",
         )
+    if req.params.structured_outputs is not None:
+        req.params.structured_outputs.check()
     bias = req.params.logit_bias
     if bias and any(t >= info.vocab_size for t in bias):
         raise InvalidRequestError(f"logit_bias keys must be token ids in [0, {info.vocab_size})", "logit_bias")

@@ -25,6 +25,7 @@ from edgecloud.llm.request_state import Request
 from edgecloud.llm.sampler import Sampler, SampleRow
 from edgecloud.llm.scheduler import SampledTokens, ScheduledRequest, SchedulerOutput
 from edgecloud.llm.step_context import AttentionMetadata, StepContext
+from edgecloud.llm.structured import StructuredOutputs
 
 if TYPE_CHECKING:
     from edgecloud.llm.lora import LoRAManager
@@ -55,9 +56,11 @@ class ModelRunner:
         attention_backend: str,
         seed: int,
         lora: LoRAManager | None = None,
+        structured: StructuredOutputs | None = None,
     ) -> None:
         self.model = model
         self.lora = lora
+        self.structured = structured
         self.config = config
         self.groups = groups
         self.block_size = block_size
@@ -167,13 +170,32 @@ class ModelRunner:
         if not sampling:
             return SampledTokens()
         rows = [SampleRow(r.params, self._generator(r), r.prompt_token_ids, r.output_token_ids) for r in sampling]
+        constrained = [i for i, r in enumerate(sampling) if r.params.structured_outputs is not None]
+        if constrained:
+            masks = self._structured().bitmask([self._grammar(sampling[i]) for i in constrained])
+            for row, i in enumerate(constrained):
+                rows[i].token_bitmask = masks[row]
         tokens, logprobs = self.sampler(logits, rows)
+        for i in constrained:
+            StructuredOutputs.accept(sampling[i].grammar, tokens[i])
         result = SampledTokens()
         for req, token, logprob in zip(sampling, tokens, logprobs, strict=True):
             result.token_ids[req.request_id] = token
             if logprob is not None:
                 result.logprobs[req.request_id] = logprob
         return result
+
+    def _structured(self) -> StructuredOutputs:
+        if self.structured is None:
+            raise RuntimeError("this engine was built without a structured-output backend")
+        return self.structured
+
+    def _grammar(self, req: Request) -> object:
+        """The request's grammar matcher, made on its first sampled token and advanced with each."""
+        if req.grammar is None:
+            assert req.params.structured_outputs is not None
+            req.grammar = self._structured().new_matcher(req.params.structured_outputs)
+        return req.grammar
 
     @staticmethod
     def _generator(req: Request) -> torch.Generator | None:

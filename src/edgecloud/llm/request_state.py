@@ -57,6 +57,7 @@ class Request:
     root: BlockKey | None = None
     partial: SavedPartial | None = None
     generator: Any = None  # the executor's per-request torch.Generator (seeded requests)
+    grammar: Any = None  # the executor's per-request grammar matcher (structured outputs)
     num_cached_tokens: int | None = None  # prompt tokens found in the prefix cache when first scheduled
     first_scheduled_time: float | None = None
     num_preemptions: int = 0

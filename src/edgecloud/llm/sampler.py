@@ -1,6 +1,7 @@
 """Turning logits into next tokens, one row per sampling sequence.
 
-Order of transforms (as in vLLM): penalties (repetition, presence, frequency), logit bias, temperature,
+Order of transforms (as in vLLM): penalties (repetition, presence, frequency), logit bias, the
+structured-output token mask, temperature,
 top-k, top-p, min-p, then sampling. Randomness comes from the exponential-race trick
 (``argmax(p / q)`` with ``q ~ Exp(1)``, equivalent to sampling from ``p``); a request with a
 seed draws ``q`` from its own generator, so its tokens do not depend on what else is in the
@@ -15,6 +16,7 @@ import torch
 
 from edgecloud.llm.outputs import TokenLogprob
 from edgecloud.llm.sampling_params import SamplingParams
+from edgecloud.llm.structured import unpack_bitmask
 
 
 @dataclass
@@ -23,6 +25,8 @@ class SampleRow:
     generator: torch.Generator | None
     prompt_ids: list[int]
     output_ids: list[int]
+    # structured outputs: the allowed next tokens as an int32 bitmask (llm/structured.py), or None
+    token_bitmask: torch.Tensor | None = None
 
 
 class Sampler:
@@ -36,6 +40,10 @@ class Sampler:
         if any(r.params.logprobs is not None for r in rows):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         logits = self._apply_penalties(logits, rows)
+        constrained = [i for i, r in enumerate(rows) if r.token_bitmask is not None]
+        if constrained:
+            allowed = unpack_bitmask(torch.stack([rows[i].token_bitmask for i in constrained]), vocab)
+            logits[constrained] = logits[constrained].masked_fill(~allowed, float("-inf"))
 
         temps = torch.tensor([r.params.temperature for r in rows])
         greedy = temps == 0.0

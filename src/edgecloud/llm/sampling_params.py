@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgecloud.llm.errors import InvalidRequestError
+from edgecloud.llm.structured import StructuredOutputsParams
 
 
 @dataclass
@@ -31,6 +32,8 @@ class SamplingParams:
     skip_special_tokens: bool = True
     # OpenAI's logit_bias: token id -> bias in [-100, 100], added to the logits before sampling.
     logit_bias: dict[int, float] | None = None
+    # Grammar-constrained decoding: a JSON Schema, any JSON object, or a Lark grammar (llm/structured.py).
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         def bad(param: str, allowed: str, value: object) -> InvalidRequestError:
@@ -74,6 +77,8 @@ class SamplingParams:
                     raise bad("logit_bias", "biases in [-100, 100]", bias)
             if len(self.logit_bias) > 1024:
                 raise bad("logit_bias", "at most 1024 entries", len(self.logit_bias))
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise bad("structured_outputs", "a StructuredOutputsParams", self.structured_outputs)
         if self.top_k == -1:
             self.top_k = 0
 

@@ -32,16 +32,28 @@ from edgecloud.llm import (
     CompletionOutput,
     EngineDeadError,
     EngineStats,
+    InvalidRequestError,
     OutputKind,
     RequestOutput,
     SamplingParams,
     TokenLogprob,
 )
+from edgecloud.llm.structured import StructuredOutputsParams
 from edgecloud.server.errors import APIError, install_error_handlers
 from edgecloud.server.lora import LoRAAdapters, install_lora_routes
 from edgecloud.server.metrics import ServerMetrics
 from edgecloud.server.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from edgecloud.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from edgecloud.server.tools import (
+    ToolCallStream,
+    ToolSet,
+    parse_tool_calls,
+    prompt_messages,
+    response_format_constraint,
+    template_renders_tools,
+    tool_call_constraint,
+    validate_tools,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +184,7 @@ class _ChoiceState:
     tokens_sent: int = 0
     started: bool = False
     finished: bool = False
+    tool_stream: ToolCallStream | None = None  # a chat answer parsed for tool calls as it streams
 
 
 @dataclass
@@ -190,6 +203,7 @@ class _Job:
     include_usage: bool
     logprobs: int | None
     choices: dict[tuple[int, int], _ChoiceState] = field(default_factory=dict)
+    tools: ToolSet | None = None  # chat answers parsed for tool calls
     adapter_id: str | None = None  # the LoRA adapter the request's model names
 
     @property
@@ -361,6 +375,12 @@ class OpenAIServer:
                 }
                 if job.chat:
                     choice["message"] = {"role": "assistant", "content": completion.text}
+                    if job.tools is not None and job.tools.parses_calls:
+                        content, calls = parse_tool_calls(completion.text, _names(job.tools))
+                        if calls:
+                            choice["message"] = {"role": "assistant", "content": content, "tool_calls": calls}
+                            if completion.finish_reason == "stop":
+                                choice["finish_reason"] = "tool_calls"
                 else:
                     choice["text"] = completion.text
                 choices.append(choice)
@@ -404,6 +424,8 @@ class OpenAIServer:
             }
             if job.chat:
                 message: dict[str, Any] = {"content": completion.text}
+                if job.tools is not None and job.tools.parses_calls:
+                    message = self._tool_delta(job, state, completion, choice)
                 if not state.started:
                     message = {"role": "assistant", **message}
                 choice["delta"] = message
@@ -416,6 +438,23 @@ class OpenAIServer:
             state.finished = completion.finished
             choices.append(choice)
         return choices
+
+    @staticmethod
+    def _tool_delta(job: _Job, state: _ChoiceState, completion: CompletionOutput, choice: dict[str, Any]
+                    ) -> dict[str, Any]:
+        """A chat delta with text that may begin a tool call held back and each completed call as a
+        ``tool_calls`` entry (one delta carries a whole call; OpenAI's clients accumulate them)."""
+        assert job.tools is not None
+        if state.tool_stream is None:
+            state.tool_stream = ToolCallStream(_names(job.tools))
+        first = len(state.tool_stream.calls)
+        content, calls = state.tool_stream.feed(completion.text, final=completion.finished)
+        message: dict[str, Any] = {"content": content}
+        if calls:
+            message["tool_calls"] = [{"index": first + k, **call} for k, call in enumerate(calls)]
+        if completion.finished and state.tool_stream.calls and completion.finish_reason == "stop":
+            choice["finish_reason"] = "tool_calls"
+        return message
 
     async def sse(
         self, job: _Job, first: tuple[int, RequestOutput], rest: AsyncIterator[tuple[int, RequestOutput]]
@@ -523,37 +562,47 @@ class OpenAIServer:
 
     async def chat_completions(self, request: Request, body: ChatCompletionRequest) -> Response:
         adapter_id = self.check_model(body.model)
-        plain_text = body.response_format is None or body.response_format == {"type": "text"}
-        for name, unsupported in (("tools", body.tools), ("tool_choice", body.tool_choice),
-                                  ("response_format", not plain_text)):
-            if unsupported:
-                raise APIError(400, f"{name} is not supported by this server yet", name, "unsupported")
+        tools = validate_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
+        constraint = _checked(response_format_constraint(body.response_format), "response_format")
+        tool_constraint = _checked(tool_call_constraint(tools), "tools")
+        if constraint is not None and tool_constraint is not None:
+            raise APIError(400, f"response_format {body.response_format.get('type')!r} cannot be combined with "
+                           f"tool_choice {tools.choice!r}: both constrain the whole answer", "response_format")
+        structured = constraint or tool_constraint
         turn = await self.chat_context.prepare(request, body) if self.chat_context is not None else None
         if turn is None:
             tokenizer = self.engine.tokenizer
+            template_tools = template_renders_tools(tokenizer.chat_templates)
             text = tokenizer.apply_chat_template(
-                [m.template_dict() for m in body.messages], add_generation_prompt=body.add_generation_prompt
+                prompt_messages([m.template_dict() for m in body.messages], tools, template_tools),
+                add_generation_prompt=body.add_generation_prompt,
+                tools=tools.tools if tools.in_prompt and template_tools else None,
             )
             # The template writes any BOS itself; the tokenizer must not add another.
             ids = await self.engine.encode(text, add_special_tokens=False)
-            return await self._chat(request, body, ids, None, adapter_id)
+            return await self._chat(request, body, ids, None, tools, structured, adapter_id)
         try:
-            for name, unsupported in (("stream", body.stream), ("n", body.n != 1)):
+            # a session turn's prompt is the context the store keeps, which has no tools in it
+            for name, unsupported in (("stream", body.stream), ("n", body.n != 1), ("tools", tools.in_prompt)):
                 if unsupported:
-                    raise APIError(400, f"{name} is not supported for a session turn (one unstreamed answer)", name,
-                                   "unsupported")
-            return await self._chat(request, body, turn.prompt_token_ids, turn, adapter_id)
+                    raise APIError(400, f"{name} is not supported for a session turn (one unstreamed answer, "
+                                   "no tools)", name, "unsupported")
+            return await self._chat(request, body, turn.prompt_token_ids, turn, tools, structured,
+                                    adapter_id)
         finally:
             await turn.release()
 
     async def _chat(self, request: Request, body: ChatCompletionRequest, ids: list[int], turn: ChatTurn | None,
-                    adapter_id: str | None = None) -> Response:
+                    tools: ToolSet, structured: StructuredOutputsParams | None, adapter_id: str | None = None
+                    ) -> Response:
         max_tokens = self.check_lengths(ids, body.requested_max_tokens, "messages")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError(400, "top_logprobs needs logprobs set to true", "top_logprobs")
         params = body.sampling_params(max_tokens, logprobs, self.engine.generation_defaults)
+        params.structured_outputs = structured
         job = self.new_job(request, body, [ids], params, chat=True, logprobs=logprobs, adapter_id=adapter_id)
+        job.tools = tools if tools.parses_calls else None
         return await self.run(request, job, body.stream, turn)
 
     def models(self) -> dict[str, Any]:
@@ -567,6 +616,21 @@ class OpenAIServer:
                 "max_model_len": self.engine.max_model_len,
             }, *self.adapters.model_cards(self.created, self.engine.max_model_len)],
         }
+
+
+def _names(tools: ToolSet) -> set[str]:
+    return {t["function"]["name"] for t in tools.tools}
+
+
+def _checked(spec: StructuredOutputsParams | None, param: str) -> StructuredOutputsParams | None:
+    """The constraint, compiled once here so that a grammar the library refuses is a 400 naming the
+    request's field (the engine core checks again)."""
+    if spec is not None:
+        try:
+            spec.check()
+        except InvalidRequestError as error:
+            raise APIError(400, f"{param}: {error}", param) from None
+    return spec
 
 
 async def _collect(outputs: AsyncIterator[tuple[int, RequestOutput]]) -> dict[int, RequestOutput]:

@@ -410,6 +410,10 @@ def plot(path: str | Path, result: dict[str, Any]) -> None:
     titles = {"real": "REAL (this CPU): decode step, rank skew", "sim": "SIMULATED accelerator: decode step"}
     for axis, mode in zip(axes[:2], ("real", "sim"), strict=True):
         rows = [r for r in result["rank_skew"] if r["mode"] == mode]
+        if not rows:
+            axis.text(0.5, 0.5, "not measured in this run", ha="center", va="center", transform=axis.transAxes)
+            axis.set_title(titles[mode], fontsize=10)
+            continue
         cases = list(dict.fromkeys(r["case"] for r in rows))
         for k, kernel in enumerate(("sgmv", "padded")):
             values = [next(r["step_ms_p50"] for r in rows if r["case"] == c and r["kernel"] == kernel) for c in cases]

@@ -193,26 +193,44 @@ class TrackedStreamSender(QuicStreamSender):
 
     # -- aioquic's interface ----------------------------------------------------------
 
-    def get_frame(self, max_size: int, max_offset: int | None = None) -> QuicStreamFrame | None:
-        if self.serving is Serving.ALL or (self.serving is Serving.DATA and not len(self._copy_pending)):
-            return self._get_frame(max_size, max_offset)
-        # Serve from a view of the pending bytes (copies only, retransmissions only, or all
-        # but copies); what the frame takes leaves the real pending set.
-        pending = self._pending
+    def _serves_a_view(self) -> bool:
+        return not (self.serving is Serving.ALL or (self.serving is Serving.DATA and not len(self._copy_pending)))
+
+    def _view(self) -> RangeSet:
+        """The pending bytes the current mode serves: copies only, retransmissions only, or
+        all but copies."""
         view = RangeSet()
         if self.serving is Serving.COPIES:
             for r in self._copy_pending:
                 view.add(r.start, r.stop)
         elif self.serving is Serving.RETRANSMISSIONS:
             for r in self._retx_pending:
-                for lo, hi in intersect(pending, r.start, r.stop):
+                for lo, hi in intersect(self._pending, r.start, r.stop):
                     view.add(lo, hi)
         else:
-            for r in pending:
+            for r in self._pending:
                 view.add(r.start, r.stop)
         if self.serving is not Serving.COPIES:
             for r in self._copy_pending:
                 view.subtract(r.start, r.stop)
+        return view
+
+    @property
+    def next_offset(self) -> int:
+        """Where the next frame starts. aioquic sizes the frame's offset field from it before it
+        asks for the frame, so while a view is served it is the view's first byte (the whole
+        pending set may start lower, with a shorter offset, and the frame would overrun the packet)."""
+        if not self._serves_a_view():
+            return super().next_offset
+        view = self._view()
+        return view[0].start if len(view) else self._buffer_stop
+
+    def get_frame(self, max_size: int, max_offset: int | None = None) -> QuicStreamFrame | None:
+        if not self._serves_a_view():
+            return self._get_frame(max_size, max_offset)
+        # Serve from a view of the pending bytes; what the frame takes leaves the real pending set.
+        pending = self._pending
+        view = self._view()
         if not len(view) and self.serving is not Serving.DATA:
             return None  # (DATA may still owe a FIN of its own)
         self._pending = view

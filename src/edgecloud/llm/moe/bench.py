@@ -257,8 +257,13 @@ def plot(path: Path, report: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     runs = report["curves"]
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.8), squeeze=False)
-    for axis, (key, run) in zip(axes[0], runs.items(), strict=True):
+    modes = sorted({key.split(",")[0] for key in runs})  # one row per mode, one column per EP size
+    columns = -(-len(runs) // len(modes))
+    fig, axes = plt.subplots(len(modes), columns, figsize=(5.5 * columns, 3.6 * len(modes)), squeeze=False)
+    for axis in axes.flat[len(runs):]:
+        axis.set_visible(False)
+    placed = [axes[modes.index(key.split(",")[0])][i // len(modes)] for i, key in enumerate(runs)]
+    for axis, (key, run) in zip(placed, runs.items(), strict=True):
         for policy, curve in run["curves"].items():
             axis.plot(curve, label=policy)
         axis.axvline(run["shift_step"], color="grey", linestyle=":", label="prose -> code")

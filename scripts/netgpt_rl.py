@@ -1,0 +1,137 @@
+"""Schema-preserving RL rounds of NetGPT's edge model from the requests it offloaded (issue #24).
+
+    nice -n 19 .venv/bin/python scripts/netgpt_rl.py --bench-dir netgpt-bench --rounds 3 \
+        --json docs/data/netgpt_rl.json                        # composite: reverse KL + forward KL to SFT
+    nice -n 19 .venv/bin/python scripts/netgpt_rl.py --bench-dir netgpt-bench --rounds 3 --alpha 0 \
+        --json docs/data/netgpt_rl_plain.json                  # plain reverse KL, for contrast
+
+Reads what ``edgecloud edge netgpt bench --work-dir DIR`` saved: the calibration questions (train
+functions) with the edge's scores and the cloud's answers, and the calibration. The offloaded set
+is the calibration questions the NetGPT rule sends to the cloud in the reference state; each round
+samples ``--batch`` of them, and after each round the edge model is evaluated greedily and
+*unconstrained* on the test questions: accuracy (AST checker vs BFCL's answers), schema validity,
+and the offload rate under the same threshold rule (the round-0 calibration and the reference
+state's threshold, so only the edge's scores move).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgecloud.edge.netgpt.bfcl import load_split, score
+from edgecloud.edge.netgpt.examples import prompt_text
+from edgecloud.edge.netgpt.models import adapter_dir
+from edgecloud.edge.netgpt.policy import Calibration
+from edgecloud.edge.netgpt.rl import RLConfig, answer_calls, rl_round, teacher_question
+from edgecloud.edge.netgpt.score import SCORES, EdgeAnswer
+from edgecloud.edge.netgpt.train import load_base
+from edgecloud.llm.gguf import convert_gguf, default_model_path
+from edgecloud.llm.tokenizer import Tokenizer
+
+
+@torch.no_grad()
+def greedy(model: Any, prompt: list[int], eos: int, max_new: int) -> tuple[list[int], list[float]]:
+    past, ids, out, logprobs = None, torch.tensor([prompt]), [], []
+    for _ in range(max_new):
+        result = model(input_ids=ids, past_key_values=past, use_cache=True)
+        past = result.past_key_values
+        lp = torch.log_softmax(result.logits[0, -1].float(), -1)
+        token = int(lp.argmax())
+        out.append(token)
+        logprobs.append(float(lp[token]))
+        if token == eos:
+            break
+        ids = torch.tensor([[token]])
+    return out, logprobs
+
+
+def evaluate(model: Any, tests: list[tuple[Any, list[int]]], tokenizer: Tokenizer, eos: int, score_name: str,
+             tau: float) -> dict[str, float]:
+    correct = valid = offloaded = 0
+    for q, prompt in tests:
+        ids, logprobs = greedy(model, prompt, eos, 128)
+        text = tokenizer.decode([t for t in ids if t != eos])
+        calls, ok = answer_calls(text, q.tools)
+        valid += ok
+        correct += bool(calls) and score(q, calls).correct
+        s = SCORES[score_name](EdgeAnswer(logprobs, [], ok))
+        offloaded += s < tau
+    n = len(tests)
+    return {"accuracy": correct / n, "schema_valid": valid / n, "offload_rate": offloaded / n}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench-dir", type=Path, required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--num-test", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, required=True)
+    for name, value in asdict(RLConfig()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = RLConfig(**{k: getattr(args, k) for k in asdict(RLConfig())})
+    saved = json.loads((args.bench_dir / "rl_inputs.json").read_text())
+    calibration = Calibration.from_dict(saved["calibration"])
+    score_name, tau = saved["score"], saved["threshold"]
+    base = convert_gguf(default_model_path())
+    tokenizer = Tokenizer(base)
+    eos = tokenizer.eos_token_id or 2
+    split = load_split()
+    by_id = {q.id: q for q in split.train + split.test}
+    offloaded = [(teacher_question(by_id[r["id"]], r["cloud_calls"]),
+                  tokenizer.encode(prompt_text(tokenizer, by_id[r["id"]]), add_special_tokens=False))
+                 for r in saved["offloaded"] if r["cloud_calls"]]
+    tests = [(by_id[i], tokenizer.encode(prompt_text(tokenizer, by_id[i]), add_special_tokens=False))
+             for i in saved["test_ids"][: args.num_test]]
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_base(base), adapter_dir("edge-sft"), is_trainable=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    sft_weights = [p.detach().clone() for p in trainable]
+
+    @contextlib.contextmanager
+    def sft_model() -> Iterator[None]:
+        current = [p.detach().clone() for p in trainable]
+        with torch.no_grad():
+            for p, w in zip(trainable, sft_weights, strict=True):
+                p.copy_(w)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, w in zip(trainable, current, strict=True):
+                    p.copy_(w)
+
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
+    rng = random.Random(config.seed)
+    start = time.monotonic()
+    rounds = [{"round": 0, **evaluate(model, tests, tokenizer, eos, score_name, tau), "elapsed_s": 0.0}]
+    print(json.dumps(rounds[-1]), flush=True)
+    for r in range(1, args.rounds + 1):
+        batch = rng.sample(offloaded, min(args.batch, len(offloaded)))
+        stats = rl_round(model, sft_model, optimizer, batch, config, eos,
+                         lambda ids: tokenizer.decode([t for t in ids if t != eos]), rng)
+        rounds.append({"round": r, **evaluate(model, tests, tokenizer, eos, score_name, tau),
+                       "train": asdict(stats), "elapsed_s": time.monotonic() - start})
+        print(json.dumps(rounds[-1]), flush=True)
+        args.json.write_text(json.dumps({"config": asdict(config), "rounds": rounds, "num_offloaded": len(offloaded),
+                                         "num_test": len(tests), "calibration_points": calibration.num_samples,
+                                         "loadavg": os.getloadavg()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

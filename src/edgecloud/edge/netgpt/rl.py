@@ -1,0 +1,200 @@
+"""Schema-preserving RL of the edge model from what it offloaded (NetGPT, arXiv 2511.22217, Sec. IV).
+
+Each round takes the requests the router sent to the cloud and the cloud's answers. For each
+prompt ``x`` the edge policy ``pi`` (the LoRA adapter) samples ``K`` answers; each answer's reward
+is BFCL's AST checker against the cloud's answer (the cloud is the teacher: no answer key) plus
+schema validity::
+
+    r(x, y) = 1 if y's calls match the cloud's (AST), 0 if y is schema-valid but does not, -1 if not valid
+
+The update minimises the composite objective (our notation; docs/netgpt.md)::
+
+    L(theta) = - E_{y ~ pi_old} [ clip-surrogate( pi/pi_old, A ) ]        (policy improvement, A group-normalised)
+               + beta  * KL( pi || pi_old )                                 (reverse-KL trust region)
+               + alpha * KL( pi_SFT || pi )                                 (forward-KL pull to the SFT prior)
+
+The reverse KL keeps each step small (estimated per token with ``k3 = rho - 1 - log rho``,
+``rho = pi_old/pi``, on the sampled tokens); the forward KL is a likelihood term on answers
+sampled from the SFT model for the same prompts (``- log pi(y_SFT)``): it pulls probability back
+onto what the SFT model writes, which is schema-correct, so the policy cannot drift into
+malformed outputs even where the reward is flat. ``alpha = 0`` is the plain reverse-KL run
+(no SFT anchor) shown for contrast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from edgecloud.edge.netgpt.bfcl import Question, score
+from edgecloud.edge.netgpt.score import schema_valid
+from edgecloud.edge.netgpt.train import answer_logits
+from edgecloud.server.tools import parse_tool_calls
+
+
+@dataclass
+class RLConfig:
+    samples_per_prompt: int = 4
+    beta: float = 0.05  # reverse-KL trust region
+    alpha: float = 0.5  # forward-KL pull to the SFT prior (0: plain reverse-KL)
+    clip: float = 0.2
+    lr: float = 2e-4
+    epochs: int = 1
+    max_new_tokens: int = 96
+    temperature: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class Rollout:
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    reward: float
+    advantage: float = 0.0
+    old_logprobs: list[float] | None = None
+
+
+def teacher_question(question: Question, cloud_calls: list[dict[str, Any]]) -> Question:
+    """The question with the cloud's answer as its only possible answer (the AST checker's reference)."""
+    truth = [{call["name"]: {k: [v] for k, v in call["arguments"].items()}} for call in cloud_calls]
+    # the checker reads function names as BFCL writes them; the cloud answered with tool names
+    names = {t["function"]["name"]: f["name"] for t, f in zip(question.tools, question.functions, strict=True)}
+    truth = [{names.get(name, name): args for name, args in call.items()} for call in truth]
+    return Question(question.id, question.category, question.messages, question.functions, truth, question.tools)
+
+
+def answer_calls(text: str, tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]] | None, bool]:
+    """The calls of a generated answer (``None``: none parsed) and whether they are schema-valid."""
+    _, calls = parse_tool_calls(text, {t["function"]["name"] for t in tools})
+    if not calls:
+        return None, False
+    valid = schema_valid(calls, tools)
+    return [{"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])} for c in calls], valid
+
+
+def reward(question: Question, text: str) -> tuple[float, bool]:
+    """``(r, schema_valid)`` of one answer against the teacher question (see the module docstring)."""
+    calls, valid = answer_calls(text, question.tools)
+    if not valid:
+        return -1.0, False
+    return (1.0 if score(question, calls).correct else 0.0), True
+
+
+def group_advantages(rollouts: list[Rollout], k: int) -> None:
+    """``A = (r - mean) / (std + 1e-4)`` within each prompt's group of ``k`` samples."""
+    for g in range(0, len(rollouts), k):
+        group = rollouts[g: g + k]
+        rewards = [r.reward for r in group]
+        mean = sum(rewards) / len(rewards)
+        std = math.sqrt(sum((x - mean) ** 2 for x in rewards) / len(rewards))
+        for r in group:
+            r.advantage = (r.reward - mean) / (std + 1e-4)
+
+
+def token_logprobs(model: Any, prompt_ids: list[int], answer_ids: list[int]) -> torch.Tensor:
+    """log pi(answer token | prefix) for each answer token (with grad when the model has it)."""
+    ids = torch.tensor([prompt_ids + answer_ids])
+    mask = torch.ones_like(ids)
+    start = len(prompt_ids) - 1
+    positions = torch.tensor([[0, start + i] for i in range(len(answer_ids))])
+    logits = answer_logits(model, ids, mask, positions)
+    return torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(answer_ids).unsqueeze(1)).squeeze(1)
+
+
+@torch.no_grad()
+def sample(model: Any, prompt_ids: list[int], k: int, config: RLConfig, eos_id: int, generator: torch.Generator
+           ) -> list[list[int]]:
+    """``k`` answers from the policy (ancestral sampling at ``temperature``), up to EOS."""
+    outs = []
+    for _ in range(k):
+        ids = list(prompt_ids)
+        past = None
+        new: list[int] = []
+        step_input = torch.tensor([ids])
+        for _ in range(config.max_new_tokens):
+            out = model(input_ids=step_input, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            logits = out.logits[0, -1].float() / max(config.temperature, 1e-5)
+            token = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+            new.append(token)
+            if token == eos_id:
+                break
+            step_input = torch.tensor([[token]])
+        outs.append(new)
+    return outs
+
+
+@dataclass
+class RoundStats:
+    loss: float
+    mean_reward: float
+    schema_valid: float
+    reverse_kl: float
+    forward_nll: float
+
+
+def composite_step(model: Any, optimizer: torch.optim.Optimizer, rollouts: list[Rollout],
+                   sft_answers: list[tuple[list[int], list[int]]], config: RLConfig) -> tuple[float, float, float]:
+    """One gradient step of the composite objective over a batch; returns (loss, reverse KL, forward NLL)."""
+    optimizer.zero_grad()
+    total, rkl_sum, nll_sum = 0.0, 0.0, 0.0
+    n = max(len(rollouts), 1)
+    for r in rollouts:
+        logp = token_logprobs(model, r.prompt_ids, r.answer_ids)
+        old = torch.tensor(r.old_logprobs)
+        ratio = torch.exp(logp - old)
+        surrogate = torch.minimum(ratio * r.advantage, ratio.clamp(1 - config.clip, 1 + config.clip) * r.advantage)
+        inverse = torch.exp(old - logp)  # rho = pi_old / pi
+        k3 = inverse - 1 - (old - logp)
+        loss = (-surrogate.mean() + config.beta * k3.mean()) / n
+        loss.backward()
+        total += float(loss.detach())
+        rkl_sum += float(k3.mean().detach()) / n
+    if config.alpha > 0 and sft_answers:
+        m = len(sft_answers)
+        for prompt_ids, answer_ids in sft_answers:
+            nll = -token_logprobs(model, prompt_ids, answer_ids).mean() / m
+            (config.alpha * nll).backward()
+            total += float(config.alpha * nll.detach())
+            nll_sum += float(nll.detach())
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    optimizer.step()
+    return total, rkl_sum, nll_sum
+
+
+def rl_round(model: Any, sft_model: Callable[[], Any], optimizer: torch.optim.Optimizer,
+             batch: Sequence[tuple[Question, list[int]]], config: RLConfig, eos_id: int,
+             decode: Callable[[list[int]], str], rng: random.Random) -> RoundStats:
+    """One round on ``batch`` = (teacher question, prompt ids) pairs: sample from the policy and
+    from the SFT prior, score, then ``epochs`` composite steps. ``sft_model()`` gives a context in
+    which ``model`` computes the SFT policy (the adapter's SFT weights swapped in)."""
+    generator = torch.Generator().manual_seed(rng.randrange(2**31))
+    model.eval()
+    rollouts: list[Rollout] = []
+    valid = 0
+    for question, prompt in batch:
+        for answer in sample(model, prompt, config.samples_per_prompt, config, eos_id, generator):
+            r, ok = reward(question, decode(answer))
+            valid += ok
+            with torch.no_grad():
+                old = token_logprobs(model, prompt, answer).tolist()
+            rollouts.append(Rollout(prompt, answer, r, old_logprobs=old))
+    group_advantages(rollouts, config.samples_per_prompt)
+    sft_answers: list[tuple[list[int], list[int]]] = []
+    if config.alpha > 0:
+        with sft_model():
+            for _, prompt in batch:
+                sft_answers.append((prompt, sample(model, prompt, 1, config, eos_id, generator)[0]))
+    model.train()
+    loss = rkl = nll = 0.0
+    for _ in range(config.epochs):
+        loss, rkl, nll = composite_step(model, optimizer, rollouts, sft_answers, config)
+    model.eval()
+    n = max(len(rollouts), 1)
+    return RoundStats(loss, sum(r.reward for r in rollouts) / n, valid / n, rkl, nll)
