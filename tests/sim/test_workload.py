@@ -43,3 +43,15 @@ def test_a_fractional_factor_adds_that_share_of_requests_on_average() -> None:
 def test_a_factor_that_is_not_positive_is_refused() -> None:
     with pytest.raises(ValueError, match="rate factor must be > 0"):
         scale_rate(TRACE, 0.0)
+
+
+def test_bench_cluster_caps_lengths_to_the_models_context() -> None:
+    from edgecloud.bench.workload import LengthScaling
+    from edgecloud.sim.bench import fit_context
+
+    fitted = fit_context(LengthScaling(1 / 32, 1 / 16), 512)
+    assert (fitted.max_input_len, fitted.max_output_len) == (384, 128)
+    assert fit_context(LengthScaling(max_input_len=100, max_output_len=50), 512).max_input_len == 100
+    assert fit_context(LengthScaling(max_input_len=600, max_output_len=50), 512).max_input_len == 462
+    with pytest.raises(ValueError, match="max_output_len must be < the model's context"):
+        fit_context(LengthScaling(max_output_len=512), 512)

@@ -9,7 +9,7 @@ from edgecloud.errors import USAGE, CLIError
 from edgecloud.llm.cli import add_engine_options, engine_config_from_args
 
 
-def _count(text: str) -> int:
+def count_arg(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -19,7 +19,7 @@ def _count(text: str) -> int:
     return value
 
 
-def _positive(text: str) -> float:
+def positive_arg(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -57,17 +57,17 @@ def register(commands: Any, bench: Any) -> None:
         "or from a TOML file (--config; see docs/cluster.md).",
     )
     shape = serve.add_argument_group("instances")
-    shape.add_argument("--instances", type=_count, default=None,
+    shape.add_argument("--instances", type=count_arg, default=None,
                        help="mixed instances (prefill and decode both); default 2 unless --prefill/--decode/--config")
-    shape.add_argument("--prefill", type=_count, default=0, help="prefill-only instances (P/D)")
-    shape.add_argument("--decode", type=_count, default=0, help="decode-only instances (P/D)")
+    shape.add_argument("--prefill", type=count_arg, default=0, help="prefill-only instances (P/D)")
+    shape.add_argument("--decode", type=count_arg, default=0, help="decode-only instances (P/D)")
     shape.add_argument("--pool", default="default", help="pool name of the instances given by flags")
     shape.add_argument("--config", help="TOML file of instances (and [router] settings); replaces the counts above")
     shape.add_argument("--backend", choices=["local", "ray"], default="local",
                        help="where instances run: processes of this machine, or actors of a Ray cluster")
     shape.add_argument("--address", default=None,
                        help="Ray cluster to join (auto: the one `ray start` runs here); default: start a local one")
-    shape.add_argument("--start-timeout", type=_positive, default=300.0,
+    shape.add_argument("--start-timeout", type=positive_arg, default=300.0,
                        help="seconds an instance may take to come up before the command gives up")
     routing = serve.add_argument_group("routing")
     routing.add_argument("--policy", default=None,

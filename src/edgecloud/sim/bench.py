@@ -13,9 +13,8 @@ throughput and the prefix-cache hit rate; P/D cases their hand-over time. JSON
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,10 @@ from edgecloud.bench.report import cdf_steps, robust_xlim
 from edgecloud.bench.traces import read_trace
 from edgecloud.bench.workload import LengthScaling, PromptVocab, trace_workload
 from edgecloud.cluster.config import InstanceSpec, instances_from_flags
-from edgecloud.llm.config import EngineConfig
+from edgecloud.llm.config import EngineConfig, ModelConfig
+from edgecloud.llm.engine_core import max_model_len_for
 from edgecloud.llm.model_source import resolve_model
-from edgecloud.sim.compare import RunResult, run_real, run_twin, sim_run_result, summary_row
+from edgecloud.sim.compare import RunResult, json_finite, run_real, run_twin, sim_run_result, summary_row
 from edgecloud.sim.profiles import CalibratedProfile
 from edgecloud.sim.run import SimClusterSpec, build_instances, simulate, trace_workload_for
 
@@ -90,8 +90,22 @@ def _scale_spec(scale: ScaleSettings, case: Case) -> SimClusterSpec:
     return SimClusterSpec(scale.model, scale.hardware, scale.instances, devices=scale.devices)
 
 
+def fit_context(scaling: LengthScaling, max_model_len: int) -> LengthScaling:
+    """``scaling`` with caps that keep every request inside the model's context: the caps given,
+    else outputs up to a quarter of the context and prompts up to the rest (a request that does
+    not fit would only be refused by the engine)."""
+    output = scaling.max_output_len or max(1, max_model_len // 4)
+    if output >= max_model_len:
+        raise ValueError(f"max_output_len must be < the model's context ({max_model_len}), got {output}")
+    prompt = min(scaling.max_input_len or max_model_len, max_model_len - output)
+    return replace(scaling, max_input_len=prompt, max_output_len=output)
+
+
 def bench_cluster(settings: ClusterBenchSettings) -> dict[str, Any]:
-    vocab = PromptVocab.from_dir(resolve_model(settings.engine.model).directory)
+    source = resolve_model(settings.engine.model)
+    vocab = PromptVocab.from_dir(source.directory)
+    context = max_model_len_for(settings.engine, ModelConfig.from_file(source.directory / "config.json"))
+    settings = replace(settings, scaling=fit_context(settings.scaling, context))
     trace = read_trace(settings.trace, limit=settings.num_requests)
     requests = trace_workload(vocab, trace, settings.scaling, settings.hash_block_tokens, seed=settings.seed)
     arrivals = trace_arrivals([r.arrival_s for r in trace], settings.time_scale)
@@ -123,7 +137,7 @@ def bench_cluster(settings: ClusterBenchSettings) -> dict[str, Any]:
             run = sim_run_result(case.policy, result)
             runs[f"sim: {case.label}"] = run
             rows.append(summary_row(run, case=case.label, cluster=f"{spec.describe()}, simulated", simulated=True,
-                                    accelerators=spec.accelerators, wall_s=result.wall_s,
+                                    accelerators=spec.accelerators, wall_s=result.wall_s, cpu_s=result.cpu_s,
                                     simulated_s=result.simulated_s))
     machine = watch.finish()
     return {
@@ -140,17 +154,8 @@ def bench_cluster(settings: ClusterBenchSettings) -> dict[str, Any]:
 
 
 def write_json(path: str | Path, result: dict[str, Any]) -> None:
-    def finite(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [finite(v) for v in value]
-        return value
-
     document = {k: v for k, v in result.items() if k != "runs"}
-    Path(path).write_text(json.dumps(finite(document), indent=2) + "\n")
+    Path(path).write_text(json.dumps(json_finite(document), indent=2) + "\n")
 
 
 def plot(path: str | Path, result: dict[str, Any], title: str = "") -> None:

@@ -5,19 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+# bench_cli's _positive is imported by other CLIs (bench lora); one definition, in cluster.cli
+from edgecloud.cluster.cli import positive_arg as _positive
 from edgecloud.errors import USAGE, CLIError, output_file
 
 DEFAULT_TRACE = "../shared/traces/mooncake_conversation.jsonl"
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def _pd(text: str) -> tuple[int, int]:
@@ -61,8 +53,10 @@ def register_bench(bench: Any) -> None:
     load.add_argument("--num-requests", type=int, default=200)
     load.add_argument("--input-scale", type=_positive, default=1 / 32)
     load.add_argument("--output-scale", type=_positive, default=1 / 16)
-    load.add_argument("--max-input-len", type=int, default=None)
-    load.add_argument("--max-output-len", type=int, default=None)
+    load.add_argument("--max-input-len", type=int, default=None,
+                      help="cap on scaled prompt length (default: the model's context less the output cap)")
+    load.add_argument("--max-output-len", type=int, default=None,
+                      help="cap on scaled output length (default: a quarter of the model's context)")
     load.add_argument("--hash-block-tokens", type=int, default=None,
                       help="Mooncake: tokens per hash id (default 512 × --input-scale)")
     load.add_argument("--time-scale", type=_positive, default=1.0)

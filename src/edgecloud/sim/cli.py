@@ -7,29 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+# sim.cli's _positive and _count are imported by other CLIs (bench ooco); one definition, in cluster.cli
+from edgecloud.cluster.cli import count_arg as _count
+from edgecloud.cluster.cli import positive_arg as _positive
 from edgecloud.errors import USAGE, CLIError, output_file
 
 DEFAULT_TRACE = "../shared/traces/azure_llm_2023_conv.csv"
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def _policies(text: str) -> list[str]:
@@ -151,11 +134,12 @@ def _run(args: argparse.Namespace) -> int:
     console = report_console()
     console.print(summary_table(run.summary, title))
     console.print(f"prefix-cache hit rate {run.hit_rate:.1%}; simulated {result.simulated_s:.1f} s in "
-                  f"{result.wall_s:.1f} s wall ({result.speedup:.1f}x real time), {result.events} events",
-                  highlight=False)
+                  f"{result.wall_s:.1f} s wall ({result.speedup:.1f}x real time), {result.cpu_s:.1f} CPU s "
+                  f"({result.cpu_speedup:.1f}x real time per CPU second), {result.events} events", highlight=False)
     config = {**{k: v for k, v in vars(args).items() if k != "handler" and not callable(v)}, "simulated": True,
               "cluster": spec.describe(), "accelerators": spec.accelerators, "policy": policy,
-              "wall_s": result.wall_s, "simulated_s": result.simulated_s, "prefix_hit_rate": run.hit_rate}
+              "wall_s": result.wall_s, "cpu_s": result.cpu_s, "simulated_s": result.simulated_s,
+              "prefix_hit_rate": run.hit_rate}
     if args.json_path:
         write_json(args.json_path, run.summary, run.records, config)
     if args.plot_path:

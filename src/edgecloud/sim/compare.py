@@ -112,7 +112,7 @@ def sim_run_result(policy: str, result: SimResult) -> RunResult:
     records = to_request_records(result.records)
     hits = sum(i.kv.prefix_hits for i in result.instances)
     queries = sum(i.kv.prefix_queries for i in result.instances)
-    extra = {"simulated_s": result.simulated_s, "wall_s": result.wall_s, "events": result.events,
+    extra = {"simulated_s": result.simulated_s, "wall_s": result.wall_s, "cpu_s": result.cpu_s, "events": result.events,
              "utilization": {i.name: i.busy_s / result.simulated_s if result.simulated_s else math.nan
                              for i in result.instances}}
     handovers = [h.seconds for h in result.handovers]
@@ -135,3 +135,14 @@ def summary_row(run: RunResult, **labels: Any) -> dict[str, Any]:
     if "handover_mean_s" in run.extra:
         row["handover_ms_mean"] = run.extra["handover_mean_s"] * 1000
     return row
+
+
+def json_finite(value: Any) -> Any:
+    """``value`` with every non-finite float (a percentile of no samples) as None, for JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_finite(v) for v in value]
+    return value

@@ -23,7 +23,7 @@ from edgecloud.bench.traces import read_trace
 from edgecloud.bench.workload import LengthScaling, PromptVocab, trace_workload
 from edgecloud.cluster.config import instances_from_flags
 from edgecloud.llm.model_source import resolve_model
-from edgecloud.sim.compare import RunResult, run_real, run_twin, summary_row
+from edgecloud.sim.compare import RunResult, json_finite, run_real, run_twin, summary_row
 from edgecloud.sim.profiles import CalibratedProfile
 
 METRICS = ("ttft", "tpot", "e2e")
@@ -87,13 +87,4 @@ def compare(policy: str, real: RunResult, sim: RunResult) -> list[dict[str, Any]
 
 
 def write(path: str | Path, result: dict[str, Any]) -> None:
-    def finite(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [finite(v) for v in value]
-        return value
-
-    Path(path).write_text(json.dumps(finite(result), indent=2) + "\n")
+    Path(path).write_text(json.dumps(json_finite(result), indent=2) + "\n")
