@@ -41,6 +41,9 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.wireless.cli",
     "edgecloud.cluster.cli",
     "edgecloud.sim.cli",
+    # OOCO (issue #19): `edgecloud batch run` and `edgecloud bench ooco`
+    "edgecloud.cluster.batch_cli",
+    "edgecloud.sim.ooco_cli",
     "edgecloud.sim.lora_cli",
     "edgecloud.edge.cli",
     "edgecloud.edge.netgpt.cli",

@@ -77,6 +77,12 @@ def register(commands: Any, bench: Any) -> None:
                          help="an option of the policy, e.g. decode=round-robin for pd (repeatable)")
     routing.add_argument("--connector", default=None,
                          help="KV transfer of P/D hand-overs: zmq or ray (default: ray on --backend ray, else zmq)")
+    batches = serve.add_argument_group("OpenAI Batch API (offline jobs, run as flex work)")
+    batches.add_argument("--batch-dir", default=None,
+                         help="directory of uploaded files and batches (enables /v1/files and /v1/batches; a "
+                         "restarted router resumes the unfinished batches found there)")
+    batches.add_argument("--batch-concurrency", type=int, default=32,
+                         help="requests of one batch in flight at once")
     http = serve.add_argument_group("server")
     http.add_argument("--host", default="127.0.0.1")
     http.add_argument("--port", type=int, default=8000, help="0 picks a free one (printed at start)")
@@ -104,6 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
     cluster = ClusterSettings(
         backend=args.backend, ray_address=args.address, policy=args.policy or "",
         policy_options=dict(args.policy_option), connector=args.connector, start_timeout_s=args.start_timeout,
+        batch_dir=args.batch_dir, batch_concurrency=args.batch_concurrency,
     )
     try:
         if args.config:

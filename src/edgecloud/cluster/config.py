@@ -66,6 +66,7 @@ _ENGINE_KEYS = {
     "model": str, "dtype": str, "device": str, "block_size": int, "kv_cache_memory_mb": (int, float),
     "max_num_seqs": int, "max_num_batched_tokens": int, "max_model_len": int, "enable_prefix_caching": bool,
     "attention_backend": str, "seed": int, "threads": int, "chat_template": str,
+    "flex_max_batched_tokens": int,  # offline work per step (OOCO's pools set it apart, issue #19)
 }
 _INSTANCE_KEYS = {"name": str, "role": str, "pool": str, "count": int, **_ENGINE_KEYS}
 _ROUTER_KEYS = {"policy": str, "connector": str, "options": dict}

@@ -47,13 +47,15 @@ class ClusterSettings:
     policy_options: dict[str, Any] = field(default_factory=dict)
     connector: str | None = None
     start_timeout_s: float = 300.0
+    batch_dir: str | None = None  # the OpenAI Batch API's files and batches (issue #19); None: no Batch API
+    batch_concurrency: int = 32
 
     def merged(self, router: RouterSettings) -> ClusterSettings:
         """A TOML file's ``[router]`` settings where the command line gave none."""
         return ClusterSettings(
             self.backend, self.ray_address, router.policy or self.policy,
             {**router.policy_options, **self.policy_options}, self.connector or router.connector,
-            self.start_timeout_s,
+            self.start_timeout_s, self.batch_dir, self.batch_concurrency,
         )
 
 
@@ -89,8 +91,13 @@ def build_cluster(specs: list[InstanceSpec], settings: ClusterSettings) -> Clust
     return ClusterEngine(instances, policy, connector)
 
 
-def build_router_app(engine: ClusterEngine, settings: ServerSettings) -> FastAPI:
+def build_router_app(engine: ClusterEngine, settings: ServerSettings, batch_dir: str | None = None,
+                     batch_concurrency: int = 32) -> FastAPI:
     app = build_app(engine, settings)  # type: ignore[arg-type]  # ClusterEngine has AsyncEngine's interface
+    if batch_dir is not None:
+        from edgecloud.cluster.batches import mount_batch_api
+
+        mount_batch_api(app, batch_dir, batch_concurrency)
     server: OpenAIServer = app.state.server
     server.metrics.registry.register(InstanceCollector(engine))
     handovers = HandoverMetrics(server.metrics.registry)
@@ -126,7 +133,7 @@ def serve_cluster(specs: list[InstanceSpec], cluster: ClusterSettings, settings:
     except OSError as error:
         print(f"edgecloud cluster serve: cannot listen on {settings.host}:{settings.port}: {error}", file=sys.stderr)
         return 2
-    app = build_router_app(engine, settings)
+    app = build_router_app(engine, settings, cluster.batch_dir, cluster.batch_concurrency)
     loop, http = fast_paths()
     config = uvicorn.Config(
         app, loop=loop, http=stamping(import_from_string(HTTP_PROTOCOLS[http])), log_level=settings.log_level,

@@ -160,5 +160,7 @@ class PrefillDecode(RoutingPolicy):
         return Route(decode.target, prefill=prefill.target)
 
 
-# The LoRA adapter policies (slora, affinity, loraserve) register themselves on import.
+# The LoRA adapter policies (slora, affinity, loraserve) and OOCO's pool policies (ooco, separate,
+# priority; issue #19) register themselves on import.
 from edgecloud.cluster import lora as _lora_policies  # noqa: E402, F401
+from edgecloud.cluster.ooco import policies as _ooco_policies  # noqa: E402, F401

@@ -92,7 +92,7 @@ class InstanceView:
     its engine counters, and the router's own accounting (requests outstanding, prompt tokens
     sent but not yet prefilled, requests decoding, which prompt blocks it holds)."""
 
-    __slots__ = ("_backend", "_decoding", "_epoch", "_index", "_outstanding", "_pending_tokens", "_routed")
+    __slots__ = ("_backend", "_decoding", "_epoch", "_index", "_outstanding", "_pending_tokens", "_routed", "_tiers")
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
@@ -102,6 +102,7 @@ class InstanceView:
         self._pending_tokens = 0
         self._decoding = 0
         self._routed = 0
+        self._tiers: dict[str, int] = {}
 
     @property
     def backend(self) -> Backend:
@@ -145,6 +146,10 @@ class InstanceView:
     def decoding(self) -> int:
         """Requests here past their prefill, generating tokens."""
         return self._decoding
+
+    def outstanding_in(self, service_tier: str) -> int:
+        """Requests (stages) of one service tier sent here and not finished (OOCO's admission)."""
+        return self._tiers.get(service_tier, 0)
 
     @property
     def routed(self) -> int:
@@ -235,6 +240,7 @@ class Router:
         view._outstanding += 1
         view._pending_tokens += pending
         view._routed += 1
+        view._tiers[req.service_tier] = view._tiers.get(req.service_tier, 0) + 1
         view._index.insert(req.block_keys)
         return Ticket(view, req, stage, pending)
 
@@ -258,4 +264,5 @@ class Router:
         else:
             view._pending_tokens -= ticket.pending_tokens
         view._outstanding -= 1
+        view._tiers[ticket.request.service_tier] -= 1
         ticket.ended = True

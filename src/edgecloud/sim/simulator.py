@@ -22,7 +22,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edgecloud.cluster.policies import RoutingPolicy
 from edgecloud.cluster.router import Route, Router, RouteRequest, Ticket
@@ -87,6 +87,20 @@ class TransferModel:
 
     def seconds(self, num_bytes: float) -> float:
         return self.latency_s + (num_bytes / self.bandwidth if num_bytes else 0.0)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Offline work fed as a batch runner feeds it (OOCO, issue #19): ``requests`` in order, at
+    most ``concurrency`` of them in flight; the next one is routed when one finishes, or, while
+    the policy holds it, whenever an instance's state changes. Each arrives when it is routed."""
+
+    requests: Sequence[SimRequest]
+    concurrency: int
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
 
 
 @dataclass
@@ -167,7 +181,10 @@ class ClusterSimulator:
             params = self._params[max_tokens] = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
         return params
 
-    def run(self, workload: Sequence[SimRequest]) -> SimResult:
+    def run(self, workload: Sequence[SimRequest], *, until_s: float | None = None,
+            backlog: Backlog | None = None) -> SimResult:
+        """Replays ``workload`` (and feeds ``backlog``) until every request is done, or until
+        ``until_s`` simulated seconds (requests then in flight keep the tokens they had)."""
         start_wall, start_cpu = time.perf_counter(), time.process_time()
         heap: list[tuple[float, int, int, object]] = []
         seq = itertools.count()
@@ -196,6 +213,31 @@ class ClusterSimulator:
                 adapter_id=req.adapter_id, kv_transfer=KVTransferParams(export=True) if export else None,
                 all_token_ids=list(req.prompt_token_ids), block_tables=[[]],
             )
+
+        fed = 0  # backlog requests routed so far
+        feeding = 0  # of them, in flight
+        waiting: _Flight | None = None  # the next backlog request, while the policy holds it
+
+        def feed(at: float) -> None:
+            nonlocal fed, feeding, waiting
+            while backlog is not None and feeding < backlog.concurrency:
+                if waiting is None:
+                    if fed >= len(backlog.requests):
+                        return
+                    req = replace(backlog.requests[fed], arrival_s=at)
+                    index = len(records)
+                    record = SimRecord(index, at, len(req.prompt_token_ids),
+                                       token_times=[] if self.record_token_times else None)
+                    records.append(record)
+                    route_request = self.router.request(str(index), req.prompt_token_ids, req.output_len,
+                                                        service_tier=req.service_tier, priority=req.priority,
+                                                        arrival_time=at)
+                    waiting = _Flight(index, req, record, route_request)
+                    fed += 1
+                if not try_route(waiting, at):
+                    return
+                waiting = None
+                feeding += 1
 
         kicks: set[str] = set()  # idle instances with a step start queued at the current time
 
@@ -247,8 +289,12 @@ class ClusterSimulator:
                 if not try_route(flight, at):
                     held.append(flight)
 
+        feed(0.0)
         while heap:
             now, _, kind, item = heapq.heappop(heap)
+            if until_s is not None and now > until_s:
+                now = until_s
+                break
             events += 1
             if kind == _ARRIVE:
                 flight = item  # type: ignore[assignment]
@@ -290,9 +336,12 @@ class ClusterSimulator:
                         record.preemptions = flight.core.num_preemptions if flight.core else 0
                         self.router.end(flight.ticket)  # type: ignore[arg-type]
                         del flights[out.request_id]
+                        if flight.index >= len(workload):
+                            feeding -= 1
                 kick(instance, now)  # type: ignore[arg-type]
                 if held:
                     retry_held(now)
+                feed(now)
             elif kind == _TRANSFER_DONE:
                 flight = item  # type: ignore[assignment]
                 keys, missing, _ = flight.transfer  # type: ignore[union-attr, misc]

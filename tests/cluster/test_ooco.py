@@ -1,0 +1,112 @@
+"""OOCO's pool policies (issue #19) on the simulator, which drives the same policy objects as the
+real router: where online and offline requests go under ``ooco``, ``separate`` and ``priority``,
+OOCO's admission limits (the linear saturation batch on the relaxed pool, the TPOT budget on the
+strict pool), and the roofline model's answers."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import pytest
+
+from edgecloud.cluster.ooco import OOCO, Roofline
+from edgecloud.cluster.policies import make_policy
+from edgecloud.llm.perf_model import StepShape
+from edgecloud.sim.ooco_bench import SimOOCOSettings, pooled_instances
+from edgecloud.sim.simulator import Backlog, ClusterSimulator, SimRequest
+
+
+def small_cluster() -> tuple[list, object, SimOOCOSettings]:
+    settings = SimOOCOSettings(instances=4, strict=2, max_num_seqs=64)
+    instances, link, _ = pooled_instances(settings)
+    return instances, link, settings
+
+
+def traffic(num_online: int = 12, num_offline: int = 60) -> tuple[list[SimRequest], list[SimRequest]]:
+    online = [SimRequest(0.05 * i, list(range(1, 200 + 10 * i)), 20) for i in range(num_online)]
+    offline = [SimRequest(0.0, [7] * (300 + i), 30, service_tier="flex") for i in range(num_offline)]
+    return online, offline
+
+
+def run(policy_name: str, **options: object) -> tuple[list, list, object]:
+    instances, link, _ = small_cluster()
+    if policy_name == "ooco":
+        options = {"perf": instances[0].perf, **options}
+    policy = make_policy(policy_name, **options)
+    online, offline = traffic()
+    result = ClusterSimulator(instances, policy, transfer=link, record_token_times=False).run(
+        online, backlog=Backlog(offline, 40))
+    pools = {i.name: i.pool for i in instances}
+    on = [(pools[r.instance], pools.get(r.prefill_instance or "")) for r in result.records[:len(online)]]
+    off = result.records[len(online):]
+    assert all(r.finish_s is not None and r.error is None for r in result.records)
+    return on, off, policy
+
+
+def test_separate_keeps_the_tiers_apart() -> None:
+    on, off, _ = run("separate")
+    assert {pool for pool, _ in on} == {"strict"}
+    assert {r.instance for r in off} <= {"mixed2", "mixed3"}  # the relaxed pool
+
+
+def test_priority_mixes_both_tiers_everywhere() -> None:
+    _on, off, _ = run("priority")
+    assert Counter(r.instance for r in off).keys() == {"mixed0", "mixed1", "mixed2", "mixed3"}
+
+
+def test_ooco_prefills_online_on_relaxed_decodes_on_strict_and_pulls_offline() -> None:
+    on, off, policy = run("ooco", tpot_slo_ms=50.0)
+    assert set(on) == {("strict", "relaxed")}
+    strict = [r for r in off if r.instance in ("mixed0", "mixed1")]
+    assert strict and all(r.prefill_instance in ("mixed2", "mixed3") for r in strict)  # prefilled on relaxed
+    assert policy.pulled == len(strict) and policy.pulled + policy.admitted == len(off)
+
+
+def test_ooco_admission_limits_hold() -> None:
+    # A TPOT budget no decode step meets: nothing goes to the strict pool; one offline request
+    # at a time per relaxed instance.
+    _on, off, policy = run("ooco", tpot_slo_ms=0.001, max_offline_batch=1)
+    assert policy.pulled == 0 and {r.instance for r in off} <= {"mixed2", "mixed3"}
+    for name in ("mixed2", "mixed3"):
+        # Routed only once the one before it finished (it may have waited in the router before).
+        spans = sorted((r.first_token_s, r.finish_s) for r in off if r.instance == name)
+        assert all(later[0] > earlier[1] for earlier, later in itertools.pairwise(spans))
+
+
+def test_ooco_option_errors_name_the_field() -> None:
+    instances, _, _ = small_cluster()
+    with pytest.raises(ValueError, match="hardware"):
+        make_policy("ooco")
+    with pytest.raises(ValueError, match="slack"):
+        make_policy("ooco", perf=instances[0].perf, slack=1.5)
+    with pytest.raises(ValueError, match="no such profile"):
+        make_policy("ooco", hardware="/nonexistent.json", model="/nonexistent")
+    with pytest.raises(ValueError, match="pool 'relaxed'"):
+        ClusterSimulator(instances[:2], OOCO(perf=instances[0].perf))
+
+
+def test_roofline_answers() -> None:
+    instances, _, _ = small_cluster()
+    roofline = Roofline(instances[0].perf)
+    bs = roofline.linear_saturation_bs
+    assert roofline.gemm_intensity(bs) >= roofline.ridge_point > roofline.gemm_intensity(bs - 1)
+    limit = roofline.decode_step_s(32, 1000) * 1.01
+    longest = roofline.preferred_length(31, 31 * 1000, limit, 10**6)
+    assert 0 < longest < 10**6
+    assert roofline.decode_step_s(32, (31 * 1000 + longest) / 32) <= limit
+    assert roofline.decode_step_s(32, (31 * 1000 + longest + 1) / 32) > limit
+    assert roofline.preferred_length(31, 31 * 1000, 1e-6, 10**6) == 0
+    step = instances[0].perf.step_time([StepShape(1, 1008)] * 8)
+    assert roofline.decode_step_s(8, 1000) == pytest.approx(step)
+
+
+def test_a_run_stops_at_until_with_the_tokens_it_had() -> None:
+    instances, link, _ = small_cluster()
+    online, offline = traffic()
+    result = ClusterSimulator(instances, make_policy("separate"), transfer=link, record_token_times=False).run(
+        online, until_s=0.3, backlog=Backlog(offline, 40))
+    assert result.simulated_s == 0.3
+    unfinished = [r for r in result.records if r.finish_s is None]
+    assert unfinished and any(0 < r.output_tokens < 20 for r in unfinished)
+    assert all(r.finish_s <= 0.3 for r in result.records if r.finish_s is not None)
