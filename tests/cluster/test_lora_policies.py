@@ -80,12 +80,14 @@ def test_a_hot_adapter_is_shared_and_small_ranks_stay_apart_from_large_ones() ->
     assert placement.ranks["i3"] == (128, 128)
 
 
-def test_loraserve_routes_an_adapter_to_its_homes_and_rebalances_as_popularity_moves() -> None:
+# The simulator's clock starts at 0; a real router's is monotonic time since boot (a day here).
+@pytest.mark.parametrize("start", [0.0, 86_400.0])
+def test_loraserve_routes_an_adapter_to_its_homes_and_rebalances_as_popularity_moves(start: float) -> None:
     ranks = {f"a{k}": 8 * 2 ** (k % 5) for k in range(8)}
     r = cluster("loraserve", 4, ranks=ranks, rank_cost=0.01, rebalance_s=10.0, window_s=5.0)
     policy = r.policy
     assert isinstance(policy, LoRAServe)
-    now = 0.0
+    now = start
     for step in range(400):  # every adapter, a0 the most popular
         adapter = "a0" if step % 2 else f"a{(step // 2) % 8}"
         send(r, adapter, now)

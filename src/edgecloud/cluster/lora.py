@@ -145,7 +145,9 @@ class LoRAServe(RoutingPolicy):
         # Rank-weighted tokens, decayed lazily: stored as of ``self._since`` (a token at ``now``
         # counts 2^((now - since) / window_s)), brought back to the present at each rebalance.
         self.loads: dict[str, float] = {}
-        self._since = 0.0
+        # Set at the first request: ``now`` is the router's clock (monotonic time since boot on a
+        # real cluster, 0 in the simulator), so a fixed 0 here made 2^(now / window) overflow.
+        self._since: float | None = None
         self.placement = Placement()
         self.next_rebalance: float | None = None
         self.rebalances = 0
@@ -154,11 +156,15 @@ class LoRAServe(RoutingPolicy):
         return 1.0 + self.rank_cost * self.ranks.get(adapter, 0)
 
     def _count(self, adapter: str, tokens: int, now: float) -> None:
+        if self._since is None:
+            self._since = now
         growth = 2.0 ** ((now - self._since) / self.window_s)
         self.loads[adapter] = self.loads.get(adapter, 0.0) + tokens * self.weight(adapter) * growth
 
     def current_loads(self, now: float) -> dict[str, float]:
         """Each adapter's decayed rank-weighted tokens at ``now``."""
+        if self._since is None:
+            return {}
         factor = 2.0 ** (-(now - self._since) / self.window_s)
         return {a: w * factor for a, w in self.loads.items()}
 
