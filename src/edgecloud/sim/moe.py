@@ -40,6 +40,8 @@ from edgecloud.llm.moe.rebalance import OmniRebalancer, RebalanceConfig
 from edgecloud.llm.perf_model import Parallelism, PerfModel
 
 POLICIES = ("static", "eplb", "omni")
+# Simulated decode steps of tens of milliseconds: a window of 16 steps, checked every 4.
+SIM_REBALANCE = RebalanceConfig(window=16, check_every=4, shift_tv=0.25)
 
 
 @dataclass(frozen=True)
@@ -271,3 +273,82 @@ def hot_share(zipf_s: float, experts: int) -> float:
     """The hottest expert's share of a layer's choices over the mean share, for Zipf(``zipf_s``)."""
     weights = 1.0 / np.arange(1, experts + 1) ** zipf_s
     return float(weights[0] / weights.mean()) if experts else math.nan
+
+
+@dataclass(frozen=True)
+class MoESimSettings:
+    """``edgecloud bench moe-sim``: each setup (``hardware:devices``) x skew x policy, one instance."""
+
+    model: str = "deepseek-v3"
+    setups: tuple[tuple[str, int], ...] = (("h100", 64), ("ascend910c", 128))
+    batch_per_device: int = 64
+    zipf: tuple[float, ...] = (0.2, 0.35, 0.5)
+    shift_at_s: float | None = 2.0  # one workload shift (None: stationary routing)
+    prompt_len: int = 64
+    output_len: int = 96
+    spare_slots: int = 1
+    layers: int = 8
+    rebalance: RebalanceConfig = field(default_factory=lambda: SIM_REBALANCE)
+    migration: MigrationModel = field(default_factory=MigrationModel)
+    seed: int = 0
+
+
+def bench_moe_sim(settings: MoESimSettings) -> dict[str, Any]:
+    """Every case of ``settings``, with omni's and eplb's TPOT against static's per setup and skew.
+    SIMULATED."""
+    cases, ratios = [], []
+    for hardware, devices in settings.setups:
+        for zipf_s in settings.zipf:
+            routing = RoutingModel(zipf_s, () if settings.shift_at_s is None else (settings.shift_at_s,),
+                                   settings.layers, seed=settings.seed)
+            by_policy = {}
+            for policy in POLICIES:
+                case = run_case(settings.model, hardware, devices, policy, settings.batch_per_device * devices,
+                                prompt_len=settings.prompt_len, output_len=settings.output_len, routing=routing,
+                                spare_slots=settings.spare_slots, rebalance=settings.rebalance,
+                                migration=settings.migration)
+                case["max_mean_load"] = case["expert_time_factor"]["mean_dispatch_factor"]
+                case["hot_expert_share"] = round(hot_share(zipf_s, case_experts(settings.model)), 2)
+                cases.append(case)
+                by_policy[policy] = case
+            static = by_policy["static"]["tpot_ms"]
+            ratios.append({
+                "hardware": hardware, "ep": devices, "zipf_s": zipf_s, "batch": settings.batch_per_device * devices,
+                **{f"{p}_tpot_vs_static": round(by_policy[p]["tpot_ms"] / static - 1, 4) for p in ("eplb", "omni")},
+            })
+    return {
+        "simulated": True, "cases": cases, "tpot_change": ratios,
+        "settings": {**{k: v for k, v in settings.__dict__.items() if k not in ("rebalance", "migration")},
+                     "rebalance": settings.rebalance.__dict__, "migration": settings.migration.__dict__},
+    }
+
+
+def case_experts(model: str) -> int:
+    from edgecloud.sim.profiles import load_model
+
+    moe = load_model(model).profile.moe
+    assert moe is not None
+    return moe.num_experts
+
+
+def plot_sim(path: str, report: dict[str, Any]) -> None:
+    """TPOT per policy against the skew, one panel per setup. SIMULATED."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    setups = sorted({(c["hardware"], c["ep"]) for c in report["cases"]})
+    fig, axes = plt.subplots(1, len(setups), figsize=(5.5 * len(setups), 3.8), squeeze=False)
+    for axis, (hardware, ep) in zip(axes[0], setups, strict=True):
+        for policy in POLICIES:
+            rows = sorted((c["routing"]["zipf_s"], c["tpot_ms"]) for c in report["cases"]
+                          if (c["hardware"], c["ep"], c["policy"]) == (hardware, ep, policy))
+            axis.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", label=policy)
+        axis.set_title(f"SIMULATED {report['settings']['model']}, {ep} x {hardware}")
+        axis.set_xlabel("routing skew (Zipf s per layer)")
+        axis.set_ylabel("median TPOT (ms)")
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
