@@ -28,7 +28,7 @@ def small_perf(devices: int = 4) -> PerfModel:
 
 def test_a_balanced_placement_shortens_the_step_and_omni_follows_a_shift() -> None:
     routing = RoutingModel(zipf_s=1.2, shifts_s=(1.0,), layers=4, seed=3)
-    config = RebalanceConfig(window=8, check_every=4, shift_tv=0.25)
+    config = RebalanceConfig(window=8, check_every=4)
     models = {policy: ExpertPlacementModel(small_perf(), policy, routing, 1, config) for policy in ("static", "eplb",
                                                                                                       "omni")}
     for step in range(80):

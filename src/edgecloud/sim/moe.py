@@ -40,8 +40,9 @@ from edgecloud.llm.moe.rebalance import OmniRebalancer, RebalanceConfig
 from edgecloud.llm.perf_model import Parallelism, PerfModel
 
 POLICIES = ("static", "eplb", "omni")
-# Simulated decode steps of tens of milliseconds: a window of 16 steps, checked every 4.
-SIM_REBALANCE = RebalanceConfig(window=16, check_every=4, shift_tv=0.25)
+# Simulated decode steps of tens of milliseconds, each with tens of thousands of choices per layer:
+# a window of 16 steps, checked every 4; the engine's trigger and minimum gain.
+SIM_REBALANCE = RebalanceConfig(window=16, check_every=4)
 
 
 @dataclass(frozen=True)

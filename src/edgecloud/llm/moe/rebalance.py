@@ -12,7 +12,8 @@ The estimate is the window alone (``shift_tv=None``, OmniPlacement's sliding win
 plus everything older since the last detected workload shift, steps out of the window weighted
 down with a ``half_life``. A shift is detected in a layer when the window's distribution of choices
 over its experts is more than ``shift_tv`` (total variation) away from the older steps'; the
-layer's older steps are then dropped. A short window alone follows a shift fast but fits every burst of a few requests
+layer's older steps are then dropped, and so are its window's steps from before the last check
+(the shift came after it). A short window alone follows a shift fast but fits every burst of a few requests
 (a prefill of a few hundred tokens outweighs a decode step a hundredfold): the placement it gives
 is tuned to the prompts that just passed, not to the next ones. The longer memory averages over
 many requests of the same workload, and the detector keeps it from averaging over two workloads.
@@ -92,7 +93,7 @@ class OmniRebalancer:
 
     def observe(self, counts: np.ndarray) -> Placement | None:
         """One step's choices per expert; returns a new placement to migrate to, or None."""
-        counts = np.asarray(counts, dtype=np.float64)
+        counts = np.array(counts, dtype=np.float64)  # a copy: a detected shift edits the window
         if counts.shape != (self.placement.num_layers, self.placement.num_experts):
             raise ValueError(f"counts must be [{self.placement.num_layers}, {self.placement.num_experts}], "
                              f"got {counts.shape}")
@@ -132,6 +133,11 @@ class OmniRebalancer:
             return recent
         shifted = np.flatnonzero(total_variation(recent, self.older) > self.config.shift_tv)
         if shifted.size:
+            # The shift came since the last check: what the window holds from before it goes too,
+            # or it would flow into the older steps again.
             self.older[shifted] = 0.0
+            for counts in list(self.window)[: max(0, len(self.window) - self.config.check_every)]:
+                counts[shifted] = 0.0
             self.shifts.append((self.steps, shifted.tolist()))
+            recent = np.sum(self.window, axis=0)
         return self.older + recent
