@@ -5,8 +5,9 @@ other held-out text of the same two workloads (prose entries the evaluation does
 next 400 characters of the held-out code files). This script replays that trace through ``omni``
 (the same replay as ``bench moe``: placement from ``history``, then prose, then the shift to code,
 a layer migrated per step) for each setting of the window, trigger, minimum gain and load
-estimate, and prints and writes the worst layer's max / mean per phase and EP size. The rule that picks the setting is fixed before looking:
-the lowest mean over EP sizes of the worst of the three phases (prose, code, code settled).
+estimate, and prints and writes the worst layer's max / mean per phase and EP size. The rule that
+picks the setting is fixed before looking: the lowest mean over EP sizes of the worst of the three
+phases (prose, code, code settled).
 
     python scripts/tune_moe_rebalancer.py tune.json --out docs/data/moe_tuning.json
 """
