@@ -186,3 +186,35 @@ def test_budget_variant_sets_the_step_budget_on_every_instance() -> None:
     assert [i.scheduler.flex_step_budget is not None for i in instances] == [True, True, False, False]
     with pytest.raises(ValueError, match="NAME\\+budget"):
         pool_policy(settings, "priority+fast", instances)
+
+
+def test_the_scheduler_hook_caps_flex_tokens_per_step() -> None:
+    from edgecloud.llm.request_state import Request
+    from edgecloud.llm.sampling_params import SamplingParams
+
+    instances, _, _ = small_cluster()
+    instance = instances[0]
+    scheduler = instance.scheduler
+    scheduler.flex_max_batched_tokens = 8192
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    for i, tier in enumerate(["default", "flex", "flex"]):
+        prompt = [i + 1] * (40 if tier == "default" else 300)
+        instance.add(Request(request_id=str(i), prompt_token_ids=prompt, params=params, arrival_time=0.0, order=0,
+                             service_tier=tier, all_token_ids=list(prompt), block_tables=[[]]))
+    asked: list[int] = []
+
+    def budget(sched: object, plan: SchedulerOutput) -> int:
+        asked.append(sum(s.num_new_tokens for s in plan.scheduled))
+        return 0 if len(asked) == 1 else 100
+
+    scheduler.flex_step_budget = budget
+    tiers = []
+    for _ in range(4):
+        instance.start_step(0.0)
+        plan = instance._plan
+        tiers.append(sum(s.num_new_tokens for s in plan.scheduled if s.request.service_tier == "flex"))
+        instance.end_step()
+    # Step 1 prefills the online prompt (no flex work, the hook not even asked); then the online
+    # decode plus at most 0, then 100 flex tokens.
+    assert tiers == [0, 0, 100, 100] and asked == [1, 1, 1]
+    scheduler.check_invariants()
