@@ -139,13 +139,13 @@ def flex_chunks(settings: SimOOCOSettings, policy: str, perf: Any, max_tokens: i
     return {STRICT: None, RELAXED: None}
 
 
-def offline_bound_tok_s(perf: Any, instances: int, requests: Sequence[SimRequest], max_num_seqs: int,
-                        max_tokens: int, sample: int = 1000) -> float:
+def offline_bound_tok_s(perf: Any, instances: int, requests: Sequence[SimRequest], max_tokens: int,
+                        sample: int = 1000) -> float:
     """An upper bound on any policy's offline tokens/s on this cluster, online work aside: every
-    instance busy all the time with offline work at its most efficient: prompt tokens at the dense
-    cost per token of a full step (``max_tokens``, the per-step overhead amortised), each prompt's
-    own attention as if prefilled in one piece, and its output decoded in full batches
-    (``max_num_seqs`` decodes at its mean context). Over the batch's first ``sample`` requests."""
+    instance busy all the time with offline work, every token (prompt or generated) at the dense
+    cost per token of a full step (``max_tokens``, its overhead amortised: no step does better),
+    plus each prompt's own attention as if prefilled in one piece. Over the batch's first
+    ``sample`` requests."""
     part = requests[:sample]
     if not part:
         return 0.0
@@ -154,10 +154,7 @@ def offline_bound_tok_s(perf: Any, instances: int, requests: Sequence[SimRequest
     tokens = seconds = 0.0
     for r in part:
         prompt, output = len(r.prompt_token_ids), r.output_len
-        seconds += prompt * per_token + perf.step_cost([StepShape(prompt, prompt, False)]).attention
-        if output > 1:
-            context = prompt + output // 2
-            seconds += (output - 1) * perf.step_time([StepShape(1, context)] * max_num_seqs) / max_num_seqs
+        seconds += (prompt + output) * per_token + perf.step_cost([StepShape(prompt, prompt, False)]).attention
         tokens += prompt + output
     return instances * tokens / seconds
 
@@ -211,8 +208,7 @@ def run_case(settings: SimOOCOSettings, policy: str, rate_scale: float, with_off
         row["flex_tokens_per_step"][RELAXED] = row["flex_tokens_per_step"][STRICT]
     if backlog is not None:
         row["offline_bound_tok_s"] = offline_bound_tok_s(
-            instances[0].perf, settings.instances, backlog.requests, settings.max_num_seqs,
-            instances[0].config.max_num_batched_tokens)
+            instances[0].perf, settings.instances, backlog.requests, instances[0].config.max_num_batched_tokens)
     return row
 
 
