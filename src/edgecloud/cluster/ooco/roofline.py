@@ -18,10 +18,23 @@ fitted on this machine): the same numbers price the simulated steps and drive th
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from edgecloud.llm.perf_model import HardwareProfile, ModelProfile, PerfModel, StepShape
+
+
+def largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
+    """The largest n in [lo, hi] with ``fits(n)``, for a ``fits`` true up to some n and false
+    after (``lo`` when none fits beyond it): a binary search."""
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 class Roofline:
@@ -87,14 +100,7 @@ class Roofline:
         """The largest prompt chunk (<= ``longest`` tokens, at least 1) whose prefill step the model
         prices within ``limit_s``: how much offline prefill a relaxed instance may put in one step
         when an online prompt arriving during it may wait that long."""
-        lo, hi = 1, max(1, longest)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.perf.step_time([StepShape(mid, mid)]) <= limit_s:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        return largest(1, max(1, longest), lambda n: self.perf.step_time([StepShape(n, n)]) <= limit_s)
 
     def fits(self, num_seqs: int, total_context: float, length: int, limit_s: float) -> bool:
         """Whether one more decode of ``length`` context tokens keeps the step under ``limit_s``."""
@@ -108,16 +114,7 @@ class Roofline:
         def fits(length: int) -> bool:
             return self.fits(num_seqs, total_context, length, limit_s)
 
-        if not fits(1):
-            return 0
-        lo, hi = 1, max(1, longest)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if fits(mid):
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        return largest(1, max(1, longest), fits) if fits(1) else 0
 
 
 class FlexStepBudget:
@@ -176,13 +173,7 @@ class FlexStepBudget:
         def fits(chunk: int) -> bool:
             return base + self._dense_s(base_tokens + chunk) - dense0 + self._chunk_s(chunk) <= self.limit_s
 
-        lo, hi = 0, scheduler.max_num_batched_tokens
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if fits(mid):
-                lo = mid
-            else:
-                hi = mid - 1
+        lo = largest(0, scheduler.max_num_batched_tokens, fits)
         lo = lo // self.grid * self.grid if lo >= self.grid else lo
         return max(len(decodes) + lo, 0 if plan.scheduled else 1)
 
