@@ -11,15 +11,16 @@ was swallowed and ``stop()`` waited for the timer forever."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import pytest
 
+from edgecloud.c2 import tls
 from edgecloud.edge.replication import ReplicaCore, ReplicationSettings
 from edgecloud.edge.store import ContextStore
 from edgecloud.edge.transport import EdgeError, Transport
 from edgecloud.edge.turns import draft
+from edgecloud.edge.wire import Hello, decode, encode
 from tests.edge.cluster import listening_socket, make_pki
 
 
@@ -54,22 +55,51 @@ def test_stop_ends_the_timer_in_every_event_loop_turn_after_a_wake_up(pki_dir: P
     asyncio.run(run())
 
 
-def test_stop_ends_a_connection_attempt_in_every_event_loop_turn(pki_dir: Path) -> None:
-    """The same window on the connecting side: a peer whose port accepts TCP but never speaks TLS."""
+class _Dialled:
+    """The writer side of a dialled connection that never answers."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_stop_ends_a_dial_in_every_event_loop_turn_around_its_completion(
+    pki_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same window on the dialling side: stop() lands just as a connection to a peer completes.
+    The dial must not go on to wait for the peer's hello (``HANDSHAKE_TIMEOUT_S``) or beyond."""
+
+    dialled: list[_Dialled] = []
+
+    async def open_connection(*args: object, **kwargs: object) -> tuple[asyncio.StreamReader, _Dialled]:
+        dialled.append(_Dialled())
+        return asyncio.StreamReader(), dialled[-1]
 
     async def run() -> None:
-        silent = socket.create_server(("127.0.0.1", 0))
-        try:
-            for turns in range(8):
-                transport = lone_transport(pki_dir, {"edge-b": silent.getsockname()[:2]})
-                await transport.start(listening_socket())
-                for _ in range(turns):
-                    await asyncio.sleep(0)
-                async with asyncio.timeout(5):
+        monkeypatch.setattr(asyncio, "open_connection", open_connection)
+        for turns in range(8):
+            dialled.clear()
+            transport = lone_transport(pki_dir, {"edge-b": ("127.0.0.1", 9)})
+            await transport.start(listening_socket())
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            try:
+                async with asyncio.timeout(2):
                     await transport.stop()
-                assert all(task.done() for task in transport._tasks)
-        finally:
-            silent.close()
+            except TimeoutError:
+                pytest.fail(f"stop() {turns} loop turn(s) into a dial waited on past 2 s")
+            assert all(task.done() for task in transport._tasks) and all(d.closed for d in dialled)
 
     asyncio.run(run())
 
@@ -102,6 +132,31 @@ def test_a_tick_that_raises_leaves_the_timer_ticking_and_a_commit_fails_at_its_d
             assert failed.value.status == 503 and failed.value.code == "not_replicated"
             assert "only 1 of the 2 nodes" in failed.value.message
             assert len(calls) > 1 and "tick failed; ticking on" in caplog.text
+        finally:
+            await transport.stop()
+
+    asyncio.run(run())
+
+
+def test_a_peer_that_falls_silent_is_cut_off_within_the_bound(pki_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A peer that says hello and then sends nothing (not even pings: a half-open connection, a
+    hung process) is closed after ``silence_s`` with a warning naming it, not waited on forever."""
+
+    async def run() -> None:
+        transport = lone_transport(pki_dir, {"edge-b": ("127.0.0.1", 9)}, silence_s=0.5)
+        await transport.start(listening_socket())
+        try:
+            reader, writer = await asyncio.open_connection(
+                *transport.address, ssl=tls.client_context(pki_dir, "edge-b"), server_hostname="edge-a")
+            writer.write(encode(Hello("edge-b", "text", b"")))
+            async with asyncio.timeout(5):
+                header = await reader.readexactly(4)
+                assert isinstance(decode(await reader.readexactly(int.from_bytes(header, "big"))), Hello)
+                assert "edge-b" in transport.incoming
+                assert await reader.read() == b""  # closed by the node
+            assert "edge-b" not in transport.incoming
+            assert "connection from edge-b: no frame (pings go every 2 s both ways) within 0.5 s" in caplog.text
+            writer.close()
         finally:
             await transport.stop()
 

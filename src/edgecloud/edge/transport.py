@@ -162,7 +162,7 @@ class Transport:
         listen: tuple[str, int] = ("127.0.0.1", 0),
         *,
         ping_s: float = 2.0,
-        silence_s: float = 15.0,
+        silence_s: float = 30.0,
         crl_check_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
