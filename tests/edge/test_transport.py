@@ -36,6 +36,18 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_pki(tmp_path_factory.mktemp("pki"), ["edge-a", "edge-b"])
 
 
+async def stop_after(transport: Transport, turns: int, within_s: float, what: str) -> None:
+    """``transport.stop()`` ``turns`` event-loop turns from now; fails the test if it takes ``within_s``."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    try:
+        async with asyncio.timeout(within_s):
+            await transport.stop()
+    except TimeoutError:
+        pytest.fail(f"stop() {turns} loop turn(s) {what} did not end within {within_s:g} s")
+    assert all(task.done() for task in transport._tasks)
+
+
 def test_stop_ends_the_timer_in_every_event_loop_turn_after_a_wake_up(pki_dir: Path) -> None:
     async def run() -> None:
         for turns in range(8):  # stop() lands 0..7 loop turns after a peer message woke the timer
@@ -43,14 +55,7 @@ def test_stop_ends_the_timer_in_every_event_loop_turn_after_a_wake_up(pki_dir: P
             await transport.start(listening_socket())
             await asyncio.sleep(0.01)  # the timer is waiting
             transport.handle([])  # what every message from a peer does
-            for _ in range(turns):
-                await asyncio.sleep(0)
-            try:
-                async with asyncio.timeout(5):
-                    await transport.stop()
-            except TimeoutError:
-                pytest.fail(f"stop() {turns} loop turn(s) after a wake-up did not end the timer within 5 s")
-            assert all(task.done() for task in transport._tasks)
+            await stop_after(transport, turns, 5, "after a wake-up of the timer")
 
     asyncio.run(run())
 
@@ -92,14 +97,8 @@ def test_stop_ends_a_dial_in_every_event_loop_turn_around_its_completion(
             dialled.clear()
             transport = lone_transport(pki_dir, {"edge-b": ("127.0.0.1", 9)})
             await transport.start(listening_socket())
-            for _ in range(turns):
-                await asyncio.sleep(0)
-            try:
-                async with asyncio.timeout(2):
-                    await transport.stop()
-            except TimeoutError:
-                pytest.fail(f"stop() {turns} loop turn(s) into a dial waited on past 2 s")
-            assert all(task.done() for task in transport._tasks) and all(d.closed for d in dialled)
+            await stop_after(transport, turns, 2, "into a dial")
+            assert all(d.closed for d in dialled)
 
     asyncio.run(run())
 
