@@ -711,8 +711,9 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
         row[1].set_title(f"{case['workload']}: replication traffic per turn")
         row[2].set_title(f"{case['workload']}: client request size")
     machine = report.get("machine", {})
+    modes = " vs ".join(cases[0]["modes"])
     figure.suptitle(f"edgecloud edge bench: {report['config'].get('model_name')} on {machine.get('cpu', '?')}, "
-                    f"3 modes on one emulated edge", fontsize=11)
+                    f"{modes} on one emulated edge", fontsize=11)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
