@@ -52,8 +52,8 @@ def test_policies_are_evaluated_on_the_same_answers_and_dominance_is_strict() ->
     price = PRICES["standard"]
     edge = evaluate(test, [0.1, 0.1], price, ["edge", "edge"])
     mixed = evaluate(test, [0.1, 0.1], price, ["edge", "cloud"])
-    assert edge == {"accuracy": 0.5, "cost": pytest.approx(0.04), "latency_ms_p50": pytest.approx(200.0),
-                    "offload_rate": 0.0}
+    assert edge == {"accuracy": 0.5, "accuracy_ci95": [0.0, 1.0], "cost": pytest.approx(0.04),
+                    "latency_ms_p50": pytest.approx(200.0), "offload_rate": 0.0}
     assert mixed["accuracy"] == 1.0 and mixed["offload_rate"] == 0.5 and mixed["cost"] > edge["cost"]
     assert not dominated(mixed, [edge]) and not dominated(edge, [mixed])
     assert dominated({"accuracy": 0.5, "cost": 1.0}, [edge])

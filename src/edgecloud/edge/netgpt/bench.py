@@ -187,10 +187,21 @@ def evaluate(answered: list[Answered], network_s: list[float], price: PriceSched
     n = len(answered)
     return {
         "accuracy": sum(correct) / n,
+        "accuracy_ci95": bootstrap_ci(correct),
         "cost": sum(costs) / n,
         "latency_ms_p50": 1e3 * statistics.median(latencies),
         "offload_rate": sum(r != "edge" for r in routes) / n,
     }
+
+
+def bootstrap_ci(values: Sequence[bool], resamples: int = 2000, seed: int = 0) -> list[float]:
+    """A 95% percentile-bootstrap interval of the mean (questions resampled; fixed seed)."""
+    import random
+
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
+    return [means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]]
 
 
 def dominated(point: dict[str, float], others: list[dict[str, float]]) -> bool:
@@ -253,6 +264,8 @@ async def run_grid(config: BenchConfig, test: list[Answered], calibration: Calib
                     "measured": {"bandwidth_mbps": measured.bandwidth_mbps, "rtt_ms": measured.rtt_ms},
                     "policies": policies,
                     "netgpt_on_or_above_fixed_frontier": not dominated(policies["netgpt"], fixed),
+                    "netgpt_dominated_by": [k for k, v in policies.items()
+                                            if k.startswith("fixed_") and dominated(policies["netgpt"], [v])],
                 })
                 log(f"  {price_name}: netgpt acc {policies['netgpt']['accuracy']:.3f} cost "
                     f"{policies['netgpt']['cost']:.4f} offload {policies['netgpt']['offload_rate']:.2f} "
