@@ -74,7 +74,7 @@ class BenchConfig:
     concurrency: int = 8
     threads: int = 1
     grid: Sequence[tuple[float, float]] = GRID
-    prices: Sequence[str] = ("cheap", "standard", "premium")
+    prices: Sequence[str] = ("relaxed", "cheap", "standard", "premium")
     score: str | None = None  # None: the best AUROC on the calibration questions
     seed: int = 0
 
@@ -349,22 +349,25 @@ def cpu_model() -> str:
 
 
 REFERENCE_STATE = NetworkState(10.0, 50.0)  # what the RL rounds' "same threshold rule" is evaluated at
+REFERENCE_PRICE = "relaxed"  # with the others, this machine's cloud compute time alone makes tau* = 0
 
 
 def save_rl_inputs(work_dir: Path, cal: list[Answered], test: list[Answered], calibration: Calibration,
                    score_name: str, cloud_compute_s: float) -> None:
     """What ``scripts/netgpt_rl.py`` learns from: the calibration requests the NetGPT rule offloads in
-    the reference state (standard prices) with the cloud's answers, and the test ids."""
+    the reference state and price with the cloud's answers, and the test ids."""
     policy = NetGPTPolicy(calibration, cloud_compute_s=cloud_compute_s)
     sizes = {a.id: RequestSize(len(json.dumps(a.request)), len(json.dumps(a.cloud_response)), a.tokens) for a in cal}
     median_size = sorted(sizes.values(), key=lambda z: z.request_bytes)[len(sizes) // 2]
-    tau = policy.threshold(REFERENCE_STATE, PRICES["standard"], median_size)
+    price = PRICES[REFERENCE_PRICE]
+    tau = policy.threshold(REFERENCE_STATE, price, median_size)
     offloaded = [{"id": a.id, "score": a.scores[score_name], "cloud_calls": tool_calls(a.cloud_response) or []}
-                 for a in cal if policy.decide(a.scores[score_name], REFERENCE_STATE, PRICES["standard"],
+                 for a in cal if policy.decide(a.scores[score_name], REFERENCE_STATE, price,
                                                sizes[a.id]).route == "cloud"]
     (work_dir / "rl_inputs.json").write_text(json.dumps({
         "calibration": calibration.to_dict(), "score": score_name, "threshold": tau,
-        "reference_state": asdict(REFERENCE_STATE), "offloaded": offloaded, "test_ids": [a.id for a in test],
+        "reference_state": asdict(REFERENCE_STATE), "reference_price": REFERENCE_PRICE, "offloaded": offloaded,
+        "test_ids": [a.id for a in test],
     }, indent=1))
 
 
