@@ -417,20 +417,23 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    states = [s for s in result["states"] if s["price"] == "standard"] or result["states"]
-    fig, axes = plt.subplots(1, len(states), figsize=(4 * len(states), 3.6), squeeze=False)
-    for ax, state in zip(axes[0], states, strict=True):
-        pol = state["policies"]
-        fixed = sorted((v["cost"], v["accuracy"], k) for k, v in pol.items() if k.startswith("fixed_"))
-        ax.plot([f[0] for f in fixed], [f[1] for f in fixed], "o-", color="grey", label="fixed thresholds")
-        for c, a, k in fixed:
-            ax.annotate(k.removeprefix("fixed_"), (c, a), fontsize=7, color="grey")
-        ax.plot(pol["edge"]["cost"], pol["edge"]["accuracy"], "s", label="always edge")
-        ax.plot(pol["cloud"]["cost"], pol["cloud"]["accuracy"], "^", label="always cloud")
-        ax.plot(pol["netgpt"]["cost"], pol["netgpt"]["accuracy"], "*", markersize=14, color="red", label="NetGPT")
-        ax.set_title(f"{state['bandwidth_mbps']:g} Mbit/s, RTT {state['rtt_ms']:g} ms ({state['price']})", fontsize=9)
-        ax.set_xlabel("cost per request")
-        ax.set_ylabel("accuracy (BFCL AST)")
+    prices = [p for p in ("relaxed", "standard") if any(s["price"] == p for s in result["states"])]
+    grid = [[s for s in result["states"] if s["price"] == p] for p in prices] or [result["states"]]
+    fig, axes = plt.subplots(len(grid), len(grid[0]), figsize=(4 * len(grid[0]), 3.4 * len(grid)), squeeze=False)
+    for row, states in zip(axes, grid, strict=True):
+        for ax, state in zip(row, states, strict=True):
+            pol = state["policies"]
+            fixed = sorted((v["cost"], v["accuracy"], k) for k, v in pol.items() if k.startswith("fixed_"))
+            ax.plot([f[0] for f in fixed], [f[1] for f in fixed], "o-", color="grey", label="fixed thresholds")
+            for c, a, k in fixed:
+                ax.annotate(k.removeprefix("fixed_"), (c, a), fontsize=7, color="grey")
+            ax.plot(pol["edge"]["cost"], pol["edge"]["accuracy"], "s", markersize=9, label="always edge")
+            ax.plot(pol["cloud"]["cost"], pol["cloud"]["accuracy"], "^", label="always cloud")
+            ax.plot(pol["netgpt"]["cost"], pol["netgpt"]["accuracy"], "*", markersize=11, color="red", label="NetGPT")
+            ax.set_title(f"{state['bandwidth_mbps']:g} Mbit/s, RTT {state['rtt_ms']:g} ms ({state['price']})",
+                         fontsize=9)
+            ax.set_xlabel("cost per request")
+            ax.set_ylabel("accuracy (BFCL AST)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
