@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from edgecloud.edge.netgpt.bench import cpu_model
+from edgecloud.bench.machine import cpu_model
 from edgecloud.edge.netgpt.bfcl import load_split, score
 from edgecloud.edge.netgpt.examples import prompt_text
 from edgecloud.edge.netgpt.models import adapter_dir

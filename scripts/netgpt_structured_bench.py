@@ -38,17 +38,11 @@ from typing import Any
 import jsonschema
 import torch
 
+from edgecloud.bench.machine import cpu_model
 from edgecloud.edge.netgpt.bfcl import load_split
 from edgecloud.llm import LLM, SamplingParams
 from edgecloud.llm.gguf import convert_gguf, default_model_path
 from edgecloud.llm.structured import StructuredOutputsParams, json_schema_text
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def cases(tokenizer: Any, n: int) -> list[tuple[list[int], dict[str, Any], str, bool]]:

@@ -44,6 +44,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from edgecloud.bench.machine import cpu_model
 from edgecloud.edge.netgpt.agents import Agent, AnswerCache, Answered, answer_all, start_agent, tool_calls
 from edgecloud.edge.netgpt.bfcl import Question, load_split
 from edgecloud.edge.netgpt.examples import prompt_text
@@ -334,18 +335,6 @@ def run_bench(config: BenchConfig, work_dir: Path, rounds: list[dict[str, Any]] 
     result["rounds"] = rounds or []
     result["machine"]["loadavg_after"] = os.getloadavg()
     return result
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 REFERENCE_STATE = NetworkState(10.0, 50.0)  # what the RL rounds' "same threshold rule" is evaluated at
