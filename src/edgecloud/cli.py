@@ -45,6 +45,7 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.cluster.batch_cli",
     "edgecloud.sim.ooco_cli",
     "edgecloud.sim.lora_cli",
+    "edgecloud.sim.moe_cli",  # OmniInfer (issue #20): `edgecloud bench moe-sim`, SIMULATED expert placement
     "edgecloud.edge.cli",
     "edgecloud.edge.netgpt.cli",
 )
