@@ -9,9 +9,9 @@ Reads what ``edgecloud edge netgpt bench --work-dir DIR`` saved: the calibration
 functions) with the edge's scores and the cloud's answers, and the calibration. The offloaded set
 is the calibration questions the NetGPT rule sends to the cloud in the reference state; each round
 samples ``--batch`` of them, and after each round the edge model is evaluated greedily and
-*unconstrained* on the test questions: accuracy (AST checker vs BFCL's answers), schema validity,
-and the offload rate under the same threshold rule (the round-0 calibration and the reference
-state's threshold, so only the edge's scores move).
+*unconstrained* on the test questions (batched: left-padded, masked): accuracy (AST checker vs
+BFCL's answers), schema validity, and the offload rate under the same threshold rule (the
+round-0 calibration and the reference state's threshold, so only the edge's scores move).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from edgecloud.bench.machine import cpu_model
 from edgecloud.edge.netgpt.bfcl import load_split, score
 from edgecloud.edge.netgpt.examples import prompt_text
 from edgecloud.edge.netgpt.models import adapter_dir
@@ -41,32 +42,35 @@ from edgecloud.llm.tokenizer import Tokenizer
 
 
 @torch.no_grad()
-def greedy(model: Any, prompt: list[int], eos: int, max_new: int) -> tuple[list[int], list[float]]:
-    past, ids, out, logprobs = None, torch.tensor([prompt]), [], []
-    for _ in range(max_new):
-        result = model(input_ids=ids, past_key_values=past, use_cache=True)
-        past = result.past_key_values
-        lp = torch.log_softmax(result.logits[0, -1].float(), -1)
-        token = int(lp.argmax())
-        out.append(token)
-        logprobs.append(float(lp[token]))
-        if token == eos:
-            break
-        ids = torch.tensor([[token]])
-    return out, logprobs
+def greedy(model: Any, prompts: list[list[int]], eos: int, max_new: int) -> list[tuple[list[int], list[float]]]:
+    """Greedy answers (up to and with EOS) and their token log-probabilities, the prompts decoded
+    together (left-padded, masked) by transformers' ``generate``."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[eos] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
+                         eos_token_id=eos, pad_token_id=eos, output_logits=True, return_dict_in_generate=True)
+    tokens = out.sequences[:, width:]
+    logprobs = torch.log_softmax(torch.stack(out.logits, 1).float(), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    answers = []
+    for row, lp in zip(tokens.tolist(), logprobs.tolist(), strict=True):
+        n = row.index(eos) + 1 if eos in row else len(row)
+        answers.append((row[:n], lp[:n]))
+    return answers
 
 
 def evaluate(model: Any, tests: list[tuple[Any, list[int]]], tokenizer: Tokenizer, eos: int, score_name: str,
-             tau: float) -> dict[str, float]:
+             tau: float, batch: int = 8) -> dict[str, float]:
     correct = valid = offloaded = 0
-    for q, prompt in tests:
-        ids, logprobs = greedy(model, prompt, eos, 128)
-        text = tokenizer.decode([t for t in ids if t != eos])
-        calls, ok = answer_calls(text, q.tools)
-        valid += ok
-        correct += bool(calls) and score(q, calls).correct
-        s = SCORES[score_name](EdgeAnswer(logprobs, [], ok))
-        offloaded += s < tau
+    for i in range(0, len(tests), batch):
+        chunk = tests[i: i + batch]
+        for (q, _), (ids, logprobs) in zip(chunk, greedy(model, [p for _, p in chunk], eos, 128), strict=True):
+            text = tokenizer.decode([t for t in ids if t != eos])
+            calls, ok = answer_calls(text, q.tools)
+            valid += ok
+            correct += bool(calls) and score(q, calls).correct
+            s = SCORES[score_name](EdgeAnswer(logprobs, [], ok))
+            offloaded += s < tau
     n = len(tests)
     return {"accuracy": correct / n, "schema_valid": valid / n, "offload_rate": offloaded / n}
 
@@ -76,7 +80,7 @@ def main() -> None:
     parser.add_argument("--bench-dir", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--num-test", type=int, default=24)
+    parser.add_argument("--num-test", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, required=True)
     for name, value in asdict(RLConfig()).items():
@@ -119,18 +123,22 @@ def main() -> None:
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
     rng = random.Random(config.seed)
     start = time.monotonic()
-    rounds = [{"round": 0, **evaluate(model, tests, tokenizer, eos, score_name, tau), "elapsed_s": 0.0}]
+    rounds = [{"round": 0, **evaluate(model, tests, tokenizer, eos, score_name, tau),
+               "elapsed_s": time.monotonic() - start, "loadavg": os.getloadavg()}]
     print(json.dumps(rounds[-1]), flush=True)
     for r in range(1, args.rounds + 1):
         batch = rng.sample(offloaded, min(args.batch, len(offloaded)))
         stats = rl_round(model, sft_model, optimizer, batch, config, eos,
                          lambda ids: tokenizer.decode([t for t in ids if t != eos]), rng)
         rounds.append({"round": r, **evaluate(model, tests, tokenizer, eos, score_name, tau),
-                       "train": asdict(stats), "elapsed_s": time.monotonic() - start})
+                       "train": asdict(stats), "elapsed_s": time.monotonic() - start, "loadavg": os.getloadavg()})
         print(json.dumps(rounds[-1]), flush=True)
         args.json.write_text(json.dumps({"config": asdict(config), "rounds": rounds, "num_offloaded": len(offloaded),
                                          "num_test": len(tests), "calibration_points": calibration.num_samples,
-                                         "loadavg": os.getloadavg()}, indent=1))
+                                         "threshold": tau, "score": score_name, "batch": args.batch,
+                                         "cpu": cpu_model(),
+                                         "torch_threads": torch.get_num_threads(), "nice": os.nice(0)},
+                                        indent=1))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,27 @@
 functions, every output validated with jsonschema, and the per-token cost of constrained decoding
 measured beside unconstrained decoding of the same prompts in the same engine.
 
-    flock /tmp/edgecloud-bench.lock .venv/bin/python scripts/netgpt_structured_bench.py \
+Two parts, because one is a count and the other a timing:
+
+    nice -n 19 .venv/bin/python scripts/netgpt_structured_bench.py --part validity \
         --num-outputs 500 --json docs/data/netgpt_structured.json
+    flock /tmp/edgecloud-bench.lock .venv/bin/python scripts/netgpt_structured_bench.py --part overhead \
+        --json docs/data/netgpt_structured_overhead.json
 
 Each prompt asks for the arguments of one test function (the function's parameter schema is the
 response schema, as a client would send it with ``response_format`` json_schema strict). The
-engine is SmolLM2-135M-Instruct (or --model), greedy for the first pass over the questions and
-sampled (temperature 0.8, seeded) for the rest, so 500 outputs come from fewer questions.
+engine is SmolLM2-135M-Instruct (or --model).
+
+* **validity**: greedy over every (test question, offered function) pair, then sampled
+  (temperature 0.8, seeded) to reach ``--num-outputs``; each output is parsed and validated with
+  jsonschema; finish reasons are counted (an answer cut at ``--max-tokens`` is not valid JSON,
+  and is reported as such). Not timed.
+* **overhead**: ``--overhead-prompts`` of the greedy prompts, constrained, and unconstrained with
+  each request held to the length its constrained answer had (``ignore_eos``), so both arms
+  decode the same prompts for the same number of tokens. After one untimed warm-up pass of each
+  (the grammar compiler's cache and the prefix cache warm for both), the arms alternate for
+  ``--repeats`` rounds, all prompts in one batch and then one request at a time. The grammar's own
+  work (mask + advance, replayed over the answers) is timed alone as well.
 """
 
 from __future__ import annotations
@@ -16,89 +30,132 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import torch
 
+from edgecloud.bench.machine import cpu_model
 from edgecloud.edge.netgpt.bfcl import load_split
 from edgecloud.llm import LLM, SamplingParams
 from edgecloud.llm.gguf import convert_gguf, default_model_path
 from edgecloud.llm.structured import StructuredOutputsParams, json_schema_text
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--num-outputs", type=int, default=500)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", default="docs/data/netgpt_structured.json")
-    args = parser.parse_args()
-    loadavg_before = os.getloadavg()
-    model = args.model or str(convert_gguf(default_model_path()))
-    llm = LLM(model=model, num_threads=args.threads, max_num_seqs=64, kv_cache_memory_mb=512, seed=0)
-    tok = llm.tokenizer
-    cases = []
-    for q in load_split().test:
-        for tool in q.tools:
-            cases.append((q, tool["function"]))
-    prompts, params, schemas = [], [], []
-    for i in range(args.num_outputs):
-        q, fn = cases[i % len(cases)]
+def cases(tokenizer: Any, n: int) -> list[tuple[list[int], dict[str, Any], str, bool]]:
+    """``n`` (prompt ids, parameter schema, function name, sampled?) over the test functions."""
+    pairs = [(q, tool["function"]) for q in load_split().test for tool in q.tools]
+    out = []
+    for i in range(n):
+        q, fn = pairs[i % len(pairs)]
         messages = [{"role": "system", "content": f"Answer with the arguments for {fn['name']} as a JSON object."},
                     {"role": "user", "content": q.messages[-1]["content"]}]
-        prompts.append(tok.encode(tok.apply_chat_template(messages), add_special_tokens=False))
-        spec = StructuredOutputsParams(json_schema=json_schema_text(fn["parameters"]))
-        sampled = i >= len(cases)
-        params.append(SamplingParams(max_tokens=args.max_tokens, temperature=0.8 if sampled else 0.0,
-                                     seed=i if sampled else None, structured_outputs=spec))
-        schemas.append(fn["parameters"])
+        prompt = tokenizer.encode(tokenizer.apply_chat_template(messages), add_special_tokens=False)
+        out.append((prompt, fn["parameters"], fn["name"], i >= len(pairs)))
+    return out
+
+
+def constrained(schema: dict[str, Any], max_tokens: int, sampled: bool, seed: int) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0.8 if sampled else 0.0, seed=seed if sampled else None,
+                          structured_outputs=StructuredOutputsParams(json_schema=json_schema_text(schema)))
+
+
+def validity(llm: LLM, args: argparse.Namespace) -> dict[str, Any]:
+    todo = cases(llm.tokenizer, args.num_outputs)
     start = time.perf_counter()
-    outs = llm.generate(prompts, params)
-    constrained_s = time.perf_counter() - start
-    valid, failures, finish = 0, [], {}
-    tokens = 0
-    for out, schema in zip(outs, schemas, strict=True):
+    outs = llm.generate([c[0] for c in todo], [constrained(c[1], args.max_tokens, c[3], i) for i, c in enumerate(todo)])
+    seconds = time.perf_counter() - start
+    valid, valid_stopped, failures, finish, tokens = 0, 0, [], {}, 0
+    for out, (_, schema, name, sampled) in zip(outs, todo, strict=True):
         c = out.outputs[0]
         tokens += len(c.token_ids)
         finish[c.finish_reason] = finish.get(c.finish_reason, 0) + 1
         try:
             jsonschema.validate(json.loads(c.text), schema)
             valid += 1
+            valid_stopped += c.finish_reason == "stop"
         except (json.JSONDecodeError, jsonschema.ValidationError) as error:
-            failures.append({"text": c.text[:300], "finish_reason": c.finish_reason, "error": str(error)[:200]})
-    # the same prompts unconstrained, each held to the length its constrained answer had
-    free = [SamplingParams(max_tokens=max(1, len(o.outputs[0].token_ids)), temperature=p.temperature, seed=p.seed,
-                           ignore_eos=True) for o, p in zip(outs, params, strict=True)]
+            failures.append({"function": name, "sampled": sampled, "text": c.text[:300],
+                             "finish_reason": c.finish_reason, "error": str(error)[:200]})
+    finished = sum(1 for o in outs if o.outputs[0].finish_reason == "stop")
+    return {
+        "num_outputs": len(outs), "greedy": sum(not c[3] for c in todo), "sampled": sum(c[3] for c in todo),
+        "distinct_functions": len({c[2] for c in todo}), "max_tokens": args.max_tokens,
+        "valid": valid, "valid_fraction": valid / len(outs), "finish_reasons": finish,
+        "valid_of_finished": valid_stopped / max(finished, 1), "finished": finished,
+        "failures": failures[:20], "output_tokens": tokens, "seconds_untimed_niced": seconds,
+    }
+
+
+def timed(llm: LLM, prompts: list[list[int]], params: list[SamplingParams], one_at_a_time: bool) -> tuple[float, int]:
     start = time.perf_counter()
-    free_outs = llm.generate(prompts, free)
-    free_s = time.perf_counter() - start
-    free_tokens = sum(len(o.outputs[0].token_ids) for o in free_outs)
-    # the grammar's own work, timed alone: compile, masks and advances replayed over the answers
+    if one_at_a_time:
+        outs = [llm.generate([p], [s])[0] for p, s in zip(prompts, params, strict=True)]
+    else:
+        outs = llm.generate(prompts, params)
+    return time.perf_counter() - start, sum(len(o.outputs[0].token_ids) for o in outs)
+
+
+def overhead(llm: LLM, args: argparse.Namespace) -> dict[str, Any]:
+    todo = cases(llm.tokenizer, args.overhead_prompts)
+    prompts = [c[0] for c in todo]
+    on = [constrained(c[1], args.max_tokens, False, 0) for c in todo]
+    outs = llm.generate(prompts, on)  # warm-up: compiles every schema once (the compiler caches them)
+    lengths = [max(1, len(o.outputs[0].token_ids)) for o in outs]
+    off = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in lengths]
+    llm.generate(prompts, off)  # warm-up of the unconstrained arm
+    result: dict[str, Any] = {"prompts": len(prompts), "tokens_per_pass": sum(lengths), "modes": {}}
+    for mode, one in (("batch", False), ("one_at_a_time", True)):
+        runs: dict[str, list[float]] = {"constrained": [], "unconstrained": []}
+        for _ in range(args.repeats):
+            for arm, params in (("constrained", on), ("unconstrained", off)):
+                seconds, tokens = timed(llm, prompts, params, one)
+                if tokens != sum(lengths):
+                    raise RuntimeError(f"{arm} pass wrote {tokens} tokens, expected {sum(lengths)}")
+                runs[arm].append(1e3 * seconds / tokens)
+        ratios = [c / u for c, u in zip(runs["constrained"], runs["unconstrained"], strict=True)]
+        result["modes"][mode] = {
+            "ms_per_token": runs, "ratio_per_repeat": ratios,
+            "constrained_ms_per_token_median": statistics.median(runs["constrained"]),
+            "unconstrained_ms_per_token_median": statistics.median(runs["unconstrained"]),
+            "overhead_ms_per_token_median": statistics.median(
+                c - u for c, u in zip(runs["constrained"], runs["unconstrained"], strict=True)),
+            "ratio_median": statistics.median(ratios), "ratio_min_max": [min(ratios), max(ratios)],
+        }
     backend = llm.engine.core.executor.structured  # type: ignore[attr-defined]
     start = time.perf_counter()
-    for out, p in zip(outs, params, strict=True):
+    for out, p in zip(outs, on, strict=True):
         assert p.structured_outputs is not None
         matcher = backend.new_matcher(p.structured_outputs)
         for t in out.outputs[0].token_ids:
             backend.bitmask([matcher])
             backend.accept(matcher, t)
-    grammar_s = time.perf_counter() - start
-    result = {
-        "model": model, "num_outputs": len(outs), "valid": valid, "valid_fraction": valid / len(outs),
-        "finish_reasons": finish, "failures": failures[:20], "distinct_functions": len({id(f) for _, f in cases}),
-        "output_tokens": tokens,
-        "constrained_s": constrained_s, "unconstrained_s": free_s, "unconstrained_tokens": free_tokens,
-        "constrained_ms_per_token": 1e3 * constrained_s / tokens,
-        "unconstrained_ms_per_token": 1e3 * free_s / free_tokens,
-        "grammar_only_s": grammar_s, "grammar_ms_per_token": 1e3 * grammar_s / tokens,
-        "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-        "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg(),
-    }
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    result["grammar_only_ms_per_token"] = 1e3 * (time.perf_counter() - start) / sum(lengths)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("validity", "overhead"), required=True)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--num-outputs", type=int, default=500)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--overhead-prompts", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", required=True, type=Path)
+    args = parser.parse_args()
+    loadavg_before = os.getloadavg()
+    model = args.model or str(convert_gguf(default_model_path()))
+    llm = LLM(model=model, num_threads=args.threads, max_num_seqs=64, kv_cache_memory_mb=512, seed=0)
+    body = validity(llm, args) if args.part == "validity" else overhead(llm, args)
+    result = {"part": args.part, "model": model, **body, "cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
+              "engine_threads": args.threads, "nice": os.nice(0), "loadavg_before": loadavg_before,
+              "loadavg_after": os.getloadavg()}
+    args.json.write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "failures"}, indent=1))
 
 

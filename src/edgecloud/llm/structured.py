@@ -67,7 +67,7 @@ class StructuredOutputsParams:
         xgr = _xgrammar()
         try:
             if self.json_schema is not None:
-                xgr.Grammar.from_json_schema(self.json_schema, any_whitespace=False, strict_mode=True)
+                xgr.Grammar.from_json_schema(_compilable(self.json_schema), any_whitespace=False, strict_mode=True)
             elif self.grammar is not None:
                 xgr.Grammar.from_ebnf(self.grammar)
             elif self.structural_tag is not None:
@@ -75,6 +75,32 @@ class StructuredOutputsParams:
         except Exception as error:
             kind = next(name for name in _KINDS if getattr(self, name))
             raise InvalidRequestError(f"structured output {kind} is invalid: {error}", "structured_outputs") from error
+
+
+def declare_required(schema: Any) -> Any:
+    """The schema with every name an object ``required``s but does not list in ``properties``
+    added there as ``{}`` (any value): equivalent in JSON Schema, and what xgrammar needs to
+    enforce it (it drops ``required`` names it has no property for, so a BFCL parameter such as
+    ``{"type": "object", "required": ["adults"]}`` let ``{}`` through: docs/netgpt.md, section 4)."""
+    if isinstance(schema, list):
+        return [declare_required(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: declare_required(value) for key, value in schema.items()}
+    required = out.get("required")
+    if isinstance(required, list):
+        properties = out.get("properties") if isinstance(out.get("properties"), dict) else {}
+        missing = [name for name in required if isinstance(name, str) and name not in properties]
+        if missing:
+            out["properties"] = {**properties, **{name: {} for name in missing}}
+    return out
+
+
+def _compilable(json_schema: str) -> str:
+    try:
+        return json.dumps(declare_required(json.loads(json_schema)))
+    except json.JSONDecodeError:
+        return json_schema  # the library names the syntax error
 
 
 def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -113,7 +139,8 @@ class StructuredOutputs:
         compiler = self.compiler()
         try:
             if spec.json_schema is not None:
-                compiled = compiler.compile_json_schema(spec.json_schema, any_whitespace=False, strict_mode=True)
+                compiled = compiler.compile_json_schema(_compilable(spec.json_schema), any_whitespace=False,
+                                                        strict_mode=True)
             elif spec.json_object:
                 compiled = compiler.compile_json_schema('{"type": "object"}', any_whitespace=False)
             elif spec.grammar is not None:

@@ -19,6 +19,7 @@ from edgecloud.edge.netgpt.rl import (
     group_advantages,
     reward,
     rl_round,
+    sample,
     teacher_question,
     token_logprobs,
 )
@@ -89,3 +90,18 @@ def test_a_round_runs_end_to_end(tiny: tuple[Path, Tokenizer]) -> None:
                      max_new_tokens=8), eos_id=1, decode=tokenizer.decode, rng=random.Random(0))
     assert stats.mean_reward == -1.0 and stats.schema_valid == 0.0  # a random model writes no valid call
     assert stats.forward_nll > 0
+
+
+def test_batched_sampling_at_temperature_zero_is_the_greedy_answer(tiny: tuple[Path, Tokenizer]) -> None:
+    path, _ = tiny
+    model = load_base(path).eval()
+    prompt = [3, 4, 5, 6]
+    with torch.no_grad():
+        greedy, ids = [], list(prompt)
+        for _ in range(6):  # full forwards, no cache: the reference
+            token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            greedy.append(token)
+            ids.append(token)
+    eos = greedy[4]  # rows end when they write it
+    answers = sample(model, prompt, 3, RLConfig(temperature=1e-6, max_new_tokens=6), eos, torch.Generator())
+    assert answers == [greedy[: greedy.index(eos) + 1]] * 3

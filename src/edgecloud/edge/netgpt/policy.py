@@ -82,8 +82,11 @@ class PriceSchedule:
 
 
 # Named schedules for benchmarks: cheap, standard and expensive cloud time, in units where a
-# correct answer is worth 1.
+# correct answer is worth 1; ``relaxed`` is a latency-tolerant agent (a correct answer is worth
+# 100 s of waiting), the one schedule in which falling back stays worth it when the cloud's own
+# compute takes seconds, as it does on a loaded 2-core CPU (docs/netgpt.md, section 4).
 PRICES: dict[str, PriceSchedule] = {
+    "relaxed": PriceSchedule("relaxed", cloud_per_1k_tokens=0.02, latency_per_s=0.01),
     "cheap": PriceSchedule("cheap", cloud_per_1k_tokens=0.02, latency_per_s=0.05),
     "standard": PriceSchedule("standard", cloud_per_1k_tokens=0.10, latency_per_s=0.20),
     "premium": PriceSchedule("premium", cloud_per_1k_tokens=0.30, latency_per_s=0.50),
