@@ -45,6 +45,8 @@ SYSTEM_CLI_MODULES: tuple[str, ...] = (
     "edgecloud.cluster.batch_cli",
     "edgecloud.sim.ooco_cli",
     "edgecloud.sim.lora_cli",
+    "edgecloud.sim.moe_cli",  # OmniInfer (issue #20): `edgecloud bench moe-sim`, SIMULATED expert placement
+    "edgecloud.sim.omniproxy_cli",  # OmniProxy (issue #21): `edgecloud bench omniproxy`
     "edgecloud.edge.cli",
     "edgecloud.edge.netgpt.cli",
 )

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
-from edgecloud.cluster.ooco import OOCO, Roofline
+from edgecloud.cluster.ooco import OOCO, FlexStepBudget, Roofline
 from edgecloud.cluster.policies import make_policy
 from edgecloud.llm.perf_model import StepShape
-from edgecloud.sim.ooco_bench import SimOOCOSettings, pooled_instances
+from edgecloud.llm.scheduler import SchedulerOutput
+from edgecloud.sim.ooco_bench import SimOOCOSettings, pool_policy, pooled_instances
 from edgecloud.sim.simulator import Backlog, ClusterSimulator, SimRequest
 
 
@@ -30,10 +32,11 @@ def traffic(num_online: int = 12, num_offline: int = 60) -> tuple[list[SimReques
 
 
 def run(policy_name: str, **options: object) -> tuple[list, list, object]:
-    instances, link, _ = small_cluster()
-    if policy_name == "ooco":
-        options = {"perf": instances[0].perf, **options}
-    policy = make_policy(policy_name, **options)
+    instances, link, settings = small_cluster()
+    if options:
+        policy = make_policy(policy_name, perf=instances[0].perf, **options)
+    else:  # as the benchmark sets it up: per-pool offline step rules, the strict pool's step budget
+        policy, _ = pool_policy(replace(settings, tpot_slo_ms=50.0), policy_name, instances)
     online, offline = traffic()
     result = ClusterSimulator(instances, policy, transfer=link, record_token_times=False).run(
         online, backlog=Backlog(offline, 40))
@@ -55,12 +58,73 @@ def test_priority_mixes_both_tiers_everywhere() -> None:
     assert Counter(r.instance for r in off).keys() == {"mixed0", "mixed1", "mixed2", "mixed3"}
 
 
-def test_ooco_prefills_online_on_relaxed_decodes_on_strict_and_pulls_offline() -> None:
-    on, off, policy = run("ooco", tpot_slo_ms=50.0)
+def test_ooco_pd_prefills_online_on_relaxed_decodes_on_strict_and_pulls_offline() -> None:
+    on, off, policy = run("ooco-pd", tpot_slo_ms=50.0)
     assert set(on) == {("strict", "relaxed")}
     strict = [r for r in off if r.instance in ("mixed0", "mixed1")]
     assert strict and all(r.prefill_instance in ("mixed2", "mixed3") for r in strict)  # prefilled on relaxed
     assert policy.pulled == len(strict) and policy.pulled + policy.admitted == len(off)
+
+
+def test_ooco_prefills_pulled_offline_work_on_the_strict_instance() -> None:
+    on, off, policy = run("ooco")
+    assert set(on) == {("strict", "relaxed")}
+    strict = [r for r in off if r.instance in ("mixed0", "mixed1")]
+    assert strict and all(r.prefill_instance is None for r in strict)
+    assert policy.pulled == len(strict) and policy.pulled + policy.admitted == len(off)
+    # One offline prompt at a time waiting on a strict instance: the rest go to the relaxed pool.
+    _on, off, policy = run("ooco", tpot_slo_ms=50.0, strict_queue_tokens=1)
+    strict = [r for r in off if r.instance in ("mixed0", "mixed1")]
+    relaxed = [r for r in off if r.instance in ("mixed2", "mixed3")]
+    assert strict and relaxed and policy.pulled == len(strict) and policy.admitted == len(relaxed)
+
+
+def test_pd_priority_disaggregates_both_tiers() -> None:
+    on, off, _ = run("pd-priority")
+    assert set(on) == {("strict", "relaxed")}
+    pools = {"mixed0": "strict", "mixed1": "strict", "mixed2": "relaxed", "mixed3": "relaxed"}
+    assert {(pools[r.instance], pools[r.prefill_instance]) for r in off} == {("strict", "relaxed")}
+
+
+def test_flex_step_budget_keeps_strict_steps_within_the_tpot_share() -> None:
+    """Every step of a strict instance that carries offline work, priced by the same model, stays
+    within the budget's limit; offline prefill chunks still run there."""
+    instances, link, settings = small_cluster()
+    policy, _ = pool_policy(replace(settings, tpot_slo_ms=30.0), "ooco", instances)
+    limit = policy.slack * policy.tpot_slo_s
+    steps: list[tuple[float, bool, int]] = []
+    for instance in instances[:2]:
+        plan_step = instance.start_step
+
+        def start_step(now: float, instance=instance, plan_step=plan_step) -> float | None:
+            duration = plan_step(now)
+            plan = instance._plan
+            if duration is not None and plan is not None:
+                flex = [s for s in plan.scheduled if s.request.service_tier == "flex"]
+                online_only = instance.perf.step_time([
+                    StepShape(s.num_new_tokens, s.request.num_computed_tokens + s.num_new_tokens)
+                    for s in plan.scheduled if s.request.service_tier != "flex"])
+                steps.append((duration, bool(flex) and online_only <= limit,
+                              max((s.num_new_tokens for s in flex), default=0)))
+            return duration
+
+        instance.start_step = start_step  # type: ignore[method-assign]
+    online, offline = traffic()
+    ClusterSimulator(instances, policy, transfer=link, record_token_times=False).run(
+        online, backlog=Backlog(offline, 40))
+    with_flex = [(d, chunk) for d, judged, chunk in steps if judged]
+    assert with_flex and all(d <= limit * 1.001 for d, _ in with_flex)
+    assert max(chunk for _, chunk in with_flex) > 1  # prompt chunks, not only decodes
+
+
+def test_flex_step_budget_is_off_by_default_and_gives_an_idle_engine_work() -> None:
+    instances, _, _ = small_cluster()
+    scheduler = instances[0].scheduler
+    assert scheduler.flex_step_budget is None
+    budget = FlexStepBudget(instances[0].perf, 1e-9)
+    assert budget(scheduler, SchedulerOutput()) == 1  # nothing else to run: at least one token
+    with pytest.raises(ValueError, match="limit_s"):
+        FlexStepBudget(instances[0].perf, 0.0)
 
 
 def test_ooco_admission_limits_hold() -> None:
@@ -110,3 +174,47 @@ def test_a_run_stops_at_until_with_the_tokens_it_had() -> None:
     unfinished = [r for r in result.records if r.finish_s is None]
     assert unfinished and any(0 < r.output_tokens < 20 for r in unfinished)
     assert all(r.finish_s <= 0.3 for r in result.records if r.finish_s is not None)
+
+
+def test_budget_variant_sets_the_step_budget_on_every_instance() -> None:
+    instances, _, settings = small_cluster()
+    policy, _ = pool_policy(settings, "priority+budget", instances)
+    assert policy.name == "priority"
+    assert all(isinstance(i.scheduler.flex_step_budget, FlexStepBudget) for i in instances)
+    instances, _, settings = small_cluster()
+    pool_policy(settings, "ooco", instances)
+    assert [i.scheduler.flex_step_budget is not None for i in instances] == [True, True, False, False]
+    with pytest.raises(ValueError, match="NAME\\+budget"):
+        pool_policy(settings, "priority+fast", instances)
+
+
+def test_the_scheduler_hook_caps_flex_tokens_per_step() -> None:
+    from edgecloud.llm.request_state import Request
+    from edgecloud.llm.sampling_params import SamplingParams
+
+    instances, _, _ = small_cluster()
+    instance = instances[0]
+    scheduler = instance.scheduler
+    scheduler.flex_max_batched_tokens = 8192
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    for i, tier in enumerate(["default", "flex", "flex"]):
+        prompt = [i + 1] * (40 if tier == "default" else 300)
+        instance.add(Request(request_id=str(i), prompt_token_ids=prompt, params=params, arrival_time=0.0, order=0,
+                             service_tier=tier, all_token_ids=list(prompt), block_tables=[[]]))
+    asked: list[int] = []
+
+    def budget(sched: object, plan: SchedulerOutput) -> int:
+        asked.append(sum(s.num_new_tokens for s in plan.scheduled))
+        return 0 if len(asked) == 1 else 100
+
+    scheduler.flex_step_budget = budget
+    tiers = []
+    for _ in range(4):
+        instance.start_step(0.0)
+        plan = instance._plan
+        tiers.append(sum(s.num_new_tokens for s in plan.scheduled if s.request.service_tier == "flex"))
+        instance.end_step()
+    # Step 1 prefills the online prompt (no flex work, the hook not even asked); then the online
+    # decode plus at most 0, then 100 flex tokens.
+    assert tiers == [0, 0, 100, 100] and asked == [1, 1, 1]
+    scheduler.check_invariants()

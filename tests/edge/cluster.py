@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import faulthandler
+import io
 import socket
+import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from edgecloud.c2 import pki
 from edgecloud.c2.privileges import Role
@@ -55,3 +61,33 @@ def edge_nodes(
         nodes.append(EdgeNode(node_config, demo_engine(), engine_core="thread",
                               server=ServerSettings(port=0, log_level="warning", engine_core="thread")))
     return nodes, socks
+
+
+def stacks_of_tasks_and_threads() -> str:
+    """Every asyncio task's stack on the running loop, then every thread's (faulthandler)."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        print(f"--- {task!r}", file=out)
+        task.print_stack(limit=12, file=out)
+    return out.getvalue()
+
+
+def run_watched(main: Coroutine[Any, Any, None], explain_after_s: float = 200.0) -> None:
+    """``asyncio.run(main)``; if it is still running after ``explain_after_s`` (pytest's timeout is
+    300 s), print every task's and thread's stack to stderr, so that a hang explains itself in the
+    captured output (the test goes on: a slow machine may still finish it). A blocked event loop
+    cannot run that dump: pytest-timeout's thread dump covers it."""
+
+    async def watched() -> None:
+        def explain() -> None:
+            print(f"\n=== still running after {explain_after_s:g} s: asyncio tasks ===\n"
+                  f"{stacks_of_tasks_and_threads()}=== threads ===", file=sys.stderr, flush=True)
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+
+        handle = asyncio.get_running_loop().call_later(explain_after_s, explain)
+        try:
+            await main
+        finally:
+            handle.cancel()
+
+    asyncio.run(watched())

@@ -11,10 +11,13 @@ import pytest
 
 from edgecloud.edge.bench import (
     ProseCorpus,
+    TurnRecord,
+    comparisons,
     mooncake_chains,
     mooncake_workload,
     ratio_ci,
     schedule,
+    summarize,
     trace_request_tokens,
 )
 from edgecloud.edge.topology import Topology
@@ -88,3 +91,31 @@ def test_request_sizes_at_the_traces_full_length(tmp_path: Path) -> None:
     assert trace["requests"] == 3
     assert trace["client_tokens_p50"] == 2000 and trace["session_tokens_p50"] == 550
     assert trace["session_over_client"]["ratio"] == pytest.approx(550 / 2000)
+
+
+def test_sync_bytes_are_paired_by_conversation_and_turn_not_by_position() -> None:
+    """Each answered turn's replication bytes are found by the turn it made (session, origin, seq);
+    the tokens/text ratio pairs the same turn of the same conversation, whatever order the turns
+    finished in and whatever the node stats list first."""
+
+    def mode(name: str, order: list[tuple[str, int]], scale: float) -> dict:
+        records, entries = [], []
+        for n, (conversation, k) in enumerate(order):
+            session, origin = f"{name}-{conversation}", f"edge-{'abc'[k % 3]}"
+            records.append(TurnRecord(name, "w", conversation, k, origin, 1, 200, 100.0 + n, 50,
+                                      session=session, turn_id=f"{origin}:{k + 1}"))
+            entries.append({"session": session, "origin": origin, "seq": k + 1,
+                            "bytes": round(scale * (1000 + 300 * k + (7 if conversation == "c1" else 0)))})
+        records.append(TurnRecord(name, "w", "c9", 0, "edge-a", 2, 503, 9.0, 50, error="behind"))  # no turn
+        stats = [{"turn_bytes": entries[::-1], "turns": []}]  # the nodes list turns in their own order
+        return summarize(name, records, stats, (0.0, 0.0), 0, 1.0, 0, 0, 0, nodes_killed=[])
+
+    turns = [(c, k) for c in ("c0", "c1") for k in range(4)]
+    tokens = mode("tokens", turns, 0.75)
+    text = mode("text", turns[::-1], 1.0)  # the same turns, answered in the reverse order
+    assert [r["sync_bytes"] for r in tokens["records"][:2]] == [750, 975]
+    assert tokens["records"][-1]["sync_bytes"] == 0 and len(tokens["sync_bytes"]) == 8
+    ratio = comparisons({"tokens": tokens, "text": text}, seed=0)["sync_tokens_over_text"]
+    # paired turn by turn, every pair's ratio is 0.75 (to the byte's rounding): no spread at all
+    assert ratio["ratio"] == pytest.approx(0.75, abs=2e-3)
+    assert ratio["high"] - ratio["low"] < 5e-3

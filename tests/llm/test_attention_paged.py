@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgecloud.llm.attention import DecodeBatch, PagedDecodeAttention
+from edgecloud.llm.attention import DecodeBatch, PagedDecodeAttention, paged
 from edgecloud.llm.attention.paged import group_by_length
 
 
@@ -31,8 +31,12 @@ def reference(query, k_cache, v_cache, tables, lens, block_size, scale):  # type
     kv_heads=st.sampled_from([1, 2]),
     group=st.sampled_from([1, 4]),
     seed=st.integers(0, 1000),
+    chunk_bytes=st.sampled_from([paged.CPU_CHUNK_BYTES, 1, 4096]),
 )
-def test_paged_decode_matches_reference(lens: list[int], block_size: int, kv_heads: int, group: int, seed: int) -> None:
+def test_paged_decode_matches_reference(
+    lens: list[int], block_size: int, kv_heads: int, group: int, seed: int, chunk_bytes: int
+) -> None:
+    """Also with the CPU's row chunks forced small: one row per SDPA call (1 byte), or a few."""
     gen = torch.Generator().manual_seed(seed)
     head_dim = 8
     num_blocks = sum(-(-n // block_size) for n in lens) + 3
@@ -42,7 +46,11 @@ def test_paged_decode_matches_reference(lens: list[int], block_size: int, kv_hea
     tables = [[free.pop() for _ in range(-(-n // block_size))] for n in lens]
     query = torch.randn(len(lens), kv_heads * group, head_dim, generator=gen)
     backend = PagedDecodeAttention()
-    got = backend.forward(backend.plan(DecodeBatch(tables, lens, block_size)), query, k_cache, v_cache, 0.3)
+    saved, paged.CPU_CHUNK_BYTES = paged.CPU_CHUNK_BYTES, chunk_bytes
+    try:
+        got = backend.forward(backend.plan(DecodeBatch(tables, lens, block_size)), query, k_cache, v_cache, 0.3)
+    finally:
+        paged.CPU_CHUNK_BYTES = saved
     want = reference(query, k_cache, v_cache, tables, lens, block_size, 0.3)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 

@@ -205,6 +205,49 @@ def test_routing_counters_equal_an_independent_count(moe_dirs: dict[str, Path]) 
     assert not np.array(llm.engine.core.control("expert_load", {})["expert_counts"]).any()  # reset
 
 
+def test_routing_counters_reach_the_stats_message_and_metrics(moe_dirs: dict[str, Path]) -> None:
+    """The counters since start travel in every step's stats (through the core's msgpack message
+    unchanged) and come out of /metrics as Prometheus counters; a reset of ``expert_load`` and a live
+    migration do not make them go back, and the bytes the migration copied are counted."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from edgecloud.llm.messages import Outputs, decode_from_core, encode
+    from edgecloud.llm.outputs import EngineCoreOutputs
+    from edgecloud.server.metrics import ServerMetrics
+
+    arch = "qwen2_moe"
+    llm = LLM(model=str(moe_dirs[arch]), dtype="float32", block_size=4, kv_cache_memory_mb=2)
+    core = llm.engine.core
+    prompts = random_prompts(2, 3, 20, seed=17)
+    outs = llm.generate(prompts, GREEDY)
+    first = np.array(core.control("expert_load", {"reset": True})["expert_counts"])
+    assert first.sum() > 0
+    layers = len(first)
+    table = [np.roll(np.arange(first.shape[1]), 3).tolist()] * layers  # every expert moves
+    assert core.control("expert_placement", {"slot_expert": table, "live": True}) == layers
+    more = random_prompts(2, 3, 20, seed=18)
+    outs += llm.generate(more, GREEDY)  # the migration happens while these run
+    sequences = [p + o.outputs[0].token_ids[:-1] for p, o in zip(prompts + more, outs, strict=True)]
+    want = _independent_counts(moe_dirs[arch], arch, sequences)
+    message = decode_from_core(encode(Outputs(EngineCoreOutputs(stats=core.stats()))))
+    stats = message.batch.stats  # type: ignore[union-attr]
+    assert stats is not None and stats.moe is not None
+    assert np.array_equal(np.array(stats.moe.expert_choices), want)
+    assert np.array(stats.moe.rank_tokens).sum(axis=1).tolist() == want.sum(axis=1).tolist()
+    assert stats.moe.migrated_bytes > 0 and stats.moe.layers == list(llm.engine.model_config.moe.layers)
+    text = ServerMetrics(lambda: stats, "m").exposition().decode()
+    series = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for family in text_string_to_metric_families(text) for s in family.samples}
+    for row, layer in enumerate(stats.moe.layers):
+        for expert in range(want.shape[1]):
+            key = ("edgecloud_moe_expert_choices_total",
+                   (("expert", str(expert)), ("layer", str(layer)), ("model_name", "m")))
+            assert series[key] == want[row, expert]
+        assert series["edgecloud_moe_rank_tokens_total", (("layer", str(layer)), ("model_name", "m"),
+                                                          ("rank", "0"))] == want[row].sum()
+    assert series["edgecloud_moe_migrated_bytes_total", (("model_name", "m"),)] == stats.moe.migrated_bytes
+
+
 def test_trained_moe_equals_transformers_and_counts_alike() -> None:
     """The shipped trained Mixtral (bfloat16 on disk; the engine and transformers both in float32) on
     held-out prose: each greedy token is transformers' argmax over the same sequence, with the same

@@ -223,10 +223,14 @@ class ClusterEngine:
         options = {"priority": priority, "service_tier": service_tier, "adapter_id": adapter_id,
                    "cache_salt": cache_salt, "session_id": session_id}
         for attempt in range(len(self.instances)):
-            route = await self._route(req)
-            handover = None
-            if route.prefill is not None:
-                handover = await self._prefill_and_hand_over(req, route, options)
+            try:
+                route = await self._route(req)
+                handover = None
+                if route.prefill is not None:
+                    handover = await self._prefill_and_hand_over(req, route, options)
+            except BaseException:  # the client went away, or no instance is up, before the answer's stage began
+                self.router.withdraw(req)
+                raise
             stage: Stage = "decode" if route.prefill is not None else "mixed"
             produced = False
             try:

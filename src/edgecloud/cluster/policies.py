@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from edgecloud.cluster.config import ROLES, Role
-from edgecloud.cluster.router import InstanceView, Route, RouteRequest
+from edgecloud.cluster.router import InstanceView, Route, RouteRequest, Ticket
 
 POLICIES: dict[str, type[RoutingPolicy]] = {}
 
@@ -97,6 +97,21 @@ class RoutingPolicy(ABC):
         target = self.choose(req, candidates, now)
         return None if target is None else Route(target)
 
+    # Policies that keep books of their own (OmniProxy's held queue and decode token load) hear of
+    # what the runtime did with their decisions; the others ignore it.
+    def began(self, ticket: Ticket) -> None:
+        """A stage of a request was sent where this policy routed it (``Router.begin``)."""
+        return None
+
+    def ended(self, ticket: Ticket) -> None:
+        """That stage is over: finished, failed or aborted (``Router.end``)."""
+        return None
+
+    def withdrawn(self, req: RouteRequest) -> None:
+        """A request was given up before the stage that answers it began (while this policy held
+        it, or during its prefill)."""
+        return None
+
 
 @register_policy("round-robin")
 class RoundRobin(RoutingPolicy):
@@ -163,4 +178,5 @@ class PrefillDecode(RoutingPolicy):
 # The LoRA adapter policies (slora, affinity, loraserve) and OOCO's pool policies (ooco, separate,
 # priority; issue #19) register themselves on import.
 from edgecloud.cluster import lora as _lora_policies  # noqa: E402, F401
+from edgecloud.cluster import omniproxy as _omniproxy_policies  # noqa: E402, F401  # OmniProxy, issue #21
 from edgecloud.cluster.ooco import policies as _ooco_policies  # noqa: E402, F401

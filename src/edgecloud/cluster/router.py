@@ -242,7 +242,9 @@ class Router:
         view._routed += 1
         view._tiers[req.service_tier] = view._tiers.get(req.service_tier, 0) + 1
         view._index.insert(req.block_keys)
-        return Ticket(view, req, stage, pending)
+        ticket = Ticket(view, req, stage, pending)
+        self.policy.began(ticket)
+        return ticket
 
     def prefilled(self, ticket: Ticket) -> None:
         """The stage's prompt is computed (its first token came, or the prefill stage ended)."""
@@ -266,3 +268,9 @@ class Router:
         view._outstanding -= 1
         view._tiers[ticket.request.service_tier] -= 1
         ticket.ended = True
+        self.policy.ended(ticket)
+
+    def withdraw(self, req: RouteRequest) -> None:
+        """``req`` was given up before the stage that answers it began (its client went away while
+        the policy held it or while it was being prefilled)."""
+        self.policy.withdrawn(req)

@@ -417,7 +417,11 @@ def summarize(mode: str, records: list[TurnRecord], stats: list[dict[str, Any]],
             turn_bytes[key] = turn_bytes.get(key, 0) + entry["bytes"]
         prepare += [t["prepare_ms"] for t in node.get("turns", [])]
         commit += [t["commit_ms"] for t in node.get("turns", []) if "commit_ms" in t]
-    sync = list(turn_bytes.values()) if mode != "client" else [0] * len(ok)
+    rows = [asdict(r) for r in records]
+    for row in rows:  # each answered turn's replication bytes, found by the turn it made
+        origin, _, seq = row["turn_id"].rpartition(":")
+        row["sync_bytes"] = turn_bytes.get((row["session"], origin, int(seq)), 0) if origin else 0
+    sync = [row["sync_bytes"] for row in rows if row["status"] == 200]
     queries, hits = prefix
     return {
         "turns": len(ok),
@@ -439,7 +443,7 @@ def summarize(mode: str, records: list[TurnRecord], stats: list[dict[str, Any]],
         "retried_turns": sum(1 for r in ok if r.attempts > 1),
         "nodes_killed": nodes_killed,
         "duration_s": round(duration_s, 2),
-        "records": [asdict(r) for r in records],
+        "records": rows,
         "sync_bytes": sync,
     }
 
@@ -468,6 +472,8 @@ def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], seed: int
 
 
 def _paired(mode_a: dict[str, Any], mode_b: dict[str, Any], key: str) -> tuple[list[float], list[float]]:
+    """``key`` of the turns both modes answered, paired by (conversation, turn), not by position."""
+
     def by_turn(mode: dict[str, Any]) -> dict[tuple[str, int], float]:
         return {(r["conversation"], r["turn"]): r[key] for r in mode["records"] if r["status"] == 200}
 
@@ -480,7 +486,7 @@ def comparisons(modes: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "tokens" in modes and "text" in modes:
         out["rt_tokens_over_text"] = ratio_ci(*_paired(modes["tokens"], modes["text"], "rt_ms"), seed=seed)
-        out["sync_tokens_over_text"] = ratio_ci(modes["tokens"]["sync_bytes"], modes["text"]["sync_bytes"], seed=seed)
+        out["sync_tokens_over_text"] = ratio_ci(*_paired(modes["tokens"], modes["text"], "sync_bytes"), seed=seed)
     if "tokens" in modes and "client" in modes:
         out["request_tokens_over_client"] = ratio_ci(
             *_paired(modes["tokens"], modes["client"], "request_bytes"), seed=seed)
@@ -705,8 +711,9 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
         row[1].set_title(f"{case['workload']}: replication traffic per turn")
         row[2].set_title(f"{case['workload']}: client request size")
     machine = report.get("machine", {})
+    modes = " vs ".join(cases[0]["modes"])
     figure.suptitle(f"edgecloud edge bench: {report['config'].get('model_name')} on {machine.get('cpu', '?')}, "
-                    f"3 modes on one emulated edge", fontsize=11)
+                    f"{modes} on one emulated edge", fontsize=11)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -7,6 +7,14 @@ the handshake, and again whenever ``crl.pem`` changes, which cuts connections of
 revoked since); the certificate's name must be one of the configured peers. A handshake that fails
 (a certificate of another CA, a revoked one) or a peer that is not configured is refused with a
 one-line warning naming the address and the reason, and counted.
+
+Every wait here has a bound: a handshake and a peer's hello ``HANDSHAKE_TIMEOUT_S``, a connection
+on which nothing arrives for ``silence_s`` (pings go every ``ping_s`` both ways) is closed and
+redialled, a client's read or commit ends at the core's deadline, and ``stop()`` gives the tasks
+it cancels ``STOP_TIMEOUT_S`` and names any that did not end. Waits use ``asyncio.timeout``, not
+``asyncio.wait_for``: on Python 3.11, ``wait_for`` swallows a cancellation that arrives in the
+event-loop turns between its inner awaitable finishing and the waiting task resuming (CPython
+gh-86296), which made ``stop()`` wait forever on a timer loop that had just been woken (#23).
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ from edgecloud.edge.wire import (
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 5.0
 
 
 class EdgeError(Exception):
@@ -67,6 +76,13 @@ class EdgeError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+class PeerSilent(Exception):
+    """Nothing (not even a ping) came from a peer within the bound: the connection is given up."""
+
+    def __init__(self, seconds: float, awaited: str) -> None:
+        super().__init__(f"no {awaited} within {seconds:g} s: connection closed")
 
 
 @dataclass
@@ -131,7 +147,8 @@ class _Accepting(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         raw = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
         raw.pause_reading()
-        self.owner.spawn(self.owner.accept(raw))
+        if not self.owner.spawn(self.owner.accept(raw)):
+            raw.close()  # accepted as the node stopped (the loop hands over accepted sockets late)
 
 
 class Transport:
@@ -145,6 +162,7 @@ class Transport:
         listen: tuple[str, int] = ("127.0.0.1", 0),
         *,
         ping_s: float = 2.0,
+        silence_s: float = 30.0,
         crl_check_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -153,6 +171,8 @@ class Transport:
         self.pki = Path(pki)
         self.listen = listen
         self.ping_s = ping_s
+        self.silence_s = silence_s
+        self._silence = f"frame (pings go every {ping_s:g} s both ways)"
         self.crl_check_s = crl_check_s
         self.clock = clock
         self.server_context = tls.server_context(self.pki, core.name)
@@ -186,10 +206,15 @@ class Transport:
         self._tasks = [asyncio.ensure_future(self._connect(peer)) for peer in self.peers]
         self._tasks += [asyncio.ensure_future(self._timer()), asyncio.ensure_future(self._watch_crl())]
 
-    def spawn(self, work: Any) -> None:
+    def spawn(self, work: Any) -> bool:
+        """Run ``work`` as a connection task that ``stop()`` ends; False (and ``work`` closed) once stopping."""
+        if self.stopping:
+            work.close()
+            return False
         task = asyncio.ensure_future(work)
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
+        return True
 
     async def stop(self) -> None:
         self.stopping = True
@@ -198,7 +223,13 @@ class Transport:
         tasks = [*self._tasks, *self._connections]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            for task in pending:
+                where = "".join(f"\n  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+                                for frame in task.get_stack())
+                log.error("edge %s: task %s did not end within %g s of being cancelled; left behind at:%s",
+                          self.core.name, task.get_name(), STOP_TIMEOUT_S, where)
         for writer in [*self.outgoing.values(), *self.incoming.values()]:
             writer.close()
         self.outgoing.clear()
@@ -283,13 +314,19 @@ class Transport:
     # -- time --------------------------------------------------------------------------------------
 
     async def _timer(self) -> None:
-        while True:
+        """The core's clock: ticks at its next deadline, at least once a second, and whenever woken.
+        It ends only with the transport: a tick that raises is logged and the next one comes."""
+        while not self.stopping:
             deadline = self.core.next_deadline()
             wait = 1.0 if deadline is None else min(1.0, max(0.0, deadline - self.clock()))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
-            self.handle(self.core.tick(self.clock()))
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            try:
+                self.handle(self.core.tick(self.clock()))
+            except Exception:
+                log.exception("edge %s: the replication timer's tick failed; ticking on", self.core.name)
 
     def _mtime(self) -> float:
         path = self.pki / "crl.pem"
@@ -321,9 +358,14 @@ class Transport:
 
     # -- connections -------------------------------------------------------------------------------
 
-    async def _read_frame(self, reader: asyncio.StreamReader) -> bytes:
-        header = await reader.readexactly(HEADER_BYTES)
-        return await reader.readexactly(frame_length(header))
+    async def _read_frame(self, reader: asyncio.StreamReader, within: float, awaited: str) -> bytes:
+        """The next frame; ``PeerSilent`` if it has not come whole within ``within`` seconds."""
+        try:
+            async with asyncio.timeout(within):
+                header = await reader.readexactly(HEADER_BYTES)
+                return await reader.readexactly(frame_length(header))
+        except TimeoutError:
+            raise PeerSilent(within, awaited) from None
 
     def _refuse(self, where: str, why: str) -> None:
         self.stats.refused_connections += 1
@@ -335,14 +377,14 @@ class Transport:
         while not self.stopping:
             writer: asyncio.StreamWriter | None = None
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, port, ssl=self.client_context, server_hostname=peer),
-                    HANDSHAKE_TIMEOUT_S,
-                )
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                    reader, writer = await asyncio.open_connection(
+                        host, port, ssl=self.client_context, server_hostname=peer,
+                    )
                 if self._serial(writer) in self.revoked:
                     raise ConnectionError("its certificate is revoked")
                 writer.write(encode(self.core.hello()))
-                hello = decode(await asyncio.wait_for(self._read_frame(reader), HANDSHAKE_TIMEOUT_S))
+                hello = decode(await self._read_frame(reader, HANDSHAKE_TIMEOUT_S, "hello"))
                 if isinstance(hello, ProtocolError):
                     raise ConnectionError(f"{peer} refused this node: {hello.code}: {hello.message}")
                 if not isinstance(hello, Hello):
@@ -355,7 +397,7 @@ class Transport:
                 try:
                     while True:
                         try:
-                            message = decode(await self._read_frame(reader))
+                            message = decode(await self._read_frame(reader, self.silence_s, self._silence))
                         except FrameError as error:
                             self.stats.corrupt_messages += 1
                             log.warning("edge %s: a corrupt message from %s, ignored: %s", self.core.name, peer, error)
@@ -365,7 +407,9 @@ class Transport:
                     pinger.cancel()
             except ssl.SSLError as error:
                 self._refuse(f"to {peer} at {host}:{port}", f"TLS handshake failed: {error.reason or error}")
-            except (ConnectionError, ValueError, FramingError, FrameError) as error:
+            except (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+                pass  # not up (yet), or gone: retried
+            except (ConnectionError, ValueError, FramingError, FrameError, PeerSilent) as error:
                 if str(error):
                     log.warning("edge %s: replication to %s: %s", self.core.name, peer, error)
             except (OSError, TimeoutError, asyncio.IncompleteReadError):
@@ -395,9 +439,8 @@ class Transport:
         reader = asyncio.StreamReader()
         protocol = asyncio.StreamReaderProtocol(reader)
         try:
-            transport = await asyncio.wait_for(
-                loop.start_tls(raw, protocol, self.server_context, server_side=True), HANDSHAKE_TIMEOUT_S
-            )
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                transport = await loop.start_tls(raw, protocol, self.server_context, server_side=True)
         except (ssl.SSLError, OSError, TimeoutError) as error:
             reason = getattr(error, "reason", None) or str(error) or type(error).__name__
             self._refuse(where, f"TLS handshake failed: {reason}")
@@ -420,7 +463,7 @@ class Transport:
                 self._refuse(where, f"{peer}'s certificate is revoked")
                 writer.write(encode(ProtocolError("revoked", f"{peer}'s certificate is revoked")))
                 return
-            hello = decode(await asyncio.wait_for(self._read_frame(reader), HANDSHAKE_TIMEOUT_S))
+            hello = decode(await self._read_frame(reader, HANDSHAKE_TIMEOUT_S, "hello"))
             if not isinstance(hello, Hello) or hello.node != peer:
                 self._refuse(where, f"{peer} did not begin with its hello")
                 return
@@ -428,13 +471,16 @@ class Transport:
             self.incoming[peer] = writer
             while True:
                 try:
-                    message = decode(await self._read_frame(reader))
+                    message = decode(await self._read_frame(reader, self.silence_s, self._silence))
                 except FrameError as error:
                     self.stats.corrupt_messages += 1
                     log.warning("edge %s: a corrupt message from %s, refused: %s", self.core.name, peer, error)
                     self._send(peer, ProtocolError("corrupt_message", str(error)))
                     continue
                 self.handle(self.core.on_message(peer, message, self.clock()))
+        except PeerSilent as error:
+            if peer:
+                log.warning("edge %s: connection from %s: %s", self.core.name, peer, error)
         except (OSError, asyncio.IncompleteReadError, TimeoutError, FramingError, FrameError) as error:
             if isinstance(error, FramingError | FrameError):
                 self.stats.corrupt_messages += 1

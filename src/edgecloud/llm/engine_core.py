@@ -210,6 +210,7 @@ class EngineCore:
             generation_tokens_total=s.generation_tokens_total,
             num_preemptions=s.num_preemptions,
             num_steps=self.num_steps,
+            moe=None if getattr(self.executor, "moe", None) is None else self.executor.moe.totals(),
         )
 
     # -- control ------------------------------------------------------------------------------

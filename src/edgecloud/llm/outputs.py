@@ -50,6 +50,19 @@ class EngineCoreOutput(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 @dataclass
+class MoEStats:
+    """Routing counters of a mixture-of-experts model, counted since the engine started (they only
+    grow; ``expert_load``'s ``reset`` does not touch them): top-k choices per logical expert and
+    tokens computed per expert-parallel rank, per MoE layer, and the bytes of expert weights that
+    live rebalancing copied."""
+
+    layers: list[int]
+    expert_choices: list[list[int]]  # [moe layer][expert]
+    rank_tokens: list[list[int]]  # [moe layer][EP rank]
+    migrated_bytes: int = 0
+
+
+@dataclass
 class EngineStats:
     num_waiting: int
     num_running: int
@@ -62,6 +75,7 @@ class EngineStats:
     generation_tokens_total: int
     num_preemptions: int
     num_steps: int = 0
+    moe: MoEStats | None = None  # routing counters, for a model with MoE layers
 
 
 class EngineCoreOutputs(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -218,9 +218,13 @@ class ModelProfile:
 @dataclass(frozen=True)
 class Parallelism:
     """How one instance spreads over ``devices`` accelerators: dense parts tensor-parallel over all
-    of them, routed experts expert-parallel over all of them."""
+    of them, routed experts expert-parallel over all of them. With ``data_parallel_attention`` the
+    dense parts (attention, dense and shared MLPs, LM head) are data-parallel instead: each device
+    holds all their weights and runs its share of the batch, no all-reduce; only the experts'
+    dispatch and combine cross devices (DeepSeek's and OmniInfer's large-EP decode)."""
 
     devices: int = 1
+    data_parallel_attention: bool = False
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -287,7 +291,11 @@ class PerfModel:
                              "devices")
         return self.hw.network_latency_s + bytes_per_device / bandwidth
 
-    def step_cost(self, batch: Iterable[StepShape], moe_imbalance: float = 1.0) -> StepCost:
+    def step_cost(self, batch: Iterable[StepShape], moe_imbalance: float = 1.0,
+                  dispatch_imbalance: float = 1.0) -> StepCost:
+        """``moe_imbalance`` stretches the routed experts (the busiest device's expert time over the
+        balanced one), ``dispatch_imbalance`` the dispatch and combine (the busiest device's routed
+        tokens over the mean: it receives and sends back the most)."""
         m, hw, n = self.model, self.hw, self.parallel.devices
         shapes = list(batch)
         cost = StepCost()
@@ -296,8 +304,12 @@ class PerfModel:
         tokens = sum(s.num_new_tokens for s in shapes)
         sampled = sum(1 for s in shapes if s.sampled)
         h = m.hidden_size
-        attention_part = sum(self._dense(tokens, rows, cols, n) for rows, cols in m.attention_matrices)
-        mlp = self._dense(tokens, h, 2 * m.intermediate_size, n) + self._dense(tokens, m.intermediate_size, h, n)
+        dp = self.parallel.data_parallel_attention and n > 1
+        # Dense parts: the columns split over the devices (tensor parallel), or each device its
+        # share of the tokens with every column (data parallel; the batch assumed spread evenly).
+        split, local = (1, -(-tokens // n)) if dp else (n, tokens)
+        attention_part = sum(self._dense(local, rows, cols, split) for rows, cols in m.attention_matrices)
+        mlp = self._dense(local, h, 2 * m.intermediate_size, split) + self._dense(local, m.intermediate_size, h, split)
         dense_layers = m.num_layers - m.num_moe_layers
         cost.layers = dense_layers * (attention_part + mlp) + m.num_moe_layers * attention_part
         if m.moe is not None and m.num_moe_layers:
@@ -305,25 +317,34 @@ class PerfModel:
         kv_token_layer = m.kv_elements_per_token_layer * m.kv_bytes_per_element
         # Heads split over the devices; GQA's KV heads as far as there are heads to split, MLA's
         # latent is shared by all heads and so read whole on every device.
-        kv_share = 1 if m.mla is not None else min(n, m.num_kv_heads)
+        kv_share = 1 if m.mla is not None or dp else min(n, m.num_kv_heads)
         attention = 0.0
         for s in shapes:
-            flops = m.attention_flops_per_pair * self._pairs(s) / n
+            flops = m.attention_flops_per_pair * self._pairs(s) / split
             bytes_moved = (s.context_len * kv_token_layer / kv_share
-                           + s.num_new_tokens * (2 * m.q_size * m.act_bytes / n + kv_token_layer / kv_share))
+                           + s.num_new_tokens * (2 * m.q_size * m.act_bytes / split + kv_token_layer / kv_share))
             attention += self._op(flops, bytes_moved)
-        cost.attention = m.num_layers * attention
-        head = m.lm_head_params / n
-        cost.lm_head = self._op(2 * sampled * head, head * m.weight_bytes_per_param + sampled * (h + m.vocab_size) * 4)
-        cost.overhead = hw.step_overhead_s + m.num_layers * hw.layer_overhead_s + len(shapes) * hw.seq_overhead_s
-        if n > 1:
+        # Data parallel: each device attends for its share of the requests.
+        cost.attention = m.num_layers * attention / (n if dp else 1)
+        head = m.lm_head_params / split
+        head_rows = -(-sampled // n) if dp else sampled
+        cost.lm_head = self._op(2 * head_rows * head,
+                                head * m.weight_bytes_per_param + head_rows * (h + m.vocab_size) * 4)
+        # Per-sequence host work: one host for the instance, or one per data-parallel rank.
+        cost.overhead = (hw.step_overhead_s + m.num_layers * hw.layer_overhead_s
+                         + len(shapes) / (n if dp else 1) * hw.seq_overhead_s)
+        if dp:
+            if m.moe is not None:  # nothing else crosses devices
+                all_to_all = self._collective((n - 1) / n * tokens * m.moe.experts_per_token * h * m.act_bytes / n)
+                cost.network = 2 * m.num_moe_layers * all_to_all * dispatch_imbalance
+        elif n > 1:
             # Ring all-reduce after attention and after the MLP: each device sends 2(n-1)/n of the data.
             all_reduce = self._collective(2 * (n - 1) / n * tokens * h * m.act_bytes)
             cost.network = 2 * m.num_layers * all_reduce
             if m.moe is not None:
                 # Dispatch and combine: the share of each device's routed tokens that lives elsewhere.
                 all_to_all = self._collective((n - 1) / n * tokens * m.moe.experts_per_token * h * m.act_bytes / n)
-                cost.network += 2 * m.num_moe_layers * all_to_all
+                cost.network += 2 * m.num_moe_layers * all_to_all * dispatch_imbalance
         return cost
 
     def _moe_layer(self, tokens: int, imbalance: float) -> float:
@@ -336,17 +357,28 @@ class PerfModel:
         shared = 0.0
         if moe.num_shared_experts:
             width = moe.num_shared_experts * inter
-            shared = self._dense(tokens, m.hidden_size, 2 * width, n) + self._dense(tokens, width, m.hidden_size, n)
+            split, local = (1, -(-tokens // n)) if self.parallel.data_parallel_attention and n > 1 else (n, tokens)
+            shared = (self._dense(local, m.hidden_size, 2 * width, split)
+                      + self._dense(local, width, m.hidden_size, split))
         experts = moe.num_experts
         routed_tokens = tokens * moe.experts_per_token
         touched = experts * (1.0 - (1.0 - moe.experts_per_token / experts) ** tokens)
-        flops = 2 * routed_tokens * m.expert_params / n
-        bytes_moved = (touched / n * m.expert_params * m.weight_bytes_per_param
-                       + routed_tokens / n * (2 * m.hidden_size + 3 * inter) * m.act_bytes)
-        return shared + imbalance * self._op(flops, bytes_moved)
+        return shared + imbalance * self.expert_time(routed_tokens / n, touched / n)
 
-    def step_time(self, batch: Iterable[StepShape], moe_imbalance: float = 1.0) -> float:
-        return self.step_cost(batch, moe_imbalance).total
+    def expert_time(self, routed_tokens: float, experts_touched: float) -> float:
+        """One device's routed experts in one MoE layer: ``routed_tokens`` (token, expert) pairs over
+        ``experts_touched`` experts whose weights it reads (what a placement simulation prices per
+        device, ``edgecloud.sim.moe``)."""
+        m = self.model
+        assert m.moe is not None
+        flops = 2 * routed_tokens * m.expert_params
+        bytes_moved = (experts_touched * m.expert_params * m.weight_bytes_per_param
+                       + routed_tokens * (2 * m.hidden_size + 3 * m.moe.expert_intermediate_size) * m.act_bytes)
+        return self._op(flops, bytes_moved)
+
+    def step_time(self, batch: Iterable[StepShape], moe_imbalance: float = 1.0,
+                  dispatch_imbalance: float = 1.0) -> float:
+        return self.step_cost(batch, moe_imbalance, dispatch_imbalance).total
 
     def roofline_time(self, batch: Iterable[StepShape]) -> float:
         """The bound no engine beats: all FLOPs at peak, or all bytes at full bandwidth. Bytes are

@@ -19,7 +19,7 @@ come in through ``update``. The simulator drives this same class with a modelled
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from edgecloud.llm.kv_cache import KVCacheManager
@@ -82,6 +82,10 @@ class Scheduler:
         # flex work in one step: a step with flex prefill must not cost much more than a decode step,
         # or an online request that arrives during it waits for the whole prefill (issue #17 bench).
         self.flex_max_batched_tokens = flex_max_batched_tokens or max_num_seqs
+        # Optional, default off: a further per-step cap on flex tokens, asked once the step's
+        # default-tier work is planned (OOCO's strict pool sizes it to the slack of its TPOT budget
+        # with the roofline model, issue #19). It sees this scheduler and the plan so far.
+        self.flex_step_budget: Callable[[Scheduler, SchedulerOutput], int] | None = None
         self.max_model_len = max_model_len
         self.eos_token_ids = frozenset(eos_token_ids)
         self.requests: dict[str, Request] = {}
@@ -131,7 +135,11 @@ class Scheduler:
             s.request.num_computed_tokens < s.request.num_prompt_tokens for s in out.scheduled
         )
         if not online_prefill:
-            self._schedule_tier("flex", out, min(budget, self.flex_max_batched_tokens))
+            flex_budget = min(budget, self.flex_max_batched_tokens)
+            if self.flex_step_budget is not None:
+                flex_budget = min(flex_budget, self.flex_step_budget(self, out))
+            if flex_budget > 0:
+                self._schedule_tier("flex", out, flex_budget)
         for s in out.scheduled:
             req = s.request
             if req.first_scheduled_time is None:

@@ -67,6 +67,30 @@ class _EngineStatsCollector(Collector):
         yield counter("prompt_tokens", "Prompt tokens computed (prefill).", s.prompt_tokens_total)
         yield counter("generation_tokens", "Tokens generated.", s.generation_tokens_total)
         yield counter("num_preemptions", "Sequences preempted for lack of KV blocks.", s.num_preemptions)
+        if s.moe is not None:
+            yield from self._moe(s)
+
+    def _moe(self, s: EngineStats) -> Iterator[CounterMetricFamily]:
+        """Mixture-of-experts routing counters (docs/moe.md): rates of these give each expert's and
+        each EP rank's load, and max / mean over ranks the imbalance placement works on."""
+        moe = s.moe
+        assert moe is not None
+        choices = CounterMetricFamily("edgecloud_moe_expert_choices", "Top-k router choices per MoE layer and expert.",
+                                      labels=["model_name", "layer", "expert"])
+        tokens = CounterMetricFamily("edgecloud_moe_rank_tokens",
+                                     "Tokens computed by each expert-parallel rank per MoE layer.",
+                                     labels=["model_name", "layer", "rank"])
+        for layer, per_expert, per_rank in zip(moe.layers, moe.expert_choices, moe.rank_tokens, strict=True):
+            for expert, value in enumerate(per_expert):
+                choices.add_metric([self._model, str(layer), str(expert)], value)
+            for rank, value in enumerate(per_rank):
+                tokens.add_metric([self._model, str(layer), str(rank)], value)
+        yield choices
+        yield tokens
+        migrated = CounterMetricFamily("edgecloud_moe_migrated_bytes",
+                                       "Expert weight bytes copied by live rebalancing.", labels=["model_name"])
+        migrated.add_metric([self._model], moe.migrated_bytes)
+        yield migrated
 
 
 class ServerMetrics:

@@ -82,7 +82,10 @@ def run_real(
     queries = sum(metric_values(text, "edgecloud_prefix_cache_queries_total").values())
     transfer_sum = sum(metric_values(text, "edgecloud_kv_transfer_seconds_sum").values())
     transfer_count = sum(metric_values(text, "edgecloud_kv_transfer_seconds_count").values())
-    extra = {"instances": described["instances"]}
+    per_instance = metric_values(text, "edgecloud_instance_prefix_cache_queries_total")
+    extra = {"instances": described["instances"],  # prefix cache per instance: labels -> (hits, queries)
+             "prefix_cache": {labels: (hits, per_instance[labels]) for labels, hits in
+                              metric_values(text, "edgecloud_instance_prefix_cache_hits_total").items()}}
     if transfer_count:
         extra["handover_mean_s"] = transfer_sum / transfer_count
         extra["kv_transfer_bytes"] = sum(metric_values(text, "edgecloud_kv_transfer_bytes_total").values())

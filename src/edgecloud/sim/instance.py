@@ -10,6 +10,7 @@ the router (``edgecloud.cluster.router``), exactly as a real one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edgecloud.cluster.config import Role
 from edgecloud.llm.kv_cache import KVCacheManager, LayerGroup
@@ -17,6 +18,9 @@ from edgecloud.llm.outputs import EngineCoreOutput, EngineStats
 from edgecloud.llm.perf_model import PerfModel, StepShape
 from edgecloud.llm.request_state import Request
 from edgecloud.llm.scheduler import SampledTokens, Scheduler, SchedulerOutput
+
+if TYPE_CHECKING:
+    from edgecloud.sim.moe import ExpertPlacementModel
 
 # The token every simulated step samples: requests replay a trace's lengths (``ignore_eos``), so
 # which token comes out does not matter, only that one does.
@@ -55,6 +59,7 @@ class SimInstance:
                                  fingerprint, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, config.max_model_len)
         self.healthy = True
+        self.experts: ExpertPlacementModel | None = None  # set to price MoE steps by expert placement
         self.epoch = 0
         self.busy = False  # a step is in flight
         self.num_steps = 0
@@ -99,10 +104,14 @@ class SimInstance:
             return None
         self._plan = plan
         self.busy = True
-        duration = self.perf.step_time([
-            StepShape(s.num_new_tokens, s.request.num_computed_tokens + s.num_new_tokens, s.samples)
-            for s in plan.scheduled
-        ])
+        shapes = [StepShape(s.num_new_tokens, s.request.num_computed_tokens + s.num_new_tokens, s.samples)
+                  for s in plan.scheduled]
+        if self.experts is None:
+            duration = self.perf.step_time(shapes)
+        else:  # expert placement (edgecloud.sim.moe): the step's routing stretches its experts
+            imbalance, dispatch, copy_s = self.experts.step(sum(s.num_new_tokens for s in shapes), now)
+            duration = self.perf.step_time(shapes, imbalance, dispatch)
+            duration += self.experts.exposed(copy_s, duration)
         self.busy_s += duration
         return duration
 

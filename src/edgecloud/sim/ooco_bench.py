@@ -25,13 +25,16 @@ from typing import Any
 import numpy as np
 
 from edgecloud.bench.traces import read_trace
-from edgecloud.cluster.ooco import RELAXED, STRICT, Roofline
+from edgecloud.cluster.ooco import RELAXED, STRICT, FlexStepBudget, Roofline
 from edgecloud.cluster.policies import make_policy
+from edgecloud.llm.perf_model import StepShape
 from edgecloud.sim.run import SimClusterSpec, build_instances, trace_workload_for
 from edgecloud.sim.simulator import Backlog, ClusterSimulator, SimRecord, SimRequest, SimResult
 from edgecloud.sim.workload import trace_requests
 
-POLICIES = ("separate", "priority", "ooco")
+POLICIES = ("separate", "priority", "pd-priority", "ooco-pd", "ooco")
+OOCO_POLICIES = ("ooco", "ooco-pd")
+BASELINES = ("separate", "priority", "pd-priority")
 
 
 @dataclass
@@ -131,25 +134,64 @@ def flex_chunks(settings: SimOOCOSettings, policy: str, perf: Any, max_tokens: i
     instances (``priority``) and the strict pool keep the engine's default."""
     if policy == "separate":
         return {STRICT: None, RELAXED: max_tokens}
-    if policy == "ooco":
+    if policy in (*OOCO_POLICIES, "pd-priority"):
         return {STRICT: None, RELAXED: Roofline(perf).prefill_chunk_within(settings.ttft_slo_ms / 4000, max_tokens)}
     return {STRICT: None, RELAXED: None}
+
+
+def offline_bound_tok_s(perf: Any, instances: int, requests: Sequence[SimRequest], max_tokens: int,
+                        sample: int = 1000) -> float:
+    """An upper bound on any policy's offline tokens/s on this cluster, online work aside: every
+    instance busy all the time with offline work, every token (prompt or generated) at the dense
+    cost per token of a full step (``max_tokens``, its overhead amortised: no step does better),
+    plus each prompt's own attention as if prefilled in one piece. Over the batch's first
+    ``sample`` requests."""
+    part = requests[:sample]
+    if not part:
+        return 0.0
+    full = perf.step_cost([StepShape(max_tokens, max_tokens, False)])
+    per_token = (full.total - full.attention) / max_tokens
+    tokens = seconds = 0.0
+    for r in part:
+        prompt, output = len(r.prompt_token_ids), r.output_len
+        seconds += (prompt + output) * per_token + perf.step_cost([StepShape(prompt, prompt, False)]).attention
+        tokens += prompt + output
+    return instances * tokens / seconds
+
+
+def pool_policy(settings: SimOOCOSettings, policy: str, instances: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
+    """The policy object of one case, with its instances' offline step rules set: offline tokens
+    per step per pool (``flex_chunks``), and on ``ooco``'s strict pool the roofline step budget.
+    ``NAME+budget`` (e.g. ``priority+budget``, an ablation, not a baseline of the paper) gives
+    every instance of policy NAME that roofline step budget instead of its fixed offline chunk."""
+    perf = instances[0].perf
+    name, _, variant = policy.partition("+")
+    if variant not in ("", "budget"):
+        raise ValueError(f"policy {policy!r}: the only variant is NAME+budget")
+    chunks = flex_chunks(settings, name, perf, instances[0].config.max_num_batched_tokens)
+    for instance in instances:
+        if chunks[instance.pool] is not None:
+            instance.scheduler.flex_max_batched_tokens = chunks[instance.pool]
+    options: dict[str, Any] = {}
+    if name in OOCO_POLICIES:
+        options = {"perf": perf, "tpot_slo_ms": settings.tpot_slo_ms}
+    policy_object = make_policy(name, **options)
+    if name in OOCO_POLICIES or variant:
+        budget = FlexStepBudget(perf, 0.9 * settings.tpot_slo_ms / 1000)
+        for instance in instances:
+            if instance.pool == STRICT or variant:
+                instance.scheduler.flex_step_budget = budget
+                instance.scheduler.flex_max_batched_tokens = instance.config.max_num_batched_tokens
+    return policy_object, chunks
 
 
 def run_case(settings: SimOOCOSettings, policy: str, rate_scale: float, with_offline: bool = True) -> dict[str, Any]:
     """One policy at one online rate: the case's row (and its simulator result)."""
     instances, link, max_len = pooled_instances(settings)
-    chunks = flex_chunks(settings, policy, instances[0].perf, instances[0].config.max_num_batched_tokens)
-    for instance in instances:
-        if chunks[instance.pool] is not None:
-            instance.scheduler.flex_max_batched_tokens = chunks[instance.pool]
     online = trace_workload_for(settings.online_trace, max_len, duration_s=settings.duration_s,
                                 rate_scale=rate_scale, seed=settings.seed)
     last = max((r.arrival_s for r in online), default=0.0)
-    options: dict[str, Any] = {}
-    if policy == "ooco":
-        options = {"perf": instances[0].perf, "tpot_slo_ms": settings.tpot_slo_ms}
-    policy_object = make_policy(policy, **options)
+    policy_object, chunks = pool_policy(settings, policy, instances)
     sim = ClusterSimulator(instances, policy_object, transfer=link, record_token_times=False)
     backlog = None
     if with_offline:
@@ -160,6 +202,13 @@ def run_case(settings: SimOOCOSettings, policy: str, rate_scale: float, with_off
     result = sim.run(online, until_s=until, backlog=backlog)
     row = summarize_case(settings, policy, rate_scale, result, len(online), policy_object)
     row["flex_tokens_per_step"] = {pool: chunks[pool] or settings.max_num_seqs for pool in (STRICT, RELAXED)}
+    if policy in OOCO_POLICIES or policy.endswith("+budget"):
+        row["flex_tokens_per_step"][STRICT] = "roofline: 0.9 x TPOT SLO less the online work"
+    if policy.endswith("+budget"):
+        row["flex_tokens_per_step"][RELAXED] = row["flex_tokens_per_step"][STRICT]
+    if backlog is not None:
+        row["offline_bound_tok_s"] = offline_bound_tok_s(
+            instances[0].perf, settings.instances, backlog.requests, instances[0].config.max_num_batched_tokens)
     return row
 
 
@@ -185,7 +234,7 @@ def summarize_case(settings: SimOOCOSettings, policy: str, rate_scale: float, re
         "simulated_s": span, "wall_s": result.wall_s,
         "ttft_slo_ms": settings.ttft_slo_ms, "tpot_slo_ms": settings.tpot_slo_ms,
     }
-    if policy == "ooco":
+    if policy in OOCO_POLICIES:
         row.update(offline_on_strict=policy_object.pulled, offline_on_relaxed=policy_object.admitted,
                    linear_saturation_bs=policy_object.offline_batch)
     return row

@@ -50,7 +50,7 @@ def register(commands: Any, bench: Any) -> None:
     )
     parser.add_argument("--json", dest="json_path", type=output_file)
     parser.add_argument("--plot", dest="plot_path", type=output_file)
-    parser.add_argument("--policies", default="separate,priority,ooco")
+    parser.add_argument("--policies", default="separate,priority,pd-priority,ooco-pd,ooco")
     parser.add_argument("--online-trace", default="../shared/traces/azure_llm_2023_conv.csv")
     parser.add_argument("--offline-trace", default="../shared/traces/azure_llm_2023_code.csv")
     sim = parser.add_argument_group("simulated clusters")

@@ -30,10 +30,10 @@ from edgecloud.bench.metrics import RequestRecord
 from edgecloud.bench.runner import run_requests
 from edgecloud.bench.traces import read_trace
 from edgecloud.bench.workload import BenchRequest, LengthScaling, PromptVocab, trace_workload
-from edgecloud.cluster.ooco import perf_model_from_files
+from edgecloud.cluster.ooco import STRICT, Roofline, perf_model_from_files
 from edgecloud.llm.config import EngineConfig
 from edgecloud.llm.model_source import resolve_model
-from edgecloud.sim.ooco_bench import SimOOCOSettings, flex_chunks
+from edgecloud.sim.ooco_bench import OOCO_POLICIES, POLICIES, SimOOCOSettings, flex_chunks
 from edgecloud.sim.real import RealCluster, metric_values
 
 
@@ -53,7 +53,7 @@ class RealOOCOSettings:
     slo_factor: float = 2.0
     ttft_slo_ms: float | None = None  # None: from the idle cluster
     tpot_slo_ms: float | None = None
-    policies: Sequence[str] = ("separate", "priority", "ooco")
+    policies: Sequence[str] = POLICIES
     seed: int = 0
 
     @property
@@ -71,7 +71,11 @@ def cluster_config(settings: RealOOCOSettings, policy: str, ttft_ms: float, tpot
     perf = perf_model_from_files(settings.hardware, model_dir)
     chunk = flex_chunks(SimOOCOSettings(ttft_slo_ms=ttft_ms if math.isfinite(ttft_ms) else 1e9), policy, perf,
                         e.max_num_batched_tokens)
-    if policy == "ooco":
+    if policy == "ooco" and math.isfinite(tpot_ms):
+        # A real engine takes no step-budget hook from an instance file: its strict pool gets the
+        # roofline's largest chunk within half of slack x TPOT (the other half for the decodes).
+        chunk[STRICT] = Roofline(perf).prefill_chunk_within(0.9 * tpot_ms / 2000, e.max_num_batched_tokens)
+    if policy in OOCO_POLICIES:
         options = (f'options = {{ hardware = "{Path(settings.hardware).resolve()}", model = "{model_dir}", '
                    f"tpot_slo_ms = {tpot_ms} }}\n")
     lines = [f'[router]\npolicy = "{policy}"\n{options}', "[defaults]",

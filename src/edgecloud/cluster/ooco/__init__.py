@@ -8,7 +8,10 @@ and ``priority`` are the baselines. Offline jobs arrive through the OpenAI Batch
 (``edgecloud.cluster.batches``).
 """
 
-from edgecloud.cluster.ooco.policies import OOCO, RELAXED, STRICT, Priority, Separate
-from edgecloud.cluster.ooco.roofline import Roofline, perf_model_from_files
+from edgecloud.cluster.ooco.policies import OOCO, RELAXED, STRICT, OOCOHandover, PDPriority, Priority, Separate
+from edgecloud.cluster.ooco.roofline import FlexStepBudget, Roofline, perf_model_from_files
 
-__all__ = ["OOCO", "RELAXED", "STRICT", "Priority", "Roofline", "Separate", "perf_model_from_files"]
+__all__ = [
+    "OOCO", "RELAXED", "STRICT", "FlexStepBudget", "OOCOHandover", "PDPriority", "Priority", "Roofline", "Separate",
+    "perf_model_from_files",
+]

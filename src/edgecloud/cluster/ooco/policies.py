@@ -3,7 +3,7 @@ reading of xLLM's scheduler), and the two baselines it is measured against. Requ
 OpenAI's ``service_tier``: ``default`` is online (latency SLOs), ``flex`` offline (throughput).
 Instances belong to a ``strict`` or a ``relaxed`` pool (``InstanceSpec.pool``).
 
-- ``ooco``: the relaxed pool prefills online prompts and runs all offline work; the strict pool
+- ``ooco``: the relaxed pool prefills online prompts and runs offline work; the strict pool
   decodes online requests and, where the roofline model says a step has slack, offline ones.
   Online: prefill on the relaxed instance with the fewest prompt tokens waiting, KV handed to the
   strict instance with the fewest requests; the engines' tier rules do the rest (an online
@@ -12,9 +12,17 @@ Instances belong to a ``strict`` or a ``relaxed`` pool (``InstanceSpec.pool``).
   predicted decode step with one more sequence stays under ``slack`` x the TPOT SLO, if the
   request fits its preferred length; otherwise admitted to a relaxed instance while its offline
   requests are fewer than the linear saturation batch; otherwise held until something changes.
+  With ``strict_prefill`` (the default) a strict instance also prefills the offline work it pulls,
+  in chunks that its engine sizes per step to what is left of the TPOT budget after the online
+  decodes (``FlexStepBudget``); without it (``ooco-pd``, the paper's letter) the prompt is
+  prefilled on a relaxed instance and its KV handed over, so the strict pool's compute between
+  decode steps stays idle.
 - ``separate``: online on the strict pool only, offline on the relaxed pool only.
 - ``priority``: every instance takes both, with the engine's tier priority and preemption
   (vLLM-style priority scheduling); least-outstanding routing.
+- ``pd-priority``: co-location applied directly to a P/D-disaggregated cluster (the setting the
+  paper starts from): every prompt, online or offline, prefilled on the relaxed (prefill) pool,
+  every request decoded on the strict (decode) pool; the engine's tiers order and preempt.
 
 The same objects route the real cluster (``edgecloud cluster serve --policy ooco``) and the
 simulator (``edgecloud.sim``).
@@ -88,6 +96,20 @@ class Priority(PoolPolicy):
         return Route(_least_loaded(views, req)) if views else None
 
 
+@register_policy("pd-priority")
+class PDPriority(PoolPolicy):
+    """Both tiers P/D-disaggregated: prefill on the relaxed pool, decode on the strict pool."""
+
+    def route(self, req: RouteRequest, instances: Sequence[InstanceView], now: float) -> Route | None:
+        relaxed = self.pool(instances, self.relaxed)
+        strict = self.pool(instances, self.strict)
+        if not relaxed or not strict:
+            views = strict or relaxed
+            return Route(_least_loaded(views, req)) if views else None
+        prefill = min(relaxed, key=lambda v: (v.pending_prefill_tokens, v.outstanding, v.routed))
+        return Route(_least_loaded(strict, req), prefill=prefill)
+
+
 @register_policy("ooco")
 class OOCO(PoolPolicy):
     """The OOCO policy (module docstring). ``perf`` prices one instance's steps (every instance
@@ -96,6 +118,8 @@ class OOCO(PoolPolicy):
     config.json or directory). The TPOT SLO (milliseconds) sets the strict pool's step budget; the
     TTFT side needs no setting: online prompts are prefilled first on the relaxed pool by the
     engine's tier rules, behind at most the step in flight."""
+
+    default_strict_prefill = True
 
     def __init__(
         self,
@@ -106,6 +130,8 @@ class OOCO(PoolPolicy):
         slack: float = 0.9,
         kv_limit: float = 0.9,
         max_offline_batch: int | None = None,
+        strict_prefill: bool | None = None,
+        strict_queue_tokens: int = 8192,
         strict: str = STRICT,
         relaxed: str = RELAXED,
     ) -> None:
@@ -121,6 +147,10 @@ class OOCO(PoolPolicy):
             raise ValueError(f"max_offline_batch must be >= 1, got {max_offline_batch}")
         if not tpot_slo_ms > 0:
             raise ValueError(f"tpot_slo_ms must be > 0, got {tpot_slo_ms}")
+        if strict_queue_tokens < 1:
+            raise ValueError(f"strict_queue_tokens must be >= 1, got {strict_queue_tokens}")
+        self.strict_prefill = self.default_strict_prefill if strict_prefill is None else strict_prefill
+        self.strict_queue_tokens = strict_queue_tokens
         self.tpot_slo_s = tpot_slo_ms / 1000
         self.roofline = Roofline(perf)
         self.slack = slack
@@ -159,7 +189,9 @@ class OOCO(PoolPolicy):
         use stands for the contexts) plus what is on its way to it."""
         stats = view.stats()
         count, tokens = self.in_transit(view, now)
-        used = (stats.num_total_blocks - stats.num_free_blocks) * block_size + tokens
+        # Prompts routed here and not yet prefilled hold no KV yet: counted at their full length.
+        used = ((stats.num_total_blocks - stats.num_free_blocks) * block_size + tokens
+                + view.pending_prefill_tokens)
         free = stats.num_total_blocks * block_size - used
         return view.outstanding + count, used, free
 
@@ -183,10 +215,19 @@ class OOCO(PoolPolicy):
                     continue
                 seqs, context, free = self.strict_load(view, req.block_size, now)
                 # need <= the preferred length (the longest that fits; the model is monotone in it)
-                if need <= free and self.roofline.fits(seqs, context, need, limit):
-                    self._send(view, req, now)
+                if need > free or not self.roofline.fits(seqs, context, need, limit):
+                    continue
+                if self.strict_prefill:
+                    if view.pending_prefill_tokens >= self.strict_queue_tokens:
+                        continue
+                    # Its stage begins here at once: not a hand-over the transit queue waits for.
+                    self.in_transit(view, now)
+                    self._begun[view.name] += 1
                     self.pulled += 1
-                    return Route(view, prefill=self._prefill_instance(relaxed))
+                    return Route(view)
+                self.pulled += 1
+                self._send(view, req, now)
+                return Route(view, prefill=self._prefill_instance(relaxed))
         room = [v for v in relaxed if v.outstanding_in("flex") < self.offline_batch]
         if not room:
             return None
@@ -196,3 +237,11 @@ class OOCO(PoolPolicy):
     @staticmethod
     def _prefill_instance(relaxed: list[InstanceView]) -> InstanceView:
         return min(relaxed, key=lambda v: (v.pending_prefill_tokens, v.outstanding, v.routed))
+
+
+@register_policy("ooco-pd")
+class OOCOHandover(OOCO):
+    """``ooco`` as the paper has it: offline work pulled by the strict pool is prefilled on the
+    relaxed pool and its KV handed over (``strict_prefill`` off by default)."""
+
+    default_strict_prefill = False

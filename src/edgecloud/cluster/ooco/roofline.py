@@ -18,9 +18,23 @@ fitted on this machine): the same numbers price the simulated steps and drive th
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edgecloud.llm.perf_model import HardwareProfile, ModelProfile, PerfModel, StepShape
+
+
+def largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
+    """The largest n in [lo, hi] with ``fits(n)``, for a ``fits`` true up to some n and false
+    after (``lo`` when none fits beyond it): a binary search."""
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 class Roofline:
@@ -86,14 +100,7 @@ class Roofline:
         """The largest prompt chunk (<= ``longest`` tokens, at least 1) whose prefill step the model
         prices within ``limit_s``: how much offline prefill a relaxed instance may put in one step
         when an online prompt arriving during it may wait that long."""
-        lo, hi = 1, max(1, longest)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.perf.step_time([StepShape(mid, mid)]) <= limit_s:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        return largest(1, max(1, longest), lambda n: self.perf.step_time([StepShape(n, n)]) <= limit_s)
 
     def fits(self, num_seqs: int, total_context: float, length: int, limit_s: float) -> bool:
         """Whether one more decode of ``length`` context tokens keeps the step under ``limit_s``."""
@@ -107,16 +114,68 @@ class Roofline:
         def fits(length: int) -> bool:
             return self.fits(num_seqs, total_context, length, limit_s)
 
-        if not fits(1):
-            return 0
-        lo, hi = 1, max(1, longest)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if fits(mid):
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        return largest(1, max(1, longest), fits) if fits(1) else 0
+
+
+class FlexStepBudget:
+    """OOCO's strict-pool step rule as an engine hook (``Scheduler.flex_step_budget``): once a
+    step's online work is planned, how many ``flex`` tokens it may still carry so that the step,
+    priced by the roofline model, stays within ``limit_s`` (a share of the TPOT SLO). The running
+    offline decodes come first (one token each, their contexts read); what time is left goes to
+    one offline prefill chunk, the largest that fits. A step with no online work always gets at
+    least one token, so offline work never stalls on an idle instance.
+
+    The step's dense parts depend only on its token count, attention and per-sequence overheads
+    add up per request: a step is priced once, and each candidate chunk by its increment."""
+
+    def __init__(self, perf: PerfModel, limit_s: float, grid: int = 16) -> None:
+        if not limit_s > 0:
+            raise ValueError(f"limit_s must be > 0, got {limit_s}")
+        self.perf = perf
+        self.limit_s = limit_s
+        self.grid = grid
+        self._dense: dict[int, float] = {}
+        self._chunk: dict[int, float] = {}
+
+    def _dense_s(self, tokens: int) -> float:
+        """Layers (and their collectives) of a step of ``tokens`` tokens, on a grid."""
+        key = -(-tokens // self.grid) * self.grid
+        cost = self._dense.get(key)
+        if cost is None:
+            part = self.perf.step_cost([StepShape(key, key, False)])
+            cost = self._dense[key] = part.layers + part.experts + part.network
+        return cost
+
+    def _chunk_s(self, tokens: int) -> float:
+        """Attention and per-sequence overhead of a fresh prompt chunk of ``tokens``."""
+        cost = self._chunk.get(tokens)
+        if cost is None:
+            cost = self._chunk[tokens] = (self.perf.step_cost([StepShape(tokens, tokens, False)]).attention
+                                          + self.perf.hw.seq_overhead_s)
+        return cost
+
+    def __call__(self, scheduler: Any, plan: Any) -> int:
+        shapes = [StepShape(s.num_new_tokens, s.request.num_computed_tokens + s.num_new_tokens)
+                  for s in plan.scheduled]
+        decodes = [r for r in scheduler.running
+                   if r.service_tier == "flex" and r.num_tokens - r.num_computed_tokens == 1]
+        shapes += [StepShape(1, r.num_tokens) for r in decodes]
+        if not shapes:
+            base_tokens, base = 0, self.perf.hw.step_overhead_s
+        else:
+            cost = self.perf.step_cost(shapes)
+            base_tokens = sum(s.num_new_tokens for s in shapes)
+            base = cost.total
+        if base > self.limit_s:
+            return 0 if plan.scheduled else max(1, len(decodes))
+        dense0 = self._dense_s(base_tokens) if base_tokens else 0.0
+
+        def fits(chunk: int) -> bool:
+            return base + self._dense_s(base_tokens + chunk) - dense0 + self._chunk_s(chunk) <= self.limit_s
+
+        lo = largest(0, scheduler.max_num_batched_tokens, fits)
+        lo = lo // self.grid * self.grid if lo >= self.grid else lo
+        return max(len(decodes) + lo, 0 if plan.scheduled else 1)
 
 
 def perf_model_from_files(hardware: str | Path, model_config: str | Path, weight_bytes: float = 4.0) -> PerfModel:

@@ -46,13 +46,16 @@ class Attention(torch.nn.Module):
         assert self.kv_cache is not None, "the runner binds the KV cache before the first step"
         step = ctx.attention_for(self.layer_idx)
         num_tokens = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(num_tokens, self.num_heads, self.head_dim)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        qkv = self.qkv_proj(hidden)
+        v = qkv[:, self.q_size + self.kv_size :].view(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
+            q = qkv[:, : self.q_size].view(num_tokens, self.num_heads, self.head_dim)
+            k = qkv[:, self.q_size : self.q_size + self.kv_size].view(num_tokens, self.num_kv_heads, self.head_dim)
+            q, k = self.rotary(positions, self.q_norm(q), self.k_norm(k))
+        else:  # q and k heads are adjacent in the fused output: rotate them with one set of kernels
+            qk_heads = self.num_heads + self.num_kv_heads
+            qk = self.rotary.rotate(positions, qkv[:, : qk_heads * self.head_dim].view(num_tokens, qk_heads, -1))
+            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         k_cache, v_cache = self.kv_cache
         flat_shape = (-1, self.num_kv_heads, self.head_dim)
         k_cache.view(flat_shape).index_copy_(0, step.slot_mapping, k.to(k_cache.dtype))

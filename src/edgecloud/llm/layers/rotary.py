@@ -119,13 +119,21 @@ class RotaryEmbedding(torch.nn.Module):
         # rows are gathered once per step, not once per layer.
         self._gathered: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
+    def _tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._gathered is None or self._gathered[0] is not positions:
+            self._gathered = (positions, self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1))
+        return self._gathered[1], self._gathered[2]  # [T, 1, D/2]
+
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._gathered is None or self._gathered[0] is not positions:
-            self._gathered = (positions, self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1))
-        _, cos, sin = self._gathered  # [T, 1, D/2]
+        cos, sin = self._tables(positions)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+    def rotate(self, positions: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """Rotates ``[T, heads, D]`` (q and k heads side by side: one set of kernels for both)."""
+        cos, sin = self._tables(positions)
+        return _rotate(heads, cos, sin)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

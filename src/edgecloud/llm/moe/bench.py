@@ -18,6 +18,7 @@ Every figure comes from this run; the JSON records the machine and its load.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -35,8 +36,10 @@ ASSET = Path(__file__).resolve().parents[2] / "assets" / "moe-mixtral"
 STDLIB_DIR = Path("/usr/lib/python3.11")
 BALANCED = 1.10
 # The trace's steps are short decode steps: a shorter window and more frequent checks than the
-# engine's defaults, so the rebalancer sees the shift within the recorded run.
-TRACE_REBALANCE = RebalanceConfig(window=32, check_every=8)
+# engine's defaults, so the rebalancer sees the shift within the recorded run. The trigger (1.05), the
+# minimum gain and the estimate (the window alone) were chosen on a tuning trace of other held-out
+# text (scripts/tune_moe_rebalancer.py, docs/data/moe_tuning.json), not on the evaluation trace.
+TRACE_REBALANCE = RebalanceConfig(window=32, check_every=8, trigger=1.05, min_gain=0.05)
 
 
 @dataclass
@@ -50,16 +53,24 @@ class Trace:
         return {"name": self.name, "counts": self.counts.tolist()}
 
 
-def workload_prompts(model_dir: Path, count: int, max_chars: int = 400) -> dict[str, list[str]]:
-    """Held-out prompts of the trained model (``heldout.json``): prose entries, and the first
-    ``max_chars`` characters of held-out standard-library files (read from this machine)."""
+def workload_prompts(model_dir: Path, count: int, max_chars: int = 400,
+                     prompt_set: str = "eval") -> dict[str, list[str]]:
+    """Held-out prompts of the trained model (``heldout.json``): prose entries, and ``max_chars``
+    characters of held-out standard-library files (read from this machine). ``eval``: the first
+    ``2 * count`` prose entries and the files' first characters; ``tune``: the next ``2 * count``
+    prose entries and the files' next ``max_chars`` characters, other text of the same workloads to
+    choose the rebalancer's settings on without looking at the evaluation trace."""
+    if prompt_set not in ("eval", "tune"):
+        raise ValueError(f"prompt_set must be 'eval' or 'tune', got {prompt_set!r}")
+    part = 0 if prompt_set == "eval" else 1
     path = model_dir / "heldout.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: --model must be a model written by scripts/train_moe_model.py")
     held = json.loads(path.read_text())
-    prose = [p for p in held["prose"] if len(p) >= 40]
+    prose = [p for p in held["prose"] if len(p) >= 40][2 * count * part :]
     files = [STDLIB_DIR / name for name in held["code_files"]]
-    code = [f.read_text(encoding="utf-8", errors="replace")[:max_chars] for f in files if f.is_file()]
+    code = [f.read_text(encoding="utf-8", errors="replace")[max_chars * part : max_chars * (part + 1)]
+            for f in files if f.is_file()]
     code = [c for c in code if len(c) >= 40]
     if len(prose) < 2 * count or len(code) < count:
         raise ValueError(f"need {2 * count} prose and {count} code prompts; the model's heldout.json (and "
@@ -89,6 +100,18 @@ def record_traces(model_dir: Path, prompts: dict[str, list[str]], max_tokens: in
             steps.append(now - last)
             last = now.copy()
         traces[name] = Trace(name, np.stack(steps))
+    return traces
+
+
+def read_traces(path: Path) -> dict[str, Trace]:
+    """Routing traces written by ``--trace-out``: ``history``, then the two serving phases."""
+    raw = json.loads(path.read_text())
+    if not isinstance(raw, dict) or "history" not in raw or len(raw) != 3:
+        raise ValueError(f"{path}: expected three traces (history and two serving phases), got {list(raw)[:5]}")
+    traces = {name: Trace(name, np.asarray(t["counts"], dtype=np.int64)) for name, t in raw.items()}
+    shapes = {t.counts.shape[1:] for t in traces.values()}
+    if len(shapes) != 1 or any(t.counts.ndim != 3 for t in traces.values()):
+        raise ValueError(f"{path}: counts must be [steps, layers, experts] with the same layers and experts")
     return traces
 
 
@@ -164,7 +187,7 @@ def evaluate(traces: dict[str, Trace], ranks: int, slots_per_rank: int, config: 
     shift = len(first.counts)
     cases, curves = [], {}
     for policy, start in placements(history, ranks, slots_per_rank).items():
-        rebalancer = OmniRebalancer(start, config) if policy == "omni" else None
+        rebalancer = OmniRebalancer(start, config, history) if policy == "omni" else None
         live, moved = replay(start, serving, rebalancer)
         curve = windowed_max(live, serving, config.window)
         curves[policy] = curve
@@ -287,13 +310,18 @@ def routing_skew(trace: Trace) -> list[float]:
 def run(model_dir: Path = ASSET, ranks: tuple[int, ...] = (2, 4), spare_slots: int = 1, prompts: int = 24,
         max_tokens: int = 32, max_num_seqs: int = 8, ep: tuple[int, ...] = (), ep_prompts: int = 8,
         ep_repeats: int = 3, config: RebalanceConfig = TRACE_REBALANCE,
-        synthetic_seed: int = 0, threads: int | None = None, trace_out: Path | None = None) -> dict[str, Any]:
-    """The whole benchmark; returns the report (``cases`` as the issue's JSON schema, plus curves)."""
+        synthetic_seed: int = 0, threads: int | None = None, trace_out: Path | None = None,
+        trace_in: Path | None = None, prompt_set: str = "eval") -> dict[str, Any]:
+    """The whole benchmark; returns the report (``cases`` as the issue's JSON schema, plus curves).
+    ``trace_in``: replay routing recorded earlier (``trace_out``) instead of recording it again."""
     from edgecloud.bench.machine import LoadWatch
 
     watch = LoadWatch.begin()
-    texts = workload_prompts(model_dir, prompts)
-    traces = record_traces(model_dir, texts, max_tokens, max_num_seqs, threads)
+    texts = workload_prompts(model_dir, prompts, prompt_set=prompt_set)
+    if trace_in is not None:
+        traces = read_traces(trace_in)
+    else:
+        traces = record_traces(model_dir, texts, max_tokens, max_num_seqs, threads)
     if trace_out is not None:
         trace_out.write_text(json.dumps({name: t.to_dict() for name, t in traces.items()}) + "\n")
     layers, experts = traces["history"].counts.shape[1:]
@@ -301,8 +329,8 @@ def run(model_dir: Path = ASSET, ranks: tuple[int, ...] = (2, 4), spare_slots: i
         "model": model_dir.name, "cases": [], "curves": {},
         "routing_skew": {name: routing_skew(t) for name, t in traces.items()},
         "trace_steps": {name: len(t.counts) for name, t in traces.items()},
-        "rebalance": {"window": config.window, "check_every": config.check_every, "trigger": config.trigger,
-                      "min_gain": config.min_gain},
+        "rebalance": dataclasses.asdict(config),
+        "trace_source": str(trace_in) if trace_in is not None else f"recorded in this run ({prompt_set} prompts)",
     }
     # What share of each layer's choices moves between experts when the workload changes.
     shares = {name: t.counts.sum(axis=0) / t.counts.sum(axis=(0, 2))[:, None] for name, t in traces.items()}

@@ -47,6 +47,11 @@ def register(commands: Any, bench: Any) -> None:
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--plot", type=Path, help="write the imbalance-over-steps plot here (PNG)")
     parser.add_argument("--trace-out", type=Path, help="write the recorded routing traces here (JSON)")
+    parser.add_argument("--trace-in", type=Path,
+                        help="replay routing traces recorded earlier (--trace-out) instead of recording them")
+    parser.add_argument("--prompt-set", choices=("eval", "tune"), default="eval",
+                        help="held-out text to record: eval, or tune (other text of the same workloads, to "
+                        "choose settings on)")
     parser.set_defaults(handler=_bench_moe)
 
 
@@ -58,7 +63,8 @@ def _bench_moe(args: argparse.Namespace) -> int:
         raise CLIError(f"--spare-slots must be >= 0, got {args.spare_slots}", USAGE)
     try:
         report = run(args.model, args.ranks, args.spare_slots, args.prompts, args.max_tokens, args.max_num_seqs,
-                     args.ep, args.ep_prompts, args.ep_repeats, threads=args.threads, trace_out=args.trace_out)
+                     args.ep, args.ep_prompts, args.ep_repeats, threads=args.threads, trace_out=args.trace_out,
+                     trace_in=args.trace_in, prompt_set=args.prompt_set)
     except (FileNotFoundError, ValueError) as error:
         raise CLIError(str(error), USAGE) from None
     print(f"{'mode':9} {'EP':>3} {'policy':7} {'phase':14} {'max/mean':>9} {'step ms':>8} {'TPOT ms':>8} recovery")

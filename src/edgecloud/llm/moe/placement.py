@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -223,15 +224,17 @@ def _deployments(w: np.ndarray, extra: int, max_replicas: int) -> np.ndarray:
     return counts
 
 
-def _distribute(w: np.ndarray, counts: np.ndarray, num_ranks: int, capacity: int) -> list[list[int]] | None:
-    """Replicas heaviest first onto the least-loaded rank that has room and does not hold the
-    expert yet. Returns each rank's experts, or None when they cannot all be placed."""
+def _distribute(w: np.ndarray, counts: np.ndarray, num_ranks: int, capacity: int,
+                spread: bool = True) -> list[list[int]] | None:
+    """Replicas heaviest first onto the least-loaded rank that has room (and, when ``spread``, does
+    not hold the expert yet). Returns each rank's experts, or None when they cannot all be placed."""
     instances = sorted(((w[e] / counts[e], e) for e in range(len(w)) for _ in range(counts[e])),
                        key=lambda item: (-item[0], item[1]))
     ranks: list[list[int]] = [[] for _ in range(num_ranks)]
     loads = np.zeros(num_ranks)
     for load, expert in instances:
-        candidates = [r for r in range(num_ranks) if len(ranks[r]) < capacity and expert not in ranks[r]]
+        candidates = [r for r in range(num_ranks)
+                      if len(ranks[r]) < capacity and not (spread and expert in ranks[r])]
         if not candidates:
             return None
         rank = min(candidates, key=lambda r: (loads[r], r))
@@ -244,37 +247,148 @@ def _rank_loads_of(ranks: list[list[int]], w: np.ndarray, counts: np.ndarray) ->
     return np.array([sum(w[e] / counts[e] for e in experts) for experts in ranks])
 
 
-def refine(ranks: list[list[int]], w: np.ndarray, counts: np.ndarray, capacity: int, max_rounds: int = 256) -> None:
-    """Local search on one layer: move a replica off the busiest rank to another with room, or swap
-    it with a lighter one there, whenever that lowers the busier of the two ranks; in place."""
-    unit = w / np.maximum(counts, 1)
-    for _ in range(max_rounds):
-        loads = _rank_loads_of(ranks, w, counts)
-        hot = int(np.argmax(loads))
-        best: tuple[float, int, int, int | None] | None = None  # (new max of the pair, expert, rank, swap)
-        for expert in ranks[hot]:
+class _Layout:
+    """One layer's replicas on ranks during the local search: each rank's experts, the replica count
+    of each expert, the ranks holding it and the rank loads, kept up to date move by move."""
+
+    def __init__(self, ranks: list[list[int]], w: np.ndarray, capacity: int, max_replicas: int) -> None:
+        self.ranks = ranks
+        self.w = w
+        self.capacity = capacity
+        self.max_replicas = max_replicas
+        self.counts = np.zeros(len(w), dtype=np.int64)
+        self.holders: list[list[int]] = [[] for _ in w]
+        for rank, held in enumerate(ranks):
+            for expert in held:
+                self.counts[expert] += 1
+                self.holders[expert].append(rank)
+        self.loads = _rank_loads_of(ranks, w, self.counts)
+
+    def unit(self, expert: int, extra: int = 0) -> float:
+        return float(self.w[expert] / (self.counts[expert] + extra))
+
+    def add(self, expert: int, rank: int) -> None:
+        self._recount(expert, rank, +1)
+
+    def remove(self, expert: int, rank: int) -> None:
+        self._recount(expert, rank, -1)
+
+    def _recount(self, expert: int, rank: int, step: int) -> None:
+        before = self.unit(expert) if self.counts[expert] else 0.0
+        for holder in self.holders[expert]:
+            self.loads[holder] -= before
+        if step > 0:
+            self.ranks[rank].append(expert)
+            self.holders[expert].append(rank)
+        else:
+            self.ranks[rank].remove(expert)
+            self.holders[expert].remove(rank)
+        self.counts[expert] += step
+        after = self.unit(expert) if self.counts[expert] else 0.0
+        for holder in self.holders[expert]:
+            self.loads[holder] += after
+
+    def resplit(self, expert: int, change: int, delta: dict[int, float]) -> None:
+        """Adds to ``delta`` what changing ``expert``'s replica count by ``change`` does to the
+        ranks that keep holding it (their share of its load)."""
+        shift = self.unit(expert, change) - self.unit(expert)
+        for holder in self.holders[expert]:
+            delta[holder] = delta.get(holder, 0.0) + shift
+
+
+Move = tuple[str, int, int, int]  # (kind, expert, rank, other expert or -1)
+
+
+def _moves(layout: _Layout, hot: int) -> Iterator[tuple[dict[int, float], Move]]:
+    """Every move of the local search off the busiest rank ``hot``, with what it changes in each
+    rank's load."""
+    ranks, w, capacity, cap = layout.ranks, layout.w, layout.capacity, layout.max_replicas
+    spare = [g for g in range(len(w)) if layout.counts[g] >= 2]
+    for expert in set(ranks[hot]):
+        u = layout.unit(expert)
+        for rank in range(len(ranks)):
+            if rank == hot:
+                continue
+            if len(ranks[rank]) < capacity:
+                yield {hot: -u, rank: u}, ("move", expert, rank, -1)
+            for other in set(ranks[rank]):
+                if other != expert and layout.unit(other) < u:
+                    d = u - layout.unit(other)
+                    yield {hot: -d, rank: d}, ("swap", expert, rank, other)
+        if layout.counts[expert] < cap:
+            # A further replica of this expert, in a free slot or in one of a spare replica.
             for rank in range(len(ranks)):
-                if rank == hot or expert in ranks[rank]:
-                    continue
                 if len(ranks[rank]) < capacity:
-                    pair = max(loads[hot] - unit[expert], loads[rank] + unit[expert])
-                    if pair < loads[hot] - 1e-12 and (best is None or pair < best[0]):
-                        best = (pair, expert, rank, None)
-                for other in ranks[rank]:
-                    if other in ranks[hot] or unit[other] >= unit[expert]:
-                        continue
-                    delta = unit[expert] - unit[other]
-                    pair = max(loads[hot] - delta, loads[rank] + delta)
-                    if pair < loads[hot] - 1e-12 and (best is None or pair < best[0]):
-                        best = (pair, expert, rank, other)
+                    delta: dict[int, float] = {}
+                    layout.resplit(expert, +1, delta)
+                    delta[rank] = delta.get(rank, 0.0) + layout.unit(expert, 1)
+                    yield delta, ("split", expert, rank, -1)
+            for other in spare:
+                if other == expert:
+                    continue
+                for rank in set(layout.holders[other]):
+                    delta = {}
+                    layout.resplit(expert, +1, delta)
+                    layout.resplit(other, -1, delta)
+                    # One replica of ``other`` leaves ``rank``: its share there goes with it.
+                    delta[rank] = delta.get(rank, 0.0) - layout.unit(other, -1) + layout.unit(expert, 1)
+                    yield delta, ("split", expert, rank, other)
+        if layout.counts[expert] >= 2:
+            # This replica's slot goes to another expert.
+            for other in range(len(w)):
+                if other == expert or layout.counts[other] >= cap:
+                    continue
+                delta = {}
+                layout.resplit(expert, -1, delta)
+                layout.resplit(other, +1, delta)
+                delta[hot] = delta.get(hot, 0.0) - layout.unit(expert, -1) + layout.unit(other, 1)
+                yield delta, ("merge", expert, hot, other)
+
+
+def refine(ranks: list[list[int]], w: np.ndarray, counts: np.ndarray, capacity: int, max_rounds: int = 256,
+           max_replicas: int | None = None) -> None:
+    """Local search on one layer, in place: from the busiest rank, move a replica to another rank
+    with room, swap it with a lighter one, give its expert a further replica (in a free slot, or in
+    the slot of an expert that has replicas to spare), or give its slot to another expert when its
+    own expert has another replica. Two replicas of an expert may share a rank (that rank gets two
+    shares of the expert's tokens: uneven splits). The move that lowers (max rank load, sum of
+    squared rank loads) the most is taken while one does, at most ``max_rounds`` moves; at most
+    ``max_replicas`` replicas per expert (None: any). ``counts`` is updated."""
+    cap = sum(len(held) for held in ranks) if max_replicas is None else max_replicas
+    layout = _Layout(ranks, w, capacity, cap)
+    eps = 1e-9 * max(float(w.sum()), 1e-300)
+    for _ in range(max_rounds):
+        loads = layout.loads
+        order = np.argsort(-loads, kind="stable").tolist()
+        hot = order[0]
+        top = float(loads[hot])
+        best: tuple[float, float, Move] | None = None
+        for delta, move in _moves(layout, hot):
+            changed_max = max(loads[r] + d for r, d in delta.items())
+            rest = next((float(loads[r]) for r in order if r not in delta), 0.0)
+            new_max = max(changed_max, rest)
+            sumsq = sum((loads[r] + d) ** 2 - loads[r] ** 2 for r, d in delta.items())
+            if new_max > top + eps or (new_max > top - eps and sumsq > -eps * top):
+                continue  # neither the max nor the spread improves
+            if best is None or (new_max, sumsq) < best[:2]:
+                best = (new_max, sumsq, move)
         if best is None:
-            return
-        _, expert, rank, other = best
-        ranks[hot].remove(expert)
-        ranks[rank].append(expert)
-        if other is not None:
-            ranks[rank].remove(other)
-            ranks[hot].append(other)
+            break
+        kind, expert, rank, other = best[2]
+        if kind in ("move", "swap"):
+            layout.remove(expert, hot)
+            layout.add(expert, rank)
+            if kind == "swap":
+                layout.remove(other, rank)
+                layout.add(other, hot)
+        elif kind == "split":
+            if other >= 0:
+                layout.remove(other, rank)
+            layout.add(expert, rank)
+        else:  # merge
+            layout.remove(expert, hot)
+            layout.add(other, hot)
+    counts[:] = layout.counts
 
 
 def omni_layer(w: np.ndarray, num_ranks: int, slots_per_rank: int, max_replicas: int | None = None,
@@ -284,19 +398,22 @@ def omni_layer(w: np.ndarray, num_ranks: int, slots_per_rank: int, max_replicas:
     base = _min_slots(experts, num_ranks)
     if slots_per_rank < base:
         raise ValueError(f"slots_per_rank={slots_per_rank} cannot hold {experts} experts on {num_ranks} ranks")
-    cap = num_ranks if max_replicas is None else max(1, min(max_replicas, num_ranks))
+    cap = num_ranks * slots_per_rank - experts + 1 if max_replicas is None else max(1, max_replicas)
     best: tuple[float, list[list[int]]] | None = None
     for per_rank in range(base, slots_per_rank + 1):
         extra = per_rank * num_ranks - experts
-        counts = _deployments(w, extra, cap)
-        ranks = _distribute(w, counts, num_ranks, per_rank)
-        if ranks is None:
-            continue
-        if refine_steps:
-            refine(ranks, w, counts, per_rank)
-        ratio = float(max_over_mean(_rank_loads_of(ranks, w, counts)))
-        if best is None or ratio < best[0] - 1e-12:
-            best = (ratio, ranks)
+        # Two starts: replicas of an expert on distinct ranks (an even split), or anywhere (two
+        # replicas on one rank give it two shares: uneven splits, as EPLB's packing makes).
+        for spread in (True, False):
+            counts = _deployments(w, extra, min(cap, num_ranks) if spread else cap)
+            ranks = _distribute(w, counts, num_ranks, per_rank, spread)
+            if ranks is None:
+                continue
+            if refine_steps:
+                refine(ranks, w, counts, per_rank, max_replicas=cap)
+            ratio = float(max_over_mean(_rank_loads_of(ranks, w, counts)))
+            if best is None or ratio < best[0] - 1e-12:
+                best = (ratio, ranks)
     assert best is not None, "the redundancy-free candidate always fits"
     return best[1]
 

@@ -29,6 +29,7 @@ import torch
 
 from edgecloud.llm.config import ModelConfig
 from edgecloud.llm.moe.placement import Placement, max_over_mean, static_placement
+from edgecloud.llm.outputs import MoEStats
 
 
 @dataclass
@@ -69,6 +70,10 @@ class ExpertRuntime:
         experts = config.moe.num_experts
         self.placement = static_placement(len(self.layers), experts, 1, experts)  # what loading built
         self.expert_counts = torch.zeros(len(self.layers), experts, dtype=torch.int64, device=device)
+        # What the device counters held before their last reset (``load(reset=True)``, a migration):
+        # with them the totals only grow, as Prometheus counters must.
+        self._choices_before = np.zeros((len(self.layers), experts), dtype=np.int64)
+        self._rank_tokens_before = np.zeros((len(self.layers), world_size), dtype=np.int64)
         self._slot_counts: list[torch.Tensor] = []
         self._maps: list[LayerExperts] = []
         self._store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -195,6 +200,7 @@ class ExpertRuntime:
         local[self.rank * slots : (self.rank + 1) * slots] = np.arange(slots)
         local[table < 0] = -1
         # A layer's slot counters restart with its map: they count tokens per slot of this map.
+        self._keep_rank_tokens(row)
         self._slot_counts[row] = torch.zeros(placement.num_slots, dtype=torch.int64, device=self.device)
         return LayerExperts(
             replicas=torch.from_numpy(padded).to(self.device),
@@ -229,10 +235,30 @@ class ExpertRuntime:
             "migrated_bytes": self.migrated_bytes,
         }
         if reset:
+            self._choices_before += counts
+            for row in range(len(self.layers)):
+                self._keep_rank_tokens(row)
             self.expert_counts.zero_()
             for s in self._slot_counts:
                 s.zero_()
         return result
+
+    def _keep_rank_tokens(self, row: int) -> None:
+        """Adds a layer's slot counters, per rank, to the totals before they restart."""
+        if self._rank_tokens_before.shape[1] != self.world_size:  # joined an EP group: before any step
+            self._rank_tokens_before = np.zeros((len(self.layers), self.world_size), dtype=np.int64)
+        if row < len(self._maps) and self._slot_counts[row].numel() == self.placement.num_slots:
+            slots = self._slot_counts[row].cpu().numpy()
+            self._rank_tokens_before[row] += slots.reshape(self.world_size, -1).sum(axis=1)
+
+    def totals(self) -> MoEStats:
+        """The routing counters since the engine started (the stats every step reports)."""
+        counts = self.expert_counts.cpu().numpy() + self._choices_before
+        rank_tokens = self._rank_tokens_before.copy()
+        for row, slots in enumerate(self._slot_counts):
+            if row < len(self._maps) and slots.numel() == self.placement.num_slots:
+                rank_tokens[row] += slots.cpu().numpy().reshape(self.world_size, -1).sum(axis=1)
+        return MoEStats(list(self.layers), counts.tolist(), rank_tokens.tolist(), int(self.migrated_bytes))
 
 
 def _same_layout(a: Placement, b: Placement) -> bool:
