@@ -1,4 +1,5 @@
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -7,6 +8,7 @@ from hypothesis import strategies as st
 from edgecloud.splitlearn.latency import (
     Plan,
     Scenario,
+    StageTimes,
     UEConfig,
     bound_terms,
     micro_batch_sizes,
@@ -107,3 +109,77 @@ def test_client_model_averaging_happens_every_rounds_per_sync(
     assert min(steps[i] for i in synced) > max(plain) + 0.5 * sync_per_round(sc, 3) * sc.rounds_per_sync
     with pytest.raises(ValueError, match="rounds_per_sync must be >= 1"):
         simulate(sc, plan, rounds=3, rounds_per_sync=0)
+
+
+def _host_cpu_s(sc: Scenario, plan: Plan, rounds: int) -> float:
+    """Host CPU seconds of every computation of ``rounds`` rounds: UEs' before their slowdown, and the BS's."""
+    stages = StageTimes(sc, plan)
+    bs = sum(stages.bs(size) for m in plan.micro_batches for size in micro_batch_sizes(sc.batch_per_ue, m))
+    return rounds * (sum(stages.ue_cpu_per_round(k) for k in range(sc.num_ues)) + bs + stages.bs_step())
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(1, 4),
+    st.lists(st.integers(1, 6), min_size=3, max_size=3),
+    st.floats(0.2, 50),
+    st.integers(1, 5),
+    st.floats(0.0, 1e-3),
+)
+def test_a_core_per_device_is_the_pure_replay(
+    cnn_profile: ModelProfile,
+    scenario: Callable[..., Scenario],
+    cut: int,
+    micro_batches: list[int],
+    bandwidth_mhz: float,
+    rounds_per_sync: int,
+    latency: float,
+) -> None:
+    """With as many host cores as devices no computation ever waits for one, so the shared-host
+    replay must time the schedule exactly as the pure replay does, syncs and fill/drain included."""
+    sc = replace(scenario(cnn_profile, UES, bandwidth_mhz), message_latency_s=latency)
+    plan = Plan("c2p2sl", cut, tuple(micro_batches), (0.5, 0.2, 0.3))
+    pure = simulate(sc, plan, 7, rounds_per_sync)
+    shared = simulate(replace(sc, host_cores=sc.num_ues + 1), plan, 7, rounds_per_sync)
+    assert shared.round_end_s == pytest.approx(pure.round_end_s, rel=1e-12, abs=1e-12)
+    assert shared.total_s == pytest.approx(pure.total_s, rel=1e-12)
+
+
+def test_shared_cores_queue_ready_computations(mlp_profile: ModelProfile, scenario: Callable[..., Scenario]) -> None:
+    """Compute-bound UEs as fast as the host: one host core must run every computation in turn
+    (at least the total host CPU time), two cores at least half of it; the pure model, with a
+    processor per device, overlaps them and predicts less than either."""
+    ues = (UEConfig(1.0, 30.0),) * 3
+    sc = scenario(mlp_profile, ues, 1000.0)
+    plan = Plan("c2p2sl", 1, (4, 4, 4), (1 / 3, 1 / 3, 1 / 3))
+    rounds = 6
+    cpu = _host_cpu_s(sc, plan, rounds)
+    pure = simulate(sc, plan, rounds, rounds).total_s
+    one = simulate(replace(sc, host_cores=1), plan, rounds, rounds).total_s
+    two = simulate(replace(sc, host_cores=2), plan, rounds, rounds).total_s
+    assert one >= cpu
+    assert two >= cpu / 2
+    assert pure < 0.8 * one and pure < two <= one
+
+
+def test_slowed_devices_absorb_waits_for_a_core_in_their_slack(
+    cnn_profile: ModelProfile, scenario: Callable[..., Scenario]
+) -> None:
+    """A UE 40x slower than the host holds a core 1/40 of its computing time: two cores leave the
+    schedule of three such UEs and the BS almost as the pure model times it, while a UE as fast
+    as the host would queue."""
+    slow = scenario(cnn_profile, (UEConfig(40.0, 20.0),) * 3, 1000.0)
+    plan = Plan("c2p2sl", 3, (4, 4, 4), (1 / 3, 1 / 3, 1 / 3))
+    pure = simulate(slow, plan, 5, 5).total_s
+    assert simulate(replace(slow, host_cores=2), plan, 5, 5).total_s == pytest.approx(pure, rel=0.02)
+    with pytest.raises(ValueError, match=r"host_cores must be >= 0 \(0: unlimited\), got -1"):
+        replace(slow, host_cores=-1)
+
+
+def test_sequential_split_learning_never_queues_for_a_core(
+    cnn_profile: ModelProfile, scenario: Callable[..., Scenario]
+) -> None:
+    sc = scenario(cnn_profile, (UEConfig(1.0, 20.0),) * 3, 1000.0)
+    plan = Plan("sequential", 2, (1, 1, 1), (1 / 3, 1 / 3, 1 / 3))
+    one = simulate(replace(sc, host_cores=1), plan, 4, 2)
+    assert one == simulate(sc, plan, 4, 2)

@@ -12,8 +12,10 @@ the target; the final accuracy after the whole budget says whether pipelining co
   updates as the baseline, so time and accuracy compare at the same cut.
 
 Every run carries the latency model's prediction (``simulate``) made before it starts, and the
-machine's load around it. The JSON is ``{"target_accuracy", ..., "rows": [...]}``; each row keeps
-the keys of the earlier list-of-rows format (``bandwidth_mhz`` and one dict per scheme).
+machine's load around it. The prediction is of the emulated run: its devices' computations share
+this host's cores (``Scenario.host_cores``); the plans come from the pure model (a processor per
+device), whose prediction each run also keeps. The JSON is ``{"target_accuracy", ..., "rows":
+[...]}``; each row keeps the keys of the earlier list-of-rows format (``bandwidth_mhz`` and one dict per scheme).
 """
 
 from __future__ import annotations
@@ -119,6 +121,11 @@ def cpu_model() -> str:
 
 def load_average() -> float:
     return os.getloadavg()[0]
+
+
+def host_cores() -> int:
+    """Cores this process may run on: the emulated devices' processes share them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def machine_description() -> dict[str, Any]:
@@ -288,13 +295,19 @@ def run_bench(
             # The message latency follows the machine's load, which drifts over a long bench:
             # the prediction of each run uses one measured just before it.
             latency = measure_message_latency()
-            now = replace(scenario, message_latency_s=latency)
+            # The prediction is of the emulated run: five processes computing on this host's cores.
+            now = replace(scenario, message_latency_s=latency, host_cores=host_cores())
             predicted = simulate(now, plan, rounds, now.rounds_per_sync).round_end_s
             load_before = load_average()
             result = train(_train_config(config, plan, bandwidth), timeout_s=3600.0, on_progress=on_progress, data=data)
             record = run_record(result, plan, predicted, config.target_accuracy)
             record["load_average_1min"] = [round(load_before, 2), round(load_average(), 2)]
             record["message_latency_s"] = latency
+            record["host_cores"] = now.host_cores
+            # The pure model (a processor per device), to show what sharing the host's cores adds.
+            pure = simulate(replace(now, host_cores=0), plan, rounds, now.rounds_per_sync).total_s
+            record["predicted_s_device_processors"] = pure
+            record["prediction_error_device_processors"] = (pure - result.time_s) / result.time_s
             row[scheme] = record
         row["message_latency_s"] = host.message_latency_s
         row["ue_cpu_inflation"] = inflation

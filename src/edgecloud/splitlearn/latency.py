@@ -22,6 +22,9 @@ Two views of the same plan:
 
 from __future__ import annotations
 
+import heapq
+import itertools
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -57,6 +60,13 @@ class Scenario:
     bandwidth_hz: float
     rounds_per_sync: int = 1  # rounds between client-model averagings, which are spread over them
     message_latency_s: float = 0.0  # per message, on top of serialisation (transport.measure_message_latency)
+    # Host cores the devices' computations share; 0: every device has its own processor (the pure
+    # model). The emulation runs every device as a process on one host (``simulate``'s docstring).
+    host_cores: int = 0
+
+    def __post_init__(self) -> None:
+        if self.host_cores < 0:
+            raise ValueError(f"host_cores must be >= 0 (0: unlimited), got {self.host_cores}")
 
     @property
     def num_ues(self) -> int:
@@ -272,6 +282,204 @@ def _sync(st: StageTimes, c: _Clocks) -> None:
     c.bs_free = t
 
 
+# ------------------------------------------------------------------------- computations on shared cores
+
+
+@dataclass(frozen=True)
+class _Compute:
+    """A process asks for a core at ``at`` for ``host_s`` CPU seconds; it resumes with the end."""
+
+    at: float
+    host_s: float
+
+
+@dataclass(frozen=True)
+class _Await:
+    """Wait for message ``key``; resumes with its arrival time."""
+
+    key: tuple[object, ...]
+
+
+@dataclass(frozen=True)
+class _NextActivation:
+    """The BS, free at ``at``, takes the earliest-arrived activation of round ``round``."""
+
+    at: float
+    round: int
+
+
+_Request = _Compute | _Await | _NextActivation
+_Process = Generator[_Request, object, None]
+
+
+class _SharedHost:
+    """Event-driven replay in which the devices' computations share ``cores`` host cores.
+
+    Every device is a generator that yields what it needs next. A computation asks for a core
+    when its process is ready and gets the first core to come free, in the order the requests
+    become ready (the OS run queue of the emulation, without priorities). Messages are delivered
+    at their arrival time, before anything else that happens at that instant.
+    """
+
+    def __init__(self, cores: int) -> None:
+        self.core_free = [0.0] * cores  # a heap of when each core comes free
+        self.events: list[tuple[float, int, int, Callable[[], None]]] = []
+        self.order = itertools.count()
+        self.arrived: dict[tuple[object, ...], float] = {}
+        self.waiting: dict[tuple[object, ...], _Process] = {}
+        self.activations: list[tuple[int, float, int, int]] = []  # heap: (round, arrival, ue, index)
+        self.bs: tuple[_Process, int] | None = None  # the BS waiting for an activation of a round
+
+    def _at(self, t: float, delivery: bool, action: Callable[[], None]) -> None:
+        heapq.heappush(self.events, (t, 0 if delivery else 1, next(self.order), action))
+
+    def start(self, process: _Process) -> None:
+        self._resume(process, None)
+
+    def post(self, key: tuple[object, ...], arrival: float) -> None:
+        def deliver() -> None:
+            self.arrived[key] = arrival
+            if key in self.waiting:
+                self._resume(self.waiting.pop(key), arrival)
+
+        self._at(arrival, True, deliver)
+
+    def post_activation(self, r: int, ue: int, index: int, arrival: float) -> None:
+        def deliver() -> None:
+            heapq.heappush(self.activations, (r, arrival, ue, index))
+            if self.bs is not None and self.bs[1] == r:
+                # Wake after every delivery of this instant, to take the earliest (arrival, UE, index).
+                process, self.bs = self.bs[0], None
+                self._at(arrival, False, lambda: self._take_activation(process, r))
+
+        self._at(arrival, True, deliver)
+
+    def _take_activation(self, process: _Process, r: int) -> None:
+        if self.activations and self.activations[0][0] == r:
+            self._resume(process, heapq.heappop(self.activations))
+        else:
+            self.bs = (process, r)
+
+    def _grant(self, process: _Process, request: _Compute) -> None:
+        start = max(request.at, heapq.heappop(self.core_free))
+        heapq.heappush(self.core_free, start + request.host_s)
+        self._resume(process, start + request.host_s)
+
+    def _resume(self, process: _Process, value: object) -> None:
+        try:
+            request = process.send(value)
+        except StopIteration:
+            return
+        if isinstance(request, _Compute):
+            self._at(request.at, False, lambda: self._grant(process, request))
+        elif isinstance(request, _Await):
+            if request.key in self.arrived:
+                self._at(self.arrived[request.key], True, lambda: self._resume(process, self.arrived[request.key]))
+            else:
+                self.waiting[request.key] = process
+        else:
+            self._at(request.at, False, lambda: self._take_activation(process, request.round))
+
+    def run(self) -> None:
+        while self.events:
+            _, _, _, action = heapq.heappop(self.events)
+            action()
+
+
+@dataclass
+class _EmulatedDevice:
+    """A slowed UE as ``runtime._Device`` emulates it: its own timeline, a process on the host.
+
+    ``timeline`` is when the device is free on its timeline; ``awake`` when its process is, which
+    is later only when waiting for a core took more than the computation's slack.
+    """
+
+    timeline: float
+    awake: float
+    factor: float
+
+    def receive(self, arrival: float) -> None:
+        self.timeline = self.awake = max(self.awake, arrival)
+
+    def compute(self, device_s: float) -> Generator[_Request, object, None]:
+        host_s = device_s / self.factor
+        core_end = yield _Compute(self.awake, host_s)
+        assert isinstance(core_end, float)
+        self.timeline += device_s
+        self.awake = max(self.timeline, core_end)
+
+
+def _bs_compute(at: float, host_s: float) -> Generator[_Request, object, float]:
+    end = yield _Compute(at, host_s)
+    assert isinstance(end, float)
+    return end
+
+
+def _ue_on_host(
+    host: _SharedHost, st: StageTimes, c: _Clocks, k: int, rounds: int, rounds_per_sync: int
+) -> _Process:
+    """UE ``k`` of a C2P2SL run, as ``_pipelined_round`` times it, computing on the shared host."""
+    device = _EmulatedDevice(c.ue_free[k], c.ue_free[k], st.scenario.ues[k].slowdown)
+    sizes = micro_batch_sizes(st.scenario.batch_per_ue, st.plan.micro_batches[k])
+    for r in range(rounds):
+        for i, size in enumerate(sizes):
+            yield from device.compute(st.forward(k, size))
+            # The sender paces from the device's timeline but cannot send before the process is awake.
+            c.uplink_free[k] = max(device.timeline, c.uplink_free[k]) + st.uplink(k, size)
+            host.post_activation(r, k, i, max(c.uplink_free[k], device.awake) + st.latency)
+        for i, size in enumerate(sizes):
+            arrival = yield _Await(("gradient", r, k, i))
+            assert isinstance(arrival, float)
+            device.receive(arrival)
+            yield from device.compute(st.backward(k, size))
+        yield from device.compute(st.ue_step(k))
+        c.ue_free[k] = device.awake
+        if (r + 1) % rounds_per_sync == 0 or r + 1 == rounds:
+            host.post(("done", r, k), device.awake)
+            synced = yield _Await(("synced", r, k))
+            assert isinstance(synced, float)
+            device.receive(synced)
+
+
+def _bs_on_host(
+    host: _SharedHost, st: StageTimes, c: _Clocks, rounds: int, rounds_per_sync: int, ends: list[float]
+) -> _Process:
+    """The BS of a C2P2SL run, as ``_pipelined_round`` and ``_sync`` time it, on the shared host."""
+    k_count = st.scenario.num_ues
+    sizes = [micro_batch_sizes(st.scenario.batch_per_ue, m) for m in st.plan.micro_batches]
+    for r in range(rounds):
+        bs = c.bs_free
+        for _ in range(sum(st.plan.micro_batches)):
+            taken = yield _NextActivation(bs, r)
+            assert isinstance(taken, tuple)
+            _, arrival, k, i = taken
+            bs = yield from _bs_compute(max(bs, arrival), st.bs(sizes[k][i]))
+            c.downlink_free[k] = max(bs, c.downlink_free[k]) + st.downlink(k, sizes[k][i])
+            host.post(("gradient", r, k, i), c.downlink_free[k] + st.latency)
+        c.bs_free = yield from _bs_compute(bs, st.bs_step())
+        if (r + 1) % rounds_per_sync == 0 or r + 1 == rounds:
+            for k in range(k_count):
+                done = yield _Await(("done", r, k))
+                assert isinstance(done, float)
+                c.ue_free[k] = done
+            _sync(st, c)  # no computation: the averaging's own CPU time is not modelled
+            for k in range(k_count):
+                host.post(("synced", r, k), c.ue_free[k])
+        ends.append(c.bs_free)
+
+
+def _pipelined_on_shared_host(st: StageTimes, c: _Clocks, rounds: int, rounds_per_sync: int) -> list[float]:
+    host = _SharedHost(st.scenario.host_cores)
+    ends: list[float] = []
+    for k in range(st.scenario.num_ues):
+        host.start(_ue_on_host(host, st, c, k, rounds, rounds_per_sync))
+    host.start(_bs_on_host(host, st, c, rounds, rounds_per_sync, ends))
+    host.run()
+    if len(ends) != rounds:
+        raise RuntimeError(f"shared-host replay stalled after {len(ends)} of {rounds} rounds")
+    return ends
+
+
 @dataclass(frozen=True)
 class Prediction:
     total_s: float
@@ -287,6 +495,11 @@ def simulate(scenario: Scenario, plan: Plan, rounds: int, rounds_per_sync: int) 
     k = scenario.num_ues
     start = [st.control_down(i) + st.latency for i in range(k)]
     clocks = _Clocks(ue_free=start, uplink_free=[0.0] * k, downlink_free=list(start), bs_free=0.0)
+    if plan.schedule == "c2p2sl" and scenario.host_cores > 0:
+        ends = _pipelined_on_shared_host(st, clocks, rounds, rounds_per_sync)
+        return Prediction(total_s=max(clocks.bs_free, *clocks.ue_free), round_end_s=tuple(ends))
+    # Sequential split learning never has two computations ready at once (the BS serves one UE at
+    # a time and waits for it), so sharing the host's cores changes nothing and the replay is exact.
     ends = []
     for r in range(rounds):
         if plan.schedule == "sequential":
