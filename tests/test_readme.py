@@ -12,6 +12,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,17 @@ def walkthrough(marker: str) -> str:
     raise AssertionError(f"no walkthrough with {marker!r} in the README")
 
 
+def kill_session(sid: int) -> None:
+    """SIGKILLs every process of session ``sid``. The walkthrough's bash runs with job control
+    (``set -m``), which puts each background job in a process group of its own, so killing the
+    script's group alone leaves its servers running (and holding their ports) after a timeout."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:  # field 6 of /proc/PID/stat: the session id
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+
+
 def run_script(script: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     """Runs a walkthrough in its own process group (errexit for its foreground steps, job control for
     its `%N` cleanup); on a timeout every process it started is killed, none outlives the test."""
@@ -111,12 +123,11 @@ def run_script(script: str, cwd: Path, timeout: float) -> subprocess.CompletedPr
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_session(process.pid)
         out, err = process.communicate()
         pytest.fail(f"the walkthrough did not finish within {timeout:.0f} s:\n{err[-3000:]}")
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # anything a cleanup line missed
+        kill_session(process.pid)  # anything a cleanup line missed, and every job after a timeout
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
@@ -138,3 +149,18 @@ def test_the_c2_walkthrough_runs_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "result : 0" in result.stdout  # the arm command, sent through gcs-b after the handover, was accepted
     assert "gave up: gcs gcs-a: TLS handshake refused: SSLV3_ALERT_CERTIFICATE_REVOKED" in result.stderr
+
+
+def test_a_timed_out_walkthrough_leaves_no_background_job_running(tmp_path: Path) -> None:
+    """The walkthroughs start servers as background jobs under job control; a timeout must take
+    them down too, or they hold their ports and break every later run."""
+    pid_file = tmp_path / "job.pid"
+    with pytest.raises(pytest.fail.Exception, match="did not finish"):
+        run_script(f"sleep 60 > /dev/null 2>&1 &\necho $! > {pid_file}\nsleep 60 > /dev/null 2>&1", tmp_path, timeout=1)
+    job = int(pid_file.read_text())
+    for _ in range(50):  # SIGKILL is delivered at once; reaping by init may take a moment
+        stat = Path(f"/proc/{job}/stat")
+        if not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"background job {job} outlived the walkthrough")
