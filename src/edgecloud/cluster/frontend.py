@@ -197,8 +197,12 @@ class ClusterEngine:
                 return route
             # The policy holds the request: ask again when an instance's load changes.
             self._changed.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can drop a cancel that arrives as
+            # the event fires, and this loop would then go on holding a request its client gave up
+            # (the DisCEdge transport hung that way, issue #23)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), 0.05)
+                async with asyncio.timeout(0.05):
+                    await self._changed.wait()
 
     async def generate(
         self,
