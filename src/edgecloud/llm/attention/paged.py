@@ -7,7 +7,7 @@ read once per sequence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,17 +30,6 @@ class LengthGroup:
     rows: torch.Tensor  # batch rows in this group
     block_table: torch.Tensor  # [len(rows), max_blocks of the group]
     mask: torch.Tensor | None  # [len(rows), 1, 1, max_blocks * block_size], None if no padding
-    _additive: dict[torch.dtype, torch.Tensor] = field(default_factory=dict, repr=False)
-
-    def additive_mask(self, dtype: torch.dtype) -> torch.Tensor | None:
-        """The mask as SDPA's additive float mask (0 or -inf), made once per step for all layers:
-        given a boolean mask, SDPA converts it on every call."""
-        if self.mask is None:
-            return None
-        if dtype not in self._additive:
-            zeros = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
-            self._additive[dtype] = zeros.masked_fill_(~self.mask, float("-inf"))
-        return self._additive[dtype]
 
 
 @dataclass
@@ -104,7 +93,7 @@ class PagedDecodeAttention(DecodeAttentionBackend):
             rows, width = group.block_table.shape
             chunk = rows
             if k_cache.device.type == "cpu":
-                chunk = max(1, min(rows, CPU_CHUNK_BYTES // max(width * row_block_bytes, 1)))
+                chunk = max(1, min(rows, CPU_CHUNK_BYTES // (width * row_block_bytes)))
             for first in range(0, rows, chunk):
                 part = slice(first, first + chunk)
                 index = group.rows[part]
@@ -114,8 +103,7 @@ class PagedDecodeAttention(DecodeAttentionBackend):
                 blocks = group.block_table[part].flatten()
                 keys = k_cache.index_select(0, blocks).view(n, -1, num_kv_heads, head_dim).transpose(1, 2)
                 values = v_cache.index_select(0, blocks).view(n, -1, num_kv_heads, head_dim).transpose(1, 2)
-                mask = group.additive_mask(query.dtype)
-                mask = None if mask is None else mask[part]
+                mask = None if group.mask is None else group.mask[part]
                 result = F.scaled_dot_product_attention(
                     query[index].unsqueeze(2), keys, values, attn_mask=mask, scale=scale, enable_gqa=True
                 )
