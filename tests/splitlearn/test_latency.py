@@ -183,3 +183,25 @@ def test_sequential_split_learning_never_queues_for_a_core(
     plan = Plan("sequential", 2, (1, 1, 1), (1 / 3, 1 / 3, 1 / 3))
     one = simulate(replace(sc, host_cores=1), plan, 4, 2)
     assert one == simulate(sc, plan, 4, 2)
+
+
+@pytest.mark.parametrize("m", [2, 4, 8])
+def test_a_busy_ue_pays_the_late_receive_once_per_gradient(
+    cnn_profile: ModelProfile, scenario: Callable[..., Scenario], m: int
+) -> None:
+    """A compute-bound UE (10x slower, a link of 100 GHz) is still computing its forwards when
+    every gradient comes back, so it takes all m of them late: the prediction grows by exactly
+    m late receives a round. A UE that waits for its gradient (one micro-batch: it asks right
+    after its forward, the BS's work before the gradient exists) pays none."""
+    sc = scenario(cnn_profile, (UEConfig(10.0, 20.0),), 1e5)
+    plan = Plan("c2p2sl", 2, (m,), (1.0,))
+    rounds, late = 5, 1e-4
+    assert StageTimes(sc, plan).bs(16) > late
+    added = simulate(replace(sc, late_receive_s=late), plan, rounds, 3).total_s - simulate(sc, plan, rounds, 3).total_s
+    assert added == pytest.approx(rounds * m * late, rel=1e-9)
+    shared = simulate(replace(sc, late_receive_s=late, host_cores=2), plan, rounds, 3).total_s
+    assert shared == pytest.approx(simulate(sc, plan, rounds, 3).total_s + added, rel=1e-9)
+    one = Plan("c2p2sl", 2, (1,), (1.0,))
+    assert simulate(replace(sc, late_receive_s=late), one, rounds, 3) == simulate(sc, one, rounds, 3)
+    with pytest.raises(ValueError, match=r"late_receive_s must be >= 0, got -0.0001"):
+        replace(sc, late_receive_s=-late)

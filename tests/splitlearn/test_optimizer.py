@@ -1,4 +1,5 @@
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -68,3 +69,16 @@ def test_bad_pinned_cut_is_rejected(cnn_profile: ModelProfile, scenario: Callabl
     sc = scenario(cnn_profile, (UEConfig(2, 5),), 2.0)
     with pytest.raises(ValueError, match=r"cut must be in 1\.\.4, got 9"):
         optimise(sc, cut=9)
+
+
+def test_the_optimiser_uses_fewer_micro_batches_when_gradients_are_taken_late_at_a_cost(
+    cnn_profile: ModelProfile, scenario: Callable[..., Scenario]
+) -> None:
+    """The late-receive hand-off is in the optimiser's objective too: as it grows, pipelining
+    finer stops paying and the plan uses fewer micro-batches."""
+    sc = scenario(cnn_profile, (UEConfig(20, 5), UEConfig(10, 15), UEConfig(40, 20)), 0.5)
+    counts = [
+        sum(optimise(replace(sc, late_receive_s=late), max_micro_batches=8).plan.micro_batches)
+        for late in (0.0, 3e-3, 1e-2)
+    ]
+    assert counts[0] > counts[1] > counts[2]

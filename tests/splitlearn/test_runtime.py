@@ -59,6 +59,14 @@ def test_one_ue_split_gradient_equals_the_centralised_gradient() -> None:
     result = train(config, timeout_s=120)
     assert result.participants == [(0,)]
     assert set(result.ue_compute_cpu_s) == {0} and result.ue_compute_cpu_s[0] > 0
+    # Every computation's CPU time, by kind and micro-batch size (what the bench's pilots fit).
+    ue_costs = result.ue_compute_costs[0].totals
+    counts = {key: count for key, (count, _) in ue_costs.items()}
+    assert counts == {("forward", 8): 3, ("backward", 8): 3, ("step", 24): 1}
+    assert sum(total for _, total in ue_costs.values()) == pytest.approx(result.ue_compute_cpu_s[0])
+    bs_costs = result.bs_compute_costs.totals
+    assert {key: count for key, (count, _) in bs_costs.items()} == {("serve", 8): 3, ("step", 24): 1}
+    assert all(total > 0 for _, total in [*ue_costs.values(), *bs_costs.values()])
     _assert_same_parameters(_centralised("cnn", 1, batch, 1, lr=1.0), result)
 
 

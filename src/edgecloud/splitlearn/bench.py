@@ -36,7 +36,7 @@ from edgecloud.splitlearn.models import build_model
 from edgecloud.splitlearn.optimizer import optimise, sequential_plan
 from edgecloud.splitlearn.profiling import ComputeSpeed, ModelProfile, calibrate, profile_model
 from edgecloud.splitlearn.runtime import Progress, TrainConfig, TrainResult, sync_period, train
-from edgecloud.splitlearn.transport import measure_message_latency
+from edgecloud.splitlearn.transport import measure_late_receive, measure_message_latency
 
 SCHEMES = ("sequential", "c2p2sl", "c2p2sl_fixed_cut")
 SCHEME_LABELS = {
@@ -165,6 +165,7 @@ class HostModel:
     speed: ComputeSpeed
     message_latency_s: float
     train_size: int
+    late_receive_s: float = 0.0
 
 
 def measure_host(dataset: str, model: str, seed: int) -> HostModel:
@@ -175,7 +176,7 @@ def measure_host(dataset: str, model: str, seed: int) -> HostModel:
     profile = profile_model(network, shape)
     speed = calibrate(network, profile, shape)
     train_size = len(load_split(dataset, seed).train)
-    return HostModel(profile, speed, measure_message_latency(), train_size)
+    return HostModel(profile, speed, measure_message_latency(), train_size, measure_late_receive())
 
 
 def scenario_for(
@@ -190,6 +191,7 @@ def scenario_for(
         bandwidth_mhz * 1e6,
         sync_period(per_epoch, syncs_per_epoch),
         host.message_latency_s,
+        late_receive_s=host.late_receive_s,
     )
 
 
@@ -283,7 +285,8 @@ def run_bench(
     data = load_split(config.dataset, config.seed)
     on_run("pilot run (in-situ UE speed)")
     inflation = _in_situ_inflation(config, host, data)
-    host = HostModel(host.profile, host.speed.scaled(inflation), host.message_latency_s, host.train_size)
+    calibrated_speed = host.speed
+    host = replace(host, speed=host.speed.scaled(inflation))
     per_epoch = rounds_per_epoch(host.train_size, len(config.ues), config.batch_per_ue)
     rounds = per_epoch * config.epochs
     rows: list[dict[str, Any]] = []
@@ -294,23 +297,35 @@ def run_bench(
             on_run(f"{bandwidth:g} MHz {SCHEME_LABELS[scheme]}")
             # The message latency follows the machine's load, which drifts over a long bench:
             # the prediction of each run uses one measured just before it.
-            latency = measure_message_latency()
+            latency, late = measure_message_latency(), measure_late_receive()
             # The prediction is of the emulated run: five processes computing on this host's cores.
-            now = replace(scenario, message_latency_s=latency, host_cores=host_cores())
+            now = replace(scenario, message_latency_s=latency, late_receive_s=late, host_cores=host_cores())
             predicted = simulate(now, plan, rounds, now.rounds_per_sync).round_end_s
             load_before = load_average()
             result = train(_train_config(config, plan, bandwidth), timeout_s=3600.0, on_progress=on_progress, data=data)
             record = run_record(result, plan, predicted, config.target_accuracy)
             record["load_average_1min"] = [round(load_before, 2), round(load_average(), 2)]
             record["message_latency_s"] = latency
+            record["late_receive_s"] = late
+            # The model without the late-receive hand-off, to show what it adds.
+            without = simulate(replace(now, late_receive_s=0.0), plan, rounds, now.rounds_per_sync).total_s
+            record["predicted_s_without_late_receive"] = without
+            record["prediction_error_without_late_receive"] = (without - result.time_s) / result.time_s
             record["host_cores"] = now.host_cores
+            # What every computation cost in this run (host CPU s, by kind and size), against the model's.
+            record["compute_cpu_s"] = {
+                "ue": {k: tally.as_list() for k, tally in result.ue_compute_costs.items()},
+                "bs": result.bs_compute_costs.as_list(),
+            }
             # The pure model (a processor per device), to show what sharing the host's cores adds.
             pure = simulate(replace(now, host_cores=0), plan, rounds, now.rounds_per_sync).total_s
             record["predicted_s_device_processors"] = pure
             record["prediction_error_device_processors"] = (pure - result.time_s) / result.time_s
             row[scheme] = record
         row["message_latency_s"] = host.message_latency_s
+        row["late_receive_s"] = host.late_receive_s
         row["ue_cpu_inflation"] = inflation
+        row["calibrated_speed"] = asdict(calibrated_speed)
         rows.append(row)
     machine["load_average_1min_at_end"] = round(load_average(), 2)
     return BenchReport(config, rows, machine, host.message_latency_s, inflation)

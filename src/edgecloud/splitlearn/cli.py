@@ -122,7 +122,7 @@ def _settings(args: argparse.Namespace, bandwidths: str) -> Any:
     print(f"uplink band: {bandwidths}; {batch} samples per UE per round; seed {args.seed}")
     with _step("profiling the model, calibrating this host (1 torch thread) and measuring message latency"):
         host = measure_host(args.dataset, args.model, args.seed)
-    print(f"message latency {host.message_latency_s * 1e3:.2f} ms")
+    print(f"message latency {host.message_latency_s * 1e3:.2f} ms, late receive {host.late_receive_s * 1e3:.2f} ms")
     return host
 
 
@@ -307,7 +307,8 @@ def _bench(args: argparse.Namespace) -> int:
     for line in describe_machine(report.machine):
         print(line)
     print(
-        f"message latency {report.message_latency_s * 1e3:.2f} ms; UE CPU in a live run "
+        f"message latency {report.message_latency_s * 1e3:.2f} ms, late receive "
+        f"{report.rows[-1]['late_receive_s'] * 1e3:.2f} ms; UE CPU in a live run "
         f"{report.ue_cpu_inflation:.2f}x the isolated calibration"
     )
     print(

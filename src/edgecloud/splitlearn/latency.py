@@ -60,6 +60,10 @@ class Scenario:
     bandwidth_hz: float
     rounds_per_sync: int = 1  # rounds between client-model averagings, which are spread over them
     message_latency_s: float = 0.0  # per message, on top of serialisation (transport.measure_message_latency)
+    # What a receiver pays to take a message that arrived before it asked for it: gloo moves a
+    # message only once the receiver has posted its receive, so a UE that asks for a gradient the
+    # BS sent while it was computing waits for that hand-off (transport.measure_late_receive).
+    late_receive_s: float = 0.0
     # Host cores the devices' computations share; 0: every device has its own processor (the pure
     # model). The emulation runs every device as a process on one host (``simulate``'s docstring).
     host_cores: int = 0
@@ -67,6 +71,8 @@ class Scenario:
     def __post_init__(self) -> None:
         if self.host_cores < 0:
             raise ValueError(f"host_cores must be >= 0 (0: unlimited), got {self.host_cores}")
+        if self.late_receive_s < 0:
+            raise ValueError(f"late_receive_s must be >= 0, got {self.late_receive_s}")
 
     @property
     def num_ues(self) -> int:
@@ -160,6 +166,7 @@ class StageTimes:
         self.messages = Messages(scenario.profile, plan.cut)
         rates = link_rates(scenario.ues, scenario.bandwidth_hz, plan)
         self.latency = scenario.message_latency_s
+        self.late_receive = scenario.late_receive_s
         self.uplink_bps, self.downlink_bps, self.full_bps = (
             rates.uplink_bps,
             rates.downlink_bps,
@@ -247,8 +254,17 @@ def _pipelined_round(st: StageTimes, c: _Clocks) -> None:
     for k in range(k_count):
         t = forwards_done[k]
         for i, size in enumerate(sizes[k]):
-            t = max(t, gradient_at[k, i]) + st.backward(k, size)
+            t = take(t, gradient_at[k, i], st.late_receive) + st.backward(k, size)
         c.ue_free[k] = t + st.ue_step(k)
+
+
+def take(ready: float, arrival: float, late_receive: float) -> float:
+    """When a receiver that asks at ``ready`` has a message that would arrive at ``arrival``.
+
+    gloo moves a message once the receiver has posted its receive: a receiver already waiting
+    gets it on arrival, one that asks after it was sent waits ``late_receive`` for the hand-off
+    (its request reaches the sender, the message comes over, its thread wakes)."""
+    return max(arrival, ready + late_receive)
 
 
 def _sequential_round(st: StageTimes, c: _Clocks) -> None:
@@ -398,8 +414,8 @@ class _EmulatedDevice:
     awake: float
     factor: float
 
-    def receive(self, arrival: float) -> None:
-        self.timeline = self.awake = max(self.awake, arrival)
+    def receive(self, arrival: float, late_receive: float = 0.0) -> None:
+        self.timeline = self.awake = take(self.awake, arrival, late_receive)
 
     def compute(self, device_s: float) -> Generator[_Request, object, None]:
         host_s = device_s / self.factor
@@ -430,7 +446,7 @@ def _ue_on_host(
         for i, size in enumerate(sizes):
             arrival = yield _Await(("gradient", r, k, i))
             assert isinstance(arrival, float)
-            device.receive(arrival)
+            device.receive(arrival, st.late_receive)
             yield from device.compute(st.backward(k, size))
         yield from device.compute(st.ue_step(k))
         c.ue_free[k] = device.awake
@@ -531,15 +547,19 @@ class UEBoundTerms:
     uplink_s_at_full_share: float
     step: float
     latency: float = 0.0  # per message; a micro-batch's path has two (up and down)
+    late_receive: float = 0.0  # per gradient that arrived before the UE asked for it
 
     def pieces(self) -> list[tuple[float, float]]:
-        """(const, coef) with round time ``max(const + coef * U / share)``."""
-        m, f, s, d, g, step = self.m, self.f, self.s, self.d, self.g, self.step
+        """(const, coef) with round time ``max(const + coef * U / share)``.
+
+        A UE busy computing takes every gradient late (``m`` hand-offs); a backward chain that
+        starts with the first gradient takes the other ``m - 1`` late."""
+        m, f, s, d, g, step, h = self.m, self.f, self.s, self.d, self.g, self.step, self.late_receive
         rest = f + s + d + g + step + 2 * self.latency
         pieces = [
             (rest, float(m)),
-            (m * (f + g) + step, 0.0),
-            (f + s + d + m * g + step + 2 * self.latency, 1.0),
+            (m * (f + g + h) + step, 0.0),
+            (f + s + d + m * g + (m - 1) * h + step + 2 * self.latency, 1.0),
         ]
         if m > 1:
             pieces += [(rest + (m - 1) * other, 1.0) for other in (f, s, d)]
@@ -578,6 +598,7 @@ def bound_terms(scenario: Scenario, cut: int, ue: int, m: int) -> UEBoundTerms:
         uplink_s_at_full_share=8.0 * msg.nbytes(1) * (msg.activation_width + 1) * size / full,
         step=st.ue_step(ue),
         latency=scenario.message_latency_s,
+        late_receive=scenario.late_receive_s,
     )
 
 

@@ -32,6 +32,7 @@ serves the UE again when it rejoins. Every process sets ``torch.set_num_threads(
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import math
 import multiprocessing
@@ -42,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -133,6 +134,35 @@ class Progress:
 
 
 @dataclass
+class ComputeTally:
+    """Host CPU seconds of a process's computations, per (kind, micro-batch size): count and sum.
+
+    Kinds: ``forward``, ``backward`` and ``step`` on a UE; ``serve`` (a micro-batch, from taking
+    its activation off the queue to handing its gradient to the downlink) and ``step`` on the BS.
+    """
+
+    totals: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
+
+    def add(self, kind: str, size: int, cpu_s: float) -> None:
+        count, total = self.totals.get((kind, size), (0, 0.0))
+        self.totals[kind, size] = (count + 1, total + cpu_s)
+
+    def mean_s(self, kind: str, size: int) -> float:
+        count, total = self.totals[kind, size]
+        return total / count
+
+    def as_list(self) -> list[list[Any]]:
+        return [[kind, size, count, total] for (kind, size), (count, total) in sorted(self.totals.items())]
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_list())
+
+    @classmethod
+    def from_json(cls, text: str) -> ComputeTally:
+        return cls({(kind, int(size)): (int(count), float(total)) for kind, size, count, total in json.loads(text)})
+
+
+@dataclass
 class TrainResult:
     time_s: float  # training clock from the BS's "start" to the end of the last round (syncs included)
     round_end_s: list[float]
@@ -144,6 +174,8 @@ class TrainResult:
     evaluation_s: float = 0.0  # wall time spent evaluating, kept off the training clock
     # Host CPU seconds each UE's last incarnation spent computing (before its slowdown).
     ue_compute_cpu_s: dict[int, float] = field(default_factory=dict)
+    ue_compute_costs: dict[int, ComputeTally] = field(default_factory=dict)  # the same per kind and size
+    bs_compute_costs: ComputeTally = field(default_factory=ComputeTally)
 
     def time_to(self, target: float) -> Evaluation | None:
         """The first evaluation at or above ``target`` accuracy, if any."""
@@ -223,6 +255,7 @@ class _Device:
     def __init__(self, factor: float) -> None:
         self.factor = factor
         self.cpu_s = 0.0  # host CPU time of all computations so far, reported to the launcher
+        self.costs = ComputeTally()  # the same, per kind of computation and micro-batch size
         self.free_at = time.monotonic()
 
     def input_at(self, at: float) -> None:
@@ -230,11 +263,12 @@ class _Device:
         self.free_at = max(self.free_at, at)
 
     @contextmanager
-    def computing(self) -> Iterator[None]:
+    def computing(self, kind: str, size: int) -> Iterator[None]:
         start = time.thread_time()
         yield
         used = time.thread_time() - start
         self.cpu_s += used
+        self.costs.add(kind, size, used)
         self.free_at += self.factor * used
         remaining = self.free_at - time.monotonic()
         if remaining > 0:
@@ -325,7 +359,7 @@ def run_ue(config: TrainConfig, shard: Dataset, connect: Callable[[], dist.Store
         for i, (x, y) in enumerate(
             zip(torch.split(batch.x, sizes), torch.split(batch.y, sizes), strict=True)
         ):
-            with device.computing():
+            with device.computing("forward", len(x)):
                 out = client(x)
                 message = torch.cat([out.detach().reshape(len(x), -1), y.to(out.dtype).unsqueeze(1)], dim=1)
             send(message, TAG_ACTIVATION, rates.uplink_bps[ue])
@@ -338,9 +372,9 @@ def run_ue(config: TrainConfig, shard: Dataset, connect: Callable[[], dist.Store
                 time.sleep(3600)
         for out in outputs:
             gradient = recv(out.numel(), TAG_GRADIENT).view_as(out)
-            with device.computing():
+            with device.computing("backward", len(out)):
                 out.backward(gradient)
-        with device.computing():
+        with device.computing("step", config.batch_per_ue):
             optimiser.lr = learning_rate(config, shape, r)
             optimiser.step()
             optimiser.zero_grad()
@@ -352,6 +386,7 @@ def run_ue(config: TrainConfig, shard: Dataset, connect: Callable[[], dist.Store
             _load_flat(client, recv(sum(p.numel() for p in client.parameters()), TAG_PARAMETERS))
     uplink.flush()
     store.set(f"compute_cpu_s/{ue}", repr(device.cpu_s))
+    store.set(f"compute_costs/{ue}", device.costs.to_json())
     os._exit(0)  # skip gloo teardown: the BS may already be gone
 
 
@@ -426,6 +461,7 @@ class _BaseStation:
         self.t0 = 0.0
         self.paused_s = 0.0  # evaluation time, kept off the training clock
         self.evaluations: list[Evaluation] = []
+        self.costs = ComputeTally()  # host CPU of the BS's computations, per kind and size
 
     def clock(self) -> float:
         """Training time so far: wall time since "start" less the evaluations."""
@@ -543,12 +579,14 @@ class _BaseStation:
                 continue
             owed[event.ue] -= 1
             if kind == "activation":
-                self._serve_micro_batch(event)
+                started = time.thread_time()
+                size = self._serve_micro_batch(event)
+                self.costs.add("serve", size, time.thread_time() - started)
                 contributed.add(event.ue)
             received.append(event)
         return received
 
-    def _serve_micro_batch(self, event: _Event) -> None:
+    def _serve_micro_batch(self, event: _Event) -> int:
         assert event.tensor is not None
         message = event.tensor.view(-1, self.shape.activation_width + 1)
         activation = message[:, :-1].reshape(-1, *self.shape.activation_shape).requires_grad_(True)
@@ -560,6 +598,7 @@ class _BaseStation:
         assert activation.grad is not None
         session = self.sessions[event.ue]
         session.downlink.send(activation.grad.reshape(-1), TAG_GRADIENT, self.rates.downlink_bps[event.ue])
+        return len(labels)
 
     # rounds -------------------------------------------------------------------------------
 
@@ -579,9 +618,13 @@ class _BaseStation:
             for p in self.server.parameters():
                 if p.grad is not None:
                     p.grad /= len(contributed)
+            started = time.thread_time()
             self.optimiser.lr = learning_rate(self.config, self.shape, r)
             self.optimiser.step()
-        self.optimiser.zero_grad()
+            self.optimiser.zero_grad()
+            self.costs.add("step", self.config.batch_per_ue, time.thread_time() - started)
+        else:
+            self.optimiser.zero_grad()
         if _is_sync_round(self.shape, r):
             self._synchronise(r)
         return tuple(sorted(contributed))
@@ -646,6 +689,7 @@ class _BaseStation:
             parameters={n: p.detach().numpy().copy() for n, p in self._final_model().named_parameters()},
             evaluations=self.evaluations,
             evaluation_s=self.paused_s,
+            bs_compute_costs=self.costs,
         )
 
     def _final_model(self) -> nn.Sequential:
@@ -784,4 +828,6 @@ def train(
         key = f"compute_cpu_s/{k}"
         if store.check([key]):
             result.ue_compute_cpu_s[k] = float(store.get(key).decode())
+        if store.check([f"compute_costs/{k}"]):
+            result.ue_compute_costs[k] = ComputeTally.from_json(store.get(f"compute_costs/{k}").decode())
     return result

@@ -163,3 +163,45 @@ def measure_message_latency(count: int = 40) -> float:
         if echo.is_alive():
             echo.kill()
     return statistics.median(round_trips) / 2
+
+
+def measure_late_receive(count: int = 40) -> float:
+    """The median of ``late_receive_samples``: what the latency model adds to a message taken late."""
+    return statistics.median(late_receive_samples(count))
+
+
+def late_receive_samples(count: int = 40) -> list[float]:
+    """What taking a message costs a receiver that asks for it after it was sent, measured now.
+
+    gloo moves a message only once the receiver has posted its receive. A UE that computes while
+    the BS sends its gradients asks for each one after it was sent, and then waits for the
+    hand-off: its receive reaches the sender's side, the message comes over, the waiting thread is
+    woken. We ask the echo process (the runtime's path: its ``PacedSender`` thread and gloo) for a
+    tiny message, idle until it has surely been sent, and time the receive, ``count`` times
+    (``measure_late_receive``: their median). The latency model adds it to every message taken this way.
+    """
+    store = dist.TCPStore(
+        "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=60)
+    )
+    echo = multiprocessing.get_context("spawn").Process(
+        target=_echo_process, args=(store.port, count + 5), daemon=True
+    )
+    echo.start()
+    try:
+        group = dist.ProcessGroupGloo(dist.PrefixStore("echo", store), 0, 2, datetime.timedelta(seconds=60))
+        sender = PacedSender(group, 1, name="echo-downlink")
+        takes = []
+        buffer = torch.empty(1)
+        for i in range(count + 5):
+            sender.send(torch.full((1,), float(i)), ECHO_TAG, rate_bps=1e12)
+            time.sleep(IDLE_BEFORE_PROBE_S)  # the echo has answered by now: its reply waits for us
+            start = time.monotonic()
+            group.recv([buffer], 1, ECHO_TAG).wait()
+            if i >= 5:  # the first exchanges set up the pair
+                takes.append(time.monotonic() - start)
+        sender.close()
+    finally:
+        echo.join(timeout=10)
+        if echo.is_alive():
+            echo.kill()
+    return takes
