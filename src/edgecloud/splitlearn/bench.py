@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,7 +37,7 @@ from edgecloud.splitlearn.models import build_model
 from edgecloud.splitlearn.optimizer import optimise, sequential_plan
 from edgecloud.splitlearn.profiling import ComputeSpeed, ModelProfile, calibrate, profile_model
 from edgecloud.splitlearn.runtime import Progress, TrainConfig, TrainResult, sync_period, train
-from edgecloud.splitlearn.transport import measure_late_receive, measure_message_latency
+from edgecloud.splitlearn.transport import late_receive_samples, measure_late_receive, measure_message_latency
 
 SCHEMES = ("sequential", "c2p2sl", "c2p2sl_fixed_cut")
 SCHEME_LABELS = {
@@ -297,7 +298,8 @@ def run_bench(
             on_run(f"{bandwidth:g} MHz {SCHEME_LABELS[scheme]}")
             # The message latency follows the machine's load, which drifts over a long bench:
             # the prediction of each run uses one measured just before it.
-            latency, late = measure_message_latency(), measure_late_receive()
+            latency, takes = measure_message_latency(), late_receive_samples()
+            late = statistics.mean(takes)  # what measure_late_receive returns
             # The prediction is of the emulated run: five processes computing on this host's cores.
             now = replace(scenario, message_latency_s=latency, late_receive_s=late, host_cores=host_cores())
             predicted = simulate(now, plan, rounds, now.rounds_per_sync).round_end_s
@@ -307,10 +309,13 @@ def run_bench(
             record["load_average_1min"] = [round(load_before, 2), round(load_average(), 2)]
             record["message_latency_s"] = latency
             record["late_receive_s"] = late
+            record["late_receive_median_s"] = statistics.median(takes)
             # The model without the late-receive hand-off, to show what it adds.
             without = simulate(replace(now, late_receive_s=0.0), plan, rounds, now.rounds_per_sync).total_s
             record["predicted_s_without_late_receive"] = without
             record["prediction_error_without_late_receive"] = (without - result.time_s) / result.time_s
+            median = replace(now, late_receive_s=record["late_receive_median_s"])
+            record["predicted_s_late_receive_median"] = simulate(median, plan, rounds, now.rounds_per_sync).total_s
             record["host_cores"] = now.host_cores
             # What every computation cost in this run (host CPU s, by kind and size), against the model's.
             record["compute_cpu_s"] = {
