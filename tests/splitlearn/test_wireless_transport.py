@@ -1,5 +1,6 @@
 import datetime
 import math
+import statistics
 import threading
 
 import pytest
@@ -8,7 +9,7 @@ import torch.distributed as dist
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgecloud.splitlearn.transport import LinkClock, PacedSender
+from edgecloud.splitlearn.transport import IDLE_BEFORE_PROBE_S, LinkClock, PacedSender, late_receive_samples
 from edgecloud.splitlearn.wireless import shannon_rate_bps, spectral_efficiency, transfer_seconds
 
 
@@ -74,3 +75,11 @@ def test_paced_sender_delivers_tensors_intact_and_in_order() -> None:
     sender.close()
     assert sender.error is None
     assert all(torch.equal(a, b) for a, b in zip(sent, received, strict=True))
+
+
+def test_the_late_receive_probe_times_only_the_hand_off() -> None:
+    """Each probe idles so that the echo's reply is already waiting when it asks for it; it must
+    time the receive (the hand-off), not that idle wait."""
+    takes = late_receive_samples(count=9)
+    assert len(takes) == 9 and min(takes) > 0
+    assert statistics.median(takes) < IDLE_BEFORE_PROBE_S
