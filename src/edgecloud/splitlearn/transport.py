@@ -23,6 +23,8 @@ import queue
 import statistics
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -120,6 +122,25 @@ def _echo_process(port: int, count: int) -> None:
     os._exit(0)
 
 
+@contextmanager
+def _echo_peer(count: int) -> Iterator[tuple[dist.ProcessGroup, PacedSender]]:
+    """A second process that answers each of ``count`` tiny messages, and our side of its pair."""
+    store = dist.TCPStore(
+        "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=60)
+    )
+    echo = multiprocessing.get_context("spawn").Process(target=_echo_process, args=(store.port, count), daemon=True)
+    echo.start()
+    try:
+        group = dist.ProcessGroupGloo(dist.PrefixStore("echo", store), 0, 2, datetime.timedelta(seconds=60))
+        sender = PacedSender(group, 1, name="echo-downlink")
+        yield group, sender
+        sender.close()
+    finally:
+        echo.join(timeout=10)
+        if echo.is_alive():
+            echo.kill()
+
+
 def measure_message_latency(count: int = 40) -> float:
     """One-way latency of a tiny message through the runtime's own path, measured now.
 
@@ -128,16 +149,7 @@ def measure_message_latency(count: int = 40) -> float:
     ``count`` one-element tensors with a second process over exactly that path and return half
     the median round trip, which the latency model adds to every message.
     """
-    store = dist.TCPStore(
-        "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=60)
-    )
-    echo = multiprocessing.get_context("spawn").Process(
-        target=_echo_process, args=(store.port, count + 5), daemon=True
-    )
-    echo.start()
-    try:
-        group = dist.ProcessGroupGloo(dist.PrefixStore("echo", store), 0, 2, datetime.timedelta(seconds=60))
-        sender = PacedSender(group, 1, name="echo-downlink")
+    with _echo_peer(count + 5) as (group, sender):
         replies: queue.Queue[torch.Tensor] = queue.Queue()
 
         def receive() -> None:
@@ -157,11 +169,6 @@ def measure_message_latency(count: int = 40) -> float:
             replies.get(timeout=30)
             if i >= 5:  # the first exchanges set up the pair
                 round_trips.append(time.monotonic() - start)
-        sender.close()
-    finally:
-        echo.join(timeout=10)
-        if echo.is_alive():
-            echo.kill()
     return statistics.median(round_trips) / 2
 
 
@@ -184,17 +191,8 @@ def late_receive_samples(count: int = 40) -> list[float]:
     tiny message, idle until it has surely been sent, and time the receive, ``count`` times
     (``measure_late_receive``: their mean). The latency model adds it to every message taken this way.
     """
-    store = dist.TCPStore(
-        "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=60)
-    )
-    echo = multiprocessing.get_context("spawn").Process(
-        target=_echo_process, args=(store.port, count + 5), daemon=True
-    )
-    echo.start()
-    try:
-        group = dist.ProcessGroupGloo(dist.PrefixStore("echo", store), 0, 2, datetime.timedelta(seconds=60))
-        sender = PacedSender(group, 1, name="echo-downlink")
-        takes = []
+    takes = []
+    with _echo_peer(count + 5) as (group, sender):
         buffer = torch.empty(1)
         for i in range(count + 5):
             sender.send(torch.full((1,), float(i)), ECHO_TAG, rate_bps=1e12)
@@ -203,9 +201,4 @@ def late_receive_samples(count: int = 40) -> list[float]:
             group.recv([buffer], 1, ECHO_TAG).wait()
             if i >= 5:  # the first exchanges set up the pair
                 takes.append(time.monotonic() - start)
-        sender.close()
-    finally:
-        echo.join(timeout=10)
-        if echo.is_alive():
-            echo.kill()
     return takes
