@@ -24,6 +24,7 @@ def test_packed_linear_equals_torch_linear(rows: int, bias: bool) -> None:
     x = torch.randn(rows, 96, generator=gen)
     layer = packed.PackedLinear(linear)
     torch.testing.assert_close(layer(x), linear(x), atol=1e-4, rtol=1e-5)
+    assert torch.equal(layer.weight, linear.weight.detach())  # unpacked on demand, bit for bit
     torch.testing.assert_close(layer(x.view(1, rows, 96)), linear(x).view(1, rows, 200), atol=1e-4, rtol=1e-5)
 
 

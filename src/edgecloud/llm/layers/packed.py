@@ -8,8 +8,10 @@ at 64 rows, about 2x at 8 rows, and the 49,152-wide LM head 1.8x at 64 rows; res
 ``F.linear`` to float32 rounding (the sums run in another order).
 
 ``pack_linears`` swaps the model's ``torch.nn.Linear`` modules (the decoder's projections and the
-LM head) for ``PackedLinear`` after the weights are loaded and before LoRA wraps them. The plain
-weight is dropped where nothing else holds it; a tied LM head keeps the embedding it shares.
+LM head) for ``PackedLinear`` after the weights are loaded (and quantized) and before LoRA wraps
+them. The plain weight is dropped where nothing else holds it (``PackedLinear.weight`` unpacks a
+copy on demand, so ``quantize_model`` still works on a loaded engine); a tied LM head keeps the
+embedding it shares.
 ``EDGECLOUD_ONEDNN_LINEAR=0`` keeps ``F.linear``.
 """
 
@@ -44,6 +46,12 @@ class PackedLinear(torch.nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), BATCH_HINT)
         self.bias = linear.bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The plain ``[out, in]`` weight, unpacked on each read (for code that quantizes or inspects
+        a loaded model; the forward pass never needs it)."""
+        return self.packed.to_dense()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
