@@ -62,6 +62,10 @@ int edgecloud_paged_decode_f32(const float *q, const float *k_cache, const float
         for (int64_t seq = 0; seq < num_seqs; seq++) {
             if (scores == NULL || acc == NULL || qv == NULL) continue;
             const int64_t len = context_lens[seq];
+            if (len <= 0) { /* nothing cached: a zero output, never 0/0 */
+                for (int64_t i = 0; i < num_q_heads * head_dim; i++) out[seq * num_q_heads * head_dim + i] = 0.0f;
+                continue;
+            }
             const int64_t *table = block_tables + seq * table_stride;
             const float *qs = q + seq * num_q_heads * head_dim;
             for (int64_t i = 0; i < num_q_heads * chunks; i++) qv[i] = *(const v8 *)(qs + i * 8) * scale;
