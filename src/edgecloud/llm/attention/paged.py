@@ -40,11 +40,8 @@ class PagedDecodePlan:
     context_lens: torch.Tensor  # [num_seqs] int64
     lengths: list[int]
     block_size: int
+    max_context: int
     _groups: list[LengthGroup] | None = None
-
-    @property
-    def max_context(self) -> int:
-        return max(self.lengths, default=0)
 
     @property
     def groups(self) -> list[LengthGroup]:
@@ -89,9 +86,9 @@ class PagedDecodeAttention(DecodeAttentionBackend):
     name = "paged"
 
     def plan(self, batch: DecodeBatch) -> PagedDecodePlan:
-        return PagedDecodePlan(
-            batch.block_table_tensor(), batch.context_lens_tensor(), list(batch.context_lens), batch.block_size
-        )
+        lengths = list(batch.context_lens)
+        return PagedDecodePlan(batch.block_table_tensor(), batch.context_lens_tensor(), lengths, batch.block_size,
+                               max(lengths, default=0))
 
     def forward(
         self,
