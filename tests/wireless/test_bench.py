@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -154,8 +155,14 @@ def test_bench_runs_every_family_end_to_end_on_tiny_data(shard_dir: Path, tmp_pa
         pretrain=TrainConfig(steps=2, batch_size=4, warmup=1, predict_rows=2),
         probe=ProbeConfig(min_steps=2, max_steps=2, batch_size=4),
     )
-    report = run_bench(shard_dir, config, tmp_path / "ckpt")
+    partials: list[dict] = []
+    report = run_bench(shard_dir, config, tmp_path / "ckpt", on_partial=partials.append)
     assert (tmp_path / "ckpt" / "model.safetensors").exists()
+    assert report["complete"] and not any(p["complete"] for p in partials)
+    # retrieval of the anchored model first, then the sensing tasks at 100% before 50%
+    assert partials[0]["retrieval"] and not partials[0]["tasks"]
+    assert {r["label_fraction"] for r in partials[3]["tasks"]} == {1.0}
+    assert [len(p["tasks"]) for p in partials] == sorted(len(p["tasks"]) for p in partials)
     families = {"wmlm", "wmlm_finetuned", "task_specific"}
     for task in ("los", "position", "beam", "predict"):
         for fraction in config.fractions:
@@ -167,3 +174,12 @@ def test_bench_runs_every_family_end_to_end_on_tiny_data(shard_dir: Path, tmp_pa
     assert all(r["seed"] == 0 for r in report["tasks"] + report["retrieval"])
     assert len(summary(report)) == 4 * 2 * 2
     write_json(merge_reports([report]), tmp_path / "r.json")
+    again = run_bench(shard_dir, config, tmp_path / "ckpt")  # loads the checkpoint: same frozen numbers
+
+    def frozen(r: dict) -> list:
+        return [(t["task"], t["label_fraction"], t["metric"], t["value"]) for t in r["tasks"] if t["model"] == "wmlm"]
+
+    assert frozen(report) == frozen(again)
+    other = replace(config, pretrain=replace(config.pretrain, batch_size=6))
+    with pytest.raises(ValueError, match="pretrained with"):
+        run_bench(shard_dir, other, tmp_path / "ckpt")

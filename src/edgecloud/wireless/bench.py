@@ -66,7 +66,7 @@ class BenchConfig:
     unseen_scenes: int = 800
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     model: str = "cpu"
-    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400))
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400, batch_size=128))
     probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(max_steps=200))
     seed: int = 0
 
@@ -130,8 +130,16 @@ def run_bench(
     config: BenchConfig,
     checkpoint: Path | None = None,
     on_stage: Callable[[str], None] | None = None,
+    on_partial: Callable[[dict[str, object]], None] | None = None,
 ) -> dict[str, object]:
-    """Everything in the module docstring; returns the report (also what ``write_json`` writes)."""
+    """Everything in the module docstring; returns the report (also what ``write_json`` writes).
+
+    Stages run in order of what they answer first, and ``on_partial`` gets the report so far after
+    each one (``"complete": False`` until the end), so a run cut short on a busy machine still leaves
+    its finished stages: pretraining, the anchored model's retrieval, the sensing tasks at 100%, 10%,
+    then 1% of the labels, channel prediction, and last the image-text ablation. The order changes
+    no number: every fit seeds itself.
+    """
     stage = on_stage or (lambda _label: None)
     started = time.perf_counter()
     threads = torch.get_num_threads()
@@ -150,8 +158,14 @@ def run_bench(
 
     pretrain_log: list[dict[str, float]] = []
     if checkpoint is not None and (checkpoint / "model.safetensors").exists():
-        model = load_checkpoint(checkpoint)
         meta = json.loads((checkpoint / "config.json").read_text())
+        trained_with = meta.get("pretrain")
+        if trained_with is not None and trained_with != asdict(config.pretrain):
+            raise ValueError(
+                f"{checkpoint} was pretrained with {trained_with}, the bench asks for {asdict(config.pretrain)}: "
+                "use another --checkpoint directory"
+            )
+        model = load_checkpoint(checkpoint)
         pretrain_log = meta.get("log", [])
         timings["pretrain (loaded)"] = float(meta.get("train_s", float("nan")))
     else:
@@ -159,20 +173,52 @@ def run_bench(
             model, log = pretrain(data, splits.train, model_config, config.pretrain, ANCHOR_PAIRS)
         pretrain_log.extend(log)
         if checkpoint is not None:
-            save_checkpoint(model, checkpoint, {"log": log[-1:], "train_s": timings["pretrain wmlm (anchored)"]})
-    ablation_config = TrainConfig(**{**asdict(config.pretrain), "predict_rows": 0})
-    with timed("pretrain ablation (image-text direct)"):
-        ablation = pretrain(data, splits.train, model_config, ablation_config, DIRECT_PAIRS)[0]
+            save_checkpoint(
+                model,
+                checkpoint,
+                {
+                    "log": log[-1:],
+                    "train_s": timings["pretrain wmlm (anchored)"],
+                    "pretrain": asdict(config.pretrain),
+                },
+            )
 
     rows: list[dict[str, object]] = []
     general: list[dict[str, object]] = []
     fitted: list[dict[str, object]] = []
     diagnostics: list[dict[str, object]] = []
-    features = {
-        name: frozen_features(model.wireless, data, r)
-        for name, r in (("train", splits.train), ("test", splits.test), ("unseen", splits.unseen))
-    }
-    position_in_train = {int(r): i for i, r in enumerate(splits.train)}
+    retrieval: list[dict[str, object]] = []
+    reference: dict[str, object] = {}
+    chance = 1.0 / len(splits.test)
+
+    def report(complete: bool) -> dict[str, object]:
+        return {
+            "complete": complete,
+            "tasks": list(rows),
+            "retrieval": list(retrieval),
+            "generalisation": list(general),
+            "fit_on_labelled_rows": list(fitted),
+            "diagnostics": list(diagnostics),
+            "reference": dict(reference),
+            "splits": {
+                "train": len(splits.train),
+                "test": len(splits.test),
+                "unseen": len(splits.unseen),
+                "train_layout": "main",
+                "unseen_layout": "narrow",
+            },
+            "data": {"dir": str(data_dir), "stats": data.manifest.get("stats")},
+            "pretraining": {"final_losses": pretrain_log[-1] if pretrain_log else None},
+            "config": {"bench": asdict(config), "model": model_config.to_json()},
+            "timings_s": dict(timings),
+            "wall_s": time.perf_counter() - started,
+            "machine_before": machine_before,
+            "machine_after": machine_description(threads),
+        }
+
+    def partial() -> None:
+        if on_partial is not None:
+            on_partial(report(complete=False))
 
     def record(task: str, fraction: float, family: str, metrics: dict[str, float], into: list) -> None:
         for metric, value in metrics.items():
@@ -187,13 +233,48 @@ def run_bench(
                 }
             )
 
-    for task in SENSING_TASKS:
-        test_y, unseen_y = labels(data, splits.test, task), labels(data, splits.unseen, task)
-        for fraction in config.fractions:
-            labelled = splits.labelled(fraction, config.seed)
-            idx = torch.tensor([position_in_train[int(r)] for r in labelled])
+    def add_retrieval(source: dict[str, torch.Tensor], family: str, pairs: tuple[tuple[str, str], ...]) -> None:
+        for a, b in pairs:
+            retrieval.append(
+                {
+                    "pair": f"{a}->{b}",
+                    "model": family,
+                    "recall_at_1": recall_at_1(source[a], source[b]),
+                    "chance": chance,
+                    "trained_together": family != "wmlm" or "wireless" in (a, b),
+                    "seed": config.seed,
+                }
+            )
+
+    stage("retrieval (anchored)")
+    anchored = embeddings(model, data, splits.test, ["wireless", "image", "lidar", "text"])
+    add_retrieval(
+        anchored,
+        "wmlm",
+        (
+            ("wireless", "image"),
+            ("wireless", "lidar"),
+            ("wireless", "text"),
+            ("image", "text"),
+            ("text", "image"),
+            ("lidar", "text"),
+            ("image", "lidar"),
+        ),
+    )
+    partial()
+
+    features = {
+        name: frozen_features(model.wireless, data, r)
+        for name, r in (("train", splits.train), ("test", splits.test), ("unseen", splits.unseen))
+    }
+    position_in_train = {int(r): i for i, r in enumerate(splits.train)}
+    for fraction in sorted(config.fractions, reverse=True):
+        labelled = splits.labelled(fraction, config.seed)
+        idx = torch.tensor([position_in_train[int(r)] for r in labelled])
+        for task in SENSING_TASKS:
+            test_y, unseen_y, train_y = (labels(data, r, task) for r in (splits.test, splits.unseen, labelled))
             with timed(f"{task} {fraction:.0%} wmlm head"):
-                head = fit_head(features["train"][idx], labels(data, labelled, task), task, config.probe)
+                head = fit_head(features["train"][idx], train_y, task, config.probe)
             with timed(f"{task} {fraction:.0%} wmlm fine-tuned"):
                 tuned = fit_end_to_end(data, labelled, task, model_config, config.probe, model.wireless)
             with timed(f"{task} {fraction:.0%} task-specific"):
@@ -203,7 +284,6 @@ def run_bench(
             record(task, fraction, "task_specific", evaluate_end_to_end(e2e, data, splits.test, task), rows)
             # The same metrics on the labelled rows they were fitted to: a family that is poor here
             # too lacks the information (underfits), one that is good here only overfits.
-            train_y = labels(data, labelled, task)
             record(task, fraction, "wmlm", evaluate_head(head, features["train"][idx], train_y, task), fitted)
             for family, fitted_model in (("wmlm_finetuned", tuned), ("task_specific", e2e)):
                 record(task, fraction, family, evaluate_end_to_end(fitted_model, data, labelled, task), fitted)
@@ -226,13 +306,14 @@ def run_bench(
                     ("task_specific", evaluate_end_to_end(e2e, data, splits.unseen, task)),
                 ):
                     record(task, fraction, family, metrics, general)
+            partial()
 
-    copy_last = {
+    reference["copy_last_nmse_db"] = {
         "test": copy_last_nmse_db(data, splits.test, model_config),
         "unseen": copy_last_nmse_db(data, splits.unseen, model_config),
     }
-    pretrained_nmse = prediction_nmse_db(model, data, splits.test)
-    for fraction in config.fractions:
+    reference["pretrained_decoder_nmse_db"] = prediction_nmse_db(model, data, splits.test)
+    for fraction in sorted(config.fractions, reverse=True):
         labelled = splits.labelled(fraction, config.seed)
         with timed(f"predict {fraction:.0%} wmlm decoder"):
             decoder_only = fit_predictor_frozen(load_copy(model), data, labelled, config.probe)
@@ -246,66 +327,15 @@ def run_bench(
             if fraction == max(config.fractions):
                 nmse_unseen = prediction_nmse_db(predictor, data, splits.unseen)
                 record("predict", fraction, family, {"nmse_db": nmse_unseen}, general)
+        partial()
 
-    stage("retrieval")
-    chance = 1.0 / len(splits.test)
-    anchored = embeddings(model, data, splits.test, ["wireless", "image", "lidar", "text"])
+    ablation_config = TrainConfig(**{**asdict(config.pretrain), "predict_rows": 0})
+    with timed("pretrain ablation (image-text direct)"):
+        ablation = pretrain(data, splits.train, model_config, ablation_config, DIRECT_PAIRS)[0]
+    stage("retrieval (ablation)")
     direct = embeddings(ablation, data, splits.test, ["image", "text"])
-    retrieval = []
-    for name, source, a, b in (
-        ("wireless->image", anchored, "wireless", "image"),
-        ("wireless->lidar", anchored, "wireless", "lidar"),
-        ("wireless->text", anchored, "wireless", "text"),
-        ("image->text", anchored, "image", "text"),
-        ("text->image", anchored, "text", "image"),
-        ("lidar->text", anchored, "lidar", "text"),
-        ("image->lidar", anchored, "image", "lidar"),
-    ):
-        emergent = "wireless" not in (a, b)
-        retrieval.append(
-            {
-                "pair": name,
-                "model": "wmlm",
-                "recall_at_1": recall_at_1(source[a], source[b]),
-                "chance": chance,
-                "trained_together": not emergent,
-                "seed": config.seed,
-            }
-        )
-    for name, a, b in (("image->text", "image", "text"), ("text->image", "text", "image")):
-        retrieval.append(
-            {
-                "pair": name,
-                "model": "ablation_direct_image_text",
-                "recall_at_1": recall_at_1(direct[a], direct[b]),
-                "chance": chance,
-                "trained_together": True,
-                "seed": config.seed,
-            }
-        )
-
-    return {
-        "tasks": rows,
-        "retrieval": retrieval,
-        "generalisation": general,
-        "fit_on_labelled_rows": fitted,
-        "diagnostics": diagnostics,
-        "reference": {"copy_last_nmse_db": copy_last, "pretrained_decoder_nmse_db": pretrained_nmse},
-        "splits": {
-            "train": len(splits.train),
-            "test": len(splits.test),
-            "unseen": len(splits.unseen),
-            "train_layout": "main",
-            "unseen_layout": "narrow",
-        },
-        "data": {"dir": str(data_dir), "stats": data.manifest.get("stats")},
-        "pretraining": {"final_losses": pretrain_log[-1] if pretrain_log else None},
-        "config": {"bench": asdict(config), "model": model_config.to_json()},
-        "timings_s": timings,
-        "wall_s": time.perf_counter() - started,
-        "machine_before": machine_before,
-        "machine_after": machine_description(threads),
-    }
+    add_retrieval(direct, "ablation_direct_image_text", (("image", "text"), ("text", "image")))
+    return report(complete=True)
 
 
 def load_copy(model: WMLM) -> WMLM:
@@ -414,6 +444,7 @@ def merge_reports(reports: list[dict[str, object]]) -> dict[str, object]:
         {"seed": seed, **{k: r[k] for k in keep if k in r}} for seed, r in zip(seeds, reports, strict=True)
     ]
     merged["seeds"] = seeds
+    merged["complete"] = all(report.get("complete", True) for report in reports)
     for key in ("splits", "data"):
         merged[key] = reports[0].get(key)
     merged["config"] = {**reports[0]["config"], "bench": {**reports[0]["config"]["bench"], "seed": seeds}}  # type: ignore[dict-item]
@@ -426,9 +457,10 @@ def write_json(report: dict[str, object], path: Path) -> None:
     path.write_text(json.dumps({**report, **extra}, indent=2) + "\n")
 
 
-def _copy_last_db(report: dict[str, object]) -> float:
+def _copy_last_db(report: dict[str, object]) -> float | None:
     runs = report.get("runs") or [report]
-    return float(np.mean([r["reference"]["copy_last_nmse_db"]["test"] for r in runs]))  # type: ignore[index]
+    values = [r["reference"]["copy_last_nmse_db"]["test"] for r in runs if "copy_last_nmse_db" in r["reference"]]  # type: ignore[index,operator]
+    return float(np.mean(values)) if values else None
 
 
 FAMILY_STYLE = {
@@ -463,7 +495,7 @@ def plot(report: dict[str, object], path: Path) -> None:
             low = mean - np.array([min(p[1]) for p in points])
             high = np.array([max(p[1]) for p in points]) - mean
             ax.errorbar(x, mean, yerr=[low, high], fmt=style, capsize=3, label=label)
-        if task == "predict":
+        if task == "predict" and _copy_last_db(report) is not None:
             ax.axhline(_copy_last_db(report), color="grey", ls=":", label="copy last")
         ax.set_xscale("log")
         ax.set_xlabel("labels used (%)")

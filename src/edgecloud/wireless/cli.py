@@ -156,12 +156,17 @@ def _bench(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 on_progress=lambda n: progress.advance(task, n),
             )
-    report = run_bench(
-        data_dir,
-        config,
-        Path(args.checkpoint) if args.checkpoint else None,
-        on_stage=lambda label: print(f"[{time.strftime('%H:%M:%S')}] {label}", flush=True),
-    )
+    try:
+        report = run_bench(
+            data_dir,
+            config,
+            Path(args.checkpoint) if args.checkpoint else None,
+            on_stage=lambda label: print(f"[{time.strftime('%H:%M:%S')}] {label}", flush=True),
+            # a long run on a busy machine leaves what it has finished (marked "complete": false)
+            on_partial=(lambda partial: write_json(partial, Path(args.json))) if args.json else None,
+        )
+    except ValueError as error:  # data too small for the splits, a checkpoint of another protocol
+        raise SystemExit(f"wireless bench: {error}") from error
     _print_bench(report)
     print(
         f"wall {report['wall_s']:.0f} s; load {report['machine_before']['loadavg']} -> "
@@ -219,7 +224,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     train.add_argument("--out", required=True, help="checkpoint directory")
     train.add_argument("--config", choices=("cpu", "gpu"), default="cpu")
     train.add_argument("--steps", type=_positive_int, default=400)
-    train.add_argument("--batch-size", type=_positive_int, default=64)
+    train.add_argument("--batch-size", type=_positive_int, default=128)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument(
         "--train-scenes",
@@ -244,7 +249,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     run.add_argument("--checkpoint", help="pretrained WMLM to use (trained and saved there when missing)")
     run.add_argument("--config", choices=("cpu", "gpu"), default="cpu")
     run.add_argument("--steps", type=_positive_int, default=400, help="pretraining steps (anchored and ablation)")
-    run.add_argument("--batch-size", type=_positive_int, default=64, help="pretraining batch (contrastive negatives)")
+    run.add_argument("--batch-size", type=_positive_int, default=128, help="pretraining batch (contrastive negatives)")
     run.add_argument("--probe-max-steps", type=_positive_int, default=200)
     run.add_argument("--train-scenes", type=_positive_int, default=3200)
     run.add_argument("--test-scenes", type=_positive_int, default=800)
