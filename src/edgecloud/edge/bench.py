@@ -162,6 +162,31 @@ def mooncake_workload(
     return out
 
 
+def trace_workload(
+    path: str | Path, conversations: int, scale: float, corpus: ProseCorpus, count: Callable[[str], int],
+    seed: int, min_turns: int = 2,
+) -> list[Conversation]:
+    """The trace's conversations as they are, scaled: the first ``conversations`` conversations of
+    ``min_turns`` turns or more in arrival order, each with all its turns, and every length (the
+    opening context, each later message as what the trace added beyond the previous answer, each
+    answer budget) times ``scale`` (at least one token). The number of turns, and the proportion of
+    a conversation's opening context to what its later messages add, are the trace's."""
+    rng = random.Random(seed)
+    chains = [c for c in mooncake_chains(path) if len(c) >= min_turns][:conversations]
+    if len(chains) < conversations:
+        raise ValueError(f"{path}: only {len(chains)} conversations have {min_turns} turns or more")
+    out = []
+    for i, chain in enumerate(chains):
+        lengths, budgets = [], []
+        for k, (input_len, output_len) in enumerate(chain):
+            new = input_len if k == 0 else input_len - chain[k - 1][0] - chain[k - 1][1]
+            lengths.append(max(1, round(new * scale)))
+            budgets.append(max(1, round(output_len * scale)))
+        messages = tuple(corpus.text(rng, n, count) for n in lengths)
+        out.append(Conversation(f"mooncake-{i}", messages, tuple(budgets)))
+    return out
+
+
 def roaming_workload(conversations: int, turns: int, user_tokens: tuple[int, int], max_tokens: int,
                      corpus: ProseCorpus, count: Callable[[str], int], seed: int) -> list[Conversation]:
     rng = random.Random(seed + 1)
@@ -482,6 +507,25 @@ def _paired(mode_a: dict[str, Any], mode_b: dict[str, Any], key: str) -> tuple[l
     return [a[k] for k in common], [b[k] for k in common]
 
 
+def per_turn(mode_a: dict[str, Any], mode_b: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """``key``'s medians in both modes at each turn of the conversations (1 = a conversation's first
+    turn), over the turns both answered, and their ratio."""
+    import numpy as np
+
+    def by_turn(mode: dict[str, Any]) -> dict[tuple[str, int], float]:
+        return {(r["conversation"], r["turn"]): r[key] for r in mode["records"] if r["status"] == 200}
+
+    a, b = by_turn(mode_a), by_turn(mode_b)
+    rows = []
+    for turn in sorted({k for _, k in set(a) & set(b)}):
+        common = [c for c in set(a) & set(b) if c[1] == turn]
+        median_a = float(np.median([a[c] for c in common]))
+        median_b = float(np.median([b[c] for c in common]))
+        rows.append({"turn": turn + 1, "n": len(common), "a_p50": median_a, "b_p50": median_b,
+                     "ratio": median_a / median_b if median_b else None})
+    return rows
+
+
 def comparisons(modes: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "tokens" in modes and "text" in modes:
@@ -491,6 +535,17 @@ def comparisons(modes: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
         out["request_tokens_over_client"] = ratio_ci(
             *_paired(modes["tokens"], modes["client"], "request_bytes"), seed=seed)
         out["rt_tokens_over_client"] = ratio_ci(*_paired(modes["tokens"], modes["client"], "rt_ms"), seed=seed)
+    return out
+
+
+def per_turn_comparisons(modes: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The curves behind the medians: each ratio at each turn of the conversations."""
+    out = {}
+    if "tokens" in modes and "text" in modes:
+        out["rt_tokens_over_text"] = per_turn(modes["tokens"], modes["text"], "rt_ms")
+    if "tokens" in modes and "client" in modes:
+        out["request_tokens_over_client"] = per_turn(modes["tokens"], modes["client"], "request_bytes")
+        out["rt_tokens_over_client"] = per_turn(modes["tokens"], modes["client"], "rt_ms")
     return out
 
 
@@ -514,6 +569,10 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-scale", type=float, default=0.05, help="Mooncake opening context length x this")
     parser.add_argument("--output-scale", type=float, default=0.1, help="Mooncake answer budgets x this")
     parser.add_argument("--max-user-tokens", type=int, default=96, help="cap of later Mooncake messages (unscaled)")
+    parser.add_argument("--trace-scale", type=float, default=None, metavar="S",
+                        help="the mooncake workload as the trace has it, scaled: its conversations of 2+ turns "
+                             "(the first --conversations in arrival order) with all their turns, every length x S "
+                             "(--turns, --input-scale, --output-scale, --max-user-tokens: roaming only)")
     parser.add_argument("--user-tokens", default="16:64", help="roaming message lengths A:B")
     parser.add_argument("--max-tokens", type=int, default=48, help="roaming answer budget")
     parser.add_argument("--roam-every", type=int, default=2, help="turns at one node before moving on")
@@ -543,6 +602,8 @@ def run_bench_cli(args: argparse.Namespace) -> int:
         assert 1 <= low <= high
     except (ValueError, AssertionError):
         raise CLIError(f"--user-tokens: expected A:B with 1 <= A <= B, got {args.user_tokens!r}", USAGE) from None
+    if args.trace_scale is not None and not 0 < args.trace_scale <= 1:
+        raise CLIError(f"--trace-scale: expected 0 < S <= 1, got {args.trace_scale:g}", USAGE)
     kill = None
     if args.kill != "none":
         node, _, after = args.kill.partition(":")
@@ -586,7 +647,9 @@ async def run_bench(args: argparse.Namespace, topology: Any, modes: list[str], w
 
     corpus = ProseCorpus()
     loads: dict[str, list[Conversation]] = {}
-    if "mooncake" in workloads:
+    if "mooncake" in workloads and args.trace_scale is not None:
+        loads["mooncake"] = trace_workload(args.trace, args.conversations, args.trace_scale, corpus, count, args.seed)
+    elif "mooncake" in workloads:
         loads["mooncake"] = mooncake_workload(args.trace, args.conversations, args.turns, args.input_scale,
                                               args.output_scale, args.max_user_tokens, corpus, count, args.seed)
     if "roaming" in workloads:
@@ -630,8 +693,8 @@ async def run_bench(args: argparse.Namespace, topology: Any, modes: list[str], w
             await asyncio.gather(*(edge.stop() for edge in edges.values()))
     load = watch.finish()
     topology_name = "default" if args.topology is None else str(args.topology)
-    cases = [{"topology": topology_name, "workload": w, "modes": m, "comparisons": comparisons(m, args.seed)}
-             for w, m in results.items()]
+    cases = [{"topology": topology_name, "workload": w, "modes": m, "comparisons": comparisons(m, args.seed),
+              "per_turn": per_turn_comparisons(m)} for w, m in results.items()]
     if kill_case is not None:
         cases.append({"topology": topology_name, "workload": "roaming+kill", "modes": {"tokens": kill_case},
                       "comparisons": {}})
@@ -666,6 +729,9 @@ def print_summary(report: dict[str, Any]) -> None:
         for name, value in case["comparisons"].items():
             if value["ratio"] is not None:
                 print(f"  {name}: {value['ratio']:.3f} [{value['low']:.3f}, {value['high']:.3f}]")
+        for name, rows in case.get("per_turn", {}).items():
+            cells = " ".join(f"{r['turn']}:{r['ratio']:.2f}(n={r['n']})" for r in rows if r["ratio"] is not None)
+            print(f"  {name} by turn: {cells}")
     trace = report.get("trace_full_length")
     if trace and trace["session_over_client"]["ratio"] is not None:
         ratio = trace["session_over_client"]
