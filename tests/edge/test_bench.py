@@ -151,3 +151,21 @@ def test_sync_bytes_are_paired_by_conversation_and_turn_not_by_position() -> Non
     # paired turn by turn, every pair's ratio is 0.75 (to the byte's rounding): no spread at all
     assert ratio["ratio"] == pytest.approx(0.75, abs=2e-3)
     assert ratio["high"] - ratio["low"] < 5e-3
+
+
+def test_a_turns_prompt_built_from_stored_tokens_equals_the_whole_conversation_rendered_again() -> None:
+    """``edgecloud edge prepare``'s measurement: both ways of building each turn's prompt are timed,
+    and they give the same token ids (the tokens node appends to what is stored; the text one
+    re-renders everything)."""
+    from edgecloud.edge.bench import Conversation, prepare_costs
+    from edgecloud.edge.chat import ChatFormat
+    from edgecloud.llm.model_source import resolve_model
+    from edgecloud.llm.tokenizer import Tokenizer
+    from tests.edge.cluster import DEMO_TEMPLATE
+
+    chat = ChatFormat(Tokenizer(resolve_model("demo").directory, DEMO_TEMPLATE), b"test")
+    conversation = Conversation("c", ("a fool and", "his money", "are soon parted"), (4, 4, 4))
+    rows = prepare_costs(chat, [conversation], [["are soon", "parted", "so they say"]], repeat=2)
+    assert [r["turn"] for r in rows] == [1, 2, 3] and all(r["same"] for r in rows)
+    assert rows[0]["prompt_tokens"] < rows[1]["prompt_tokens"] < rows[2]["prompt_tokens"]
+    assert all(r["text_ms"] > 0 and r["tokens_ms"] > 0 for r in rows)

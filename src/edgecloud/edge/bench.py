@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -547,6 +548,98 @@ def per_turn_comparisons(modes: dict[str, dict[str, Any]]) -> dict[str, list[dic
         out["request_tokens_over_client"] = per_turn(modes["tokens"], modes["client"], "request_bytes")
         out["rt_tokens_over_client"] = per_turn(modes["tokens"], modes["client"], "rt_ms")
     return out
+
+
+# -- building a turn's prompt, without the engine -------------------------------------------------
+
+
+def prepare_costs(chat: Any, conversations: list[Conversation], answers: list[list[str]], repeat: int = 3
+                  ) -> list[dict[str, Any]]:
+    """Each turn's prompt built both ways, timed (median of ``repeat``): ``text`` renders the whole
+    conversation with the chat template and tokenizes it (``ChatFormat.full_prompt``, as a text node
+    does every turn); ``tokens`` unpacks the stored token deltas and appends the new message's
+    tokens (as a tokens node does). ``same`` says whether the two prompts are the same token ids."""
+    import statistics
+
+    from edgecloud.edge.turns import pack_tokens, unpack_tokens
+
+    def timed(work: Callable[[], Any]) -> tuple[float, Any]:
+        times, result = [], None
+        for _ in range(repeat):
+            began = time.perf_counter()
+            result = work()
+            times.append((time.perf_counter() - began) * 1e3)
+        return statistics.median(times), result
+
+    def tokens_prompt(stored: list[tuple[bytes, int]], message: str, first: bool) -> tuple[list[int], Any]:
+        context: list[int] = []
+        for packed, width in stored:
+            context += unpack_tokens(packed, width)
+        user = chat.user_delta(message, first=first)
+        return context + user.ids, user
+
+    rows = []
+    for conversation, replies in zip(conversations, answers, strict=True):
+        history: list[tuple[str, str]] = []
+        stored: list[tuple[bytes, int]] = []
+        for k, (message, reply) in enumerate(zip(conversation.messages, replies, strict=True)):
+            text_ms, text_ids = timed(functools.partial(chat.full_prompt, history, message))
+            tokens_ms, (token_ids, user) = timed(functools.partial(tokens_prompt, stored, message, k == 0))
+            rows.append({"conversation": conversation.name, "turn": k + 1, "prompt_tokens": len(text_ids),
+                         "text_ms": text_ms, "tokens_ms": tokens_ms, "same": text_ids == token_ids})
+            stored.append(pack_tokens(chat.turn_tokens(user, chat.encode(reply))[0]))
+            history.append((message, reply))
+    return rows
+
+
+def run_prepare_cli(args: argparse.Namespace) -> int:
+    """``edgecloud edge prepare``: what re-rendering the whole conversation costs a text node per turn
+    against a tokens node's concatenation, at the trace's lengths (no engine, no nodes)."""
+    from edgecloud.edge.chat import ChatFormat
+    from edgecloud.errors import USAGE, CLIError
+    from edgecloud.llm.model_source import resolve_model
+    from edgecloud.llm.tokenizer import Tokenizer
+
+    if not 0 < args.trace_scale <= 1:
+        raise CLIError(f"--trace-scale: expected 0 < S <= 1, got {args.trace_scale:g}", USAGE)
+    if args.repeat < 1:
+        raise CLIError(f"--repeat: expected >= 1, got {args.repeat}", USAGE)
+    if not Path(args.trace).is_file():
+        raise CLIError(f"--trace: no file {args.trace}", USAGE)
+    source = resolve_model(args.model)
+    tokenizer = Tokenizer(source.directory, args.chat_template)
+    chat = ChatFormat(tokenizer, b"prepare")
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    corpus = ProseCorpus()
+    conversations = trace_workload(args.trace, args.conversations, args.trace_scale, corpus, count, args.seed)
+    from edgecloud.bench.machine import LoadWatch
+
+    watch = LoadWatch.begin()
+    rng = random.Random(args.seed + 2)
+    answers = [[corpus.text(rng, n, count) for n in c.max_tokens] for c in conversations]  # the trace's lengths
+    rows = prepare_costs(chat, conversations, answers, args.repeat)
+    import numpy as np
+
+    def p50(key: str, rows: list[dict[str, Any]]) -> float:
+        return float(np.median([r[key] for r in rows]))
+
+    load = watch.finish()
+    summary = {"turns": len(rows), "prompt_tokens_p50": p50("prompt_tokens", rows), "text_ms_p50": p50("text_ms", rows),
+               "tokens_ms_p50": p50("tokens_ms", rows), "prompts_differ": sum(not r["same"] for r in rows),
+               "text_ms_max": max(r["text_ms"] for r in rows),
+               "prompt_tokens_max": max(r["prompt_tokens"] for r in rows)}
+    report = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                         if k not in ("handler", "debug")} | {"model_name": source.name},
+              "machine": load.as_dict(), "summary": summary, "turns": rows}
+    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"{len(rows)} turns of {len(conversations)} trace conversations x {args.trace_scale:g}: prompt p50 "
+          f"{summary['prompt_tokens_p50']:.0f} tokens (max {summary['prompt_tokens_max']}); building it: text "
+          f"{summary['text_ms_p50']:.2f} ms p50 (max {summary['text_ms_max']:.1f}), tokens "
+          f"{summary['tokens_ms_p50']:.2f} ms p50; prompts that differ: {summary['prompts_differ']}")
+    return 0
 
 
 # -- the benchmark ------------------------------------------------------------------------------
