@@ -137,30 +137,39 @@ def trace_request_tokens(path: str | Path, min_turns: int = 2, seed: int = 0) ->
             "session_over_client": ratio_ci(requests_session, requests_client, seed=seed)}
 
 
+def _chains(path: str | Path, conversations: int, min_turns: int) -> list[list[tuple[int, int]]]:
+    """The trace's first ``conversations`` conversations of ``min_turns`` turns or more."""
+    chains = [c for c in mooncake_chains(path) if len(c) >= min_turns][:conversations]
+    if len(chains) < conversations:
+        raise ValueError(f"{path}: only {len(chains)} conversations have {min_turns} turns or more")
+    return chains
+
+
+def _added(chain: list[tuple[int, int]], k: int) -> int:
+    """What turn ``k``'s prompt adds: the opening context, then what follows the previous answer."""
+    return chain[0][0] if k == 0 else chain[k][0] - chain[k - 1][0] - chain[k - 1][1]
+
+
+def _conversations(sized: list[tuple[list[int], list[int]]], corpus: ProseCorpus, count: Callable[[str], int],
+                   seed: int) -> list[Conversation]:
+    """Prose messages of the given lengths (in the model's tokens), with their answer budgets."""
+    rng = random.Random(seed)
+    return [Conversation(f"mooncake-{i}", tuple(corpus.text(rng, n, count) for n in lengths), tuple(budgets))
+            for i, (lengths, budgets) in enumerate(sized)]
+
+
 def mooncake_workload(
     path: str | Path, conversations: int, turns: int, input_scale: float, output_scale: float,
     max_user_tokens: int, corpus: ProseCorpus, count: Callable[[str], int], seed: int,
 ) -> list[Conversation]:
-    rng = random.Random(seed)
-    chains = [c for c in mooncake_chains(path) if len(c) >= turns][:conversations]
-    if len(chains) < conversations:
-        raise ValueError(f"{path}: only {len(chains)} conversations have {turns} turns or more")
-    out = []
-    for i, chain in enumerate(chains):
-        lengths, budgets = [], []
-        for k, (input_len, output_len) in enumerate(chain[:turns]):
-            if k == 0:
-                new = input_len
-            else:
-                previous_in, previous_out = chain[k - 1]
-                new = input_len - previous_in - previous_out
-            # The opening context (a document, a system prompt) is scaled; later messages are what a
-            # user typed, kept at their length up to a cap.
-            lengths.append(max(4, round(new * input_scale)) if k == 0 else max(4, min(max_user_tokens, new)))
-            budgets.append(max(4, round(output_len * output_scale)))
-        messages = tuple(corpus.text(rng, n, count) for n in lengths)
-        out.append(Conversation(f"mooncake-{i}", messages, tuple(budgets)))
-    return out
+    sized = []
+    for chain in _chains(path, conversations, turns):
+        # The opening context (a document, a system prompt) is scaled; later messages are what a
+        # user typed, kept at their length up to a cap.
+        lengths = [max(4, round(_added(chain, 0) * input_scale))]
+        lengths += [max(4, min(max_user_tokens, _added(chain, k))) for k in range(1, turns)]
+        sized.append((lengths, [max(4, round(out * output_scale)) for _, out in chain[:turns]]))
+    return _conversations(sized, corpus, count, seed)
 
 
 def trace_workload(
@@ -172,20 +181,9 @@ def trace_workload(
     opening context, each later message as what the trace added beyond the previous answer, each
     answer budget) times ``scale`` (at least one token). The number of turns, and the proportion of
     a conversation's opening context to what its later messages add, are the trace's."""
-    rng = random.Random(seed)
-    chains = [c for c in mooncake_chains(path) if len(c) >= min_turns][:conversations]
-    if len(chains) < conversations:
-        raise ValueError(f"{path}: only {len(chains)} conversations have {min_turns} turns or more")
-    out = []
-    for i, chain in enumerate(chains):
-        lengths, budgets = [], []
-        for k, (input_len, output_len) in enumerate(chain):
-            new = input_len if k == 0 else input_len - chain[k - 1][0] - chain[k - 1][1]
-            lengths.append(max(1, round(new * scale)))
-            budgets.append(max(1, round(output_len * scale)))
-        messages = tuple(corpus.text(rng, n, count) for n in lengths)
-        out.append(Conversation(f"mooncake-{i}", messages, tuple(budgets)))
-    return out
+    sized = [([max(1, round(_added(chain, k) * scale)) for k in range(len(chain))],
+              [max(1, round(out * scale)) for _, out in chain]) for chain in _chains(path, conversations, min_turns)]
+    return _conversations(sized, corpus, count, seed)
 
 
 def roaming_workload(conversations: int, turns: int, user_tokens: tuple[int, int], max_tokens: int,
