@@ -835,6 +835,7 @@ def print_summary(report: dict[str, Any]) -> None:
 
 def plot(report: dict[str, Any], path: str | Path) -> None:
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -844,7 +845,7 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     cases = [c for c in report["cases"] if len(c["modes"]) > 1]
     if not cases:
         return
-    figure, axes = plt.subplots(len(cases), 3, figsize=(16, 4.2 * len(cases)), squeeze=False)
+    figure, axes = plt.subplots(len(cases), 4, figsize=(21, 4.2 * len(cases)), squeeze=False)
     colors = {"tokens": "tab:blue", "text": "tab:orange", "client": "tab:green"}
     for row, case in zip(axes, cases, strict=True):
         for mode, m in case["modes"].items():
@@ -857,13 +858,23 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
             if mode != "client" and m["sync_bytes"]:
                 cdf_steps(row[1], m["sync_bytes"], color=colors[mode],
                           label=f"{mode} (p50 {m['sync_bytes_p50']:.0f} B)")
-        titles = ("response time (ms)", "sync bytes per turn (all nodes)", "client request bytes")
+            by_turn: dict[int, list[float]] = {}
+            for r in ok:
+                by_turn.setdefault(r["turn"] + 1, []).append(r["request_bytes"])
+            turns = sorted(by_turn)
+            row[3].plot(turns, [float(np.median(by_turn[k])) for k in turns], marker="o", color=colors[mode],
+                        label=mode)
+        titles = ("response time (ms)", "sync bytes per turn (all nodes)", "client request bytes",
+                  "turn of the conversation")
         for axis, title in zip(row, titles, strict=True):
             axis.set_xlabel(title)
             axis.set_ylabel("fraction of turns")
             axis.grid(alpha=0.3)
             axis.legend(loc="lower right", fontsize=8)
         row[2].set_xscale("log")
+        row[3].set_yscale("log")
+        row[3].set_ylabel("client request bytes, median")
+        row[3].set_title(f"{case['workload']}: request size by turn")
         row[0].set_title(f"{case['workload']}: response time CDF")
         row[1].set_title(f"{case['workload']}: replication traffic per turn")
         row[2].set_title(f"{case['workload']}: client request size")
