@@ -82,12 +82,14 @@ class ProseCorpus:
         """Consecutive sentences from a random place, cut to about ``num_tokens`` tokens."""
         start = rng.randrange(len(self.sentences))
         words: list[str] = []
-        i = start
-        while True:
-            words += self.sentences[i % len(self.sentences)].split()
-            i += 1
+        i, enough = start, max(1, num_tokens // 2)
+        while True:  # enough words, counted O(log n) times (the trace's prompts reach 123k tokens)
+            while len(words) < enough:
+                words += self.sentences[i % len(self.sentences)].split()
+                i += 1
             if count(" ".join(words)) >= num_tokens:
                 break
+            enough = len(words) * 3 // 2 + 1
         low, high = 1, len(words)
         while low < high:  # the fewest words that reach the length
             mid = (low + high) // 2
