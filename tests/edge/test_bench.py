@@ -88,6 +88,19 @@ def test_per_turn_ratios_pair_each_turn_of_each_conversation() -> None:
     assert "rt_tokens_over_text" not in curves
 
 
+def test_turns_whose_re_tokenized_prompt_is_not_the_stored_tokens_are_counted() -> None:
+    def mode(name: str, prompts: list[int]) -> dict:
+        records = [TurnRecord(name, "w", "c0", k, "edge-a", 1, 200, 10.0, 50, prompt_tokens=n)
+                   for k, n in enumerate(prompts)]
+        return {"records": [asdict(r) | {"sync_bytes": 1} for r in records]}
+
+    same = comparisons({"tokens": mode("tokens", [100, 173, 250]), "text": mode("text", [100, 173, 250])}, seed=0)
+    assert same["prompts_differ"] == 0
+    # the first answer re-tokenized one id shorter: every later prompt differs
+    split = comparisons({"tokens": mode("tokens", [100, 173, 250]), "text": mode("text", [100, 172, 249])}, seed=0)
+    assert split["prompts_differ"] == 2
+
+
 def test_a_conversation_starts_at_its_own_node_and_roams_on() -> None:
     nodes = ["a", "b", "c"]
     assert schedule(0, 5, nodes, roam_every=2) == ["a", "a", "b", "b", "c"]

@@ -532,6 +532,10 @@ def comparisons(modes: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
     if "tokens" in modes and "text" in modes:
         out["rt_tokens_over_text"] = ratio_ci(*_paired(modes["tokens"], modes["text"], "rt_ms"), seed=seed)
         out["sync_tokens_over_text"] = ratio_ci(*_paired(modes["tokens"], modes["text"], "sync_bytes"), seed=seed)
+        # turns whose re-rendered, re-tokenized prompt is not the stored tokens (an answer sampled as
+        # other ids than its text tokenizes to): the text node's prefix cache misses from there on
+        out["prompts_differ"] = sum(a != b for a, b in zip(*_paired(modes["tokens"], modes["text"], "prompt_tokens"),
+                                                           strict=True))
     if "tokens" in modes and "client" in modes:
         out["request_tokens_over_client"] = ratio_ci(
             *_paired(modes["tokens"], modes["client"], "request_bytes"), seed=seed)
@@ -820,7 +824,9 @@ def print_summary(report: dict[str, Any]) -> None:
                 (f"{c:.3f}" if isinstance(c, float) and c < 1 else f"{c:.1f}" if isinstance(c, float)
                  else str(c)).rjust(18) for c in cells))
         for name, value in case["comparisons"].items():
-            if value["ratio"] is not None:
+            if not isinstance(value, dict):
+                print(f"  {name}: {value}")
+            elif value["ratio"] is not None:
                 print(f"  {name}: {value['ratio']:.3f} [{value['low']:.3f}, {value['high']:.3f}]")
         for name, rows in case.get("per_turn", {}).items():
             cells = " ".join(f"{r['turn']}:{r['ratio']:.2f}(n={r['n']})" for r in rows if r["ratio"] is not None)
