@@ -463,10 +463,11 @@ def _copy_last_db(report: dict[str, object]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+# marker/line, colour (the same in every panel), label
 FAMILY_STYLE = {
-    "wmlm": ("o-", "WMLM frozen + head"),
-    "wmlm_finetuned": ("^-", "WMLM fine-tuned"),
-    "task_specific": ("s--", "task-specific"),
+    "wmlm": ("o-", "C0", "WMLM frozen + head"),
+    "wmlm_finetuned": ("^-", "C2", "WMLM fine-tuned"),
+    "task_specific": ("s--", "C1", "task-specific"),
 }
 
 
@@ -486,7 +487,7 @@ def plot(report: dict[str, object], path: Path) -> None:
     table = _headline_values(report)
     seeds = sorted({s for values in table.values() for s in values})
     for ax, task in zip(axes.flat, ("los", "position", "beam", "predict"), strict=False):
-        for family, (style, label) in FAMILY_STYLE.items():
+        for family, (style, colour, label) in FAMILY_STYLE.items():
             points = sorted((f, list(v.values())) for (t, f, m), v in table.items() if t == task and m == family)
             if not points:
                 continue
@@ -494,7 +495,7 @@ def plot(report: dict[str, object], path: Path) -> None:
             mean = np.array([np.mean(p[1]) for p in points])
             low = mean - np.array([min(p[1]) for p in points])
             high = np.array([max(p[1]) for p in points]) - mean
-            ax.errorbar(x, mean, yerr=[low, high], fmt=style, capsize=3, label=label)
+            ax.errorbar(x, mean, yerr=[low, high], fmt=style, color=colour, capsize=3, label=label)
         if task == "predict" and _copy_last_db(report) is not None:
             ax.axhline(_copy_last_db(report), color="grey", ls=":", label="copy last")
         ax.set_xscale("log")
@@ -532,7 +533,7 @@ def plot(report: dict[str, object], path: Path) -> None:
     names, change, colours = [], [], []
     top = max(f for (_, f, _) in table)
     for task in ("los", "position", "beam", "predict"):
-        for family, colour in (("wmlm", "C0"), ("wmlm_finetuned", "C2"), ("task_specific", "C1")):
+        for family, (_, colour, _) in FAMILY_STYLE.items():
             seen, new = table.get((task, top, family)), unseen.get((task, top, family))
             if not seen or not new:
                 continue
