@@ -129,10 +129,10 @@ def overhead(llm: LLM, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     for out, p in zip(outs, on, strict=True):
         assert p.structured_outputs is not None
-        matcher = backend.new_matcher(p.structured_outputs)
-        for t in out.outputs[0].token_ids:
-            backend.bitmask([matcher])
-            backend.accept(matcher, t)
+        state = backend.start(p.structured_outputs)
+        for i, t in enumerate(out.outputs[0].token_ids):
+            backend.bitmask([state], [args.max_tokens - i])
+            backend.accept(state, t, args.max_tokens - i)
     result["grammar_only_ms_per_token"] = 1e3 * (time.perf_counter() - start) / sum(lengths)
     return result
 
