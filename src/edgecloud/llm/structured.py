@@ -115,8 +115,10 @@ def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
 @dataclass
 class Closing:
     """A way to complete the document from a matcher's state: the bytes and the tokens they take.
-    ``searched``: no shorter one was found by the breadth-first search (``shortest``: the search
-    was exhaustive, so none exists); otherwise a valid completion that may be longer."""
+    ``searched``: the breadth-first search has been run for this path (from this state, or from
+    one before it that these bytes also closed) and found none shorter; ``shortest``: that search
+    was exhaustive from this path's own line, so none exists. Otherwise a valid completion that
+    may be longer."""
 
     text: bytes
     tokens: list[int]
@@ -325,8 +327,8 @@ class StructuredOutputs:
         if piece and before.text.startswith(piece):
             rest = before.text[len(piece):]
             return Closing(rest, self.tokenize(rest), before.searched, before.shortest)
-        if self._completes(state.matcher, before.text):
-            return Closing(before.text, before.tokens)
+        if self._completes(state.matcher, before.text):  # searched once is enough for these bytes
+            return Closing(before.text, before.tokens, before.searched)
         return self._path(state.matcher)
 
     def _completes(self, matcher: Any, text: bytes) -> bool:
