@@ -88,10 +88,12 @@ def plot(arms: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for name, arm in arms.items():
+    for i, (name, arm) in enumerate(arms.items()):
         rounds = arm["rounds"]
         for ax, key in zip(axes, ("offload_rate", "accuracy", "schema_valid"), strict=True):
-            ax.plot([r["round"] for r in rounds], [r[key] for r in rounds], marker="o", label=name)
+            ax.plot([r["round"] for r in rounds], [r[key] for r in rounds], marker="os^v"[i % 4],
+                    linestyle=("-", "--", ":", "-.")[i % 4], markersize=max(8 - 2 * i, 3),
+                    label=f"{name} (alpha {arm['alpha']})")
             ax.set_title(key.replace("_", " "))
             ax.set_xlabel("RL round")
             ax.set_ylim(-0.02, 1.02)
