@@ -115,6 +115,10 @@ class EngineCore:
 
                 report = quantize_model(model, config.quantization, gguf=source.gguf)
                 log.info("weights quantized: %s", report)
+            from edgecloud.llm.layers import packed
+
+            if packed.available(self.dtype, self.device):
+                packed.pack_linears(model)
             if config.enable_lora:
                 self.lora = self._start_lora(model, source.name)
             executor = ModelRunner(
