@@ -19,7 +19,15 @@ from edgecloud.wireless.model import (
     next_snapshot_targets,
     nmse,
 )
-from edgecloud.wireless.tasks import ProbeConfig, copy_last_nmse_db, fit_end_to_end, recall_at_1
+from edgecloud.wireless.tasks import (
+    EndToEnd,
+    ProbeConfig,
+    copy_last_nmse_db,
+    fit_end_to_end,
+    fit_predictor_end_to_end,
+    prediction_nmse_db,
+    recall_at_1,
+)
 from edgecloud.wireless.train import TrainConfig, load_checkpoint, pretrain, save_checkpoint, tensors
 
 TINY = ModelConfig(dim=32, embed_dim=16, heads=2, wireless_layers=1, decoder_layers=1, text_layers=1)
@@ -40,6 +48,7 @@ def test_channel_tokens_are_a_unitary_view_of_the_channel() -> None:
 def test_decoder_is_causal_across_snapshots() -> None:
     torch.manual_seed(0)
     model = WMLM(TINY).eval()
+    torch.nn.init.normal_(model.decoder.head.weight)  # the head starts at zero (residual on copy-last)
     channel = torch.randn(2, 4, 32, 32, 2)
     tokens = model.encode_channels(channel)[0]
     changed = tokens.clone()
@@ -101,3 +110,30 @@ def test_task_specific_model_and_copy_last_reference_run(shard_dir: Path) -> Non
     model = fit_end_to_end(data, np.arange(len(data)), "los", TINY, probe)
     assert model(torch.from_numpy(data.arrays["channel"][:2, -1].astype(np.float32))).shape == (2, 1)
     assert np.isfinite(copy_last_nmse_db(data, np.arange(len(data)), TINY))
+
+
+def test_untrained_predictor_is_copy_last_and_learns_the_change(shard_dir: Path) -> None:
+    """The decoder predicts the change from the last snapshot: untrained, it scores exactly the
+    copy-last reference; a short fit must beat that reference (the snapshots rotate in phase)."""
+    torch.set_num_threads(1)
+    data = load(shard_dir, ["main"])
+    rows = np.arange(len(data))
+    copy_last = copy_last_nmse_db(data, rows, TINY)
+    assert prediction_nmse_db(WMLM(TINY, ()).eval(), data, rows) == pytest.approx(copy_last, abs=1e-3)
+    fitted = fit_predictor_end_to_end(data, rows, TINY, ProbeConfig(min_steps=60, max_steps=60, batch_size=12))
+    assert prediction_nmse_db(fitted, data, rows) < copy_last - 0.5
+
+
+def test_fine_tuning_starts_from_the_pretrained_weights_and_leaves_them_alone(shard_dir: Path) -> None:
+    torch.manual_seed(1)
+    pretrained = WMLM(TINY)
+    before = {k: v.clone() for k, v in pretrained.wireless.state_dict().items()}
+    start = EndToEnd(TINY, "beam", pretrained.wireless)
+    assert all(torch.equal(start.encoder.state_dict()[k], v) for k, v in before.items())
+    scratch = EndToEnd(TINY, "beam")
+    assert not torch.equal(scratch.encoder.patch.weight, before["patch.weight"])
+    data = load(shard_dir, ["main"])
+    probe = ProbeConfig(min_steps=5, max_steps=5, batch_size=6)
+    tuned = fit_end_to_end(data, np.arange(len(data)), "beam", TINY, probe, pretrained.wireless)
+    assert not torch.equal(tuned.encoder.patch.weight, before["patch.weight"])  # it was trained
+    assert all(torch.equal(pretrained.wireless.state_dict()[k], v) for k, v in before.items())  # a copy was

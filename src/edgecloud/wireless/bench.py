@@ -1,13 +1,16 @@
 """``edgecloud wireless bench``: WMLM against task-specific models, side by side on the same data.
 
-One run: pretrain the wireless-anchored model (or load it), pretrain the ablation that aligns
-image and text directly, then for every task and label fraction train both families on the same
-labelled rows and test them on the same held-out scenes of the training layout; the 100%-label
-models are also tested on the unseen layout. Retrieval is measured on the held-out scenes with
-the whole held-out set as the gallery (chance = 1 / its size).
+One run (one seed): pretrain the wireless-anchored model (or load it), pretrain the ablation that
+aligns image and text directly, then for every task and label fraction train the three families
+(frozen WMLM + head, fine-tuned WMLM, task-specific) on the same labelled rows and test them on the
+same held-out scenes of the training layout; the 100%-label models are also tested on the unseen
+layout. Retrieval is measured on the held-out scenes with the whole held-out set as the gallery
+(chance = 1 / its size). Runs with other seeds are combined with ``merge_reports``; the summary
+then gives each margin's mean and its range over the seeds.
 
-JSON: ``{"tasks": [{"task", "label_fraction", "model", "metric", "value"}],
-"retrieval": [{"pair", "model", "recall_at_1", "chance"}], "generalisation": [...], ...}``.
+JSON: ``{"tasks": [{"task", "label_fraction", "model", "metric", "value", "seed"}],
+"retrieval": [{"pair", "model", "recall_at_1", "chance", "seed"}], "generalisation": [...],
+"summary": [...], "retrieval_summary": [...], ...}``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +55,8 @@ HEADLINE = {
     "beam": ("top1", True),
     "predict": ("nmse_db", False),
 }
+# The families built on the pretrained model, each compared with the task-specific one.
+WMLM_FAMILIES = ("wmlm", "wmlm_finetuned")
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class BenchConfig:
     unseen_scenes: int = 800
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     model: str = "cpu"
-    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400))
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400, batch_size=128))
     probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(max_steps=200))
     seed: int = 0
 
@@ -125,8 +130,16 @@ def run_bench(
     config: BenchConfig,
     checkpoint: Path | None = None,
     on_stage: Callable[[str], None] | None = None,
+    on_partial: Callable[[dict[str, object]], None] | None = None,
 ) -> dict[str, object]:
-    """Everything in the module docstring; returns the report (also what ``write_json`` writes)."""
+    """Everything in the module docstring; returns the report (also what ``write_json`` writes).
+
+    Stages run in order of what they answer first, and ``on_partial`` gets the report so far after
+    each one (``"complete": False`` until the end), so a run cut short on a busy machine still leaves
+    its finished stages: pretraining, the anchored model's retrieval, the sensing tasks at 100%, 10%,
+    then 1% of the labels, channel prediction, and last the image-text ablation. The order changes
+    no number: every fit seeds itself.
+    """
     stage = on_stage or (lambda _label: None)
     started = time.perf_counter()
     threads = torch.get_num_threads()
@@ -145,8 +158,14 @@ def run_bench(
 
     pretrain_log: list[dict[str, float]] = []
     if checkpoint is not None and (checkpoint / "model.safetensors").exists():
-        model = load_checkpoint(checkpoint)
         meta = json.loads((checkpoint / "config.json").read_text())
+        trained_with = meta.get("pretrain")
+        if trained_with is not None and trained_with != asdict(config.pretrain):
+            raise ValueError(
+                f"{checkpoint} was pretrained with {trained_with}, the bench asks for {asdict(config.pretrain)}: "
+                "use another --checkpoint directory"
+            )
+        model = load_checkpoint(checkpoint)
         pretrain_log = meta.get("log", [])
         timings["pretrain (loaded)"] = float(meta.get("train_s", float("nan")))
     else:
@@ -154,119 +173,169 @@ def run_bench(
             model, log = pretrain(data, splits.train, model_config, config.pretrain, ANCHOR_PAIRS)
         pretrain_log.extend(log)
         if checkpoint is not None:
-            save_checkpoint(model, checkpoint, {"log": log[-1:], "train_s": timings["pretrain wmlm (anchored)"]})
-    ablation_config = TrainConfig(**{**asdict(config.pretrain), "predict_rows": 0})
-    with timed("pretrain ablation (image-text direct)"):
-        ablation = pretrain(data, splits.train, model_config, ablation_config, DIRECT_PAIRS)[0]
+            save_checkpoint(
+                model,
+                checkpoint,
+                {
+                    "log": log[-1:],
+                    "train_s": timings["pretrain wmlm (anchored)"],
+                    "pretrain": asdict(config.pretrain),
+                },
+            )
 
     rows: list[dict[str, object]] = []
     general: list[dict[str, object]] = []
+    fitted: list[dict[str, object]] = []
+    diagnostics: list[dict[str, object]] = []
+    retrieval: list[dict[str, object]] = []
+    reference: dict[str, object] = {}
+    chance = 1.0 / len(splits.test)
+
+    def report(complete: bool) -> dict[str, object]:
+        return {
+            "complete": complete,
+            "tasks": list(rows),
+            "retrieval": list(retrieval),
+            "generalisation": list(general),
+            "fit_on_labelled_rows": list(fitted),
+            "diagnostics": list(diagnostics),
+            "reference": dict(reference),
+            "splits": {
+                "train": len(splits.train),
+                "test": len(splits.test),
+                "unseen": len(splits.unseen),
+                "train_layout": "main",
+                "unseen_layout": "narrow",
+            },
+            "data": {"dir": str(data_dir), "stats": data.manifest.get("stats")},
+            "pretraining": {"final_losses": pretrain_log[-1] if pretrain_log else None},
+            "config": {"bench": asdict(config), "model": model_config.to_json()},
+            "timings_s": dict(timings),
+            "wall_s": time.perf_counter() - started,
+            "machine_before": machine_before,
+            "machine_after": machine_description(threads),
+        }
+
+    def partial() -> None:
+        if on_partial is not None:
+            on_partial(report(complete=False))
+
+    def record(task: str, fraction: float, family: str, metrics: dict[str, float], into: list) -> None:
+        for metric, value in metrics.items():
+            into.append(
+                {
+                    "task": task,
+                    "label_fraction": fraction,
+                    "model": family,
+                    "metric": metric,
+                    "value": value,
+                    "seed": config.seed,
+                }
+            )
+
+    def add_retrieval(source: dict[str, torch.Tensor], family: str, pairs: tuple[tuple[str, str], ...]) -> None:
+        for a, b in pairs:
+            retrieval.append(
+                {
+                    "pair": f"{a}->{b}",
+                    "model": family,
+                    "recall_at_1": recall_at_1(source[a], source[b]),
+                    "chance": chance,
+                    "trained_together": family != "wmlm" or "wireless" in (a, b),
+                    "seed": config.seed,
+                }
+            )
+
+    stage("retrieval (anchored)")
+    anchored = embeddings(model, data, splits.test, ["wireless", "image", "lidar", "text"])
+    add_retrieval(
+        anchored,
+        "wmlm",
+        (
+            ("wireless", "image"),
+            ("wireless", "lidar"),
+            ("wireless", "text"),
+            ("image", "text"),
+            ("text", "image"),
+            ("lidar", "text"),
+            ("image", "lidar"),
+        ),
+    )
+    partial()
+
     features = {
         name: frozen_features(model.wireless, data, r)
         for name, r in (("train", splits.train), ("test", splits.test), ("unseen", splits.unseen))
     }
     position_in_train = {int(r): i for i, r in enumerate(splits.train)}
-
-    def record(task: str, fraction: float, family: str, metrics: dict[str, float], into: list) -> None:
-        for metric, value in metrics.items():
-            into.append({"task": task, "label_fraction": fraction, "model": family, "metric": metric, "value": value})
-
-    for task in SENSING_TASKS:
-        test_y, unseen_y = labels(data, splits.test, task), labels(data, splits.unseen, task)
-        for fraction in config.fractions:
-            labelled = splits.labelled(fraction, config.seed)
-            idx = torch.tensor([position_in_train[int(r)] for r in labelled])
+    for fraction in sorted(config.fractions, reverse=True):
+        labelled = splits.labelled(fraction, config.seed)
+        idx = torch.tensor([position_in_train[int(r)] for r in labelled])
+        for task in SENSING_TASKS:
+            test_y, unseen_y, train_y = (labels(data, r, task) for r in (splits.test, splits.unseen, labelled))
             with timed(f"{task} {fraction:.0%} wmlm head"):
-                head = fit_head(features["train"][idx], labels(data, labelled, task), task, config.probe)
+                head = fit_head(features["train"][idx], train_y, task, config.probe)
+            with timed(f"{task} {fraction:.0%} wmlm fine-tuned"):
+                tuned = fit_end_to_end(data, labelled, task, model_config, config.probe, model.wireless)
             with timed(f"{task} {fraction:.0%} task-specific"):
                 e2e = fit_end_to_end(data, labelled, task, model_config, config.probe)
             record(task, fraction, "wmlm", evaluate_head(head, features["test"], test_y, task), rows)
+            record(task, fraction, "wmlm_finetuned", evaluate_end_to_end(tuned, data, splits.test, task), rows)
             record(task, fraction, "task_specific", evaluate_end_to_end(e2e, data, splits.test, task), rows)
+            # The same metrics on the labelled rows they were fitted to: a family that is poor here
+            # too lacks the information (underfits), one that is good here only overfits.
+            record(task, fraction, "wmlm", evaluate_head(head, features["train"][idx], train_y, task), fitted)
+            for family, fitted_model in (("wmlm_finetuned", tuned), ("task_specific", e2e)):
+                record(task, fraction, family, evaluate_end_to_end(fitted_model, data, labelled, task), fitted)
             if fraction == max(config.fractions):
+                # Diagnostic, not a compared family: the frozen features with ten times the head's
+                # steps (still cheap) -- is the information there, or was the head short of steps?
+                long_probe = replace(
+                    config.probe,
+                    epochs=10 * config.probe.epochs,
+                    min_steps=10 * config.probe.min_steps,
+                    max_steps=10 * config.probe.max_steps,
+                )
+                with timed(f"{task} {fraction:.0%} wmlm head, 10x steps (diagnostic)"):
+                    long_head = fit_head(features["train"][idx], train_y, task, long_probe)
+                long_metrics = evaluate_head(long_head, features["test"], test_y, task)
+                record(task, fraction, "wmlm_head_10x_steps", long_metrics, diagnostics)
                 for family, metrics in (
                     ("wmlm", evaluate_head(head, features["unseen"], unseen_y, task)),
+                    ("wmlm_finetuned", evaluate_end_to_end(tuned, data, splits.unseen, task)),
                     ("task_specific", evaluate_end_to_end(e2e, data, splits.unseen, task)),
                 ):
                     record(task, fraction, family, metrics, general)
+            partial()
 
-    copy_last = {
+    reference["copy_last_nmse_db"] = {
         "test": copy_last_nmse_db(data, splits.test, model_config),
         "unseen": copy_last_nmse_db(data, splits.unseen, model_config),
     }
-    pretrained_nmse = prediction_nmse_db(model, data, splits.test)
-    for fraction in config.fractions:
+    reference["pretrained_decoder_nmse_db"] = prediction_nmse_db(model, data, splits.test)
+    for fraction in sorted(config.fractions, reverse=True):
         labelled = splits.labelled(fraction, config.seed)
         with timed(f"predict {fraction:.0%} wmlm decoder"):
-            tuned = fit_predictor_frozen(load_copy(model), data, labelled, config.probe)
+            decoder_only = fit_predictor_frozen(load_copy(model), data, labelled, config.probe)
+        with timed(f"predict {fraction:.0%} wmlm fine-tuned"):
+            whole = fit_predictor_end_to_end(data, labelled, model_config, config.probe, model)
         with timed(f"predict {fraction:.0%} task-specific"):
             scratch = fit_predictor_end_to_end(data, labelled, model_config, config.probe)
-        record("predict", fraction, "wmlm", {"nmse_db": prediction_nmse_db(tuned, data, splits.test)}, rows)
-        record("predict", fraction, "task_specific", {"nmse_db": prediction_nmse_db(scratch, data, splits.test)}, rows)
-        if fraction == max(config.fractions):
-            record("predict", fraction, "wmlm", {"nmse_db": prediction_nmse_db(tuned, data, splits.unseen)}, general)
-            record(
-                "predict",
-                fraction,
-                "task_specific",
-                {"nmse_db": prediction_nmse_db(scratch, data, splits.unseen)},
-                general,
-            )
+        predictors = (("wmlm", decoder_only), ("wmlm_finetuned", whole), ("task_specific", scratch))
+        for family, predictor in predictors:
+            record("predict", fraction, family, {"nmse_db": prediction_nmse_db(predictor, data, splits.test)}, rows)
+            if fraction == max(config.fractions):
+                nmse_unseen = prediction_nmse_db(predictor, data, splits.unseen)
+                record("predict", fraction, family, {"nmse_db": nmse_unseen}, general)
+        partial()
 
-    stage("retrieval")
-    chance = 1.0 / len(splits.test)
-    anchored = embeddings(model, data, splits.test, ["wireless", "image", "lidar", "text"])
+    ablation_config = TrainConfig(**{**asdict(config.pretrain), "predict_rows": 0})
+    with timed("pretrain ablation (image-text direct)"):
+        ablation = pretrain(data, splits.train, model_config, ablation_config, DIRECT_PAIRS)[0]
+    stage("retrieval (ablation)")
     direct = embeddings(ablation, data, splits.test, ["image", "text"])
-    retrieval = []
-    for name, source, a, b in (
-        ("wireless->image", anchored, "wireless", "image"),
-        ("wireless->lidar", anchored, "wireless", "lidar"),
-        ("wireless->text", anchored, "wireless", "text"),
-        ("image->text", anchored, "image", "text"),
-        ("text->image", anchored, "text", "image"),
-        ("lidar->text", anchored, "lidar", "text"),
-        ("image->lidar", anchored, "image", "lidar"),
-    ):
-        emergent = "wireless" not in (a, b)
-        retrieval.append(
-            {
-                "pair": name,
-                "model": "wmlm",
-                "recall_at_1": recall_at_1(source[a], source[b]),
-                "chance": chance,
-                "trained_together": not emergent,
-            }
-        )
-    for name, a, b in (("image->text", "image", "text"), ("text->image", "text", "image")):
-        retrieval.append(
-            {
-                "pair": name,
-                "model": "ablation_direct_image_text",
-                "recall_at_1": recall_at_1(direct[a], direct[b]),
-                "chance": chance,
-                "trained_together": True,
-            }
-        )
-
-    return {
-        "tasks": rows,
-        "retrieval": retrieval,
-        "generalisation": general,
-        "reference": {"copy_last_nmse_db": copy_last, "pretrained_decoder_nmse_db": pretrained_nmse},
-        "splits": {
-            "train": len(splits.train),
-            "test": len(splits.test),
-            "unseen": len(splits.unseen),
-            "train_layout": "main",
-            "unseen_layout": "narrow",
-        },
-        "data": {"dir": str(data_dir), "stats": data.manifest.get("stats")},
-        "pretraining": {"final_losses": pretrain_log[-1] if pretrain_log else None},
-        "config": {"bench": asdict(config), "model": model_config.to_json()},
-        "timings_s": timings,
-        "wall_s": time.perf_counter() - started,
-        "machine_before": machine_before,
-        "machine_after": machine_description(threads),
-    }
+    add_retrieval(direct, "ablation_direct_image_text", (("image", "text"), ("text", "image")))
+    return report(complete=True)
 
 
 def load_copy(model: WMLM) -> WMLM:
@@ -276,33 +345,130 @@ def load_copy(model: WMLM) -> WMLM:
     return clone.eval()
 
 
-def summary(report: dict[str, object]) -> list[dict[str, object]]:
-    """Per task and fraction: both families' headline metric and the margin (wmlm better > 0)."""
-    table = {}
-    for row in report["tasks"]:  # type: ignore[union-attr]
+def _headline_values(report: dict[str, object], rows_key: str = "tasks") -> dict[tuple, dict[int, float]]:
+    """{(task, fraction, family): {seed: headline value}} from a report (one seed or merged)."""
+    default_seed = report.get("config", {}).get("bench", {}).get("seed", 0)  # type: ignore[union-attr]
+    table: dict[tuple, dict[int, float]] = {}
+    for row in report[rows_key]:  # type: ignore[union-attr]
         metric, _ = HEADLINE[row["task"]]
         if row["metric"] == metric:
-            table.setdefault((row["task"], row["label_fraction"]), {})[row["model"]] = row["value"]
+            key = (row["task"], row["label_fraction"], row["model"])
+            table.setdefault(key, {})[int(row.get("seed", default_seed))] = float(row["value"])
+    return table
+
+
+def summary(report: dict[str, object]) -> list[dict[str, object]]:
+    """Per task, fraction and pretrained family: its headline metric against the task-specific
+    model's on the same seeds, and the margin (> 0: the pretrained family is better) as the mean
+    over seeds with its min and max."""
+    table = _headline_values(report)
     out = []
-    for (task, fraction), values in table.items():
+    for (task, fraction, family), values in table.items():
+        theirs = table.get((task, fraction, "task_specific"))
+        if family not in WMLM_FAMILIES or not theirs:
+            continue
+        seeds = sorted(set(values) & set(theirs))
         metric, higher = HEADLINE[task]
-        margin = values["wmlm"] - values["task_specific"]
+        margins = [(values[s] - theirs[s]) * (1 if higher else -1) for s in seeds]
         out.append(
             {
                 "task": task,
                 "label_fraction": fraction,
                 "metric": metric,
-                "wmlm": values["wmlm"],
-                "task_specific": values["task_specific"],
-                "wmlm_better_by": margin if higher else -margin,
+                "model": family,
+                "value": float(np.mean([values[s] for s in seeds])),
+                "task_specific": float(np.mean([theirs[s] for s in seeds])),
+                "wmlm_better_by": float(np.mean(margins)),
+                "better_by_min": float(min(margins)),
+                "better_by_max": float(max(margins)),
+                "seeds": seeds,
             }
         )
     return out
 
 
+def retrieval_summary(report: dict[str, object]) -> list[dict[str, object]]:
+    """Per pair and model: recall@1 as the mean over seeds with its min and max, and chance."""
+    groups: dict[tuple[str, str], list[dict[str, object]]] = {}
+    for row in report["retrieval"]:  # type: ignore[union-attr]
+        groups.setdefault((row["pair"], row["model"]), []).append(row)
+    out = []
+    for (pair, model), group in groups.items():
+        recalls = [float(r["recall_at_1"]) for r in group]
+        chance = float(group[0]["chance"])
+        out.append(
+            {
+                "pair": pair,
+                "model": model,
+                "trained_together": group[0]["trained_together"],
+                "recall_at_1": float(np.mean(recalls)),
+                "recall_min": min(recalls),
+                "recall_max": max(recalls),
+                "chance": chance,
+                "times_chance": float(np.mean(recalls)) / chance,
+                "seeds": [r.get("seed") for r in group],
+            }
+        )
+    return out
+
+
+def merge_reports(reports: list[dict[str, object]]) -> dict[str, object]:
+    """One report from runs that differ only in their seed: rows concatenated (each keeps its
+    ``seed``), per-run bookkeeping under ``runs``."""
+    if not reports:
+        raise ValueError("merge_reports needs at least one report")
+
+    def protocol(report: dict[str, object]) -> dict[str, object]:
+        bench = dict(report["config"]["bench"])  # type: ignore[index]
+        bench.pop("seed", None)
+        for part in ("pretrain", "probe"):
+            bench[part] = {k: v for k, v in bench[part].items() if k != "seed"}
+        return {"bench": bench, "model": report["config"]["model"]}  # type: ignore[index]
+
+    first = protocol(reports[0])
+    seeds = []
+    for report in reports:
+        seed = report["config"]["bench"]["seed"]  # type: ignore[index]
+        if protocol(report) != first:
+            raise ValueError(f"report of seed {seed} was run with another configuration than the first one")
+        if seed in seeds:
+            raise ValueError(f"two reports have seed {seed}")
+        seeds.append(seed)
+    merged: dict[str, object] = {
+        key: [row for report in reports for row in report[key]]  # type: ignore[union-attr]
+        for key in ("tasks", "retrieval", "generalisation", "fit_on_labelled_rows", "diagnostics")
+        if all(key in report for report in reports)
+    }
+    keep = ("reference", "pretraining", "timings_s", "wall_s", "machine_before", "machine_after")
+    merged["runs"] = [
+        {"seed": seed, **{k: r[k] for k in keep if k in r}} for seed, r in zip(seeds, reports, strict=True)
+    ]
+    merged["seeds"] = seeds
+    merged["complete"] = all(report.get("complete", True) for report in reports)
+    for key in ("splits", "data"):
+        merged[key] = reports[0].get(key)
+    merged["config"] = {**reports[0]["config"], "bench": {**reports[0]["config"]["bench"], "seed": seeds}}  # type: ignore[dict-item]
+    return merged
+
+
 def write_json(report: dict[str, object], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**report, "summary": summary(report)}, indent=2) + "\n")
+    extra = {"summary": summary(report), "retrieval_summary": retrieval_summary(report)}
+    path.write_text(json.dumps({**report, **extra}, indent=2) + "\n")
+
+
+def _copy_last_db(report: dict[str, object]) -> float | None:
+    runs = report.get("runs") or [report]
+    values = [r["reference"]["copy_last_nmse_db"]["test"] for r in runs if "copy_last_nmse_db" in r["reference"]]  # type: ignore[index,operator]
+    return float(np.mean(values)) if values else None
+
+
+# marker/line, colour (the same in every panel), label
+FAMILY_STYLE = {
+    "wmlm": ("o-", "C0", "WMLM frozen + head"),
+    "wmlm_finetuned": ("^-", "C2", "WMLM fine-tuned"),
+    "task_specific": ("s--", "C1", "task-specific"),
+}
 
 
 def plot(report: dict[str, object], path: Path) -> None:
@@ -318,61 +484,71 @@ def plot(report: dict[str, object], path: Path) -> None:
         "beam": "beam top-1 accuracy",
         "predict": "next-snapshot NMSE (dB)",
     }
-    rows = summary(report)
+    table = _headline_values(report)
+    seeds = sorted({s for values in table.values() for s in values})
     for ax, task in zip(axes.flat, ("los", "position", "beam", "predict"), strict=False):
-        for family, style in (("wmlm", "o-"), ("task_specific", "s--")):
-            points = sorted((r["label_fraction"], r[family]) for r in rows if r["task"] == task)
-            ax.plot([p[0] * 100 for p in points], [p[1] for p in points], style, label=family.replace("_", "-"))
-        if task == "predict":
-            ax.axhline(report["reference"]["copy_last_nmse_db"]["test"], color="grey", ls=":", label="copy last")
+        for family, (style, colour, label) in FAMILY_STYLE.items():
+            points = sorted((f, list(v.values())) for (t, f, m), v in table.items() if t == task and m == family)
+            if not points:
+                continue
+            x = [p[0] * 100 for p in points]
+            mean = np.array([np.mean(p[1]) for p in points])
+            low = mean - np.array([min(p[1]) for p in points])
+            high = np.array([max(p[1]) for p in points]) - mean
+            ax.errorbar(x, mean, yerr=[low, high], fmt=style, color=colour, capsize=3, label=label)
+        if task == "predict" and _copy_last_db(report) is not None:
+            ax.axhline(_copy_last_db(report), color="grey", ls=":", label="copy last")
         ax.set_xscale("log")
         ax.set_xlabel("labels used (%)")
         ax.set_title(titles[task])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     ax = axes.flat[4]
-    retrieval = report["retrieval"]
+    retrieval = retrieval_summary(report)
     kinds = [
         "ablation" if r["model"] != "wmlm" else "anchored" if r["trained_together"] else "emergent" for r in retrieval
     ]
     names = [f"{r['pair']}\n{kind}" for r, kind in zip(retrieval, kinds, strict=True)]
     ax.bar(
         range(len(retrieval)),
-        [r["recall_at_1"] for r in retrieval],
+        [r["times_chance"] for r in retrieval],
+        yerr=[
+            [(r["recall_at_1"] - r["recall_min"]) / r["chance"] for r in retrieval],
+            [(r["recall_max"] - r["recall_at_1"]) / r["chance"] for r in retrieval],
+        ],
+        capsize=2,
         color=[
             "C0" if r["model"] == "wmlm" and r["trained_together"] else "C2" if r["model"] == "wmlm" else "C3"
             for r in retrieval
         ],
     )
-    ax.axhline(5 * retrieval[0]["chance"], color="k", ls=":", label="5 x chance")
+    ax.axhline(5, color="k", ls=":", label="5 x chance")
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_ylabel("recall@1 / chance")
     ax.set_xticks(range(len(retrieval)), names, rotation=70, fontsize=7)
     ax.set_title(f"retrieval recall@1 (gallery {round(1 / retrieval[0]['chance'])})")
     ax.legend(fontsize=8)
     ax = axes.flat[5]
-    general = report["generalisation"]
-    labels_, main_v, unseen_v = [], [], []
+    unseen = _headline_values(report, "generalisation")
+    names, change, colours = [], [], []
+    top = max(f for (_, f, _) in table)
     for task in ("los", "position", "beam", "predict"):
-        metric, _ = HEADLINE[task]
-        for family in ("wmlm", "task_specific"):
-            seen = [
-                r["value"]
-                for r in report["tasks"]
-                if r["task"] == task
-                and r["model"] == family
-                and r["metric"] == metric
-                and r["label_fraction"] == max(report["config"]["bench"]["fractions"])
-            ]
-            new = [r["value"] for r in general if r["task"] == task and r["model"] == family and r["metric"] == metric]
-            if seen and new:
-                labels_.append(f"{task}\n{'wmlm' if family == 'wmlm' else 'task'}")
-                main_v.append(seen[0])
-                unseen_v.append(new[0])
-    change = [(u - m) / abs(m) * 100 if m else 0.0 for m, u in zip(main_v, unseen_v, strict=True)]
-    ax.bar(range(len(change)), change, color=["C0" if "wmlm" in n else "C1" for n in labels_])
-    ax.set_xticks(range(len(change)), labels_, fontsize=7)
+        for family, (_, colour, _) in FAMILY_STYLE.items():
+            seen, new = table.get((task, top, family)), unseen.get((task, top, family))
+            if not seen or not new:
+                continue
+            m, u = np.mean(list(seen.values())), np.mean(list(new.values()))
+            names.append(f"{task}\n{ {'wmlm': 'frozen', 'wmlm_finetuned': 'tuned'}.get(family, 'task') }")
+            change.append((u - m) / abs(m) * 100 if m else 0.0)
+            colours.append(colour)
+    ax.bar(range(len(change)), change, color=colours)
+    ax.set_xticks(range(len(change)), names, fontsize=6)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_title("unseen layout: change of the metric (%)")
-    fig.suptitle("WMLM (frozen, light heads) vs task-specific models on the same labels")
+    fig.suptitle(
+        f"WMLM (frozen + light heads, and fine-tuned) vs task-specific models on the same labels "
+        f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: mean, bars = min-max)"
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -104,18 +104,41 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
-    from edgecloud.wireless.bench import BenchConfig, plot, run_bench, summary, write_json
+    from edgecloud.wireless.bench import (
+        BenchConfig,
+        merge_reports,
+        plot,
+        run_bench,
+        write_json,
+    )
     from edgecloud.wireless.dataset import generate, read_manifest
     from edgecloud.wireless.tasks import ProbeConfig
     from edgecloud.wireless.train import TrainConfig
 
+    if args.merge:
+        reports = []
+        for name in args.merge:
+            try:
+                reports.append(json.loads(Path(name).read_text()))
+            except (OSError, json.JSONDecodeError) as error:
+                raise SystemExit(f"--merge {name}: cannot read a bench report ({error})") from error
+        try:
+            report = merge_reports(reports)
+        except (KeyError, ValueError) as error:
+            raise SystemExit(f"--merge: {error}") from error
+        _print_bench(report)
+        if args.json:
+            write_json(report, Path(args.json))
+        if args.plot:
+            plot(report, Path(args.plot))
+        return 0
     torch.set_num_threads(args.threads)
     config = BenchConfig(
         train_scenes=args.train_scenes,
         test_scenes=args.test_scenes,
         unseen_scenes=args.unseen_scenes,
         model=args.config,
-        pretrain=TrainConfig(steps=args.steps, seed=args.seed),
+        pretrain=TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed),
         probe=ProbeConfig(seed=args.seed, max_steps=args.probe_max_steps),
         seed=args.seed,
     )
@@ -133,23 +156,18 @@ def _bench(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 on_progress=lambda n: progress.advance(task, n),
             )
-    report = run_bench(
-        data_dir,
-        config,
-        Path(args.checkpoint) if args.checkpoint else None,
-        on_stage=lambda label: print(f"[{time.strftime('%H:%M:%S')}] {label}", flush=True),
-    )
-    print(f"{'task':9s} {'labels':>6s} {'metric':13s} {'wmlm':>9s} {'task-spec':>9s} {'wmlm better by':>15s}")
-    for row in summary(report):
-        print(
-            f"{row['task']:9s} {row['label_fraction']:6.0%} {row['metric']:13s} {row['wmlm']:9.3f} "
-            f"{row['task_specific']:9.3f} {row['wmlm_better_by']:+15.3f}"
+    try:
+        report = run_bench(
+            data_dir,
+            config,
+            Path(args.checkpoint) if args.checkpoint else None,
+            on_stage=lambda label: print(f"[{time.strftime('%H:%M:%S')}] {label}", flush=True),
+            # a long run on a busy machine leaves what it has finished (marked "complete": false)
+            on_partial=(lambda partial: write_json(partial, Path(args.json))) if args.json else None,
         )
-    for row in report["retrieval"]:
-        print(
-            f"retrieval {row['pair']:16s} {row['model']:27s} recall@1 {row['recall_at_1']:.3f} "
-            f"({row['recall_at_1'] / row['chance']:.1f}x chance)"
-        )
+    except ValueError as error:  # data too small for the splits, a checkpoint of another protocol
+        raise SystemExit(f"wireless bench: {error}") from error
+    _print_bench(report)
     print(
         f"wall {report['wall_s']:.0f} s; load {report['machine_before']['loadavg']} -> "
         f"{report['machine_after']['loadavg']}"
@@ -159,6 +177,26 @@ def _bench(args: argparse.Namespace) -> int:
     if args.plot:
         plot(report, Path(args.plot))
     return 0
+
+
+def _print_bench(report: dict[str, object]) -> None:
+    from edgecloud.wireless.bench import retrieval_summary, summary
+
+    print(
+        f"{'task':9s} {'labels':>6s} {'metric':13s} {'model':15s} {'value':>9s} {'task-spec':>9s} "
+        f"{'better by (min..max over seeds)':>32s}"
+    )
+    for row in summary(report):
+        print(
+            f"{row['task']:9s} {row['label_fraction']:6.0%} {row['metric']:13s} {row['model']:15s} "
+            f"{row['value']:9.3f} {row['task_specific']:9.3f} {row['wmlm_better_by']:+9.3f} "
+            f"({row['better_by_min']:+.3f}..{row['better_by_max']:+.3f}, {len(row['seeds'])} seeds)"
+        )
+    for row in retrieval_summary(report):
+        print(
+            f"retrieval {row['pair']:16s} {row['model']:27s} recall@1 {row['recall_at_1']:.4f} "
+            f"({row['times_chance']:.1f}x chance; {row['recall_min']:.4f}..{row['recall_max']:.4f})"
+        )
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -186,7 +224,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     train.add_argument("--out", required=True, help="checkpoint directory")
     train.add_argument("--config", choices=("cpu", "gpu"), default="cpu")
     train.add_argument("--steps", type=_positive_int, default=400)
-    train.add_argument("--batch-size", type=_positive_int, default=64)
+    train.add_argument("--batch-size", type=_positive_int, default=128)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument(
         "--train-scenes",
@@ -211,6 +249,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     run.add_argument("--checkpoint", help="pretrained WMLM to use (trained and saved there when missing)")
     run.add_argument("--config", choices=("cpu", "gpu"), default="cpu")
     run.add_argument("--steps", type=_positive_int, default=400, help="pretraining steps (anchored and ablation)")
+    run.add_argument("--batch-size", type=_positive_int, default=128, help="pretraining batch (contrastive negatives)")
     run.add_argument("--probe-max-steps", type=_positive_int, default=200)
     run.add_argument("--train-scenes", type=_positive_int, default=3200)
     run.add_argument("--test-scenes", type=_positive_int, default=800)
@@ -220,4 +259,10 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--json", help="write the report here")
     run.add_argument("--plot", help="write a PNG of the results here")
+    run.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="REPORT",
+        help="combine bench JSON reports of other seeds (same configuration) into one; runs nothing",
+    )
     run.set_defaults(handler=_bench)

@@ -6,7 +6,9 @@ pulled towards the wireless embedding of the same instant (InfoNCE, as CLIP/Imag
 towards each other, so any image <-> text alignment that appears is emergent (ImageBind §3).
 The wireless encoder is a transformer over channel patches, as LWM's; here the patches are taken
 in the angle-delay domain (a unitary 2-D DFT of the antenna x subcarrier grid), where a path is a
-peak, and the decoder reuses the encoder's patch tokens, block-causally over time.
+peak, and the decoder reuses the encoder's patch tokens, block-causally over time, and predicts
+the *change* from the last snapshot it saw (a residual on "copy the last snapshot", which it starts
+from exactly: the head is zero-initialised).
 """
 
 from __future__ import annotations
@@ -178,7 +180,11 @@ class TextEncoder(nn.Module):
 
 class ChannelDecoder(nn.Module):
     """GPT-style: the encoder's tokens of snapshots 0..t attend causally (block by snapshot) and
-    predict the angle-delay patches of snapshot t + 1."""
+    predict how the angle-delay patches change from snapshot t to snapshot t + 1.
+
+    The head starts at zero, so an untrained predictor is the copy-last reference and training can
+    only learn what copying misses (the per-path phase rotation, the drift of the delays).
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -187,9 +193,11 @@ class ChannelDecoder(nn.Module):
         self.blocks = _block(config.dim, config.heads, config.decoder_layers, config.dropout)
         self.norm = nn.LayerNorm(config.dim)
         self.head = nn.Linear(config.dim, config.patch_values)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T, P + 2, d) encoder tokens -> (B, T, P, V): the prediction of snapshot t + 1 at t."""
+        """(B, T, P + 2, d) encoder tokens -> (B, T, P, V): the predicted change from t to t + 1."""
         b, t, n, d = tokens.shape
         x = (tokens + self.time[:, :t]).reshape(b, t * n, d)
         step = torch.arange(t, device=tokens.device).repeat_interleave(n)
@@ -254,15 +262,21 @@ class WMLM(nn.Module):
             raise ValueError(f"modality must be wireless, image, lidar or text, got {modality!r}")
         return F.normalize(self.project[modality](feature), dim=-1)
 
-    def prediction_loss(self, history: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
-        """Next-snapshot MSE in the angle-delay domain: ``history`` holds the encoder tokens of
-        snapshots 0..T-2 of ``channel``; each target is scaled by the RMS of the snapshot before it."""
-        return F.mse_loss(self.decoder(history), next_snapshot_targets(channel, self.config))
+    def next_snapshots(self, history: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """(B, T, P + 2, d) tokens and (B, T, P, V) unit-power patches of snapshots 0..T-1 ->
+        (B, T, P, V): snapshot t + 1 in the units of ``next_snapshot_targets`` (snapshot t + its change)."""
+        return patches + self.decoder(history)
+
+    def prediction_loss(self, history: torch.Tensor, patches: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+        """Next-snapshot MSE in the angle-delay domain: ``history`` and ``patches`` are the encoder
+        tokens and patches of snapshots 0..T-2 of ``channel``; each target is scaled by the RMS of
+        the snapshot before it."""
+        return F.mse_loss(self.next_snapshots(history, patches), next_snapshot_targets(channel, self.config))
 
     def predict_last(self, channel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Prediction of the last snapshot from the others, and its target (both (B, P, V))."""
-        history, _, _ = self.encode_channels(channel[:, :-1])
-        return self.decoder(history)[:, -1], next_snapshot_targets(channel, self.config)[:, -1]
+        history, patches, _ = self.encode_channels(channel[:, :-1])
+        return self.next_snapshots(history, patches)[:, -1], next_snapshot_targets(channel, self.config)[:, -1]
 
     def forward(self, batch: dict[str, torch.Tensor], predict_rows: int = 0) -> dict[str, torch.Tensor]:
         """Losses on a batch: InfoNCE per pair; ``predict`` on the first ``predict_rows`` sequences."""
@@ -273,8 +287,8 @@ class WMLM(nn.Module):
             last = self.encode_channels(channel[:, -1:])[0][:, -1]
             cache["wireless"] = self.embed("wireless", batch, last)
         if predict_rows > 0:
-            history = self.encode_channels(channel[:predict_rows, :-1])[0]
-            losses["predict"] = self.prediction_loss(history, channel[:predict_rows])
+            history, patches, _ = self.encode_channels(channel[:predict_rows, :-1])
+            losses["predict"] = self.prediction_loss(history, patches, channel[:predict_rows])
         for a, b in self.pairs:
             for m in (a, b):
                 if m not in cache:

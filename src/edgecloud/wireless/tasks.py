@@ -1,11 +1,15 @@
 """Sensing tasks on WMLM: a frozen encoder with light heads against task-specific models.
 
-Both families see the same labelled rows and train for the same number of steps with the same
-optimiser; only the starting point differs (arXiv 2511.21707 §V; WMFM's "end-to-end" baselines):
+All families see the same labelled rows and train for the same number of steps with the same
+optimiser; only the starting point and what is trained differ (arXiv 2511.21707 §V; WMFM's
+"end-to-end" baselines):
 
 - ``wmlm``: the pretrained wireless encoder, frozen; a two-layer MLP head on its features
   ([CLS] and mean patch token). For channel prediction the head is the pretrained causal decoder,
   fine-tuned on the labelled sequences while the encoder stays frozen.
+- ``wmlm_finetuned``: the pretrained encoder (and, for channel prediction, the pretrained decoder)
+  with a fresh head, trained end to end exactly as ``task_specific`` is (same steps, learning
+  rate, batches): the usual way a foundation model is used when all the labels are there.
 - ``task_specific``: the same encoder architecture (and the same head / decoder), randomly
   initialised and trained end to end on the labelled rows only.
 
@@ -152,12 +156,15 @@ def fit_head(features: torch.Tensor, target: torch.Tensor, task: str, config: Pr
 
 
 class EndToEnd(nn.Module):
-    """The task-specific model: a fresh wireless encoder and the same head, trained together."""
+    """A wireless encoder and a head trained together: the task-specific model (a fresh encoder)
+    or the fine-tuned WMLM (the encoder starts from ``pretrained``'s weights)."""
 
-    def __init__(self, model_config: ModelConfig, task: str) -> None:
+    def __init__(self, model_config: ModelConfig, task: str, pretrained: WirelessEncoder | None = None) -> None:
         super().__init__()
         self.encoder = WirelessEncoder(model_config)
         self.head = Head(2 * model_config.dim, output_dim(task))
+        if pretrained is not None:
+            self.encoder.load_state_dict(pretrained.state_dict())
 
     def forward(self, channel_last: torch.Tensor) -> torch.Tensor:
         patches, log_power, _ = channel_tokens(channel_last, self.encoder.config)
@@ -165,10 +172,17 @@ class EndToEnd(nn.Module):
 
 
 def fit_end_to_end(
-    data: WirelessData, rows: np.ndarray, task: str, model_config: ModelConfig, config: ProbeConfig
+    data: WirelessData,
+    rows: np.ndarray,
+    task: str,
+    model_config: ModelConfig,
+    config: ProbeConfig,
+    pretrained: WirelessEncoder | None = None,
 ) -> EndToEnd:
+    """Encoder and head trained together on the labelled ``rows``; the encoder is fresh, or a copy of
+    ``pretrained`` (fine-tuning). The head's initialisation and the batches are the same either way."""
     torch.manual_seed(config.seed)
-    model = EndToEnd(model_config, task)
+    model = EndToEnd(model_config, task, pretrained)
     model.train()
     target = labels(data, rows, task)
 
@@ -214,6 +228,9 @@ def fit_predictor_frozen(model: WMLM, data: WirelessData, rows: np.ndarray, conf
     """Fine-tune the pretrained decoder on the labelled sequences; the encoder stays frozen."""
     torch.manual_seed(config.seed)
     history = _history_tokens(model, data, rows)
+    base = torch.cat(
+        [channel_tokens(_channels(data, rows[s : s + 256])[:, :-1], model.config)[0] for s in range(0, len(rows), 256)]
+    )
     target = _targets(data, rows, model.config)
     model.decoder.train()
     _loop(
@@ -222,24 +239,32 @@ def fit_predictor_frozen(model: WMLM, data: WirelessData, rows: np.ndarray, conf
         config,
         list(model.decoder.parameters()),
         config.head_lr / 3,
-        lambda pick: F.mse_loss(model.decoder(history[pick]), target[pick]),
+        lambda pick: F.mse_loss(model.next_snapshots(history[pick], base[pick]), target[pick]),
     )
     model.eval()
     return model
 
 
 def fit_predictor_end_to_end(
-    data: WirelessData, rows: np.ndarray, model_config: ModelConfig, config: ProbeConfig
+    data: WirelessData,
+    rows: np.ndarray,
+    model_config: ModelConfig,
+    config: ProbeConfig,
+    pretrained: WMLM | None = None,
 ) -> WMLM:
-    """Encoder and decoder from scratch, trained on the labelled sequences only."""
+    """Encoder and decoder trained together on the labelled sequences only: from scratch, or from a
+    copy of ``pretrained``'s encoder and decoder (fine-tuning)."""
     torch.manual_seed(config.seed)
     model = WMLM(model_config, pairs=())
+    if pretrained is not None:
+        model.wireless.load_state_dict(pretrained.wireless.state_dict())
+        model.decoder.load_state_dict(pretrained.decoder.state_dict())
     model.train()
 
     def loss_of(pick: np.ndarray) -> torch.Tensor:
         channel = _channels(data, rows[pick])
-        history = model.encode_channels(channel[:, :-1])[0]
-        return model.prediction_loss(history, channel)
+        history, patches, _ = model.encode_channels(channel[:, :-1])
+        return model.prediction_loss(history, patches, channel)
 
     params = list(model.wireless.parameters()) + list(model.decoder.parameters())
     _loop(config.steps(len(rows)), len(rows), config, params, config.end_to_end_lr, loss_of)
