@@ -12,11 +12,18 @@ Benchmarks (``@pytest.mark.bench``, run by ``make bench``) write their JSON and 
 per system, never into the tracked tree. ``make bench-quick`` runs the tests marked ``bench_quick``: one headline
 figure per system. A test whose directory is being rewritten is listed in :data:`BENCH_QUICK`
 by node id instead of being decorated; either way it gets the marker.
+
+Every test starts from the same process-wide state as when it runs alone, whatever ran before it
+(:func:`same_process_state_for_every_test`): the global random generators seeded, torch's thread
+count put back after the test.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,3 +83,34 @@ def bench_out(pytestconfig: pytest.Config) -> Path:
         path = pytestconfig.rootpath / path
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# The seed of the global random generators before each test when pytest-randomly is off (`make test`).
+TEST_SEED = 0
+
+
+@pytest.fixture(autouse=True)
+def same_process_state_for_every_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test sees the same process-wide state alone and after any other test.
+
+    torch's global generator is seeded before each test (a module's weights are initialised from it,
+    and an unseeded ``torch.randn`` draws from it); so are ``random`` and numpy's, unless
+    pytest-randomly is on (``make test-random``), which reseeds those itself and whose seed is then
+    used for torch too. torch's thread count is put back after the test: tests, and the engine core
+    running in a thread, set it for the whole process, and a float reduction's rounding can depend on it.
+    Only modules already imported are touched (every test module is imported before the first test runs).
+    """
+    randomly = request.config.pluginmanager.hasplugin("randomly")
+    seed = int(request.config.option.randomly_seed) if randomly else TEST_SEED
+    if not randomly:
+        random.seed(seed)
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed(seed)
+    torch = sys.modules.get("torch")
+    threads = None
+    if torch is not None:
+        torch.manual_seed(seed)
+        threads = torch.get_num_threads()
+    yield
+    if torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
