@@ -46,7 +46,7 @@ settings.register_profile(
 settings.register_profile("explore", settings.get_profile("edgecloud"), derandomize=False, database=None)
 settings.load_profile("edgecloud")  # `pytest --hypothesis-profile=NAME` overrides it
 
-# Benchmarks that give a system's headline figure in `make bench-quick` (about 15 minutes in
+# Benchmarks that give a system's headline figure in `make bench-quick` (13.6 minutes in
 # all on the 2-core machine; docs/testing.md has the figures), for tests in directories whose
 # owners have not decorated them with @pytest.mark.bench_quick. Add a node id here or the
 # decorator there.
