@@ -1,9 +1,14 @@
 """Schema-preserving RL rounds of NetGPT's edge model from the requests it offloaded (issue #24).
 
-    nice -n 19 .venv/bin/python scripts/netgpt_rl.py --bench-dir netgpt-bench --rounds 3 \
-        --json docs/data/netgpt_rl.json                        # composite: reverse KL + forward KL to SFT
-    nice -n 19 .venv/bin/python scripts/netgpt_rl.py --bench-dir netgpt-bench --rounds 3 --alpha 0 \
-        --json docs/data/netgpt_rl_plain.json                  # plain reverse KL, for contrast
+    nice -n 19 .venv/bin/python scripts/netgpt_rl.py --bench-dir out/netgpt-bench --rounds 3 \
+        --alphas 0.5,0 --json docs/data/netgpt_rl.json --plot docs/figures/netgpt_rl.png
+
+``--alphas``: one arm per value, run side by side in one process, round by round (the same
+batches from the same seed; round 0 is the shared SFT start, evaluated once): ``alpha`` > 0 is
+the composite objective (reverse KL + forward KL to SFT), ``0`` the plain reverse-KL run shown for
+contrast. The JSON is rewritten after every round of every arm, so a run stopped early keeps
+what it measured; its ``rounds`` are the first arm's (what ``edgecloud edge netgpt bench
+--rounds-json`` reads), ``arms`` has them all.
 
 Reads what ``edgecloud edge netgpt bench --work-dir DIR`` saved: the calibration questions (train
 functions) with the edge's scores and the cloud's answers, and the calibration. The offloaded set
@@ -75,6 +80,29 @@ def evaluate(model: Any, tests: list[tuple[Any, list[int]]], tokenizer: Tokenize
     return {"accuracy": correct / n, "schema_valid": valid / n, "offload_rate": offloaded / n}
 
 
+def plot(arms: dict[str, dict[str, Any]], path: Path) -> None:
+    """Offload rate, held-out accuracy and schema validity (unconstrained) per round, one line per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for i, (name, arm) in enumerate(arms.items()):
+        rounds = arm["rounds"]
+        for ax, key in zip(axes, ("offload_rate", "accuracy", "schema_valid"), strict=True):
+            ax.plot([r["round"] for r in rounds], [r[key] for r in rounds], marker="os^v"[i % 4],
+                    linestyle=("-", "--", ":", "-.")[i % 4], markersize=max(8 - 2 * i, 3),
+                    label=f"{name} (alpha {arm['alpha']})")
+            ax.set_title(key.replace("_", " "))
+            ax.set_xlabel("RL round")
+            ax.set_ylim(-0.02, 1.02)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench-dir", type=Path, required=True)
@@ -82,12 +110,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--num-test", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--alphas", default=None,
+                        help="comma-separated alpha per arm, run side by side (default: --alpha alone)")
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--plot", type=Path, default=None)
     for name, value in asdict(RLConfig()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = RLConfig(**{k: getattr(args, k) for k in asdict(RLConfig())})
+    try:
+        alphas = [float(a) for a in args.alphas.split(",")] if args.alphas else [config.alpha]
+    except ValueError:
+        parser.error(f"--alphas must be comma-separated numbers, got {args.alphas!r}")
     saved = json.loads((args.bench_dir / "rl_inputs.json").read_text())
     calibration = Calibration.from_dict(saved["calibration"])
     score_name, tau = saved["score"], saved["threshold"]
@@ -103,15 +138,57 @@ def main() -> None:
              for i in saved["test_ids"][: args.num_test]]
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(load_base(base), adapter_dir("edge-sft"), is_trainable=True)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    sft_weights = [p.detach().clone() for p in trainable]
+    start = time.monotonic()
+    arms: dict[str, dict[str, Any]] = {}
+    state: dict[str, tuple[Any, Any, torch.optim.Optimizer, random.Random, RLConfig]] = {}
+    for alpha in alphas:
+        name = "composite" if alpha > 0 else "reverse_kl"
+        name = name if name not in arms else f"{name}_alpha_{alpha}"
+        model = PeftModel.from_pretrained(load_base(base), adapter_dir("edge-sft"), is_trainable=True)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        sft_weights = [p.detach().clone() for p in trainable]
+        arm_config = RLConfig(**{**asdict(config), "alpha": alpha})
+        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
+        state[name] = (model, _swap_in(trainable, sft_weights), optimizer, random.Random(config.seed), arm_config)
+        arms[name] = {"alpha": alpha, "rounds": []}
+    first = next(iter(state.values()))[0]
+    # round 0: every arm starts from the same SFT adapter, so it is evaluated once
+    zero = {"round": 0, **evaluate(first, tests, tokenizer, eos, score_name, tau),
+            "elapsed_s": time.monotonic() - start, "loadavg": os.getloadavg()}
+    print(json.dumps(zero), flush=True)
+
+    def write() -> None:
+        args.json.write_text(json.dumps({
+            "config": asdict(config), "rounds": next(iter(arms.values()))["rounds"], "arms": arms,
+            "num_offloaded": len(offloaded), "num_test": len(tests), "calibration_points": calibration.num_samples,
+            "threshold": tau, "score": score_name, "batch": args.batch, "rounds_planned": args.rounds,
+            "cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "nice": os.nice(0)}, indent=1))
+        if args.plot is not None:
+            plot(arms, args.plot)
+
+    for arm in arms.values():
+        arm["rounds"].append(dict(zero))
+    write()
+    for r in range(1, args.rounds + 1):
+        for name, (model, sft_model, optimizer, rng, arm_config) in state.items():
+            batch = rng.sample(offloaded, min(args.batch, len(offloaded)))
+            stats = rl_round(model, sft_model, optimizer, batch, arm_config, eos,
+                             lambda ids: tokenizer.decode([t for t in ids if t != eos]), rng)
+            arms[name]["rounds"].append({
+                "round": r, **evaluate(model, tests, tokenizer, eos, score_name, tau), "train": asdict(stats),
+                "elapsed_s": time.monotonic() - start, "loadavg": os.getloadavg()})
+            print(name, json.dumps(arms[name]["rounds"][-1]), flush=True)
+            write()
+
+
+def _swap_in(trainable: list[torch.nn.Parameter], weights: list[torch.Tensor]) -> Any:
+    """A context in which ``trainable`` hold ``weights`` (the SFT adapter), restored after."""
 
     @contextlib.contextmanager
-    def sft_model() -> Iterator[None]:
+    def swapped() -> Iterator[None]:
         current = [p.detach().clone() for p in trainable]
         with torch.no_grad():
-            for p, w in zip(trainable, sft_weights, strict=True):
+            for p, w in zip(trainable, weights, strict=True):
                 p.copy_(w)
         try:
             yield
@@ -120,25 +197,7 @@ def main() -> None:
                 for p, w in zip(trainable, current, strict=True):
                     p.copy_(w)
 
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
-    rng = random.Random(config.seed)
-    start = time.monotonic()
-    rounds = [{"round": 0, **evaluate(model, tests, tokenizer, eos, score_name, tau),
-               "elapsed_s": time.monotonic() - start, "loadavg": os.getloadavg()}]
-    print(json.dumps(rounds[-1]), flush=True)
-    for r in range(1, args.rounds + 1):
-        batch = rng.sample(offloaded, min(args.batch, len(offloaded)))
-        stats = rl_round(model, sft_model, optimizer, batch, config, eos,
-                         lambda ids: tokenizer.decode([t for t in ids if t != eos]), rng)
-        rounds.append({"round": r, **evaluate(model, tests, tokenizer, eos, score_name, tau),
-                       "train": asdict(stats), "elapsed_s": time.monotonic() - start, "loadavg": os.getloadavg()})
-        print(json.dumps(rounds[-1]), flush=True)
-        args.json.write_text(json.dumps({"config": asdict(config), "rounds": rounds, "num_offloaded": len(offloaded),
-                                         "num_test": len(tests), "calibration_points": calibration.num_samples,
-                                         "threshold": tau, "score": score_name, "batch": args.batch,
-                                         "cpu": cpu_model(),
-                                         "torch_threads": torch.get_num_threads(), "nice": os.nice(0)},
-                                        indent=1))
+    return swapped
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 functions, every output validated with jsonschema, and the per-token cost of constrained decoding
 measured beside unconstrained decoding of the same prompts in the same engine.
 
-Two parts, because one is a count and the other a timing:
+Three parts, because one is a count and the others timings:
 
     nice -n 19 .venv/bin/python scripts/netgpt_structured_bench.py --part validity \
-        --num-outputs 500 --json docs/data/netgpt_structured.json
+        --num-outputs 500 --json docs/data/netgpt_structured.json --replay-out out/structured_answers.jsonl
     flock /tmp/edgecloud-bench.lock .venv/bin/python scripts/netgpt_structured_bench.py --part overhead \
         --json docs/data/netgpt_structured_overhead.json
+    flock /tmp/edgecloud-bench.lock .venv/bin/python scripts/netgpt_structured_bench.py --part grammar \
+        --replay out/structured_answers.jsonl --json docs/data/netgpt_structured_grammar.json
 
 Each prompt asks for the arguments of one test function (the function's parameter schema is the
 response schema, as a client would send it with ``response_format`` json_schema strict). The
@@ -15,14 +17,16 @@ engine is SmolLM2-135M-Instruct (or --model).
 
 * **validity**: greedy over every (test question, offered function) pair, then sampled
   (temperature 0.8, seeded) to reach ``--num-outputs``; each output is parsed and validated with
-  jsonschema; finish reasons are counted (an answer cut at ``--max-tokens`` is not valid JSON,
-  and is reported as such). Not timed.
+  jsonschema; finish reasons are counted (``length``: the budget ended the answer, which
+  budget-aware completion still closes as a valid document; counted apart). Not timed.
 * **overhead**: ``--overhead-prompts`` of the greedy prompts, constrained, and unconstrained with
   each request held to the length its constrained answer had (``ignore_eos``), so both arms
   decode the same prompts for the same number of tokens. After one untimed warm-up pass of each
   (the grammar compiler's cache and the prefix cache warm for both), the arms alternate for
   ``--repeats`` rounds, all prompts in one batch and then one request at a time. The grammar's own
   work (mask + advance, replayed over the answers) is timed alone as well.
+* **grammar**: the grammar's own work per token over the validity run's answers, without and with
+  the budget rule (closing paths), alternating.
 """
 
 from __future__ import annotations
@@ -68,24 +72,30 @@ def validity(llm: LLM, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     outs = llm.generate([c[0] for c in todo], [constrained(c[1], args.max_tokens, c[3], i) for i, c in enumerate(todo)])
     seconds = time.perf_counter() - start
-    valid, valid_stopped, failures, finish, tokens = 0, 0, [], {}, 0
+    valid, valid_stopped, valid_cut, failures, finish, tokens = 0, 0, 0, [], {}, 0
+    replay = []
     for out, (_, schema, name, sampled) in zip(outs, todo, strict=True):
         c = out.outputs[0]
         tokens += len(c.token_ids)
         finish[c.finish_reason] = finish.get(c.finish_reason, 0) + 1
+        replay.append({"schema": schema, "token_ids": list(c.token_ids)})
         try:
             jsonschema.validate(json.loads(c.text), schema)
             valid += 1
             valid_stopped += c.finish_reason == "stop"
+            valid_cut += c.finish_reason == "length"
         except (json.JSONDecodeError, jsonschema.ValidationError) as error:
             failures.append({"function": name, "sampled": sampled, "text": c.text[:300],
                              "finish_reason": c.finish_reason, "error": str(error)[:200]})
     finished = sum(1 for o in outs if o.outputs[0].finish_reason == "stop")
+    if args.replay_out is not None:  # the answers, for --part grammar
+        args.replay_out.write_text("\n".join(json.dumps(r) for r in replay) + "\n")
     return {
         "num_outputs": len(outs), "greedy": sum(not c[3] for c in todo), "sampled": sum(c[3] for c in todo),
         "distinct_functions": len({c[2] for c in todo}), "max_tokens": args.max_tokens,
         "valid": valid, "valid_fraction": valid / len(outs), "finish_reasons": finish,
         "valid_of_finished": valid_stopped / max(finished, 1), "finished": finished,
+        "valid_cut_by_max_tokens": valid_cut,
         "failures": failures[:20], "output_tokens": tokens, "seconds_untimed_niced": seconds,
     }
 
@@ -129,17 +139,43 @@ def overhead(llm: LLM, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     for out, p in zip(outs, on, strict=True):
         assert p.structured_outputs is not None
-        matcher = backend.new_matcher(p.structured_outputs)
-        for t in out.outputs[0].token_ids:
-            backend.bitmask([matcher])
-            backend.accept(matcher, t)
+        state = backend.start(p.structured_outputs)
+        for i, t in enumerate(out.outputs[0].token_ids):
+            backend.bitmask([state], [args.max_tokens - i])
+            backend.accept(state, t, args.max_tokens - i)
     result["grammar_only_ms_per_token"] = 1e3 * (time.perf_counter() - start) / sum(lengths)
     return result
 
 
+def grammar(llm: LLM, args: argparse.Namespace) -> dict[str, Any]:
+    """The grammar's own work per token, replayed over the validity run's answers (``--replay``):
+    mask + advance alone (as before budget-aware completion) and with the budget rule (closing
+    paths kept, forced and checked), alternating for ``--repeats`` rounds."""
+    backend = llm.engine.core.executor.structured  # type: ignore[attr-defined]
+    answers = [json.loads(line) for line in args.replay.read_text().splitlines() if line]
+    specs = [StructuredOutputsParams(json_schema=json_schema_text(a["schema"])) for a in answers]
+    for spec in specs:
+        backend.new_matcher(spec)  # compile every schema once (cached), outside the timing
+    total = sum(len(a["token_ids"]) for a in answers)
+    runs: dict[str, list[float]] = {"mask_and_advance": [], "with_budget": []}
+    for _ in range(args.repeats):
+        for arm in runs:
+            start = time.perf_counter()
+            for spec, answer in zip(specs, answers, strict=True):
+                budgeted = arm == "with_budget"
+                state = backend.start(spec, args.max_tokens if budgeted else None)
+                for i, token in enumerate(answer["token_ids"]):
+                    left = args.max_tokens - i if budgeted else None
+                    backend.bitmask([state], None if left is None else [left])
+                    backend.accept(state, token, left)
+            runs[arm].append(1e6 * (time.perf_counter() - start) / total)
+    return {"answers": len(answers), "tokens": total, "us_per_token": runs,
+            "us_per_token_median": {arm: statistics.median(v) for arm, v in runs.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("validity", "overhead"), required=True)
+    parser.add_argument("--part", choices=("validity", "overhead", "grammar"), required=True)
     parser.add_argument("--model", default=None)
     parser.add_argument("--num-outputs", type=int, default=500)
     parser.add_argument("--max-tokens", type=int, default=256)
@@ -147,11 +183,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", required=True, type=Path)
+    parser.add_argument("--replay-out", type=Path, default=None, help="validity: write the answers here")
+    parser.add_argument("--replay", type=Path, default=None, help="grammar: the answers to replay")
     args = parser.parse_args()
     loadavg_before = os.getloadavg()
     model = args.model or str(convert_gguf(default_model_path()))
     llm = LLM(model=model, num_threads=args.threads, max_num_seqs=64, kv_cache_memory_mb=512, seed=0)
-    body = validity(llm, args) if args.part == "validity" else overhead(llm, args)
+    if args.part == "grammar" and args.replay is None:
+        parser.error("--part grammar needs --replay (a validity run's --replay-out)")
+    parts = {"validity": validity, "overhead": overhead, "grammar": grammar}
+    body = parts[args.part](llm, args)
     result = {"part": args.part, "model": model, **body, "cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
               "engine_threads": args.threads, "nice": os.nice(0), "loadavg_before": loadavg_before,
               "loadavg_after": os.getloadavg()}

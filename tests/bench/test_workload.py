@@ -96,3 +96,20 @@ def test_vocab_refuses_a_tokenizer_without_whole_words(tmp_path: Path) -> None:
         PromptVocab(tokenizer)
     with pytest.raises(FileNotFoundError, match=r"--tokenizer: no tokenizer\.json"):
         PromptVocab.from_dir(tmp_path)
+
+
+def test_tokenizer_takes_what_serve_model_takes(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """`bench serve --tokenizer` names the served model as `serve --model` does; by default the model
+    `edgecloud serve` runs by default, never another model's vocabulary."""
+    from edgecloud.bench.serve import tokenizer_dir as resolve
+    from edgecloud.llm.demo_model import DEMO_MODEL_DIR
+    from edgecloud.llm.gguf import default_model_path
+
+    assert resolve(str(tokenizer_dir)) == tokenizer_dir
+    assert resolve("demo") == Path(DEMO_MODEL_DIR)
+    default = resolve(None)
+    assert (default / "tokenizer.json").is_file()
+    assert default == resolve(str(default_model_path()))  # the .gguf file, converted as the server does
+    assert Tokenizer.from_file(str(default / "tokenizer.json")).get_vocab_size() == 49152  # SmolLM2's
+    with pytest.raises(FileNotFoundError, match=r"--tokenizer: model .*nothing-here.* does not exist"):
+        resolve(str(tmp_path / "nothing-here"))

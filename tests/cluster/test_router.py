@@ -147,3 +147,30 @@ def test_the_accounting_returns_to_zero_whatever_the_order_of_events(events: lis
     for ticket in tickets:
         r.end(ticket)
     assert all(v.outstanding == v.pending_prefill_tokens == v.decoding == 0 for v in r.views)
+
+
+def test_pd_spreads_decodes_routed_while_their_prompts_are_prefilled() -> None:
+    """pd picks the decode instance when it routes, before the prompt is prefilled elsewhere; the
+    router counts the request there only once its decode stage begins. Requests routed during one
+    prefill must still spread (they all went to the first decode instance: herding)."""
+    p, d0, d1 = FakeInstance("p", role="prefill"), FakeInstance("d0", role="decode"), FakeInstance("d1", role="decode")
+    r = router("pd", p, d0, d1)
+    requests = [r.request(str(i), [1, 2, 3, i], 4) for i in range(4)]
+    routes = [r.route(req, 0) for req in requests]
+    prefills = [r.begin(route.prefill, req, "prefill") for route, req in zip(routes, requests, strict=True)]  # type: ignore[union-attr,arg-type]
+    assert sorted(route.target.name for route in routes) == ["d0", "d0", "d1", "d1"]  # type: ignore[union-attr]
+    # Decode stages begin: the router's count takes over from the policy's books, once.
+    tickets = []
+    for route, req, prefill in zip(routes, requests, prefills, strict=True):
+        r.end(prefill)
+        tickets.append(r.begin(route.target, req, "decode"))  # type: ignore[union-attr]
+    decode = r.policy.decode_policy  # type: ignore[attr-defined]
+    assert [decode.promised(v) for v in r.views] == [0, 0, 0] and [v.outstanding for v in r.views] == [0, 2, 2]
+    # A request given up during its prefill releases the place it was promised.
+    late = r.request("late", [9], 1)
+    route = r.route(late, 0)
+    assert route is not None and decode.promised(route.target) == 1
+    r.withdraw(late)
+    assert decode.promised(route.target) == 0
+    for ticket in tickets:
+        r.end(ticket)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,12 @@ from edgecloud.edge.bench import (
     comparisons,
     mooncake_chains,
     mooncake_workload,
+    per_turn_comparisons,
     ratio_ci,
     schedule,
     summarize,
     trace_request_tokens,
+    trace_workload,
 )
 from edgecloud.edge.topology import Topology
 
@@ -54,6 +58,47 @@ def test_mooncake_messages_scale_the_opening_and_cap_what_the_user_typed(tmp_pat
     assert conversation.max_tokens == (50, 25, 40)
     with pytest.raises(ValueError, match="only 1 conversations have 3 turns"):
         mooncake_workload(trace, 2, 3, 0.1, 0.5, 500, ProseCorpus(), words, 3)
+
+
+def test_trace_conversations_keep_their_turns_and_scale_every_length_alike(tmp_path: Path) -> None:
+    def words(text: str) -> int:
+        return len(text.split())
+
+    trace = write_trace(tmp_path / "trace.jsonl")
+    [conversation] = trace_workload(trace, conversations=1, scale=0.1, corpus=ProseCorpus(), count=words, seed=3)
+    # A's three turns (B and C have one): 1500 x 0.1, then (2000 - 1500 - 100) x 0.1, (2600 - 2000 - 50) x 0.1
+    assert [words(m) for m in conversation.messages] == [150, 40, 55]
+    assert conversation.max_tokens == (10, 5, 8)
+    with pytest.raises(ValueError, match="only 1 conversations have 2 turns or more"):
+        trace_workload(trace, 2, 0.1, ProseCorpus(), words, 3)
+
+
+def test_per_turn_ratios_pair_each_turn_of_each_conversation() -> None:
+    def mode(name: str, size: Callable[[int], int]) -> dict:
+        records = [TurnRecord(name, "w", c, k, "edge-a", 1, 200, 10.0, size(k) + (5 if c == "c1" else 0))
+                   for c in ("c0", "c1") for k in range(3 if c == "c0" else 2)]
+        records.append(TurnRecord(name, "w", "c2", 0, "edge-a", 1, 503, 10.0, 999))  # unanswered: left out
+        return {"records": [asdict(r) for r in records]}
+
+    curves = per_turn_comparisons({"tokens": mode("tokens", lambda k: 200), "client": mode("client",
+                                                                                          lambda k: 200 + 400 * k)})
+    rows = curves["request_tokens_over_client"]
+    assert [(r["turn"], r["n"]) for r in rows] == [(1, 2), (2, 2), (3, 1)]
+    assert [r["ratio"] for r in rows] == pytest.approx([1.0, 202.5 / 602.5, 200 / 1000])
+    assert "rt_tokens_over_text" not in curves
+
+
+def test_turns_whose_re_tokenized_prompt_is_not_the_stored_tokens_are_counted() -> None:
+    def mode(name: str, prompts: list[int]) -> dict:
+        records = [TurnRecord(name, "w", "c0", k, "edge-a", 1, 200, 10.0, 50, prompt_tokens=n)
+                   for k, n in enumerate(prompts)]
+        return {"records": [asdict(r) | {"sync_bytes": 1} for r in records]}
+
+    same = comparisons({"tokens": mode("tokens", [100, 173, 250]), "text": mode("text", [100, 173, 250])}, seed=0)
+    assert same["prompts_differ"] == 0
+    # the first answer re-tokenized one id shorter: every later prompt differs
+    split = comparisons({"tokens": mode("tokens", [100, 173, 250]), "text": mode("text", [100, 172, 249])}, seed=0)
+    assert split["prompts_differ"] == 2
 
 
 def test_a_conversation_starts_at_its_own_node_and_roams_on() -> None:
@@ -119,3 +164,21 @@ def test_sync_bytes_are_paired_by_conversation_and_turn_not_by_position() -> Non
     # paired turn by turn, every pair's ratio is 0.75 (to the byte's rounding): no spread at all
     assert ratio["ratio"] == pytest.approx(0.75, abs=2e-3)
     assert ratio["high"] - ratio["low"] < 5e-3
+
+
+def test_a_turns_prompt_built_from_stored_tokens_equals_the_whole_conversation_rendered_again() -> None:
+    """``edgecloud edge prepare``'s measurement: both ways of building each turn's prompt are timed,
+    and they give the same token ids (the tokens node appends to what is stored; the text one
+    re-renders everything)."""
+    from edgecloud.edge.bench import Conversation, prepare_costs
+    from edgecloud.edge.chat import ChatFormat
+    from edgecloud.llm.model_source import resolve_model
+    from edgecloud.llm.tokenizer import Tokenizer
+    from tests.edge.cluster import DEMO_TEMPLATE
+
+    chat = ChatFormat(Tokenizer(resolve_model("demo").directory, DEMO_TEMPLATE), b"test")
+    conversation = Conversation("c", ("a fool and", "his money", "are soon parted"), (4, 4, 4))
+    rows = prepare_costs(chat, [conversation], [["are soon", "parted", "so they say"]], repeat=2)
+    assert [r["turn"] for r in rows] == [1, 2, 3] and all(r["same"] for r in rows)
+    assert rows[0]["prompt_tokens"] < rows[1]["prompt_tokens"] < rows[2]["prompt_tokens"]
+    assert all(r["text_ms"] > 0 and r["tokens_ms"] > 0 for r in rows)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgecloud.llm.attention import DecodeBatch, PagedDecodeAttention, paged
+from edgecloud.llm.attention import DecodeBatch, PagedDecodeAttention, cpu_kernels, paged
 from edgecloud.llm.attention.paged import group_by_length
 
 
@@ -32,11 +35,13 @@ def reference(query, k_cache, v_cache, tables, lens, block_size, scale):  # type
     group=st.sampled_from([1, 4]),
     seed=st.integers(0, 1000),
     chunk_bytes=st.sampled_from([paged.CPU_CHUNK_BYTES, 1, 4096]),
+    kernel=st.booleans(),
 )
 def test_paged_decode_matches_reference(
-    lens: list[int], block_size: int, kv_heads: int, group: int, seed: int, chunk_bytes: int
+    lens: list[int], block_size: int, kv_heads: int, group: int, seed: int, chunk_bytes: int, kernel: bool
 ) -> None:
-    """Also with the CPU's row chunks forced small: one row per SDPA call (1 byte), or a few."""
+    """Both CPU paths: the C kernel reading K/V in place, and the torch gather + SDPA path, also
+    with its row chunks forced small (one row per SDPA call at 1 byte, or a few)."""
     gen = torch.Generator().manual_seed(seed)
     head_dim = 8
     num_blocks = sum(-(-n // block_size) for n in lens) + 3
@@ -47,10 +52,14 @@ def test_paged_decode_matches_reference(
     query = torch.randn(len(lens), kv_heads * group, head_dim, generator=gen)
     backend = PagedDecodeAttention()
     saved, paged.CPU_CHUNK_BYTES = paged.CPU_CHUNK_BYTES, chunk_bytes
+    saved_kernel = cpu_kernels.paged_decode
+    if not kernel:
+        cpu_kernels.paged_decode = lambda *args: None  # type: ignore[assignment]
     try:
         got = backend.forward(backend.plan(DecodeBatch(tables, lens, block_size)), query, k_cache, v_cache, 0.3)
     finally:
         paged.CPU_CHUNK_BYTES = saved
+        cpu_kernels.paged_decode = saved_kernel
     want = reference(query, k_cache, v_cache, tables, lens, block_size, 0.3)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
@@ -61,3 +70,31 @@ def test_length_groups_cover_every_row_once_and_split_far_apart_lengths() -> Non
     assert sorted(r for g in groups for r in g) == list(range(len(lens)))
     assert {frozenset(g) for g in groups} == {frozenset({0, 1, 3}), frozenset({2, 4, 5})}
     assert group_by_length([5, 5, 5], overhead=64) == [[0, 1, 2]]
+
+
+def test_the_cpu_kernel_builds_here_and_reads_shared_blocks_in_place() -> None:
+    """Where a C compiler is installed (every machine of this project) the kernel must build: a
+    silent fallback would hide a broken kernel behind the slower torch path. Sequences share
+    their first blocks (prefix caching), lengths end mid-block and on block boundaries."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine: the engine uses the torch path")
+    assert cpu_kernels.paged_decode_f32() is not None
+    gen = torch.Generator().manual_seed(7)
+    block_size, kv_heads, group, head_dim = 16, 3, 3, 64  # SmolLM2's attention shapes
+    k_cache = torch.randn(40, block_size, kv_heads, head_dim, generator=gen)
+    v_cache = torch.randn(40, block_size, kv_heads, head_dim, generator=gen)
+    shared = [3, 17, 5]
+    tables = [[*shared, 9], [*shared, 11, 12], shared, [30], [*shared, 20, 21, 22, 23]]
+    lens = [49, 80, 48, 1, 112]
+    query = torch.randn(len(lens), kv_heads * group, head_dim, generator=gen)
+    plan = PagedDecodeAttention().plan(DecodeBatch(tables, lens, block_size))
+    got = cpu_kernels.paged_decode(
+        query, k_cache, v_cache, plan.block_table, plan.context_lens, plan.max_context, 0.125
+    )
+    assert got is not None
+    torch.testing.assert_close(got, reference(query, k_cache, v_cache, tables, lens, block_size, 0.125),
+                               atol=1e-5, rtol=1e-5)
+    assert plan._groups is None  # the kernel path never builds the torch path's length groups
+    # not float32: the caller's torch path, never a wrong-dtype read
+    assert cpu_kernels.paged_decode(query.bfloat16(), k_cache.bfloat16(), v_cache.bfloat16(), plan.block_table,
+                                    plan.context_lens, plan.max_context, 0.125) is None

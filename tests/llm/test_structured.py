@@ -13,9 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgecloud.llm import LLM, InvalidRequestError, SamplingParams
+from edgecloud.llm.demo_model import DEMO_MODEL_DIR
 from edgecloud.llm.messages import AddRequests, decode_to_core, encode
 from edgecloud.llm.request import EngineCoreRequest
-from edgecloud.llm.structured import StructuredOutputsParams, declare_required, json_schema_text, unpack_bitmask
+from edgecloud.llm.structured import (
+    StructuredOutputs,
+    StructuredOutputsParams,
+    declare_required,
+    json_schema_text,
+    unpack_bitmask,
+)
 
 # Bounded: enums, booleans and short strings, so even a model that never chooses to stop must
 # complete the object within max_tokens.
@@ -84,10 +91,97 @@ def test_ebnf_grammar_and_json_object(llm: LLM) -> None:
     assert {o.outputs[0].text for o in outs} <= {"yes", "no"}
     obj = SamplingParams(max_tokens=200, temperature=0, structured_outputs=StructuredOutputsParams(json_object=True))
     text = llm.generate(["Say it in JSON:"], obj)[0].outputs[0]
-    if text.finish_reason == "stop":
-        assert isinstance(json.loads(text.text), dict)
-    else:  # an unbounded object may run out of tokens; what was written is still a valid prefix
-        assert text.text.startswith("{")
+    # an unbounded object that runs into max_tokens is closed in time (budget-aware completion)
+    assert isinstance(json.loads(text.text), dict), text
+
+
+# Unbounded: free strings, a list of numbers, a nested object with required members: a model that
+# never chooses to stop (the demo model) runs into max_tokens inside some value.
+UNBOUNDED = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "xs": {"type": "array", "items": {"type": "number"}},
+        "inner": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}},
+                  "required": ["a", "b"]},
+    },
+    "required": ["name", "xs", "inner"],
+}
+
+
+def _backend(llm: LLM) -> StructuredOutputs:
+    return llm.engine.core.executor.structured  # type: ignore[attr-defined, no-any-return]
+
+
+def test_an_answer_cut_by_max_tokens_is_still_a_complete_document(llm: LLM) -> None:
+    spec = StructuredOutputsParams(json_schema=json_schema_text(UNBOUNDED))
+    backend = _backend(llm)
+    closing = backend.closing(backend.start(spec))
+    assert closing is not None and closing.text == b'{"inner": {"a": 0, "b": ""}, "name": "", "xs": []}'
+    shortest = len(closing.tokens)
+    params = [SamplingParams(max_tokens=budget, temperature=temperature, seed=seed, structured_outputs=spec)
+              for budget in (shortest, shortest + 3, 70)
+              for temperature, seed in ((0.0, None), (1.0, 1), (1.5, 2))]
+    outs = llm.generate(["Hello", "The answer is", "Once upon a time"] * 3, params)
+    for out, p in zip(outs, params, strict=True):
+        c = out.outputs[0]
+        assert len(c.token_ids) <= p.max_tokens
+        jsonschema.validate(json.loads(c.text), UNBOUNDED)  # complete and valid, cut or not
+        if p.max_tokens == shortest:  # the whole budget is the shortest document
+            assert c.text == closing.text.decode() and c.finish_reason == "length"
+    cut = [o.outputs[0] for o in outs if o.outputs[0].finish_reason == "length"]
+    assert len(cut) >= 6 and any(len(c.text) > 80 for c in cut)  # the model wrote, then was closed
+
+
+def test_a_budget_below_the_shortest_document_is_refused_naming_max_tokens(llm: LLM) -> None:
+    schema = {"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]}
+    spec = StructuredOutputsParams(json_schema=json_schema_text(schema))
+    need = len(_backend(llm).tokenize(b'{"s": ""}'))
+    with pytest.raises(InvalidRequestError) as info:
+        llm.generate(["Hello"], SamplingParams(max_tokens=need - 1, structured_outputs=spec))
+    assert info.value.param == "max_tokens"
+    assert f"max_tokens={need - 1} cannot hold" in str(info.value) and f"""'{{"s": ""}}', takes {need} tokens""" in str(
+        info.value)
+    out = llm.generate(["Hello"], SamplingParams(max_tokens=need, structured_outputs=spec))[0].outputs[0]
+    assert (out.text, out.finish_reason) == ('{"s": ""}', "length")
+
+
+@pytest.mark.parametrize(("prefix", "closing"), [
+    ('', '{"inner": {"a": 0, "b": ""}, "name": "", "xs": []}'),
+    ('{"inner": {"a": 12', ', "b": ""}, "name": "", "xs": []}'),  # past the digits, not more of them
+    ('{"inner": {"a": 1, "b": "abc\\', '""}, "name": "", "xs": []}'),  # the escape first
+    ('{"inner": {"a": 1, "b": "x"}, "name": "\u00e9', '", "xs": []}'),
+    ('{"inner": {"a": 1, "b": "x"}, "name": "", "xs": [1.5, -2', ']}'),
+    ('{"inner": {"a": 1, "b": "x"}, "name": "", "xs": [1.', '0]}'),
+])
+def test_the_closing_path_completes_the_document_from_any_state(prefix: str, closing: str) -> None:
+    backend = StructuredOutputs(DEMO_MODEL_DIR / "tokenizer.json", 4096, [2])
+    state = backend.start(StructuredOutputsParams(json_schema=json_schema_text(UNBOUNDED)))
+    assert state.matcher.accept_string(prefix.encode()) or not prefix
+    path = backend.closing(state)
+    assert path is not None and path.text.decode() == closing
+    jsonschema.validate(json.loads(prefix + closing), UNBOUNDED)
+    assert b"".join(backend._token_bytes[t] for t in path.tokens) == path.text
+    found = backend._shortest(state.matcher)  # the breadth-first search agrees on these
+    assert found is None or len(found[0]) == len(path.text)
+
+
+def test_a_sampled_token_that_leaves_no_room_to_close_is_replaced_by_the_closing_path() -> None:
+    backend = StructuredOutputs(DEMO_MODEL_DIR / "tokenizer.json", 4096, [2])
+    schema = {"type": "object", "properties": {"items": {"type": "array", "items": {
+        "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}, "required": ["items"]}
+    spec = StructuredOutputsParams(json_schema=json_schema_text(schema))
+    brace = backend.tokenize(b"{")[0]
+    for budget, replaced in ((100, False), (4, True)):
+        state = backend.start(spec)
+        assert state.matcher.accept_string(b'{"items": [')
+        before = backend.closing(state)
+        assert before is not None and before.text == b"]}" and len(before.tokens) < 4
+        # '{' opens an object that needs '"a": 0}' before the array can close
+        assert backend.accept(state, brace, budget) == (before.tokens[0] if replaced else None)
+        after = backend.closing(state)
+        assert after is not None and len(after.tokens) <= budget - 1
+        assert after.text == (b"}" if replaced else b'"a": 0}]}')
 
 
 def test_bad_specs_are_refused_naming_the_field(llm: LLM) -> None:

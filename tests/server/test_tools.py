@@ -74,3 +74,10 @@ def test_required_grammar_admits_parallel_calls_up_to_the_bound_and_valid_argume
     assert not accepts(format_call("h", {"x": 1}))  # only offered functions
     named = {"type": "function", "function": {"name": "g"}}
     assert accepts(calls(1, "g"), named) and not accepts(calls(1, "f"), named)
+
+    # `required` names that `properties` does not list are enforced in tool calls too (xgrammar alone
+    # let `{"p": {}}` through; a held-out BFCL function has such a parameter)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"p": {"type": "object", "required": ["adults"]}}, "required": ["p"]}}}]
+    assert accepts(format_call("f", {"p": {"adults": 2}}))
+    assert not accepts(format_call("f", {"p": {}}))

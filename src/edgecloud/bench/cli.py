@@ -42,8 +42,9 @@ def register(commands: Any, bench: Any) -> None:
     target.add_argument("--api-key", help="bearer token (default: $OPENAI_API_KEY if set)")
     target.add_argument(
         "--tokenizer",
-        help="directory with the served model's tokenizer.json, used to build prompts of exact "
-        "token lengths (default: the embedded demo model's)",
+        help="the served model, as `edgecloud serve --model` takes it (an HF directory, a .gguf file or "
+        "'demo'), or a tokenizer.json: its tokenizer builds prompts of exact token lengths "
+        "(default: the tokenizer of the model `edgecloud serve` runs by default, SmolLM2-135M-Instruct)",
     )
     target.add_argument("--temperature", type=float, default=0.0)
     target.add_argument(

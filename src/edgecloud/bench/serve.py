@@ -33,13 +33,21 @@ from edgecloud.bench.workload import (
 from edgecloud.errors import USAGE, CLIError
 
 
-def default_tokenizer_dir() -> Path:
-    """The embedded demo model's directory (the model ``edgecloud serve`` runs by default)."""
+def tokenizer_dir(spec: str | None) -> Path:
+    """The directory holding the served model's ``tokenizer.json``, from what ``--model`` takes: an HF
+    model directory, a ``.gguf`` file (converted once and cached, as the server does), ``demo``, or
+    nothing for the model ``edgecloud serve`` runs by default (SmolLM2-135M-Instruct)."""
+    if spec is not None:
+        path = Path(spec).expanduser()
+        if path.is_dir() or (path.is_file() and path.suffix != ".gguf"):  # a directory or a tokenizer.json
+            return path
+    from edgecloud.llm.errors import ModelLoadError
+    from edgecloud.llm.model_source import resolve_model
+
     try:
-        from edgecloud.llm.demo_model import DEMO_MODEL_DIR
-    except ImportError:
-        raise FileNotFoundError("no embedded demo model in this install; pass --tokenizer DIR") from None
-    return Path(DEMO_MODEL_DIR)
+        return resolve_model(spec).directory
+    except ModelLoadError as error:
+        raise FileNotFoundError(f"--tokenizer: {error}") from error
 
 
 def build_workload(args: argparse.Namespace, vocab: PromptVocab) -> list[BenchRequest]:
@@ -103,7 +111,7 @@ def run_with_progress(
 def run_from_args(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     try:
-        vocab = PromptVocab.from_dir(args.tokenizer or default_tokenizer_dir())
+        vocab = PromptVocab.from_dir(tokenizer_dir(args.tokenizer))
         requests = build_workload(args, vocab)
         arrivals = build_arrivals(args, requests)
         api_key = args.api_key or os.environ.get("OPENAI_API_KEY")

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 from edgecloud.cluster.config import Role
 from edgecloud.cluster.policies import PrefillDecode, RoutingPolicy, register_policy
-from edgecloud.cluster.router import InstanceView, Route, RouteRequest, Ticket
+from edgecloud.cluster.router import InstanceView, RouteRequest, Ticket
 
 MIN_LONGEST_WAIT_S = 0.05  # OmniInfer's floor on the longest wait, so a fresh queue is ordered by length
 Loads = dict[InstanceView, tuple[int, int]]  # per instance: prompt tokens queued, prompts in flight
@@ -199,23 +199,3 @@ class OmniProxy(PrefillDecode):
         RoutingPolicy.__init__(self, ("prefill", "decode"), pools)
         self.prefill_policy = OmniPrefill(("prefill",), pools, room_tokens, max_running, length_weight, hold)
         self.decode_policy = OmniDecode(("decode",), pools, decode_max_running)
-
-    def route(self, req: RouteRequest, instances: Sequence[InstanceView], now: float) -> Route | None:
-        prefill = self.prefill_policy.route(req, instances, now)
-        if prefill is None:
-            return None
-        decode = self.decode_policy.route(req, instances, now)
-        return None if decode is None else Route(decode.target, prefill=prefill.target)
-
-    def _stage_policy(self, ticket: Ticket) -> RoutingPolicy:
-        return self.prefill_policy if ticket.stage == "prefill" else self.decode_policy
-
-    def began(self, ticket: Ticket) -> None:
-        self._stage_policy(ticket).began(ticket)
-
-    def ended(self, ticket: Ticket) -> None:
-        self._stage_policy(ticket).ended(ticket)
-
-    def withdrawn(self, req: RouteRequest) -> None:
-        self.prefill_policy.withdrawn(req)
-        self.decode_policy.withdrawn(req)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -81,12 +82,14 @@ class ProseCorpus:
         """Consecutive sentences from a random place, cut to about ``num_tokens`` tokens."""
         start = rng.randrange(len(self.sentences))
         words: list[str] = []
-        i = start
-        while True:
-            words += self.sentences[i % len(self.sentences)].split()
-            i += 1
+        i, enough = start, max(1, num_tokens // 2)
+        while True:  # enough words, counted O(log n) times (the trace's prompts reach 123k tokens)
+            while len(words) < enough:
+                words += self.sentences[i % len(self.sentences)].split()
+                i += 1
             if count(" ".join(words)) >= num_tokens:
                 break
+            enough = len(words) * 3 // 2 + 1
         low, high = 1, len(words)
         while low < high:  # the fewest words that reach the length
             mid = (low + high) // 2
@@ -136,30 +139,53 @@ def trace_request_tokens(path: str | Path, min_turns: int = 2, seed: int = 0) ->
             "session_over_client": ratio_ci(requests_session, requests_client, seed=seed)}
 
 
+def _chains(path: str | Path, conversations: int, min_turns: int) -> list[list[tuple[int, int]]]:
+    """The trace's first ``conversations`` conversations of ``min_turns`` turns or more."""
+    chains = [c for c in mooncake_chains(path) if len(c) >= min_turns][:conversations]
+    if len(chains) < conversations:
+        raise ValueError(f"{path}: only {len(chains)} conversations have {min_turns} turns or more")
+    return chains
+
+
+def _added(chain: list[tuple[int, int]], k: int) -> int:
+    """What turn ``k``'s prompt adds: the opening context, then what follows the previous answer."""
+    return chain[0][0] if k == 0 else chain[k][0] - chain[k - 1][0] - chain[k - 1][1]
+
+
+def _conversations(sized: list[tuple[list[int], list[int]]], corpus: ProseCorpus, count: Callable[[str], int],
+                   seed: int) -> list[Conversation]:
+    """Prose messages of the given lengths (in the model's tokens), with their answer budgets."""
+    rng = random.Random(seed)
+    return [Conversation(f"mooncake-{i}", tuple(corpus.text(rng, n, count) for n in lengths), tuple(budgets))
+            for i, (lengths, budgets) in enumerate(sized)]
+
+
 def mooncake_workload(
     path: str | Path, conversations: int, turns: int, input_scale: float, output_scale: float,
     max_user_tokens: int, corpus: ProseCorpus, count: Callable[[str], int], seed: int,
 ) -> list[Conversation]:
-    rng = random.Random(seed)
-    chains = [c for c in mooncake_chains(path) if len(c) >= turns][:conversations]
-    if len(chains) < conversations:
-        raise ValueError(f"{path}: only {len(chains)} conversations have {turns} turns or more")
-    out = []
-    for i, chain in enumerate(chains):
-        lengths, budgets = [], []
-        for k, (input_len, output_len) in enumerate(chain[:turns]):
-            if k == 0:
-                new = input_len
-            else:
-                previous_in, previous_out = chain[k - 1]
-                new = input_len - previous_in - previous_out
-            # The opening context (a document, a system prompt) is scaled; later messages are what a
-            # user typed, kept at their length up to a cap.
-            lengths.append(max(4, round(new * input_scale)) if k == 0 else max(4, min(max_user_tokens, new)))
-            budgets.append(max(4, round(output_len * output_scale)))
-        messages = tuple(corpus.text(rng, n, count) for n in lengths)
-        out.append(Conversation(f"mooncake-{i}", messages, tuple(budgets)))
-    return out
+    sized = []
+    for chain in _chains(path, conversations, turns):
+        # The opening context (a document, a system prompt) is scaled; later messages are what a
+        # user typed, kept at their length up to a cap.
+        lengths = [max(4, round(_added(chain, 0) * input_scale))]
+        lengths += [max(4, min(max_user_tokens, _added(chain, k))) for k in range(1, turns)]
+        sized.append((lengths, [max(4, round(out * output_scale)) for _, out in chain[:turns]]))
+    return _conversations(sized, corpus, count, seed)
+
+
+def trace_workload(
+    path: str | Path, conversations: int, scale: float, corpus: ProseCorpus, count: Callable[[str], int],
+    seed: int, min_turns: int = 2,
+) -> list[Conversation]:
+    """The trace's conversations as they are, scaled: the first ``conversations`` conversations of
+    ``min_turns`` turns or more in arrival order, each with all its turns, and every length (the
+    opening context, each later message as what the trace added beyond the previous answer, each
+    answer budget) times ``scale`` (at least one token). The number of turns, and the proportion of
+    a conversation's opening context to what its later messages add, are the trace's."""
+    sized = [([max(1, round(_added(chain, k) * scale)) for k in range(len(chain))],
+              [max(1, round(out * scale)) for _, out in chain]) for chain in _chains(path, conversations, min_turns)]
+    return _conversations(sized, corpus, count, seed)
 
 
 def roaming_workload(conversations: int, turns: int, user_tokens: tuple[int, int], max_tokens: int,
@@ -482,16 +508,142 @@ def _paired(mode_a: dict[str, Any], mode_b: dict[str, Any], key: str) -> tuple[l
     return [a[k] for k in common], [b[k] for k in common]
 
 
+def per_turn(mode_a: dict[str, Any], mode_b: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """``key``'s medians in both modes at each turn of the conversations (1 = a conversation's first
+    turn), over the turns both answered, and their ratio."""
+    import numpy as np
+
+    def by_turn(mode: dict[str, Any]) -> dict[tuple[str, int], float]:
+        return {(r["conversation"], r["turn"]): r[key] for r in mode["records"] if r["status"] == 200}
+
+    a, b = by_turn(mode_a), by_turn(mode_b)
+    rows = []
+    for turn in sorted({k for _, k in set(a) & set(b)}):
+        common = [c for c in set(a) & set(b) if c[1] == turn]
+        median_a = float(np.median([a[c] for c in common]))
+        median_b = float(np.median([b[c] for c in common]))
+        rows.append({"turn": turn + 1, "n": len(common), "a_p50": median_a, "b_p50": median_b,
+                     "ratio": median_a / median_b if median_b else None})
+    return rows
+
+
 def comparisons(modes: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "tokens" in modes and "text" in modes:
         out["rt_tokens_over_text"] = ratio_ci(*_paired(modes["tokens"], modes["text"], "rt_ms"), seed=seed)
         out["sync_tokens_over_text"] = ratio_ci(*_paired(modes["tokens"], modes["text"], "sync_bytes"), seed=seed)
+        # turns whose re-rendered, re-tokenized prompt is not the stored tokens (an answer sampled as
+        # other ids than its text tokenizes to): the text node's prefix cache misses from there on
+        out["prompts_differ"] = sum(a != b for a, b in zip(*_paired(modes["tokens"], modes["text"], "prompt_tokens"),
+                                                           strict=True))
     if "tokens" in modes and "client" in modes:
         out["request_tokens_over_client"] = ratio_ci(
             *_paired(modes["tokens"], modes["client"], "request_bytes"), seed=seed)
         out["rt_tokens_over_client"] = ratio_ci(*_paired(modes["tokens"], modes["client"], "rt_ms"), seed=seed)
     return out
+
+
+def per_turn_comparisons(modes: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The curves behind the medians: each ratio at each turn of the conversations."""
+    out = {}
+    if "tokens" in modes and "text" in modes:
+        out["rt_tokens_over_text"] = per_turn(modes["tokens"], modes["text"], "rt_ms")
+    if "tokens" in modes and "client" in modes:
+        out["request_tokens_over_client"] = per_turn(modes["tokens"], modes["client"], "request_bytes")
+        out["rt_tokens_over_client"] = per_turn(modes["tokens"], modes["client"], "rt_ms")
+    return out
+
+
+# -- building a turn's prompt, without the engine -------------------------------------------------
+
+
+def prepare_costs(chat: Any, conversations: list[Conversation], answers: list[list[str]], repeat: int = 3
+                  ) -> list[dict[str, Any]]:
+    """Each turn's prompt built both ways, timed (median of ``repeat``): ``text`` renders the whole
+    conversation with the chat template and tokenizes it (``ChatFormat.full_prompt``, as a text node
+    does every turn); ``tokens`` unpacks the stored token deltas and appends the new message's
+    tokens (as a tokens node does). ``same`` says whether the two prompts are the same token ids."""
+    import statistics
+
+    from edgecloud.edge.turns import pack_tokens, unpack_tokens
+
+    def timed(work: Callable[[], Any]) -> tuple[float, Any]:
+        times, result = [], None
+        for _ in range(repeat):
+            began = time.perf_counter()
+            result = work()
+            times.append((time.perf_counter() - began) * 1e3)
+        return statistics.median(times), result
+
+    def tokens_prompt(stored: list[tuple[bytes, int]], message: str, first: bool) -> tuple[list[int], Any]:
+        context: list[int] = []
+        for packed, width in stored:
+            context += unpack_tokens(packed, width)
+        user = chat.user_delta(message, first=first)
+        return context + user.ids, user
+
+    rows = []
+    for conversation, replies in zip(conversations, answers, strict=True):
+        history: list[tuple[str, str]] = []
+        stored: list[tuple[bytes, int]] = []
+        for k, (message, reply) in enumerate(zip(conversation.messages, replies, strict=True)):
+            text_ms, text_ids = timed(functools.partial(chat.full_prompt, history, message))
+            tokens_ms, (token_ids, user) = timed(functools.partial(tokens_prompt, stored, message, k == 0))
+            rows.append({"conversation": conversation.name, "turn": k + 1, "prompt_tokens": len(text_ids),
+                         "text_ms": text_ms, "tokens_ms": tokens_ms, "same": text_ids == token_ids})
+            stored.append(pack_tokens(chat.turn_tokens(user, chat.encode(reply))[0]))
+            history.append((message, reply))
+    return rows
+
+
+def run_prepare_cli(args: argparse.Namespace) -> int:
+    """``edgecloud edge prepare``: what re-rendering the whole conversation costs a text node per turn
+    against a tokens node's concatenation, at the trace's lengths (no engine, no nodes)."""
+    from edgecloud.edge.chat import ChatFormat
+    from edgecloud.errors import USAGE, CLIError
+    from edgecloud.llm.model_source import resolve_model
+    from edgecloud.llm.tokenizer import Tokenizer
+
+    if not 0 < args.trace_scale <= 1:
+        raise CLIError(f"--trace-scale: expected 0 < S <= 1, got {args.trace_scale:g}", USAGE)
+    if args.repeat < 1:
+        raise CLIError(f"--repeat: expected >= 1, got {args.repeat}", USAGE)
+    if not Path(args.trace).is_file():
+        raise CLIError(f"--trace: no file {args.trace}", USAGE)
+    source = resolve_model(args.model)
+    tokenizer = Tokenizer(source.directory, args.chat_template)
+    chat = ChatFormat(tokenizer, b"prepare")
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    corpus = ProseCorpus()
+    conversations = trace_workload(args.trace, args.conversations, args.trace_scale, corpus, count, args.seed)
+    from edgecloud.bench.machine import LoadWatch
+
+    watch = LoadWatch.begin()
+    rng = random.Random(args.seed + 2)
+    answers = [[corpus.text(rng, n, count) for n in c.max_tokens] for c in conversations]  # the trace's lengths
+    rows = prepare_costs(chat, conversations, answers, args.repeat)
+    import numpy as np
+
+    def p50(key: str, rows: list[dict[str, Any]]) -> float:
+        return float(np.median([r[key] for r in rows]))
+
+    load = watch.finish()
+    summary = {"turns": len(rows), "prompt_tokens_p50": p50("prompt_tokens", rows), "text_ms_p50": p50("text_ms", rows),
+               "tokens_ms_p50": p50("tokens_ms", rows), "prompts_differ": sum(not r["same"] for r in rows),
+               "text_ms_max": max(r["text_ms"] for r in rows),
+               "prompt_tokens_max": max(r["prompt_tokens"] for r in rows)}
+    report = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                         if k not in ("handler", "debug")} | {"model_name": source.name},
+              "machine": load.as_dict(), "summary": summary, "turns": rows}
+    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"{len(rows)} turns of {len(conversations)} trace conversations x {args.trace_scale:g}: prompt p50 "
+          f"{summary['prompt_tokens_p50']:.0f} tokens (max {summary['prompt_tokens_max']}); building it: text "
+          f"{summary['text_ms_p50']:.2f} ms p50 (max {summary['text_ms_max']:.1f}), tokens "
+          f"{summary['tokens_ms_p50']:.2f} ms p50; prompts that differ: {summary['prompts_differ']}")
+    return 0
 
 
 # -- the benchmark ------------------------------------------------------------------------------
@@ -514,6 +666,10 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-scale", type=float, default=0.05, help="Mooncake opening context length x this")
     parser.add_argument("--output-scale", type=float, default=0.1, help="Mooncake answer budgets x this")
     parser.add_argument("--max-user-tokens", type=int, default=96, help="cap of later Mooncake messages (unscaled)")
+    parser.add_argument("--trace-scale", type=float, default=None, metavar="S",
+                        help="the mooncake workload as the trace has it, scaled: its conversations of 2+ turns "
+                             "(the first --conversations in arrival order) with all their turns, every length x S "
+                             "(--turns, --input-scale, --output-scale, --max-user-tokens: roaming only)")
     parser.add_argument("--user-tokens", default="16:64", help="roaming message lengths A:B")
     parser.add_argument("--max-tokens", type=int, default=48, help="roaming answer budget")
     parser.add_argument("--roam-every", type=int, default=2, help="turns at one node before moving on")
@@ -543,6 +699,8 @@ def run_bench_cli(args: argparse.Namespace) -> int:
         assert 1 <= low <= high
     except (ValueError, AssertionError):
         raise CLIError(f"--user-tokens: expected A:B with 1 <= A <= B, got {args.user_tokens!r}", USAGE) from None
+    if args.trace_scale is not None and not 0 < args.trace_scale <= 1:
+        raise CLIError(f"--trace-scale: expected 0 < S <= 1, got {args.trace_scale:g}", USAGE)
     kill = None
     if args.kill != "none":
         node, _, after = args.kill.partition(":")
@@ -586,7 +744,9 @@ async def run_bench(args: argparse.Namespace, topology: Any, modes: list[str], w
 
     corpus = ProseCorpus()
     loads: dict[str, list[Conversation]] = {}
-    if "mooncake" in workloads:
+    if "mooncake" in workloads and args.trace_scale is not None:
+        loads["mooncake"] = trace_workload(args.trace, args.conversations, args.trace_scale, corpus, count, args.seed)
+    elif "mooncake" in workloads:
         loads["mooncake"] = mooncake_workload(args.trace, args.conversations, args.turns, args.input_scale,
                                               args.output_scale, args.max_user_tokens, corpus, count, args.seed)
     if "roaming" in workloads:
@@ -630,8 +790,8 @@ async def run_bench(args: argparse.Namespace, topology: Any, modes: list[str], w
             await asyncio.gather(*(edge.stop() for edge in edges.values()))
     load = watch.finish()
     topology_name = "default" if args.topology is None else str(args.topology)
-    cases = [{"topology": topology_name, "workload": w, "modes": m, "comparisons": comparisons(m, args.seed)}
-             for w, m in results.items()]
+    cases = [{"topology": topology_name, "workload": w, "modes": m, "comparisons": comparisons(m, args.seed),
+              "per_turn": per_turn_comparisons(m)} for w, m in results.items()]
     if kill_case is not None:
         cases.append({"topology": topology_name, "workload": "roaming+kill", "modes": {"tokens": kill_case},
                       "comparisons": {}})
@@ -664,8 +824,13 @@ def print_summary(report: dict[str, Any]) -> None:
                 (f"{c:.3f}" if isinstance(c, float) and c < 1 else f"{c:.1f}" if isinstance(c, float)
                  else str(c)).rjust(18) for c in cells))
         for name, value in case["comparisons"].items():
-            if value["ratio"] is not None:
+            if not isinstance(value, dict):
+                print(f"  {name}: {value}")
+            elif value["ratio"] is not None:
                 print(f"  {name}: {value['ratio']:.3f} [{value['low']:.3f}, {value['high']:.3f}]")
+        for name, rows in case.get("per_turn", {}).items():
+            cells = " ".join(f"{r['turn']}:{r['ratio']:.2f}(n={r['n']})" for r in rows if r["ratio"] is not None)
+            print(f"  {name} by turn: {cells}")
     trace = report.get("trace_full_length")
     if trace and trace["session_over_client"]["ratio"] is not None:
         ratio = trace["session_over_client"]
@@ -678,6 +843,7 @@ def print_summary(report: dict[str, Any]) -> None:
 
 def plot(report: dict[str, Any], path: str | Path) -> None:
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -687,7 +853,7 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     cases = [c for c in report["cases"] if len(c["modes"]) > 1]
     if not cases:
         return
-    figure, axes = plt.subplots(len(cases), 3, figsize=(16, 4.2 * len(cases)), squeeze=False)
+    figure, axes = plt.subplots(len(cases), 4, figsize=(21, 4.2 * len(cases)), squeeze=False)
     colors = {"tokens": "tab:blue", "text": "tab:orange", "client": "tab:green"}
     for row, case in zip(axes, cases, strict=True):
         for mode, m in case["modes"].items():
@@ -700,13 +866,23 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
             if mode != "client" and m["sync_bytes"]:
                 cdf_steps(row[1], m["sync_bytes"], color=colors[mode],
                           label=f"{mode} (p50 {m['sync_bytes_p50']:.0f} B)")
-        titles = ("response time (ms)", "sync bytes per turn (all nodes)", "client request bytes")
+            by_turn: dict[int, list[float]] = {}
+            for r in ok:
+                by_turn.setdefault(r["turn"] + 1, []).append(r["request_bytes"])
+            turns = sorted(by_turn)
+            row[3].plot(turns, [float(np.median(by_turn[k])) for k in turns], marker="o", color=colors[mode],
+                        label=mode)
+        titles = ("response time (ms)", "sync bytes per turn (all nodes)", "client request bytes",
+                  "turn of the conversation")
         for axis, title in zip(row, titles, strict=True):
             axis.set_xlabel(title)
             axis.set_ylabel("fraction of turns")
             axis.grid(alpha=0.3)
             axis.legend(loc="lower right", fontsize=8)
         row[2].set_xscale("log")
+        row[3].set_yscale("log")
+        row[3].set_ylabel("client request bytes, median")
+        row[3].set_title(f"{case['workload']}: request size by turn")
         row[0].set_title(f"{case['workload']}: response time CDF")
         row[1].set_title(f"{case['workload']}: replication traffic per turn")
         row[2].set_title(f"{case['workload']}: client request size")

@@ -132,6 +132,22 @@ def register(commands: Any, bench: Any) -> None:
     add_bench_options(run)
     run.set_defaults(handler=_bench)
 
+    prepare = verbs.add_parser(
+        "prepare", help="a turn's prompt built as text (whole re-render) vs as tokens, at the trace's lengths",
+        description="Builds every turn's prompt of the Mooncake trace's conversations both ways, without the engine: "
+        "text renders the whole conversation with the chat template and tokenizes it (what a text node does every "
+        "turn), tokens appends the new message's tokens to the stored ones; times both and compares the prompts.",
+    )
+    prepare.add_argument("--json", type=output_file, required=True)
+    prepare.add_argument("--model", default=None, help="whose tokenizer and template (default: SmolLM2-135M-Instruct)")
+    prepare.add_argument("--chat-template", default=None, help="for a model without one (the demo model)")
+    prepare.add_argument("--trace", default="../shared/traces/mooncake_conversation.jsonl")
+    prepare.add_argument("--conversations", type=int, default=50, help="the trace's first conversations of 2+ turns")
+    prepare.add_argument("--trace-scale", type=float, default=1.0, help="every length x this (1: the trace's own)")
+    prepare.add_argument("--repeat", type=int, default=3, help="timings per prompt (the median is kept)")
+    prepare.add_argument("--seed", type=int, default=0)
+    prepare.set_defaults(handler=_prepare)
+
 
 def _node(args: argparse.Namespace) -> int:
     from edgecloud.edge.node import NodeConfig, serve_node
@@ -217,6 +233,12 @@ def _check(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 1 if totals else 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from edgecloud.edge.bench import run_prepare_cli
+
+    return run_prepare_cli(args)
 
 
 def _bench(args: argparse.Namespace) -> int:

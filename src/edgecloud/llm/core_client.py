@@ -16,9 +16,11 @@ import logging
 import multiprocessing
 import queue
 import shutil
+import sys
 import tempfile
 import threading
 import time
+import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -111,8 +113,9 @@ class InprocClient(EngineClient):
     """The core in a thread of this process: tests, and callers that want no second process.
     The thread shares this process's GIL with its caller."""
 
-    def __init__(self, config: EngineConfig, source: ModelSource) -> None:
+    def __init__(self, config: EngineConfig, source: ModelSource, shutdown_timeout_s: float = 10.0) -> None:
         super().__init__(config, source)
+        self.shutdown_timeout_s = shutdown_timeout_s
         self._inbox: queue.SimpleQueue[ToCore] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -173,10 +176,21 @@ class InprocClient(EngineClient):
             on_dead(f"engine core thread died: {type(error).__name__}: {error}")
 
     async def shutdown(self) -> None:
-        if self._thread is not None:
-            self._send(Shutdown())
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+        """Asks the core thread to stop and waits ``shutdown_timeout_s`` for it. A thread cannot be
+        killed: one still running then (a step that never returns) is left behind, a daemon that
+        does not keep the process alive, with a warning that shows where it is stuck, and the
+        calls waiting on it fail."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._send(Shutdown())
+        await asyncio.to_thread(thread.join, self.shutdown_timeout_s)
+        if thread.is_alive():
+            frame = sys._current_frames().get(thread.ident or -1)
+            where = "".join(traceback.format_stack(frame)[-4:]) if frame is not None else "(no frame)\n"
+            log.warning("engine core thread %r did not stop within %.1f s of Shutdown; left running as a "
+                        "daemon thread, stuck at:\n%s", thread.name, self.shutdown_timeout_s, where.rstrip())
+            self._fail_pending(f"the engine core thread did not stop within {self.shutdown_timeout_s:g} s")
 
 
 class MPClient(EngineClient):

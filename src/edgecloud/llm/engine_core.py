@@ -115,6 +115,10 @@ class EngineCore:
 
                 report = quantize_model(model, config.quantization, gguf=source.gguf)
                 log.info("weights quantized: %s", report)
+            from edgecloud.llm.layers import packed
+
+            if packed.available(self.dtype, self.device):
+                packed.pack_linears(model)
             if config.enable_lora:
                 self.lora = self._start_lora(model, source.name)
             executor = ModelRunner(
@@ -160,7 +164,13 @@ class EngineCore:
         if req.adapter_id is not None and (self.lora is None or not self.lora.has(req.adapter_id)):
             raise InvalidRequestError(f"unknown LoRA adapter {req.adapter_id!r}", "adapter_id")
         self._order += 1
-        self.scheduler.add(Request.from_core_request(req, self._order, len(self.kv.pools)))
+        request = Request.from_core_request(req, self._order, len(self.kv.pools))
+        structured = getattr(self.executor, "structured", None)
+        if req.params.structured_outputs is not None and structured is not None:
+            # refused here (a 400) when max_tokens cannot hold the shortest document
+            budget = min(req.params.max_tokens, self.max_model_len - len(req.prompt_token_ids))
+            request.grammar = structured.start(req.params.structured_outputs, budget)
+        self.scheduler.add(request)
 
     def abort_requests(self, request_ids: list[str]) -> list[EngineCoreOutput]:
         outputs = []

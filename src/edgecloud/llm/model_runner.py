@@ -32,7 +32,7 @@ from edgecloud.llm.request_state import Request
 from edgecloud.llm.sampler import Sampler, SampleRow
 from edgecloud.llm.scheduler import SampledTokens, ScheduledRequest, SchedulerOutput
 from edgecloud.llm.step_context import AttentionMetadata, StepContext
-from edgecloud.llm.structured import StructuredOutputs
+from edgecloud.llm.structured import StructuredOutputs, single_token_bitmask
 
 if TYPE_CHECKING:
     from edgecloud.llm.lora import LoRAManager
@@ -213,13 +213,20 @@ class ModelRunner:
             return SampledTokens()
         rows = [SampleRow(r.params, self._generator(r), r.prompt_token_ids, r.output_token_ids) for r in sampling]
         constrained = [i for i, r in enumerate(sampling) if r.params.structured_outputs is not None]
-        if constrained:
-            masks = self._structured().bitmask([self._grammar(sampling[i]) for i in constrained])
+        raw_logits, budgets = logits, []
+        if constrained:  # each answer stays closable within the tokens it has left (llm/structured.py)
+            budgets = [sampling[i].params.max_tokens - sampling[i].num_output_tokens for i in constrained]
+            masks = self._structured().bitmask([self._grammar(sampling[i]) for i in constrained], budgets)
             for row, i in enumerate(constrained):
                 rows[i].token_bitmask = masks[row]
+            raw_logits = logits.clone()  # the sampler masks in place; a forced token is drawn again
         tokens, logprobs = self.sampler(logits, rows)
-        for i in constrained:
-            StructuredOutputs.accept(sampling[i].grammar, tokens[i])
+        for row, i in enumerate(constrained):
+            forced = self._structured().accept(sampling[i].grammar, tokens[i], budgets[row])
+            if forced is not None:
+                rows[i].token_bitmask = single_token_bitmask(forced, self._structured().vocab_size)
+                _, again = self.sampler(raw_logits[i : i + 1], [rows[i]])
+                tokens[i], logprobs[i] = forced, again[0]
         result = SampledTokens()
         for req, token, logprob in zip(sampling, tokens, logprobs, strict=True):
             result.token_ids[req.request_id] = token
@@ -233,10 +240,11 @@ class ModelRunner:
         return self.structured
 
     def _grammar(self, req: Request) -> object:
-        """The request's grammar matcher, made on its first sampled token and advanced with each."""
+        """The request's grammar state (``structured.GrammarState``), made when the core admitted it
+        or on its first sampled token, and advanced with each."""
         if req.grammar is None:
             assert req.params.structured_outputs is not None
-            req.grammar = self._structured().new_matcher(req.params.structured_outputs)
+            req.grammar = self._structured().start(req.params.structured_outputs)
         return req.grammar
 
     @staticmethod

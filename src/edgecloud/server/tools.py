@@ -35,7 +35,7 @@ from typing import Any
 from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 
-from edgecloud.llm.structured import StructuredOutputsParams, json_schema_text
+from edgecloud.llm.structured import StructuredOutputsParams, declare_required, json_schema_text
 from edgecloud.server.errors import APIError
 
 TOOL_CALL_OPEN = "<tool_call>"
@@ -192,7 +192,9 @@ def tool_call_constraint(tools: ToolSet) -> StructuredOutputsParams | None:
             "type": "tag",
             "begin": f'{TOOL_CALL_OPEN}\n{{"name": {json.dumps(t["function"]["name"])}, "arguments": ',
             # one whitespace at most between tokens: a small model can loop on spaces otherwise
-            "content": {"type": "json_schema", "json_schema": t["function"]["parameters"], "max_whitespace_cnt": 1},
+            # declare_required: xgrammar ignores `required` names that `properties` does not list
+            "content": {"type": "json_schema", "json_schema": declare_required(t["function"]["parameters"]),
+                        "max_whitespace_cnt": 1},
             "end": f"}}\n{TOOL_CALL_CLOSE}",
         }
         for t in tools.offered()

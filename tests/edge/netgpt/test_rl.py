@@ -105,3 +105,16 @@ def test_batched_sampling_at_temperature_zero_is_the_greedy_answer(tiny: tuple[P
     eos = greedy[4]  # rows end when they write it
     answers = sample(model, prompt, 3, RLConfig(temperature=1e-6, max_new_tokens=6), eos, torch.Generator())
     assert answers == [greedy[: greedy.index(eos) + 1]] * 3
+
+
+def test_sampled_logprobs_are_the_policy_logprobs_of_the_answer(tiny: tuple[Path, Tokenizer]) -> None:
+    path, _ = tiny
+    model = load_base(path).eval()
+    prompt = [3, 4, 5, 6]
+    logprobs: list[list[float]] = []
+    answers = sample(model, prompt, 3, RLConfig(temperature=1.0, max_new_tokens=6), 1,
+                     torch.Generator().manual_seed(0), logprobs)
+    assert [len(a) for a in answers] == [len(lp) for lp in logprobs]
+    for answer, lp in zip(answers, logprobs, strict=True):
+        with torch.no_grad():  # the full forward pass the rollout would otherwise pay for
+            assert torch.allclose(torch.tensor(lp), token_logprobs(model, prompt, answer), atol=1e-4)

@@ -108,24 +108,31 @@ def token_logprobs(model: Any, prompt_ids: list[int], answer_ids: list[int]) -> 
 
 
 @torch.no_grad()
-def sample(model: Any, prompt_ids: list[int], k: int, config: RLConfig, eos_id: int, generator: torch.Generator
-           ) -> list[list[int]]:
+def sample(model: Any, prompt_ids: list[int], k: int, config: RLConfig, eos_id: int, generator: torch.Generator,
+           logprobs: list[list[float]] | None = None) -> list[list[int]]:
     """``k`` answers from the policy (ancestral sampling at ``temperature``), up to EOS. The ``k``
     answers decode together: the prompt is run once and its cache repeated, then one forward per
-    step for the answers still open (on a CPU a step of ``k`` rows costs about one of a single row)."""
+    step for the answers still open (on a CPU a step of ``k`` rows costs about one of a single row).
+    ``logprobs``, when given, receives each answer's token log-probabilities under the model
+    (untempered): what ``token_logprobs`` would recompute, without a forward pass per answer."""
     out = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
     past = out.past_key_values
     past.batch_repeat_interleave(k)
     logits = out.logits[:, -1].float().expand(k, -1)
     answers: list[list[int]] = [[] for _ in range(k)]
+    if logprobs is not None:
+        logprobs[:] = [[] for _ in range(k)]
     open_rows = list(range(k))  # answer index of each row still decoding
     for _ in range(config.max_new_tokens):
         probs = torch.softmax(logits / max(config.temperature, 1e-5), -1)
         tokens = torch.multinomial(probs, 1, generator=generator)
+        step = torch.log_softmax(logits, -1).gather(1, tokens).squeeze(1) if logprobs is not None else None
         keep = []
         for row, answer in enumerate(open_rows):
             token = int(tokens[row])
             answers[answer].append(token)
+            if logprobs is not None and step is not None:
+                logprobs[answer].append(float(step[row]))
             if token != eos_id:
                 keep.append(row)
         if not keep:
@@ -190,11 +197,11 @@ def rl_round(model: Any, sft_model: Callable[[], Any], optimizer: torch.optim.Op
     rollouts: list[Rollout] = []
     valid = 0
     for question, prompt in batch:
-        for answer in sample(model, prompt, config.samples_per_prompt, config, eos_id, generator):
+        olds: list[list[float]] = []  # pi_old of each answer, recorded while sampling
+        for answer, old in zip(sample(model, prompt, config.samples_per_prompt, config, eos_id, generator, olds),
+                               olds, strict=True):
             r, ok = reward(question, decode(answer))
             valid += ok
-            with torch.no_grad():
-                old = token_logprobs(model, prompt, answer).tolist()
             rollouts.append(Rollout(prompt, answer, r, old_logprobs=old))
     group_advantages(rollouts, config.samples_per_prompt)
     sft_answers: list[tuple[list[int], list[int]]] = []

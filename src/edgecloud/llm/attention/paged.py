@@ -1,8 +1,9 @@
 """Dense paged decode attention: every sequence reads its whole context from the paged cache.
 
-This is the baseline decode path (vLLM's PagedAttention semantics): one query per sequence,
-KV gathered through the block table, one batched matrix product per layer. Shared prefixes are
-read once per sequence.
+This is the baseline decode path (vLLM's PagedAttention semantics): one query per sequence, KV
+read through the block table. Shared prefixes are read once per sequence. On a CPU in float32 a C
+kernel reads K and V in place (``cpu_kernels.py``); elsewhere each group of similar-length
+sequences is gathered into a contiguous copy and attended with one SDPA call.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from edgecloud.llm.attention import cpu_kernels
 from edgecloud.llm.attention.backend import DecodeAttentionBackend, DecodeBatch
 
 # A separate gather + attention call costs about as much as this many padded KV positions.
@@ -34,7 +36,29 @@ class LengthGroup:
 
 @dataclass
 class PagedDecodePlan:
-    groups: list[LengthGroup]
+    block_table: torch.Tensor  # [num_seqs, max_blocks] int64, rows padded with block 0
+    context_lens: torch.Tensor  # [num_seqs] int64
+    lengths: list[int]
+    block_size: int
+    max_context: int
+    _groups: list[LengthGroup] | None = None
+
+    @property
+    def groups(self) -> list[LengthGroup]:
+        """Rows grouped by similar length, for the gather + SDPA path (made on first use: the C
+        kernel needs none)."""
+        if self._groups is None:
+            self._groups = []
+            for rows in group_by_length(self.lengths):
+                longest = max(self.lengths[r] for r in rows)
+                width = -(-longest // self.block_size)
+                index = torch.tensor(rows, dtype=torch.int64, device=self.block_table.device)
+                mask = None
+                if any(self.lengths[r] != width * self.block_size for r in rows):
+                    positions = torch.arange(width * self.block_size, device=self.block_table.device)
+                    mask = (positions[None, :] < self.context_lens[index][:, None])[:, None, None, :]
+                self._groups.append(LengthGroup(index, self.block_table[index, :width], mask))
+        return self._groups
 
 
 def group_by_length(lengths: list[int], overhead: int = GROUP_OVERHEAD_TOKENS) -> list[list[int]]:
@@ -62,19 +86,9 @@ class PagedDecodeAttention(DecodeAttentionBackend):
     name = "paged"
 
     def plan(self, batch: DecodeBatch) -> PagedDecodePlan:
-        table = batch.block_table_tensor()
-        lens = batch.context_lens_tensor()
-        groups = []
-        for rows in group_by_length(batch.context_lens):
-            longest = max(batch.context_lens[r] for r in rows)
-            width = -(-longest // batch.block_size)
-            index = torch.tensor(rows, dtype=torch.int64, device=table.device)
-            mask = None
-            if any(batch.context_lens[r] != width * batch.block_size for r in rows):
-                positions = torch.arange(width * batch.block_size, device=table.device)
-                mask = (positions[None, :] < lens[index][:, None])[:, None, None, :]
-            groups.append(LengthGroup(index, table[index, :width], mask))
-        return PagedDecodePlan(groups)
+        lengths = list(batch.context_lens)
+        return PagedDecodePlan(batch.block_table_tensor(), batch.context_lens_tensor(), lengths, batch.block_size,
+                               max(lengths, default=0))
 
     def forward(
         self,
@@ -84,6 +98,12 @@ class PagedDecodeAttention(DecodeAttentionBackend):
         v_cache: torch.Tensor,
         scale: float,
     ) -> torch.Tensor:
+        if k_cache.device.type == "cpu":
+            fused = cpu_kernels.paged_decode(
+                query, k_cache, v_cache, plan.block_table, plan.context_lens, plan.max_context, scale
+            )
+            if fused is not None:
+                return fused
         _, _, head_dim = query.shape
         num_kv_heads = k_cache.shape[2]
         out = torch.empty_like(query)
