@@ -20,6 +20,8 @@ count put back after the test.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import random
 import sys
@@ -114,3 +116,27 @@ def same_process_state_for_every_test(request: pytest.FixtureRequest) -> Iterato
     yield
     if torch is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+RAY_MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"  # Ray spells it so
+
+
+@contextlib.contextmanager
+def local_ray_cluster(num_cpus: int) -> Iterator[None]:
+    """This process's own local Ray cluster (never `ray stop`), for the Ray backend's tests.
+
+    Without Ray's memory monitor: it kills workers when the *machine* is nearly full, which on a
+    shared test machine is other processes' memory (it killed the cluster test's actors at 23.3 of
+    23.5 GB). Ray reads the variable when it starts its processes; it is put back afterwards, so no
+    later test inherits it."""
+    ray = importlib.import_module("ray")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(RAY_MEMORY_MONITOR, os.environ.get(RAY_MEMORY_MONITOR, "0"))
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        except Exception as error:  # e.g. no shared memory in a sandbox
+            pytest.fail(f"Ray did not start (ray is a dev dependency; the Ray backend is part of the suite): {error}")
+        try:
+            yield
+        finally:
+            ray.shutdown()

@@ -6,7 +6,6 @@ as soon as Ray reports it dead, while its stream fails and the others keep servi
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,26 +24,15 @@ from edgecloud.llm.request import EngineCoreRequest, KVTransferParams
 from edgecloud.server.app import ServerSettings
 from edgecloud.server.main import bind
 from tests.cluster.conftest import BLOCK_BYTES, engine_config
+from tests.conftest import local_ray_cluster
 
 ray = pytest.importorskip("ray", reason="ray is a dev dependency; without it the Ray backend cannot be tested")
-
-RAY_MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"  # Ray spells it so
 
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    # Ray's memory monitor kills workers when the *machine* is nearly full; on a shared test machine
-    # that is other processes' memory (it killed this test's actors at 23.3 of 23.5 GB), so this
-    # process's own small local cluster runs without it. Ray reads the variable when it starts its
-    # processes; it is put back afterwards, so no later test inherits it.
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(RAY_MEMORY_MONITOR, os.environ.get(RAY_MEMORY_MONITOR, "0"))
-        try:
-            ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
-        except Exception as error:  # e.g. no shared memory in a sandbox
-            pytest.fail(f"Ray did not start (ray is a dev dependency; the Ray backend is part of the suite): {error}")
+    with local_ray_cluster(3):  # tests/conftest.py: without Ray's memory monitor, put back after
         yield
-        ray.shutdown()  # this process's own local cluster only
 
 
 @pytest.mark.bench  # two more actors (~17 s here); the cluster test below covers the path end to end

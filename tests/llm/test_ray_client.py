@@ -4,31 +4,21 @@ in a thread, and a killed actor fails in-flight requests and is replaced."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edgecloud.llm import AsyncEngine, EngineConfig, EngineDeadError, OutputKind, SamplingParams
+from tests.conftest import local_ray_cluster
 
 ray = pytest.importorskip("ray", reason="ray is a dev dependency; without it the Ray backend cannot be tested")
-
-RAY_MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"  # Ray spells it so
 
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    # Without Ray's memory monitor, as in tests/cluster/test_ray.py (it kills workers when the shared
-    # machine is nearly full of others' memory); put back afterwards, so no later test inherits it.
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(RAY_MEMORY_MONITOR, os.environ.get(RAY_MEMORY_MONITOR, "0"))
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        except Exception as error:  # e.g. no shared memory in a sandbox
-            pytest.fail(f"Ray did not start (ray is a dev dependency; the Ray backend is part of the suite): {error}")
+    with local_ray_cluster(2):  # tests/conftest.py: without Ray's memory monitor, put back after
         yield
-        ray.shutdown()  # this process's own local cluster only (never `ray stop`)
 
 
 def answers(model: Path, core: str, prompts: list[list[int]]) -> list[list[int]]:
