@@ -12,11 +12,20 @@ Benchmarks (``@pytest.mark.bench``, run by ``make bench``) write their JSON and 
 per system, never into the tracked tree. ``make bench-quick`` runs the tests marked ``bench_quick``: one headline
 figure per system. A test whose directory is being rewritten is listed in :data:`BENCH_QUICK`
 by node id instead of being decorated; either way it gets the marker.
+
+Every test starts from the same process-wide state as when it runs alone, whatever ran before it
+(:func:`same_process_state_for_every_test`): the global random generators seeded, torch's thread
+count put back after the test.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
+import random
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +48,7 @@ settings.register_profile(
 settings.register_profile("explore", settings.get_profile("edgecloud"), derandomize=False, database=None)
 settings.load_profile("edgecloud")  # `pytest --hypothesis-profile=NAME` overrides it
 
-# Benchmarks that give a system's headline figure in `make bench-quick` (about 15 minutes in
+# Benchmarks that give a system's headline figure in `make bench-quick` (13.6 minutes in
 # all on the 2-core machine; docs/testing.md has the figures), for tests in directories whose
 # owners have not decorated them with @pytest.mark.bench_quick. Add a node id here or the
 # decorator there.
@@ -76,3 +85,58 @@ def bench_out(pytestconfig: pytest.Config) -> Path:
         path = pytestconfig.rootpath / path
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# The seed of the global random generators before each test when pytest-randomly is off (`make test`).
+TEST_SEED = 0
+
+
+@pytest.fixture(autouse=True)
+def same_process_state_for_every_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test sees the same process-wide state alone and after any other test.
+
+    torch's global generator is seeded before each test (a module's weights are initialised from it,
+    and an unseeded ``torch.randn`` draws from it); so are ``random`` and numpy's, unless
+    pytest-randomly is on (``make test-random``), which reseeds those itself and whose seed is then
+    used for torch too. torch's thread count is put back after the test: tests, and the engine core
+    running in a thread, set it for the whole process, and a float reduction's rounding can depend on it.
+    Only modules already imported are touched (every test module is imported before the first test runs).
+    """
+    randomly = request.config.pluginmanager.hasplugin("randomly")
+    seed = int(request.config.option.randomly_seed) if randomly else TEST_SEED
+    if not randomly:
+        random.seed(seed)
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed(seed)
+    torch = sys.modules.get("torch")
+    threads = None
+    if torch is not None:
+        torch.manual_seed(seed)
+        threads = torch.get_num_threads()
+    yield
+    if torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+RAY_MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"  # Ray spells it so
+
+
+@contextlib.contextmanager
+def local_ray_cluster(num_cpus: int) -> Iterator[None]:
+    """This process's own local Ray cluster (never `ray stop`), for the Ray backend's tests.
+
+    Without Ray's memory monitor: it kills workers when the *machine* is nearly full, which on a
+    shared test machine is other processes' memory (it killed the cluster test's actors at 23.3 of
+    23.5 GB). Ray reads the variable when it starts its processes; it is put back afterwards, so no
+    later test inherits it."""
+    ray = importlib.import_module("ray")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(RAY_MEMORY_MONITOR, os.environ.get(RAY_MEMORY_MONITOR, "0"))
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        except Exception as error:  # e.g. no shared memory in a sandbox
+            pytest.fail(f"Ray did not start (ray is a dev dependency; the Ray backend is part of the suite): {error}")
+        try:
+            yield
+        finally:
+            ray.shutdown()

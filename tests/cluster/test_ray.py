@@ -1,12 +1,11 @@
 """The cluster with ``--backend ray`` on a local Ray cluster started in this process (never `ray
 stop`): instances are Ray actors, P/D hand-overs go through Ray's object store (the engine's
-``EngineCoreActor.call``, tested here first), and an actor that is killed gets no requests within
-2 s while its stream fails and the others keep serving."""
+``EngineCoreActor.call``, tested here first), and an actor that is killed is taken out of rotation
+as soon as Ray reports it dead, while its stream fails and the others keep serving."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,22 +24,15 @@ from edgecloud.llm.request import EngineCoreRequest, KVTransferParams
 from edgecloud.server.app import ServerSettings
 from edgecloud.server.main import bind
 from tests.cluster.conftest import BLOCK_BYTES, engine_config
+from tests.conftest import local_ray_cluster
 
 ray = pytest.importorskip("ray", reason="ray is a dev dependency; without it the Ray backend cannot be tested")
 
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    # Ray's memory monitor kills workers when the *machine* is nearly full; on a shared test machine
-    # that is other processes' memory (it killed this test's actors at 23.3 of 23.5 GB), so this
-    # process's own small local cluster runs without it.
-    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
-    try:
-        ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
-    except Exception as error:  # e.g. no shared memory in a sandbox
-        pytest.fail(f"Ray did not start (ray is a dev dependency; the Ray backend is part of the suite): {error}")
-    yield
-    ray.shutdown()  # this process's own local cluster only
+    with local_ray_cluster(3):  # tests/conftest.py: without Ray's memory monitor, put back after
+        yield
 
 
 @pytest.mark.bench  # two more actors (~17 s here); the cluster test below covers the path end to end
@@ -89,6 +81,15 @@ def reference(model: Path, prompt: list[int], max_tokens: int) -> str:
     return out[0].outputs[0].text
 
 
+# The router learns of a killed actor from Ray (its pending call fails with ActorDiedError), an event:
+# milliseconds to a second or so. A regression is an actor that stays in rotation for ever, so the
+# bound only has to be finite; it is generous, far above a loaded machine's scheduling delays (2 s
+# failed at load 130).
+KILLED_ACTOR_OUT_WITHIN_S = 10.0
+
+
+# real_clock: "out of rotation, not for ever" needs an upper bound on the wall clock (generous: see above)
+@pytest.mark.real_clock
 def test_a_ray_cluster_hands_kv_over_through_the_object_store_and_survives_a_killed_actor(
     demo_dir: Path, local_ray: None,
 ) -> None:
@@ -143,7 +144,8 @@ def test_a_ray_cluster_hands_kv_over_through_the_object_store_and_survives_a_kil
             ray.kill(cluster.instances[1].ray_actor)
             killed = time.monotonic()
             while victim.healthy:
-                assert time.monotonic() - killed < 2.0, "the router still sent to the killed actor after 2 s"
+                assert time.monotonic() - killed < KILLED_ACTOR_OUT_WITHIN_S, (
+                    f"the router still counted the killed actor healthy after {KILLED_ACTOR_OUT_WITHIN_S} s")
                 await asyncio.sleep(0.02)
             after = [(await client.post("/v1/completions", json=body)).status_code for _ in range(3)]
             assert after == [200, 200, 200]

@@ -1,9 +1,10 @@
 """``edgecloud cluster serve`` as a user runs it: two instances (engine cores in processes of their
 own) behind the router, driven over HTTP by the official OpenAI client and httpx. The router
 streams answers through, answers errors with OpenAI bodies, reports the cluster and each
-instance in /metrics; an instance killed gets no more requests within 2 s while its in-flight
-requests fail and the other keeps serving; with none up, 503 + Retry-After. Bad instance files,
-a model that cannot load and an instance that never comes up stop the command with a message."""
+instance in /metrics; an instance killed gets no more requests once its death is seen (an event;
+the test allows 10 s) while its in-flight requests fail and the other keeps serving; with none up,
+503 + Retry-After. Bad instance files, a model that cannot load and an instance that never comes
+up stop the command with a message."""
 
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ from edgecloud.sim.real import RealCluster, metric_values
 # machine) run with `make bench`; the Ray test in the default suite covers a killed instance, the
 # thread-backed ones in test_frontend a cluster with nobody up.
 SERVED = pytest.mark.bench
+
+# The router sees an instance's process die from its client (an event: milliseconds). A regression is
+# an instance kept in rotation for ever, so the bound only has to be finite; it is generous, far above
+# a loaded machine's scheduling delays.
+DEATH_SEEN_WITHIN_S = 10.0
 
 ENGINE = ["--threads", "1", "--kv-cache-memory-mb", "4", "--block-size", "4", "--dtype", "float32"]
 
@@ -82,8 +88,10 @@ def test_metrics_show_the_cluster_and_each_instance(cluster: RealCluster) -> Non
     assert metric_values(text, "edgecloud_time_to_first_token_seconds_count")
 
 
+# real_clock: "out of rotation, not for ever" needs an upper bound on the wall clock (generous: see above)
+@pytest.mark.real_clock
 @SERVED
-def test_a_killed_instance_gets_no_requests_within_2s_its_streams_fail_and_the_other_serves(
+def test_a_killed_instance_gets_no_more_requests_its_streams_fail_and_the_other_serves(
     cluster: RealCluster,
 ) -> None:
     described = cluster.get_json("/cluster/instances")["instances"]
@@ -113,7 +121,8 @@ def test_a_killed_instance_gets_no_requests_within_2s_its_streams_fail_and_the_o
     killed_at = time.monotonic()
     while metric_values(cluster.metrics(), "edgecloud_instance_up").get(
             'instance="mixed0",pool="default",role="mixed"') != 0.0:
-        assert time.monotonic() - killed_at < 2.0, "the router still counted the killed instance as up after 2 s"
+        assert time.monotonic() - killed_at < DEATH_SEEN_WITHIN_S, (
+            f"the router still counted the killed instance as up after {DEATH_SEEN_WITHIN_S} s")
         time.sleep(0.02)
     served = [httpx.post(url, json={"model": model, "prompt": [9, 9], "max_tokens": 3}, timeout=60)
               for _ in range(3)]
@@ -124,6 +133,8 @@ def test_a_killed_instance_gets_no_requests_within_2s_its_streams_fail_and_the_o
     assert sum(e == "data: [DONE]" for e in events) == 2  # both streams ended, neither hangs
 
 
+# real_clock: as above, the 503 must come once the deaths are seen, not never
+@pytest.mark.real_clock
 @SERVED
 def test_with_every_instance_down_the_router_answers_503_with_retry_after(cluster: RealCluster) -> None:
     model = cluster.get_json("/v1/models")["data"][0]["id"]
@@ -135,7 +146,7 @@ def test_with_every_instance_down_the_router_answers_503_with_retry_after(cluste
         instances = cluster.get_json("/cluster/instances")["instances"]
     for instance in instances:
         os.kill(instance["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + DEATH_SEEN_WITHIN_S
     while True:
         response = httpx.post(f"{cluster.base_url}/v1/completions",
                               json={"model": model, "prompt": [5], "max_tokens": 2})

@@ -178,7 +178,7 @@ def test_bad_templates_and_bad_messages_are_precise_errors(tmp_path: Path) -> No
     with pytest.raises(InvalidRequestError, match="underscore"):
         sneaky.apply_chat_template(CHATS["one user turn"])
     escape = Tokenizer(model_dir(tmp_path / "escape", "{{ messages.__class__.__mro__ }}"))
-    with pytest.raises(InvalidRequestError):
+    with pytest.raises(InvalidRequestError, match="chat template failed on these messages"):
         escape.apply_chat_template(CHATS["one user turn"])
     with pytest.raises(InvalidRequestError, match="role"):
         llama.apply_chat_template(["just a string"])  # type: ignore[list-item]

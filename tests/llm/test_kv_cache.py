@@ -164,7 +164,7 @@ def test_pins_keep_blocks_and_export_import_moves_them_by_key() -> None:
     forged = (exports[1].key, exports[1].parent, (9, 9, 9, 9))
     with pytest.raises(InvalidRequestError, match="key does not match"):
         dst.import_blocks([forged])
-    with pytest.raises(InvalidRequestError):
+    with pytest.raises(InvalidRequestError, match="unpin of a key that is not pinned"):
         src.unpin(keys)
 
 

@@ -1,6 +1,8 @@
 """The LoRA SGMV Triton kernels, run in Triton's interpreter on the CPU: equal to the torch path.
 
-Skipped where Triton is not installed (CPU-only CI: Triton is in the ``gpu`` extra, not ``dev``).
+Skipped where Triton is not installed (it is a ``dev`` dependency on Linux x86-64 only, and the
+``gpu`` extra), or where TRITON_INTERPRET is not 1 (tests/conftest.py sets it for the whole session,
+before any test module is imported, unless the caller chose otherwise).
 The interpreter executes the same kernels with numpy semantics, so this checks their indexing
 (segments, slots, slices of a fused output, ranks below the slot's maximum, masks), not GPU speed.
 """
@@ -12,8 +14,12 @@ import os
 import pytest
 import torch
 
-# must be set before Triton is first imported: kernels then run on CPU tensors
-os.environ["TRITON_INTERPRET"] = "1"
+# Read when Triton builds a kernel, its own library's included, which may happen before this module
+# is imported; so tests/conftest.py sets it for the session (setting it here would be too late, and
+# would override a caller's TRITON_INTERPRET=0 for every later test).
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("TRITON_INTERPRET is not 1 (tests/conftest.py sets it unless told otherwise): "
+                "the kernel test runs in Triton's interpreter", allow_module_level=True)
 pytest.importorskip("triton", reason="Triton is not installed (pip install 'edgecloud[gpu]'); "
                                      "the kernel test runs in Triton's CPU interpreter")
 

@@ -165,7 +165,7 @@ def test_a_key_pinned_by_two_chains_is_released_in_compressed_groups_exactly_onc
         kv.check_invariants([])
         kv.pin(chain)
         kv.pin(chain[:5])
-    with pytest.raises(InvalidRequestError):
+    with pytest.raises(InvalidRequestError, match="unpin of a key that is not pinned"):
         kv.unpin([b"\x00" * 32])
 
 

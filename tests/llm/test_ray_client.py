@@ -10,18 +10,15 @@ from pathlib import Path
 import pytest
 
 from edgecloud.llm import AsyncEngine, EngineConfig, EngineDeadError, OutputKind, SamplingParams
+from tests.conftest import local_ray_cluster
 
 ray = pytest.importorskip("ray", reason="ray is a dev dependency; without it the Ray backend cannot be tested")
 
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    except Exception as error:  # e.g. no shared memory in a sandbox
-        pytest.fail(f"Ray did not start (ray is a dev dependency; the Ray backend is part of the suite): {error}")
-    yield
-    ray.shutdown()  # this process's own local cluster only (never `ray stop`)
+    with local_ray_cluster(2):  # tests/conftest.py: without Ray's memory monitor, put back after
+        yield
 
 
 def answers(model: Path, core: str, prompts: list[list[int]]) -> list[list[int]]:

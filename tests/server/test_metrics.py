@@ -34,8 +34,9 @@ def observed(server: ServerProcess, send: object, expect: str) -> dict[str, tupl
     after = server.metrics()
     return {
         key: (
-            round(after[f"{name}_count"] - before.get(f"{name}_count", 0)),
-            after[f"{name}_sum"] - before.get(f"{name}_sum", 0.0),
+            # a histogram nothing has observed yet is absent (a fresh server: this file run alone)
+            round(after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)),
+            after.get(f"{name}_sum", 0.0) - before.get(f"{name}_sum", 0.0),
         )
         for key, name in HISTOGRAMS.items()
     }
