@@ -58,9 +58,12 @@ def _wait(client: openai.OpenAI, batch_id: str, done: object, timeout_s: float =
 def test_a_restarted_runner_answers_each_line_once(demo_dir: Path, tmp_path: Path) -> None:
     """The resume logic in process (fast): the runner stopped mid-batch (its state left on disk as a
     kill leaves it, plus a torn last line), a new app over the same directory finishes the batch."""
+    # Enough work that the batch cannot finish between the poll that sees 3 done and the stop: with 16
+    # short requests a faster engine finished them all in that window, and nothing was left to resume.
+    total = 48
     lines = [json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/completions",
-                         "body": {"model": "demo", "prompt": [5, 6, 7 + i % 5], "max_tokens": 24, "temperature": 0,
-                                  "ignore_eos": True}}) for i in range(16)]
+                         "body": {"model": "demo", "prompt": [5, 6, 7 + i % 5], "max_tokens": 48, "temperature": 0,
+                                  "ignore_eos": True}}) for i in range(total)]
 
     def app_over(directory: Path) -> tuple[FastAPI, BatchRunner]:
         config = EngineConfig(model=str(demo_dir), dtype="float32", kv_cache_memory_mb=4.0, block_size=4,
@@ -84,13 +87,13 @@ def test_a_restarted_runner_answers_each_line_once(demo_dir: Path, tmp_path: Pat
 
     batch_id = asyncio.run(first())
     state = json.loads((tmp_path / "batches" / f"{batch_id}.json").read_text())
-    assert state["status"] == "in_progress" and 3 <= state["request_counts"]["completed"] < 16
+    assert state["status"] == "in_progress" and 3 <= state["request_counts"]["completed"] < total
     with open(tmp_path / "batches" / f"{batch_id}.output.jsonl", "ab") as f:
         f.write(b'{"id": "batch_req_')  # a write cut short by the kill
     done = asyncio.run(second(batch_id))
-    assert done["status"] == "completed" and done["request_counts"] == {"total": 16, "completed": 16, "failed": 0}
+    assert done["status"] == "completed" and done["request_counts"] == {"total": total, "completed": total, "failed": 0}
     results = [json.loads(line) for line in (tmp_path / "files" / done["output_file_id"]).read_text().splitlines()]
-    assert sorted(r["custom_id"] for r in results) == sorted(f"r{i}" for i in range(16))
+    assert sorted(r["custom_id"] for r in results) == sorted(f"r{i}" for i in range(total))
 
 
 @pytest.mark.bench
