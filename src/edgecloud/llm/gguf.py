@@ -22,7 +22,6 @@ import importlib.util
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -99,8 +98,9 @@ def default_model_path() -> Path:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("EDGECLOUD_CACHE_DIR")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "edgecloud") / "gguf"
+    from edgecloud.cache import cache_dir
+
+    return cache_dir("gguf")
 
 
 def cache_key(path: Path) -> str:

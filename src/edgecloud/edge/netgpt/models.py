@@ -6,7 +6,6 @@ conversions: the key hashes the adapter, so a retrained adapter merges anew)."""
 from __future__ import annotations
 
 import hashlib
-import os
 from importlib import resources
 from pathlib import Path
 
@@ -25,11 +24,12 @@ def agent_model_dir(name_or_path: str) -> Path:
     """A model directory for an agent: a shipped adapter's name (merged on first use) or a path."""
     if name_or_path not in ADAPTERS:
         return Path(name_or_path)
+    from edgecloud.cache import cache_dir
     from edgecloud.edge.netgpt.train import merge_adapter
     from edgecloud.llm.gguf import convert_gguf, default_model_path
 
     adapter = adapter_dir(name_or_path)
     key = hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
-    cache = Path(os.environ.get("EDGECLOUD_CACHE_DIR", Path.home() / ".cache" / "edgecloud")) / "netgpt"
+    cache = cache_dir("netgpt")
     cache.mkdir(parents=True, exist_ok=True)
     return merge_adapter(convert_gguf(default_model_path()), adapter, cache / f"{name_or_path}-{key}")

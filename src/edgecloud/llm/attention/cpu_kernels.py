@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from edgecloud.cache import cache_dir
+
 log = logging.getLogger(__name__)
 
 SOURCE = "paged_decode.c"
@@ -44,11 +46,6 @@ def enabled() -> bool:
     return os.environ.get("EDGECLOUD_CPU_KERNELS", "1") != "0"
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("EDGECLOUD_CACHE_DIR")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "edgecloud") / "kernels"
-
-
 def _cpu_id() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -62,7 +59,7 @@ def _cpu_id() -> str:
 def _build(source: str, compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256("\n".join((source, version, _cpu_id())).encode()).hexdigest()[:20]
-    target = _cache_dir() / f"paged_decode-{key}.so"
+    target = cache_dir("kernels") / f"paged_decode-{key}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
