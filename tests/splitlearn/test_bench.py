@@ -1,6 +1,9 @@
 """The benchmark's bookkeeping (fast), and one real bandwidth of it under ``make bench``."""
 
 import json
+import statistics
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,10 +17,13 @@ from edgecloud.splitlearn.bench import (
     run_bench,
     run_record,
     summarise,
+    with_hand_offs,
     write_json,
 )
-from edgecloud.splitlearn.latency import Plan
+from edgecloud.splitlearn.latency import Plan, Scenario, UEConfig
+from edgecloud.splitlearn.profiling import ModelProfile
 from edgecloud.splitlearn.runtime import Evaluation, TrainResult
+from edgecloud.splitlearn.transport import HandOffs
 
 PLAN = Plan("c2p2sl", 3, (2, 1), (0.5, 0.5))
 
@@ -95,6 +101,22 @@ def test_bench_config_names_the_bad_field() -> None:
         BenchConfig(target_accuracy=97.5)
     with pytest.raises(ValueError, match="dataset must be one of"):
         BenchConfig(dataset="cifar")
+
+
+def test_the_prediction_takes_the_pilots_mean_hand_offs(
+    cnn_profile: ModelProfile, scenario: Callable[..., Scenario]
+) -> None:
+    """A run adds up every message's latency and every late hand-off, tail included: the mean."""
+    echo = replace(scenario(cnn_profile, (UEConfig(2.0, 10.0),), 5.0), late_receive_s=0.002)
+    pilot = HandOffs(latency_s=(1e-4, 1e-4, 1e-4, 2.1e-3), late_receive_s=(3e-4, 3e-4, 2.4e-3), messages=9)
+    measured = with_hand_offs(echo, pilot)
+    assert measured.message_latency_s == pytest.approx(6e-4)
+    assert measured.late_receive_s == pytest.approx(1e-3)
+    assert with_hand_offs(echo, pilot, statistics.median).message_latency_s == pytest.approx(1e-4)
+    # No gradient taken late in the pilot: the echo probe's late receive stays.
+    assert with_hand_offs(echo, HandOffs(latency_s=(1e-4,), messages=1)).late_receive_s == 0.002
+    with pytest.raises(ValueError, match="no message latency"):
+        with_hand_offs(echo, HandOffs(late_receive_s=(1e-4,), messages=1))
 
 
 @pytest.mark.bench

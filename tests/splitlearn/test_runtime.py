@@ -48,7 +48,7 @@ def test_one_ue_split_gradient_equals_the_centralised_gradient() -> None:
     config = TrainConfig(
         model="cnn",
         plan=Plan("c2p2sl", 3, (3,), (1.0,)),
-        ues=(UEConfig(1.0, 30.0),),
+        ues=(UEConfig(40.0, 30.0),),  # slow: it is still computing forwards when gradients come back
         bandwidth_hz=FAST_LINK_HZ,
         batch_per_ue=batch,
         max_rounds=1,
@@ -67,6 +67,13 @@ def test_one_ue_split_gradient_equals_the_centralised_gradient() -> None:
     bs_costs = result.bs_compute_costs.totals
     assert {key: count for key, (count, _) in bs_costs.items()} == {("serve", 8): 3, ("step", 24): 1}
     assert all(total > 0 for _, total in [*ue_costs.values(), *bs_costs.values()])
+    # Every message, timed on both ends: down the welcome (model, round), 3 gradients, the sync's
+    # request and average; up 3 activations and the client model.
+    hand_offs = result.hand_offs
+    assert hand_offs.messages == 7 + 4
+    assert hand_offs.latency_s and all(0 < t < 5 for t in hand_offs.latency_s)
+    # The UE asks for the first gradient only after two more forwards (each 40x its CPU time).
+    assert hand_offs.late_receive_s and all(0 < t < 5 for t in hand_offs.late_receive_s)
     _assert_same_parameters(_centralised("cnn", 1, batch, 1, lr=1.0), result)
 
 

@@ -9,7 +9,14 @@ import torch.distributed as dist
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgecloud.splitlearn.transport import IDLE_BEFORE_PROBE_S, LinkClock, PacedSender, late_receive_samples
+from edgecloud.splitlearn.transport import (
+    IDLE_BEFORE_PROBE_S,
+    HandOffs,
+    LinkClock,
+    PacedSender,
+    hand_offs,
+    late_receive_samples,
+)
 from edgecloud.splitlearn.wireless import shannon_rate_bps, spectral_efficiency, transfer_seconds
 
 
@@ -83,3 +90,26 @@ def test_the_late_receive_probe_times_only_the_hand_off() -> None:
     takes = late_receive_samples(count=9)
     assert len(takes) == 9 and min(takes) > 0
     assert statistics.median(takes) < IDLE_BEFORE_PROBE_S
+
+
+def test_hand_offs_pair_each_tag_in_order_and_tell_a_waiting_receiver_from_a_late_one() -> None:
+    """Sender rows (tag, delivered_at, sent_at), receiver rows (tag, asked_at, held_at)."""
+    sent = [(2, 1.0, 1.1), (3, 2.0, 2.0), (2, 3.0, 3.2), (2, 5.0, 5.0), (2, 7.0, 7.4)]
+    received = [
+        (3, 1.5, 2.25),  # asked before it was sent: latency from delivery, 0.25
+        (2, 0.5, 1.5),  # the first tag-2 message, waited for: 0.5
+        (2, 4.0, 4.125),  # sent at 3.2, asked at 4.0: a late receive of 0.125
+        (2, 6.0, math.nan),  # the receiving process was busy when it came: no sample
+        (2, 7.2, 7.75),  # asked after delivery but before the late sender thread sent it: latency 0.75
+    ]
+    measured = hand_offs(sent, received, late_tags={2})
+    assert measured.latency_s == pytest.approx((0.25, 0.5, 0.75))
+    assert measured.late_receive_s == pytest.approx((0.125,))
+    assert measured.messages == 5
+    # Only tags named late give late samples (the model adds the hand-off to gradients only).
+    assert hand_offs(sent, received).late_receive_s == ()
+    both = measured + HandOffs((1.0,), (), 1)
+    assert both.messages == 6 and both.latency_s[-1] == 1.0
+    summary = both.summary()
+    assert summary["latency_s"]["count"] == 4 and summary["latency_s"]["mean"] == pytest.approx(0.625)
+    assert summary["late_receive_s"] == {"count": 1, "mean": 0.125, "median": 0.125, "p90": 0.125}

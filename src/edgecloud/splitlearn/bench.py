@@ -37,7 +37,12 @@ from edgecloud.splitlearn.models import build_model
 from edgecloud.splitlearn.optimizer import optimise, sequential_plan
 from edgecloud.splitlearn.profiling import ComputeSpeed, ModelProfile, calibrate, profile_model
 from edgecloud.splitlearn.runtime import Progress, TrainConfig, TrainResult, sync_period, train
-from edgecloud.splitlearn.transport import late_receive_samples, measure_late_receive, measure_message_latency
+from edgecloud.splitlearn.transport import (
+    HandOffs,
+    late_receive_samples,
+    measure_late_receive,
+    measure_message_latency,
+)
 
 SCHEMES = ("sequential", "c2p2sl", "c2p2sl_fixed_cut")
 SCHEME_LABELS = {
@@ -245,6 +250,36 @@ def _in_situ_inflation(config: BenchConfig, host: HostModel, data: Any) -> float
     return sum(pilot.ue_compute_cpu_s.values()) / modelled
 
 
+HAND_OFF_PILOT_ROUNDS = 20
+
+
+def pilot_hand_offs(config: BenchConfig, plan: Plan, bandwidth_mhz: float, data: Any) -> HandOffs:
+    """What handing messages over costs in this plan's own run, measured just before it.
+
+    The first ``HAND_OFF_PILOT_ROUNDS`` rounds of the very plan, run on their own with the same
+    processes, links and load as the run that follows: every message's latency and every
+    gradient a busy UE takes late, timed on both ends (``transport.HandOffs``). An idle echo
+    pair does not see what a run sees (a BS with a thread per link, UEs that wake from sleeps).
+    """
+    pilot = train(_train_config(config, plan, bandwidth_mhz, max_rounds=HAND_OFF_PILOT_ROUNDS), data=data)
+    return pilot.hand_offs
+
+
+def with_hand_offs(
+    scenario: Scenario, measured: HandOffs, statistic: Callable[[list[float]], float] = statistics.mean
+) -> Scenario:
+    """``scenario`` with the message latency and late receive a pilot measured.
+
+    The mean by default: a run adds one latency per message and one hand-off per gradient taken
+    late, so what accumulates is the mean, wake-ups that run late included. A pilot in which no
+    UE took a gradient late keeps the scenario's own late receive (the echo probe's).
+    """
+    if not measured.latency_s:
+        raise ValueError("the pilot measured no message latency (no message found its receiver waiting)")
+    late = statistic(list(measured.late_receive_s)) if measured.late_receive_s else scenario.late_receive_s
+    return replace(scenario, message_latency_s=statistic(list(measured.latency_s)), late_receive_s=late)
+
+
 def run_record(
     result: TrainResult, plan: Plan, predicted_round_end_s: tuple[float, ...], target: float
 ) -> dict[str, Any]:
@@ -297,25 +332,43 @@ def run_bench(
         for scheme, plan in plans_for(scenario, config.max_micro_batches).items():
             on_run(f"{bandwidth:g} MHz {SCHEME_LABELS[scheme]}")
             # The message latency follows the machine's load, which drifts over a long bench:
-            # the prediction of each run uses one measured just before it.
+            # the prediction of each run uses hand-offs measured just before it, in a pilot of
+            # the same plan (the echo probes are kept for comparison).
             latency, takes = measure_message_latency(), late_receive_samples()
-            late = statistics.mean(takes)  # what measure_late_receive returns
+            echo = replace(
+                scenario, message_latency_s=latency, late_receive_s=statistics.mean(takes), host_cores=host_cores()
+            )
+            pilot = pilot_hand_offs(config, plan, bandwidth, data)
             # The prediction is of the emulated run: five processes computing on this host's cores.
-            now = replace(scenario, message_latency_s=latency, late_receive_s=late, host_cores=host_cores())
+            now = with_hand_offs(echo, pilot)
             predicted = simulate(now, plan, rounds, now.rounds_per_sync).round_end_s
             load_before = load_average()
             result = train(_train_config(config, plan, bandwidth), timeout_s=3600.0, on_progress=on_progress, data=data)
             record = run_record(result, plan, predicted, config.target_accuracy)
             record["load_average_1min"] = [round(load_before, 2), round(load_average(), 2)]
-            record["message_latency_s"] = latency
-            record["late_receive_s"] = late
-            record["late_receive_median_s"] = statistics.median(takes)
-            # The model without the late-receive hand-off, to show what it adds.
-            without = simulate(replace(now, late_receive_s=0.0), plan, rounds, now.rounds_per_sync).total_s
-            record["predicted_s_without_late_receive"] = without
-            record["prediction_error_without_late_receive"] = (without - result.time_s) / result.time_s
-            median = replace(now, late_receive_s=record["late_receive_median_s"])
-            record["predicted_s_late_receive_median"] = simulate(median, plan, rounds, now.rounds_per_sync).total_s
+            record["message_latency_s"] = now.message_latency_s
+            record["late_receive_s"] = now.late_receive_s
+            record["pilot_hand_offs"] = pilot.summary()
+            # The same hand-offs as the run itself saw them: not a prediction (it is measured
+            # during the run), but it says whether the pilot measured what the run met.
+            record["in_run_hand_offs"] = result.hand_offs.summary()
+            record["echo_message_latency_s"] = latency
+            record["echo_late_receive_s"] = statistics.mean(takes)
+            record["echo_late_receive_median_s"] = statistics.median(takes)
+            # Beside the prediction: the pilot's medians instead of its means (does the tail
+            # matter?), the idle echo pair's measurements (the previous prediction), no
+            # late-receive term, and the run's own hand-offs (a diagnostic, not a prediction).
+            alternatives = {
+                "pilot_median": with_hand_offs(echo, pilot, statistics.median),
+                "echo": echo,
+                "without_late_receive": replace(now, late_receive_s=0.0),
+            }
+            if result.hand_offs.latency_s:
+                alternatives["in_run_hand_offs"] = with_hand_offs(echo, result.hand_offs)
+            for name, other in alternatives.items():
+                total = simulate(other, plan, rounds, other.rounds_per_sync).total_s
+                record[f"predicted_s_{name}"] = total
+                record[f"prediction_error_{name}"] = (total - result.time_s) / result.time_s
             record["host_cores"] = now.host_cores
             # What every computation cost in this run (host CPU s, by kind and size), against the model's.
             record["compute_cpu_s"] = {

@@ -307,7 +307,7 @@ def _bench(args: argparse.Namespace) -> int:
     for line in describe_machine(report.machine):
         print(line)
     print(
-        f"message latency {report.message_latency_s * 1e3:.2f} ms, late receive "
+        f"for the plans (echo probe): message latency {report.message_latency_s * 1e3:.2f} ms, late receive "
         f"{report.rows[-1]['late_receive_s'] * 1e3:.2f} ms; UE CPU in a live run "
         f"{report.ue_cpu_inflation:.2f}x the isolated calibration"
     )
@@ -323,7 +323,8 @@ def _bench(args: argparse.Namespace) -> int:
             print(
                 f"{row['bandwidth_mhz']:>5g} {scheme:17s} {to_target:>11} {rounds:>6} {r['time_s']:8.1f} "
                 f"{r['predicted_s']:8.1f} {r['prediction_error']:+6.1%} {100 * r['final_accuracy']:8.2f}%  "
-                f"cut {r['cut']}, micro-batches {', '.join(map(str, r['micro_batches']))}"
+                f"cut {r['cut']}, micro-batches {', '.join(map(str, r['micro_batches']))}; pilot: latency "
+                f"{r['message_latency_s'] * 1e3:.2f} ms, late receive {r['late_receive_s'] * 1e3:.2f} ms"
             )
 
     def pct(value: float | None) -> str:

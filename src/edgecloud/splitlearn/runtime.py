@@ -69,7 +69,7 @@ from edgecloud.splitlearn.latency import (
 )
 from edgecloud.splitlearn.models import build_model, split_model
 from edgecloud.splitlearn.sgd import MomentumSGD
-from edgecloud.splitlearn.transport import PacedSender
+from edgecloud.splitlearn.transport import HandOffs, PacedSender, hand_offs
 
 log = logging.getLogger("edgecloud.splitlearn")
 
@@ -176,6 +176,10 @@ class TrainResult:
     ue_compute_cpu_s: dict[int, float] = field(default_factory=dict)
     ue_compute_costs: dict[int, ComputeTally] = field(default_factory=dict)  # the same per kind and size
     bs_compute_costs: ComputeTally = field(default_factory=ComputeTally)
+    # The BS's side of every link, per UE: its downlink's ``PacedSender.log`` and its receive log
+    # (tag, asked_at, held_at); ``train`` lays them beside the UEs' own logs into ``hand_offs``.
+    message_logs: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    hand_offs: HandOffs = field(default_factory=HandOffs)  # what handing messages over cost in this run
 
     def time_to(self, target: float) -> Evaluation | None:
         """The first evaluation at or above ``target`` accuracy, if any."""
@@ -336,12 +340,16 @@ def run_ue(config: TrainConfig, shard: Dataset, connect: Callable[[], dist.Store
     incarnation = store.add(f"incarnation/{ue}", 1)
     group = _connect(store, ue, incarnation, UE_RANK, timeout_s=120.0)
     uplink = PacedSender(group, BS_RANK, name=f"ue{ue}-uplink")
+    received: list[tuple[int, float, float]] = []  # (tag, asked_at, held_at): transport.hand_offs
 
     def recv(elements: int, tag: int) -> torch.Tensor:
         """A message from the BS; what comes next on the device cannot start before it arrived."""
         buffer = torch.empty(elements, dtype=config.torch_dtype)
+        asked = time.monotonic()
         group.recv([buffer], BS_RANK, tag).wait()
-        device.input_at(time.monotonic())
+        held = time.monotonic()
+        received.append((tag, asked, held))
+        device.input_at(held)
         return buffer
 
     def send(tensor: torch.Tensor, tag: int, rate_bps: float) -> None:
@@ -387,7 +395,17 @@ def run_ue(config: TrainConfig, shard: Dataset, connect: Callable[[], dist.Store
     uplink.flush()
     store.set(f"compute_cpu_s/{ue}", repr(device.cpu_s))
     store.set(f"compute_costs/{ue}", device.costs.to_json())
+    store.set(f"sent_log/{ue}", _log_bytes(uplink.log))
+    store.set(f"received_log/{ue}", _log_bytes(received))
     os._exit(0)  # skip gloo teardown: the BS may already be gone
+
+
+def _log_bytes(log: list[tuple[int, float, float]] | list[list[float]]) -> bytes:
+    return np.asarray(log, dtype=np.float64).reshape(-1, 3).tobytes()
+
+
+def _log_array(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.float64).reshape(-1, 3)
 
 
 # --------------------------------------------------------------------------------------------- BS
@@ -401,6 +419,8 @@ class _Event:
     round: int
     tensor: torch.Tensor | None = None
     error: str = ""
+    received_at: float = 0.0  # when the receive thread held it
+    log_index: int = -1  # its row in the session's receive log
 
 
 def _expected_uplink(
@@ -423,6 +443,9 @@ class _Session:
     incarnation: int
     group: dist.ProcessGroup
     downlink: PacedSender
+    # (tag, asked_at, held_at) of every uplink message: asked by the receive thread, held by the
+    # BS's main thread (NaN when that thread was busy when the message came; transport.hand_offs).
+    received: list[list[float]] = field(default_factory=list)
 
 
 class _BaseStation:
@@ -502,6 +525,7 @@ class _BaseStation:
         )
         for kind, r, elements, tag in expected:
             buffer = torch.empty(elements, dtype=self.config.torch_dtype)
+            asked = time.monotonic()
             try:
                 session.group.recv([buffer], UE_RANK, tag).wait()
             except RuntimeError as exc:
@@ -509,7 +533,11 @@ class _BaseStation:
                     _Event(session.ue, session.incarnation, "gone", r, error=str(exc).splitlines()[0])
                 )
                 return
-            self.events.put(_Event(session.ue, session.incarnation, kind, r, buffer))  # type: ignore[arg-type]
+            session.received.append([tag, asked, math.nan])
+            held, index = time.monotonic(), len(session.received) - 1
+            self.events.put(
+                _Event(session.ue, session.incarnation, kind, r, buffer, received_at=held, log_index=index)  # type: ignore[arg-type]
+            )
 
     def _drop(self, ue: int, reason: str) -> None:
         session = self.sessions.pop(ue, None)
@@ -553,12 +581,16 @@ class _BaseStation:
             if event.kind == "gone" or wanted(event):
                 return self.stash.pop(i)
         while True:
+            asked = time.monotonic()
             try:
                 event = self.events.get(timeout=self.config.ue_timeout_s)
             except queue.Empty:
                 return None
             if not self._live(event):
                 continue
+            if event.log_index >= 0 and event.received_at >= asked:
+                # This thread was waiting when the message came: the message's hand-off ends now.
+                self.sessions[event.ue].received[event.log_index][2] = time.monotonic()
             if event.kind == "gone" or wanted(event):
                 return event
             self.stash.append(event)
@@ -690,6 +722,10 @@ class _BaseStation:
             evaluations=self.evaluations,
             evaluation_s=self.paused_s,
             bs_compute_costs=self.costs,
+            message_logs={
+                ue: (_log_array(_log_bytes(s.downlink.log)), _log_array(_log_bytes(s.received)))
+                for ue, s in self.sessions.items()
+            },
         )
 
     def _final_model(self) -> nn.Sequential:
@@ -830,4 +866,10 @@ def train(
             result.ue_compute_cpu_s[k] = float(store.get(key).decode())
         if store.check([f"compute_costs/{k}"]):
             result.ue_compute_costs[k] = ComputeTally.from_json(store.get(f"compute_costs/{k}").decode())
+        if k in result.message_logs and store.check([f"sent_log/{k}", f"received_log/{k}"]):
+            # Every process here shares this host's monotonic clock, so the two ends' logs compare.
+            bs_sent, bs_received = result.message_logs[k]
+            ue_sent, ue_received = _log_array(store.get(f"sent_log/{k}")), _log_array(store.get(f"received_log/{k}"))
+            result.hand_offs += hand_offs(bs_sent, ue_received, late_tags={TAG_GRADIENT})
+            result.hand_offs += hand_offs(ue_sent, bs_received)
     return result

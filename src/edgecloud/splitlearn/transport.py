@@ -17,15 +17,17 @@ Propagation delay is not modelled (it is sub-millisecond for a cell).
 from __future__ import annotations
 
 import datetime
+import math
 import multiprocessing
 import os
 import queue
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -68,6 +70,9 @@ class PacedSender:
         self._clock = LinkClock()
         self._queue: queue.Queue[_Message | None] = queue.Queue()
         self.error: BaseException | None = None
+        # (tag, delivered_at, sent_at) of every message: when the emulated link delivered it and
+        # when this thread handed it to gloo (``hand_offs`` pairs it with the receiver's log).
+        self.log: list[tuple[int, float, float]] = []
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -98,11 +103,87 @@ class PacedSender:
                 delay = deliver_at - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+                self.log.append((message.tag, deliver_at, time.monotonic()))
                 self._group.send([message.tensor], self._peer, message.tag).wait()
             except RuntimeError as exc:  # gloo reports a closed or timed-out pair this way
                 self.error = exc
             finally:
                 self._queue.task_done()
+
+
+@dataclass(frozen=True)
+class HandOffs:
+    """What handing messages over cost inside a run, measured on both ends of every link.
+
+    Every process on one machine reads the same ``CLOCK_MONOTONIC`` (``time.monotonic``), so a
+    sender's log and a receiver's log can be laid side by side. A message whose receiver asked
+    for it before it was sent gives a ``latency_s`` sample: from the link's delivery to the
+    receiving process holding it (what ``Scenario.message_latency_s`` adds to every message). A
+    gradient whose UE asked for it only after it was sent gives a ``late_receive_s`` sample: from
+    the ask to holding it (``Scenario.late_receive_s``). ``messages`` counts the pairs laid side by side.
+    """
+
+    latency_s: tuple[float, ...] = ()
+    late_receive_s: tuple[float, ...] = ()
+    messages: int = 0
+
+    def __add__(self, other: HandOffs) -> HandOffs:
+        return HandOffs(
+            self.latency_s + other.latency_s,
+            self.late_receive_s + other.late_receive_s,
+            self.messages + other.messages,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Count, mean, median and 90th percentile of each kind, in seconds (JSON-ready)."""
+
+        def describe(samples: tuple[float, ...]) -> dict[str, Any]:
+            if not samples:
+                return {"count": 0}
+            ordered = sorted(samples)
+            return {
+                "count": len(samples),
+                "mean": statistics.mean(samples),
+                "median": statistics.median(samples),
+                "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+            }
+
+        return {"latency_s": describe(self.latency_s), "late_receive_s": describe(self.late_receive_s)}
+
+
+def hand_offs(
+    sent: Sequence[Sequence[float]], received: Sequence[Sequence[float]], late_tags: Collection[int] = ()
+) -> HandOffs:
+    """Lay one link direction's two logs side by side: what each message cost to hand over.
+
+    ``sent`` is the sender's ``PacedSender.log``, rows (tag, delivered_at, sent_at); ``received``
+    the receiver's rows (tag, asked_at, held_at), ``held_at`` NaN where the receiving process was
+    busy when the message came (it did not wait for it, so the message says nothing about the
+    hand-off). Messages of one tag are received in the order they were sent, so the n-th of a tag
+    on one side is the n-th on the other. A message asked for before it was sent is a latency
+    sample; one asked for after, a late-receive sample when its tag is in ``late_tags``.
+    """
+    by_tag: dict[int, list[tuple[float, float]]] = {}
+    for tag, delivered_at, sent_at in sent:
+        by_tag.setdefault(int(tag), []).append((delivered_at, sent_at))
+    position = dict.fromkeys(by_tag, 0)
+    latency: list[float] = []
+    late: list[float] = []
+    messages = 0
+    for tag, asked_at, held_at in received:
+        tag = int(tag)
+        if position.get(tag, 0) >= len(by_tag.get(tag, ())):
+            continue  # received but never logged as sent (another incarnation's message)
+        delivered_at, sent_at = by_tag[tag][position[tag]]
+        position[tag] += 1
+        messages += 1
+        if math.isnan(held_at):
+            continue
+        if asked_at < sent_at:
+            latency.append(held_at - delivered_at)
+        elif tag in late_tags:
+            late.append(held_at - asked_at)
+    return HandOffs(tuple(latency), tuple(late), messages)
 
 
 ECHO_TAG = 9
