@@ -72,6 +72,8 @@ def test_one_ue_split_gradient_equals_the_centralised_gradient() -> None:
     hand_offs = result.hand_offs
     assert hand_offs.messages == 7 + 4
     assert hand_offs.latency_s and all(0 < t < 5 for t in hand_offs.latency_s)
+    # The BS waited for the first activation (the UE's forward takes 40x its CPU time): timed too.
+    assert np.isfinite(result.message_logs[0][1][:, 2]).any()
     # The UE asks for the first gradient only after two more forwards (each 40x its CPU time).
     assert hand_offs.late_receive_s and all(0 < t < 5 for t in hand_offs.late_receive_s)
     _assert_same_parameters(_centralised("cnn", 1, batch, 1, lr=1.0), result)
