@@ -11,6 +11,7 @@ import pytest
 from edgecloud.splitlearn.bench import (
     SCHEMES,
     BenchConfig,
+    bs_wall_factor,
     merge_reports,
     plot,
     report_json,
@@ -18,11 +19,12 @@ from edgecloud.splitlearn.bench import (
     run_record,
     summarise,
     with_hand_offs,
+    with_slower_bs,
     write_json,
 )
-from edgecloud.splitlearn.latency import Plan, Scenario, UEConfig
+from edgecloud.splitlearn.latency import Plan, Scenario, StageTimes, UEConfig
 from edgecloud.splitlearn.profiling import ModelProfile
-from edgecloud.splitlearn.runtime import Evaluation, TrainResult
+from edgecloud.splitlearn.runtime import ComputeTally, Evaluation, TrainResult
 from edgecloud.splitlearn.transport import HandOffs
 
 PLAN = Plan("c2p2sl", 3, (2, 1), (0.5, 0.5))
@@ -117,6 +119,22 @@ def test_the_prediction_takes_the_pilots_mean_hand_offs(
     assert with_hand_offs(echo, HandOffs(latency_s=(1e-4,), messages=1)).late_receive_s == 0.002
     with pytest.raises(ValueError, match="no message latency"):
         with_hand_offs(echo, HandOffs(late_receive_s=(1e-4,), messages=1))
+
+
+def test_the_bs_wall_factor_compares_the_pilots_wall_clock_serves_with_the_model(
+    cnn_profile: ModelProfile, scenario: Callable[..., Scenario]
+) -> None:
+    sc = scenario(cnn_profile, (UEConfig(2.0, 10.0), UEConfig(4.0, 20.0)), 5.0)
+    plan = Plan("c2p2sl", 3, (2, 1), (0.5, 0.5))
+    st = StageTimes(sc, plan)
+    pilot = _result([(10, 5.0, 0.9)])
+    # Served 2 micro-batches of 8 and one of 16 a round for 10 rounds, at 3x the modelled time; steps are not serves.
+    pilot.bs_compute_wall_s = ComputeTally(
+        {("serve", 8): (20, 20 * 3 * st.bs(8)), ("serve", 16): (10, 10 * 3 * st.bs(16)), ("step", 16): (10, 1.0)}
+    )
+    assert bs_wall_factor(sc, plan, pilot) == pytest.approx(3.0)
+    assert StageTimes(with_slower_bs(sc, 3.0), plan).bs(8) == pytest.approx(3 * st.bs(8))
+    assert StageTimes(with_slower_bs(sc, 3.0), plan).forward(0, 8) == st.forward(0, 8)
 
 
 @pytest.mark.bench

@@ -67,6 +67,8 @@ def test_one_ue_split_gradient_equals_the_centralised_gradient() -> None:
     bs_costs = result.bs_compute_costs.totals
     assert {key: count for key, (count, _) in bs_costs.items()} == {("serve", 8): 3, ("step", 24): 1}
     assert all(total > 0 for _, total in [*ue_costs.values(), *bs_costs.values()])
+    walls = result.bs_compute_wall_s.totals  # the BS's serves in wall time: never less than their CPU
+    assert walls[("serve", 8)][0] == 3 and walls[("serve", 8)][1] >= 0.99 * bs_costs[("serve", 8)][1]
     # Every message, timed on both ends: down the welcome (model, round), 3 gradients, the sync's
     # request and average; up 3 activations and the client model.
     hand_offs = result.hand_offs

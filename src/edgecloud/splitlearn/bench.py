@@ -35,7 +35,7 @@ from edgecloud.splitlearn.data import dataset_spec, load_split, rounds_per_epoch
 from edgecloud.splitlearn.latency import Plan, Scenario, StageTimes, UEConfig, simulate
 from edgecloud.splitlearn.models import build_model
 from edgecloud.splitlearn.optimizer import optimise, sequential_plan
-from edgecloud.splitlearn.profiling import ComputeSpeed, ModelProfile, calibrate, profile_model
+from edgecloud.splitlearn.profiling import ComputeSpeed, ModelProfile, PassCost, calibrate, profile_model
 from edgecloud.splitlearn.runtime import Progress, TrainConfig, TrainResult, sync_period, train
 from edgecloud.splitlearn.transport import (
     HandOffs,
@@ -253,7 +253,7 @@ def _in_situ_inflation(config: BenchConfig, host: HostModel, data: Any) -> float
 HAND_OFF_PILOT_ROUNDS = 20
 
 
-def pilot_hand_offs(config: BenchConfig, plan: Plan, bandwidth_mhz: float, data: Any) -> HandOffs:
+def pilot_run(config: BenchConfig, plan: Plan, bandwidth_mhz: float, data: Any) -> TrainResult:
     """What handing messages over costs in this plan's own run, measured just before it.
 
     The first ``HAND_OFF_PILOT_ROUNDS`` rounds of the very plan, run on their own with the same
@@ -261,8 +261,27 @@ def pilot_hand_offs(config: BenchConfig, plan: Plan, bandwidth_mhz: float, data:
     gradient a busy UE takes late, timed on both ends (``transport.HandOffs``). An idle echo
     pair does not see what a run sees (a BS with a thread per link, UEs that wake from sleeps).
     """
-    pilot = train(_train_config(config, plan, bandwidth_mhz, max_rounds=HAND_OFF_PILOT_ROUNDS), data=data)
-    return pilot.hand_offs
+    return train(_train_config(config, plan, bandwidth_mhz, max_rounds=HAND_OFF_PILOT_ROUNDS), data=data)
+
+
+def bs_wall_factor(scenario: Scenario, plan: Plan, pilot: TrainResult) -> float:
+    """Wall-clock time the pilot's BS took per micro-batch served, over what the model gives it.
+
+    The BS has no slowdown to hide a wait for a core in: on a loaded host its work takes longer in
+    wall time than the calibrated CPU time the model uses (the UEs' in-situ factor is CPU only).
+    """
+    st = StageTimes(scenario, plan)
+    totals = pilot.bs_compute_wall_s.totals
+    modelled = sum(count * st.bs(size) for (kind, size), (count, _) in totals.items() if kind == "serve")
+    measured = sum(total for (kind, _), (_, total) in totals.items() if kind == "serve")
+    return measured / modelled
+
+
+def with_slower_bs(scenario: Scenario, factor: float) -> Scenario:
+    """``scenario`` with the BS's per-micro-batch work ``factor`` times the calibrated cost."""
+    c = scenario.speed.bs_step
+    slower = PassCost(c.s_per_flop * factor, c.s_per_block * factor, c.s_per_call * factor)
+    return replace(scenario, speed=replace(scenario.speed, bs_step=slower))
 
 
 def with_hand_offs(
@@ -338,7 +357,8 @@ def run_bench(
             echo = replace(
                 scenario, message_latency_s=latency, late_receive_s=statistics.mean(takes), host_cores=host_cores()
             )
-            pilot = pilot_hand_offs(config, plan, bandwidth, data)
+            pilot_result = pilot_run(config, plan, bandwidth, data)
+            pilot = pilot_result.hand_offs
             # The prediction is of the emulated run: five processes computing on this host's cores.
             now = with_hand_offs(echo, pilot)
             predicted = simulate(now, plan, rounds, now.rounds_per_sync).round_end_s
@@ -363,6 +383,10 @@ def run_bench(
                 "echo": echo,
                 "without_late_receive": replace(now, late_receive_s=0.0),
             }
+            # And with the BS's per-micro-batch cost as the pilot's wall clock measured it.
+            bs_factor = bs_wall_factor(now, plan, pilot_result)
+            record["pilot_bs_wall_factor"] = bs_factor
+            alternatives["pilot_bs_wall"] = with_slower_bs(now, bs_factor)
             if result.hand_offs.latency_s:
                 alternatives["in_run_hand_offs"] = with_hand_offs(echo, result.hand_offs)
             for name, other in alternatives.items():
@@ -374,6 +398,7 @@ def run_bench(
             record["compute_cpu_s"] = {
                 "ue": {k: tally.as_list() for k, tally in result.ue_compute_costs.items()},
                 "bs": result.bs_compute_costs.as_list(),
+                "bs_wall": result.bs_compute_wall_s.as_list(),
             }
             # The pure model (a processor per device), to show what sharing the host's cores adds.
             pure = simulate(replace(now, host_cores=0), plan, rounds, now.rounds_per_sync).total_s

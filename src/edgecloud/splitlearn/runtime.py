@@ -176,6 +176,8 @@ class TrainResult:
     ue_compute_cpu_s: dict[int, float] = field(default_factory=dict)
     ue_compute_costs: dict[int, ComputeTally] = field(default_factory=dict)  # the same per kind and size
     bs_compute_costs: ComputeTally = field(default_factory=ComputeTally)
+    # The BS's computations in wall-clock seconds (CPU time plus time its thread waited for a core).
+    bs_compute_wall_s: ComputeTally = field(default_factory=ComputeTally)
     # The BS's side of every link, per UE: its downlink's ``PacedSender.log`` and its receive log
     # (tag, asked_at, held_at); ``train`` lays them beside the UEs' own logs into ``hand_offs``.
     message_logs: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
@@ -485,6 +487,7 @@ class _BaseStation:
         self.paused_s = 0.0  # evaluation time, kept off the training clock
         self.evaluations: list[Evaluation] = []
         self.costs = ComputeTally()  # host CPU of the BS's computations, per kind and size
+        self.walls = ComputeTally()  # the same in wall-clock time
 
     def clock(self) -> float:
         """Training time so far: wall time since "start" less the evaluations."""
@@ -611,9 +614,10 @@ class _BaseStation:
                 continue
             owed[event.ue] -= 1
             if kind == "activation":
-                started = time.thread_time()
+                started, wall = time.thread_time(), time.monotonic()
                 size = self._serve_micro_batch(event)
                 self.costs.add("serve", size, time.thread_time() - started)
+                self.walls.add("serve", size, time.monotonic() - wall)
                 contributed.add(event.ue)
             received.append(event)
         return received
@@ -722,6 +726,7 @@ class _BaseStation:
             evaluations=self.evaluations,
             evaluation_s=self.paused_s,
             bs_compute_costs=self.costs,
+            bs_compute_wall_s=self.walls,
             message_logs={
                 ue: (_log_array(_log_bytes(s.downlink.log)), _log_array(_log_bytes(s.received)))
                 for ue, s in self.sessions.items()
