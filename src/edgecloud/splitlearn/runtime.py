@@ -347,7 +347,10 @@ def run_ue(config: TrainConfig, shard: Dataset, connect: Callable[[], dist.Store
     def recv(elements: int, tag: int) -> torch.Tensor:
         """A message from the BS; what comes next on the device cannot start before it arrived."""
         buffer = torch.empty(elements, dtype=config.torch_dtype)
-        asked = time.monotonic()
+        # The emulated device asks when its timeline reaches this receive (the model's "ready");
+        # under load its process wakes from the last computation's sleep later than that, and what
+        # the device loses to it counts from the timeline, like the hand-off itself.
+        asked = min(device.free_at, time.monotonic())
         group.recv([buffer], BS_RANK, tag).wait()
         held = time.monotonic()
         received.append((tag, asked, held))
