@@ -11,6 +11,12 @@ goes on). A token reaches the client ``delivery_s`` after its step ended. A requ
 while its instance is mid-step waits for the next step, as in the real core, whose loop reads new
 requests between steps.
 
+With ``decode_runs=True`` an instance whose running requests all decode advances a whole run of
+such steps as one event (``edgecloud.sim.decode_run``), cut short where anything reaches or reads
+the instance (a request delivered, a KV hand-over, ``stats()``) and never while the policy holds
+requests (each step end would retry them) or a backlog is fed. Per-request times agree with the
+default step-by-step simulation to float rounding.
+
 The result is one ``SimRecord`` per request (client-side times) and per-instance counters.
 """
 
@@ -29,6 +35,7 @@ from edgecloud.cluster.router import Route, Router, RouteRequest, Ticket
 from edgecloud.llm.request import KVTransferParams
 from edgecloud.llm.request_state import Request
 from edgecloud.llm.sampling_params import SamplingParams
+from edgecloud.sim.decode_run import DecodeCredit
 from edgecloud.sim.instance import SimInstance
 
 _ARRIVE, _DELIVER, _KICK, _STEP_END, _TRANSFER_DONE = range(5)
@@ -158,6 +165,7 @@ class ClusterSimulator:
         delivery_s: float = 0.0,
         transfer: TransferModel | None = None,
         record_token_times: bool = True,
+        decode_runs: bool = False,
     ) -> None:
         if not instances:
             raise ValueError("a simulated cluster needs at least one instance")
@@ -173,6 +181,7 @@ class ClusterSimulator:
         self.delivery_s = delivery_s
         self.transfer = transfer
         self.record_token_times = record_token_times
+        self.decode_runs = decode_runs
         self._params: dict[int, SamplingParams] = {}
 
     def _sampling(self, max_tokens: int) -> SamplingParams:
@@ -244,9 +253,36 @@ class ClusterSimulator:
         def kick(instance: SimInstance, at: float) -> None:
             if instance.busy:
                 return
-            duration = instance.start_step(at)
-            if duration is not None:
-                push(heap, (at + duration, next(seq), _STEP_END, instance))
+            if self.decode_runs and backlog is None and not held:
+                end = instance.start_run(at)
+            else:
+                duration = instance.start_step(at)
+                end = None if duration is None else at + duration
+            if end is not None:
+                push(heap, (end, next(seq), _STEP_END, (instance, instance.serial)))
+
+        def credit(credit: DecodeCredit) -> None:
+            """Records the tokens a run of decode steps sampled."""
+            seen = [at + self.delivery_s for at in credit.times]
+            for req in credit.requests:
+                flight = flights.get(req.request_id)
+                if flight is None:
+                    continue
+                flight.record.output_tokens += len(seen)
+                if flight.record.token_times is not None:
+                    flight.record.token_times.extend(seen)
+
+        def settle(instance: SimInstance, at: float) -> None:
+            """Cuts ``instance``'s run short at ``at``, before anything reaches or reads it."""
+            if instance.run is None:
+                return
+            done, end = instance.settle(at)
+            credit(done)
+            instance.serial += 1
+            push(heap, (end, next(seq), _STEP_END, (instance, instance.serial)))
+
+        def observe(instance: SimInstance) -> None:
+            settle(instance, now)
 
         def kick_soon(instance: SimInstance, at: float) -> None:
             """Start a step after every other event of this instant: requests that reach an idle
@@ -289,34 +325,48 @@ class ClusterSimulator:
                 if not try_route(flight, at):
                     held.append(flight)
 
+        if self.decode_runs:
+            for instance in self.instances:
+                instance.observer = observe
         feed(0.0)
         while heap:
-            now, _, kind, item = heapq.heappop(heap)
-            if until_s is not None and now > until_s:
+            at, _, kind, item = heapq.heappop(heap)
+            if kind == _STEP_END and item[1] != item[0].serial:  # type: ignore[index]
+                continue  # the end of a run that was cut short
+            if until_s is not None and at > until_s:
                 now = until_s
+                for instance in self.instances:
+                    settle(instance, now)
                 break
+            now = at
             events += 1
             if kind == _ARRIVE:
                 flight = item  # type: ignore[assignment]
                 if not try_route(flight, now):  # type: ignore[arg-type]
                     flight.held_since = now  # type: ignore[union-attr]
                     held.append(flight)  # type: ignore[arg-type]
+                    for instance in self.instances:  # from now on every step end retries it
+                        settle(instance, now)
             elif kind == _DELIVER:
                 instance, core = item  # type: ignore[misc]
+                settle(instance, now)
                 instance.add(core)
                 kick_soon(instance, now)
             elif kind == _KICK:
                 kicks.discard(item.name)  # type: ignore[union-attr]
                 kick(item, now)  # type: ignore[arg-type]
             elif kind == _STEP_END:
-                instance = item  # type: ignore[assignment]
-                for out in instance.end_step():  # type: ignore[union-attr]
+                instance = item[0]  # type: ignore[index]
+                if instance.run is not None:
+                    credit(instance.end_run())
+                for out in instance.end_step():
                     flight = flights.get(out.request_id)
                     if flight is None:
                         continue
                     if out.request_id.endswith("@prefill"):
                         if out.finished:
                             del flights[out.request_id]
+                            settle(flight.route.target.backend, now)  # type: ignore[union-attr, arg-type]
                             self._prefilled(flight, out.kv_block_keys or [], now, heap, seq, handovers)
                         continue
                     record = flight.record
@@ -348,11 +398,15 @@ class ClusterSimulator:
                 route = flight.route  # type: ignore[union-attr]
                 src: SimInstance = route.prefill.backend  # type: ignore[union-attr, assignment]
                 dst: SimInstance = route.target.backend  # type: ignore[union-attr, assignment]
+                settle(src, now)
+                settle(dst, now)
                 exports = src.kv.export_blocks(missing)
                 dst.kv.import_blocks([(e.key, e.parent, e.tokens) for e in exports])
                 src.kv.unpin(keys)
                 kick_soon(src, now)  # pinned blocks may have kept a waiting request out
                 deliver_decode(flight, now, "decode")  # type: ignore[arg-type]
+        for instance in self.instances:
+            instance.observer = None
         return SimResult(records, self.instances, handovers, now, time.perf_counter() - start_wall, events,
                          time.process_time() - start_cpu)
 
