@@ -20,6 +20,7 @@ from edgecloud.llm.perf_model import PerfModel, StepShape
 from edgecloud.llm.request_state import Request
 from edgecloud.llm.scheduler import SampledTokens, Scheduler, SchedulerOutput
 from edgecloud.sim.decode_run import DecodeCredit, DecodeRun
+from edgecloud.sim.lazy_pool import LazyBlockPool
 
 if TYPE_CHECKING:
     from edgecloud.sim.moe import ExpertPlacementModel
@@ -57,8 +58,10 @@ class SimInstance:
         self.perf = perf
         self.config = config
         num_layers = perf.model.num_layers
-        self.kv = KVCacheManager([LayerGroup("full", tuple(range(num_layers)))], config.num_blocks, config.block_size,
+        # the engine's KV manager over a pool built as blocks are first taken (same decisions, same ids)
+        self.kv = KVCacheManager([LayerGroup("full", tuple(range(num_layers)))], 1, config.block_size,
                                  fingerprint, config.enable_prefix_caching)
+        self.kv.pools = [LazyBlockPool(config.num_blocks)]
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, config.max_model_len)
         self.healthy = True
         self.experts: ExpertPlacementModel | None = None  # set to price MoE steps by expert placement
