@@ -16,11 +16,12 @@ a run of k steps over n requests costs O(n + k + n·k/block_size) instead of O(n
 
 Step durations: in a pure decode step only the attention's KV reads depend on the contexts, and
 they grow by one token per request per step. ``PerfModel.step_time`` is then affine in the step
-index as long as no request's attention changes between compute- and memory-bound; the run is
-priced from the exact times of its first two steps and checked against its last one (the sum of
-per-request maxima is convex, so agreement at both ends means affine between). The times agree with
-the step-by-step simulation to float rounding (~1e-15 relative), not bit for bit: the fast path is
-opt-in and the step-by-step one stays the default.
+index as long as no request's attention changes between compute- and memory-bound: the run's first
+step is priced exactly, each later one adds every request's slope, taken from the cost model on one
+request and checked affine over the contexts the run spans (one request's time is a maximum of two
+affine functions, so agreement at both ends means affine between). The times agree with the
+step-by-step simulation to float rounding, not bit for bit: the fast path is opt-in and the
+step-by-step one stays the default.
 """
 
 from __future__ import annotations
@@ -97,14 +98,20 @@ class DecodeRun:
         if k < 2:
             return None
 
-        def step_time(j: int) -> float:
-            return perf.step_time([StepShape(1, c + j, True) for c in computed])
+        # One request's decode step, as a function of its context, is affine while its attention
+        # stays memory- (or compute-) bound; the batch's step grows by the sum of its requests'
+        # slopes. Checked from the shortest context at the run's start to the longest at its end.
+        low, high = min(computed) + 1, max(computed)
 
-        second = step_time(2)
-        slope = second - first_duration
-        while k > 2 and abs(first_duration + (k - 1) * slope - step_time(k)) > _AFFINE_TOLERANCE * second:
-            k = (k + 1) // 2  # a request's attention turned compute-bound within the run: shorter
-        durations = [first_duration] + [first_duration + j * slope for j in range(1, k)]
+        def alone(context: int) -> float:
+            return perf.step_time([StepShape(1, context, True)])
+
+        slope = alone(low + 1) - alone(low)
+        while k > 2 and abs(alone(low) + (high + k - low) * slope - alone(high + k)) > _AFFINE_TOLERANCE * alone(
+                high + k):
+            k = (k + 1) // 2  # a request's attention turns compute-bound within the run: shorter
+        step = len(computed) * slope
+        durations = [first_duration] + [first_duration + j * step for j in range(1, k)]
         ends = []
         at = now
         for d in durations:
