@@ -117,3 +117,44 @@ def test_runs_agree_when_a_policy_holds_requests() -> None:
     slow, _ = assert_same("test-hold-briefly")
     assert all(r.finish_s is not None for r in slow.records)
     assert sum(r.first_token_s - r.arrival_s > 5e-3 for r in slow.records) > 30  # type: ignore[operator]
+
+
+def test_a_streamed_workload_replays_as_a_listed_one() -> None:
+    def run(stream: bool) -> SimResult:
+        instances = [SimInstance(f"i{i}", PERF, SimEngineConfig(60, 160, 4, 8, 40), b"x") for i in range(3)]
+        requests = workload(2)
+        requests[5:8] = [SimRequest(requests[5].arrival_s, r.prompt_token_ids, r.output_len) for r in requests[5:8]]
+        sim = ClusterSimulator(instances, make_policy("prefix-aware"), decode_runs=True)
+        return sim.run(iter(requests) if stream else requests)
+
+    listed, streamed = run(False), run(True)
+    assert [(r.first_token_s, r.finish_s, r.instance, r.output_tokens) for r in streamed.records] == [
+        (r.first_token_s, r.finish_s, r.instance, r.output_tokens) for r in listed.records]
+    instances = [SimInstance("a", PERF, SimEngineConfig(60, 160, 4, 8, 40), b"x")]
+    with pytest.raises(ValueError, match=r"arrival order: arrival_s 0\.5 after 1\.0"):
+        ClusterSimulator(instances, make_policy("round-robin")).run(iter([SimRequest(1.0, [1, 2], 2),
+                                                                          SimRequest(0.5, [3, 4], 2)]))
+
+
+class QuarterSecondSteps(PerfModel):
+    def step_time(self, batch: object, moe_imbalance: float = 1.0, dispatch_imbalance: float = 1.0) -> float:
+        return 0.25
+
+
+@register_policy("test-first-idle")
+class FirstIdle(RoutingPolicy):
+    """The first instance with nothing outstanding, else the last one."""
+
+    def choose(self, req: RouteRequest, candidates: list[InstanceView], now: float) -> InstanceView | None:
+        return next((v for v in candidates if v.outstanding == 0), candidates[-1])
+
+
+def test_a_streamed_arrival_goes_before_other_events_of_its_instant() -> None:
+    # the third request arrives exactly when the first one's only step ends: queued first, as every
+    # listed arrival is, it is routed while the first still counts as outstanding on "a"
+    perf = QuarterSecondSteps(HW, MODEL)
+    requests = [SimRequest(0.0, [1, 2, 3], 1), SimRequest(0.125, [4, 5, 6], 1), SimRequest(0.25, [7, 8, 9], 1)]
+    for workload_ in (requests, iter(requests)):
+        instances = [SimInstance(n, perf, SimEngineConfig(60, 160, 4, 8, 40), b"x") for n in ("a", "b")]
+        result = ClusterSimulator(instances, make_policy("test-first-idle")).run(workload_)
+        assert [r.instance for r in result.records] == ["a", "b", "b"]

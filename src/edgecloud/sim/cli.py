@@ -127,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         scaling = LengthScaling(args.input_scale, args.output_scale, args.max_input_len, args.max_output_len)
         workload = trace_workload_for(args.trace, max_len, num_requests=args.num_requests, duration_s=args.duration,
                                       rate_scale=args.rate_scale, time_scale=args.time_scale, scaling=scaling,
-                                      seed=args.seed)
+                                      seed=args.seed, stream=True)
         result = simulate(spec, policy, workload, dict(args.policy_option), args.token_times, args.decode_runs)
     except (ProfileError, ValueError, OSError) as error:
         raise CLIError(str(error), USAGE) from None

@@ -27,7 +27,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from edgecloud.cluster.policies import RoutingPolicy
@@ -39,6 +39,9 @@ from edgecloud.sim.decode_run import DecodeCredit
 from edgecloud.sim.instance import SimInstance
 
 _ARRIVE, _DELIVER, _KICK, _STEP_END, _TRANSFER_DONE = range(5)
+# A streamed arrival's event order: before any other event of its instant and after the arrivals
+# before it, as when every arrival is queued first.
+_STREAMED = 2**62
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ class _Flight:
     prefill_ticket: Ticket | None = None
     core: Request | None = None
     held_since: float | None = None
+    fed: bool = False  # a backlog request
     transfer: tuple[list[bytes], list[bytes], float] | None = field(default=None, repr=False)
 
 
@@ -190,10 +194,12 @@ class ClusterSimulator:
             params = self._params[max_tokens] = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
         return params
 
-    def run(self, workload: Sequence[SimRequest], *, until_s: float | None = None,
+    def run(self, workload: Iterable[SimRequest], *, until_s: float | None = None,
             backlog: Backlog | None = None) -> SimResult:
         """Replays ``workload`` (and feeds ``backlog``) until every request is done, or until
-        ``until_s`` simulated seconds (requests then in flight keep the tokens they had)."""
+        ``until_s`` simulated seconds (requests then in flight keep the tokens they had). A
+        workload that is not a ``Sequence`` is streamed: read one request ahead, in arrival order,
+        so that only the requests in flight are held (a cluster's hour of requests)."""
         start_wall, start_cpu = time.perf_counter(), time.process_time()
         heap: list[tuple[float, int, int, object]] = []
         seq = itertools.count()
@@ -201,16 +207,38 @@ class ClusterSimulator:
         flights: dict[str, _Flight] = {}
         held: deque[_Flight] = deque()
         handovers: list[HandoverRecord] = []
-        records = []
-        for index, req in enumerate(workload):
+        records: list[SimRecord] = []
+
+        def arrival(req: SimRequest) -> _Flight:
+            index = len(records)
             record = SimRecord(index, req.arrival_s, len(req.prompt_token_ids),
                                token_times=[] if self.record_token_times else None)
             records.append(record)
             route_request = self.router.request(str(index), req.prompt_token_ids, req.output_len,
                                                 service_tier=req.service_tier, priority=req.priority,
                                                 adapter_id=req.adapter_id, arrival_time=req.arrival_s)
-            flight = _Flight(index, req, record, route_request)
-            push(heap, (req.arrival_s, next(seq), _ARRIVE, flight))
+            return _Flight(index, req, record, route_request)
+
+        streamed = None if isinstance(workload, Sequence) else iter(workload)
+        last_arrival = -math.inf
+
+        def stream_next() -> None:
+            nonlocal last_arrival
+            req = next(streamed, None)  # type: ignore[call-overload]
+            if req is None:
+                return
+            if req.arrival_s < last_arrival:
+                raise ValueError(f"a streamed workload must come in arrival order: arrival_s {req.arrival_s} "
+                                 f"after {last_arrival}")
+            last_arrival = req.arrival_s
+            flight = arrival(req)
+            push(heap, (req.arrival_s, flight.index - _STREAMED, _ARRIVE, flight))
+
+        if streamed is None:
+            for req in workload:
+                push(heap, (req.arrival_s, next(seq), _ARRIVE, arrival(req)))
+        else:
+            stream_next()
         now = 0.0
         events = 0
 
@@ -241,7 +269,7 @@ class ClusterSimulator:
                     route_request = self.router.request(str(index), req.prompt_token_ids, req.output_len,
                                                         service_tier=req.service_tier, priority=req.priority,
                                                         arrival_time=at)
-                    waiting = _Flight(index, req, record, route_request)
+                    waiting = _Flight(index, req, record, route_request, fed=True)
                     fed += 1
                 if not try_route(waiting, at):
                     return
@@ -342,6 +370,8 @@ class ClusterSimulator:
             events += 1
             if kind == _ARRIVE:
                 flight = item  # type: ignore[assignment]
+                if streamed is not None:
+                    stream_next()
                 if not try_route(flight, now):  # type: ignore[arg-type]
                     flight.held_since = now  # type: ignore[union-attr]
                     held.append(flight)  # type: ignore[arg-type]
@@ -386,7 +416,7 @@ class ClusterSimulator:
                         record.preemptions = flight.core.num_preemptions if flight.core else 0
                         self.router.end(flight.ticket)  # type: ignore[arg-type]
                         del flights[out.request_id]
-                        if flight.index >= len(workload):
+                        if flight.fed:
                             feeding -= 1
                 kick(instance, now)  # type: ignore[arg-type]
                 if held:
