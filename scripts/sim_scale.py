@@ -4,8 +4,8 @@ step by step (the default) and with runs of decode steps advanced at once (``dec
 core; both paths on the same slice must give the same latencies. Writes a small JSON (no
 per-request records) with the CPU, the load and the process's peak memory.
 
-    taskset -c 0 python scripts/sim_scale.py --instances 64 --rate-scale 160 --duration 600 \
-        --step-duration 120 --json docs/data/sim_scale_64.json
+    taskset -c 0 python scripts/sim_scale.py --instances 64 --rate-scale 160 --duration 300 \
+        --step-duration 60 --json docs/data/sim_scale_64.json
 
 The simulator imports no torch: one Python thread does all of it.
 """
@@ -17,22 +17,31 @@ import json
 import os
 import resource
 import time
+from dataclasses import replace
 from typing import Any
 
 from edgecloud.bench.machine import cpu_model
+from edgecloud.bench.traces import TraceRequest, read_trace
 from edgecloud.cluster.policies import make_policy
 from edgecloud.sim.compare import sim_run_result
-from edgecloud.sim.run import SimClusterSpec, build_instances, trace_workload_for
+from edgecloud.sim.run import SimClusterSpec, build_instances
 from edgecloud.sim.simulator import ClusterSimulator
+from edgecloud.sim.workload import iter_trace_requests, scale_rate
 
 TRACE = "../shared/traces/azure_llm_2023_conv.csv"
 
 
-def run(spec: SimClusterSpec, policy: str, trace: str, rate_scale: float, duration: float,
+def window(trace: str, start_s: float, duration_s: float) -> list[TraceRequest]:
+    """The trace's requests of ``[start_s, start_s + duration_s)``, shifted to start at 0."""
+    return [replace(r, arrival_s=r.arrival_s - start_s) for r in read_trace(trace)
+            if start_s <= r.arrival_s < start_s + duration_s]
+
+
+def run(spec: SimClusterSpec, policy: str, trace: str, rate_scale: float, start_s: float, duration: float,
         decode_runs: bool) -> dict[str, Any]:
     start = time.process_time()
     instances, link, max_len = build_instances(spec)
-    workload = trace_workload_for(trace, max_len, duration_s=duration, rate_scale=rate_scale, stream=True)
+    workload = iter_trace_requests(scale_rate(window(trace, start_s, duration), rate_scale), max_len=max_len)
     sim = ClusterSimulator(instances, make_policy(policy), transfer=link, record_token_times=False,
                            decode_runs=decode_runs)
     result = sim.run(workload)
@@ -43,7 +52,7 @@ def run(spec: SimClusterSpec, policy: str, trace: str, rate_scale: float, durati
           for m in ("ttft", "tpot", "e2e") for q in ("p50", "p90", "p99")}
     return {
         "cluster": spec.describe(), "accelerators": spec.accelerators, "policy": policy,
-        "decode_runs": decode_runs, "trace_seconds": duration, "rate_scale": rate_scale,
+        "decode_runs": decode_runs, "trace_window_s": [start_s, start_s + duration], "rate_scale": rate_scale,
         "requests": len(result.records), "finished": sum(r.finish_s is not None for r in result.records),
         "simulated_s": round(result.simulated_s, 3), "events": result.events,
         "cpu_s": round(result.cpu_s, 2), "wall_s": round(result.wall_s, 2),
@@ -61,6 +70,7 @@ def main() -> None:
     parser.add_argument("--model", default="llama-3-8b")
     parser.add_argument("--policy", default="round-robin")
     parser.add_argument("--rate-scale", type=float, required=True)
+    parser.add_argument("--start", type=float, default=0.0, help="the trace window's start (s into the hour)")
     parser.add_argument("--duration", type=float, required=True, help="trace seconds with decode runs")
     parser.add_argument("--step-duration", type=float, default=0.0,
                         help="trace seconds simulated by both paths (0: none)")
@@ -71,10 +81,11 @@ def main() -> None:
                            "loadavg_before": os.getloadavg(), "runs": []}
     if args.step_duration:
         for decode_runs in (False, True):
-            out["runs"].append(run(spec, args.policy, args.trace, args.rate_scale, args.step_duration, decode_runs))
+            out["runs"].append(run(spec, args.policy, args.trace, args.rate_scale, args.start, args.step_duration,
+                                   decode_runs))
             print(json.dumps(out["runs"][-1]), flush=True)
     if args.duration:
-        out["runs"].append(run(spec, args.policy, args.trace, args.rate_scale, args.duration, True))
+        out["runs"].append(run(spec, args.policy, args.trace, args.rate_scale, args.start, args.duration, True))
         print(json.dumps(out["runs"][-1]), flush=True)
     out["loadavg_after"] = os.getloadavg()
     out["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
