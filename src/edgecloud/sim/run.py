@@ -82,7 +82,8 @@ def trace_workload_for(
         trace = [r for r in trace if r.arrival_s < duration_s]
     if rate_scale != 1.0:
         trace = scale_rate(trace, rate_scale, seed)
-    if stream:
+    if stream:  # the simulator reads a stream in arrival order
+        trace = sorted(trace, key=lambda r: r.arrival_s)
         return iter_trace_requests(trace, scaling, time_scale, max_len=max_len, seed=seed)
     return trace_requests(trace, scaling, time_scale, max_len=max_len, seed=seed)
 
