@@ -56,7 +56,8 @@ def test_the_lazy_pool_takes_the_blocks_the_engine_pool_takes(seed: int) -> None
         elif op < 0.86:
             assert eager.reset_cache() == lazy.reset_cache()
         assert (eager.num_free, eager.cached) == (lazy.num_free, lazy.cached)
-        assert list(eager.free) == [*lazy.front, *range(len(lazy.blocks), size), *lazy.back]
+        free = lazy.free
+        assert list(eager.free) == [*free.front, *range(len(lazy.blocks), size), *free.back]  # type: ignore[attr-defined]
     refs = [0] * size
     for block_id in held:
         refs[block_id] += 1
