@@ -25,7 +25,7 @@ from edgecloud.llm.attention.paged import PagedDecodeAttention
 from edgecloud.llm.attention.prefill import PrefillSegment, make_prefill_segment
 from edgecloud.llm.attention.sink_window import sink_window_mask
 from edgecloud.llm.config import ModelConfig
-from edgecloud.llm.kv_cache import LayerGroup
+from edgecloud.llm.kv_cache import LayerGroup, hugepages
 from edgecloud.llm.layers.attention import kv_cache_shape
 from edgecloud.llm.moe.runtime import ExpertRuntime
 from edgecloud.llm.request_state import Request
@@ -89,8 +89,8 @@ class ModelRunner:
             k_shape, v_shape = kv_cache_shape(config, layer)
             blocks = sizes[self.layer_group[layer]]
             self.kv_caches.append((
-                torch.zeros((blocks, block_size, *k_shape), dtype=dtype, device=device),
-                torch.zeros((blocks, block_size, *v_shape), dtype=dtype, device=device),
+                hugepages.zeros((blocks, block_size, *k_shape), dtype=dtype, device=device),
+                hugepages.zeros((blocks, block_size, *v_shape), dtype=dtype, device=device),
             ))
         for layer, cache in zip(model.model.layers, self.kv_caches, strict=True):
             layer.self_attn.kv_cache = cache
