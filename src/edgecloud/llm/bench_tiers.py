@@ -14,9 +14,10 @@ The goal (issue #17): with tiers, the online TTFT p99 is at most the idle TTFT p
 step of the flex batch. With long flex prompts (``flex_prompt_len``) the flex batch is mostly
 prefilling, and the bench also gives OOCO's preemption figure (issue #19): how long an online request
 that arrives during a step with flex prefill waits until its own prefill is scheduled, against the
-bound of one layer's time (a layer's share of the step in flight) plus one step (the flex batch's
-decode step). The engine preempts between steps, not between layers: what keeps a flex prefill step
-that short is its cap of ``flex_max_batched_tokens`` tokens per step, which also slows flex prefill.
+bound of one layer's time (a whole flex prefill step's median over its layers) plus one step (the
+flex batch's decode step). A step of flex work only is dropped between layers when an online request is due
+(``EngineCore.interrupt``, as the served core does when one reaches its socket), so flex prefill can
+run in large chunks (``flex_max_batched_tokens``) without holding online prefill back.
 Every flex request that was preempted must finish with the same greedy
 output as when it ran uninterrupted; the benchmark checks that too. The engine runs synchronously
 here: an arrival during a step is admitted when the step ends, as an asynchronous front end's
@@ -68,8 +69,8 @@ class TiersResult:
     flex_prompt_len: tuple[int, int] = (16, 64)
     num_layers: int = 0
     # online requests that arrived during a step with flex prefill (tiers run): the wait from arrival
-    # to their own first scheduled step, and the bound: one layer's time (of the step in flight, split
-    # evenly over the layers) + one decode step of the flex batch
+    # to their own first scheduled step, and the bound: one layer's time (a whole flex prefill step's
+    # median split evenly over the layers) + one decode step of the flex batch
     prefill_arrivals: int = 0
     start_wait_ms: list[float] = field(default_factory=list)
     start_bound_ms: list[float] = field(default_factory=list)
@@ -77,6 +78,7 @@ class TiersResult:
     start_wait_ms_p50: float = 0.0
     start_wait_ms_p99: float = 0.0
     flex_prefill_step_ms_p50: float = 0.0
+    abandoned_steps: int = 0  # flex-only steps dropped between layers for an arriving online request
     notes: list[str] = field(default_factory=list)
 
 
@@ -98,12 +100,13 @@ def _p99(values: list[float]) -> float:
 
 @dataclass
 class _Starts:
-    """Per online request that arrived during a step with flex prefill: its wait and a layer's share
-    of the step in flight, in ms."""
+    """Per online request that arrived during a step with flex prefill: its wait and a layer's time
+    (a whole flex prefill step's median over the layers), in ms."""
 
     waits: list[float] = field(default_factory=list)
     layer_ms: list[float] = field(default_factory=list)
     flex_prefill_steps: list[float] = field(default_factory=list)
+    abandoned_steps: int = 0
 
 
 def _run_loaded(
@@ -138,9 +141,14 @@ def _run_loaded(
     flex_out: dict[str, list[int]] = {}
     preempted: set[str] = set()
     flex_tokens = 0
-    steps: list[tuple[float, float, bool]] = []  # (start, end, with flex prefill)
+    steps: list[tuple[float, float, bool, bool]] = []  # (start, end, with flex prefill, dropped)
     started: dict[str, float] = {}
     i = 0
+    abandoned = engine.core.num_abandoned_steps
+    if tiers and flex_prompts:
+        # what an asynchronous front end gives the core: an online request is visible the moment it
+        # arrives, so a flex-only step in flight is dropped between layers (docs/engine-core.md)
+        engine.core.interrupt = lambda: i < len(online) and due[i] <= time.monotonic()
     while len(ttft) < len(online):
         now = time.monotonic()
         while i < len(online) and due[i] <= now:
@@ -153,10 +161,10 @@ def _run_loaded(
             continue
         flex_prefill = any(r.request_id.startswith("flex") and r.num_computed_tokens < r.num_prompt_tokens
                            for r in engine.scheduler.running)
-        step_start = time.monotonic()
+        step_start, dropped = time.monotonic(), engine.core.num_abandoned_steps
         outputs = engine.step()
         done = time.monotonic()
-        steps.append((step_start, done, flex_prefill))
+        steps.append((step_start, done, flex_prefill, engine.core.num_abandoned_steps > dropped))
         for req in engine.scheduler.requests.values():
             if req.num_preemptions and req.request_id.startswith("flex"):
                 preempted.add(req.request_id)
@@ -170,16 +178,20 @@ def _run_loaded(
                 flex_tokens += len(out.outputs[0].token_ids)
                 add_flex()
     elapsed = time.monotonic() - start
+    engine.core.interrupt = None
     if starts is not None:
+        starts.abandoned_steps = engine.core.num_abandoned_steps - abandoned
         layers = engine.model_config.num_hidden_layers
-        starts.flex_prefill_steps += [(b - a) * 1000 for a, b, prefill in steps if prefill]
+        whole = [(b - a) * 1000 for a, b, prefill, dropped in steps if prefill and not dropped]
+        starts.flex_prefill_steps += whole
+        layer_ms = float(np.median(whole)) / layers if whole else 0.0  # a whole flex prefill step's share
         for k in range(len(online)):
             arrived = due[k]
-            inflight = next(((a, b) for a, b, prefill in steps if prefill and a <= arrived < b), None)
-            if inflight is None or f"online-{k}" not in started:
+            inflight = any(prefill and a <= arrived < b for a, b, prefill, _ in steps)
+            if not inflight or f"online-{k}" not in started:
                 continue
             starts.waits.append(float(started[f"online-{k}"] - arrived) * 1000)
-            starts.layer_ms.append((inflight[1] - inflight[0]) * 1000 / layers)
+            starts.layer_ms.append(layer_ms)
     # let the preempted flex requests still running finish (their output is checked), no new ones
     while any(rid in preempted for rid in engine.processor.requests):
         for out in engine.step():
@@ -294,6 +306,7 @@ def bench_tiers(
     result.num_layers = engine.model_config.num_hidden_layers
     if starts is not None:
         result.prefill_arrivals = len(starts.waits)
+        result.abandoned_steps = starts.abandoned_steps
         result.start_wait_ms = starts.waits
         result.start_bound_ms = [layer + decode_step for layer in starts.layer_ms]
         result.start_within_bound = sum(bool(w <= b) for w, b in zip(result.start_wait_ms, result.start_bound_ms,

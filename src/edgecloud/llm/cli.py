@@ -251,7 +251,8 @@ def _bench_tiers(args: argparse.Namespace) -> int:
         print(f"online arrivals during flex prefill: {r.prefill_arrivals}; wait for their own prefill p50 "
               f"{r.start_wait_ms_p50:.1f} ms, p99 {r.start_wait_ms_p99:.1f} ms; within one layer + one step: "
               f"{r.start_within_bound}/{r.prefill_arrivals} (flex prefill step p50 "
-              f"{r.flex_prefill_step_ms_p50:.1f} ms, {r.num_layers} layers)")
+              f"{r.flex_prefill_step_ms_p50:.1f} ms, {r.num_layers} layers); flex steps dropped between layers: "
+              f"{r.abandoned_steps}")
     return 0
 
 

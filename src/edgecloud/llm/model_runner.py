@@ -13,7 +13,7 @@ it holds (sink + window), and prefills with a mask where it holds fewer keys tha
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -96,6 +96,8 @@ class ModelRunner:
             layer.self_attn.kv_cache = cache
         # Mixture-of-experts state (expert maps, routing counters, migration), in ``ctx.moe``.
         self.moe = ExpertRuntime(model, config, device) if config.moe is not None else None
+        # Set by the engine core around a step it may abandon between layers (only flex work in it).
+        self.interrupt: Callable[[], bool] | None = None
 
     def _slots(self, block_table: list[int], start: int, end: int) -> np.ndarray:
         positions = np.arange(start, end)
@@ -195,6 +197,8 @@ class ModelRunner:
             attention=[self._attention(g, prefills, decodes) for g in range(len(self.groups))],
             layer_group=self.layer_group,
             moe=None if self.moe is None else self.moe.begin_step(),
+            # MoE counters and LoRA slots are per-step state a dropped step would leave half done
+            interrupt=self.interrupt if self.moe is None and not with_adapters else None,
         )
         if with_adapters:
             assert self.lora is not None
