@@ -1,7 +1,7 @@
 """Schema-preserving RL rounds of NetGPT's edge model from the requests it offloaded (issue #24).
 
     nice -n 19 .venv/bin/python scripts/netgpt_rl.py --bench-dir out/netgpt-bench --rounds 3 \
-        --alphas 0.5,0 --json docs/data/netgpt_rl.json --plot docs/figures/netgpt_rl.png
+        --alphas 0.5,0 --guided 2 --json docs/data/netgpt_rl.json --plot docs/figures/netgpt_rl.png
 
 ``--alphas``: one arm per value, run side by side in one process, round by round (the same
 batches from the same seed; round 0 is the shared SFT start, evaluated once): ``alpha`` > 0 is
