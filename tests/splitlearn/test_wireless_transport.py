@@ -1,6 +1,5 @@
 import datetime
 import math
-import statistics
 import threading
 
 import pytest
@@ -89,7 +88,9 @@ def test_the_late_receive_probe_times_only_the_hand_off() -> None:
     time the receive (the hand-off), not that idle wait."""
     takes = late_receive_samples(count=9)
     assert len(takes) == 9 and min(takes) > 0
-    assert statistics.median(takes) < IDLE_BEFORE_PROBE_S
+    # Timed with the idle wait, every take would be >= it; at nice 19 under load the median can
+    # reach it (5.2 ms seen at load 5.5), so the guard is the fastest take.
+    assert min(takes) < IDLE_BEFORE_PROBE_S
 
 
 def test_hand_offs_pair_each_tag_in_order_and_tell_a_waiting_receiver_from_a_late_one() -> None:
