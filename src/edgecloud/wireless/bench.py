@@ -138,8 +138,8 @@ def run_bench(
     Stages run in order of what they answer first, and ``on_partial`` gets the report so far after
     each one (``"complete": False`` until the end), so a run cut short on a busy machine still leaves
     its finished stages: pretraining, the anchored model's retrieval, the sensing tasks at 100%, 10%,
-    then 1% of the labels, channel prediction, and last the image-text ablation. The order changes
-    no number: every fit seeds itself.
+    then 1% of the labels, the attentive probe (beside the protocol), channel prediction, and last
+    the image-text ablation. The order changes no number: every fit seeds itself.
     """
     stage = on_stage or (lambda _label: None)
     started = time.perf_counter()
