@@ -168,9 +168,15 @@ def test_bench_runs_every_family_end_to_end_on_tiny_data(shard_dir: Path, tmp_pa
         for fraction in config.fractions:
             got = {r["model"] for r in report["tasks"] if r["task"] == task and r["label_fraction"] == fraction}
             assert got == families, (task, fraction)
-        assert {r["model"] for r in report["generalisation"] if r["task"] == task} == families
-    assert {r["model"] for r in report["fit_on_labelled_rows"]} == families
+        beside = {"wmlm_attentive_probe"} if task != "predict" else set()
+        assert {r["model"] for r in report["generalisation"] if r["task"] == task} == families | beside
+    assert {r["model"] for r in report["fit_on_labelled_rows"]} == families | {"wmlm_attentive_probe"}
     assert {r["task"] for r in report["diagnostics"]} == {"los", "position", "beam"}
+    # the attentive probe, beside the protocol: every sensing task at every fraction, never in "tasks"
+    diagnostics = report["diagnostics"]
+    attentive = {(r["task"], r["label_fraction"]) for r in diagnostics if r["model"] == "wmlm_attentive_probe"}
+    assert attentive == {(t, f) for t in ("los", "position", "beam") for f in config.fractions}
+    assert not any(r["model"] == "wmlm_attentive_probe" for r in report["tasks"])
     assert all(r["seed"] == 0 for r in report["tasks"] + report["retrieval"])
     assert len(summary(report)) == 4 * 2 * 2
     write_json(merge_reports([report]), tmp_path / "r.json")

@@ -14,6 +14,7 @@ from edgecloud.wireless.model import (
     DIRECT_PAIRS,
     WMLM,
     ModelConfig,
+    WirelessEncoder,
     channel_tokens,
     info_nce,
     next_snapshot_targets,
@@ -23,7 +24,9 @@ from edgecloud.wireless.tasks import (
     EndToEnd,
     ProbeConfig,
     copy_last_nmse_db,
+    evaluate_head,
     fit_end_to_end,
+    fit_head,
     fit_predictor_end_to_end,
     prediction_nmse_db,
     recall_at_1,
@@ -137,3 +140,26 @@ def test_fine_tuning_starts_from_the_pretrained_weights_and_leaves_them_alone(sh
     tuned = fit_end_to_end(data, np.arange(len(data)), "beam", TINY, probe, pretrained.wireless)
     assert not torch.equal(tuned.encoder.patch.weight, before["patch.weight"])  # it was trained
     assert all(torch.equal(pretrained.wireless.state_dict()[k], v) for k, v in before.items())  # a copy was
+
+
+def test_attentive_probe_reads_which_patch_holds_the_peak() -> None:
+    """The hypothesis behind the attentive probe, on tokens built for it: the label is the patch that
+    holds a marker. The light head reads [CLS] and the mean patch token, which is the same wherever
+    the marker sits, so it stays near chance (1/8); the attentive probe, same steps and batches,
+    must learn where the marker is."""
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    n, patches, dim = 640, 8, 16
+    tokens = torch.randn(n, patches + 2, dim, generator=g)
+    where = torch.randint(0, patches, (n,), generator=g)
+    tokens[torch.arange(n), 2 + where] += 4 * torch.randn(dim, generator=g)
+    train, test = slice(0, 512), slice(512, None)
+    probe = ProbeConfig(min_steps=300, max_steps=300, batch_size=64)
+    mean_head = fit_head(WirelessEncoder.features(tokens[train]), where[train], "beam", probe)
+    attentive = fit_head(tokens[train], where[train], "beam", probe, attentive=True)
+    mean_top1 = evaluate_head(mean_head, WirelessEncoder.features(tokens[test]), where[test], "beam")["top1"]
+    attentive_top1 = evaluate_head(attentive, tokens[test], where[test], "beam")["top1"]
+    assert mean_top1 < 0.3
+    assert attentive_top1 > 0.8
+    with pytest.raises(ValueError, match="tokens"):
+        fit_head(WirelessEncoder.features(tokens[train]), where[train], "beam", probe, attentive=True)

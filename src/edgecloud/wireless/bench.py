@@ -5,7 +5,8 @@ aligns image and text directly, then for every task and label fraction train the
 (frozen WMLM + head, fine-tuned WMLM, task-specific) on the same labelled rows and test them on the
 same held-out scenes of the training layout; the 100%-label models are also tested on the unseen
 layout. Retrieval is measured on the held-out scenes with the whole held-out set as the gallery
-(chance = 1 / its size). Runs with other seeds are combined with ``merge_reports``; the summary
+(chance = 1 / its size). Beside the protocol, not compared: an attentive probe on the same frozen
+encoder (``attentive_probe``). Runs with other seeds are combined with ``merge_reports``; the summary
 then gives each margin's mean and its range over the seeds.
 
 JSON: ``{"tasks": [{"task", "label_fraction", "model", "metric", "value", "seed"}],
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from edgecloud.wireless.dataset import WirelessData, load
-from edgecloud.wireless.model import ANCHOR_PAIRS, CONFIGS, DIRECT_PAIRS, WMLM
+from edgecloud.wireless.model import ANCHOR_PAIRS, CONFIGS, DIRECT_PAIRS, WMLM, WirelessEncoder
 from edgecloud.wireless.tasks import (
     SENSING_TASKS,
     ProbeConfig,
@@ -41,7 +42,7 @@ from edgecloud.wireless.tasks import (
     fit_head,
     fit_predictor_end_to_end,
     fit_predictor_frozen,
-    frozen_features,
+    frozen_tokens,
     labels,
     prediction_nmse_db,
     recall_at_1,
@@ -137,8 +138,8 @@ def run_bench(
     Stages run in order of what they answer first, and ``on_partial`` gets the report so far after
     each one (``"complete": False`` until the end), so a run cut short on a busy machine still leaves
     its finished stages: pretraining, the anchored model's retrieval, the sensing tasks at 100%, 10%,
-    then 1% of the labels, channel prediction, and last the image-text ablation. The order changes
-    no number: every fit seeds itself.
+    then 1% of the labels, the attentive probe (beside the protocol), channel prediction, and last
+    the image-text ablation. The order changes no number: every fit seeds itself.
     """
     stage = on_stage or (lambda _label: None)
     started = time.perf_counter()
@@ -158,14 +159,7 @@ def run_bench(
 
     pretrain_log: list[dict[str, float]] = []
     if checkpoint is not None and (checkpoint / "model.safetensors").exists():
-        meta = json.loads((checkpoint / "config.json").read_text())
-        trained_with = meta.get("pretrain")
-        if trained_with is not None and trained_with != asdict(config.pretrain):
-            raise ValueError(
-                f"{checkpoint} was pretrained with {trained_with}, the bench asks for {asdict(config.pretrain)}: "
-                "use another --checkpoint directory"
-            )
-        model = load_checkpoint(checkpoint)
+        model, meta = load_pretrained(checkpoint, config)
         pretrain_log = meta.get("log", [])
         timings["pretrain (loaded)"] = float(meta.get("train_s", float("nan")))
     else:
@@ -221,17 +215,7 @@ def run_bench(
             on_partial(report(complete=False))
 
     def record(task: str, fraction: float, family: str, metrics: dict[str, float], into: list) -> None:
-        for metric, value in metrics.items():
-            into.append(
-                {
-                    "task": task,
-                    "label_fraction": fraction,
-                    "model": family,
-                    "metric": metric,
-                    "value": value,
-                    "seed": config.seed,
-                }
-            )
+        into.extend(metric_rows(task, fraction, family, metrics, config.seed))
 
     def add_retrieval(source: dict[str, torch.Tensor], family: str, pairs: tuple[tuple[str, str], ...]) -> None:
         for a, b in pairs:
@@ -263,10 +247,7 @@ def run_bench(
     )
     partial()
 
-    features = {
-        name: frozen_features(model.wireless, data, r)
-        for name, r in (("train", splits.train), ("test", splits.test), ("unseen", splits.unseen))
-    }
+    features = {name: WirelessEncoder.features(t) for name, t in frozen_split_tokens(model, data, splits).items()}
     position_in_train = {int(r): i for i, r in enumerate(splits.train)}
     for fraction in sorted(config.fractions, reverse=True):
         labelled = splits.labelled(fraction, config.seed)
@@ -308,6 +289,12 @@ def run_bench(
                     record(task, fraction, family, metrics, general)
             partial()
 
+    with timed("attentive probe on the frozen tokens (beside the protocol)"):
+        beside = attentive_probe(model, data, splits, config)
+    for key, into in (("diagnostics", diagnostics), ("fit_on_labelled_rows", fitted), ("generalisation", general)):
+        into.extend(beside[key])
+    partial()
+
     reference["copy_last_nmse_db"] = {
         "test": copy_last_nmse_db(data, splits.test, model_config),
         "unseen": copy_last_nmse_db(data, splits.unseen, model_config),
@@ -336,6 +323,66 @@ def run_bench(
     direct = embeddings(ablation, data, splits.test, ["image", "text"])
     add_retrieval(direct, "ablation_direct_image_text", (("image", "text"), ("text", "image")))
     return report(complete=True)
+
+
+def load_pretrained(checkpoint: Path, config: BenchConfig) -> tuple[WMLM, dict[str, object]]:
+    """The pretrained model saved in ``checkpoint`` and its metadata; refused when it was pretrained
+    with another configuration than ``config`` asks for."""
+    meta = json.loads((checkpoint / "config.json").read_text())
+    trained_with = meta.get("pretrain")
+    if trained_with is not None and trained_with != asdict(config.pretrain):
+        raise ValueError(
+            f"{checkpoint} was pretrained with {trained_with}, the bench asks for {asdict(config.pretrain)}: "
+            "use another --checkpoint directory"
+        )
+    return load_checkpoint(checkpoint), meta
+
+
+def metric_rows(task: str, fraction: float, family: str, metrics: dict[str, float], seed: int) -> list[dict]:
+    """Report rows (the issue's keys plus ``seed``), one per metric."""
+    return [
+        {"task": task, "label_fraction": fraction, "model": family, "metric": m, "value": v, "seed": seed}
+        for m, v in metrics.items()
+    ]
+
+
+def frozen_split_tokens(model: WMLM, data: WirelessData, splits: Splits) -> dict[str, torch.Tensor]:
+    """The frozen wireless encoder's tokens of every scene of the train, test and unseen splits."""
+    return {
+        name: frozen_tokens(model.wireless, data, rows)
+        for name, rows in (("train", splits.train), ("test", splits.test), ("unseen", splits.unseen))
+    }
+
+
+ATTENTIVE = "wmlm_attentive_probe"
+
+
+def attentive_probe(model: WMLM, data: WirelessData, splits: Splits, config: BenchConfig) -> dict[str, list[dict]]:
+    """Beside the protocol, not a compared family: an ``AttentiveHead`` on the same frozen encoder,
+    fitted to the same labelled rows with the same steps, learning rate and batches as the protocol's
+    light head, for every sensing task and label fraction. It asks whether the light head lost beam
+    prediction because it reads the *mean* patch token. Rows (model ``wmlm_attentive_probe``) for
+    the held-out test (``diagnostics``), the labelled rows (``fit_on_labelled_rows``) and, at the
+    largest fraction, the unseen layout (``generalisation``)."""
+    tokens = frozen_split_tokens(model, data, splits)
+    position_in_train = {int(r): i for i, r in enumerate(splits.train)}
+    out: dict[str, list[dict]] = {"diagnostics": [], "fit_on_labelled_rows": [], "generalisation": []}
+    for fraction in sorted(config.fractions, reverse=True):
+        labelled = splits.labelled(fraction, config.seed)
+        idx = torch.tensor([position_in_train[int(r)] for r in labelled])
+        for task in SENSING_TASKS:
+            train_y = labels(data, labelled, task)
+            head = fit_head(tokens["train"][idx], train_y, task, config.probe, attentive=True)
+            parts = [
+                ("diagnostics", tokens["test"], splits.test),
+                ("fit_on_labelled_rows", tokens["train"][idx], labelled),
+            ]
+            if fraction == max(config.fractions):
+                parts.append(("generalisation", tokens["unseen"], splits.unseen))
+            for key, x, rows in parts:
+                metrics = evaluate_head(head, x, labels(data, rows, task), task)
+                out[key].extend(metric_rows(task, fraction, ATTENTIVE, metrics, config.seed))
+    return out
 
 
 def load_copy(model: WMLM) -> WMLM:
