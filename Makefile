@@ -42,8 +42,9 @@ test: $(STAMP) debian-deps
 
 # Benchmarks write their JSON and figures under $(OUT)/<system>/ (EDGECLOUD_BENCH_OUT; git ignores
 # out/), never into the tracked tree; each may take up to BENCH_TIMEOUT seconds. `make bench` runs
-# every benchmark (about 5 h on the 2-core machine), `make bench-quick` one headline figure per
-# system (13.6 min measured); docs/testing.md has the times. PAT's engine benchmark reads PAT_BENCH_OUT.
+# every benchmark (about 5 h on the 2-core machine), `make bench-quick` one headline figure for each
+# of the README's fifteen systems (16.7 min measured);
+# docs/testing.md has the times. PAT's engine benchmark reads PAT_BENCH_OUT.
 OUT ?= out
 BENCH_TIMEOUT ?= 3600
 BENCH_PYTEST = EDGECLOUD_BENCH_OUT=$(abspath $(OUT)) PAT_BENCH_OUT=$(abspath $(OUT))/pat \

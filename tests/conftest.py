@@ -27,6 +27,7 @@ import random
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -48,17 +49,12 @@ settings.register_profile(
 settings.register_profile("explore", settings.get_profile("edgecloud"), derandomize=False, database=None)
 settings.load_profile("edgecloud")  # `pytest --hypothesis-profile=NAME` overrides it
 
-# Benchmarks that give a system's headline figure in `make bench-quick` (13.6 minutes in
-# all on the 2-core machine; docs/testing.md has the figures), for tests in directories whose
-# owners have not decorated them with @pytest.mark.bench_quick. Add a node id here or the
-# decorator there.
+# Benchmarks that give a system's headline figure in `make bench-quick`, for tests in directories
+# whose owners have not decorated them with @pytest.mark.bench_quick. Add a node id here or the
+# decorator there (docs/testing.md lists every system's quick benchmark and the measured total).
 BENCH_QUICK = (
-    # PAT in the engine: decode TPOT, prefix-aware vs paged attention (~4.5 min)
-    "tests/llm/test_attention_prefix_bench.py::test_engine_tpot_prefix_vs_paged",
     # the server: 500-request Azure replay, client TTFT/TPOT against the server's /metrics (~1 min)
     "tests/server/test_bench_agreement.py::test_azure_replay_500_requests_agrees_with_server_metrics",
-    # C2P2SL: MNIST time to accuracy, sequential SL vs C2P2SL at 2 MHz (~8 min)
-    "tests/splitlearn/test_bench.py::test_one_bandwidth_of_the_mnist_bench_writes_the_issue_schema_and_a_plot",
 )
 
 # Every benchmark may run for $EDGECLOUD_BENCH_TIMEOUT seconds (`make bench BENCH_TIMEOUT=N`; default
@@ -74,6 +70,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.bench_quick)
         if item.get_closest_marker("bench") is not None:
             item.add_marker(pytest.mark.timeout(BENCH_TIMEOUT_S), append=False)  # first: it wins
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The ``HEADLINE`` line each benchmark prints (one per system in ``make bench-quick``), together
+    at the end, in the order the benchmarks ran."""
+    lines = [line for status in ("passed", "failed") for report in terminalreporter.stats.get(status, [])
+             if report.when == "call" for line in report.capstdout.splitlines() if line.startswith("HEADLINE ")]
+    if lines:
+        terminalreporter.write_sep("=", "benchmark headlines")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

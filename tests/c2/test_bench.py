@@ -36,6 +36,12 @@ def test_bench_writes_report_and_plot_for_both_profiles(name, counts, bench_out)
         assert result["key_renewal"]["n"] == 5 and result["handover"]["n"] == 4
         assert result["goal"]["no_commands_lost_across_renewals_and_handovers"]
     assert out.with_suffix(".png").stat().st_size > 0
+    for name, result in report["profiles"].items():
+        print(f"HEADLINE c2: NC2S on {name}: median command RTT {result['baseline_rtt']['p50_ms']:.2f} -> "
+              f"{result['nc2s_rtt']['p50_ms']:.2f} ms (+{result['median_rtt_added_ms']:.2f} ms), "
+              f"{result['commands']} commands; lost across {result['key_renewal']['n']} key renewals and "
+              f"{result['handover']['n']} handovers: "
+              f"{result['key_renewal']['commands_lost'] + result['handover']['commands_lost']}")
 
 
 def test_unknown_profile_is_named(capsys):

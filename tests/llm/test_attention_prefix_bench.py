@@ -5,6 +5,8 @@ prompt, four templates, four requests per template) and the same number of unrel
 of the same lengths. TPOT is end to end per request (decode steps that also prefill other
 requests count), as a serving benchmark sees it. Prints and writes ``bench_engine_attention.json``
 under ``$PAT_BENCH_OUT`` (default: the test's temporary directory). Timing is reported, never asserted.
+``make bench-quick`` runs each backend once per workload instead of three times
+(``bench_engine_attention_1_repeat.json``).
 """
 
 from __future__ import annotations
@@ -48,7 +50,13 @@ def _tpot_ms(model: Path, backend: str, prompts: list[list[int]], threads: int) 
 
 
 @pytest.mark.bench
-def test_engine_tpot_prefix_vs_paged(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "repeats",
+    # the documented run (docs/pat.md); `make bench-quick` runs each backend once on each workload
+    [REPEATS, pytest.param(1, marks=pytest.mark.bench_quick)],
+    ids=["documented", "quick"],
+)
+def test_engine_tpot_prefix_vs_paged(repeats: int, tmp_path: Path) -> None:
     threads = int(os.environ.get("PAT_BENCH_THREADS", "1"))
     torch.set_num_threads(threads)
     model = write_random_model(tmp_path / "model", arch="llama", hidden_size=512, intermediate_size=1024,
@@ -56,11 +64,11 @@ def test_engine_tpot_prefix_vs_paged(tmp_path: Path) -> None:
                                max_position_embeddings=4096)
     result: dict[str, object] = {"threads": threads, "model": "llama, 4 layers, hidden 512, 8/2 heads, "
                                  "head dim 64, float32, random weights", "output_tokens": OUTPUT,
-                                 "repeats": REPEATS, "statistic": "median over requests, median over repeats"}
+                                 "repeats": repeats, "statistic": "median over requests, median over repeats"}
     for workload, shared in (("shared_prefix", True), ("no_sharing", False)):
         prompts = _prompts(shared)
         runs: dict[str, list[float]] = {"paged": [], "prefix": []}
-        for _ in range(REPEATS):  # the backends take turns: load from other processes hits both
+        for _ in range(repeats):  # the backends take turns: load from other processes hits both
             for backend, series in runs.items():
                 tpot, ids = _tpot_ms(model, backend, prompts, threads)
                 series.append(tpot)
@@ -72,5 +80,9 @@ def test_engine_tpot_prefix_vs_paged(tmp_path: Path) -> None:
                             "paged_tpot_ms": round(paged_ms, 2), "prefix_tpot_ms": round(prefix_ms, 2),
                             "tpot_change": round(prefix_ms / paged_ms - 1, 3)}
     out = Path(os.environ.get("PAT_BENCH_OUT", tmp_path))
-    (out / "bench_engine_attention.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "bench_engine_attention.json" if repeats == REPEATS else f"bench_engine_attention_{repeats}_repeat.json"
+    (out / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    shared, alone = result["shared_prefix"], result["no_sharing"]
+    print(f"HEADLINE pat: engine decode TPOT, prefix-aware vs paged attention: {shared['tpot_change']:+.1%} with "
+          f"a shared prefix, {alone['tpot_change']:+.1%} without ({repeats} repeat(s), {threads} thread(s))")

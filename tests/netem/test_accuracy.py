@@ -34,4 +34,7 @@ def test_bench_timing_accuracy_and_throughput(bench_out: Path) -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(format_report(report))
+    error = report["udp_relay_delay_error_ms"]
+    print(f"HEADLINE netem: {report['configured_delay_ms']:g} ms configured delay held to +{error['p50']:.2f} ms p50 / "
+          f"+{error['p99']:.2f} ms p99 (UDP relay, {error['n']} packets), never early (min +{error['min']:.3f} ms)")
     assert report["udp_relay_1000pps"]["delivered_fraction"] > 0.9

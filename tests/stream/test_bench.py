@@ -158,6 +158,15 @@ def test_stream_bench(test_id, bench_out):
     assert main(["stream", "bench", *args, "--json", str(out), *figure]) == 0
     cases = json.loads(out.read_text())
     assert cases and all(case["autorec_config"] for case in cases)
+    if test_id in QUICK:  # the headline: AutoRec's pooled draws against aioquic's own recovery
+        from edgecloud.stream.bench import pooled
+
+        for case in pooled(cases):
+            retx, stall = case["retx_loss_recovery_ms_p95"], case["stall_s"]
+            print(f"HEADLINE stream: AutoRec, {case['loss']:.0%} {case['loss_model']} loss, {case['rtt_ms']:g} ms RTT, "
+                  f"{case['draws']} draws pooled ({cases[0]['clock']} clock): retransmission-loss p95 "
+                  f"x{retx['ratio']} {retx['ratio_interval95']} of aioquic's, stall time x{stall['ratio']} "
+                  f"{stall['ratio_interval95']}, overhead {case['overhead']['all']:.1%}")
 
 
 @pytest.mark.bench
