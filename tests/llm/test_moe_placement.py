@@ -203,6 +203,14 @@ def test_bench_replays_synthetic_drift_through_each_policy() -> None:
     assert len(curves["curves"]["omni"]) == 192 and curves["shift_step"] == 96
 
 
+def test_a_run_too_short_to_settle_reports_the_phases_it_has() -> None:
+    """With fewer serving steps than window + check + one migration per layer, the "settled" phase
+    is empty: it is left out (it was a crash: the sum of no rank loads is the integer 0)."""
+    traces = synthetic_traces(2, 16, 8, 64, 1.2, seed=0)
+    cases, _ = evaluate(traces, 4, 5, RebalanceConfig(window=16, check_every=4), "zipf", "synthetic")
+    assert {c["phase"] for c in cases} == {"before", "after"}
+
+
 def test_bench_moe_needs_a_trained_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from edgecloud.cli import main
 

@@ -198,6 +198,8 @@ def evaluate(traces: dict[str, Trace], ranks: int, slots_per_rank: int, config: 
         settle = shift + config.window + config.check_every + start.num_layers
         for phase, part in ((first.name, slice(0, shift)), (second.name, slice(shift, None)),
                             (f"{second.name}, settled", slice(settle, None))):
+            if len(serving[part]) == 0:  # a short run: the second phase ends before it settles
+                continue
             per_layer = phase_imbalance(live[part], serving[part])
             cases.append({
                 "mode": mode, "model": model, "policy": policy, "ep": ranks,
