@@ -145,6 +145,10 @@ def _run_loaded(
     started: dict[str, float] = {}
     i = 0
     abandoned = engine.core.num_abandoned_steps
+    planned: list[bool] = []  # whether the step's plan prefills flex work (asked before it runs)
+    engine.core.on_step = lambda plan: planned.append(any(
+        s.request.service_tier == "flex" and s.request.num_computed_tokens < s.request.num_prompt_tokens
+        for s in plan.scheduled))
     if tiers and flex_prompts:
         # what an asynchronous front end gives the core: an online request is visible the moment it
         # arrives, so a flex-only step in flight is dropped between layers (docs/engine-core.md)
@@ -159,10 +163,10 @@ def _run_loaded(
         if not engine.has_unfinished():
             time.sleep(max(0.0, due[i] - now) if i < len(online) else 0)
             continue
-        flex_prefill = any(r.request_id.startswith("flex") and r.num_computed_tokens < r.num_prompt_tokens
-                           for r in engine.scheduler.running)
         step_start, dropped = time.monotonic(), engine.core.num_abandoned_steps
+        planned.clear()
         outputs = engine.step()
+        flex_prefill = any(planned)
         done = time.monotonic()
         steps.append((step_start, done, flex_prefill, engine.core.num_abandoned_steps > dropped))
         for req in engine.scheduler.requests.values():
@@ -179,6 +183,7 @@ def _run_loaded(
                 add_flex()
     elapsed = time.monotonic() - start
     engine.core.interrupt = None
+    engine.core.on_step = None
     if starts is not None:
         starts.abandoned_steps = engine.core.num_abandoned_steps - abandoned
         layers = engine.model_config.num_hidden_layers
