@@ -113,7 +113,8 @@ def _bench(args: argparse.Namespace) -> int:
     }
     for case in result["cases"]:
         print(f"{case['method']:>9} seed={case['seed']} ctx={case['context']:>5} kv={case['kv_fraction']:.3f} "
-              f"ppl={case['ppl']} needle={case['needle_acc']} step_ms={case['step_ms']}")
+              f"ppl={case['ppl']} (x{case.get('ppl_ratio')} {case.get('ppl_ratio_ci95')}) needle={case['needle_acc']} "
+              f"step_ms={case['step_ms']}")
     if args.json:
         write_json(result, args.json)
     if args.plot:
