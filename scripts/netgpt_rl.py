@@ -1,7 +1,7 @@
 """Schema-preserving RL rounds of NetGPT's edge model from the requests it offloaded (issue #24).
 
     nice -n 19 .venv/bin/python scripts/netgpt_rl.py --bench-dir out/netgpt-bench --rounds 3 \
-        --alphas 0.5,0 --json docs/data/netgpt_rl.json --plot docs/figures/netgpt_rl.png
+        --alphas 0.5,0 --guided 2 --json docs/data/netgpt_rl.json --plot docs/figures/netgpt_rl.png
 
 ``--alphas``: one arm per value, run side by side in one process, round by round (the same
 batches from the same seed; round 0 is the shared SFT start, evaluated once): ``alpha`` > 0 is
@@ -13,10 +13,12 @@ what it measured; its ``rounds`` are the first arm's (what ``edgecloud edge netg
 Reads what ``edgecloud edge netgpt bench --work-dir DIR`` saved: the calibration questions (train
 functions) with the edge's scores and the cloud's answers, and the calibration. The offloaded set
 is the calibration questions the NetGPT rule sends to the cloud in the reference state; each round
-samples ``--batch`` of them, and after each round the edge model is evaluated greedily and
-*unconstrained* on the test questions (batched: left-padded, masked): accuracy (AST checker vs
-BFCL's answers), schema validity, and the offload rate under the same threshold rule (the
-round-0 calibration and the reference state's threshold, so only the edge's scores move).
+samples ``--batch`` of them (``--guided N``: N of each prompt's ``--samples-per-prompt`` answers
+decode under the tool-call grammar, the others unconstrained; rl.py), and after each round the
+edge model is evaluated greedily and *unconstrained* on the test questions (batched:
+left-padded, masked): accuracy (AST checker vs BFCL's answers), schema validity, and the offload
+rate under the same threshold rule (the round-0 calibration and the reference state's threshold,
+so only the edge's scores move).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from edgecloud.edge.netgpt.rl import RLConfig, answer_calls, rl_round, teacher_q
 from edgecloud.edge.netgpt.score import SCORES, EdgeAnswer
 from edgecloud.edge.netgpt.train import load_base
 from edgecloud.llm.gguf import convert_gguf, default_model_path
+from edgecloud.llm.structured import StructuredOutputs
 from edgecloud.llm.tokenizer import Tokenizer
 
 
@@ -138,6 +141,10 @@ def main() -> None:
              for i in saved["test_ids"][: args.num_test]]
     from peft import PeftModel
 
+    # --guided: that many samples a prompt decode under the tool-call grammar (rl.py's docstring)
+    backend = (StructuredOutputs(base / "tokenizer.json", json.loads((base / "config.json").read_text())["vocab_size"],
+                                 [eos]) if config.guided > 0 else None)
+
     start = time.monotonic()
     arms: dict[str, dict[str, Any]] = {}
     state: dict[str, tuple[Any, Any, torch.optim.Optimizer, random.Random, RLConfig]] = {}
@@ -173,7 +180,7 @@ def main() -> None:
         for name, (model, sft_model, optimizer, rng, arm_config) in state.items():
             batch = rng.sample(offloaded, min(args.batch, len(offloaded)))
             stats = rl_round(model, sft_model, optimizer, batch, arm_config, eos,
-                             lambda ids: tokenizer.decode([t for t in ids if t != eos]), rng)
+                             lambda ids: tokenizer.decode([t for t in ids if t != eos]), rng, backend)
             arms[name]["rounds"].append({
                 "round": r, **evaluate(model, tests, tokenizer, eos, score_name, tau), "train": asdict(stats),
                 "elapsed_s": time.monotonic() - start, "loadavg": os.getloadavg()})

@@ -32,9 +32,11 @@ engine is SmolLM2-135M-Instruct (or --model).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -150,27 +152,57 @@ def overhead(llm: LLM, args: argparse.Namespace) -> dict[str, Any]:
 def grammar(llm: LLM, args: argparse.Namespace) -> dict[str, Any]:
     """The grammar's own work per token, replayed over the validity run's answers (``--replay``):
     mask + advance alone (as before budget-aware completion) and with the budget rule (closing
-    paths kept, forced and checked), alternating for ``--repeats`` rounds."""
+    paths kept, forced and checked), alternating for ``--repeats`` rounds. With ``--compare-with``
+    (an earlier ``llm/structured.py``, e.g. ``git show REV:src/edgecloud/llm/structured.py``), its
+    budget rule is a third arm on the same answers, and every arm's decisions (the mask, a
+    replaced token) are compared with this one's."""
     backend = llm.engine.core.executor.structured  # type: ignore[attr-defined]
+    backends: dict[str, Any] = {"mask_and_advance": backend, "with_budget": backend}
+    if args.compare_with is not None:
+        spec_ = importlib.util.spec_from_file_location("structured_before", args.compare_with)
+        assert spec_ is not None and spec_.loader is not None
+        module = importlib.util.module_from_spec(spec_)
+        sys.modules[spec_.name] = module  # dataclasses look their module up there
+        spec_.loader.exec_module(module)
+        backends["with_budget_before"] = module.StructuredOutputs(backend.tokenizer_file, backend.vocab_size,
+                                                                  backend.eos_token_ids)
     answers = [json.loads(line) for line in args.replay.read_text().splitlines() if line]
     specs = [StructuredOutputsParams(json_schema=json_schema_text(a["schema"])) for a in answers]
-    for spec in specs:
-        backend.new_matcher(spec)  # compile every schema once (cached), outside the timing
+    for each in backends.values():
+        for spec in specs:
+            each.new_matcher(spec)  # compile every schema once (cached), outside the timing
     total = sum(len(a["token_ids"]) for a in answers)
-    runs: dict[str, list[float]] = {"mask_and_advance": [], "with_budget": []}
+    runs: dict[str, list[float]] = {arm: [] for arm in backends}
+    work: dict[str, int] = {}
     for _ in range(args.repeats):
-        for arm in runs:
+        for arm, each in backends.items():
+            budgeted = arm != "mask_and_advance"
+            backend.stats.clear()
             start = time.perf_counter()
             for spec, answer in zip(specs, answers, strict=True):
-                budgeted = arm == "with_budget"
-                state = backend.start(spec, args.max_tokens if budgeted else None)
+                state = each.start(spec, args.max_tokens if budgeted else None)
                 for i, token in enumerate(answer["token_ids"]):
                     left = args.max_tokens - i if budgeted else None
-                    backend.bitmask([state], None if left is None else [left])
-                    backend.accept(state, token, left)
+                    each.bitmask([state], None if left is None else [left])
+                    each.accept(state, token, left)
             runs[arm].append(1e6 * (time.perf_counter() - start) / total)
+            if arm == "with_budget":
+                work = dict(backend.stats)
+    decisions: dict[str, list[tuple[bytes, int | None]]] = {}
+    for arm, each in backends.items():  # untimed: what each budget rule decided, token by token
+        if arm == "mask_and_advance":
+            continue
+        made = decisions.setdefault(arm, [])
+        for spec, answer in zip(specs, answers, strict=True):
+            state = each.start(spec, args.max_tokens)
+            for i, token in enumerate(answer["token_ids"]):
+                mask = each.bitmask([state], [args.max_tokens - i])
+                made.append((mask.numpy().tobytes(), each.accept(state, token, args.max_tokens - i)))
+    same = {arm: decisions[arm] == decisions["with_budget"] for arm in decisions if arm != "with_budget"}
     return {"answers": len(answers), "tokens": total, "us_per_token": runs,
-            "us_per_token_median": {arm: statistics.median(v) for arm, v in runs.items()}}
+            "us_per_token_median": {arm: statistics.median(v) for arm, v in runs.items()},
+            "same_decisions_as_with_budget": same, "budget_rule_work": work,
+            "compare_with": None if args.compare_with is None else str(args.compare_with)}
 
 
 def main() -> None:
@@ -185,6 +217,8 @@ def main() -> None:
     parser.add_argument("--json", required=True, type=Path)
     parser.add_argument("--replay-out", type=Path, default=None, help="validity: write the answers here")
     parser.add_argument("--replay", type=Path, default=None, help="grammar: the answers to replay")
+    parser.add_argument("--compare-with", type=Path, default=None,
+                        help="grammar: an earlier llm/structured.py whose budget rule is timed beside this one")
     args = parser.parse_args()
     loadavg_before = os.getloadavg()
     model = args.model or str(convert_gguf(default_model_path()))

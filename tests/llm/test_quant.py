@@ -11,7 +11,8 @@ import torch
 
 from edgecloud.llm import LLM, SamplingParams
 from edgecloud.llm.quant import Int4Linear, Int8Linear, quantize_int4, quantize_int8, quantize_model
-from edgecloud.llm.quant.groups import from_gguf_q4_1, from_gguf_q8_0
+from edgecloud.llm.quant.groups import Int4Groups, from_gguf_q4_1, from_gguf_q8_0
+from edgecloud.llm.quant.linear import C_KERNEL_MAX_ROWS, activation_bits, q4_1_kernel
 from edgecloud.llm.quant.perplexity import perplexity
 from edgecloud.llm.random_model import write_random_model
 
@@ -51,11 +52,11 @@ def test_int8_linear_is_the_dequantized_product() -> None:
     torch.testing.assert_close(layer(x), x @ groups.dequantize().t(), rtol=1e-5, atol=1e-5)
 
 
-def test_int4_linear_computes_q4_1_with_bf16_scales_and_activations() -> None:
+def test_int4_linear_computes_q4_1_with_bf16_scales_and_activations_on_many_rows() -> None:
     torch.manual_seed(0)
     groups = quantize_int4(torch.randn(64, 128))
     layer = Int4Linear(groups, bias=torch.ones(64))
-    x = torch.randn(3, 128)
+    x = torch.randn(C_KERNEL_MAX_ROWS + 3, 128)  # past the C kernel: torch's bf16 int4 kernel
     # The reference: the same code, scale d and offset m + 8d rounded to bf16, activations in bf16.
     d = groups.d.float().to(torch.bfloat16).float()
     zero = (groups.m.float() + 8 * groups.d.float()).to(torch.bfloat16).float()
@@ -63,6 +64,46 @@ def test_int4_linear_computes_q4_1_with_bf16_scales_and_activations() -> None:
     want = x.to(torch.bfloat16).float() @ w.view(64, 128).t() + 1
     torch.testing.assert_close(layer(x), want, rtol=2e-2, atol=2e-2)
     assert layer.weight_bytes * 8 / (64 * 128) == 5.0  # as Q4_1: 4-bit codes, two 16-bit numbers per 32
+
+
+def q4_1_reference(groups: Int4Groups, x: torch.Tensor, bits: int) -> torch.Tensor:
+    """What the C kernel computes: with 8-bit activations each group of 32 inputs rounded to int8 at
+    ``max|x| / 127`` (half to even) and the sum term taken from the exact inputs."""
+    n, k = groups.q.shape
+    if bits == 32:
+        return x @ groups.dequantize().t()
+    xg = x.view(-1, k // 32, 32)
+    dx = xg.abs().amax(-1) / 127
+    inv = torch.where(dx > 0, 1 / dx, torch.zeros_like(dx))
+    qx = torch.round(xg * inv[..., None]).clamp(-127, 127)
+    dots = torch.einsum("rgj,ngj->rng", qx.double(), groups.q.view(n, k // 32, 32).double())
+    d, m = groups.d.double(), groups.m.double()
+    return (torch.einsum("rng,ng,rg->rn", dots, d, dx.double()) + xg.double().sum(-1) @ m.t()).float()
+
+
+@pytest.mark.parametrize("rows", range(1, C_KERNEL_MAX_ROWS + 1))
+@pytest.mark.parametrize("shape", [(64, 128), (7, 96), (1, 32), (577, 1536), (9, 4128)])
+def test_int4_linear_on_few_rows_computes_the_c_kernels_arithmetic(shape: tuple[int, int], rows: int) -> None:
+    """The C kernel (one-stream decode): exact Q4_1 weights against int8-per-group or float32
+    activations — torch's bf16 kernel is ~1e-2 off either. Shapes cover a partial last chunk of 4
+    groups (3, 1 and 48 groups), row counts that leave a partial block of 4 weight rows, and more
+    groups than one 16-wide pass of the offsets (129)."""
+    assert q4_1_kernel() is not None  # gcc is part of this project's machines: the kernel must build
+    bits = activation_bits()
+    assert bits in (8, 32)
+    n, k = shape
+    torch.manual_seed(n + k + rows)
+    groups = quantize_int4(torch.randn(n, k))
+    layer = Int4Linear(groups)
+    x = torch.randn(rows, k)
+    x[0, :32] = 0  # a group of zeros: scale 0, no division by it
+    torch.testing.assert_close(layer(x), q4_1_reference(groups, x, bits), rtol=1e-5, atol=1e-4)
+    # and close to the dequantized product (what the rounding of 8-bit activations costs)
+    torch.testing.assert_close(layer(x), x @ groups.dequantize().t(), rtol=0.05, atol=0.05 * k**0.5)
+    x16 = x.to(torch.bfloat16)  # a bf16 model: the same kernel, output back in bf16
+    got = layer(x16)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), q4_1_reference(groups, x16.float(), bits), rtol=1e-2, atol=1e-2)
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +143,19 @@ def test_the_engine_serves_a_quantized_model_from_its_config(llama_dir: Path) ->
     assert isinstance(model.model.layers[0].self_attn.qkv_proj, Int8Linear)
     out = llm.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True))[0]
     assert len(out.outputs[0].token_ids) == 5
+
+
+@pytest.mark.parametrize("rows", [3, 4, 5, 9])
+def test_the_q4_1_kernel_takes_any_number_of_rows(rows: int) -> None:
+    """Any number of activation rows, with a partial last block of weight rows (called directly: the
+    layer sends it only up to ``C_KERNEL_MAX_ROWS`` rows)."""
+    kernel = q4_1_kernel()
+    assert kernel is not None
+    torch.manual_seed(rows)
+    groups = quantize_int4(torch.randn(67, 160))
+    layer = Int4Linear(groups)
+    x = torch.randn(rows, 160)
+    y = torch.full((rows, 67), float("nan"))
+    assert kernel(x.data_ptr(), layer.codes.data_ptr(), layer.scales.data_ptr(), y.data_ptr(), rows, 67, 160, 2) == 0
+    torch.testing.assert_close(y, q4_1_reference(groups, x, activation_bits() or 32), rtol=1e-5, atol=1e-4)
+    assert kernel(x.data_ptr(), layer.codes.data_ptr(), layer.scales.data_ptr(), y.data_ptr(), rows, 67, 150, 2) == -2

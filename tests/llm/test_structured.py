@@ -166,6 +166,33 @@ def test_the_closing_path_completes_the_document_from_any_state(prefix: str, clo
     assert found is None or len(found[0]) == len(path.text)
 
 
+def test_the_budget_rule_does_no_costly_work_per_token_while_far_from_the_budget() -> None:
+    """Far from ``max_tokens`` the closing path is carried from token to token (its rest, or the
+    same bytes when they still complete): no breadth-first search at all and a closer walk only
+    where the model leaves the path's structure, not per token; near the budget the search runs."""
+    backend = StructuredOutputs(DEMO_MODEL_DIR / "tokenizer.json", 4096, [2])
+    spec = StructuredOutputsParams(json_schema=json_schema_text(UNBOUNDED))
+    text = '{"inner": {"a": 12, "b": "' + "a long value, written on and on " * 16 + '"}, "name": "x", "xs": [1, 2.5]}'
+    tokens = backend.tokenize(text.encode())
+    assert len(tokens) > 150
+    backend.stats.clear()
+    budget = 10 * len(tokens)
+    state = backend.start(spec, budget)
+    for i, token in enumerate(tokens):
+        assert unpack_bitmask(backend.bitmask([state], [budget - i]), backend.vocab_size)[0, token]
+        assert backend.accept(state, token, budget - i) is None
+    assert state.matcher.is_completed()
+    assert backend.stats["searches"] == 0, dict(backend.stats)
+    assert backend.stats["closer"] <= 12, dict(backend.stats)  # at the start, then where the structure moved
+    state = backend.start(spec, budget)  # near the budget: the path takes all the tokens left
+    for i, token in enumerate(tokens[:60]):
+        backend.accept(state, token, budget - i)
+    closing = backend.closing(state)
+    assert closing is not None
+    backend.bitmask([state], [len(closing.tokens)])
+    assert backend.stats["searches"] == 1, dict(backend.stats)
+
+
 def test_a_sampled_token_that_leaves_no_room_to_close_is_replaced_by_the_closing_path() -> None:
     backend = StructuredOutputs(DEMO_MODEL_DIR / "tokenizer.json", 4096, [2])
     schema = {"type": "object", "properties": {"items": {"type": "array", "items": {
@@ -182,6 +209,18 @@ def test_a_sampled_token_that_leaves_no_room_to_close_is_replaced_by_the_closing
         after = backend.closing(state)
         assert after is not None and len(after.tokens) <= budget - 1
         assert after.text == (b"}" if replaced else b'"a": 0}]}')
+
+
+def test_a_complete_document_that_could_go_on_ends_when_going_on_would_not_fit() -> None:
+    # e.g. tool calls: after one complete call another may follow; with no room to close it, EOS
+    backend = StructuredOutputs(DEMO_MODEL_DIR / "tokenizer.json", 4096, [2])
+    spec = StructuredOutputsParams(grammar='root ::= "a" ("," "[1, 2, 3, 4, 5, 6, 7, 8]")?')
+    comma = backend.tokenize(b",")[0]
+    for budget, replaced in ((30, None), (2, 2)):
+        state = backend.start(spec, budget)
+        assert backend.accept(state, backend.tokenize(b"a")[0], budget) is None
+        assert backend.accept(state, comma, budget - 1) == replaced
+        assert state.matcher.is_terminated() == (replaced is not None)
 
 
 def test_bad_specs_are_refused_naming_the_field(llm: LLM) -> None:

@@ -228,7 +228,15 @@ def _engine(gguf: Path, quantization: str, dtype: str, streams: int, context: in
     from edgecloud.llm.quant import quantize_model
 
     report = quantize_model(model, quantization, gguf)
-    label = f"{quantization} ({report.block_format} weights, {'bf16' if quantization == 'int4' else dtype} matmul)"
+    if quantization == "int4":
+        from edgecloud.llm.quant.linear import C_KERNEL_MAX_ROWS, activation_bits
+
+        bits = activation_bits()
+        few = "int8" if bits == 8 else "fp32" if bits == 32 else "bf16"
+        arithmetic = f"{few} x int4 up to {C_KERNEL_MAX_ROWS} rows, bf16 beyond" if few != "bf16" else "bf16"
+    else:
+        arithmetic = str(dtype)
+    label = f"{quantization} ({report.block_format} weights; {arithmetic})"
     return engine, label, report.bits_per_weight
 
 

@@ -11,7 +11,14 @@ Three measurements on one engine, one model, the same online prompts:
   (every request ``default``, FCFS: an online request waits for a seat).
 
 The goal (issue #17): with tiers, the online TTFT p99 is at most the idle TTFT p99 plus one decode
-step of the flex batch. Every flex request that was preempted must finish with the same greedy
+step of the flex batch. With long flex prompts (``flex_prompt_len``) the flex batch is mostly
+prefilling, and the bench also gives OOCO's preemption figure (issue #19): how long an online request
+that arrives during a step with flex prefill waits until its own prefill is scheduled, against the
+bound of one layer's time (a whole flex prefill step's median over its layers) plus one step (the
+flex batch's decode step). A step of flex work only is dropped between layers when an online request is due
+(``EngineCore.interrupt``, as the served core does when one reaches its socket), so flex prefill can
+run in large chunks (``flex_max_batched_tokens``) without holding online prefill back.
+Every flex request that was preempted must finish with the same greedy
 output as when it ran uninterrupted; the benchmark checks that too. The engine runs synchronously
 here: an arrival during a step is admitted when the step ends, as an asynchronous front end's
 would be, and its TTFT counts that wait.
@@ -59,6 +66,19 @@ class TiersResult:
     preempted_flex_identical: int = 0
     flex_tokens_s_tiers: float = 0.0
     flex_tokens_s_fcfs: float = 0.0
+    flex_prompt_len: tuple[int, int] = (16, 64)
+    num_layers: int = 0
+    # online requests that arrived during a step with flex prefill (tiers run): the wait from arrival
+    # to their own first scheduled step, and the bound: one layer's time (a whole flex prefill step's
+    # median split evenly over the layers) + one decode step of the flex batch
+    prefill_arrivals: int = 0
+    start_wait_ms: list[float] = field(default_factory=list)
+    start_bound_ms: list[float] = field(default_factory=list)
+    start_within_bound: int = 0
+    start_wait_ms_p50: float = 0.0
+    start_wait_ms_p99: float = 0.0
+    flex_prefill_step_ms_p50: float = 0.0
+    abandoned_steps: int = 0  # flex-only steps dropped between layers for an arriving online request
     notes: list[str] = field(default_factory=list)
 
 
@@ -78,12 +98,25 @@ def _p99(values: list[float]) -> float:
     return float(np.percentile(values, 99)) if values else float("nan")
 
 
+@dataclass
+class _Starts:
+    """Per online request that arrived during a step with flex prefill: its wait and a layer's time
+    (a whole flex prefill step's median over the layers), in ms."""
+
+    waits: list[float] = field(default_factory=list)
+    layer_ms: list[float] = field(default_factory=list)
+    flex_prefill_steps: list[float] = field(default_factory=list)
+    abandoned_steps: int = 0
+
+
 def _run_loaded(
     engine: LLMEngine, online: list[list[int]], arrivals: list[float], flex_prompts: list[list[int]],
-    flex_params: SamplingParams, online_params: SamplingParams, tiers: bool,
+    flex_params: SamplingParams, online_params: SamplingParams, tiers: bool, starts: _Starts | None = None,
 ) -> tuple[list[float], dict[str, list[int]], set[str], float]:
     """Keeps the batch full of flex work while online requests arrive; returns online TTFTs (ms),
-    every finished flex request's tokens, which flex requests were preempted, and flex tokens/s."""
+    every finished flex request's tokens, which flex requests were preempted, and flex tokens/s.
+    ``starts`` collects the prefill-start waits of online requests that arrived during flex prefill.
+    Times are the engine's clock (``time.monotonic``), as its requests' ``first_scheduled_time``."""
     flex_tier = "flex" if tiers else "default"
     next_flex = 0
 
@@ -98,18 +131,26 @@ def _run_loaded(
 
     for _ in range(engine.config.max_num_seqs):
         add_flex()
-    while any(r.num_computed_tokens < r.num_prompt_tokens for r in engine.scheduler.requests.values()):
-        engine.step()  # every flex request prefilled and decoding
-    start = time.perf_counter()
+    if starts is None:  # flex work as decodes: every flex request prefilled before online ones arrive
+        while any(r.num_computed_tokens < r.num_prompt_tokens for r in engine.scheduler.requests.values()):
+            engine.step()
+    start = time.monotonic()
     due = [start + a for a in arrivals]
     added_at: dict[str, float] = {}
     ttft: dict[str, float] = {}
     flex_out: dict[str, list[int]] = {}
     preempted: set[str] = set()
     flex_tokens = 0
+    steps: list[tuple[float, float, bool, bool]] = []  # (start, end, with flex prefill, dropped)
+    started: dict[str, float] = {}
     i = 0
+    abandoned = engine.core.num_abandoned_steps
+    if tiers and flex_prompts:
+        # what an asynchronous front end gives the core: an online request is visible the moment it
+        # arrives, so a flex-only step in flight is dropped between layers (docs/engine-core.md)
+        engine.core.interrupt = lambda: i < len(online) and due[i] <= time.monotonic()
     while len(ttft) < len(online):
-        now = time.perf_counter()
+        now = time.monotonic()
         while i < len(online) and due[i] <= now:
             rid = f"online-{i}"
             engine.add_request(rid, online[i], online_params, output_kind=OutputKind.DELTA)
@@ -118,11 +159,17 @@ def _run_loaded(
         if not engine.has_unfinished():
             time.sleep(max(0.0, due[i] - now) if i < len(online) else 0)
             continue
+        flex_prefill = any(r.request_id.startswith("flex") and r.num_computed_tokens < r.num_prompt_tokens
+                           for r in engine.scheduler.running)
+        step_start, dropped = time.monotonic(), engine.core.num_abandoned_steps
         outputs = engine.step()
-        done = time.perf_counter()
+        done = time.monotonic()
+        steps.append((step_start, done, flex_prefill, engine.core.num_abandoned_steps > dropped))
         for req in engine.scheduler.requests.values():
             if req.num_preemptions and req.request_id.startswith("flex"):
                 preempted.add(req.request_id)
+            elif req.request_id.startswith("online") and req.first_scheduled_time is not None:
+                started.setdefault(req.request_id, req.first_scheduled_time)
         for out in outputs:
             if out.request_id.startswith("online") and out.request_id not in ttft:
                 ttft[out.request_id] = done - added_at[out.request_id]
@@ -130,7 +177,21 @@ def _run_loaded(
                 flex_out[out.request_id] = out.outputs[0].token_ids
                 flex_tokens += len(out.outputs[0].token_ids)
                 add_flex()
-    elapsed = time.perf_counter() - start
+    elapsed = time.monotonic() - start
+    engine.core.interrupt = None
+    if starts is not None:
+        starts.abandoned_steps = engine.core.num_abandoned_steps - abandoned
+        layers = engine.model_config.num_hidden_layers
+        whole = [(b - a) * 1000 for a, b, prefill, dropped in steps if prefill and not dropped]
+        starts.flex_prefill_steps += whole
+        layer_ms = float(np.median(whole)) / layers if whole else 0.0  # a whole flex prefill step's share
+        for k in range(len(online)):
+            arrived = due[k]
+            inflight = any(prefill and a <= arrived < b for a, b, prefill, _ in steps)
+            if not inflight or f"online-{k}" not in started:
+                continue
+            starts.waits.append(float(started[f"online-{k}"] - arrived) * 1000)
+            starts.layer_ms.append(layer_ms)
     # let the preempted flex requests still running finish (their output is checked), no new ones
     while any(rid in preempted for rid in engine.processor.requests):
         for out in engine.step():
@@ -153,6 +214,7 @@ def bench_tiers(
     seed: int = 0,
     json_path: Path | None = None,
     flex_max_batched_tokens: int | None = None,
+    flex_prompt_len: tuple[int, int] = (16, 64),
 ) -> TiersResult:
     torch.set_num_threads(threads)
     engine = LLMEngine(EngineConfig(model=model, max_num_seqs=flex_batch, seed=seed, kv_cache_memory_mb=1024,
@@ -160,7 +222,9 @@ def bench_tiers(
     vocab = engine.model_config.vocab_size
     rng = random.Random(seed)
     online = [[rng.randrange(2, vocab) for _ in range(online_prompt_len)] for _ in range(online_requests)]
-    flex_prompts = [[rng.randrange(2, vocab) for _ in range(rng.randint(16, 64))] for _ in range(4 * flex_batch)]
+    flex_prompts = [[rng.randrange(2, vocab) for _ in range(rng.randint(*flex_prompt_len))]
+                    for _ in range(4 * flex_batch)]
+    prefilling = flex_prompt_len[0] > 64  # long flex prompts: measure starts during flex prefill
     flex_params = SamplingParams(temperature=0.0, max_tokens=flex_output, ignore_eos=True)
     online_params = SamplingParams(temperature=0.0, max_tokens=online_output, ignore_eos=True)
 
@@ -183,9 +247,11 @@ def bench_tiers(
         idle.append((time.perf_counter() - start) * 1000)
         drain()
 
-    # the flex batch's decode step
+    # the flex batch's decode step (short prompts, so the measured steps are decodes whatever flex_prompt_len)
+    lengths = random.Random(seed + 1)  # its own stream: the arrivals below stay as they were
     for k in range(flex_batch):
-        engine.add_request(f"step-{k}", flex_prompts[k], flex_params, service_tier="flex")
+        engine.add_request(f"step-{k}", online[k % len(online)][: lengths.randint(16, 64)], flex_params,
+                           service_tier="flex")
     for _ in range(3):
         engine.step()
     steps = []
@@ -202,8 +268,9 @@ def bench_tiers(
     engine.kv.reset_prefix_cache()
     idle_arrivals, _, _, _ = _run_loaded(engine, online, arrivals, [], flex_params, online_params, tiers=True)
     engine.kv.reset_prefix_cache()
+    starts = _Starts() if prefilling else None
     tiers_ttft, tiers_out, preempted, flex_rate_tiers = _run_loaded(
-        engine, online, arrivals, flex_prompts, flex_params, online_params, tiers=True
+        engine, online, arrivals, flex_prompts, flex_params, online_params, tiers=True, starts=starts
     )
     engine.kv.reset_prefix_cache()
     fcfs_ttft, _, _, flex_rate_fcfs = _run_loaded(
@@ -235,6 +302,19 @@ def bench_tiers(
         flex_tokens_s_tiers=flex_rate_tiers, flex_tokens_s_fcfs=flex_rate_fcfs,
     )
     result.met = result.tiers_ttft_ms_p99 <= result.bound_ms
+    result.flex_prompt_len = flex_prompt_len
+    result.num_layers = engine.model_config.num_hidden_layers
+    if starts is not None:
+        result.prefill_arrivals = len(starts.waits)
+        result.abandoned_steps = starts.abandoned_steps
+        result.start_wait_ms = starts.waits
+        result.start_bound_ms = [layer + decode_step for layer in starts.layer_ms]
+        result.start_within_bound = sum(bool(w <= b) for w, b in zip(result.start_wait_ms, result.start_bound_ms,
+                                                                       strict=True))
+        result.start_wait_ms_p50 = float(np.percentile(starts.waits, 50)) if starts.waits else float("nan")
+        result.start_wait_ms_p99 = _p99(starts.waits)
+        result.flex_prefill_step_ms_p50 = (float(np.median(starts.flex_prefill_steps))
+                                           if starts.flex_prefill_steps else float("nan"))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(asdict(result), indent=2) + "\n")

@@ -152,6 +152,10 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                        "behind each other")
     tiers.add_argument("--flex-max-batched-tokens", type=int, default=None,
                        help="the engine's cap on flex tokens per step (default: --flex-batch)")
+    tiers.add_argument("--flex-prompt-len", type=_length_range, default=(16, 64),
+                       help="flex prompt lengths A:B; from 65 tokens up the flex batch is mostly prefilling and "
+                       "the bench also reports how long an online request arriving during flex prefill waits "
+                       "for its own prefill, against one layer's time + one step (OOCO, issue #19)")
     tiers.add_argument("--threads", type=int, default=2)
     tiers.add_argument("--seed", type=int, default=0)
     tiers.add_argument("--json", type=Path, default=None, help="write the result here")
@@ -231,7 +235,7 @@ def _bench_tiers(args: argparse.Namespace) -> int:
     with _model_errors():
         r = bench_tiers(args.model, args.flex_batch, args.flex_output, args.online_requests, args.online_prompt_len,
                         args.online_output, args.rate, args.threads, args.seed, args.json,
-                        flex_max_batched_tokens=args.flex_max_batched_tokens)
+                        flex_max_batched_tokens=args.flex_max_batched_tokens, flex_prompt_len=args.flex_prompt_len)
     if args.plot is not None:
         plot_tiers(r, args.plot)
     print(f"model {r.model}, {r.threads} threads, {r.cpu}")
@@ -243,6 +247,12 @@ def _bench_tiers(args: argparse.Namespace) -> int:
     print(f"flex work per step: at most {r.flex_max_batched_tokens} tokens")
     print(f"flex tokens/s: tiers {r.flex_tokens_s_tiers:.1f}, FCFS {r.flex_tokens_s_fcfs:.1f}; preempted flex "
           f"requests with identical output: {r.preempted_flex_identical}/{r.preempted_flex}")
+    if r.prefill_arrivals:
+        print(f"online arrivals during flex prefill: {r.prefill_arrivals}; wait for their own prefill p50 "
+              f"{r.start_wait_ms_p50:.1f} ms, p99 {r.start_wait_ms_p99:.1f} ms; within one layer + one step: "
+              f"{r.start_within_bound}/{r.prefill_arrivals} (flex prefill step p50 "
+              f"{r.flex_prefill_step_ms_p50:.1f} ms, {r.num_layers} layers); flex steps dropped between layers: "
+              f"{r.abandoned_steps}")
     return 0
 
 

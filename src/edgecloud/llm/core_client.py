@@ -116,7 +116,7 @@ class InprocClient(EngineClient):
     def __init__(self, config: EngineConfig, source: ModelSource, shutdown_timeout_s: float = 10.0) -> None:
         super().__init__(config, source)
         self.shutdown_timeout_s = shutdown_timeout_s
-        self._inbox: queue.SimpleQueue[ToCore] = queue.SimpleQueue()
+        self._inbox: queue.Queue[ToCore] = queue.Queue()  # not SimpleQueue: the core thread peeks into it
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.core: EngineCore | None = None
@@ -136,6 +136,7 @@ class InprocClient(EngineClient):
             on_dead(reason)
 
         service = CoreService(self.core, send)
+        self.core.interrupt = self._online_waiting  # between layers of a flex-only step
         self._thread = threading.Thread(
             target=self._run, args=(service, lambda reason: loop.call_soon_threadsafe(died, reason)),
             name="edgecloud-engine-core", daemon=True,
@@ -147,6 +148,12 @@ class InprocClient(EngineClient):
     def _send(self, message: ToCore) -> None:
         self._inbox.put(message)
         self._wake.set()
+
+    def _online_waiting(self) -> bool:
+        """Whether a queued message adds a ``default``-tier request (asked by the core thread)."""
+        with self._inbox.mutex:
+            return any(isinstance(m, AddRequests) and any(r.service_tier == "default" for r in m.requests)
+                       for m in self._inbox.queue)
 
     def _run(self, service: CoreService, on_dead: Callable[[str], None]) -> None:
         core = service.core

@@ -5,7 +5,9 @@ and steps it while it has work; a rejected request, a bad control call or a fail
 a reply or an output, never an exception out of the loop. ``run_engine_core`` is the entry point
 of the core's own process: ZMQ sockets to the front end, one loop (read every pending message,
 step if there is work, else wait on the socket up to 100 ms, send the step's outputs), and an
-exit when the front end goes away.
+exit when the front end goes away. During a step of flex work only the core asks, between layers,
+whether a message waiting on the socket adds online work; if so it abandons the step
+(docs/engine-core.md, preemption between layers).
 """
 
 from __future__ import annotations
@@ -86,6 +88,16 @@ class CoreService:
         self.publish(self.core.step())
 
 
+def _adds_online(data: bytes) -> bool:
+    """Whether a front-end message adds a ``default``-tier request (a malformed one: no — the loop
+    decodes it again and reports it as before)."""
+    try:
+        message = decode_to_core(data)
+    except Exception:
+        return False
+    return isinstance(message, AddRequests) and any(r.service_tier == "default" for r in message.requests)
+
+
 def run_engine_core(
     config: EngineConfig, source: ModelSource, input_address: str, output_address: str, parent_pid: int
 ) -> None:
@@ -116,14 +128,34 @@ def run_engine_core(
         send(Failed(f"{type(error).__name__}: {error}"))
         return
     service = CoreService(core, send)
+    # Messages read during a step (to see whether online work waits) are kept here, in order, for
+    # the loop; a step of flex work only is abandoned between layers when one adds a default request.
+    backlog: list[bytes] = []
+    online_seen = False
+
+    def online_waiting() -> bool:
+        nonlocal online_seen
+        while True:
+            try:
+                data = inbox.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            backlog.append(data)
+            online_seen = online_seen or _adds_online(data)
+        return online_seen
+
+    core.interrupt = online_waiting
     send(Ready(core.info))
     poller = zmq.Poller()
     poller.register(inbox, zmq.POLLIN)
     while not service.stopped:
         busy = core.has_unfinished()
-        events = dict(poller.poll(0 if busy else 100))
+        events = dict(poller.poll(0 if busy or backlog else 100))
         produced: list[EngineCoreOutput] = []
-        handled = False
+        handled = bool(backlog)
+        pending, backlog[:], online_seen = list(backlog), [], False
+        for data in pending:
+            produced += service.handle(decode_to_core(data))
         while inbox in events:
             try:
                 data = inbox.recv(zmq.NOBLOCK)

@@ -29,6 +29,7 @@ from edgecloud.llm.outputs import EngineCoreOutput, EngineStats
 from edgecloud.llm.request import EngineCoreRequest
 from edgecloud.llm.request_state import Request
 from edgecloud.llm.scheduler import SampledTokens, Scheduler, SchedulerOutput
+from edgecloud.llm.step_context import StepInterrupted
 from edgecloud.llm.structured import StructuredOutputs
 from edgecloud.llm.tokenizer import Tokenizer
 
@@ -136,6 +137,10 @@ class EngineCore:
         self.on_step: Callable[[SchedulerOutput], None] | None = None
         self._order = 0
         self.num_steps = 0
+        # Asked between the layers of a step holding only flex work: True abandons the step for
+        # waiting online work (set by the core's service; None: never). docs/engine-core.md.
+        self.interrupt: Callable[[], bool] | None = None
+        self.num_abandoned_steps = 0
 
     def _layer_groups(self, config: EngineConfig, mc: ModelConfig) -> tuple[list[LayerGroup], list[int]]:
         """The KV layer groups (all layers full, or ``config.kv_layer_pattern``'s) and their pool
@@ -190,13 +195,34 @@ class EngineCore:
         plan = self.scheduler.schedule(self.clock())
         if self.on_step is not None and plan.scheduled:
             self.on_step(plan)
+        # a step of flex work only may be abandoned between layers for online work (docs/engine-core.md)
+        abandonable = (self.interrupt is not None and bool(plan.scheduled)
+                       and all(s.request.service_tier == "flex" for s in plan.scheduled))
+        if abandonable and hasattr(self.executor, "interrupt"):
+            self.executor.interrupt = self.interrupt
         try:
             sampled = self.executor.execute(plan)
+        except StepInterrupted:
+            return self._abandon(plan)
         except Exception as error:
             log.exception("engine step failed; failing the %d requests it held", len(plan.scheduled))
             return self._fail(plan, f"engine step failed: {type(error).__name__}: {error}")
+        finally:
+            if abandonable and hasattr(self.executor, "interrupt"):
+                self.executor.interrupt = None
         self.num_steps += 1
         return self.scheduler.update(plan, sampled)
+
+    def _abandon(self, plan: SchedulerOutput) -> list[EngineCoreOutput]:
+        """Drops a step stopped between layers: no request advances (``update`` does not run), so
+        the next steps recompute its tokens into the blocks they already hold."""
+        self.num_abandoned_steps += 1
+        for s in plan.scheduled:
+            req = s.request
+            if req.num_computed_tokens < req.num_prompt_tokens:  # counted at schedule time: once only
+                self.scheduler.prompt_tokens_total -= min(s.num_new_tokens,
+                                                          req.num_prompt_tokens - req.num_computed_tokens)
+        return self.scheduler.update(SchedulerOutput(exhausted=plan.exhausted), SampledTokens())
 
     def _fail(self, plan: SchedulerOutput, message: str) -> list[EngineCoreOutput]:
         outputs = []
@@ -221,6 +247,7 @@ class EngineCore:
             num_preemptions=s.num_preemptions,
             num_steps=self.num_steps,
             moe=None if getattr(self.executor, "moe", None) is None else self.executor.moe.totals(),
+            num_abandoned_steps=self.num_abandoned_steps,
         )
 
     # -- control ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ it holds (sink + window), and prefills with a mask where it holds fewer keys tha
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,7 +25,7 @@ from edgecloud.llm.attention.paged import PagedDecodeAttention
 from edgecloud.llm.attention.prefill import PrefillSegment, make_prefill_segment
 from edgecloud.llm.attention.sink_window import sink_window_mask
 from edgecloud.llm.config import ModelConfig
-from edgecloud.llm.kv_cache import LayerGroup
+from edgecloud.llm.kv_cache import LayerGroup, hugepages
 from edgecloud.llm.layers.attention import kv_cache_shape
 from edgecloud.llm.moe.runtime import ExpertRuntime
 from edgecloud.llm.request_state import Request
@@ -89,13 +89,15 @@ class ModelRunner:
             k_shape, v_shape = kv_cache_shape(config, layer)
             blocks = sizes[self.layer_group[layer]]
             self.kv_caches.append((
-                torch.zeros((blocks, block_size, *k_shape), dtype=dtype, device=device),
-                torch.zeros((blocks, block_size, *v_shape), dtype=dtype, device=device),
+                hugepages.zeros((blocks, block_size, *k_shape), dtype=dtype, device=device),
+                hugepages.zeros((blocks, block_size, *v_shape), dtype=dtype, device=device),
             ))
         for layer, cache in zip(model.model.layers, self.kv_caches, strict=True):
             layer.self_attn.kv_cache = cache
         # Mixture-of-experts state (expert maps, routing counters, migration), in ``ctx.moe``.
         self.moe = ExpertRuntime(model, config, device) if config.moe is not None else None
+        # Set by the engine core around a step it may abandon between layers (only flex work in it).
+        self.interrupt: Callable[[], bool] | None = None
 
     def _slots(self, block_table: list[int], start: int, end: int) -> np.ndarray:
         positions = np.arange(start, end)
@@ -195,6 +197,8 @@ class ModelRunner:
             attention=[self._attention(g, prefills, decodes) for g in range(len(self.groups))],
             layer_group=self.layer_group,
             moe=None if self.moe is None else self.moe.begin_step(),
+            # MoE counters and LoRA slots are per-step state a dropped step would leave half done
+            interrupt=self.interrupt if self.moe is None and not with_adapters else None,
         )
         if with_adapters:
             assert self.lora is not None

@@ -76,6 +76,7 @@ class EngineStats:
     num_preemptions: int
     num_steps: int = 0
     moe: MoEStats | None = None  # routing counters, for a model with MoE layers
+    num_abandoned_steps: int = 0  # flex-only steps dropped between layers for online work
 
 
 class EngineCoreOutputs(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -8,6 +8,7 @@ state (``moe``: expert maps, routing counters) travel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +30,23 @@ class AttentionMetadata:
     decode_plan: Any
 
 
+class StepInterrupted(Exception):
+    """The step was abandoned between layers for waiting online work; ``layer``: the last layer run."""
+
+    def __init__(self, layer: int) -> None:
+        super().__init__(f"step abandoned after layer {layer}")
+        self.layer = layer
+
+
 @dataclass
 class StepContext:
     attention: list[AttentionMetadata]  # per layer group
     layer_group: tuple[int, ...]  # layer index -> its group's index
     lora: LoRABatch | None = None  # the step's adapter segments (docs/lora.md)
     moe: Any = None
+    # asked after each decoder layer of a step that may be abandoned (only flex work in it): True
+    # stops the forward pass with StepInterrupted (docs/engine-core.md, preemption between layers)
+    interrupt: Callable[[], bool] | None = None
 
     def attention_for(self, layer_idx: int) -> AttentionMetadata:
         return self.attention[self.layer_group[layer_idx]]

@@ -67,6 +67,8 @@ class _EngineStatsCollector(Collector):
         yield counter("prompt_tokens", "Prompt tokens computed (prefill).", s.prompt_tokens_total)
         yield counter("generation_tokens", "Tokens generated.", s.generation_tokens_total)
         yield counter("num_preemptions", "Sequences preempted for lack of KV blocks.", s.num_preemptions)
+        yield counter("num_abandoned_steps", "Steps of offline (flex) work dropped between layers for online "
+                      "work (docs/engine-core.md).", s.num_abandoned_steps)
         if s.moe is not None:
             yield from self._moe(s)
 

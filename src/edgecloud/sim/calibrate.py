@@ -12,7 +12,9 @@ fit's error, goes to a JSON file that ``sim run``, ``sim validate`` and ``bench 
 
 The serving path around the engine is measured too: on a real one-instance cluster over HTTP,
 what a client waits for beyond the engine's first step (split evenly into ``frontend_s``, before
-the engine, and ``delivery_s``, after it); and the KV bandwidth of the cluster's ``zmq`` connector
+the engine, and ``delivery_s``, after it); what a lone request's decode step costs there beyond
+the same step in this process (``serving_step_s``: the core's loop and its output hop run with
+every step; added to the step overhead); and the KV bandwidth of the cluster's ``zmq`` connector
 between two real instances (``transfer_bandwidth``).
 """
 
@@ -199,11 +201,28 @@ async def measure_transfer(config: EngineConfig, blocks: int = 24, repeats: int 
         await asyncio.gather(src.shutdown(), dst.shutdown())
 
 
-def measure_http_overhead(config: EngineConfig, core: EngineCore, requests: int = 40, seed: int = 0) -> float:
+def lone_decode_step(core: EngineCore, prompt: list[int], output: int) -> float:
+    """The median decode step of one request alone on ``core`` (in this process)."""
+    core.add_request(EngineCoreRequest(
+        request_id="lone-decode", prompt_token_ids=list(prompt), arrival_time=time.monotonic(),
+        params=SamplingParams(temperature=0.0, max_tokens=output, ignore_eos=True)))
+    core.step()  # the prefill (the prompt fits one step)
+    steps = []
+    while core.has_unfinished():
+        start = time.perf_counter()
+        core.step()
+        steps.append(time.perf_counter() - start)
+    core.control("reset_prefix_cache", {})
+    return float(np.median(steps))
+
+
+def measure_http_overhead(config: EngineConfig, core: EngineCore, requests: int = 40,
+                          seed: int = 0) -> tuple[float, float]:
     """What a client waits for beyond the engine's first step (HTTP both ways, the router's
     tokenizing, routing and streaming, the hops to and from the core): for ``requests`` prompts,
     the client's TTFT on an idle one-instance cluster less the same prompt's prefill step timed on
-    ``core`` (an engine with the same options in this process); the median of the differences."""
+    ``core`` (an engine with the same options in this process); the median of the differences.
+    Second: a lone request's TPOT there less its decode step on ``core`` (medians of 5)."""
     from edgecloud.bench.workload import PromptVocab
     from edgecloud.sim.real import RealCluster, engine_args, replay
 
@@ -222,7 +241,9 @@ def measure_http_overhead(config: EngineConfig, core: EngineCore, requests: int 
         steps.append(time.perf_counter() - start)
         core.abort_requests(list(core.scheduler.requests))
         core.control("reset_prefix_cache", {})
-    gaps = []
+    decoding = vocab.request(vocab.sample(rng, 64), 33)
+    in_process = lone_decode_step(core, list(decoding.prompt_ids), decoding.output_len)
+    gaps, tpots = [], []
     with RealCluster(["--instances", "1", *engine_args(config)]) as cluster:
         name = cluster.get_json("/v1/models")["data"][0]["id"]
         replay(cluster, name, bench[:5], [0.0] * 5)  # warm-up
@@ -230,7 +251,12 @@ def measure_http_overhead(config: EngineConfig, core: EngineCore, requests: int 
             record = replay(cluster, name, [request], [0.0])[0]
             if record.ok and record.ttft is not None:
                 gaps.append(record.ttft - step)
-    return max(0.0, float(np.median(gaps)))
+        for _ in range(5):
+            record = replay(cluster, name, [decoding], [0.0])[0]
+            if record.ok and record.tpot is not None:
+                tpots.append(record.tpot)
+    serving_step = float(np.median(tpots)) - in_process if tpots else 0.0
+    return max(0.0, float(np.median(gaps))), max(0.0, serving_step)
 
 
 def calibrate(config: EngineConfig, seed: int = 0, repeats: int = 3, serving_path: bool = True,
@@ -246,18 +272,20 @@ def calibrate(config: EngineConfig, seed: int = 0, repeats: int = 3, serving_pat
     model = local_model_profile(core)
     samples = profile_steps(core, seed, repeats, budget_s)
     hardware, errors = fit_factors(base, model, samples)
-    frontend = delivery = bandwidth = 0.0
+    frontend = delivery = bandwidth = serving_step = 0.0
     if serving_path:
         bandwidth = asyncio.run(measure_transfer(config))
-        overhead = measure_http_overhead(config, core, seed=seed)
+        overhead, serving_step = measure_http_overhead(config, core, seed=seed)
         # Half on the way in (HTTP, tokenizing, routing, the hop to the core), half on the way out
         # (the hop back, detokenizing, the SSE chunk): the client sees their sum.
         frontend = delivery = overhead / 2
+        hardware = hardware.calibrated(step_overhead_s=hardware.step_overhead_s + serving_step)
     abs_errors = np.abs(errors)
     return CalibratedProfile(
         hardware=hardware, model=source.name, threads=threads, dtype=core.info.dtype,
         fit_median_abs_error=float(np.median(abs_errors)), fit_p90_abs_error=float(np.percentile(abs_errors, 90)),
         num_steps=len(samples), transfer_bandwidth=bandwidth, frontend_s=frontend, delivery_s=delivery,
+        serving_step_s=serving_step,
         engine=dataclasses.asdict(config), cpu=cpu_model(), load_average=(load_start, os.getloadavg()[0]),
     )
 
@@ -273,6 +301,7 @@ def describe(profile: CalibratedProfile) -> str:
         f"p90 {profile.fit_p90_abs_error:.1%}",
     ]
     if profile.transfer_bandwidth:
-        parts.append(f"serving path {2 * profile.frontend_s * 1e3:.2f} ms a request; zmq KV transfer "
+        parts.append(f"serving path {2 * profile.frontend_s * 1e3:.2f} ms a request, "
+                     f"{profile.serving_step_s * 1e3:.2f} ms a step; zmq KV transfer "
                      f"{profile.transfer_bandwidth / 1e6:.0f} MB/s")
     return "; ".join(parts)

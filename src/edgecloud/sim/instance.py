@@ -9,6 +9,7 @@ the router (``edgecloud.cluster.router``), exactly as a real one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,8 @@ from edgecloud.llm.outputs import EngineCoreOutput, EngineStats
 from edgecloud.llm.perf_model import PerfModel, StepShape
 from edgecloud.llm.request_state import Request
 from edgecloud.llm.scheduler import SampledTokens, Scheduler, SchedulerOutput
+from edgecloud.sim.decode_run import DecodeCredit, DecodeRun
+from edgecloud.sim.lazy_pool import LazyBlockPool
 
 if TYPE_CHECKING:
     from edgecloud.sim.moe import ExpertPlacementModel
@@ -55,8 +58,10 @@ class SimInstance:
         self.perf = perf
         self.config = config
         num_layers = perf.model.num_layers
-        self.kv = KVCacheManager([LayerGroup("full", tuple(range(num_layers)))], config.num_blocks, config.block_size,
+        # the engine's KV manager over a pool built as blocks are first taken (same decisions, same ids)
+        self.kv = KVCacheManager([LayerGroup("full", tuple(range(num_layers)))], 1, config.block_size,
                                  fingerprint, config.enable_prefix_caching)
+        self.kv.pools = [LazyBlockPool(config.num_blocks)]
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, config.max_model_len)
         self.healthy = True
         self.experts: ExpertPlacementModel | None = None  # set to price MoE steps by expert placement
@@ -66,6 +71,10 @@ class SimInstance:
         self.busy_s = 0.0
         self._plan: SchedulerOutput | None = None
         self._order = 0
+        self.run: DecodeRun | None = None  # the run of decode steps in flight (``start_run``)
+        self.serial = 0  # bumped whenever the end of the step in flight moves (a run cut short)
+        # set by the simulator while a run may be in flight: settles it before anyone reads stats
+        self.observer: Callable[[SimInstance], None] | None = None
 
     # -- the router's Backend ---------------------------------------------------------------------
 
@@ -78,6 +87,8 @@ class SimInstance:
         return self.config.max_num_batched_tokens
 
     def stats(self) -> EngineStats:
+        if self.run is not None and self.observer is not None:
+            self.observer(self)
         s, kv = self.scheduler, self.kv
         return EngineStats(
             num_waiting=len(s.waiting), num_running=len(s.running), num_free_blocks=kv.num_free_blocks,
@@ -114,6 +125,42 @@ class SimInstance:
             duration += self.experts.exposed(copy_s, duration)
         self.busy_s += duration
         return duration
+
+    def start_run(self, now: float) -> float | None:
+        """``start_step``, extended to a run of pure decode steps where the plan allows
+        (``edgecloud.sim.decode_run``); returns when the step or run ends, or None."""
+        duration = self.start_step(now)
+        if duration is None:
+            return None
+        plan = self._plan
+        assert plan is not None
+        if self.experts is None and type(self).start_step is SimInstance.start_step:
+            self.run = DecodeRun.plan(self.scheduler, plan, self.perf, now, duration)
+        return now + duration if self.run is None else self.run.ends[-1]
+
+    def settle(self, now: float) -> tuple[DecodeCredit, float]:
+        """Cuts the run in flight at ``now``: the steps that ended are applied, the one in flight
+        becomes an ordinary step. Returns their tokens and when that step ends."""
+        run = self.run
+        assert run is not None, "settle without a run"
+        done = run.steps_done(now)
+        credit = self._apply_run(done)
+        return credit, run.ends[done]
+
+    def end_run(self) -> DecodeCredit:
+        """The run's last step ended: applies the ones before it (``end_step`` applies the last)."""
+        assert self.run is not None, "end_run without a run"
+        return self._apply_run(self.run.num_steps - 1)
+
+    def _apply_run(self, done: int) -> DecodeCredit:
+        run = self.run
+        assert run is not None
+        self.run = None
+        self._plan, credit = run.apply(self.scheduler, done, SIM_TOKEN)
+        self.num_steps += done
+        for duration in run.durations[1:done + 1]:
+            self.busy_s += duration
+        return credit
 
     def end_step(self) -> list[EngineCoreOutput]:
         """Applies the step planned by ``start_step``: every request that reached its last token

@@ -186,6 +186,9 @@ class CalibratedProfile:
     engine: dict[str, Any] = field(default_factory=dict)  # the EngineConfig calibrated (its fields)
     cpu: str = ""
     load_average: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and the end
+    # a served decode step's time beyond the same step in-process (the core's loop, its output hop);
+    # already included in ``hardware.step_overhead_s``
+    serving_step_s: float = 0.0
 
     def engine_config(self) -> EngineConfig:
         """The engine options the factors were fitted for (real instances of a comparison use them)."""

@@ -4,7 +4,7 @@ it. What ``edgecloud sim run`` and the benchmarks' simulated cases build."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from edgecloud.bench.traces import read_trace
@@ -14,7 +14,7 @@ from edgecloud.llm.perf_model import Parallelism
 from edgecloud.sim.instance import SimEngineConfig, SimInstance
 from edgecloud.sim.profiles import kv_blocks, load_hardware, load_model, perf_model
 from edgecloud.sim.simulator import ClusterSimulator, SimRequest, SimResult, TransferModel
-from edgecloud.sim.workload import scale_rate, trace_requests
+from edgecloud.sim.workload import iter_trace_requests, scale_rate, trace_requests
 
 
 @dataclass
@@ -72,22 +72,27 @@ def build_instances(spec: SimClusterSpec) -> tuple[list[SimInstance], TransferMo
 def trace_workload_for(
     trace_path: str, max_len: int, *, num_requests: int | None = None, duration_s: float | None = None,
     rate_scale: float = 1.0, time_scale: float = 1.0, scaling: LengthScaling | None = None, seed: int = 0,
-) -> list[SimRequest]:
+    stream: bool = False,
+) -> list[SimRequest] | Iterator[SimRequest]:
     """A trace's requests (the first ``num_requests``, or those of the first ``duration_s``
-    seconds), the arrival rate multiplied by ``rate_scale`` (pattern kept) and time by ``time_scale``."""
+    seconds), the arrival rate multiplied by ``rate_scale`` (pattern kept) and time by ``time_scale``;
+    with ``stream``, an iterator that builds each prompt as the simulator reads it."""
     trace = read_trace(trace_path, limit=num_requests)
     if duration_s is not None:
         trace = [r for r in trace if r.arrival_s < duration_s]
     if rate_scale != 1.0:
         trace = scale_rate(trace, rate_scale, seed)
+    if stream:  # the simulator reads a stream in arrival order
+        trace = sorted(trace, key=lambda r: r.arrival_s)
+        return iter_trace_requests(trace, scaling, time_scale, max_len=max_len, seed=seed)
     return trace_requests(trace, scaling, time_scale, max_len=max_len, seed=seed)
 
 
 def simulate(
-    spec: SimClusterSpec, policy: str, workload: Sequence[SimRequest], policy_options: dict[str, object] | None = None,
-    record_token_times: bool = False,
+    spec: SimClusterSpec, policy: str, workload: Iterable[SimRequest], policy_options: dict[str, object] | None = None,
+    record_token_times: bool = False, decode_runs: bool = False,
 ) -> SimResult:
     instances, link, _ = build_instances(spec)
     sim = ClusterSimulator(instances, make_policy(policy, **(policy_options or {})), transfer=link,
-                           record_token_times=record_token_times)
+                           record_token_times=record_token_times, decode_runs=decode_runs)
     return sim.run(workload)

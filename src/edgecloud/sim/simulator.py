@@ -11,6 +11,12 @@ goes on). A token reaches the client ``delivery_s`` after its step ended. A requ
 while its instance is mid-step waits for the next step, as in the real core, whose loop reads new
 requests between steps.
 
+With ``decode_runs=True`` an instance whose running requests all decode advances a whole run of
+such steps as one event (``edgecloud.sim.decode_run``), cut short where anything reaches or reads
+the instance (a request delivered, a KV hand-over, ``stats()``) and never while the policy holds
+requests (each step end would retry them) or a backlog is fed. Per-request times agree with the
+default step-by-step simulation to float rounding.
+
 The result is one ``SimRecord`` per request (client-side times) and per-instance counters.
 """
 
@@ -21,7 +27,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from edgecloud.cluster.policies import RoutingPolicy
@@ -29,9 +35,13 @@ from edgecloud.cluster.router import Route, Router, RouteRequest, Ticket
 from edgecloud.llm.request import KVTransferParams
 from edgecloud.llm.request_state import Request
 from edgecloud.llm.sampling_params import SamplingParams
+from edgecloud.sim.decode_run import DecodeCredit
 from edgecloud.sim.instance import SimInstance
 
 _ARRIVE, _DELIVER, _KICK, _STEP_END, _TRANSFER_DONE = range(5)
+# A streamed arrival's event order: before any other event of its instant and after the arrivals
+# before it, as when every arrival is queued first.
+_STREAMED = 2**62
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,7 @@ class _Flight:
     prefill_ticket: Ticket | None = None
     core: Request | None = None
     held_since: float | None = None
+    fed: bool = False  # a backlog request
     transfer: tuple[list[bytes], list[bytes], float] | None = field(default=None, repr=False)
 
 
@@ -158,6 +169,7 @@ class ClusterSimulator:
         delivery_s: float = 0.0,
         transfer: TransferModel | None = None,
         record_token_times: bool = True,
+        decode_runs: bool = False,
     ) -> None:
         if not instances:
             raise ValueError("a simulated cluster needs at least one instance")
@@ -173,6 +185,7 @@ class ClusterSimulator:
         self.delivery_s = delivery_s
         self.transfer = transfer
         self.record_token_times = record_token_times
+        self.decode_runs = decode_runs
         self._params: dict[int, SamplingParams] = {}
 
     def _sampling(self, max_tokens: int) -> SamplingParams:
@@ -181,10 +194,12 @@ class ClusterSimulator:
             params = self._params[max_tokens] = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
         return params
 
-    def run(self, workload: Sequence[SimRequest], *, until_s: float | None = None,
+    def run(self, workload: Iterable[SimRequest], *, until_s: float | None = None,
             backlog: Backlog | None = None) -> SimResult:
         """Replays ``workload`` (and feeds ``backlog``) until every request is done, or until
-        ``until_s`` simulated seconds (requests then in flight keep the tokens they had)."""
+        ``until_s`` simulated seconds (requests then in flight keep the tokens they had). A
+        workload that is not a ``Sequence`` is streamed: read one request ahead, in arrival order,
+        so that only the requests in flight are held (a cluster's hour of requests)."""
         start_wall, start_cpu = time.perf_counter(), time.process_time()
         heap: list[tuple[float, int, int, object]] = []
         seq = itertools.count()
@@ -192,16 +207,38 @@ class ClusterSimulator:
         flights: dict[str, _Flight] = {}
         held: deque[_Flight] = deque()
         handovers: list[HandoverRecord] = []
-        records = []
-        for index, req in enumerate(workload):
+        records: list[SimRecord] = []
+
+        def arrival(req: SimRequest) -> _Flight:
+            index = len(records)
             record = SimRecord(index, req.arrival_s, len(req.prompt_token_ids),
                                token_times=[] if self.record_token_times else None)
             records.append(record)
             route_request = self.router.request(str(index), req.prompt_token_ids, req.output_len,
                                                 service_tier=req.service_tier, priority=req.priority,
                                                 adapter_id=req.adapter_id, arrival_time=req.arrival_s)
-            flight = _Flight(index, req, record, route_request)
-            push(heap, (req.arrival_s, next(seq), _ARRIVE, flight))
+            return _Flight(index, req, record, route_request)
+
+        streamed = None if isinstance(workload, Sequence) else iter(workload)
+        last_arrival = -math.inf
+
+        def stream_next() -> None:
+            nonlocal last_arrival
+            req = next(streamed, None)  # type: ignore[call-overload]
+            if req is None:
+                return
+            if req.arrival_s < last_arrival:
+                raise ValueError(f"a streamed workload must come in arrival order: arrival_s {req.arrival_s} "
+                                 f"after {last_arrival}")
+            last_arrival = req.arrival_s
+            flight = arrival(req)
+            push(heap, (req.arrival_s, flight.index - _STREAMED, _ARRIVE, flight))
+
+        if streamed is None:
+            for req in workload:
+                push(heap, (req.arrival_s, next(seq), _ARRIVE, arrival(req)))
+        else:
+            stream_next()
         now = 0.0
         events = 0
 
@@ -232,7 +269,7 @@ class ClusterSimulator:
                     route_request = self.router.request(str(index), req.prompt_token_ids, req.output_len,
                                                         service_tier=req.service_tier, priority=req.priority,
                                                         arrival_time=at)
-                    waiting = _Flight(index, req, record, route_request)
+                    waiting = _Flight(index, req, record, route_request, fed=True)
                     fed += 1
                 if not try_route(waiting, at):
                     return
@@ -244,9 +281,36 @@ class ClusterSimulator:
         def kick(instance: SimInstance, at: float) -> None:
             if instance.busy:
                 return
-            duration = instance.start_step(at)
-            if duration is not None:
-                push(heap, (at + duration, next(seq), _STEP_END, instance))
+            if self.decode_runs and backlog is None and not held:
+                end = instance.start_run(at)
+            else:
+                duration = instance.start_step(at)
+                end = None if duration is None else at + duration
+            if end is not None:
+                push(heap, (end, next(seq), _STEP_END, (instance, instance.serial)))
+
+        def credit(credit: DecodeCredit) -> None:
+            """Records the tokens a run of decode steps sampled."""
+            seen = [at + self.delivery_s for at in credit.times]
+            for req in credit.requests:
+                flight = flights.get(req.request_id)
+                if flight is None:
+                    continue
+                flight.record.output_tokens += len(seen)
+                if flight.record.token_times is not None:
+                    flight.record.token_times.extend(seen)
+
+        def settle(instance: SimInstance, at: float) -> None:
+            """Cuts ``instance``'s run short at ``at``, before anything reaches or reads it."""
+            if instance.run is None:
+                return
+            done, end = instance.settle(at)
+            credit(done)
+            instance.serial += 1
+            push(heap, (end, next(seq), _STEP_END, (instance, instance.serial)))
+
+        def observe(instance: SimInstance) -> None:
+            settle(instance, now)
 
         def kick_soon(instance: SimInstance, at: float) -> None:
             """Start a step after every other event of this instant: requests that reach an idle
@@ -289,34 +353,50 @@ class ClusterSimulator:
                 if not try_route(flight, at):
                     held.append(flight)
 
+        if self.decode_runs:
+            for instance in self.instances:
+                instance.observer = observe
         feed(0.0)
         while heap:
-            now, _, kind, item = heapq.heappop(heap)
-            if until_s is not None and now > until_s:
+            at, _, kind, item = heapq.heappop(heap)
+            if kind == _STEP_END and item[1] != item[0].serial:  # type: ignore[index]
+                continue  # the end of a run that was cut short
+            if until_s is not None and at > until_s:
                 now = until_s
+                for instance in self.instances:
+                    settle(instance, now)
                 break
+            now = at
             events += 1
             if kind == _ARRIVE:
                 flight = item  # type: ignore[assignment]
+                if streamed is not None:
+                    stream_next()
                 if not try_route(flight, now):  # type: ignore[arg-type]
                     flight.held_since = now  # type: ignore[union-attr]
                     held.append(flight)  # type: ignore[arg-type]
+                    for instance in self.instances:  # from now on every step end retries it
+                        settle(instance, now)
             elif kind == _DELIVER:
                 instance, core = item  # type: ignore[misc]
+                settle(instance, now)
                 instance.add(core)
                 kick_soon(instance, now)
             elif kind == _KICK:
                 kicks.discard(item.name)  # type: ignore[union-attr]
                 kick(item, now)  # type: ignore[arg-type]
             elif kind == _STEP_END:
-                instance = item  # type: ignore[assignment]
-                for out in instance.end_step():  # type: ignore[union-attr]
+                instance = item[0]  # type: ignore[index]
+                if instance.run is not None:
+                    credit(instance.end_run())
+                for out in instance.end_step():
                     flight = flights.get(out.request_id)
                     if flight is None:
                         continue
                     if out.request_id.endswith("@prefill"):
                         if out.finished:
                             del flights[out.request_id]
+                            settle(flight.route.target.backend, now)  # type: ignore[union-attr, arg-type]
                             self._prefilled(flight, out.kv_block_keys or [], now, heap, seq, handovers)
                         continue
                     record = flight.record
@@ -336,7 +416,7 @@ class ClusterSimulator:
                         record.preemptions = flight.core.num_preemptions if flight.core else 0
                         self.router.end(flight.ticket)  # type: ignore[arg-type]
                         del flights[out.request_id]
-                        if flight.index >= len(workload):
+                        if flight.fed:
                             feeding -= 1
                 kick(instance, now)  # type: ignore[arg-type]
                 if held:
@@ -348,11 +428,15 @@ class ClusterSimulator:
                 route = flight.route  # type: ignore[union-attr]
                 src: SimInstance = route.prefill.backend  # type: ignore[union-attr, assignment]
                 dst: SimInstance = route.target.backend  # type: ignore[union-attr, assignment]
+                settle(src, now)
+                settle(dst, now)
                 exports = src.kv.export_blocks(missing)
                 dst.kv.import_blocks([(e.key, e.parent, e.tokens) for e in exports])
                 src.kv.unpin(keys)
                 kick_soon(src, now)  # pinned blocks may have kept a waiting request out
                 deliver_decode(flight, now, "decode")  # type: ignore[arg-type]
+        for instance in self.instances:
+            instance.observer = None
         return SimResult(records, self.instances, handovers, now, time.perf_counter() - start_wall, events,
                          time.process_time() - start_cpu)
 

@@ -10,7 +10,7 @@ the simulated prefix cache (keyed by the same block keys as the engine's) reuses
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -56,12 +56,24 @@ def trace_requests(
 ) -> list[SimRequest]:
     """``SimRequest``s with a trace's (scaled) lengths and arrival times (× ``time_scale``);
     prompts longer than ``max_len - output`` are cut so that each fits the model's context."""
+    return list(iter_trace_requests(trace, scaling, time_scale, hash_block_tokens, max_len, seed))
+
+
+def iter_trace_requests(
+    trace: Iterable[TraceRequest],
+    scaling: LengthScaling | None = None,
+    time_scale: float = 1.0,
+    hash_block_tokens: int | None = None,
+    max_len: int | None = None,
+    seed: int = 0,
+) -> Iterator[SimRequest]:
+    """``trace_requests`` one at a time: each prompt is built when the simulator reads it (a
+    streamed workload holds only the requests in flight)."""
     scaling = scaling or LengthScaling()
     if hash_block_tokens is None:
         hash_block_tokens = max(1, round(MOONCAKE_BLOCK_TOKENS * scaling.input_scale))
     rng = np.random.default_rng(seed)
     blocks: dict[int, np.ndarray] = {}
-    out: list[SimRequest] = []
     for record in trace:
         length = scaling.input(record.input_len)
         output = scaling.output(record.output_len)
@@ -82,8 +94,7 @@ def trace_requests(
         if have < length:
             parts.append(rng.integers(0, SIM_VOCAB, length - have))
         ids = np.concatenate(parts)[:length] if parts else np.zeros(0, dtype=np.int64)
-        out.append(SimRequest(record.arrival_s * time_scale, ids.tolist(), output))
-    return out
+        yield SimRequest(record.arrival_s * time_scale, ids.tolist(), output)
 
 
 def bench_requests(requests: Sequence[BenchRequest], arrivals: Sequence[float]) -> list[SimRequest]:

@@ -22,9 +22,11 @@ from edgecloud.edge.netgpt.rl import (
     sample,
     teacher_question,
     token_logprobs,
+    tool_grammar,
 )
 from edgecloud.edge.netgpt.train import SFTConfig, add_adapter, load_base
 from edgecloud.llm.random_model import write_random_model
+from edgecloud.llm.structured import StructuredOutputs
 from edgecloud.llm.tokenizer import Tokenizer
 from edgecloud.server.tools import format_call
 
@@ -90,6 +92,32 @@ def test_a_round_runs_end_to_end(tiny: tuple[Path, Tokenizer]) -> None:
                      max_new_tokens=8), eos_id=1, decode=tokenizer.decode, rng=random.Random(0))
     assert stats.mean_reward == -1.0 and stats.schema_valid == 0.0  # a random model writes no valid call
     assert stats.forward_nll > 0
+
+
+def test_guided_samples_are_valid_calls_so_a_round_has_a_signal(tiny: tuple[Path, Tokenizer]) -> None:
+    path, tokenizer = tiny
+    model = add_adapter(load_base(path), SFTConfig(rank=4, num_layers=2)).eval()
+    backend = StructuredOutputs(path / "tokenizer.json", model.config.vocab_size, [1])
+    prompt = tokenizer.encode("add one and two", add_special_tokens=False)
+    config = RLConfig(samples_per_prompt=4, guided=2, max_new_tokens=96)
+    logprobs: list[list[float]] = []
+    answers = sample(model, prompt, 4, config, 1, torch.Generator().manual_seed(0), logprobs,
+                     (backend, tool_grammar(TEACHER), 2))
+    texts = [tokenizer.decode([t for t in a if t != 1]) for a in answers]
+    assert [reward(TEACHER, text)[1] for text in texts] == [True, True, False, False], texts
+    for answer, lp in zip(answers, logprobs, strict=True):  # the unconstrained policy's, guided or not
+        with torch.no_grad():
+            assert torch.allclose(torch.tensor(lp), token_logprobs(model, prompt, answer), atol=1e-4)
+
+    @contextlib.contextmanager
+    def sft_model() -> Iterator[None]:
+        with model.disable_adapter():
+            yield
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    stats = rl_round(model, sft_model, optimizer, [(TEACHER, prompt)], config, eos_id=1, decode=tokenizer.decode,
+                     rng=random.Random(0), backend=backend)
+    assert (stats.schema_valid, stats.unguided_schema_valid, stats.groups_with_signal) == (0.5, 0.0, 1.0)
 
 
 def test_batched_sampling_at_temperature_zero_is_the_greedy_answer(tiny: tuple[Path, Tokenizer]) -> None:

@@ -19,6 +19,18 @@ sampled from the SFT model for the same prompts (``- log pi(y_SFT)``): it pulls 
 onto what the SFT model writes, which is schema-correct, so the policy cannot drift into
 malformed outputs even where the reward is flat. ``alpha = 0`` is the plain reverse-KL run
 (no SFT anchor) shown for contrast.
+
+**Guided samples** (``RLConfig.guided``): that many of each prompt's ``K`` answers are decoded
+under the tool-call grammar (the server's ``tool_choice: required`` structural tag, with the
+budget rule, so each is a complete schema-valid call within ``max_new_tokens``); the others are
+the policy's own, unconstrained. Why: an edge model whose unconstrained samples are all invalid
+gives every answer of a group the reward -1, zero advantage and no gradient (measured, docs/netgpt.md
+4.6); a guided answer scores 0 or 1, so each group has a valid answer to move toward, and guided
+answers differ among themselves by the AST check. They are off-policy: the surrogate and the
+reverse KL use the unconstrained policy's probabilities of their tokens (recorded while sampling)
+with no correction for the mask, which tilts the update toward the grammar's support, the
+direction validity needs. Evaluation stays unconstrained (the acceptance item's "schema validity
+without constrained decoding").
 """
 
 from __future__ import annotations
@@ -35,7 +47,9 @@ import torch
 from edgecloud.edge.netgpt.bfcl import Question, score
 from edgecloud.edge.netgpt.score import schema_valid
 from edgecloud.edge.netgpt.train import answer_logits
-from edgecloud.server.tools import parse_tool_calls
+from edgecloud.llm.errors import InvalidRequestError
+from edgecloud.llm.structured import StructuredOutputs, StructuredOutputsParams, unpack_bitmask
+from edgecloud.server.tools import parse_tool_calls, tool_call_constraint, validate_tools
 
 
 @dataclass
@@ -49,6 +63,7 @@ class RLConfig:
     max_new_tokens: int = 96
     temperature: float = 1.0
     seed: int = 0
+    guided: int = 0  # of each prompt's samples, how many decode under the tool-call grammar
 
 
 @dataclass
@@ -97,6 +112,14 @@ def group_advantages(rollouts: list[Rollout], k: int) -> None:
             r.advantage = (r.reward - mean) / (std + 1e-4)
 
 
+def tool_grammar(question: Question) -> StructuredOutputsParams:
+    """The grammar of a call of the question's functions (``tool_choice: required``, parallel calls
+    allowed), as the server constrains it."""
+    spec = tool_call_constraint(validate_tools(question.tools, "required", True))
+    assert spec is not None
+    return spec
+
+
 def token_logprobs(model: Any, prompt_ids: list[int], answer_ids: list[int]) -> torch.Tensor:
     """log pi(answer token | prefix) for each answer token (with grad when the model has it)."""
     ids = torch.tensor([prompt_ids + answer_ids])
@@ -109,12 +132,16 @@ def token_logprobs(model: Any, prompt_ids: list[int], answer_ids: list[int]) -> 
 
 @torch.no_grad()
 def sample(model: Any, prompt_ids: list[int], k: int, config: RLConfig, eos_id: int, generator: torch.Generator,
-           logprobs: list[list[float]] | None = None) -> list[list[int]]:
+           logprobs: list[list[float]] | None = None,
+           guide: tuple[StructuredOutputs, StructuredOutputsParams, int] | None = None) -> list[list[int]]:
     """``k`` answers from the policy (ancestral sampling at ``temperature``), up to EOS. The ``k``
     answers decode together: the prompt is run once and its cache repeated, then one forward per
     step for the answers still open (on a CPU a step of ``k`` rows costs about one of a single row).
     ``logprobs``, when given, receives each answer's token log-probabilities under the model
-    (untempered): what ``token_logprobs`` would recompute, without a forward pass per answer."""
+    (untempered): what ``token_logprobs`` would recompute, without a forward pass per answer.
+    ``guide = (backend, grammar, n)``: the first ``n`` answers are sampled under ``grammar`` with
+    the budget rule (``llm/structured.py``; their log-probabilities are still the unconstrained
+    model's)."""
     out = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
     past = out.past_key_values
     past.batch_repeat_interleave(k)
@@ -123,9 +150,28 @@ def sample(model: Any, prompt_ids: list[int], k: int, config: RLConfig, eos_id: 
     if logprobs is not None:
         logprobs[:] = [[] for _ in range(k)]
     open_rows = list(range(k))  # answer index of each row still decoding
-    for _ in range(config.max_new_tokens):
-        probs = torch.softmax(logits / max(config.temperature, 1e-5), -1)
+    backend, grammars = None, {}
+    if guide is not None:
+        backend, spec, n = guide
+        grammars = {answer: backend.start(spec, config.max_new_tokens) for answer in range(min(n, k))}
+    for step_index in range(config.max_new_tokens):
+        scaled = logits / max(config.temperature, 1e-5)
+        rows = [row for row, answer in enumerate(open_rows) if answer in grammars]
+        left = config.max_new_tokens - step_index
+        if backend is not None and rows:
+            allowed = unpack_bitmask(backend.bitmask([grammars[open_rows[r]] for r in rows], [left] * len(rows)),
+                                     backend.vocab_size)
+            blocked = torch.ones(len(rows), scaled.shape[1], dtype=torch.bool)
+            blocked[:, : allowed.shape[1]] = ~allowed[:, : scaled.shape[1]]
+            scaled = scaled.clone()
+            scaled[rows] = scaled[rows].masked_fill(blocked, float("-inf"))
+        probs = torch.softmax(scaled, -1)
         tokens = torch.multinomial(probs, 1, generator=generator)
+        if backend is not None:
+            for row in rows:
+                forced = backend.accept(grammars[open_rows[row]], int(tokens[row]), left)
+                if forced is not None:  # no room left to close after the sampled token
+                    tokens[row] = forced
         step = torch.log_softmax(logits, -1).gather(1, tokens).squeeze(1) if logprobs is not None else None
         keep = []
         for row, answer in enumerate(open_rows):
@@ -155,6 +201,8 @@ class RoundStats:
     schema_valid: float
     reverse_kl: float
     forward_nll: float
+    unguided_schema_valid: float = 0.0  # of the policy's own (unconstrained) samples
+    groups_with_signal: float = 0.0  # prompts whose samples' rewards differ (non-zero advantages)
 
 
 def composite_step(model: Any, optimizer: torch.optim.Optimizer, rollouts: list[Rollout],
@@ -188,22 +236,30 @@ def composite_step(model: Any, optimizer: torch.optim.Optimizer, rollouts: list[
 
 def rl_round(model: Any, sft_model: Callable[[], Any], optimizer: torch.optim.Optimizer,
              batch: Sequence[tuple[Question, list[int]]], config: RLConfig, eos_id: int,
-             decode: Callable[[list[int]], str], rng: random.Random) -> RoundStats:
+             decode: Callable[[list[int]], str], rng: random.Random,
+             backend: StructuredOutputs | None = None) -> RoundStats:
     """One round on ``batch`` = (teacher question, prompt ids) pairs: sample from the policy and
     from the SFT prior, score, then ``epochs`` composite steps. ``sft_model()`` gives a context in
-    which ``model`` computes the SFT policy (the adapter's SFT weights swapped in)."""
+    which ``model`` computes the SFT policy (the adapter's SFT weights swapped in). ``backend``:
+    the grammar backend for ``config.guided`` samples a prompt (see the module docstring)."""
     generator = torch.Generator().manual_seed(rng.randrange(2**31))
     model.eval()
     rollouts: list[Rollout] = []
-    valid = 0
+    valid = unguided_valid = own = 0
     for question, prompt in batch:
         olds: list[list[float]] = []  # pi_old of each answer, recorded while sampling
-        for answer, old in zip(sample(model, prompt, config.samples_per_prompt, config, eos_id, generator, olds),
-                               olds, strict=True):
+        guide = _guide(backend, question, config)
+        guided = guide[2] if guide is not None else 0
+        answers = sample(model, prompt, config.samples_per_prompt, config, eos_id, generator, olds, guide)
+        for i, (answer, old) in enumerate(zip(answers, olds, strict=True)):
             r, ok = reward(question, decode(answer))
             valid += ok
+            unguided_valid += ok and i >= guided
+            own += i >= guided
             rollouts.append(Rollout(prompt, answer, r, old_logprobs=old))
     group_advantages(rollouts, config.samples_per_prompt)
+    k = config.samples_per_prompt
+    signal = sum(len({r.reward for r in rollouts[g: g + k]}) > 1 for g in range(0, len(rollouts), k))
     sft_answers: list[tuple[list[int], list[int]]] = []
     if config.alpha > 0:
         with sft_model():
@@ -215,4 +271,20 @@ def rl_round(model: Any, sft_model: Callable[[], Any], optimizer: torch.optim.Op
         loss, rkl, nll = composite_step(model, optimizer, rollouts, sft_answers, config)
     model.eval()
     n = max(len(rollouts), 1)
-    return RoundStats(loss, sum(r.reward for r in rollouts) / n, valid / n, rkl, nll)
+    return RoundStats(loss, sum(r.reward for r in rollouts) / n, valid / n, rkl, nll, unguided_valid / max(own, 1),
+                      signal / max(len(batch), 1))
+
+
+def _guide(backend: StructuredOutputs | None, question: Question,
+           config: RLConfig) -> tuple[StructuredOutputs, StructuredOutputsParams, int] | None:
+    """What ``sample`` needs to decode ``config.guided`` answers under the question's tool grammar;
+    ``None`` without a backend, or when no complete call fits in ``max_new_tokens`` (then every
+    answer is the policy's own)."""
+    if backend is None or config.guided <= 0:
+        return None
+    spec = tool_grammar(question)
+    try:
+        backend.start(spec, config.max_new_tokens)
+    except InvalidRequestError:
+        return None
+    return backend, spec, min(config.guided, config.samples_per_prompt)

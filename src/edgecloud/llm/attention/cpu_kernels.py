@@ -1,5 +1,8 @@
 """CPU kernels in C, built on this machine at first use and called through ctypes.
 
+Two kernels use this: the paged decode attention below, and the Q4_1 weight-only matmul of
+``edgecloud.llm.quant.linear`` (``llm/quant/csrc/q4_1_matmul.c``), through ``compiled``.
+
 The paged decode attention kernel (``csrc/paged_decode.c``) reads K and V in place through the
 block table: the torch path gathers each sequence's blocks into a contiguous copy first and then
 runs SDPA over it, reading the context from memory three times (gather read, gather write, SDPA
@@ -56,15 +59,15 @@ def _cpu_id() -> str:
     return platform.processor()
 
 
-def _build(source: str, compiler: str) -> Path:
+def _build(name: str, source: str, compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256("\n".join((source, version, _cpu_id())).encode()).hexdigest()[:20]
-    target = cache_dir("kernels") / f"paged_decode-{key}.so"
+    target = cache_dir("kernels") / f"{Path(name).stem}-{key}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src, lib = Path(tmp) / SOURCE, Path(tmp) / target.name
+        src, lib = Path(tmp) / name, Path(tmp) / target.name
         src.write_text(source)
         subprocess.run(
             [compiler, "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11", str(src),
@@ -76,25 +79,33 @@ def _build(source: str, compiler: str) -> Path:
 
 
 @cache
-def paged_decode_f32() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """The compiled kernel, or None (no compiler, build failed, or disabled) — the caller falls back."""
+def compiled(package: str, name: str, symbol: str, argtypes: tuple[object, ...], what: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """``symbol`` from ``package``'s ``csrc/<name>``, built for this machine; None (no compiler, build
+    failed, or disabled: a warning says so once) and the caller keeps its torch path. ``what``
+    names the kernel in that warning."""
     if not enabled():
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        log.warning("no C compiler (cc/gcc) found: CPU decode attention uses the slower torch path")
+        log.warning("no C compiler (cc/gcc) found: %s uses the slower torch path", what)
         return None
-    source = resources.files("edgecloud.llm.attention").joinpath("csrc", SOURCE).read_text()
+    source = resources.files(package).joinpath("csrc", name).read_text()
     try:
-        path = _build(source, compiler)
-        function = ctypes.CDLL(str(path)).edgecloud_paged_decode_f32
-    except (OSError, subprocess.SubprocessError) as error:
+        path = _build(name, source, compiler)
+        function = getattr(ctypes.CDLL(str(path)), symbol)
+    except (OSError, AttributeError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", "") or error
-        log.warning("building the CPU decode-attention kernel failed (%s); using the torch path", detail)
+        log.warning("building the kernel for %s failed (%s); using the torch path", what, detail)
         return None
-    function.argtypes = _ARGTYPES
+    function.argtypes = list(argtypes)
     function.restype = ctypes.c_int
     return function
+
+
+def paged_decode_f32() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """The compiled decode-attention kernel, or None — the caller falls back."""
+    return compiled("edgecloud.llm.attention", SOURCE, "edgecloud_paged_decode_f32", tuple(_ARGTYPES),
+                    "CPU decode attention")
 
 
 def paged_decode(

@@ -19,7 +19,7 @@ from edgecloud.llm.layers.attention import make_attention
 from edgecloud.llm.layers.mlp import make_mlp
 from edgecloud.llm.layers.norm import RMSNorm
 from edgecloud.llm.layers.rotary import RotaryEmbedding
-from edgecloud.llm.step_context import StepContext
+from edgecloud.llm.step_context import StepContext, StepInterrupted
 
 
 class DecoderLayer(torch.nn.Module):
@@ -67,8 +67,11 @@ class LlamaForCausalLM(torch.nn.Module):
     ) -> torch.Tensor:
         """Runs one step; returns float32 logits for the rows in ``logits_rows`` only."""
         hidden = self.model.embed_tokens(input_ids)
-        for layer in self.model.layers:
+        last = len(self.model.layers) - 1
+        for i, layer in enumerate(self.model.layers):
             hidden = layer(positions, hidden, ctx)
+            if ctx.interrupt is not None and i < last and ctx.interrupt():
+                raise StepInterrupted(i)
         hidden = self.model.norm(hidden[logits_rows])
         return self.lm_head(hidden).float()
 
