@@ -207,6 +207,8 @@ def test_the_search_writes_a_pattern_within_budget_that_the_engine_serves(model4
     assert len(pattern.compressed) == 2 and pattern.kv_fraction(512) <= 0.6
     cost = pattern.info["search"]["cost"]
     assert cost["patterns_evaluated"] >= 4 and cost["search_tokens"] > 0
+    assert set(pattern.info["search"]["layer_scores"]) <= {str(i) for i in range(4)}
+    assert pattern.info["search"]["layer_scores"]  # the genetic search's per-layer table
     path = tmp_path / "found.json"
     pattern.save(path)
     out = llm(model4, kv_layer_pattern=str(path)).generate([prompts()[0]], GREEDY)[0].outputs[0]
@@ -226,6 +228,7 @@ def test_the_searches_find_the_least_harmful_layers_of_a_known_loss() -> None:
     greedy = greedy_search(8, 3, loss)
     assert greedy.compressed == frozenset({1, 3, 5}) and greedy.loss == pytest.approx(2.6)
     assert greedy.evaluations == len(calls) == 9
+    assert greedy.layer_scores == pytest.approx(dict(enumerate(harm)))  # each layer's loss compressed alone
     calls.clear()
     genetic = genetic_search(8, 3, loss, population=8, generations=6, seed=0)
     assert genetic.compressed == frozenset({1, 3, 7}) and genetic.loss == pytest.approx(1.3)
@@ -256,9 +259,29 @@ def test_bench_omniattn_compares_methods_at_the_same_budget_on_the_same_inputs(m
             assert abs(case["kv_fraction"] - pattern.kv_fraction(context)) <= BS / context
     for context in (128, 320):
         full, omni, streaming = (cases[(m, context)] for m in ("full", "omniattn", "streaming"))
+        assert "ppl_ratio" not in full
+        low, high = omni["ppl_ratio_ci95"]
+        assert low <= omni["ppl_ratio"] <= high and omni["ppl_ratio"] == pytest.approx(omni["ppl"] / full["ppl"],
+                                                                                        rel=1e-3)
         assert full["step_ms"] > 0 and omni["step_ms"] > 0
         # the KV really held while decoding: every block on full layers, sink + window on compressed ones
         assert omni["held_blocks"] == [full["held_blocks"][0], 3]
         assert omni["kv_bytes_per_token"] < full["kv_bytes_per_token"]
         assert streaming["held_blocks"] == [round(pattern.kv_fraction(context) * context / BS)]
     assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_the_perplexity_ratio_is_paired_on_the_same_tokens() -> None:
+    import math
+
+    import torch
+
+    from edgecloud.llm.omniattn.bench import ppl_ratio
+
+    full = torch.rand(256, generator=torch.Generator().manual_seed(0)) * 5
+    assert ppl_ratio(full, full) == (1.0, 1.0, 1.0)
+    shifted = ppl_ratio(full + 0.01, full)  # every token 0.01 nats worse: no spread, whatever full's spread
+    assert shifted == pytest.approx((math.exp(0.01),) * 3)
+    noisy = full + torch.randn(256, generator=torch.Generator().manual_seed(1)) * 0.1
+    ratio, low, high = ppl_ratio(noisy, full)
+    assert low < ratio < high and low < 1 < high

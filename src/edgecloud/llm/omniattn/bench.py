@@ -4,7 +4,8 @@ Two parts, on the same model and the same inputs for every method:
 
 - **quality** (not timed): perplexity of the held-out texts' continuation at each context
   (``evaluate.py``: the prompt prefilled once with full attention, the last ``rows`` tokens
-  teacher-forced as decoding predicts them under each pattern) and needle-in-a-haystack accuracy
+  teacher-forced as decoding predicts them under each pattern; its ratio to full KV's on the same
+  tokens with a paired bootstrap interval) and needle-in-a-haystack accuracy
   (greedy answers decoded under each pattern) at each needle context and depth (``quality.py``).
 - **speed** (timed): the engine's decode step time and the KV a decoding request holds, at each
   step context. The prompt is prefilled once by a full-KV engine that exports its blocks (a P/D
@@ -42,6 +43,7 @@ from edgecloud.llm.omniattn.quality import (
 )
 
 ANSWER_TOKENS = 8  # a five-digit key and the space before it, with room
+PPL_BLOCK = 32  # tokens resampled together in the perplexity ratio's bootstrap
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,10 @@ def run_quality(
     for key, parts in nll.items():
         cases[key]["ppl"] = round(math.exp(float(torch.cat(parts).mean())), 4)
         cases[key]["ppl_tokens"] = sum(len(p) for p in parts)
+        full = nll.get(("full", None, key[2]))
+        if full is not None and key[0] != "full":
+            ratio, low, high = ppl_ratio(torch.cat(parts), torch.cat(full))
+            cases[key].update(ppl_ratio=round(ratio, 5), ppl_ratio_ci95=[round(low, 5), round(high, 5)])
     haystack = read_text("pydoc_data/topics.py")
     # a needle context counts the answer: prompt and answer fit the model's positions
     prompt_lens = [c - ANSWER_TOKENS for c in needle_contexts]
@@ -133,6 +139,19 @@ def run_quality(
         "needle_depths": depths, "tokens_through_model": evaluator.tokens_run,
     }
     return list(cases.values()), inputs
+
+
+def ppl_ratio(nll: torch.Tensor, full_nll: torch.Tensor, block: int = PPL_BLOCK, resamples: int = 2000,
+              seed: int = 0) -> tuple[float, float, float]:
+    """Perplexity over full KV's on the same tokens, exp(mean NLL difference), with a 95% paired
+    bootstrap interval: runs of ``block`` consecutive tokens resampled together (neighbouring tokens'
+    losses are correlated), the same runs for both."""
+    diff = (nll - full_nll).double()
+    runs = diff[: len(diff) // block * block].view(-1, block).mean(1) if len(diff) >= 2 * block else diff
+    generator = torch.Generator().manual_seed(seed)
+    draws = runs[torch.randint(len(runs), (resamples, len(runs)), generator=generator)].mean(1)
+    low, high = torch.quantile(draws, torch.tensor([0.025, 0.975], dtype=draws.dtype)).tolist()
+    return math.exp(float(diff.mean())), math.exp(low), math.exp(high)
 
 
 # -- speed ---------------------------------------------------------------------------------------

@@ -47,8 +47,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     parser.add_argument("--pattern", required=True, type=Path, help="the searched pattern (omniattn search --out)")
     parser.add_argument("--model", default=None, help="model directory or GGUF file (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--parts", default="quality,speed", help="comma-separated: quality, speed (default: both)")
-    parser.add_argument("--contexts", type=int, nargs="+", default=[2048, 4096, 8192],
-                        help="contexts for perplexity and decode speed")
+    parser.add_argument("--contexts", type=int, nargs="*", default=[2048, 4096, 8192],
+                        help="contexts for perplexity and decode speed (none: needles only)")
     parser.add_argument("--rows", type=int, default=256, help="tokens of each text scored as decoding predicts them")
     parser.add_argument("--needle-contexts", type=int, nargs="*", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--depths", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="needle depths")
@@ -86,6 +86,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise SystemExit(f"--parts must name quality and/or speed, got {args.parts!r}")
     if args.rows < 2 or any(c <= args.rows for c in args.contexts):
         raise SystemExit(f"--rows must be >= 2 and below every context, got {args.rows}")
+    if "speed" in parts and not args.contexts:
+        raise SystemExit("--contexts must name at least one context for the speed part")
     if args.threads < 1 or args.steps < 1:
         raise SystemExit("--threads and --steps must be >= 1")
     with _model_errors(), _bench_errors():
@@ -113,7 +115,8 @@ def _bench(args: argparse.Namespace) -> int:
     }
     for case in result["cases"]:
         print(f"{case['method']:>9} seed={case['seed']} ctx={case['context']:>5} kv={case['kv_fraction']:.3f} "
-              f"ppl={case['ppl']} needle={case['needle_acc']} step_ms={case['step_ms']}")
+              f"ppl={case['ppl']} (x{case.get('ppl_ratio')} {case.get('ppl_ratio_ci95')}) needle={case['needle_acc']} "
+              f"step_ms={case['step_ms']}")
     if args.json:
         write_json(result, args.json)
     if args.plot:

@@ -88,6 +88,8 @@ class SearchResult:
     evaluations: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)  # per generation / phase: best loss so far
+    # per layer: greedy, its loss compressed alone; genetic, the mean loss of the patterns that compress it
+    layer_scores: dict[int, float] = field(default_factory=dict)
 
 
 def greedy_search(num_layers: int, k: int, loss: Callable[[frozenset[int]], float]) -> SearchResult:
@@ -96,7 +98,7 @@ def greedy_search(num_layers: int, k: int, loss: Callable[[frozenset[int]], floa
     chosen = frozenset(sorted(single, key=lambda layer: single[layer])[:k])
     final = loss(chosen)
     return SearchResult(chosen, final, num_layers + 1, time.perf_counter() - start,
-                        [{"phase": 0.0, "best_loss": final}])
+                        [{"phase": 0.0, "best_loss": final}], single)
 
 
 def genetic_search(
@@ -159,7 +161,8 @@ def genetic_search(
         parents = ranked[: max(elite, population // 2)]
         evaluate(fresh(population - elite, lambda parents=parents: child(parents)))
     best = min(scores, key=lambda p: scores[p])
-    return SearchResult(best, scores[best], len(scores), time.perf_counter() - start, history)
+    return SearchResult(best, scores[best], len(scores), time.perf_counter() - start, history,
+                        {layer: layer_mean(layer) for layer in range(num_layers) if layer_count[layer]})
 
 
 def run_search(
@@ -251,6 +254,7 @@ def search_pattern(
         "search": {
             "method": method, "seed": seed, "population": population, "generations": generations,
             "loss": result.loss, "history": result.history,
+            "layer_scores": {str(layer): round(score, 5) for layer, score in sorted(result.layer_scores.items())},
             "calibration": {"context": calibration_context, "rows": calibration_rows, "files": files,
                             "items": [item.name for item in calibration.items],
                             "full_nll": [round(item.full_nll, 4) for item in calibration.items]},
