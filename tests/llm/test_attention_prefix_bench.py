@@ -80,6 +80,7 @@ def test_engine_tpot_prefix_vs_paged(repeats: int, tmp_path: Path) -> None:
                             "paged_tpot_ms": round(paged_ms, 2), "prefix_tpot_ms": round(prefix_ms, 2),
                             "tpot_change": round(prefix_ms / paged_ms - 1, 3)}
     out = Path(os.environ.get("PAT_BENCH_OUT", tmp_path))
+    out.mkdir(parents=True, exist_ok=True)
     name = "bench_engine_attention.json" if repeats == REPEATS else f"bench_engine_attention_{repeats}_repeat.json"
     (out / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
