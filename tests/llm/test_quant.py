@@ -159,3 +159,4 @@ def test_the_q4_1_kernel_takes_any_number_of_rows(rows: int) -> None:
     assert kernel(x.data_ptr(), layer.codes.data_ptr(), layer.scales.data_ptr(), y.data_ptr(), rows, 67, 160, 2) == 0
     torch.testing.assert_close(y, q4_1_reference(groups, x, activation_bits() or 32), rtol=1e-5, atol=1e-4)
     assert kernel(x.data_ptr(), layer.codes.data_ptr(), layer.scales.data_ptr(), y.data_ptr(), rows, 67, 150, 2) == -2
+

@@ -140,6 +140,8 @@ def run_engine_core(
                 data = inbox.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            except zmq.ZMQError:  # the socket is going away: let the step finish, the loop sees it
+                return online_seen
             backlog.append(data)
             online_seen = online_seen or _adds_online(data)
         return online_seen

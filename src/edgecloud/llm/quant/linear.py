@@ -10,7 +10,9 @@ scale and minimum per 32 weights: 5 bits a weight) and has two kernels:
   float32 (``activation_bits()`` says which). At one row it is 2-3x torch's int4 kernel with the
   weights in cache and ~1.3x from memory on this project's AMD EPYC;
 - more rows (batched decode, prefill), ``aten._weight_int4pack_mm_for_cpu`` on torch's CPU int4
-  layout, built from the groups at its first use. It is vectorized (AVX-512) for bfloat16
+  layout, built from the groups at its first use (kept beside the blocks from then on: once a
+  layer has seen more than two rows it holds its weights twice, ~10 bits a weight in memory;
+  ``weight_bytes`` counts what a one-row step reads). It is vectorized (AVX-512) for bfloat16
   activations only (its fp32 path is a scalar loop, 40x slower here), so activations are rounded to
   bf16 for the product, and the group scale ``d`` and offset ``m + 8d`` are held in bf16 (the kernel
   computes ``(q - 8) * scale + zero``); its bf16 dot products beat the C kernel from a few rows up.
@@ -90,7 +92,7 @@ class Int4Linear(torch.nn.Module):
         kernel = q4_1_kernel() if rows <= C_KERNEL_MAX_ROWS and x.device.type == "cpu" else None
         if kernel is not None:  # one-stream decode: every microsecond of Python here is ~1% of a step
             flat = x if x.dtype == torch.float32 and x.is_contiguous() else x.to(torch.float32).contiguous()
-            y = torch.empty(*x.shape[:-1], self.out_features)
+            y = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.float32)  # what the kernel writes
             status = kernel(flat.data_ptr(), self.codes.data_ptr(), self.scales.data_ptr(), y.data_ptr(), rows,
                             self.out_features, self.in_features, torch.get_num_threads())
             if status != 0:

@@ -80,10 +80,12 @@ static int quantize_activations(const float *x, int64_t M, int64_t K, Activation
                 amax = v > amax ? v : amax;
                 sum += xg[j];
             }
-            const float dx = amax / 127.0f, inv = dx > 0.0f ? 1.0f / dx : 0.0f;
+            const float dx = amax / 127.0f;
+            float inv = dx > 0.0f ? 1.0f / dx : 0.0f;
+            if (!(inv <= 3.0e38f)) inv = 0.0f; /* a group of values below ~4e-37: 1/dx overflows; call it zero */
             for (int j = 0; j < 32; j++) {
                 const float v = __builtin_nearbyintf(xg[j] * inv); /* half to even, as torch.round */
-                q[j < 16 ? j : 64 + j - 16] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
+                q[j < 16 ? j : 64 + j - 16] = (int8_t)(v != v ? 0.0f : v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
             }
             for (int i = 0; i < 4; i++) scale[i] = dx;
             a->sum[r * chunks * 4 + g] = sum;
