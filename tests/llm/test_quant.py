@@ -12,7 +12,7 @@ import torch
 from edgecloud.llm import LLM, SamplingParams
 from edgecloud.llm.quant import Int4Linear, Int8Linear, quantize_int4, quantize_int8, quantize_model
 from edgecloud.llm.quant.groups import Int4Groups, from_gguf_q4_1, from_gguf_q8_0
-from edgecloud.llm.quant.linear import C_KERNEL_MAX_ROWS, activation_bits, q4_1_kernel
+from edgecloud.llm.quant.linear import C_KERNEL_MAX_ROWS, activation_bits, layer_kernel, q4_1_kernel
 from edgecloud.llm.quant.perplexity import perplexity
 from edgecloud.llm.random_model import write_random_model
 
@@ -85,10 +85,11 @@ def q4_1_reference(groups: Int4Groups, x: torch.Tensor, bits: int) -> torch.Tens
 @pytest.mark.parametrize("shape", [(64, 128), (7, 96), (1, 32), (577, 1536), (9, 4128)])
 def test_int4_linear_on_few_rows_computes_the_c_kernels_arithmetic(shape: tuple[int, int], rows: int) -> None:
     """The C kernel (one-stream decode): exact Q4_1 weights against int8-per-group or float32
-    activations — torch's bf16 kernel is ~1e-2 off either. Shapes cover a partial last chunk of 4
-    groups (3, 1 and 48 groups), row counts that leave a partial block of 4 weight rows, and more
-    groups than one 16-wide pass of the offsets (129)."""
-    assert q4_1_kernel() is not None  # gcc is part of this project's machines: the kernel must build
+    activations — torch's bf16 kernel is ~1e-2 off either; the layer takes it in its int8 build.
+    Shapes cover a partial last chunk of 4 groups (3, 1 and 48 groups), row counts that leave a
+    partial block of 4 weight rows, and more groups than one 16-wide pass of the offsets (129)."""
+    kernel = q4_1_kernel()
+    assert kernel is not None  # gcc is part of this project's machines: the kernel must build
     bits = activation_bits()
     assert bits in (8, 32)
     n, k = shape
@@ -97,9 +98,16 @@ def test_int4_linear_on_few_rows_computes_the_c_kernels_arithmetic(shape: tuple[
     layer = Int4Linear(groups)
     x = torch.randn(rows, k)
     x[0, :32] = 0  # a group of zeros: scale 0, no division by it
-    torch.testing.assert_close(layer(x), q4_1_reference(groups, x, bits), rtol=1e-5, atol=1e-4)
+    direct = torch.full((rows, n), float("nan"))
+    assert kernel(x.data_ptr(), layer.codes.data_ptr(), layer.scales.data_ptr(), direct.data_ptr(), rows, n, k, 2) == 0
+    torch.testing.assert_close(direct, q4_1_reference(groups, x, bits), rtol=1e-5, atol=1e-4)
     # and close to the dequantized product (what the rounding of 8-bit activations costs)
-    torch.testing.assert_close(layer(x), x @ groups.dequantize().t(), rtol=0.05, atol=0.05 * k**0.5)
+    torch.testing.assert_close(direct, x @ groups.dequantize().t(), rtol=0.05, atol=0.05 * k**0.5)
+    if bits != 8:  # the layer uses the kernel only in its int8 (VNNI) build
+        assert layer_kernel() is None
+        return
+    assert layer_kernel() is kernel
+    torch.testing.assert_close(layer(x), direct, rtol=0, atol=0)
     x16 = x.to(torch.bfloat16)  # a bf16 model: the same kernel, output back in bf16
     got = layer(x16)
     assert got.dtype == torch.bfloat16

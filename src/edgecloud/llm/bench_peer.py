@@ -232,7 +232,7 @@ def _engine(gguf: Path, quantization: str, dtype: str, streams: int, context: in
         from edgecloud.llm.quant.linear import C_KERNEL_MAX_ROWS, activation_bits
 
         bits = activation_bits()
-        few = "int8" if bits == 8 else "fp32" if bits == 32 else "bf16"
+        few = "int8" if bits == 8 else "bf16"  # without VNNI Int4Linear keeps torch's bf16 kernel
         arithmetic = f"{few} x int4 up to {C_KERNEL_MAX_ROWS} rows, bf16 beyond" if few != "bf16" else "bf16"
     else:
         arithmetic = str(dtype)

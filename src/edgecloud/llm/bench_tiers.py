@@ -146,6 +146,7 @@ def _run_loaded(
     i = 0
     abandoned = engine.core.num_abandoned_steps
     planned: list[bool] = []  # whether the step's plan prefills flex work (asked before it runs)
+    on_step = engine.core.on_step
     engine.core.on_step = lambda plan: planned.append(any(
         s.request.service_tier == "flex" and s.request.num_computed_tokens < s.request.num_prompt_tokens
         for s in plan.scheduled))
@@ -183,7 +184,7 @@ def _run_loaded(
                 add_flex()
     elapsed = time.monotonic() - start
     engine.core.interrupt = None
-    engine.core.on_step = None
+    engine.core.on_step = on_step
     if starts is not None:
         starts.abandoned_steps = engine.core.num_abandoned_steps - abandoned
         layers = engine.model_config.num_hidden_layers

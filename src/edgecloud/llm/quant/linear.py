@@ -6,8 +6,8 @@ scale and minimum per 32 weights: 5 bits a weight) and has two kernels:
 - up to ``C_KERNEL_MAX_ROWS`` activation rows (one-stream decode), ``csrc/q4_1_matmul.c``, built on
   this machine (``attention/cpu_kernels.py``). It reads the weights once at 5 bits and unpacks them
   in registers. With AVX-512 VNNI it rounds each group of 32 activations to int8 with its own scale
-  (``max|x| / 127``, as llama.cpp does) and multiplies in integers; elsewhere it multiplies in
-  float32 (``activation_bits()`` says which). At one row it is 2-3x torch's int4 kernel with the
+  (``max|x| / 127``, as llama.cpp does) and multiplies in integers; without VNNI the layer keeps
+  torch's kernel (``layer_kernel``). At one row it is 2-3x torch's int4 kernel with the
   weights in cache and ~1.3x from memory on this project's AMD EPYC;
 - more rows (batched decode, prefill), ``aten._weight_int4pack_mm_for_cpu`` on torch's CPU int4
   layout, built from the groups at its first use (kept beside the blocks from then on: once a
@@ -31,6 +31,7 @@ weights dequantized computes, up to summation order.
 from __future__ import annotations
 
 import ctypes
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,15 @@ _Q4_1_ARGTYPES = (
 def q4_1_kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     return cpu_kernels.compiled("edgecloud.llm.quant", "q4_1_matmul.c", "edgecloud_q4_1_matmul_f32",
                                 _Q4_1_ARGTYPES, "the int4 (Q4_1) matmul")
+
+
+@cache
+def layer_kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """The kernel ``Int4Linear`` uses for one or two rows: only its int8 (VNNI) build. Its float32
+    build (AVX2-only CPUs) unpacks codes one by one and measured ~7x slower than torch's kernel here
+    when built for AVX2, so there torch's kernel keeps every product; the float32 build stays
+    callable (and tested) for a caller that wants exact float32 activations."""
+    return q4_1_kernel() if activation_bits() == 8 else None
 
 
 def activation_bits() -> int | None:
@@ -89,7 +99,7 @@ class Int4Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        kernel = q4_1_kernel() if rows <= C_KERNEL_MAX_ROWS and x.device.type == "cpu" else None
+        kernel = layer_kernel() if rows <= C_KERNEL_MAX_ROWS and x.device.type == "cpu" else None
         if kernel is not None:  # one-stream decode: every microsecond of Python here is ~1% of a step
             flat = x if x.dtype == torch.float32 and x.is_contiguous() else x.to(torch.float32).contiguous()
             y = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.float32)  # what the kernel writes

@@ -34,6 +34,12 @@ static inline void prefetch_row(const float *row, int64_t floats) {
     for (int64_t i = 0; i < floats; i += 16) __builtin_prefetch(row + i, 0, 3);
 }
 
+/* Token t's row (all KV heads) of a sequence, through its block table. */
+static inline const float *token_row(const float *cache, const int64_t *table, int64_t t, int64_t block_size,
+                                     int64_t token_stride) {
+    return cache + (table[t / block_size] * block_size + t % block_size) * token_stride;
+}
+
 static inline float hsum(v8 x) {
     return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]));
 }
@@ -73,9 +79,8 @@ int edgecloud_paged_decode_f32(const float *q, const float *k_cache, const float
             for (int64_t h = 0; h < num_q_heads; h++) best[h] = -INFINITY;
             /* K pass: a token's row holds every KV head, so a block is read front to back */
             for (int64_t t = 0; t < len; t++) {
-                const float *k = k_cache + (table[t / block_size] * block_size + t % block_size) * token_stride;
-                if (t + AHEAD < len) prefetch_row(k_cache + (table[(t + AHEAD) / block_size] * block_size
-                                                            + (t + AHEAD) % block_size) * token_stride, token_stride);
+                const float *k = token_row(k_cache, table, t, block_size, token_stride);
+                if (t + AHEAD < len) prefetch_row(token_row(k_cache, table, t + AHEAD, block_size, token_stride), token_stride);
                 for (int64_t h = 0; h < num_q_heads; h++) {
                     const float *kh = k + (h / group) * head_dim;
                     const v8 *qh = qv + h * chunks;
@@ -97,9 +102,8 @@ int edgecloud_paged_decode_f32(const float *q, const float *k_cache, const float
             for (int64_t i = 0; i < num_q_heads * chunks; i++) acc[i] = (v8){0};
             /* V pass, in the same order */
             for (int64_t t = 0; t < len; t++) {
-                const float *v = v_cache + (table[t / block_size] * block_size + t % block_size) * token_stride;
-                if (t + AHEAD < len) prefetch_row(v_cache + (table[(t + AHEAD) / block_size] * block_size
-                                                            + (t + AHEAD) % block_size) * token_stride, token_stride);
+                const float *v = token_row(v_cache, table, t, block_size, token_stride);
+                if (t + AHEAD < len) prefetch_row(token_row(v_cache, table, t + AHEAD, block_size, token_stride), token_stride);
                 for (int64_t h = 0; h < num_q_heads; h++) {
                     const float *vh = v + (h / group) * head_dim;
                     const float p = scores[h * len + t];
