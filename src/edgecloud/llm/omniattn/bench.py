@@ -323,21 +323,24 @@ def write_json(result: dict[str, Any], path: Path) -> None:
 
 
 def write_plot(result: dict[str, Any], path: Path) -> None:
-    """Perplexity, needle accuracy and decode step time against context, one line per method
-    (random patterns: their mean); panels without data are left out."""
+    """Perplexity over full KV's (on the same tokens: each context scores other tokens, so raw
+    perplexities do not compare across contexts), needle accuracy and decode step time against
+    context, one line per method (random patterns: their mean); panels without data are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(f, label) for f, label in (("ppl", "perplexity"), ("needle_acc", "needle accuracy"),
+    cases = [{**c, "ppl_ratio": 1.0} if c["method"] == "full" and c.get("ppl") is not None else c
+             for c in result["cases"]]
+    panels = [(f, label) for f, label in (("ppl_ratio", "perplexity / full KV"), ("needle_acc", "needle accuracy"),
                                           ("step_ms", "decode step (ms)"), ("kv_bytes_per_token", "KV bytes/token"))
-              if any(c.get(f) is not None for c in result["cases"])]
+              if any(c.get(f) is not None for c in cases)]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.4), squeeze=False)
     for axis, (field, label) in zip(axes[0], panels, strict=False):
         for method in ("full", "omniattn", "streaming", "random"):
             points: dict[int, list[float]] = {}
-            for case in result["cases"]:
+            for case in cases:
                 if case["method"] == method and case.get(field) is not None:
                     points.setdefault(case["context"], []).append(case[field])
             if points:
