@@ -164,12 +164,14 @@ def _merged(result: dict[str, Any], earlier: list[dict[str, Any]], paths: list[P
 
     runs = [*earlier, {**result, "file": None}] if result["parts"] else list(earlier)
     inputs: dict[str, Any] = {}
+    seen: dict[str, list[Any]] = {}
     for run in runs:
         for key, value in run["inputs"].items():
             if key == "tokens_through_model":
                 inputs[key] = inputs.get(key, 0) + value
-            elif value:
-                inputs[key] = value if key not in inputs or inputs[key] == value else [inputs[key], value]
+            elif value and value not in seen.setdefault(key, []):
+                seen[key].append(value)
+    inputs.update({key: values[0] if len(values) == 1 else values for key, values in seen.items()})
     speed_runs = [run for run in runs if "speed" in run["parts"]]
     return {
         **result,
