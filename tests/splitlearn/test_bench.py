@@ -12,7 +12,10 @@ from edgecloud.splitlearn.bench import (
     SCHEMES,
     BenchConfig,
     bs_wall_factor,
+    fit_micro_batch_overhead,
     merge_reports,
+    model_from_pilot,
+    pilot_extrapolated_s,
     plot,
     report_json,
     run_bench,
@@ -22,7 +25,7 @@ from edgecloud.splitlearn.bench import (
     with_slower_bs,
     write_json,
 )
-from edgecloud.splitlearn.latency import Plan, Scenario, StageTimes, UEConfig
+from edgecloud.splitlearn.latency import Plan, Scenario, StageTimes, UEConfig, simulate
 from edgecloud.splitlearn.profiling import ModelProfile
 from edgecloud.splitlearn.runtime import ComputeTally, Evaluation, TrainResult
 from edgecloud.splitlearn.transport import HandOffs
@@ -173,3 +176,38 @@ def test_one_bandwidth_of_the_mnist_bench_writes_the_issue_schema_and_a_plot(
     print(f"HEADLINE splitlearn: MNIST at {bandwidth_mhz:g} MHz, time to {config.target_accuracy:.1%} test accuracy "
           f"{'not reached by both schemes' if saved is None else f'{saved:.0%} less'} with C2P2SL than sequential "
           f"SL (latency model error up to {summary['max_abs_prediction_error']:.1%})")
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "c2p2sl"])
+def test_the_overhead_fitted_on_a_pilot_reproduces_the_pilot_and_carries_to_the_run(
+    schedule: str, cnn_profile: ModelProfile, scenario: Callable[..., Scenario]
+) -> None:
+    """A pilot whose every micro-batch cost 1.5 ms more than the model knew: the fit on the
+    pilot's round ends finds the 1.5 ms, and the run predicted with it is the run replayed with
+    it. Without the term (or with it left out of the replay) the fit cannot find it."""
+    sc = replace(scenario(cnn_profile, (UEConfig(5.0, 5.0), UEConfig(10.0, 20.0)), 5.0), rounds_per_sync=117)
+    plan = Plan(schedule, 3, (1, 1) if schedule == "sequential" else (4, 2), (0.6, 0.4))  # type: ignore[arg-type]
+    truth = replace(sc, micro_batch_overhead_s=1.5e-3)
+    pilot = list(simulate(truth, plan, 30, sc.rounds_per_sync).round_end_s)
+    pilot = [t + 0.2 for t in pilot]  # the pilot's first rounds also paid one-off costs: not fitted
+    overhead = fit_micro_batch_overhead(sc, plan, pilot, warm_up=5)
+    assert overhead == pytest.approx(1.5e-3, rel=1e-4)
+    run = simulate(replace(sc, micro_batch_overhead_s=overhead), plan, 400, sc.rounds_per_sync).total_s
+    assert run == pytest.approx(simulate(truth, plan, 400, sc.rounds_per_sync).total_s, rel=1e-4)
+    assert run > simulate(sc, plan, 400, sc.rounds_per_sync).total_s * 1.01
+    # A pilot faster than the model: a negative overhead (the calibration over-counted).
+    fast = list(simulate(replace(sc, micro_batch_overhead_s=-2e-4), plan, 30, sc.rounds_per_sync).round_end_s)
+    assert fit_micro_batch_overhead(sc, plan, fast, warm_up=5) == pytest.approx(-2e-4, rel=1e-3)
+    with pytest.raises(ValueError, match="more pilot rounds"):
+        fit_micro_batch_overhead(sc, plan, pilot[:5], warm_up=5)
+    # What the bench predicts the run with: the pilot's mean hand-offs and the overhead fitted on it.
+    hand_offs = HandOffs(latency_s=(1e-4, 3e-4), late_receive_s=(2e-4,), messages=3)
+    pilot_result = replace(_result([(30, 1.0, 0.9)], rounds=30), round_end_s=pilot, hand_offs=hand_offs)
+    model = model_from_pilot(sc, plan, pilot_result)
+    assert model.message_latency_s == pytest.approx(2e-4) and model.late_receive_s == pytest.approx(2e-4)
+    assert model.micro_batch_overhead_s == pytest.approx(
+        fit_micro_batch_overhead(with_hand_offs(sc, hand_offs), plan, pilot), rel=1e-9
+    )
+    assert 0 < model.micro_batch_overhead_s < 1.5e-3  # the pilot's latencies now explain part of it
+    naive = pilot_extrapolated_s(pilot, 400, warm_up=5)
+    assert naive == pytest.approx(400 * (pilot[-1] - pilot[4]) / 25)

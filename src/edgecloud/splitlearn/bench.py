@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from edgecloud.splitlearn.data import dataset_spec, load_split, rounds_per_epoch
-from edgecloud.splitlearn.latency import Plan, Scenario, StageTimes, UEConfig, simulate
+from edgecloud.splitlearn.latency import Plan, Scenario, StageTimes, UEConfig, micro_batch_sizes, simulate
 from edgecloud.splitlearn.models import build_model
 from edgecloud.splitlearn.optimizer import optimise, sequential_plan
 from edgecloud.splitlearn.profiling import ComputeSpeed, ModelProfile, PassCost, calibrate, profile_model
@@ -250,18 +250,83 @@ def _in_situ_inflation(config: BenchConfig, host: HostModel, data: Any) -> float
     return sum(pilot.ue_compute_cpu_s.values()) / modelled
 
 
-HAND_OFF_PILOT_ROUNDS = 20
+# The pilot of each plan: long enough that its rounds after the warm-up average over the load's
+# short swings (50 rounds: 3-8 s at 5 MHz), short against the run (936 rounds).
+HAND_OFF_PILOT_ROUNDS = 50
+PILOT_WARM_UP_ROUNDS = 10  # the pilot's first rounds (fresh processes, first messages) are not fitted
 
 
 def pilot_run(config: BenchConfig, plan: Plan, bandwidth_mhz: float, data: Any) -> TrainResult:
-    """What handing messages over costs in this plan's own run, measured just before it.
+    """What the plan's own run costs, measured just before it.
 
     The first ``HAND_OFF_PILOT_ROUNDS`` rounds of the very plan, run on their own with the same
     processes, links and load as the run that follows: every message's latency and every
-    gradient a busy UE takes late, timed on both ends (``transport.HandOffs``). An idle echo
-    pair does not see what a run sees (a BS with a thread per link, UEs that wake from sleeps).
+    gradient a busy UE takes late, timed on both ends (``transport.HandOffs``), and the wall
+    clock of every round (``fit_micro_batch_overhead``). An idle echo pair does not see what a
+    run sees (a BS with a thread per link, UEs that wake from sleeps).
     """
     return train(_train_config(config, plan, bandwidth_mhz, max_rounds=HAND_OFF_PILOT_ROUNDS), data=data)
+
+
+def _pilot_window(scenario: Scenario, plan: Plan, rounds: int, warm_up: int) -> float:
+    ends = simulate(scenario, plan, rounds, scenario.rounds_per_sync).round_end_s
+    return ends[rounds - 1] - ends[warm_up - 1]
+
+
+def fit_micro_batch_overhead(
+    scenario: Scenario, plan: Plan, pilot_round_end_s: list[float], warm_up: int = PILOT_WARM_UP_ROUNDS
+) -> float:
+    """The per-micro-batch overhead that makes the replay of the pilot take the pilot's wall time.
+
+    ``scenario`` is what the model already knows (calibrated speed, the pilot's hand-offs);
+    ``pilot_round_end_s`` the pilot's measured round ends. Rounds ``warm_up + 1`` to the last are
+    compared (the first ones pay one-off costs of fresh processes), the replay run with the
+    pilot's own round count, so its client-model averaging at the end is in both. The replay's
+    time grows with the overhead (``Scenario.micro_batch_overhead_s``): found by bisection. A
+    pilot the replay over-predicts even with no overhead gives a negative one, down to the point
+    where the fastest UE forward is free. Nothing of the run it predicts is used.
+    """
+    rounds = len(pilot_round_end_s)
+    if not 0 < warm_up < rounds:
+        raise ValueError(f"need more pilot rounds ({rounds}) than warm-up rounds ({warm_up}), and one warm-up round")
+    measured = pilot_round_end_s[rounds - 1] - pilot_round_end_s[warm_up - 1]
+    st = StageTimes(scenario, plan)
+    sizes = [size for m in plan.micro_batches for size in micro_batch_sizes(scenario.batch_per_ue, m)]
+    lowest = -min(st.forward(k, size) for k in range(scenario.num_ues) for size in sizes)
+
+    def excess(overhead: float) -> float:
+        at = replace(scenario, micro_batch_overhead_s=scenario.micro_batch_overhead_s + overhead)
+        return _pilot_window(at, plan, rounds, warm_up) - measured
+
+    if excess(lowest) >= 0:
+        return scenario.micro_batch_overhead_s + lowest
+    high = 1e-3
+    while excess(high) < 0:
+        high *= 2
+        if high > 10.0:
+            raise ValueError("the pilot took far longer than any per-micro-batch overhead explains")
+    low = lowest
+    for _ in range(60):
+        mid = 0.5 * (low + high)
+        if excess(mid) < 0:
+            low = mid
+        else:
+            high = mid
+        if high - low < 1e-9:
+            break
+    return scenario.micro_batch_overhead_s + 0.5 * (low + high)
+
+
+def model_from_pilot(echo: Scenario, plan: Plan, pilot: TrainResult) -> Scenario:
+    """What the run is predicted with: the pilot's mean hand-offs, then the overhead fitted on its wall clock."""
+    measured = with_hand_offs(echo, pilot.hand_offs)
+    return replace(measured, micro_batch_overhead_s=fit_micro_batch_overhead(measured, plan, pilot.round_end_s))
+
+
+def pilot_extrapolated_s(pilot_round_end_s: list[float], rounds: int, warm_up: int = PILOT_WARM_UP_ROUNDS) -> float:
+    """The naive forecast beside the model: the pilot's time per round (after its warm-up) x rounds."""
+    n = len(pilot_round_end_s)
+    return rounds * (pilot_round_end_s[n - 1] - pilot_round_end_s[warm_up - 1]) / (n - warm_up)
 
 
 def bs_wall_factor(scenario: Scenario, plan: Plan, pilot: TrainResult) -> float:
@@ -359,8 +424,11 @@ def run_bench(
             )
             pilot_result = pilot_run(config, plan, bandwidth, data)
             pilot = pilot_result.hand_offs
-            # The prediction is of the emulated run: five processes computing on this host's cores.
-            now = with_hand_offs(echo, pilot)
+            # The prediction is of the emulated run: five processes computing on this host's cores,
+            # with the pilot's hand-offs and the per-micro-batch overhead that makes the replay of
+            # the pilot take the pilot's own wall time (fitted on the pilot only, never on the run).
+            now = model_from_pilot(echo, plan, pilot_result)
+            measured, overhead = replace(now, micro_batch_overhead_s=0.0), now.micro_batch_overhead_s
             predicted = simulate(now, plan, rounds, now.rounds_per_sync).round_end_s
             load_before = load_average()
             result = train(_train_config(config, plan, bandwidth), timeout_s=3600.0, on_progress=on_progress, data=data)
@@ -369,30 +437,40 @@ def run_bench(
             record["message_latency_s"] = now.message_latency_s
             record["late_receive_s"] = now.late_receive_s
             record["pilot_hand_offs"] = pilot.summary()
+            record["micro_batch_overhead_s"] = overhead
+            record["pilot_rounds"] = len(pilot_result.round_end_s)
+            record["pilot_round_end_s"] = [round(t, 5) for t in pilot_result.round_end_s]
+            record["pilot_ue_cpu_s"] = sum(pilot_result.ue_compute_cpu_s.values())
             # The same hand-offs as the run itself saw them: not a prediction (it is measured
             # during the run), but it says whether the pilot measured what the run met.
             record["in_run_hand_offs"] = result.hand_offs.summary()
             record["echo_message_latency_s"] = latency
             record["echo_late_receive_s"] = statistics.mean(takes)
             record["echo_late_receive_median_s"] = statistics.median(takes)
-            # Beside the prediction: the pilot's medians instead of its means (does the tail
-            # matter?), the idle echo pair's measurements (the previous prediction), no
-            # late-receive term, and the run's own hand-offs (a diagnostic, not a prediction).
+            # Beside the prediction: the previous model, without the fitted overhead, and its
+            # variants (all without the overhead): the pilot's medians instead of its means (does
+            # the tail matter?), the idle echo pair's measurements, no late-receive term, and the
+            # run's own hand-offs (a diagnostic, not a prediction).
             alternatives = {
+                "without_micro_batch_overhead": measured,
                 "pilot_median": with_hand_offs(echo, pilot, statistics.median),
                 "echo": echo,
-                "without_late_receive": replace(now, late_receive_s=0.0),
+                "without_late_receive": replace(measured, late_receive_s=0.0),
             }
             # And with the BS's per-micro-batch cost as the pilot's wall clock measured it.
             bs_factor = bs_wall_factor(now, plan, pilot_result)
             record["pilot_bs_wall_factor"] = bs_factor
-            alternatives["pilot_bs_wall"] = with_slower_bs(now, bs_factor)
+            alternatives["pilot_bs_wall"] = with_slower_bs(measured, bs_factor)
             if result.hand_offs.latency_s:
                 alternatives["in_run_hand_offs"] = with_hand_offs(echo, result.hand_offs)
             for name, other in alternatives.items():
                 total = simulate(other, plan, rounds, other.rounds_per_sync).total_s
                 record[f"predicted_s_{name}"] = total
                 record[f"prediction_error_{name}"] = (total - result.time_s) / result.time_s
+            # The naive forecast: the pilot's time per round times the run's rounds.
+            naive = pilot_extrapolated_s(pilot_result.round_end_s, rounds)
+            record["predicted_s_pilot_extrapolated"] = naive
+            record["prediction_error_pilot_extrapolated"] = (naive - result.time_s) / result.time_s
             record["host_cores"] = now.host_cores
             # What every computation cost in this run (host CPU s, by kind and size), against the model's.
             record["compute_cpu_s"] = {

@@ -324,7 +324,9 @@ def _bench(args: argparse.Namespace) -> int:
                 f"{row['bandwidth_mhz']:>5g} {scheme:17s} {to_target:>11} {rounds:>6} {r['time_s']:8.1f} "
                 f"{r['predicted_s']:8.1f} {r['prediction_error']:+6.1%} {100 * r['final_accuracy']:8.2f}%  "
                 f"cut {r['cut']}, micro-batches {', '.join(map(str, r['micro_batches']))}; pilot: latency "
-                f"{r['message_latency_s'] * 1e3:.2f} ms, late receive {r['late_receive_s'] * 1e3:.2f} ms"
+                f"{r['message_latency_s'] * 1e3:.2f} ms, late receive {r['late_receive_s'] * 1e3:.2f} ms, "
+                f"micro-batch overhead {r['micro_batch_overhead_s'] * 1e3:+.2f} ms (without it "
+                f"{r['prediction_error_without_micro_batch_overhead']:+.1%})"
             )
 
     def pct(value: float | None) -> str:
