@@ -101,6 +101,27 @@ def test_reports_of_one_bandwidth_each_merge_in_bandwidth_order() -> None:
         merge_reports([report(1.0, 1.0), other])
 
 
+def test_one_bandwidth_run_in_two_parts_merges_into_one_row() -> None:
+    """`bench --schemes` splits a bandwidth over invocations (each under a time limit); merge joins them."""
+    full = _row(1.0, (80.0, 40.0, 50.0), (0.98, 0.98, 0.98))
+    parts = [{"bandwidth_mhz": 1.0, "sequential": full["sequential"]},
+             {"bandwidth_mhz": 1.0, **{s: full[s] for s in SCHEMES[1:]}}]
+    assert summarise(parts) == []  # a part alone has nothing to compare
+
+    def report(row: dict[str, object]) -> dict[str, object]:
+        machine = {"load_average_1min_at_start": 1.0, "load_average_1min_at_end": 1.0}
+        return {"target_accuracy": 0.975, "dataset": "mnist", "model": "cnn", "machine": machine, "rows": [row]}
+
+    merged = merge_reports([report(parts[1]), report(parts[0])])
+    (row,) = merged["rows"]
+    assert all(row[s] == full[s] for s in SCHEMES)
+    assert merged["summary"] == summarise([full])
+    with pytest.raises(ValueError, match="both ran sequential at 1 MHz"):
+        merge_reports([report(parts[0]), report(full)])
+    with pytest.raises(ValueError, match="schemes must be a non-empty subset"):
+        BenchConfig(schemes=("pipelined",))
+
+
 def test_bench_config_names_the_bad_field() -> None:
     with pytest.raises(ValueError, match=r"target_accuracy must be in \(0, 1\], got 97.5"):
         BenchConfig(target_accuracy=97.5)
@@ -211,3 +232,46 @@ def test_the_overhead_fitted_on_a_pilot_reproduces_the_pilot_and_carries_to_the_
     assert 0 < model.micro_batch_overhead_s < 1.5e-3  # the pilot's latencies now explain part of it
     naive = pilot_extrapolated_s(pilot, 400, warm_up=5)
     assert naive == pytest.approx(400 * (pilot[-1] - pilot[4]) / 25)
+
+
+def test_the_bench_predicts_each_run_with_the_overhead_its_own_pilot_showed(
+    cnn_profile: ModelProfile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run_bench`` end to end on a stand-in runtime whose every micro-batch costs 1 ms more than
+    the model knows: each run's prediction (made before it, from its pilot) lands on it, while the
+    prediction without the overhead misses. Wiring only: no process is started."""
+    from edgecloud.splitlearn import bench
+
+    from .conftest import HOST_SPEED
+
+    config = BenchConfig(dataset="digits", bandwidths_mhz=(5.0,), ues=(UEConfig(5.0, 5.0), UEConfig(10.0, 20.0)),
+                         batch_per_ue=16, epochs=2, syncs_per_epoch=2)
+    host = bench.HostModel(cnn_profile, HOST_SPEED, message_latency_s=1e-4, train_size=1438, late_receive_s=1e-4)
+    monkeypatch.setattr(bench, "measure_host", lambda *_: host)
+    monkeypatch.setattr(bench, "measure_message_latency", lambda: 1e-4)
+    monkeypatch.setattr(bench, "late_receive_samples", lambda: [1e-4, 1e-4])
+    monkeypatch.setattr(bench, "host_cores", lambda: 0)
+
+    def fake_train(tc: object, timeout_s: float = 0.0, on_progress: object = None, data: object = None) -> TrainResult:
+        full = bench.scenario_for(host, config.ues, config.batch_per_ue, 5.0, config.syncs_per_epoch)
+        truth = replace(full, micro_batch_overhead_s=1e-3)
+        per_epoch = 1438 // (len(config.ues) * config.batch_per_ue)
+        rounds = min(tc.max_rounds or per_epoch * tc.epochs, per_epoch * tc.epochs)  # type: ignore[attr-defined]
+        ends = list(simulate(truth, tc.plan, rounds, truth.rounds_per_sync).round_end_s)  # type: ignore[attr-defined]
+        st = StageTimes(full, tc.plan)  # type: ignore[attr-defined]
+        serves = ComputeTally({("serve", 8): (rounds, rounds * st.bs(8))})
+        result = replace(_result([(rounds, ends[-1], 0.9)], rounds), time_s=ends[-1], round_end_s=ends,
+                         bs_compute_wall_s=serves, bs_compute_costs=serves,
+                         hand_offs=HandOffs(latency_s=(1e-4,), late_receive_s=(1e-4,), messages=2))
+        result.ue_compute_cpu_s = {k: rounds * st.ue_cpu_per_round(k) for k in range(len(config.ues))}
+        return result
+
+    monkeypatch.setattr(bench, "train", fake_train)
+    report = run_bench(config)
+    (row,) = report.rows
+    assert report.ue_cpu_inflation == pytest.approx(1.0)
+    for scheme in SCHEMES:
+        run = row[scheme]
+        assert run["micro_batch_overhead_s"] == pytest.approx(1e-3, rel=1e-3)
+        assert abs(run["prediction_error"]) < 1e-3
+        assert run["prediction_error_without_micro_batch_overhead"] < -0.01

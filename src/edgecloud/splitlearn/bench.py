@@ -93,9 +93,14 @@ class BenchConfig:
     momentum: float = 0.9
     lr_schedule: str = "cosine"  # from lr to 0 over the budget: a smooth approach to the plateau
     seed: int = 0
+    # Which runs to make; a subset splits one bandwidth over several invocations (``merge-bench``
+    # joins them), e.g. to keep each under a time limit. Every invocation plans all three.
+    schemes: tuple[str, ...] = SCHEMES
 
     def __post_init__(self) -> None:
         dataset_spec(self.dataset)
+        if not self.schemes or any(s not in SCHEMES for s in self.schemes):
+            raise ValueError(f"schemes must be a non-empty subset of {SCHEMES}, got {self.schemes}")
         if len(self.bandwidths_mhz) < 1 or any(b <= 0 for b in self.bandwidths_mhz):
             raise ValueError(f"bandwidths_mhz must be positive, got {self.bandwidths_mhz}")
         if self.epochs < 1:
@@ -414,6 +419,8 @@ def run_bench(
         scenario = scenario_for(host, config.ues, config.batch_per_ue, bandwidth, config.syncs_per_epoch)
         row: dict[str, Any] = {"bandwidth_mhz": bandwidth}
         for scheme, plan in plans_for(scenario, config.max_micro_batches).items():
+            if scheme not in config.schemes:
+                continue
             on_run(f"{bandwidth:g} MHz {SCHEME_LABELS[scheme]}")
             # The message latency follows the machine's load, which drifts over a long bench:
             # the prediction of each run uses hand-offs measured just before it, in a pilot of
@@ -502,6 +509,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per bandwidth: time to target saved against sequential (own cut, same cut), accuracy deltas."""
     out = []
     for row in rows:
+        if any(s not in row for s in SCHEMES):
+            continue  # a part of a bandwidth (``BenchConfig.schemes``): merge the others first
         seq, opt, fixed = (row[s] for s in SCHEMES)
         out.append(
             {
@@ -545,7 +554,16 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         for key in ("target_accuracy", "dataset", "model"):
             if other[key] != first[key]:
                 raise ValueError(f"cannot merge reports with different {key}: {first[key]!r} and {other[key]!r}")
-    rows = sorted((row for r in reports for row in r["rows"]), key=lambda row: row["bandwidth_mhz"])
+    by_bandwidth: dict[float, dict[str, Any]] = {}
+    for report in reports:
+        for row in report["rows"]:
+            merged = by_bandwidth.setdefault(float(row["bandwidth_mhz"]), {})
+            clash = [s for s in SCHEMES if s in row and s in merged]
+            if clash:
+                raise ValueError(f"two reports both ran {clash[0]} at {row['bandwidth_mhz']:g} MHz")
+            # Runs of one bandwidth made in separate invocations (``schemes``): the runs join in one row.
+            merged.update(row if not merged else {s: row[s] for s in SCHEMES if s in row})
+    rows = [by_bandwidth[b] for b in sorted(by_bandwidth)]
     machines = [r["machine"] for r in reports]
     machine = {
         **machines[0],
@@ -568,7 +586,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     rows, target = report["rows"], report["target_accuracy"]
     fig, axes = plt.subplots(1, len(rows), figsize=(max(6.4, 4.2 * len(rows)), 4.0), squeeze=False)
     for ax, row in zip(axes[0], rows, strict=True):
-        for scheme in SCHEMES:
+        for scheme in (s for s in SCHEMES if s in row):
             run = row[scheme]
             times = [t for _, t, _ in run["evaluations"]]
             accuracy = [100 * a for _, _, a in run["evaluations"]]
@@ -577,7 +595,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
             if run["time_to_target_s"] is not None:
                 ax.axvline(run["time_to_target_s"], color=COLOURS[scheme], linestyle=":", alpha=0.7)
         ax.axhline(100 * target, color="black", linewidth=0.8, linestyle="--")
-        finals = [100 * row[s]["final_accuracy"] for s in SCHEMES]
+        finals = [100 * row[s]["final_accuracy"] for s in SCHEMES if s in row]
         ax.set_ylim(min(100 * target - 2.0, min(finals) - 1.0), min(100.0, max(finals) + 0.6))
         ax.set_xlim(left=0)
         ax.set_xlabel("training time (s), evaluations off the clock")

@@ -249,7 +249,6 @@ def _bench(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgecloud.splitlearn.bench import (
-        SCHEMES,
         BenchConfig,
         describe_machine,
         plot,
@@ -271,6 +270,7 @@ def _bench(args: argparse.Namespace) -> int:
         target_accuracy=args.target_accuracy,
         max_micro_batches=args.max_micro_batches,
         seed=args.seed,
+        schemes=tuple(args.schemes),
     )
     from edgecloud.splitlearn.data import dataset_spec
 
@@ -281,7 +281,7 @@ def _bench(args: argparse.Namespace) -> int:
         f"{config.epochs} epochs per run; target test accuracy {100 * config.target_accuracy:g}%"
     )
     print("profiling, calibrating and measuring message latency ...", flush=True)
-    total = len(config.bandwidths_mhz) * len(SCHEMES) + 1  # + the pilot run
+    total = len(config.bandwidths_mhz) * len(config.schemes) + 1  # + the pilot run
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -316,7 +316,7 @@ def _bench(args: argparse.Namespace) -> int:
         f"{'final acc':>9}  plan"
     )
     for row in report.rows:
-        for scheme in SCHEMES:
+        for scheme in config.schemes:
             r = row[scheme]
             to_target = "not reached" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
             rounds = "-" if r["rounds_to_target"] is None else str(r["rounds_to_target"])
@@ -428,6 +428,13 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         type=_fraction,
         default=0.975,
         help="test accuracy to reach (the MNIST CNN levels off at 0.981-0.983)",
+    )
+    run.add_argument(
+        "--schemes",
+        nargs="+",
+        choices=("sequential", "c2p2sl", "c2p2sl_fixed_cut"),
+        default=["sequential", "c2p2sl", "c2p2sl_fixed_cut"],
+        help="runs to make (all three plans are made); split a bandwidth over invocations, join with merge-bench",
     )
     _outputs(run, json_required=False)
     run.set_defaults(handler=_guarded(_bench))
