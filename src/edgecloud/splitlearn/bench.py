@@ -403,8 +403,12 @@ def run_bench(
     config: BenchConfig,
     on_run: Callable[[str], None] = lambda _: None,
     on_progress: Callable[[Progress], None] | None = None,
+    checkpoint: Callable[[BenchReport], None] | None = None,
 ) -> BenchReport:
-    """Calibrate once, then train every (bandwidth, scheme) pair for real."""
+    """Calibrate once, then train every (bandwidth, scheme) pair for real.
+
+    ``checkpoint`` gets the report so far after every run (a bench stopped by a time limit keeps
+    the runs it finished)."""
     machine = machine_description()
     host = measure_host(config.dataset, config.model, config.seed)
     data = load_split(config.dataset, config.seed)
@@ -490,6 +494,8 @@ def run_bench(
             record["predicted_s_device_processors"] = pure
             record["prediction_error_device_processors"] = (pure - result.time_s) / result.time_s
             row[scheme] = record
+            if checkpoint is not None:
+                checkpoint(BenchReport(config, [*rows, row], machine, host.message_latency_s, inflation))
         row["message_latency_s"] = host.message_latency_s
         row["late_receive_s"] = host.late_receive_s
         row["ue_cpu_inflation"] = inflation

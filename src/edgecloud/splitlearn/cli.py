@@ -302,7 +302,11 @@ def _bench(args: argparse.Namespace) -> int:
                 status += f", test accuracy {100 * p.accuracy:.2f}% at {p.time_s:.1f} s"
             progress.update(task, status=status)
 
-        report = run_bench(config, on_run, on_round)
+        def checkpoint(partial: Any) -> None:
+            if args.json:
+                write_json(partial, Path(args.json))
+
+        report = run_bench(config, on_run, on_round, checkpoint)
         progress.update(task, description="done", completed=total, status="")
     for line in describe_machine(report.machine):
         print(line)
