@@ -256,8 +256,10 @@ def _in_situ_inflation(config: BenchConfig, host: HostModel, data: Any) -> float
 
 
 # The pilot of each plan: long enough that its rounds after the warm-up average over the load's
-# short swings (50 rounds: 3-8 s at 5 MHz), short against the run (936 rounds).
-HAND_OFF_PILOT_ROUNDS = 50
+# swings, short against the run (936 rounds). 120 rounds: 8-20 s at 5 MHz. With 50, a pilot of one
+# 5 MHz draw (session 7, load 14-17) caught 20 slow rounds and its 40 fitted rounds averaged 86 ms
+# against the run's 70: a 15% over-prediction from one stretch of the machine's load.
+HAND_OFF_PILOT_ROUNDS = 120
 PILOT_WARM_UP_ROUNDS = 10  # the pilot's first rounds (fresh processes, first messages) are not fitted
 
 
