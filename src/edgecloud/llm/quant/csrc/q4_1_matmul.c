@@ -56,12 +56,24 @@ typedef struct {
     float *sum;   /* [M, chunks * 4]: s_g, 0 past the last group */
 } Activations;
 
-static int quantize_activations(const float *x, int64_t M, int64_t K, Activations *a) {
-    const int64_t G = K / 32, chunks = (G + 3) / 4;
+/* Scratch for M rows of K activations (free with activations_free). */
+static int activations_alloc(int64_t M, int64_t K, Activations *a) {
+    const int64_t chunks = (K / 32 + 3) / 4;
     a->q = (int8_t *)aligned_alloc(64, (size_t)(M * chunks * 128));
     a->scale = (float *)aligned_alloc(64, sizeof(float) * (size_t)(M * chunks * 16));
     a->sum = (float *)malloc(sizeof(float) * (size_t)(M * chunks * 4));
-    if (a->q == NULL || a->scale == NULL || a->sum == NULL) return -1;
+    return a->q == NULL || a->scale == NULL || a->sum == NULL ? -1 : 0;
+}
+
+static void activations_free(Activations *a) {
+    free(a->q);
+    free(a->scale);
+    free(a->sum);
+}
+
+/* Rounds M rows of K activations to int8 groups (scratch from activations_alloc with K or more). */
+static void quantize_activations(const float *x, int64_t M, int64_t K, Activations *a) {
+    const int64_t G = K / 32, chunks = (G + 3) / 4;
     for (int64_t r = 0; r < M; r++)
         for (int64_t g = 0; g < chunks * 4; g++) {
             int8_t *q = a->q + (r * chunks + g / 4) * 128 + (g % 4) * 16;
@@ -90,7 +102,6 @@ static int quantize_activations(const float *x, int64_t M, int64_t K, Activation
             for (int i = 0; i < 4; i++) scale[i] = dx;
             a->sum[r * chunks * 4 + g] = sum;
         }
-    return 0;
 }
 
 static inline __attribute__((always_inline)) void block_int8(const uint8_t *codes, const uint16_t *scales,
@@ -133,30 +144,37 @@ static inline __attribute__((always_inline)) void block_int8(const uint8_t *code
     }
 }
 
-int edgecloud_q4_1_matmul_f32(const float *x, const uint8_t *codes, const uint16_t *scales, float *y, int64_t M,
-                              int64_t N, int64_t K, int num_threads) {
-    if (K % 32 != 0 || K <= 0) return -2;
-    const int64_t G = K / 32, blocks = (N + 3) / 4;
-    Activations a;
-    const int status = quantize_activations(x, M, K, &a);
-    if (status == 0) {
-#pragma omp parallel for num_threads(num_threads) schedule(static)
-        for (int64_t b = 0; b < blocks; b++) {
-            const int64_t n = 4 * b;
-            prefetch_block(codes, scales, n + 4 * AHEAD, N, G);
-            for (int64_t r = 0; r < M; r++) {
-                if (N - n >= 4) {
-                    block_int8(codes + n * 16 * G, scales + n * 2 * G, &a, r, G, y + r * N + n, 4);
-                } else {
-                    for (int64_t w = n; w < N; w++)
-                        block_int8(codes + w * 16 * G, scales + w * 2 * G, &a, r, G, y + r * N + w, 1);
-                }
+/* y[M, N] = the M quantized activation rows times W; the rows of W are shared out between the
+ * threads of the enclosing parallel region (an orphaned `omp for`: every thread must call it). */
+static void q4_1_rows(const uint8_t *codes, const uint16_t *scales, const Activations *a, float *y, int64_t M,
+                      int64_t N, int64_t G) {
+    const int64_t blocks = (N + 3) / 4;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t n = 4 * b;
+        prefetch_block(codes, scales, n + 4 * AHEAD, N, G);
+        for (int64_t r = 0; r < M; r++) {
+            if (N - n >= 4) {
+                block_int8(codes + n * 16 * G, scales + n * 2 * G, a, r, G, y + r * N + n, 4);
+            } else {
+                for (int64_t w = n; w < N; w++)
+                    block_int8(codes + w * 16 * G, scales + w * 2 * G, a, r, G, y + r * N + w, 1);
             }
         }
     }
-    free(a.q);
-    free(a.scale);
-    free(a.sum);
+}
+
+int edgecloud_q4_1_matmul_f32(const float *x, const uint8_t *codes, const uint16_t *scales, float *y, int64_t M,
+                              int64_t N, int64_t K, int num_threads) {
+    if (K % 32 != 0 || K <= 0) return -2;
+    Activations a;
+    const int status = activations_alloc(M, K, &a);
+    if (status == 0) {
+        quantize_activations(x, M, K, &a);
+#pragma omp parallel num_threads(num_threads)
+        q4_1_rows(codes, scales, &a, y, M, N, K / 32);
+    }
+    activations_free(&a);
     return status;
 }
 

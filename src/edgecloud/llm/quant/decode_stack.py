@@ -1,0 +1,164 @@
+"""One-stream decode: a Llama model's decoder layers in one C call when its weights are int4.
+
+At one token a step, each decoder layer is ~30 small calls in the module path (seven int4 products,
+norms, rotary, the cache write, attention, the activation, residual adds), and their Python,
+dispatch and thread fork/join overhead is as large as the arithmetic: on SmolLM2-135M, 14.3 ms a
+token of which ~8 ms is the products (session 6, docs/benchmarks.md). ``Int4DecodeStack`` runs the
+same layers in ``csrc/q4_1_decode.c``, inside one parallel region, with the same int4 products as
+``Int4Linear``'s one-row kernel (activations rounded to int8 per group of 32).
+
+The runner (``ModelRunner._decode_stack``) hands it to the model (``StepContext.decode_stack``) for a
+step that decodes exactly one token with nothing else in it, through the paged backend in every
+layer group, with no adapters and no experts; every other step, and every model the stack does not
+describe exactly (``unsupported`` says why), keeps the module path. Both compute the same function
+up to float32 summation order (``tests/llm/test_decode_stack.py``). A step that may be abandoned
+between layers (``StepContext.interrupt``) runs layer by layer, asking between them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from edgecloud.llm.attention import cpu_kernels
+from edgecloud.llm.attention.paged import PagedDecodeAttention
+from edgecloud.llm.layers.attention import Attention
+from edgecloud.llm.layers.mlp import GatedMLP
+from edgecloud.llm.layers.norm import RMSNorm
+from edgecloud.llm.quant.linear import Int4Linear, layer_kernel
+from edgecloud.llm.step_context import StepContext
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [
+        ("input_norm", ctypes.c_void_p), ("post_norm", ctypes.c_void_p),
+        ("codes", ctypes.c_void_p * 4), ("scales", ctypes.c_void_p * 4),  # qkv, o, gate_up, down
+        ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p), ("group", ctypes.c_int64),
+    ]
+
+
+class _GroupStep(ctypes.Structure):
+    _fields_ = [("slot", ctypes.c_void_p), ("table", ctypes.c_void_p), ("context_len", ctypes.c_void_p)]
+
+
+class _Shape(ctypes.Structure):
+    _fields_ = [
+        ("hidden", ctypes.c_int64), ("intermediate", ctypes.c_int64), ("heads", ctypes.c_int64),
+        ("kv_heads", ctypes.c_int64), ("head_dim", ctypes.c_int64), ("block_size", ctypes.c_int64),
+        ("eps", ctypes.c_float), ("scale", ctypes.c_float),
+    ]
+
+
+_ARGTYPES = (
+    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,  # hidden, layers, first, last
+    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,  # groups, cos, sin, shape
+    ctypes.c_int,  # threads
+)
+
+
+def kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    return cpu_kernels.compiled("edgecloud.llm.quant", ("q4_1_matmul.c", "q4_1_decode.c"),
+                                "edgecloud_llama_q4_1_decode", _ARGTYPES, "the one-token int4 decoder")
+
+
+def unsupported(model: torch.nn.Module) -> str | None:
+    """Why ``Int4DecodeStack`` cannot run this model's layers (None: it can)."""
+    from edgecloud.llm.models.llama import LlamaForCausalLM
+
+    if type(model) is not LlamaForCausalLM:
+        return f"{type(model).__name__} is not the Llama decoder"
+    config = model.config
+    if config.qk_norm or config.qkv_bias or config.o_bias or config.mlp_bias or config.hidden_act != "silu":
+        return "q/k norms, biases or an activation other than SiLU"
+    if config.head_dim % 16 or config.head_dim > 256 or config.hidden_size % 32 or config.intermediate_size % 32:
+        return f"shapes the kernel does not take (head_dim {config.head_dim}, hidden {config.hidden_size})"
+    if layer_kernel() is None or kernel() is None:
+        return "no int8 (AVX-512 VNNI) build of the int4 kernels on this machine"
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        if type(attn) is not Attention or type(mlp) is not GatedMLP or type(layer.input_layernorm) is not RMSNorm:
+            return "a layer that is not plain attention + gated MLP (MoE, MLA, adapters)"
+        projections = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+        if any(type(p) is not Int4Linear or p.bias is not None for p in projections):
+            return "projections that are not int4 (Int4Linear) without bias"
+        norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
+        if any(w.dtype != torch.float32 for w in norms) or attn.kv_cache is None:
+            return "norms not in float32, or no KV cache bound"
+        if any(c.dtype != torch.float32 or not c.is_contiguous() or c.device.type != "cpu" for c in attn.kv_cache):
+            return "a KV cache that is not contiguous float32 on the CPU"
+    if model.model.layers[0].self_attn.rotary.cos.dtype != torch.float32:
+        return "rotary tables not in float32"
+    return None
+
+
+class Int4DecodeStack:
+    """The decoder layers of one int4 Llama model with their bound KV caches, as the C kernel reads
+    them (pointers taken once: the model must not replace a module or a cache afterwards —
+    ``current`` checks)."""
+
+    def __init__(self, model: torch.nn.Module, layer_group: tuple[int, ...], block_size: int) -> None:
+        reason = unsupported(model)
+        if reason is not None:
+            raise ValueError(f"the one-token int4 decoder cannot run this model: {reason}")
+        config = model.config
+        layers = model.model.layers
+        self.model = model
+        self.num_layers = len(layers)
+        self.num_groups = max(layer_group) + 1
+        self.rotary = layers[0].self_attn.rotary
+        self.half = config.head_dim // 2
+        self._function = kernel()
+        self._layers = (_Layer * self.num_layers)()
+        for i, layer in enumerate(layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            projections = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+            entry = self._layers[i]
+            entry.input_norm = layer.input_layernorm.weight.data_ptr()
+            entry.post_norm = layer.post_attention_layernorm.weight.data_ptr()
+            for j, p in enumerate(projections):
+                entry.codes[j] = p.codes.data_ptr()
+                entry.scales[j] = p.scales.data_ptr()
+            entry.k_cache, entry.v_cache = (c.data_ptr() for c in attn.kv_cache)
+            entry.group = layer_group[i]
+        self._shape = _Shape(
+            config.hidden_size, config.intermediate_size, config.num_attention_heads, config.num_key_value_heads,
+            config.head_dim, block_size, config.rms_norm_eps, config.head_dim**-0.5,
+        )
+        self._groups = (_GroupStep * self.num_groups)()
+        # what the pointers were taken from (checked each step: a replaced module makes this stale)
+        self._sources = self._identity()
+
+    def _identity(self) -> tuple[object, ...]:
+        layers = self.model.model.layers
+        return tuple(x for layer in (layers[0], layers[-1])
+                     for x in (layer.self_attn.qkv_proj, layer.mlp.down_proj, *layer.self_attn.kv_cache))
+
+    def current(self) -> bool:
+        """Whether the model still holds the modules and caches this stack points at."""
+        return all(a is b for a, b in zip(self._identity(), self._sources, strict=True))
+
+    @staticmethod
+    def takes(ctx: StepContext) -> bool:
+        """Whether the step is one it runs: a single decoding token, the paged backend everywhere."""
+        return ctx.lora is None and ctx.moe is None and all(
+            not m.prefill and m.num_prefill_tokens == 0 and m.slot_mapping.numel() == 1
+            and type(m.decode_backend) is PagedDecodeAttention and m.decode_plan.block_table.dtype == torch.int64
+            for m in ctx.attention
+        )
+
+    def __call__(self, hidden: torch.Tensor, positions: torch.Tensor, ctx: StepContext, first: int, last: int) -> None:
+        """Runs layers ``[first, last)`` on ``hidden`` (``[1, hidden]`` float32, updated in place)."""
+        for g, metadata in enumerate(ctx.attention):
+            plan = metadata.decode_plan
+            self._groups[g].slot = metadata.slot_mapping.data_ptr()
+            self._groups[g].table = plan.block_table.data_ptr()
+            self._groups[g].context_len = plan.context_lens.data_ptr()
+        row = int(positions[0]) * self.half * 4  # bytes into the [positions, head_dim / 2] tables
+        status = self._function(
+            hidden.data_ptr(), ctypes.addressof(self._layers), first, last, ctypes.addressof(self._groups),
+            self.rotary.cos.data_ptr() + row, self.rotary.sin.data_ptr() + row, ctypes.addressof(self._shape),
+            torch.get_num_threads(),
+        )
+        if status != 0:
+            raise MemoryError(f"the one-token int4 decoder failed (status {status}: -1 out of memory)")
