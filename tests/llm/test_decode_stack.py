@@ -154,3 +154,16 @@ def test_models_it_does_not_describe_keep_the_module_path(model_dir: Path) -> No
         decode_stack.Int4DecodeStack(model, (0, 0, 0), 16)
     quantize_model(model, "int8")
     assert "int4" in decode_stack.unsupported(model)
+
+
+def test_perplexity_through_one_token_steps_is_the_same_with_and_without_the_stack(model_dir: Path) -> None:
+    from edgecloud.llm.quant.perplexity import perplexity
+
+    llm = _int4_llm(model_dir)
+    runner = llm.engine.core.executor
+    tokens = [int(t) for t in torch.randint(2, 300, (40,), generator=torch.Generator().manual_seed(0))]
+    prefill, modules, stack = (perplexity(runner, tokens, window=20, path=p) for p in ("prefill", "modules", "stack"))
+    assert abs(stack / modules - 1) < 0.01  # the same products; roundings moved by summation order
+    assert abs(modules / prefill - 1) < 0.06  # int8 activations (one row) against bf16 (prefill's kernel)
+    with pytest.raises(ValueError, match="path must be one of"):
+        perplexity(runner, tokens, path="fast")

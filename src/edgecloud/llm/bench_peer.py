@@ -316,6 +316,10 @@ def bench_peer(
 
             ids = engine.tokenizer.encode(perplexity_text.read_text())[:perplexity_tokens]
             result.perplexity[label] = perplexity(engine.core.executor, ids, window=256)
+            if quantization == "int4":  # decoding multiplies with the one-row kernel: scored as decoding runs
+                for path in ("modules", "stack"):
+                    result.perplexity[f"{label}, one token a step ({path})"] = perplexity(
+                        engine.core.executor, ids, window=256, path=path)
             result.perplexity["text"] = f"{perplexity_text.name}, first {len(ids)} tokens, windows of 256"
         del engine
     result.load_average_after = tuple(round(x, 2) for x in os.getloadavg())  # type: ignore[assignment]
