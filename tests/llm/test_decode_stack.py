@@ -1,4 +1,4 @@
-"""The one-call int4 decoder (llm/quant/decode_stack.py) against the engine's module path."""
+"""The one-call decoder (llm/quant/decode_stack.py) against the engine's module path, int4 and float32."""
 
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                               num_attention_heads=5, num_key_value_heads=1, num_hidden_layers=3)
 
 
-def _int4_llm(model_dir: Path) -> LLM:
+def _int4_llm(model_dir: Path, weights: str = "int4") -> LLM:
     llm = LLM(model=str(model_dir), dtype="float32", kv_cache_memory_mb=2, enable_prefix_caching=False)
-    quantize_model(llm.engine.core.executor.model, "int4")
+    if weights == "int4":
+        quantize_model(llm.engine.core.executor.model, "int4")
     return llm
 
 
@@ -46,11 +47,12 @@ def _restore(model: torch.nn.Module, caches: list[tuple[torch.Tensor, torch.Tens
         layer.self_attn.kv_cache[1].copy_(v)
 
 
-def test_each_layer_computes_what_the_modules_compute(model_dir: Path) -> None:
+@pytest.mark.parametrize("weights", ["int4", "float32"])
+def test_each_layer_computes_what_the_modules_compute(model_dir: Path, weights: str) -> None:
     """From the same hidden state and cache, every layer's output and the K/V it writes agree with the
     modules' (float32 summation order, and the int8 roundings it moves); all layers in one call equal
     the layers one call each, bit for bit."""
-    llm = _int4_llm(model_dir)
+    llm = _int4_llm(model_dir, weights)
     model = llm.engine.core.executor.model
     checked: list[int] = []
     errors: list[float] = []
@@ -96,6 +98,8 @@ def test_each_layer_computes_what_the_modules_compute(model_dir: Path) -> None:
     llm.generate([PROMPT], _greedy(6))
     assert checked == list(range(len(PROMPT), len(PROMPT) + 5))  # every decode step, across a block boundary
     print(f"relative error of a layer's update: max {max(errors):.2e}, median {sorted(errors)[len(errors) // 2]:.2e}")
+    if weights == "float32":  # no rounding to move: float32 summation order only
+        assert max(errors) < 1e-4
 
 
 def test_one_stream_decode_runs_through_the_stack_and_keeps_the_greedy_output(model_dir: Path) -> None:
@@ -146,14 +150,19 @@ def test_a_step_that_may_be_dropped_runs_layer_by_layer(model_dir: Path) -> None
     assert len(asked) == 2 + 2 + 7 * 2  # the prefill, the dropped step, then 7 decode steps: 2 asks each
 
 
-def test_models_it_does_not_describe_keep_the_module_path(model_dir: Path) -> None:
+def test_models_it_does_not_describe_keep_the_module_path(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     llm = LLM(model=str(model_dir), dtype="float32", kv_cache_memory_mb=2)
     model = llm.engine.core.executor.model
-    assert "int4" in decode_stack.unsupported(model)  # dense weights
-    with pytest.raises(ValueError, match="cannot run this model"):
-        decode_stack.Int4DecodeStack(model, (0, 0, 0), 16)
+    assert decode_stack.unsupported(model) is None  # float32
+    monkeypatch.setenv("EDGECLOUD_DECODE_STACK", "0")
+    assert "turned off" in decode_stack.unsupported(model)
+    monkeypatch.delenv("EDGECLOUD_DECODE_STACK")
     quantize_model(model, "int8")
-    assert "int4" in decode_stack.unsupported(model)
+    assert "not all int4" in decode_stack.unsupported(model)
+    with pytest.raises(ValueError, match="cannot run this model"):
+        decode_stack.DecodeStack(model, (0, 0, 0), 16)
+    bf16 = LLM(model=str(model_dir), dtype="bfloat16", kv_cache_memory_mb=2).engine.core.executor.model
+    assert decode_stack.unsupported(bf16) is not None
 
 
 def test_perplexity_through_one_token_steps_is_the_same_with_and_without_the_stack(model_dir: Path) -> None:

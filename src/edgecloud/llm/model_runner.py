@@ -36,7 +36,7 @@ from edgecloud.llm.structured import StructuredOutputs, single_token_bitmask
 
 if TYPE_CHECKING:
     from edgecloud.llm.lora import LoRAManager
-    from edgecloud.llm.quant.decode_stack import Int4DecodeStack
+    from edgecloud.llm.quant.decode_stack import DecodeStack
 
 
 def _adapter_order(s: ScheduledRequest) -> str:
@@ -99,9 +99,9 @@ class ModelRunner:
         self.moe = ExpertRuntime(model, config, device) if config.moe is not None else None
         # Set by the engine core around a step it may abandon between layers (only flex work in it).
         self.interrupt: Callable[[], bool] | None = None
-        # One-token steps of an int4 Llama run their layers in one C call (llm/quant/decode_stack.py);
+        # One-token steps of an int4 or float32 Llama run their layers in one C call (llm/quant/decode_stack.py);
         # made at the first such step (a model may be quantized after the runner is built).
-        self._stack: Int4DecodeStack | None = None
+        self._stack: DecodeStack | None = None
         self._stack_unsupported: tuple[object, str] | None = None  # (model's lm_head, why) when it cannot
 
     def _slots(self, block_table: list[int], start: int, end: int) -> np.ndarray:
@@ -245,7 +245,7 @@ class ModelRunner:
                 result.logprobs[req.request_id] = logprob
         return result
 
-    def _decode_stack(self, ctx: StepContext) -> Int4DecodeStack | None:
+    def _decode_stack(self, ctx: StepContext) -> DecodeStack | None:
         """The one-call decoder for this one-token step, or None (the module path)."""
         if self._stack is not None and not self._stack.current():
             self._stack = None
@@ -259,7 +259,7 @@ class ModelRunner:
             if reason is not None:
                 self._stack_unsupported = (head, reason)
                 return None
-            self._stack = decode_stack.Int4DecodeStack(self.model, self.layer_group, self.block_size)
+            self._stack = decode_stack.DecodeStack(self.model, self.layer_group, self.block_size)
         return self._stack if self._stack.takes(ctx) else None
 
     def _structured(self) -> StructuredOutputs:

@@ -1,11 +1,15 @@
-"""One-stream decode: a Llama model's decoder layers in one C call when its weights are int4.
+"""One-stream decode: a Llama model's decoder layers in one C call (int4 or float32 weights).
 
-At one token a step, each decoder layer is ~30 small calls in the module path (seven int4 products,
+At one token a step, each decoder layer is ~30 small calls in the module path (seven products,
 norms, rotary, the cache write, attention, the activation, residual adds), and their Python,
-dispatch and thread fork/join overhead is as large as the arithmetic: on SmolLM2-135M, 14.3 ms a
-token of which ~8 ms is the products (session 6, docs/benchmarks.md). ``Int4DecodeStack`` runs the
-same layers in ``csrc/q4_1_decode.c``, inside one parallel region, with the same int4 products as
-``Int4Linear``'s one-row kernel (activations rounded to int8 per group of 32).
+dispatch and thread fork/join overhead is as large as the arithmetic: on SmolLM2-135M int4, 14.3 ms
+a token of which ~8 ms is the products (session 6, docs/benchmarks.md). ``DecodeStack`` runs the
+same layers in ``csrc/decode_stack.c``, inside one parallel region: int4 projections with the same
+products as ``Int4Linear``'s one-row kernel (activations rounded to int8 per group of 32), float32
+ones streaming the plain weight once. A float32 model's projections are packed for oneDNN
+(``layers/packed.py``), a layout the C code cannot read, so the stack keeps a plain copy of them:
+such a model holds its projection weights twice once it has decoded a single stream.
+``EDGECLOUD_DECODE_STACK=0`` turns the stack off.
 
 The runner (``ModelRunner._decode_stack``) hands it to the model (``StepContext.decode_stack``) for a
 step that decodes exactly one token with nothing else in it, through the paged backend in every
@@ -18,6 +22,7 @@ between layers (``StepContext.interrupt``) runs layer by layer, asking between t
 from __future__ import annotations
 
 import ctypes
+import os
 
 import torch
 
@@ -26,14 +31,15 @@ from edgecloud.llm.attention.paged import PagedDecodeAttention
 from edgecloud.llm.layers.attention import Attention
 from edgecloud.llm.layers.mlp import GatedMLP
 from edgecloud.llm.layers.norm import RMSNorm
-from edgecloud.llm.quant.linear import Int4Linear, layer_kernel
+from edgecloud.llm.layers.packed import PackedLinear
+from edgecloud.llm.quant.linear import Int4Linear, activation_bits
 from edgecloud.llm.step_context import StepContext
 
 
 class _Layer(ctypes.Structure):
     _fields_ = [
         ("input_norm", ctypes.c_void_p), ("post_norm", ctypes.c_void_p),
-        ("codes", ctypes.c_void_p * 4), ("scales", ctypes.c_void_p * 4),  # qkv, o, gate_up, down
+        ("weights", ctypes.c_void_p * 4), ("scales", ctypes.c_void_p * 4),  # qkv, o, gate_up, down
         ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p), ("group", ctypes.c_int64),
     ]
 
@@ -46,7 +52,7 @@ class _Shape(ctypes.Structure):
     _fields_ = [
         ("hidden", ctypes.c_int64), ("intermediate", ctypes.c_int64), ("heads", ctypes.c_int64),
         ("kv_heads", ctypes.c_int64), ("head_dim", ctypes.c_int64), ("block_size", ctypes.c_int64),
-        ("eps", ctypes.c_float), ("scale", ctypes.c_float),
+        ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("dense", ctypes.c_int64),
     ]
 
 
@@ -58,12 +64,24 @@ _ARGTYPES = (
 
 
 def kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    return cpu_kernels.compiled("edgecloud.llm.quant", ("q4_1_matmul.c", "q4_1_decode.c"),
-                                "edgecloud_llama_q4_1_decode", _ARGTYPES, "the one-token int4 decoder")
+    return cpu_kernels.compiled("edgecloud.llm.quant", ("q4_1_matmul.c", "decode_stack.c"),
+                                "edgecloud_llama_decode_stack", _ARGTYPES, "the one-token decoder")
+
+
+def _kind(projection: torch.nn.Module) -> str | None:
+    """``int4``, ``dense`` (float32, plain or packed) or None (a projection the stack cannot run)."""
+    if type(projection) is Int4Linear:
+        return "int4" if projection.bias is None else None
+    if type(projection) is torch.nn.Linear:
+        plain = projection.bias is None and projection.weight.dtype == torch.float32
+        return "dense" if plain and projection.weight.device.type == "cpu" else None
+    if type(projection) is PackedLinear:
+        return "dense" if projection.bias is None and projection.packed.dtype == torch.float32 else None
+    return None
 
 
 def unsupported(model: torch.nn.Module) -> str | None:
-    """Why ``Int4DecodeStack`` cannot run this model's layers (None: it can)."""
+    """Why ``DecodeStack`` cannot run this model's layers (None: it can)."""
     from edgecloud.llm.models.llama import LlamaForCausalLM
 
     if type(model) is not LlamaForCausalLM:
@@ -73,15 +91,18 @@ def unsupported(model: torch.nn.Module) -> str | None:
         return "q/k norms, biases or an activation other than SiLU"
     if config.head_dim % 16 or config.head_dim > 256 or config.hidden_size % 32 or config.intermediate_size % 32:
         return f"shapes the kernel does not take (head_dim {config.head_dim}, hidden {config.hidden_size})"
-    if layer_kernel() is None or kernel() is None:
-        return "no int8 (AVX-512 VNNI) build of the int4 kernels on this machine"
+    if os.environ.get("EDGECLOUD_DECODE_STACK", "1") == "0":
+        return "turned off (EDGECLOUD_DECODE_STACK=0)"
+    if activation_bits() != 8 or kernel() is None:
+        return "it is built for AVX-512 with VNNI only (or no C compiler)"
+    kinds = set()
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         if type(attn) is not Attention or type(mlp) is not GatedMLP or type(layer.input_layernorm) is not RMSNorm:
             return "a layer that is not plain attention + gated MLP (MoE, MLA, adapters)"
-        projections = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
-        if any(type(p) is not Int4Linear or p.bias is not None for p in projections):
-            return "projections that are not int4 (Int4Linear) without bias"
+        kinds.update(_kind(p) for p in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj))
+        if None in kinds or len(kinds) > 1:
+            return "projections that are not all int4 (Int4Linear) or all float32, without bias"
         norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
         if any(w.dtype != torch.float32 for w in norms) or attn.kv_cache is None:
             return "norms not in float32, or no KV cache bound"
@@ -92,15 +113,15 @@ def unsupported(model: torch.nn.Module) -> str | None:
     return None
 
 
-class Int4DecodeStack:
-    """The decoder layers of one int4 Llama model with their bound KV caches, as the C kernel reads
-    them (pointers taken once: the model must not replace a module or a cache afterwards —
-    ``current`` checks)."""
+class DecodeStack:
+    """The decoder layers of one Llama model with their bound KV caches, as the C kernel reads them
+    (pointers taken once: the model must not replace a module or a cache afterwards — ``current``
+    checks)."""
 
     def __init__(self, model: torch.nn.Module, layer_group: tuple[int, ...], block_size: int) -> None:
         reason = unsupported(model)
         if reason is not None:
-            raise ValueError(f"the one-token int4 decoder cannot run this model: {reason}")
+            raise ValueError(f"the one-token decoder cannot run this model: {reason}")
         config = model.config
         layers = model.model.layers
         self.model = model
@@ -109,6 +130,8 @@ class Int4DecodeStack:
         self.rotary = layers[0].self_attn.rotary
         self.half = config.head_dim // 2
         self._function = kernel()
+        self.dense = _kind(layers[0].self_attn.qkv_proj) == "dense"
+        self._plain: list[torch.Tensor] = []  # float32 weights unpacked from oneDNN's layout, kept here
         self._layers = (_Layer * self.num_layers)()
         for i, layer in enumerate(layers):
             attn, mlp = layer.self_attn, layer.mlp
@@ -117,13 +140,19 @@ class Int4DecodeStack:
             entry.input_norm = layer.input_layernorm.weight.data_ptr()
             entry.post_norm = layer.post_attention_layernorm.weight.data_ptr()
             for j, p in enumerate(projections):
-                entry.codes[j] = p.codes.data_ptr()
-                entry.scales[j] = p.scales.data_ptr()
+                if self.dense:
+                    weight = p.weight.detach().contiguous()
+                    if weight.data_ptr() != p.weight.data_ptr():
+                        self._plain.append(weight)
+                    entry.weights[j] = weight.data_ptr()
+                else:
+                    entry.weights[j] = p.codes.data_ptr()
+                    entry.scales[j] = p.scales.data_ptr()
             entry.k_cache, entry.v_cache = (c.data_ptr() for c in attn.kv_cache)
             entry.group = layer_group[i]
         self._shape = _Shape(
             config.hidden_size, config.intermediate_size, config.num_attention_heads, config.num_key_value_heads,
-            config.head_dim, block_size, config.rms_norm_eps, config.head_dim**-0.5,
+            config.head_dim, block_size, config.rms_norm_eps, config.head_dim**-0.5, int(self.dense),
         )
         self._groups = (_GroupStep * self.num_groups)()
         # what the pointers were taken from (checked each step: a replaced module makes this stale)
@@ -161,4 +190,4 @@ class Int4DecodeStack:
             torch.get_num_threads(),
         )
         if status != 0:
-            raise MemoryError(f"the one-token int4 decoder failed (status {status}: -1 out of memory)")
+            raise MemoryError(f"the one-token decoder failed (status {status}: -1 out of memory)")

@@ -77,7 +77,7 @@ def _one_token_perplexity(runner: ModelRunner, token_ids: list[int], window: int
     device = runner.device
     one_call = None
     if stack and decode_stack.unsupported(runner.model) is None:
-        one_call = decode_stack.Int4DecodeStack(runner.model, runner.layer_group, block_size=1)
+        one_call = decode_stack.DecodeStack(runner.model, runner.layer_group, block_size=1)
     backend = PagedDecodeAttention()
     nll, scored = 0.0, 0
     for start in range(0, len(token_ids) - 1, window):

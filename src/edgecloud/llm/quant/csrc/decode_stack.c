@@ -1,8 +1,10 @@
-/* One token through a stack of Llama decoder layers with Q4_1 weights, in one call (one-stream decode).
+/* One token through a stack of Llama decoder layers in one call (one-stream decode), with the
+ * projections' weights in Q4_1 groups (int4) or dense float32.
  *
- * Built after q4_1_matmul.c in one translation unit (cpu_kernels.compiled joins the two files): the
- * projections are its int8-activation products (q4_1_rows). Per layer, as the engine's modules
- * compute it (llm/models/llama.py):
+ * Built after q4_1_matmul.c in one translation unit (cpu_kernels.compiled joins the two files): int4
+ * projections are its int8-activation products (q4_1_rows); float32 ones stream the [N, K] weight
+ * once with 16-wide fused multiply-adds (f32_rows). Per layer, as the engine's modules compute it
+ * (llm/models/llama.py):
  *
  *     x = rms_norm(h) * w_in;  q, k, v = qkv(x);  rotate q and k (half-split RoPE at the position);
  *     k, v -> the layer's paged cache at the token's slot;  a = softmax(q k^T * scale) v  (GQA);
@@ -14,25 +16,26 @@
  * out their weight rows between the threads, attention its query heads, the small vector work runs
  * on one thread, and the threads meet at a barrier between phases.
  *
- * Layouts: hidden [H] float32, updated in place. Per layer (Q41Layer) the norms' weights [H], each
- * projection's Q4_1 codes [N, K / 32, 16] and fp16 scales [N, 2, K / 32] (as Int4Linear keeps them),
+ * Layouts: hidden [H] float32, updated in place. Per layer (StackLayer) the norms' weights [H], each
+ * projection's Q4_1 codes [N, K / 32, 16] and fp16 scales [N, 2, K / 32] (as Int4Linear keeps them)
+ * or, with shape->dense set, its float32 weight [N, K] in `weights` (scales unused),
  * the K and V caches [blocks, block_size, kv_heads, head_dim] float32, and the index of its layer
  * group; per group (GroupStep) pointers to the token's cache slot, the sequence's block table row
  * and its context length (the token included). cos and sin: [head_dim / 2], the position's rows.
  *
  * Returns 0; -1 if scratch could not be allocated; -2 for shapes it does not take (head_dim not a
  * multiple of 16 or above 256, heads not a multiple of kv heads, H or I not multiples of 32); -3 where
- * the int8 (AVX-512 VNNI) products are not built (the caller keeps the module-by-module path).
+ * it is not built (it needs AVX-512 with VNNI; the caller keeps the module-by-module path).
  */
 #include <math.h>
 
 typedef struct {
     const float *input_norm, *post_norm;
-    const uint8_t *codes[4];   /* qkv, o, gate_up, down */
-    const uint16_t *scales[4];
+    const void *weights[4];    /* qkv, o, gate_up, down: Q4_1 codes (uint8) or float32 weights */
+    const uint16_t *scales[4]; /* Q4_1 only */
     float *k_cache, *v_cache;
     int64_t group;
-} Q41Layer;
+} StackLayer;
 
 typedef struct {
     const int64_t *slot, *table, *context_len;
@@ -41,6 +44,7 @@ typedef struct {
 typedef struct {
     int64_t hidden, intermediate, heads, kv_heads, head_dim, block_size;
     float eps, scale;
+    int64_t dense; /* 1: float32 weights; 0: Q4_1 */
 } LlamaShape;
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -65,6 +69,40 @@ static void rotate(float *x, const float *cos, const float *sin, int64_t half) {
         x[i] = a * cos[i] - b * sin[i];
         x[i + half] = b * cos[i] + a * sin[i];
     }
+}
+
+/* y[N] = W x for a float32 W [N, K] (K a multiple of 16); rows shared out between the threads of the
+ * enclosing parallel region in blocks of 4, each block's bytes requested AHEAD blocks early. */
+static void f32_rows(const float *w, const float *x, float *y, int64_t N, int64_t K) {
+    const int64_t blocks = (N + 3) / 4;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t n = 4 * b, rows = N - n < 4 ? N - n : 4;
+        if (n + 4 * AHEAD < N) {
+            const float *ahead = w + (n + 4 * AHEAD) * K;
+            const int64_t floats = (N - n - 4 * AHEAD < 4 ? N - n - 4 * AHEAD : 4) * K;
+            for (int64_t i = 0; i < floats; i += 16) __builtin_prefetch(ahead + i, 0, 0);
+        }
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int64_t k = 0; k < K; k += 16) {
+            const __m512 xv = _mm512_loadu_ps(x + k);
+            for (int64_t r = 0; r < rows; r++) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(w + (n + r) * K + k), xv, acc[r]);
+        }
+        for (int64_t r = 0; r < rows; r++) y[n + r] = _mm512_reduce_add_ps(acc[r]);
+    }
+}
+
+/* One projection, y[N] = W x over K inputs: int4 products of x's int8 rounding (made here on one
+ * thread, into a), or the float32 product. Every thread of the region calls it. */
+static void project(const StackLayer *layer, int j, const float *x, Activations *a, float *y, int64_t N, int64_t K,
+                    int64_t dense) {
+    if (dense) {
+        f32_rows((const float *)layer->weights[j], x, y, N, K);
+        return;
+    }
+#pragma omp single
+    quantize_activations(x, 1, K, a);
+    q4_1_rows((const uint8_t *)layer->weights[j], layer->scales[j], a, y, 1, N, K / 32);
 }
 
 /* One query head against its KV head's context, through the block table; scores: [len] scratch. */
@@ -96,11 +134,11 @@ static void attend(const float *q, const float *k_cache, const float *v_cache, c
     for (int64_t c = 0; c < chunks; c++) *(f16x *)(out + 16 * c) = acc[c] * inv;
 }
 
-int edgecloud_llama_q4_1_decode(float *hidden, const Q41Layer *layers, int64_t first, int64_t last,
+int edgecloud_llama_decode_stack(float *hidden, const StackLayer *layers, int64_t first, int64_t last,
                                 const GroupStep *groups, const float *cos, const float *sin, const LlamaShape *shape,
                                 int num_threads) {
     const int64_t H = shape->hidden, I = shape->intermediate, D = shape->head_dim;
-    const int64_t heads = shape->heads, kv_heads = shape->kv_heads;
+    const int64_t heads = shape->heads, kv_heads = shape->kv_heads, dense = shape->dense;
     if (D % 16 != 0 || D > 256 || kv_heads <= 0 || heads % kv_heads != 0 || H % 32 != 0 || I % 32 != 0 ||
         (heads * D) % 32 != 0)
         return -2;
@@ -125,15 +163,12 @@ int edgecloud_llama_q4_1_decode(float *hidden, const Q41Layer *layers, int64_t f
 
 #pragma omp parallel num_threads(num_threads)
     for (int64_t l = first; l < last; l++) {
-        const Q41Layer *layer = layers + l;
+        const StackLayer *layer = layers + l;
         const GroupStep *step = groups + layer->group;
         const int64_t len = *step->context_len;
 #pragma omp single
-        {
-            rms_norm(hidden, layer->input_norm, x, H, shape->eps);
-            quantize_activations(x, 1, H, &a);
-        }
-        q4_1_rows(layer->codes[0], layer->scales[0], &a, qkv, 1, qkv_rows, H / 32);
+        rms_norm(hidden, layer->input_norm, x, H, shape->eps);
+        project(layer, 0, x, &a, qkv, qkv_rows, H, dense);
 #pragma omp single
         {
             for (int64_t h = 0; h < heads + kv_heads; h++) rotate(qkv + h * D, cos, sin, D / 2);
@@ -145,25 +180,19 @@ int edgecloud_llama_q4_1_decode(float *hidden, const Q41Layer *layers, int64_t f
         for (int64_t h = 0; h < heads; h++)
             attend(qkv + h * D, layer->k_cache, layer->v_cache, step->table, len, shape->block_size, kv_size,
                    (h / group) * D, D, shape->scale, scores + h * longest, attn + h * D);
-#pragma omp single
-        quantize_activations(attn, 1, q_size, &a);
-        q4_1_rows(layer->codes[1], layer->scales[1], &a, proj, 1, H, q_size / 32);
+        project(layer, 1, attn, &a, proj, H, q_size, dense);
 #pragma omp single
         {
             for (int64_t i = 0; i < H; i++) hidden[i] += proj[i];
             rms_norm(hidden, layer->post_norm, x, H, shape->eps);
-            quantize_activations(x, 1, H, &a);
         }
-        q4_1_rows(layer->codes[2], layer->scales[2], &a, gate_up, 1, 2 * I, H / 32);
+        project(layer, 2, x, &a, gate_up, 2 * I, H, dense);
 #pragma omp single
-        {
-            for (int64_t i = 0; i < I; i++) {
-                const float g = gate_up[i];
-                act[i] = g / (1.0f + expf(-g)) * gate_up[I + i];
-            }
-            quantize_activations(act, 1, I, &a);
+        for (int64_t i = 0; i < I; i++) {
+            const float g = gate_up[i];
+            act[i] = g / (1.0f + expf(-g)) * gate_up[I + i];
         }
-        q4_1_rows(layer->codes[3], layer->scales[3], &a, proj, 1, H, I / 32);
+        project(layer, 3, act, &a, proj, H, I, dense);
 #pragma omp single
         for (int64_t i = 0; i < H; i++) hidden[i] += proj[i];
     }
@@ -175,7 +204,7 @@ int edgecloud_llama_q4_1_decode(float *hidden, const Q41Layer *layers, int64_t f
 
 #else
 
-int edgecloud_llama_q4_1_decode(float *hidden, const Q41Layer *layers, int64_t first, int64_t last,
+int edgecloud_llama_decode_stack(float *hidden, const StackLayer *layers, int64_t first, int64_t last,
                                 const GroupStep *groups, const float *cos, const float *sin, const LlamaShape *shape,
                                 int num_threads) {
     (void)hidden, (void)layers, (void)first, (void)last, (void)groups, (void)cos, (void)sin, (void)shape,
