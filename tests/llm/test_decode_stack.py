@@ -26,8 +26,10 @@ PROMPT = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # hidden 160 = 5 groups of 32 and intermediate 224 = 7: both end in a partial chunk of 4 groups;
     # 5 query heads share one KV head
+    # tied embeddings, as SmolLM2: the float32 stack reads its LM head from the embedding
     return write_random_model(tmp_path_factory.mktemp("stack") / "llama", hidden_size=160, intermediate_size=224,
-                              num_attention_heads=5, num_key_value_heads=1, num_hidden_layers=3)
+                              num_attention_heads=5, num_key_value_heads=1, num_hidden_layers=3,
+                              tie_word_embeddings=True)
 
 
 def _int4_llm(model_dir: Path, weights: str = "int4") -> LLM:
@@ -56,6 +58,7 @@ def test_each_layer_computes_what_the_modules_compute(model_dir: Path, weights: 
     model = llm.engine.core.executor.model
     checked: list[int] = []
     errors: list[float] = []
+    head_errors: list[float] = []
     forward = model.forward
 
     def check(input_ids: torch.Tensor, positions: torch.Tensor, ctx: StepContext, rows: torch.Tensor) -> torch.Tensor:
@@ -91,15 +94,24 @@ def test_each_layer_computes_what_the_modules_compute(model_dir: Path, weights: 
             _restore(model, caches)
             stack(at_once, positions, ctx, 0, len(model.model.layers))
             assert torch.equal(at_once, chained)
+            # with the final norm and LM head folded in (int4 head, or float32 tied to the embedding)
+            _restore(model, caches)
+            folded = model.model.embed_tokens(input_ids)
+            logits = stack(folded, positions, ctx, 0, len(model.model.layers), logits=True)
+            assert logits is not None and torch.equal(folded, at_once)
+            expected_logits = model.lm_head(model.model.norm(at_once)).float()
+            head_errors.append(float((logits - expected_logits).norm() / expected_logits.norm()))
             checked.append(int(positions[0]))
         return forward(input_ids, positions, ctx, rows)
 
     model.forward = check
     llm.generate([PROMPT], _greedy(6))
     assert checked == list(range(len(PROMPT), len(PROMPT) + 5))  # every decode step, across a block boundary
-    print(f"relative error of a layer's update: max {max(errors):.2e}, median {sorted(errors)[len(errors) // 2]:.2e}")
+    print(f"relative error of a layer's update: max {max(errors):.2e}, median {sorted(errors)[len(errors) // 2]:.2e};"
+          f" of the logits: max {max(head_errors):.2e}")
+    assert max(head_errors) < 2e-2
     if weights == "float32":  # no rounding to move: float32 summation order only
-        assert max(errors) < 1e-4
+        assert max(errors) < 1e-4 and max(head_errors) < 1e-5
 
 
 def test_one_stream_decode_runs_through_the_stack_and_keeps_the_greedy_output(model_dir: Path) -> None:

@@ -69,8 +69,10 @@ class LlamaForCausalLM(torch.nn.Module):
         hidden = self.model.embed_tokens(input_ids)
         last = len(self.model.layers) - 1
         stack = ctx.decode_stack
-        if stack is not None and ctx.interrupt is None:  # one token: every layer in one call
-            stack(hidden, positions, ctx, 0, last + 1)
+        if stack is not None and ctx.interrupt is None:  # one token: every layer (and the head) in one call
+            logits = stack(hidden, positions, ctx, 0, last + 1, logits=logits_rows.numel() == 1)
+            if logits is not None:
+                return logits
         else:
             for i, layer in enumerate(self.model.layers):
                 if stack is not None:

@@ -56,10 +56,17 @@ class _Shape(ctypes.Structure):
     ]
 
 
+class _Head(ctypes.Structure):
+    _fields_ = [
+        ("norm", ctypes.c_void_p), ("weights", ctypes.c_void_p), ("scales", ctypes.c_void_p),
+        ("logits", ctypes.c_void_p), ("vocab", ctypes.c_int64), ("dense", ctypes.c_int64),
+    ]
+
+
 _ARGTYPES = (
     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,  # hidden, layers, first, last
     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,  # groups, cos, sin, shape
-    ctypes.c_int,  # threads
+    ctypes.c_void_p, ctypes.c_int,  # head (or NULL), threads
 )
 
 
@@ -155,13 +162,32 @@ class DecodeStack:
             config.head_dim, block_size, config.rms_norm_eps, config.head_dim**-0.5, int(self.dense),
         )
         self._groups = (_GroupStep * self.num_groups)()
+        self._head = self._lm_head(model)
         # what the pointers were taken from (checked each step: a replaced module makes this stale)
         self._sources = self._identity()
 
+    @staticmethod
+    def _lm_head(model: torch.nn.Module) -> _Head | None:
+        """The final norm and LM head as the kernel reads them, where that needs no copy of the head:
+        int4, a plain float32 one, or (oneDNN-packed) tied to the embedding; else None (the model's
+        own modules run them)."""
+        head, embed = model.lm_head, model.model.embed_tokens
+        norm = model.model.norm.weight
+        if norm.dtype != torch.float32 or getattr(head, "bias", None) is not None:
+            return None
+        if type(head) is Int4Linear:
+            return _Head(norm.data_ptr(), head.codes.data_ptr(), head.scales.data_ptr(), None, head.out_features, 0)
+        tied = model.config.tie_word_embeddings and type(embed) is torch.nn.Embedding
+        weight = embed.weight if tied else head.weight if type(head) is torch.nn.Linear else None
+        if weight is None or weight.dtype != torch.float32 or not weight.is_contiguous():
+            return None
+        return _Head(norm.data_ptr(), weight.data_ptr(), None, None, weight.shape[0], 1)
+
     def _identity(self) -> tuple[object, ...]:
         layers = self.model.model.layers
-        return tuple(x for layer in (layers[0], layers[-1])
-                     for x in (layer.self_attn.qkv_proj, layer.mlp.down_proj, *layer.self_attn.kv_cache))
+        return (self.model.lm_head, self.model.model.embed_tokens, *(
+            x for layer in (layers[0], layers[-1])
+            for x in (layer.self_attn.qkv_proj, layer.mlp.down_proj, *layer.self_attn.kv_cache)))
 
     def current(self) -> bool:
         """Whether the model still holds the modules and caches this stack points at."""
@@ -176,18 +202,30 @@ class DecodeStack:
             for m in ctx.attention
         )
 
-    def __call__(self, hidden: torch.Tensor, positions: torch.Tensor, ctx: StepContext, first: int, last: int) -> None:
-        """Runs layers ``[first, last)`` on ``hidden`` (``[1, hidden]`` float32, updated in place)."""
+    def __call__(
+        self, hidden: torch.Tensor, positions: torch.Tensor, ctx: StepContext, first: int, last: int,
+        logits: bool = False,
+    ) -> torch.Tensor | None:
+        """Runs layers ``[first, last)`` on ``hidden`` (``[1, hidden]`` float32, updated in place). With
+        ``logits`` and the last layer run, also the final norm and LM head where the stack holds them:
+        returns ``[1, vocab]`` float32 logits, else None (the caller runs the model's own)."""
         for g, metadata in enumerate(ctx.attention):
             plan = metadata.decode_plan
             self._groups[g].slot = metadata.slot_mapping.data_ptr()
             self._groups[g].table = plan.block_table.data_ptr()
             self._groups[g].context_len = plan.context_lens.data_ptr()
+        out = None
+        head = None
+        if logits and last == self.num_layers and self._head is not None:
+            out = torch.empty(1, self._head.vocab, dtype=torch.float32)
+            self._head.logits = out.data_ptr()
+            head = ctypes.addressof(self._head)
         row = int(positions[0]) * self.half * 4  # bytes into the [positions, head_dim / 2] tables
         status = self._function(
             hidden.data_ptr(), ctypes.addressof(self._layers), first, last, ctypes.addressof(self._groups),
             self.rotary.cos.data_ptr() + row, self.rotary.sin.data_ptr() + row, ctypes.addressof(self._shape),
-            torch.get_num_threads(),
+            head, torch.get_num_threads(),
         )
         if status != 0:
             raise MemoryError(f"the one-token decoder failed (status {status}: -1 out of memory)")
+        return out
