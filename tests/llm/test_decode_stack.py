@@ -188,3 +188,13 @@ def test_perplexity_through_one_token_steps_is_the_same_with_and_without_the_sta
     assert abs(modules / prefill - 1) < 0.06  # int8 activations (one row) against bf16 (prefill's kernel)
     with pytest.raises(ValueError, match="path must be one of"):
         perplexity(runner, tokens, path="fast")
+
+
+def test_the_step_breakdown_says_when_the_head_ran_inside_the_one_call(model_dir: Path) -> None:
+    from edgecloud.llm.bench_peer import step_breakdown
+
+    engine = _int4_llm(model_dir).engine
+    one = step_breakdown(engine, [PROMPT], 6)
+    assert one.lm_head_ms is None and one.layers_ms > 0  # folded: no separate head time to report
+    two = step_breakdown(engine, [PROMPT, PROMPT[:-2]], 6)
+    assert two.lm_head_ms is not None and two.lm_head_ms > 0

@@ -330,6 +330,8 @@ def _bench_peer(args: argparse.Namespace, console: object) -> int:
         print(f"one-stream decode, {label}: {100 * fraction:.0f}% of this machine's roofline")
     for label, parts in r.breakdown.items():
         for b in parts:
-            print(f"decode step, {label}, {b.streams} stream(s): {b.step_ms:.1f} ms = layers {b.layers_ms:.1f} + "
-                  f"LM head {b.lm_head_ms:.1f} + sampling {b.sampling_ms:.2f} + host {b.host_ms:.1f}")
+            head = (f"layers {b.layers_ms:.1f} + LM head {b.lm_head_ms:.1f}" if b.lm_head_ms is not None
+                    else f"layers and LM head in one call {b.layers_ms:.1f}")
+            print(f"decode step, {label}, {b.streams} stream(s): {b.step_ms:.1f} ms = {head} + "
+                  f"sampling {b.sampling_ms:.2f} + host {b.host_ms:.1f}")
     return 0
