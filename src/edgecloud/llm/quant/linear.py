@@ -11,11 +11,12 @@ scale and minimum per 32 weights: 5 bits a weight) and has two kernels:
   weights in cache and ~1.3x from memory on this project's AMD EPYC;
 - more rows (batched decode, prefill), ``aten._weight_int4pack_mm_for_cpu`` on torch's CPU int4
   layout, built from the groups at its first use (kept beside the blocks from then on: once a
-  layer has seen more than two rows it holds its weights twice, ~10 bits a weight in memory;
+  layer has seen more than four rows it holds its weights twice, ~10 bits a weight in memory;
   ``weight_bytes`` counts what a one-row step reads). It is vectorized (AVX-512) for bfloat16
   activations only (its fp32 path is a scalar loop, 40x slower here), so activations are rounded to
   bf16 for the product, and the group scale ``d`` and offset ``m + 8d`` are held in bf16 (the kernel
-  computes ``(q - 8) * scale + zero``); its bf16 dot products beat the C kernel from a few rows up.
+  computes ``(q - 8) * scale + zero``); from 8 rows up its bf16 dot products are as fast as the C
+  kernel's integer ones here, and it is torch's own.
 
 Either way the model differs from its dequantized fp32 twin by the activations' rounding (and the
 bf16 scales), which the perplexity report measures. Without a C compiler (or with
