@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -202,8 +203,58 @@ def rank_skew_modelled(settings: LoRABenchSettings, small: int = 8, large: int =
 # -- 2. remote fetch vs disk ----------------------------------------------------------------------
 
 
+def evict_from_page_cache(directory: Path) -> int:
+    """Drops ``directory``'s files from the OS page cache (written back first), so the next read
+    comes from the disk: the cold read of an adapter an instance has not seen. Only these files
+    are evicted, nothing of other processes. Returns the bytes of those files still cached
+    afterwards (``mincore``; -1 where it cannot be read)."""
+    cached = 0
+    for path in sorted(directory.iterdir()):
+        if not path.is_file():
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            size = os.fstat(fd).st_size
+            if size:
+                resident = _resident_bytes(fd, size)
+                cached = -1 if resident < 0 or cached < 0 else cached + resident
+        finally:
+            os.close(fd)
+    return cached
+
+
+def _resident_bytes(fd: int, size: int) -> int:
+    """Bytes of an open file in the page cache, by ``mincore`` over a read-only mapping."""
+    import ctypes
+    import mmap as mmap_module
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    address = libc.mmap(None, size, mmap_module.PROT_READ, mmap_module.MAP_SHARED, fd, 0)
+    if address in (None, ctypes.c_void_p(-1).value):
+        return -1
+    try:
+        page = mmap_module.PAGESIZE
+        pages = (size + page - 1) // page
+        vector = ctypes.create_string_buffer(pages)
+        if libc.mincore(ctypes.c_void_p(address), size, vector) != 0:
+            return -1
+        return sum(1 for b in vector.raw if b & 1) * page
+    finally:
+        libc.munmap(ctypes.c_void_p(address), size)
+
+
 def fetch_real(model: str, threads: int, rank: int = 128, repeats: int = 5, workdir: Path | None = None
                ) -> dict[str, Any]:
+    """One adapter loaded by an engine core from disk — cold (its files evicted from the page
+    cache first) and warm (read again at once) — against fetched from a peer core (export, then
+    import through the front end, over the cores' ZMQ sockets). Each repeat loads it under a new
+    name, in the order cold disk, warm disk, peer."""
     import tempfile
 
     from edgecloud.llm import AsyncEngine
@@ -212,17 +263,21 @@ def fetch_real(model: str, threads: int, rank: int = 128, repeats: int = 5, work
 
     async def run(path: str) -> dict[str, Any]:
         base = EngineConfig(model=model, dtype="float32", num_threads=threads, enable_lora=True,
-                            max_lora_rank=rank, max_loras=2, max_cpu_loras=repeats * 2 + 2)
+                            max_lora_rank=rank, max_loras=2, max_cpu_loras=repeats * 3 + 2)
         peer = AsyncEngine(dataclasses.replace(base, lora_modules=(("src", path),)), core="process")
         dst = AsyncEngine(base, core="process")
         await peer.start()
         await dst.start()
-        disk, remote = [], []
+        cold, warm, remote, left_cached = [], [], [], []
         try:
             for i in range(repeats):
+                left_cached.append(evict_from_page_cache(Path(path)))
                 start = time.perf_counter()
-                info = await dst.control("load_lora_adapter", lora_name=f"disk{i}", lora_path=path)
-                disk.append(time.perf_counter() - start)
+                info = await dst.control("load_lora_adapter", lora_name=f"cold{i}", lora_path=path)
+                cold.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                await dst.control("load_lora_adapter", lora_name=f"warm{i}", lora_path=path)
+                warm.append(time.perf_counter() - start)
                 start = time.perf_counter()
                 exported = await peer.control("export_lora_adapter", lora_name="src")
                 await dst.control("import_lora_adapter", lora_name=f"peer{i}", config=exported["config"],
@@ -232,9 +287,12 @@ def fetch_real(model: str, threads: int, rank: int = 128, repeats: int = 5, work
             await dst.shutdown()
             await peer.shutdown()
         return {"mode": "real", "rank": rank, "bytes": info["bytes"], "repeats": repeats,
-                "disk_ms_p50": statistics.median(disk) * 1000, "peer_ms_p50": statistics.median(remote) * 1000,
-                "disk_ms": [t * 1000 for t in disk], "peer_ms": [t * 1000 for t in remote],
-                "disk_note": "read from the OS page cache (the file was just written): a warm disk"}
+                "disk_cold_ms_p50": statistics.median(cold) * 1000, "disk_ms_p50": statistics.median(warm) * 1000,
+                "peer_ms_p50": statistics.median(remote) * 1000, "disk_cold_ms": [t * 1000 for t in cold],
+                "disk_ms": [t * 1000 for t in warm], "peer_ms": [t * 1000 for t in remote],
+                "cached_bytes_after_eviction": left_cached,
+                "disk_note": "cold: the adapter's files evicted from the page cache (posix_fadvise DONTNEED) before "
+                             "the load; warm: read again at once, from the page cache"}
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = write_random_adapter(Path(tmp) / "a", Path(resolve_model(model).directory), rank, 0)
