@@ -104,3 +104,18 @@ def test_bench_lora_refuses_bad_options_by_name(args: list[str], message: str, c
 
     assert main(["bench", "lora", "--no-real", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("ranks", "skewed"), [({"a": 128, "b": 8}, True), ({"a": 8, "b": 8}, False)])
+def test_an_instance_counts_what_the_rank_skew_adds_to_its_steps(ranks: dict[str, int], skewed: bool) -> None:
+    spec = SimClusterSpec("llama-3-8b", "h100", 1)
+    for padded in (True, False):
+        cluster = build_lora_cluster(spec, LoRASimSettings(max_loras=2, padded=padded), ranks, remote=False)
+        ClusterSimulator(cluster.instances, make_policy("slora"), record_token_times=False).run(
+            requests(["a", "b"] * 3, gap=0.0))
+        instance = cluster.instances[0]
+        assert 0 < instance.lora_s < instance.busy_s
+        # padding a rank-8 segment to rank 128 costs time; a kernel that does not pad, or a step of one
+        # rank, has no skew
+        assert (instance.skew_s > 0) == (padded and skewed)
+        assert instance.skew_s < instance.lora_s

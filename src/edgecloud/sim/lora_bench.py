@@ -349,6 +349,12 @@ class PolicyRun:
     requests: int
     loads: dict[str, int]
     wall_s: float
+    # Instance-seconds over the whole run, summed over instances: busy (steps), of which stalled on
+    # adapter loads, LoRA products, and the part of those the rank skew (padding) added.
+    busy_s: float = 0.0
+    load_s: float = 0.0
+    lora_s: float = 0.0
+    skew_s: float = 0.0
 
 
 def run_policy(settings: LoRABenchSettings, policy: str, instances: int, rate_scale: float) -> PolicyRun:
@@ -368,8 +374,11 @@ def run_policy(settings: LoRABenchSettings, policy: str, instances: int, rate_sc
     for instance in cluster.instances:
         for source, count in instance.loads.items():
             loads[source] = loads.get(source, 0) + count
+    seconds = {name: sum(getattr(i, name) for i in cluster.instances) for name in ("busy_s", "load_s", "lora_s",
+                                                                                    "skew_s")}
     return PolicyRun(policy, instances, rate_scale, summary.slo_attainment, summary.output_token_throughput,
-                     summary.ttft.p99 * 1000, summary.tpot.p99 * 1000, len(measured), loads, result.wall_s)
+                     summary.ttft.p99 * 1000, summary.tpot.p99 * 1000, len(measured), loads, result.wall_s,
+                     **seconds)
 
 
 def min_instances(ok: Callable[[int], bool], high: int) -> int | None:
@@ -410,8 +419,9 @@ def bench_lora(settings: LoRABenchSettings, log: Callable[[str], None] = print) 
             grid[(policy, scale)] = run
             result["grid"].append({**asdict(run), "mode": "sim"})
             log(f"sim {policy} x{n} rate x{scale}: attainment {run.slo_attainment:.3f}, "
-                f"{run.throughput_tok_s:.0f} tok/s, p99 TTFT {run.ttft_ms_p99:.0f} ms, loads {run.loads} "
-                f"({run.wall_s:.0f} s)")
+                f"{run.throughput_tok_s:.0f} tok/s, p99 TTFT {run.ttft_ms_p99:.0f} ms, loads {run.loads}; busy "
+                f"{run.busy_s:.1f} s, of which loading {run.load_s:.1f}, LoRA {run.lora_s:.1f} (rank skew "
+                f"{run.skew_s:.1f}) ({run.wall_s:.0f} s)")
             if run.slo_attainment < target:
                 missed = True
             elif not missed:  # the highest rate below which every rate met the SLO
