@@ -119,3 +119,19 @@ def test_an_instance_counts_what_the_rank_skew_adds_to_its_steps(ranks: dict[str
         # rank, has no skew
         assert (instance.skew_s > 0) == (padded and skewed)
         assert instance.skew_s < instance.lora_s
+
+
+def test_the_fewest_instances_are_those_from_which_every_larger_count_meets_the_slo() -> None:
+    from edgecloud.sim.lora_bench import min_instances
+
+    passes = {9, 15, 16, 17, 18}  # 9 a lucky pass below failing counts (a bisection would stop there)
+    tried: list[int] = []
+
+    def ok(n: int) -> bool:
+        tried.append(n)
+        return n in passes
+
+    assert min_instances(ok, 18) == 15
+    assert tried == [18, 17, 16, 15, 14]
+    assert min_instances(lambda n: n <= 3, 4) is None
+    assert min_instances(lambda n: True, 3) == 1
