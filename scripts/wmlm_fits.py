@@ -178,7 +178,14 @@ def fit(args: argparse.Namespace) -> dict[str, object]:
         if curve:
             checks = list(curve)
             out["curves"].append(
-                {"task": task, "label_fraction": fraction, "model": family, "seed": args.seed, "checks": checks}
+                {
+                    "task": task,
+                    "label_fraction": fraction,
+                    "model": family,
+                    "seed": args.seed,
+                    "encoder_lrs": list(probe.encoder_lrs),  # checks: evaluations per rate, in this order
+                    "checks": checks,
+                }
             )
         # written after every fraction: a run cut short keeps what it finished
         result = {
@@ -257,15 +264,44 @@ def combine(args: argparse.Namespace) -> None:
         | {"train_layout": "main", "unseen_layout": "narrow"},
         "pieces": [],
     }
-    for name in args.pieces:
-        piece = json.loads(Path(name).read_text())
+    pieces = [json.loads(Path(name).read_text()) for name in args.pieces]
+    grid = list(PROBE.encoder_lrs)
+    # An end-to-end family's learning-rate grid may have run as one piece per rate: keep, per (task,
+    # fraction, family), the piece with the best validation score, the first rate of the grid on a
+    # tie -- what ``_best_over_lrs`` does inside one process.
+    best: dict[tuple, tuple[int, dict, int]] = {}
+    for k, piece in enumerate(pieces):
+        if piece.get("recipe") == "rev2":
+            continue
+        for choice in piece.get("selection", []):
+            key = (choice["task"], choice["label_fraction"], choice["model"])
+            order = grid.index(choice["lr"]) if choice["lr"] in grid else 0
+            held = best.get(key)
+            if held is None or (choice["score"], -order) > (held[1]["score"], -held[2]):
+                best[key] = (k, choice, order)
+    tried: dict[tuple, list] = {}
+    for piece in pieces:
+        for choice in piece.get("selection", []) if piece.get("recipe") != "rev2" else []:
+            key = (choice["task"], choice["label_fraction"], choice["model"])
+            tried.setdefault(key, []).extend(choice.get("tried", [{k: choice[k] for k in ("lr", "step", "score")}]))
+
+    def kept(k: int, row: dict) -> bool:
+        key = (row.get("task"), row.get("label_fraction"), row.get("model"))
+        return key not in best or best[key][0] == k
+
+    for k, (name, piece) in enumerate(zip(args.pieces, pieces, strict=True)):
         if piece.get("recipe") == "rev2":
             report["rev2_recipe"].extend(piece["tasks"])  # type: ignore[union-attr]
             continue
-        for key in (*keys, "curves"):
-            report[key].extend(row for row in piece.get(key, []) if row.get("seed", args.seed) == args.seed)  # type: ignore[union-attr]
-        for key in ("reference", "timings_s"):
-            report[key].update(piece.get(key, {}))  # type: ignore[union-attr]
+        for key in keys:
+            rows = [r for r in piece.get(key, []) if r.get("seed", args.seed) == args.seed and kept(k, r)]
+            if key == "selection":
+                rows = [{**r, "tried": tried[(r["task"], r["label_fraction"], r["model"])]} for r in rows]
+            report[key].extend(rows)  # type: ignore[union-attr]
+        report["curves"].extend(piece.get("curves", []))  # type: ignore[union-attr]
+        report["reference"].update(piece.get("reference", {}))  # type: ignore[union-attr]
+        for label, seconds in piece.get("timings_s", {}).items():
+            report["timings_s"][f"{label} [{Path(name).stem}]"] = seconds  # type: ignore[index]
         if "pretraining" in piece:
             report["pretraining"] = piece["pretraining"]
         report["pieces"].append({"file": Path(name).name, "machine": piece.get("machine")})  # type: ignore[union-attr]
