@@ -119,6 +119,7 @@ def fit(args: argparse.Namespace) -> dict[str, object]:
                 return metrics
             test = original_e2e(model_, data_, splits.test, task_)
             curve.append({"validation": validation_score(task_, metrics), "test": validation_score(task_, test)})
+            print("check", len(curve), curve[-1], time.strftime("%H:%M:%S"), flush=True)
             return metrics
 
         def spy_head(head_, x_, y_, task_):  # type: ignore[no-untyped-def]
@@ -127,6 +128,7 @@ def fit(args: argparse.Namespace) -> dict[str, object]:
                 return metrics
             test = original_head(head_, features["test"], test_y, task_)
             curve.append({"validation": validation_score(task_, metrics), "test": validation_score(task_, test)})
+            print("check", len(curve), curve[-1], time.strftime("%H:%M:%S"), flush=True)
             return metrics
 
         tasks_module.evaluate_end_to_end, tasks_module.evaluate_head = spy_e2e, spy_head
@@ -174,7 +176,7 @@ def fit(args: argparse.Namespace) -> dict[str, object]:
         out["selection"].append(
             {"task": task, "label_fraction": fraction, "model": family, "seed": args.seed, **choice}
         )
-        print(json.dumps(out["tasks"][-1 if task == "predict" else -2]), choice, flush=True)
+        print(json.dumps(out["tasks"][-1]), choice, flush=True)
         if curve:
             checks = list(curve)
             out["curves"].append(
