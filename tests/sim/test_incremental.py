@@ -63,9 +63,25 @@ def test_incremental_steps_give_the_step_by_step_times(policy: str) -> None:
 
 
 def test_incremental_steps_agree_with_chunked_prefill_and_preemption() -> None:
-    # a small token budget chunks the prompts; few blocks make the scheduler preempt (the fallback)
+    # a small token budget chunks the prompts (a long prompt starts decoding after shorter ones
+    # that came later: blocks are still taken in running order); few blocks make the scheduler
+    # preempt (the fallback)
+    slow, _ = assert_same(num_blocks=400, max_batched=12)
+    assert sum(r.preemptions for r in slow.records) == 0
     slow, _ = assert_same(num_blocks=24, max_batched=12)
     assert sum(r.preemptions for r in slow.records) > 0
+
+
+def test_incremental_steps_take_blocks_in_running_order() -> None:
+    # with priorities a request that starts decoding later may run before one already decoding:
+    # where both cross into a new block at one step, the scheduler gives the first its block first
+    rng = random.Random(7)
+    at, requests = 0.0, []
+    for _ in range(80):
+        at += rng.expovariate(1 / 0.004)
+        requests.append(SimRequest(at, [rng.randrange(2, 400) for _ in range(rng.randint(1, 30))],
+                                   rng.randint(20, 100), priority=rng.randint(-2, 2)))
+    assert_same(requests=requests, num_blocks=400, roles=("mixed",))
 
 
 def test_incremental_steps_agree_on_colliding_keys_and_long_decodes() -> None:
