@@ -60,35 +60,56 @@ class AggregatePricer:
         # memory-bound at every context c >= 1 (compute has no constant term)
         self.ok = self.ok and compute_per_context <= memory_per_context
         self.bandwidth = hw.memory_bandwidth * hw.memory_efficiency
+        self.overhead = hw.step_overhead_s + m.num_layers * hw.layer_overhead_s
+        # the terms that depend only on the step's token or sampled counts, computed once per count
+        self._parts: dict[int, tuple[float, float]] = {}
+        self._heads: dict[int, float] = {}
 
     def step_time(self, shapes: Sequence[StepShape], n: int, context_sum: int) -> float:
         perf = self.perf
-        m, hw, split = perf.model, perf.hw, self.split
+        m = perf.model
         count = n + len(shapes)
         if not count:
             return 0.0
         tokens = n + sum(s.num_new_tokens for s in shapes)
         sampled = n + sum(1 for s in shapes if s.sampled)
-        h = m.hidden_size
-        attention_part = sum(perf._dense(tokens, rows, cols, split) for rows, cols in m.attention_matrices)
-        inter = m.intermediate_size
-        mlp = perf._dense(tokens, h, 2 * inter, split) + perf._dense(tokens, inter, h, split)
-        layers = m.num_layers * (attention_part + mlp) + 0 * attention_part
+        parts = self._parts.get(tokens)
+        if parts is None:
+            parts = self._parts[tokens] = self._token_parts(tokens)
+        layers, network = parts
+        lm_head = self._heads.get(sampled)
+        if lm_head is None:
+            lm_head = self._heads[sampled] = self._lm_head(sampled)
         kv_token_layer = self.bytes_per_context
         attention = (context_sum * kv_token_layer + n * self.bytes_per_decode) / self.bandwidth if n else 0.0
         for s in shapes:
-            flops = m.attention_flops_per_pair * perf._pairs(s) / split
+            flops = m.attention_flops_per_pair * perf._pairs(s) / self.split
             bytes_moved = (s.context_len * kv_token_layer
-                           + s.num_new_tokens * (2 * m.q_size * m.act_bytes / split + kv_token_layer))
+                           + s.num_new_tokens * (2 * m.q_size * m.act_bytes / self.split + kv_token_layer))
             attention += perf._op(flops, bytes_moved)
         attention = m.num_layers * attention
-        head = m.lm_head_params / split
-        lm_head = perf._op(2 * sampled * head, head * m.weight_bytes_per_param + sampled * (h + m.vocab_size) * 4)
-        overhead = hw.step_overhead_s + m.num_layers * hw.layer_overhead_s + count / 1 * hw.seq_overhead_s
+        overhead = self.overhead + count / 1 * perf.hw.seq_overhead_s
+        return layers + attention + lm_head + overhead + 0.0 + network
+
+    def _token_parts(self, tokens: int) -> tuple[float, float]:
+        """``step_cost``'s layers and network terms for ``tokens`` new tokens (they depend on nothing else)."""
+        perf, split = self.perf, self.split
+        m = perf.model
+        h, inter = m.hidden_size, m.intermediate_size
+        attention_part = sum(perf._dense(tokens, rows, cols, split) for rows, cols in m.attention_matrices)
+        mlp = perf._dense(tokens, h, 2 * inter, split) + perf._dense(tokens, inter, h, split)
+        layers = m.num_layers * (attention_part + mlp) + 0 * attention_part
         network = 0.0
         if split > 1:
             network = 2 * m.num_layers * perf._collective(2 * (split - 1) / split * tokens * h * m.act_bytes)
-        return layers + attention + lm_head + overhead + 0.0 + network
+        return layers, network
+
+    def _lm_head(self, sampled: int) -> float:
+        perf = self.perf
+        m = perf.model
+        head = m.lm_head_params / self.split
+        moved = head * m.weight_bytes_per_param + sampled * (m.hidden_size + m.vocab_size) * 4
+        return perf._op(2 * sampled * head, moved)
 
 
 class LazyDecodes:
