@@ -140,3 +140,31 @@ def test_the_aggregate_price_is_the_cost_models(devices: int) -> None:
     assert not AggregatePricer(PerfModel(HardwareProfile("slow", peak_flops=1e6, memory_bandwidth=1e15),
                                          model)).ok
     assert AggregatePricer(PERF).ok and HW.peak_flops > 0 and MODEL.num_layers == 2
+
+
+def test_key_hints_give_the_keys_the_kv_manager_computes() -> None:
+    # the simulator hands the router's prompt keys to the KV manager (Request.key_hint): the same
+    # keys must come out, and a hint from another root (another adapter) must be ignored
+    from edgecloud.llm.kv_cache import KVCacheManager, LayerGroup
+    from edgecloud.llm.kv_cache.keys import chain_keys, root_key
+    from edgecloud.llm.request_state import Request
+    from edgecloud.llm.sampling_params import SamplingParams
+
+    rng = random.Random(3)
+    prompt = [rng.randrange(2, 400) for _ in range(37)]
+    params = SamplingParams(temperature=0.0, max_tokens=9, ignore_eos=True)
+
+    def keys_after_prefill(hint_root: bytes | None, adapter: str | None = None) -> list[bytes]:
+        kv = KVCacheManager([LayerGroup("full", (0,))], 40, 4, b"fp")
+        hint = None if hint_root is None else (hint_root, chain_keys(hint_root, prompt, 4))
+        req = Request("r", list(prompt), params, 0.0, 0, adapter_id=adapter, all_token_ids=list(prompt),
+                      block_tables=[[]], key_hint=hint)
+        req.num_computed_tokens += kv.admit(req, 100)  # type: ignore[operator]
+        kv.register_computed(req)
+        return req.block_keys
+
+    plain = keys_after_prefill(None)
+    assert len(plain) == 9
+    assert keys_after_prefill(root_key(b"fp")) == plain
+    assert keys_after_prefill(root_key(b"fp", "lora-a")) == plain  # another root's hint: hashed anew
+    assert keys_after_prefill(root_key(b"fp"), "lora-a") == keys_after_prefill(None, "lora-a") != plain

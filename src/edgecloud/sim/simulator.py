@@ -254,6 +254,8 @@ class ClusterSimulator:
                 arrival_time=at, order=0, priority=req.priority, service_tier=req.service_tier,
                 adapter_id=req.adapter_id, kv_transfer=KVTransferParams(export=True) if export else None,
                 all_token_ids=list(req.prompt_token_ids), block_tables=[[]],
+                # the router hashed the prompt's blocks already (same keys: the same fingerprint)
+                key_hint=(flight.route_request.root, flight.route_request.block_keys),
             )
 
         fed = 0  # backlog requests routed so far
