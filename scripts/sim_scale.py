@@ -1,7 +1,8 @@
 """The simulator's speed at cluster scale (issue #18): the Azure conversation trace's hour with its
 arrival rate scaled to keep N simulated H100 instances of Llama-3-8B near saturation, simulated
-step by step (the default) and with runs of decode steps advanced at once (``decode_runs``), on one
-core; both paths on the same slice must give the same latencies. Writes a small JSON (no
+step by step, with runs of decode steps advanced at once (``decode_runs``) or incrementally
+(``incremental``, the default here), on one core; the paths on the same slice must give the same
+latencies. Writes a small JSON (no
 per-request records) with the CPU, the load and the process's peak memory.
 
     taskset -c 0 python scripts/sim_scale.py --instances 64 --rate-scale 160 --duration 300 \
@@ -38,21 +39,24 @@ def window(trace: str, start_s: float, duration_s: float) -> list[TraceRequest]:
 
 
 def run(spec: SimClusterSpec, policy: str, trace: str, rate_scale: float, start_s: float, duration: float,
-        decode_runs: bool) -> dict[str, Any]:
+        mode: str, times: list[tuple[float | None, float | None]] | None = None) -> dict[str, Any]:
+    """One replay; ``mode``: ``step`` (step by step), ``runs`` (decode runs) or ``incremental``."""
     start = time.process_time()
     instances, link, max_len = build_instances(spec)
     workload = iter_trace_requests(scale_rate(window(trace, start_s, duration), rate_scale), max_len=max_len)
     sim = ClusterSimulator(instances, make_policy(policy), transfer=link, record_token_times=False,
-                           decode_runs=decode_runs)
+                           decode_runs=mode == "runs", incremental=mode == "incremental")
     result = sim.run(workload)
     total_cpu = time.process_time() - start
+    if times is not None:  # each request's first-token and finish times, to compare the paths by
+        times.extend((r.first_token_s, r.finish_s) for r in result.records)
     summary = sim_run_result(policy, result).summary
     busy = sum(i.busy_s for i in instances) / len(instances) / result.simulated_s
     ms = {f"{m}_{q}_ms": round(getattr(getattr(summary, m), q) * 1000, 3)
           for m in ("ttft", "tpot", "e2e") for q in ("p50", "p90", "p99")}
     return {
         "cluster": spec.describe(), "accelerators": spec.accelerators, "policy": policy,
-        "decode_runs": decode_runs, "trace_window_s": [start_s, start_s + duration], "rate_scale": rate_scale,
+        "mode": mode, "trace_window_s": [start_s, start_s + duration], "rate_scale": rate_scale,
         "requests": len(result.records), "finished": sum(r.finish_s is not None for r in result.records),
         "simulated_s": round(result.simulated_s, 3), "events": result.events,
         "cpu_s": round(result.cpu_s, 2), "wall_s": round(result.wall_s, 2),
@@ -71,21 +75,35 @@ def main() -> None:
     parser.add_argument("--policy", default="round-robin")
     parser.add_argument("--rate-scale", type=float, required=True)
     parser.add_argument("--start", type=float, default=0.0, help="the trace window's start (s into the hour)")
-    parser.add_argument("--duration", type=float, required=True, help="trace seconds with decode runs")
+    parser.add_argument("--duration", type=float, required=True, help="trace seconds in --mode")
+    parser.add_argument("--mode", default="incremental", choices=("step", "runs", "incremental"))
     parser.add_argument("--step-duration", type=float, default=0.0,
-                        help="trace seconds simulated by both paths (0: none)")
+                        help="trace seconds simulated by --compare's paths first (0: none)")
+    parser.add_argument("--compare", default="step,incremental",
+                        help="the paths the --step-duration slice is simulated by (comma-separated)")
     parser.add_argument("--json", dest="json_path", required=True)
     args = parser.parse_args()
     spec = SimClusterSpec(model=args.model, mixed=args.instances, devices=args.devices)
     out: dict[str, Any] = {"simulated": True, "cpu": cpu_model(), "affinity": sorted(os.sched_getaffinity(0)),
                            "loadavg_before": os.getloadavg(), "runs": []}
     if args.step_duration:
-        for decode_runs in (False, True):
+        first: list[tuple[float | None, float | None]] | None = None
+        for mode in args.compare.split(","):
+            times: list[tuple[float | None, float | None]] = []
             out["runs"].append(run(spec, args.policy, args.trace, args.rate_scale, args.start, args.step_duration,
-                                   decode_runs))
+                                   mode, times))
+            if first is None:
+                first = times
+            else:  # per request, against the first path: the largest difference of either time
+                assert len(times) == len(first)
+                same_finished = all((a[1] is None) == (b[1] is None) for a, b in zip(first, times, strict=True))
+                out["runs"][-1]["max_abs_time_diff_s_vs_" + args.compare.split(",")[0]] = max(
+                    abs(x - y) for a, b in zip(first, times, strict=True) for x, y in zip(a, b, strict=True)
+                    if x is not None and y is not None)
+                out["runs"][-1]["same_requests_finished"] = same_finished
             print(json.dumps(out["runs"][-1]), flush=True)
     if args.duration:
-        out["runs"].append(run(spec, args.policy, args.trace, args.rate_scale, args.start, args.duration, True))
+        out["runs"].append(run(spec, args.policy, args.trace, args.rate_scale, args.start, args.duration, args.mode))
         print(json.dumps(out["runs"][-1]), flush=True)
     out["loadavg_after"] = os.getloadavg()
     out["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

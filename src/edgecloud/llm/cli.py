@@ -315,10 +315,14 @@ def _bench_peer(args: argparse.Namespace, console: object) -> int:
                    "engine prefill tok/s", f"{r.peer} prefill tok/s", "prefill ratio"):
         table.add_column(column, justify="right")
     for c in r.cases:
-        table.add_row(str(c.streams), c.engine_dtype, f"{c.engine_decode_tok_s:.1f}", f"{c.peer_decode_tok_s:.1f}",
+        table.add_row(str(c.streams), c.engine_dtype.split(" (")[0], f"{c.engine_decode_tok_s:.1f}",
+                      f"{c.peer_decode_tok_s:.1f}",
                       f"{c.decode_ratio:.2f}", f"{c.engine_prefill_tok_s:.0f}", f"{c.peer_prefill_tok_s:.0f}",
                       f"{c.prefill_ratio:.2f}")
     console.print(table)  # type: ignore[attr-defined]
+    for label in dict.fromkeys(c.engine_dtype for c in r.cases):  # the full labels the table shortens
+        if " (" in label:
+            print(f"engine weights {label.split(' (')[0]}: {label}")
     print("bits per weight: " + ", ".join(f"{k} {v:.2f}" for k, v in r.weight_bits.items()))
     for label, value in r.perplexity.items():
         print(f"perplexity, {label}: {value if isinstance(value, str) else f'{value:.3f}'}")
@@ -326,6 +330,8 @@ def _bench_peer(args: argparse.Namespace, console: object) -> int:
         print(f"one-stream decode, {label}: {100 * fraction:.0f}% of this machine's roofline")
     for label, parts in r.breakdown.items():
         for b in parts:
-            print(f"decode step, {label}, {b.streams} stream(s): {b.step_ms:.1f} ms = layers {b.layers_ms:.1f} + "
-                  f"LM head {b.lm_head_ms:.1f} + sampling {b.sampling_ms:.2f} + host {b.host_ms:.1f}")
+            head = (f"layers {b.layers_ms:.1f} + LM head {b.lm_head_ms:.1f}" if b.lm_head_ms is not None
+                    else f"layers and LM head in one call {b.layers_ms:.1f}")
+            print(f"decode step, {label}, {b.streams} stream(s): {b.step_ms:.1f} ms = {head} + "
+                  f"sampling {b.sampling_ms:.2f} + host {b.host_ms:.1f}")
     return 0

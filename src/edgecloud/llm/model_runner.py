@@ -36,6 +36,7 @@ from edgecloud.llm.structured import StructuredOutputs, single_token_bitmask
 
 if TYPE_CHECKING:
     from edgecloud.llm.lora import LoRAManager
+    from edgecloud.llm.quant.decode_stack import DecodeStack
 
 
 def _adapter_order(s: ScheduledRequest) -> str:
@@ -98,6 +99,10 @@ class ModelRunner:
         self.moe = ExpertRuntime(model, config, device) if config.moe is not None else None
         # Set by the engine core around a step it may abandon between layers (only flex work in it).
         self.interrupt: Callable[[], bool] | None = None
+        # One-token steps of an int4 or float32 Llama run their layers in one C call (llm/quant/decode_stack.py);
+        # made at the first such step (a model may be quantized after the runner is built).
+        self._stack: DecodeStack | None = None
+        self._stack_unsupported: tuple[object, str] | None = None  # (model's lm_head, why) when it cannot
 
     def _slots(self, block_table: list[int], start: int, end: int) -> np.ndarray:
         positions = np.arange(start, end)
@@ -207,6 +212,8 @@ class ModelRunner:
             )
         if self.lora is not None:
             self.lora.slots.batch = ctx.lora  # what the LoRA layers apply in this forward pass
+        if len(input_ids) == 1 and not prefills:
+            ctx.decode_stack = self._decode_stack(ctx)
         logits = self.model(
             torch.tensor(input_ids, dtype=torch.int64, device=self.device),
             torch.tensor(positions, dtype=torch.int64, device=self.device),
@@ -237,6 +244,23 @@ class ModelRunner:
             if logprob is not None:
                 result.logprobs[req.request_id] = logprob
         return result
+
+    def _decode_stack(self, ctx: StepContext) -> DecodeStack | None:
+        """The one-call decoder for this one-token step, or None (the module path)."""
+        if self._stack is not None and not self._stack.current():
+            self._stack = None
+        if self._stack is None:
+            head = getattr(self.model, "lm_head", None)
+            if self._stack_unsupported is not None and self._stack_unsupported[0] is head:
+                return None  # this model was found unsupported (re-checked if its modules are replaced)
+            from edgecloud.llm.quant import decode_stack
+
+            reason = decode_stack.unsupported(self.model)
+            if reason is not None:
+                self._stack_unsupported = (head, reason)
+                return None
+            self._stack = decode_stack.DecodeStack(self.model, self.layer_group, self.block_size)
+        return self._stack if self._stack.takes(ctx) else None
 
     def _structured(self) -> StructuredOutputs:
         if self.structured is None:

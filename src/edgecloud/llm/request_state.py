@@ -55,6 +55,10 @@ class Request:
     block_tables: list[list[int]] = field(default_factory=list)  # per layer group
     block_keys: list[BlockKey] = field(default_factory=list)  # keys of the leading full, computed blocks
     root: BlockKey | None = None
+    # ``(root, keys)``: the keys of the prompt's full blocks from ``root``, computed ahead by whoever
+    # had them (a router); the KV manager takes them instead of hashing the blocks again when its
+    # own root is ``root``
+    key_hint: tuple[BlockKey, list[BlockKey]] | None = None
     partial: SavedPartial | None = None
     generator: Any = None  # the executor's per-request torch.Generator (seeded requests)
     grammar: Any = None  # the executor's per-request grammar matcher (structured outputs)

@@ -194,6 +194,12 @@ class Scheduler:
             break
         if kv_short:
             return budget  # no room to admit anyone
+        return self._admit_waiting(tier, out, budget)
+
+    def _admit_waiting(self, tier: str, out: SchedulerOutput, budget: int) -> int:
+        """Admits waiting requests of one tier while the budget, the seats and the KV allow (the
+        second half of ``_schedule_tier``; the simulator's incremental instances call it alone)."""
+        kv = self.kv
         j = 0
         while j < len(self.waiting) and budget > 0:
             req = self.waiting[j]

@@ -47,6 +47,10 @@ class StepContext:
     # asked after each decoder layer of a step that may be abandoned (only flex work in it): True
     # stops the forward pass with StepInterrupted (docs/engine-core.md, preemption between layers)
     interrupt: Callable[[], bool] | None = None
+    # runs decoder layers [first, last) of a one-token step in one call, with the LM head if asked
+    # (llm/quant/decode_stack.py), set by the runner for the steps and models it describes; None:
+    # module by module
+    decode_stack: Callable[..., torch.Tensor | None] | None = None
 
     def attention_for(self, layer_idx: int) -> AttentionMetadata:
         return self.attention[self.layer_group[layer_idx]]

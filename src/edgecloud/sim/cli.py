@@ -74,6 +74,9 @@ def register(commands: Any, bench: Any) -> None:
     run.add_argument("--token-times", action="store_true", help="record every token's time (ITL, plots)")
     run.add_argument("--decode-runs", action="store_true",
                      help="advance runs of pure decode steps as one event (faster; times equal to float rounding)")
+    run.add_argument("--incremental", action="store_true",
+                     help="step only the requests a step changes (fastest; times equal to float rounding; "
+                     "no --token-times, no --decode-runs)")
     run.add_argument("--json", dest="json_path", type=output_file, help="write bench-serve-style JSON here")
     run.add_argument("--plot", dest="plot_path", type=output_file, help="write bench-serve-style plots (PNG)")
     run.set_defaults(handler=_run)
@@ -128,7 +131,8 @@ def _run(args: argparse.Namespace) -> int:
         workload = trace_workload_for(args.trace, max_len, num_requests=args.num_requests, duration_s=args.duration,
                                       rate_scale=args.rate_scale, time_scale=args.time_scale, scaling=scaling,
                                       seed=args.seed, stream=True)
-        result = simulate(spec, policy, workload, dict(args.policy_option), args.token_times, args.decode_runs)
+        result = simulate(spec, policy, workload, dict(args.policy_option), args.token_times, args.decode_runs,
+                          args.incremental)
     except (ProfileError, ValueError, OSError) as error:
         raise CLIError(str(error), USAGE) from None
     run = sim_run_result(policy, result)

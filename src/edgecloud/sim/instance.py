@@ -17,9 +17,10 @@ from edgecloud.cluster.config import Role
 from edgecloud.llm.kv_cache import KVCacheManager, LayerGroup
 from edgecloud.llm.outputs import EngineCoreOutput, EngineStats
 from edgecloud.llm.perf_model import PerfModel, StepShape
-from edgecloud.llm.request_state import Request
-from edgecloud.llm.scheduler import SampledTokens, Scheduler, SchedulerOutput
+from edgecloud.llm.request_state import Request, RequestStatus
+from edgecloud.llm.scheduler import SampledTokens, ScheduledRequest, Scheduler, SchedulerOutput
 from edgecloud.sim.decode_run import DecodeCredit, DecodeRun
+from edgecloud.sim.incremental import AggregatePricer, LazyDecodes, decodable
 from edgecloud.sim.lazy_pool import LazyBlockPool
 
 if TYPE_CHECKING:
@@ -75,6 +76,31 @@ class SimInstance:
         self.serial = 0  # bumped whenever the end of the step in flight moves (a run cut short)
         # set by the simulator while a run may be in flight: settles it before anyone reads stats
         self.observer: Callable[[SimInstance], None] | None = None
+        # incremental stepping (``edgecloud.sim.incremental``), set by ``enable_incremental``
+        self.lazy: LazyDecodes | None = None
+        self._pricer: AggregatePricer | None = None
+        self._others: list[Request] = []  # running requests not in ``lazy`` (prefill chunks)
+        self._lazy_plan: tuple[SchedulerOutput, int, int, list[Request], list[Request]] | None = None
+        self._leave_incremental = False  # a request the incremental path does not cover came mid-step
+
+    def enable_incremental(self) -> bool:
+        """Steps this instance incrementally (``edgecloud.sim.incremental``) where it can: False
+        (and nothing changed) for a subclass, MoE pricing, or a cost model or scheduler setting the
+        incremental path does not cover."""
+        s = self.scheduler
+        pricer = AggregatePricer(self.perf)
+        if (type(self) is not SimInstance or self.experts is not None or not pricer.ok or s.max_loras is not None
+                or s.flex_step_budget is not None or len(self.kv.pools) != 1 or self.kv.compressed_groups
+                or s.max_num_batched_tokens <= s.max_num_seqs or s.has_work() or self.busy):
+            return False
+        self.lazy, self._pricer = LazyDecodes(self.config.block_size), pricer
+        return True
+
+    def _disable_incremental(self) -> None:
+        """A request the incremental path does not cover (another service tier) came in."""
+        assert self.lazy is not None and not self.busy
+        self.lazy.clear()
+        self.lazy, self._pricer, self._others = None, None, []
 
     # -- the router's Backend ---------------------------------------------------------------------
 
@@ -103,6 +129,11 @@ class SimInstance:
     def add(self, req: Request) -> None:
         self._order += 1
         req.order = self._order
+        if self.lazy is not None and (req.service_tier != "default" or req.wait_for is not None):
+            if self.busy:  # the step in flight ends incrementally; the next ones step as usual
+                self._leave_incremental = True
+            else:
+                self._disable_incremental()
         self.scheduler.add(req)
 
     def start_step(self, now: float) -> float | None:
@@ -110,8 +141,14 @@ class SimInstance:
         to run (idle, or waiting requests that cannot be admitted until something changes)."""
         if not self.scheduler.has_work():
             return None
+        if self.lazy is not None:
+            handled, duration = self._start_lazy_step(now)
+            if handled:
+                return duration
         plan = self.scheduler.schedule(now)
         if not plan.scheduled and not plan.exhausted:
+            if self.lazy is not None:
+                self._rebuild_lazy()
             return None
         self._plan = plan
         self.busy = True
@@ -165,10 +202,145 @@ class SimInstance:
     def end_step(self) -> list[EngineCoreOutput]:
         """Applies the step planned by ``start_step``: every request that reached its last token
         samples one."""
+        if self._lazy_plan is not None:
+            return self._end_lazy_step()
         plan = self._plan
         assert plan is not None, "end_step without start_step"
         self._plan = None
         self.busy = False
         self.num_steps += 1
         sampled = SampledTokens(token_ids={s.request.request_id: SIM_TOKEN for s in plan.scheduled if s.samples})
-        return self.scheduler.update(plan, sampled)
+        outputs = self.scheduler.update(plan, sampled)
+        if self.lazy is not None:  # after a step of the scheduler's own: who decodes lazily from now on
+            self.lazy.step += 1
+            self._rebuild_lazy()
+        return outputs
+
+    # -- incremental stepping (edgecloud.sim.incremental) -------------------------------------------
+
+    def _rebuild_lazy(self) -> None:
+        lazy = self.lazy
+        assert lazy is not None
+        if self._leave_incremental:
+            self._leave_incremental = False
+            self._disable_incremental()
+            return
+        lazy.clear()
+        self._others = []
+        max_len = self.scheduler.max_model_len
+        for req in self.scheduler.running:
+            if decodable(req):
+                lazy.add(req, max_len)
+            else:
+                self._others.append(req)
+
+    def _start_lazy_step(self, now: float) -> tuple[bool, float | None]:
+        """Plans the step as ``Scheduler.schedule`` would, touching only what changes (module
+        ``edgecloud.sim.incremental``): ``(True, duration or None when nothing runs)``, or
+        ``(False, None)`` where the scheduler must plan it (every lazy request written back)."""
+        s, kv, lazy = self.scheduler, self.kv, self.lazy
+        assert lazy is not None and self._pricer is not None
+        n = len(lazy)
+        others = self._others
+        # the running loop: each decode takes one token; a prefill chunk takes what the budget
+        # leaves after every decode (the scheduler's ``budget - decodes_after``, whatever the order)
+        start = s.max_num_batched_tokens - n
+        decodes_after = sum(1 for r in others if r.num_tokens - r.num_computed_tokens == 1)
+        used = 0
+        chunks: list[tuple[Request, int]] = []
+        for req in others:
+            remaining = req.num_tokens - req.num_computed_tokens
+            if remaining == 1:
+                decodes_after -= 1
+                num_new = 1
+            else:
+                num_new = min(remaining, start - used - decodes_after)
+                if num_new <= 0:
+                    continue
+            chunks.append((req, num_new))
+            used += num_new
+        step = lazy.step
+        crossing = lazy.crossing()
+        blocks = sum(kv.blocks_for(lazy.offset[r] + step + 1) - len(r.block_tables[0]) for r in crossing)
+        blocks += sum(max(0, kv.blocks_for(r.num_computed_tokens + k) - len(r.block_tables[0])) for r, k in chunks)
+        if blocks > kv.num_free_blocks:  # the scheduler would preempt: its own step, from the true state
+            lazy.clear()
+            self._others = []
+            return False, None
+        grows = [(r.sort_key, r, lazy.offset[r] + step + 1) for r in crossing]
+        grows += [(r.sort_key, r, r.num_computed_tokens + k) for r, k in chunks]
+        grows.sort(key=lambda g: g[0])
+        for _, req, target in grows:
+            kv.grow(req, target)
+        out = SchedulerOutput([ScheduledRequest(r, k) for r, k in chunks])
+        budget = start - used
+        if s.waiting and budget > 0:
+            s._admit_waiting("default", out, budget)
+            if len(out.scheduled) > len(chunks):
+                others.extend(i.request for i in out.scheduled[len(chunks):])
+                others.sort(key=lambda r: r.sort_key)
+        for item in out.scheduled:
+            req = item.request
+            if req.first_scheduled_time is None:
+                req.first_scheduled_time = now
+            if req.num_computed_tokens < req.num_prompt_tokens:
+                s.prompt_tokens_total += min(item.num_new_tokens, req.num_prompt_tokens - req.num_computed_tokens)
+        if not out.scheduled and not n:
+            return True, None  # waiting requests that cannot be admitted until something changes
+        shapes = [StepShape(i.num_new_tokens, i.request.num_computed_tokens + i.num_new_tokens, i.samples)
+                  for i in out.scheduled]
+        duration = self._pricer.step_time(shapes, n, lazy.context_sum())
+        filling = lazy.filling()
+        finishing = lazy.finishing.pop(step, [])
+        self._lazy_plan = (out, n, len(chunks), filling, finishing)
+        self.busy = True
+        self.busy_s += duration
+        return True, duration
+
+    def _end_lazy_step(self) -> list[EngineCoreOutput]:
+        """``Scheduler.update`` of the step, in running order, on the requests it changes."""
+        assert self._lazy_plan is not None and self.lazy is not None
+        out, n, num_running, filling, finishing = self._lazy_plan
+        self._lazy_plan = None
+        self.busy = False
+        self.num_steps += 1
+        s, kv, lazy = self.scheduler, self.kv, self.lazy
+        done = set(finishing)
+        touched = {id(r): r for r in filling}
+        touched.update((id(r), r) for r in finishing)
+        items: list[tuple[tuple[int, int, float, int], Request, ScheduledRequest | None]] = [
+            (r.sort_key, r, None) for r in touched.values()]
+        # the scheduler's update goes through the plan: the running requests in running order, then
+        # the ones admitted at this step, in the order they were admitted
+        items += [(i.request.sort_key, i.request, i) for i in out.scheduled[:num_running]]
+        items.sort(key=lambda t: t[0])
+        items += [(i.request.sort_key, i.request, i) for i in out.scheduled[num_running:]]
+        outputs: list[EngineCoreOutput] = []
+        for _, req, item in items:
+            if item is not None:  # a prefill chunk or a newly admitted request: the scheduler's own update
+                token = {req.request_id: SIM_TOKEN} if item.samples else {}
+                outputs += s.update(SchedulerOutput([item]), SampledTokens(token_ids=token))
+                continue
+            lazy.write_back(req, 1)  # its block filled or it reached its length with this step
+            kv.register_computed(req)
+            if req in done:
+                lazy.remove(req)
+                s.finish(req, "length")
+                outputs.append(EngineCoreOutput(request_id=req.request_id, new_token_ids=[SIM_TOKEN],
+                                                finish_reason="length"))
+        s.generation_tokens_total += n
+        lazy.step += 1
+        if self._leave_incremental:
+            self._leave_incremental = False
+            self._disable_incremental()
+            return outputs
+        others = []
+        for req in self._others:
+            if req.status is not RequestStatus.RUNNING:
+                continue
+            if decodable(req):
+                lazy.add(req, s.max_model_len)
+            else:
+                others.append(req)
+        self._others = others
+        return outputs

@@ -90,9 +90,9 @@ def trace_workload_for(
 
 def simulate(
     spec: SimClusterSpec, policy: str, workload: Iterable[SimRequest], policy_options: dict[str, object] | None = None,
-    record_token_times: bool = False, decode_runs: bool = False,
+    record_token_times: bool = False, decode_runs: bool = False, incremental: bool = False,
 ) -> SimResult:
     instances, link, _ = build_instances(spec)
     sim = ClusterSimulator(instances, make_policy(policy, **(policy_options or {})), transfer=link,
-                           record_token_times=record_token_times, decode_runs=decode_runs)
+                           record_token_times=record_token_times, decode_runs=decode_runs, incremental=incremental)
     return sim.run(workload)

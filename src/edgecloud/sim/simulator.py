@@ -170,6 +170,7 @@ class ClusterSimulator:
         transfer: TransferModel | None = None,
         record_token_times: bool = True,
         decode_runs: bool = False,
+        incremental: bool = False,
     ) -> None:
         if not instances:
             raise ValueError("a simulated cluster needs at least one instance")
@@ -186,6 +187,10 @@ class ClusterSimulator:
         self.transfer = transfer
         self.record_token_times = record_token_times
         self.decode_runs = decode_runs
+        if incremental and (decode_runs or record_token_times):
+            raise ValueError("incremental stepping records no per-token times and replaces decode runs: "
+                             "use it with record_token_times=False and decode_runs=False")
+        self.incremental = incremental
         self._params: dict[int, SamplingParams] = {}
 
     def _sampling(self, max_tokens: int) -> SamplingParams:
@@ -249,6 +254,8 @@ class ClusterSimulator:
                 arrival_time=at, order=0, priority=req.priority, service_tier=req.service_tier,
                 adapter_id=req.adapter_id, kv_transfer=KVTransferParams(export=True) if export else None,
                 all_token_ids=list(req.prompt_token_ids), block_tables=[[]],
+                # the router hashed the prompt's blocks already (same keys: the same fingerprint)
+                key_hint=(flight.route_request.root, flight.route_request.block_keys),
             )
 
         fed = 0  # backlog requests routed so far
@@ -356,6 +363,10 @@ class ClusterSimulator:
         if self.decode_runs:
             for instance in self.instances:
                 instance.observer = observe
+        if self.incremental:
+            for instance in self.instances:
+                if instance.lazy is None:
+                    instance.enable_incremental()
         feed(0.0)
         while heap:
             at, _, kind, item = heapq.heappop(heap)
@@ -410,6 +421,8 @@ class ClusterSimulator:
                         if record.token_times is not None:
                             record.token_times.append(seen)
                     if out.finished:
+                        if self.incremental:  # lazily advanced decodes report their tokens at the end
+                            record.output_tokens = flight.core.num_output_tokens  # type: ignore[union-attr]
                         record.finish_s = now + self.delivery_s
                         if out.finish_reason not in ("stop", "length"):
                             record.error = out.finish_reason
@@ -437,6 +450,14 @@ class ClusterSimulator:
                 deliver_decode(flight, now, "decode")  # type: ignore[arg-type]
         for instance in self.instances:
             instance.observer = None
+            if instance.lazy is not None:  # write the decodes back (a time limit leaves some in flight)
+                instance.lazy.clear()
+                if not instance.busy:
+                    instance._rebuild_lazy()
+        if self.incremental:
+            for flight in flights.values():
+                if flight.core is not None and flight.record.finish_s is None:
+                    flight.record.output_tokens = flight.core.num_output_tokens
         return SimResult(records, self.instances, handovers, now, time.perf_counter() - start_wall, events,
                          time.process_time() - start_cpu)
 

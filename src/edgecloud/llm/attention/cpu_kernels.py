@@ -1,7 +1,8 @@
 """CPU kernels in C, built on this machine at first use and called through ctypes.
 
-Two kernels use this: the paged decode attention below, and the Q4_1 weight-only matmul of
-``edgecloud.llm.quant.linear`` (``llm/quant/csrc/q4_1_matmul.c``), through ``compiled``.
+Three kernels use this: the paged decode attention below, and through ``compiled`` the Q4_1
+weight-only matmul of ``edgecloud.llm.quant.linear`` (``llm/quant/csrc/q4_1_matmul.c``) and the
+one-token decoder stack built on it (``llm/quant/decode_stack.py``).
 
 The paged decode attention kernel (``csrc/paged_decode.c``) reads K and V in place through the
 block table: the torch path gathers each sequence's blocks into a contiguous copy first and then
@@ -79,19 +80,23 @@ def _build(name: str, source: str, compiler: str) -> Path:
 
 
 @cache
-def compiled(package: str, name: str, symbol: str, argtypes: tuple[object, ...], what: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def compiled(
+    package: str, name: str | tuple[str, ...], symbol: str, argtypes: tuple[object, ...], what: str
+) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     """``symbol`` from ``package``'s ``csrc/<name>``, built for this machine; None (no compiler, build
     failed, or disabled: a warning says so once) and the caller keeps its torch path. ``what``
-    names the kernel in that warning."""
+    names the kernel in that warning. Several names are joined, in order, into one translation unit
+    (a later file uses the earlier ones' static functions); the library is named after the last."""
     if not enabled():
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         log.warning("no C compiler (cc/gcc) found: %s uses the slower torch path", what)
         return None
-    source = resources.files(package).joinpath("csrc", name).read_text()
+    names = (name,) if isinstance(name, str) else name
+    source = "\n".join(resources.files(package).joinpath("csrc", n).read_text() for n in names)
     try:
-        path = _build(name, source, compiler)
+        path = _build(names[-1], source, compiler)
         function = getattr(ctypes.CDLL(str(path)), symbol)
     except (OSError, AttributeError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", "") or error

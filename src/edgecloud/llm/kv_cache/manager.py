@@ -141,13 +141,22 @@ class KVCacheManager:
             return 0
         return self._hit(chain_keys(root, token_ids, self.block_size))[0] * self.block_size
 
+    def _hinted(self, req: Request) -> list[BlockKey] | None:
+        """The request's prompt block keys computed ahead (``Request.key_hint``), if from our root."""
+        hint = req.key_hint
+        return hint[1] if hint is not None and hint[0] == self.root(req) else None
+
     def _match(self, req: Request) -> tuple[list[BlockKey], list[list[int]]]:
         """Keys and block ids (per group, ``-1`` where a compressed group lacks one) of the
         request's leading cached blocks, leaving at least one token to compute."""
         if not self.enable_prefix_caching:
             return [], [[] for _ in self.pools]
         limit = (req.num_tokens - 1) // self.block_size
-        keys = chain_keys(self.root(req), req.all_token_ids, self.block_size, req.block_keys[:limit], limit)
+        known = req.block_keys[:limit]
+        hinted = self._hinted(req)
+        if hinted is not None and len(hinted) > len(known):  # both chain the same prompt from one root
+            known = hinted[:limit]
+        keys = chain_keys(self.root(req), req.all_token_ids, self.block_size, known, limit)
         matched, hits = self._hit(keys)
         return keys[:matched], hits
 
@@ -240,11 +249,12 @@ class KVCacheManager:
         limit = req.num_computed_tokens
         if self.compressed_groups:
             limit = min(limit, req.num_prompt_tokens)
+        hinted = self._hinted(req) if (len(req.block_keys) + 1) * bs <= limit else None
         while (len(req.block_keys) + 1) * bs <= limit:
             i = len(req.block_keys)
             tokens = tuple(req.all_token_ids[i * bs : (i + 1) * bs])
             parent = req.block_keys[-1] if req.block_keys else self.root(req)
-            key = block_key(parent, tokens)
+            key = hinted[i] if hinted is not None and i < len(hinted) else block_key(parent, tokens)
             req.block_keys.append(key)
             for pool, table in zip(self.pools, req.block_tables, strict=True):
                 if table[i] >= 0:

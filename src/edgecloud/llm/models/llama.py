@@ -68,10 +68,19 @@ class LlamaForCausalLM(torch.nn.Module):
         """Runs one step; returns float32 logits for the rows in ``logits_rows`` only."""
         hidden = self.model.embed_tokens(input_ids)
         last = len(self.model.layers) - 1
-        for i, layer in enumerate(self.model.layers):
-            hidden = layer(positions, hidden, ctx)
-            if ctx.interrupt is not None and i < last and ctx.interrupt():
-                raise StepInterrupted(i)
+        stack = ctx.decode_stack
+        if stack is not None and ctx.interrupt is None:  # one token: every layer (and the head) in one call
+            logits = stack(hidden, positions, ctx, 0, last + 1, logits=logits_rows.numel() == 1)
+            if logits is not None:
+                return logits
+        else:
+            for i, layer in enumerate(self.model.layers):
+                if stack is not None:
+                    stack(hidden, positions, ctx, i, i + 1)
+                else:
+                    hidden = layer(positions, hidden, ctx)
+                if ctx.interrupt is not None and i < last and ctx.interrupt():
+                    raise StepInterrupted(i)
         hidden = self.model.norm(hidden[logits_rows])
         return self.lm_head(hidden).float()
 

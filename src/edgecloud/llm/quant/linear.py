@@ -3,7 +3,7 @@
 ``Int4Linear`` keeps Q4_1 groups as llama.cpp stores them (16 bytes of 4-bit codes and an fp16
 scale and minimum per 32 weights: 5 bits a weight) and has two kernels:
 
-- up to ``C_KERNEL_MAX_ROWS`` activation rows (one-stream decode), ``csrc/q4_1_matmul.c``, built on
+- up to ``C_KERNEL_MAX_ROWS`` activation rows (decode of a few streams), ``csrc/q4_1_matmul.c``, built on
   this machine (``attention/cpu_kernels.py``). It reads the weights once at 5 bits and unpacks them
   in registers. With AVX-512 VNNI it rounds each group of 32 activations to int8 with its own scale
   (``max|x| / 127``, as llama.cpp does) and multiplies in integers; without VNNI the layer keeps
@@ -11,11 +11,12 @@ scale and minimum per 32 weights: 5 bits a weight) and has two kernels:
   weights in cache and ~1.3x from memory on this project's AMD EPYC;
 - more rows (batched decode, prefill), ``aten._weight_int4pack_mm_for_cpu`` on torch's CPU int4
   layout, built from the groups at its first use (kept beside the blocks from then on: once a
-  layer has seen more than two rows it holds its weights twice, ~10 bits a weight in memory;
+  layer has seen more than four rows it holds its weights twice, ~10 bits a weight in memory;
   ``weight_bytes`` counts what a one-row step reads). It is vectorized (AVX-512) for bfloat16
   activations only (its fp32 path is a scalar loop, 40x slower here), so activations are rounded to
   bf16 for the product, and the group scale ``d`` and offset ``m + 8d`` are held in bf16 (the kernel
-  computes ``(q - 8) * scale + zero``); its bf16 dot products beat the C kernel from a few rows up.
+  computes ``(q - 8) * scale + zero``); from 8 rows up its bf16 dot products are as fast as the C
+  kernel's integer ones here, and it is torch's own.
 
 Either way the model differs from its dequantized fp32 twin by the activations' rounding (and the
 bf16 scales), which the perplexity report measures. Without a C compiler (or with
@@ -42,9 +43,9 @@ from edgecloud.llm.quant.groups import GROUP, Int4Groups, Int8Groups
 # Rows expanded at once by Int8Linear: 1024 rows x 1536 inputs x 4 bytes = 6 MiB, within L2 + L3 share.
 _INT8_ROWS_PER_SLICE = 1024
 
-# Activation rows up to which Int4Linear multiplies with the C kernel (2 rows: still 1.1-2x torch's
-# kernel on this project's EPYC; the kernel re-reads the weights from cache for each row).
-C_KERNEL_MAX_ROWS = 2
+# Activation rows up to which Int4Linear multiplies with the C kernel: at 1-4 rows it takes 0.6-0.8x
+# the time of torch's kernel on this project's EPYC (SmolLM2 shapes, 2 threads), at 8-64 about the same.
+C_KERNEL_MAX_ROWS = 4
 _Q4_1_ARGTYPES = (
     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,  # x, codes, scales, y
     ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,  # rows, outputs, inputs, threads
