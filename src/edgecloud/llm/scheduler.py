@@ -140,13 +140,17 @@ class Scheduler:
                 flex_budget = min(flex_budget, self.flex_step_budget(self, out))
             if flex_budget > 0:
                 self._schedule_tier("flex", out, flex_budget)
+        self.note_scheduled(out, now)
+        return out
+
+    def note_scheduled(self, out: SchedulerOutput, now: float) -> None:
+        """Books what ``out`` schedules: first-scheduled times and the prompt tokens it computes."""
         for s in out.scheduled:
             req = s.request
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = now
             if req.num_computed_tokens < req.num_prompt_tokens:
                 self.prompt_tokens_total += min(s.num_new_tokens, req.num_prompt_tokens - req.num_computed_tokens)
-        return out
 
     def _schedule_tier(self, tier: str, out: SchedulerOutput, budget: int) -> int:
         """Schedules the running, then the waiting requests of one tier; returns the budget left."""

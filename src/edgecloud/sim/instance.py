@@ -279,12 +279,7 @@ class SimInstance:
             if len(out.scheduled) > len(chunks):
                 others.extend(i.request for i in out.scheduled[len(chunks):])
                 others.sort(key=lambda r: r.sort_key)
-        for item in out.scheduled:
-            req = item.request
-            if req.first_scheduled_time is None:
-                req.first_scheduled_time = now
-            if req.num_computed_tokens < req.num_prompt_tokens:
-                s.prompt_tokens_total += min(item.num_new_tokens, req.num_prompt_tokens - req.num_computed_tokens)
+        s.note_scheduled(out, now)
         if not out.scheduled and not n:
             return True, None  # waiting requests that cannot be admitted until something changes
         shapes = [StepShape(i.num_new_tokens, i.request.num_computed_tokens + i.num_new_tokens, i.samples)
