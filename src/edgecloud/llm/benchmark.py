@@ -61,9 +61,10 @@ class EngineBenchResult:
 def measure_peaks(dtype: torch.dtype, repeats: int = 5, min_seconds: float = 1.0) -> MachinePeaks:
     """Best streaming bandwidth (a 256 MiB copy) and square-matmul throughput (the best of torch's
     ``mm`` (MKL) and the oneDNN packed matmul the engine's linear layers use), each timed at least
-    ``repeats`` times and for at least ``min_seconds``: on an idle machine the first tenth of a second
-    ran at half speed here (two quiet runs measured 21.5-22.9 GB/s and 109 GFLOP/s, loaded ones
-    29-34 GB/s and 182-222 GFLOP/s), and a peak understated that way overstates every fraction of it."""
+    ``repeats`` times and for at least ``min_seconds``. Five calls (a tenth of a second) understated
+    the peaks in two quiet runs here (21.5-22.9 GB/s, once 109 GFLOP/s, where other runs measured
+    29-34 GB/s and 182-222 GFLOP/s and the decode that streams weights ran as fast; cause not found),
+    and a peak understated that way overstates every fraction of it."""
     src = torch.ones(64 * 2**20, dtype=torch.float32)
     dst = torch.empty_like(src)
     bandwidth = 2 * src.numel() * src.element_size() / _best(lambda: dst.copy_(src), repeats, min_seconds)
