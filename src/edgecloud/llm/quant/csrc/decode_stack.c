@@ -173,45 +173,45 @@ int edgecloud_llama_decode_stack(float *hidden, const StackLayer *layers, int64_
 
 #pragma omp parallel num_threads(num_threads)
     {
-    for (int64_t l = first; l < last; l++) {
-        const StackLayer *layer = layers + l;
-        const GroupStep *step = groups + layer->group;
-        const int64_t len = *step->context_len;
+        for (int64_t l = first; l < last; l++) {
+            const StackLayer *layer = layers + l;
+            const GroupStep *step = groups + layer->group;
+            const int64_t len = *step->context_len;
 #pragma omp single
-        rms_norm(hidden, layer->input_norm, x, H, shape->eps);
-        project(layer->weights[0], layer->scales[0], x, &a, qkv, qkv_rows, H, dense);
+            rms_norm(hidden, layer->input_norm, x, H, shape->eps);
+            project(layer->weights[0], layer->scales[0], x, &a, qkv, qkv_rows, H, dense);
 #pragma omp single
-        {
-            for (int64_t h = 0; h < heads + kv_heads; h++) rotate(qkv + h * D, cos, sin, D / 2);
-            const int64_t slot = *step->slot;
-            memcpy(layer->k_cache + slot * kv_size, qkv + q_size, sizeof(float) * (size_t)kv_size);
-            memcpy(layer->v_cache + slot * kv_size, qkv + q_size + kv_size, sizeof(float) * (size_t)kv_size);
-        }
+            {
+                for (int64_t h = 0; h < heads + kv_heads; h++) rotate(qkv + h * D, cos, sin, D / 2);
+                const int64_t slot = *step->slot;
+                memcpy(layer->k_cache + slot * kv_size, qkv + q_size, sizeof(float) * (size_t)kv_size);
+                memcpy(layer->v_cache + slot * kv_size, qkv + q_size + kv_size, sizeof(float) * (size_t)kv_size);
+            }
 #pragma omp for schedule(static)
-        for (int64_t h = 0; h < heads; h++)
-            attend(qkv + h * D, layer->k_cache, layer->v_cache, step->table, len, shape->block_size, kv_size,
-                   (h / group) * D, D, shape->scale, scores + h * longest, attn + h * D);
-        project(layer->weights[1], layer->scales[1], attn, &a, proj, H, q_size, dense);
+            for (int64_t h = 0; h < heads; h++)
+                attend(qkv + h * D, layer->k_cache, layer->v_cache, step->table, len, shape->block_size, kv_size,
+                       (h / group) * D, D, shape->scale, scores + h * longest, attn + h * D);
+            project(layer->weights[1], layer->scales[1], attn, &a, proj, H, q_size, dense);
 #pragma omp single
-        {
+            {
+                for (int64_t i = 0; i < H; i++) hidden[i] += proj[i];
+                rms_norm(hidden, layer->post_norm, x, H, shape->eps);
+            }
+            project(layer->weights[2], layer->scales[2], x, &a, gate_up, 2 * I, H, dense);
+#pragma omp single
+            for (int64_t i = 0; i < I; i++) {
+                const float g = gate_up[i];
+                act[i] = g / (1.0f + expf(-g)) * gate_up[I + i];
+            }
+            project(layer->weights[3], layer->scales[3], act, &a, proj, H, I, dense);
+#pragma omp single
             for (int64_t i = 0; i < H; i++) hidden[i] += proj[i];
-            rms_norm(hidden, layer->post_norm, x, H, shape->eps);
         }
-        project(layer->weights[2], layer->scales[2], x, &a, gate_up, 2 * I, H, dense);
+        if (head != NULL) {
 #pragma omp single
-        for (int64_t i = 0; i < I; i++) {
-            const float g = gate_up[i];
-            act[i] = g / (1.0f + expf(-g)) * gate_up[I + i];
+            rms_norm(hidden, head->norm, x, H, shape->eps);
+            project(head->weights, head->scales, x, &a, head->logits, head->vocab, H, head->dense);
         }
-        project(layer->weights[3], layer->scales[3], act, &a, proj, H, I, dense);
-#pragma omp single
-        for (int64_t i = 0; i < H; i++) hidden[i] += proj[i];
-    }
-    if (head != NULL) {
-#pragma omp single
-        rms_norm(hidden, head->norm, x, H, shape->eps);
-        project(head->weights, head->scales, x, &a, head->logits, head->vocab, H, head->dense);
-    }
     }
     free(x);
     free(scores);
