@@ -455,6 +455,9 @@ async def run_workload(
                     record = await one_turn(client, edges[mode], model, mode, workload, conversation.name, k, text,
                                             budget, route[k], states[mode], lambda n: n not in killed)
                     records[mode].append(record)
+                    print(f"  {workload} {conversation.name} turn {k + 1} {mode} at {record.node}: {record.status}, "
+                          f"{record.rt_ms:.0f} ms, {record.prompt_tokens}+{record.completion_tokens} tokens",
+                          flush=True)
                     if record.status != 200:
                         states[mode] = None  # type: ignore[assignment]  # it cannot go on without its answer
                 await asyncio.sleep(think_s)
@@ -798,12 +801,33 @@ def run_bench_cli(args: argparse.Namespace) -> int:
         raise CLIError(f"--kill: {kill[0]!r} is not a node of the topology ({', '.join(topology.nodes)})", USAGE)
     if "mooncake" in workloads and not Path(args.trace).is_file():
         raise CLIError(f"--trace: no file {args.trace}", USAGE)
-    report = asyncio.run(run_bench(args, topology, modes, workloads, (low, high), kill))
+    report = asyncio.run(_stopped_by_sigterm(run_bench(args, topology, modes, workloads, (low, high), kill)))
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     print_summary(report)
     if args.plot:
         plot(report, args.plot)
     return 0
+
+
+async def _stopped_by_sigterm(work: Any) -> Any:
+    """``work``, cancelled by SIGTERM (``timeout``, ``kill``) as by Ctrl-C, so that its ``finally``
+    stops the node processes: they run in sessions of their own and would outlive the bench."""
+    import signal
+
+    from edgecloud.errors import CLIError
+
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    terminated: list[bool] = []
+    loop.add_signal_handler(signal.SIGTERM, lambda: (terminated.append(True), task.cancel()))
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if terminated:
+            raise CLIError("edge bench: stopped by SIGTERM; its nodes are stopped, no results written") from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def run_bench(args: argparse.Namespace, topology: Any, modes: list[str], workloads: list[str],
