@@ -965,23 +965,27 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     figure, axes = plt.subplots(len(cases), 4, figsize=(21, 4.2 * len(cases)), squeeze=False)
     colors = {"tokens": "tab:blue", "text": "tab:orange", "client": "tab:green"}
     for row, case in zip(axes, cases, strict=True):
+        # whole HTTP requests where the run counted them, else the payload (older JSON)
+        size = "request_wire_bytes" if all(m.get("request_wire_bytes_p50") for m in case["modes"].values()) \
+            else "request_bytes"
         for mode, m in case["modes"].items():
             ok = [r for r in m["records"] if r["status"] == 200]
             if ok:
                 cdf_steps(row[0], [r["rt_ms"] for r in ok], color=colors[mode],
                           label=f"{mode} (p50 {m['rt_ms_p50']:.0f} ms)")
-                cdf_steps(row[2], [r["request_bytes"] for r in ok], color=colors[mode],
-                          label=f"{mode} (p50 {m['request_bytes_p50']:.0f} B)")
+                cdf_steps(row[2], [r[size] for r in ok], color=colors[mode],
+                          label=f"{mode} (p50 {m[size + '_p50']:.0f} B)")
             if mode != "client" and m["sync_bytes"]:
                 cdf_steps(row[1], m["sync_bytes"], color=colors[mode],
                           label=f"{mode} (p50 {m['sync_bytes_p50']:.0f} B)")
             by_turn: dict[int, list[float]] = {}
             for r in ok:
-                by_turn.setdefault(r["turn"] + 1, []).append(r["request_bytes"])
+                by_turn.setdefault(r["turn"] + 1, []).append(r[size])
             turns = sorted(by_turn)
             row[3].plot(turns, [float(np.median(by_turn[k])) for k in turns], marker="o", color=colors[mode],
                         label=mode)
-        titles = ("response time (ms)", "sync bytes per turn (all nodes)", "client request bytes",
+        titles = ("response time (ms)", "sync bytes per turn (all nodes)",
+                  "client request bytes" + (" (HTTP request on the wire)" if size == "request_wire_bytes" else ""),
                   "turn of the conversation")
         for axis, title in zip(row, titles, strict=True):
             axis.set_xlabel(title)
