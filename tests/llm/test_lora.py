@@ -226,6 +226,80 @@ def test_export_and_import_between_engines(llama_dir: Path, adapters: dict[str, 
     assert run(target, [("a", prompt)])["r0"] == peft_ref.greedy(adapters["r8-mlp"], prompt, MAX_TOKENS)
 
 
+def shm_files() -> set[str]:
+    from edgecloud.llm.lora.transfer import SHM_DIR, SHM_PREFIX
+
+    return {p.name for p in SHM_DIR.glob(SHM_PREFIX + "*")}
+
+
+def test_import_through_shared_memory_equals_peft_and_leaves_no_file(
+    llama_dir: Path, adapters: dict[str, Path], peft_ref: PeftReference
+) -> None:
+    import asyncio
+
+    from edgecloud.llm.lora.transfer import fetch_adapter
+
+    before = shm_files()
+    source = make_engine(llama_dir, {"a": adapters["r4-all"]})
+    target = make_engine(llama_dir, {}, enable_lora=True)
+    exported = source.core.control("export_lora_adapter", {"lora_name": "a", "transport": "shm"})
+    assert "tensors" not in exported and exported["shm"]["name"] in shm_files()
+    target.core.control("import_lora_adapter", exported)
+    assert shm_files() == before  # the importer removed the name; its tensors map the memory
+
+    class Core:  # fetch_adapter's side: an async control(op, **args), as AsyncEngine's
+        def __init__(self, engine: LLMEngine) -> None:
+            self.engine = engine
+
+        async def control(self, op: str, **args: object) -> object:
+            return self.engine.core.control(op, args)
+
+    asyncio.run(fetch_adapter(Core(source), Core(target), "a", "b"))
+    with pytest.raises(InvalidRequestError, match="already loaded"):  # a failed import leaves no file either
+        asyncio.run(fetch_adapter(Core(source), Core(target), "a", "b"))
+    assert shm_files() == before
+    prompt = [7, 8, 9, 10]
+    expected = peft_ref.greedy(adapters["r4-all"], prompt, MAX_TOKENS)
+    assert run(target, [("a", prompt), ("b", prompt)]) == {"r0": expected, "r1": expected}
+
+
+def test_bad_shared_memory_handles_are_clear_errors(llama_dir: Path, adapters: dict[str, Path]) -> None:
+    source = make_engine(llama_dir, {"a": adapters["r2-qv"]})
+    target = make_engine(llama_dir, {}, enable_lora=True)
+    exported = source.core.control("export_lora_adapter", {"lora_name": "a", "transport": "shm"})
+    name = exported["shm"]["name"]
+    imp = target.core.control
+    with pytest.raises(InvalidRequestError, match="not a name this engine creates"):
+        imp("import_lora_adapter", {**exported, "shm": {**exported["shm"], "name": "../etc/passwd"}})
+    grown = [[k, d, [s[0] * 1000, *s[1:]], o] for k, d, s, o in exported["shm"]["layout"]]
+    with pytest.raises(InvalidRequestError, match="lies outside the"):
+        imp("import_lora_adapter", {**exported, "shm": {**exported["shm"], "layout": grown}})
+    assert name not in shm_files()  # consumed by the failed import
+    with pytest.raises(InvalidRequestError, match="does not exist"):
+        imp("import_lora_adapter", exported)
+    with pytest.raises(InvalidRequestError, match="transport must be one of"):
+        source.core.control("export_lora_adapter", {"lora_name": "a", "transport": "rdma"})
+    assert run(target, [(None, [3, 4, 5])]).keys() == {"r0"}  # still serving
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 3e38])
+def test_non_finite_weights_are_refused_and_large_finite_ones_kept(
+    llama_dir: Path, adapters: dict[str, Path], value: float
+) -> None:
+    source = make_engine(llama_dir, {"a": adapters["r2-qv"]})
+    target = make_engine(llama_dir, {}, enable_lora=True)
+    exported = source.core.control("export_lora_adapter", {"lora_name": "a"})
+    tensors = {k: v.clone() for k, v in exported["tensors"].items()}
+    key = sorted(tensors)[0]
+    tensors[key].view(-1)[: 4] = value  # large but finite: kept
+    args = {**exported, "tensors": tensors}
+    if value == 3e38:
+        target.core.control("import_lora_adapter", args)
+        return
+    with pytest.raises(InvalidRequestError, match="NaN or infinite"):
+        target.core.control("import_lora_adapter", args)
+
+
 def test_lora_disabled_refuses_adapters(llama_dir: Path) -> None:
     engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", kv_cache_memory_mb=1))
     with pytest.raises(InvalidRequestError, match="LoRA is not enabled"):

@@ -422,15 +422,16 @@ class EngineCore:
     def _control_pin_lora_adapter(self, lora_name: str, pinned: bool = True) -> None:
         self._require_lora().set_pinned(lora_name, pinned)
 
-    def _control_export_lora_adapter(self, lora_name: str) -> dict[str, Any]:
-        """The adapter's config and tensors, for a peer instance's ``import_lora_adapter``."""
-        return self._require_lora().export(lora_name)
+    def _control_export_lora_adapter(self, lora_name: str, transport: str = "inline") -> dict[str, Any]:
+        """The adapter's config and tensors (or, ``transport="shm"``, the handle of a shared-memory
+        file holding them), for a peer instance's ``import_lora_adapter``."""
+        return self._require_lora().export(lora_name, transport)
 
     def _control_import_lora_adapter(
-        self, lora_name: str, config: dict[str, Any], tensors: dict[str, torch.Tensor], digest: str,
-        pinned: bool = False,
+        self, lora_name: str, config: dict[str, Any], digest: str, tensors: dict[str, torch.Tensor] | None = None,
+        pinned: bool = False, shm: dict[str, Any] | None = None,
     ) -> None:
-        self._adapter_loaded(self._require_lora().import_(lora_name, config, tensors, digest, pinned))
+        self._adapter_loaded(self._require_lora().import_(lora_name, config, tensors, digest, pinned, shm))
 
     # -- mixture of experts (docs/moe.md) -------------------------------------------------------
 

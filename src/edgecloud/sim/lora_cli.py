@@ -133,6 +133,11 @@ def _bench_lora(args: argparse.Namespace) -> int:
         print(f"SIMULATED {row['policy']:>10} on {row['cluster']}: throughput at SLO {row['throughput_tok_s']:.0f} "
               f"tok/s (rate x{row['rate_scale_at_slo']}), p99 TTFT {row['ttft_ms_p99']:.0f} ms at rate "
               f"x{row['ttft_rate_scale']}, fewest instances for the SLO {row['min_instances_for_slo']}")
+    fetch = result.get("fetch")
+    if fetch:
+        print(f"REAL fetch of a rank-{fetch['rank']} adapter ({fetch['bytes'] / 1e6:.1f} MB), medians of "
+              f"{fetch['repeats']}: disk cold {fetch['disk_cold_ms_p50']:.1f} ms, warm {fetch['disk_ms_p50']:.1f} ms; "
+              f"peer direct {fetch['peer_ms_p50']:.1f} ms, relayed {fetch['peer_relay_ms_p50']:.1f} ms")
     if args.json_path:
         write_json(args.json_path, result)
     if args.plot_path:

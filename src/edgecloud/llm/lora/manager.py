@@ -19,6 +19,7 @@ from edgecloud.llm.lora.adapter import LoRAAdapter, LoRAAdapterError, adapter_fr
 from edgecloud.llm.lora.batch import LoRABatch
 from edgecloud.llm.lora.cache import AdapterCache, AdapterEntry
 from edgecloud.llm.lora.slots import LoRASlots
+from edgecloud.llm.lora.transfer import TRANSPORTS, discard_shm, export_to_shm, import_from_shm
 
 
 def check_adapter_name(name: Any) -> str:
@@ -93,19 +94,36 @@ class LoRAManager:
 
     # -- peers ----------------------------------------------------------------------------------
 
-    def export(self, name: str) -> dict[str, Any]:
-        """The adapter as PEFT config + tensors (CPU), for a peer instance to import."""
+    def export(self, name: str, transport: str = "inline") -> dict[str, Any]:
+        """The adapter as PEFT config + tensors (CPU), for a peer instance to import: the tensors in
+        the reply (``inline``) or written to a shared-memory file whose handle is in the reply
+        (``shm``, a peer on this host: ``transfer``)."""
         if name not in self.cache.entries:
             raise InvalidRequestError(f"unknown LoRA adapter {name!r}", "lora_name")
+        if transport not in TRANSPORTS:
+            raise InvalidRequestError(f"transport must be one of {TRANSPORTS}, got {transport!r}", "transport")
         adapter = self.cache.host_adapter(name)
-        return {"lora_name": name, "config": adapter.config, "digest": adapter.digest,
-                "tensors": {k: v.cpu() for k, v in adapter.tensors().items()}}
+        tensors = {k: v.cpu() for k, v in adapter.tensors().items()}
+        out: dict[str, Any] = {"lora_name": name, "config": adapter.config, "digest": adapter.digest}
+        if transport == "shm":
+            out["shm"] = export_to_shm(tensors)
+        else:
+            out["tensors"] = tensors
+        return out
 
-    def import_(self, lora_name: str, config: dict[str, Any], tensors: dict[str, torch.Tensor], digest: str,
-                pinned: bool = False) -> bool:
+    def import_(self, lora_name: str, config: dict[str, Any], tensors: dict[str, torch.Tensor] | None, digest: str,
+                pinned: bool = False, shm: dict[str, Any] | None = None) -> bool:
+        """Registers an adapter from a peer: its tensors, or the handle of the shared-memory file
+        they were written to (exactly one of the two)."""
         check_adapter_name(lora_name)
         if lora_name in self.cache.entries:
+            if shm is not None and isinstance(shm.get("name"), str):
+                discard_shm(shm["name"])
             raise InvalidRequestError(f"LoRA adapter {lora_name!r} is already loaded", "lora_name")
+        if (tensors is None) == (shm is None):
+            raise InvalidRequestError("import_lora_adapter needs tensors or shm (exactly one)", "tensors")
+        if shm is not None:
+            tensors = import_from_shm(shm)
         adapter = adapter_from_tensors(lora_name, None, config, tensors, self.model_config, self.max_rank, self.dtype,
                                        digest)
         return self._register(adapter, pinned)
