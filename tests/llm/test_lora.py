@@ -208,6 +208,32 @@ def test_loading_past_a_host_cache_of_pinned_adapters(llama_dir: Path, adapters:
     assert engine.core.lora.cache.stats.disk_reads == 1  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("async_loads", [True, False])
+def test_an_evicted_adapter_is_read_off_the_step_and_only_its_requests_wait(
+    llama_dir: Path, adapters: dict[str, Path], peft_ref: PeftReference, async_loads: bool
+) -> None:
+    engine = make_engine(llama_dir, {}, enable_lora=True, max_loras=2, max_cpu_loras=2, lora_async_loads=async_loads)
+    load = engine.core.control
+    for name in ("r4-all", "r8-mlp", "r2-qv"):  # the third evicts r4-all from host memory
+        load("load_lora_adapter", {"lora_name": name, "lora_path": str(adapters[name])})
+    lora = engine.core.lora
+    assert lora is not None and "r4-all" not in lora.cache.host
+    prompt = [7, 8, 9, 10]
+    engine.add_request("evicted", prompt, GREEDY, adapter_id="r4-all")  # first in line
+    engine.add_request("held", prompt, GREEDY, adapter_id="r8-mlp")
+    first = {out.request_id for out in engine.step()}
+    # the loader reads r4-all while held's prefill runs; without it the step read it and ran both
+    assert first == ({"held"} if async_loads else {"evicted", "held"})
+    tokens: dict[str, list[int]] = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                tokens[out.request_id] = out.outputs[0].token_ids
+    assert tokens["evicted"] == peft_ref.greedy(adapters["r4-all"], prompt, MAX_TOKENS)
+    assert tokens["held"] == peft_ref.greedy(adapters["r8-mlp"], prompt, MAX_TOKENS)
+    assert (lora.async_reads, lora.loading) == (int(async_loads), False)
+
+
 def test_unload_refuses_while_requests_use_the_adapter(llama_dir: Path, adapters: dict[str, Path]) -> None:
     engine = make_engine(llama_dir, {"a": adapters["r2-qv"]})
     engine.add_request("r", [3, 4, 5], GREEDY, adapter_id="a")

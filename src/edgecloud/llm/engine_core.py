@@ -122,6 +122,8 @@ class EngineCore:
                 packed.pack_linears(model)
             if config.enable_lora:
                 self.lora = self._start_lora(model, source.name)
+                if config.lora_async_loads:
+                    self.scheduler.adapter_ready = self.lora.ready
             executor = ModelRunner(
                 model, mc, groups, pools, config.block_size, self.dtype, self.device,
                 config.attention_backend, config.seed, lora=self.lora,
@@ -193,6 +195,9 @@ class EngineCore:
 
     def step(self) -> list[EngineCoreOutput]:
         plan = self.scheduler.schedule(self.clock())
+        if not plan.scheduled and not plan.exhausted and self.lora is not None and self.lora.loading:
+            self.lora.wait_for_loads(0.01)  # only requests of adapters being read wait: no busy loop
+            return []
         if self.on_step is not None and plan.scheduled:
             self.on_step(plan)
         # a step of flex work only may be abandoned between layers for online work (docs/engine-core.md)

@@ -9,6 +9,7 @@ which is how the cluster reaches an adapter that another instance holds instead 
 
 from __future__ import annotations
 
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import torch
@@ -40,6 +41,11 @@ class LoRAManager:
             max_loras, max_cpu_loras, self._read, self.slots.write, self.slots.clear
         )
         self.digests: dict[str, str] = {}  # every name ever loaded -> the digest it last had
+        # reads of adapters evicted from host memory, off the step (``ready``): name -> (the entry
+        # read, its future); one loader thread, so reads queue as on one disk
+        self._loads: dict[str, tuple[AdapterEntry, Future[LoRAAdapter]]] = {}
+        self._loader: ThreadPoolExecutor | None = None
+        self.async_reads = 0  # reads done by the loader thread
 
     def _read(self, entry: AdapterEntry) -> LoRAAdapter:
         assert entry.path is not None, "adapters held only in memory are never evicted"
@@ -127,6 +133,57 @@ class LoRAManager:
         adapter = adapter_from_tensors(lora_name, None, config, tensors, self.model_config, self.max_rank, self.dtype,
                                        digest)
         return self._register(adapter, pinned)
+
+    # -- reads off the step ---------------------------------------------------------------------
+
+    def ready(self, name: str) -> bool:
+        """Whether adapter ``name`` is in host memory, so a step can take it into a slot without a
+        read. If not, its read starts in the loader thread (once) and this says False until it is
+        done; the scheduler keeps the adapter's requests waiting meanwhile, and the others run.
+        A read that failed says True: the step's own read then raises the error, as without the
+        loader."""
+        if name in self.cache.host:
+            return True
+        entry = self.cache.entries.get(name)
+        if entry is None or entry.path is None:
+            return True  # unknown (the step refuses it) or held only in memory
+        load = self._loads.get(name)
+        if load is not None and load[0] is not entry:  # unloaded and loaded again meanwhile
+            del self._loads[name]
+            load = None
+        if load is None:
+            if self._loader is None:
+                self._loader = ThreadPoolExecutor(1, thread_name_prefix="lora-loader")
+            self._loads[name] = (entry, self._loader.submit(self._read, entry))
+            return False
+        if not load[1].done():
+            return False
+        self._harvest(name)
+        return True
+
+    def _harvest(self, name: str) -> None:
+        """Takes a finished read into host memory (a failed one is dropped: the step reads again)."""
+        entry, future = self._loads.pop(name)
+        if self.cache.entries.get(name) is not entry:
+            return
+        try:
+            self.cache.put_host(name, future.result())
+        except Exception:  # the step's own read raises it again, where it is reported
+            return
+        self.async_reads += 1
+
+    @property
+    def loading(self) -> bool:
+        """Whether a read is in flight (finished ones are taken into host memory first)."""
+        for name in [n for n, (_, f) in self._loads.items() if f.done()]:
+            self._harvest(name)
+        return bool(self._loads)
+
+    def wait_for_loads(self, timeout: float) -> None:
+        """Blocks until one read in flight is done or ``timeout`` seconds pass."""
+        futures = [f for _, f in self._loads.values()]
+        if futures:
+            wait(futures, timeout, return_when=FIRST_COMPLETED)
 
     # -- steps ----------------------------------------------------------------------------------
 
