@@ -363,6 +363,7 @@ class PolicyRun:
     load_s: float = 0.0
     lora_s: float = 0.0
     skew_s: float = 0.0
+    read_s: float = 0.0  # the loaders' reads off the step (async loads): not in ``busy_s``
 
 
 def run_policy(settings: LoRABenchSettings, policy: str, instances: int, rate_scale: float) -> PolicyRun:
@@ -383,7 +384,7 @@ def run_policy(settings: LoRABenchSettings, policy: str, instances: int, rate_sc
         for source, count in instance.loads.items():
             loads[source] = loads.get(source, 0) + count
     seconds = {name: sum(getattr(i, name) for i in cluster.instances) for name in ("busy_s", "load_s", "lora_s",
-                                                                                    "skew_s")}
+                                                                                    "skew_s", "read_s")}
     return PolicyRun(policy, instances, rate_scale, summary.slo_attainment, summary.output_token_throughput,
                      summary.ttft.p99 * 1000, summary.tpot.p99 * 1000, len(measured), loads, result.wall_s,
                      **seconds)
@@ -429,7 +430,7 @@ def bench_lora(settings: LoRABenchSettings, log: Callable[[str], None] = print) 
             log(f"sim {policy} x{n} rate x{scale}: attainment {run.slo_attainment:.3f}, "
                 f"{run.throughput_tok_s:.0f} tok/s, p99 TTFT {run.ttft_ms_p99:.0f} ms, loads {run.loads}; busy "
                 f"{run.busy_s:.1f} s, of which loading {run.load_s:.1f}, LoRA {run.lora_s:.1f} (rank skew "
-                f"{run.skew_s:.1f}) ({run.wall_s:.0f} s)")
+                f"{run.skew_s:.1f}); reads off the step {run.read_s:.1f} ({run.wall_s:.0f} s)")
             if run.slo_attainment < target:
                 missed = True
             elif not missed:  # the highest rate below which every rate met the SLO

@@ -61,6 +61,10 @@ def register(commands: Any, bench: Any) -> None:
     adapters.add_argument("--window", type=_positive, default=2.0,
                           help="half-life (s) of loraserve's per-adapter load estimate")
     adapters.add_argument("--host-adapters", type=int, default=128, help="adapters in host memory per instance")
+    adapters.add_argument("--sync-loads", action="store_true",
+                          help="read an adapter in the step that needs it, stalling every request (vLLM's worker; "
+                          "the engine's lora_async_loads=False); default: a loader reads it off the step and only "
+                          "its requests wait, real and simulated")
     slo = parser.add_argument_group("SLO")
     slo.add_argument("--slo-ttft", type=_positive, default=1.0, help="seconds")
     slo.add_argument("--slo-tpot", type=_positive, default=0.1, help="seconds")
@@ -96,7 +100,7 @@ def _bench_lora(args: argparse.Namespace) -> int:
     try:
         population = AdapterPopulation(args.num_adapters, args.ranks, args.zipf, args.drift_period, args.drift_shift,
                                        args.seed)
-        lora = LoRASimSettings(args.max_loras, max(args.ranks), args.host_adapters)
+        lora = LoRASimSettings(args.max_loras, max(args.ranks), args.host_adapters, async_loads=not args.sync_loads)
         from edgecloud.cluster.policies import POLICIES
 
         for policy in policies:
@@ -109,7 +113,7 @@ def _bench_lora(args: argparse.Namespace) -> int:
         real_cluster = None
         if args.real_instances > 0 and not args.no_real:
             real_cluster = RealClusterBench(
-                RealLoRASettings(args.model, args.real_instances, args.threads),
+                RealLoRASettings(args.model, args.real_instances, args.threads, async_loads=not args.sync_loads),
                 AdapterPopulation(args.real_adapters, args.ranks, args.zipf, 15.0, 3, args.seed),
                 args.real_requests, args.real_rate)
     except ValueError as error:

@@ -142,7 +142,7 @@ class LoRAManager:
         done; the scheduler keeps the adapter's requests waiting meanwhile, and the others run.
         A read that failed says True: the step's own read then raises the error, as without the
         loader."""
-        if name in self.cache.host:
+        if name in self.cache.host or self.cache.slot_of(name) is not None:
             return True
         entry = self.cache.entries.get(name)
         if entry is None or entry.path is None:
