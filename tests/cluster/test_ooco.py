@@ -218,3 +218,30 @@ def test_the_scheduler_hook_caps_flex_tokens_per_step() -> None:
     # decode plus at most 0, then 100 flex tokens.
     assert tiers == [0, 0, 100, 100] and asked == [1, 1, 1]
     scheduler.check_invariants()
+
+
+@pytest.mark.parametrize("name", ["ooco", "ooco-pd", "pd-priority"])
+def test_online_prompts_go_where_the_fewest_online_tokens_wait(name: str) -> None:
+    """An engine runs online work first, so a relaxed instance's offline queue is not ahead of an
+    online prompt: placing online prefills by every pending token sent them all, for seconds, to
+    whichever relaxed instance had the shortest offline queue (session 8's profile: 32 to 656 of
+    1,953 online prefills per relaxed instance at load 1.0x)."""
+    from edgecloud.cluster.router import Router
+
+    instances, _, _ = small_cluster()
+    options = {} if name == "pd-priority" else {"perf": instances[0].perf, "tpot_slo_ms": 50.0}
+    router = Router(instances, make_policy(name, **options), b"edgecloud-sim", 16)
+    a, b = router.by_name["mixed2"], router.by_name["mixed3"]  # the relaxed pool
+    offline = router.begin(a, router.request("off", list(range(1, 6001)), 8, service_tier="flex"), "mixed")
+    online = router.begin(b, router.request("on", list(range(1, 501)), 8), "prefill")
+    assert (a.pending_prefill_tokens, a.pending_prefill_tokens_in("default"), a.pending_prefill_tokens_in("flex")) \
+        == (6000, 0, 6000)
+    assert (b.pending_prefill_tokens, b.pending_prefill_tokens_in("default")) == (500, 500)
+    route = router.route(router.request("new", list(range(7, 300)), 8), 0.0)
+    assert route is not None and route.prefill is a  # no online prompt waits there
+    if name == "pd-priority":  # an offline prompt waits behind everything: the other way round
+        route = router.route(router.request("new-off", list(range(7, 300)), 8, service_tier="flex"), 0.0)
+        assert route is not None and route.prefill is b
+    router.prefilled(online)
+    router.end(offline)
+    assert a.pending_prefill_tokens_in("flex") == b.pending_prefill_tokens_in("default") == 0

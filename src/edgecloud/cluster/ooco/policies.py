@@ -78,6 +78,20 @@ def _least_loaded(views: list[InstanceView], req: RouteRequest) -> InstanceView:
     return min(views, key=lambda v: (v.outstanding_in(req.service_tier), v.outstanding, v.routed))
 
 
+def queued_ahead(view: InstanceView, req: RouteRequest) -> int:
+    """Prompt tokens ``req``'s prefill would wait behind on ``view``: an engine runs ``default``
+    work before ``flex`` work, so an online prompt waits only for the online prompts there (a
+    relaxed instance's offline queue, hundreds of thousands of tokens, is not ahead of it:
+    counting it sent every online prompt for seconds to the one instance whose offline queue
+    happened to be shortest)."""
+    return view.pending_prefill_tokens if is_offline(req) else view.pending_prefill_tokens_in("default")
+
+
+def prefill_instance(views: list[InstanceView], req: RouteRequest) -> InstanceView:
+    """Where ``req``'s prompt waits least: the fewest prompt tokens ahead of it (``queued_ahead``)."""
+    return min(views, key=lambda v: (queued_ahead(v, req), v.outstanding, v.routed))
+
+
 @register_policy("separate")
 class Separate(PoolPolicy):
     """Online requests on the strict pool, offline ones on the relaxed pool, never mixed."""
@@ -106,8 +120,7 @@ class PDPriority(PoolPolicy):
         if not relaxed or not strict:
             views = strict or relaxed
             return Route(_least_loaded(views, req)) if views else None
-        prefill = min(relaxed, key=lambda v: (v.pending_prefill_tokens, v.outstanding, v.routed))
-        return Route(_least_loaded(strict, req), prefill=prefill)
+        return Route(_least_loaded(strict, req), prefill=prefill_instance(relaxed, req))
 
 
 @register_policy("ooco")
@@ -202,11 +215,11 @@ class OOCO(PoolPolicy):
             return None
         if not is_offline(req):
             if not strict or not relaxed:  # a pool is down: serve the request where it can be
-                return Route(min(strict or relaxed, key=lambda v: (v.pending_prefill_tokens, v.outstanding)))
+                return Route(prefill_instance(strict or relaxed, req))
             target = min(strict, key=lambda v: (v.outstanding_in("default") + self.in_transit(v, now)[0],
                                                 v.outstanding, v.routed))
             self._send(target, req, now)
-            return Route(target, prefill=self._prefill_instance(relaxed))
+            return Route(target, prefill=prefill_instance(relaxed, req))
         need = req.num_prompt_tokens + req.max_tokens
         limit = self.slack * self.tpot_slo_s
         if relaxed:
@@ -227,16 +240,12 @@ class OOCO(PoolPolicy):
                     return Route(view)
                 self.pulled += 1
                 self._send(view, req, now)
-                return Route(view, prefill=self._prefill_instance(relaxed))
+                return Route(view, prefill=prefill_instance(relaxed, req))
         room = [v for v in relaxed if v.outstanding_in("flex") < self.offline_batch]
         if not room:
             return None
         self.admitted += 1
         return Route(min(room, key=lambda v: (v.outstanding_in("flex"), v.outstanding, v.routed)))
-
-    @staticmethod
-    def _prefill_instance(relaxed: list[InstanceView]) -> InstanceView:
-        return min(relaxed, key=lambda v: (v.pending_prefill_tokens, v.outstanding, v.routed))
 
 
 @register_policy("ooco-pd")
