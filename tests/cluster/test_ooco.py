@@ -245,3 +245,36 @@ def test_online_prompts_go_where_the_fewest_online_tokens_wait(name: str) -> Non
     router.prefilled(online)
     router.end(offline)
     assert a.pending_prefill_tokens_in("flex") == b.pending_prefill_tokens_in("default") == 0
+
+
+def test_a_burst_of_online_prompts_overflows_to_the_strict_pool() -> None:
+    """With ``ttft_slo_ms`` an online request goes whole to a strict instance once more online
+    prompt tokens would wait on the best relaxed instance than it prefills in half the TTFT SLO,
+    and only if fewer wait there; without it, never."""
+    from edgecloud.cluster.router import Router
+
+    instances, _, _ = small_cluster()
+    perf = instances[0].perf
+    for ttft in (None, 20.0):
+        policy = make_policy("ooco", perf=perf, tpot_slo_ms=50.0, ttft_slo_ms=ttft)
+        router = Router(instances, policy, b"edgecloud-sim", 16)
+        limit = policy.overflow_tokens
+        assert (limit is None) == (ttft is None)
+        if limit is not None:
+            assert limit == Roofline(perf).prefill_tokens_within(0.01) and 100 < limit < 8192
+        small = router.route(router.request("a", list(range(1, 101)), 8), 0.0)
+        assert small is not None and small.prefill is not None and small.prefill.pool == "relaxed"
+        for i, name in enumerate(("mixed2", "mixed3")):  # both relaxed instances: an online queue
+            router.begin(router.by_name[name], router.request(f"q{i}", list(range(1, 3001)), 8), "prefill")
+        route = router.route(router.request("b", list(range(1, 101)), 8), 0.0)
+        assert route is not None
+        if ttft is None:
+            assert route.prefill is not None and route.prefill.pool == "relaxed"
+            continue
+        assert route.prefill is None and route.target.pool == "strict" and policy.overflowed == 1
+        for i, name in enumerate(("mixed0", "mixed1")):  # the strict pool's queues longer still
+            router.begin(router.by_name[name], router.request(f"s{i}", list(range(1, 5001)), 8), "mixed")
+        route = router.route(router.request("c", list(range(1, 101)), 8), 0.0)
+        assert route is not None and route.prefill is not None and route.prefill.pool == "relaxed"
+    with pytest.raises(ValueError, match="ttft_slo_ms"):
+        make_policy("ooco", perf=perf, ttft_slo_ms=0.0)

@@ -58,6 +58,7 @@ class SimOOCOSettings:
     offline_concurrency: int | None = None  # None: every instance's max_num_seqs
     max_num_seqs: int = 256
     seed: int = 0
+    overflow: bool = True  # ooco: online prompts of a burst overflow to the strict pool (OOCO's ttft_slo_ms)
     label: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -175,6 +176,8 @@ def pool_policy(settings: SimOOCOSettings, policy: str, instances: Sequence[Any]
     options: dict[str, Any] = {}
     if name in OOCO_POLICIES:
         options = {"perf": perf, "tpot_slo_ms": settings.tpot_slo_ms}
+    if name == "ooco" and settings.overflow:
+        options["ttft_slo_ms"] = settings.ttft_slo_ms
     policy_object = make_policy(name, **options)
     if name in OOCO_POLICIES or variant:
         budget = FlexStepBudget(perf, 0.9 * settings.tpot_slo_ms / 1000)
@@ -182,6 +185,14 @@ def pool_policy(settings: SimOOCOSettings, policy: str, instances: Sequence[Any]
             if instance.pool == STRICT or variant:
                 instance.scheduler.flex_step_budget = budget
                 instance.scheduler.flex_max_batched_tokens = instance.config.max_num_batched_tokens
+    if "ttft_slo_ms" in options:
+        # Online prompts that overflow to the strict pool are prefilled there in chunks of one
+        # step within the TPOT budget, so the decodes beside them keep their TPOT.
+        step = Roofline(perf).prefill_chunk_within(0.9 * settings.tpot_slo_ms / 1000,
+                                                   instances[0].config.max_num_batched_tokens)
+        for instance in instances:
+            if instance.pool == STRICT:
+                instance.scheduler.max_num_batched_tokens = step
     return policy_object, chunks
 
 
@@ -236,7 +247,7 @@ def summarize_case(settings: SimOOCOSettings, policy: str, rate_scale: float, re
     }
     if policy in OOCO_POLICIES:
         row.update(offline_on_strict=policy_object.pulled, offline_on_relaxed=policy_object.admitted,
-                   linear_saturation_bs=policy_object.offline_batch)
+                   linear_saturation_bs=policy_object.offline_batch, online_overflowed=policy_object.overflowed)
     return row
 
 

@@ -128,9 +128,15 @@ class OOCO(PoolPolicy):
     """The OOCO policy (module docstring). ``perf`` prices one instance's steps (every instance
     runs the same model on the same hardware); a real cluster's router builds it from
     ``hardware`` (a profile from ``edgecloud sim calibrate``) and ``model`` (the model's
-    config.json or directory). The TPOT SLO (milliseconds) sets the strict pool's step budget; the
-    TTFT side needs no setting: online prompts are prefilled first on the relaxed pool by the
-    engine's tier rules, behind at most the step in flight."""
+    config.json or directory). The TPOT SLO (milliseconds) sets the strict pool's step budget.
+    Online prompts are prefilled first on the relaxed pool by the engine's tier rules, behind at
+    most the step in flight. With ``ttft_slo_ms`` set, a burst **overflows**: when more online
+    prompt tokens would wait on the best relaxed instance than the roofline prefills in
+    ``overflow_share`` of the TTFT SLO, an online request goes whole (prefill and decode, no
+    hand-over) to the strict instance with the fewest online prompt tokens waiting, if fewer wait
+    there. Half the cluster prefilling a burst would otherwise take twice as long as all of it
+    (``separate`` and ``priority`` prefill online prompts on every online instance); the strict
+    instance's chunked steps keep its decodes' TPOT."""
 
     default_strict_prefill = True
 
@@ -145,6 +151,8 @@ class OOCO(PoolPolicy):
         max_offline_batch: int | None = None,
         strict_prefill: bool | None = None,
         strict_queue_tokens: int = 8192,
+        ttft_slo_ms: float | None = None,
+        overflow_share: float = 0.5,
         strict: str = STRICT,
         relaxed: str = RELAXED,
     ) -> None:
@@ -153,7 +161,7 @@ class OOCO(PoolPolicy):
             if hardware is None or model is None:
                 raise ValueError("ooco needs perf, or hardware (a calibrated profile) and model (its config.json)")
             perf = perf_model_from_files(hardware, model)
-        for name, value in (("slack", slack), ("kv_limit", kv_limit)):
+        for name, value in (("slack", slack), ("kv_limit", kv_limit), ("overflow_share", overflow_share)):
             if not 0 < value <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {value}")
         if max_offline_batch is not None and max_offline_batch < 1:
@@ -162,6 +170,8 @@ class OOCO(PoolPolicy):
             raise ValueError(f"tpot_slo_ms must be > 0, got {tpot_slo_ms}")
         if strict_queue_tokens < 1:
             raise ValueError(f"strict_queue_tokens must be >= 1, got {strict_queue_tokens}")
+        if ttft_slo_ms is not None and not ttft_slo_ms > 0:
+            raise ValueError(f"ttft_slo_ms must be > 0, got {ttft_slo_ms}")
         self.strict_prefill = self.default_strict_prefill if strict_prefill is None else strict_prefill
         self.strict_queue_tokens = strict_queue_tokens
         self.tpot_slo_s = tpot_slo_ms / 1000
@@ -169,6 +179,11 @@ class OOCO(PoolPolicy):
         self.slack = slack
         self.kv_limit = kv_limit
         self.offline_batch = max_offline_batch or self.roofline.linear_saturation_bs
+        # Online prompt tokens a relaxed instance may have waiting before a burst overflows to the
+        # strict pool (None: never).
+        self.overflow_tokens = (None if ttft_slo_ms is None else
+                                self.roofline.prefill_tokens_within(overflow_share * ttft_slo_ms / 1000))
+        self.overflowed = 0  # online requests served whole on the strict pool
         # Requests routed to a strict instance whose decode stage has not begun there (their
         # prefill or KV hand-over is under way): (time routed, prompt tokens), oldest first, and
         # how many stages had begun there when they were last matched. They count as its load
@@ -191,6 +206,12 @@ class OOCO(PoolPolicy):
             begun -= 1
         self._transit_tokens[view.name] = tokens
         return len(queue), tokens
+
+    def _begin_here(self, view: InstanceView, now: float) -> None:
+        """A request routed whole to strict ``view``: its stage begins there at once, not a
+        hand-over the transit queue waits for."""
+        self.in_transit(view, now)
+        self._begun[view.name] += 1
 
     def _send(self, view: InstanceView, req: RouteRequest, now: float) -> None:
         self.in_transit(view, now)
@@ -216,10 +237,18 @@ class OOCO(PoolPolicy):
         if not is_offline(req):
             if not strict or not relaxed:  # a pool is down: serve the request where it can be
                 return Route(prefill_instance(strict or relaxed, req))
+            prefill = prefill_instance(relaxed, req)
+            if self.overflow_tokens is not None:
+                ahead = queued_ahead(prefill, req) + req.num_prompt_tokens
+                here = prefill_instance(strict, req)
+                if ahead > self.overflow_tokens and queued_ahead(here, req) + req.num_prompt_tokens < ahead:
+                    self._begin_here(here, now)
+                    self.overflowed += 1
+                    return Route(here)
             target = min(strict, key=lambda v: (v.outstanding_in("default") + self.in_transit(v, now)[0],
                                                 v.outstanding, v.routed))
             self._send(target, req, now)
-            return Route(target, prefill=prefill_instance(relaxed, req))
+            return Route(target, prefill=prefill)
         need = req.num_prompt_tokens + req.max_tokens
         limit = self.slack * self.tpot_slo_s
         if relaxed:
@@ -233,9 +262,7 @@ class OOCO(PoolPolicy):
                 if self.strict_prefill:
                     if view.pending_prefill_tokens >= self.strict_queue_tokens:
                         continue
-                    # Its stage begins here at once: not a hand-over the transit queue waits for.
-                    self.in_transit(view, now)
-                    self._begun[view.name] += 1
+                    self._begin_here(view, now)
                     self.pulled += 1
                     return Route(view)
                 self.pulled += 1
