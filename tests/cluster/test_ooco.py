@@ -182,8 +182,15 @@ def test_budget_variant_sets_the_step_budget_on_every_instance() -> None:
     assert policy.name == "priority"
     assert all(isinstance(i.scheduler.flex_step_budget, FlexStepBudget) for i in instances)
     instances, _, settings = small_cluster()
-    pool_policy(settings, "ooco", instances)
+    policy, _ = pool_policy(settings, "ooco", instances)
     assert [i.scheduler.flex_step_budget is not None for i in instances] == [True, True, False, False]
+    # ooco overflows bursts to the strict pool, whose steps then stay within the TPOT budget
+    step = Roofline(instances[0].perf).prefill_chunk_within(0.9 * settings.tpot_slo_ms / 1000, 8192)
+    assert policy.overflow_tokens is not None and 0 < step < 8192
+    assert [i.scheduler.max_num_batched_tokens for i in instances] == [step, step, 8192, 8192]
+    instances, _, settings = small_cluster()
+    policy, _ = pool_policy(replace(settings, overflow=False), "ooco", instances)
+    assert policy.overflow_tokens is None and {i.scheduler.max_num_batched_tokens for i in instances} == {8192}
     with pytest.raises(ValueError, match="NAME\\+budget"):
         pool_policy(settings, "priority+fast", instances)
 
