@@ -5,7 +5,7 @@ online requests that missed the TTFT SLO, when they arrived and how long their p
 reach its decode stage. SIMULATED (16 H100, Llama-3-8B, as `bench ooco`):
 
     python scripts/ooco_profile.py ooco,priority 1.0 --base 386.346 [--offline-trace FILE] [--no-overflow]
-        [--json out.json]
+        [--abandon] [--json out.json]
 """
 
 import argparse
@@ -52,7 +52,8 @@ def profile(settings: ob.SimOOCOSettings, policy: str, load: float) -> dict[str,
         online = ob.trace_workload_for(settings.online_trace, max_len, duration_s=settings.duration_s,
                                        rate_scale=settings.base_rate_scale * load, seed=settings.seed)
         policy_object, _ = ob.pool_policy(settings, policy, instances)
-        sim = ob.ClusterSimulator(instances, policy_object, transfer=link, record_token_times=False)
+        sim = ob.ClusterSimulator(instances, policy_object, transfer=link, record_token_times=False,
+                                  abandon_flex_steps=settings.abandon_flex_steps)
         concurrency = settings.instances * settings.max_num_seqs
         backlog = ob.Backlog(ob.offline_requests(settings, max_len, concurrency + 4000), concurrency)
         result = sim.run(online, until_s=max(r.arrival_s for r in online) + settings.drain_s, backlog=backlog)
@@ -95,16 +96,19 @@ def main() -> None:
     parser.add_argument("--base", type=float, required=True, help="trace rate multiplier of load 1.0x")
     parser.add_argument("--offline-trace", default="../shared/traces/azure_llm_2023_code.csv")
     parser.add_argument("--no-overflow", action="store_true")
+    parser.add_argument("--abandon", action="store_true", help="online arrivals drop flex-only steps between layers")
     parser.add_argument("--json")
     args = parser.parse_args()
     settings = ob.SimOOCOSettings(duration_s=8, drain_s=4, base_rate_scale=args.base,
-                                  offline_trace=args.offline_trace, overflow=not args.no_overflow)
+                                  offline_trace=args.offline_trace, overflow=not args.no_overflow,
+                                  abandon_flex_steps=args.abandon)
     rows = []
     for policy in args.policies.split(","):
         row = profile(settings, policy, args.load)
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("policy", "online_load", "offline_tok_s", "slo_attainment",
-                                              "online_ttft_ms_p99", "late", "late_arrivals_by_second")}))
+                                              "online_ttft_ms_p99", "online_tpot_ms_p99", "abandoned_steps", "late",
+                                              "late_arrivals_by_second")}))
         for pool, numbers in row["pools"].items():
             print(f"  {pool}: " + ", ".join(f"{k} {v:.3g}" for k, v in numbers.items()))
         print("  online prefills by instance:", row["online_prefills_by_instance"], flush=True)

@@ -285,3 +285,40 @@ def test_a_burst_of_online_prompts_overflows_to_the_strict_pool() -> None:
         assert route is not None and route.prefill is not None and route.prefill.pool == "relaxed"
     with pytest.raises(ValueError, match="ttft_slo_ms"):
         make_policy("ooco", perf=perf, ttft_slo_ms=0.0)
+
+
+def test_an_online_arrival_drops_a_flex_step_between_layers_in_the_simulator() -> None:
+    """With ``abandon_flex_steps`` an online request reaching an instance during a step of offline
+    work only waits for the layer in flight, not the step (the real core's ``interrupt``); the
+    dropped step advances nothing, its prompt tokens are computed again and counted once, and the
+    offline request still ends with every token. Off (the default), the online request waits for
+    the whole step."""
+    from edgecloud.sim.instance import SimEngineConfig, SimInstance
+
+    first: dict[bool, float] = {}
+    for abandon in (False, True):
+        instances, _, _ = small_cluster()
+        perf = instances[0].perf
+        instance = SimInstance("one", perf, SimEngineConfig(num_blocks=4096, max_model_len=8192),
+                               b"edgecloud-sim", pool="relaxed")
+        instance.scheduler.flex_max_batched_tokens = 8192
+        step_s = perf.step_time([StepShape(8000, 8000)])
+        layer_s = step_s / perf.model.num_layers
+        arrival = 0.3 * step_s
+        work = [SimRequest(0.0, [3] * 8000, 4, service_tier="flex"), SimRequest(arrival, list(range(1, 101)), 4)]
+        result = ClusterSimulator([instance], make_policy("round-robin"), record_token_times=False,
+                                  abandon_flex_steps=abandon).run(work)
+        offline, online = result.records
+        assert offline.output_tokens == online.output_tokens == 4 and offline.error is None
+        assert instance.scheduler.prompt_tokens_total == 8100
+        assert instance.num_abandoned_steps == (1 if abandon else 0)
+        first[abandon] = online.first_token_s
+        own = perf.step_time([StepShape(100, 100)])
+        if abandon:
+            dropped_at = -(-arrival // layer_s) * layer_s
+            assert online.first_token_s == pytest.approx(dropped_at + own)
+            assert online.first_token_s - arrival <= layer_s + own
+            assert offline.first_token_s > step_s + own  # its prefill ran again after the online one
+        else:
+            assert online.first_token_s == pytest.approx(step_s + own)
+    assert first[True] < first[False]

@@ -59,6 +59,7 @@ class SimOOCOSettings:
     max_num_seqs: int = 256
     seed: int = 0
     overflow: bool = True  # ooco: online prompts of a burst overflow to the strict pool (OOCO's ttft_slo_ms)
+    abandon_flex_steps: bool = False  # an online arrival drops a flex-only step between layers (every policy)
     label: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -203,7 +204,8 @@ def run_case(settings: SimOOCOSettings, policy: str, rate_scale: float, with_off
                                 rate_scale=rate_scale, seed=settings.seed)
     last = max((r.arrival_s for r in online), default=0.0)
     policy_object, chunks = pool_policy(settings, policy, instances)
-    sim = ClusterSimulator(instances, policy_object, transfer=link, record_token_times=False)
+    sim = ClusterSimulator(instances, policy_object, transfer=link, record_token_times=False,
+                           abandon_flex_steps=settings.abandon_flex_steps)
     backlog = None
     if with_offline:
         concurrency = settings.offline_concurrency or settings.instances * settings.max_num_seqs
@@ -242,6 +244,7 @@ def summarize_case(settings: SimOOCOSettings, policy: str, rate_scale: float, re
         **attainment(online, settings.ttft_slo_ms / 1000, settings.tpot_slo_ms / 1000, span),
         "online_ttft_ms_p99": _p99_ms(ttfts), "online_tpot_ms_p99": _p99_ms(tpots),
         "preemptions": sum(i.scheduler.num_preemptions for i in result.instances),
+        "abandoned_steps": sum(i.num_abandoned_steps for i in result.instances),
         "simulated_s": span, "wall_s": result.wall_s,
         "ttft_slo_ms": settings.ttft_slo_ms, "tpot_slo_ms": settings.tpot_slo_ms,
     }
