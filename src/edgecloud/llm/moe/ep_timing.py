@@ -127,7 +127,7 @@ def measure(model_dir: Path, prompts: list[str], plan: dict[str, Placement], ran
                     seconds = time.perf_counter() - t0
                     now = np.array(runtime.load()["rank_tokens"], dtype=np.float64)
                     delta, before = now - before, now
-                    steps[name].append({"round": rnd, "tokens": planned[-1], "seconds": seconds,
+                    steps[name].append({"round": rnd, "tokens": planned[-1], "seconds": round(seconds, 6),
                                         "critical_pairs": float(delta.max(axis=1).sum()),
                                         "mean_pairs": float(delta.mean(axis=1).sum()), "prefill": first})
                     first = False
