@@ -31,7 +31,6 @@ import datetime
 import logging
 import multiprocessing as mp
 import pickle
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,11 +51,13 @@ log = logging.getLogger(__name__)
 class Collective:
     """One expert-parallel group: all-reduce of MoE outputs, broadcast of rank 0's messages."""
 
-    def __init__(self, rank: int, world_size: int, port: int, timeout_s: float = 300.0) -> None:
+    def __init__(self, rank: int, world_size: int, port: int, timeout_s: float = 300.0,
+                 store: dist.TCPStore | None = None) -> None:
+        """``store``: rank 0's store, made before the other ranks start (``master_store``)."""
         timeout = datetime.timedelta(seconds=timeout_s)
         self.rank = rank
         self.world_size = world_size
-        self.store = dist.TCPStore("127.0.0.1", port, world_size, rank == 0, timeout=timeout)
+        self.store = store or dist.TCPStore("127.0.0.1", port, world_size, rank == 0, timeout=timeout)
         self.group = dist.ProcessGroupGloo(self.store, rank, world_size, timeout)
 
     def all_reduce(self, tensor: torch.Tensor) -> None:
@@ -116,12 +117,6 @@ def _remote_plan(rows: list[tuple[str, int, list[int], list[list[int]]]]) -> Sch
     ])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _worker(rank: int, world_size: int, port: int, threads: int, timeout_s: float) -> None:
     """An EP rank other than 0: joins the group, then serves one model after another (a ``load``
     message each) until ``stop``."""
@@ -173,7 +168,11 @@ class ExpertParallelRanks:
             raise InvalidRequestError(f"world_size must be >= 2 for other ranks, got {world_size}", "world_size")
         self.world_size = world_size
         self.threads = threads
-        port = free_port()
+        # The store listens on a port the kernel picks, before the ranks start: no other process can
+        # take the port between choosing it and binding it.
+        store = dist.TCPStore("127.0.0.1", 0, world_size, True, timeout=datetime.timedelta(seconds=timeout_s),
+                              wait_for_workers=False)
+        port = store.port
         # Forked from a server process that has imported torch and the engine once (an import of
         # torch costs seconds a process); the server has run nothing, so no thread pool is forked.
         # torch._dynamo too: building the model on the meta device imports it (torch.arange goes
@@ -186,7 +185,7 @@ class ExpertParallelRanks:
         for process in self.processes:
             process.start()
         try:
-            self.collective = Collective(0, world_size, port, timeout_s)
+            self.collective = Collective(0, world_size, port, timeout_s, store)
         except RuntimeError as error:
             self.close()
             raise RuntimeError(f"expert-parallel ranks 1..{world_size - 1} did not start (exit codes "
