@@ -77,6 +77,10 @@ class Scheduler:
         # LoRA: the most distinct adapters among running requests (each needs a device slot in
         # every step it runs); None: no limit.
         self.max_loras = max_loras
+        # LoRA, optional: whether a waiting request's adapter is in host memory, ready for a slot;
+        # asking starts its read if not (``LoRAManager.ready``). Until it is, the request waits and
+        # requests behind it go ahead, as with ``max_loras``.
+        self.adapter_ready: Callable[[str], bool] | None = None
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         # flex work in one step: a step with flex prefill must not cost much more than a decode step,
@@ -212,7 +216,7 @@ class Scheduler:
                     break  # waiting is sorted: the rest are flex
                 j += 1
                 continue
-            if self._waits_for_sibling(req) or self._no_adapter_slot(req):
+            if self._waits_for_sibling(req) or self._no_adapter_slot(req) or self._adapter_loading(req):
                 j += 1
                 continue
             if len(self.running) >= self.max_num_seqs and not (tier == "default" and self._preempt_flex(out)):
@@ -247,6 +251,9 @@ class Scheduler:
             return False
         running = {r.adapter_id for r in self.running if r.adapter_id is not None}
         return req.adapter_id not in running and len(running) >= self.max_loras
+
+    def _adapter_loading(self, req: Request) -> bool:
+        return req.adapter_id is not None and self.adapter_ready is not None and not self.adapter_ready(req.adapter_id)
 
     def _preempt_flex(self, out: SchedulerOutput) -> bool:
         """Preempts the least urgent running ``flex`` request not scheduled in this step."""
