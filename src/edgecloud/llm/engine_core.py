@@ -222,12 +222,7 @@ class EngineCore:
         """Drops a step stopped between layers: no request advances (``update`` does not run), so
         the next steps recompute its tokens into the blocks they already hold."""
         self.num_abandoned_steps += 1
-        for s in plan.scheduled:
-            req = s.request
-            if req.num_computed_tokens < req.num_prompt_tokens:  # counted at schedule time: once only
-                self.scheduler.prompt_tokens_total -= min(s.num_new_tokens,
-                                                          req.num_prompt_tokens - req.num_computed_tokens)
-        return self.scheduler.update(SchedulerOutput(exhausted=plan.exhausted), SampledTokens())
+        return self.scheduler.abandon(plan)
 
     def _fail(self, plan: SchedulerOutput, message: str) -> list[EngineCoreOutput]:
         outputs = []

@@ -276,6 +276,16 @@ class Scheduler:
 
     # -- update -------------------------------------------------------------------------------
 
+    def abandon(self, plan: SchedulerOutput) -> list[EngineCoreOutput]:
+        """Drops a step stopped between layers (docs/engine-core.md): no request advances, so the next
+        steps compute its tokens again into the blocks they already hold; prompt tokens counted when it
+        was scheduled are taken back. The engine core and the simulator both end such a step here."""
+        for s in plan.scheduled:
+            req = s.request
+            if req.num_computed_tokens < req.num_prompt_tokens:  # counted at schedule time: once only
+                self.prompt_tokens_total -= min(s.num_new_tokens, req.num_prompt_tokens - req.num_computed_tokens)
+        return self.update(SchedulerOutput(exhausted=plan.exhausted), SampledTokens())
+
     def update(self, plan: SchedulerOutput, sampled: SampledTokens) -> list[EngineCoreOutput]:
         """Applies one executed step: advances computed tokens, keys the blocks that became full,
         appends sampled tokens and finishes requests that reached a stop condition."""

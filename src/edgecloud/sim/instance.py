@@ -232,12 +232,7 @@ class SimInstance:
         if self._abandoned:  # no request advances (EngineCore._abandon): its tokens are computed again
             self._abandoned = False
             self.num_abandoned_steps += 1
-            for s in plan.scheduled:
-                req = s.request
-                if req.num_computed_tokens < req.num_prompt_tokens:  # counted at schedule time: once only
-                    self.scheduler.prompt_tokens_total -= min(s.num_new_tokens,
-                                                              req.num_prompt_tokens - req.num_computed_tokens)
-            return self.scheduler.update(SchedulerOutput(exhausted=plan.exhausted), SampledTokens())
+            return self.scheduler.abandon(plan)
         self.num_steps += 1
         sampled = SampledTokens(token_ids={s.request.request_id: SIM_TOKEN for s in plan.scheduled if s.samples})
         outputs = self.scheduler.update(plan, sampled)
