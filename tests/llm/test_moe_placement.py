@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from edgecloud.llm.moe import Placement, align, eplb_placement, omni_placement, static_placement
 from edgecloud.llm.moe.bench import evaluate, synthetic_traces
+from edgecloud.llm.moe.placement import FEWER_REPLICAS_MARGIN
 from edgecloud.llm.moe.rebalance import OmniRebalancer, RebalanceConfig
 
 
@@ -67,6 +68,18 @@ def test_omni_is_at_least_as_balanced_as_eplb_on_the_load_it_places(experts: int
     assert omni.imbalance(load)[0] <= eplb.imbalance(load)[0] + 1e-9
     # Nothing is lost or made up: every expert's load is dealt over its replicas.
     assert np.isclose(omni.rank_loads(load).sum(), load.sum())
+
+
+def test_omni_keeps_the_replicas_unless_fewer_are_clearly_better() -> None:
+    """Two ranks, five slots each, eight experts whose loads split exactly 91 / 91 without a replica:
+    the layout with the two spare slots used is 0.55% above that on the input, within
+    FEWER_REPLICAS_MARGIN, so omni keeps the replicas (a tie on the input is no tie on the next
+    requests); with the margin at 0, or ties going to fewer replicas, it would leave them empty."""
+    load = np.array([[18.0, 33.0, 41.0, 12.0, 3.0, 30.0, 37.0, 8.0]])
+    omni = omni_placement(load, 2, 5)
+    assert omni.replica_counts().sum() == 10  # both spare slots hold a replica
+    assert 1.0 < omni.imbalance(load)[0] <= 1.0 + FEWER_REPLICAS_MARGIN
+    assert omni_placement(load, 2, 4).imbalance(load)[0] == pytest.approx(1.0)  # the exact split exists
 
 
 def test_rank_loads_split_a_replicated_expert_evenly() -> None:

@@ -19,9 +19,11 @@ Policies, all pure functions of a load matrix ``[layers, experts]`` (token choic
   load balancer): for each number of redundant slots per rank (0, 1, ... up to the budget), a heap
   hands the extra replicas to the experts with the largest load per replica (at most
   ``max_replicas`` each, never two on one rank), the replicas go heaviest first to the least-loaded
-  rank with room, and the candidate with the lowest max / mean is kept, so layers that are more
-  imbalanced get more redundancy. ``refine`` then moves or swaps single replicas off the busiest
-  rank while that lowers it (a local search the published greedy does not have).
+  rank with room, ``refine`` moves or swaps single replicas off the busiest rank while that lowers
+  it (a local search the published greedy does not have), and the candidate with the lowest max /
+  mean is kept; one with fewer replicas only when it is lower by more than
+  ``FEWER_REPLICAS_MARGIN`` (a tie on the input is not a tie on the next requests: replicas split
+  the hot experts' fluctuations over more ranks).
 
 ``align`` renumbers a new placement's ranks and slots to keep as many experts as possible where they
 already are, so a rebalance copies only the weights that really move.
@@ -37,6 +39,11 @@ from dataclasses import dataclass
 import numpy as np
 
 EMPTY = -1
+# ``omni_layer`` keeps fewer replicas than the slots allow only when that is this much (relative)
+# lower on the input. Chosen on the long tuning trace (scripts/moe_predictive_placement.py's study,
+# docs/moe.md): 0 (any gain, ties to fewer replicas) was worse on the next requests at EP=2 by
+# 0.006 +- 0.002 of max / mean; 0.01, 0.03 and "always all slots" were equal.
+FEWER_REPLICAS_MARGIN = 0.01
 
 
 @dataclass(frozen=True, eq=False)
@@ -399,8 +406,12 @@ def omni_layer(w: np.ndarray, num_ranks: int, slots_per_rank: int, max_replicas:
     if slots_per_rank < base:
         raise ValueError(f"slots_per_rank={slots_per_rank} cannot hold {experts} experts on {num_ranks} ranks")
     cap = num_ranks * slots_per_rank - experts + 1 if max_replicas is None else max(1, max_replicas)
-    best: tuple[float, list[list[int]]] | None = None
-    for per_rank in range(base, slots_per_rank + 1):
+    best: tuple[float, int, list[list[int]]] | None = None
+    # The most redundancy first: a layout with fewer replicas replaces it only when it is lower by
+    # more than FEWER_REPLICAS_MARGIN on the input. A fit that ties on the input generalizes worse
+    # without the replicas (the next requests' hot experts are split over fewer ranks), and the
+    # spare slots are allocated either way.
+    for per_rank in range(slots_per_rank, base - 1, -1):
         extra = per_rank * num_ranks - experts
         # Two starts: replicas of an expert on distinct ranks (an even split), or anywhere (two
         # replicas on one rank give it two shares: uneven splits, as EPLB's packing makes).
@@ -412,10 +423,11 @@ def omni_layer(w: np.ndarray, num_ranks: int, slots_per_rank: int, max_replicas:
             if refine_steps:
                 refine(ranks, w, counts, per_rank, max_replicas=cap)
             ratio = float(max_over_mean(_rank_loads_of(ranks, w, counts)))
-            if best is None or ratio < best[0] - 1e-12:
-                best = (ratio, ranks)
+            margin = FEWER_REPLICAS_MARGIN if best is not None and per_rank < best[1] else 0.0
+            if best is None or ratio < best[0] * (1.0 - margin) - 1e-12:
+                best = (ratio, per_rank, ranks)
     assert best is not None, "the redundancy-free candidate always fits"
-    return best[1]
+    return best[2]
 
 
 def omni_placement(load: np.ndarray, num_ranks: int, slots_per_rank: int, max_replicas: int | None = None,
