@@ -194,6 +194,12 @@ class EngineCore:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
 
+    def close(self) -> None:
+        """Releases what the core started besides itself (the LoRA loader thread). The core's own
+        process, or the thread that steps an in-process core, calls it when it stops."""
+        if self.lora is not None:
+            self.lora.close()
+
     # -- the step -----------------------------------------------------------------------------
 
     def step(self) -> list[EngineCoreOutput]:
