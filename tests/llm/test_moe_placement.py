@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from edgecloud.llm.moe import Placement, align, eplb_placement, omni_placement, static_placement
 from edgecloud.llm.moe.bench import evaluate, synthetic_traces
-from edgecloud.llm.moe.placement import FEWER_REPLICAS_MARGIN
+from edgecloud.llm.moe.placement import FEWER_REPLICAS_MARGIN, robust_omni_placement
 from edgecloud.llm.moe.rebalance import OmniRebalancer, RebalanceConfig
 
 
@@ -80,6 +80,28 @@ def test_omni_keeps_the_replicas_unless_fewer_are_clearly_better() -> None:
     assert omni.replica_counts().sum() == 10  # both spare slots hold a replica
     assert 1.0 < omni.imbalance(load)[0] <= 1.0 + FEWER_REPLICAS_MARGIN
     assert omni_placement(load, 2, 4).imbalance(load)[0] == pytest.approx(1.0)  # the exact split exists
+
+
+def test_robust_placement_judges_each_past_wave_not_their_sum() -> None:
+    """Experts 0 and 1 are hot in turn (wave A: expert 0, wave B: expert 1). Their sum is flat, so
+    omni on the sum may pair each with a steady expert: every wave is then 12 against 4 (1.5).
+    ``robust_omni_placement`` judges each wave: 0 and 1 share a rank and every wave is balanced.
+    On random waves its mean over them is never above omni's on their sum (it starts there)."""
+    waves = np.array([[[8.0, 0.0, 4.0, 4.0]], [[0.0, 8.0, 4.0, 4.0]]])
+    on_sum = omni_placement(waves.sum(axis=0), 2, 2)
+    robust = robust_omni_placement(waves, 2, 2)
+    assert [on_sum.imbalance(w)[0] for w in waves] == [1.5, 1.5]
+    assert [robust.imbalance(w)[0] for w in waves] == [1.0, 1.0]
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        random_waves = rng.pareto(1.0, size=(4, 2, 8)) * 10 + 1e-3
+        robust = robust_omni_placement(random_waves, 4, 3)
+        assert_valid(robust, 3, one_per_rank=False)
+        mean_robust = np.mean([robust.imbalance(w) for w in random_waves], axis=0)
+        mean_sum = np.mean([omni_placement(random_waves.sum(axis=0), 4, 3).imbalance(w) for w in random_waves], axis=0)
+        assert (mean_robust <= mean_sum + 1e-9).all()
+    with pytest.raises(ValueError, match=r"scenarios must be \[k >= 1, layers, experts\]"):
+        robust_omni_placement(np.ones((2, 8)), 2, 5)
 
 
 def test_rank_loads_split_a_replicated_expert_evenly() -> None:

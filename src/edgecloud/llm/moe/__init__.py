@@ -7,6 +7,13 @@ family's top-k), ``runtime`` (a rank's expert maps, routing counters and live mi
 ``parallel`` (expert parallelism over processes with ``torch.distributed``).
 """
 
-from edgecloud.llm.moe.placement import Placement, align, eplb_placement, omni_placement, static_placement
+from edgecloud.llm.moe.placement import (
+    Placement,
+    align,
+    eplb_placement,
+    omni_placement,
+    robust_omni_placement,
+    static_placement,
+)
 
-__all__ = ["Placement", "align", "eplb_placement", "omni_placement", "static_placement"]
+__all__ = ["Placement", "align", "eplb_placement", "omni_placement", "robust_omni_placement", "static_placement"]

@@ -25,6 +25,10 @@ Policies, all pure functions of a load matrix ``[layers, experts]`` (token choic
   ``FEWER_REPLICAS_MARGIN`` (a tie on the input is not a tie on the next requests: replicas split
   the hot experts' fluctuations over more ranks).
 
+``robust_omni_placement`` places from several loads that happened (scenarios, e.g. each past wave of
+requests) instead of their sum: the mean over them of max / mean is what its local search lowers, so
+experts that are hot in turn end up apart (session 9, docs/moe.md).
+
 ``align`` renumbers a new placement's ranks and slots to keep as many experts as possible where they
 already are, so a rebalance copies only the weights that really move.
 """
@@ -428,6 +432,86 @@ def omni_layer(w: np.ndarray, num_ranks: int, slots_per_rank: int, max_replicas:
                 best = (ratio, per_rank, ranks)
     assert best is not None, "the redundancy-free candidate always fits"
     return best[2]
+
+
+def _scenario_ratio(ranks: list[list[int]], scenarios: np.ndarray, weights: np.ndarray) -> float:
+    """The weighted mean over scenarios ``[k, experts]`` of max / mean rank load."""
+    held = [expert for experts in ranks for expert in experts]
+    owner = np.zeros((len(held), len(ranks)))
+    owner[np.arange(len(held)), [rank for rank, experts in enumerate(ranks) for _ in experts]] = 1.0
+    counts = np.bincount(held, minlength=scenarios.shape[1])
+    loads = (scenarios[:, held] / counts[held]) @ owner  # [k, ranks]
+    mean = loads.mean(axis=1)
+    ratio = np.where(mean > 0, loads.max(axis=1) / np.where(mean > 0, mean, 1.0), 1.0)
+    return float(weights @ ratio)
+
+
+def robust_layer(scenarios: np.ndarray, num_ranks: int, slots_per_rank: int, weights: np.ndarray | None = None,
+                 max_replicas: int | None = None, max_rounds: int = 64) -> list[list[int]]:
+    """OmniPlacement for one layer made robust to the next requests: ``scenarios [k, experts]`` are
+    loads that happened (e.g. each past wave of requests on its own), and the placement is judged by
+    the (``weights``-) mean over them of max / mean rank load, not by its fit to their sum. Starts
+    from ``omni_layer`` on the weighted sum, then takes, while one lowers that mean, the best single
+    move: a replica to a rank with room, two replicas swapped between ranks, or a replica's slot
+    handed to another expert (its own keeping a replica; at most ``max_replicas`` each)."""
+    scenarios = np.asarray(scenarios, dtype=np.float64)
+    k, experts = scenarios.shape
+    weights = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
+    cap = num_ranks * slots_per_rank - experts + 1 if max_replicas is None else max(1, max_replicas)
+    ranks = omni_layer(weights @ scenarios, num_ranks, slots_per_rank, max_replicas)
+    best = _scenario_ratio(ranks, scenarios, weights)
+    for _ in range(max_rounds):
+        found: tuple[float, list[list[int]]] | None = None
+        for candidate in _robust_moves(ranks, slots_per_rank, experts, cap):
+            value = _scenario_ratio(candidate, scenarios, weights)
+            if value < best - 1e-9 and (found is None or value < found[0]):
+                found = (value, candidate)
+        if found is None:
+            break
+        best, ranks = found
+    return ranks
+
+
+def _robust_moves(ranks: list[list[int]], capacity: int, experts: int, cap: int) -> Iterator[list[list[int]]]:
+    counts = Counter(e for held in ranks for e in held)
+    for a, held in enumerate(ranks):
+        for i, expert in enumerate(held):
+            for b in range(len(ranks)):
+                if b == a:
+                    continue
+                if len(ranks[b]) < capacity:
+                    moved = [list(h) for h in ranks]
+                    moved[a].pop(i)
+                    moved[b].append(expert)
+                    yield moved
+                for j, other in enumerate(ranks[b]):
+                    if other != expert:
+                        swapped = [list(h) for h in ranks]
+                        swapped[a][i], swapped[b][j] = other, expert
+                        yield swapped
+            if counts[expert] >= 2:
+                for other in range(experts):
+                    if other != expert and counts[other] < cap:
+                        handed = [list(h) for h in ranks]
+                        handed[a][i] = other
+                        yield handed
+
+
+def robust_omni_placement(scenarios: np.ndarray, num_ranks: int, slots_per_rank: int,
+                          weights: np.ndarray | None = None, max_replicas: int | None = None) -> Placement:
+    """``robust_layer`` for every layer of ``scenarios [k, layers, experts]``."""
+    scenarios = np.asarray(scenarios, dtype=np.float64)
+    if scenarios.ndim != 3 or len(scenarios) < 1:
+        raise ValueError(f"scenarios must be [k >= 1, layers, experts], got shape {scenarios.shape}")
+    _, layers, experts = scenarios.shape
+    if (scenarios < 0).any():
+        raise ValueError("scenarios must be non-negative")
+    table = np.full((layers, num_ranks * slots_per_rank), EMPTY, dtype=np.int64)
+    for layer in range(layers):
+        for rank, held in enumerate(robust_layer(scenarios[:, layer], num_ranks, slots_per_rank, weights,
+                                                 max_replicas)):
+            table[layer, rank * slots_per_rank : rank * slots_per_rank + len(held)] = held
+    return Placement(table, num_ranks, experts)
 
 
 def omni_placement(load: np.ndarray, num_ranks: int, slots_per_rank: int, max_replicas: int | None = None,
