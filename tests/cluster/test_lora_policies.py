@@ -105,18 +105,28 @@ def test_loraserve_routes_an_adapter_to_its_homes_and_rebalances_as_popularity_m
     assert len(policy.placement.instances_of("a0")) <= 1
 
 
-def test_loraserve_places_a_newcomer_with_adapters_of_its_rank() -> None:
-    ranks = {"small": 8, "large": 128, "new-small": 8, "new-large": 128}
-    r = cluster("loraserve", 2, ranks=ranks)
+def test_loraserve_sends_a_newcomer_to_the_least_loaded_instance_then_moves_it_to_its_rank() -> None:
+    # A newcomer's first load is a cold read; placed by rank, every large newcomer's read queued on
+    # the instance of the large ranks (the simulator's slowest requests sat there).
+    ranks = {"small": 8, "large": 128, "new-large": 128}
+    r = cluster("loraserve", 2, ranks=ranks, window_s=5.0)
     policy = r.policy
     assert isinstance(policy, LoRAServe)
     policy.placement = place_by_rank({"small": 1.0, "large": 1.0}, ranks, ["i0", "i1"])
     policy.next_rebalance = 1e9
-    assert policy.placement.instances_of("small") == (("i0", 1.0),)
     assert policy.placement.instances_of("large") == (("i1", 1.0),)
-    assert send(r, "new-large", 0.0) == "i1"
-    assert send(r, "new-small", 0.0) == "i0"
-    assert {send(r, "new-large", 0.0) for _ in range(3)} == {"i1"}
+    busy = r.request("busy", list(range(5000, 5200)), 8, adapter_id="large")
+    route = r.route(busy, 0.0)
+    assert route is not None and route.target.name == "i1"
+    r.begin(route.target, busy, "mixed")  # i1 has work in flight, i0 none
+    assert send(r, "new-large", 0.0) == "i0"
+    assert {send(r, "new-large", 0.0) for _ in range(3)} == {"i0"}  # it stays there until a rebalance
+    for _ in range(4):
+        send(r, "small", 0.0)
+    policy.next_rebalance = 0.0
+    send(r, "small", 1.0)  # the next request rebalances: the two rank-128 adapters share a run
+    assert {n for n, _ in policy.placement.instances_of("new-large")} == {"i1"}
+    assert {n for n, _ in policy.placement.instances_of("small")} == {"i0"}
 
 
 def test_loraserve_spills_a_burst_past_its_homes() -> None:

@@ -104,3 +104,34 @@ def test_bench_lora_refuses_bad_options_by_name(args: list[str], message: str, c
 
     assert main(["bench", "lora", "--no-real", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("ranks", "skewed"), [({"a": 128, "b": 8}, True), ({"a": 8, "b": 8}, False)])
+def test_an_instance_counts_what_the_rank_skew_adds_to_its_steps(ranks: dict[str, int], skewed: bool) -> None:
+    spec = SimClusterSpec("llama-3-8b", "h100", 1)
+    for padded in (True, False):
+        cluster = build_lora_cluster(spec, LoRASimSettings(max_loras=2, padded=padded), ranks, remote=False)
+        ClusterSimulator(cluster.instances, make_policy("slora"), record_token_times=False).run(
+            requests(["a", "b"] * 3, gap=0.0))
+        instance = cluster.instances[0]
+        assert 0 < instance.lora_s < instance.busy_s
+        # padding a rank-8 segment to rank 128 costs time; a kernel that does not pad, or a step of one
+        # rank, has no skew
+        assert (instance.skew_s > 0) == (padded and skewed)
+        assert instance.skew_s < instance.lora_s
+
+
+def test_the_fewest_instances_are_those_from_which_every_larger_count_meets_the_slo() -> None:
+    from edgecloud.sim.lora_bench import min_instances
+
+    passes = {9, 15, 16, 17, 18}  # 9 a lucky pass below failing counts (a bisection would stop there)
+    tried: list[int] = []
+
+    def ok(n: int) -> bool:
+        tried.append(n)
+        return n in passes
+
+    assert min_instances(ok, 18) == 15
+    assert tried == [18, 17, 16, 15, 14]
+    assert min_instances(lambda n: n <= 3, 4) is None
+    assert min_instances(lambda n: True, 3) == 1

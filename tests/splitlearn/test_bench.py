@@ -12,7 +12,10 @@ from edgecloud.splitlearn.bench import (
     SCHEMES,
     BenchConfig,
     bs_wall_factor,
+    fit_micro_batch_overhead,
     merge_reports,
+    model_from_pilot,
+    pilot_extrapolated_s,
     plot,
     report_json,
     run_bench,
@@ -22,7 +25,7 @@ from edgecloud.splitlearn.bench import (
     with_slower_bs,
     write_json,
 )
-from edgecloud.splitlearn.latency import Plan, Scenario, StageTimes, UEConfig
+from edgecloud.splitlearn.latency import Plan, Scenario, StageTimes, UEConfig, simulate
 from edgecloud.splitlearn.profiling import ModelProfile
 from edgecloud.splitlearn.runtime import ComputeTally, Evaluation, TrainResult
 from edgecloud.splitlearn.transport import HandOffs
@@ -96,6 +99,27 @@ def test_reports_of_one_bandwidth_each_merge_in_bandwidth_order() -> None:
     other = {**report(2.0, 1.0), "target_accuracy": 0.99}
     with pytest.raises(ValueError, match=r"different target_accuracy: 0\.975 and 0\.99"):
         merge_reports([report(1.0, 1.0), other])
+
+
+def test_one_bandwidth_run_in_two_parts_merges_into_one_row() -> None:
+    """`bench --schemes` splits a bandwidth over invocations (each under a time limit); merge joins them."""
+    full = _row(1.0, (80.0, 40.0, 50.0), (0.98, 0.98, 0.98))
+    parts = [{"bandwidth_mhz": 1.0, "sequential": full["sequential"]},
+             {"bandwidth_mhz": 1.0, **{s: full[s] for s in SCHEMES[1:]}}]
+    assert summarise(parts) == []  # a part alone has nothing to compare
+
+    def report(row: dict[str, object]) -> dict[str, object]:
+        machine = {"load_average_1min_at_start": 1.0, "load_average_1min_at_end": 1.0}
+        return {"target_accuracy": 0.975, "dataset": "mnist", "model": "cnn", "machine": machine, "rows": [row]}
+
+    merged = merge_reports([report(parts[1]), report(parts[0])])
+    (row,) = merged["rows"]
+    assert all(row[s] == full[s] for s in SCHEMES)
+    assert merged["summary"] == summarise([full])
+    with pytest.raises(ValueError, match="both ran sequential at 1 MHz"):
+        merge_reports([report(parts[0]), report(full)])
+    with pytest.raises(ValueError, match="schemes must be a non-empty subset"):
+        BenchConfig(schemes=("pipelined",))
 
 
 def test_bench_config_names_the_bad_field() -> None:
@@ -173,3 +197,81 @@ def test_one_bandwidth_of_the_mnist_bench_writes_the_issue_schema_and_a_plot(
     print(f"HEADLINE splitlearn: MNIST at {bandwidth_mhz:g} MHz, time to {config.target_accuracy:.1%} test accuracy "
           f"{'not reached by both schemes' if saved is None else f'{saved:.0%} less'} with C2P2SL than sequential "
           f"SL (latency model error up to {summary['max_abs_prediction_error']:.1%})")
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "c2p2sl"])
+def test_the_overhead_fitted_on_a_pilot_reproduces_the_pilot_and_carries_to_the_run(
+    schedule: str, cnn_profile: ModelProfile, scenario: Callable[..., Scenario]
+) -> None:
+    """A pilot whose every micro-batch cost 1.5 ms more than the model knew: the fit on the
+    pilot's round ends finds the 1.5 ms, and the run predicted with it is the run replayed with
+    it. Without the term (or with it left out of the replay) the fit cannot find it."""
+    sc = replace(scenario(cnn_profile, (UEConfig(5.0, 5.0), UEConfig(10.0, 20.0)), 5.0), rounds_per_sync=117)
+    plan = Plan(schedule, 3, (1, 1) if schedule == "sequential" else (4, 2), (0.6, 0.4))  # type: ignore[arg-type]
+    truth = replace(sc, micro_batch_overhead_s=1.5e-3)
+    pilot = list(simulate(truth, plan, 30, sc.rounds_per_sync).round_end_s)
+    pilot = [t + 0.2 for t in pilot]  # the pilot's first rounds also paid one-off costs: not fitted
+    overhead = fit_micro_batch_overhead(sc, plan, pilot, warm_up=5)
+    assert overhead == pytest.approx(1.5e-3, rel=1e-4)
+    run = simulate(replace(sc, micro_batch_overhead_s=overhead), plan, 400, sc.rounds_per_sync).total_s
+    assert run == pytest.approx(simulate(truth, plan, 400, sc.rounds_per_sync).total_s, rel=1e-4)
+    assert run > simulate(sc, plan, 400, sc.rounds_per_sync).total_s * 1.01
+    # A pilot faster than the model: a negative overhead (the calibration over-counted).
+    fast = list(simulate(replace(sc, micro_batch_overhead_s=-2e-4), plan, 30, sc.rounds_per_sync).round_end_s)
+    assert fit_micro_batch_overhead(sc, plan, fast, warm_up=5) == pytest.approx(-2e-4, rel=1e-3)
+    with pytest.raises(ValueError, match="more pilot rounds"):
+        fit_micro_batch_overhead(sc, plan, pilot[:5], warm_up=5)
+    # What the bench predicts the run with: the pilot's mean hand-offs and the overhead fitted on it.
+    hand_offs = HandOffs(latency_s=(1e-4, 3e-4), late_receive_s=(2e-4,), messages=3)
+    pilot_result = replace(_result([(30, 1.0, 0.9)], rounds=30), round_end_s=pilot, hand_offs=hand_offs)
+    model = model_from_pilot(sc, plan, pilot_result)
+    assert model.message_latency_s == pytest.approx(2e-4) and model.late_receive_s == pytest.approx(2e-4)
+    assert model.micro_batch_overhead_s == pytest.approx(
+        fit_micro_batch_overhead(with_hand_offs(sc, hand_offs), plan, pilot), rel=1e-9
+    )
+    assert 0 < model.micro_batch_overhead_s < 1.5e-3  # the pilot's latencies now explain part of it
+    naive = pilot_extrapolated_s(pilot, 400, warm_up=5)
+    assert naive == pytest.approx(400 * (pilot[-1] - pilot[4]) / 25)
+
+
+def test_the_bench_predicts_each_run_with_the_overhead_its_own_pilot_showed(
+    cnn_profile: ModelProfile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run_bench`` end to end on a stand-in runtime whose every micro-batch costs 1 ms more than
+    the model knows: each run's prediction (made before it, from its pilot) lands on it, while the
+    prediction without the overhead misses. Wiring only: no process is started."""
+    from edgecloud.splitlearn import bench
+
+    from .conftest import HOST_SPEED
+
+    config = BenchConfig(dataset="digits", bandwidths_mhz=(5.0,), ues=(UEConfig(5.0, 5.0), UEConfig(10.0, 20.0)),
+                         batch_per_ue=16, epochs=2, syncs_per_epoch=2)
+    host = bench.HostModel(cnn_profile, HOST_SPEED, message_latency_s=1e-4, train_size=1438, late_receive_s=1e-4)
+    monkeypatch.setattr(bench, "measure_host", lambda *_: host)
+    monkeypatch.setattr(bench, "measure_message_latency", lambda: 1e-4)
+    monkeypatch.setattr(bench, "late_receive_samples", lambda: [1e-4, 1e-4])
+    monkeypatch.setattr(bench, "host_cores", lambda: 0)
+
+    def fake_train(tc: object, timeout_s: float = 0.0, on_progress: object = None, data: object = None) -> TrainResult:
+        full = bench.scenario_for(host, config.ues, config.batch_per_ue, 5.0, config.syncs_per_epoch)
+        truth = replace(full, micro_batch_overhead_s=1e-3)
+        per_epoch = 1438 // (len(config.ues) * config.batch_per_ue)
+        rounds = min(tc.max_rounds or per_epoch * tc.epochs, per_epoch * tc.epochs)  # type: ignore[attr-defined]
+        ends = list(simulate(truth, tc.plan, rounds, truth.rounds_per_sync).round_end_s)  # type: ignore[attr-defined]
+        st = StageTimes(full, tc.plan)  # type: ignore[attr-defined]
+        serves = ComputeTally({("serve", 8): (rounds, rounds * st.bs(8))})
+        result = replace(_result([(rounds, ends[-1], 0.9)], rounds), time_s=ends[-1], round_end_s=ends,
+                         bs_compute_wall_s=serves, bs_compute_costs=serves,
+                         hand_offs=HandOffs(latency_s=(1e-4,), late_receive_s=(1e-4,), messages=2))
+        result.ue_compute_cpu_s = {k: rounds * st.ue_cpu_per_round(k) for k in range(len(config.ues))}
+        return result
+
+    monkeypatch.setattr(bench, "train", fake_train)
+    report = run_bench(config)
+    (row,) = report.rows
+    assert report.ue_cpu_inflation == pytest.approx(1.0)
+    for scheme in SCHEMES:
+        run = row[scheme]
+        assert run["micro_batch_overhead_s"] == pytest.approx(1e-3, rel=1e-3)
+        assert abs(run["prediction_error"]) < 1e-3
+        assert run["prediction_error_without_micro_batch_overhead"] < -0.01

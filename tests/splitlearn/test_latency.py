@@ -205,3 +205,32 @@ def test_a_busy_ue_pays_the_late_receive_once_per_gradient(
     assert simulate(replace(sc, late_receive_s=late), one, rounds, 3) == simulate(sc, one, rounds, 3)
     with pytest.raises(ValueError, match=r"late_receive_s must be >= 0, got -0.0001"):
         replace(sc, late_receive_s=-late)
+
+
+def test_the_micro_batch_overhead_is_paid_once_per_micro_batch_on_the_ue(
+    cnn_profile: ModelProfile, scenario: Callable[..., Scenario]
+) -> None:
+    """Sequential SL is one chain: each UE's one micro-batch a round adds the overhead once. A
+    compute-bound pipelined UE pays it once per micro-batch, so more micro-batches pay more; it
+    is wall time on the UE's timeline, not host CPU (the pilot's CPU comparison leaves it out)."""
+    sc = scenario(cnn_profile, UES, 5.0)
+    o = 2e-3
+    slow = replace(sc, micro_batch_overhead_s=o)
+    seq = Plan("sequential", 2, (1, 1, 1), (0.3, 0.3, 0.4))
+    base = simulate(sc, seq, rounds=10, rounds_per_sync=5).total_s
+    assert simulate(slow, seq, rounds=10, rounds_per_sync=5).total_s - base == pytest.approx(10 * 3 * o)
+    assert StageTimes(slow, seq).ue_cpu_per_round(0) == pytest.approx(StageTimes(sc, seq).ue_cpu_per_round(0))
+    compute_bound = scenario(cnn_profile, (UEConfig(40, 20),), 20.0)
+    extra = []
+    for m in (2, 8):
+        plan = Plan("c2p2sl", 2, (m,), (1.0,))
+        without = simulate(compute_bound, plan, rounds=4, rounds_per_sync=4).total_s
+        with_it = simulate(replace(compute_bound, micro_batch_overhead_s=o), plan, rounds=4, rounds_per_sync=4).total_s
+        extra.append(with_it - without)
+    assert extra[0] == pytest.approx(4 * 2 * o, rel=0.05)
+    assert extra[1] == pytest.approx(4 * 8 * o, rel=0.05)
+    # The same on the shared-host replay, where the overhead holds no core.
+    shared = replace(sc, host_cores=2)
+    plan = Plan("c2p2sl", 2, (3, 2, 4), (0.3, 0.3, 0.4))
+    slower = simulate(replace(shared, micro_batch_overhead_s=o), plan, 6, 3).total_s
+    assert slower > simulate(shared, plan, 6, 3).total_s

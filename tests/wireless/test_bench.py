@@ -94,13 +94,22 @@ def test_merged_seeds_give_mean_and_range(tmp_path: Path) -> None:
 
 def test_splits_are_disjoint_and_label_sets_nest(shard_dir: Path) -> None:
     data = load(shard_dir)
-    splits = Splits.of(data, BenchConfig(train_scenes=8, test_scenes=4, unseen_scenes=4))
-    assert not set(splits.train) & set(splits.test)
+    splits = Splits.of(data, BenchConfig(train_scenes=6, test_scenes=4, unseen_scenes=4, validation_scenes=2))
+    assert splits.validation is not None and len(splits.validation) == 2
+    parts = [set(splits.train), set(splits.test), set(splits.validation)]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert all(data.layouts[i] == "main" and data.indices[i] >= 10 for i in splits.validation)
+    assert (
+        Splits.of(data, BenchConfig(train_scenes=8, test_scenes=4, unseen_scenes=4, validation_scenes=0)).validation
+        is None
+    )
     assert all(data.layouts[i] == "narrow" for i in splits.unseen)
     small, large = splits.labelled(0.25, 0), splits.labelled(0.5, 0)
     assert set(small) <= set(large) <= set(splits.train)
     with pytest.raises(ValueError, match="train scenes"):
         Splits.of(data, BenchConfig(train_scenes=50, test_scenes=4, unseen_scenes=4))
+    with pytest.raises(ValueError, match="validation scenes"):
+        Splits.of(data, BenchConfig(train_scenes=8, test_scenes=4, unseen_scenes=4, validation_scenes=2))
     with pytest.raises(ValueError, match="fractions"):
         BenchConfig(fractions=(0.0,))
 
@@ -148,12 +157,13 @@ def test_bench_runs_every_family_end_to_end_on_tiny_data(shard_dir: Path, tmp_pa
 
     torch.set_num_threads(1)
     config = BenchConfig(
-        train_scenes=8,
+        train_scenes=6,
         test_scenes=4,
         unseen_scenes=4,
+        validation_scenes=2,
         fractions=(0.5, 1.0),
         pretrain=TrainConfig(steps=2, batch_size=4, warmup=1, predict_rows=2),
-        probe=ProbeConfig(min_steps=2, max_steps=2, batch_size=4),
+        probe=ProbeConfig(min_steps=2, max_steps=2, batch_size=4, encoder_lrs=(1e-3, 1e-4), evaluations=2),
     )
     partials: list[dict] = []
     report = run_bench(shard_dir, config, tmp_path / "ckpt", on_partial=partials.append)
@@ -178,6 +188,15 @@ def test_bench_runs_every_family_end_to_end_on_tiny_data(shard_dir: Path, tmp_pa
     assert attentive == {(t, f) for t in ("los", "position", "beam") for f in config.fractions}
     assert not any(r["model"] == "wmlm_attentive_probe" for r in report["tasks"])
     assert all(r["seed"] == 0 for r in report["tasks"] + report["retrieval"])
+    # every fit records what validation chose; the end-to-end families tried both learning rates
+    chosen = {(r["task"], r["label_fraction"], r["model"]): r for r in report["selection"]}
+    assert set(chosen) == {
+        (t, f, m) for t in ("los", "position", "beam", "predict") for f in config.fractions for m in families
+    }
+    for (_, _, family), choice in chosen.items():
+        if family != "wmlm":
+            assert [t["lr"] for t in choice["tried"]] == [1e-3, 1e-4]
+            assert choice["score"] == max(t["score"] for t in choice["tried"])
     assert len(summary(report)) == 4 * 2 * 2
     write_json(merge_reports([report]), tmp_path / "r.json")
     again = run_bench(shard_dir, config, tmp_path / "ckpt")  # loads the checkpoint: same frozen numbers

@@ -163,3 +163,47 @@ def test_attentive_probe_reads_which_patch_holds_the_peak() -> None:
     assert attentive_top1 > 0.8
     with pytest.raises(ValueError, match="tokens"):
         fit_head(WirelessEncoder.features(tokens[train]), where[train], "beam", probe, attentive=True)
+
+
+def test_validation_keeps_the_best_checked_step_not_the_last() -> None:
+    """The fourth revision's selection rule: a fit is checked on validation rows and keeps its best
+    checked weights. Here the validation labels are the training labels flipped, so learning only
+    hurts there: the head kept must score on them what its selection says, and better than the head
+    of the last step."""
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 16, generator=g)
+    y = (x[:, 0] > 0).float()
+    probe = ProbeConfig(min_steps=100, max_steps=100, batch_size=32, evaluations=10)
+    last = fit_head(x, y, "los", probe)
+    flipped = (x, 1 - y)
+    kept = fit_head(x, y, "los", probe, validation=flipped)
+    accuracy = evaluate_head(kept, *flipped, "los")["accuracy"]
+    assert kept.selection["step"] < 100
+    assert accuracy == pytest.approx(kept.selection["score"])
+    assert accuracy > evaluate_head(last, *flipped, "los")["accuracy"] + 0.1
+
+
+def test_thirty_epochs_at_every_fraction_and_encoder_rate_grid(shard_dir: Path) -> None:
+    """The bench's protocol trains 30 epochs at every label fraction (the second revision's cap of
+    200 steps gave 4 epochs at 100%); the encoder learning rate applies to the encoder only, the
+    head keeps its own; with validation rows every rate of the grid is tried and the best kept."""
+    from edgecloud.wireless.bench import PROBE
+
+    assert (PROBE.steps(3200), PROBE.steps(320), PROBE.steps(32)) == (1500, 150, 150)
+    torch.set_num_threads(1)
+    data = load(shard_dir, ["main"])
+    rows, val = np.arange(8), np.arange(8, 12)
+    frozen_encoder = ProbeConfig(min_steps=5, max_steps=5, batch_size=4, encoder_lrs=(1e-12,))
+    torch.manual_seed(0)
+    start = EndToEnd(TINY, "beam")
+    fitted = fit_end_to_end(data, rows, "beam", TINY, frozen_encoder)
+    assert torch.allclose(fitted.encoder.patch.weight, start.encoder.patch.weight, atol=1e-9)
+    assert not torch.allclose(fitted.head.net[1].weight, start.head.net[1].weight)
+    grid = ProbeConfig(min_steps=4, max_steps=4, batch_size=4, encoder_lrs=(1e-3, 1e-12), evaluations=2)
+    chosen = fit_end_to_end(data, rows, "beam", TINY, grid, validation_rows=val)
+    assert [t["lr"] for t in chosen.selection["tried"]] == [1e-3, 1e-12]
+    assert chosen.selection["score"] == max(t["score"] for t in chosen.selection["tried"])
+    from edgecloud.wireless.tasks import evaluate_end_to_end
+
+    assert evaluate_end_to_end(chosen, data, val, "beam")["top1"] == pytest.approx(chosen.selection["score"])

@@ -16,8 +16,9 @@ two baselines it is measured against, as policies of the cluster's registry (rea
   load and a narrow range of ranks, so a batch is never as slow as one large adapter among small
   ones (the rank skew), and an adapter hotter than one instance's share is spread over several.
   A request goes to the holder of its adapter with the least work per unit of share; a new
-  adapter joins the instance whose ranks are nearest its own. An instance that lacks the adapter
-  fetches it from a peer (the cluster's adapter connector; RDMA in the simulator) instead of disk.
+  adapter (a cold read) goes to the least loaded instance until the next rebalance moves it to
+  the run of its rank. An instance that lacks the adapter fetches it from a peer (the cluster's
+  adapter connector; RDMA in the simulator) instead of disk.
 
 ``work`` is the prefix-aware policy's measure (``expected_work_tokens``): tokens before the
 request's first token there.
@@ -201,17 +202,15 @@ class LoRAServe(RoutingPolicy):
 
     def _newcomer_home(self, adapter: str, candidates: Sequence[InstanceView],
                        work: Callable[[InstanceView], float]) -> InstanceView:
-        """An adapter the placement does not know yet: the instance whose placed ranks are nearest
-        its rank (the least loaded among equals); it stays there until the next rebalance."""
-        rank = self.ranks.get(adapter, 0)
-        spans = self.placement.ranks
+        """An adapter the placement does not know yet: the least loaded instance; it stays there
+        until the next rebalance moves it to the instances of its rank (over the peer link).
 
-        def distance(v: InstanceView) -> float:
-            if v.name not in spans:
-                return 0.0
-            low, high = spans[v.name]
-            return 0.0 if low <= rank <= high else min(abs(rank - low), abs(rank - high))
-
-        home = min(candidates, key=lambda v: (distance(v), work(v), v.outstanding))
-        self.placement.add(adapter, rank, ((home.name, 1.0),))
+        Such an adapter is usually held by no peer, so its first load is a disk read, the costliest
+        move there is (a rank-128 adapter of Llama-3-8B: 671 MB, ~0.24 s), and it stalls its
+        instance's step. Sent to the instances whose ranks are nearest its own (the first design),
+        the cold reads of large adapters queued on the few instances holding the large ranks:
+        in the simulator those instances stalled 3.7x the cluster's mean load time and held the
+        slowest requests (docs/lora.md, "Why loraserve's gain was small")."""
+        home = min(candidates, key=lambda v: (work(v), v.outstanding, v.routed))
+        self.placement.add(adapter, self.ranks.get(adapter, 0), ((home.name, 1.0),))
         return home

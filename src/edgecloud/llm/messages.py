@@ -68,7 +68,8 @@ FromCore = Ready | Failed | Outputs | ControlReply
 def _enc_hook(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
-        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        # a view of the tensor's bytes: msgspec copies it once, into the frame (no ``tobytes``)
+        raw = memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else b""
         return msgspec.msgpack.Ext(_TENSOR_EXT, msgspec.msgpack.encode((str(t.dtype).removeprefix("torch."),
                                                                         list(t.shape), raw)))
     raise NotImplementedError(f"cannot send a {type(obj).__name__} to the engine core")
@@ -77,13 +78,14 @@ def _enc_hook(obj: Any) -> Any:
 def _ext_hook(code: int, data: memoryview) -> Any:
     if code != _TENSOR_EXT:
         raise ValueError(f"unknown msgpack extension {code}")
-    dtype_name, shape, raw = msgspec.msgpack.decode(data)
+    dtype_name, shape, raw = _tensor_header.decode(data)  # ``raw``: a view into the frame, not a copy
     dtype = getattr(torch, dtype_name)
-    if not raw:
+    if not len(raw):
         return torch.empty(shape, dtype=dtype)
     return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).reshape(shape)
 
 
+_tensor_header = msgspec.msgpack.Decoder(tuple[str, list[int], memoryview])
 _encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 _to_core = msgspec.msgpack.Decoder(ToCore, ext_hook=_ext_hook)
 _from_core = msgspec.msgpack.Decoder(FromCore, ext_hook=_ext_hook)

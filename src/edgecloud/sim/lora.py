@@ -100,6 +100,7 @@ class LoRASimInstance(SimInstance):
         self.loads: Counter[str] = Counter()  # adapter loads by source: host, peer, disk
         self.load_s = 0.0
         self.lora_s = 0.0
+        self.skew_s = 0.0  # of ``lora_s``: what padding to the step's largest rank added (the rank skew)
 
     def start_step(self, now: float) -> float | None:
         duration = super().start_step(now)
@@ -112,7 +113,10 @@ class LoRASimInstance(SimInstance):
             if adapter is not None:
                 tokens[adapter] = tokens.get(adapter, 0) + s.num_new_tokens
         loading = sum(self._activate(a, tokens) for a in tokens)
-        compute = self.cost.step_time(((t, self.ranks[a]) for a, t in tokens.items()), self.settings.padded)
+        segments = [(t, self.ranks[a]) for a, t in tokens.items()]
+        compute = self.cost.step_time(segments, self.settings.padded)
+        if self.settings.padded:
+            self.skew_s += compute - self.cost.step_time(segments)
         self.load_s += loading
         self.lora_s += compute
         self.busy_s += loading + compute

@@ -43,6 +43,9 @@ def register(commands: Any, bench: Any) -> None:
     parser.add_argument("--policies", default="slora,affinity,loraserve")
     parser.add_argument("--duration", type=_positive, default=10.0,
                         help="seconds of the trace replayed (its first seconds, then multiplied by each rate)")
+    parser.add_argument("--warmup", type=float, default=0.0,
+                        help="seconds of the trace replayed before --duration and left out of the figures "
+                        "(0: measure from empty caches)")
     parser.add_argument("--rate-scales", type=_scales, default=(50.0, 100.0, 150.0, 200.0, 300.0),
                         help="arrival rates tried, as multiples of the trace's")
     parser.add_argument("--output-scale", type=_positive, default=0.25, help="multiply the trace's output lengths")
@@ -99,6 +102,8 @@ def _bench_lora(args: argparse.Namespace) -> int:
         for policy in policies:
             if policy not in POLICIES:
                 raise ValueError(f"--policies: unknown policy {policy!r}; known: {', '.join(sorted(POLICIES))}")
+        if args.warmup < 0:
+            raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
         if args.sim_instances < 1:
             raise ValueError(f"--sim-instances must be >= 1, got {args.sim_instances}")
         real_cluster = None
@@ -112,7 +117,7 @@ def _bench_lora(args: argparse.Namespace) -> int:
     settings = LoRABenchSettings(
         args.trace, policies, population, lora, Slo(ttft=args.slo_ttft, tpot=args.slo_tpot), args.sim_hardware,
         args.sim_model, args.sim_instances, args.duration, args.rebalance, args.window, args.rate_scales,
-        args.output_scale, real=not args.no_real,
+        args.output_scale, warmup_s=args.warmup, real=not args.no_real,
         real_model=args.model, real_threads=args.threads, real_cluster=real_cluster, simulate=not args.no_sim,
         seed=args.seed,
     )

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from edgecloud.splitlearn.data import dataset_spec, load_split, rounds_per_epoch
-from edgecloud.splitlearn.latency import Plan, Scenario, StageTimes, UEConfig, simulate
+from edgecloud.splitlearn.latency import Plan, Scenario, StageTimes, UEConfig, micro_batch_sizes, simulate
 from edgecloud.splitlearn.models import build_model
 from edgecloud.splitlearn.optimizer import optimise, sequential_plan
 from edgecloud.splitlearn.profiling import ComputeSpeed, ModelProfile, PassCost, calibrate, profile_model
@@ -93,9 +93,14 @@ class BenchConfig:
     momentum: float = 0.9
     lr_schedule: str = "cosine"  # from lr to 0 over the budget: a smooth approach to the plateau
     seed: int = 0
+    # Which runs to make; a subset splits one bandwidth over several invocations (``merge-bench``
+    # joins them), e.g. to keep each under a time limit. Every invocation plans all three.
+    schemes: tuple[str, ...] = SCHEMES
 
     def __post_init__(self) -> None:
         dataset_spec(self.dataset)
+        if not self.schemes or any(s not in SCHEMES for s in self.schemes):
+            raise ValueError(f"schemes must be a non-empty subset of {SCHEMES}, got {self.schemes}")
         if len(self.bandwidths_mhz) < 1 or any(b <= 0 for b in self.bandwidths_mhz):
             raise ValueError(f"bandwidths_mhz must be positive, got {self.bandwidths_mhz}")
         if self.epochs < 1:
@@ -250,18 +255,85 @@ def _in_situ_inflation(config: BenchConfig, host: HostModel, data: Any) -> float
     return sum(pilot.ue_compute_cpu_s.values()) / modelled
 
 
-HAND_OFF_PILOT_ROUNDS = 20
+# The pilot of each plan: long enough that its rounds after the warm-up average over the load's
+# swings, short against the run (936 rounds). 120 rounds: 8-20 s at 5 MHz. With 50, a pilot of one
+# 5 MHz draw (session 7, load 14-17) caught 20 slow rounds and its 40 fitted rounds averaged 86 ms
+# against the run's 70: a 15% over-prediction from one stretch of the machine's load.
+HAND_OFF_PILOT_ROUNDS = 120
+PILOT_WARM_UP_ROUNDS = 10  # the pilot's first rounds (fresh processes, first messages) are not fitted
 
 
 def pilot_run(config: BenchConfig, plan: Plan, bandwidth_mhz: float, data: Any) -> TrainResult:
-    """What handing messages over costs in this plan's own run, measured just before it.
+    """What the plan's own run costs, measured just before it.
 
     The first ``HAND_OFF_PILOT_ROUNDS`` rounds of the very plan, run on their own with the same
     processes, links and load as the run that follows: every message's latency and every
-    gradient a busy UE takes late, timed on both ends (``transport.HandOffs``). An idle echo
-    pair does not see what a run sees (a BS with a thread per link, UEs that wake from sleeps).
+    gradient a busy UE takes late, timed on both ends (``transport.HandOffs``), and the wall
+    clock of every round (``fit_micro_batch_overhead``). An idle echo pair does not see what a
+    run sees (a BS with a thread per link, UEs that wake from sleeps).
     """
     return train(_train_config(config, plan, bandwidth_mhz, max_rounds=HAND_OFF_PILOT_ROUNDS), data=data)
+
+
+def _pilot_window(scenario: Scenario, plan: Plan, rounds: int, warm_up: int) -> float:
+    ends = simulate(scenario, plan, rounds, scenario.rounds_per_sync).round_end_s
+    return ends[rounds - 1] - ends[warm_up - 1]
+
+
+def fit_micro_batch_overhead(
+    scenario: Scenario, plan: Plan, pilot_round_end_s: list[float], warm_up: int = PILOT_WARM_UP_ROUNDS
+) -> float:
+    """The per-micro-batch overhead that makes the replay of the pilot take the pilot's wall time.
+
+    ``scenario`` is what the model already knows (calibrated speed, the pilot's hand-offs);
+    ``pilot_round_end_s`` the pilot's measured round ends. Rounds ``warm_up + 1`` to the last are
+    compared (the first ones pay one-off costs of fresh processes), the replay run with the
+    pilot's own round count, so its client-model averaging at the end is in both. The replay's
+    time grows with the overhead (``Scenario.micro_batch_overhead_s``): found by bisection. A
+    pilot the replay over-predicts even with no overhead gives a negative one, down to the point
+    where the fastest UE forward is free. Nothing of the run it predicts is used.
+    """
+    rounds = len(pilot_round_end_s)
+    if not 0 < warm_up < rounds:
+        raise ValueError(f"need more pilot rounds ({rounds}) than warm-up rounds ({warm_up}), and one warm-up round")
+    measured = pilot_round_end_s[rounds - 1] - pilot_round_end_s[warm_up - 1]
+    st = StageTimes(scenario, plan)
+    sizes = [size for m in plan.micro_batches for size in micro_batch_sizes(scenario.batch_per_ue, m)]
+    lowest = -min(st.forward(k, size) for k in range(scenario.num_ues) for size in sizes)
+
+    def excess(overhead: float) -> float:
+        at = replace(scenario, micro_batch_overhead_s=scenario.micro_batch_overhead_s + overhead)
+        return _pilot_window(at, plan, rounds, warm_up) - measured
+
+    if excess(lowest) >= 0:
+        return scenario.micro_batch_overhead_s + lowest
+    high = 1e-3
+    while excess(high) < 0:
+        high *= 2
+        if high > 10.0:
+            raise ValueError("the pilot took far longer than any per-micro-batch overhead explains")
+    low = lowest
+    for _ in range(60):
+        mid = 0.5 * (low + high)
+        if excess(mid) < 0:
+            low = mid
+        else:
+            high = mid
+        if high - low < 1e-9:
+            break
+    return scenario.micro_batch_overhead_s + 0.5 * (low + high)
+
+
+def model_from_pilot(echo: Scenario, plan: Plan, pilot: TrainResult) -> Scenario:
+    """What the run is predicted with: the pilot's mean hand-offs, then the overhead fitted on its wall clock."""
+    measured = with_hand_offs(echo, pilot.hand_offs)
+    return replace(measured, micro_batch_overhead_s=fit_micro_batch_overhead(measured, plan, pilot.round_end_s))
+
+
+def pilot_extrapolated_s(pilot_round_end_s: list[float], rounds: int, warm_up: int = PILOT_WARM_UP_ROUNDS) -> float:
+    """The naive forecast beside the model: the pilot's time per round (after its warm-up) x rounds."""
+    n = len(pilot_round_end_s)
+    return rounds * (pilot_round_end_s[n - 1] - pilot_round_end_s[warm_up - 1]) / (n - warm_up)
 
 
 def bs_wall_factor(scenario: Scenario, plan: Plan, pilot: TrainResult) -> float:
@@ -333,8 +405,12 @@ def run_bench(
     config: BenchConfig,
     on_run: Callable[[str], None] = lambda _: None,
     on_progress: Callable[[Progress], None] | None = None,
+    checkpoint: Callable[[BenchReport], None] | None = None,
 ) -> BenchReport:
-    """Calibrate once, then train every (bandwidth, scheme) pair for real."""
+    """Calibrate once, then train every (bandwidth, scheme) pair for real.
+
+    ``checkpoint`` gets the report so far after every run (a bench stopped by a time limit keeps
+    the runs it finished)."""
     machine = machine_description()
     host = measure_host(config.dataset, config.model, config.seed)
     data = load_split(config.dataset, config.seed)
@@ -349,6 +425,8 @@ def run_bench(
         scenario = scenario_for(host, config.ues, config.batch_per_ue, bandwidth, config.syncs_per_epoch)
         row: dict[str, Any] = {"bandwidth_mhz": bandwidth}
         for scheme, plan in plans_for(scenario, config.max_micro_batches).items():
+            if scheme not in config.schemes:
+                continue
             on_run(f"{bandwidth:g} MHz {SCHEME_LABELS[scheme]}")
             # The message latency follows the machine's load, which drifts over a long bench:
             # the prediction of each run uses hand-offs measured just before it, in a pilot of
@@ -359,8 +437,11 @@ def run_bench(
             )
             pilot_result = pilot_run(config, plan, bandwidth, data)
             pilot = pilot_result.hand_offs
-            # The prediction is of the emulated run: five processes computing on this host's cores.
-            now = with_hand_offs(echo, pilot)
+            # The prediction is of the emulated run: five processes computing on this host's cores,
+            # with the pilot's hand-offs and the per-micro-batch overhead that makes the replay of
+            # the pilot take the pilot's own wall time (fitted on the pilot only, never on the run).
+            now = model_from_pilot(echo, plan, pilot_result)
+            measured, overhead = replace(now, micro_batch_overhead_s=0.0), now.micro_batch_overhead_s
             predicted = simulate(now, plan, rounds, now.rounds_per_sync).round_end_s
             load_before = load_average()
             result = train(_train_config(config, plan, bandwidth), timeout_s=3600.0, on_progress=on_progress, data=data)
@@ -369,30 +450,40 @@ def run_bench(
             record["message_latency_s"] = now.message_latency_s
             record["late_receive_s"] = now.late_receive_s
             record["pilot_hand_offs"] = pilot.summary()
+            record["micro_batch_overhead_s"] = overhead
+            record["pilot_rounds"] = len(pilot_result.round_end_s)
+            record["pilot_round_end_s"] = [round(t, 5) for t in pilot_result.round_end_s]
+            record["pilot_ue_cpu_s"] = sum(pilot_result.ue_compute_cpu_s.values())
             # The same hand-offs as the run itself saw them: not a prediction (it is measured
             # during the run), but it says whether the pilot measured what the run met.
             record["in_run_hand_offs"] = result.hand_offs.summary()
             record["echo_message_latency_s"] = latency
             record["echo_late_receive_s"] = statistics.mean(takes)
             record["echo_late_receive_median_s"] = statistics.median(takes)
-            # Beside the prediction: the pilot's medians instead of its means (does the tail
-            # matter?), the idle echo pair's measurements (the previous prediction), no
-            # late-receive term, and the run's own hand-offs (a diagnostic, not a prediction).
+            # Beside the prediction: the previous model, without the fitted overhead, and its
+            # variants (all without the overhead): the pilot's medians instead of its means (does
+            # the tail matter?), the idle echo pair's measurements, no late-receive term, and the
+            # run's own hand-offs (a diagnostic, not a prediction).
             alternatives = {
+                "without_micro_batch_overhead": measured,
                 "pilot_median": with_hand_offs(echo, pilot, statistics.median),
                 "echo": echo,
-                "without_late_receive": replace(now, late_receive_s=0.0),
+                "without_late_receive": replace(measured, late_receive_s=0.0),
             }
             # And with the BS's per-micro-batch cost as the pilot's wall clock measured it.
             bs_factor = bs_wall_factor(now, plan, pilot_result)
             record["pilot_bs_wall_factor"] = bs_factor
-            alternatives["pilot_bs_wall"] = with_slower_bs(now, bs_factor)
+            alternatives["pilot_bs_wall"] = with_slower_bs(measured, bs_factor)
             if result.hand_offs.latency_s:
                 alternatives["in_run_hand_offs"] = with_hand_offs(echo, result.hand_offs)
             for name, other in alternatives.items():
                 total = simulate(other, plan, rounds, other.rounds_per_sync).total_s
                 record[f"predicted_s_{name}"] = total
                 record[f"prediction_error_{name}"] = (total - result.time_s) / result.time_s
+            # The naive forecast: the pilot's time per round times the run's rounds.
+            naive = pilot_extrapolated_s(pilot_result.round_end_s, rounds)
+            record["predicted_s_pilot_extrapolated"] = naive
+            record["prediction_error_pilot_extrapolated"] = (naive - result.time_s) / result.time_s
             record["host_cores"] = now.host_cores
             # What every computation cost in this run (host CPU s, by kind and size), against the model's.
             record["compute_cpu_s"] = {
@@ -405,6 +496,8 @@ def run_bench(
             record["predicted_s_device_processors"] = pure
             record["prediction_error_device_processors"] = (pure - result.time_s) / result.time_s
             row[scheme] = record
+            if checkpoint is not None:
+                checkpoint(BenchReport(config, [*rows, row], machine, host.message_latency_s, inflation))
         row["message_latency_s"] = host.message_latency_s
         row["late_receive_s"] = host.late_receive_s
         row["ue_cpu_inflation"] = inflation
@@ -424,6 +517,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per bandwidth: time to target saved against sequential (own cut, same cut), accuracy deltas."""
     out = []
     for row in rows:
+        if any(s not in row for s in SCHEMES):
+            continue  # a part of a bandwidth (``BenchConfig.schemes``): merge the others first
         seq, opt, fixed = (row[s] for s in SCHEMES)
         out.append(
             {
@@ -467,7 +562,16 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         for key in ("target_accuracy", "dataset", "model"):
             if other[key] != first[key]:
                 raise ValueError(f"cannot merge reports with different {key}: {first[key]!r} and {other[key]!r}")
-    rows = sorted((row for r in reports for row in r["rows"]), key=lambda row: row["bandwidth_mhz"])
+    by_bandwidth: dict[float, dict[str, Any]] = {}
+    for report in reports:
+        for row in report["rows"]:
+            merged = by_bandwidth.setdefault(float(row["bandwidth_mhz"]), {})
+            clash = [s for s in SCHEMES if s in row and s in merged]
+            if clash:
+                raise ValueError(f"two reports both ran {clash[0]} at {row['bandwidth_mhz']:g} MHz")
+            # Runs of one bandwidth made in separate invocations (``schemes``): the runs join in one row.
+            merged.update(row if not merged else {s: row[s] for s in SCHEMES if s in row})
+    rows = [by_bandwidth[b] for b in sorted(by_bandwidth)]
     machines = [r["machine"] for r in reports]
     machine = {
         **machines[0],
@@ -490,7 +594,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     rows, target = report["rows"], report["target_accuracy"]
     fig, axes = plt.subplots(1, len(rows), figsize=(max(6.4, 4.2 * len(rows)), 4.0), squeeze=False)
     for ax, row in zip(axes[0], rows, strict=True):
-        for scheme in SCHEMES:
+        for scheme in (s for s in SCHEMES if s in row):
             run = row[scheme]
             times = [t for _, t, _ in run["evaluations"]]
             accuracy = [100 * a for _, _, a in run["evaluations"]]
@@ -499,7 +603,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
             if run["time_to_target_s"] is not None:
                 ax.axvline(run["time_to_target_s"], color=COLOURS[scheme], linestyle=":", alpha=0.7)
         ax.axhline(100 * target, color="black", linewidth=0.8, linestyle="--")
-        finals = [100 * row[s]["final_accuracy"] for s in SCHEMES]
+        finals = [100 * row[s]["final_accuracy"] for s in SCHEMES if s in row]
         ax.set_ylim(min(100 * target - 2.0, min(finals) - 1.0), min(100.0, max(finals) + 0.6))
         ax.set_xlim(left=0)
         ax.set_xlabel("training time (s), evaluations off the clock")

@@ -249,7 +249,6 @@ def _bench(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgecloud.splitlearn.bench import (
-        SCHEMES,
         BenchConfig,
         describe_machine,
         plot,
@@ -271,6 +270,7 @@ def _bench(args: argparse.Namespace) -> int:
         target_accuracy=args.target_accuracy,
         max_micro_batches=args.max_micro_batches,
         seed=args.seed,
+        schemes=tuple(args.schemes),
     )
     from edgecloud.splitlearn.data import dataset_spec
 
@@ -281,7 +281,7 @@ def _bench(args: argparse.Namespace) -> int:
         f"{config.epochs} epochs per run; target test accuracy {100 * config.target_accuracy:g}%"
     )
     print("profiling, calibrating and measuring message latency ...", flush=True)
-    total = len(config.bandwidths_mhz) * len(SCHEMES) + 1  # + the pilot run
+    total = len(config.bandwidths_mhz) * len(config.schemes) + 1  # + the pilot run
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -302,7 +302,11 @@ def _bench(args: argparse.Namespace) -> int:
                 status += f", test accuracy {100 * p.accuracy:.2f}% at {p.time_s:.1f} s"
             progress.update(task, status=status)
 
-        report = run_bench(config, on_run, on_round)
+        def checkpoint(partial: Any) -> None:
+            if args.json:
+                write_json(partial, Path(args.json))
+
+        report = run_bench(config, on_run, on_round, checkpoint)
         progress.update(task, description="done", completed=total, status="")
     for line in describe_machine(report.machine):
         print(line)
@@ -316,7 +320,7 @@ def _bench(args: argparse.Namespace) -> int:
         f"{'final acc':>9}  plan"
     )
     for row in report.rows:
-        for scheme in SCHEMES:
+        for scheme in config.schemes:
             r = row[scheme]
             to_target = "not reached" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
             rounds = "-" if r["rounds_to_target"] is None else str(r["rounds_to_target"])
@@ -324,7 +328,9 @@ def _bench(args: argparse.Namespace) -> int:
                 f"{row['bandwidth_mhz']:>5g} {scheme:17s} {to_target:>11} {rounds:>6} {r['time_s']:8.1f} "
                 f"{r['predicted_s']:8.1f} {r['prediction_error']:+6.1%} {100 * r['final_accuracy']:8.2f}%  "
                 f"cut {r['cut']}, micro-batches {', '.join(map(str, r['micro_batches']))}; pilot: latency "
-                f"{r['message_latency_s'] * 1e3:.2f} ms, late receive {r['late_receive_s'] * 1e3:.2f} ms"
+                f"{r['message_latency_s'] * 1e3:.2f} ms, late receive {r['late_receive_s'] * 1e3:.2f} ms, "
+                f"micro-batch overhead {r['micro_batch_overhead_s'] * 1e3:+.2f} ms (without it "
+                f"{r['prediction_error_without_micro_batch_overhead']:+.1%})"
             )
 
     def pct(value: float | None) -> str:
@@ -426,6 +432,13 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         type=_fraction,
         default=0.975,
         help="test accuracy to reach (the MNIST CNN levels off at 0.981-0.983)",
+    )
+    run.add_argument(
+        "--schemes",
+        nargs="+",
+        choices=("sequential", "c2p2sl", "c2p2sl_fixed_cut"),
+        default=["sequential", "c2p2sl", "c2p2sl_fixed_cut"],
+        help="runs to make (all three plans are made); split a bandwidth over invocations, join with merge-bench",
     )
     _outputs(run, json_required=False)
     run.set_defaults(handler=_guarded(_bench))

@@ -67,6 +67,14 @@ class Scenario:
     # Host cores the devices' computations share; 0: every device has its own processor (the pure
     # model). The emulation runs every device as a process on one host (``simulate``'s docstring).
     host_cores: int = 0
+    # Wall time each micro-batch costs its UE beyond what the model otherwise counts (its
+    # computations' CPU time x slowdown, the links, the hand-offs): the Python around each
+    # computation, a wake-up from its sleep that the slack does not absorb, the in-situ CPU the
+    # calibration missed. Not a constant: the bench measures it in a pilot of the very plan, as
+    # the value that makes this replay reproduce the pilot's wall clock
+    # (``bench.fit_micro_batch_overhead``); it may be negative (the calibration over-counted).
+    # Added to each micro-batch's forward on the UE's timeline, where it holds no host core.
+    micro_batch_overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.host_cores < 0:
@@ -167,19 +175,28 @@ class StageTimes:
         rates = link_rates(scenario.ues, scenario.bandwidth_hz, plan)
         self.latency = scenario.message_latency_s
         self.late_receive = scenario.late_receive_s
+        self.overhead = scenario.micro_batch_overhead_s
         self.uplink_bps, self.downlink_bps, self.full_bps = (
             rates.uplink_bps,
             rates.downlink_bps,
             rates.full_bps,
         )
 
-    def forward(self, ue: int, size: float) -> float:
+    def forward_cpu(self, size: float) -> float:
+        """Host CPU seconds of a UE forward of ``size`` samples (before the UE's slowdown)."""
         s = self.scenario
-        return s.ues[ue].slowdown * s.speed.ue_forward_s(s.profile, self.plan.cut, size)
+        return s.speed.ue_forward_s(s.profile, self.plan.cut, size)
+
+    def backward_cpu(self, size: float) -> float:
+        s = self.scenario
+        return s.speed.ue_backward_s(s.profile, self.plan.cut, size)
+
+    def forward(self, ue: int, size: float) -> float:
+        """A micro-batch's forward on UE ``ue``'s timeline, its per-micro-batch overhead included."""
+        return max(0.0, self.scenario.ues[ue].slowdown * self.forward_cpu(size) + self.overhead)
 
     def backward(self, ue: int, size: float) -> float:
-        s = self.scenario
-        return s.ues[ue].slowdown * s.speed.ue_backward_s(s.profile, self.plan.cut, size)
+        return self.scenario.ues[ue].slowdown * self.backward_cpu(size)
 
     def bs(self, size: float) -> float:
         s = self.scenario
@@ -212,8 +229,8 @@ class StageTimes:
     def ue_cpu_per_round(self, ue: int) -> float:
         """Host CPU seconds of UE ``ue``'s computations in one round (before its slowdown)."""
         sizes = micro_batch_sizes(self.scenario.batch_per_ue, self.plan.micro_batches[ue])
-        total = sum(self.forward(ue, size) + self.backward(ue, size) for size in sizes) + self.ue_step(ue)
-        return total / self.scenario.ues[ue].slowdown
+        compute = sum(self.forward_cpu(size) + self.backward_cpu(size) for size in sizes)
+        return compute + self.ue_step(ue) / self.scenario.ues[ue].slowdown
 
     def sync_transfer(self, ue: int) -> float:
         """Client-model upload or download at a sync: one UE at a time, whole band."""
@@ -417,8 +434,9 @@ class _EmulatedDevice:
     def receive(self, arrival: float, late_receive: float = 0.0) -> None:
         self.timeline = self.awake = take(self.awake, arrival, late_receive)
 
-    def compute(self, device_s: float) -> Generator[_Request, object, None]:
-        host_s = device_s / self.factor
+    def compute(self, device_s: float, host_s: float | None = None) -> Generator[_Request, object, None]:
+        """``device_s`` on the timeline, holding a core for ``host_s`` (default: its CPU share)."""
+        host_s = device_s / self.factor if host_s is None else host_s
         core_end = yield _Compute(self.awake, host_s)
         assert isinstance(core_end, float)
         self.timeline += device_s
@@ -439,7 +457,7 @@ def _ue_on_host(
     sizes = micro_batch_sizes(st.scenario.batch_per_ue, st.plan.micro_batches[k])
     for r in range(rounds):
         for i, size in enumerate(sizes):
-            yield from device.compute(st.forward(k, size))
+            yield from device.compute(st.forward(k, size), host_s=st.forward_cpu(size))
             # The sender paces from the device's timeline but cannot send before the process is awake.
             c.uplink_free[k] = max(device.timeline, c.uplink_free[k]) + st.uplink(k, size)
             host.post_activation(r, k, i, max(c.uplink_free[k], device.awake) + st.latency)

@@ -32,6 +32,7 @@ import torch
 from edgecloud.wireless.dataset import WirelessData, load
 from edgecloud.wireless.model import ANCHOR_PAIRS, CONFIGS, DIRECT_PAIRS, WMLM, WirelessEncoder
 from edgecloud.wireless.tasks import (
+    HEADLINE,
     SENSING_TASKS,
     ProbeConfig,
     copy_last_nmse_db,
@@ -49,15 +50,15 @@ from edgecloud.wireless.tasks import (
 )
 from edgecloud.wireless.train import TrainConfig, load_checkpoint, pretrain, save_checkpoint
 
-# The headline metric per task and whether larger is better.
-HEADLINE = {
-    "los": ("accuracy", True),
-    "position": ("mean_error_m", False),
-    "beam": ("top1", True),
-    "predict": ("nmse_db", False),
-}
 # The families built on the pretrained model, each compared with the task-specific one.
 WMLM_FAMILIES = ("wmlm", "wmlm_finetuned")
+
+
+# The sensing and prediction protocol of the fourth revision (docs/wmlm.md, "Fourth revision"):
+# 30 epochs at every fraction (1,500 steps at 100% of 3,200 labels), 5% warm-up, the best of 10
+# validation checks, and the encoder learning rate of each end-to-end family chosen on validation.
+PROBE = ProbeConfig(max_steps=1500, encoder_lrs=(1e-3, 1e-4), warmup_fraction=0.05)
+STAGES = ("attentive", "diagnostics", "predict", "ablation")
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,17 @@ class BenchConfig:
     train_scenes: int = 3200
     test_scenes: int = 800
     unseen_scenes: int = 800
+    # main-layout scenes after the test ones, labelled, never trained on: every family's fits are
+    # checked on them to keep the best step and encoder learning rate (0: no selection, the last step)
+    validation_scenes: int = 320
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     model: str = "cpu"
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400, batch_size=128))
-    probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(max_steps=200))
+    probe: ProbeConfig = field(default_factory=lambda: PROBE)
     seed: int = 0
+    # stages to leave out: "attentive" (the probe beside the protocol), "diagnostics" (the frozen head
+    # with 10x steps), "predict" (channel prediction), "ablation" (the image-text pretraining)
+    skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.model not in CONFIGS:
@@ -78,6 +85,10 @@ class BenchConfig:
             raise ValueError(f"fractions must lie in (0, 1], got {self.fractions}")
         if min(self.train_scenes, self.test_scenes, self.unseen_scenes) < 2:
             raise ValueError("train_scenes, test_scenes and unseen_scenes must each be >= 2")
+        if self.validation_scenes == 1 or self.validation_scenes < 0:
+            raise ValueError(f"validation_scenes must be 0 or >= 2, got {self.validation_scenes}")
+        if set(self.skip) - set(STAGES):
+            raise ValueError(f"skip must name stages among {STAGES}, got {self.skip}")
 
 
 @dataclass(frozen=True)
@@ -85,22 +96,26 @@ class Splits:
     train: np.ndarray
     test: np.ndarray
     unseen: np.ndarray
+    validation: np.ndarray | None = None
 
     @staticmethod
     def of(data: WirelessData, config: BenchConfig) -> Splits:
         layouts = np.array(data.layouts)
-        main = np.flatnonzero((layouts == "main") & (data.indices < config.train_scenes + config.test_scenes))
+        end = config.train_scenes + config.test_scenes
+        main = np.flatnonzero((layouts == "main") & (data.indices < end + config.validation_scenes))
         unseen = np.flatnonzero((layouts == "narrow") & (data.indices < config.unseen_scenes))
         train = main[data.indices[main] < config.train_scenes]
-        test = main[data.indices[main] >= config.train_scenes]
+        test = main[(data.indices[main] >= config.train_scenes) & (data.indices[main] < end)]
+        validation = main[data.indices[main] >= end]
         for name, rows, want in (
             ("train", train, config.train_scenes),
             ("test", test, config.test_scenes),
             ("unseen", unseen, config.unseen_scenes),
+            ("validation", validation, config.validation_scenes),
         ):
             if len(rows) < want:
                 raise ValueError(f"data has {len(rows)} {name} scenes, the bench wants {want}: generate more")
-        return Splits(train, test, unseen)
+        return Splits(train, test, unseen, validation if config.validation_scenes else None)
 
     def labelled(self, fraction: float, seed: int) -> np.ndarray:
         """The labelled rows at ``fraction``: a prefix of one permutation, so smaller sets nest."""
@@ -181,6 +196,7 @@ def run_bench(
     general: list[dict[str, object]] = []
     fitted: list[dict[str, object]] = []
     diagnostics: list[dict[str, object]] = []
+    selection: list[dict[str, object]] = []
     retrieval: list[dict[str, object]] = []
     reference: dict[str, object] = {}
     chance = 1.0 / len(splits.test)
@@ -193,11 +209,13 @@ def run_bench(
             "generalisation": list(general),
             "fit_on_labelled_rows": list(fitted),
             "diagnostics": list(diagnostics),
+            "selection": list(selection),
             "reference": dict(reference),
             "splits": {
                 "train": len(splits.train),
                 "test": len(splits.test),
                 "unseen": len(splits.unseen),
+                "validation": 0 if splits.validation is None else len(splits.validation),
                 "train_layout": "main",
                 "unseen_layout": "narrow",
             },
@@ -216,6 +234,11 @@ def run_bench(
 
     def record(task: str, fraction: float, family: str, metrics: dict[str, float], into: list) -> None:
         into.extend(metric_rows(task, fraction, family, metrics, config.seed))
+
+    def chose(task: str, fraction: float, family: str, fitted_model: torch.nn.Module) -> None:
+        """What validation chose for a fit: learning rate, step, score (and every rate tried)."""
+        choice = getattr(fitted_model, "selection", {})
+        selection.append({"task": task, "label_fraction": fraction, "model": family, "seed": config.seed, **choice})
 
     def add_retrieval(source: dict[str, torch.Tensor], family: str, pairs: tuple[tuple[str, str], ...]) -> None:
         for a, b in pairs:
@@ -249,17 +272,21 @@ def run_bench(
 
     features = {name: WirelessEncoder.features(t) for name, t in frozen_split_tokens(model, data, splits).items()}
     position_in_train = {int(r): i for i, r in enumerate(splits.train)}
+    val = splits.validation
     for fraction in sorted(config.fractions, reverse=True):
         labelled = splits.labelled(fraction, config.seed)
         idx = torch.tensor([position_in_train[int(r)] for r in labelled])
         for task in SENSING_TASKS:
             test_y, unseen_y, train_y = (labels(data, r, task) for r in (splits.test, splits.unseen, labelled))
+            head_val = None if val is None else (features["validation"], labels(data, val, task))
             with timed(f"{task} {fraction:.0%} wmlm head"):
-                head = fit_head(features["train"][idx], train_y, task, config.probe)
+                head = fit_head(features["train"][idx], train_y, task, config.probe, validation=head_val)
             with timed(f"{task} {fraction:.0%} wmlm fine-tuned"):
-                tuned = fit_end_to_end(data, labelled, task, model_config, config.probe, model.wireless)
+                tuned = fit_end_to_end(data, labelled, task, model_config, config.probe, model.wireless, val)
             with timed(f"{task} {fraction:.0%} task-specific"):
-                e2e = fit_end_to_end(data, labelled, task, model_config, config.probe)
+                e2e = fit_end_to_end(data, labelled, task, model_config, config.probe, validation_rows=val)
+            for family, fitted_model in (("wmlm", head), ("wmlm_finetuned", tuned), ("task_specific", e2e)):
+                chose(task, fraction, family, fitted_model)
             record(task, fraction, "wmlm", evaluate_head(head, features["test"], test_y, task), rows)
             record(task, fraction, "wmlm_finetuned", evaluate_end_to_end(tuned, data, splits.test, task), rows)
             record(task, fraction, "task_specific", evaluate_end_to_end(e2e, data, splits.test, task), rows)
@@ -268,7 +295,7 @@ def run_bench(
             record(task, fraction, "wmlm", evaluate_head(head, features["train"][idx], train_y, task), fitted)
             for family, fitted_model in (("wmlm_finetuned", tuned), ("task_specific", e2e)):
                 record(task, fraction, family, evaluate_end_to_end(fitted_model, data, labelled, task), fitted)
-            if fraction == max(config.fractions):
+            if fraction == max(config.fractions) and "diagnostics" not in config.skip:
                 # Diagnostic, not a compared family: the frozen features with ten times the head's
                 # steps (still cheap) -- is the information there, or was the head short of steps?
                 long_probe = replace(
@@ -278,9 +305,10 @@ def run_bench(
                     max_steps=10 * config.probe.max_steps,
                 )
                 with timed(f"{task} {fraction:.0%} wmlm head, 10x steps (diagnostic)"):
-                    long_head = fit_head(features["train"][idx], train_y, task, long_probe)
+                    long_head = fit_head(features["train"][idx], train_y, task, long_probe, validation=head_val)
                 long_metrics = evaluate_head(long_head, features["test"], test_y, task)
                 record(task, fraction, "wmlm_head_10x_steps", long_metrics, diagnostics)
+            if fraction == max(config.fractions):
                 for family, metrics in (
                     ("wmlm", evaluate_head(head, features["unseen"], unseen_y, task)),
                     ("wmlm_finetuned", evaluate_end_to_end(tuned, data, splits.unseen, task)),
@@ -289,33 +317,39 @@ def run_bench(
                     record(task, fraction, family, metrics, general)
             partial()
 
-    with timed("attentive probe on the frozen tokens (beside the protocol)"):
-        beside = attentive_probe(model, data, splits, config)
-    for key, into in (("diagnostics", diagnostics), ("fit_on_labelled_rows", fitted), ("generalisation", general)):
-        into.extend(beside[key])
-    partial()
+    if "attentive" not in config.skip:
+        with timed("attentive probe on the frozen tokens (beside the protocol)"):
+            beside = attentive_probe(model, data, splits, config)
+        for key, into in (("diagnostics", diagnostics), ("fit_on_labelled_rows", fitted), ("generalisation", general)):
+            into.extend(beside[key])
+        partial()
+    if "predict" in config.skip and "ablation" in config.skip:
+        return report(complete=True)
 
     reference["copy_last_nmse_db"] = {
         "test": copy_last_nmse_db(data, splits.test, model_config),
         "unseen": copy_last_nmse_db(data, splits.unseen, model_config),
     }
     reference["pretrained_decoder_nmse_db"] = prediction_nmse_db(model, data, splits.test)
-    for fraction in sorted(config.fractions, reverse=True):
+    for fraction in sorted(config.fractions, reverse=True) if "predict" not in config.skip else ():
         labelled = splits.labelled(fraction, config.seed)
         with timed(f"predict {fraction:.0%} wmlm decoder"):
-            decoder_only = fit_predictor_frozen(load_copy(model), data, labelled, config.probe)
+            decoder_only = fit_predictor_frozen(load_copy(model), data, labelled, config.probe, val)
         with timed(f"predict {fraction:.0%} wmlm fine-tuned"):
-            whole = fit_predictor_end_to_end(data, labelled, model_config, config.probe, model)
+            whole = fit_predictor_end_to_end(data, labelled, model_config, config.probe, model, val)
         with timed(f"predict {fraction:.0%} task-specific"):
-            scratch = fit_predictor_end_to_end(data, labelled, model_config, config.probe)
+            scratch = fit_predictor_end_to_end(data, labelled, model_config, config.probe, validation_rows=val)
         predictors = (("wmlm", decoder_only), ("wmlm_finetuned", whole), ("task_specific", scratch))
         for family, predictor in predictors:
+            chose("predict", fraction, family, predictor)
             record("predict", fraction, family, {"nmse_db": prediction_nmse_db(predictor, data, splits.test)}, rows)
             if fraction == max(config.fractions):
                 nmse_unseen = prediction_nmse_db(predictor, data, splits.unseen)
                 record("predict", fraction, family, {"nmse_db": nmse_unseen}, general)
         partial()
 
+    if "ablation" in config.skip:
+        return report(complete=True)
     ablation_config = TrainConfig(**{**asdict(config.pretrain), "predict_rows": 0})
     with timed("pretrain ablation (image-text direct)"):
         ablation = pretrain(data, splits.train, model_config, ablation_config, DIRECT_PAIRS)[0]
@@ -347,11 +381,12 @@ def metric_rows(task: str, fraction: float, family: str, metrics: dict[str, floa
 
 
 def frozen_split_tokens(model: WMLM, data: WirelessData, splits: Splits) -> dict[str, torch.Tensor]:
-    """The frozen wireless encoder's tokens of every scene of the train, test and unseen splits."""
-    return {
-        name: frozen_tokens(model.wireless, data, rows)
-        for name, rows in (("train", splits.train), ("test", splits.test), ("unseen", splits.unseen))
-    }
+    """The frozen wireless encoder's tokens of every scene of the train, test, unseen (and, when
+    there is one, validation) splits."""
+    named = [("train", splits.train), ("test", splits.test), ("unseen", splits.unseen)]
+    if splits.validation is not None:
+        named.append(("validation", splits.validation))
+    return {name: frozen_tokens(model.wireless, data, rows) for name, rows in named}
 
 
 ATTENTIVE = "wmlm_attentive_probe"
@@ -372,7 +407,8 @@ def attentive_probe(model: WMLM, data: WirelessData, splits: Splits, config: Ben
         idx = torch.tensor([position_in_train[int(r)] for r in labelled])
         for task in SENSING_TASKS:
             train_y = labels(data, labelled, task)
-            head = fit_head(tokens["train"][idx], train_y, task, config.probe, attentive=True)
+            val = None if splits.validation is None else (tokens["validation"], labels(data, splits.validation, task))
+            head = fit_head(tokens["train"][idx], train_y, task, config.probe, attentive=True, validation=val)
             parts = [
                 ("diagnostics", tokens["test"], splits.test),
                 ("fit_on_labelled_rows", tokens["train"][idx], labelled),
@@ -483,7 +519,7 @@ def merge_reports(reports: list[dict[str, object]]) -> dict[str, object]:
         seeds.append(seed)
     merged: dict[str, object] = {
         key: [row for report in reports for row in report[key]]  # type: ignore[union-attr]
-        for key in ("tasks", "retrieval", "generalisation", "fit_on_labelled_rows", "diagnostics")
+        for key in ("tasks", "retrieval", "generalisation", "fit_on_labelled_rows", "diagnostics", "selection")
         if all(key in report for report in reports)
     }
     keep = ("reference", "pretraining", "timings_s", "wall_s", "machine_before", "machine_after")

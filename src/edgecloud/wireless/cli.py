@@ -102,9 +102,12 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     import torch
 
     from edgecloud.wireless.bench import (
+        PROBE,
         BenchConfig,
         merge_reports,
         plot,
@@ -112,7 +115,6 @@ def _bench(args: argparse.Namespace) -> int:
         write_json,
     )
     from edgecloud.wireless.dataset import generate, read_manifest
-    from edgecloud.wireless.tasks import ProbeConfig
     from edgecloud.wireless.train import TrainConfig
 
     if args.merge:
@@ -137,21 +139,28 @@ def _bench(args: argparse.Namespace) -> int:
         train_scenes=args.train_scenes,
         test_scenes=args.test_scenes,
         unseen_scenes=args.unseen_scenes,
+        validation_scenes=args.validation_scenes,
         model=args.config,
         pretrain=TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed),
-        probe=ProbeConfig(seed=args.seed, max_steps=args.probe_max_steps),
+        probe=replace(
+            PROBE,
+            seed=args.seed,
+            max_steps=args.probe_max_steps,
+            encoder_lrs=tuple(args.encoder_lrs) if args.encoder_lrs else PROBE.encoder_lrs,
+        ),
         seed=args.seed,
+        skip=tuple(args.skip),
     )
     data_dir = Path(args.data)
     try:
         read_manifest(data_dir)
     except FileNotFoundError:
-        total = config.train_scenes + config.test_scenes + config.unseen_scenes
-        progress, task = _progress(total, "generating scenes")
+        main = config.train_scenes + config.test_scenes + config.validation_scenes
+        progress, task = _progress(main + config.unseen_scenes, "generating scenes")
         with progress:
             generate(
                 data_dir,
-                {"main": config.train_scenes + config.test_scenes, "narrow": config.unseen_scenes},
+                {"main": main, "narrow": config.unseen_scenes},
                 seed=args.seed,
                 workers=args.workers,
                 on_progress=lambda n: progress.advance(task, n),
@@ -250,10 +259,31 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     run.add_argument("--config", choices=("cpu", "gpu"), default="cpu")
     run.add_argument("--steps", type=_positive_int, default=400, help="pretraining steps (anchored and ablation)")
     run.add_argument("--batch-size", type=_positive_int, default=128, help="pretraining batch (contrastive negatives)")
-    run.add_argument("--probe-max-steps", type=_positive_int, default=200)
+    run.add_argument(
+        "--probe-max-steps", type=_positive_int, default=1500, help="cap on a fit's steps (30 epochs of 3,200: 1500)"
+    )
     run.add_argument("--train-scenes", type=_positive_int, default=3200)
     run.add_argument("--test-scenes", type=_positive_int, default=800)
     run.add_argument("--unseen-scenes", type=_positive_int, default=800)
+    run.add_argument(
+        "--validation-scenes",
+        type=_non_negative_int,
+        default=320,
+        help="main-layout scenes after the test ones, for choosing each fit's step and learning rate (0: none)",
+    )
+    run.add_argument(
+        "--encoder-lrs",
+        type=float,
+        nargs="+",
+        help="encoder learning rates each end-to-end family tries (chosen on validation)",
+    )
+    run.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=("attentive", "diagnostics", "predict", "ablation"),
+        help="stages to leave out",
+    )
     run.add_argument("--threads", type=_positive_int, default=1)
     run.add_argument("--workers", type=_positive_int, default=1)
     run.add_argument("--seed", type=int, default=0)

@@ -44,7 +44,14 @@ NUM_BEAMS = 32
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """One protocol for both families, fixed before any result was seen."""
+    """One protocol for every family, fixed before any result was seen.
+
+    Fourth revision (why: docs/wmlm.md): the 30-epoch rule holds at every label fraction (the
+    bench's old cap of 200 steps left 4 epochs at 100%), every loop warms up for
+    ``warmup_fraction`` of its steps, and when validation rows are given each fit is checked
+    ``evaluations`` times and keeps its best checkpoint, and each end-to-end family (fine-tuned
+    and from scratch alike) picks its encoder learning rate from ``encoder_lrs`` on the same rows.
+    """
 
     epochs: int = 30
     min_steps: int = 150
@@ -52,11 +59,39 @@ class ProbeConfig:
     batch_size: int = 64
     head_lr: float = 3e-3
     end_to_end_lr: float = 1e-3
+    # learning rates tried for the encoder (and, for channel prediction, the decoder) of an
+    # end-to-end family; the head keeps ``end_to_end_lr``. Without validation rows: the first one.
+    encoder_lrs: tuple[float, ...] = (1e-3,)
+    warmup_fraction: float = 0.0
+    evaluations: int = 10
     weight_decay: float = 0.01
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if not self.encoder_lrs or any(lr <= 0 for lr in self.encoder_lrs):
+            raise ValueError(f"encoder_lrs must be one or more learning rates > 0, got {self.encoder_lrs}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
+        if self.evaluations < 1:
+            raise ValueError(f"evaluations must be >= 1, got {self.evaluations}")
+
     def steps(self, num_labels: int) -> int:
         return int(min(self.max_steps, max(self.min_steps, math.ceil(self.epochs * num_labels / self.batch_size))))
+
+
+# The metric each fit is selected on, and whether larger is better (also the bench's headline).
+HEADLINE = {
+    "los": ("accuracy", True),
+    "position": ("mean_error_m", False),
+    "beam": ("top1", True),
+    "predict": ("nmse_db", False),
+}
+
+
+def validation_score(task: str, metrics: dict[str, float]) -> float:
+    """The headline metric of ``metrics``, signed so that larger is better."""
+    metric, higher = HEADLINE[task]
+    return metrics[metric] if higher else -metrics[metric]
 
 
 def output_dim(task: str) -> int:
@@ -123,15 +158,32 @@ def _loop(
     steps: int,
     rows: int,
     config: ProbeConfig,
-    params: list[nn.Parameter],
-    lr: float,
+    groups: list[tuple[list[nn.Parameter], float]],
     loss_of: Callable[[np.ndarray], torch.Tensor],
-) -> list[float]:
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    module: nn.Module | None = None,
+    validate: Callable[[], float] | None = None,
+) -> dict[str, float]:
+    """AdamW over ``groups`` (parameters, learning rate), linear warm-up then cosine decay. With
+    ``validate`` (a score, larger is better), ``module`` is scored ``config.evaluations`` times,
+    evenly, the last at the final step, and left holding its best-scoring weights (the first best
+    on a tie). Returns the selection: the step kept and its score (nan without ``validate``)."""
+    params = [p for group, _ in groups for p in group]
+    optimiser = torch.optim.AdamW(
+        [{"params": group, "lr": lr} for group, lr in groups], weight_decay=config.weight_decay
+    )
+    warmup = int(config.warmup_fraction * steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
     rng = np.random.default_rng([config.seed, rows, steps])
-    history = []
-    for _ in range(steps):
+    every = max(1, steps // config.evaluations)
+    best: dict[str, float] = {"step": float(steps), "score": float("nan")}
+    best_state: dict[str, torch.Tensor] | None = None
+    for step in range(1, steps + 1):
         pick = np.sort(rng.choice(rows, min(config.batch_size, rows), replace=False))
         loss = loss_of(pick)
         optimiser.zero_grad(set_to_none=True)
@@ -139,8 +191,16 @@ def _loop(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimiser.step()
         scheduler.step()
-        history.append(float(loss.detach()))
-    return history
+        if validate is not None and module is not None and (step % every == 0 or step == steps):
+            module.eval()
+            score = validate()
+            module.train()
+            if best_state is None or score > best["score"]:
+                best = {"step": float(step), "score": score}
+                best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    if best_state is not None and module is not None:
+        module.load_state_dict(best_state)
+    return best
 
 
 class AttentiveHead(nn.Module):
@@ -171,11 +231,17 @@ class AttentiveHead(nn.Module):
 
 
 def fit_head(
-    features: torch.Tensor, target: torch.Tensor, task: str, config: ProbeConfig, attentive: bool = False
+    features: torch.Tensor,
+    target: torch.Tensor,
+    task: str,
+    config: ProbeConfig,
+    attentive: bool = False,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> nn.Module:
     """A light head on frozen features (``features``/``target`` are the labelled rows only): ``Head``
     on (n, 2d) features, or with ``attentive`` an ``AttentiveHead`` on (n, P + 2, d) tokens -- the same
-    steps, learning rate and batches either way."""
+    steps, learning rate and batches either way. With ``validation`` (features, target) the best of
+    the checked steps is kept. The head's ``selection`` says which."""
     torch.manual_seed(config.seed)
     if attentive:
         if features.dim() != 3:
@@ -184,14 +250,19 @@ def fit_head(
     else:
         head = Head(features.shape[1], output_dim(task))
     head.train()
-    _loop(
+    validate = None
+    if validation is not None:
+        validate = lambda: validation_score(task, evaluate_head(head, validation[0], validation[1], task))  # noqa: E731
+    selected = _loop(
         config.steps(len(target)),
         len(target),
         config,
-        list(head.parameters()),
-        config.head_lr,
+        [(list(head.parameters()), config.head_lr)],
         lambda pick: task_loss(task, head(features[pick]), target[pick]),
+        head,
+        validate,
     )
+    head.selection = {"lr": config.head_lr, **selected}
     return head.eval()
 
 
@@ -211,6 +282,21 @@ class EndToEnd(nn.Module):
         return self.head(WirelessEncoder.features(self.encoder(patches, log_power)))
 
 
+def _best_over_lrs(config: ProbeConfig, validation: bool, fit: Callable[[float], nn.Module]) -> nn.Module:
+    """``fit(lr)`` for every encoder learning rate of the grid (the first only without validation
+    rows); the model with the best validation score, carrying every candidate's in ``selection``."""
+    best: nn.Module | None = None
+    tried = []
+    for lr in config.encoder_lrs if validation else config.encoder_lrs[:1]:
+        model = fit(lr)
+        tried.append(model.selection)
+        if best is None or model.selection["score"] > best.selection["score"]:
+            best = model
+    assert best is not None
+    best.selection = {**best.selection, "tried": tried}
+    return best
+
+
 def fit_end_to_end(
     data: WirelessData,
     rows: np.ndarray,
@@ -218,19 +304,31 @@ def fit_end_to_end(
     model_config: ModelConfig,
     config: ProbeConfig,
     pretrained: WirelessEncoder | None = None,
+    validation_rows: np.ndarray | None = None,
 ) -> EndToEnd:
     """Encoder and head trained together on the labelled ``rows``; the encoder is fresh, or a copy of
-    ``pretrained`` (fine-tuning). The head's initialisation and the batches are the same either way."""
-    torch.manual_seed(config.seed)
-    model = EndToEnd(model_config, task, pretrained)
-    model.train()
+    ``pretrained`` (fine-tuning). The head's initialisation and the batches are the same either way.
+    With ``validation_rows``: one fit per encoder learning rate of ``config.encoder_lrs``, each
+    keeping its best checked step, and the best of those on the validation rows is returned."""
     target = labels(data, rows, task)
 
-    def loss_of(pick: np.ndarray) -> torch.Tensor:
-        return task_loss(task, model(_channel_last(data, rows[pick])[:, 0]), target[pick])
+    def fit(lr: float) -> EndToEnd:
+        torch.manual_seed(config.seed)
+        model = EndToEnd(model_config, task, pretrained)
+        model.train()
 
-    _loop(config.steps(len(rows)), len(rows), config, list(model.parameters()), config.end_to_end_lr, loss_of)
-    return model.eval()
+        def loss_of(pick: np.ndarray) -> torch.Tensor:
+            return task_loss(task, model(_channel_last(data, rows[pick])[:, 0]), target[pick])
+
+        validate = None
+        if validation_rows is not None:
+            validate = lambda: validation_score(task, evaluate_end_to_end(model, data, validation_rows, task))  # noqa: E731
+        groups = [(list(model.encoder.parameters()), lr), (list(model.head.parameters()), config.end_to_end_lr)]
+        selected = _loop(config.steps(len(rows)), len(rows), config, groups, loss_of, model, validate)
+        model.selection = {"lr": lr, **selected}
+        return model.eval()
+
+    return _best_over_lrs(config, validation_rows is not None, fit)  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -264,8 +362,15 @@ def _targets(data: WirelessData, rows: np.ndarray, config: ModelConfig) -> torch
     )
 
 
-def fit_predictor_frozen(model: WMLM, data: WirelessData, rows: np.ndarray, config: ProbeConfig) -> WMLM:
-    """Fine-tune the pretrained decoder on the labelled sequences; the encoder stays frozen."""
+def fit_predictor_frozen(
+    model: WMLM,
+    data: WirelessData,
+    rows: np.ndarray,
+    config: ProbeConfig,
+    validation_rows: np.ndarray | None = None,
+) -> WMLM:
+    """Fine-tune the pretrained decoder on the labelled sequences; the encoder stays frozen. With
+    ``validation_rows`` the best checked step is kept."""
     torch.manual_seed(config.seed)
     history = _history_tokens(model, data, rows)
     base = torch.cat(
@@ -273,15 +378,20 @@ def fit_predictor_frozen(model: WMLM, data: WirelessData, rows: np.ndarray, conf
     )
     target = _targets(data, rows, model.config)
     model.decoder.train()
-    _loop(
+    validate = None
+    if validation_rows is not None:
+        validate = lambda: -prediction_nmse_db(model, data, validation_rows)  # noqa: E731
+    selected = _loop(
         config.steps(len(rows)),
         len(rows),
         config,
-        list(model.decoder.parameters()),
-        config.head_lr / 3,
+        [(list(model.decoder.parameters()), config.head_lr / 3)],
         lambda pick: F.mse_loss(model.next_snapshots(history[pick], base[pick]), target[pick]),
+        model.decoder,
+        validate,
     )
     model.eval()
+    model.selection = {"lr": config.head_lr / 3, **selected}
     return model
 
 
@@ -291,24 +401,34 @@ def fit_predictor_end_to_end(
     model_config: ModelConfig,
     config: ProbeConfig,
     pretrained: WMLM | None = None,
+    validation_rows: np.ndarray | None = None,
 ) -> WMLM:
     """Encoder and decoder trained together on the labelled sequences only: from scratch, or from a
-    copy of ``pretrained``'s encoder and decoder (fine-tuning)."""
-    torch.manual_seed(config.seed)
-    model = WMLM(model_config, pairs=())
-    if pretrained is not None:
-        model.wireless.load_state_dict(pretrained.wireless.state_dict())
-        model.decoder.load_state_dict(pretrained.decoder.state_dict())
-    model.train()
+    copy of ``pretrained``'s encoder and decoder (fine-tuning). With ``validation_rows``, as
+    ``fit_end_to_end``: the learning-rate grid (here for encoder and decoder) and the best step."""
 
-    def loss_of(pick: np.ndarray) -> torch.Tensor:
-        channel = _channels(data, rows[pick])
-        history, patches, _ = model.encode_channels(channel[:, :-1])
-        return model.prediction_loss(history, patches, channel)
+    def fit(lr: float) -> WMLM:
+        torch.manual_seed(config.seed)
+        model = WMLM(model_config, pairs=())
+        if pretrained is not None:
+            model.wireless.load_state_dict(pretrained.wireless.state_dict())
+            model.decoder.load_state_dict(pretrained.decoder.state_dict())
+        model.train()
 
-    params = list(model.wireless.parameters()) + list(model.decoder.parameters())
-    _loop(config.steps(len(rows)), len(rows), config, params, config.end_to_end_lr, loss_of)
-    return model.eval()
+        def loss_of(pick: np.ndarray) -> torch.Tensor:
+            channel = _channels(data, rows[pick])
+            history, patches, _ = model.encode_channels(channel[:, :-1])
+            return model.prediction_loss(history, patches, channel)
+
+        validate = None
+        if validation_rows is not None:
+            validate = lambda: -prediction_nmse_db(model, data, validation_rows)  # noqa: E731
+        params = list(model.wireless.parameters()) + list(model.decoder.parameters())
+        selected = _loop(config.steps(len(rows)), len(rows), config, [(params, lr)], loss_of, model, validate)
+        model.selection = {"lr": lr, **selected}
+        return model.eval()
+
+    return _best_over_lrs(config, validation_rows is not None, fit)  # type: ignore[return-value]
 
 
 @torch.no_grad()
