@@ -69,7 +69,8 @@ def greedy(model: Any, prompts: list[list[int]], eos: int, max_new: int) -> list
 
 def evaluate(model: Any, tests: list[tuple[Any, list[int]]], tokenizer: Tokenizer, eos: int, score_name: str,
              tau: float, batch: int = 8) -> dict[str, float]:
-    correct = valid = offloaded = 0
+    correct = valid = offloaded = unfinished = 0
+    scores = []
     for i in range(0, len(tests), batch):
         chunk = tests[i: i + batch]
         for (q, _), (ids, logprobs) in zip(chunk, greedy(model, [p for _, p in chunk], eos, 128), strict=True):
@@ -77,10 +78,13 @@ def evaluate(model: Any, tests: list[tuple[Any, list[int]]], tokenizer: Tokenize
             calls, ok = answer_calls(text, q.tools)
             valid += ok
             correct += bool(calls) and score(q, calls).correct
+            unfinished += eos not in ids
             s = SCORES[score_name](EdgeAnswer(logprobs, [], ok))
+            scores.append(s)
             offloaded += s < tau
     n = len(tests)
-    return {"accuracy": correct / n, "schema_valid": valid / n, "offload_rate": offloaded / n}
+    return {"accuracy": correct / n, "schema_valid": valid / n, "offload_rate": offloaded / n,
+            "score_mean": sum(scores) / n, "unfinished": unfinished / n}
 
 
 def plot(arms: dict[str, dict[str, Any]], path: Path) -> None:
@@ -117,8 +121,15 @@ def main() -> None:
                         help="comma-separated alpha per arm, run side by side (default: --alpha alone)")
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="save each arm's adapter, optimizer and RNG after every round here, and resume "
+                        "from what is there (a run in parts: stop it any time, start it again with the same options)")
     for name, value in asdict(RLConfig()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--stop-after-s", type=float, default=None,
+                        help="with --state-dir: start no arm-round that the last one's duration says would end "
+                        "after this many seconds of the run (a part that fits a time limit; resume for the rest)")
+    parser.add_argument("--eval-batch", type=int, default=16, help="test questions decoded together")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = RLConfig(**{k: getattr(args, k) for k in asdict(RLConfig())})
@@ -159,10 +170,13 @@ def main() -> None:
         state[name] = (model, _swap_in(trainable, sft_weights), optimizer, random.Random(config.seed), arm_config)
         arms[name] = {"alpha": alpha, "rounds": []}
     first = next(iter(state.values()))[0]
-    # round 0: every arm starts from the same SFT adapter, so it is evaluated once
-    zero = {"round": 0, **evaluate(first, tests, tokenizer, eos, score_name, tau),
-            "elapsed_s": time.monotonic() - start, "loadavg": os.getloadavg()}
-    print(json.dumps(zero), flush=True)
+    if not _resume(args.state_dir, state, arms):
+        # round 0: every arm starts from the same SFT adapter, so it is evaluated once
+        zero = {"round": 0, **evaluate(first, tests, tokenizer, eos, score_name, tau, args.eval_batch),
+                "elapsed_s": time.monotonic() - start, "loadavg": os.getloadavg()}
+        print(json.dumps(zero), flush=True)
+        for arm in arms.values():
+            arm["rounds"].append(dict(zero))
 
     def write() -> None:
         args.json.write_text(json.dumps({
@@ -173,19 +187,58 @@ def main() -> None:
         if args.plot is not None:
             plot(arms, args.plot)
 
-    for arm in arms.values():
-        arm["rounds"].append(dict(zero))
     write()
+    _save(args.state_dir, state, arms)
+    last_round_s = 0.0
     for r in range(1, args.rounds + 1):
         for name, (model, sft_model, optimizer, rng, arm_config) in state.items():
+            if len(arms[name]["rounds"]) > r:
+                continue  # done before the resume
+            if args.stop_after_s is not None and time.monotonic() - start + last_round_s > args.stop_after_s:
+                print(f"stopping before round {r} of {name}: {time.monotonic() - start:.0f} s used, the last "
+                      f"round took {last_round_s:.0f} s (resume with the same options)", flush=True)
+                return
+            round_start = time.monotonic()
             batch = rng.sample(offloaded, min(args.batch, len(offloaded)))
             stats = rl_round(model, sft_model, optimizer, batch, arm_config, eos,
                              lambda ids: tokenizer.decode([t for t in ids if t != eos]), rng, backend)
             arms[name]["rounds"].append({
-                "round": r, **evaluate(model, tests, tokenizer, eos, score_name, tau), "train": asdict(stats),
+                "round": r, **evaluate(model, tests, tokenizer, eos, score_name, tau, args.eval_batch),
+                "train": asdict(stats), "round_s": time.monotonic() - round_start,
                 "elapsed_s": time.monotonic() - start, "loadavg": os.getloadavg()})
             print(name, json.dumps(arms[name]["rounds"][-1]), flush=True)
             write()
+            _save(args.state_dir, state, arms)
+            last_round_s = time.monotonic() - round_start
+
+
+def _save(state_dir: Path | None, state: dict[str, Any], arms: dict[str, dict[str, Any]]) -> None:
+    """Each arm's trainable weights, optimizer and RNG, and the rounds so far (written atomically)."""
+    if state_dir is None:
+        return
+    state_dir.mkdir(parents=True, exist_ok=True)
+    for name, (model, _, optimizer, rng, _) in state.items():
+        trainable = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        tmp = state_dir / f"{name}.pt.tmp"
+        torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(), "rng": rng.getstate(),
+                    "rounds": arms[name]["rounds"]}, tmp)
+        tmp.replace(state_dir / f"{name}.pt")
+
+
+def _resume(state_dir: Path | None, state: dict[str, Any], arms: dict[str, dict[str, Any]]) -> bool:
+    """Loads what ``_save`` wrote for every arm; ``False`` (nothing loaded) to start afresh."""
+    if state_dir is None or not all((state_dir / f"{name}.pt").exists() for name in state):
+        return False
+    for name, (model, _, optimizer, rng, _) in state.items():
+        saved = torch.load(state_dir / f"{name}.pt", weights_only=False)
+        with torch.no_grad():
+            for p, w in zip([p for p in model.parameters() if p.requires_grad], saved["trainable"], strict=True):
+                p.copy_(w)
+        optimizer.load_state_dict(saved["optimizer"])
+        rng.setstate(saved["rng"])
+        arms[name]["rounds"] = saved["rounds"]
+        print(f"resumed {name} after round {saved['rounds'][-1]['round']}", flush=True)
+    return True
 
 
 def _swap_in(trainable: list[torch.nn.Parameter], weights: list[torch.Tensor]) -> Any:

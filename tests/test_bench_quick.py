@@ -194,10 +194,10 @@ def test_discedge_context_as_tokens(bench_out: Path) -> None:
 @needs(AZURE_CONV, AZURE_CODE)
 def test_ooco_simulated(bench_out: Path) -> None:
     """OOCO: `edgecloud bench ooco --no-real` on 16 H100 (SIMULATED), load 0.25x, `priority` and
-    `ooco` with the documented 1.0x rate (x279.2, so no bisection) and 8 s of online arrivals + 4 s."""
+    `ooco` with the documented 1.0x rate (x386.3 since session 8, so no bisection) and 8 s of online arrivals + 4 s."""
     out = out_dir(bench_out, "ooco")
     args = ["bench", "ooco", "--no-real", "--online-trace", AZURE_CONV, "--offline-trace", AZURE_CODE,
-            "--loads", "0.25", "--policies", "priority,ooco", "--sim-base-rate", "279.2", "--sim-duration", "8",
+            "--loads", "0.25", "--policies", "priority,ooco", "--sim-base-rate", "386.3", "--sim-duration", "8",
             "--sim-drain", "4", "--json", out / "ooco.json", "--plot", out / "ooco.png"]
     run(args)
     rows = {r["policy"]: r for r in json.loads((out / "ooco.json").read_text())["cases"]}

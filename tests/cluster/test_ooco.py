@@ -182,8 +182,15 @@ def test_budget_variant_sets_the_step_budget_on_every_instance() -> None:
     assert policy.name == "priority"
     assert all(isinstance(i.scheduler.flex_step_budget, FlexStepBudget) for i in instances)
     instances, _, settings = small_cluster()
-    pool_policy(settings, "ooco", instances)
+    policy, _ = pool_policy(settings, "ooco", instances)
     assert [i.scheduler.flex_step_budget is not None for i in instances] == [True, True, False, False]
+    # ooco overflows bursts to the strict pool, whose steps then stay within the TPOT budget
+    step = Roofline(instances[0].perf).prefill_chunk_within(0.9 * settings.tpot_slo_ms / 1000, 8192)
+    assert policy.overflow_tokens is not None and 0 < step < 8192
+    assert [i.scheduler.max_num_batched_tokens for i in instances] == [step, step, 8192, 8192]
+    instances, _, settings = small_cluster()
+    policy, _ = pool_policy(replace(settings, overflow=False), "ooco", instances)
+    assert policy.overflow_tokens is None and {i.scheduler.max_num_batched_tokens for i in instances} == {8192}
     with pytest.raises(ValueError, match="NAME\\+budget"):
         pool_policy(settings, "priority+fast", instances)
 
@@ -218,3 +225,100 @@ def test_the_scheduler_hook_caps_flex_tokens_per_step() -> None:
     # decode plus at most 0, then 100 flex tokens.
     assert tiers == [0, 0, 100, 100] and asked == [1, 1, 1]
     scheduler.check_invariants()
+
+
+@pytest.mark.parametrize("name", ["ooco", "ooco-pd", "pd-priority"])
+def test_online_prompts_go_where_the_fewest_online_tokens_wait(name: str) -> None:
+    """An engine runs online work first, so a relaxed instance's offline queue is not ahead of an
+    online prompt: placing online prefills by every pending token sent them all, for seconds, to
+    whichever relaxed instance had the shortest offline queue (session 8's profile: 32 to 656 of
+    1,953 online prefills per relaxed instance at load 1.0x)."""
+    from edgecloud.cluster.router import Router
+
+    instances, _, _ = small_cluster()
+    options = {} if name == "pd-priority" else {"perf": instances[0].perf, "tpot_slo_ms": 50.0}
+    router = Router(instances, make_policy(name, **options), b"edgecloud-sim", 16)
+    a, b = router.by_name["mixed2"], router.by_name["mixed3"]  # the relaxed pool
+    offline = router.begin(a, router.request("off", list(range(1, 6001)), 8, service_tier="flex"), "mixed")
+    online = router.begin(b, router.request("on", list(range(1, 501)), 8), "prefill")
+    assert (a.pending_prefill_tokens, a.pending_prefill_tokens_in("default"), a.pending_prefill_tokens_in("flex")) \
+        == (6000, 0, 6000)
+    assert (b.pending_prefill_tokens, b.pending_prefill_tokens_in("default")) == (500, 500)
+    route = router.route(router.request("new", list(range(7, 300)), 8), 0.0)
+    assert route is not None and route.prefill is a  # no online prompt waits there
+    if name == "pd-priority":  # an offline prompt waits behind everything: the other way round
+        route = router.route(router.request("new-off", list(range(7, 300)), 8, service_tier="flex"), 0.0)
+        assert route is not None and route.prefill is b
+    router.prefilled(online)
+    router.end(offline)
+    assert a.pending_prefill_tokens_in("flex") == b.pending_prefill_tokens_in("default") == 0
+
+
+def test_a_burst_of_online_prompts_overflows_to_the_strict_pool() -> None:
+    """With ``ttft_slo_ms`` an online request goes whole to a strict instance once more online
+    prompt tokens would wait on the best relaxed instance than it prefills in half the TTFT SLO,
+    and only if fewer wait there; without it, never."""
+    from edgecloud.cluster.router import Router
+
+    instances, _, _ = small_cluster()
+    perf = instances[0].perf
+    for ttft in (None, 20.0):
+        policy = make_policy("ooco", perf=perf, tpot_slo_ms=50.0, ttft_slo_ms=ttft)
+        router = Router(instances, policy, b"edgecloud-sim", 16)
+        limit = policy.overflow_tokens
+        assert (limit is None) == (ttft is None)
+        if limit is not None:
+            assert limit == Roofline(perf).prefill_tokens_within(0.01) and 100 < limit < 8192
+        small = router.route(router.request("a", list(range(1, 101)), 8), 0.0)
+        assert small is not None and small.prefill is not None and small.prefill.pool == "relaxed"
+        for i, name in enumerate(("mixed2", "mixed3")):  # both relaxed instances: an online queue
+            router.begin(router.by_name[name], router.request(f"q{i}", list(range(1, 3001)), 8), "prefill")
+        route = router.route(router.request("b", list(range(1, 101)), 8), 0.0)
+        assert route is not None
+        if ttft is None:
+            assert route.prefill is not None and route.prefill.pool == "relaxed"
+            continue
+        assert route.prefill is None and route.target.pool == "strict" and policy.overflowed == 1
+        for i, name in enumerate(("mixed0", "mixed1")):  # the strict pool's queues longer still
+            router.begin(router.by_name[name], router.request(f"s{i}", list(range(1, 5001)), 8), "mixed")
+        route = router.route(router.request("c", list(range(1, 101)), 8), 0.0)
+        assert route is not None and route.prefill is not None and route.prefill.pool == "relaxed"
+    with pytest.raises(ValueError, match="ttft_slo_ms"):
+        make_policy("ooco", perf=perf, ttft_slo_ms=0.0)
+
+
+def test_an_online_arrival_drops_a_flex_step_between_layers_in_the_simulator() -> None:
+    """With ``abandon_flex_steps`` an online request reaching an instance during a step of offline
+    work only waits for the layer in flight, not the step (the real core's ``interrupt``); the
+    dropped step advances nothing, its prompt tokens are computed again and counted once, and the
+    offline request still ends with every token. Off (the default), the online request waits for
+    the whole step."""
+    from edgecloud.sim.instance import SimEngineConfig, SimInstance
+
+    first: dict[bool, float] = {}
+    for abandon in (False, True):
+        instances, _, _ = small_cluster()
+        perf = instances[0].perf
+        instance = SimInstance("one", perf, SimEngineConfig(num_blocks=4096, max_model_len=8192),
+                               b"edgecloud-sim", pool="relaxed")
+        instance.scheduler.flex_max_batched_tokens = 8192
+        step_s = perf.step_time([StepShape(8000, 8000)])
+        layer_s = step_s / perf.model.num_layers
+        arrival = 0.3 * step_s
+        work = [SimRequest(0.0, [3] * 8000, 4, service_tier="flex"), SimRequest(arrival, list(range(1, 101)), 4)]
+        result = ClusterSimulator([instance], make_policy("round-robin"), record_token_times=False,
+                                  abandon_flex_steps=abandon).run(work)
+        offline, online = result.records
+        assert offline.output_tokens == online.output_tokens == 4 and offline.error is None
+        assert instance.scheduler.prompt_tokens_total == 8100
+        assert instance.num_abandoned_steps == (1 if abandon else 0)
+        first[abandon] = online.first_token_s
+        own = perf.step_time([StepShape(100, 100)])
+        if abandon:
+            dropped_at = -(-arrival // layer_s) * layer_s
+            assert online.first_token_s == pytest.approx(dropped_at + own)
+            assert online.first_token_s - arrival <= layer_s + own
+            assert offline.first_token_s > step_s + own  # its prefill ran again after the online one
+        else:
+            assert online.first_token_s == pytest.approx(step_s + own)
+    assert first[True] < first[False]

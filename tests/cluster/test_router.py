@@ -136,7 +136,7 @@ def test_the_accounting_returns_to_zero_whatever_the_order_of_events(events: lis
     tickets = []
     for i, (kind, which, length) in enumerate(events):
         if kind == 0 or not tickets:
-            req = r.request(str(i), list(range(length)), 4)
+            req = r.request(str(i), list(range(length)), 4, service_tier="flex" if length % 2 else "default")
             tickets.append(r.begin(r.route(req, 0).target, req, "mixed"))  # type: ignore[union-attr]
         elif kind == 1:
             r.prefilled(tickets[which % len(tickets)])
@@ -144,9 +144,12 @@ def test_the_accounting_returns_to_zero_whatever_the_order_of_events(events: lis
             r.end(tickets.pop(which % len(tickets)))
         for v in r.views:
             assert v.outstanding >= 0 and v.pending_prefill_tokens >= 0 and 0 <= v.decoding <= v.outstanding
+            tiers = (v.pending_prefill_tokens_in("default"), v.pending_prefill_tokens_in("flex"))
+            assert min(tiers) >= 0 and sum(tiers) == v.pending_prefill_tokens
     for ticket in tickets:
         r.end(ticket)
     assert all(v.outstanding == v.pending_prefill_tokens == v.decoding == 0 for v in r.views)
+    assert all(v.pending_prefill_tokens_in("default") == v.pending_prefill_tokens_in("flex") == 0 for v in r.views)
 
 
 def test_pd_spreads_decodes_routed_while_their_prompts_are_prefilled() -> None:

@@ -182,3 +182,96 @@ def test_a_turns_prompt_built_from_stored_tokens_equals_the_whole_conversation_r
     assert [r["turn"] for r in rows] == [1, 2, 3] and all(r["same"] for r in rows)
     assert rows[0]["prompt_tokens"] < rows[1]["prompt_tokens"] < rows[2]["prompt_tokens"]
     assert all(r["text_ms"] > 0 and r["tokens_ms"] > 0 for r in rows)
+
+
+def test_a_requests_counted_size_is_what_the_server_reads_off_the_socket() -> None:
+    """Both modes' requests are counted as HTTP/1.1 puts them on the wire (request line, every header
+    the client sends, body): the count equals the bytes a plain TCP server reads, headers and all."""
+    import asyncio
+
+    import httpx
+
+    from edgecloud.edge.bench import http1_request_bytes
+
+    async def main() -> tuple[list[int], list[int]]:
+        received: list[int] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                body = await reader.readexactly(length)
+                received.append(len(head) + len(body))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}")
+                await writer.drain()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        counted = []
+        async with httpx.AsyncClient() as client:
+            for body, headers in ((b'{"messages": []}', {}), (json.dumps({"m": "\u00e9" * 300}).encode(),
+                                                              {"X-Session-Id": "s-42", "X-Session-Version": "a:3"})):
+                request = client.build_request("POST", f"http://127.0.0.1:{port}/v1/chat/completions", content=body,
+                                               headers={"Content-Type": "application/json", **headers})
+                counted.append(http1_request_bytes(request))
+                assert (await client.send(request)).status_code == 200
+        server.close()
+        return counted, received
+
+    counted, received = asyncio.run(main())
+    assert counted == received
+    assert counted[0] > len(b'{"messages": []}') + 100  # the request line and the client's own headers count
+
+
+def test_where_a_turns_time_goes_from_the_nodes_histogram_sums() -> None:
+    from edgecloud.edge.bench import time_breakdown
+
+    counters = {"queue_s": 0.4, "queued": 4, "engine_ttft_s": 2.0, "engine_ttft_n": 4, "e2e_s": 8.0, "e2e_n": 4,
+                "prefix_queries": 0.0, "prefix_hits": 0.0}
+    parts = time_breakdown([2100.0, 2100.0, 2100.0, 2100.0], counters, [5.0, 15.0], [50.0, 70.0])
+    assert parts == pytest.approx({"rt": 2100.0, "server": 2000.0, "network": 100.0, "prepare": 10.0, "queue": 100.0,
+                                   "to_first_token": 390.0, "after_first_token": 1500.0, "commit": 60.0})
+    assert time_breakdown([], {**counters, "e2e_n": 0}, [], [])["network"] is None
+
+
+def test_concurrency_bounds_the_conversations_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--concurrency 1``: one conversation at a time (each engine meets one request at a time);
+    without it every conversation starts at once."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from edgecloud.edge import bench
+    from edgecloud.edge.bench import Conversation, run_workload
+
+    in_flight: set[str] = set()
+    most = [0]
+
+    async def fake_turn(client, edge, model, mode, workload, conversation, k, text, budget, node, state, alive):
+        in_flight.add(conversation)
+        most[0] = max(most[0], len(in_flight))
+        await asyncio.sleep(0.01)
+        if k == 1:
+            in_flight.discard(conversation)
+        return TurnRecord(mode, workload, conversation, k, node, 1, 200, 10.0, 100, request_wire_bytes=300)
+
+    async def no_counters(client, edge):
+        return {}
+
+    monkeypatch.setattr(bench, "one_turn", fake_turn)
+    monkeypatch.setattr(bench, "node_counters", no_counters)
+    monkeypatch.setattr(bench.asyncio, "sleep", _fast_sleep(asyncio.sleep))
+    edge = SimpleNamespace(topology=SimpleNamespace(nodes=["a", "b"]), edge_bytes=lambda: 0, access_bytes=lambda: 0)
+    conversations = [Conversation(f"c{i}", ("x", "y"), (4, 4)) for i in range(4)]
+    for concurrency, expected in ((1, 1), (2, 2), (None, 4)):
+        most[0] = 0
+        result = asyncio.run(run_workload({"client": edge}, "m", "w", conversations, 1, 0.0, 0.0,
+                                          concurrency=concurrency))
+        assert most[0] == expected and result["client"]["turns"] == 8
+
+
+def _fast_sleep(sleep):  # the bench's think and settle pauses, shortened: the test is about order only
+    async def fast(seconds: float) -> None:
+        await sleep(min(seconds, 0.01))
+
+    return fast

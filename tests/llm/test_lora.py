@@ -208,6 +208,32 @@ def test_loading_past_a_host_cache_of_pinned_adapters(llama_dir: Path, adapters:
     assert engine.core.lora.cache.stats.disk_reads == 1  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("async_loads", [True, False])
+def test_an_evicted_adapter_is_read_off_the_step_and_only_its_requests_wait(
+    llama_dir: Path, adapters: dict[str, Path], peft_ref: PeftReference, async_loads: bool
+) -> None:
+    engine = make_engine(llama_dir, {}, enable_lora=True, max_loras=2, max_cpu_loras=2, lora_async_loads=async_loads)
+    load = engine.core.control
+    for name in ("r4-all", "r8-mlp", "r2-qv"):  # the third evicts r4-all from host memory
+        load("load_lora_adapter", {"lora_name": name, "lora_path": str(adapters[name])})
+    lora = engine.core.lora
+    assert lora is not None and "r4-all" not in lora.cache.host
+    prompt = [7, 8, 9, 10]
+    engine.add_request("evicted", prompt, GREEDY, adapter_id="r4-all")  # first in line
+    engine.add_request("held", prompt, GREEDY, adapter_id="r8-mlp")
+    first = {out.request_id for out in engine.step()}
+    # the loader reads r4-all while held's prefill runs; without it the step read it and ran both
+    assert first == ({"held"} if async_loads else {"evicted", "held"})
+    tokens: dict[str, list[int]] = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                tokens[out.request_id] = out.outputs[0].token_ids
+    assert tokens["evicted"] == peft_ref.greedy(adapters["r4-all"], prompt, MAX_TOKENS)
+    assert tokens["held"] == peft_ref.greedy(adapters["r8-mlp"], prompt, MAX_TOKENS)
+    assert (lora.async_reads, lora.loading) == (int(async_loads), False)
+
+
 def test_unload_refuses_while_requests_use_the_adapter(llama_dir: Path, adapters: dict[str, Path]) -> None:
     engine = make_engine(llama_dir, {"a": adapters["r2-qv"]})
     engine.add_request("r", [3, 4, 5], GREEDY, adapter_id="a")
@@ -224,6 +250,80 @@ def test_export_and_import_between_engines(llama_dir: Path, adapters: dict[str, 
     target.core.control("import_lora_adapter", source.core.control("export_lora_adapter", {"lora_name": "a"}))
     prompt = [7, 8, 9, 10]
     assert run(target, [("a", prompt)])["r0"] == peft_ref.greedy(adapters["r8-mlp"], prompt, MAX_TOKENS)
+
+
+def shm_files() -> set[str]:
+    from edgecloud.llm.lora.transfer import SHM_DIR, SHM_PREFIX
+
+    return {p.name for p in SHM_DIR.glob(SHM_PREFIX + "*")}
+
+
+def test_import_through_shared_memory_equals_peft_and_leaves_no_file(
+    llama_dir: Path, adapters: dict[str, Path], peft_ref: PeftReference
+) -> None:
+    import asyncio
+
+    from edgecloud.llm.lora.transfer import fetch_adapter
+
+    before = shm_files()
+    source = make_engine(llama_dir, {"a": adapters["r4-all"]})
+    target = make_engine(llama_dir, {}, enable_lora=True)
+    exported = source.core.control("export_lora_adapter", {"lora_name": "a", "transport": "shm"})
+    assert "tensors" not in exported and exported["shm"]["name"] in shm_files()
+    target.core.control("import_lora_adapter", exported)
+    assert shm_files() == before  # the importer removed the name; its tensors map the memory
+
+    class Core:  # fetch_adapter's side: an async control(op, **args), as AsyncEngine's
+        def __init__(self, engine: LLMEngine) -> None:
+            self.engine = engine
+
+        async def control(self, op: str, **args: object) -> object:
+            return self.engine.core.control(op, args)
+
+    asyncio.run(fetch_adapter(Core(source), Core(target), "a", "b"))
+    with pytest.raises(InvalidRequestError, match="already loaded"):  # a failed import leaves no file either
+        asyncio.run(fetch_adapter(Core(source), Core(target), "a", "b"))
+    assert shm_files() == before
+    prompt = [7, 8, 9, 10]
+    expected = peft_ref.greedy(adapters["r4-all"], prompt, MAX_TOKENS)
+    assert run(target, [("a", prompt), ("b", prompt)]) == {"r0": expected, "r1": expected}
+
+
+def test_bad_shared_memory_handles_are_clear_errors(llama_dir: Path, adapters: dict[str, Path]) -> None:
+    source = make_engine(llama_dir, {"a": adapters["r2-qv"]})
+    target = make_engine(llama_dir, {}, enable_lora=True)
+    exported = source.core.control("export_lora_adapter", {"lora_name": "a", "transport": "shm"})
+    name = exported["shm"]["name"]
+    imp = target.core.control
+    with pytest.raises(InvalidRequestError, match="not a name this engine creates"):
+        imp("import_lora_adapter", {**exported, "shm": {**exported["shm"], "name": "../etc/passwd"}})
+    grown = [[k, d, [s[0] * 1000, *s[1:]], o] for k, d, s, o in exported["shm"]["layout"]]
+    with pytest.raises(InvalidRequestError, match="lies outside the"):
+        imp("import_lora_adapter", {**exported, "shm": {**exported["shm"], "layout": grown}})
+    assert name not in shm_files()  # consumed by the failed import
+    with pytest.raises(InvalidRequestError, match="does not exist"):
+        imp("import_lora_adapter", exported)
+    with pytest.raises(InvalidRequestError, match="transport must be one of"):
+        source.core.control("export_lora_adapter", {"lora_name": "a", "transport": "rdma"})
+    assert run(target, [(None, [3, 4, 5])]).keys() == {"r0"}  # still serving
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 3e38])
+def test_non_finite_weights_are_refused_and_large_finite_ones_kept(
+    llama_dir: Path, adapters: dict[str, Path], value: float
+) -> None:
+    source = make_engine(llama_dir, {"a": adapters["r2-qv"]})
+    target = make_engine(llama_dir, {}, enable_lora=True)
+    exported = source.core.control("export_lora_adapter", {"lora_name": "a"})
+    tensors = {k: v.clone() for k, v in exported["tensors"].items()}
+    key = sorted(tensors)[0]
+    tensors[key].view(-1)[: 4] = value  # large but finite: kept
+    args = {**exported, "tensors": tensors}
+    if value == 3e38:
+        target.core.control("import_lora_adapter", args)
+        return
+    with pytest.raises(InvalidRequestError, match="NaN or infinite"):
+        target.core.control("import_lora_adapter", args)
 
 
 def test_lora_disabled_refuses_adapters(llama_dir: Path) -> None:

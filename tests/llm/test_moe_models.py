@@ -17,6 +17,8 @@ from edgecloud.llm import LLM, SamplingParams
 from edgecloud.llm.config import ModelConfig
 from edgecloud.llm.errors import InvalidRequestError, ModelLoadError
 from edgecloud.llm.moe import Placement, align, omni_placement
+from edgecloud.llm.moe.parallel import ExpertParallelRanks, attach
+from edgecloud.llm.outputs import RequestOutput
 from edgecloud.llm.random_model import write_random_model
 
 from .conftest import HFReference
@@ -85,15 +87,15 @@ def test_latent_attention_reads_its_compressed_cache_back(
     assert latent.shape[2:] == (1, 32) and rope.shape[2:] == (1, 8)
 
 
-def run_with_live_rebalance(llm: LLM, ref: HFReference, slots_per_rank: int, seed: int) -> None:
-    """Three requests decode while every MoE layer moves to a new placement, one layer per step; their
-    greedy tokens and logprobs still equal transformers'."""
+def decode_across_a_live_rebalance(llm: LLM, prompts: list[list[int]], slots_per_rank: int,
+                                   seed: int) -> list[RequestOutput]:
+    """Decodes ``prompts`` greedily, 10 tokens each, all at once, while every MoE layer moves to a new
+    placement (from a heavy-tailed load, same slots per rank), one layer per step."""
     engine = llm.engine
     runtime = engine.core.executor.moe
     moe = engine.model_config.moe
     ranks = runtime.world_size
     rng = np.random.default_rng(seed)
-    prompts = random_prompts(3, 4, 20, seed=seed)
     params = SamplingParams(temperature=0.0, max_tokens=10, logprobs=0, ignore_eos=True)
     for i, prompt in enumerate(prompts):
         engine.add_request(str(i), prompt, params)
@@ -111,9 +113,16 @@ def run_with_live_rebalance(llm: LLM, ref: HFReference, slots_per_rank: int, see
             break
     assert runtime.placement == second and not runtime.pending
     assert runtime.migrated_bytes > 0
-    for i, prompt in enumerate(prompts):
+    return [outputs[str(i)] for i in range(len(prompts))]
+
+
+def run_with_live_rebalance(llm: LLM, ref: HFReference, slots_per_rank: int, seed: int) -> None:
+    """Three requests decode across a live rebalance of every layer; their greedy tokens and
+    logprobs still equal transformers'."""
+    prompts = random_prompts(3, 4, 20, seed=seed)
+    for prompt, out in zip(prompts, decode_across_a_live_rebalance(llm, prompts, slots_per_rank, seed), strict=True):
         want_ids, want_lp = ref.greedy(prompt, 10)
-        got = outputs[str(i)].outputs[0]
+        got = out.outputs[0]
         assert got.token_ids == want_ids
         assert max(abs(lp.logprob - w) for lp, w in zip(got.logprobs, want_lp, strict=True)) < 1e-4
 
@@ -134,8 +143,6 @@ def test_expert_parallel_ranks_equal_transformers(
 ) -> None:
     """Experts over 2 processes (gloo), one redundant slot per rank, then a live rebalance across the
     ranks: outputs equal transformers' and the counters see every rank's tokens."""
-    from edgecloud.llm.moe.parallel import attach
-
     threads = torch.get_num_threads()
     llm = LLM(model=str(moe_dirs["deepseek_v3"]), dtype="float32", block_size=4, kv_cache_memory_mb=2)
     moe = llm.engine.model_config.moe
@@ -248,24 +255,9 @@ def test_routing_counters_reach_the_stats_message_and_metrics(moe_dirs: dict[str
     assert series["edgecloud_moe_migrated_bytes_total", (("model_name", "m"),)] == stats.moe.migrated_bytes
 
 
-def test_trained_moe_equals_transformers_and_counts_alike() -> None:
-    """The shipped trained Mixtral (bfloat16 on disk; the engine and transformers both in float32) on
-    held-out prose: each greedy token is transformers' argmax over the same sequence, with the same
-    logprob, and the routing counters equal transformers' router logits.
-
-    The reference is one forward pass over prompt + generated tokens, not transformers' ``generate``:
-    trained routing has near ties (2nd and 3rd expert probabilities 1e-5 apart), which the few-ulp
-    differences of a decode step with a cache can flip in ``generate`` itself (measured: its logprobs
-    differ from its own full forward pass by 0.02, ours from that pass by 0)."""
-    from transformers import AutoModelForCausalLM
-
-    from edgecloud.llm.moe.bench import ASSET
-
-    held = json.loads((ASSET / "heldout.json").read_text())
-    llm = LLM(model=str(ASSET), dtype="float32", kv_cache_memory_mb=8)
-    prompts = [llm.tokenizer.encode(text)[:40] for text in held["prose"][:4]]
-    outs = llm.generate(prompts, GREEDY)
-    model = AutoModelForCausalLM.from_pretrained(ASSET, dtype=torch.float32).eval()
+def assert_forward_matches(model: torch.nn.Module, prompts: list[list[int]], outs: list[RequestOutput]) -> None:
+    """Each greedy token is the argmax of ``model``'s one forward pass over prompt + generated tokens,
+    with the same logprob (for trained routing, see the test below)."""
     for prompt, out in zip(prompts, outs, strict=True):
         tokens = out.outputs[0].token_ids
         with torch.no_grad():
@@ -274,11 +266,104 @@ def test_trained_moe_equals_transformers_and_counts_alike() -> None:
         want = logprobs[torch.arange(len(tokens)), torch.tensor(tokens)]
         got = torch.tensor([lp.logprob for lp in out.outputs[0].logprobs])
         assert (got - want).abs().max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[Path, torch.nn.Module, list[str]]:
+    """The shipped trained Mixtral, transformers' float32 copy of it, and held-out prose."""
+    from transformers import AutoModelForCausalLM
+
+    from edgecloud.llm.moe.bench import ASSET
+
+    held = json.loads((ASSET / "heldout.json").read_text())
+    return ASSET, AutoModelForCausalLM.from_pretrained(ASSET, dtype=torch.float32).eval(), held["prose"]
+
+
+def test_trained_moe_equals_transformers_and_counts_alike(trained: tuple[Path, torch.nn.Module, list[str]]) -> None:
+    """The shipped trained Mixtral (bfloat16 on disk; the engine and transformers both in float32) on
+    held-out prose: each greedy token is transformers' argmax over the same sequence, with the same
+    logprob, and the routing counters equal transformers' router logits.
+
+    The reference is one forward pass over prompt + generated tokens, not transformers' ``generate``:
+    trained routing has near ties (2nd and 3rd expert probabilities 1e-5 apart), which the few-ulp
+    differences of a decode step with a cache can flip in ``generate`` itself (measured: its logprobs
+    differ from its own full forward pass by 0.02, ours from that pass by 0)."""
+    asset, model, prose = trained
+    llm = LLM(model=str(asset), dtype="float32", kv_cache_memory_mb=8)
+    prompts = [llm.tokenizer.encode(text)[:40] for text in prose[:4]]
+    outs = llm.generate(prompts, GREEDY)
+    assert_forward_matches(model, prompts, outs)
     load = llm.engine.core.control("expert_load", {})
     sequences = [p + o.outputs[0].token_ids[:-1] for p, o in zip(prompts, outs, strict=True)]
     counts = np.array(load["expert_counts"])
-    assert np.array_equal(counts, _independent_counts(ASSET, "mixtral", sequences))
+    assert np.array_equal(counts, _independent_counts(asset, "mixtral", sequences))
     assert counts.sum(axis=1).tolist() == [2 * sum(map(len, sequences))] * len(load["layers"])
+
+
+@pytest.fixture(scope="module")
+def ep4() -> Iterator[ExpertParallelRanks]:
+    """EP ranks 1..3, started once for every EP=4 test of this module (each start costs seconds)."""
+    ranks = ExpertParallelRanks(4, threads=1, timeout_s=300)
+    yield ranks
+    ranks.close()
+    assert all(not p.is_alive() for p in ranks.processes)
+
+
+def attach_ep4(llm: LLM, ranks: ExpertParallelRanks, seed: int) -> Placement:
+    """The engine's experts over 4 processes under OmniPlacement from a heavy-tailed load, one spare
+    slot per rank (replicas, some on one rank); checks that each rank holds only its slots."""
+    moe = llm.engine.model_config.moe
+    load = np.random.default_rng(seed).pareto(1.0, size=(len(moe.layers), moe.num_experts))
+    placement = omni_placement(load, 4, moe.num_experts // 4 + 1)
+    assert (placement.replica_counts() > 1).any()
+    executor = attach(llm.engine.core, world_size=4, placement=placement, ranks=ranks)
+    assert executor.moe.placement == placement and executor.moe.world_size == 4
+    experts = llm.engine.core.executor.runner.model.model.layers[moe.layers[0]].mlp.experts
+    assert experts.w13.shape[0] == placement.slots_per_rank
+    return placement
+
+
+def every_rank_computed(llm: LLM) -> None:
+    """The counters see the tokens of all 4 ranks (trained routing may leave a rank idle in a layer)."""
+    load = llm.engine.core.control("expert_load", {"reset": True})
+    assert np.array(load["rank_tokens"]).shape == (len(load["layers"]), 4)
+    assert (np.array(load["rank_tokens"]).sum(axis=0) > 0).all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_expert_parallel_4_ranks_equal_transformers(
+    arch: str, ep4: ExpertParallelRanks, moe_dirs: dict[str, Path], moe_refs: dict[str, HFReference]
+) -> None:
+    """EP = 4 (ranks 1..3 in other processes, reused from model to model): outputs equal transformers'
+    under a placement with replicas, and across a live rebalance in the middle of generation."""
+    llm = LLM(model=str(moe_dirs[arch]), dtype="float32", block_size=4, kv_cache_memory_mb=2)
+    placement = attach_ep4(llm, ep4, seed=ARCHS.index(arch))
+    try:
+        assert_matches(llm, moe_refs[arch], random_prompts(3, 3, 25, seed=19))
+        every_rank_computed(llm)
+        run_with_live_rebalance(llm, moe_refs[arch], placement.slots_per_rank, seed=20)
+    finally:
+        llm.engine.core.executor.shutdown()
+    assert not ep4.attached and all(p.is_alive() for p in ep4.processes)
+
+
+def test_trained_moe_over_4_ranks_equals_transformers(
+    ep4: ExpertParallelRanks, trained: tuple[Path, torch.nn.Module, list[str]]
+) -> None:
+    """The trained Mixtral (16 experts, skewed routing) at EP = 4: held-out prose under a placement
+    with replicas, then across a live rebalance, each token and logprob as transformers' forward pass."""
+    asset, model, prose = trained
+    llm = LLM(model=str(asset), dtype="float32", kv_cache_memory_mb=8)
+    placement = attach_ep4(llm, ep4, seed=21)
+    try:
+        prompts = [llm.tokenizer.encode(text)[:40] for text in prose[4:7]]
+        assert_forward_matches(model, prompts, llm.generate(prompts, GREEDY))
+        every_rank_computed(llm)
+        prompts = [llm.tokenizer.encode(text)[:30] for text in prose[7:10]]
+        outs = decode_across_a_live_rebalance(llm, prompts, placement.slots_per_rank, seed=22)
+        assert_forward_matches(model, prompts, outs)
+    finally:
+        llm.engine.core.executor.shutdown()
 
 
 def test_placement_control_rejects_bad_input(moe_dirs: dict[str, Path]) -> None:

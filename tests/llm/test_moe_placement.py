@@ -217,3 +217,38 @@ def test_bench_moe_needs_a_trained_model(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["bench", "moe", "--model", str(tmp_path)]) == 2
     assert "heldout.json is missing" in capsys.readouterr().err
     assert main(["bench", "moe", "--spare-slots", "-1"]) == 2
+
+
+def test_ep_timing_packs_the_hot_experts_and_summarizes_steps() -> None:
+    """``bench moe-ep``: the deliberately bad ``packed`` placement puts the hottest experts on rank 0;
+    the summary's paired ratio to ``static``, its bootstrap intervals and the line of step time over
+    the busiest rank's pairs come out of the recorded steps."""
+    from edgecloud.llm.moe.ep_timing import median_interval, packed_placement, plan_placements, summarize
+
+    load = zipf_load(2, 8, 1.2, seed=1)
+    packed = packed_placement(load, 2)
+    assert_valid(packed, 4, one_per_rank=True)
+    assert (packed.rank_loads(load).argmax(axis=1) == 0).all()
+    plan = plan_placements(load, load, 2, 1)
+    assert set(plan) == {"static", "eplb", "omni", "omni-fit", "packed"}
+    assert (plan["omni-fit"].imbalance(load) <= plan["static"].imbalance(load)).all()
+    assert (plan["packed"].imbalance(load) >= plan["static"].imbalance(load) - 1e-9).all()
+    # Steps whose time is 10 ms + 0.01 ms per busiest-rank pair exactly, packed twice static's pairs.
+    steps = {}
+    for name, critical in (("static", 300.0), ("packed", 600.0)):
+        steps[name] = [{"round": r, "tokens": 100 if first else 2, "prefill": first,
+                        "critical_pairs": critical if first else 4.0, "mean_pairs": 250.0 if first else 4.0,
+                        "seconds": (10 + 0.01 * (critical if first else 4.0)) / 1000}
+                       for r in range(6) for first in (True, False, False)]
+    report = summarize(steps, {"static": plan["static"], "packed": plan["packed"]}, 3, "m", 2)
+    case = {c["policy"]: c for c in report["cases"]}
+    assert case["static"]["prefill_step_ms"] == 13.0 and case["packed"]["prefill_step_ms"] == 16.0
+    assert case["packed"]["prefill_vs_static"] == round(16 / 13, 4)
+    assert case["packed"]["prefill_max_mean_load"] == 2.4 and case["static"]["rounds"] == 6
+    assert case["static"]["tpot_ms"] == 10.04  # two decode steps over max_tokens - 1 = 2 tokens
+    fit = report["fits"]["prefill"]
+    assert fit["slope"] == pytest.approx(0.01) and fit["intercept"] == pytest.approx(10.0)
+    assert fit["r"] == pytest.approx(1.0)
+    assert "decode" not in report["fits"]  # every decode step has the same pairs: no line
+    low, high = median_interval([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert 1.0 <= low <= 3.0 <= high <= 100.0

@@ -285,3 +285,57 @@ def test_the_perplexity_ratio_is_paired_on_the_same_tokens() -> None:
     noisy = full + torch.randn(256, generator=torch.Generator().manual_seed(1)) * 0.1
     ratio, low, high = ppl_ratio(noisy, full)
     assert low < ratio < high and low < 1 < high
+
+
+def test_bench_omniattn_merges_parts_measured_in_separate_runs(tmp_path: Path) -> None:
+    """Perplexity, needles and speed run as separate (resumable) runs and merged: every field any
+    run measured lands in its case, a field one run left unmeasured (None) hides nothing, and a
+    run of another pattern is refused."""
+    import json
+
+    from edgecloud.cli import main
+
+    path = pattern_file(tmp_path, COMPRESSED)
+    pattern = LayerPattern.load(path)
+    head = {"pattern": {"layers": pattern.describe(), "sink_blocks": 1, "window_blocks": 2, "block_size": BS},
+            "threads": 1, "speed_kv": "random", "machine_load": {}}
+
+    def case(method: str, context: int, **fields: object) -> dict:
+        return {"method": method, "seed": None, "context": context, "kv_fraction": 1.0, "ppl": None,
+                "needle_acc": None, "step_ms": None, **fields}
+
+    def needle(depth: float, correct: bool) -> dict:
+        return {"depth": depth, "key": str(int(depth * 100)), "answer": "", "correct": correct}
+
+    runs = {
+        "ppl.json": {"parts": ["quality"], "inputs": {"perplexity_files": ["a.py"], "tokens_through_model": 10},
+                     "cases": [case("full", 128, ppl=3.5), case("omniattn", 128, ppl=3.6)]},
+        "needle.json": {"parts": ["quality"], "inputs": {"needle_depths": [0.5], "tokens_through_model": 5},
+                        "cases": [case("full", 128, needle_acc=1.0, needle=[needle(0.5, True)]),
+                                  case("full", 64, needle_acc=0.0, needle=[needle(0.5, False)])]},
+        "needle2.json": {"parts": ["quality"], "inputs": {"needle_depths": [0.25, 0.75]},
+                         "cases": [case("full", 128, needle_acc=0.5,
+                                        needle=[needle(0.25, False), needle(0.75, True)])]},
+        "speed.json": {"parts": ["speed"], "inputs": {},
+                       "cases": [case("full", 128, step_ms=7.0, kv_bytes_per_token=10.0)]},
+    }
+    for name, run in runs.items():
+        (tmp_path / name).write_text(json.dumps({**head, **run}))
+    out = tmp_path / "merged.json"
+    assert main(["bench", "omniattn", "--pattern", path, "--parts", "none", "--merge",
+                 *(str(tmp_path / name) for name in runs), "--json", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    cases = {(c["method"], c["context"]): c for c in merged["cases"]}
+    assert set(cases) == {("full", 128), ("omniattn", 128), ("full", 64)}
+    full = cases[("full", 128)]
+    # needles of one case from two runs are pooled: 2 of 3 correct
+    assert (full["ppl"], full["needle_acc"], full["step_ms"], full["kv_bytes_per_token"]) == (3.5, 0.6667, 7.0, 10.0)
+    assert [n["depth"] for n in full["needle"]] == [0.5, 0.25, 0.75]
+    assert cases[("omniattn", 128)]["ppl"] == 3.6 and cases[("full", 64)]["needle_acc"] == 0.0
+    assert merged["parts"] == ["quality", "speed"] and merged["inputs"]["tokens_through_model"] == 15
+    assert [run["file"] for run in merged["runs"]] == [str(tmp_path / name) for name in runs]
+
+    other = tmp_path / "other.json"
+    LayerPattern.compressing(4, {0}, sink_blocks=1, window_blocks=2, block_size=BS).save(other)
+    with pytest.raises(SystemExit, match="pattern"):
+        main(["bench", "omniattn", "--pattern", str(other), "--parts", "none", "--merge", str(tmp_path / "ppl.json")])

@@ -136,6 +136,13 @@ def test_a_quantized_model_generates_and_keeps_its_perplexity(small_llama: Path,
     assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
 
 
+def test_a_perplexity_window_longer_than_the_engine_holds_is_refused_by_name(small_llama: Path) -> None:
+    llm = LLM(model=str(small_llama), dtype="float32", kv_cache_memory_mb=1, max_model_len=64)
+    with pytest.raises(ValueError, match="window=65 is longer than the 64 positions"):
+        perplexity(llm.engine.core.executor, list(range(2, 200)), window=65)
+    assert perplexity(llm.engine.core.executor, list(range(2, 200)), window=64) > 1
+
+
 def test_unknown_scheme_is_refused(small_llama: Path) -> None:
     llm = LLM(model=str(small_llama), dtype="float32", kv_cache_memory_mb=1)
     with pytest.raises(ValueError, match="quantization must be one of"):

@@ -51,7 +51,7 @@ def requests(adapters: list[str], gap: float = 0.5) -> list[SimRequest]:
 def test_an_instance_loads_an_adapter_once_and_the_load_stalls_that_step() -> None:
     spec = SimClusterSpec("llama-3-8b", "h100", 1)
     ranks = {"a": 128, "b": 8}
-    settings = LoRASimSettings(max_loras=1, host_adapters=1)
+    settings = LoRASimSettings(max_loras=1, host_adapters=1, async_loads=False)
     cluster = build_lora_cluster(spec, settings, ranks, remote=False)
     sim = ClusterSimulator(cluster.instances, make_policy("slora"), record_token_times=False)
     result = sim.run(requests(["a", "a", "b", "a"]))
@@ -65,6 +65,27 @@ def test_an_instance_loads_an_adapter_once_and_the_load_stalls_that_step() -> No
     assert all(r.error is None and r.output_tokens == 4 for r in result.records)
 
 
+@pytest.mark.parametrize("async_loads", [True, False])
+def test_an_async_read_holds_only_the_requests_of_its_adapter(async_loads: bool) -> None:
+    spec = SimClusterSpec("llama-3-8b", "h100", 1)
+    settings = LoRASimSettings(max_loras=2, host_adapters=2, async_loads=async_loads)
+    cluster = build_lora_cluster(spec, settings, {"a": 128, "b": 8}, remote=False)
+    sim = ClusterSimulator(cluster.instances, make_policy("slora"), record_token_times=False)
+    workload = [SimRequest(t, list(range(i * 64, i * 64 + 64)), 4, adapter_id=a)
+                for i, (t, a) in enumerate([(0.0, "b"), (0.5, "a"), (0.51, "b")])]
+    result = sim.run(workload)
+    instance = cluster.instances[0]
+    disk_a = instance.links.disk.seconds(cluster.cost.adapter_bytes(128))
+    first_a, second_b = result.records[1].ttft, result.records[2].ttft
+    assert first_a is not None and second_b is not None and first_a > disk_a
+    if async_loads:  # b's request runs while a is read; a's waits alone, the instance idling in short waits
+        assert second_b < 0.1 * disk_a and instance.read_s > disk_a and instance.idle_waits > 0
+        assert instance.loads == Counter({"disk": 2, "host": 2}) and instance.load_s < 0.1 * disk_a
+    else:  # the step that reads a stalls b's request too
+        assert second_b > 0.9 * disk_a - 0.01 and instance.read_s == 0 and instance.load_s > disk_a
+    assert all(r.error is None and r.output_tokens == 4 for r in result.records)
+
+
 def test_a_peer_fetch_replaces_the_disk_read_when_remote_access_is_on() -> None:
     spec = SimClusterSpec("llama-3-8b", "h100", 2)
     for remote, second_source in ((False, "disk"), (True, "peer")):
@@ -72,8 +93,8 @@ def test_a_peer_fetch_replaces_the_disk_read_when_remote_access_is_on() -> None:
         ClusterSimulator(cluster.instances, make_policy("round-robin"), record_token_times=False).run(
             requests(["a", "a"]))
         first, second = cluster.instances
-        assert first.loads == Counter({"disk": 1})
-        assert second.loads == Counter({second_source: 1})
+        assert first.loads["disk"] == 1 and first.loads["peer"] == 0
+        assert second.loads[second_source] == 1 and second.loads["disk" if remote else "peer"] == 0
         assert cluster.directory.holders["a"] == {"mixed0", "mixed1"}
 
 

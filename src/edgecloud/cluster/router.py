@@ -92,7 +92,17 @@ class InstanceView:
     its engine counters, and the router's own accounting (requests outstanding, prompt tokens
     sent but not yet prefilled, requests decoding, which prompt blocks it holds)."""
 
-    __slots__ = ("_backend", "_decoding", "_epoch", "_index", "_outstanding", "_pending_tokens", "_routed", "_tiers")
+    __slots__ = (
+        "_backend",
+        "_decoding",
+        "_epoch",
+        "_index",
+        "_outstanding",
+        "_pending_tokens",
+        "_routed",
+        "_tier_pending",
+        "_tiers",
+    )
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
@@ -103,6 +113,7 @@ class InstanceView:
         self._decoding = 0
         self._routed = 0
         self._tiers: dict[str, int] = {}
+        self._tier_pending: dict[str, int] = {}
 
     @property
     def backend(self) -> Backend:
@@ -141,6 +152,11 @@ class InstanceView:
     def pending_prefill_tokens(self) -> int:
         """Prompt tokens sent here, not found in its cache, whose prefill has not finished."""
         return self._pending_tokens
+
+    def pending_prefill_tokens_in(self, service_tier: str) -> int:
+        """``pending_prefill_tokens`` of one service tier: what an online prompt waits behind on an
+        engine that runs ``default`` work before ``flex`` work (OOCO's prefill placement)."""
+        return self._tier_pending.get(service_tier, 0)
 
     @property
     def decoding(self) -> int:
@@ -239,6 +255,7 @@ class Router:
         pending = req.num_prompt_tokens - view.cached_tokens(req)
         view._outstanding += 1
         view._pending_tokens += pending
+        view._tier_pending[req.service_tier] = view._tier_pending.get(req.service_tier, 0) + pending
         view._routed += 1
         view._tiers[req.service_tier] = view._tiers.get(req.service_tier, 0) + 1
         view._index.insert(req.block_keys)
@@ -252,6 +269,7 @@ class Router:
             return
         ticket.prefilled = True
         ticket.view._pending_tokens -= ticket.pending_tokens
+        ticket.view._tier_pending[ticket.request.service_tier] -= ticket.pending_tokens
         if ticket.stage != "prefill":
             ticket.view._decoding += 1
 
@@ -265,6 +283,7 @@ class Router:
                 view._decoding -= 1
         else:
             view._pending_tokens -= ticket.pending_tokens
+            view._tier_pending[ticket.request.service_tier] -= ticket.pending_tokens
         view._outstanding -= 1
         view._tiers[ticket.request.service_tier] -= 1
         ticket.ended = True

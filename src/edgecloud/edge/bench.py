@@ -218,6 +218,7 @@ class TurnRecord:
     rt_ms: float
     request_bytes: int
     prompt_tokens: int = 0
+    request_wire_bytes: int = 0
     completion_tokens: int = 0
     session: str = ""
     turn_id: str = ""
@@ -230,6 +231,15 @@ class ClientState:
     session: str = "new"
     version: str = ""
     history: list[dict[str, str]] = field(default_factory=list)
+
+
+def http1_request_bytes(request: Any) -> int:
+    """What an ``httpx.Request`` puts on the wire over HTTP/1.1: its request line, every header the
+    client sends (``Host``, ``Content-Length``, ``User-Agent``, ``Accept``... as well as the caller's)
+    and its body. Both modes' requests are counted so; the access links' byte counters check it."""
+    head = b"%s %s HTTP/1.1\r\n" % (request.method.encode(), request.url.raw_path)
+    head += b"".join(name + b": " + value + b"\r\n" for name, value in request.headers.raw)
+    return len(head) + 2 + len(request.content)
 
 
 async def one_turn(
@@ -257,17 +267,20 @@ async def one_turn(
         if not alive(node):
             node = nodes[(nodes.index(node) + 1) % len(nodes)]
             continue
+        request = client.build_request("POST", f"{edge.client_url(node)}/v1/chat/completions", content=payload,
+                                       headers={"Content-Type": "application/json", **headers})
+        wire_bytes = http1_request_bytes(request)
         started = time.perf_counter()
         try:
-            response = await client.post(f"{edge.client_url(node)}/v1/chat/completions", content=payload,
-                                         headers={"Content-Type": "application/json", **headers})
+            response = await client.send(request)
         except Exception as error:  # the node died under the request
             record = TurnRecord(mode, workload, conversation, k, node, attempt, 0,
-                                (time.perf_counter() - started) * 1e3, request_bytes, error=type(error).__name__)
+                                (time.perf_counter() - started) * 1e3, request_bytes, error=type(error).__name__,
+                                request_wire_bytes=wire_bytes)
             node = nodes[(nodes.index(node) + 1) % len(nodes)]
             continue
         record = TurnRecord(mode, workload, conversation, k, node, attempt, response.status_code,
-                            (time.perf_counter() - started) * 1e3, request_bytes)
+                            (time.perf_counter() - started) * 1e3, request_bytes, request_wire_bytes=wire_bytes)
         if response.status_code == 200:
             answer = response.json()
             usage = answer.get("usage", {})
@@ -294,23 +307,65 @@ def _metric(text: str, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-async def prefix_counters(client: Any, edge: Any) -> dict[str, tuple[float, float]]:
-    """Each live node's prompt tokens looked up in its prefix cache, and found."""
+# Each node's counters read from its /metrics: the prefix cache's lookups and hits, and the sums and
+# counts of the server's per-request histograms, from which a run's mean time per turn in each part
+# of a node's path follows (where the time goes).
+_COUNTERS = {
+    "prefix_queries": "edgecloud_prefix_cache_queries_total",
+    "prefix_hits": "edgecloud_prefix_cache_hits_total",
+    "queue_s": "edgecloud_request_queue_time_seconds_sum",
+    "queued": "edgecloud_request_queue_time_seconds_count",
+    "engine_ttft_s": "edgecloud_engine_time_to_first_token_seconds_sum",
+    "engine_ttft_n": "edgecloud_engine_time_to_first_token_seconds_count",
+    "e2e_s": "edgecloud_e2e_request_latency_seconds_sum",
+    "e2e_n": "edgecloud_e2e_request_latency_seconds_count",
+}
+
+
+async def node_counters(client: Any, edge: Any) -> dict[str, dict[str, float]]:
+    """Each live node's counters (``_COUNTERS``)."""
     counters = {}
     for node in edge.topology.nodes:
         if edge.nodes[node].process.poll() is not None:
             continue
         text = (await client.get(f"{edge.direct_url(node)}/metrics")).text
-        counters[node] = (_metric(text, "edgecloud_prefix_cache_queries_total"),
-                          _metric(text, "edgecloud_prefix_cache_hits_total"))
+        counters[node] = {key: _metric(text, name) for key, name in _COUNTERS.items()}
     return counters
 
 
-def prefix_delta(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
-                 ) -> tuple[float, float]:
-    """Lookups and hits during a run, over the nodes alive at its start and end (a killed node's are lost)."""
+def counter_delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Each counter's growth during a run, over the nodes alive at its start and end (a killed
+    node's are lost)."""
     nodes = set(before) & set(after)
-    return (sum(after[n][0] - before[n][0] for n in nodes), sum(after[n][1] - before[n][1] for n in nodes))
+    return {key: sum(after[n][key] - before[n][key] for n in nodes) for key in _COUNTERS}
+
+
+def time_breakdown(rt_ms: Sequence[float], counters: dict[str, float], prepare_ms: Sequence[float],
+                   commit_ms: Sequence[float]) -> dict[str, float | None]:
+    """Where a turn's time goes, means per turn over a run (ms): at the client (``rt``), the node's
+    whole handling (``server``: request read to answer handed to the socket), the rest (``network``:
+    the access link both ways, the client), and within the node: ``prepare`` (session read, waiting
+    for the client's version, building the prompt; session modes only), ``queue`` (in the engine,
+    before first scheduled), ``to_first_token`` (request read to the engine's first token, less the
+    two: the prefill, and in client mode the rendering and tokenizing of the history),
+    ``after_first_token`` (the decode and the write quorum's wait) and ``commit`` (that wait)."""
+
+    def mean(values: Sequence[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    def per(total_s: str, count: str) -> float | None:
+        return counters[total_s] / counters[count] * 1e3 if counters.get(count) else None
+
+    rt, server, queue, ttft = mean(rt_ms), per("e2e_s", "e2e_n"), per("queue_s", "queued"), per(
+        "engine_ttft_s", "engine_ttft_n")
+    prepare, commit = mean(prepare_ms) or 0.0, mean(commit_ms) or 0.0
+    return {
+        "rt": rt, "server": server, "network": rt - server if rt is not None and server is not None else None,
+        "prepare": prepare, "queue": queue,
+        "to_first_token": ttft - prepare - queue if ttft is not None and queue is not None else None,
+        "after_first_token": server - ttft if server is not None and ttft is not None else None,
+        "commit": commit,
+    }
 
 
 async def node_stats(client: Any, edge: Any, sessions: set[str]) -> list[dict[str, Any]]:
@@ -366,11 +421,12 @@ async def check_sessions(client: Any, edge: Any, records: list[TurnRecord]) -> t
 
 async def run_workload(
     edges: dict[str, Any], model: str, workload: str, conversations: list[Conversation], roam_every: int,
-    think_s: float, stagger_s: float, kill: tuple[str, float] | None = None,
+    think_s: float, stagger_s: float, kill: tuple[str, float] | None = None, concurrency: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The conversations in every mode at once, interleaved: each conversation's turn ``k`` runs in
     one mode after the other (the order rotating from turn to turn), so the modes of one turn meet
-    the same machine, and every conversation's next turn waits for all of them."""
+    the same machine, and every conversation's next turn waits for all of them. ``concurrency``: at
+    most this many conversations in flight (the others start as one ends); all at once if None."""
     import httpx
 
     modes = list(edges)
@@ -378,11 +434,17 @@ async def run_workload(
     killed: set[str] = set()
     nodes = list(next(iter(edges.values())).topology.nodes)
     async with httpx.AsyncClient(timeout=httpx.Timeout(900.0, connect=10.0)) as client:
-        counters = {m: await prefix_counters(client, e) for m, e in edges.items()}
+        counters = {m: await node_counters(client, e) for m, e in edges.items()}
         wire0 = {m: e.edge_bytes() for m, e in edges.items()}
+        uplink0 = {m: e.access_bytes() for m, e in edges.items()}
+        slots = asyncio.Semaphore(concurrency or len(conversations) or 1)
 
         async def converse(i: int, conversation: Conversation) -> None:
             await asyncio.sleep(i * stagger_s)
+            async with slots:
+                await converse_now(i, conversation)
+
+        async def converse_now(i: int, conversation: Conversation) -> None:
             route = schedule(i, len(conversation.messages), nodes, roam_every)
             states = {m: ClientState() for m in modes}
             for k, (text, budget) in enumerate(zip(conversation.messages, conversation.max_tokens, strict=True)):
@@ -393,6 +455,9 @@ async def run_workload(
                     record = await one_turn(client, edges[mode], model, mode, workload, conversation.name, k, text,
                                             budget, route[k], states[mode], lambda n: n not in killed)
                     records[mode].append(record)
+                    print(f"  {workload} {conversation.name} turn {k + 1} {mode} at {record.node}: {record.status}, "
+                          f"{record.rt_ms:.0f} ms, {record.prompt_tokens}+{record.completion_tokens} tokens",
+                          flush=True)
                     if record.status != 200:
                         states[mode] = None  # type: ignore[assignment]  # it cannot go on without its answer
                 await asyncio.sleep(think_s)
@@ -414,14 +479,16 @@ async def run_workload(
         await asyncio.sleep(1.0)  # replication of the last turns settles
         results = {}
         for mode, edge in edges.items():
-            prefix = prefix_delta(counters[mode], await prefix_counters(client, edge))
+            delta = counter_delta(counters[mode], await node_counters(client, edge))
             sessions = {r.session for r in records[mode] if r.session}
             stats = await node_stats(client, edge, sessions) if mode != "client" else []
             stale = lost = divergent = 0
             if mode != "client":
                 stale, lost, divergent = await check_sessions(client, edge, records[mode])
-            results[mode] = summarize(mode, records[mode], stats, prefix, edge.edge_bytes() - wire0[mode], duration,
-                                      stale, lost, divergent, nodes_killed=sorted(killed))
+            results[mode] = summarize(mode, records[mode], stats, (delta["prefix_queries"], delta["prefix_hits"]),
+                                      edge.edge_bytes() - wire0[mode], duration, stale, lost, divergent,
+                                      nodes_killed=sorted(killed), counters=delta,
+                                      uplink_bytes=edge.access_bytes() - uplink0[mode])
     return results
 
 
@@ -433,7 +500,8 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
 
 def summarize(mode: str, records: list[TurnRecord], stats: list[dict[str, Any]], prefix: tuple[float, float],
               wire_bytes: int, duration_s: float, stale: int, lost: int, divergent: int,
-              nodes_killed: list[str]) -> dict[str, Any]:
+              nodes_killed: list[str], counters: dict[str, float] | None = None,
+              uplink_bytes: int | None = None) -> dict[str, Any]:
     ok = [r for r in records if r.status == 200]
     turn_bytes: dict[tuple[str, str, int], int] = {}
     prepare, commit = [], []
@@ -458,6 +526,11 @@ def summarize(mode: str, records: list[TurnRecord], stats: list[dict[str, Any]],
         "sync_bytes_mean": sum(sync) / len(sync) if sync else None,
         "wire_bytes_per_turn": wire_bytes / len(ok) if ok else None,
         "request_bytes_p50": _percentile([r.request_bytes for r in ok], 50),
+        "request_wire_bytes_p50": _percentile([r.request_wire_bytes for r in ok], 50),
+        # the access links' client-to-node bytes over the run, against the sum of every request's
+        # HTTP/1.1 size (equal when no request was cut off or retried)
+        "client_uplink_bytes": uplink_bytes,
+        "request_wire_bytes_sum": sum(r.request_wire_bytes for r in records),
         "prefix_hit_rate": hits / queries if queries else None,
         "prepare_ms_p50": _percentile(prepare, 50),
         "commit_ms_p50": _percentile(commit, 50),
@@ -469,6 +542,8 @@ def summarize(mode: str, records: list[TurnRecord], stats: list[dict[str, Any]],
         "retried_turns": sum(1 for r in ok if r.attempts > 1),
         "nodes_killed": nodes_killed,
         "duration_s": round(duration_s, 2),
+        "turns_per_s": round(len(ok) / duration_s, 4) if duration_s > 0 else None,
+        "time_ms_mean": time_breakdown([r.rt_ms for r in ok], counters, prepare, commit) if counters else None,
         "records": rows,
         "sync_bytes": sync,
     }
@@ -539,6 +614,8 @@ def comparisons(modes: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
     if "tokens" in modes and "client" in modes:
         out["request_tokens_over_client"] = ratio_ci(
             *_paired(modes["tokens"], modes["client"], "request_bytes"), seed=seed)
+        out["request_wire_tokens_over_client"] = ratio_ci(
+            *_paired(modes["tokens"], modes["client"], "request_wire_bytes"), seed=seed)
         out["rt_tokens_over_client"] = ratio_ci(*_paired(modes["tokens"], modes["client"], "rt_ms"), seed=seed)
     return out
 
@@ -550,6 +627,7 @@ def per_turn_comparisons(modes: dict[str, dict[str, Any]]) -> dict[str, list[dic
         out["rt_tokens_over_text"] = per_turn(modes["tokens"], modes["text"], "rt_ms")
     if "tokens" in modes and "client" in modes:
         out["request_tokens_over_client"] = per_turn(modes["tokens"], modes["client"], "request_bytes")
+        out["request_wire_tokens_over_client"] = per_turn(modes["tokens"], modes["client"], "request_wire_bytes")
         out["rt_tokens_over_client"] = per_turn(modes["tokens"], modes["client"], "rt_ms")
     return out
 
@@ -675,6 +753,9 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--roam-every", type=int, default=2, help="turns at one node before moving on")
     parser.add_argument("--think", type=float, default=0.5, help="seconds between a client's turns")
     parser.add_argument("--stagger", type=float, default=1.0, help="seconds between conversation starts")
+    parser.add_argument("--concurrency", type=int, default=None, metavar="C",
+                        help="at most C conversations in flight per workload (default: all at once); 1 keeps "
+                             "every engine unqueued, to measure the modes' own cost of a turn")
     parser.add_argument("--kill", default="edge-b:20", metavar="NODE:SECONDS",
                         help="the tokens nodes' extra run: kill -9 NODE this long into it ('none' to skip)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per node")
@@ -701,6 +782,8 @@ def run_bench_cli(args: argparse.Namespace) -> int:
         raise CLIError(f"--user-tokens: expected A:B with 1 <= A <= B, got {args.user_tokens!r}", USAGE) from None
     if args.trace_scale is not None and not 0 < args.trace_scale <= 1:
         raise CLIError(f"--trace-scale: expected 0 < S <= 1, got {args.trace_scale:g}", USAGE)
+    if args.concurrency is not None and args.concurrency < 1:
+        raise CLIError(f"--concurrency: expected >= 1, got {args.concurrency}", USAGE)
     kill = None
     if args.kill != "none":
         node, _, after = args.kill.partition(":")
@@ -718,12 +801,33 @@ def run_bench_cli(args: argparse.Namespace) -> int:
         raise CLIError(f"--kill: {kill[0]!r} is not a node of the topology ({', '.join(topology.nodes)})", USAGE)
     if "mooncake" in workloads and not Path(args.trace).is_file():
         raise CLIError(f"--trace: no file {args.trace}", USAGE)
-    report = asyncio.run(run_bench(args, topology, modes, workloads, (low, high), kill))
+    report = asyncio.run(_stopped_by_sigterm(run_bench(args, topology, modes, workloads, (low, high), kill)))
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     print_summary(report)
     if args.plot:
         plot(report, args.plot)
     return 0
+
+
+async def _stopped_by_sigterm(work: Any) -> Any:
+    """``work``, cancelled by SIGTERM (``timeout``, ``kill``) as by Ctrl-C, so that its ``finally``
+    stops the node processes: they run in sessions of their own and would outlive the bench."""
+    import signal
+
+    from edgecloud.errors import CLIError
+
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    terminated: list[bool] = []
+    loop.add_signal_handler(signal.SIGTERM, lambda: (terminated.append(True), task.cancel()))
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if terminated:
+            raise CLIError("edge bench: stopped by SIGTERM; its nodes are stopped, no results written") from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def run_bench(args: argparse.Namespace, topology: Any, modes: list[str], workloads: list[str],
@@ -778,14 +882,14 @@ async def run_bench(args: argparse.Namespace, topology: Any, modes: list[str], w
             for workload, conversations in loads.items():
                 print(f"edge bench: {workload}: {len(conversations)} conversations in {', '.join(modes)}", flush=True)
                 results[workload] = await run_workload(edges, model, workload, conversations, args.roam_every,
-                                                       args.think, args.stagger)
+                                                       args.think, args.stagger, concurrency=args.concurrency)
             if "tokens" in edges and kill is not None and "roaming" in loads:
                 for mode in [m for m in edges if m != "tokens"]:
                     await edges.pop(mode).stop()
                 print(f"edge bench: roaming again in tokens mode, {kill[0]} killed after {kill[1]:g} s", flush=True)
                 renamed = [Conversation(f"kill-{c.name}", c.messages, c.max_tokens) for c in loads["roaming"]]
                 kill_case = (await run_workload(edges, model, "roaming+kill", renamed, args.roam_every, args.think,
-                                                args.stagger, kill=kill))["tokens"]
+                                                args.stagger, kill=kill, concurrency=args.concurrency))["tokens"]
         finally:
             await asyncio.gather(*(edge.stop() for edge in edges.values()))
     load = watch.finish()
@@ -813,8 +917,8 @@ async def _served_model(edge: Any) -> str:
 
 
 def print_summary(report: dict[str, Any]) -> None:
-    keys = ("turns", "rt_ms_p50", "rt_ms_p95", "sync_bytes_p50", "request_bytes_p50", "prefix_hit_rate",
-            "prepare_ms_p50", "commit_ms_p50", "stale_reads", "lost_turns")
+    keys = ("turns", "rt_ms_p50", "rt_ms_p95", "sync_bytes_p50", "request_bytes_p50", "request_wire_bytes_p50",
+            "prefix_hit_rate", "prepare_ms_p50", "commit_ms_p50", "stale_reads", "lost_turns")
     for case in report["cases"]:
         print(f"\n{case['workload']}:")
         print("  " + "mode".ljust(8) + "".join(k.rjust(18) for k in keys))
@@ -823,6 +927,11 @@ def print_summary(report: dict[str, Any]) -> None:
             print("  " + mode.ljust(8) + "".join(
                 (f"{c:.3f}" if isinstance(c, float) and c < 1 else f"{c:.1f}" if isinstance(c, float)
                  else str(c)).rjust(18) for c in cells))
+        for mode, m in case["modes"].items():
+            parts = m.get("time_ms_mean") or {}
+            cells = ", ".join(f"{k} {v:.1f}" for k, v in parts.items() if v is not None)
+            print(f"  {mode} ms per turn, mean: {cells}; {m.get('turns_per_s')} turns/s; uplink "
+                  f"{m.get('client_uplink_bytes')} B of {m.get('request_wire_bytes_sum')} B sent")
         for name, value in case["comparisons"].items():
             if not isinstance(value, dict):
                 print(f"  {name}: {value}")
@@ -856,23 +965,27 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     figure, axes = plt.subplots(len(cases), 4, figsize=(21, 4.2 * len(cases)), squeeze=False)
     colors = {"tokens": "tab:blue", "text": "tab:orange", "client": "tab:green"}
     for row, case in zip(axes, cases, strict=True):
+        # whole HTTP requests where the run counted them, else the payload (older JSON)
+        size = "request_wire_bytes" if all(m.get("request_wire_bytes_p50") for m in case["modes"].values()) \
+            else "request_bytes"
         for mode, m in case["modes"].items():
             ok = [r for r in m["records"] if r["status"] == 200]
             if ok:
                 cdf_steps(row[0], [r["rt_ms"] for r in ok], color=colors[mode],
                           label=f"{mode} (p50 {m['rt_ms_p50']:.0f} ms)")
-                cdf_steps(row[2], [r["request_bytes"] for r in ok], color=colors[mode],
-                          label=f"{mode} (p50 {m['request_bytes_p50']:.0f} B)")
+                cdf_steps(row[2], [r[size] for r in ok], color=colors[mode],
+                          label=f"{mode} (p50 {m[size + '_p50']:.0f} B)")
             if mode != "client" and m["sync_bytes"]:
                 cdf_steps(row[1], m["sync_bytes"], color=colors[mode],
                           label=f"{mode} (p50 {m['sync_bytes_p50']:.0f} B)")
             by_turn: dict[int, list[float]] = {}
             for r in ok:
-                by_turn.setdefault(r["turn"] + 1, []).append(r["request_bytes"])
+                by_turn.setdefault(r["turn"] + 1, []).append(r[size])
             turns = sorted(by_turn)
             row[3].plot(turns, [float(np.median(by_turn[k])) for k in turns], marker="o", color=colors[mode],
                         label=mode)
-        titles = ("response time (ms)", "sync bytes per turn (all nodes)", "client request bytes",
+        titles = ("response time (ms)", "sync bytes per turn (all nodes)",
+                  "client request bytes" + (" (HTTP request on the wire)" if size == "request_wire_bytes" else ""),
                   "turn of the conversation")
         for axis, title in zip(row, titles, strict=True):
             axis.set_xlabel(title)

@@ -181,6 +181,10 @@ class EmulatedEdge:
         return sum(p.stats.uplink.bytes_delivered + p.stats.downlink.bytes_delivered
                    for p in self.edge_proxies.values())
 
+    def access_bytes(self) -> int:
+        """Bytes delivered from clients to the nodes over the access links (the requests, HTTP included)."""
+        return sum(p.stats.uplink.bytes_delivered for p in self.access.values())
+
     def kill(self, node: str) -> None:
         """``kill -9``: the node dies with whatever it had in flight."""
         process = self.nodes[node].process

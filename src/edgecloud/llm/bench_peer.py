@@ -322,12 +322,13 @@ def bench_peer(
             from edgecloud.llm.quant.perplexity import perplexity
 
             ids = engine.tokenizer.encode(perplexity_text.read_text())[:perplexity_tokens]
-            result.perplexity[label] = perplexity(engine.core.executor, ids, window=256)
+            window = min(256, context)  # the engine holds `context` positions
+            result.perplexity[label] = perplexity(engine.core.executor, ids, window=window)
             if quantization == "int4":  # decoding multiplies with the one-row kernel: scored as decoding runs
                 for path in ("modules", "stack"):
                     result.perplexity[f"{label}, one token a step ({path})"] = perplexity(
-                        engine.core.executor, ids, window=256, path=path)
-            result.perplexity["text"] = f"{perplexity_text.name}, first {len(ids)} tokens, windows of 256"
+                        engine.core.executor, ids, window=window, path=path)
+            result.perplexity["text"] = f"{perplexity_text.name}, first {len(ids)} tokens, windows of {window}"
         del engine
     result.load_average_after = tuple(round(x, 2) for x in os.getloadavg())  # type: ignore[assignment]
     if json_path is not None:

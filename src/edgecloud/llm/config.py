@@ -402,12 +402,15 @@ class EngineConfig:
     # directory) pairs loaded at start (and again when the core restarts); any enables LoRA.
     # ``max_loras``: device slots, and the most distinct adapters among running requests;
     # ``max_lora_rank``: the largest rank a slot holds; ``max_cpu_loras``: adapters kept parsed in
-    # host memory (the rest are read from disk again when needed).
+    # host memory (the rest are read from disk again when needed). ``lora_async_loads``: such a
+    # read runs in a loader thread while the steps go on, and only the requests of that adapter
+    # wait for it (S-LoRA); off, the step that needs the adapter reads it and every request waits.
     enable_lora: bool = False
     lora_modules: tuple[tuple[str, str], ...] = ()
     max_loras: int = 4
     max_lora_rank: int = 16
     max_cpu_loras: int = 32
+    lora_async_loads: bool = True
 
     def __post_init__(self) -> None:
         def bad(param: str, allowed: str) -> InvalidRequestError:

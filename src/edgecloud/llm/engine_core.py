@@ -122,6 +122,8 @@ class EngineCore:
                 packed.pack_linears(model)
             if config.enable_lora:
                 self.lora = self._start_lora(model, source.name)
+                if config.lora_async_loads:
+                    self.scheduler.adapter_ready = self.lora.ready
             executor = ModelRunner(
                 model, mc, groups, pools, config.block_size, self.dtype, self.device,
                 config.attention_backend, config.seed, lora=self.lora,
@@ -193,6 +195,9 @@ class EngineCore:
 
     def step(self) -> list[EngineCoreOutput]:
         plan = self.scheduler.schedule(self.clock())
+        if not plan.scheduled and not plan.exhausted and self.lora is not None and self.lora.loading:
+            self.lora.wait_for_loads(0.01)  # only requests of adapters being read wait: no busy loop
+            return []
         if self.on_step is not None and plan.scheduled:
             self.on_step(plan)
         # a step of flex work only may be abandoned between layers for online work (docs/engine-core.md)
@@ -217,12 +222,7 @@ class EngineCore:
         """Drops a step stopped between layers: no request advances (``update`` does not run), so
         the next steps recompute its tokens into the blocks they already hold."""
         self.num_abandoned_steps += 1
-        for s in plan.scheduled:
-            req = s.request
-            if req.num_computed_tokens < req.num_prompt_tokens:  # counted at schedule time: once only
-                self.scheduler.prompt_tokens_total -= min(s.num_new_tokens,
-                                                          req.num_prompt_tokens - req.num_computed_tokens)
-        return self.scheduler.update(SchedulerOutput(exhausted=plan.exhausted), SampledTokens())
+        return self.scheduler.abandon(plan)
 
     def _fail(self, plan: SchedulerOutput, message: str) -> list[EngineCoreOutput]:
         outputs = []
@@ -422,15 +422,16 @@ class EngineCore:
     def _control_pin_lora_adapter(self, lora_name: str, pinned: bool = True) -> None:
         self._require_lora().set_pinned(lora_name, pinned)
 
-    def _control_export_lora_adapter(self, lora_name: str) -> dict[str, Any]:
-        """The adapter's config and tensors, for a peer instance's ``import_lora_adapter``."""
-        return self._require_lora().export(lora_name)
+    def _control_export_lora_adapter(self, lora_name: str, transport: str = "inline") -> dict[str, Any]:
+        """The adapter's config and tensors (or, ``transport="shm"``, the handle of a shared-memory
+        file holding them), for a peer instance's ``import_lora_adapter``."""
+        return self._require_lora().export(lora_name, transport)
 
     def _control_import_lora_adapter(
-        self, lora_name: str, config: dict[str, Any], tensors: dict[str, torch.Tensor], digest: str,
-        pinned: bool = False,
+        self, lora_name: str, config: dict[str, Any], digest: str, tensors: dict[str, torch.Tensor] | None = None,
+        pinned: bool = False, shm: dict[str, Any] | None = None,
     ) -> None:
-        self._adapter_loaded(self._require_lora().import_(lora_name, config, tensors, digest, pinned))
+        self._adapter_loaded(self._require_lora().import_(lora_name, config, tensors, digest, pinned, shm))
 
     # -- mixture of experts (docs/moe.md) -------------------------------------------------------
 

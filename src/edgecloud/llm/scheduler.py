@@ -77,6 +77,10 @@ class Scheduler:
         # LoRA: the most distinct adapters among running requests (each needs a device slot in
         # every step it runs); None: no limit.
         self.max_loras = max_loras
+        # LoRA, optional: whether a waiting request's adapter is in host memory, ready for a slot;
+        # asking starts its read if not (``LoRAManager.ready``). Until it is, the request waits and
+        # requests behind it go ahead, as with ``max_loras``.
+        self.adapter_ready: Callable[[str], bool] | None = None
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         # flex work in one step: a step with flex prefill must not cost much more than a decode step,
@@ -140,13 +144,17 @@ class Scheduler:
                 flex_budget = min(flex_budget, self.flex_step_budget(self, out))
             if flex_budget > 0:
                 self._schedule_tier("flex", out, flex_budget)
+        self.note_scheduled(out, now)
+        return out
+
+    def note_scheduled(self, out: SchedulerOutput, now: float) -> None:
+        """Books what ``out`` schedules: first-scheduled times and the prompt tokens it computes."""
         for s in out.scheduled:
             req = s.request
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = now
             if req.num_computed_tokens < req.num_prompt_tokens:
                 self.prompt_tokens_total += min(s.num_new_tokens, req.num_prompt_tokens - req.num_computed_tokens)
-        return out
 
     def _schedule_tier(self, tier: str, out: SchedulerOutput, budget: int) -> int:
         """Schedules the running, then the waiting requests of one tier; returns the budget left."""
@@ -208,7 +216,7 @@ class Scheduler:
                     break  # waiting is sorted: the rest are flex
                 j += 1
                 continue
-            if self._waits_for_sibling(req) or self._no_adapter_slot(req):
+            if self._waits_for_sibling(req) or self._no_adapter_slot(req) or self._adapter_loading(req):
                 j += 1
                 continue
             if len(self.running) >= self.max_num_seqs and not (tier == "default" and self._preempt_flex(out)):
@@ -244,6 +252,9 @@ class Scheduler:
         running = {r.adapter_id for r in self.running if r.adapter_id is not None}
         return req.adapter_id not in running and len(running) >= self.max_loras
 
+    def _adapter_loading(self, req: Request) -> bool:
+        return req.adapter_id is not None and self.adapter_ready is not None and not self.adapter_ready(req.adapter_id)
+
     def _preempt_flex(self, out: SchedulerOutput) -> bool:
         """Preempts the least urgent running ``flex`` request not scheduled in this step."""
         scheduled = {id(s.request) for s in out.scheduled}
@@ -264,6 +275,16 @@ class Scheduler:
         self._wait(req)
 
     # -- update -------------------------------------------------------------------------------
+
+    def abandon(self, plan: SchedulerOutput) -> list[EngineCoreOutput]:
+        """Drops a step stopped between layers (docs/engine-core.md): no request advances, so the next
+        steps compute its tokens again into the blocks they already hold; prompt tokens counted when it
+        was scheduled are taken back. The engine core and the simulator both end such a step here."""
+        for s in plan.scheduled:
+            req = s.request
+            if req.num_computed_tokens < req.num_prompt_tokens:  # counted at schedule time: once only
+                self.prompt_tokens_total -= min(s.num_new_tokens, req.num_prompt_tokens - req.num_computed_tokens)
+        return self.update(SchedulerOutput(exhausted=plan.exhausted), SampledTokens())
 
     def update(self, plan: SchedulerOutput, sampled: SampledTokens) -> list[EngineCoreOutput]:
         """Applies one executed step: advances computed tokens, keys the blocks that became full,

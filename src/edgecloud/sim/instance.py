@@ -9,6 +9,7 @@ the router (``edgecloud.cluster.router``), exactly as a real one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -71,6 +72,9 @@ class SimInstance:
         self.num_steps = 0
         self.busy_s = 0.0
         self._plan: SchedulerOutput | None = None
+        self._step_start = self._step_s = 0.0  # the step in flight: when it began, its modelled duration
+        self._abandoned = False  # the step in flight is dropped between layers (``interrupt``)
+        self.num_abandoned_steps = 0
         self._order = 0
         self.run: DecodeRun | None = None  # the run of decode steps in flight (``start_run``)
         self.serial = 0  # bumped whenever the end of the step in flight moves (a run cut short)
@@ -161,7 +165,24 @@ class SimInstance:
             duration = self.perf.step_time(shapes, imbalance, dispatch)
             duration += self.experts.exposed(copy_s, duration)
         self.busy_s += duration
+        self._step_start, self._step_s = now, duration
         return duration
+
+    def interrupt(self, now: float) -> float | None:
+        """Online work reached the instance mid-step: a step of ``flex`` work only is dropped after
+        the layer in flight, as the engine core does (``EngineCore.interrupt``, docs/engine-core.md;
+        not with MoE pricing). Returns when the dropped step ends (a whole number of layers after
+        it began, each 1 / num_layers of the step), or None when the step goes on."""
+        plan = self._plan
+        if (not self.busy or plan is None or self._abandoned or self.run is not None or self.lazy is not None
+                or self.experts is not None or not plan.scheduled
+                or any(s.request.service_tier != "flex" for s in plan.scheduled)):
+            return None
+        layer_s = self._step_s / self.perf.model.num_layers
+        ran = min(self._step_s, math.ceil((now - self._step_start) / layer_s - 1e-9) * layer_s)
+        self.busy_s -= self._step_s - ran
+        self._abandoned = True
+        return self._step_start + ran
 
     def start_run(self, now: float) -> float | None:
         """``start_step``, extended to a run of pure decode steps where the plan allows
@@ -208,6 +229,10 @@ class SimInstance:
         assert plan is not None, "end_step without start_step"
         self._plan = None
         self.busy = False
+        if self._abandoned:  # no request advances (EngineCore._abandon): its tokens are computed again
+            self._abandoned = False
+            self.num_abandoned_steps += 1
+            return self.scheduler.abandon(plan)
         self.num_steps += 1
         sampled = SampledTokens(token_ids={s.request.request_id: SIM_TOKEN for s in plan.scheduled if s.samples})
         outputs = self.scheduler.update(plan, sampled)
@@ -279,12 +304,7 @@ class SimInstance:
             if len(out.scheduled) > len(chunks):
                 others.extend(i.request for i in out.scheduled[len(chunks):])
                 others.sort(key=lambda r: r.sort_key)
-        for item in out.scheduled:
-            req = item.request
-            if req.first_scheduled_time is None:
-                req.first_scheduled_time = now
-            if req.num_computed_tokens < req.num_prompt_tokens:
-                s.prompt_tokens_total += min(item.num_new_tokens, req.num_prompt_tokens - req.num_computed_tokens)
+        s.note_scheduled(out, now)
         if not out.scheduled and not n:
             return True, None  # waiting requests that cannot be admitted until something changes
         shapes = [StepShape(i.num_new_tokens, i.request.num_computed_tokens + i.num_new_tokens, i.samples)

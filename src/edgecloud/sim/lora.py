@@ -5,11 +5,17 @@ and the multi-tenant workload whose adapter popularity drifts.
 A ``LoRASimInstance`` is a ``SimInstance`` (the engine's own scheduler, with its ``max_loras``
 limit on distinct adapters among running requests, and KV manager) whose steps also price:
 
-- **loads**: an adapter of the step that is not in a device slot is brought in before the step
-  runs, stalling it, as vLLM's worker does: from this instance's host memory (host-to-device
-  link), else from a peer instance that holds it (``remote``: GPUDirect RDMA over the inter-node
-  link), else from disk (then host-to-device). Device slots and host memory are LRU caches of
-  ``max_loras`` and ``host_adapters`` adapters; an adapter fetched or read is kept in both.
+- **loads**, as the engine makes them (``async_loads``, the engine's ``lora_async_loads``, on by
+  default): a waiting request whose adapter is in neither host memory nor a device slot starts
+  its read — from a peer instance that holds it (``remote``: GPUDirect RDMA over the inter-node
+  link), else from disk — in the instance's one loader (reads queue), and waits, while the
+  requests behind it and the running ones go on; it is admitted once the read is done. An instance
+  whose only work waits on reads idles in waits of at most 10 ms (the engine core's wait on its
+  loader) until one is done. A step then brings the adapters it needs into device slots from host
+  memory (host-to-device link), stalling only that step by the copy. With ``async_loads`` off
+  (vLLM's worker, and the engine before session 8) the step that needs an adapter reads it itself
+  and every request waits. Device slots and host memory are LRU caches of ``max_loras`` and
+  ``host_adapters`` adapters; an adapter fetched or read is kept in host memory.
 - **LoRA products**: ``LoRACostModel.step_time`` over the step's (tokens, rank) segments, padded
   to the step's largest rank when the kernel is rank-oblivious (``padded``).
 
@@ -36,6 +42,7 @@ from edgecloud.cluster.config import Role
 from edgecloud.cluster.policies import make_policy
 from edgecloud.llm.lora.cost import LoRACostModel
 from edgecloud.llm.perf_model import HardwareProfile, PerfModel
+from edgecloud.llm.scheduler import SchedulerOutput
 from edgecloud.sim.instance import SimEngineConfig, SimInstance
 from edgecloud.sim.profiles import kv_blocks, load_hardware, load_model, perf_model
 from edgecloud.sim.run import SimClusterSpec
@@ -68,6 +75,7 @@ class LoRASimSettings:
     max_lora_rank: int = 128
     host_adapters: int = 128  # adapters kept in host memory per instance
     padded: bool = True  # rank-oblivious kernel: every segment runs to the step's largest rank
+    async_loads: bool = True  # reads off the step, only the adapter's requests wait (the engine's default)
 
     def __post_init__(self) -> None:
         for name in ("max_loras", "max_lora_rank", "host_adapters"):
@@ -101,11 +109,59 @@ class LoRASimInstance(SimInstance):
         self.load_s = 0.0
         self.lora_s = 0.0
         self.skew_s = 0.0  # of ``lora_s``: what padding to the step's largest rank added (the rank skew)
+        # reads off the step (``async_loads``): adapter -> when its read is done; the loader is free
+        # from ``_loader_free``; ``read_s``: the loader's busy seconds
+        self._reads: dict[str, float] = {}
+        self._loader_free = 0.0
+        self._now = 0.0
+        self.read_s = 0.0
+        self.idle_waits = 0
+        if settings.async_loads:
+            self.scheduler.adapter_ready = self._adapter_ready
+
+    def _adapter_ready(self, adapter: str) -> bool:
+        """The engine's ``LoRAManager.ready`` on the simulated clock: in host memory or a slot, or
+        its read (started now if not yet) is done."""
+        if adapter in self.host or adapter in self.device:
+            return True
+        done = self._reads.get(adapter)
+        if done is None:
+            size = self.cost.adapter_bytes(self.ranks[adapter])
+            peers = self.directory.holders.get(adapter, set()) - {self.name}
+            if self.links.peer is not None and peers:
+                source, seconds = "peer", self.links.peer.seconds(size)
+            else:
+                source, seconds = "disk", self.links.disk.seconds(size)
+            self.loads[source] += 1
+            self.read_s += seconds
+            self._loader_free = max(self._now, self._loader_free) + seconds
+            self._reads[adapter] = self._loader_free
+            return False
+        if done > self._now + 1e-12:
+            return False
+        del self._reads[adapter]
+        self._to_host(adapter)
+        return True
+
+    def _to_host(self, adapter: str) -> None:
+        self.host[adapter] = None
+        self.host.move_to_end(adapter)
+        self.directory.holders[adapter].add(self.name)
+        while len(self.host) > self.settings.host_adapters:
+            old, _ = self.host.popitem(last=False)
+            self.directory.holders[old].discard(self.name)
 
     def start_step(self, now: float) -> float | None:
+        self._now = now
         duration = super().start_step(now)
         if duration is None:
-            return None
+            if not self._reads:
+                return None
+            # the only work waits on reads: an empty step, as the engine core waits on its loader
+            self._plan = SchedulerOutput()
+            self.busy = True
+            self.idle_waits += 1
+            return max(1e-6, min(0.01, min(self._reads.values()) - now))
         assert self._plan is not None
         tokens: dict[str, int] = {}
         for s in self._plan.scheduled:
@@ -142,12 +198,7 @@ class LoRASimInstance(SimInstance):
                 break
             if old not in step:
                 del self.device[old]
-        self.host[adapter] = None
-        self.host.move_to_end(adapter)
-        self.directory.holders[adapter].add(self.name)
-        while len(self.host) > self.settings.host_adapters:
-            old, _ = self.host.popitem(last=False)
-            self.directory.holders[old].discard(self.name)
+        self._to_host(adapter)
         return seconds
 
 

@@ -61,6 +61,10 @@ def register(commands: Any, bench: Any) -> None:
     adapters.add_argument("--window", type=_positive, default=2.0,
                           help="half-life (s) of loraserve's per-adapter load estimate")
     adapters.add_argument("--host-adapters", type=int, default=128, help="adapters in host memory per instance")
+    adapters.add_argument("--sync-loads", action="store_true",
+                          help="read an adapter in the step that needs it, stalling every request (vLLM's worker; "
+                          "the engine's lora_async_loads=False); default: a loader reads it off the step and only "
+                          "its requests wait, real and simulated")
     slo = parser.add_argument_group("SLO")
     slo.add_argument("--slo-ttft", type=_positive, default=1.0, help="seconds")
     slo.add_argument("--slo-tpot", type=_positive, default=0.1, help="seconds")
@@ -96,7 +100,7 @@ def _bench_lora(args: argparse.Namespace) -> int:
     try:
         population = AdapterPopulation(args.num_adapters, args.ranks, args.zipf, args.drift_period, args.drift_shift,
                                        args.seed)
-        lora = LoRASimSettings(args.max_loras, max(args.ranks), args.host_adapters)
+        lora = LoRASimSettings(args.max_loras, max(args.ranks), args.host_adapters, async_loads=not args.sync_loads)
         from edgecloud.cluster.policies import POLICIES
 
         for policy in policies:
@@ -109,7 +113,7 @@ def _bench_lora(args: argparse.Namespace) -> int:
         real_cluster = None
         if args.real_instances > 0 and not args.no_real:
             real_cluster = RealClusterBench(
-                RealLoRASettings(args.model, args.real_instances, args.threads),
+                RealLoRASettings(args.model, args.real_instances, args.threads, async_loads=not args.sync_loads),
                 AdapterPopulation(args.real_adapters, args.ranks, args.zipf, 15.0, 3, args.seed),
                 args.real_requests, args.real_rate)
     except ValueError as error:
@@ -133,6 +137,11 @@ def _bench_lora(args: argparse.Namespace) -> int:
         print(f"SIMULATED {row['policy']:>10} on {row['cluster']}: throughput at SLO {row['throughput_tok_s']:.0f} "
               f"tok/s (rate x{row['rate_scale_at_slo']}), p99 TTFT {row['ttft_ms_p99']:.0f} ms at rate "
               f"x{row['ttft_rate_scale']}, fewest instances for the SLO {row['min_instances_for_slo']}")
+    fetch = result.get("fetch")
+    if fetch:
+        print(f"REAL fetch of a rank-{fetch['rank']} adapter ({fetch['bytes'] / 1e6:.1f} MB), medians of "
+              f"{fetch['repeats']}: disk cold {fetch['disk_cold_ms_p50']:.1f} ms, warm {fetch['disk_ms_p50']:.1f} ms; "
+              f"peer direct {fetch['peer_ms_p50']:.1f} ms, relayed {fetch['peer_relay_ms_p50']:.1f} ms")
     if args.json_path:
         write_json(args.json_path, result)
     if args.plot_path:

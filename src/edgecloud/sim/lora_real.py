@@ -49,6 +49,7 @@ class RealLoRASettings:
     max_loras: int = 2
     max_cpu_loras: int = 4
     kv_cache_memory_mb: float = 64.0
+    async_loads: bool = True  # the engine's lora_async_loads
 
 
 def rank_cost_of(model_dir: Path) -> float:
@@ -104,6 +105,7 @@ def run_real_policy(settings: RealLoRASettings, adapters: dict[str, tuple[str, i
         kv_cache_memory_mb=settings.kv_cache_memory_mb, max_loras=settings.max_loras,
         max_lora_rank=max(rank for _, rank in adapters.values()), max_cpu_loras=settings.max_cpu_loras,
         lora_modules=tuple((name, path) for name, (path, _) in adapters.items()),
+        lora_async_loads=settings.async_loads,
     )
     options: dict[str, Any] = {}
     if policy == "loraserve":

@@ -58,6 +58,8 @@ class SimOOCOSettings:
     offline_concurrency: int | None = None  # None: every instance's max_num_seqs
     max_num_seqs: int = 256
     seed: int = 0
+    overflow: bool = True  # ooco: online prompts of a burst overflow to the strict pool (OOCO's ttft_slo_ms)
+    abandon_flex_steps: bool = False  # an online arrival drops a flex-only step between layers (every policy)
     label: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -175,6 +177,8 @@ def pool_policy(settings: SimOOCOSettings, policy: str, instances: Sequence[Any]
     options: dict[str, Any] = {}
     if name in OOCO_POLICIES:
         options = {"perf": perf, "tpot_slo_ms": settings.tpot_slo_ms}
+    if name == "ooco" and settings.overflow:
+        options["ttft_slo_ms"] = settings.ttft_slo_ms
     policy_object = make_policy(name, **options)
     if name in OOCO_POLICIES or variant:
         budget = FlexStepBudget(perf, 0.9 * settings.tpot_slo_ms / 1000)
@@ -182,6 +186,14 @@ def pool_policy(settings: SimOOCOSettings, policy: str, instances: Sequence[Any]
             if instance.pool == STRICT or variant:
                 instance.scheduler.flex_step_budget = budget
                 instance.scheduler.flex_max_batched_tokens = instance.config.max_num_batched_tokens
+    if "ttft_slo_ms" in options:
+        # Online prompts that overflow to the strict pool are prefilled there in chunks of one
+        # step within the TPOT budget, so the decodes beside them keep their TPOT.
+        step = Roofline(perf).prefill_chunk_within(0.9 * settings.tpot_slo_ms / 1000,
+                                                   instances[0].config.max_num_batched_tokens)
+        for instance in instances:
+            if instance.pool == STRICT:
+                instance.scheduler.max_num_batched_tokens = step
     return policy_object, chunks
 
 
@@ -192,7 +204,8 @@ def run_case(settings: SimOOCOSettings, policy: str, rate_scale: float, with_off
                                 rate_scale=rate_scale, seed=settings.seed)
     last = max((r.arrival_s for r in online), default=0.0)
     policy_object, chunks = pool_policy(settings, policy, instances)
-    sim = ClusterSimulator(instances, policy_object, transfer=link, record_token_times=False)
+    sim = ClusterSimulator(instances, policy_object, transfer=link, record_token_times=False,
+                           abandon_flex_steps=settings.abandon_flex_steps)
     backlog = None
     if with_offline:
         concurrency = settings.offline_concurrency or settings.instances * settings.max_num_seqs
@@ -231,12 +244,13 @@ def summarize_case(settings: SimOOCOSettings, policy: str, rate_scale: float, re
         **attainment(online, settings.ttft_slo_ms / 1000, settings.tpot_slo_ms / 1000, span),
         "online_ttft_ms_p99": _p99_ms(ttfts), "online_tpot_ms_p99": _p99_ms(tpots),
         "preemptions": sum(i.scheduler.num_preemptions for i in result.instances),
+        "abandoned_steps": sum(i.num_abandoned_steps for i in result.instances),
         "simulated_s": span, "wall_s": result.wall_s,
         "ttft_slo_ms": settings.ttft_slo_ms, "tpot_slo_ms": settings.tpot_slo_ms,
     }
     if policy in OOCO_POLICIES:
         row.update(offline_on_strict=policy_object.pulled, offline_on_relaxed=policy_object.admitted,
-                   linear_saturation_bs=policy_object.offline_batch)
+                   linear_saturation_bs=policy_object.offline_batch, online_overflowed=policy_object.overflowed)
     return row
 
 

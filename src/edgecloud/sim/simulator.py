@@ -171,6 +171,7 @@ class ClusterSimulator:
         record_token_times: bool = True,
         decode_runs: bool = False,
         incremental: bool = False,
+        abandon_flex_steps: bool = False,
     ) -> None:
         if not instances:
             raise ValueError("a simulated cluster needs at least one instance")
@@ -191,6 +192,9 @@ class ClusterSimulator:
             raise ValueError("incremental stepping records no per-token times and replaces decode runs: "
                              "use it with record_token_times=False and decode_runs=False")
         self.incremental = incremental
+        # An online request reaching an instance mid-step drops a step of flex work only after the
+        # layer in flight (``SimInstance.interrupt``), as the real engine core does; off by default.
+        self.abandon_flex_steps = abandon_flex_steps
         self._params: dict[int, SamplingParams] = {}
 
     def _sampling(self, max_tokens: int) -> SamplingParams:
@@ -392,6 +396,11 @@ class ClusterSimulator:
                 instance, core = item  # type: ignore[misc]
                 settle(instance, now)
                 instance.add(core)
+                if self.abandon_flex_steps and core.service_tier == "default" and instance.busy:
+                    end = instance.interrupt(now)
+                    if end is not None:
+                        instance.serial += 1  # the step's old end event is void
+                        push(heap, (end, next(seq), _STEP_END, (instance, instance.serial)))
                 kick_soon(instance, now)
             elif kind == _KICK:
                 kicks.discard(item.name)  # type: ignore[union-attr]

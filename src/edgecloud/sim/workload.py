@@ -28,15 +28,18 @@ def scale_rate(trace: Sequence[TraceRequest], factor: float, seed: int = 0) -> l
     ones placed uniformly between it and the next arrival, with the same lengths. The c-th copy of
     the trace is another population of users: its Mooncake hash ids are the original's moved to a
     range of their own, so copies share prefixes among themselves as the trace does, not with the
-    original (which would make every copy a cache hit)."""
+    original (which would make every copy a cache hit). The last request has no next arrival: its
+    copies spread over the trace's mean gap (with none, ``factor`` requests arrived at one instant:
+    at x279 a burst of 279 equal prompts, which alone decided where OOCO's load 1.0x fell, #19)."""
     if not factor > 0:
         raise ValueError(f"rate factor must be > 0, got {factor}")
     rng = np.random.default_rng(seed)
     whole, fraction = int(factor), factor - int(factor)
     span = 1 + max((h for r in trace for h in r.hash_ids), default=0)
+    mean_gap = (trace[-1].arrival_s - trace[0].arrival_s) / (len(trace) - 1) if len(trace) > 1 else 0.0
     out: list[TraceRequest] = []
     for i, req in enumerate(trace):
-        gap = trace[i + 1].arrival_s - req.arrival_s if i + 1 < len(trace) else 0.0
+        gap = trace[i + 1].arrival_s - req.arrival_s if i + 1 < len(trace) else mean_gap
         copies = whole + (1 if rng.random() < fraction else 0)
         for c in range(copies):
             offset = 0.0 if c == 0 else float(rng.random()) * gap

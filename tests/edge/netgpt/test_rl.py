@@ -17,6 +17,7 @@ from edgecloud.edge.netgpt.rl import (
     Rollout,
     composite_step,
     group_advantages,
+    minibatch_groups,
     reward,
     rl_round,
     sample,
@@ -24,7 +25,7 @@ from edgecloud.edge.netgpt.rl import (
     token_logprobs,
     tool_grammar,
 )
-from edgecloud.edge.netgpt.train import SFTConfig, add_adapter, load_base
+from edgecloud.edge.netgpt.train import Example, SFTConfig, add_adapter, load_base, sft
 from edgecloud.llm.random_model import write_random_model
 from edgecloud.llm.structured import StructuredOutputs
 from edgecloud.llm.tokenizer import Tokenizer
@@ -70,7 +71,7 @@ def test_composite_step_raises_rewarded_answers_and_pulls_towards_sft(tiny: tupl
                 Rollout(prompt, bad, -1.0, -1.0, token_logprobs(model, prompt, bad).tolist())]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
     for _ in range(5):
-        composite_step(model, optimizer, rollouts, [(prompt, sft)], RLConfig(alpha=1.0))
+        composite_step(model, optimizer, rollouts, [(prompt, sft, None)], RLConfig(alpha=1.0))
     with torch.no_grad():
         after = {name: token_logprobs(model, prompt, ids).sum().item() for name, ids in
                  (("good", good), ("bad", bad), ("sft", sft))}
@@ -146,3 +147,64 @@ def test_sampled_logprobs_are_the_policy_logprobs_of_the_answer(tiny: tuple[Path
     for answer, lp in zip(answers, logprobs, strict=True):
         with torch.no_grad():  # the full forward pass the rollout would otherwise pay for
             assert torch.allclose(torch.tensor(lp), token_logprobs(model, prompt, answer), atol=1e-4)
+
+
+@pytest.mark.parametrize(("groups", "parts"), [(8, 4), (8, 3), (3, 8), (1, 1), (5, 1), (7, 7)])
+def test_minibatches_cover_every_group_once(groups: int, parts: int) -> None:
+    split = minibatch_groups(groups, parts)
+    assert [g for part in split for g in part] == list(range(groups))
+    assert len(split) == min(groups, parts) and all(split)
+    assert max(map(len, split)) - min(map(len, split)) <= 1
+
+
+def test_a_round_takes_one_step_per_minibatch(tiny: tuple[Path, Tokenizer], monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgecloud.edge.netgpt import rl
+
+    path, tokenizer = tiny
+    model = add_adapter(load_base(path), SFTConfig(rank=4, num_layers=2))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    prompts = [tokenizer.encode(text, add_special_tokens=False) for text in ("one", "two", "three")]
+    steps: list[tuple[int, int]] = []
+    monkeypatch.setattr(rl, "composite_step", lambda m, o, rollouts, sft_answers, c: (
+        steps.append((len(rollouts), len(sft_answers))) or (0.0, 0.0, 0.0)))
+
+    @contextlib.contextmanager
+    def sft_model() -> Iterator[None]:
+        with model.disable_adapter():
+            yield
+
+    rl_round(model, sft_model, optimizer, [(TEACHER, p) for p in prompts],
+             RLConfig(samples_per_prompt=2, max_new_tokens=4, epochs=2, minibatches=2), eos_id=1,
+             decode=tokenizer.decode, rng=random.Random(0))
+    # 3 prompt groups of 2 samples in 2 minibatches (2 groups + 1), twice; each with its prompts' SFT answers
+    assert steps == [(4, 2), (2, 1), (4, 2), (2, 1)]
+
+
+def test_sft_calls_back_after_every_step_with_the_history(tiny: tuple[Path, Tokenizer]) -> None:
+    path, _ = tiny
+    model = add_adapter(load_base(path), SFTConfig(rank=4, num_layers=2))
+    seen: list[tuple[int, int, bool]] = []
+    history = sft(model, [Example([3, 4, 5], [6, 1]), Example([7, 8], [9, 10, 1])],
+                  SFTConfig(steps=3, batch_size=1), pad_id=0, log=lambda e: None,
+                  after_step=lambda step, h: seen.append((step, len(h), model.training)))
+    assert seen == [(1, 1, False), (2, 2, False), (3, 3, False)]  # checkpoints see the model in eval mode
+    assert len(history) == 3 and not model.training
+
+
+def test_recorded_lower_states_give_the_full_forward_logprobs(tiny: tuple[Path, Tokenizer]) -> None:
+    path, _ = tiny
+    torch.manual_seed(0)
+    model = add_adapter(load_base(path), SFTConfig(rank=4, num_layers=1)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    prompt = [3, 4, 5, 6]
+    states: list[torch.Tensor] = []
+    answers = sample(model, prompt, 3, RLConfig(temperature=1.0, max_new_tokens=6), 1,
+                     torch.Generator().manual_seed(0), hidden=states)
+    for answer, hidden in zip(answers, states, strict=True):
+        assert hidden.shape[0] == len(prompt) + len(answer) - 1
+        with torch.no_grad():
+            assert torch.allclose(token_logprobs(model, prompt, answer, hidden), token_logprobs(model, prompt, answer),
+                                  atol=1e-4)

@@ -78,6 +78,20 @@ def _least_loaded(views: list[InstanceView], req: RouteRequest) -> InstanceView:
     return min(views, key=lambda v: (v.outstanding_in(req.service_tier), v.outstanding, v.routed))
 
 
+def queued_ahead(view: InstanceView, req: RouteRequest) -> int:
+    """Prompt tokens ``req``'s prefill would wait behind on ``view``: an engine runs ``default``
+    work before ``flex`` work, so an online prompt waits only for the online prompts there (a
+    relaxed instance's offline queue, hundreds of thousands of tokens, is not ahead of it:
+    counting it sent every online prompt for seconds to the one instance whose offline queue
+    happened to be shortest)."""
+    return view.pending_prefill_tokens if is_offline(req) else view.pending_prefill_tokens_in("default")
+
+
+def prefill_instance(views: list[InstanceView], req: RouteRequest) -> InstanceView:
+    """Where ``req``'s prompt waits least: the fewest prompt tokens ahead of it (``queued_ahead``)."""
+    return min(views, key=lambda v: (queued_ahead(v, req), v.outstanding, v.routed))
+
+
 @register_policy("separate")
 class Separate(PoolPolicy):
     """Online requests on the strict pool, offline ones on the relaxed pool, never mixed."""
@@ -106,8 +120,7 @@ class PDPriority(PoolPolicy):
         if not relaxed or not strict:
             views = strict or relaxed
             return Route(_least_loaded(views, req)) if views else None
-        prefill = min(relaxed, key=lambda v: (v.pending_prefill_tokens, v.outstanding, v.routed))
-        return Route(_least_loaded(strict, req), prefill=prefill)
+        return Route(_least_loaded(strict, req), prefill=prefill_instance(relaxed, req))
 
 
 @register_policy("ooco")
@@ -115,9 +128,15 @@ class OOCO(PoolPolicy):
     """The OOCO policy (module docstring). ``perf`` prices one instance's steps (every instance
     runs the same model on the same hardware); a real cluster's router builds it from
     ``hardware`` (a profile from ``edgecloud sim calibrate``) and ``model`` (the model's
-    config.json or directory). The TPOT SLO (milliseconds) sets the strict pool's step budget; the
-    TTFT side needs no setting: online prompts are prefilled first on the relaxed pool by the
-    engine's tier rules, behind at most the step in flight."""
+    config.json or directory). The TPOT SLO (milliseconds) sets the strict pool's step budget.
+    Online prompts are prefilled first on the relaxed pool by the engine's tier rules, behind at
+    most the step in flight. With ``ttft_slo_ms`` set, a burst **overflows**: when more online
+    prompt tokens would wait on the best relaxed instance than the roofline prefills in
+    ``overflow_share`` of the TTFT SLO, an online request goes whole (prefill and decode, no
+    hand-over) to the strict instance with the fewest online prompt tokens waiting, if fewer wait
+    there. Half the cluster prefilling a burst would otherwise take twice as long as all of it
+    (``separate`` and ``priority`` prefill online prompts on every online instance); the strict
+    instance's chunked steps keep its decodes' TPOT."""
 
     default_strict_prefill = True
 
@@ -132,6 +151,8 @@ class OOCO(PoolPolicy):
         max_offline_batch: int | None = None,
         strict_prefill: bool | None = None,
         strict_queue_tokens: int = 8192,
+        ttft_slo_ms: float | None = None,
+        overflow_share: float = 0.5,
         strict: str = STRICT,
         relaxed: str = RELAXED,
     ) -> None:
@@ -140,7 +161,7 @@ class OOCO(PoolPolicy):
             if hardware is None or model is None:
                 raise ValueError("ooco needs perf, or hardware (a calibrated profile) and model (its config.json)")
             perf = perf_model_from_files(hardware, model)
-        for name, value in (("slack", slack), ("kv_limit", kv_limit)):
+        for name, value in (("slack", slack), ("kv_limit", kv_limit), ("overflow_share", overflow_share)):
             if not 0 < value <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {value}")
         if max_offline_batch is not None and max_offline_batch < 1:
@@ -149,6 +170,8 @@ class OOCO(PoolPolicy):
             raise ValueError(f"tpot_slo_ms must be > 0, got {tpot_slo_ms}")
         if strict_queue_tokens < 1:
             raise ValueError(f"strict_queue_tokens must be >= 1, got {strict_queue_tokens}")
+        if ttft_slo_ms is not None and not ttft_slo_ms > 0:
+            raise ValueError(f"ttft_slo_ms must be > 0, got {ttft_slo_ms}")
         self.strict_prefill = self.default_strict_prefill if strict_prefill is None else strict_prefill
         self.strict_queue_tokens = strict_queue_tokens
         self.tpot_slo_s = tpot_slo_ms / 1000
@@ -156,6 +179,11 @@ class OOCO(PoolPolicy):
         self.slack = slack
         self.kv_limit = kv_limit
         self.offline_batch = max_offline_batch or self.roofline.linear_saturation_bs
+        # Online prompt tokens a relaxed instance may have waiting before a burst overflows to the
+        # strict pool (None: never).
+        self.overflow_tokens = (None if ttft_slo_ms is None else
+                                self.roofline.prefill_tokens_within(overflow_share * ttft_slo_ms / 1000))
+        self.overflowed = 0  # online requests served whole on the strict pool
         # Requests routed to a strict instance whose decode stage has not begun there (their
         # prefill or KV hand-over is under way): (time routed, prompt tokens), oldest first, and
         # how many stages had begun there when they were last matched. They count as its load
@@ -178,6 +206,12 @@ class OOCO(PoolPolicy):
             begun -= 1
         self._transit_tokens[view.name] = tokens
         return len(queue), tokens
+
+    def _begin_here(self, view: InstanceView, now: float) -> None:
+        """A request routed whole to strict ``view``: its stage begins there at once, not a
+        hand-over the transit queue waits for."""
+        self.in_transit(view, now)
+        self._begun[view.name] += 1
 
     def _send(self, view: InstanceView, req: RouteRequest, now: float) -> None:
         self.in_transit(view, now)
@@ -202,11 +236,19 @@ class OOCO(PoolPolicy):
             return None
         if not is_offline(req):
             if not strict or not relaxed:  # a pool is down: serve the request where it can be
-                return Route(min(strict or relaxed, key=lambda v: (v.pending_prefill_tokens, v.outstanding)))
+                return Route(prefill_instance(strict or relaxed, req))
+            prefill = prefill_instance(relaxed, req)
+            if self.overflow_tokens is not None:
+                ahead = queued_ahead(prefill, req) + req.num_prompt_tokens
+                here = prefill_instance(strict, req)
+                if ahead > self.overflow_tokens and queued_ahead(here, req) + req.num_prompt_tokens < ahead:
+                    self._begin_here(here, now)
+                    self.overflowed += 1
+                    return Route(here)
             target = min(strict, key=lambda v: (v.outstanding_in("default") + self.in_transit(v, now)[0],
                                                 v.outstanding, v.routed))
             self._send(target, req, now)
-            return Route(target, prefill=self._prefill_instance(relaxed))
+            return Route(target, prefill=prefill)
         need = req.num_prompt_tokens + req.max_tokens
         limit = self.slack * self.tpot_slo_s
         if relaxed:
@@ -220,23 +262,17 @@ class OOCO(PoolPolicy):
                 if self.strict_prefill:
                     if view.pending_prefill_tokens >= self.strict_queue_tokens:
                         continue
-                    # Its stage begins here at once: not a hand-over the transit queue waits for.
-                    self.in_transit(view, now)
-                    self._begun[view.name] += 1
+                    self._begin_here(view, now)
                     self.pulled += 1
                     return Route(view)
                 self.pulled += 1
                 self._send(view, req, now)
-                return Route(view, prefill=self._prefill_instance(relaxed))
+                return Route(view, prefill=prefill_instance(relaxed, req))
         room = [v for v in relaxed if v.outstanding_in("flex") < self.offline_batch]
         if not room:
             return None
         self.admitted += 1
         return Route(min(room, key=lambda v: (v.outstanding_in("flex"), v.outstanding, v.routed)))
-
-    @staticmethod
-    def _prefill_instance(relaxed: list[InstanceView]) -> InstanceView:
-        return min(relaxed, key=lambda v: (v.pending_prefill_tokens, v.outstanding, v.routed))
 
 
 @register_policy("ooco-pd")

@@ -102,6 +102,12 @@ class Roofline:
         when an online prompt arriving during it may wait that long."""
         return largest(1, max(1, longest), lambda n: self.perf.step_time([StepShape(n, n)]) <= limit_s)
 
+    def prefill_tokens_within(self, limit_s: float, step_tokens: int = 8192) -> int:
+        """Prompt tokens an instance prefills in ``limit_s`` in steps of ``step_tokens`` (each
+        priced as one prompt of that length: its attention overstated for shorter prompts)."""
+        step = self.perf.step_time([StepShape(step_tokens, step_tokens)])
+        return int(limit_s / step * step_tokens)
+
     def fits(self, num_seqs: int, total_context: float, length: int, limit_s: float) -> bool:
         """Whether one more decode of ``length`` context tokens keeps the step under ``limit_s``."""
         return self.decode_step_s(num_seqs + 1, (total_context + length) / (num_seqs + 1)) <= limit_s

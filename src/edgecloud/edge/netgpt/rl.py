@@ -46,7 +46,7 @@ import torch
 
 from edgecloud.edge.netgpt.bfcl import Question, score
 from edgecloud.edge.netgpt.score import schema_valid
-from edgecloud.edge.netgpt.train import answer_logits
+from edgecloud.edge.netgpt.train import answer_logits, first_adapted_layer, upper_logits
 from edgecloud.llm.errors import InvalidRequestError
 from edgecloud.llm.structured import StructuredOutputs, StructuredOutputsParams, unpack_bitmask
 from edgecloud.server.tools import parse_tool_calls, tool_call_constraint, validate_tools
@@ -60,6 +60,7 @@ class RLConfig:
     clip: float = 0.2
     lr: float = 2e-4
     epochs: int = 1
+    minibatches: int = 1  # gradient steps an epoch, each over whole prompt groups (PPO-style reuse of samples)
     max_new_tokens: int = 96
     temperature: float = 1.0
     seed: int = 0
@@ -73,6 +74,7 @@ class Rollout:
     reward: float
     advantage: float = 0.0
     old_logprobs: list[float] | None = None
+    hidden: torch.Tensor | None = None  # states entering the first adapted layer (``sample``'s ``hidden``)
 
 
 def teacher_question(question: Question, cloud_calls: list[dict[str, Any]]) -> Question:
@@ -120,20 +122,27 @@ def tool_grammar(question: Question) -> StructuredOutputsParams:
     return spec
 
 
-def token_logprobs(model: Any, prompt_ids: list[int], answer_ids: list[int]) -> torch.Tensor:
-    """log pi(answer token | prefix) for each answer token (with grad when the model has it)."""
-    ids = torch.tensor([prompt_ids + answer_ids])
-    mask = torch.ones_like(ids)
+def token_logprobs(model: Any, prompt_ids: list[int], answer_ids: list[int],
+                   hidden: torch.Tensor | None = None) -> torch.Tensor:
+    """log pi(answer token | prefix) for each answer token (with grad when the model has it).
+    ``hidden``: the states entering the first adapted layer for the prompt and the answer but its
+    last token (``sample`` records them): then only the adapted layers run (the frozen ones below
+    give the same states whatever the adapter)."""
     start = len(prompt_ids) - 1
     positions = torch.tensor([[0, start + i] for i in range(len(answer_ids))])
-    logits = answer_logits(model, ids, mask, positions)
+    if hidden is not None:
+        logits = upper_logits(model, hidden.unsqueeze(0), first_adapted_layer(model), positions)
+    else:
+        ids = torch.tensor([prompt_ids + answer_ids])
+        logits = answer_logits(model, ids, torch.ones_like(ids), positions)
     return torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(answer_ids).unsqueeze(1)).squeeze(1)
 
 
 @torch.no_grad()
 def sample(model: Any, prompt_ids: list[int], k: int, config: RLConfig, eos_id: int, generator: torch.Generator,
            logprobs: list[list[float]] | None = None,
-           guide: tuple[StructuredOutputs, StructuredOutputsParams, int] | None = None) -> list[list[int]]:
+           guide: tuple[StructuredOutputs, StructuredOutputsParams, int] | None = None,
+           hidden: list[torch.Tensor] | None = None) -> list[list[int]]:
     """``k`` answers from the policy (ancestral sampling at ``temperature``), up to EOS. The ``k``
     answers decode together: the prompt is run once and its cache repeated, then one forward per
     step for the answers still open (on a CPU a step of ``k`` rows costs about one of a single row).
@@ -141,8 +150,14 @@ def sample(model: Any, prompt_ids: list[int], k: int, config: RLConfig, eos_id: 
     (untempered): what ``token_logprobs`` would recompute, without a forward pass per answer.
     ``guide = (backend, grammar, n)``: the first ``n`` answers are sampled under ``grammar`` with
     the budget rule (``llm/structured.py``; their log-probabilities are still the unconstrained
-    model's)."""
-    out = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
+    model's). ``hidden``, when given, receives for each answer the states entering the model's
+    first adapted layer at the prompt and the answer's tokens but the last (``token_logprobs``'s
+    ``hidden``), read from the decoding passes themselves."""
+    layer = first_adapted_layer(model) if hidden is not None else None
+    out = model(input_ids=torch.tensor([prompt_ids]), use_cache=True, output_hidden_states=layer is not None)
+    states: list[list[torch.Tensor]] = []
+    if layer is not None:
+        states = [[out.hidden_states[layer][0]] for _ in range(k)]
     past = out.past_key_values
     past.batch_repeat_interleave(k)
     logits = out.logits[:, -1].float().expand(k, -1)
@@ -188,9 +203,15 @@ def sample(model: Any, prompt_ids: list[int], k: int, config: RLConfig, eos_id: 
             past.batch_select_indices(index)
             tokens = tokens[index]
             open_rows = [open_rows[row] for row in keep]
-        out = model(input_ids=tokens, past_key_values=past, use_cache=True)
+        out = model(input_ids=tokens, past_key_values=past, use_cache=True, output_hidden_states=layer is not None)
         past = out.past_key_values
         logits = out.logits[:, -1].float()
+        if layer is not None:
+            for row, answer in enumerate(open_rows):
+                states[answer].append(out.hidden_states[layer][row])
+    if hidden is not None:
+        hidden[:] = [torch.cat(parts)[: len(prompt_ids) + len(answer) - 1] for parts, answer in zip(states, answers,
+                                                                                                   strict=True)]
     return answers
 
 
@@ -206,13 +227,14 @@ class RoundStats:
 
 
 def composite_step(model: Any, optimizer: torch.optim.Optimizer, rollouts: list[Rollout],
-                   sft_answers: list[tuple[list[int], list[int]]], config: RLConfig) -> tuple[float, float, float]:
+                   sft_answers: list[tuple[list[int], list[int], torch.Tensor | None]],
+                   config: RLConfig) -> tuple[float, float, float]:
     """One gradient step of the composite objective over a batch; returns (loss, reverse KL, forward NLL)."""
     optimizer.zero_grad()
     total, rkl_sum, nll_sum = 0.0, 0.0, 0.0
     n = max(len(rollouts), 1)
     for r in rollouts:
-        logp = token_logprobs(model, r.prompt_ids, r.answer_ids)
+        logp = token_logprobs(model, r.prompt_ids, r.answer_ids, r.hidden)
         old = torch.tensor(r.old_logprobs)
         ratio = torch.exp(logp - old)
         surrogate = torch.minimum(ratio * r.advantage, ratio.clamp(1 - config.clip, 1 + config.clip) * r.advantage)
@@ -224,8 +246,8 @@ def composite_step(model: Any, optimizer: torch.optim.Optimizer, rollouts: list[
         rkl_sum += float(k3.mean().detach()) / n
     if config.alpha > 0 and sft_answers:
         m = len(sft_answers)
-        for prompt_ids, answer_ids in sft_answers:
-            nll = -token_logprobs(model, prompt_ids, answer_ids).mean() / m
+        for prompt_ids, answer_ids, states in sft_answers:
+            nll = -token_logprobs(model, prompt_ids, answer_ids, states).mean() / m
             (config.alpha * nll).backward()
             total += float(config.alpha * nll.detach())
             nll_sum += float(nll.detach())
@@ -250,29 +272,42 @@ def rl_round(model: Any, sft_model: Callable[[], Any], optimizer: torch.optim.Op
         olds: list[list[float]] = []  # pi_old of each answer, recorded while sampling
         guide = _guide(backend, question, config)
         guided = guide[2] if guide is not None else 0
-        answers = sample(model, prompt, config.samples_per_prompt, config, eos_id, generator, olds, guide)
-        for i, (answer, old) in enumerate(zip(answers, olds, strict=True)):
+        states: list[torch.Tensor] = []
+        answers = sample(model, prompt, config.samples_per_prompt, config, eos_id, generator, olds, guide, states)
+        for i, (answer, old, hidden) in enumerate(zip(answers, olds, states, strict=True)):
             r, ok = reward(question, decode(answer))
             valid += ok
             unguided_valid += ok and i >= guided
             own += i >= guided
-            rollouts.append(Rollout(prompt, answer, r, old_logprobs=old))
+            rollouts.append(Rollout(prompt, answer, r, old_logprobs=old, hidden=hidden))
     group_advantages(rollouts, config.samples_per_prompt)
     k = config.samples_per_prompt
     signal = sum(len({r.reward for r in rollouts[g: g + k]}) > 1 for g in range(0, len(rollouts), k))
-    sft_answers: list[tuple[list[int], list[int]]] = []
+    sft_answers: list[tuple[list[int], list[int], torch.Tensor | None]] = []
     if config.alpha > 0:
         with sft_model():
             for _, prompt in batch:
-                sft_answers.append((prompt, sample(model, prompt, 1, config, eos_id, generator)[0]))
+                sft_states: list[torch.Tensor] = []
+                answer = sample(model, prompt, 1, config, eos_id, generator, hidden=sft_states)[0]
+                sft_answers.append((prompt, answer, sft_states[0]))
     model.train()
     loss = rkl = nll = 0.0
     for _ in range(config.epochs):
-        loss, rkl, nll = composite_step(model, optimizer, rollouts, sft_answers, config)
+        for part in minibatch_groups(len(batch), config.minibatches):
+            loss, rkl, nll = composite_step(model, optimizer, [r for g in part for r in rollouts[g * k: (g + 1) * k]],
+                                            [sft_answers[g] for g in part if g < len(sft_answers)], config)
     model.eval()
     n = max(len(rollouts), 1)
     return RoundStats(loss, sum(r.reward for r in rollouts) / n, valid / n, rkl, nll, unguided_valid / max(own, 1),
                       signal / max(len(batch), 1))
+
+
+def minibatch_groups(num_groups: int, minibatches: int) -> list[list[int]]:
+    """The prompt groups ``0 .. num_groups-1`` split into ``minibatches`` contiguous, nearly equal,
+    non-empty parts (fewer when there are fewer groups): every group in exactly one part."""
+    parts = max(1, min(minibatches, num_groups))
+    bounds = [round(i * num_groups / parts) for i in range(parts + 1)]
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(parts) if bounds[i + 1] > bounds[i]]
 
 
 def _guide(backend: StructuredOutputs | None, question: Question,

@@ -109,6 +109,16 @@ class AdapterCache(Generic[T]):
             del self.host[victim]
             self.stats.host_evictions += 1
 
+    def put_host(self, name: str, adapter: T) -> None:
+        """Keeps an adapter read outside ``host_adapter`` (the engine's loader thread) in host
+        memory, as ``host_adapter`` would have after its read."""
+        if name in self.host:
+            self.host.move_to_end(name)
+            return
+        self._make_host_room(name, self.entries[name].pinned)
+        self.stats.disk_reads += 1
+        self.host[name] = adapter
+
     def host_adapter(self, name: str) -> T:
         """The parsed adapter, read from disk again when it was evicted from host memory."""
         adapter = self.host.get(name)

@@ -21,7 +21,8 @@ placement changes (measured in ``bench moe``).
 
 Processes talk through a ``torch.distributed`` process group of their own (``ProcessGroupGloo`` on
 CPU; ``ProcessGroupNCCL`` is the GPU equivalent, one device per rank), not the global default group,
-so one process can run several expert-parallel engines one after another.
+so one process can run several expert-parallel engines one after another, and the processes of ranks
+1..N-1 (``ExpertParallelRanks``) can serve one engine after another without being started again.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import datetime
 import logging
 import multiprocessing as mp
 import pickle
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,11 +51,13 @@ log = logging.getLogger(__name__)
 class Collective:
     """One expert-parallel group: all-reduce of MoE outputs, broadcast of rank 0's messages."""
 
-    def __init__(self, rank: int, world_size: int, port: int, timeout_s: float = 300.0) -> None:
+    def __init__(self, rank: int, world_size: int, port: int, timeout_s: float = 300.0,
+                 store: dist.TCPStore | None = None) -> None:
+        """``store``: rank 0's store, made before the other ranks start (``master_store``)."""
         timeout = datetime.timedelta(seconds=timeout_s)
         self.rank = rank
         self.world_size = world_size
-        self.store = dist.TCPStore("127.0.0.1", port, world_size, rank == 0, timeout=timeout)
+        self.store = store or dist.TCPStore("127.0.0.1", port, world_size, rank == 0, timeout=timeout)
         self.group = dist.ProcessGroupGloo(self.store, rank, world_size, timeout)
 
     def all_reduce(self, tensor: torch.Tensor) -> None:
@@ -115,23 +117,31 @@ def _remote_plan(rows: list[tuple[str, int, list[int], list[list[int]]]]) -> Sch
     ])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _worker(rank: int, world_size: int, port: int, threads: int, timeout_s: float) -> None:
+    """An EP rank other than 0: joins the group, then serves one model after another (a ``load``
+    message each) until ``stop``."""
+    torch.set_num_threads(threads)
+    collective = Collective(rank, world_size, port, timeout_s)
+    while True:
+        kind, body = collective.receive()
+        if kind == "stop":
+            return
+        if kind != "load":
+            raise RuntimeError(f"EP rank {rank}: expected a model to load, got {kind!r}")
+        if not _serve(rank, collective, *body):
+            return
 
 
-def _worker(rank: int, world_size: int, port: int, config: EngineConfig, placement: np.ndarray, threads: int,
-            timeout_s: float) -> None:
+def _serve(rank: int, collective: Collective, config: EngineConfig, placement: np.ndarray) -> bool:
+    """Runs rank 0's steps on one model until ``detach`` (True: another model may follow) or
+    ``stop`` (False)."""
     from edgecloud.llm.engine_core import EngineCore
     from edgecloud.llm.model_source import resolve_model
 
-    torch.set_num_threads(threads)
-    collective = Collective(rank, world_size, port, timeout_s)
     core = EngineCore(config, resolve_model(config.model))
     runner = core.executor
     runtime: ExpertRuntime = runner.moe  # type: ignore[attr-defined]
-    runtime.join_group(rank, collective, Placement(placement, world_size, runtime.moe.num_experts))
+    runtime.join_group(rank, collective, Placement(placement, collective.world_size, runtime.moe.num_experts))
     collective.all_reduce(torch.ones(1))  # ready
     while True:
         kind, body = collective.receive()
@@ -139,11 +149,61 @@ def _worker(rank: int, world_size: int, port: int, config: EngineConfig, placeme
             runner.execute(_remote_plan(body))  # type: ignore[attr-defined]
         elif kind == "placement":
             table, live = body
-            runtime.apply(Placement(table, world_size, runtime.moe.num_experts), live=live)
+            runtime.apply(Placement(table, collective.world_size, runtime.moe.num_experts), live=live)
         elif kind == "write_blocks":
             runner.write_blocks(*body)  # type: ignore[attr-defined]
+        elif kind == "detach":
+            return True
         elif kind == "stop":
-            return
+            return False
+
+
+class ExpertParallelRanks:
+    """EP ranks 1..N-1: processes started once, each with ``threads`` torch threads, that serve the
+    engine ``attach`` gives them, then the next one (starting a process costs seconds: an import of
+    torch and a process group; loading a small model costs less)."""
+
+    def __init__(self, world_size: int, threads: int = 1, timeout_s: float = 120.0) -> None:
+        if world_size < 2:
+            raise InvalidRequestError(f"world_size must be >= 2 for other ranks, got {world_size}", "world_size")
+        self.world_size = world_size
+        self.threads = threads
+        # The store listens on a port the kernel picks, before the ranks start: no other process can
+        # take the port between choosing it and binding it.
+        store = dist.TCPStore("127.0.0.1", 0, world_size, True, timeout=datetime.timedelta(seconds=timeout_s),
+                              wait_for_workers=False)
+        port = store.port
+        # Forked from a server process that has imported torch and the engine once (an import of
+        # torch costs seconds a process); the server has run nothing, so no thread pool is forked.
+        # torch._dynamo too: building the model on the meta device imports it (torch.arange goes
+        # through torch._refs), seconds more per process.
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "torch.distributed", "torch._dynamo", "edgecloud.llm.engine_core"])
+        self.processes = [ctx.Process(target=_worker, args=(rank, world_size, port, threads, timeout_s), daemon=True)
+                          for rank in range(1, world_size)]
+        self.collective: Collective | None = None
+        for process in self.processes:
+            process.start()
+        try:
+            self.collective = Collective(0, world_size, port, timeout_s, store)
+        except RuntimeError as error:
+            self.close()
+            raise RuntimeError(f"expert-parallel ranks 1..{world_size - 1} did not start (exit codes "
+                               f"{[p.exitcode for p in self.processes]}): {error}") from None
+        self.attached = False
+
+    def close(self) -> None:
+        """Stops the processes (killing those that do not stop within 30 s)."""
+        if self.collective is not None and all(p.is_alive() for p in self.processes):
+            try:
+                self.collective.send(("stop", None))
+            except RuntimeError as error:  # a rank died: the others time out of the broadcast
+                log.warning("EP ranks: stop not delivered: %s", error)
+        self.collective = None
+        for process in self.processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
 
 
 class MoEExecutor:
@@ -151,16 +211,21 @@ class MoEExecutor:
     ``world_size`` 1), and optionally OmniPlacement's dynamic rebalancer fed with every step's
     routing counts. Installed on an engine core by ``attach``."""
 
-    def __init__(self, runner: Any, collective: Collective | None = None, processes: list[Any] | None = None,
-                 rebalancer: OmniRebalancer | None = None) -> None:
+    def __init__(self, runner: Any, ranks: ExpertParallelRanks | None = None, rebalancer: OmniRebalancer | None = None,
+                 own_ranks: bool = False) -> None:
         self.runner = runner
-        self.collective = collective
-        self.processes = processes or []
+        self.ranks = ranks
+        self.collective = None if ranks is None else ranks.collective
+        self.own_ranks = own_ranks
         self.rebalancer = rebalancer
         self.moe: ExpertRuntime = runner.moe
         self._last_counts = self.moe.expert_counts.cpu().numpy().copy()
-        if collective is not None:
+        if self.collective is not None:
             self.moe.on_apply = self._send_placement
+
+    @property
+    def processes(self) -> list[Any]:
+        return [] if self.ranks is None else self.ranks.processes
 
     @property
     def world_size(self) -> int:
@@ -194,27 +259,36 @@ class MoEExecutor:
         self.runner.write_blocks(block_ids, keys, values)
 
     def shutdown(self) -> None:
-        if self.collective is not None:
-            self.collective.send(("stop", None))
-        for process in self.processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
+        """Detaches the other ranks from this engine; stops them when ``attach`` started them."""
+        if self.ranks is not None and self.collective is not None:
+            if self.own_ranks:
+                self.ranks.close()
+            else:
+                self.collective.send(("detach", None))
+                self.ranks.attached = False
         self.collective = None
         self.moe.on_apply = None
 
 
-def attach(core: Any, world_size: int = 1, placement: Placement | None = None, rebalancer: OmniRebalancer | None = None,
-           threads_per_rank: int = 1, timeout_s: float = 120.0) -> MoEExecutor:
+def attach(core: Any, world_size: int = 1, placement: Placement | None = None,
+           rebalancer: OmniRebalancer | None = None, threads_per_rank: int = 1, timeout_s: float = 120.0,
+           ranks: ExpertParallelRanks | None = None) -> MoEExecutor:
     """Makes ``core`` (an ``EngineCore`` of an MoE model) serve with its experts over ``world_size``
-    processes: starts ranks 1..N-1 (each loads the model and keeps only its slots), applies
-    ``placement`` (default: experts in order, E/N per rank) on every rank, and installs the
-    executor. Call ``shutdown()`` on the returned executor to stop the other ranks."""
+    processes: ranks 1..N-1 (``ranks``, started here when None, or ones started earlier and free)
+    each load the model and keep only their slots, ``placement`` (default: experts in order, E/N per
+    rank) is applied on every rank, and the executor is installed. Call ``shutdown()`` on the returned
+    executor to stop the other ranks (or, with ``ranks`` given, to free them for the next engine)."""
     runner = core.executor
     runtime = getattr(runner, "moe", None)
     if not isinstance(runtime, ExpertRuntime):
         raise InvalidRequestError(f"{core.info.model_name} has no mixture-of-experts layers", "model")
     experts = runtime.moe.num_experts
+    if ranks is not None:
+        if ranks.world_size != world_size:
+            raise InvalidRequestError(f"ranks has world_size {ranks.world_size}, asked for {world_size}", "ranks")
+        if ranks.attached or ranks.collective is None:
+            raise InvalidRequestError("these EP ranks serve another engine or were closed", "ranks")
+        threads_per_rank = ranks.threads
     if world_size < 1 or world_size > experts:
         raise InvalidRequestError(f"world_size must be in [1, {experts}] (one expert per rank at least), "
                                   f"got {world_size}", "world_size")
@@ -232,24 +306,25 @@ def attach(core: Any, world_size: int = 1, placement: Placement | None = None, r
         return executor
     # Every rank must compute the dense parts bit for bit alike (they route on them): same threads.
     torch.set_num_threads(threads_per_rank)
-    port = free_port()
+    own = ranks is None
+    if ranks is None:
+        ranks = ExpertParallelRanks(world_size, threads_per_rank, timeout_s)
+    collective = ranks.collective
+    assert collective is not None
     config = EngineConfig(**{**core.config.__dict__, "model": core.info.model_dir, "num_threads": threads_per_rank})
-    ctx = mp.get_context("spawn")
-    processes = [ctx.Process(target=_worker, args=(rank, world_size, port, config, placement.slot_expert.copy(),
-                                                   threads_per_rank, timeout_s), daemon=True)
-                 for rank in range(1, world_size)]
-    for process in processes:
-        process.start()
     try:
-        collective = Collective(0, world_size, port, timeout_s)
+        collective.send(("load", (config, placement.slot_expert.copy())))
         runtime.join_group(0, collective, placement)
         collective.all_reduce(torch.ones(1))  # every rank has loaded its experts
     except RuntimeError as error:
-        for process in processes:
+        ranks.collective = None  # a rank failed: nothing more can be sent to the others
+        for process in ranks.processes:
             process.kill()
-        codes = [process.exitcode for process in processes]
-        raise RuntimeError(f"expert-parallel ranks 1..{world_size - 1} did not start (exit codes {codes}): "
-                           f"{error}") from None
-    executor = MoEExecutor(runner, collective, processes, rebalancer)
+        ranks.close()
+        codes = [process.exitcode for process in ranks.processes]
+        raise RuntimeError(f"expert-parallel ranks 1..{world_size - 1} did not load the model (exit codes "
+                           f"{codes}): {error}") from None
+    ranks.attached = True
+    executor = MoEExecutor(runner, ranks, rebalancer, own_ranks=own)
     core.executor = executor
     return executor

@@ -20,9 +20,11 @@ drawn at random, one case per seed).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
+import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -83,9 +85,13 @@ def methods_at(pattern: LayerPattern, context: int, random_seeds: list[int]) -> 
 def run_quality(
     model: str | None, pattern: LayerPattern, contexts: list[int], rows: int, needle_contexts: list[int],
     depths: list[float], random_seeds: list[int], cache_dir: Path | None, seed: int = 0,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[str], None] = print, texts: tuple[str, ...] = EVAL_FILES,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Perplexity and needle cases (``ppl``, ``needle_acc``) and what they were computed on."""
+    """Perplexity and needle cases (``ppl``, ``needle_acc``) and what they were computed on;
+    perplexity over ``texts`` (held-out files only: a calibration text would score the search on
+    its own data)."""
+    if set(texts) - set(EVAL_FILES):
+        raise ValueError(f"perplexity texts must be held-out files {EVAL_FILES}, got {sorted(texts)}")
     from edgecloud.llm.omniattn.evaluate import load_evaluator
 
     evaluator, tokenizer, _ = load_evaluator(model, pattern.block_size)
@@ -98,14 +104,14 @@ def run_quality(
     nll: dict[tuple[str, int | None, int], list[torch.Tensor]] = {}
     files = []
     longest = max(contexts, default=0)
-    for name in EVAL_FILES if contexts else ():
+    for name in texts if contexts else ():
         source = read_text(name)
         files.append({"file": name, "sha256": source.sha256, "tokens": longest})
         ids = text_tokens(tokenizer, source, longest)
         seq = evaluator.prefill(ids, longest - rows, scratch=rows, cache_dir=cache_dir)
         for context in contexts:
             for method in methods_at(pattern, context, random_seeds):
-                logprobs = evaluator.continuation_logprobs(seq, method.pattern, context - rows, context)
+                logprobs = _continuation(evaluator, seq, method.pattern, context - rows, context, cache_dir)
                 nll.setdefault((method.name, method.seed, context), []).append(-logprobs)
                 case(method, context)
         progress(f"perplexity: {name} done")
@@ -139,6 +145,26 @@ def run_quality(
         "needle_depths": depths, "tokens_through_model": evaluator.tokens_run,
     }
     return list(cases.values()), inputs
+
+
+def _continuation(
+    evaluator: Any, seq: Any, pattern: LayerPattern | None, start: int, end: int, cache_dir: Path | None
+) -> torch.Tensor:
+    """``evaluator.continuation_logprobs``; with ``cache_dir``, kept there under a hash of the model,
+    the tokens, the span and the pattern, so that a stopped run resumes where it was."""
+    if cache_dir is None:
+        return evaluator.continuation_logprobs(seq, pattern, start, end)
+    shape = "full" if pattern is None else (
+        f"{pattern.describe()}:{pattern.sink_blocks}:{pattern.window_blocks}:{pattern.block_size}")
+    digest = hashlib.sha256(evaluator.fingerprint + struct.pack(f"<{end}I", *seq.token_ids[:end])
+                            + f"{start}:{end}:{shape}".encode())
+    path = cache_dir / f"logprobs-{digest.hexdigest()[:24]}.pt"
+    if path.exists():
+        return torch.load(path)
+    logprobs = evaluator.continuation_logprobs(seq, pattern, start, end)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(logprobs, path)
+    return logprobs
 
 
 def ppl_ratio(nll: torch.Tensor, full_nll: torch.Tensor, block: int = PPL_BLOCK, resamples: int = 2000,
@@ -272,11 +298,19 @@ def run_speed(
 
 
 def merge_cases(*parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One case per (method, seed, context) with every field any part measured."""
+    """One case per (method, seed, context) with every field any part measured (a field a part
+    left unmeasured, None, never hides another part's value). Needles of the same case measured in
+    several parts (e.g. other depths) are pooled and their accuracy recomputed."""
     merged: dict[tuple[str, int | None, int], dict[str, Any]] = {}
     for part in parts:
         for case in part:
-            merged.setdefault((case["method"], case["seed"], case["context"]), {}).update(case)
+            entry = merged.setdefault((case["method"], case["seed"], case["context"]), {})
+            needles = entry.get("needle", [])
+            entry.update({k: v for k, v in case.items() if v is not None or k not in entry})
+            if needles and "needle" in case:
+                seen = {(n["depth"], n["key"]) for n in needles}
+                entry["needle"] = needles + [n for n in case["needle"] if (n["depth"], n["key"]) not in seen]
+                entry["needle_acc"] = round(sum(n["correct"] for n in entry["needle"]) / len(entry["needle"]), 4)
     for case in merged.values():
         for field in ("ppl", "needle_acc", "step_ms"):
             case.setdefault(field, None)
@@ -289,21 +323,24 @@ def write_json(result: dict[str, Any], path: Path) -> None:
 
 
 def write_plot(result: dict[str, Any], path: Path) -> None:
-    """Perplexity, needle accuracy and decode step time against context, one line per method
-    (random patterns: their mean); panels without data are left out."""
+    """Perplexity over full KV's (on the same tokens: each context scores other tokens, so raw
+    perplexities do not compare across contexts), needle accuracy and decode step time against
+    context, one line per method (random patterns: their mean); panels without data are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(f, label) for f, label in (("ppl", "perplexity"), ("needle_acc", "needle accuracy"),
+    cases = [{**c, "ppl_ratio": 1.0} if c["method"] == "full" and c.get("ppl") is not None else c
+             for c in result["cases"]]
+    panels = [(f, label) for f, label in (("ppl_ratio", "perplexity / full KV"), ("needle_acc", "needle accuracy"),
                                           ("step_ms", "decode step (ms)"), ("kv_bytes_per_token", "KV bytes/token"))
-              if any(c.get(f) is not None for c in result["cases"])]
+              if any(c.get(f) is not None for c in cases)]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.4), squeeze=False)
     for axis, (field, label) in zip(axes[0], panels, strict=False):
         for method in ("full", "omniattn", "streaming", "random"):
             points: dict[int, list[float]] = {}
-            for case in result["cases"]:
+            for case in cases:
                 if case["method"] == method and case.get(field) is not None:
                     points.setdefault(case["context"], []).append(case[field])
             if points:

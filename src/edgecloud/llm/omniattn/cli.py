@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -49,6 +51,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     parser.add_argument("--parts", default="quality,speed", help="comma-separated: quality, speed (default: both)")
     parser.add_argument("--contexts", type=int, nargs="*", default=[2048, 4096, 8192],
                         help="contexts for perplexity and decode speed (none: needles only)")
+    parser.add_argument("--texts", nargs="+", default=None, metavar="FILE",
+                        help="held-out perplexity texts, a subset of the default three (argparse.py difflib.py "
+                        "pydoc_data/topics.py), e.g. to measure them in separate runs")
     parser.add_argument("--rows", type=int, default=256, help="tokens of each text scored as decoding predicts them")
     parser.add_argument("--needle-contexts", type=int, nargs="*", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--depths", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="needle depths")
@@ -60,7 +65,13 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     parser.add_argument("--speed-kv", default="prefill", choices=["prefill", "random"],
                         help="speed part: KV from one full prefill, or random K/V under the prompt's keys (a decode "
                         "step's cost does not depend on the values; skips the long prefill)")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="keep prefill KV here and reuse it next time")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="keep prefill KV and scored continuations here and reuse them next time "
+                        "(a stopped run resumes)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=[],
+                        help="earlier runs' JSON (--json) of the same pattern whose cases join this run's: run the "
+                        "parts (perplexity, each needle context, speed) as separate runs, each resumable with "
+                        "--cache-dir, and merge them; with --parts none, only merge")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--plot", type=Path, help="write a PNG here")
     parser.set_defaults(handler=_bench)
@@ -80,10 +91,11 @@ def _bench(args: argparse.Namespace) -> int:
     from edgecloud.llm.cli import _model_errors
     from edgecloud.llm.omniattn.bench import merge_cases, run_quality, run_speed, write_json, write_plot
     from edgecloud.llm.omniattn.pattern import LayerPattern
+    from edgecloud.llm.omniattn.quality import EVAL_FILES
 
-    parts = set(args.parts.split(","))
-    if not parts or parts - {"quality", "speed"}:
-        raise SystemExit(f"--parts must name quality and/or speed, got {args.parts!r}")
+    parts = set(args.parts.split(",")) - {"none"}
+    if (not parts and not args.merge) or parts - {"quality", "speed"}:
+        raise SystemExit(f"--parts must name quality and/or speed (none: only --merge), got {args.parts!r}")
     if args.rows < 2 or any(c <= args.rows for c in args.contexts):
         raise SystemExit(f"--rows must be >= 2 and below every context, got {args.rows}")
     if "speed" in parts and not args.contexts:
@@ -92,6 +104,7 @@ def _bench(args: argparse.Namespace) -> int:
         raise SystemExit("--threads and --steps must be >= 1")
     with _model_errors(), _bench_errors():
         pattern = LayerPattern.load(args.pattern)
+        earlier = [_earlier_run(path, pattern) for path in args.merge]
         watch = LoadWatch.begin(timed="speed" in parts)  # the quality part is not timed
         quality, speed, inputs = [], [], {}
         if "quality" in parts:
@@ -99,7 +112,8 @@ def _bench(args: argparse.Namespace) -> int:
 
             torch.set_num_threads(args.threads)
             quality, inputs = run_quality(args.model, pattern, args.contexts, args.rows, args.needle_contexts,
-                                          args.depths, args.random_seeds, args.cache_dir)
+                                          args.depths, args.random_seeds, args.cache_dir,
+                                          texts=tuple(args.texts or EVAL_FILES))
         if "speed" in parts:
             speed = run_speed(args.model, pattern, args.contexts, args.steps, args.threads, args.kv_cache_memory_mb,
                               args.speed_kv)
@@ -113,6 +127,8 @@ def _bench(args: argparse.Namespace) -> int:
         "cases": merge_cases(quality, speed),
         "machine_load": watch.finish().as_dict(),
     }
+    if earlier:
+        result = _merged(result, earlier, args.merge)
     for case in result["cases"]:
         print(f"{case['method']:>9} seed={case['seed']} ctx={case['context']:>5} kv={case['kv_fraction']:.3f} "
               f"ppl={case['ppl']} (x{case.get('ppl_ratio')} {case.get('ppl_ratio_ci95')}) needle={case['needle_acc']} "
@@ -122,6 +138,51 @@ def _bench(args: argparse.Namespace) -> int:
     if args.plot:
         write_plot(result, args.plot)
     return 0
+
+
+def _earlier_run(path: Path, pattern: Any) -> dict[str, Any]:
+    """An earlier ``--json`` of the same pattern (another pattern's cases would not compare)."""
+    try:
+        run = json.loads(path.read_text())
+        layers = run["pattern"]["layers"]
+        shape = [run["pattern"][k] for k in ("sink_blocks", "window_blocks", "block_size")]
+        if not isinstance(run["cases"], list) or not isinstance(run["parts"], list):
+            raise TypeError("cases and parts must be lists")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"edgecloud bench omniattn: --merge {path}: not a bench omniattn JSON ({exc})") from None
+    if layers != pattern.describe() or shape != [pattern.sink_blocks, pattern.window_blocks, pattern.block_size]:
+        raise SystemExit(f"edgecloud bench omniattn: --merge {path}: pattern {layers} {shape} is not "
+                         f"{pattern.describe()} [{pattern.sink_blocks}, {pattern.window_blocks}, {pattern.block_size}]")
+    run["file"] = str(path)
+    return run
+
+
+def _merged(result: dict[str, Any], earlier: list[dict[str, Any]], paths: list[Path]) -> dict[str, Any]:
+    """This run's result with the earlier runs' cases; each run's parts, inputs, threads and
+    machine load are kept under ``runs`` (the top-level inputs join theirs)."""
+    from edgecloud.llm.omniattn.bench import merge_cases
+
+    runs = [*earlier, {**result, "file": None}] if result["parts"] else list(earlier)
+    inputs: dict[str, Any] = {}
+    seen: dict[str, list[Any]] = {}
+    for run in runs:
+        for key, value in run["inputs"].items():
+            if key == "tokens_through_model":
+                inputs[key] = inputs.get(key, 0) + value
+            elif value and value not in seen.setdefault(key, []):
+                seen[key].append(value)
+    inputs.update({key: values[0] if len(values) == 1 else values for key, values in seen.items()})
+    speed_runs = [run for run in runs if "speed" in run["parts"]]
+    return {
+        **result,
+        "parts": sorted({part for run in runs for part in run["parts"]}),
+        "threads": sorted({run["threads"] for run in runs}),
+        "speed_kv": speed_runs[-1]["speed_kv"] if speed_runs else None,
+        "inputs": inputs,
+        "cases": merge_cases(*(run["cases"] for run in earlier), result["cases"]),
+        "runs": [{key: run.get(key) for key in ("file", "parts", "threads", "speed_kv", "inputs", "machine_load")}
+                 for run in runs],
+    }
 
 
 def _search(args: argparse.Namespace) -> int:

@@ -36,6 +36,11 @@ def perplexity(runner: ModelRunner, token_ids: list[int], window: int = 256, pat
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     layers = [layer.self_attn for layer in runner.model.model.layers]
+    rotary = getattr(layers[0], "rotary", None)
+    positions = rotary.cos.shape[0] if rotary is not None else window
+    if window > positions:
+        raise ValueError(f"window={window} is longer than the {positions} positions this engine was built for "
+                         f"(its max_model_len): use a shorter window or a longer max_model_len")
     own = [(torch.empty((window, *k.shape[2:]), dtype=k.dtype, device=k.device).unsqueeze(1),
             torch.empty((window, *v.shape[2:]), dtype=v.dtype, device=v.device).unsqueeze(1))
            for k, v in runner.kv_caches]
