@@ -36,9 +36,17 @@ from edgecloud.llm.perf_model import HardwareProfile, ModelProfile, PerfModel, S
 from edgecloud.llm.request import EngineCoreRequest
 from edgecloud.llm.sampling_params import SamplingParams
 from edgecloud.llm.scheduler import SchedulerOutput
-from edgecloud.sim.profiles import CalibratedProfile
+from edgecloud.sim.profiles import CalibratedProfile, is_lone_decode
 
 FITTED = ("matmul_efficiency", "memory_efficiency", "step_overhead_s", "seq_overhead_s")
+FITTED_LONE = ("memory_efficiency", "step_overhead_s")  # one-sequence decode steps (``fit_two_paths``)
+# factor -> (start from the measured step times, lower bound, upper bound, scale)
+FACTORS = {
+    "matmul_efficiency": (lambda t: 0.3, 1e-4, 1.0, 0.1),
+    "memory_efficiency": (lambda t: 0.3, 1e-4, 1.0, 0.1),
+    "step_overhead_s": (lambda t: float(np.min(t)) / 2, 0.0, 1.0, 1e-3),
+    "seq_overhead_s": (lambda t: 1e-5, 0.0, 0.1, 1e-5),
+}
 
 
 @dataclass
@@ -86,6 +94,13 @@ def profile_steps(core: EngineCore, seed: int = 0, repeats: int = 3, budget_s: f
         core.control("reset_prefix_cache", {})
 
     lengths = [n for n in (4, 16, 48, 96, 160, 256, 400, 640, 1000) if n < limit - 8]
+    for _ in range(repeats):  # one sequence decoding (the engine's one-call path) over its context
+        for context in [c for c in (8, 32, 64, 128, 256, 384, 512, 768, 1000) if c < limit - 16]:
+            add(context, 8)
+            core.step()  # the prefill
+            for _ in range(6):
+                timed_step()
+            drain()
     batches = (1, 2, 4, 8, 16, 32, 64)
     contexts = [c for c in (16, 96, 256, 480) if c < limit - 16]
     for _ in range(repeats):
@@ -126,26 +141,71 @@ def _shapes(plan: SchedulerOutput) -> list[StepShape]:
             for s in plan.scheduled]
 
 
-def fit_factors(base: HardwareProfile, model: ModelProfile, samples: list[StepSample]) -> tuple[HardwareProfile,
-                                                                                                np.ndarray]:
-    """Least squares on log(predicted / measured) over the ``FITTED`` factors; returns the fitted
+def step_class(shapes: list[StepShape]) -> str:
+    """The profile's step classes: ``lone decode`` (one sequence, one token: the one-call decoder),
+    ``decode`` (a batch of decodes), ``prefill`` (prefill chunks only), ``mixed``."""
+    if is_lone_decode(shapes):
+        return "lone decode"
+    decoding = [s.num_new_tokens == 1 and s.context_len > 1 for s in shapes]
+    if all(decoding):
+        return "decode"
+    return "mixed" if any(decoding) else "prefill"
+
+
+@dataclass
+class Fit:
+    hardware: HardwareProfile  # every step but one-sequence decodes
+    lone_decode: HardwareProfile | None  # one-sequence decode steps (None: no such steps profiled)
+    errors: np.ndarray  # predicted / measured - 1 of each sample, in the samples' order
+    classes: list[str]  # each sample's step class
+
+    def errors_by_class(self) -> dict[str, list[float]]:
+        out = {}
+        for name in sorted(set(self.classes)):
+            errors = np.abs(self.errors[[c == name for c in self.classes]])
+            out[name] = [float(np.median(errors)), float(np.percentile(errors, 90)), float(len(errors))]
+        return out
+
+
+def fit_two_paths(base: HardwareProfile, model: ModelProfile, samples: list[StepSample]) -> Fit:
+    """The engine's two step paths fitted apart: ``FITTED`` over every step that runs the modules,
+    then memory efficiency and step overhead over the one-sequence decode steps alone (the one-call
+    decoder: weights streamed once, its host work per step), starting from the first fit."""
+    lone = [is_lone_decode(s.shapes) for s in samples]
+    batched = [s for s, one in zip(samples, lone, strict=True) if not one]
+    hardware, batched_errors = fit_factors(base, model, batched or samples)
+    errors = np.zeros(len(samples))
+    errors[[not one for one in lone]] = batched_errors
+    lone_samples = [s for s, one in zip(samples, lone, strict=True) if one]
+    lone_hw = None
+    if len(lone_samples) >= 3:
+        lone_hw, lone_errors = fit_factors(hardware, model, lone_samples, FITTED_LONE)
+        errors[lone] = lone_errors
+    elif lone_samples:
+        errors[lone] = [PerfModel(hardware, model).step_time(s.shapes) / s.seconds - 1 for s in lone_samples]
+    return Fit(hardware, lone_hw, errors, [step_class(s.shapes) for s in samples])
+
+
+def fit_factors(base: HardwareProfile, model: ModelProfile, samples: list[StepSample],
+                fitted: tuple[str, ...] = FITTED) -> tuple[HardwareProfile, np.ndarray]:
+    """Least squares on log(predicted / measured) over the ``fitted`` factors; returns the fitted
     hardware and the relative errors (predicted / measured − 1) of every sample."""
     from scipy.optimize import least_squares
 
     measured = np.array([s.seconds for s in samples])
 
     def hardware(x: np.ndarray) -> HardwareProfile:
-        return base.calibrated(**dict(zip(FITTED, (float(v) for v in x), strict=True)))
+        return base.calibrated(**dict(zip(fitted, (float(v) for v in x), strict=True)))
 
     def residuals(x: np.ndarray) -> np.ndarray:
         perf = PerfModel(hardware(x), model)
         predicted = np.array([perf.step_time(s.shapes) for s in samples])
         return np.log(predicted / measured)
 
-    start = np.array([0.3, 0.3, float(np.min(measured)) / 2, 1e-5])
-    lower = np.array([1e-4, 1e-4, 0.0, 0.0])
-    upper = np.array([1.0, 1.0, 1.0, 0.1])
-    solution = least_squares(residuals, start, bounds=(lower, upper), x_scale=np.array([0.1, 0.1, 1e-3, 1e-5]))
+    start = np.array([FACTORS[f][0](measured) for f in fitted])
+    lower = np.array([FACTORS[f][1] for f in fitted])
+    upper = np.array([FACTORS[f][2] for f in fitted])
+    solution = least_squares(residuals, start, bounds=(lower, upper), x_scale=np.array([FACTORS[f][3] for f in fitted]))
     fitted = hardware(solution.x)
     return fitted, np.exp(residuals(solution.x)) - 1.0
 
@@ -271,7 +331,8 @@ def calibrate(config: EngineConfig, seed: int = 0, repeats: int = 3, serving_pat
     base = measure_hardware(threads, core.info.dtype)
     model = local_model_profile(core)
     samples = profile_steps(core, seed, repeats, budget_s)
-    hardware, errors = fit_factors(base, model, samples)
+    fit = fit_two_paths(base, model, samples)
+    hardware, lone, errors = fit.hardware, fit.lone_decode, fit.errors
     frontend = delivery = bandwidth = serving_step = 0.0
     if serving_path:
         bandwidth = asyncio.run(measure_transfer(config))
@@ -280,12 +341,14 @@ def calibrate(config: EngineConfig, seed: int = 0, repeats: int = 3, serving_pat
         # (the hop back, detokenizing, the SSE chunk): the client sees their sum.
         frontend = delivery = overhead / 2
         hardware = hardware.calibrated(step_overhead_s=hardware.step_overhead_s + serving_step)
+        if lone is not None:
+            lone = lone.calibrated(step_overhead_s=lone.step_overhead_s + serving_step)
     abs_errors = np.abs(errors)
     return CalibratedProfile(
         hardware=hardware, model=source.name, threads=threads, dtype=core.info.dtype,
         fit_median_abs_error=float(np.median(abs_errors)), fit_p90_abs_error=float(np.percentile(abs_errors, 90)),
         num_steps=len(samples), transfer_bandwidth=bandwidth, frontend_s=frontend, delivery_s=delivery,
-        serving_step_s=serving_step,
+        serving_step_s=serving_step, lone_decode=lone, fit_errors=fit.errors_by_class(),
         engine=dataclasses.asdict(config), cpu=cpu_model(), load_average=(load_start, os.getloadavg()[0]),
     )
 
@@ -300,6 +363,13 @@ def describe(profile: CalibratedProfile) -> str:
         f"step time error |predicted/measured - 1|: median {profile.fit_median_abs_error:.1%}, "
         f"p90 {profile.fit_p90_abs_error:.1%}",
     ]
+    if profile.lone_decode is not None:
+        lone = profile.lone_decode
+        parts.append(f"one-sequence decode steps (one-call decoder) fitted apart: memory efficiency "
+                     f"{lone.memory_efficiency:.3f}, step overhead {lone.step_overhead_s * 1e3:.2f} ms")
+    if profile.fit_errors:
+        parts.append("by step class (median, p90, steps): " + ", ".join(
+            f"{name} {e[0]:.1%} {e[1]:.1%} {int(e[2])}" for name, e in profile.fit_errors.items()))
     if profile.transfer_bandwidth:
         parts.append(f"serving path {2 * profile.frontend_s * 1e3:.2f} ms a request, "
                      f"{profile.serving_step_s * 1e3:.2f} ms a step; zmq KV transfer "

@@ -103,8 +103,12 @@ class DecodeRun:
         # slopes. Checked from the shortest context at the run's start to the longest at its end.
         low, high = min(computed) + 1, max(computed)
 
+        # A model that prices one-sequence steps apart (``profiles.LoneDecodePerfModel``) gives a
+        # batch's slope from its batched path.
+        slope_model = getattr(perf, "batched", perf) if len(computed) > 1 else perf
+
         def alone(context: int) -> float:
-            return perf.step_time([StepShape(1, context, True)])
+            return slope_model.step_time([StepShape(1, context, True)])
 
         slope = alone(low + 1) - alone(low)
         while k > 2 and abs(alone(low) + (high + k - low) * slope - alone(high + k)) > _AFFINE_TOLERANCE * alone(
