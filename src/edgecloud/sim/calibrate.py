@@ -206,8 +206,7 @@ def fit_factors(base: HardwareProfile, model: ModelProfile, samples: list[StepSa
     lower = np.array([FACTORS[f][1] for f in fitted])
     upper = np.array([FACTORS[f][2] for f in fitted])
     solution = least_squares(residuals, start, bounds=(lower, upper), x_scale=np.array([FACTORS[f][3] for f in fitted]))
-    fitted = hardware(solution.x)
-    return fitted, np.exp(residuals(solution.x)) - 1.0
+    return hardware(solution.x), np.exp(residuals(solution.x)) - 1.0
 
 
 def measure_hardware(threads: int, dtype: str) -> HardwareProfile:
