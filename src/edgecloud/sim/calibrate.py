@@ -276,12 +276,15 @@ def lone_decode_step(core: EngineCore, prompt: list[int], output: int) -> float:
 
 
 def measure_http_overhead(config: EngineConfig, core: EngineCore, requests: int = 40,
-                          seed: int = 0) -> tuple[float, float]:
+                          seed: int = 0, instances: int = 1) -> tuple[float, float]:
     """What a client waits for beyond the engine's first step (HTTP both ways, the router's
     tokenizing, routing and streaming, the hops to and from the core): for ``requests`` prompts,
-    the client's TTFT on an idle one-instance cluster less the same prompt's prefill step timed on
-    ``core`` (an engine with the same options in this process); the median of the differences.
-    Second: a lone request's TPOT there less its decode step on ``core`` (medians of 5)."""
+    the client's TTFT on an idle cluster of ``instances`` instances less the same prompt's prefill
+    step timed on ``core`` (an engine with the same options in this process); the median of the
+    differences. Second: what a served decode step costs beyond the same step on ``core``: a lone
+    request's TPOT on each of the ``instances`` at once (round-robin spreads them; the instances,
+    router and client share this machine as they do when a cluster of that size serves) less its
+    decode step on ``core``, the median over 5 rounds."""
     from edgecloud.bench.workload import PromptVocab
     from edgecloud.sim.real import RealCluster, engine_args, replay
 
@@ -300,27 +303,27 @@ def measure_http_overhead(config: EngineConfig, core: EngineCore, requests: int 
         steps.append(time.perf_counter() - start)
         core.abort_requests(list(core.scheduler.requests))
         core.control("reset_prefix_cache", {})
-    decoding = vocab.request(vocab.sample(rng, 64), 33)
-    in_process = lone_decode_step(core, list(decoding.prompt_ids), decoding.output_len)
+    rounds = [[vocab.request(vocab.sample(rng, 64), 33) for _ in range(instances)] for _ in range(5)]
+    in_process = float(np.median([lone_decode_step(core, list(r[0].prompt_ids), r[0].output_len) for r in rounds]))
     gaps, tpots = [], []
-    with RealCluster(["--instances", "1", *engine_args(config)]) as cluster:
+    with RealCluster(["--instances", str(instances), "--policy", "round-robin", *engine_args(config)]) as cluster:
         name = cluster.get_json("/v1/models")["data"][0]["id"]
         replay(cluster, name, bench[:5], [0.0] * 5)  # warm-up
         for request, step in zip(bench, steps, strict=True):
             record = replay(cluster, name, [request], [0.0])[0]
             if record.ok and record.ttft is not None:
                 gaps.append(record.ttft - step)
-        for _ in range(5):
-            record = replay(cluster, name, [decoding], [0.0])[0]
-            if record.ok and record.tpot is not None:
-                tpots.append(record.tpot)
+        for batch in rounds:  # one request on each instance at once
+            tpots += [r.tpot for r in replay(cluster, name, batch, [0.0] * len(batch)) if r.ok and r.tpot is not None]
     serving_step = float(np.median(tpots)) - in_process if tpots else 0.0
     return max(0.0, float(np.median(gaps))), max(0.0, serving_step)
 
 
 def calibrate(config: EngineConfig, seed: int = 0, repeats: int = 3, serving_path: bool = True,
-              budget_s: float = 120.0) -> CalibratedProfile:
-    """Profiles the engine with ``config`` on this machine and fits the factors (see the module)."""
+              budget_s: float = 120.0, instances: int = 2) -> CalibratedProfile:
+    """Profiles the engine with ``config`` on this machine and fits the factors (see the module);
+    the serving path is measured on a cluster of ``instances`` instances (the layout the profile is
+    for: they share this machine's cores)."""
     from edgecloud.bench.machine import cpu_model
 
     threads = config.num_threads or 1
@@ -335,7 +338,7 @@ def calibrate(config: EngineConfig, seed: int = 0, repeats: int = 3, serving_pat
     frontend = delivery = bandwidth = serving_step = 0.0
     if serving_path:
         bandwidth = asyncio.run(measure_transfer(config))
-        overhead, serving_step = measure_http_overhead(config, core, seed=seed)
+        overhead, serving_step = measure_http_overhead(config, core, seed=seed, instances=instances)
         # Half on the way in (HTTP, tokenizing, routing, the hop to the core), half on the way out
         # (the hop back, detokenizing, the SSE chunk): the client sees their sum.
         frontend = delivery = overhead / 2
@@ -348,6 +351,7 @@ def calibrate(config: EngineConfig, seed: int = 0, repeats: int = 3, serving_pat
         fit_median_abs_error=float(np.median(abs_errors)), fit_p90_abs_error=float(np.percentile(abs_errors, 90)),
         num_steps=len(samples), transfer_bandwidth=bandwidth, frontend_s=frontend, delivery_s=delivery,
         serving_step_s=serving_step, lone_decode=lone, fit_errors=fit.errors_by_class(),
+        serving_instances=instances if serving_path else 0,
         engine=dataclasses.asdict(config), cpu=cpu_model(), load_average=(load_start, os.getloadavg()[0]),
     )
 
@@ -370,7 +374,7 @@ def describe(profile: CalibratedProfile) -> str:
         parts.append("by step class (median, p90, steps): " + ", ".join(
             f"{name} {e[0]:.1%} {e[1]:.1%} {int(e[2])}" for name, e in profile.fit_errors.items()))
     if profile.transfer_bandwidth:
-        parts.append(f"serving path {2 * profile.frontend_s * 1e3:.2f} ms a request, "
-                     f"{profile.serving_step_s * 1e3:.2f} ms a step; zmq KV transfer "
+        parts.append(f"serving path ({profile.serving_instances} instances) {2 * profile.frontend_s * 1e3:.2f} ms "
+                     f"a request, {profile.serving_step_s * 1e3:.2f} ms a step; zmq KV transfer "
                      f"{profile.transfer_bandwidth / 1e6:.0f} MB/s")
     return "; ".join(parts)

@@ -90,6 +90,9 @@ def register(commands: Any, bench: Any) -> None:
     calibrate.add_argument("--out", type=output_file, required=True, help="profile to write (JSON)")
     calibrate.add_argument("--repeats", type=int, default=3, help="times each step shape is measured")
     calibrate.add_argument("--budget", type=_positive, default=120.0, help="seconds for the step sweep at most")
+    calibrate.add_argument("--instances", type=int, default=2,
+                           help="instances of the cluster the serving path is measured on: the layout the profile "
+                           "is for (they share this machine's cores; default 2, as sim validate)")
     calibrate.add_argument("--no-serving-path", action="store_true",
                            help="skip the HTTP and KV-transfer measurements (they start real instances)")
     add_engine_options(calibrate)
@@ -163,7 +166,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     try:
         config = engine_config_from_args(args)
-        profile = calibrate(config, repeats=args.repeats, serving_path=not args.no_serving_path, budget_s=args.budget)
+        profile = calibrate(config, repeats=args.repeats, serving_path=not args.no_serving_path, budget_s=args.budget,
+                            instances=args.instances)
     except (InvalidRequestError, ModelLoadError) as error:
         raise CLIError(str(error), USAGE) from None
     Path(args.out).write_text(json.dumps(profile.to_json(), indent=2) + "\n")

@@ -197,6 +197,7 @@ class CalibratedProfile:
     lone_decode: HardwareProfile | None = None
     # |predicted / measured - 1| per step class of the profile: class -> [median, p90, steps]
     fit_errors: dict[str, list[float]] = field(default_factory=dict)
+    serving_instances: int = 1  # instances of the cluster the serving path was measured on (0: not measured)
 
     def engine_config(self) -> EngineConfig:
         """The engine options the factors were fitted for (real instances of a comparison use them)."""
