@@ -14,7 +14,7 @@ import pytest
 from edgecloud.cluster.policies import make_policy
 from edgecloud.llm.config import EngineConfig
 from edgecloud.llm.perf_model import HardwareProfile, ModelProfile, PerfModel, StepShape
-from edgecloud.sim.calibrate import StepSample, fit_two_paths, step_class
+from edgecloud.sim.calibrate import StepSample, fit_two_paths, local_model_profile, step_class
 from edgecloud.sim.incremental import AggregatePricer
 from edgecloud.sim.instance import SimEngineConfig, SimInstance
 from edgecloud.sim.profiles import CalibratedProfile, LoneDecodePerfModel, is_lone_decode, load_model, local_twin
@@ -125,3 +125,17 @@ def test_decode_runs_keep_each_paths_price() -> None:
     for index, (first, finish) in results[0].items():
         assert results[1][index][0] == pytest.approx(first, rel=1e-9)
         assert results[1][index][1] == pytest.approx(finish, rel=1e-9)
+
+
+def test_the_profile_times_one_sequence_decodes_over_their_context(llama_dir: Path) -> None:
+    from edgecloud.llm.engine_core import EngineCore
+    from edgecloud.llm.model_source import resolve_model
+    from edgecloud.sim.calibrate import profile_steps
+
+    config = EngineConfig(model=str(llama_dir), num_threads=1, kv_cache_memory_mb=16)
+    core = EngineCore(config, resolve_model(config.model))
+    samples = profile_steps(core, repeats=1, budget_s=0.0)  # no batch sweep: the lone sweep stands alone
+    contexts = sorted(s.shapes[0].context_len for s in samples if step_class(s.shapes) == "lone decode")
+    assert len(contexts) >= 30 and contexts[0] < 16 and contexts[-1] > min(500, core.max_model_len // 2)
+    fit = fit_two_paths(HardwareProfile("cpu", 50e9, 10e9), local_model_profile(core), samples)
+    assert fit.lone_decode is not None and np.isfinite(fit.errors).all()
