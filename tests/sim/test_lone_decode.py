@@ -90,10 +90,10 @@ def test_step_report_sets_logged_steps_against_each_path(tmp_path: Path, llama_d
     profile = CalibratedProfile(BATCHED, "llama", 1, "float32", 0.05, 0.1, 80, engine={"model": str(llama_dir)},
                                 lone_decode=LONE)
     perf, _ = local_twin(profile.engine_config(), profile.hardware, profile.lone_decode)
-    lone, pair = perf.step_time([StepShape(1, 20)]), perf.step_time([StepShape(1, 20)] * 2)
-    lines = [{"start": 0.0, "s": lone, "shapes": [[1, 20, True, False]]},
-             {"start": lone + 1e-4, "s": 2 * pair, "shapes": [[1, 20, True, False], [1, 20, True, False]]},
-             {"start": 1.0, "s": 0.01, "shapes": [[16, 16, True, True]]}]
+    lone, pair = perf.step_time([StepShape(1, 20)]), perf.step_time([StepShape(1, 21)] * 2)
+    lines = [{"start": 0.0, "s": lone, "shapes": [[1, 20, True, False]]},  # the next step continues it
+             {"start": lone + 1e-4, "s": 2 * pair, "shapes": [[1, 21, True, False], [1, 21, True, False]]},
+             {"start": 1.0, "s": 0.01, "shapes": [[16, 16, True, True]]}]  # a new request: no loop time
     (tmp_path / "steps-1.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     report = step_report(profile, tmp_path)
     assert report["lone decode"]["ratio_p50"] == pytest.approx(1.0)
@@ -139,3 +139,24 @@ def test_the_profile_times_one_sequence_decodes_over_their_context(llama_dir: Pa
     assert len(contexts) >= 30 and contexts[0] < 16 and contexts[-1] > min(500, core.max_model_len // 2)
     fit = fit_two_paths(HardwareProfile("cpu", 50e9, 10e9), local_model_profile(core), samples)
     assert fit.lone_decode is not None and np.isfinite(fit.errors).all()
+
+
+def test_the_served_probe_scales_each_path_by_its_measured_mean() -> None:
+    from edgecloud.sim.calibrate import served_factors, slowed
+
+    model = small_model()
+    perf = LoneDecodePerfModel(BATCHED, model, LONE)
+    lone = [StepShape(1, 30)]
+    batch, later = [StepShape(1, 32), StepShape(1, 33)], [StepShape(1, 50), StepShape(1, 51)]
+    t_lone, t_batch, t_later = perf.step_time(lone), perf.step_time(batch), perf.step_time(later)
+    # one core: lone steps taking 1x and 2x their price (mean 1.5x), then batches at 1.2x; 0.3 ms between
+    # steps that continue each other's requests, none before the last (new requests after idling)
+    steps = [{"start": 0.0, "s": t_lone, "shapes": [[1, 30, True, False]]},
+             {"start": t_lone + 3e-4, "s": 2 * t_lone, "shapes": [[1, 31, True, False]]},
+             {"start": 3 * t_lone + 6e-4, "s": 1.2 * t_batch, "shapes": [[1, 32, True, False], [1, 33, True, False]]},
+             {"start": 10.0, "s": 1.2 * t_later, "shapes": [[1, 50, True, False], [1, 51, True, False]]}]
+    served = served_factors([steps], perf)
+    assert served.lone_factor == pytest.approx(1.5, rel=1e-3) and served.batched_factor == pytest.approx(1.2)
+    assert served.loop_s == pytest.approx(3e-4) and served.num_steps == 4
+    hw = slowed(BATCHED, 1.2, 3e-4)
+    assert PerfModel(hw, model).step_time(batch) == pytest.approx(1.2 * t_batch + 3e-4)

@@ -10,12 +10,21 @@ small model the host's work per step and per request is much of a step). The res
 fit's error, goes to a JSON file that ``sim run``, ``sim validate`` and ``bench cluster`` take as
 ``--hardware``.
 
-The serving path around the engine is measured too: on a real one-instance cluster over HTTP,
-what a client waits for beyond the engine's first step (split evenly into ``frontend_s``, before
-the engine, and ``delivery_s``, after it); what a lone request's decode step costs there beyond
-the same step in this process (``serving_step_s``: the core's loop and its output hop run with
-every step; added to the step overhead); and the KV bandwidth of the cluster's ``zmq`` connector
-between two real instances (``transfer_bandwidth``).
+The engine takes two paths through a step: one sequence decoding one token runs all its layers and
+the LM head in one C call (``llm/quant/decode_stack.py``), every other step runs the model's
+modules. Their costs differ far more than one set of factors can say (on this machine's small
+model the one-call step is ~1/4 of the batched model's price), so one-sequence decode steps are
+profiled over their context and fitted apart (``fit_two_paths``; ``profiles.LoneDecodePerfModel``
+prices each step by its path).
+
+The serving path around the engine is measured too, on a real cluster of ``instances`` instances
+(the layout the profile is for: instances, router and client share this machine's cores): what a
+client waits for beyond the engine's first step (split evenly into ``frontend_s``, before the
+engine, and ``delivery_s``, after it); the served probe (``measure_served_steps``: a synthetic
+workload served with every core logging its steps), whose measured over in-process-fitted step
+time per path scales that path's factors, and whose core loop between steps (``serving_step_s``) is
+added to every step; and the KV bandwidth of the cluster's ``zmq`` connector between two real
+instances (``transfer_bandwidth``).
 """
 
 from __future__ import annotations
@@ -260,31 +269,13 @@ async def measure_transfer(config: EngineConfig, blocks: int = 24, repeats: int 
         await asyncio.gather(src.shutdown(), dst.shutdown())
 
 
-def lone_decode_step(core: EngineCore, prompt: list[int], output: int) -> float:
-    """The median decode step of one request alone on ``core`` (in this process)."""
-    core.add_request(EngineCoreRequest(
-        request_id="lone-decode", prompt_token_ids=list(prompt), arrival_time=time.monotonic(),
-        params=SamplingParams(temperature=0.0, max_tokens=output, ignore_eos=True)))
-    core.step()  # the prefill (the prompt fits one step)
-    steps = []
-    while core.has_unfinished():
-        start = time.perf_counter()
-        core.step()
-        steps.append(time.perf_counter() - start)
-    core.control("reset_prefix_cache", {})
-    return float(np.median(steps))
-
-
 def measure_http_overhead(config: EngineConfig, core: EngineCore, requests: int = 40,
-                          seed: int = 0, instances: int = 1) -> tuple[float, float]:
+                          seed: int = 0, instances: int = 1) -> float:
     """What a client waits for beyond the engine's first step (HTTP both ways, the router's
     tokenizing, routing and streaming, the hops to and from the core): for ``requests`` prompts,
     the client's TTFT on an idle cluster of ``instances`` instances less the same prompt's prefill
     step timed on ``core`` (an engine with the same options in this process); the median of the
-    differences. Second: what a served decode step costs beyond the same step on ``core``: a lone
-    request's TPOT on each of the ``instances`` at once (round-robin spreads them; the instances,
-    router and client share this machine as they do when a cluster of that size serves) less its
-    decode step on ``core``, the median over 5 rounds."""
+    differences."""
     from edgecloud.bench.workload import PromptVocab
     from edgecloud.sim.real import RealCluster, engine_args, replay
 
@@ -303,9 +294,7 @@ def measure_http_overhead(config: EngineConfig, core: EngineCore, requests: int 
         steps.append(time.perf_counter() - start)
         core.abort_requests(list(core.scheduler.requests))
         core.control("reset_prefix_cache", {})
-    rounds = [[vocab.request(vocab.sample(rng, 64), 33) for _ in range(instances)] for _ in range(5)]
-    in_process = float(np.median([lone_decode_step(core, list(r[0].prompt_ids), r[0].output_len) for r in rounds]))
-    gaps, tpots = [], []
+    gaps = []
     with RealCluster(["--instances", str(instances), "--policy", "round-robin", *engine_args(config)]) as cluster:
         name = cluster.get_json("/v1/models")["data"][0]["id"]
         replay(cluster, name, bench[:5], [0.0] * 5)  # warm-up
@@ -313,10 +302,100 @@ def measure_http_overhead(config: EngineConfig, core: EngineCore, requests: int 
             record = replay(cluster, name, [request], [0.0])[0]
             if record.ok and record.ttft is not None:
                 gaps.append(record.ttft - step)
-        for batch in rounds:  # one request on each instance at once
-            tpots += [r.tpot for r in replay(cluster, name, batch, [0.0] * len(batch)) if r.ok and r.tpot is not None]
-    serving_step = float(np.median(tpots)) - in_process if tpots else 0.0
-    return max(0.0, float(np.median(gaps))), max(0.0, serving_step)
+    return max(0.0, float(np.median(gaps)))
+
+
+@dataclass
+class ServedSteps:
+    """The served probe's steps against the in-process fit: per path, measured seconds over modelled
+    seconds summed over the path's steps (the host shared by the instances, router and client slows
+    steps, and unevenly: latencies add steps up, so their mean is what counts), and the core's mean
+    time between a step and the next one that continues its work (its loop, the output hop)."""
+
+    lone_factor: float
+    batched_factor: float
+    loop_s: float
+    num_steps: int
+
+
+def probe_workload(vocab: object, max_len: int, seed: int, rates: tuple[float, ...] = (2.0, 4.0, 8.0),
+                   per_rate: int = 40) -> tuple[list, list[float]]:
+    """Synthetic requests for the served probe (not a trace): prompts of 8-300 tokens, answers of
+    4-64, Poisson arrivals at each of ``rates`` requests/s in turn."""
+    rng = np.random.default_rng(seed + 1)
+    requests, arrivals, at = [], [], 0.0
+    for rate in rates:
+        for _ in range(per_rate):
+            at += float(rng.exponential(1 / rate))
+            prompt = int(rng.integers(8, min(300, max_len - 70)))
+            requests.append(vocab.request(vocab.sample(rng, prompt), int(rng.integers(4, 65))))  # type: ignore[attr-defined]
+            arrivals.append(at)
+    return requests, arrivals
+
+
+def continuing_gaps(steps: list[dict]) -> list[tuple[int, float]]:
+    """(index, seconds) from each logged step to the next one that continues one of its requests (a
+    shape whose context before it equals a context this step reached): the core had work waiting, so
+    the time between is its loop's, not idleness."""
+    out = []
+    for i in range(len(steps) - 1):
+        reached = {context for _, context, _, _ in steps[i]["shapes"]}
+        if any(context - new in reached for new, context, _, _ in steps[i + 1]["shapes"]):
+            out.append((i, steps[i + 1]["start"] - steps[i]["start"] - steps[i]["s"]))
+    return out
+
+
+def measure_served_steps(config: EngineConfig, hardware: HardwareProfile, lone: HardwareProfile | None,
+                         model: ModelProfile, max_len: int, instances: int, seed: int = 0) -> ServedSteps:
+    """Serves the probe workload on a real cluster of ``instances`` instances with every core logging
+    its steps (``EDGECLOUD_STEP_LOG``) and sets the logged steps against the in-process fit."""
+    import tempfile
+
+    from edgecloud.bench.workload import PromptVocab
+    from edgecloud.sim.profiles import LoneDecodePerfModel
+    from edgecloud.sim.real import RealCluster, engine_args, replay
+    from edgecloud.sim.validate import read_step_log
+
+    vocab = PromptVocab.from_dir(resolve_model(config.model).directory)
+    requests, arrivals = probe_workload(vocab, max_len, seed)
+    with tempfile.TemporaryDirectory(prefix="edgecloud-probe-") as directory:
+        os.environ["EDGECLOUD_STEP_LOG"] = directory
+        try:
+            with RealCluster(["--instances", str(instances), "--policy", "round-robin", *engine_args(config)]) as c:
+                replay(c, c.get_json("/v1/models")["data"][0]["id"], requests, arrivals)
+        finally:
+            os.environ.pop("EDGECLOUD_STEP_LOG", None)
+        cores = read_step_log(directory)
+    return served_factors(cores, LoneDecodePerfModel(hardware, model, lone) if lone else PerfModel(hardware, model))
+
+
+def served_factors(cores: list[list[dict]], perf: PerfModel) -> ServedSteps:
+    sums = {True: [0.0, 0.0], False: [0.0, 0.0]}  # lone path? -> [measured, modelled]
+    gaps = []
+    count = 0
+    for steps in cores:
+        for step in steps:
+            shapes = [StepShape(new, context, sampled) for new, context, sampled, _ in step["shapes"]]
+            part = sums[is_lone_decode(shapes)]
+            part[0] += step["s"]
+            part[1] += perf.step_time(shapes)
+            count += 1
+        gaps += [gap for _, gap in continuing_gaps(steps)]
+
+    def factor(lone: bool) -> float:
+        measured, modelled = sums[lone]
+        return measured / modelled if modelled > 0 else 1.0
+
+    return ServedSteps(factor(True), factor(False), float(np.mean(gaps)) if gaps else 0.0, count)
+
+
+def slowed(hardware: HardwareProfile, factor: float, loop_s: float) -> HardwareProfile:
+    """``hardware`` with every step ``factor`` times as long (peaks divided, overheads multiplied),
+    plus ``loop_s`` a step."""
+    return hardware.calibrated(
+        peak_flops=hardware.peak_flops / factor, memory_bandwidth=hardware.memory_bandwidth / factor,
+        step_overhead_s=hardware.step_overhead_s * factor + loop_s,
+        layer_overhead_s=hardware.layer_overhead_s * factor, seq_overhead_s=hardware.seq_overhead_s * factor)
 
 
 def calibrate(config: EngineConfig, seed: int = 0, repeats: int = 3, serving_path: bool = True,
@@ -336,15 +415,18 @@ def calibrate(config: EngineConfig, seed: int = 0, repeats: int = 3, serving_pat
     fit = fit_two_paths(base, model, samples)
     hardware, lone, errors = fit.hardware, fit.lone_decode, fit.errors
     frontend = delivery = bandwidth = serving_step = 0.0
+    served = None
     if serving_path:
         bandwidth = asyncio.run(measure_transfer(config))
-        overhead, serving_step = measure_http_overhead(config, core, seed=seed, instances=instances)
+        overhead = measure_http_overhead(config, core, seed=seed, instances=instances)
         # Half on the way in (HTTP, tokenizing, routing, the hop to the core), half on the way out
         # (the hop back, detokenizing, the SSE chunk): the client sees their sum.
         frontend = delivery = overhead / 2
-        hardware = hardware.calibrated(step_overhead_s=hardware.step_overhead_s + serving_step)
+        served = measure_served_steps(config, hardware, lone, model, core.max_model_len, instances, seed)
+        serving_step = served.loop_s
+        hardware = slowed(hardware, served.batched_factor, serving_step)
         if lone is not None:
-            lone = lone.calibrated(step_overhead_s=lone.step_overhead_s + serving_step)
+            lone = slowed(lone, served.lone_factor, serving_step)
     abs_errors = np.abs(errors)
     return CalibratedProfile(
         hardware=hardware, model=source.name, threads=threads, dtype=core.info.dtype,
@@ -352,6 +434,8 @@ def calibrate(config: EngineConfig, seed: int = 0, repeats: int = 3, serving_pat
         num_steps=len(samples), transfer_bandwidth=bandwidth, frontend_s=frontend, delivery_s=delivery,
         serving_step_s=serving_step, lone_decode=lone, fit_errors=fit.errors_by_class(),
         serving_instances=instances if serving_path else 0,
+        served_factors=None if served is None else {"lone decode": served.lone_factor,
+                                                    "batched": served.batched_factor, "steps": served.num_steps},
         engine=dataclasses.asdict(config), cpu=cpu_model(), load_average=(load_start, os.getloadavg()[0]),
     )
 
@@ -373,6 +457,11 @@ def describe(profile: CalibratedProfile) -> str:
     if profile.fit_errors:
         parts.append("by step class (median, p90, steps): " + ", ".join(
             f"{name} {e[0]:.1%} {e[1]:.1%} {int(e[2])}" for name, e in profile.fit_errors.items()))
+    if profile.served_factors:
+        f = profile.served_factors
+        parts.append(f"served probe ({int(f['steps'])} steps on {profile.serving_instances} instances): steps "
+                     f"x{f['lone decode']:.3f} (one-sequence decodes), x{f['batched']:.3f} (others) of the in-process "
+                     "fit")
     if profile.transfer_bandwidth:
         parts.append(f"serving path ({profile.serving_instances} instances) {2 * profile.frontend_s * 1e3:.2f} ms "
                      f"a request, {profile.serving_step_s * 1e3:.2f} ms a step; zmq KV transfer "

@@ -198,6 +198,9 @@ class CalibratedProfile:
     # |predicted / measured - 1| per step class of the profile: class -> [median, p90, steps]
     fit_errors: dict[str, list[float]] = field(default_factory=dict)
     serving_instances: int = 1  # instances of the cluster the serving path was measured on (0: not measured)
+    # the served probe (``calibrate.measure_served_steps``): measured / in-process-fitted step time per
+    # path, already applied to ``hardware`` and ``lone_decode``
+    served_factors: dict[str, float] | None = None
 
     def engine_config(self) -> EngineConfig:
         """The engine options the factors were fitted for (real instances of a comparison use them)."""

@@ -120,25 +120,25 @@ def read_step_log(directory: str | Path) -> list[list[dict[str, Any]]]:
 def step_report(profile: CalibratedProfile, directory: str | Path) -> dict[str, dict[str, float]]:
     """Measured steps of the real run against the calibrated cost model, per step class
     (``calibrate.step_class``): steps, measured and modelled p50 (ms), the ratio modelled / measured
-    at p10, p50 and p90, and the p50 of the core's time between back-to-back steps (its loop)."""
+    at p10, p50 and p90, and the core's time from a step to the next one continuing its work (its
+    loop; p50 and mean)."""
     import numpy as np
 
     from edgecloud.llm.perf_model import StepShape
-    from edgecloud.sim.calibrate import step_class
+    from edgecloud.sim.calibrate import continuing_gaps, step_class
     from edgecloud.sim.profiles import local_twin
 
     perf, _ = local_twin(profile.engine_config(), profile.hardware, profile.lone_decode)
     measured: dict[str, list[tuple[float, float]]] = {}
     gaps: dict[str, list[float]] = {}
     for steps in read_step_log(directory):
-        for i, step in enumerate(steps):
+        names = []
+        for step in steps:
             shapes = [StepShape(new, context, sampled) for new, context, sampled, _ in step["shapes"]]
-            name = step_class(shapes)
-            measured.setdefault(name, []).append((step["s"], perf.step_time(shapes)))
-            if i + 1 < len(steps):
-                gap = steps[i + 1]["start"] - step["start"] - step["s"]
-                if gap < 0.005:  # the next step followed at once (work was waiting): the loop's time
-                    gaps.setdefault(name, []).append(gap)
+            names.append(step_class(shapes))
+            measured.setdefault(names[-1], []).append((step["s"], perf.step_time(shapes)))
+        for i, gap in continuing_gaps(steps):  # the next step continued this one's work: the loop's time
+            gaps.setdefault(names[i], []).append(gap)
     report = {}
     for name, pairs in sorted(measured.items()):
         real, model = np.array(pairs).T
@@ -146,5 +146,7 @@ def step_report(profile: CalibratedProfile, directory: str | Path) -> dict[str, 
         report[name] = {"steps": len(pairs), "real_ms_p50": float(np.median(real) * 1e3),
                         "model_ms_p50": float(np.median(model) * 1e3), "ratio_p10": float(np.percentile(ratio, 10)),
                         "ratio_p50": float(np.median(ratio)), "ratio_p90": float(np.percentile(ratio, 90)),
-                        "gap_ms_p50": float(np.median(gaps[name]) * 1e3) if gaps.get(name) else math.nan}
+                        "real_ms_mean": float(np.mean(real) * 1e3), "model_ms_mean": float(np.mean(model) * 1e3),
+                        "gap_ms_p50": float(np.median(gaps[name]) * 1e3) if gaps.get(name) else math.nan,
+                        "gap_ms_mean": float(np.mean(gaps[name]) * 1e3) if gaps.get(name) else math.nan}
     return report
