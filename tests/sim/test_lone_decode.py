@@ -160,3 +160,25 @@ def test_the_served_probe_scales_each_path_by_its_measured_mean() -> None:
     assert served.loop_s == pytest.approx(3e-4) and served.num_steps == 4
     hw = slowed(BATCHED, 1.2, 3e-4)
     assert PerfModel(hw, model).step_time(batch) == pytest.approx(1.2 * t_batch + 3e-4)
+
+
+def test_the_engine_logs_each_step_when_asked(tmp_path: Path, llama_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from edgecloud.llm.engine_core import EngineCore
+    from edgecloud.llm.model_source import resolve_model
+    from edgecloud.llm.request import EngineCoreRequest
+    from edgecloud.llm.sampling_params import SamplingParams
+    from edgecloud.sim.validate import read_step_log
+
+    monkeypatch.setenv("EDGECLOUD_STEP_LOG", str(tmp_path))
+    config = EngineConfig(model=str(llama_dir), num_threads=1, kv_cache_memory_mb=16)
+    core = EngineCore(config, resolve_model(config.model))
+    params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+    core.add_request(EngineCoreRequest(request_id="a", prompt_token_ids=list(range(2, 22)),
+                                       arrival_time=time.monotonic(), params=params))
+    while core.has_unfinished():
+        core.step()
+    (steps,) = read_step_log(tmp_path)
+    assert [s["shapes"] for s in steps] == [[[20, 20, True, True]], [[1, 21, True, False]], [[1, 22, True, False]]]
+    assert all(s["s"] > 0 for s in steps) and steps[0]["start"] < steps[1]["start"] < steps[2]["start"]

@@ -189,8 +189,8 @@ class CalibratedProfile:
     engine: dict[str, Any] = field(default_factory=dict)  # the EngineConfig calibrated (its fields)
     cpu: str = ""
     load_average: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and the end
-    # a served decode step's time beyond the same step in-process (the core's loop, its output hop);
-    # already included in ``hardware.step_overhead_s`` (and in ``lone_decode``'s)
+    # a served step's time beyond the step itself: the core's mean loop between steps that continue
+    # each other (the served probe's step logs); already in ``hardware.step_overhead_s`` (and ``lone_decode``'s)
     serving_step_s: float = 0.0
     # Steps of one decoding sequence, fitted on their own profiled steps: the engine runs them in one
     # C call (llm/quant/decode_stack.py), not through the modules a batch takes (None: priced as any step)
