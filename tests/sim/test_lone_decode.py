@@ -179,6 +179,7 @@ def test_the_engine_logs_each_step_when_asked(tmp_path: Path, llama_dir: Path, m
                                        arrival_time=time.monotonic(), params=params))
     while core.has_unfinished():
         core.step()
+    core.close()
     (steps,) = read_step_log(tmp_path)
     assert [s["shapes"] for s in steps] == [[[20, 20, True, True]], [[1, 21, True, False]], [[1, 22, True, False]]]
     assert all(s["s"] > 0 for s in steps) and steps[0]["start"] < steps[1]["start"] < steps[2]["start"]

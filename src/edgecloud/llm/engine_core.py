@@ -206,6 +206,9 @@ class EngineCore:
         process, or the thread that steps an in-process core, calls it when it stops."""
         if self.lora is not None:
             self.lora.close()
+        if self._step_log is not None:
+            self._step_log.close()
+            self._step_log = None
 
     # -- the step -----------------------------------------------------------------------------
 
