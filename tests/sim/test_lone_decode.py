@@ -158,6 +158,10 @@ def test_the_served_probe_scales_each_path_by_its_measured_mean() -> None:
     served = served_factors([steps], perf)
     assert served.lone_factor == pytest.approx(1.5, rel=1e-3) and served.batched_factor == pytest.approx(1.2)
     assert served.loop_s == pytest.approx(3e-4) and served.num_steps == 4
+    lone_spread = served.noise["lone decode"]
+    assert len(lone_spread) == 100 and lone_spread[0] == pytest.approx(1 / 1.5, rel=0.01)
+    assert lone_spread[-1] == pytest.approx(2 / 1.5, rel=0.01) and np.mean(lone_spread) == pytest.approx(1, rel=1e-3)
+    assert served.noise["batched"] == pytest.approx([1.0] * 100)
     hw = slowed(BATCHED, 1.2, 3e-4)
     assert PerfModel(hw, model).step_time(batch) == pytest.approx(1.2 * t_batch + 3e-4)
 
@@ -183,3 +187,19 @@ def test_the_engine_logs_each_step_when_asked(tmp_path: Path, llama_dir: Path, m
     (steps,) = read_step_log(tmp_path)
     assert [s["shapes"] for s in steps] == [[[20, 20, True, True]], [[1, 21, True, False]], [[1, 22, True, False]]]
     assert all(s["s"] > 0 for s in steps) and steps[0]["start"] < steps[1]["start"] < steps[2]["start"]
+
+
+def test_drawn_step_times_keep_the_mean_and_the_seed() -> None:
+    model = small_model()
+    noise = {"lone decode": [0.5, 1.5], "batched": [1.0]}
+    lone, batch = [StepShape(1, 30)], [StepShape(1, 30)] * 2
+    exact = PerfModel(LONE, model).step_time(lone)
+    draws = [LoneDecodePerfModel(BATCHED, model, LONE, noise=noise, seed=3) for _ in range(2)]
+    times = [[perf.step_time(lone) for _ in range(400)] for perf in draws]
+    assert times[0] == times[1]  # seeded: the same draws
+    assert set(np.round(np.array(times[0]) / exact, 9)) == {0.5, 1.5}
+    assert np.mean(times[0]) == pytest.approx(exact, rel=0.1)
+    assert draws[0].step_time(batch) == pytest.approx(PerfModel(BATCHED, model).step_time(batch))
+    from edgecloud.sim.decode_run import DecodeRun
+
+    assert DecodeRun.plan(None, None, draws[0], 0.0, 1.0) is None  # type: ignore[arg-type]

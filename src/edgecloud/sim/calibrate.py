@@ -34,7 +34,7 @@ import dataclasses
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,7 +45,7 @@ from edgecloud.llm.perf_model import HardwareProfile, ModelProfile, PerfModel, S
 from edgecloud.llm.request import EngineCoreRequest
 from edgecloud.llm.sampling_params import SamplingParams
 from edgecloud.llm.scheduler import SchedulerOutput
-from edgecloud.sim.profiles import CalibratedProfile, is_lone_decode
+from edgecloud.sim.profiles import BATCHED_PATH, LONE_PATH, CalibratedProfile, is_lone_decode
 
 FITTED = ("matmul_efficiency", "memory_efficiency", "step_overhead_s", "seq_overhead_s")
 FITTED_LONE = ("memory_efficiency", "step_overhead_s")  # one-sequence decode steps (``fit_two_paths``)
@@ -316,6 +316,7 @@ class ServedSteps:
     batched_factor: float
     loop_s: float
     num_steps: int
+    noise: dict[str, list[float]] = field(default_factory=dict)  # path -> quantiles of measured / factor x price
 
 
 def probe_workload(vocab: object, max_len: int, seed: int, rates: tuple[float, ...] = (2.0, 4.0, 8.0),
@@ -370,23 +371,29 @@ def measure_served_steps(config: EngineConfig, hardware: HardwareProfile, lone: 
 
 
 def served_factors(cores: list[list[dict]], perf: PerfModel) -> ServedSteps:
-    sums = {True: [0.0, 0.0], False: [0.0, 0.0]}  # lone path? -> [measured, modelled]
+    pairs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}  # lone path? -> (measured, modelled)
     gaps = []
-    count = 0
     for steps in cores:
         for step in steps:
             shapes = [StepShape(new, context, sampled) for new, context, sampled, _ in step["shapes"]]
-            part = sums[is_lone_decode(shapes)]
-            part[0] += step["s"]
-            part[1] += perf.step_time(shapes)
-            count += 1
+            pairs[is_lone_decode(shapes)].append((step["s"], perf.step_time(shapes)))
         gaps += [gap for _, gap in continuing_gaps(steps)]
 
     def factor(lone: bool) -> float:
-        measured, modelled = sums[lone]
+        measured, modelled = (sum(p) for p in zip(*pairs[lone], strict=True)) if pairs[lone] else (1.0, 1.0)
         return measured / modelled if modelled > 0 else 1.0
 
-    return ServedSteps(factor(True), factor(False), float(np.mean(gaps)) if gaps else 0.0, count)
+    def spread(lone: bool) -> list[float]:
+        """Quantiles of measured / (factor x modelled): what multiplies a step's mean price."""
+        if not pairs[lone]:
+            return [1.0]
+        ratios = np.array([m / p for m, p in pairs[lone]]) / factor(lone)
+        weights = np.array([p for _, p in pairs[lone]])  # the price-weighted mean of the ratios is 1
+        ratios = ratios / (np.sum(ratios * weights) / np.sum(weights))
+        return [float(q) for q in np.quantile(ratios, (np.arange(100) + 0.5) / 100)]
+
+    return ServedSteps(factor(True), factor(False), float(np.mean(gaps)) if gaps else 0.0,
+                       len(pairs[True]) + len(pairs[False]), {LONE_PATH: spread(True), BATCHED_PATH: spread(False)})
 
 
 def slowed(hardware: HardwareProfile, factor: float, loop_s: float) -> HardwareProfile:
@@ -434,8 +441,9 @@ def calibrate(config: EngineConfig, seed: int = 0, repeats: int = 3, serving_pat
         num_steps=len(samples), transfer_bandwidth=bandwidth, frontend_s=frontend, delivery_s=delivery,
         serving_step_s=serving_step, lone_decode=lone, fit_errors=fit.errors_by_class(),
         serving_instances=instances if serving_path else 0,
-        served_factors=None if served is None else {"lone decode": served.lone_factor,
-                                                    "batched": served.batched_factor, "steps": served.num_steps},
+        served_factors=None if served is None else {LONE_PATH: served.lone_factor,
+                                                    BATCHED_PATH: served.batched_factor, "steps": served.num_steps},
+        step_noise=None if served is None or lone is None else served.noise,
         engine=dataclasses.asdict(config), cpu=cpu_model(), load_average=(load_start, os.getloadavg()[0]),
     )
 
@@ -462,6 +470,9 @@ def describe(profile: CalibratedProfile) -> str:
         parts.append(f"served probe ({int(f['steps'])} steps on {profile.serving_instances} instances): steps "
                      f"x{f['lone decode']:.3f} (one-sequence decodes), x{f['batched']:.3f} (others) of the in-process "
                      "fit")
+    if profile.step_noise:
+        parts.append("served steps' spread (p10-p90 of measured over mean price): " + ", ".join(
+            f"{path} {q[10]:.2f}-{q[89]:.2f}" for path, q in profile.step_noise.items()))
     if profile.transfer_bandwidth:
         parts.append(f"serving path ({profile.serving_instances} instances) {2 * profile.frontend_s * 1e3:.2f} ms "
                      f"a request, {profile.serving_step_s * 1e3:.2f} ms a step; zmq KV transfer "

@@ -63,6 +63,8 @@ class DecodeRun:
              first_duration: float) -> DecodeRun | None:
         """A run starting with ``plan`` (just scheduled at ``now``, lasting ``first_duration``), or
         None when the plan is not a pure decode step of every request or the run would last one step."""
+        if getattr(perf, "noise", None):
+            return None  # drawn step times are not affine in the step index
         running = scheduler.running
         if (scheduler.waiting or plan.preempted or plan.exhausted or len(plan.scheduled) != len(running)
                 or scheduler.flex_step_budget is not None):

@@ -17,8 +17,9 @@ sequence; every figure from them is labelled simulated.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -201,6 +202,8 @@ class CalibratedProfile:
     # the served probe (``calibrate.measure_served_steps``): measured / in-process-fitted step time per
     # path, already applied to ``hardware`` and ``lone_decode``
     served_factors: dict[str, float] | None = None
+    # the served probe's spread: path -> 100 quantiles of a step's measured time over its mean price
+    step_noise: dict[str, list[float]] | None = None
 
     def engine_config(self) -> EngineConfig:
         """The engine options the factors were fitted for (real instances of a comparison use them)."""
@@ -254,6 +257,9 @@ def perf_model(hardware: HardwareProfile, model: ModelSpec, devices: int = 1) ->
     return PerfModel(hardware, model.profile, Parallelism(devices))
 
 
+LONE_PATH, BATCHED_PATH = "lone decode", "batched"  # the engine's two step paths (``LoneDecodePerfModel``)
+
+
 def is_lone_decode(shapes: Sequence[StepShape]) -> bool:
     """A step of one sequence computing one token with a context before it: the step the engine's
     one-call decoder takes (``ModelRunner``: one input token and no prefill). A prompt's last token
@@ -270,21 +276,31 @@ class LoneDecodePerfModel(PerfModel):
     the base model everything else (``batched``, a plain ``PerfModel`` of the same factors)."""
 
     def __init__(self, hardware: HardwareProfile, model: ModelProfile, lone: HardwareProfile,
-                 parallel: Parallelism | None = None) -> None:
+                 parallel: Parallelism | None = None, noise: dict[str, list[float]] | None = None,
+                 seed: int = 0) -> None:
         parallel = parallel or Parallelism()
         super().__init__(hardware, model, parallel)
         self.lone = PerfModel(lone, model, parallel)
         self.batched = PerfModel(hardware, model, parallel)
+        # With ``noise`` (path -> multipliers of a served step over its mean price: the served probe's
+        # quantiles), each step's price is multiplied by one drawn at random (seeded): steps on a shared
+        # host vary, and latency percentiles feel the spread, not only the mean. None: exact prices.
+        self.noise = noise
+        self._rng = random.Random(seed)
 
     def step_cost(self, batch: Iterable[StepShape], moe_imbalance: float = 1.0,
                   dispatch_imbalance: float = 1.0) -> StepCost:
         shapes = list(batch)
-        model = self.lone if is_lone_decode(shapes) else self.batched
-        return model.step_cost(shapes, moe_imbalance, dispatch_imbalance)
+        lone = is_lone_decode(shapes)
+        cost = (self.lone if lone else self.batched).step_cost(shapes, moe_imbalance, dispatch_imbalance)
+        if self.noise:
+            m = self._rng.choice(self.noise[LONE_PATH if lone else BATCHED_PATH])
+            cost = StepCost(*(getattr(cost, f.name) * m for f in fields(StepCost)))
+        return cost
 
 
-def local_twin(config: EngineConfig, hardware: HardwareProfile,
-               lone_decode: HardwareProfile | None = None) -> tuple[PerfModel, SimEngineConfig]:
+def local_twin(config: EngineConfig, hardware: HardwareProfile, lone_decode: HardwareProfile | None = None,
+               noise: dict[str, list[float]] | None = None) -> tuple[PerfModel, SimEngineConfig]:
     """The cost model and scheduling options of a simulated instance that stands for a real local
     instance running ``config``: the same model (read from its config.json), KV blocks (from the
     same memory budget, as the engine computes them), context limit and batch limits. With
@@ -309,5 +325,5 @@ def local_twin(config: EngineConfig, hardware: HardwareProfile,
     )
     profile = ModelProfile.from_config(mc, element)
     if lone_decode is not None:
-        return LoneDecodePerfModel(hardware, profile, lone_decode), sim_config
+        return LoneDecodePerfModel(hardware, profile, lone_decode, noise=noise), sim_config
     return PerfModel(hardware, profile), sim_config
