@@ -202,3 +202,15 @@ def test_registration_leaves_room_in_host_memory_and_the_rest_is_read_from_disk(
     assert [len(i.pinned) for i in cluster.instances] == [4, 4]
     assert all(r.error is None for r in result.records)
     assert sum(i.loads["disk"] for i in cluster.instances) > 0
+
+
+def test_baselines_holding_every_adapter_copy_it_from_host_memory_and_never_read_disk() -> None:
+    population = AdapterPopulation(num_adapters=40, seed=3)
+    workload = with_adapters([SimRequest(i * 0.02, list(range(i, i + 32)), 4) for i in range(150)], population)
+    spec = SimClusterSpec("llama-3-8b", "h100", 2)
+    for hold_all in (True, False):
+        settings = LoRASimSettings(max_loras=2, host_adapters=6, baselines_hold_all=hold_all)
+        _, cluster = simulate_lora(spec, "slora", workload, population, settings)
+        loads = sum((i.loads for i in cluster.instances), Counter())
+        assert (loads["disk"] == 0 and loads["host"] > 0) == hold_all
+        assert all(len(i.pinned) == (40 if hold_all else 0) for i in cluster.instances)

@@ -25,7 +25,10 @@ limit on distinct adapters among running requests, and KV manager) whose steps a
   ``host_adapters - max_loras`` adapters (room is left for those it fetches); adapters beyond what
   the cluster's host memory holds are not registered and are read from disk at their first use.
   The baselines (slora, affinity) keep each instance's own host-memory LRU and read a miss from
-  disk, with the same host memory per instance (docs/lora.md, "The paper's protocol").
+  disk, with the same host memory per instance (docs/lora.md, "The paper's protocol"). With
+  ``baselines_hold_all`` they instead hold every adapter in every instance's host memory from the
+  start (S-LoRA's own premise, "stores all adapters in the main memory"; beyond ``host_adapters``:
+  for the sensitivity of the comparison to the baseline's memory, not a budget a node has).
 - **LoRA products**: ``LoRACostModel.step_time`` over the step's (tokens, rank) segments, padded
   to the step's largest rank when the kernel is rank-oblivious (``padded``).
 
@@ -88,6 +91,7 @@ class LoRASimSettings:
     padded: bool = True  # rank-oblivious kernel: every segment runs to the step's largest rank
     async_loads: bool = True  # reads off the step, only the adapter's requests wait (the engine's default)
     register: bool = True  # adapters placed across the cluster before the run (the policies that place them)
+    baselines_hold_all: bool = False  # the other policies: every adapter in every instance's host memory ahead
 
     def __post_init__(self) -> None:
         for name in ("max_loras", "max_lora_rank", "host_adapters"):
@@ -342,6 +346,10 @@ def simulate_lora(spec: SimClusterSpec, policy: str, workload: Sequence[SimReque
         placement = place_by_rank(weight, ranks, sorted(i.name for i in cluster.instances))
         homes = register_adapters(cluster, placement, settings)
         options.setdefault("registered", {a: placement.instances_of(a) for a in homes})
+    elif policy not in REGISTERS and settings.baselines_hold_all:
+        for instance in cluster.instances:
+            for adapter in ranks:
+                instance.register(adapter)
     elif policy == "affinity":
         options.setdefault("capacity", settings.host_adapters)
     sim = ClusterSimulator(cluster.instances, make_policy(policy, **options), record_token_times=False)

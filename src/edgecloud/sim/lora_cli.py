@@ -69,6 +69,10 @@ def register(commands: Any, bench: Any) -> None:
                           help="simulated loraserve: no adapter placed before the run, each read from disk at its "
                           "first use in the cluster (sessions 7-8); default: every adapter registered in one "
                           "instance's host memory ahead, as the paper places them, and fetched from there over RDMA")
+    adapters.add_argument("--baselines-hold-all", action="store_true",
+                          help="simulated slora and affinity: every adapter in every instance's host memory from the "
+                          "start (S-LoRA's premise; beyond --host-adapters), so a miss is a host-to-device copy; "
+                          "default: each instance's own host-memory LRU of --host-adapters, a miss read from disk")
     slo = parser.add_argument_group("SLO")
     slo.add_argument("--slo-ttft", type=_positive, default=1.0, help="seconds")
     slo.add_argument("--slo-tpot", type=_positive, default=0.1, help="seconds")
@@ -105,7 +109,7 @@ def _bench_lora(args: argparse.Namespace) -> int:
         population = AdapterPopulation(args.num_adapters, args.ranks, args.zipf, args.drift_period, args.drift_shift,
                                        args.seed)
         lora = LoRASimSettings(args.max_loras, max(args.ranks), args.host_adapters, async_loads=not args.sync_loads,
-                               register=not args.no_register)
+                               register=not args.no_register, baselines_hold_all=args.baselines_hold_all)
         from edgecloud.cluster.policies import POLICIES
 
         for policy in policies:
