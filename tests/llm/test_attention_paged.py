@@ -32,18 +32,21 @@ def reference(query, k_cache, v_cache, tables, lens, block_size, scale):  # type
     lens=st.lists(st.integers(1, 70), min_size=1, max_size=12),
     block_size=st.sampled_from([1, 4, 16]),
     kv_heads=st.sampled_from([1, 2]),
-    group=st.sampled_from([1, 4]),
+    group=st.sampled_from([1, 4, 9]),
+    head_dim=st.sampled_from([8, 16, 64]),
     seed=st.integers(0, 1000),
     chunk_bytes=st.sampled_from([paged.CPU_CHUNK_BYTES, 1, 4096]),
     kernel=st.booleans(),
 )
 def test_paged_decode_matches_reference(
-    lens: list[int], block_size: int, kv_heads: int, group: int, seed: int, chunk_bytes: int, kernel: bool
+    lens: list[int], block_size: int, kv_heads: int, group: int, head_dim: int, seed: int, chunk_bytes: int,
+    kernel: bool,
 ) -> None:
     """Both CPU paths: the C kernel reading K/V in place, and the torch gather + SDPA path, also
-    with its row chunks forced small (one row per SDPA call at 1 byte, or a few)."""
+    with its row chunks forced small (one row per SDPA call at 1 byte, or a few). The kernel's
+    vector path takes head sizes that are multiples of 16 (on AVX-512), its generic one the rest;
+    9 query heads a KV head leave a partial group of eight."""
     gen = torch.Generator().manual_seed(seed)
-    head_dim = 8
     num_blocks = sum(-(-n // block_size) for n in lens) + 3
     k_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=gen)
     v_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=gen)

@@ -232,6 +232,10 @@ def test_an_evicted_adapter_is_read_off_the_step_and_only_its_requests_wait(
     assert tokens["evicted"] == peft_ref.greedy(adapters["r4-all"], prompt, MAX_TOKENS)
     assert tokens["held"] == peft_ref.greedy(adapters["r8-mlp"], prompt, MAX_TOKENS)
     assert (lora.async_reads, lora.loading) == (int(async_loads), False)
+    loader = lora._loader
+    assert (loader is not None) == async_loads
+    engine.close()  # the loader thread is stopped, not left for the garbage collector
+    assert lora._loader is None and (loader is None or loader._shutdown)
 
 
 def test_unload_refuses_while_requests_use_the_adapter(llama_dir: Path, adapters: dict[str, Path]) -> None:

@@ -181,6 +181,8 @@ class InprocClient(EngineClient):
         except Exception as error:  # a bug outside a step: report, never vanish silently
             log.exception("engine core thread died")
             on_dead(f"engine core thread died: {type(error).__name__}: {error}")
+        finally:
+            core.close()
 
     async def shutdown(self) -> None:
         """Asks the core thread to stop and waits ``shutdown_timeout_s`` for it. A thread cannot be

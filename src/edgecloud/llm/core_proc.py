@@ -172,6 +172,7 @@ def run_engine_core(
             service.publish(produced + core.step())
         elif handled:
             service.publish(produced)
+    core.close()
     outbox.close()
     inbox.close()
     context.term()

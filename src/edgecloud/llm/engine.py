@@ -40,6 +40,10 @@ class LLMEngine:
         self.core = EngineCore(config, source)
         self.processor = OutputProcessor(self.tokenizer, self.core.info)
 
+    def close(self) -> None:
+        """Stops what the engine started besides itself (the LoRA loader thread)."""
+        self.core.close()
+
     # The parts tests and benchmarks look into.
     @property
     def model_config(self) -> ModelConfig:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 import torch
 
+from edgecloud.llm import host_memory
 from edgecloud.llm.config import EngineConfig, ModelConfig, read_generation_defaults
 from edgecloud.llm.errors import InvalidRequestError
 from edgecloud.llm.kv_cache import KVCacheManager, LayerGroup, model_fingerprint, root_key
@@ -88,6 +89,8 @@ class EngineCore:
         self.model_config = mc
         self.max_model_len = max_model_len_for(config, mc)
         self.device = torch.device(config.device)
+        if self.device.type == "cpu":
+            host_memory.keep_freed_memory()  # activations reuse last step's pages (host_memory)
         self.dtype = config.resolve_dtype(mc)
         groups, pools = self._layer_groups(config, mc)
         num_blocks = min(pools)
@@ -190,6 +193,12 @@ class EngineCore:
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
+
+    def close(self) -> None:
+        """Releases what the core started besides itself (the LoRA loader thread). The core's own
+        process, or the thread that steps an in-process core, calls it when it stops."""
+        if self.lora is not None:
+            self.lora.close()
 
     # -- the step -----------------------------------------------------------------------------
 

@@ -124,6 +124,9 @@ class MultiHeadLatentAttention(torch.nn.Module):
             latent = latent_cache.view(-1, self.kv_lora_rank).index_select(0, seg.context_slots)
             k_rot = rope_cache.view(-1, self.rope_dim).index_select(0, seg.context_slots)
         key, value = self._expand(latent.to(query.dtype), k_rot.to(query.dtype))
+        # 3-D on purpose: unlike Llama's prefill (attention/prefill.py), a batch dimension gains nothing
+        # here: torch's fused CPU flash kernel does not take a value head size unlike the query's (MLA's
+        # 128 vs 192), so SDPA runs its math path either way (checked with torch 2.13, both outputs equal).
         out = F.scaled_dot_product_attention(query.transpose(0, 1), key, value, attn_mask=seg.mask,
                                              is_causal=seg.mask is None, scale=self.scale)
         return out.transpose(0, 1)

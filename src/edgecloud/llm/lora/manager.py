@@ -185,6 +185,14 @@ class LoRAManager:
         if futures:
             wait(futures, timeout, return_when=FIRST_COMPLETED)
 
+    def close(self) -> None:
+        """Stops the loader thread: reads not started are cancelled, one in progress finishes on
+        its own (a file read cannot be interrupted) and is dropped. Safe to call twice."""
+        loader, self._loader = self._loader, None
+        if loader is not None:
+            loader.shutdown(wait=False, cancel_futures=True)
+        self._loads.clear()
+
     # -- steps ----------------------------------------------------------------------------------
 
     def batch(self, row_adapters: list[str | None]) -> LoRABatch:
