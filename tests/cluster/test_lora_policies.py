@@ -150,3 +150,10 @@ def test_affinity_sticks_to_a_holder_and_slora_ignores_adapters() -> None:
     req = s.request("busy", list(range(5000, 5040)), 8, adapter_id="x")
     held = s.begin(s.route(req, 0.0).target, req, "mixed")  # type: ignore[union-attr]
     assert send(s, "x", 0.0) != held.view.name
+
+
+def test_loraserve_sends_a_registered_adapter_to_its_registration_home_until_the_placement_knows_it() -> None:
+    # i0 is least loaded and would take an unknown adapter; "x" was registered on i2
+    r = cluster("loraserve", 3, ranks={"x": 64, "y": 64}, rebalance_s=100.0, registered={"x": (("i2", 1.0),)})
+    assert [send(r, "x", 0.1 * k) for k in range(3)] == ["i2"] * 3
+    assert send(r, "y", 0.5) == "i0"  # not registered: a newcomer, to the least loaded instance

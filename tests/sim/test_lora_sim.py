@@ -156,3 +156,61 @@ def test_the_fewest_instances_are_those_from_which_every_larger_count_meets_the_
     assert tried == [18, 17, 16, 15, 14]
     assert min_instances(lambda n: n <= 3, 4) is None
     assert min_instances(lambda n: True, 3) == 1
+
+
+def test_a_pinned_adapter_stays_in_host_memory_while_others_are_evicted() -> None:
+    cluster = build_lora_cluster(SimClusterSpec("llama-3-8b", "h100", 1), LoRASimSettings(max_loras=1, host_adapters=2),
+                                 {"a": 8, "b": 8, "c": 8}, remote=True)
+    instance = cluster.instances[0]
+    instance.register("a")
+    instance._to_host("b")
+    instance._to_host("c")
+    assert list(instance.host) == ["a", "c"]
+    assert cluster.directory.holders["a"] == {"mixed0"} and not cluster.directory.holders["b"]
+
+
+def test_loraserve_registers_every_adapter_ahead_so_no_request_waits_on_disk() -> None:
+    population = AdapterPopulation(num_adapters=60, drift_period_s=2.0, drift_shift=5, seed=1)
+    arrivals = [i * 0.01 for i in range(400)]
+    workload = with_adapters([SimRequest(t, list(range(i, i + 48)), 8) for i, t in enumerate(arrivals)], population)
+    spec = SimClusterSpec("llama-3-8b", "h100", 4)
+    disk = {}
+    for policy, register in (("loraserve", True), ("loraserve", False), ("slora", True)):
+        settings = LoRASimSettings(max_loras=4, host_adapters=24, register=register)
+        result, cluster = simulate_lora(spec, policy, workload, population, settings, {"rebalance_s": 1.0}
+                                        if policy == "loraserve" else None)
+        assert all(r.error is None and r.output_tokens == 8 for r in result.records)
+        disk[(policy, register)] = sum(i.loads["disk"] for i in cluster.instances)
+        if policy == "loraserve" and register:
+            # one copy of each adapter, in rank order over the instances (15 each), none lost to the LRU
+            assert sorted(len(i.pinned) for i in cluster.instances) == [15] * 4
+            assert all(cluster.directory.holders[a] for a in population.names)
+            ranks = population.rank_of()
+            highest = [max(ranks[a] for a in i.pinned) for i in cluster.instances]
+            lowest = [min(ranks[a] for a in i.pinned) for i in cluster.instances]
+            assert all(h <= low for h, low in zip(highest, lowest[1:], strict=False))
+    assert disk[("loraserve", True)] == 0
+    assert disk[("loraserve", False)] > 0 and disk[("slora", True)] > 0  # the baselines keep their protocol
+
+
+def test_registration_leaves_room_in_host_memory_and_the_rest_is_read_from_disk() -> None:
+    population = AdapterPopulation(num_adapters=30, seed=2)
+    workload = with_adapters([SimRequest(i * 0.02, list(range(i, i + 32)), 4) for i in range(200)], population)
+    settings = LoRASimSettings(max_loras=2, host_adapters=6)  # 4 pinned an instance, 8 of 30 registered
+    result, cluster = simulate_lora(SimClusterSpec("llama-3-8b", "h100", 2), "loraserve", workload, population,
+                                    settings, {"rebalance_s": 1.0})
+    assert [len(i.pinned) for i in cluster.instances] == [4, 4]
+    assert all(r.error is None for r in result.records)
+    assert sum(i.loads["disk"] for i in cluster.instances) > 0
+
+
+def test_baselines_holding_every_adapter_copy_it_from_host_memory_and_never_read_disk() -> None:
+    population = AdapterPopulation(num_adapters=40, seed=3)
+    workload = with_adapters([SimRequest(i * 0.02, list(range(i, i + 32)), 4) for i in range(150)], population)
+    spec = SimClusterSpec("llama-3-8b", "h100", 2)
+    for hold_all in (True, False):
+        settings = LoRASimSettings(max_loras=2, host_adapters=6, baselines_hold_all=hold_all)
+        _, cluster = simulate_lora(spec, "slora", workload, population, settings)
+        loads = sum((i.loads for i in cluster.instances), Counter())
+        assert (loads["disk"] == 0 and loads["host"] > 0) == hold_all
+        assert all(len(i.pinned) == (40 if hold_all else 0) for i in cluster.instances)

@@ -15,10 +15,12 @@ two baselines it is measured against, as policies of the cluster's registry (rea
   runs of equal rank-weighted load as there are instances: every instance serves about the same
   load and a narrow range of ranks, so a batch is never as slow as one large adapter among small
   ones (the rank skew), and an adapter hotter than one instance's share is spread over several.
-  A request goes to the holder of its adapter with the least work per unit of share; a new
-  adapter (a cold read) goes to the least loaded instance until the next rebalance moves it to
-  the run of its rank. An instance that lacks the adapter fetches it from a peer (the cluster's
-  adapter connector; RDMA in the simulator) instead of disk.
+  A request goes to the holder of its adapter with the least work per unit of share. Adapters
+  registered ahead (``registered``: the simulator places every adapter at registration, as the
+  paper does) go to their registration homes until the load-based placement takes them in; an
+  adapter the policy does not know at all (a cold read) goes to the least loaded instance until
+  the next rebalance moves it to the run of its rank. An instance that lacks the adapter fetches
+  it from a peer (the cluster's adapter connector; RDMA in the simulator) instead of disk.
 
 ``work`` is the prefix-aware policy's measure (``expected_work_tokens``): tokens before the
 request's first token there.
@@ -131,6 +133,7 @@ class LoRAServe(RoutingPolicy):
         rebalance_s: float = 30.0,
         window_s: float = 60.0,
         spill_tokens: float = 8192.0,
+        registered: Mapping[str, tuple[tuple[str, float], ...]] | None = None,
     ) -> None:
         super().__init__(roles, pools)
         for name, value in (("rebalance_s", rebalance_s), ("window_s", window_s)):
@@ -150,6 +153,9 @@ class LoRAServe(RoutingPolicy):
         # real cluster, 0 in the simulator), so a fixed 0 here made 2^(now / window) overflow.
         self._since: float | None = None
         self.placement = Placement()
+        # adapter -> its homes at registration, with their shares: where it goes while the placement,
+        # which holds only adapters with recent load, does not hold it
+        self.registered = dict(registered or {})
         self.next_rebalance: float | None = None
         self.rebalances = 0
 
@@ -192,6 +198,8 @@ class LoRAServe(RoutingPolicy):
             self.next_rebalance = now + self.rebalance_s
         by_name = {v.name: v for v in candidates}
         homes = [(by_name[n], s) for n, s in self.placement.instances_of(adapter) if n in by_name]
+        if not homes:
+            homes = [(by_name[n], s) for n, s in self.registered.get(adapter, ()) if n in by_name]
         if not homes:
             homes = [(self._newcomer_home(adapter, candidates, work), 1.0)]
         target, _ = min(homes, key=lambda h: (work(h[0]) / h[1], h[0].outstanding))

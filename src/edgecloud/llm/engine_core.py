@@ -10,7 +10,9 @@ A failing step fails the requests it held (their outputs carry the error) and ne
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -146,6 +148,11 @@ class EngineCore:
         # waiting online work (set by the core's service; None: never). docs/engine-core.md.
         self.interrupt: Callable[[], bool] | None = None
         self.num_abandoned_steps = 0
+        # EDGECLOUD_STEP_LOG=DIR: one JSON line per executed step into DIR/steps-PID.jsonl (its shapes
+        # and seconds; what ``edgecloud sim validate --step-log`` compares with the cost model)
+        directory = os.environ.get("EDGECLOUD_STEP_LOG")
+        self._step_log = None if not directory else open(  # noqa: SIM115 (open for the core's life)
+            os.path.join(directory, f"steps-{os.getpid()}.jsonl"), "a", buffering=1)
 
     def _layer_groups(self, config: EngineConfig, mc: ModelConfig) -> tuple[list[LayerGroup], list[int]]:
         """The KV layer groups (all layers full, or ``config.kv_layer_pattern``'s) and their pool
@@ -199,10 +206,14 @@ class EngineCore:
         process, or the thread that steps an in-process core, calls it when it stops."""
         if self.lora is not None:
             self.lora.close()
+        if self._step_log is not None:
+            self._step_log.close()
+            self._step_log = None
 
     # -- the step -----------------------------------------------------------------------------
 
     def step(self) -> list[EngineCoreOutput]:
+        started = time.perf_counter()
         plan = self.scheduler.schedule(self.clock())
         if not plan.scheduled and not plan.exhausted and self.lora is not None and self.lora.loading:
             self.lora.wait_for_loads(0.01)  # only requests of adapters being read wait: no busy loop
@@ -225,7 +236,14 @@ class EngineCore:
             if abandonable and hasattr(self.executor, "interrupt"):
                 self.executor.interrupt = None
         self.num_steps += 1
-        return self.scheduler.update(plan, sampled)
+        if self._step_log is None:
+            return self.scheduler.update(plan, sampled)
+        shapes = [[s.num_new_tokens, s.request.num_computed_tokens + s.num_new_tokens, s.samples,
+                   s.request.num_computed_tokens < s.request.num_prompt_tokens] for s in plan.scheduled]
+        outputs = self.scheduler.update(plan, sampled)
+        seconds = time.perf_counter() - started
+        self._step_log.write(json.dumps({"start": started, "s": seconds, "shapes": shapes}) + "\n")
+        return outputs
 
     def _abandon(self, plan: SchedulerOutput) -> list[EngineCoreOutput]:
         """Drops a step stopped between layers: no request advances (``update`` does not run), so

@@ -90,6 +90,9 @@ def register(commands: Any, bench: Any) -> None:
     calibrate.add_argument("--out", type=output_file, required=True, help="profile to write (JSON)")
     calibrate.add_argument("--repeats", type=int, default=3, help="times each step shape is measured")
     calibrate.add_argument("--budget", type=_positive, default=120.0, help="seconds for the step sweep at most")
+    calibrate.add_argument("--instances", type=int, default=2,
+                           help="instances of the cluster the serving path is measured on: the layout the profile "
+                           "is for (they share this machine's cores; default 2, as sim validate)")
     calibrate.add_argument("--no-serving-path", action="store_true",
                            help="skip the HTTP and KV-transfer measurements (they start real instances)")
     add_engine_options(calibrate)
@@ -106,6 +109,9 @@ def register(commands: Any, bench: Any) -> None:
     _add_trace_options(validate, DEFAULT_TRACE, 300, input_scale=0.1, output_scale=0.1)
     validate.set_defaults(time_scale=0.5, max_input_len=400, max_output_len=100)
     validate.add_argument("--json", dest="json_path", type=output_file, help="write the cases here")
+    validate.add_argument("--step-log", metavar="DIR",
+                          help="log the real instances' steps under DIR (one folder per policy) and compare them "
+                          "with the cost model per step class (in the JSON's \"steps\")")
     validate.set_defaults(handler=_validate)
 
     from edgecloud.sim.bench_cli import register_bench
@@ -160,7 +166,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     try:
         config = engine_config_from_args(args)
-        profile = calibrate(config, repeats=args.repeats, serving_path=not args.no_serving_path, budget_s=args.budget)
+        profile = calibrate(config, repeats=args.repeats, serving_path=not args.no_serving_path, budget_s=args.budget,
+                            instances=args.instances)
     except (InvalidRequestError, ModelLoadError) as error:
         raise CLIError(str(error), USAGE) from None
     Path(args.out).write_text(json.dumps(profile.to_json(), indent=2) + "\n")
@@ -184,7 +191,7 @@ def _validate(args: argparse.Namespace) -> int:
                                   args.max_input_len, args.max_output_len, args.time_scale, args.instances,
                                   args.policies, args.seed)
     try:
-        result = validate(profile, settings)
+        result = validate(profile, settings, args.step_log)
     except (OSError, ValueError) as error:
         raise CLIError(str(error)) from None
     for case in result["cases"]:
@@ -193,6 +200,12 @@ def _validate(args: argparse.Namespace) -> int:
         shown = "-" if error is None else f"{error:+.1%}"
         print(f"{case['policy']:>16} {case['metric']:>4} {case['quantile']}: real {case['real_ms']:8.1f} ms, "
               f"simulated {case['sim_ms']:8.1f} ms, error {shown:>7} {mark}")
+    for policy, classes in result.get("steps", {}).items():
+        for name, c in classes.items():
+            print(f"{policy:>16} {name:>12} steps: {c['steps']:5d}, real p50/mean {c['real_ms_p50']:6.2f}/"
+                  f"{c['real_ms_mean']:6.2f} ms, model {c['model_ms_p50']:6.2f}/{c['model_ms_mean']:6.2f} ms, "
+                  f"model/real p10 {c['ratio_p10']:.2f} p50 {c['ratio_p50']:.2f} p90 {c['ratio_p90']:.2f}, loop "
+                  f"p50/mean {c['gap_ms_p50']:.3f}/{c['gap_ms_mean']:.3f} ms")
     print("passed" if result["passed"] else "not within 10% everywhere")
     if args.json_path:
         write(args.json_path, result)

@@ -95,7 +95,7 @@ def run_real(
 def twin_instances(
     config: EngineConfig, specs: Sequence[InstanceSpec], profile: CalibratedProfile
 ) -> list[SimInstance]:
-    perf, sim_config = local_twin(config, profile.hardware)
+    perf, sim_config = local_twin(config, profile.hardware, profile.lone_decode, profile.step_noise)
     return [SimInstance(s.name, perf, sim_config, b"twin", s.role, s.pool) for s in specs]
 
 

@@ -63,6 +63,8 @@ class DecodeRun:
              first_duration: float) -> DecodeRun | None:
         """A run starting with ``plan`` (just scheduled at ``now``, lasting ``first_duration``), or
         None when the plan is not a pure decode step of every request or the run would last one step."""
+        if getattr(perf, "noise", None):
+            return None  # drawn step times are not affine in the step index
         running = scheduler.running
         if (scheduler.waiting or plan.preempted or plan.exhausted or len(plan.scheduled) != len(running)
                 or scheduler.flex_step_budget is not None):
@@ -103,8 +105,12 @@ class DecodeRun:
         # slopes. Checked from the shortest context at the run's start to the longest at its end.
         low, high = min(computed) + 1, max(computed)
 
+        # A model that prices one-sequence steps apart (``profiles.LoneDecodePerfModel``) gives a
+        # batch's slope from its batched path.
+        slope_model = getattr(perf, "batched", perf) if len(computed) > 1 else perf
+
         def alone(context: int) -> float:
-            return perf.step_time([StepShape(1, context, True)])
+            return slope_model.step_time([StepShape(1, context, True)])
 
         slope = alone(low + 1) - alone(low)
         while k > 2 and abs(alone(low) + (high + k - low) * slope - alone(high + k)) > _AFFINE_TOLERANCE * alone(

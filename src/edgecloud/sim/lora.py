@@ -16,6 +16,19 @@ limit on distinct adapters among running requests, and KV manager) whose steps a
   (vLLM's worker, and the engine before session 8) the step that needs an adapter reads it itself
   and every request waits. Device slots and host memory are LRU caches of ``max_loras`` and
   ``host_adapters`` adapters; an adapter fetched or read is kept in host memory.
+- **registration** (``register``, on by default, for the policies that place adapters: loraserve):
+  LoRAServe places every adapter across the cluster when it is registered and reaches it over
+  GPUDirect RDMA where it is missing, so no request of it waits on a disk read. Each adapter's
+  weights are put in the host memory of one instance (its home by the policy's registration
+  placement: rank order, equal counts) before the first request, pinned there (the cluster's copy:
+  never evicted); the other instances fetch it from there. An instance pins at most
+  ``host_adapters - max_loras`` adapters (room is left for those it fetches); adapters beyond what
+  the cluster's host memory holds are not registered and are read from disk at their first use.
+  The baselines (slora, affinity) keep each instance's own host-memory LRU and read a miss from
+  disk, with the same host memory per instance (docs/lora.md, "The paper's protocol"). With
+  ``baselines_hold_all`` they instead hold every adapter in every instance's host memory from the
+  start (S-LoRA's own premise, "stores all adapters in the main memory"; beyond ``host_adapters``:
+  for the sensitivity of the comparison to the baseline's memory, not a budget a node has).
 - **LoRA products**: ``LoRACostModel.step_time`` over the step's (tokens, rank) segments, padded
   to the step's largest rank when the kernel is rank-oblivious (``padded``).
 
@@ -39,6 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecloud.cluster.config import Role
+from edgecloud.cluster.lora import Placement, place_by_rank
 from edgecloud.cluster.policies import make_policy
 from edgecloud.llm.lora.cost import LoRACostModel
 from edgecloud.llm.perf_model import HardwareProfile, PerfModel
@@ -76,6 +90,8 @@ class LoRASimSettings:
     host_adapters: int = 128  # adapters kept in host memory per instance
     padded: bool = True  # rank-oblivious kernel: every segment runs to the step's largest rank
     async_loads: bool = True  # reads off the step, only the adapter's requests wait (the engine's default)
+    register: bool = True  # adapters placed across the cluster before the run (the policies that place them)
+    baselines_hold_all: bool = False  # the other policies: every adapter in every instance's host memory ahead
 
     def __post_init__(self) -> None:
         for name in ("max_loras", "max_lora_rank", "host_adapters"):
@@ -105,6 +121,7 @@ class LoRASimInstance(SimInstance):
         self.directory = directory
         self.device: OrderedDict[str, None] = OrderedDict()
         self.host: OrderedDict[str, None] = OrderedDict()
+        self.pinned: set[str] = set()  # registered here: the cluster's copy, never evicted from host memory
         self.loads: Counter[str] = Counter()  # adapter loads by source: host, peer, disk
         self.load_s = 0.0
         self.lora_s = 0.0
@@ -143,12 +160,19 @@ class LoRASimInstance(SimInstance):
         self._to_host(adapter)
         return True
 
+    def register(self, adapter: str) -> None:
+        """Holds ``adapter`` in host memory from now on (its registration here)."""
+        self.pinned.add(adapter)
+        self._to_host(adapter)
+
     def _to_host(self, adapter: str) -> None:
         self.host[adapter] = None
         self.host.move_to_end(adapter)
         self.directory.holders[adapter].add(self.name)
-        while len(self.host) > self.settings.host_adapters:
-            old, _ = self.host.popitem(last=False)
+        if len(self.host) <= self.settings.host_adapters:
+            return
+        for old in [a for a in self.host if a not in self.pinned][:len(self.host) - self.settings.host_adapters]:
+            del self.host[old]
             self.directory.holders[old].discard(self.name)
 
     def start_step(self, now: float) -> float | None:
@@ -287,6 +311,24 @@ def build_lora_cluster(spec: SimClusterSpec, settings: LoRASimSettings, ranks: d
 
 # Each policy as the LoRAServe paper runs it: the baselines load from disk, LoRAServe from peers.
 REMOTE_ACCESS = {"slora": False, "affinity": False, "loraserve": True}
+# The policies that place every adapter across the cluster at registration (``LoRASimSettings.register``).
+REGISTERS = {"loraserve"}
+
+
+def register_adapters(cluster: LoRACluster, placement: Placement, settings: LoRASimSettings) -> dict[str, str]:
+    """Pins each adapter of ``placement`` in the host memory of its home (the instance taking the
+    largest share of it), at most ``host_adapters - max_loras`` an instance, in the placement's
+    order. Returns adapter -> home of those registered."""
+    by_name = {i.name: i for i in cluster.instances}
+    room = max(0, settings.host_adapters - settings.max_loras)
+    homes: dict[str, str] = {}
+    for adapter, parts in placement.homes.items():
+        name = max(parts, key=lambda part: part[1])[0]
+        instance = by_name[name]
+        if len(instance.pinned) < room:
+            instance.register(adapter)
+            homes[adapter] = name
+    return homes
 
 
 def simulate_lora(spec: SimClusterSpec, policy: str, workload: Sequence[SimRequest], population: AdapterPopulation,
@@ -298,6 +340,16 @@ def simulate_lora(spec: SimClusterSpec, policy: str, workload: Sequence[SimReque
     if policy == "loraserve":
         options.setdefault("ranks", ranks)
         options.setdefault("rank_cost", cluster.rank_cost)
+    if policy in REGISTERS and settings.register:
+        # every adapter is expected to be as busy as any other until its requests say otherwise
+        weight = {a: 1.0 + cluster.rank_cost * r for a, r in ranks.items()}
+        placement = place_by_rank(weight, ranks, sorted(i.name for i in cluster.instances))
+        homes = register_adapters(cluster, placement, settings)
+        options.setdefault("registered", {a: placement.instances_of(a) for a in homes})
+    elif policy not in REGISTERS and settings.baselines_hold_all:
+        for instance in cluster.instances:
+            for adapter in ranks:
+                instance.register(adapter)
     elif policy == "affinity":
         options.setdefault("capacity", settings.host_adapters)
     sim = ClusterSimulator(cluster.instances, make_policy(policy, **options), record_token_times=False)

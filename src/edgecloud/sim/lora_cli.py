@@ -65,6 +65,14 @@ def register(commands: Any, bench: Any) -> None:
                           help="read an adapter in the step that needs it, stalling every request (vLLM's worker; "
                           "the engine's lora_async_loads=False); default: a loader reads it off the step and only "
                           "its requests wait, real and simulated")
+    adapters.add_argument("--no-register", action="store_true",
+                          help="simulated loraserve: no adapter placed before the run, each read from disk at its "
+                          "first use in the cluster (sessions 7-8); default: every adapter registered in one "
+                          "instance's host memory ahead, as the paper places them, and fetched from there over RDMA")
+    adapters.add_argument("--baselines-hold-all", action="store_true",
+                          help="simulated slora and affinity: every adapter in every instance's host memory from the "
+                          "start (S-LoRA's premise; beyond --host-adapters), so a miss is a host-to-device copy; "
+                          "default: each instance's own host-memory LRU of --host-adapters, a miss read from disk")
     slo = parser.add_argument_group("SLO")
     slo.add_argument("--slo-ttft", type=_positive, default=1.0, help="seconds")
     slo.add_argument("--slo-tpot", type=_positive, default=0.1, help="seconds")
@@ -100,7 +108,8 @@ def _bench_lora(args: argparse.Namespace) -> int:
     try:
         population = AdapterPopulation(args.num_adapters, args.ranks, args.zipf, args.drift_period, args.drift_shift,
                                        args.seed)
-        lora = LoRASimSettings(args.max_loras, max(args.ranks), args.host_adapters, async_loads=not args.sync_loads)
+        lora = LoRASimSettings(args.max_loras, max(args.ranks), args.host_adapters, async_loads=not args.sync_loads,
+                               register=not args.no_register, baselines_hold_all=args.baselines_hold_all)
         from edgecloud.cluster.policies import POLICIES
 
         for policy in policies:

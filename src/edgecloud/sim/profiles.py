@@ -17,7 +17,9 @@ sequence; every figure from them is labelled simulated.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,8 @@ from edgecloud.llm.perf_model import (
     MoEProfile,
     Parallelism,
     PerfModel,
+    StepCost,
+    StepShape,
 )
 
 if TYPE_CHECKING:
@@ -186,9 +190,20 @@ class CalibratedProfile:
     engine: dict[str, Any] = field(default_factory=dict)  # the EngineConfig calibrated (its fields)
     cpu: str = ""
     load_average: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and the end
-    # a served decode step's time beyond the same step in-process (the core's loop, its output hop);
-    # already included in ``hardware.step_overhead_s``
+    # a served step's time beyond the step itself: the core's mean loop between steps that continue
+    # each other (the served probe's step logs); already in ``hardware.step_overhead_s`` (and ``lone_decode``'s)
     serving_step_s: float = 0.0
+    # Steps of one decoding sequence, fitted on their own profiled steps: the engine runs them in one
+    # C call (llm/quant/decode_stack.py), not through the modules a batch takes (None: priced as any step)
+    lone_decode: HardwareProfile | None = None
+    # |predicted / measured - 1| per step class of the profile: class -> [median, p90, steps]
+    fit_errors: dict[str, list[float]] = field(default_factory=dict)
+    serving_instances: int = 1  # instances of the cluster the serving path was measured on (0: not measured)
+    # the served probe (``calibrate.measure_served_steps``): measured / in-process-fitted step time per
+    # path, already applied to ``hardware`` and ``lone_decode``
+    served_factors: dict[str, float] | None = None
+    # the served probe's spread: path -> 100 quantiles of a step's measured time over its mean price
+    step_noise: dict[str, list[float]] | None = None
 
     def engine_config(self) -> EngineConfig:
         """The engine options the factors were fitted for (real instances of a comparison use them)."""
@@ -203,6 +218,8 @@ class CalibratedProfile:
     def from_json(cls, raw: dict[str, Any]) -> CalibratedProfile:
         fields = dict(raw)
         fields["hardware"] = HardwareProfile(**raw["hardware"])
+        if raw.get("lone_decode") is not None:
+            fields["lone_decode"] = HardwareProfile(**raw["lone_decode"])
         fields["load_average"] = tuple(raw.get("load_average", (0.0, 0.0)))
         return cls(**fields)
 
@@ -240,10 +257,54 @@ def perf_model(hardware: HardwareProfile, model: ModelSpec, devices: int = 1) ->
     return PerfModel(hardware, model.profile, Parallelism(devices))
 
 
-def local_twin(config: EngineConfig, hardware: HardwareProfile) -> tuple[PerfModel, SimEngineConfig]:
+LONE_PATH, BATCHED_PATH = "lone decode", "batched"  # the engine's two step paths (``LoneDecodePerfModel``)
+
+
+def is_lone_decode(shapes: Sequence[StepShape]) -> bool:
+    """A step of one sequence computing one token with a context before it: the step the engine's
+    one-call decoder takes (``ModelRunner``: one input token and no prefill). A prompt's last token
+    computed alone (the rest cached) has the same shape but runs the module path; the shape cannot
+    tell the two apart, and it is priced as a decode."""
+    return len(shapes) == 1 and shapes[0].num_new_tokens == 1 and shapes[0].context_len > 1
+
+
+class LoneDecodePerfModel(PerfModel):
+    """The cost model of the local engine, whose steps take two paths: a step of one decoding
+    sequence runs all its layers and the LM head in one C call (``llm/quant/decode_stack.py``),
+    every other step runs the model's modules. Each path has its own fitted factors (``sim
+    calibrate`` fits them on their own profiled steps): ``lone`` prices one-sequence decode steps,
+    the base model everything else (``batched``, a plain ``PerfModel`` of the same factors)."""
+
+    def __init__(self, hardware: HardwareProfile, model: ModelProfile, lone: HardwareProfile,
+                 parallel: Parallelism | None = None, noise: dict[str, list[float]] | None = None,
+                 seed: int = 0) -> None:
+        parallel = parallel or Parallelism()
+        super().__init__(hardware, model, parallel)
+        self.lone = PerfModel(lone, model, parallel)
+        self.batched = PerfModel(hardware, model, parallel)
+        # With ``noise`` (path -> multipliers of a served step over its mean price: the served probe's
+        # quantiles), each step's price is multiplied by one drawn at random (seeded): steps on a shared
+        # host vary, and latency percentiles feel the spread, not only the mean. None: exact prices.
+        self.noise = noise
+        self._rng = random.Random(seed)
+
+    def step_cost(self, batch: Iterable[StepShape], moe_imbalance: float = 1.0,
+                  dispatch_imbalance: float = 1.0) -> StepCost:
+        shapes = list(batch)
+        lone = is_lone_decode(shapes)
+        cost = (self.lone if lone else self.batched).step_cost(shapes, moe_imbalance, dispatch_imbalance)
+        if self.noise:
+            m = self._rng.choice(self.noise[LONE_PATH if lone else BATCHED_PATH])
+            cost = StepCost(*(getattr(cost, f.name) * m for f in fields(StepCost)))
+        return cost
+
+
+def local_twin(config: EngineConfig, hardware: HardwareProfile, lone_decode: HardwareProfile | None = None,
+               noise: dict[str, list[float]] | None = None) -> tuple[PerfModel, SimEngineConfig]:
     """The cost model and scheduling options of a simulated instance that stands for a real local
     instance running ``config``: the same model (read from its config.json), KV blocks (from the
-    same memory budget, as the engine computes them), context limit and batch limits."""
+    same memory budget, as the engine computes them), context limit and batch limits. With
+    ``lone_decode`` (a calibrated profile's), one-sequence decode steps are priced by it."""
     import torch
 
     from edgecloud.llm.config import ModelConfig
@@ -262,4 +323,7 @@ def local_twin(config: EngineConfig, hardware: HardwareProfile) -> tuple[PerfMod
         max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
         enable_prefix_caching=config.enable_prefix_caching,
     )
-    return PerfModel(hardware, ModelProfile.from_config(mc, element)), sim_config
+    profile = ModelProfile.from_config(mc, element)
+    if lone_decode is not None:
+        return LoneDecodePerfModel(hardware, profile, lone_decode, noise=noise), sim_config
+    return PerfModel(hardware, profile), sim_config

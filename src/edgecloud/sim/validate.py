@@ -6,12 +6,18 @@ by the serving benchmark's client) and in the simulator calibrated for this mach
 calibrate``), for each routing policy. For TTFT, TPOT and end-to-end latency at p50 and p90 the
 relative error of the simulation is reported: ``{"cases": [{"policy", "metric", "quantile",
 "real_ms", "sim_ms", "error"}]}``; the goal is |error| <= 10% everywhere.
+
+With ``step_log`` (``--step-log DIR``) the real instances' engine cores log every step
+(``EDGECLOUD_STEP_LOG``: its shapes and seconds), and the measured steps are set against the
+calibrated cost model per step class (``step_report``): where the simulator's step prices are off.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +52,8 @@ class ValidationSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def validate(profile: CalibratedProfile, settings: ValidationSettings) -> dict[str, Any]:
+def validate(profile: CalibratedProfile, settings: ValidationSettings, step_log: str | Path | None = None) \
+        -> dict[str, Any]:
     config = profile.engine_config()
     vocab = PromptVocab.from_dir(resolve_model(config.model).directory)
     trace = read_trace(settings.trace, limit=settings.num_requests)
@@ -58,8 +65,18 @@ def validate(profile: CalibratedProfile, settings: ValidationSettings) -> dict[s
     cases: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     watch = LoadWatch.begin(self_contained=False)
+    steps: dict[str, Any] = {}
     for policy in settings.policies:
-        real = run_real(config, specs, policy, requests, arrivals)
+        if step_log is not None:
+            directory = Path(step_log) / policy
+            directory.mkdir(parents=True, exist_ok=True)
+            os.environ["EDGECLOUD_STEP_LOG"] = str(directory)
+        try:
+            real = run_real(config, specs, policy, requests, arrivals)
+        finally:
+            os.environ.pop("EDGECLOUD_STEP_LOG", None)
+        if step_log is not None:
+            steps[policy] = step_report(profile, Path(step_log) / policy)
         sim = run_twin(config, specs, policy, requests, arrivals, profile)
         runs += [summary_row(real), summary_row(sim)]
         cases += compare(policy, real, sim)
@@ -67,6 +84,7 @@ def validate(profile: CalibratedProfile, settings: ValidationSettings) -> dict[s
     return {
         "cases": cases,
         "runs": runs,
+        **({"steps": steps} if step_log is not None else {}),
         "passed": all(abs(c["error"]) <= TOLERANCE for c in cases if c["error"] is not None),
         "settings": {**settings.__dict__, "policies": list(settings.policies), "engine": profile.engine},
         "calibration": profile.to_json(),
@@ -88,3 +106,47 @@ def compare(policy: str, real: RunResult, sim: RunResult) -> list[dict[str, Any]
 
 def write(path: str | Path, result: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(json_finite(result), indent=2) + "\n")
+
+
+def read_step_log(directory: str | Path) -> list[list[dict[str, Any]]]:
+    """Each engine core's logged steps (``EDGECLOUD_STEP_LOG``), one list per core in step order."""
+    cores = []
+    for path in sorted(glob.glob(str(Path(directory) / "steps-*.jsonl"))):
+        with open(path) as file:
+            cores.append([json.loads(line) for line in file if line.strip()])
+    return cores
+
+
+def step_report(profile: CalibratedProfile, directory: str | Path) -> dict[str, dict[str, float]]:
+    """Measured steps of the real run against the calibrated cost model, per step class
+    (``calibrate.step_class``): steps, measured and modelled p50 (ms), the ratio modelled / measured
+    at p10, p50 and p90, and the core's time from a step to the next one continuing its work (its
+    loop; p50 and mean)."""
+    import numpy as np
+
+    from edgecloud.llm.perf_model import StepShape
+    from edgecloud.sim.calibrate import continuing_gaps, step_class
+    from edgecloud.sim.profiles import local_twin
+
+    perf, _ = local_twin(profile.engine_config(), profile.hardware, profile.lone_decode)
+    measured: dict[str, list[tuple[float, float]]] = {}
+    gaps: dict[str, list[float]] = {}
+    for steps in read_step_log(directory):
+        names = []
+        for step in steps:
+            shapes = [StepShape(new, context, sampled) for new, context, sampled, _ in step["shapes"]]
+            names.append(step_class(shapes))
+            measured.setdefault(names[-1], []).append((step["s"], perf.step_time(shapes)))
+        for i, gap in continuing_gaps(steps):  # the next step continued this one's work: the loop's time
+            gaps.setdefault(names[i], []).append(gap)
+    report = {}
+    for name, pairs in sorted(measured.items()):
+        real, model = np.array(pairs).T
+        ratio = model / real
+        report[name] = {"steps": len(pairs), "real_ms_p50": float(np.median(real) * 1e3),
+                        "model_ms_p50": float(np.median(model) * 1e3), "ratio_p10": float(np.percentile(ratio, 10)),
+                        "ratio_p50": float(np.median(ratio)), "ratio_p90": float(np.percentile(ratio, 90)),
+                        "real_ms_mean": float(np.mean(real) * 1e3), "model_ms_mean": float(np.mean(model) * 1e3),
+                        "gap_ms_p50": float(np.median(gaps[name]) * 1e3) if gaps.get(name) else math.nan,
+                        "gap_ms_mean": float(np.mean(gaps[name]) * 1e3) if gaps.get(name) else math.nan}
+    return report
