@@ -5,6 +5,7 @@ report use that price."""
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -203,3 +204,18 @@ def test_drawn_step_times_keep_the_mean_and_the_seed() -> None:
     from edgecloud.sim.decode_run import DecodeRun
 
     assert DecodeRun.plan(None, None, draws[0], 0.0, 1.0) is None  # type: ignore[arg-type]
+
+
+def test_step_logging_puts_back_what_was_set_before(monkeypatch, tmp_path) -> None:
+    from edgecloud.sim.validate import step_logging
+
+    monkeypatch.setenv("EDGECLOUD_STEP_LOG", "/the/users/own")
+    with step_logging(tmp_path):
+        assert os.environ["EDGECLOUD_STEP_LOG"] == str(tmp_path)
+    assert os.environ["EDGECLOUD_STEP_LOG"] == "/the/users/own"
+    monkeypatch.delenv("EDGECLOUD_STEP_LOG")
+    with step_logging(tmp_path):
+        pass
+    assert "EDGECLOUD_STEP_LOG" not in os.environ
+    with step_logging(None):
+        assert "EDGECLOUD_STEP_LOG" not in os.environ

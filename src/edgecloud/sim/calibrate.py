@@ -355,27 +355,26 @@ def measure_served_steps(config: EngineConfig, hardware: HardwareProfile, lone: 
     from edgecloud.bench.workload import PromptVocab
     from edgecloud.sim.profiles import LoneDecodePerfModel
     from edgecloud.sim.real import RealCluster, engine_args, replay
-    from edgecloud.sim.validate import read_step_log
+    from edgecloud.sim.validate import read_step_log, step_logging
 
     vocab = PromptVocab.from_dir(resolve_model(config.model).directory)
     requests, arrivals = probe_workload(vocab, max_len, seed)
     with tempfile.TemporaryDirectory(prefix="edgecloud-probe-") as directory:
-        os.environ["EDGECLOUD_STEP_LOG"] = directory
-        try:
-            with RealCluster(["--instances", str(instances), "--policy", "round-robin", *engine_args(config)]) as c:
-                replay(c, c.get_json("/v1/models")["data"][0]["id"], requests, arrivals)
-        finally:
-            os.environ.pop("EDGECLOUD_STEP_LOG", None)
+        with step_logging(directory), RealCluster(
+                ["--instances", str(instances), "--policy", "round-robin", *engine_args(config)]) as c:
+            replay(c, c.get_json("/v1/models")["data"][0]["id"], requests, arrivals)
         cores = read_step_log(directory)
     return served_factors(cores, LoneDecodePerfModel(hardware, model, lone) if lone else PerfModel(hardware, model))
 
 
 def served_factors(cores: list[list[dict]], perf: PerfModel) -> ServedSteps:
+    from edgecloud.sim.validate import logged_shapes
+
     pairs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}  # lone path? -> (measured, modelled)
     gaps = []
     for steps in cores:
         for step in steps:
-            shapes = [StepShape(new, context, sampled) for new, context, sampled, _ in step["shapes"]]
+            shapes = logged_shapes(step)
             pairs[is_lone_decode(shapes)].append((step["s"], perf.step_time(shapes)))
         gaps += [gap for _, gap in continuing_gaps(steps)]
 

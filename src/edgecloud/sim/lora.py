@@ -350,7 +350,7 @@ def simulate_lora(spec: SimClusterSpec, policy: str, workload: Sequence[SimReque
         for instance in cluster.instances:
             for adapter in ranks:
                 instance.register(adapter)
-    elif policy == "affinity":
+    if policy == "affinity":  # its model of what an instance holds, whatever the protocol
         options.setdefault("capacity", settings.host_adapters)
     sim = ClusterSimulator(cluster.instances, make_policy(policy, **options), record_token_times=False)
     return sim.run(workload), cluster

@@ -14,11 +14,12 @@ calibrated cost model per step class (``step_report``): where the simulator's st
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from edgecloud.bench.traces import read_trace
 from edgecloud.bench.workload import LengthScaling, PromptVocab, trace_workload
 from edgecloud.cluster.config import instances_from_flags
 from edgecloud.llm.model_source import resolve_model
+from edgecloud.llm.perf_model import StepShape
 from edgecloud.sim.compare import RunResult, json_finite, run_real, run_twin, summary_row
 from edgecloud.sim.profiles import CalibratedProfile
 
@@ -67,14 +69,11 @@ def validate(profile: CalibratedProfile, settings: ValidationSettings, step_log:
     watch = LoadWatch.begin(self_contained=False)
     steps: dict[str, Any] = {}
     for policy in settings.policies:
-        if step_log is not None:
-            directory = Path(step_log) / policy
+        directory = None if step_log is None else Path(step_log) / policy
+        if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
-            os.environ["EDGECLOUD_STEP_LOG"] = str(directory)
-        try:
+        with step_logging(directory):
             real = run_real(config, specs, policy, requests, arrivals)
-        finally:
-            os.environ.pop("EDGECLOUD_STEP_LOG", None)
         if step_log is not None:
             steps[policy] = step_report(profile, Path(step_log) / policy)
         sim = run_twin(config, specs, policy, requests, arrivals, profile)
@@ -108,6 +107,29 @@ def write(path: str | Path, result: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(json_finite(result), indent=2) + "\n")
 
 
+@contextlib.contextmanager
+def step_logging(directory: str | Path | None) -> Iterator[None]:
+    """Engine cores started inside log their steps under ``directory`` (``EDGECLOUD_STEP_LOG``, read
+    when a core starts); the variable's earlier value is put back after. None: nothing changes."""
+    if directory is None:
+        yield
+        return
+    saved = os.environ.get("EDGECLOUD_STEP_LOG")
+    os.environ["EDGECLOUD_STEP_LOG"] = str(directory)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("EDGECLOUD_STEP_LOG", None)
+        else:
+            os.environ["EDGECLOUD_STEP_LOG"] = saved
+
+
+def logged_shapes(step: dict[str, Any]) -> list[StepShape]:
+    """A logged step's shapes (``[new tokens, context after, sampled, prefilling]`` each)."""
+    return [StepShape(new, context, sampled) for new, context, sampled, _ in step["shapes"]]
+
+
 def read_step_log(directory: str | Path) -> list[list[dict[str, Any]]]:
     """Each engine core's logged steps (``EDGECLOUD_STEP_LOG``), one list per core in step order."""
     cores = []
@@ -124,7 +146,6 @@ def step_report(profile: CalibratedProfile, directory: str | Path) -> dict[str, 
     loop; p50 and mean)."""
     import numpy as np
 
-    from edgecloud.llm.perf_model import StepShape
     from edgecloud.sim.calibrate import continuing_gaps, step_class
     from edgecloud.sim.profiles import local_twin
 
@@ -134,7 +155,7 @@ def step_report(profile: CalibratedProfile, directory: str | Path) -> dict[str, 
     for steps in read_step_log(directory):
         names = []
         for step in steps:
-            shapes = [StepShape(new, context, sampled) for new, context, sampled, _ in step["shapes"]]
+            shapes = logged_shapes(step)
             names.append(step_class(shapes))
             measured.setdefault(names[-1], []).append((step["s"], perf.step_time(shapes)))
         for i, gap in continuing_gaps(steps):  # the next step continued this one's work: the loop's time

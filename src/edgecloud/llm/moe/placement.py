@@ -506,12 +506,8 @@ def robust_omni_placement(scenarios: np.ndarray, num_ranks: int, slots_per_rank:
     _, layers, experts = scenarios.shape
     if (scenarios < 0).any():
         raise ValueError("scenarios must be non-negative")
-    table = np.full((layers, num_ranks * slots_per_rank), EMPTY, dtype=np.int64)
-    for layer in range(layers):
-        for rank, held in enumerate(robust_layer(scenarios[:, layer], num_ranks, slots_per_rank, weights,
-                                                 max_replicas)):
-            table[layer, rank * slots_per_rank : rank * slots_per_rank + len(held)] = held
-    return Placement(table, num_ranks, experts)
+    return _placement([robust_layer(scenarios[:, layer], num_ranks, slots_per_rank, weights, max_replicas)
+                       for layer in range(layers)], num_ranks, slots_per_rank, experts)
 
 
 def omni_placement(load: np.ndarray, num_ranks: int, slots_per_rank: int, max_replicas: int | None = None,
@@ -519,10 +515,16 @@ def omni_placement(load: np.ndarray, num_ranks: int, slots_per_rank: int, max_re
     """OmniPlacement's static placement from a load history ``[layers, experts]``."""
     load = np.asarray(load, dtype=np.float64)
     layers, experts = load.shape
-    table = np.full((layers, num_ranks * slots_per_rank), EMPTY, dtype=np.int64)
-    for layer in range(layers):
-        w = _check_load(load[layer : layer + 1], 1, experts)[0]
-        for rank, held in enumerate(omni_layer(w, num_ranks, slots_per_rank, max_replicas, refine_steps)):
+    return _placement([omni_layer(_check_load(load[layer : layer + 1], 1, experts)[0], num_ranks, slots_per_rank,
+                                  max_replicas, refine_steps) for layer in range(layers)],
+                      num_ranks, slots_per_rank, experts)
+
+
+def _placement(layouts: list[list[list[int]]], num_ranks: int, slots_per_rank: int, experts: int) -> Placement:
+    """The placement of per-layer layouts (each rank's experts, a layer)."""
+    table = np.full((len(layouts), num_ranks * slots_per_rank), EMPTY, dtype=np.int64)
+    for layer, ranks in enumerate(layouts):
+        for rank, held in enumerate(ranks):
             table[layer, rank * slots_per_rank : rank * slots_per_rank + len(held)] = held
     return Placement(table, num_ranks, experts)
 
